@@ -1,0 +1,115 @@
+//! `bridges.toml`: loading, validation and the typed configuration.
+//!
+//! Every error names the file, the line and the key, e.g.
+//! `bridges.toml:14: hook `x`: filter does not compile: ...`.
+
+mod duration;
+mod raw;
+mod schedule;
+mod validate;
+
+pub use duration::HumanDuration;
+pub use schedule::Schedule;
+
+use crate::filter::Filter;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// Resolved against the config file's directory when relative.
+    pub state_dir: PathBuf,
+    pub retention: Duration,
+    pub sources: Vec<Source>,
+    pub hooks: Vec<Hook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Begin at the server's current time; emit nothing that existed before.
+    Now,
+    /// Emit everything the server holds.
+    Beginning,
+    /// Emit everything last updated at or after this instant.
+    At(DateTime<Utc>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub base_url: Url,
+    pub resources: Vec<String>,
+    pub schedule: Schedule,
+    pub page_size: u32,
+    pub overlap: Duration,
+    pub start: Start,
+    pub owner_id: String,
+    pub timeout: Duration,
+    /// Extra search parameters per resource type, already URL-encoded as written.
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    FullResource,
+    IdOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub name: String,
+    pub url: Url,
+    pub sources: Vec<String>,
+    pub filter: Arc<Filter>,
+    pub content: Content,
+    pub max_attempts: u32,
+    pub retry_schedule: Vec<Duration>,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file; every filter is compiled here.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Validates config text as if it had been read from `path`.
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::validate(text, path)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("bridge.db")
+    }
+
+    pub fn hooks_for_source<'a>(&'a self, source: &'a str) -> impl Iterator<Item = &'a Hook> + 'a {
+        self.hooks
+            .iter()
+            .filter(move |h| h.sources.iter().any(|s| s == source))
+    }
+}

@@ -1,0 +1,50 @@
+//! The file format of `bridges.toml`, exactly as written by the operator.
+//! Validation into the typed [`super::Config`] happens in `validate.rs`.
+
+use super::duration::HumanDuration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub state_dir: Option<Spanned<String>>,
+    /// How long delivered messages are kept for status (default 14 days).
+    pub retention: Option<HumanDuration>,
+    #[serde(default)]
+    pub source: Vec<Spanned<RawSource>>,
+    #[serde(default)]
+    pub hook: Vec<Spanned<RawHook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub name: Spanned<String>,
+    pub base_url: Spanned<String>,
+    pub resources: Spanned<Vec<String>>,
+    pub schedule: Option<Spanned<String>>,
+    pub every: Option<Spanned<HumanDuration>>,
+    pub page_size: Option<Spanned<u32>>,
+    pub overlap: Option<HumanDuration>,
+    pub start: Option<Spanned<String>>,
+    pub owner_id: Option<String>,
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub sources: Option<Spanned<Vec<String>>>,
+    pub filter: Option<Spanned<String>>,
+    pub content: Option<Spanned<String>>,
+    pub max_attempts: Option<Spanned<u32>>,
+    pub retry_schedule: Option<Spanned<Vec<HumanDuration>>>,
+    pub timeout: Option<HumanDuration>,
+    pub concurrency: Option<Spanned<u32>>,
+}

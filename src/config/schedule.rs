@@ -1,0 +1,65 @@
+//! When a source polls: a cron expression (5 or 6 fields) or a fixed interval.
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron(Box<Cron>),
+    Every(Duration),
+}
+
+impl Schedule {
+    pub fn cron(expr: &str) -> Result<Self, String> {
+        CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(expr)
+            .map(|c| Schedule::Cron(Box::new(c)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next tick strictly after `now`.
+    pub fn next_after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Schedule::Every(d) => {
+                now + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)
+            }
+            // A cron that never fires again (e.g. a past year) polls daily rather than never.
+            Schedule::Cron(c) => c
+                .find_next_occurrence(&now, false)
+                .unwrap_or(now + chrono::Duration::days(1)),
+        }
+    }
+
+    /// The nominal interval, used to spread the first ticks of many sources.
+    pub fn nominal_interval(&self, now: DateTime<Utc>) -> Duration {
+        let next = self.next_after(now);
+        let after = self.next_after(next);
+        (after - next).to_std().unwrap_or(Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_and_six_field_cron() {
+        let now: DateTime<Utc> = "2026-11-21T10:00:03Z".parse().unwrap();
+        let six = Schedule::cron("*/10 * * * * *").unwrap();
+        assert_eq!(
+            six.next_after(now).to_rfc3339(),
+            "2026-11-21T10:00:10+00:00"
+        );
+        let five = Schedule::cron("*/5 * * * *").unwrap();
+        assert_eq!(
+            five.next_after(now).to_rfc3339(),
+            "2026-11-21T10:05:00+00:00"
+        );
+        assert!(Schedule::cron("not a cron").is_err());
+        assert_eq!(six.nominal_interval(now), Duration::from_secs(10));
+    }
+}

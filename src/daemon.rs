@@ -1,0 +1,100 @@
+//! `fhir-bridge run`: wires sources, hooks and housekeeping together and runs
+//! them until cancelled.
+
+use crate::config::Config;
+use crate::delivery::{HookWorker, Sender};
+use crate::outbox::Route;
+use crate::source::SourceTask;
+use crate::source::client::FhirClient;
+use crate::state::{StateError, Store, now_ms};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long in-flight deliveries may take to finish on shutdown. Whatever is
+/// still in flight then stays pending in the outbox and is sent again later.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot build HTTP client: {0}")]
+    Http(String),
+}
+
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    let store = Store::open(&config.db_path())?;
+    tracing::info!(
+        db = %store.path().display(),
+        sources = config.sources.len(),
+        hooks = config.hooks.len(),
+        "fhir-bridge started"
+    );
+    let tracker = TaskTracker::new();
+    let wakers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
+        config
+            .hooks
+            .iter()
+            .map(|h| (h.name.clone(), Arc::new(Notify::new())))
+            .collect(),
+    );
+
+    let sender = Sender::new().map_err(DaemonError::Http)?;
+    for hook in &config.hooks {
+        let worker = HookWorker {
+            hook: hook.clone(),
+            store: store.clone(),
+            sender: sender.clone(),
+            wake: wakers[&hook.name].clone(),
+        };
+        tracker.spawn(worker.run(cancel.clone()));
+    }
+
+    for source in &config.sources {
+        let client =
+            FhirClient::new(source.timeout).map_err(|e| DaemonError::Http(e.to_string()))?;
+        let task = SourceTask {
+            source: source.clone(),
+            routes: Route::for_source(&config, &source.name),
+            store: store.clone(),
+            client,
+            wakers: wakers.clone(),
+        };
+        tracker.spawn(task.run(cancel.clone()));
+    }
+
+    tracker.spawn(prune_loop(store.clone(), config.retention, cancel.clone()));
+    tracker.close();
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    cancel.cancelled().await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("shutting down: finishing in-flight work");
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; unfinished deliveries stay in the outbox");
+    }
+    Ok(())
+}
+
+async fn prune_loop(store: Store, retention: Duration, cancel: CancellationToken) {
+    loop {
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        match store.prune_delivered(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned delivered messages past retention"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune delivered messages"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

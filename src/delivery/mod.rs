@@ -1,0 +1,8 @@
+//! Delivery: per-hook workers that POST outbox messages, at least once.
+
+pub mod retry;
+mod sender;
+mod worker;
+
+pub use sender::{Attempt, Sender};
+pub use worker::HookWorker;

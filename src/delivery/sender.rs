@@ -1,0 +1,89 @@
+//! One HTTP POST of one message, classified.
+
+use crate::source::client::{describe, parse_retry_after};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use std::time::Duration;
+use url::Url;
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered {
+        status: u16,
+    },
+    Failed {
+        status: Option<u16>,
+        error: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Sender {
+    http: reqwest::Client,
+}
+
+impl Sender {
+    pub fn new() -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| describe(&e))?;
+        Ok(Sender { http })
+    }
+
+    /// POSTs `payload`; the receiver acknowledges with any 2xx.
+    pub async fn post(
+        &self,
+        url: &Url,
+        message_id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Attempt {
+        let mut req = self
+            .http
+            .post(url.clone())
+            .timeout(timeout)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(
+                "webhook-timestamp",
+                chrono::Utc::now().timestamp().to_string(),
+            )
+            .body(payload);
+        if let Ok(v) = HeaderValue::from_str(message_id) {
+            req = req.header("webhook-id", v);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_success() {
+                    Attempt::Delivered {
+                        status: status.as_u16(),
+                    }
+                } else {
+                    Attempt::Failed {
+                        status: Some(status.as_u16()),
+                        error: format!("HTTP {}", status.as_u16()),
+                        retry_after: parse_retry_after(resp.headers()),
+                    }
+                }
+            }
+            Err(e) if e.is_timeout() => Attempt::Failed {
+                status: None,
+                error: format!("timed out after {}s", timeout.as_secs_f64()),
+                retry_after: None,
+            },
+            Err(e) => Attempt::Failed {
+                status: None,
+                error: if e.is_connect() {
+                    format!("connection failed: {}", describe(&e))
+                } else {
+                    describe(&e)
+                },
+                retry_after: None,
+            },
+        }
+    }
+}

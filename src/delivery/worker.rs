@@ -1,0 +1,134 @@
+//! The delivery worker of one hook: claims due outbox messages and POSTs them,
+//! at most `concurrency` at once, never two versions of one resource at once.
+//! A slow or broken hook only ever occupies its own worker.
+
+use super::retry::next_delay;
+use super::sender::{Attempt, Sender};
+use crate::config::Hook;
+use crate::state::{Claimed, DeliveryRecord, Store, now_ms};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Even without a wake-up, look for due messages this often (redrives from
+/// the CLI, retries falling due).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+pub struct HookWorker {
+    pub hook: Hook,
+    pub store: Store,
+    pub sender: Sender,
+    pub wake: Arc<Notify>,
+}
+
+impl HookWorker {
+    pub async fn run(self, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let mut in_flight: HashSet<i64> = HashSet::new();
+        let mut tasks: JoinSet<i64> = JoinSet::new();
+        let mut stopping = false;
+        loop {
+            let free = this.hook.concurrency.saturating_sub(in_flight.len());
+            let mut wait = IDLE_POLL;
+            if free > 0 && !stopping {
+                match this
+                    .store
+                    .claim_due(&this.hook.name, in_flight.iter().copied().collect(), free)
+                    .await
+                {
+                    Ok(batch) => {
+                        let filled = batch.len() == free;
+                        for msg in batch {
+                            in_flight.insert(msg.id);
+                            let worker = this.clone();
+                            tasks.spawn(async move { worker.deliver(msg).await });
+                        }
+                        if !filled {
+                            wait = this.time_to_next_due().await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(hook = %this.hook.name, error = %e, "cannot claim messages")
+                    }
+                }
+            }
+            if stopping && tasks.is_empty() {
+                return;
+            }
+            let full = in_flight.len() >= this.hook.concurrency;
+            tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(id) = done {
+                        in_flight.remove(&id);
+                    } else {
+                        // A panicked delivery task: its message stays pending and is retried.
+                        in_flight.clear();
+                        tasks.abort_all();
+                    }
+                }
+                _ = this.wake.notified(), if !full && !stopping => {}
+                _ = tokio::time::sleep(wait), if !full && !stopping => {}
+                _ = cancel.cancelled(), if !stopping => { stopping = true; }
+            }
+        }
+    }
+
+    async fn time_to_next_due(&self) -> Duration {
+        match self.store.next_due_ms(&self.hook.name).await {
+            Ok(Some(at)) => {
+                Duration::from_millis((at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64)
+            }
+            _ => IDLE_POLL,
+        }
+    }
+
+    async fn deliver(&self, msg: Claimed) -> i64 {
+        let hook = &self.hook;
+        let attempt = self
+            .sender
+            .post(&hook.url, &msg.message_id, msg.payload, hook.timeout)
+            .await;
+        let attempts = msg.attempts + 1;
+        let record = match attempt {
+            Attempt::Delivered { status } => {
+                tracing::debug!(hook = %hook.name, message_id = %msg.message_id, resource = %format!("{}/{}", msg.resource_type, msg.resource_id), status, "delivered");
+                DeliveryRecord::Delivered { status }
+            }
+            Attempt::Failed {
+                status,
+                error,
+                retry_after,
+            } => {
+                let delay = next_delay(
+                    &hook.retry_schedule,
+                    attempts,
+                    hook.max_attempts,
+                    retry_after,
+                    fastrand::f64(),
+                );
+                match delay {
+                    Some(d) => {
+                        tracing::info!(hook = %hook.name, message_id = %msg.message_id, attempts, error = %error, retry_in_s = d.as_secs_f64(), "delivery failed; will retry")
+                    }
+                    None => {
+                        tracing::warn!(hook = %hook.name, message_id = %msg.message_id, attempts, error = %error, "delivery failed; moved to the dead-letter queue")
+                    }
+                }
+                DeliveryRecord::Failed {
+                    status,
+                    error,
+                    retry_at_ms: delay.map(|d| now_ms() + d.as_millis() as i64),
+                }
+            }
+        };
+        if let Err(e) = self.store.record_delivery(&hook.name, msg.id, record).await {
+            // The message stays pending and is sent again later, with the same message_id.
+            tracing::error!(hook = %hook.name, message_id = %msg.message_id, error = %e, "cannot record delivery outcome");
+            tokio::time::sleep(IDLE_POLL).await;
+        }
+        msg.id
+    }
+}

@@ -1,0 +1,137 @@
+//! Diff: is this resource version new, changed, or already seen?
+//!
+//! Overlapping poll windows re-read resources on purpose; this is where the
+//! duplicates die. versionIds are compared for equality only (some servers use
+//! UUIDs); without a versionId the content hash decides.
+
+use crate::state::SeenRow;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Create,
+    Update,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Create => "create",
+            Event::Update => "update",
+        }
+    }
+}
+
+/// What the poller read for one resource.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub version_id: Option<&'a str>,
+    pub last_updated: Option<DateTime<Utc>>,
+    pub content_hash: &'a [u8; 32],
+}
+
+pub fn content_hash(raw: &[u8]) -> [u8; 32] {
+    Sha256::digest(raw).into()
+}
+
+/// `None` when the resource is the version already seen (or an older one).
+pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
+    let Some(prev) = prev else {
+        return Some(Event::Create);
+    };
+    // A lagging replica or a drifting page can serve an older version than one
+    // already delivered: never step backwards.
+    let prev_lu = prev
+        .last_updated
+        .as_deref()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.to_utc());
+    if let (Some(p), Some(c)) = (prev_lu, cur.last_updated) {
+        if c < p {
+            return None;
+        }
+    }
+    let changed = match (prev.version_id.as_deref(), cur.version_id) {
+        (Some(p), Some(c)) => p != c,
+        _ => &prev.content_hash != cur.content_hash,
+    };
+    changed.then_some(Event::Update)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(v: Option<&str>, lu: &str, h: u8) -> SeenRow {
+        SeenRow {
+            version_id: v.map(String::from),
+            last_updated: Some(lu.into()),
+            content_hash: [h; 32],
+        }
+    }
+    fn at(s: &str) -> Option<DateTime<Utc>> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn first_sighting_is_a_create() {
+        let h = [1; 32];
+        let cur = Observed {
+            version_id: Some("1"),
+            last_updated: at("2026-01-01T00:00:00Z"),
+            content_hash: &h,
+        };
+        assert_eq!(classify(None, &cur), Some(Event::Create));
+    }
+
+    #[test]
+    fn same_version_is_dropped_and_a_new_one_is_an_update() {
+        let h = [1; 32];
+        let prev = seen(Some("a6f0-uuid"), "2026-01-01T00:00:00Z", 1);
+        let same = Observed {
+            version_id: Some("a6f0-uuid"),
+            last_updated: at("2026-01-01T00:00:00Z"),
+            content_hash: &h,
+        };
+        assert_eq!(classify(Some(&prev), &same), None);
+        let h2 = [2; 32];
+        let newer = Observed {
+            version_id: Some("0b1c-uuid"),
+            last_updated: at("2026-01-01T00:00:01Z"),
+            content_hash: &h2,
+        };
+        assert_eq!(classify(Some(&prev), &newer), Some(Event::Update));
+    }
+
+    #[test]
+    fn without_version_ids_the_hash_decides() {
+        let prev = seen(None, "2026-01-01T00:00:00Z", 1);
+        let h1 = [1; 32];
+        let h2 = [2; 32];
+        let unchanged = Observed {
+            version_id: None,
+            last_updated: at("2026-01-01T00:00:05Z"),
+            content_hash: &h1,
+        };
+        let changed = Observed {
+            version_id: None,
+            last_updated: at("2026-01-01T00:00:05Z"),
+            content_hash: &h2,
+        };
+        assert_eq!(classify(Some(&prev), &unchanged), None);
+        assert_eq!(classify(Some(&prev), &changed), Some(Event::Update));
+    }
+
+    #[test]
+    fn an_older_version_never_comes_back() {
+        let prev = seen(Some("2"), "2026-01-01T00:00:10Z", 2);
+        let h = [1; 32];
+        let stale = Observed {
+            version_id: Some("1"),
+            last_updated: at("2026-01-01T00:00:00Z"),
+            content_hash: &h,
+        };
+        assert_eq!(classify(Some(&prev), &stale), None);
+    }
+}

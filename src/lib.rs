@@ -1,0 +1,17 @@
+//! fhir-bridge: turns FHIR search polling into at-least-once webhooks.
+//!
+//! Data flows one way: [`source`] (poll) -> [`diff`] -> [`filter`] ->
+//! [`outbox`] (durable, in [`state`]) -> [`delivery`]. [`config`] reads
+//! `bridges.toml`; [`daemon`] runs it all; [`cli`] holds the operator commands.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod diff;
+pub mod filter;
+pub mod outbox;
+pub mod payload;
+pub mod sandbox;
+pub mod source;
+pub mod state;

@@ -1,0 +1,134 @@
+//! Payload formats: the seam where a webhook's body is built.
+//! Today: ZusHook-style JSON. A FHIR-native notification Bundle can join here.
+
+use crate::config::Content;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Resources larger than this are sent without their body (`resourceIncluded: false`).
+pub const MAX_INCLUDED_BYTES: usize = 1_000_000;
+
+/// One change, as a payload needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeView<'a> {
+    pub message_id: &'a str,
+    /// When the bridge detected the change (RFC 3339, UTC, seconds).
+    pub time: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: &'a str,
+    pub owner_id: &'a str,
+    pub source_name: &'a str,
+    pub event: &'a str,
+    pub version_id: Option<&'a str>,
+    pub last_updated: Option<&'a str>,
+    /// The resource as the server sent it.
+    pub raw: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ZusHook<'a> {
+    #[serde(rename = "message_id")]
+    message_id: &'a str,
+    source: &'static str,
+    time: &'a str,
+    resource_id: String,
+    owner_id: &'a str,
+    resource_included: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    event: &'a str,
+    source_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_updated: Option<&'a str>,
+}
+
+/// The ZusHook-style JSON body. The resource is embedded byte for byte.
+pub fn zus_hook(change: &ChangeView, content: Content) -> Vec<u8> {
+    let include = content == Content::FullResource && change.raw.len() <= MAX_INCLUDED_BYTES;
+    // `raw` came out of a parsed Bundle, so it is valid JSON; if it somehow is
+    // not, the body is left out rather than sending broken JSON.
+    let resource = if include {
+        serde_json::from_str::<&RawValue>(change.raw).ok()
+    } else {
+        None
+    };
+    let body = ZusHook {
+        message_id: change.message_id,
+        source: "fhir-bridge",
+        time: change.time,
+        resource_id: format!("{}/{}", change.resource_type, change.resource_id),
+        owner_id: change.owner_id,
+        resource_included: resource.is_some(),
+        resource,
+        event: change.event,
+        source_name: change.source_name,
+        version_id: change.version_id,
+        last_updated: change.last_updated,
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(raw: &str) -> ChangeView<'_> {
+        ChangeView {
+            message_id: "m-1",
+            time: "2026-11-21T13:48:32Z",
+            resource_type: "Observation",
+            resource_id: "123",
+            owner_id: "org/lab",
+            source_name: "lab-ehr",
+            event: "update",
+            version_id: Some("2"),
+            last_updated: Some("2026-11-21T13:48:29.991Z"),
+            raw,
+        }
+    }
+
+    #[test]
+    fn full_resource_payload_has_every_field() {
+        let raw = r#"{"resourceType":"Observation","id":"123","valueQuantity":{"value":7.25}}"#;
+        let v: serde_json::Value =
+            serde_json::from_slice(&zus_hook(&view(raw), Content::FullResource)).unwrap();
+        assert_eq!(v["message_id"], "m-1");
+        assert_eq!(v["source"], "fhir-bridge");
+        assert_eq!(v["time"], "2026-11-21T13:48:32Z");
+        assert_eq!(v["resourceId"], "Observation/123");
+        assert_eq!(v["ownerId"], "org/lab");
+        assert_eq!(v["resourceIncluded"], true);
+        assert_eq!(v["resource"]["valueQuantity"]["value"], 7.25);
+        assert_eq!(v["event"], "update");
+        assert_eq!(v["sourceName"], "lab-ehr");
+        assert_eq!(v["versionId"], "2");
+        assert_eq!(v["lastUpdated"], "2026-11-21T13:48:29.991Z");
+    }
+
+    #[test]
+    fn the_resource_is_embedded_byte_for_byte() {
+        let raw = r#"{"resourceType":"Observation","id":"123","value":1.0000}"#;
+        let body = String::from_utf8(zus_hook(&view(raw), Content::FullResource)).unwrap();
+        assert!(body.contains(raw), "{body}");
+    }
+
+    #[test]
+    fn id_only_and_oversized_resources_are_left_out() {
+        let raw = r#"{"resourceType":"Observation","id":"123"}"#;
+        let v: serde_json::Value =
+            serde_json::from_slice(&zus_hook(&view(raw), Content::IdOnly)).unwrap();
+        assert_eq!(v["resourceIncluded"], false);
+        assert!(v.get("resource").is_none());
+        let big = format!(
+            r#"{{"resourceType":"Observation","id":"123","note":"{}"}}"#,
+            "x".repeat(MAX_INCLUDED_BYTES)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&zus_hook(&view(&big), Content::FullResource)).unwrap();
+        assert_eq!(v["resourceIncluded"], false);
+        assert_eq!(v["resourceId"], "Observation/123");
+    }
+}

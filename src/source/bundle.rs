@@ -1,0 +1,219 @@
+//! Parsing a FHIR search Bundle without re-serialising resources: each entry's
+//! resource stays the exact bytes the server sent.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BundleError {
+    #[error("response is not valid JSON (at byte {0})")]
+    NotJson(usize),
+    #[error("response is a {0}, not a Bundle")]
+    NotBundle(String),
+    #[error("entry {0}: resource has no resourceType or id")]
+    MissingId(usize),
+    #[error("entry {0}: meta.lastUpdated is not an instant")]
+    BadLastUpdated(usize),
+}
+
+#[derive(Deserialize)]
+struct RawBundle<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    meta: Option<Meta>,
+    #[serde(default)]
+    link: Vec<Link>,
+    #[serde(default, borrow)]
+    entry: Vec<RawEntry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(rename = "versionId")]
+    version_id: Option<String>,
+    #[serde(rename = "lastUpdated")]
+    last_updated: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Link {
+    relation: Option<String>,
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawEntry<'a> {
+    #[serde(borrow)]
+    resource: Option<&'a RawValue>,
+    search: Option<Search>,
+}
+
+#[derive(Deserialize)]
+struct Search {
+    mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    id: Option<String>,
+    meta: Option<Meta>,
+}
+
+/// One search-match resource of a page.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: Option<String>,
+    pub last_updated: Option<DateTime<Utc>>,
+    /// The server's text for lastUpdated, kept as given for payloads.
+    pub last_updated_raw: Option<String>,
+    /// The resource exactly as the server sent it.
+    pub raw: &'a str,
+}
+
+#[derive(Debug)]
+pub struct Page<'a> {
+    /// The server's time for this response (Bundle.meta.lastUpdated).
+    pub server_time: Option<DateTime<Utc>>,
+    pub next: Option<String>,
+    pub entries: Vec<Entry<'a>>,
+}
+
+pub fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s).ok().map(|d| d.to_utc())
+}
+
+/// Formats an instant the way the bridge stores and queries it (UTC, ms).
+/// Sub-millisecond digits are truncated, which only widens a `ge` window.
+pub fn format_instant(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
+    let bundle: RawBundle = serde_json::from_slice(body).map_err(|e| {
+        // Locate the error without echoing the body (it may hold PHI).
+        let line_start: usize = body
+            .split(|b| *b == b'\n')
+            .take(e.line().saturating_sub(1))
+            .map(|l| l.len() + 1)
+            .sum();
+        BundleError::NotJson(line_start + e.column())
+    })?;
+    match bundle.resource_type.as_deref() {
+        Some("Bundle") => {}
+        Some(other) => return Err(BundleError::NotBundle(other.to_string())),
+        None => {
+            return Err(BundleError::NotBundle(
+                "resource without resourceType".into(),
+            ));
+        }
+    }
+    let next = bundle
+        .link
+        .into_iter()
+        .find(|l| l.relation.as_deref() == Some("next"))
+        .and_then(|l| l.url)
+        .filter(|u| !u.is_empty());
+    let server_time = bundle
+        .meta
+        .and_then(|m| m.last_updated)
+        .and_then(|s| parse_instant(&s));
+
+    let mut entries = Vec::with_capacity(bundle.entry.len());
+    for (i, e) in bundle.entry.into_iter().enumerate() {
+        // `include` and `outcome` entries are not search matches.
+        if e.search.and_then(|s| s.mode).is_some_and(|m| m != "match") {
+            continue;
+        }
+        let Some(raw) = e.resource else { continue };
+        let head: Head = serde_json::from_str(raw.get()).map_err(|_| BundleError::MissingId(i))?;
+        let (Some(resource_type), Some(id)) = (head.resource_type, head.id) else {
+            return Err(BundleError::MissingId(i));
+        };
+        let (version_id, last_updated_raw) = match head.meta {
+            Some(m) => (m.version_id, m.last_updated),
+            None => (None, None),
+        };
+        let last_updated = match &last_updated_raw {
+            Some(s) => Some(parse_instant(s).ok_or(BundleError::BadLastUpdated(i))?),
+            None => None,
+        };
+        entries.push(Entry {
+            resource_type,
+            id,
+            version_id,
+            last_updated,
+            last_updated_raw,
+            raw: raw.get(),
+        });
+    }
+    Ok(Page {
+        server_time,
+        next,
+        entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_entries_links_and_server_time() {
+        let body = br#"{"resourceType":"Bundle","type":"searchset",
+          "meta":{"lastUpdated":"2026-11-21T10:00:00.500+00:00"},
+          "link":[{"relation":"self","url":"a"},{"relation":"next","url":"http://x/fhir/Observation?page=2"}],
+          "entry":[
+            {"resource":{"resourceType":"Observation","id":"o1","meta":{"versionId":"3","lastUpdated":"2026-11-21T09:59:59.123Z"}},"search":{"mode":"match"}},
+            {"resource":{"resourceType":"Patient","id":"p1"},"search":{"mode":"include"}},
+            {"resource":{"resourceType":"OperationOutcome","id":"x"},"search":{"mode":"outcome"}}
+          ]}"#;
+        let p = parse_page(body).unwrap();
+        assert_eq!(p.next.as_deref(), Some("http://x/fhir/Observation?page=2"));
+        assert_eq!(
+            format_instant(p.server_time.unwrap()),
+            "2026-11-21T10:00:00.500Z"
+        );
+        assert_eq!(p.entries.len(), 1);
+        let e = &p.entries[0];
+        assert_eq!(
+            (
+                e.resource_type.as_str(),
+                e.id.as_str(),
+                e.version_id.as_deref()
+            ),
+            ("Observation", "o1", Some("3"))
+        );
+        assert!(e.raw.starts_with(r#"{"resourceType":"Observation""#));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(matches!(
+            parse_page(b"<html>"),
+            Err(BundleError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_page(b"{\"resourceType\":\"Bundle\",\"entry\":[{\"resource\":"),
+            Err(BundleError::NotJson(_))
+        ));
+        assert_eq!(
+            parse_page(br#"{"resourceType":"OperationOutcome","issue":[]}"#).unwrap_err(),
+            BundleError::NotBundle("OperationOutcome".into())
+        );
+        assert_eq!(
+            parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation"}}]}"#).unwrap_err(),
+            BundleError::MissingId(0)
+        );
+        assert_eq!(
+            parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","id":"1","meta":{"lastUpdated":"yesterday"}}}]}"#).unwrap_err(),
+            BundleError::BadLastUpdated(0)
+        );
+        let empty = parse_page(br#"{"resourceType":"Bundle"}"#).unwrap();
+        assert!(empty.entries.is_empty() && empty.next.is_none());
+    }
+}

@@ -1,0 +1,128 @@
+//! HTTP GETs of FHIR search pages. Errors carry no bodies, tokens or query
+//! strings: they end up in logs and status.
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue, RETRY_AFTER};
+use std::time::Duration;
+use url::Url;
+
+/// Responses larger than this are refused rather than buffered.
+const MAX_PAGE_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("HTTP {status}{}", retry_after.map(|d| format!(" (Retry-After {}s)", d.as_secs())).unwrap_or_default())]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("timed out")]
+    Timeout,
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("response larger than {} MB", MAX_PAGE_BYTES / 1024 / 1024)]
+    TooLarge,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Fetched {
+    pub body: Vec<u8>,
+    /// The HTTP `Date` header: the server's clock, second precision.
+    pub date: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone)]
+pub struct FhirClient {
+    http: reqwest::Client,
+}
+
+impl FhirClient {
+    pub fn new(timeout: Duration) -> Result<Self, FetchError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/fhir+json"));
+        // HAPI caches identical searches for a minute; we need fresh results.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| FetchError::Other(describe(&e)))?;
+        Ok(FhirClient { http })
+    }
+
+    pub async fn get(&self, url: &Url) -> Result<Fetched, FetchError> {
+        let mut resp = self.http.get(url.clone()).send().await.map_err(classify)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                status: status.as_u16(),
+                retry_after: parse_retry_after(resp.headers()),
+            });
+        }
+        let date = resp
+            .headers()
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
+            .map(|d| d.to_utc());
+        if resp
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_PAGE_BYTES)
+        {
+            return Err(FetchError::TooLarge);
+        }
+        let mut body = Vec::with_capacity(resp.content_length().unwrap_or(64 * 1024) as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > MAX_PAGE_BYTES {
+                return Err(FetchError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched { body, date })
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(v).ok()?.to_utc();
+    Some((at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+}
+
+fn classify(e: reqwest::Error) -> FetchError {
+    if e.is_timeout() {
+        FetchError::Timeout
+    } else if e.is_connect() {
+        FetchError::Connect(describe(&e))
+    } else {
+        FetchError::Other(describe(&e))
+    }
+}
+
+/// The error chain without the URL (which may carry identifiers or tokens).
+pub fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut parts = vec![];
+    let mut cur: Option<&dyn Error> = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    if parts.is_empty() {
+        // reqwest's own message; strip the URL it appends.
+        return e
+            .to_string()
+            .split(" for url (")
+            .next()
+            .unwrap_or("request failed")
+            .to_string();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,8 @@
+//! Sources: one task per configured EHR, polling each resource type on schedule.
+
+pub mod bundle;
+pub mod client;
+mod poll;
+pub mod watermark;
+
+pub use poll::{PollError, SourceTask};

@@ -1,0 +1,290 @@
+//! The poll loop of one source: search, follow `next`, diff, route, commit per page.
+
+use super::bundle::{BundleError, format_instant, parse_instant, parse_page};
+use super::client::{FetchError, FhirClient};
+use super::watermark::WatermarkTracker;
+use crate::config::{Source, Start};
+use crate::diff::{self, Observed};
+use crate::outbox::{Change, Route, route_change};
+use crate::state::{PageCommit, SeenRow, StateError, Store};
+use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("{resource_type} search page {page}: {error}")]
+    Fetch {
+        resource_type: String,
+        page: usize,
+        error: FetchError,
+    },
+    #[error("{resource_type} search page {page}: {error}")]
+    Bundle {
+        resource_type: String,
+        page: usize,
+        error: BundleError,
+    },
+    #[error("{resource_type} search page {page}: next link is not a URL")]
+    BadNextLink { resource_type: String, page: usize },
+    #[error("{resource_type} search page {page}: next link loops back to an earlier page")]
+    NextLinkLoop { resource_type: String, page: usize },
+    #[error(
+        "{resource_type}: the server's response gave no time (no Bundle.meta.lastUpdated, no Date header)"
+    )]
+    NoServerTime { resource_type: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Wakes a hook's delivery worker when new messages are committed.
+pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
+
+pub struct SourceTask {
+    pub source: Source,
+    pub routes: Vec<Route>,
+    pub store: Store,
+    pub client: FhirClient,
+    pub wakers: Wakers,
+}
+
+impl SourceTask {
+    /// Polls every resource type now, then on schedule, until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            for rt in &self.source.resources {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let outcome = self.poll_target(rt, &cancel).await;
+                let error = outcome.as_ref().err().map(|e| e.to_string());
+                match &outcome {
+                    Ok(n) => {
+                        tracing::debug!(source = %self.source.name, resource_type = %rt, changes = n, "poll ok")
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %self.source.name, resource_type = %rt, error = %e, "poll failed")
+                    }
+                }
+                if let Err(e) = self.store.record_poll(&self.source.name, rt, error).await {
+                    tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcome");
+                }
+            }
+            let next = self.source.schedule.next_after(Utc::now());
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    fn search_url(&self, resource_type: &str, since: Option<DateTime<Utc>>) -> Url {
+        let mut url = self
+            .source
+            .base_url
+            .join(resource_type)
+            .unwrap_or_else(|_| self.source.base_url.clone());
+        let mut query = String::new();
+        if let Some(t) = since {
+            query.push_str(&format!("_lastUpdated=ge{}&", format_instant(t)));
+        }
+        query.push_str(&format!(
+            "_sort=_lastUpdated&_count={}",
+            self.source.page_size
+        ));
+        if let Some(extra) = self.source.params.get(resource_type) {
+            let extra = extra.trim_start_matches(['&', '?']);
+            if !extra.is_empty() {
+                query.push('&');
+                query.push_str(extra);
+            }
+        }
+        url.set_query(Some(&query));
+        url
+    }
+
+    /// First poll of a target: fix where it starts. Returns false when there is
+    /// nothing more to do this tick (`start = "now"` emits nothing old).
+    async fn initialize(&self, rt: &str) -> Result<(), PollError> {
+        let (watermark, floor) = match &self.source.start {
+            Start::Beginning => (None, None),
+            Start::At(t) => (Some(format_instant(*t)), Some(format_instant(*t))),
+            Start::Now => {
+                let mut url = self.search_url(rt, None);
+                url.set_query(Some("_count=1"));
+                let fetched = self
+                    .client
+                    .get(&url)
+                    .await
+                    .map_err(|error| PollError::Fetch {
+                        resource_type: rt.to_string(),
+                        page: 1,
+                        error,
+                    })?;
+                let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
+                    resource_type: rt.to_string(),
+                    page: 1,
+                    error,
+                })?;
+                let now =
+                    page.server_time
+                        .or(fetched.date)
+                        .ok_or_else(|| PollError::NoServerTime {
+                            resource_type: rt.to_string(),
+                        })?;
+                (Some(format_instant(now)), Some(format_instant(now)))
+            }
+        };
+        self.store
+            .init_target(&self.source.name, rt, watermark, floor)
+            .await?;
+        Ok(())
+    }
+
+    /// One poll of one resource type. Returns the number of changes found.
+    pub async fn poll_target(
+        &self,
+        rt: &str,
+        cancel: &CancellationToken,
+    ) -> Result<u64, PollError> {
+        let name = &self.source.name;
+        let mut state = self.store.target_state(name, rt).await?;
+        if !state.initialized {
+            self.initialize(rt).await?;
+            state = self.store.target_state(name, rt).await?;
+            if self.source.start == Start::Now {
+                return Ok(0);
+            }
+        }
+        let floor = state.floor.as_deref().and_then(parse_instant);
+        let mut watermark = state.watermark.as_deref().and_then(parse_instant);
+        let overlap =
+            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::zero());
+        let since = watermark.map(|w| (w - overlap).max(floor.unwrap_or(w - overlap)));
+
+        let mut url = self.search_url(rt, since);
+        let mut visited = HashSet::new();
+        let mut tracker = WatermarkTracker::new();
+        let mut total_changes = 0u64;
+        let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut page_no = 0usize;
+        loop {
+            page_no += 1;
+            visited.insert(url.to_string());
+            let fetched = self
+                .client
+                .get(&url)
+                .await
+                .map_err(|error| PollError::Fetch {
+                    resource_type: rt.to_string(),
+                    page: page_no,
+                    error,
+                })?;
+            let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
+                resource_type: rt.to_string(),
+                page: page_no,
+                error,
+            })?;
+
+            let entries: Vec<_> = page
+                .entries
+                .iter()
+                .filter(|e| e.resource_type == rt)
+                .filter(|e| match (floor, e.last_updated) {
+                    (Some(f), Some(lu)) => lu >= f,
+                    _ => true,
+                })
+                .collect();
+            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+            let mut seen = self.store.load_seen(name, rt, ids).await?;
+
+            let mut commit = PageCommit {
+                source: name.clone(),
+                resource_type: rt.to_string(),
+                resources_read: entries.len() as u64,
+                ..Default::default()
+            };
+            for e in &entries {
+                let hash = diff::content_hash(e.raw.as_bytes());
+                let observed = Observed {
+                    version_id: e.version_id.as_deref(),
+                    last_updated: e.last_updated,
+                    content_hash: &hash,
+                };
+                let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
+                    continue;
+                };
+                let change = Change {
+                    source: name,
+                    owner_id: &self.source.owner_id,
+                    resource_type: rt,
+                    resource_id: &e.id,
+                    version_id: e.version_id.as_deref(),
+                    last_updated: e.last_updated_raw.as_deref(),
+                    content_hash: &hash,
+                    event,
+                    raw: e.raw,
+                    time: &detected_at,
+                };
+                route_change(
+                    &change,
+                    &self.routes,
+                    &mut commit.messages,
+                    &mut commit.filter_errors,
+                );
+                let row = SeenRow {
+                    version_id: e.version_id.clone(),
+                    last_updated: e.last_updated.map(format_instant),
+                    content_hash: hash,
+                };
+                // The same id twice in one poll (page drift): the second is a duplicate.
+                seen.insert(e.id.clone(), row.clone());
+                commit.seen.push((e.id.clone(), row));
+                commit.changes += 1;
+            }
+
+            let instants: Vec<_> = entries.iter().filter_map(|e| e.last_updated).collect();
+            let next = match &page.next {
+                Some(link) => Some(url.join(link).map_err(|_| PollError::BadNextLink {
+                    resource_type: rt.to_string(),
+                    page: page_no,
+                })?),
+                None => None,
+            };
+            if let Some(new) = tracker.page(&instants, next.is_some()) {
+                if watermark.is_none_or(|w| new > w) {
+                    watermark = Some(new);
+                    commit.watermark = Some(format_instant(new));
+                }
+            }
+            let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
+            total_changes += commit.changes;
+            self.store.commit_page(commit).await?;
+            for hook in woken {
+                if let Some(w) = self.wakers.get(&hook) {
+                    w.notify_one();
+                }
+            }
+
+            match next {
+                None => break,
+                Some(n) if visited.contains(n.as_str()) => {
+                    return Err(PollError::NextLinkLoop {
+                        resource_type: rt.to_string(),
+                        page: page_no,
+                    });
+                }
+                Some(n) => url = n,
+            }
+            // Stopping between pages is safe: everything read so far is committed.
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        Ok(total_changes)
+    }
+}

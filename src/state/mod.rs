@@ -1,0 +1,150 @@
+//! Durable state in one SQLite file (`<state_dir>/bridge.db`). This module is the
+//! only place that speaks SQL.
+//!
+//! Durability: WAL with `synchronous=NORMAL`. A commit survives a process crash
+//! (`kill -9`). A power loss can roll back the last commits, but watermark,
+//! seen-versions and outbox rows always roll back *together*, so the next poll
+//! reads the same changes again: nothing is lost, at worst re-sent.
+
+mod outbox;
+mod poll;
+mod report;
+mod schema;
+
+pub use outbox::{Claimed, DeliveryRecord, NewMessage};
+pub use poll::{PageCommit, SeenRow, TargetState};
+pub use report::{DeadLetter, HookReport, TargetReport};
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database task failed: {0}")]
+    Task(String),
+}
+
+/// A handle on the state database, cheap to clone. Calls run on tokio's
+/// blocking pool so SQLite never stalls the async workers.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// Milliseconds since the Unix epoch, our clock (never the EHR's).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600) and migrates the database.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        let err = |message: String| StateError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(format!("cannot create directory: {e}")))?;
+        }
+        create_private(path).map_err(|e| err(format!("cannot create: {e}")))?;
+        let mut conn = Connection::open(path).map_err(|e| err(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| err(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| err(describe_open_error(&e)))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| err(e.to_string()))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| err(e.to_string()))?;
+        schema::migrate(&mut conn).map_err(|e| err(describe_open_error(&e)))?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing database for reading only (status, dlq list), safe
+    /// while the daemon writes. `Ok(None)` when there is no database yet.
+    pub fn open_read_only(path: &Path) -> Result<Option<Store>, StateError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let err = |message: String| StateError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| err(e.to_string()))?;
+        schema::check_version(&conn).map_err(|e| err(describe_open_error(&e)))?;
+        Ok(Some(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<R, F>(&self, f: F) -> Result<R, StateError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard).map_err(StateError::from)
+        })
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
+    }
+}
+
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map(|_| ())
+}
+
+fn describe_open_error(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            format!(
+                "{e}: the file is damaged or not a fhir-bridge database. \
+                 It was left untouched; restore it from a backup or move it away to start afresh"
+            )
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::Store;
+
+    pub fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("bridge.db")).unwrap();
+        (dir, store)
+    }
+}

@@ -1,0 +1,297 @@
+//! The transactional outbox: messages waiting for, or done with, delivery.
+
+use super::{StateError, Store, now_ms};
+use rusqlite::{Transaction, params};
+
+/// A message to enqueue, written in the same transaction as its page.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub hook: String,
+    pub message_id: String,
+    pub source: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version_id: Option<String>,
+    pub event: &'static str,
+    pub payload: Vec<u8>,
+}
+
+#[cfg(test)]
+impl NewMessage {
+    pub fn test(hook: &str, message_id: &str, rt: &str, id: &str) -> Self {
+        NewMessage {
+            hook: hook.into(),
+            message_id: message_id.into(),
+            source: "s".into(),
+            resource_type: rt.into(),
+            resource_id: id.into(),
+            version_id: None,
+            event: "create",
+            payload: b"{}".to_vec(),
+        }
+    }
+}
+
+/// A message claimed for a delivery attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub message_id: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub attempts: u32,
+    pub payload: Vec<u8>,
+}
+
+/// How one delivery attempt ended. Errors are PHI-free text.
+#[derive(Debug, Clone)]
+pub enum DeliveryRecord {
+    Delivered {
+        status: u16,
+    },
+    Failed {
+        status: Option<u16>,
+        error: String,
+        /// `None`: attempts are exhausted and the message goes to the dead-letter queue.
+        retry_at_ms: Option<i64>,
+    },
+}
+
+/// Same (hook, message_id) twice is ignored: re-reading a change never enqueues it twice.
+pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusqlite::Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO outbox
+            (hook, message_id, source, resource_type, resource_id, version_id, event, payload,
+             state, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9)",
+    )?;
+    for m in messages {
+        stmt.execute(params![
+            m.hook,
+            m.message_id,
+            m.source,
+            m.resource_type,
+            m.resource_id,
+            m.version_id,
+            m.event,
+            m.payload,
+            now
+        ])?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Due pending messages of a hook, oldest first, skipping any message whose
+    /// resource has an older version still pending (per-resource order) and the
+    /// ids in `in_flight`.
+    pub async fn claim_due(
+        &self,
+        hook: &str,
+        in_flight: Vec<i64>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts, o.payload
+                 FROM outbox o
+                 WHERE o.hook = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox p
+                       WHERE p.hook = o.hook AND p.resource_type = o.resource_type
+                         AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)
+                 ORDER BY o.id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![hook, now_ms(), (limit + in_flight.len()) as i64],
+                |r| {
+                    Ok(Claimed {
+                        id: r.get(0)?,
+                        message_id: r.get(1)?,
+                        resource_type: r.get(2)?,
+                        resource_id: r.get(3)?,
+                        attempts: r.get(4)?,
+                        payload: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                    })
+                },
+            )?;
+            let mut out = Vec::with_capacity(limit);
+            for row in rows {
+                let row = row?;
+                if !in_flight.contains(&row.id) && out.len() < limit {
+                    out.push(row);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// When the hook's next pending message falls due (ms), if any.
+    pub async fn next_due_ms(&self, hook: &str) -> Result<Option<i64>, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT min(next_attempt_at) FROM outbox WHERE hook = ?1 AND state = 'pending'",
+            )?
+            .query_row(params![hook], |r| r.get(0))
+        })
+        .await
+    }
+
+    /// Records one attempt's outcome for a claimed message.
+    pub async fn record_delivery(
+        &self,
+        hook: &str,
+        id: i64,
+        record: DeliveryRecord,
+    ) -> Result<(), StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction()?;
+            match record {
+                DeliveryRecord::Delivered { status } => {
+                    tx.prepare_cached(
+                        "UPDATE outbox SET state = 'delivered', payload = NULL, attempts = attempts + 1,
+                            done_at = ?2, last_status = ?3, last_error = NULL
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, now, status])?;
+                    tx.prepare_cached(
+                        "INSERT INTO hook_stats (hook, last_success_at) VALUES (?1, ?2)
+                         ON CONFLICT (hook) DO UPDATE SET last_success_at = ?2",
+                    )?
+                    .execute(params![hook, now])?;
+                }
+                DeliveryRecord::Failed { status, error, retry_at_ms } => {
+                    let (state, next, done) = match retry_at_ms {
+                        Some(at) => ("pending", at, None),
+                        None => ("dead", now, Some(now)),
+                    };
+                    tx.prepare_cached(
+                        "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,
+                            done_at = ?4, last_status = ?5, last_error = ?6
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, state, next, done, status, error])?;
+                    tx.prepare_cached(
+                        "INSERT INTO hook_stats (hook, failed_attempts, last_error, last_error_at)
+                         VALUES (?1, 1, ?2, ?3)
+                         ON CONFLICT (hook) DO UPDATE SET
+                            failed_attempts = failed_attempts + 1, last_error = ?2, last_error_at = ?3",
+                    )?
+                    .execute(params![hook, error, now])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Deletes delivered messages finished before `older_than_ms`. Returns how many.
+    pub async fn prune_delivered(&self, older_than_ms: i64) -> Result<usize, StateError> {
+        self.call(move |c| {
+            c.prepare_cached("DELETE FROM outbox WHERE state = 'delivered' AND done_at < ?1")?
+                .execute(params![older_than_ms])
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PageCommit;
+    use crate::state::test_util::temp_store;
+
+    async fn enqueue(store: &Store, msgs: Vec<NewMessage>) {
+        store
+            .commit_page(PageCommit {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                messages: msgs,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn versions_of_one_resource_are_claimed_in_order() {
+        let (_d, store) = temp_store();
+        enqueue(
+            &store,
+            vec![
+                NewMessage::test("h", "a1", "Observation", "a"),
+                NewMessage::test("h", "a2", "Observation", "a"),
+                NewMessage::test("h", "b1", "Observation", "b"),
+                NewMessage::test("h", "a1", "Observation", "a"), // duplicate id: ignored
+            ],
+        )
+        .await;
+        let got = store.claim_due("h", vec![], 10).await.unwrap();
+        let ids: Vec<_> = got.iter().map(|c| c.message_id.as_str()).collect();
+        assert_eq!(ids, ["a1", "b1"]);
+        // While a1 is in flight it is not claimed again, and a2 waits for it.
+        let again = store
+            .claim_due("h", vec![got[0].id, got[1].id], 10)
+            .await
+            .unwrap();
+        assert!(again.is_empty());
+        store
+            .record_delivery("h", got[0].id, DeliveryRecord::Delivered { status: 200 })
+            .await
+            .unwrap();
+        let next = store.claim_due("h", vec![got[1].id], 10).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].message_id, "a2");
+    }
+
+    #[tokio::test]
+    async fn failures_wait_and_exhausted_ones_go_dead() {
+        let (_d, store) = temp_store();
+        enqueue(
+            &store,
+            vec![NewMessage::test("h", "a1", "Observation", "a")],
+        )
+        .await;
+        let c = store.claim_due("h", vec![], 1).await.unwrap().remove(0);
+        let later = now_ms() + 60_000;
+        store
+            .record_delivery(
+                "h",
+                c.id,
+                DeliveryRecord::Failed {
+                    status: Some(500),
+                    error: "HTTP 500".into(),
+                    retry_at_ms: Some(later),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(store.claim_due("h", vec![], 1).await.unwrap().is_empty());
+        assert_eq!(store.next_due_ms("h").await.unwrap(), Some(later));
+        store
+            .record_delivery(
+                "h",
+                c.id,
+                DeliveryRecord::Failed {
+                    status: Some(500),
+                    error: "HTTP 500".into(),
+                    retry_at_ms: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.next_due_ms("h").await.unwrap(), None);
+        let dead = store.dead_letters(None).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 2);
+    }
+}

@@ -1,0 +1,260 @@
+//! Poll-side state: each poll target's watermark and status, the seen-versions
+//! table, and the one transaction that commits a page.
+
+use super::outbox::{NewMessage, insert_messages};
+use super::{StateError, Store, now_ms};
+use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
+
+/// What the poller needs to know about a (source, resource type) before polling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetState {
+    pub initialized: bool,
+    pub watermark: Option<String>,
+    pub floor: Option<String>,
+}
+
+/// The last version of a resource the bridge has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRow {
+    pub version_id: Option<String>,
+    pub last_updated: Option<String>,
+    pub content_hash: [u8; 32],
+}
+
+/// Everything one page of search results changes, committed atomically.
+#[derive(Debug, Default)]
+pub struct PageCommit {
+    pub source: String,
+    pub resource_type: String,
+    pub seen: Vec<(String, SeenRow)>,
+    pub messages: Vec<NewMessage>,
+    /// The new watermark, when the page lets it advance.
+    pub watermark: Option<String>,
+    /// Filter runtime errors per hook on this page.
+    pub filter_errors: HashMap<String, u64>,
+    pub changes: u64,
+    pub resources_read: u64,
+}
+
+impl Store {
+    pub async fn target_state(
+        &self,
+        source: &str,
+        resource_type: &str,
+    ) -> Result<TargetState, StateError> {
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.call(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT initialized, watermark, floor FROM poll_target
+                     WHERE source = ?1 AND resource_type = ?2",
+                )?
+                .query_row(params![source, rt], |r| {
+                    Ok(TargetState {
+                        initialized: r.get::<_, i64>(0)? != 0,
+                        watermark: r.get(1)?,
+                        floor: r.get(2)?,
+                    })
+                })
+                .optional()?;
+            Ok(row.unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Marks a target as started: its floor and first watermark are set once.
+    pub async fn init_target(
+        &self,
+        source: &str,
+        resource_type: &str,
+        watermark: Option<String>,
+        floor: Option<String>,
+    ) -> Result<(), StateError> {
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO poll_target (source, resource_type, initialized, watermark, floor)
+                 VALUES (?1, ?2, 1, ?3, ?4)
+                 ON CONFLICT (source, resource_type)
+                 DO UPDATE SET initialized = 1, watermark = ?3, floor = ?4",
+            )?
+            .execute(params![source, rt, watermark, floor])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The seen-versions rows for these ids (absent ids were never seen).
+    pub async fn load_seen(
+        &self,
+        source: &str,
+        resource_type: &str,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, SeenRow>, StateError> {
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT version_id, last_updated, content_hash FROM seen
+                 WHERE source = ?1 AND resource_type = ?2 AND resource_id = ?3",
+            )?;
+            let mut out = HashMap::with_capacity(ids.len());
+            for id in ids {
+                let row = stmt
+                    .query_row(params![source, rt, id], |r| {
+                        let hash: Vec<u8> = r.get(2)?;
+                        let mut content_hash = [0u8; 32];
+                        if hash.len() == 32 {
+                            content_hash.copy_from_slice(&hash);
+                        }
+                        Ok(SeenRow {
+                            version_id: r.get(0)?,
+                            last_updated: r.get(1)?,
+                            content_hash,
+                        })
+                    })
+                    .optional()?;
+                if let Some(row) = row {
+                    out.insert(id, row);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Commits one page: seen-versions, outbox rows and the watermark move together.
+    pub async fn commit_page(&self, page: PageCommit) -> Result<(), StateError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO seen (source, resource_type, resource_id, version_id, last_updated, content_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (source, resource_type, resource_id) DO UPDATE SET
+                        version_id = excluded.version_id,
+                        last_updated = excluded.last_updated,
+                        content_hash = excluded.content_hash",
+                )?;
+                for (id, row) in &page.seen {
+                    upsert.execute(params![
+                        page.source,
+                        page.resource_type,
+                        id,
+                        row.version_id,
+                        row.last_updated,
+                        &row.content_hash[..]
+                    ])?;
+                }
+                insert_messages(&tx, &page.messages)?;
+                tx.prepare_cached(
+                    "INSERT INTO poll_target (source, resource_type, initialized, watermark)
+                     VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT (source, resource_type) DO UPDATE SET
+                        watermark = COALESCE(?3, watermark),
+                        changes_seen = changes_seen + ?4,
+                        resources_read = resources_read + ?5",
+                )?
+                .execute(params![
+                    page.source,
+                    page.resource_type,
+                    page.watermark,
+                    page.changes as i64,
+                    page.resources_read as i64
+                ])?;
+                let mut errs = tx.prepare_cached(
+                    "INSERT INTO hook_stats (hook, filter_errors) VALUES (?1, ?2)
+                     ON CONFLICT (hook) DO UPDATE SET filter_errors = filter_errors + ?2",
+                )?;
+                for (hook, n) in &page.filter_errors {
+                    errs.execute(params![hook, *n as i64])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Records how a poll of one target ended. `error` is PHI-free text.
+    pub async fn record_poll(
+        &self,
+        source: &str,
+        resource_type: &str,
+        error: Option<String>,
+    ) -> Result<(), StateError> {
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.call(move |c| {
+            let now = now_ms();
+            match error {
+                None => c
+                    .prepare_cached(
+                        "INSERT INTO poll_target (source, resource_type, last_poll_at, last_ok_at, last_outcome)
+                         VALUES (?1, ?2, ?3, ?3, 'ok')
+                         ON CONFLICT (source, resource_type) DO UPDATE SET
+                            last_poll_at = ?3, last_ok_at = ?3, last_outcome = 'ok',
+                            consecutive_failures = 0",
+                    )?
+                    .execute(params![source, rt, now])?,
+                Some(e) => c
+                    .prepare_cached(
+                        "INSERT INTO poll_target (source, resource_type, last_poll_at, last_outcome, last_error, consecutive_failures)
+                         VALUES (?1, ?2, ?3, 'error', ?4, 1)
+                         ON CONFLICT (source, resource_type) DO UPDATE SET
+                            last_poll_at = ?3, last_outcome = 'error', last_error = ?4,
+                            consecutive_failures = consecutive_failures + 1",
+                    )?
+                    .execute(params![source, rt, now, e])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_util::temp_store;
+
+    #[tokio::test]
+    async fn a_page_commits_seen_outbox_and_watermark_together() {
+        let (_d, store) = temp_store();
+        assert_eq!(
+            store.target_state("s", "Observation").await.unwrap(),
+            TargetState::default()
+        );
+        store
+            .init_target(
+                "s",
+                "Observation",
+                Some("2026-01-01T00:00:00.000Z".into()),
+                None,
+            )
+            .await
+            .unwrap();
+        let seen = SeenRow {
+            version_id: Some("1".into()),
+            last_updated: Some("t".into()),
+            content_hash: [7; 32],
+        };
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            seen: vec![("a".into(), seen.clone())],
+            messages: vec![NewMessage::test("h", "m1", "Observation", "a")],
+            watermark: Some("2026-01-02T00:00:00.000Z".into()),
+            changes: 1,
+            resources_read: 1,
+            ..Default::default()
+        };
+        store.commit_page(page).await.unwrap();
+        let st = store.target_state("s", "Observation").await.unwrap();
+        assert_eq!(st.watermark.as_deref(), Some("2026-01-02T00:00:00.000Z"));
+        let got = store
+            .load_seen("s", "Observation", vec!["a".into(), "b".into()])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["a"], seen);
+    }
+}

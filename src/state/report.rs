@@ -1,0 +1,200 @@
+//! Read models for `status` and the dead-letter queue commands.
+
+use super::{StateError, Store, now_ms};
+use rusqlite::{OptionalExtension, params, params_from_iter};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetReport {
+    pub source: String,
+    pub resource_type: String,
+    pub watermark: Option<String>,
+    pub last_poll_at_ms: Option<i64>,
+    pub last_ok_at_ms: Option<i64>,
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: i64,
+    pub changes_seen: i64,
+    pub resources_read: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HookReport {
+    pub hook: String,
+    pub pending: i64,
+    pub delivered: i64,
+    pub dead: i64,
+    pub failed_attempts: i64,
+    pub filter_errors: i64,
+    pub oldest_pending_at_ms: Option<i64>,
+    pub last_success_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub hook: String,
+    pub message_id: String,
+    pub source: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version_id: Option<String>,
+    pub event: String,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub dead_at_ms: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl Store {
+    pub async fn target_report(
+        &self,
+        source: &str,
+        resource_type: &str,
+    ) -> Result<Option<TargetReport>, StateError> {
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT watermark, last_poll_at, last_ok_at, last_outcome, last_error,
+                        consecutive_failures, changes_seen, resources_read
+                 FROM poll_target WHERE source = ?1 AND resource_type = ?2",
+            )?
+            .query_row(params![source, rt], |r| {
+                Ok(TargetReport {
+                    source: source.clone(),
+                    resource_type: rt.clone(),
+                    watermark: r.get(0)?,
+                    last_poll_at_ms: r.get(1)?,
+                    last_ok_at_ms: r.get(2)?,
+                    last_outcome: r.get(3)?,
+                    last_error: r.get(4)?,
+                    consecutive_failures: r.get(5)?,
+                    changes_seen: r.get(6)?,
+                    resources_read: r.get(7)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn hook_report(&self, hook: &str) -> Result<HookReport, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let mut rep = HookReport { hook: hook.clone(), ..Default::default() };
+            let mut counts = c.prepare_cached(
+                "SELECT state, count(*) FROM outbox WHERE hook = ?1 GROUP BY state",
+            )?;
+            let rows = counts.query_map(params![hook], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (state, n) = row?;
+                match state.as_str() {
+                    "pending" => rep.pending = n,
+                    "delivered" => rep.delivered = n,
+                    "dead" => rep.dead = n,
+                    _ => {}
+                }
+            }
+            rep.oldest_pending_at_ms = c
+                .prepare_cached(
+                    "SELECT created_at FROM outbox WHERE hook = ?1 AND state = 'pending' ORDER BY id LIMIT 1",
+                )?
+                .query_row(params![hook], |r| r.get(0))
+                .optional()?;
+            if let Some((fa, fe, ls, le, lea)) = c
+                .prepare_cached(
+                    "SELECT failed_attempts, filter_errors, last_success_at, last_error, last_error_at
+                     FROM hook_stats WHERE hook = ?1",
+                )?
+                .query_row(params![hook], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .optional()?
+            {
+                rep.failed_attempts = fa;
+                rep.filter_errors = fe;
+                rep.last_success_at_ms = ls;
+                rep.last_error = le;
+                rep.last_error_at_ms = lea;
+            }
+            Ok(rep)
+        })
+        .await
+    }
+
+    pub async fn dead_letters(&self, hook: Option<String>) -> Result<Vec<DeadLetter>, StateError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, hook, message_id, source, resource_type, resource_id, version_id, event,
+                        attempts, created_at, done_at, last_status, last_error
+                 FROM outbox WHERE state = 'dead' AND (?1 IS NULL OR hook = ?1) ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![hook], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    hook: r.get(1)?,
+                    message_id: r.get(2)?,
+                    source: r.get(3)?,
+                    resource_type: r.get(4)?,
+                    resource_id: r.get(5)?,
+                    version_id: r.get(6)?,
+                    event: r.get(7)?,
+                    attempts: r.get(8)?,
+                    created_at_ms: r.get(9)?,
+                    dead_at_ms: r.get(10)?,
+                    last_status: r.get(11)?,
+                    last_error: r.get(12)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Requeues dead letters (all of a hook's, or the given ids) for immediate
+    /// delivery with a fresh attempt budget. Returns how many were requeued.
+    pub async fn redrive(
+        &self,
+        hook: Option<String>,
+        ids: Option<Vec<i64>>,
+    ) -> Result<usize, StateError> {
+        self.change_dead(hook, ids, "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1, done_at = NULL")
+            .await
+    }
+
+    /// Deletes dead letters for good. Returns how many.
+    pub async fn purge_dead(
+        &self,
+        hook: Option<String>,
+        ids: Option<Vec<i64>>,
+    ) -> Result<usize, StateError> {
+        self.change_dead(hook, ids, "DELETE FROM outbox").await
+    }
+
+    async fn change_dead(
+        &self,
+        hook: Option<String>,
+        ids: Option<Vec<i64>>,
+        action: &'static str,
+    ) -> Result<usize, StateError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let mut sql = format!("{action} WHERE state = 'dead' AND (?2 IS NULL OR hook = ?2)");
+            let mut args: Vec<rusqlite::types::Value> = vec![now.into(), hook.into()];
+            if let Some(ids) = ids {
+                sql.push_str(" AND id IN (");
+                for (i, id) in ids.iter().enumerate() {
+                    sql.push_str(if i == 0 { "?" } else { ", ?" });
+                    args.push((*id).into());
+                }
+                sql.push(')');
+            }
+            // ?1 is unused by DELETE; SQLite accepts unused numbered parameters only
+            // when referenced, so bind it through a harmless comparison.
+            sql.push_str(" AND ?1 IS NOT NULL");
+            c.execute(&sql, params_from_iter(args))
+        })
+        .await
+    }
+}

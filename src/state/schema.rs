@@ -1,0 +1,100 @@
+//! Schema migrations, tracked with `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE poll_target (
+        source               TEXT NOT NULL,
+        resource_type        TEXT NOT NULL,
+        initialized          INTEGER NOT NULL DEFAULT 0,
+        watermark            TEXT,        -- server lastUpdated instant, RFC 3339 (UTC, ms)
+        floor                TEXT,        -- nothing last updated before this is emitted
+        last_poll_at         INTEGER,     -- our clock, ms
+        last_ok_at           INTEGER,
+        last_outcome         TEXT,        -- 'ok' | 'error'
+        last_error           TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        changes_seen         INTEGER NOT NULL DEFAULT 0,
+        resources_read       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (source, resource_type)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE seen (
+        source        TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_id   TEXT NOT NULL,
+        version_id    TEXT,
+        last_updated  TEXT,
+        content_hash  BLOB NOT NULL,
+        PRIMARY KEY (source, resource_type, resource_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        hook            TEXT NOT NULL,
+        message_id      TEXT NOT NULL,
+        source          TEXT NOT NULL,
+        resource_type   TEXT NOT NULL,
+        resource_id     TEXT NOT NULL,
+        version_id      TEXT,
+        event           TEXT NOT NULL,
+        payload         BLOB,              -- NULL once delivered
+        state           TEXT NOT NULL,     -- 'pending' | 'delivered' | 'dead'
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        created_at      INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        done_at         INTEGER,
+        last_status     INTEGER,
+        last_error      TEXT,
+        UNIQUE (hook, message_id)
+    );
+    CREATE INDEX outbox_by_state ON outbox (hook, state, id);
+    CREATE INDEX outbox_due ON outbox (hook, state, next_attempt_at);
+    -- Per-resource ordering: is an older version of this resource still pending?
+    CREATE INDEX outbox_resource_pending ON outbox (hook, resource_type, resource_id, id)
+        WHERE state = 'pending';
+
+    CREATE TABLE hook_stats (
+        hook            TEXT PRIMARY KEY,
+        failed_attempts INTEGER NOT NULL DEFAULT 0,
+        filter_errors   INTEGER NOT NULL DEFAULT 0,
+        last_success_at INTEGER,
+        last_error      TEXT,
+        last_error_at   INTEGER
+    ) WITHOUT ROWID;
+    "#,
+];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(newer_schema(version));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn check_version(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(newer_schema(version));
+    }
+    Ok(())
+}
+
+fn newer_schema(version: i64) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+        Some(format!(
+            "schema version {version} is newer than this fhir-bridge understands ({})",
+            MIGRATIONS.len()
+        )),
+    )
+}
