@@ -1,0 +1,124 @@
+//! The FHIR server under test: the in-crate sandbox, or Medplum's FHIR engine
+//! (a real third-party implementation) behind tests/fhir-server/server.mjs.
+
+use fhir_bridge::sandbox::FhirSandbox;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub enum FhirServer {
+    Sandbox(FhirSandbox),
+    Medplum { child: Child, base: String },
+}
+
+impl FhirServer {
+    pub async fn sandbox() -> FhirServer {
+        FhirServer::Sandbox(FhirSandbox::start(0).await.expect("sandbox"))
+    }
+
+    /// Starts `node tests/fhir-server/server.mjs` (run `npm ci` there first).
+    pub fn medplum(paging: &str) -> FhirServer {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fhir-server");
+        assert!(
+            std::path::Path::new(dir).join("node_modules").exists(),
+            "Medplum test server not installed: run `npm ci --prefix tests/fhir-server`"
+        );
+        let mut child = Command::new("node")
+            .args(["server.mjs", "--port", "0", "--paging", paging])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node (is Node.js installed?)");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(p) = line.strip_prefix("LISTENING ") {
+                        break p.trim().to_string();
+                    }
+                }
+                _ => panic!("Medplum test server exited before it was ready"),
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        FhirServer::Medplum {
+            child,
+            base: format!("http://127.0.0.1:{port}/fhir"),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        match self {
+            FhirServer::Sandbox(s) => s.base_url(),
+            FhirServer::Medplum { base, .. } => base.clone(),
+        }
+    }
+
+    /// Creates a resource; returns (id, versionId).
+    pub async fn create(&self, resource: Value) -> (String, String) {
+        let rt = resource["resourceType"]
+            .as_str()
+            .expect("resourceType")
+            .to_string();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/{rt}", self.base_url()))
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("create");
+        assert!(
+            resp.status().is_success(),
+            "create {rt}: HTTP {}",
+            resp.status()
+        );
+        let v: Value =
+            serde_json::from_slice(&resp.bytes().await.expect("body")).expect("created json");
+        (
+            v["id"].as_str().expect("id").to_string(),
+            v["meta"]["versionId"]
+                .as_str()
+                .expect("versionId")
+                .to_string(),
+        )
+    }
+
+    /// Updates a resource; returns its new versionId.
+    pub async fn update(&self, id: &str, mut resource: Value) -> String {
+        let rt = resource["resourceType"]
+            .as_str()
+            .expect("resourceType")
+            .to_string();
+        resource["id"] = Value::from(id);
+        let resp = reqwest::Client::new()
+            .put(format!("{}/{rt}/{id}", self.base_url()))
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("update");
+        assert!(
+            resp.status().is_success(),
+            "update {rt}/{id}: HTTP {}",
+            resp.status()
+        );
+        let v: Value =
+            serde_json::from_slice(&resp.bytes().await.expect("body")).expect("updated json");
+        v["meta"]["versionId"]
+            .as_str()
+            .expect("versionId")
+            .to_string()
+    }
+}
+
+impl Drop for FhirServer {
+    fn drop(&mut self) {
+        if let FhirServer::Medplum { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
