@@ -14,6 +14,8 @@ pub struct StatusReport {
     pub healthy: bool,
     pub config: String,
     pub database: String,
+    /// False until the daemon has created its database.
+    pub has_state: bool,
     pub sources: Vec<SourceStatus>,
     pub hooks: Vec<HookStatus>,
 }
@@ -127,6 +129,7 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
         healthy,
         config: config.path.display().to_string(),
         database: db.display().to_string(),
+        has_state: store.is_some(),
         sources,
         hooks,
     })
@@ -151,6 +154,9 @@ pub fn render_text(r: &StatusReport) -> String {
         if r.healthy { "OK" } else { "ATTENTION NEEDED" }
     );
     let _ = writeln!(o, "config {}  state {}", r.config, r.database);
+    if !r.has_state {
+        let _ = writeln!(o, "(no state yet: the daemon has not run with this config)");
+    }
     let _ = writeln!(o, "\nSOURCES");
     for s in &r.sources {
         let _ = writeln!(o, "  {}  {}", s.name, s.base_url);

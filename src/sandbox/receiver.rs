@@ -71,6 +71,15 @@ impl Receiver {
         self.shared.fail_status.store(status, Ordering::SeqCst);
     }
 
+    /// How many webhooks were accepted (cheap; `received` clones them all).
+    pub fn count(&self) -> usize {
+        self.shared
+            .got
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.shared
             .got

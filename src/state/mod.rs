@@ -88,7 +88,9 @@ impl Store {
         .map_err(|e| err(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| err(e.to_string()))?;
-        schema::check_version(&conn).map_err(|e| err(describe_open_error(&e)))?;
+        if !schema::check_version(&conn).map_err(|e| err(describe_open_error(&e)))? {
+            return Ok(None);
+        }
         Ok(Some(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),

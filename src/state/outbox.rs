@@ -86,7 +86,9 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
 }
 
 impl Store {
-    /// Due pending messages of a hook, oldest first, skipping any message whose
+    /// Due pending messages of a hook, oldest first (walking the id index, so
+    /// the LIMIT stops the scan early; a plan that sorts every due row would
+    /// cost O(backlog) per claim), skipping any message whose
     /// resource has an older version still pending (per-resource order) and the
     /// ids in `in_flight`.
     pub async fn claim_due(
@@ -99,7 +101,7 @@ impl Store {
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts, o.payload
-                 FROM outbox o
+                 FROM outbox o INDEXED BY outbox_by_state
                  WHERE o.hook = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                    AND NOT EXISTS (
                        SELECT 1 FROM outbox p

@@ -81,12 +81,14 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn check_version(conn: &Connection) -> rusqlite::Result<()> {
+/// For readers: `Ok(false)` when the database is not initialised yet (the
+/// daemon may be creating it right now).
+pub fn check_version(conn: &Connection) -> rusqlite::Result<bool> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() as i64 {
         return Err(newer_schema(version));
     }
-    Ok(())
+    Ok(version > 0)
 }
 
 fn newer_schema(version: i64) -> rusqlite::Error {

@@ -8,7 +8,12 @@ use std::process::{Child, Command, Stdio};
 
 pub enum FhirServer {
     Sandbox(FhirSandbox),
-    Medplum { child: Child, base: String },
+    Medplum {
+        child: Child,
+        base: String,
+        /// Held open: the server exits when it closes (if the test process dies).
+        _stdin: Option<std::process::ChildStdin>,
+    },
 }
 
 impl FhirServer {
@@ -24,7 +29,15 @@ impl FhirServer {
             "Medplum test server not installed: run `npm ci --prefix tests/fhir-server`"
         );
         let mut child = Command::new("node")
-            .args(["server.mjs", "--port", "0", "--paging", paging])
+            .args([
+                "server.mjs",
+                "--port",
+                "0",
+                "--paging",
+                paging,
+                "--exit-on-stdin-eof",
+            ])
+            .stdin(Stdio::piped())
             .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -44,9 +57,11 @@ impl FhirServer {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        let stdin = child.stdin.take();
         FhirServer::Medplum {
             child,
             base: format!("http://127.0.0.1:{port}/fhir"),
+            _stdin: stdin,
         }
     }
 

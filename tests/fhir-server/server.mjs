@@ -190,7 +190,7 @@ function decodeCursor(s) {
 function lastUpdatedMs(resource) {
   const v = resource?.meta?.lastUpdated;
   const ms = v ? Date.parse(v) : NaN;
-  return Number.isNaN(ms) ? -Infinity : ms;
+  return Number.isNaN(ms) ? -8.64e15 : ms; // Medplum always stamps lastUpdated; this is just a guard
 }
 
 /** Runs one request through Medplum's router; returns [outcome, resource?, options?]. */
@@ -391,7 +391,7 @@ function resourceHeaders(resource, status) {
   return h;
 }
 
-async function handle(req, res) {
+async function handle(req, res, bodyPromise) {
   const started = performance.now();
   const headOnly = req.method === 'HEAD';
   const method = headOnly ? 'GET' : req.method;
@@ -409,7 +409,7 @@ async function handle(req, res) {
     const fhirPath = path.slice('/fhir'.length).replace(/^\/+/, '').replace(/\/+$/, '');
     const segments = fhirPath ? fhirPath.split('/') : [];
 
-    const bodyText = await readBody(req);
+    const bodyText = await bodyPromise;
 
     if (segments.length === 1 && segments[0] === 'metadata' && method === 'GET') {
       status = 200;
@@ -473,9 +473,16 @@ async function handle(req, res) {
 
 // Requests are processed one at a time, so each one (including the several router calls of a
 // cursor page) sees a consistent store. Concurrent writes still land *between* page requests.
+// The body is read before queueing, so a slow upload does not hold up other requests.
 let queue = Promise.resolve();
 const server = http.createServer({ maxHeaderSize: 1024 * 1024, keepAliveTimeout: 5000 }, (req, res) => {
-  queue = queue.then(() => handle(req, res)).catch((err) => process.stderr.write(`fhir-server: ${err?.stack ?? err}\n`));
+  const bodyPromise = readBody(req);
+  const enqueue = () => {
+    queue = queue
+      .then(() => handle(req, res, bodyPromise)) // a body error is reported inside handle()
+      .catch((err) => process.stderr.write(`fhir-server: ${err?.stack ?? err}\n`));
+  };
+  bodyPromise.then(enqueue, enqueue);
 });
 server.on('clientError', (err, socket) => {
   if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
