@@ -288,3 +288,107 @@ impl SourceTask {
         Ok(total_changes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Content, Schedule};
+    use crate::filter::Filter;
+    use crate::sandbox::FhirSandbox;
+    use crate::state::test_util::temp_store;
+    use std::time::Duration;
+
+    fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
+        let source = Source {
+            name: "s".into(),
+            base_url: Url::parse(&format!("{base}/")).unwrap(),
+            resources: vec!["Observation".into()],
+            schedule: Schedule::Every(Duration::from_secs(1)),
+            page_size,
+            overlap: Duration::ZERO,
+            start,
+            owner_id: "o".into(),
+            timeout: Duration::from_secs(5),
+            params: Default::default(),
+        };
+        let routes = vec![Route {
+            hook: "h".into(),
+            filter: Arc::new(Filter::compile("true").unwrap()),
+            content: Content::IdOnly,
+        }];
+        SourceTask {
+            source,
+            routes,
+            store,
+            client: FhirClient::new(Duration::from_secs(5)).unwrap(),
+            wakers: Arc::new(HashMap::new()),
+        }
+    }
+
+    async fn pending(store: &Store) -> usize {
+        store.claim_due("h", vec![], 10_000).await.unwrap().len()
+            + store.hook_report("h").await.unwrap().delivered as usize
+    }
+
+    /// With no overlap at all, ties that straddle page boundaries must still be
+    /// read exactly once: the watermark never moves into a tie.
+    #[tokio::test]
+    async fn ties_across_pages_are_read_once_without_overlap() {
+        let fhir = FhirSandbox::start(0).await.unwrap();
+        let (_d, store) = temp_store();
+        let t = task(&fhir.base_url(), store.clone(), 7, Start::Beginning);
+        let cancel = CancellationToken::new();
+        fhir.store.freeze_clock(Some(1_700_000_000_000));
+        for _ in 0..25 {
+            fhir.store
+                .upsert("Observation", None, serde_json::json!({}));
+        }
+        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 25);
+        // More at the same instant, then later ones, then a re-poll: nothing twice.
+        for _ in 0..10 {
+            fhir.store
+                .upsert("Observation", None, serde_json::json!({}));
+        }
+        fhir.store.freeze_clock(Some(1_700_000_000_005));
+        for _ in 0..4 {
+            fhir.store
+                .upsert("Observation", None, serde_json::json!({}));
+        }
+        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 14);
+        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 0);
+        assert_eq!(pending(&store).await, 39);
+        let st = store.target_state("s", "Observation").await.unwrap();
+        assert_eq!(st.watermark.as_deref(), Some("2023-11-14T22:13:20.005Z"));
+    }
+
+    #[tokio::test]
+    async fn start_now_and_bad_bundles() {
+        let fhir = FhirSandbox::start(0).await.unwrap();
+        let (_d, store) = temp_store();
+        for _ in 0..3 {
+            fhir.store
+                .upsert("Observation", None, serde_json::json!({}));
+        }
+        let t = task(&fhir.base_url(), store.clone(), 100, Start::Now);
+        let cancel = CancellationToken::new();
+        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        fhir.store
+            .upsert("Observation", None, serde_json::json!({}));
+        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 1);
+
+        // A base URL that answers 404 is a clear error, not a panic.
+        let bad = task(
+            &format!("{}/nowhere", fhir.base_url()),
+            store.clone(),
+            100,
+            Start::Beginning,
+        );
+        let err = bad
+            .poll_target("Observation", &cancel)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Observation search page 1: HTTP 404"), "{err}");
+    }
+}
