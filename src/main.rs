@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Hooks: re-enable one that a receiver disabled with 410 Gone.
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
+    },
     /// Zero-setup demo: sandbox EHR -> real pipeline -> printing receiver.
     Demo {
         /// Stop after this long (e.g. "30s"); default: until Ctrl-C.
@@ -59,6 +64,17 @@ enum Command {
         /// Synthetic resources written per second.
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum HookCommand {
+    /// Resume deliveries to a hook disabled by a 410 Gone.
+    Enable {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The hook's name.
+        name: String,
     },
 }
 
@@ -179,6 +195,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq_main(command).await,
+        Command::Hook {
+            command: HookCommand::Enable { config, name },
+        } => {
+            let config = load(&config)?;
+            check_hook(&config, &Some(name.clone()))?;
+            let store = open_rw(&config).await?;
+            if store.enable_hook(&name).await? {
+                println!(
+                    "hook `{name}` enabled; a running daemon resumes deliveries within a second"
+                );
+            } else {
+                println!("hook `{name}` was not disabled");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { duration, rate } => {
             init_logging("warn");
             demo::run(demo::DemoOptions { duration, rate }, shutdown_token()).await?;

@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
-    /// False when any source's last poll failed or any hook has dead letters.
+    /// False when any source's last poll failed, or any hook has dead letters or is disabled.
     pub healthy: bool,
     pub config: String,
     pub database: String,
@@ -54,6 +54,9 @@ pub struct HookStatus {
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
+    /// Set when the receiver answered 410 Gone; cleared by `fhir-bridge hook enable`.
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
 }
 
 /// Base URL without credentials or query: safe to print.
@@ -118,13 +121,15 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
             last_success_at: r.last_success_at_ms.map(fmt_ms),
             last_error: r.last_error,
             last_error_at: r.last_error_at_ms.map(fmt_ms),
+            disabled: r.disabled_at_ms.is_some(),
+            disabled_reason: r.disabled_reason,
         });
     }
     let healthy = sources
         .iter()
         .flat_map(|s| &s.targets)
         .all(|t| t.last_outcome.as_deref() != Some("error"))
-        && hooks.iter().all(|h| h.dead_lettered == 0);
+        && hooks.iter().all(|h| h.dead_lettered == 0 && !h.disabled);
     Ok(StatusReport {
         healthy,
         config: config.path.display().to_string(),
@@ -211,6 +216,15 @@ pub fn render_text(r: &StatusReport) -> String {
             since(&h.last_success_at),
             last_err
         );
+        if h.disabled {
+            let _ = writeln!(
+                o,
+                "  {:<20} DISABLED: {}; re-enable with `fhir-bridge hook enable {}`",
+                "",
+                h.disabled_reason.as_deref().unwrap_or("disabled"),
+                h.name
+            );
+        }
         if h.filter_errors > 0 {
             let _ = writeln!(
                 o,

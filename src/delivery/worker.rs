@@ -17,6 +17,33 @@ use tokio_util::sync::CancellationToken;
 /// the CLI, retries falling due).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// Whether the hook is disabled, re-read from the database at most once per
+/// `IDLE_POLL` (an operator may re-enable it from the CLI at any time).
+#[derive(Default)]
+struct DisabledCheck {
+    checked: Option<std::time::Instant>,
+    disabled: bool,
+}
+
+impl DisabledCheck {
+    async fn is_disabled(&mut self, store: &Store, hook: &str) -> bool {
+        if self.checked.is_none_or(|t| t.elapsed() >= IDLE_POLL) {
+            self.checked = Some(std::time::Instant::now());
+            match store.hook_disabled(hook).await {
+                Ok(d) => self.disabled = d,
+                Err(e) => {
+                    tracing::warn!(hook, error = %e, "cannot read whether the hook is disabled")
+                }
+            }
+        }
+        self.disabled
+    }
+
+    fn recheck_soon(&mut self) {
+        self.checked = None;
+    }
+}
+
 pub struct HookWorker {
     pub hook: Hook,
     pub store: Store,
@@ -28,12 +55,13 @@ impl HookWorker {
     pub async fn run(self, cancel: CancellationToken) {
         let this = Arc::new(self);
         let mut in_flight: HashSet<i64> = HashSet::new();
-        let mut tasks: JoinSet<i64> = JoinSet::new();
+        let mut tasks: JoinSet<(i64, bool)> = JoinSet::new();
         let mut stopping = false;
+        let mut disabled = DisabledCheck::default();
         loop {
             let free = this.hook.concurrency.saturating_sub(in_flight.len());
             let mut wait = IDLE_POLL;
-            if free > 0 && !stopping {
+            if free > 0 && !stopping && !disabled.is_disabled(&this.store, &this.hook.name).await {
                 match this
                     .store
                     .claim_due(&this.hook.name, in_flight.iter().copied().collect(), free)
@@ -61,8 +89,11 @@ impl HookWorker {
             let full = in_flight.len() >= this.hook.concurrency;
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok(id) = done {
+                    if let Ok((id, gone)) = done {
                         in_flight.remove(&id);
+                        if gone {
+                            disabled.recheck_soon();
+                        }
                     } else {
                         // A panicked delivery task: its message stays pending and is retried.
                         in_flight.clear();
@@ -85,17 +116,47 @@ impl HookWorker {
         }
     }
 
-    async fn deliver(&self, msg: Claimed) -> i64 {
+    /// Returns the message id, and whether the receiver said 410 Gone.
+    async fn deliver(&self, msg: Claimed) -> (i64, bool) {
         let hook = &self.hook;
         let attempt = self
             .sender
             .post(&hook.url, &msg.message_id, msg.payload, hook.timeout)
             .await;
         let attempts = msg.attempts + 1;
+        let gone = matches!(
+            attempt,
+            Attempt::Failed {
+                status: Some(410),
+                ..
+            }
+        );
         let record = match attempt {
             Attempt::Delivered { status } => {
                 tracing::debug!(hook = %hook.name, message_id = %msg.message_id, resource = %format!("{}/{}", msg.resource_type, msg.resource_id), status, "delivered");
                 DeliveryRecord::Delivered { status }
+            }
+            Attempt::Failed {
+                status: Some(410),
+                error,
+                ..
+            } => {
+                // 410 Gone: the receiver says this endpoint is no more. Stop sending
+                // to it (nothing is dropped: messages wait as pending) until an
+                // operator runs `fhir-bridge hook enable`.
+                tracing::error!(hook = %hook.name, message_id = %msg.message_id, "receiver answered 410 Gone; hook disabled until `fhir-bridge hook enable {}`", hook.name);
+                if let Err(e) = self
+                    .store
+                    .disable_hook(&hook.name, "receiver answered 410 Gone")
+                    .await
+                {
+                    tracing::error!(hook = %hook.name, error = %e, "cannot record that the hook is disabled");
+                }
+                DeliveryRecord::Failed {
+                    status: Some(410),
+                    error,
+                    retry_at_ms: Some(now_ms()),
+                }
             }
             Attempt::Failed {
                 status,
@@ -129,6 +190,6 @@ impl HookWorker {
             tracing::error!(hook = %hook.name, message_id = %msg.message_id, error = %e, "cannot record delivery outcome");
             tokio::time::sleep(IDLE_POLL).await;
         }
-        msg.id
+        (msg.id, gone)
     }
 }

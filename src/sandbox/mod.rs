@@ -10,5 +10,5 @@ pub mod receiver;
 mod store;
 
 pub use fhir_server::FhirSandbox;
-pub use receiver::{Received, Receiver};
+pub use receiver::{Behaviour, Hit, Received, Receiver};
 pub use store::SandboxStore;

@@ -1,14 +1,16 @@
-//! A webhook receiver that records what it gets, and can be told to fail.
+//! A webhook receiver that records what it gets, and can be told to misbehave
+//! (fail, stall, reset, say 410 Gone or 429 with Retry-After), per path.
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::http::Uri;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -17,11 +19,37 @@ use tokio::sync::mpsc;
 pub struct Received {
     pub path: String,
     pub message_id: String,
+    /// The `webhook-id` header.
+    pub webhook_id: Option<String>,
     pub resource_id: String,
     pub event: String,
     pub version_id: Option<String>,
     pub body: serde_json::Value,
     pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every request, whatever the answer: for checking retry timing.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub path: String,
+    pub webhook_id: Option<String>,
+    pub at: std::time::Instant,
+    pub behaviour: Behaviour,
+}
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Record and answer 200.
+    Accept,
+    /// Answer with this status, record nothing.
+    Status(u16),
+    /// Answer with this status and a `Retry-After: secs` header.
+    RetryAfter { status: u16, secs: u64 },
+    /// Wait this long, then record and answer 200 (if the caller still listens).
+    Stall(Duration),
+    /// Break the connection mid-response.
+    Reset,
 }
 
 #[derive(Clone)]
@@ -32,9 +60,14 @@ pub struct Receiver {
 
 struct Shared {
     got: Mutex<Vec<Received>>,
-    /// 0: acknowledge with 200; otherwise answer with this status.
-    fail_status: AtomicU16,
+    hits: Mutex<Vec<Hit>>,
+    /// By path; the empty key is the default for every path.
+    behaviours: Mutex<HashMap<String, Behaviour>>,
     tap: Option<mpsc::UnboundedSender<Received>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Receiver {
@@ -48,7 +81,8 @@ impl Receiver {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             got: Mutex::new(Vec::new()),
-            fail_status: AtomicU16::new(0),
+            hits: Mutex::new(Vec::new()),
+            behaviours: Mutex::new(HashMap::new()),
             tap,
         });
         let app = Router::new()
@@ -68,39 +102,91 @@ impl Receiver {
 
     /// Answer every webhook with `status` (e.g. 500) until set back to 0.
     pub fn set_failing(&self, status: u16) {
-        self.shared.fail_status.store(status, Ordering::SeqCst);
+        let b = if status == 0 {
+            Behaviour::Accept
+        } else {
+            Behaviour::Status(status)
+        };
+        self.set_behaviour(b);
+    }
+
+    /// The default behaviour, for every path without its own.
+    pub fn set_behaviour(&self, b: Behaviour) {
+        lock(&self.shared.behaviours).insert(String::new(), b);
+    }
+
+    /// The behaviour for one path, e.g. `/hooks/slow`.
+    pub fn set_behaviour_for(&self, path: &str, b: Behaviour) {
+        lock(&self.shared.behaviours).insert(path.to_string(), b);
     }
 
     /// How many webhooks were accepted (cheap; `received` clones them all).
     pub fn count(&self) -> usize {
-        self.shared
-            .got
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        lock(&self.shared.got).len()
+    }
+
+    /// Every request so far, accepted or not.
+    pub fn hits(&self) -> Vec<Hit> {
+        lock(&self.shared.hits).clone()
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.shared
-            .got
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.shared.got).clone()
     }
 }
 
-async fn accept(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> StatusCode {
-    let fail = shared.fail_status.load(Ordering::SeqCst);
-    if fail != 0 {
-        return StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+async fn accept(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let behaviour = {
+        let b = lock(&shared.behaviours);
+        b.get(uri.path())
+            .or_else(|| b.get(""))
+            .copied()
+            .unwrap_or(Behaviour::Accept)
+    };
+    let webhook_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    lock(&shared.hits).push(Hit {
+        path: uri.path().to_string(),
+        webhook_id: webhook_id.clone(),
+        at: std::time::Instant::now(),
+        behaviour,
+    });
+    match behaviour {
+        Behaviour::Accept => {}
+        Behaviour::Status(s) => {
+            return StatusCode::from_u16(s)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                .into_response();
+        }
+        Behaviour::RetryAfter { status, secs } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            return (status, [(header::RETRY_AFTER, secs.to_string())]).into_response();
+        }
+        Behaviour::Stall(d) => tokio::time::sleep(d).await,
+        Behaviour::Reset => {
+            // A body that fails mid-stream: the connection is cut mid-response.
+            let chunks: Vec<Result<&'static str, std::io::Error>> = vec![
+                Ok("{\"resourceType\":\"Bundle\",\"entry\":["),
+                Err(std::io::Error::other("connection reset")),
+            ];
+            return Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+        }
     }
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return StatusCode::BAD_REQUEST;
+        return StatusCode::BAD_REQUEST.into_response();
     };
     let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(String::from);
     let rec = Received {
         path: uri.path().to_string(),
         message_id: text("message_id").unwrap_or_default(),
+        webhook_id,
         resource_id: text("resourceId").unwrap_or_default(),
         event: text("event").unwrap_or_default(),
         version_id: text("versionId"),
@@ -110,10 +196,6 @@ async fn accept(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Sta
     if let Some(tap) = &shared.tap {
         let _ = tap.send(rec.clone());
     }
-    shared
-        .got
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(rec);
-    StatusCode::OK
+    lock(&shared.got).push(rec);
+    StatusCode::OK.into_response()
 }

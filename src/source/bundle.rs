@@ -22,6 +22,7 @@ struct RawBundle<'a> {
     #[serde(rename = "resourceType")]
     resource_type: Option<String>,
     meta: Option<Meta>,
+    total: Option<u64>,
     #[serde(default)]
     link: Vec<Link>,
     #[serde(default, borrow)]
@@ -80,6 +81,8 @@ pub struct Page<'a> {
     /// The server's time for this response (Bundle.meta.lastUpdated).
     pub server_time: Option<DateTime<Utc>>,
     pub next: Option<String>,
+    /// `Bundle.total`, when the server counts its matches.
+    pub total: Option<u64>,
     pub entries: Vec<Entry<'a>>,
 }
 
@@ -154,6 +157,7 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
     Ok(Page {
         server_time,
         next,
+        total: bundle.total,
         entries,
     })
 }

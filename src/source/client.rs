@@ -3,6 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue, RETRY_AFTER};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use url::Url;
 
@@ -35,7 +37,12 @@ pub struct Fetched {
 #[derive(Clone)]
 pub struct FhirClient {
     http: reqwest::Client,
+    /// Server clock minus ours (ms), from the last response that told the time.
+    clock_offset_ms: Arc<AtomicI64>,
 }
+
+/// Marks "no server time seen yet".
+const UNKNOWN_OFFSET: i64 = i64::MIN;
 
 impl FhirClient {
     pub fn new(timeout: Duration) -> Result<Self, FetchError> {
@@ -51,7 +58,25 @@ impl FhirClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| FetchError::Other(describe(&e)))?;
-        Ok(FhirClient { http })
+        Ok(FhirClient {
+            http,
+            clock_offset_ms: Arc::new(AtomicI64::new(UNKNOWN_OFFSET)),
+        })
+    }
+
+    /// Records the server's time as of a response just received.
+    pub fn note_server_time(&self, server_time: DateTime<Utc>) {
+        let offset = (server_time - Utc::now()).num_milliseconds();
+        self.clock_offset_ms.store(offset, Ordering::Relaxed);
+    }
+
+    /// The server's current time, estimated from the last response; `None`
+    /// before any response told us.
+    pub fn server_now(&self) -> Option<DateTime<Utc>> {
+        match self.clock_offset_ms.load(Ordering::Relaxed) {
+            UNKNOWN_OFFSET => None,
+            off => Some(Utc::now() + chrono::Duration::milliseconds(off)),
+        }
     }
 
     pub async fn get(&self, url: &Url) -> Result<Fetched, FetchError> {

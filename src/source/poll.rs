@@ -40,6 +40,9 @@ pub enum PollError {
     State(#[from] StateError),
 }
 
+/// The longest a source's `Retry-After` can pause its polls.
+const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Wakes a hook's delivery worker when new messages are committed.
 pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
 
@@ -54,12 +57,34 @@ pub struct SourceTask {
 impl SourceTask {
     /// Polls every resource type now, then on schedule, until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
+        // A server that answered 429/503 with Retry-After is left alone until then.
+        let mut not_before: HashMap<String, std::time::Instant> = HashMap::new();
         loop {
             for rt in &self.source.resources {
                 if cancel.is_cancelled() {
                     return;
                 }
+                if not_before
+                    .get(rt)
+                    .is_some_and(|t| std::time::Instant::now() < *t)
+                {
+                    continue;
+                }
                 let outcome = self.poll_target(rt, &cancel).await;
+                if let Err(PollError::Fetch {
+                    error:
+                        FetchError::Status {
+                            retry_after: Some(d),
+                            ..
+                        },
+                    ..
+                }) = &outcome
+                {
+                    not_before.insert(
+                        rt.clone(),
+                        std::time::Instant::now() + (*d).min(MAX_SOURCE_BACKOFF),
+                    );
+                }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
                 match &outcome {
                     Ok(n) => {
@@ -82,7 +107,12 @@ impl SourceTask {
         }
     }
 
-    fn search_url(&self, resource_type: &str, since: Option<DateTime<Utc>>) -> Url {
+    fn search_url(
+        &self,
+        resource_type: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Url {
         let mut url = self
             .source
             .base_url
@@ -91,6 +121,9 @@ impl SourceTask {
         let mut query = String::new();
         if let Some(t) = since {
             query.push_str(&format!("_lastUpdated=ge{}&", format_instant(t)));
+        }
+        if let Some(t) = until {
+            query.push_str(&format!("_lastUpdated=lt{}&", format_instant(t)));
         }
         query.push_str(&format!(
             "_sort=_lastUpdated&_count={}",
@@ -107,36 +140,40 @@ impl SourceTask {
         url
     }
 
-    /// First poll of a target: fix where it starts. Returns false when there is
-    /// nothing more to do this tick (`start = "now"` emits nothing old).
+    /// Asks the server for its current time (a one-result search): for
+    /// `start = "now"`, and to learn the clock before the first bounded poll.
+    async fn probe_server_time(&self, rt: &str) -> Result<DateTime<Utc>, PollError> {
+        let mut url = self.search_url(rt, None, None);
+        url.set_query(Some("_count=1"));
+        let fetch_err = |error| PollError::Fetch {
+            resource_type: rt.to_string(),
+            page: 1,
+            error,
+        };
+        let fetched = self.client.get(&url).await.map_err(fetch_err)?;
+        let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
+            resource_type: rt.to_string(),
+            page: 1,
+            error,
+        })?;
+        let now = page
+            .server_time
+            .or(fetched.date)
+            .ok_or_else(|| PollError::NoServerTime {
+                resource_type: rt.to_string(),
+            })?;
+        self.client.note_server_time(now);
+        Ok(now)
+    }
+
+    /// First poll of a target: fix where it starts.
     async fn initialize(&self, rt: &str) -> Result<(), PollError> {
         let (watermark, floor) = match &self.source.start {
             Start::Beginning => (None, None),
             Start::At(t) => (Some(format_instant(*t)), Some(format_instant(*t))),
             Start::Now => {
-                let mut url = self.search_url(rt, None);
-                url.set_query(Some("_count=1"));
-                let fetched = self
-                    .client
-                    .get(&url)
-                    .await
-                    .map_err(|error| PollError::Fetch {
-                        resource_type: rt.to_string(),
-                        page: 1,
-                        error,
-                    })?;
-                let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
-                    resource_type: rt.to_string(),
-                    page: 1,
-                    error,
-                })?;
-                let now =
-                    page.server_time
-                        .or(fetched.date)
-                        .ok_or_else(|| PollError::NoServerTime {
-                            resource_type: rt.to_string(),
-                        })?;
-                (Some(format_instant(now)), Some(format_instant(now)))
+                let now = format_instant(self.probe_server_time(rt).await?);
+                (Some(now.clone()), Some(now))
             }
         };
         self.store
@@ -166,7 +203,21 @@ impl SourceTask {
             chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::zero());
         let since = watermark.map(|w| (w - overlap).max(floor.unwrap_or(w - overlap)));
 
-        let mut url = self.search_url(rt, since);
+        // The upper bound closes the result set for the length of this poll:
+        // writes landing meanwhile wait for the next poll instead of shifting
+        // pages, and an update moving a resource out of the set shows as a
+        // smaller Bundle.total (see drift below).
+        if self.client.server_now().is_none() {
+            self.probe_server_time(rt).await?;
+        }
+        let until = self.client.server_now();
+        let mut url = self.search_url(rt, since, until);
+        // Offset-paged servers skip resources when the set changes under them.
+        // Once the total changes between pages, the watermark stays where it
+        // was before that page, so the next poll re-reads what may have been
+        // skipped (the diff drops what was not).
+        let mut last_total: Option<u64> = None;
+        let mut drifted = false;
         let mut visited = HashSet::new();
         let mut tracker = WatermarkTracker::new();
         let mut total_changes = 0u64;
@@ -189,6 +240,16 @@ impl SourceTask {
                 page: page_no,
                 error,
             })?;
+            if let Some(t) = page.server_time.or(fetched.date) {
+                self.client.note_server_time(t);
+            }
+            if let (Some(before), Some(now)) = (last_total, page.total) {
+                if before != now && !drifted {
+                    drifted = true;
+                    tracing::debug!(source = %name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
+                }
+            }
+            last_total = page.total.or(last_total);
 
             let entries: Vec<_> = page
                 .entries
@@ -255,7 +316,8 @@ impl SourceTask {
                 })?),
                 None => None,
             };
-            if let Some(new) = tracker.page(&instants, next.is_some()) {
+            let allowed = tracker.page(&instants, next.is_some());
+            if let Some(new) = allowed.filter(|_| !drifted) {
                 if watermark.is_none_or(|w| new > w) {
                     watermark = Some(new);
                     commit.watermark = Some(format_instant(new));
@@ -375,6 +437,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         fhir.store
             .upsert("Observation", None, serde_json::json!({}));
+        // Each poll reads up to the server's "now" (exclusive): let a ms pass.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 1);
 
         // A base URL that answers 404 is a clear error, not a panic.

@@ -196,6 +196,48 @@ impl Store {
         .await
     }
 
+    /// Stops deliveries to a hook (its receiver said 410 Gone). Messages keep
+    /// accumulating as pending; nothing is dropped.
+    pub async fn disable_hook(&self, hook: &str, reason: &str) -> Result<(), StateError> {
+        let (hook, reason) = (hook.to_string(), reason.to_string());
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO hook_stats (hook, disabled_at, disabled_reason) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (hook) DO UPDATE SET disabled_at = ?2, disabled_reason = ?3",
+            )?
+            .execute(params![hook, now_ms(), reason])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Re-enables a disabled hook. Returns whether it was disabled.
+    pub async fn enable_hook(&self, hook: &str) -> Result<bool, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE hook_stats SET disabled_at = NULL, disabled_reason = NULL
+                     WHERE hook = ?1 AND disabled_at IS NOT NULL",
+                )?
+                .execute(params![hook])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    pub async fn hook_disabled(&self, hook: &str) -> Result<bool, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM hook_stats WHERE hook = ?1 AND disabled_at IS NOT NULL",
+            )?
+            .query_row(params![hook], |r| r.get::<_, i64>(0))
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
     /// Deletes delivered messages finished before `older_than_ms`. Returns how many.
     pub async fn prune_delivered(&self, older_than_ms: i64) -> Result<usize, StateError> {
         self.call(move |c| {

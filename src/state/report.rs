@@ -30,6 +30,8 @@ pub struct HookReport {
     pub last_success_at_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<i64>,
+    pub disabled_at_ms: Option<i64>,
+    pub disabled_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,19 +106,20 @@ impl Store {
                 )?
                 .query_row(params![hook], |r| r.get(0))
                 .optional()?;
-            if let Some((fa, fe, ls, le, lea)) = c
-                .prepare_cached(
-                    "SELECT failed_attempts, filter_errors, last_success_at, last_error, last_error_at
-                     FROM hook_stats WHERE hook = ?1",
-                )?
-                .query_row(params![hook], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-                .optional()?
-            {
-                rep.failed_attempts = fa;
-                rep.filter_errors = fe;
-                rep.last_success_at_ms = ls;
-                rep.last_error = le;
-                rep.last_error_at_ms = lea;
+            let mut stats = c.prepare_cached(
+                "SELECT failed_attempts, filter_errors, last_success_at, last_error, last_error_at,
+                        disabled_at, disabled_reason
+                 FROM hook_stats WHERE hook = ?1",
+            )?;
+            let mut rows = stats.query(params![hook])?;
+            if let Some(r) = rows.next()? {
+                rep.failed_attempts = r.get(0)?;
+                rep.filter_errors = r.get(1)?;
+                rep.last_success_at_ms = r.get(2)?;
+                rep.last_error = r.get(3)?;
+                rep.last_error_at_ms = r.get(4)?;
+                rep.disabled_at_ms = r.get(5)?;
+                rep.disabled_reason = r.get(6)?;
             }
             Ok(rep)
         })

@@ -65,6 +65,11 @@ const MIGRATIONS: &[&str] = &[
         last_error_at   INTEGER
     ) WITHOUT ROWID;
     "#,
+    // 2: a receiver answering 410 Gone disables its hook until an operator re-enables it.
+    r#"
+    ALTER TABLE hook_stats ADD COLUMN disabled_at INTEGER;
+    ALTER TABLE hook_stats ADD COLUMN disabled_reason TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -72,61 +72,51 @@ impl FhirServer {
         }
     }
 
-    /// Creates a resource; returns (id, versionId).
-    pub async fn create(&self, resource: Value) -> (String, String) {
+    /// Creates (`id` None) or updates a resource; returns what the server stored.
+    pub async fn write(&self, id: Option<&str>, mut resource: Value) -> Value {
         let rt = resource["resourceType"]
             .as_str()
             .expect("resourceType")
             .to_string();
-        let resp = reqwest::Client::new()
-            .post(format!("{}/{rt}", self.base_url()))
+        let client = reqwest::Client::new();
+        let req = match id {
+            None => client.post(format!("{}/{rt}", self.base_url())),
+            Some(id) => {
+                resource["id"] = Value::from(id);
+                client.put(format!("{}/{rt}/{id}", self.base_url()))
+            }
+        };
+        let resp = req
             .header("content-type", "application/fhir+json")
             .body(resource.to_string())
             .send()
             .await
-            .expect("create");
+            .expect("write");
         assert!(
             resp.status().is_success(),
-            "create {rt}: HTTP {}",
+            "write {rt}: HTTP {}",
             resp.status()
         );
-        let v: Value =
-            serde_json::from_slice(&resp.bytes().await.expect("body")).expect("created json");
-        (
-            v["id"].as_str().expect("id").to_string(),
-            v["meta"]["versionId"]
-                .as_str()
-                .expect("versionId")
-                .to_string(),
-        )
+        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("written json")
+    }
+
+    /// Creates a resource; returns (id, versionId).
+    pub async fn create(&self, resource: Value) -> (String, String) {
+        let v = self.write(None, resource).await;
+        (str_at(&v, "/id"), str_at(&v, "/meta/versionId"))
     }
 
     /// Updates a resource; returns its new versionId.
-    pub async fn update(&self, id: &str, mut resource: Value) -> String {
-        let rt = resource["resourceType"]
-            .as_str()
-            .expect("resourceType")
-            .to_string();
-        resource["id"] = Value::from(id);
-        let resp = reqwest::Client::new()
-            .put(format!("{}/{rt}/{id}", self.base_url()))
-            .header("content-type", "application/fhir+json")
-            .body(resource.to_string())
-            .send()
-            .await
-            .expect("update");
-        assert!(
-            resp.status().is_success(),
-            "update {rt}/{id}: HTTP {}",
-            resp.status()
-        );
-        let v: Value =
-            serde_json::from_slice(&resp.bytes().await.expect("body")).expect("updated json");
-        v["meta"]["versionId"]
-            .as_str()
-            .expect("versionId")
-            .to_string()
+    pub async fn update(&self, id: &str, resource: Value) -> String {
+        str_at(&self.write(Some(id), resource).await, "/meta/versionId")
     }
+}
+
+pub fn str_at(v: &Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(|x| x.as_str())
+        .unwrap_or_else(|| panic!("{pointer} missing"))
+        .to_string()
 }
 
 impl Drop for FhirServer {

@@ -3,8 +3,11 @@
 //! HTTP receiver, all on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod fhir;
+pub mod proxy;
 pub mod scenarios;
+pub mod writer;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -52,6 +55,18 @@ impl Bridge {
             .spawn()
             .expect("spawn fhir-bridge");
         self.child = Some(child);
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the daemon process has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// `kill -9`: no chance to clean up.
