@@ -24,16 +24,29 @@ use std::time::{Duration, Instant};
 const PAGE: u32 = 1000;
 const CONCURRENCY: usize = 32;
 const TYPES: [&str; 10] = [
-    "Observation", "Encounter", "Patient", "Condition", "MedicationRequest",
-    "Procedure", "DiagnosticReport", "AllergyIntolerance", "Immunization", "DocumentReference",
+    "Observation",
+    "Encounter",
+    "Patient",
+    "Condition",
+    "MedicationRequest",
+    "Procedure",
+    "DiagnosticReport",
+    "AllergyIntolerance",
+    "Immunization",
+    "DocumentReference",
 ];
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn enabled(part: &str) -> bool {
-    std::env::var("BENCH_ONLY").map(|v| v.split(',').any(|p| p == part)).unwrap_or(true)
+    std::env::var("BENCH_ONLY")
+        .map(|v| v.split(',').any(|p| p == part))
+        .unwrap_or(true)
 }
 
 /// The bridge as a child process.
@@ -84,10 +97,12 @@ impl Bridge {
 
     /// CPU seconds used so far (user + system).
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         let after = stat.rsplit(')').next().unwrap_or("");
         let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
         ticks as f64 / 100.0
     }
 
@@ -100,20 +115,29 @@ impl Bridge {
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
 
 fn source_toml(name: &str, base: &str, types: &[&str], every: &str, page: u32) -> String {
-    let types = types.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+    let types = types
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "[[source]]\nname = \"{name}\"\nbase_url = \"{base}\"\nresources = [{types}]\nevery = \"{every}\"\npage_size = {page}\noverlap = \"5s\"\nstart = \"beginning\"\n\n"
     )
 }
 
 fn hook_toml(url: &str, filter: &str) -> String {
-    format!("[[hook]]\nname = \"all\"\nurl = \"{url}\"\nfilter = '{filter}'\nconcurrency = {CONCURRENCY}\n")
+    format!(
+        "[[hook]]\nname = \"all\"\nurl = \"{url}\"\nfilter = '{filter}'\nconcurrency = {CONCURRENCY}\n"
+    )
 }
 
 async fn preload(fhir: &FhirSandbox, rt: &str, n: usize) {
@@ -139,11 +163,21 @@ async fn wait_count(rx: &Receiver, n: usize, limit: Duration) -> bool {
 /// Resources/s a plain client gets walking every page.
 async fn raw_fetch(fhir: &FhirSandbox, n: usize) -> f64 {
     let client = reqwest::Client::new();
-    let mut url = format!("{}/Observation?_sort=_lastUpdated&_count={PAGE}", fhir.base_url());
+    let mut url = format!(
+        "{}/Observation?_sort=_lastUpdated&_count={PAGE}",
+        fhir.base_url()
+    );
     let t = Instant::now();
     let mut got = 0usize;
     loop {
-        let body = client.get(&url).send().await.unwrap().bytes().await.unwrap();
+        let body = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         let page = fhir_bridge::source::bundle::parse_page(&body).unwrap();
         got += page.entries.len();
         match page.next {
@@ -171,7 +205,13 @@ async fn raw_post(rx: &Receiver, n: usize) -> f64 {
         let (client, body, url) = (client.clone(), body.clone(), url.clone());
         tasks.spawn(async move {
             for _ in (w..n).step_by(CONCURRENCY) {
-                let r = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(r.status().is_success());
             }
         });
@@ -186,8 +226,13 @@ async fn backlog(n: usize) {
     let rx = Receiver::start(0, None).await.unwrap();
     let fetch = raw_fetch(&fhir, n).await;
     let post = raw_post(&rx, n.min(50_000)).await;
-    println!("| raw fetch | sandbox | {n} resources, _count={PAGE}, plain client | {fetch:.0} resources/s |");
-    println!("| raw POST | sandbox receiver | {} requests, {CONCURRENCY} in flight, plain client | {post:.0} requests/s |", n.min(50_000));
+    println!(
+        "| raw fetch | sandbox | {n} resources, _count={PAGE}, plain client | {fetch:.0} resources/s |"
+    );
+    println!(
+        "| raw POST | sandbox receiver | {} requests, {CONCURRENCY} in flight, plain client | {post:.0} requests/s |",
+        n.min(50_000)
+    );
     let before = rx.count();
     let cfg = format!(
         "state_dir = \"state\"\n{}{}",
@@ -208,7 +253,11 @@ async fn backlog(n: usize) {
         bridge.peak_rss_kib() as f64 / 1024.0
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    println!("| state size after backlog | sandbox | {n} resources delivered | {:.1} MB ({:.0} bytes/resource) |", bridge.db_bytes() as f64 / 1e6, bridge.db_bytes() as f64 / n as f64);
+    println!(
+        "| state size after backlog | sandbox | {n} resources delivered | {:.1} MB ({:.0} bytes/resource) |",
+        bridge.db_bytes() as f64 / 1e6,
+        bridge.db_bytes() as f64 / n as f64
+    );
     bridge.stop();
 }
 
@@ -228,7 +277,11 @@ async fn latency(rate: f64, seconds: u64) {
     let mut written = 0usize;
     while t.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
-        fhir.store.upsert("Observation", None, generator::observation(written as u64, &mut rng));
+        fhir.store.upsert(
+            "Observation",
+            None,
+            generator::observation(written as u64, &mut rng),
+        );
         written += 1;
     }
     wait_count(&rx, written, Duration::from_secs(30)).await;
@@ -242,7 +295,11 @@ async fn latency(rate: f64, seconds: u64) {
         })
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "| latency (write -> webhook) | sandbox | {written} writes at {rate}/s, 1 s poll interval | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (target p50 <= 550, p99 <= 1250) |",
         pct(0.5),
@@ -259,13 +316,26 @@ async fn scale(sources: usize, seconds: u64) {
     let rx = Receiver::start(0, None).await.unwrap();
     let mut cfg = String::from("state_dir = \"state\"\n");
     for i in 0..sources {
-        cfg += &source_toml(&format!("site-{i:04}"), &fhir.base_url(), &TYPES, "60s", 100);
+        cfg += &source_toml(
+            &format!("site-{i:04}"),
+            &fhir.base_url(),
+            &TYPES,
+            "60s",
+            100,
+        );
     }
-    cfg += &hook_toml(&rx.url("hooks/all"), ".resourceType == \"Observation\" and .status == \"final\"");
+    cfg += &hook_toml(
+        &rx.url("hooks/all"),
+        ".resourceType == \"Observation\" and .status == \"final\"",
+    );
     let bridge = Bridge::start(&cfg);
     // Let start-up and the first round of polls pass, then measure steady state.
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
-    let (cpu0, w0, t0) = (bridge.cpu_seconds(), bridge.write_syscalls(), Instant::now());
+    let (cpu0, w0, t0) = (
+        bridge.cpu_seconds(),
+        bridge.write_syscalls(),
+        Instant::now(),
+    );
     let mut rss_max = 0;
     while t0.elapsed() < Duration::from_secs(seconds - seconds / 2) {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -322,7 +392,9 @@ async fn backfill(n: usize) {
 
 fn resources_read(db: &Path) -> rusqlite::Result<Option<i64>> {
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    c.query_row("SELECT sum(resources_read) FROM poll_target", [], |r| r.get(0))
+    c.query_row("SELECT sum(resources_read) FROM poll_target", [], |r| {
+        r.get(0)
+    })
 }
 
 fn main() {
@@ -330,13 +402,25 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
             .unwrap_or_default();
-        println!("fhir-bridge benchmark, {} cores ({cpu}), release build", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        println!(
+            "fhir-bridge benchmark, {} cores ({cpu}), release build",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        );
         println!();
         println!("| row | server | workload | result |");
         println!("|---|---|---|---|");
@@ -344,10 +428,18 @@ fn main() {
             backlog(env_or("BENCH_BACKLOG", 100_000)).await;
         }
         if enabled("latency") {
-            latency(env_or("BENCH_RATE", 50.0), env_or("BENCH_LATENCY_SECONDS", 20)).await;
+            latency(
+                env_or("BENCH_RATE", 50.0),
+                env_or("BENCH_LATENCY_SECONDS", 20),
+            )
+            .await;
         }
         if enabled("scale") {
-            scale(env_or("BENCH_SOURCES", 1000), env_or("BENCH_SCALE_SECONDS", 130)).await;
+            scale(
+                env_or("BENCH_SOURCES", 1000),
+                env_or("BENCH_SCALE_SECONDS", 130),
+            )
+            .await;
         }
         if enabled("backfill") {
             backfill(env_or("BENCH_BACKFILL", 1_000_000)).await;

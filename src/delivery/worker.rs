@@ -9,7 +9,7 @@ use crate::state::{Claimed, DeliveryRecord, Store, now_ms};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +51,50 @@ pub struct HookWorker {
     pub wake: Arc<Notify>,
 }
 
+/// An outcome waiting to be written, and who waits for it.
+type Pending = (i64, DeliveryRecord, oneshot::Sender<()>);
+
+/// Writes delivery outcomes in batches: one transaction for whatever has
+/// finished meanwhile, instead of one per message. A message stays in flight
+/// (not claimable) until its outcome is written.
+async fn record_batches(store: Store, hook: String, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        let records = batch
+            .into_iter()
+            .map(|(id, rec, ack)| {
+                acks.push(ack);
+                (id, rec)
+            })
+            .collect();
+        if let Err(e) = store.record_deliveries(&hook, records).await {
+            // These messages stay pending and are sent again, with the same message_ids.
+            tracing::error!(hook = %hook, error = %e, "cannot record delivery outcomes");
+            tokio::time::sleep(IDLE_POLL).await;
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
 impl HookWorker {
     pub async fn run(self, cancel: CancellationToken) {
+        let (record_tx, record_rx) = mpsc::channel(self.hook.concurrency * 2);
+        let recorder = tokio::spawn(record_batches(
+            self.store.clone(),
+            self.hook.name.clone(),
+            record_rx,
+        ));
+        // Claim in batches: a query per few completions rather than per completion.
+        let claim_at = (self.hook.concurrency / 4).max(1);
         let this = Arc::new(self);
         let mut in_flight: HashSet<i64> = HashSet::new();
         let mut tasks: JoinSet<(i64, bool)> = JoinSet::new();
@@ -61,7 +103,8 @@ impl HookWorker {
         loop {
             let free = this.hook.concurrency.saturating_sub(in_flight.len());
             let mut wait = IDLE_POLL;
-            if free > 0 && !stopping && !disabled.is_disabled(&this.store, &this.hook.name).await {
+            let can_claim = free >= claim_at || (free > 0 && in_flight.is_empty());
+            if can_claim && !stopping && !disabled.is_disabled(&this.store, &this.hook.name).await {
                 match this
                     .store
                     .claim_due(&this.hook.name, in_flight.iter().copied().collect(), free)
@@ -72,7 +115,8 @@ impl HookWorker {
                         for msg in batch {
                             in_flight.insert(msg.id);
                             let worker = this.clone();
-                            tasks.spawn(async move { worker.deliver(msg).await });
+                            let record_tx = record_tx.clone();
+                            tasks.spawn(async move { worker.deliver(msg, record_tx).await });
                         }
                         if !filled {
                             wait = this.time_to_next_due().await;
@@ -84,9 +128,12 @@ impl HookWorker {
                 }
             }
             if stopping && tasks.is_empty() {
+                drop(record_tx);
+                let _ = recorder.await;
                 return;
             }
-            let full = in_flight.len() >= this.hook.concurrency;
+            let free = this.hook.concurrency.saturating_sub(in_flight.len());
+            let full = !(free >= claim_at || (free > 0 && in_flight.is_empty()));
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Ok((id, gone)) = done {
@@ -117,7 +164,7 @@ impl HookWorker {
     }
 
     /// Returns the message id, and whether the receiver said 410 Gone.
-    async fn deliver(&self, msg: Claimed) -> (i64, bool) {
+    async fn deliver(&self, msg: Claimed, recorder: mpsc::Sender<Pending>) -> (i64, bool) {
         let hook = &self.hook;
         let attempt = self
             .sender
@@ -185,10 +232,9 @@ impl HookWorker {
                 }
             }
         };
-        if let Err(e) = self.store.record_delivery(&hook.name, msg.id, record).await {
-            // The message stays pending and is sent again later, with the same message_id.
-            tracing::error!(hook = %hook.name, message_id = %msg.message_id, error = %e, "cannot record delivery outcome");
-            tokio::time::sleep(IDLE_POLL).await;
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if recorder.send((msg.id, record, ack_tx)).await.is_ok() {
+            let _ = ack_rx.await;
         }
         (msg.id, gone)
     }

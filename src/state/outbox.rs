@@ -99,37 +99,30 @@ impl Store {
     ) -> Result<Vec<Claimed>, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
+            // In-flight ids are excluded in SQL so their payloads are not read again.
+            let in_flight = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
             let mut stmt = c.prepare_cached(
                 "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts, o.payload
                  FROM outbox o INDEXED BY outbox_by_state
                  WHERE o.hook = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+                   AND o.id NOT IN (SELECT value FROM json_each(?4))
                    AND NOT EXISTS (
                        SELECT 1 FROM outbox p
                        WHERE p.hook = o.hook AND p.resource_type = o.resource_type
                          AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)
                  ORDER BY o.id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(
-                params![hook, now_ms(), (limit + in_flight.len()) as i64],
-                |r| {
-                    Ok(Claimed {
-                        id: r.get(0)?,
-                        message_id: r.get(1)?,
-                        resource_type: r.get(2)?,
-                        resource_id: r.get(3)?,
-                        attempts: r.get(4)?,
-                        payload: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
-                    })
-                },
-            )?;
-            let mut out = Vec::with_capacity(limit);
-            for row in rows {
-                let row = row?;
-                if !in_flight.contains(&row.id) && out.len() < limit {
-                    out.push(row);
-                }
-            }
-            Ok(out)
+            let rows = stmt.query_map(params![hook, now_ms(), limit as i64, in_flight], |r| {
+                Ok(Claimed {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    resource_type: r.get(2)?,
+                    resource_id: r.get(3)?,
+                    attempts: r.get(4)?,
+                    payload: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                })
+            })?;
+            rows.collect()
         })
         .await
     }
@@ -153,43 +146,64 @@ impl Store {
         id: i64,
         record: DeliveryRecord,
     ) -> Result<(), StateError> {
+        self.record_deliveries(hook, vec![(id, record)]).await
+    }
+
+    /// Records many attempts' outcomes in one transaction.
+    pub async fn record_deliveries(
+        &self,
+        hook: &str,
+        records: Vec<(i64, DeliveryRecord)>,
+    ) -> Result<(), StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction()?;
-            match record {
-                DeliveryRecord::Delivered { status } => {
-                    tx.prepare_cached(
-                        "UPDATE outbox SET state = 'delivered', payload = NULL, attempts = attempts + 1,
-                            done_at = ?2, last_status = ?3, last_error = NULL
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![id, now, status])?;
-                    tx.prepare_cached(
-                        "INSERT INTO hook_stats (hook, last_success_at) VALUES (?1, ?2)
-                         ON CONFLICT (hook) DO UPDATE SET last_success_at = ?2",
-                    )?
-                    .execute(params![hook, now])?;
+            let (mut delivered, mut failed, mut last_error) = (0, 0, None);
+            {
+                let mut ok = tx.prepare_cached(
+                    "UPDATE outbox SET state = 'delivered', payload = NULL, attempts = attempts + 1,
+                        done_at = ?2, last_status = ?3, last_error = NULL
+                     WHERE id = ?1",
+                )?;
+                let mut fail = tx.prepare_cached(
+                    "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,
+                        done_at = ?4, last_status = ?5, last_error = ?6
+                     WHERE id = ?1",
+                )?;
+                for (id, record) in records {
+                    match record {
+                        DeliveryRecord::Delivered { status } => {
+                            ok.execute(params![id, now, status])?;
+                            delivered += 1;
+                        }
+                        DeliveryRecord::Failed { status, error, retry_at_ms } => {
+                            let (state, next, done) = match retry_at_ms {
+                                Some(at) => ("pending", at, None),
+                                None => ("dead", now, Some(now)),
+                            };
+                            fail.execute(params![id, state, next, done, status, error])?;
+                            failed += 1;
+                            last_error = Some(error);
+                        }
+                    }
                 }
-                DeliveryRecord::Failed { status, error, retry_at_ms } => {
-                    let (state, next, done) = match retry_at_ms {
-                        Some(at) => ("pending", at, None),
-                        None => ("dead", now, Some(now)),
-                    };
-                    tx.prepare_cached(
-                        "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,
-                            done_at = ?4, last_status = ?5, last_error = ?6
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![id, state, next, done, status, error])?;
-                    tx.prepare_cached(
-                        "INSERT INTO hook_stats (hook, failed_attempts, last_error, last_error_at)
-                         VALUES (?1, 1, ?2, ?3)
-                         ON CONFLICT (hook) DO UPDATE SET
-                            failed_attempts = failed_attempts + 1, last_error = ?2, last_error_at = ?3",
-                    )?
-                    .execute(params![hook, error, now])?;
-                }
+            }
+            if delivered > 0 {
+                tx.prepare_cached(
+                    "INSERT INTO hook_stats (hook, last_success_at) VALUES (?1, ?2)
+                     ON CONFLICT (hook) DO UPDATE SET last_success_at = ?2",
+                )?
+                .execute(params![hook, now])?;
+            }
+            if failed > 0 {
+                tx.prepare_cached(
+                    "INSERT INTO hook_stats (hook, failed_attempts, last_error, last_error_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (hook) DO UPDATE SET
+                        failed_attempts = failed_attempts + ?2, last_error = ?3, last_error_at = ?4",
+                )?
+                .execute(params![hook, failed, last_error, now])?;
             }
             tx.commit()
         })
