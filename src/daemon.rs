@@ -55,14 +55,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         tracker.spawn(worker.run(cancel.clone()));
     }
 
+    let pool = FhirClient::shared_pool().map_err(|e| DaemonError::Http(e.to_string()))?;
     for source in &config.sources {
-        let client =
-            FhirClient::new(source.timeout).map_err(|e| DaemonError::Http(e.to_string()))?;
         let task = SourceTask {
             source: source.clone(),
             routes: Route::for_source(&config, &source.name),
             store: store.clone(),
-            client,
+            client: FhirClient::with_pool(pool.clone(), source.timeout),
             wakers: wakers.clone(),
         };
         tracker.spawn(task.run(cancel.clone()));
@@ -86,7 +85,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
 
 async fn prune_loop(store: Store, retention: Duration, cancel: CancellationToken) {
     loop {
-        let cutoff = now_ms() - retention.as_millis() as i64;
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         match store.prune_delivered(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "pruned delivered messages past retention"),

@@ -41,6 +41,7 @@ pub fn parse_resource(json: &str) -> Result<Resource, FilterError> {
 
 impl Filter {
     pub fn compile(code: &str) -> Result<Filter, FilterError> {
+        check_size(code).map_err(FilterError::Compile)?;
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
@@ -83,6 +84,62 @@ impl Filter {
         }
         Ok(false)
     }
+}
+
+/// Limits that keep jaq's recursive parser, compiler and evaluator well within
+/// a thread's stack. Real filters are far below them.
+const MAX_LEN: usize = 8192;
+const MAX_OPERATORS: usize = 500;
+const MAX_NESTING: usize = 64;
+
+fn check_size(code: &str) -> Result<(), String> {
+    if code.len() > MAX_LEN {
+        return Err(format!("filter is longer than {MAX_LEN} characters"));
+    }
+    let (mut depth, mut max_depth, mut ops) = (0usize, 0usize, 0usize);
+    let mut chars = code.chars().peekable();
+    let mut word = String::new();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        if word == "and" || word == "or" {
+            ops += 1;
+        }
+        word.clear();
+        match c {
+            '"' => {
+                // Skip the string literal (escapes included).
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '|' | ',' | '+' | '-' | '*' | '/' | '%' | '<' | '>' | '=' => ops += 1,
+            _ => {}
+        }
+    }
+    if word == "and" || word == "or" {
+        ops += 1;
+    }
+    if max_depth > MAX_NESTING {
+        return Err(format!("filter nests deeper than {MAX_NESTING} levels"));
+    }
+    if ops > MAX_OPERATORS {
+        return Err(format!("filter has more than {MAX_OPERATORS} operators"));
+    }
+    Ok(())
 }
 
 fn describe_load_errors(errs: jaq_core::load::Errors<&str, ()>) -> String {
@@ -159,6 +216,27 @@ mod tests {
         assert!(e.contains("expected"), "{e}");
         let e = Filter::compile("nosuchfn(1)").unwrap_err().to_string();
         assert!(e.contains("undefined filter `nosuchfn`"), "{e}");
+    }
+
+    #[test]
+    fn oversized_filters_are_refused_before_jaq_sees_them() {
+        let deep = format!("{}.{}", "(".repeat(100), ")".repeat(100));
+        assert!(
+            Filter::compile(&deep)
+                .unwrap_err()
+                .to_string()
+                .contains("nests deeper")
+        );
+        let long_or = vec![".a == 1"; 400].join(" or ");
+        assert!(
+            Filter::compile(&long_or)
+                .unwrap_err()
+                .to_string()
+                .contains("operators")
+        );
+        // Operators inside strings do not count.
+        let strings = format!(".code == \"{}\"", "|".repeat(2000));
+        assert!(Filter::compile(&strings).is_ok());
     }
 
     #[test]

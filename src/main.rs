@@ -263,10 +263,21 @@ fn check_hook(config: &Config, hook: &Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match real_main(cli).await {
+    // jq filters are evaluated recursively: give worker threads room.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fhir-bridge: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fhir-bridge: {e:#}");

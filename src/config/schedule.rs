@@ -28,9 +28,10 @@ impl Schedule {
                 now + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)
             }
             // A cron that never fires again (e.g. a past year) polls daily rather than never.
-            Schedule::Cron(c) => c
-                .find_next_occurrence(&now, false)
-                .unwrap_or(now + chrono::Duration::days(1)),
+            Schedule::Cron(c) => c.find_next_occurrence(&now, false).unwrap_or_else(|_| {
+                now.checked_add_signed(chrono::Duration::days(1))
+                    .unwrap_or(now)
+            }),
         }
     }
 

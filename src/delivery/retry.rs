@@ -29,7 +29,7 @@ pub fn next_delay(
         .copied()
         .unwrap_or(Duration::from_secs(60));
     let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    let delay = base.mul_f64(factor);
+    let delay = base.min(MAX_RETRY_AFTER).mul_f64(factor);
     Some(match retry_after {
         Some(ra) => delay.max(ra.min(MAX_RETRY_AFTER)),
         None => delay,

@@ -228,7 +228,9 @@ impl HookWorker {
                 DeliveryRecord::Failed {
                     status,
                     error,
-                    retry_at_ms: delay.map(|d| now_ms() + d.as_millis() as i64),
+                    retry_at_ms: delay.map(|d| {
+                        now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    }),
                 }
             }
         };

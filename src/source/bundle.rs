@@ -13,8 +13,6 @@ pub enum BundleError {
     NotBundle(String),
     #[error("entry {0}: resource has no resourceType or id")]
     MissingId(usize),
-    #[error("entry {0}: meta.lastUpdated is not an instant")]
-    BadLastUpdated(usize),
 }
 
 #[derive(Deserialize)]
@@ -141,10 +139,10 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
             Some(m) => (m.version_id, m.last_updated),
             None => (None, None),
         };
-        let last_updated = match &last_updated_raw {
-            Some(s) => Some(parse_instant(s).ok_or(BundleError::BadLastUpdated(i))?),
-            None => None,
-        };
+        // An unreadable lastUpdated must not block the target forever: the
+        // resource is still diffed (by versionId or hash) and delivered; it just
+        // cannot move the watermark.
+        let last_updated = last_updated_raw.as_deref().and_then(parse_instant);
         entries.push(Entry {
             resource_type,
             id,
@@ -213,10 +211,8 @@ mod tests {
             parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation"}}]}"#).unwrap_err(),
             BundleError::MissingId(0)
         );
-        assert_eq!(
-            parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","id":"1","meta":{"lastUpdated":"yesterday"}}}]}"#).unwrap_err(),
-            BundleError::BadLastUpdated(0)
-        );
+        let odd = parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","id":"1","meta":{"lastUpdated":"yesterday"}}}]}"#).unwrap();
+        assert_eq!(odd.entries[0].last_updated, None);
         let empty = parse_page(br#"{"resourceType":"Bundle"}"#).unwrap();
         assert!(empty.entries.is_empty() && empty.next.is_none());
     }

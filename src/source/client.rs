@@ -37,6 +37,7 @@ pub struct Fetched {
 #[derive(Clone)]
 pub struct FhirClient {
     http: reqwest::Client,
+    timeout: Duration,
     /// Server clock minus ours (ms), from the last response that told the time.
     clock_offset_ms: Arc<AtomicI64>,
 }
@@ -45,23 +46,35 @@ pub struct FhirClient {
 const UNKNOWN_OFFSET: i64 = i64::MIN;
 
 impl FhirClient {
+    /// A client with its own connection pool (tests, single sources).
     pub fn new(timeout: Duration) -> Result<Self, FetchError> {
+        Ok(Self::with_pool(Self::shared_pool()?, timeout))
+    }
+
+    /// One HTTP connection pool (and TLS configuration) for every source:
+    /// a thousand sources must not mean a thousand pools.
+    pub fn shared_pool() -> Result<reqwest::Client, FetchError> {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/fhir+json"));
         // HAPI caches identical searches for a minute; we need fresh results.
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let http = reqwest::Client::builder()
+        reqwest::Client::builder()
             .default_headers(headers)
             .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| FetchError::Other(describe(&e)))?;
-        Ok(FhirClient {
+            .map_err(|e| FetchError::Other(describe(&e)))
+    }
+
+    /// A source's client on a shared pool, with the source's own timeout and
+    /// its own view of the server's clock.
+    pub fn with_pool(http: reqwest::Client, timeout: Duration) -> Self {
+        FhirClient {
             http,
+            timeout,
             clock_offset_ms: Arc::new(AtomicI64::new(UNKNOWN_OFFSET)),
-        })
+        }
     }
 
     /// Records the server's time as of a response just received.
@@ -80,7 +93,13 @@ impl FhirClient {
     }
 
     pub async fn get(&self, url: &Url) -> Result<Fetched, FetchError> {
-        let mut resp = self.http.get(url.clone()).send().await.map_err(classify)?;
+        let mut resp = self
+            .http
+            .get(url.clone())
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(classify)?;
         let status = resp.status();
         if !status.is_success() {
             return Err(FetchError::Status {

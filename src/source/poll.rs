@@ -3,7 +3,7 @@
 use super::bundle::{BundleError, format_instant, parse_instant, parse_page};
 use super::client::{FetchError, FhirClient};
 use super::watermark::WatermarkTracker;
-use crate::config::{Source, Start};
+use crate::config::{Schedule, Source, Start};
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
 use crate::state::{PageCommit, SeenRow, StateError, Store};
@@ -40,6 +40,9 @@ pub enum PollError {
     State(#[from] StateError),
 }
 
+/// How far below our estimate of the server's "now" a poll's upper bound sits.
+const UNTIL_MARGIN_MS: i64 = 100;
+
 /// The longest a source's `Retry-After` can pause its polls.
 const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -59,6 +62,17 @@ impl SourceTask {
     pub async fn run(self, cancel: CancellationToken) {
         // A server that answered 429/503 with Retry-After is left alone until then.
         let mut not_before: HashMap<String, std::time::Instant> = HashMap::new();
+        // Spread the first polls of many sources over one interval (at most a
+        // minute) so that they do not all hit the EHR in the same instant; the
+        // ticks stay spread afterwards.
+        if let Schedule::Every(every) = &self.source.schedule {
+            let spread = (*every).min(std::time::Duration::from_secs(60));
+            let delay = spread.mul_f64(fastrand::f64());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
         loop {
             for rt in &self.source.resources {
                 if cancel.is_cancelled() {
@@ -200,8 +214,13 @@ impl SourceTask {
         let floor = state.floor.as_deref().and_then(parse_instant);
         let mut watermark = state.watermark.as_deref().and_then(parse_instant);
         let overlap =
-            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::zero());
-        let since = watermark.map(|w| (w - overlap).max(floor.unwrap_or(w - overlap)));
+            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
+        let since = watermark.map(|w| {
+            let back = w
+                .checked_sub_signed(overlap)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            floor.map_or(back, |f| back.max(f))
+        });
 
         // The upper bound closes the result set for the length of this poll:
         // writes landing meanwhile wait for the next poll instead of shifting
@@ -210,7 +229,11 @@ impl SourceTask {
         if self.client.server_now().is_none() {
             self.probe_server_time(rt).await?;
         }
-        let until = self.client.server_now();
+        // A small margin in case our estimate of the server's clock runs ahead.
+        let until = self
+            .client
+            .server_now()
+            .map(|t| t - chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
         let mut url = self.search_url(rt, since, until);
         // Offset-paged servers skip resources when the set changes under them.
         // Once the total changes between pages, the watermark stays where it
@@ -437,8 +460,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         fhir.store
             .upsert("Observation", None, serde_json::json!({}));
-        // Each poll reads up to the server's "now" (exclusive): let a ms pass.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Each poll reads up to the server's "now" less a 100 ms margin.
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 1);
 
         // A base URL that answers 404 is a clear error, not a panic.
