@@ -73,10 +73,11 @@ impl SourceTask {
                 _ = cancel.cancelled() => return,
             }
         }
+        let mut outcomes = Vec::with_capacity(self.source.resources.len());
         loop {
             for rt in &self.source.resources {
                 if cancel.is_cancelled() {
-                    return;
+                    break;
                 }
                 if not_before
                     .get(rt)
@@ -108,9 +109,15 @@ impl SourceTask {
                         tracing::warn!(source = %self.source.name, resource_type = %rt, error = %e, "poll failed")
                     }
                 }
-                if let Err(e) = self.store.record_poll(&self.source.name, rt, error).await {
-                    tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcome");
-                }
+                outcomes.push((rt.clone(), error));
+            }
+            // One write for the whole tick's outcomes, not one per target.
+            if let Err(e) = self
+                .store
+                .record_polls(&self.source.name, std::mem::take(&mut outcomes))
+                .await
+            {
+                tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcomes");
             }
             let next = self.source.schedule.next_after(Utc::now());
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
@@ -348,7 +355,13 @@ impl SourceTask {
             }
             let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
             total_changes += commit.changes;
-            self.store.commit_page(commit).await?;
+            // An empty page that moves nothing needs no transaction.
+            let empty = commit.resources_read == 0
+                && commit.watermark.is_none()
+                && commit.filter_errors.is_empty();
+            if !empty {
+                self.store.commit_page(commit).await?;
+            }
             for hook in woken {
                 if let Some(w) = self.wakers.get(&hook) {
                     w.notify_one();

@@ -182,30 +182,46 @@ impl Store {
         resource_type: &str,
         error: Option<String>,
     ) -> Result<(), StateError> {
-        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.record_polls(source, vec![(resource_type.to_string(), error)])
+            .await
+    }
+
+    /// Records how the polls of a source's targets ended, in one transaction.
+    pub async fn record_polls(
+        &self,
+        source: &str,
+        outcomes: Vec<(String, Option<String>)>,
+    ) -> Result<(), StateError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let source = source.to_string();
         self.call(move |c| {
             let now = now_ms();
-            match error {
-                None => c
-                    .prepare_cached(
-                        "INSERT INTO poll_target (source, resource_type, last_poll_at, last_ok_at, last_outcome)
-                         VALUES (?1, ?2, ?3, ?3, 'ok')
-                         ON CONFLICT (source, resource_type) DO UPDATE SET
-                            last_poll_at = ?3, last_ok_at = ?3, last_outcome = 'ok',
-                            consecutive_failures = 0",
-                    )?
-                    .execute(params![source, rt, now])?,
-                Some(e) => c
-                    .prepare_cached(
-                        "INSERT INTO poll_target (source, resource_type, last_poll_at, last_outcome, last_error, consecutive_failures)
-                         VALUES (?1, ?2, ?3, 'error', ?4, 1)
-                         ON CONFLICT (source, resource_type) DO UPDATE SET
-                            last_poll_at = ?3, last_outcome = 'error', last_error = ?4,
-                            consecutive_failures = consecutive_failures + 1",
-                    )?
-                    .execute(params![source, rt, now, e])?,
-            };
-            Ok(())
+            let tx = c.transaction()?;
+            {
+                let mut ok = tx.prepare_cached(
+                    "INSERT INTO poll_target (source, resource_type, last_poll_at, last_ok_at, last_outcome)
+                     VALUES (?1, ?2, ?3, ?3, 'ok')
+                     ON CONFLICT (source, resource_type) DO UPDATE SET
+                        last_poll_at = ?3, last_ok_at = ?3, last_outcome = 'ok',
+                        consecutive_failures = 0",
+                )?;
+                let mut failed = tx.prepare_cached(
+                    "INSERT INTO poll_target (source, resource_type, last_poll_at, last_outcome, last_error, consecutive_failures)
+                     VALUES (?1, ?2, ?3, 'error', ?4, 1)
+                     ON CONFLICT (source, resource_type) DO UPDATE SET
+                        last_poll_at = ?3, last_outcome = 'error', last_error = ?4,
+                        consecutive_failures = consecutive_failures + 1",
+                )?;
+                for (rt, error) in outcomes {
+                    match error {
+                        None => ok.execute(params![source, rt, now])?,
+                        Some(e) => failed.execute(params![source, rt, now, e])?,
+                    };
+                }
+            }
+            tx.commit()
         })
         .await
     }
