@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::checker::{Report, check};
+use common::checker::{self, Report, check};
 use common::proxy::{ALL_FAULTS, ChaosProxy, Plan};
 use common::writer::{Write, Writer};
 use common::{Bridge, FhirServer, wait_for};
@@ -67,7 +67,7 @@ fn config(sources: &[SourceSpec], hooks: &[(&str, String, &str, &str)]) -> Strin
     t
 }
 
-/// Waits until the hook has every expected change, then checks it.
+/// Waits until the hook has every expected change (all, or only the critical ones).
 async fn converge(
     rx: &Receiver,
     writes: &[Write],
@@ -75,15 +75,14 @@ async fn converge(
     critical_only: bool,
     secs: u64,
 ) -> Report {
-    let matches = |w: &Write| !critical_only || w.critical;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = check(writes, &rx.received(), path, matches);
-        if r.missing.is_empty() || Instant::now() > deadline {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    checker::converge(
+        rx,
+        writes,
+        path,
+        move |w: &Write| !critical_only || w.critical,
+        secs,
+    )
+    .await
 }
 
 fn medplum(paging: &str) -> Arc<FhirServer> {

@@ -3,23 +3,12 @@
 
 mod common;
 
-use common::checker::{Report, check};
-use common::writer::{Write, Writer};
+use common::checker::converge;
+use common::writer::Writer;
 use common::{Bridge, FhirServer};
 use fhir_bridge::sandbox::{Behaviour, Receiver};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-async fn converge(rx: &Receiver, writes: &[Write], path: &str, secs: u64) -> Report {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = check(writes, &rx.received(), path, |_| true);
-        if r.missing.is_empty() || Instant::now() > deadline {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use std::time::Duration;
 
 fn config(fhir: &str, hooks: &[(&str, String, &str)]) -> String {
     let mut t = format!(
@@ -68,7 +57,7 @@ async fn slow_hook_does_not_delay_others() {
         let writer = Writer::start(fhir.clone(), 20.0, 20261121);
         tokio::time::sleep(Duration::from_secs(10)).await;
         let writes = writer.stop().await;
-        converge(&rx, &writes, "/hooks/fast", 30)
+        converge(&rx, &writes, "/hooks/fast", |_| true, 30)
             .await
             .assert_ok("isolation/fast");
         p99.push(p99_latency_ms(&rx, "/hooks/fast"));

@@ -59,8 +59,8 @@ const T0: i64 = 1_700_000_000_000;
 // ---------------------------------------------------------------------------
 
 /// How far the faithful server's "now" runs past its latest write: more than
-/// the 100 ms margin the poller keeps below its estimate of the server's clock.
-const SERVER_CLOCK_LEAD_MS: i64 = 101;
+/// the 25 ms margin the poller keeps below its estimate of the server's clock.
+const SERVER_CLOCK_LEAD_MS: i64 = 26;
 
 /// One write (or clock step) on the sandbox.
 #[derive(Debug, Clone)]
@@ -887,7 +887,7 @@ fn a_huge_overlap_from_the_config_does_not_panic_the_poller() {
         let store = Store::open(&dir.path().join("bridge.db")).unwrap();
         let t = task(config.sources[0].clone(), store);
         fhir.store.upsert(RT, None, serde_json::json!({}));
-        // Polls read up to the server's "now" less a 100 ms margin.
+        // Polls read up to the server's "now" less a 25 ms margin.
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         let cancel = CancellationToken::new();
         assert_eq!(t.poll_target(RT, &cancel).await.unwrap(), 1);

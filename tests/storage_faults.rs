@@ -3,23 +3,17 @@
 
 mod common;
 
-use common::checker::check;
+use common::checker;
 use common::writer::{Write, Writer};
 use common::{Bridge, FhirServer, config, hook, wait_for};
 use fhir_bridge::sandbox::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 async fn converge(rx: &Receiver, writes: &[Write], secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = check(writes, &rx.received(), "/hooks/all", |_| true);
-        if r.missing.is_empty() || Instant::now() > deadline {
-            r.assert_ok("storage/all");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    checker::converge(rx, writes, "/hooks/all", |_| true, secs)
+        .await
+        .assert_ok("storage/all");
 }
 
 /// Another process holds the write lock for longer than busy_timeout: polls and

@@ -41,7 +41,7 @@ pub enum PollError {
 }
 
 /// How far below our estimate of the server's "now" a poll's upper bound sits.
-const UNTIL_MARGIN_MS: i64 = 100;
+const UNTIL_MARGIN_MS: i64 = 25;
 
 /// The longest a source's `Retry-After` can pause its polls.
 const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -473,7 +473,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         fhir.store
             .upsert("Observation", None, serde_json::json!({}));
-        // Each poll reads up to the server's "now" less a 100 ms margin.
+        // Each poll reads up to the server's "now" less a 25 ms margin.
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 1);
 

@@ -7,8 +7,9 @@
 //! versions arrived out of order.
 
 use super::writer::Write;
-use fhir_bridge::sandbox::Received;
+use fhir_bridge::sandbox::{Received, Receiver};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -105,4 +106,22 @@ pub fn check(
         .cloned()
         .collect();
     r
+}
+
+/// Checks until nothing is missing or `secs` pass; returns the last report.
+pub async fn converge(
+    rx: &Receiver,
+    writes: &[Write],
+    hook_path: &str,
+    matches: impl Fn(&Write) -> bool + Copy,
+    secs: u64,
+) -> Report {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = check(writes, &rx.received(), hook_path, matches);
+        if r.missing.is_empty() || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
