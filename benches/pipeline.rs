@@ -107,11 +107,13 @@ impl Bridge {
     }
 
     fn db_bytes(&self) -> u64 {
-        ["bridge.db", "bridge.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.dir.path().join("state").join(f)).ok())
+        self.file_bytes("bridge.db") + self.file_bytes("bridge.db-wal")
+    }
+
+    fn file_bytes(&self, name: &str) -> u64 {
+        std::fs::metadata(self.dir.path().join("state").join(name))
             .map(|m| m.len())
-            .sum()
+            .unwrap_or(0)
     }
 
     fn stop(mut self) {
@@ -254,9 +256,11 @@ async fn backlog(n: usize) {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "| state size after backlog | sandbox | {n} resources delivered | {:.1} MB ({:.0} bytes/resource) |",
+        "| state size after backlog | sandbox | {n} resources delivered | {:.1} MB ({:.0} bytes/resource): database {:.1} MB + WAL {:.1} MB |",
         bridge.db_bytes() as f64 / 1e6,
-        bridge.db_bytes() as f64 / n as f64
+        bridge.db_bytes() as f64 / n as f64,
+        bridge.file_bytes("bridge.db") as f64 / 1e6,
+        bridge.file_bytes("bridge.db-wal") as f64 / 1e6
     );
     bridge.stop();
 }

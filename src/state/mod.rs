@@ -62,6 +62,10 @@ impl Store {
             .map_err(|e| err(describe_open_error(&e)))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| err(e.to_string()))?;
+        // After a checkpoint, truncate the WAL back to this size: a backlog's
+        // burst of writes must not leave a large WAL file behind for good.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(|e| err(e.to_string()))?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| err(e.to_string()))?;
         schema::migrate(&mut conn).map_err(|e| err(describe_open_error(&e)))?;
