@@ -60,7 +60,19 @@ impl Bridge {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("bridges.toml");
         std::fs::write(&cfg, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fhir-bridge"))
+        // BENCH_BRIDGE_WRAPPER runs the bridge under a profiler, e.g.
+        // "valgrind --tool=callgrind --callgrind-out-file=/tmp/bridge.cg".
+        let wrapper = std::env::var("BENCH_BRIDGE_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(prog) => {
+                let mut c = Command::new(prog);
+                c.args(words).arg(env!("CARGO_BIN_EXE_fhir-bridge"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_fhir-bridge")),
+        };
+        let child = cmd
             .args(["run", "-c"])
             .arg(&cfg)
             .env("FHIR_BRIDGE_LOG", "warn")

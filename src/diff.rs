@@ -35,6 +35,13 @@ pub fn content_hash(raw: &[u8]) -> [u8; 32] {
     Sha256::digest(raw).into()
 }
 
+/// True when the server reports the very version already seen: the common
+/// case when overlapping polls re-read a window. Checked before hashing, which
+/// would otherwise dominate the cost of every re-read.
+pub fn same_version(prev: Option<&SeenRow>, version_id: Option<&str>) -> bool {
+    matches!((prev.and_then(|p| p.version_id.as_deref()), version_id), (Some(p), Some(v)) if p == v)
+}
+
 /// `None` when the resource is the version already seen (or an older one).
 pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
     let Some(prev) = prev else {
@@ -102,6 +109,15 @@ mod tests {
             content_hash: &h2,
         };
         assert_eq!(classify(Some(&prev), &newer), Some(Event::Update));
+    }
+
+    #[test]
+    fn same_version_needs_no_hash() {
+        let prev = seen(Some("7"), "2026-01-01T00:00:00Z", 1);
+        assert!(same_version(Some(&prev), Some("7")));
+        assert!(!same_version(Some(&prev), Some("8")));
+        assert!(!same_version(Some(&prev), None));
+        assert!(!same_version(None, Some("7")));
     }
 
     #[test]

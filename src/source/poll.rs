@@ -300,6 +300,9 @@ impl SourceTask {
                 ..Default::default()
             };
             for e in &entries {
+                if diff::same_version(seen.get(&e.id), e.version_id.as_deref()) {
+                    continue;
+                }
                 let hash = diff::content_hash(e.raw.as_bytes());
                 let observed = Observed {
                     version_id: e.version_id.as_deref(),
