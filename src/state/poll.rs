@@ -94,7 +94,9 @@ impl Store {
     ) -> Result<HashMap<String, SeenRow>, StateError> {
         let (source, rt) = (source.to_string(), resource_type.to_string());
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
+            // One read transaction for the whole page: one lock, not one per id.
+            let tx = c.transaction()?;
+            let mut stmt = tx.prepare_cached(
                 "SELECT version_id, last_updated, content_hash FROM seen
                  WHERE source = ?1 AND resource_type = ?2 AND resource_id = ?3",
             )?;
@@ -118,6 +120,8 @@ impl Store {
                     out.insert(id, row);
                 }
             }
+            drop(stmt);
+            tx.commit()?;
             Ok(out)
         })
         .await
