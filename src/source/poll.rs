@@ -234,7 +234,12 @@ impl SourceTask {
         // pages, and an update moving a resource out of the set shows as a
         // smaller Bundle.total (see drift below).
         if self.client.server_now().is_none() {
-            self.probe_server_time(rt).await?;
+            match self.probe_server_time(rt).await {
+                // A server that never tells its time is polled without an upper
+                // bound (only the overlap protects it), not refused forever.
+                Ok(_) | Err(PollError::NoServerTime { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         // A small margin in case our estimate of the server's clock runs ahead.
         let until = self
