@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::delivery::{HookWorker, Sender};
 use crate::outbox::Route;
-use crate::source::SourceTask;
 use crate::source::client::FhirClient;
+use crate::source::{SourceTask, first_poll_spread};
 use crate::state::{StateError, Store, now_ms};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +63,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             store: store.clone(),
             client: FhirClient::with_pool(pool.clone(), source.timeout),
             wakers: wakers.clone(),
+            first_poll_spread: first_poll_spread(&source.schedule, config.sources.len()),
         };
         tracker.spawn(task.run(cancel.clone()));
     }

@@ -349,6 +349,7 @@ fn task(source: Source, store: Store) -> SourceTask {
         store,
         client: FhirClient::new(Duration::from_secs(10)).unwrap(),
         wakers: Arc::new(HashMap::new()),
+        first_poll_spread: std::time::Duration::ZERO,
     }
 }
 

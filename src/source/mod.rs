@@ -5,4 +5,4 @@ pub mod client;
 mod poll;
 pub mod watermark;
 
-pub use poll::{PollError, SourceTask};
+pub use poll::{PollError, SourceTask, first_poll_spread};

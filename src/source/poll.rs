@@ -55,6 +55,21 @@ pub struct SourceTask {
     pub store: Store,
     pub client: FhirClient,
     pub wakers: Wakers,
+    /// The first poll comes at a random moment within this span (see
+    /// `first_poll_spread`).
+    pub first_poll_spread: std::time::Duration,
+}
+
+/// How widely the first polls of `sources` sources are spread: 100 ms per
+/// source, at most one interval and at most a minute. A lone source polls at
+/// once; a thousand spread over their interval, so there is no thundering herd.
+pub fn first_poll_spread(schedule: &Schedule, sources: usize) -> std::time::Duration {
+    match schedule {
+        Schedule::Every(every) => (*every)
+            .min(std::time::Duration::from_secs(60))
+            .min(std::time::Duration::from_millis(100).saturating_mul(sources as u32)),
+        Schedule::Cron(_) => std::time::Duration::ZERO,
+    }
 }
 
 impl SourceTask {
@@ -62,16 +77,12 @@ impl SourceTask {
     pub async fn run(self, cancel: CancellationToken) {
         // A server that answered 429/503 with Retry-After is left alone until then.
         let mut not_before: HashMap<String, std::time::Instant> = HashMap::new();
-        // Spread the first polls of many sources over one interval (at most a
-        // minute) so that they do not all hit the EHR in the same instant; the
-        // ticks stay spread afterwards.
-        if let Schedule::Every(every) = &self.source.schedule {
-            let spread = (*every).min(std::time::Duration::from_secs(60));
-            let delay = spread.mul_f64(fastrand::f64());
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = cancel.cancelled() => return,
-            }
+        // Spread the first polls of many sources so that they do not all hit
+        // the EHR in the same instant; the ticks stay spread afterwards.
+        let delay = self.first_poll_spread.mul_f64(fastrand::f64());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return,
         }
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
         loop {
@@ -428,6 +439,7 @@ mod tests {
             store,
             client: FhirClient::new(Duration::from_secs(5)).unwrap(),
             wakers: Arc::new(HashMap::new()),
+            first_poll_spread: Duration::ZERO,
         }
     }
 
@@ -498,5 +510,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("Observation search page 1: HTTP 404"), "{err}");
+    }
+
+    #[test]
+    fn first_polls_spread_with_the_number_of_sources() {
+        let every = Schedule::Every(Duration::from_secs(60));
+        assert_eq!(first_poll_spread(&every, 1), Duration::from_millis(100));
+        assert_eq!(first_poll_spread(&every, 100), Duration::from_secs(10));
+        assert_eq!(first_poll_spread(&every, 1000), Duration::from_secs(60));
+        let fast = Schedule::Every(Duration::from_secs(1));
+        assert_eq!(first_poll_spread(&fast, 1000), Duration::from_secs(1));
+        let cron = Schedule::cron("*/5 * * * *").unwrap();
+        assert_eq!(first_poll_spread(&cron, 1000), Duration::ZERO);
     }
 }
