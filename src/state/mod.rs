@@ -145,6 +145,76 @@ fn describe_open_error(e: &rusqlite::Error) -> String {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_util::temp_store;
+
+    /// Sum of SQLITE_STMTSTATUS_REPREPARE over every statement the connection holds.
+    fn reprepares(store: &Store) -> i32 {
+        let c = store.conn.lock().unwrap();
+        let mut total = 0;
+        // SAFETY: the handle is only used while the connection is locked, and
+        // only to walk and read its own statements.
+        unsafe {
+            let db = c.handle();
+            let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !stmt.is_null() {
+                let n = rusqlite::ffi::sqlite3_stmt_status(
+                    stmt,
+                    rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
+                    0,
+                );
+                total += n;
+                stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
+            }
+        }
+        total
+    }
+
+    /// The hot statements are planned once, not on every use (a parameter
+    /// that can change the plan, like `LIMIT ?`, makes the cache re-plan them).
+    #[tokio::test]
+    async fn hot_statements_are_not_replanned() {
+        let (_d, store) = temp_store();
+        let mut rounds = Vec::new();
+        for round in 0..3 {
+            let msgs = (0..10)
+                .map(|i| {
+                    NewMessage::test("h", &format!("m{round}-{i}"), "Observation", &i.to_string())
+                })
+                .collect();
+            store
+                .commit_page(PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages: msgs,
+                    watermark: Some(format!("2026-01-0{}T00:00:00.000Z", round + 1)),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            store
+                .load_seen("s", "Observation", vec!["1".into()])
+                .await
+                .unwrap();
+            store.target_state("s", "Observation").await.unwrap();
+            let claimed = store.claim_due("h", vec![], 5 + round).await.unwrap();
+            let done = claimed
+                .iter()
+                .map(|c| (c.id, DeliveryRecord::Delivered { status: 200 }))
+                .collect();
+            store.record_deliveries("h", done).await.unwrap();
+            store.next_due_ms("h").await.unwrap();
+            store.hook_disabled("h").await.unwrap();
+            store.record_poll("s", "Observation", None).await.unwrap();
+            rounds.push(reprepares(&store));
+        }
+        // Whatever happened while warming up, later rounds add nothing.
+        assert_eq!(rounds[1], rounds[2], "{rounds:?}");
+    }
+}
+
+#[cfg(test)]
 pub(crate) mod test_util {
     use super::Store;
 

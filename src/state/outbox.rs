@@ -100,17 +100,21 @@ impl Store {
         let hook = hook.to_string();
         self.call(move |c| {
             // In-flight ids are excluded in SQL so their payloads are not read again.
+            // `+?1` and `LIMIT ?3 + 0` rather than bare parameters: SQLite re-plans a
+            // statement whose plan may depend on a parameter's value (a LIMIT, or
+            // a term it checks against the partial index's WHERE) every time the
+            // statement cache hands it out, which cost more than the query itself.
             let in_flight = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
             let mut stmt = c.prepare_cached(
                 "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts, o.payload
                  FROM outbox o INDEXED BY outbox_by_state
-                 WHERE o.hook = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+                 WHERE o.hook = +?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                    AND o.id NOT IN (SELECT value FROM json_each(?4))
                    AND NOT EXISTS (
                        SELECT 1 FROM outbox p
                        WHERE p.hook = o.hook AND p.resource_type = o.resource_type
                          AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)
-                 ORDER BY o.id LIMIT ?3",
+                 ORDER BY o.id LIMIT ?3 + 0",
             )?;
             let rows = stmt.query_map(params![hook, now_ms(), limit as i64, in_flight], |r| {
                 Ok(Claimed {
@@ -132,7 +136,8 @@ impl Store {
         let hook = hook.to_string();
         self.call(move |c| {
             c.prepare_cached(
-                "SELECT min(next_attempt_at) FROM outbox WHERE hook = ?1 AND state = 'pending'",
+                // `+?1`: see claim_due.
+                "SELECT min(next_attempt_at) FROM outbox WHERE hook = +?1 AND state = 'pending'",
             )?
             .query_row(params![hook], |r| r.get(0))
         })
