@@ -14,7 +14,7 @@
 //!
 //! Sizes (env): BENCH_BACKLOG (100000), BENCH_RATE (50/s), BENCH_LATENCY_SECONDS (20),
 //! BENCH_SOURCES (1000) x 10 types, BENCH_SCALE_SECONDS (130), BENCH_BACKFILL (1000000),
-//! BENCH_BURST (20000), BENCH_ONLY (comma list of: raw,backlog,burst,latency,scale,backfill).
+//! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_ONLY (comma list of: raw,backlog,burst,latency,scale,backfill).
 
 use fhir_bridge::sandbox::{FhirSandbox, Receiver, generator};
 use std::path::Path;
@@ -116,6 +116,16 @@ impl Bridge {
         let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
             + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
         ticks as f64 / 100.0
+    }
+
+    /// "X MB (database Y + WAL Z)".
+    fn size_mb(&self) -> String {
+        format!(
+            "{:.1} MB (database {:.1} + WAL {:.1})",
+            self.db_bytes() as f64 / 1e6,
+            self.file_bytes("bridge.db") as f64 / 1e6,
+            self.file_bytes("bridge.db-wal") as f64 / 1e6
+        )
     }
 
     fn db_bytes(&self) -> u64 {
@@ -258,8 +268,10 @@ async fn raw_post(rx: &Receiver, n: usize) -> f64 {
 /// bridge's CPU % of one core, and the bridge (still running).
 async fn drain(fhir: &FhirSandbox, rx: &Receiver, n: usize) -> (f64, f64, Bridge) {
     let before = rx.count();
+    // A short retention, so that housekeeping (every retention / 4) shows
+    // within the bench what it does over days in production.
     let cfg = format!(
-        "state_dir = \"state\"\n{}{}",
+        "state_dir = \"state\"\nretention = \"1m\"\n{}{}",
         source_toml("bench", &fhir.base_url(), &["Observation"], "1s", PAGE),
         hook_toml(&rx.url("hooks/all"), ".resourceType == \"Observation\"")
     );
@@ -309,14 +321,46 @@ async fn backlog(n: usize) {
         bridge.peak_rss_kib() as f64 / 1024.0
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let right_after = bridge.size_mb();
+    // One housekeeping pass (every 15 s at a 1 min retention): the delivered
+    // payloads' pages go back to the file system.
+    tokio::time::sleep(Duration::from_secs(16)).await;
     println!(
-        "| state size after backlog | sandbox | {n} resources delivered | {:.1} MB ({:.0} bytes/resource): database {:.1} MB + WAL {:.1} MB |",
-        bridge.db_bytes() as f64 / 1e6,
-        bridge.db_bytes() as f64 / n as f64,
-        bridge.file_bytes("bridge.db") as f64 / 1e6,
-        bridge.file_bytes("bridge.db-wal") as f64 / 1e6
+        "| state size after backlog | sandbox | {n} resources delivered (retention 1 min) | right after: {right_after}; after one housekeeping pass: {} |",
+        bridge.size_mb()
     );
+    steady(&fhir, &rx, &bridge, n).await;
     bridge.stop();
+}
+
+/// Steady updates on the backlog's resources: the state must level off at
+/// what the retention (1 min here) and the overlap window hold.
+async fn steady(fhir: &FhirSandbox, rx: &Receiver, bridge: &Bridge, n: usize) {
+    let seconds: u64 = env_or("BENCH_STEADY_SECONDS", 180);
+    let rate = 200.0;
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let before = rx.count();
+    let t = Instant::now();
+    let mut samples = vec![];
+    let mut next_sample = Duration::from_secs(30);
+    let mut written = 0usize;
+    while t.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let id = rng.usize(1..=n).to_string();
+        let body = generator::observation(written as u64, &mut rng);
+        fhir.store.upsert("Observation", Some(&id), body);
+        written += 1;
+        if t.elapsed() >= next_sample {
+            samples.push(format!("{} s: {}", next_sample.as_secs(), bridge.size_mb()));
+            next_sample += Duration::from_secs(30);
+        }
+    }
+    wait_count(rx, before + written, Duration::from_secs(60)).await;
+    println!(
+        "| state size, steady updates | sandbox | {written} updates at {rate}/s on {n} resources, retention 1 min, overlap 5 s | {} |",
+        samples.join("; ")
+    );
 }
 
 async fn latency(rate: f64, seconds: u64) {
@@ -389,25 +433,65 @@ async fn scale(sources: usize, seconds: u64) {
     let bridge = Bridge::start(&cfg);
     // Let start-up and the first round of polls pass, then measure steady state.
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
+    let window = seconds - seconds / 2;
+    // SQLite's writes are pwrite64 calls (database and WAL pages) and fsyncs
+    // (checkpoints); sockets use write/writev. Counted with `perf stat` when it
+    // is there, else all write syscalls from /proc.
+    let counter = std::thread::spawn({
+        let pid = bridge.child.id();
+        move || sqlite_syscalls(pid, window)
+    });
     let (cpu0, w0, t0) = (
         bridge.cpu_seconds(),
         bridge.write_syscalls(),
         Instant::now(),
     );
     let mut rss_max = 0;
-    while t0.elapsed() < Duration::from_secs(seconds - seconds / 2) {
+    while t0.elapsed() < Duration::from_secs(window) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss_max = rss_max.max(bridge.rss_kib());
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = 100.0 * (bridge.cpu_seconds() - cpu0) / secs;
-    let writes = (bridge.write_syscalls() - w0) as f64 / secs;
+    let writes = match counter.join().ok().flatten() {
+        Some((pwrites, fsyncs)) => format!(
+            "SQLite writes {:.1} page writes/s and {:.2} fsyncs/s",
+            pwrites as f64 / window as f64,
+            fsyncs as f64 / window as f64
+        ),
+        None => format!(
+            "{:.0} write syscalls/s (all; perf not available)",
+            (bridge.write_syscalls() - w0) as f64 / secs
+        ),
+    };
     println!(
-        "| scale | sandbox | {} poll targets ({sources} sources x 10 types), 60 s interval, no changes | RSS {:.1} MB, CPU {cpu:.1}% of one core, {writes:.0} write syscalls/s (targets: <= 150 MB, <= 5%) |",
+        "| scale | sandbox | {} poll targets ({sources} sources x 10 types), 60 s interval, no changes | RSS {:.1} MB, CPU {cpu:.1}% of one core, {writes} (targets: <= 150 MB, <= 5%) |",
         sources * 10,
         rss_max as f64 / 1024.0
     );
     bridge.stop();
+}
+
+/// (pwrite64 calls, fsync + fdatasync calls) of `pid` over `seconds`, via perf.
+fn sqlite_syscalls(pid: u32, seconds: u64) -> Option<(u64, u64)> {
+    let out = Command::new("perf")
+        .args(["stat", "-x,", "-e"])
+        .arg("syscalls:sys_enter_pwrite64,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync")
+        .args(["-p", &pid.to_string(), "--", "sleep", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let count = |event: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.contains(event))
+            .and_then(|l| l.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((
+        count("pwrite64")?,
+        count("sys_enter_fsync")? + count("fdatasync")?,
+    ))
 }
 
 async fn backfill(n: usize) {

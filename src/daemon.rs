@@ -6,7 +6,7 @@ use crate::delivery::{HookWorker, Sender};
 use crate::outbox::Route;
 use crate::source::client::FhirClient;
 use crate::source::{SourceTask, first_poll_spread};
-use crate::state::{StateError, Store, now_ms};
+use crate::state::{StateError, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,6 @@ use tokio_util::task::TaskTracker;
 /// How long in-flight deliveries may take to finish on shutdown. Whatever is
 /// still in flight then stays pending in the outbox and is sent again later.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -68,7 +67,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         tracker.spawn(task.run(cancel.clone()));
     }
 
-    tracker.spawn(prune_loop(store.clone(), config.retention, cancel.clone()));
+    tracker.spawn(crate::housekeeping::run(
+        store.clone(),
+        config.sources.clone(),
+        config.retention,
+        cancel.clone(),
+    ));
     tracker.close();
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -82,20 +86,4 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         tracing::warn!("shutdown grace period over; unfinished deliveries stay in the outbox");
     }
     Ok(())
-}
-
-async fn prune_loop(store: Store, retention: Duration, cancel: CancellationToken) {
-    loop {
-        let cutoff =
-            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-        match store.prune_delivered(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "pruned delivered messages past retention"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune delivered messages"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PRUNE_EVERY) => {}
-            _ = cancel.cancelled() => return,
-        }
-    }
 }

@@ -42,10 +42,20 @@ pub fn same_version(prev: Option<&SeenRow>, version_id: Option<&str>) -> bool {
     matches!((prev.and_then(|p| p.version_id.as_deref()), version_id), (Some(p), Some(v)) if p == v)
 }
 
+/// A resource the bridge has no record of (never seen, or its record was
+/// pruned long after it last changed): an update when the server's versionId
+/// is a number above 1, else a create.
+fn first_sighting(version_id: Option<&str>) -> Event {
+    match version_id.and_then(|v| v.parse::<u64>().ok()) {
+        Some(n) if n > 1 => Event::Update,
+        _ => Event::Create,
+    }
+}
+
 /// `None` when the resource is the version already seen (or an older one).
 pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
     let Some(prev) = prev else {
-        return Some(Event::Create);
+        return Some(first_sighting(cur.version_id));
     };
     // A lagging replica or a drifting page can serve an older version than one
     // already delivered: never step backwards.
@@ -149,5 +159,21 @@ mod tests {
             content_hash: &h,
         };
         assert_eq!(classify(Some(&prev), &stale), None);
+    }
+
+    #[test]
+    fn a_first_sighting_is_a_create_unless_the_version_says_otherwise() {
+        let obs = |v| Observed {
+            version_id: v,
+            last_updated: None,
+            content_hash: &[0; 32],
+        };
+        assert_eq!(classify(None, &obs(None)), Some(Event::Create));
+        assert_eq!(classify(None, &obs(Some("1"))), Some(Event::Create));
+        assert_eq!(classify(None, &obs(Some("7"))), Some(Event::Update));
+        assert_eq!(
+            classify(None, &obs(Some("W/\"a1b2\""))),
+            Some(Event::Create)
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: [`source`] (poll) -> [`diff`] -> [`filter`] ->
 //! [`outbox`] (durable, in [`state`]) -> [`delivery`]. [`config`] reads
-//! `bridges.toml`; [`daemon`] runs it all; [`cli`] holds the operator commands.
+//! `bridges.toml`; [`daemon`] runs it all, with [`housekeeping`] keeping the
+//! state bounded; [`cli`] holds the operator commands.
 
 pub mod cli;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod diff;
 pub mod filter;
+pub mod housekeeping;
 pub mod outbox;
 pub mod payload;
 pub mod sandbox;

@@ -301,7 +301,12 @@ impl SourceTask {
                 .entries
                 .iter()
                 .filter(|e| e.resource_type == rt)
-                .filter(|e| match (floor, e.last_updated) {
+                // Only what the search asked for: nothing before `start`, and
+                // nothing before the window (a server that ignores `_lastUpdated`,
+                // or a lagging replica serving an old version). Everything older
+                // was read by earlier polls, so the seen-versions table need not
+                // remember it for ever (see `prune_seen`).
+                .filter(|e| match (since.or(floor), e.last_updated) {
                     (Some(f), Some(lu)) => lu >= f,
                     _ => true,
                 })

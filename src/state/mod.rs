@@ -6,6 +6,7 @@
 //! seen-versions and outbox rows always roll back *together*, so the next poll
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
+mod maintenance;
 mod outbox;
 mod poll;
 mod report;
@@ -69,6 +70,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| err(e.to_string()))?;
         schema::migrate(&mut conn).map_err(|e| err(describe_open_error(&e)))?;
+        enable_incremental_vacuum(&conn).map_err(|e| err(e.to_string()))?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
@@ -119,6 +121,20 @@ impl Store {
         .await
         .map_err(|e| StateError::Task(e.to_string()))?
     }
+}
+
+/// Lets `reclaim_space` return free pages to the file system. SQLite only
+/// honours the setting from a VACUUM on: a database created before it is
+/// rebuilt once, here (as long as a VACUUM of its size takes).
+fn enable_incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+    if mode != INCREMENTAL {
+        tracing::info!("preparing the state database for incremental vacuum (once)");
+        conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+        conn.execute_batch("VACUUM")?;
+    }
+    Ok(())
 }
 
 fn create_private(path: &Path) -> std::io::Result<()> {

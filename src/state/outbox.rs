@@ -65,12 +65,14 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
     let now = now_ms();
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO outbox
-            (hook, message_id, source, resource_type, resource_id, version_id, event, payload,
+            (hook, message_id, source, resource_type, resource_id, version_id, event,
              state, created_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8)",
     )?;
+    let mut payload =
+        tx.prepare_cached("INSERT INTO outbox_payload (id, payload) VALUES (?1, ?2)")?;
     for m in messages {
-        stmt.execute(params![
+        let inserted = stmt.execute(params![
             m.hook,
             m.message_id,
             m.source,
@@ -78,9 +80,11 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
             m.resource_id,
             m.version_id,
             m.event,
-            m.payload,
             now
         ])?;
+        if inserted == 1 {
+            payload.execute(params![tx.last_insert_rowid(), m.payload])?;
+        }
     }
     Ok(())
 }
@@ -106,7 +110,8 @@ impl Store {
             // statement cache hands it out, which cost more than the query itself.
             let in_flight = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
             let mut stmt = c.prepare_cached(
-                "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts, o.payload
+                "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
+                        (SELECT b.payload FROM outbox_payload b WHERE b.id = o.id)
                  FROM outbox o INDEXED BY outbox_by_state
                  WHERE o.hook = +?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                    AND o.id NOT IN (SELECT value FROM json_each(?4))
@@ -167,10 +172,12 @@ impl Store {
             let (mut delivered, mut failed, mut last_error) = (0, 0, None);
             {
                 let mut ok = tx.prepare_cached(
-                    "UPDATE outbox SET state = 'delivered', payload = NULL, attempts = attempts + 1,
+                    "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,
                         done_at = ?2, last_status = ?3, last_error = NULL
                      WHERE id = ?1",
                 )?;
+                let mut drop_payload =
+                    tx.prepare_cached("DELETE FROM outbox_payload WHERE id = ?1")?;
                 let mut fail = tx.prepare_cached(
                     "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,
                         done_at = ?4, last_status = ?5, last_error = ?6
@@ -180,6 +187,7 @@ impl Store {
                     match record {
                         DeliveryRecord::Delivered { status } => {
                             ok.execute(params![id, now, status])?;
+                            drop_payload.execute(params![id])?;
                             delivered += 1;
                         }
                         DeliveryRecord::Failed { status, error, retry_at_ms } => {

@@ -70,6 +70,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE hook_stats ADD COLUMN disabled_at INTEGER;
     ALTER TABLE hook_stats ADD COLUMN disabled_reason TEXT;
     "#,
+    // 3: payloads in their own table, deleted on delivery. Setting a payload
+    // column to NULL left the outbox's pages sparse but never freed them, so
+    // the file kept a backlog's peak size; deleted rows free whole pages.
+    r#"
+    CREATE TABLE outbox_payload (
+        id      INTEGER PRIMARY KEY,   -- outbox.id
+        payload BLOB NOT NULL
+    );
+    INSERT INTO outbox_payload (id, payload)
+        SELECT id, payload FROM outbox WHERE payload IS NOT NULL AND state != 'delivered';
+    ALTER TABLE outbox DROP COLUMN payload;
+    -- A message deleted for any reason (pruned, purged) takes its payload along.
+    CREATE TRIGGER outbox_payload_follows AFTER DELETE ON outbox
+    BEGIN
+        DELETE FROM outbox_payload WHERE id = old.id;
+    END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -104,4 +121,43 @@ fn newer_schema(version: i64) -> rusqlite::Error {
             MIGRATIONS.len()
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Store;
+
+    /// A database from before migration 3 keeps its pending payloads.
+    #[tokio::test]
+    async fn pending_payloads_survive_the_move_to_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            for (i, state) in ["pending", "delivered", "dead"].iter().enumerate() {
+                c.execute(
+                    "INSERT INTO outbox (hook, message_id, source, resource_type, resource_id,
+                        event, payload, state, created_at, next_attempt_at)
+                     VALUES ('h', ?1, 's', 'Observation', ?1, 'create', ?2, ?3, 0, 0)",
+                    rusqlite::params![
+                        format!("m{i}"),
+                        format!("{{\"n\":{i}}}").into_bytes(),
+                        state
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let claimed = store.claim_due("h", vec![], 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].payload, b"{\"n\":0}");
+        assert_eq!(store.redrive(None, None).await.unwrap(), 1);
+        let again = store.claim_due("h", vec![claimed[0].id], 10).await.unwrap();
+        assert_eq!(again[0].payload, b"{\"n\":2}");
+    }
 }

@@ -1,0 +1,129 @@
+//! Housekeeping: keeps the state bounded while the daemon runs. Delivered
+//! messages go after `retention`; a resource's seen version goes once it is
+//! both outside every future poll window and older than `retention`; free
+//! pages go back to the file system.
+
+use crate::config::Source;
+use crate::source::bundle::{format_instant, parse_instant};
+use crate::state::{Store, now_ms};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often housekeeping runs: a quarter of the retention, between 1 s and 10 min.
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
+/// Seen versions last updated before this can never matter again: the poller
+/// drops whatever lies before its window (watermark - overlap), and they are
+/// older than the retention too (so create/update stays exact for that long).
+pub fn seen_cutoff(
+    watermark: Option<DateTime<Utc>>,
+    overlap: Duration,
+    retention: Duration,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let window = watermark?.checked_sub_signed(chrono::Duration::from_std(overlap).ok()?)?;
+    let kept = now.checked_sub_signed(chrono::Duration::from_std(retention).ok()?)?;
+    Some(window.min(kept))
+}
+
+pub async fn run(
+    store: Store,
+    sources: Vec<Source>,
+    retention: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        once(&store, &sources, retention).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval(retention)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn once(store: &Store, sources: &[Source], retention: Duration) {
+    let cutoff = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    match store.prune_delivered(cutoff).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pruned = n, "pruned delivered messages past retention"),
+        Err(e) => tracing::warn!(error = %e, "cannot prune delivered messages"),
+    }
+    for source in sources {
+        for rt in &source.resources {
+            let watermark = match store.target_state(&source.name, rt).await {
+                Ok(st) => st.watermark.as_deref().and_then(parse_instant),
+                Err(e) => {
+                    tracing::warn!(source = %source.name, resource_type = %rt, error = %e, "cannot read target state");
+                    continue;
+                }
+            };
+            let Some(before) = seen_cutoff(watermark, source.overlap, retention, Utc::now()) else {
+                continue;
+            };
+            match store
+                .prune_seen(&source.name, rt, format_instant(before))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(source = %source.name, resource_type = %rt, pruned = n, "forgot seen versions outside the poll window and retention")
+                }
+                Err(e) => {
+                    tracing::warn!(source = %source.name, resource_type = %rt, error = %e, "cannot prune seen versions")
+                }
+            }
+        }
+    }
+    match store.reclaim_space().await {
+        Ok(0) => {}
+        Ok(bytes) => tracing::info!(bytes, "returned free database pages to the file system"),
+        Err(e) => tracing::warn!(error = %e, "cannot reclaim database space"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        parse_instant(s).unwrap()
+    }
+
+    #[test]
+    fn seen_versions_go_once_outside_the_window_and_the_retention() {
+        let now = at("2026-06-30T00:00:00.000Z");
+        let day = Duration::from_secs(86_400);
+        // A busy target: the retention is the binding limit.
+        assert_eq!(
+            seen_cutoff(Some(now), Duration::from_secs(120), 14 * day, now),
+            Some(at("2026-06-16T00:00:00.000Z"))
+        );
+        // A target quiet for a month: the window is.
+        assert_eq!(
+            seen_cutoff(
+                Some(at("2026-05-01T00:02:00.000Z")),
+                Duration::from_secs(120),
+                14 * day,
+                now
+            ),
+            Some(at("2026-05-01T00:00:00.000Z"))
+        );
+        // Never polled: nothing to prune.
+        assert_eq!(seen_cutoff(None, Duration::ZERO, day, now), None);
+        // Absurd durations do not panic.
+        assert_eq!(seen_cutoff(Some(now), Duration::MAX, day, now), None);
+    }
+
+    #[test]
+    fn runs_a_few_times_per_retention() {
+        assert_eq!(
+            interval(Duration::from_secs(14 * 86_400)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(interval(Duration::from_secs(60)), Duration::from_secs(15));
+        assert_eq!(interval(Duration::ZERO), Duration::from_secs(1));
+    }
+}
