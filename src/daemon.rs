@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::delivery::{HookWorker, Sender};
 use crate::outbox::Route;
 use crate::source::client::FhirClient;
+use crate::source::outcomes::OutcomeRecorder;
 use crate::source::{SourceTask, first_poll_spread};
 use crate::state::{StateError, Store};
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     }
 
     let pool = FhirClient::shared_pool().map_err(|e| DaemonError::Http(e.to_string()))?;
+    // Ends (after a last flush) once every source task has dropped its handle.
+    let (recorder, recorder_done) = OutcomeRecorder::spawn(store.clone());
     for source in &config.sources {
         let task = SourceTask {
             source: source.clone(),
@@ -63,9 +66,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             client: FhirClient::with_pool(pool.clone(), source.timeout),
             wakers: wakers.clone(),
             first_poll_spread: first_poll_spread(&source.schedule, config.sources.len()),
+            known: Default::default(),
+            outcomes: Some(recorder.clone()),
         };
         tracker.spawn(task.run(cancel.clone()));
     }
+    drop(recorder);
+    tracker.spawn(async move {
+        let _ = recorder_done.await;
+    });
 
     tracker.spawn(crate::housekeeping::run(
         store.clone(),

@@ -350,6 +350,8 @@ fn task(source: Source, store: Store) -> SourceTask {
         client: FhirClient::new(Duration::from_secs(10)).unwrap(),
         wakers: Arc::new(HashMap::new()),
         first_poll_spread: std::time::Duration::ZERO,
+        known: Default::default(),
+        outcomes: None,
     }
 }
 

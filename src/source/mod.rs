@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod client;
+pub mod outcomes;
 mod poll;
 pub mod watermark;
 

@@ -2,11 +2,12 @@
 
 use super::bundle::{BundleError, format_instant, parse_instant, parse_page};
 use super::client::{FetchError, FhirClient};
+use super::outcomes::OutcomeRecorder;
 use super::watermark::WatermarkTracker;
 use crate::config::{Schedule, Source, Start};
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
-use crate::state::{PageCommit, SeenRow, StateError, Store};
+use crate::state::{PageCommit, PollOutcome, SeenRow, StateError, Store, TargetState, now_ms};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -58,6 +59,42 @@ pub struct SourceTask {
     /// The first poll comes at a random moment within this span (see
     /// `first_poll_spread`).
     pub first_poll_spread: std::time::Duration,
+    /// Each target's state as last committed. The poller is the only writer of
+    /// its targets' watermarks, so after the first read a poll needs no
+    /// database round trip to know where to start (most polls find nothing).
+    pub known: KnownTargets,
+    /// Where `run` sends poll outcomes; `None` writes them at once.
+    pub outcomes: Option<OutcomeRecorder>,
+}
+
+/// What one poll found: changes committed, and resources re-read without a
+/// commit (already-seen versions inside the overlap).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Polled {
+    pub changes: u64,
+    pub rereads: u64,
+}
+
+/// Target states kept in memory by their poller (see `SourceTask::known`).
+#[derive(Default)]
+pub struct KnownTargets(std::sync::Mutex<HashMap<String, TargetState>>);
+
+impl KnownTargets {
+    fn get(&self, rt: &str) -> Option<TargetState> {
+        self.lock().get(rt).cloned()
+    }
+
+    fn set(&self, rt: &str, state: TargetState) {
+        self.lock().insert(rt.to_string(), state);
+    }
+
+    fn forget(&self, rt: &str) {
+        self.lock().remove(rt);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TargetState>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// How widely the first polls of `sources` sources are spread: 100 ms per
@@ -96,7 +133,7 @@ impl SourceTask {
                 {
                     continue;
                 }
-                let outcome = self.poll_target(rt, &cancel).await;
+                let outcome = self.poll_counted(rt, &cancel).await;
                 if let Err(PollError::Fetch {
                     error:
                         FetchError::Status {
@@ -113,22 +150,30 @@ impl SourceTask {
                 }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
                 match &outcome {
-                    Ok(n) => {
-                        tracing::debug!(source = %self.source.name, resource_type = %rt, changes = n, "poll ok")
+                    Ok(p) => {
+                        tracing::debug!(source = %self.source.name, resource_type = %rt, changes = p.changes, "poll ok")
                     }
                     Err(e) => {
                         tracing::warn!(source = %self.source.name, resource_type = %rt, error = %e, "poll failed")
                     }
                 }
-                outcomes.push((rt.clone(), error));
+                outcomes.push(PollOutcome {
+                    source: self.source.name.clone(),
+                    resource_type: rt.clone(),
+                    error,
+                    at_ms: now_ms(),
+                    resources_read: outcome.as_ref().map(|p| p.rereads).unwrap_or(0),
+                });
             }
-            // One write for the whole tick's outcomes, not one per target.
-            if let Err(e) = self
-                .store
-                .record_polls(&self.source.name, std::mem::take(&mut outcomes))
-                .await
-            {
-                tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcomes");
+            // One write for the whole tick's outcomes at most, not one per target.
+            let tick = std::mem::take(&mut outcomes);
+            match &self.outcomes {
+                Some(recorder) => recorder.record(tick),
+                None => {
+                    if let Err(e) = self.store.record_polls_of(tick).await {
+                        tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcomes");
+                    }
+                }
             }
             let next = self.source.schedule.next_after(Utc::now());
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
@@ -220,13 +265,35 @@ impl SourceTask {
         rt: &str,
         cancel: &CancellationToken,
     ) -> Result<u64, PollError> {
+        self.poll_counted(rt, cancel).await.map(|p| p.changes)
+    }
+
+    /// One poll; also returns the resources it re-read without committing
+    /// anything (to be counted with the poll's outcome).
+    async fn poll_counted(
+        &self,
+        rt: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Polled, PollError> {
+        let result = self.poll_pages(rt, cancel).await;
+        if result.is_err() {
+            // Whatever failed (a commit, say), read the state afresh next time.
+            self.known.forget(rt);
+        }
+        result
+    }
+
+    async fn poll_pages(&self, rt: &str, cancel: &CancellationToken) -> Result<Polled, PollError> {
         let name = &self.source.name;
-        let mut state = self.store.target_state(name, rt).await?;
+        let mut state = match self.known.get(rt) {
+            Some(known) => known,
+            None => self.store.target_state(name, rt).await?,
+        };
         if !state.initialized {
             self.initialize(rt).await?;
             state = self.store.target_state(name, rt).await?;
             if self.source.start == Start::Now {
-                return Ok(0);
+                return Ok(Polled::default());
             }
         }
         let floor = state.floor.as_deref().and_then(parse_instant);
@@ -266,7 +333,7 @@ impl SourceTask {
         let mut drifted = false;
         let mut visited = HashSet::new();
         let mut tracker = WatermarkTracker::new();
-        let mut total_changes = 0u64;
+        let mut polled = Polled::default();
         let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let mut page_no = 0usize;
         loop {
@@ -312,7 +379,11 @@ impl SourceTask {
                 })
                 .collect();
             let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-            let mut seen = self.store.load_seen(name, rt, ids).await?;
+            let mut seen = if ids.is_empty() {
+                HashMap::new()
+            } else {
+                self.store.load_seen(name, rt, ids).await?
+            };
 
             let mut commit = PageCommit {
                 source: name.clone(),
@@ -378,14 +449,22 @@ impl SourceTask {
                 }
             }
             let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
-            total_changes += commit.changes;
-            // An empty page that moves nothing needs no transaction.
-            let empty = commit.resources_read == 0
+            polled.changes += commit.changes;
+            // A page that changes nothing (empty, or only re-read versions
+            // already seen) needs no transaction: the usual poll of a quiet target.
+            let empty = commit.changes == 0
                 && commit.watermark.is_none()
                 && commit.filter_errors.is_empty();
-            if !empty {
+            if empty {
+                polled.rereads += commit.resources_read;
+            } else {
+                let moved = commit.watermark.clone();
                 self.store.commit_page(commit).await?;
+                if moved.is_some() {
+                    state.watermark = moved;
+                }
             }
+            self.known.set(rt, state.clone());
             for hook in woken {
                 if let Some(w) = self.wakers.get(&hook) {
                     w.notify_one();
@@ -407,7 +486,7 @@ impl SourceTask {
                 break;
             }
         }
-        Ok(total_changes)
+        Ok(polled)
     }
 }
 
@@ -445,6 +524,8 @@ mod tests {
             client: FhirClient::new(Duration::from_secs(5)).unwrap(),
             wakers: Arc::new(HashMap::new()),
             first_poll_spread: Duration::ZERO,
+            known: Default::default(),
+            outcomes: None,
         }
     }
 

@@ -13,7 +13,7 @@ mod report;
 mod schema;
 
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
-pub use poll::{PageCommit, SeenRow, TargetState};
+pub use poll::{PageCommit, PollOutcome, SeenRow, TargetState};
 pub use report::{DeadLetter, HookReport, TargetReport};
 
 use rusqlite::{Connection, OpenFlags};

@@ -22,6 +22,18 @@ pub struct SeenRow {
     pub content_hash: [u8; 32],
 }
 
+/// How one poll of one target ended. `error` is PHI-free text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollOutcome {
+    pub source: String,
+    pub resource_type: String,
+    pub error: Option<String>,
+    /// When the poll ended (our clock, ms).
+    pub at_ms: i64,
+    /// Resources read that no page transaction counted (re-reads).
+    pub resources_read: u64,
+}
+
 /// Everything one page of search results changes, committed atomically.
 #[derive(Debug, Default)]
 pub struct PageCommit {
@@ -196,20 +208,34 @@ impl Store {
         source: &str,
         outcomes: Vec<(String, Option<String>)>,
     ) -> Result<(), StateError> {
+        let now = now_ms();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(resource_type, error)| PollOutcome {
+                source: source.to_string(),
+                resource_type,
+                error,
+                at_ms: now,
+                resources_read: 0,
+            })
+            .collect();
+        self.record_polls_of(outcomes).await
+    }
+
+    /// Records how polls ended, of any sources, in one transaction.
+    pub async fn record_polls_of(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError> {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let source = source.to_string();
         self.call(move |c| {
-            let now = now_ms();
             let tx = c.transaction()?;
             {
                 let mut ok = tx.prepare_cached(
-                    "INSERT INTO poll_target (source, resource_type, last_poll_at, last_ok_at, last_outcome)
-                     VALUES (?1, ?2, ?3, ?3, 'ok')
+                    "INSERT INTO poll_target (source, resource_type, last_poll_at, last_ok_at, last_outcome, resources_read)
+                     VALUES (?1, ?2, ?3, ?3, 'ok', ?4)
                      ON CONFLICT (source, resource_type) DO UPDATE SET
                         last_poll_at = ?3, last_ok_at = ?3, last_outcome = 'ok',
-                        consecutive_failures = 0",
+                        consecutive_failures = 0, resources_read = resources_read + ?4",
                 )?;
                 let mut failed = tx.prepare_cached(
                     "INSERT INTO poll_target (source, resource_type, last_poll_at, last_outcome, last_error, consecutive_failures)
@@ -218,10 +244,11 @@ impl Store {
                         last_poll_at = ?3, last_outcome = 'error', last_error = ?4,
                         consecutive_failures = consecutive_failures + 1",
                 )?;
-                for (rt, error) in outcomes {
-                    match error {
-                        None => ok.execute(params![source, rt, now])?,
-                        Some(e) => failed.execute(params![source, rt, now, e])?,
+                for o in outcomes {
+                    let (source, rt, at) = (o.source, o.resource_type, o.at_ms);
+                    match o.error {
+                        None => ok.execute(params![source, rt, at, o.resources_read as i64])?,
+                        Some(e) => failed.execute(params![source, rt, at, e])?,
                     };
                 }
             }
