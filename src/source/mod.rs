@@ -4,6 +4,8 @@ pub mod bundle;
 pub mod client;
 pub mod outcomes;
 mod poll;
+pub mod targets;
 pub mod watermark;
 
-pub use poll::{PollError, SourceTask, first_poll_spread};
+pub use poll::{PollError, SourceTask};
+pub use targets::{KnownTargets, first_poll_spread};

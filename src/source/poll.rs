@@ -3,11 +3,12 @@
 use super::bundle::{BundleError, format_instant, parse_instant, parse_page};
 use super::client::{FetchError, FhirClient};
 use super::outcomes::OutcomeRecorder;
+use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
-use crate::config::{Schedule, Source, Start};
+use crate::config::{Source, Start};
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
-use crate::state::{PageCommit, PollOutcome, SeenRow, StateError, Store, TargetState, now_ms};
+use crate::state::{PageCommit, PollOutcome, SeenRow, StateError, Store, now_ms};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -73,40 +74,6 @@ pub struct SourceTask {
 pub struct Polled {
     pub changes: u64,
     pub rereads: u64,
-}
-
-/// Target states kept in memory by their poller (see `SourceTask::known`).
-#[derive(Default)]
-pub struct KnownTargets(std::sync::Mutex<HashMap<String, TargetState>>);
-
-impl KnownTargets {
-    fn get(&self, rt: &str) -> Option<TargetState> {
-        self.lock().get(rt).cloned()
-    }
-
-    fn set(&self, rt: &str, state: TargetState) {
-        self.lock().insert(rt.to_string(), state);
-    }
-
-    fn forget(&self, rt: &str) {
-        self.lock().remove(rt);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TargetState>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// How widely the first polls of `sources` sources are spread: 100 ms per
-/// source, at most one interval and at most a minute. A lone source polls at
-/// once; a thousand spread over their interval, so there is no thundering herd.
-pub fn first_poll_spread(schedule: &Schedule, sources: usize) -> std::time::Duration {
-    match schedule {
-        Schedule::Every(every) => (*every)
-            .min(std::time::Duration::from_secs(60))
-            .min(std::time::Duration::from_millis(100).saturating_mul(sources as u32)),
-        Schedule::Cron(_) => std::time::Duration::ZERO,
-    }
 }
 
 impl SourceTask {
@@ -596,17 +563,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("Observation search page 1: HTTP 404"), "{err}");
-    }
-
-    #[test]
-    fn first_polls_spread_with_the_number_of_sources() {
-        let every = Schedule::Every(Duration::from_secs(60));
-        assert_eq!(first_poll_spread(&every, 1), Duration::from_millis(100));
-        assert_eq!(first_poll_spread(&every, 100), Duration::from_secs(10));
-        assert_eq!(first_poll_spread(&every, 1000), Duration::from_secs(60));
-        let fast = Schedule::Every(Duration::from_secs(1));
-        assert_eq!(first_poll_spread(&fast, 1000), Duration::from_secs(1));
-        let cron = Schedule::cron("*/5 * * * *").unwrap();
-        assert_eq!(first_poll_spread(&cron, 1000), Duration::ZERO);
     }
 }

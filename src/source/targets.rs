@@ -1,0 +1,58 @@
+//! What a source's poller keeps about its targets between polls, and how its
+//! first polls are spread.
+
+use crate::config::Schedule;
+use crate::state::TargetState;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Target states kept in memory by their poller (see `SourceTask::known`).
+#[derive(Default)]
+pub struct KnownTargets(std::sync::Mutex<HashMap<String, TargetState>>);
+
+impl KnownTargets {
+    pub(super) fn get(&self, rt: &str) -> Option<TargetState> {
+        self.lock().get(rt).cloned()
+    }
+
+    pub(super) fn set(&self, rt: &str, state: TargetState) {
+        self.lock().insert(rt.to_string(), state);
+    }
+
+    pub(super) fn forget(&self, rt: &str) {
+        self.lock().remove(rt);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TargetState>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How widely the first polls of `sources` sources are spread: 100 ms per
+/// source, at most one interval and at most a minute. A lone source polls at
+/// once; a thousand spread over their interval, so there is no thundering herd.
+pub fn first_poll_spread(schedule: &Schedule, sources: usize) -> Duration {
+    match schedule {
+        Schedule::Every(every) => (*every)
+            .min(Duration::from_secs(60))
+            .min(Duration::from_millis(100).saturating_mul(sources as u32)),
+        Schedule::Cron(_) => Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_polls_spread_with_the_number_of_sources() {
+        let every = Schedule::Every(Duration::from_secs(60));
+        assert_eq!(first_poll_spread(&every, 1), Duration::from_millis(100));
+        assert_eq!(first_poll_spread(&every, 100), Duration::from_secs(10));
+        assert_eq!(first_poll_spread(&every, 1000), Duration::from_secs(60));
+        let fast = Schedule::Every(Duration::from_secs(1));
+        assert_eq!(first_poll_spread(&fast, 1000), Duration::from_secs(1));
+        let cron = Schedule::cron("*/5 * * * *").unwrap();
+        assert_eq!(first_poll_spread(&cron, 1000), Duration::ZERO);
+    }
+}
