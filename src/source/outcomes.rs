@@ -49,7 +49,7 @@ async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<PollOutcome>>) 
                 _ = &mut deadline => break,
             }
         }
-        if let Err(e) = store.record_polls_of(batch).await {
+        if let Err(e) = store.record_polls(batch).await {
             tracing::error!(error = %e, "cannot record poll outcomes");
         }
     }

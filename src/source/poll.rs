@@ -137,7 +137,7 @@ impl SourceTask {
             match &self.outcomes {
                 Some(recorder) => recorder.record(tick),
                 None => {
-                    if let Err(e) = self.store.record_polls_of(tick).await {
+                    if let Err(e) = self.store.record_polls(tick).await {
                         tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcomes");
                     }
                 }

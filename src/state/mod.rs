@@ -222,7 +222,16 @@ mod tests {
             store.record_deliveries("h", done).await.unwrap();
             store.next_due_ms("h").await.unwrap();
             store.hook_disabled("h").await.unwrap();
-            store.record_poll("s", "Observation", None).await.unwrap();
+            store
+                .record_polls(vec![PollOutcome {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    error: None,
+                    at_ms: now_ms(),
+                    resources_read: 0,
+                }])
+                .await
+                .unwrap();
             rounds.push(reprepares(&store));
         }
         // Whatever happened while warming up, later rounds add nothing.

@@ -2,7 +2,7 @@
 //! table, and the one transaction that commits a page.
 
 use super::outbox::{NewMessage, insert_messages};
-use super::{StateError, Store, now_ms};
+use super::{StateError, Store};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 
@@ -191,39 +191,8 @@ impl Store {
         .await
     }
 
-    /// Records how a poll of one target ended. `error` is PHI-free text.
-    pub async fn record_poll(
-        &self,
-        source: &str,
-        resource_type: &str,
-        error: Option<String>,
-    ) -> Result<(), StateError> {
-        self.record_polls(source, vec![(resource_type.to_string(), error)])
-            .await
-    }
-
-    /// Records how the polls of a source's targets ended, in one transaction.
-    pub async fn record_polls(
-        &self,
-        source: &str,
-        outcomes: Vec<(String, Option<String>)>,
-    ) -> Result<(), StateError> {
-        let now = now_ms();
-        let outcomes = outcomes
-            .into_iter()
-            .map(|(resource_type, error)| PollOutcome {
-                source: source.to_string(),
-                resource_type,
-                error,
-                at_ms: now,
-                resources_read: 0,
-            })
-            .collect();
-        self.record_polls_of(outcomes).await
-    }
-
     /// Records how polls ended, of any sources, in one transaction.
-    pub async fn record_polls_of(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError> {
+    pub async fn record_polls(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError> {
         if outcomes.is_empty() {
             return Ok(());
         }
