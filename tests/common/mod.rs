@@ -7,6 +7,7 @@ pub mod checker;
 pub mod fhir;
 pub mod proxy;
 pub mod scenarios;
+pub mod scripted;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -1,0 +1,18 @@
+//! Hostile input (issue 8): one test per item of the adversarial audit, each
+//! asserting what an operator or a receiver would see: what the receiver got,
+//! what another host got, what `status` says and exits with, and that the
+//! process stayed up and stopped on SIGTERM. Against the real binary, with
+//! scripted FHIR servers and receivers on 127.0.0.1.
+
+mod common;
+
+#[path = "hostile/config.rs"]
+mod config;
+#[path = "hostile/delivery.rs"]
+mod delivery;
+#[path = "hostile/filter.rs"]
+mod filter;
+#[path = "hostile/operate.rs"]
+mod operate;
+#[path = "hostile/source.rs"]
+mod source;

@@ -1,0 +1,4 @@
+//! Hostile input: filter. See tests/hostile.rs.
+
+#[allow(unused_imports)]
+use crate::common;

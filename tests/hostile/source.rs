@@ -1,0 +1,4 @@
+//! Hostile input: source. See tests/hostile.rs.
+
+#[allow(unused_imports)]
+use crate::common;
