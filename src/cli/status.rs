@@ -39,6 +39,13 @@ pub struct TargetStatus {
     pub consecutive_failures: i64,
     pub changes_seen: i64,
     pub resources_read: i64,
+    /// Entries skipped and not delivered (an id that is not a FHIR id, say).
+    pub entries_skipped: i64,
+    /// Entries stamped after the server's clock: delivered, watermark not moved.
+    pub entries_future: i64,
+    /// The last per-entry note (skipped or future entry), PHI-free.
+    pub last_warning: Option<String>,
+    pub last_warning_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +66,9 @@ pub struct HookStatus {
     pub disabled_reason: Option<String>,
 }
 
+/// An entry skipped (not delivered) keeps status unhealthy this long (24 h).
+const SKIP_ATTENTION_MS: i64 = 24 * 3600 * 1000;
+
 /// Base URL without credentials or query: safe to print.
 fn safe_url(u: &url::Url) -> String {
     let mut u = u.clone();
@@ -72,6 +82,7 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
     let db = config.db_path();
     let store = Store::open_read_only(&db)?;
     let mut sources = Vec::new();
+    let mut recent_skip = false;
     for s in &config.sources {
         let mut targets = Vec::new();
         for rt in &s.resources {
@@ -93,7 +104,14 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
                 consecutive_failures: r.consecutive_failures,
                 changes_seen: r.changes_seen,
                 resources_read: r.resources_read,
+                entries_skipped: r.entries_skipped,
+                entries_future: r.entries_future,
+                last_warning: r.last_warning,
+                last_warning_at: r.last_warning_at_ms.map(fmt_ms),
             });
+            recent_skip |= r
+                .last_skip_at_ms
+                .is_some_and(|t| now_ms() - t < SKIP_ATTENTION_MS);
         }
         sources.push(SourceStatus {
             name: s.name.clone(),
@@ -129,6 +147,7 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
         .iter()
         .flat_map(|s| &s.targets)
         .all(|t| t.last_outcome.as_deref() != Some("error"))
+        && !recent_skip
         && hooks.iter().all(|h| h.dead_lettered == 0 && !h.disabled);
     Ok(StatusReport {
         healthy,
@@ -187,6 +206,17 @@ pub fn render_text(r: &StatusReport) -> String {
                 t.changes_seen,
                 err
             );
+            if t.entries_skipped > 0 || t.entries_future > 0 {
+                let _ = writeln!(
+                    o,
+                    "    {:<20} WARNING: {} entr(ies) skipped, {} stamped in the future; last: {} ({})",
+                    "",
+                    t.entries_skipped,
+                    t.entries_future,
+                    or_dash(&t.last_warning),
+                    since(&t.last_warning_at)
+                );
+            }
         }
     }
     let _ = writeln!(o, "\nHOOKS");

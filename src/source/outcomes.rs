@@ -71,6 +71,7 @@ mod tests {
                 error: (rt == "Encounter").then(|| "HTTP 500".to_string()),
                 at_ms: 1_000,
                 resources_read: 3,
+                ..Default::default()
             }]);
         }
         drop(rec);

@@ -130,6 +130,7 @@ impl SourceTask {
                     error,
                     at_ms: now_ms(),
                     resources_read: outcome.as_ref().map(|p| p.rereads).unwrap_or(0),
+                    ..Default::default()
                 });
             }
             // One write for the whole tick's outcomes at most, not one per target.

@@ -229,6 +229,7 @@ mod tests {
                     error: None,
                     at_ms: now_ms(),
                     resources_read: 0,
+                    ..Default::default()
                 }])
                 .await
                 .unwrap();

@@ -22,8 +22,8 @@ pub struct SeenRow {
     pub content_hash: [u8; 32],
 }
 
-/// How one poll of one target ended. `error` is PHI-free text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How one poll of one target ended. `error` and `warning` are PHI-free text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PollOutcome {
     pub source: String,
     pub resource_type: String,
@@ -32,6 +32,13 @@ pub struct PollOutcome {
     pub at_ms: i64,
     /// Resources read that no page transaction counted (re-reads).
     pub resources_read: u64,
+    /// Entries skipped, not delivered (e.g. an id that is not a FHIR id).
+    pub skipped: u64,
+    /// Entries stamped after the server's current time: delivered, but they
+    /// did not move the watermark.
+    pub future: u64,
+    /// The last per-entry note of this poll, if any.
+    pub warning: Option<String>,
 }
 
 /// Everything one page of search results changes, committed atomically.
@@ -213,12 +220,32 @@ impl Store {
                         last_poll_at = ?3, last_outcome = 'error', last_error = ?4,
                         consecutive_failures = consecutive_failures + 1",
                 )?;
+                // Rare: only polls that met a skipped or future-stamped entry.
+                let mut noted = tx.prepare_cached(
+                    "UPDATE poll_target SET
+                        entries_skipped = entries_skipped + ?3,
+                        entries_future = entries_future + ?4,
+                        last_skip_at = CASE WHEN ?3 > 0 THEN ?5 ELSE last_skip_at END,
+                        last_warning = COALESCE(?6, last_warning),
+                        last_warning_at = CASE WHEN ?6 IS NULL THEN last_warning_at ELSE ?5 END
+                     WHERE source = ?1 AND resource_type = ?2",
+                )?;
                 for o in outcomes {
                     let (source, rt, at) = (o.source, o.resource_type, o.at_ms);
                     match o.error {
                         None => ok.execute(params![source, rt, at, o.resources_read as i64])?,
                         Some(e) => failed.execute(params![source, rt, at, e])?,
                     };
+                    if o.skipped > 0 || o.future > 0 || o.warning.is_some() {
+                        noted.execute(params![
+                            source,
+                            rt,
+                            o.skipped as i64,
+                            o.future as i64,
+                            at,
+                            o.warning
+                        ])?;
+                    }
                 }
             }
             tx.commit()
@@ -272,5 +299,39 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got["a"], seen);
+    }
+
+    #[tokio::test]
+    async fn skipped_and_future_entries_are_counted_with_the_last_note() {
+        let (_d, store) = temp_store();
+        let outcome = |skipped, future, warning: Option<&str>, at_ms| PollOutcome {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            at_ms,
+            skipped,
+            future,
+            warning: warning.map(String::from),
+            ..Default::default()
+        };
+        store
+            .record_polls(vec![outcome(1, 0, Some("entry 2 skipped"), 1_000)])
+            .await
+            .unwrap();
+        store
+            .record_polls(vec![
+                outcome(0, 2, Some("future"), 2_000),
+                outcome(0, 0, None, 3_000),
+            ])
+            .await
+            .unwrap();
+        let r = store
+            .target_report("s", "Observation")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.entries_skipped, r.entries_future), (1, 2));
+        assert_eq!(r.last_skip_at_ms, Some(1_000));
+        assert_eq!(r.last_warning.as_deref(), Some("future"));
+        assert_eq!(r.last_warning_at_ms, Some(2_000));
     }
 }

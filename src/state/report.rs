@@ -16,6 +16,11 @@ pub struct TargetReport {
     pub consecutive_failures: i64,
     pub changes_seen: i64,
     pub resources_read: i64,
+    pub entries_skipped: i64,
+    pub entries_future: i64,
+    pub last_skip_at_ms: Option<i64>,
+    pub last_warning: Option<String>,
+    pub last_warning_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -61,7 +66,8 @@ impl Store {
         self.call(move |c| {
             c.prepare_cached(
                 "SELECT watermark, last_poll_at, last_ok_at, last_outcome, last_error,
-                        consecutive_failures, changes_seen, resources_read
+                        consecutive_failures, changes_seen, resources_read,
+                        entries_skipped, entries_future, last_skip_at, last_warning, last_warning_at
                  FROM poll_target WHERE source = ?1 AND resource_type = ?2",
             )?
             .query_row(params![source, rt], |r| {
@@ -76,6 +82,11 @@ impl Store {
                     consecutive_failures: r.get(5)?,
                     changes_seen: r.get(6)?,
                     resources_read: r.get(7)?,
+                    entries_skipped: r.get(8)?,
+                    entries_future: r.get(9)?,
+                    last_skip_at_ms: r.get(10)?,
+                    last_warning: r.get(11)?,
+                    last_warning_at_ms: r.get(12)?,
                 })
             })
             .optional()

@@ -87,6 +87,16 @@ const MIGRATIONS: &[&str] = &[
         DELETE FROM outbox_payload WHERE id = old.id;
     END;
     "#,
+    // 4: per-entry problems of a target's polls: entries skipped (not
+    // delivered: an invalid id) and entries stamped in the future (delivered,
+    // but they cannot move the watermark), with the last such note.
+    r#"
+    ALTER TABLE poll_target ADD COLUMN entries_skipped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE poll_target ADD COLUMN entries_future INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE poll_target ADD COLUMN last_skip_at INTEGER;
+    ALTER TABLE poll_target ADD COLUMN last_warning TEXT;
+    ALTER TABLE poll_target ADD COLUMN last_warning_at INTEGER;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
