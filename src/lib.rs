@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod diff;
 pub mod filter;
 pub mod housekeeping;
+pub mod logsafe;
 pub mod outbox;
 pub mod payload;
 pub mod sandbox;

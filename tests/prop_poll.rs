@@ -561,7 +561,7 @@ async fn run_scenario(s: Scenario) -> Result<(), TestCaseError> {
         if s.server_clock == ServerClock::Faithful {
             // Our estimate of the server's clock follows it (the frozen clock
             // jumps, where a real one would have moved along with ours).
-            t.client.note_server_time(at_ms(
+            let _ = t.client.note_server_time(at_ms(
                 world.lock().unwrap().clock + 1 + SERVER_CLOCK_LEAD_MS,
             ));
         }

@@ -6,6 +6,11 @@ use std::time::Duration;
 /// Retry-After is honoured up to this long; beyond it we use our own schedule's cap.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
+/// No retry comes sooner than this, whatever the schedule says (config
+/// validation refuses shorter delays too): a `["0s"]` schedule against a
+/// failing receiver once sent thousands of POSTs a second.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// The delay after failed attempt number `attempts` (1-based), or `None` when
 /// `max_attempts` is reached and the message goes to the dead-letter queue.
 ///
@@ -29,7 +34,10 @@ pub fn next_delay(
         .copied()
         .unwrap_or(Duration::from_secs(60));
     let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    let delay = base.min(MAX_RETRY_AFTER).mul_f64(factor);
+    let delay = base
+        .min(MAX_RETRY_AFTER)
+        .mul_f64(factor)
+        .max(MIN_RETRY_DELAY);
     Some(match retry_after {
         Some(ra) => delay.max(ra.min(MAX_RETRY_AFTER)),
         None => delay,
@@ -64,6 +72,18 @@ mod tests {
     fn max_attempts_ends_in_the_dead_letter_queue() {
         assert_eq!(next_delay(&[s(5)], 6, 6, None, 0.5), None);
         assert_eq!(next_delay(&[s(5)], 1, 1, None, 0.5), None);
+    }
+
+    #[test]
+    fn no_retry_comes_sooner_than_the_floor() {
+        assert_eq!(
+            next_delay(&[Duration::ZERO], 1, 5, None, 0.0),
+            Some(MIN_RETRY_DELAY)
+        );
+        assert_eq!(
+            next_delay(&[Duration::from_millis(100)], 3, 5, None, 1.0),
+            Some(MIN_RETRY_DELAY)
+        );
     }
 
     #[test]

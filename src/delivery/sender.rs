@@ -26,6 +26,11 @@ pub struct Sender {
 impl Sender {
     pub fn new() -> Result<Self, String> {
         let http = reqwest::Client::builder()
+            // A redirect is never followed: a 301/302 would turn the POST into a
+            // bodiless GET whose 200 looked like a delivery, and a 307/308 would
+            // re-send the payload (PHI) to wherever the receiver pointed.
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -61,6 +66,15 @@ impl Sender {
                 if status.is_success() {
                     Attempt::Delivered {
                         status: status.as_u16(),
+                    }
+                } else if status.is_redirection() {
+                    Attempt::Failed {
+                        status: Some(status.as_u16()),
+                        error: format!(
+                            "HTTP {} redirect to another URL (not followed)",
+                            status.as_u16()
+                        ),
+                        retry_after: None,
                     }
                 } else {
                     Attempt::Failed {

@@ -9,10 +9,9 @@ use serde_json::value::RawValue;
 pub enum BundleError {
     #[error("response is not valid JSON (at byte {0})")]
     NotJson(usize),
+    /// The server's resourceType, shown only when it looks like one.
     #[error("response is a {0}, not a Bundle")]
     NotBundle(String),
-    #[error("entry {0}: resource has no resourceType or id")]
-    MissingId(usize),
 }
 
 #[derive(Deserialize)]
@@ -74,6 +73,15 @@ pub struct Entry<'a> {
     pub raw: &'a str,
 }
 
+/// An entry that was read but is not passed on, and why (PHI-free, and
+/// without the offending value: it came from outside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The entry's position in the Bundle (0-based).
+    pub index: usize,
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Page<'a> {
     /// The server's time for this response (Bundle.meta.lastUpdated).
@@ -82,6 +90,23 @@ pub struct Page<'a> {
     /// `Bundle.total`, when the server counts its matches.
     pub total: Option<u64>,
     pub entries: Vec<Entry<'a>>,
+    /// Entries dropped because their id or versionId is not a FHIR id.
+    pub skipped: Vec<Skipped>,
+}
+
+/// FHIR's `id` type: `[A-Za-z0-9\-\.]{1,64}`. Ids end up in message ids,
+/// payloads, logs and status, so nothing else is let through.
+pub fn is_fhir_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A resource type as FHIR spells them: `[A-Z][A-Za-z]{0,63}`.
+pub fn is_resource_type(s: &str) -> bool {
+    s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && s.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 pub fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
@@ -106,7 +131,10 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
     })?;
     match bundle.resource_type.as_deref() {
         Some("Bundle") => {}
-        Some(other) => return Err(BundleError::NotBundle(other.to_string())),
+        Some(other) if is_resource_type(other) => {
+            return Err(BundleError::NotBundle(other.to_string()));
+        }
+        Some(_) => return Err(BundleError::NotBundle("resource".into())),
         None => {
             return Err(BundleError::NotBundle(
                 "resource without resourceType".into(),
@@ -125,20 +153,46 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
         .and_then(|s| parse_instant(&s));
 
     let mut entries = Vec::with_capacity(bundle.entry.len());
+    let mut skipped = Vec::new();
     for (i, e) in bundle.entry.into_iter().enumerate() {
         // `include` and `outcome` entries are not search matches.
         if e.search.and_then(|s| s.mode).is_some_and(|m| m != "match") {
             continue;
         }
         let Some(raw) = e.resource else { continue };
-        let head: Head = serde_json::from_str(raw.get()).map_err(|_| BundleError::MissingId(i))?;
-        let (Some(resource_type), Some(id)) = (head.resource_type, head.id) else {
-            return Err(BundleError::MissingId(i));
+        // One unreadable entry must not fail the page (and so block the
+        // target for good): it is skipped and counted on status.
+        let head = serde_json::from_str::<Head>(raw.get()).ok();
+        let Some((resource_type, id, meta)) =
+            head.and_then(|h| Some((h.resource_type?, h.id?, h.meta)))
+        else {
+            skipped.push(Skipped {
+                index: i,
+                reason: "resource has no resourceType or id",
+            });
+            continue;
         };
-        let (version_id, last_updated_raw) = match head.meta {
+        let (version_id, last_updated_raw) = match meta {
             Some(m) => (m.version_id, m.last_updated),
             None => (None, None),
         };
+        // A hostile or broken server's ids (newlines, escapes, paths) must not
+        // reach logs, payloads or message ids: the entry is skipped, counted
+        // on the target's status, and the rest of the page goes on.
+        if !is_fhir_id(&id) {
+            skipped.push(Skipped {
+                index: i,
+                reason: "id is not a valid FHIR id",
+            });
+            continue;
+        }
+        if version_id.as_deref().is_some_and(|v| !is_fhir_id(v)) {
+            skipped.push(Skipped {
+                index: i,
+                reason: "meta.versionId is not a valid FHIR id",
+            });
+            continue;
+        }
         // An unreadable lastUpdated must not block the target forever: the
         // resource is still diffed (by versionId or hash) and delivered; it just
         // cannot move the watermark.
@@ -157,6 +211,7 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
         next,
         total: bundle.total,
         entries,
+        skipped,
     })
 }
 
@@ -207,13 +262,38 @@ mod tests {
             parse_page(br#"{"resourceType":"OperationOutcome","issue":[]}"#).unwrap_err(),
             BundleError::NotBundle("OperationOutcome".into())
         );
-        assert_eq!(
-            parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation"}}]}"#).unwrap_err(),
-            BundleError::MissingId(0)
-        );
+        let no_id = parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation"}},{"resource":7}]}"#).unwrap();
+        assert!(no_id.entries.is_empty());
+        assert_eq!(no_id.skipped.len(), 2);
         let odd = parse_page(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","id":"1","meta":{"lastUpdated":"yesterday"}}}]}"#).unwrap();
         assert_eq!(odd.entries[0].last_updated, None);
+        let odd_type = parse_page(b"{\"resourceType\":\"x\\n\\u001b[31mFAKE\"}").unwrap_err();
+        assert_eq!(odd_type, BundleError::NotBundle("resource".into()));
         let empty = parse_page(br#"{"resourceType":"Bundle"}"#).unwrap();
         assert!(empty.entries.is_empty() && empty.next.is_none());
+    }
+
+    #[test]
+    fn entries_with_ids_that_are_not_fhir_ids_are_skipped_not_passed_on() {
+        let body = br#"{"resourceType":"Bundle","entry":[
+            {"resource":{"resourceType":"Observation","id":"ok-1.a"}},
+            {"resource":{"resourceType":"Observation","id":"x\n2026-01-01 INFO forged \u001b[31m"}},
+            {"resource":{"resourceType":"Observation","id":"../../etc"}},
+            {"resource":{"resourceType":"Observation","id":"ok2","meta":{"versionId":"1\r\n"}}},
+            {"resource":{"resourceType":"Observation","id":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}
+          ]}"#;
+        let p = parse_page(body).unwrap();
+        let ids: Vec<_> = p.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["ok-1.a"]);
+        let skipped: Vec<_> = p.skipped.iter().map(|s| (s.index, s.reason)).collect();
+        assert_eq!(
+            skipped,
+            [
+                (1, "id is not a valid FHIR id"),
+                (2, "id is not a valid FHIR id"),
+                (3, "meta.versionId is not a valid FHIR id"),
+                (4, "id is not a valid FHIR id"),
+            ]
+        );
     }
 }

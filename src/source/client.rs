@@ -24,6 +24,11 @@ pub enum FetchError {
     Connect(String),
     #[error("response larger than {} MB", MAX_PAGE_BYTES / 1024 / 1024)]
     TooLarge,
+    /// A redirect the client would not follow: to another origin (scheme,
+    /// host, port), or past the limit. The target is not shown: it came from
+    /// outside and may carry identifiers.
+    #[error("HTTP {status} redirect to another origin (not followed)")]
+    Redirect { status: u16 },
     #[error("{0}")]
     Other(String),
 }
@@ -45,6 +50,20 @@ pub struct FhirClient {
 /// Marks "no server time seen yet".
 const UNKNOWN_OFFSET: i64 = i64::MIN;
 
+/// A server clock further than this ahead of ours is not believed (a server
+/// answering with year 9999 must not set a watermark or a search bound). A
+/// clock behind ours is believed: at worst it makes the bridge re-read, never
+/// skip.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// Same-origin redirects followed per request, at most.
+const MAX_REDIRECTS: usize = 5;
+
+/// A server time that was not believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server's clock reads {}, more than {}h ahead of ours: not trusted", super::bundle::format_instant(*.0), MAX_CLOCK_SKEW.as_secs() / 3600)]
+pub struct UntrustedClock(pub DateTime<Utc>);
+
 impl FhirClient {
     /// A client with its own connection pool (tests, single sources).
     pub fn new(timeout: Duration) -> Result<Self, FetchError> {
@@ -60,6 +79,21 @@ impl FhirClient {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         reqwest::Client::builder()
             .default_headers(headers)
+            // Where a search came from is nobody else's business.
+            .referer(false)
+            // Redirects stay on the origin they started from: a server must not
+            // be able to send the bridge (and, later, its credentials) elsewhere.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.origin() == attempt.url().origin());
+                if !same_origin || attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
             .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -77,10 +111,15 @@ impl FhirClient {
         }
     }
 
-    /// Records the server's time as of a response just received.
-    pub fn note_server_time(&self, server_time: DateTime<Utc>) {
+    /// Records the server's time as of a response just received, unless it
+    /// is too far ahead of ours to be believed (then the last estimate stays).
+    pub fn note_server_time(&self, server_time: DateTime<Utc>) -> Result<(), UntrustedClock> {
         let offset = (server_time - Utc::now()).num_milliseconds();
+        if offset > MAX_CLOCK_SKEW.as_millis() as i64 {
+            return Err(UntrustedClock(server_time));
+        }
         self.clock_offset_ms.store(offset, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The server's current time, estimated from the last response; `None`
@@ -101,6 +140,11 @@ impl FhirClient {
             .await
             .map_err(classify)?;
         let status = resp.status();
+        if status.is_redirection() {
+            return Err(FetchError::Redirect {
+                status: status.as_u16(),
+            });
+        }
         if !status.is_success() {
             return Err(FetchError::Status {
                 status: status.as_u16(),
@@ -150,8 +194,14 @@ fn classify(e: reqwest::Error) -> FetchError {
     }
 }
 
-/// The error chain without the URL (which may carry identifiers or tokens).
+/// The error chain without the URL (which may carry identifiers or tokens),
+/// with control characters escaped: it is text from outside, bound for logs
+/// and status.
 pub fn describe(e: &reqwest::Error) -> String {
+    crate::logsafe::escape(&describe_raw(e))
+}
+
+fn describe_raw(e: &reqwest::Error) -> String {
     use std::error::Error;
     let mut parts = vec![];
     let mut cur: Option<&dyn Error> = e.source();

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod client;
 pub mod outcomes;
+mod page;
 mod poll;
 pub mod targets;
 pub mod watermark;

@@ -1,17 +1,18 @@
 //! The poll loop of one source: search, follow `next`, diff, route, commit per page.
 
 use super::bundle::{BundleError, format_instant, parse_instant, parse_page};
-use super::client::{FetchError, FhirClient};
+use super::client::{FetchError, FhirClient, UntrustedClock};
 use super::outcomes::OutcomeRecorder;
+use super::page::{self, PageError, PageJob};
 use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
-use crate::diff::{self, Observed};
-use crate::outbox::{Change, Route, route_change};
-use crate::state::{PageCommit, PollOutcome, SeenRow, StateError, Store, now_ms};
+use crate::outbox::Route;
+use crate::state::{PollOutcome, StateError, Store, now_ms};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -35,6 +36,19 @@ pub enum PollError {
     #[error("{resource_type} search page {page}: next link loops back to an earlier page")]
     NextLinkLoop { resource_type: String, page: usize },
     #[error(
+        "{resource_type} search page {page}: next link leaves the server's origin (not followed)"
+    )]
+    ForeignNextLink { resource_type: String, page: usize },
+    #[error(
+        "{resource_type}: {pages} pages without moving the watermark (max_pages_per_poll); stopped"
+    )]
+    PageCap { resource_type: String, pages: usize },
+    #[error("{resource_type}: {error}")]
+    Clock {
+        resource_type: String,
+        error: UntrustedClock,
+    },
+    #[error(
         "{resource_type}: the server's response gave no time (no Bundle.meta.lastUpdated, no Date header)"
     )]
     NoServerTime { resource_type: String },
@@ -44,6 +58,15 @@ pub enum PollError {
 
 /// How far below our estimate of the server's "now" a poll's upper bound sits.
 const UNTIL_MARGIN_MS: i64 = 25;
+
+/// How far past our estimate of the server's clock an entry's lastUpdated may
+/// lie and still move the watermark. Beyond it (a server stamping year 9999),
+/// the entry is delivered but the watermark does not follow it: a watermark in
+/// the future would make every later poll ask for an empty range. A minute
+/// covers the clock estimate's own error (a Date header has whole seconds, a
+/// Bundle's meta.lastUpdated may be a little old) and stays below the
+/// default overlap, which re-reads what such an entry could have jumped over.
+const FUTURE_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// The longest a source's `Retry-After` can pause its polls.
 const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -88,6 +111,15 @@ impl SourceTask {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => return,
         }
+        // Filters run on the blocking pool and look at this flag, so that a
+        // slow filter never holds up a shutdown.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let stopped = cancel.clone();
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        });
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
         loop {
             for rt in &self.source.resources {
@@ -100,7 +132,8 @@ impl SourceTask {
                 {
                     continue;
                 }
-                let outcome = self.poll_counted(rt, &cancel).await;
+                let mut notes = Notes::default();
+                let outcome = self.poll_counted(rt, &cancel, &stop, &mut notes).await;
                 if let Err(PollError::Fetch {
                     error:
                         FetchError::Status {
@@ -130,7 +163,9 @@ impl SourceTask {
                     error,
                     at_ms: now_ms(),
                     resources_read: outcome.as_ref().map(|p| p.rereads).unwrap_or(0),
-                    ..Default::default()
+                    skipped: notes.skipped,
+                    future: notes.future,
+                    warning: notes.last,
                 });
             }
             // One write for the whole tick's outcomes at most, not one per target.
@@ -207,7 +242,12 @@ impl SourceTask {
             .ok_or_else(|| PollError::NoServerTime {
                 resource_type: rt.to_string(),
             })?;
-        self.client.note_server_time(now);
+        self.client
+            .note_server_time(now)
+            .map_err(|error| PollError::Clock {
+                resource_type: rt.to_string(),
+                error,
+            })?;
         Ok(now)
     }
 
@@ -217,6 +257,8 @@ impl SourceTask {
             Start::Beginning => (None, None),
             Start::At(t) => (Some(format_instant(*t)), Some(format_instant(*t))),
             Start::Now => {
+                // A clock that is not believed fails the poll (on status); the
+                // next tick asks again, so a server that recovers starts then.
                 let now = format_instant(self.probe_server_time(rt).await?);
                 (Some(now.clone()), Some(now))
             }
@@ -233,7 +275,11 @@ impl SourceTask {
         rt: &str,
         cancel: &CancellationToken,
     ) -> Result<u64, PollError> {
-        self.poll_counted(rt, cancel).await.map(|p| p.changes)
+        let stop = Arc::new(AtomicBool::new(cancel.is_cancelled()));
+        let mut notes = Notes::default();
+        self.poll_counted(rt, cancel, &stop, &mut notes)
+            .await
+            .map(|p| p.changes)
     }
 
     /// One poll; also returns the resources it re-read without committing
@@ -242,8 +288,10 @@ impl SourceTask {
         &self,
         rt: &str,
         cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
     ) -> Result<Polled, PollError> {
-        let result = self.poll_pages(rt, cancel).await;
+        let result = self.poll_pages(rt, cancel, stop, notes).await;
         if result.is_err() {
             // Whatever failed (a commit, say), read the state afresh next time.
             self.known.forget(rt);
@@ -251,7 +299,19 @@ impl SourceTask {
         result
     }
 
-    async fn poll_pages(&self, rt: &str, cancel: &CancellationToken) -> Result<Polled, PollError> {
+    /// The most pages one poll of one target reads.
+    fn max_pages(&self) -> usize {
+        // TODO(merge): self.source.max_pages_per_poll
+        1000
+    }
+
+    async fn poll_pages(
+        &self,
+        rt: &str,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
+    ) -> Result<Polled, PollError> {
         let name = &self.source.name;
         let mut state = match self.known.get(rt) {
             Some(known) => known,
@@ -266,6 +326,7 @@ impl SourceTask {
         }
         let floor = state.floor.as_deref().and_then(parse_instant);
         let mut watermark = state.watermark.as_deref().and_then(parse_instant);
+        let start_watermark = watermark;
         let overlap =
             chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
         let since = watermark.map(|w| {
@@ -281,9 +342,12 @@ impl SourceTask {
         // smaller Bundle.total (see drift below).
         if self.client.server_now().is_none() {
             match self.probe_server_time(rt).await {
-                // A server that never tells its time is polled without an upper
-                // bound (only the overlap protects it), not refused forever.
-                Ok(_) | Err(PollError::NoServerTime { .. }) => {}
+                Ok(_) => {}
+                // A server that never tells its time (or tells an absurd one)
+                // is polled without an upper bound (only the overlap protects
+                // it), not refused forever.
+                Err(PollError::NoServerTime { .. }) => {}
+                Err(PollError::Clock { error, .. }) => notes.warn(error.to_string()),
                 Err(e) => return Err(e),
             }
         }
@@ -303,6 +367,7 @@ impl SourceTask {
         let mut tracker = WatermarkTracker::new();
         let mut polled = Polled::default();
         let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let origin = self.source.base_url.origin();
         let mut page_no = 0usize;
         loop {
             page_no += 1;
@@ -316,13 +381,52 @@ impl SourceTask {
                     page: page_no,
                     error,
                 })?;
-            let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
+            let job = PageJob {
+                source: name.clone(),
+                owner_id: self.source.owner_id.clone(),
                 resource_type: rt.to_string(),
-                page: page_no,
-                error,
-            })?;
+                window_start: since.or(floor),
+                horizon: self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE,
+                routes: self.routes.clone(),
+                detected_at: detected_at.clone(),
+                stop: stop.clone(),
+            };
+            let store = self.store.clone();
+            let body = fetched.body;
+            let page = tokio::task::spawn_blocking(move || page::process(&store, &job, &body))
+                .await
+                .map_err(|e| StateError::Task(e.to_string()))?
+                .map_err(|e| match e {
+                    PageError::Bundle(error) => PollError::Bundle {
+                        resource_type: rt.to_string(),
+                        page: page_no,
+                        error,
+                    },
+                    PageError::State(e) => PollError::State(e),
+                })?;
+            if page.cancelled {
+                // Shutdown: nothing of this page is committed; it is read again.
+                return Ok(polled);
+            }
             if let Some(t) = page.server_time.or(fetched.date) {
-                self.client.note_server_time(t);
+                if let Err(e) = self.client.note_server_time(t) {
+                    notes.warn(e.to_string());
+                }
+            }
+            for s in &page.skipped {
+                notes.skip(format!(
+                    "page {page_no}, entry {}: {}; skipped, not delivered",
+                    s.index, s.reason
+                ));
+            }
+            if let Some((id, t)) = &page.last_future {
+                notes.future(
+                    page.future,
+                    format!(
+                        "{rt}/{id}: meta.lastUpdated {} is after the server's clock; delivered, watermark not moved past it",
+                        format_instant(*t)
+                    ),
+                );
             }
             if let (Some(before), Some(now)) = (last_total, page.total) {
                 if before != now && !drifted {
@@ -332,84 +436,26 @@ impl SourceTask {
             }
             last_total = page.total.or(last_total);
 
-            let entries: Vec<_> = page
-                .entries
-                .iter()
-                .filter(|e| e.resource_type == rt)
-                // Only what the search asked for: nothing before `start`, and
-                // nothing before the window (a server that ignores `_lastUpdated`,
-                // or a lagging replica serving an old version). Everything older
-                // was read by earlier polls, so the seen-versions table need not
-                // remember it for ever (see `prune_seen`).
-                .filter(|e| match (since.or(floor), e.last_updated) {
-                    (Some(f), Some(lu)) => lu >= f,
-                    _ => true,
-                })
-                .collect();
-            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-            let mut seen = if ids.is_empty() {
-                HashMap::new()
-            } else {
-                self.store.load_seen(name, rt, ids).await?
-            };
-
-            let mut commit = PageCommit {
-                source: name.clone(),
-                resource_type: rt.to_string(),
-                resources_read: entries.len() as u64,
-                ..Default::default()
-            };
-            for e in &entries {
-                if diff::same_version(seen.get(&e.id), e.version_id.as_deref()) {
-                    continue;
-                }
-                let hash = diff::content_hash(e.raw.as_bytes());
-                let observed = Observed {
-                    version_id: e.version_id.as_deref(),
-                    last_updated: e.last_updated,
-                    content_hash: &hash,
-                };
-                let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
-                    continue;
-                };
-                let change = Change {
-                    source: name,
-                    owner_id: &self.source.owner_id,
-                    resource_type: rt,
-                    resource_id: &e.id,
-                    version_id: e.version_id.as_deref(),
-                    last_updated: e.last_updated_raw.as_deref(),
-                    content_hash: &hash,
-                    event,
-                    raw: e.raw,
-                    time: &detected_at,
-                };
-                route_change(
-                    &change,
-                    &self.routes,
-                    &mut commit.messages,
-                    &mut commit.filter_errors,
-                );
-                let row = SeenRow {
-                    version_id: e.version_id.clone(),
-                    last_updated: e.last_updated.map(format_instant),
-                    content_hash: hash,
-                };
-                // The same id twice in one poll (page drift): the second is a duplicate.
-                seen.insert(e.id.clone(), row.clone());
-                commit.seen.push((e.id.clone(), row));
-                commit.changes += 1;
-            }
-
-            let instants: Vec<_> = entries.iter().filter_map(|e| e.last_updated).collect();
-            let next = match &page.next {
-                Some(link) => Some(url.join(link).map_err(|_| PollError::BadNextLink {
+            let mut commit = page.commit;
+            // A next link that cannot be followed fails the poll, but only
+            // after this page is committed: its entries are the EHR's own, and
+            // the watermark treats it as a page with more to come.
+            let next = page.next.as_deref().map(|link| {
+                let next = url.join(link).map_err(|_| PollError::BadNextLink {
                     resource_type: rt.to_string(),
                     page: page_no,
-                })?),
-                None => None,
-            };
-            let allowed = tracker.page(&instants, next.is_some());
+                })?;
+                // Links elsewhere are not followed: another host's resources
+                // are not this EHR's, and the search URL is not theirs to see.
+                if next.origin() != origin {
+                    return Err(PollError::ForeignNextLink {
+                        resource_type: rt.to_string(),
+                        page: page_no,
+                    });
+                }
+                Ok(next)
+            });
+            let allowed = tracker.page(&page.instants, next.is_some());
             if let Some(new) = allowed.filter(|_| !drifted) {
                 if watermark.is_none_or(|w| new > w) {
                     watermark = Some(new);
@@ -439,12 +485,27 @@ impl SourceTask {
                 }
             }
 
-            match next {
+            match next.transpose()? {
                 None => break,
                 Some(n) if visited.contains(n.as_str()) => {
                     return Err(PollError::NextLinkLoop {
                         resource_type: rt.to_string(),
                         page: page_no,
+                    });
+                }
+                Some(_) if page_no >= self.max_pages() => {
+                    // Everything read so far is committed. A poll that moved the
+                    // watermark is a long backlog: the next tick goes on from
+                    // there. One that did not is a server paging in circles.
+                    if watermark > start_watermark {
+                        notes.warn(format!(
+                            "{rt}: stopped after {page_no} pages (max_pages_per_poll); the next poll goes on from the watermark"
+                        ));
+                        break;
+                    }
+                    return Err(PollError::PageCap {
+                        resource_type: rt.to_string(),
+                        pages: page_no,
                     });
                 }
                 Some(n) => url = n,
@@ -455,6 +516,31 @@ impl SourceTask {
             }
         }
         Ok(polled)
+    }
+}
+
+/// Per-entry notes of one poll, for the target's status: entries skipped,
+/// entries from the future, and the last thing worth telling the operator.
+#[derive(Debug, Default)]
+struct Notes {
+    skipped: u64,
+    future: u64,
+    last: Option<String>,
+}
+
+impl Notes {
+    fn skip(&mut self, note: String) {
+        self.skipped += 1;
+        self.last = Some(note);
+    }
+
+    fn future(&mut self, n: u64, note: String) {
+        self.future += n;
+        self.last = Some(note);
+    }
+
+    fn warn(&mut self, note: String) {
+        self.last = Some(note);
     }
 }
 

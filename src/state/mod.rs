@@ -107,6 +107,13 @@ impl Store {
         &self.path
     }
 
+    /// The connection, for calls already on the blocking pool.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Runs `f` with the connection on the blocking pool.
     async fn call<R, F>(&self, f: F) -> Result<R, StateError>
     where

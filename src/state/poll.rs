@@ -111,39 +111,51 @@ impl Store {
         resource_type: &str,
         ids: Vec<String>,
     ) -> Result<HashMap<String, SeenRow>, StateError> {
+        let this = self.clone();
         let (source, rt) = (source.to_string(), resource_type.to_string());
-        self.call(move |c| {
-            // One read transaction for the whole page: one lock, not one per id.
-            let tx = c.transaction()?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT version_id, last_updated, content_hash FROM seen
-                 WHERE source = ?1 AND resource_type = ?2 AND resource_id = ?3",
-            )?;
-            let mut out = HashMap::with_capacity(ids.len());
-            for id in ids {
-                let row = stmt
-                    .query_row(params![source, rt, id], |r| {
-                        let hash: Vec<u8> = r.get(2)?;
-                        let mut content_hash = [0u8; 32];
-                        if hash.len() == 32 {
-                            content_hash.copy_from_slice(&hash);
-                        }
-                        Ok(SeenRow {
-                            version_id: r.get(0)?,
-                            last_updated: r.get(1)?,
-                            content_hash,
-                        })
+        tokio::task::spawn_blocking(move || this.load_seen_blocking(&source, &rt, ids))
+            .await
+            .map_err(|e| StateError::Task(e.to_string()))?
+    }
+
+    /// `load_seen` for callers already on the blocking pool (the page
+    /// pipeline), so a page costs one hop, not two.
+    pub fn load_seen_blocking(
+        &self,
+        source: &str,
+        resource_type: &str,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, SeenRow>, StateError> {
+        let mut c = self.lock();
+        // One read transaction for the whole page: one lock, not one per id.
+        let tx = c.transaction()?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT version_id, last_updated, content_hash FROM seen
+             WHERE source = ?1 AND resource_type = ?2 AND resource_id = ?3",
+        )?;
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let row = stmt
+                .query_row(params![source, resource_type, id], |r| {
+                    let hash: Vec<u8> = r.get(2)?;
+                    let mut content_hash = [0u8; 32];
+                    if hash.len() == 32 {
+                        content_hash.copy_from_slice(&hash);
+                    }
+                    Ok(SeenRow {
+                        version_id: r.get(0)?,
+                        last_updated: r.get(1)?,
+                        content_hash,
                     })
-                    .optional()?;
-                if let Some(row) = row {
-                    out.insert(id, row);
-                }
+                })
+                .optional()?;
+            if let Some(row) = row {
+                out.insert(id, row);
             }
-            drop(stmt);
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        }
+        drop(stmt);
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Commits one page: seen-versions, outbox rows and the watermark move together.

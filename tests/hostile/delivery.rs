@@ -1,4 +1,63 @@
-//! Hostile input: delivery. See tests/hostile.rs.
+//! Hostile receivers: redirects must never lose a webhook or carry it elsewhere.
 
-#[allow(unused_imports)]
-use crate::common;
+use crate::common::scripted::{Scripted, Seen, status_with};
+use crate::common::{Bridge, config, hook, wait_for};
+use serde_json::json;
+
+/// Item 2: a receiver answering 301/302/307/308 to another host. Nothing is
+/// sent there (no GET that "delivers", no re-POST of the payload); each
+/// attempt fails with a clear error and the message ends in the dead-letter
+/// queue, from where it can be redriven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_redirects_are_failed_attempts_never_followed() {
+    let elsewhere = Scripted::start(|_: &Seen| status_with(200, &[])).await;
+    let target = elsewhere.url("/collect");
+    let receiver = Scripted::start(move |s: &Seen| {
+        let code = match s.uri.as_str() {
+            "/hooks/r301" => 301,
+            "/hooks/r302" => 302,
+            "/hooks/r307" => 307,
+            _ => 308,
+        };
+        status_with(code, &[("location", &target)])
+    })
+    .await;
+    let sandbox = fhir_bridge::sandbox::FhirSandbox::start(0).await.unwrap();
+    let extra = "max_attempts = 2\nretry_schedule = [\"1s\"]";
+    let hooks: String = ["r301", "r302", "r307", "r308"]
+        .iter()
+        .map(|h| hook(h, &receiver.url(&format!("/hooks/{h}")), "true", extra))
+        .collect();
+    let mut bridge = Bridge::start(&config(
+        &sandbox.base_url(),
+        &["Observation"],
+        "beginning",
+        &hooks,
+    ));
+    sandbox.store.upsert(
+        "Observation",
+        Some("o1"),
+        json!({"resourceType": "Observation", "status": "final"}),
+    );
+    wait_for(30, "every hook's message dead-lettered", || {
+        let st = bridge.status_json();
+        st["hooks"]
+            .as_array()
+            .is_some_and(|hs| hs.iter().all(|h| h["dead_lettered"] == 1))
+    })
+    .await;
+    let st = bridge.status_json();
+    for h in st["hooks"].as_array().unwrap() {
+        let code = &h["name"].as_str().unwrap()[1..];
+        assert_eq!(
+            h["last_error"].as_str(),
+            Some(format!("HTTP {code} redirect to another URL (not followed)").as_str()),
+            "{h}"
+        );
+        assert_eq!(h["delivered"], 0, "{h}");
+    }
+    assert_eq!(elsewhere.count(), 0, "the redirect target was contacted");
+    assert_eq!(receiver.count(), 8, "two attempts per hook");
+    assert_eq!(bridge.cli(&["status"]).status.code(), Some(1));
+    bridge.stop();
+}

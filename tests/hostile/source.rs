@@ -1,4 +1,360 @@
-//! Hostile input: source. See tests/hostile.rs.
+//! Hostile input from the FHIR server: future timestamps and clocks, links and
+//! redirects to other hosts, ids built to forge log lines, endless paging.
 
-#[allow(unused_imports)]
-use crate::common;
+use crate::common::scripted::{Scripted, Seen, bundle, now_instant, observation, status_with};
+use crate::common::{Bridge, wait_for};
+use fhir_bridge::sandbox::Receiver;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// One source on `base` polling `resources`, one hook taking everything.
+fn config(base: &str, resources: &[&str], start: &str, hook_url: &str) -> String {
+    let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        r#"state_dir = "state"
+
+[[source]]
+name = "ehr"
+base_url = "{base}"
+resources = [{}]
+every = "300ms"
+overlap = "5s"
+start = "{start}"
+timeout = "2s"
+
+[[hook]]
+name = "all"
+url = "{hook_url}"
+retry_schedule = ["1s"]
+"#,
+        resources.join(", ")
+    )
+}
+
+fn target(status: &serde_json::Value, rt: &str) -> serde_json::Value {
+    status["sources"][0]["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["resource_type"] == rt))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn received_ids(rx: &Receiver) -> Vec<String> {
+    rx.received()
+        .iter()
+        .map(|r| r.resource_id.clone())
+        .collect()
+}
+
+/// Item 1: a server that ignores `_lastUpdated` returns a resource stamped
+/// 9999. It is delivered, the watermark does not jump to 9999, and a later
+/// change is still delivered; status counts the future entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_last_updated_does_not_poison_the_watermark() {
+    let later = Arc::new(AtomicBool::new(false));
+    let l = later.clone();
+    let fhir = Scripted::start(move |_: &Seen| {
+        let mut rs = vec![observation("future", "1", "9999-12-31T23:59:59Z")];
+        if l.load(Ordering::SeqCst) {
+            rs.push(observation("later", "1", &now_instant()));
+        }
+        bundle(&now_instant(), rs, None)
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation"],
+        "beginning",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the future-stamped resource delivered", || {
+        received_ids(&rx).contains(&"Observation/future".to_string())
+    })
+    .await;
+    later.store(true, Ordering::SeqCst);
+    wait_for(20, "a later change delivered", || {
+        received_ids(&rx).contains(&"Observation/later".to_string())
+    })
+    .await;
+    let status = bridge.status_json();
+    let t = target(&status, "Observation");
+    let wm = t["watermark"].as_str().unwrap_or("").to_string();
+    assert!(wm.as_str() < "2100", "watermark jumped to {wm}");
+    wait_for(10, "the future entry counted on status", || {
+        target(&bridge.status_json(), "Observation")["entries_future"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    let t = target(&bridge.status_json(), "Observation");
+    assert!(
+        t["last_warning"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Observation/future: meta.lastUpdated 9999-12-31T23:59:59.000Z is after the server's clock"),
+        "{t}"
+    );
+    // Each version once, the future one included.
+    let ids = received_ids(&rx);
+    assert_eq!(ids.iter().filter(|i| *i == "Observation/future").count(), 1);
+    bridge.stop();
+}
+
+/// Item 1, second case: the server's clock reads 9999 on the first
+/// `start = "now"` probe. That clock is not believed (an error on status), and
+/// once the server's clock recovers the target starts and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_clock_in_year_9999_is_not_believed() {
+    let recovered = Arc::new(AtomicBool::new(false));
+    let r = recovered.clone();
+    let written = Arc::new(std::sync::Mutex::new(None::<String>));
+    let w = written.clone();
+    let fhir = Scripted::start(move |_: &Seen| {
+        if !r.load(Ordering::SeqCst) {
+            return bundle("9999-12-31T23:59:59Z", vec![], None);
+        }
+        let rs = match w.lock().unwrap().as_ref() {
+            Some(at) => vec![observation("new", "1", at)],
+            None => vec![],
+        };
+        bundle(&now_instant(), rs, None)
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation"],
+        "now",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the untrusted clock shown on status", || {
+        target(&bridge.status_json(), "Observation")["last_error"]
+            .as_str()
+            .is_some_and(|e| {
+                e.contains("clock reads 9999-12-31T23:59:59.000Z") && e.contains("not trusted")
+            })
+    })
+    .await;
+    assert!(bridge.cli(&["status"]).status.code() == Some(1));
+    recovered.store(true, Ordering::SeqCst);
+    wait_for(20, "the target started once the clock recovered", || {
+        target(&bridge.status_json(), "Observation")["watermark"]
+            .as_str()
+            .is_some_and(|w| w < "2100")
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    *written.lock().unwrap() = Some(now_instant());
+    wait_for(20, "a change after the recovery delivered", || {
+        received_ids(&rx).contains(&"Observation/new".to_string())
+    })
+    .await;
+    bridge.stop();
+}
+
+/// Item 5: a `next` link to another origin is not followed: that host gets
+/// nothing (not even the search URL), its resources are not delivered, and
+/// the poll error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_links_to_another_origin_are_not_followed() {
+    let evil = Scripted::start(|_: &Seen| {
+        bundle(
+            &now_instant(),
+            vec![observation("evil", "1", &now_instant())],
+            None,
+        )
+    })
+    .await;
+    let evil_next = evil.url("/fhir/Observation?page=2");
+    let fhir = Scripted::start(move |_: &Seen| {
+        bundle(
+            &now_instant(),
+            vec![observation("good", "1", &now_instant())],
+            Some(&evil_next),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation"],
+        "beginning",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the poll error on status", || {
+        target(&bridge.status_json(), "Observation")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("next link leaves the server's origin (not followed)"))
+    })
+    .await;
+    wait_for(20, "the same-origin page delivered", || {
+        received_ids(&rx).contains(&"Observation/good".to_string())
+    })
+    .await;
+    assert_eq!(evil.count(), 0, "the other host was contacted");
+    assert!(!received_ids(&rx).contains(&"Observation/evil".to_string()));
+    bridge.stop();
+}
+
+/// Item 5: an HTTP redirect to another origin is not followed (so no
+/// `Referer` with the search URL reaches it); one on the same origin is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_another_origin_are_not_followed() {
+    let evil = Scripted::start(|_: &Seen| bundle(&now_instant(), vec![], None)).await;
+    let evil_base = evil.url("/fhir/Observation");
+    let fhir = Scripted::start(move |s: &Seen| {
+        if s.uri.starts_with("/moved/") {
+            return bundle(
+                &now_instant(),
+                vec![observation("moved", "1", &now_instant())],
+                None,
+            );
+        }
+        if s.uri.starts_with("/fhir/Encounter") {
+            let to = s.uri.replacen("/fhir/", "/moved/", 1);
+            return status_with(302, &[("location", &to)]);
+        }
+        status_with(302, &[("location", &evil_base)])
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation", "Encounter"],
+        "beginning",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the cross-origin redirect refused on status", || {
+        target(&bridge.status_json(), "Observation")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 302 redirect to another origin (not followed)"))
+    })
+    .await;
+    // The same-origin redirect was followed (the scripted server answers a
+    // Bundle of Observations there; the Encounter target skips them, but
+    // the poll succeeds).
+    wait_for(20, "the same-origin redirect followed", || {
+        target(&bridge.status_json(), "Encounter")["last_outcome"] == "ok"
+    })
+    .await;
+    assert!(fhir.seen().iter().any(|s| s.uri.starts_with("/moved/")));
+    assert!(
+        fhir.seen().iter().all(|s| s.header("referer").is_none()),
+        "a Referer header was sent"
+    );
+    assert_eq!(evil.count(), 0, "the other host was contacted");
+    bridge.stop();
+}
+
+/// Item 7: an id carrying a newline and ANSI escapes is not forwarded and
+/// not logged raw; it is counted as a skipped entry, and the rest of the page
+/// is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_are_not_fhir_ids_are_skipped_and_never_logged_raw() {
+    let forged = "x\n2026-11-30T00:00:00Z  INFO fhir_bridge: FORGED admin login\u{1b}[31m";
+    let fhir = Scripted::start(move |_: &Seen| {
+        bundle(
+            &now_instant(),
+            vec![
+                observation(forged, "1", "2026-01-01T00:00:00Z"),
+                observation("fine", "1", "2026-01-01T00:00:01Z"),
+            ],
+            None,
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation"],
+        "beginning",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the valid entry delivered", || {
+        received_ids(&rx).contains(&"Observation/fine".to_string())
+    })
+    .await;
+    wait_for(10, "the skipped entry counted on status", || {
+        target(&bridge.status_json(), "Observation")["entries_skipped"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    let t = target(&bridge.status_json(), "Observation");
+    assert!(
+        t["last_warning"]
+            .as_str()
+            .unwrap_or("")
+            .contains("entry 0: id is not a valid FHIR id; skipped, not delivered"),
+        "{t}"
+    );
+    let out = bridge.cli(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a skipped entry needs attention"
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !text.contains("FORGED") && !text.contains('\u{1b}'),
+        "{text}"
+    );
+    assert_eq!(rx.count(), 1, "only the valid entry is delivered");
+    bridge.stop();
+    let logs = bridge.logs();
+    assert!(!logs.contains("FORGED"), "the forged id reached the logs");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "an escape sequence reached the logs"
+    );
+}
+
+/// Item 10: endless `next` links stop at `max_pages_per_poll` with a poll
+/// error, and the source's other resource types keep their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_next_links_are_capped_and_other_targets_keep_their_turn() {
+    let pages = Arc::new(AtomicUsize::new(0));
+    let p = pages.clone();
+    let fhir = Scripted::start(move |s: &Seen| {
+        if s.uri.starts_with("/fhir/Encounter") {
+            let enc = serde_json::json!({
+                "resourceType": "Encounter", "id": "e1",
+                "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}
+            });
+            return bundle(&now_instant(), vec![enc], None);
+        }
+        let n = p.fetch_add(1, Ordering::SeqCst);
+        let next = format!("/fhir/Observation?page={}", n + 1);
+        bundle(&now_instant(), vec![], Some(&next))
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cfg = config(
+        &fhir.url("/fhir"),
+        &["Observation", "Encounter"],
+        "beginning",
+        &rx.url("hooks/all"),
+    )
+    .replace(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nmax_pages_per_poll = 50",
+    );
+    let mut bridge = Bridge::start(&cfg);
+    wait_for(20, "the other target's change delivered", || {
+        received_ids(&rx).contains(&"Encounter/e1".to_string())
+    })
+    .await;
+    wait_for(20, "the page cap on status", || {
+        target(&bridge.status_json(), "Observation")["last_error"]
+            .as_str()
+            .is_some_and(|e| {
+                e.contains("50 pages without moving the watermark (max_pages_per_poll)")
+            })
+    })
+    .await;
+    assert_eq!(bridge.cli(&["status"]).status.code(), Some(1));
+    bridge.stop();
+}

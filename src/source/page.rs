@@ -1,0 +1,153 @@
+//! The page pipeline: one search page in, one atomic commit out. Parse, drop
+//! what lies outside the poll window, diff against the seen versions, filter
+//! and route to hooks, and say what the page allows the watermark to do.
+//!
+//! It runs on the blocking pool: hook filters may use their whole budget on
+//! each resource, and must never stall the async workers (deliveries, signals).
+
+use super::bundle::{BundleError, Skipped, format_instant, parse_page};
+use crate::diff::{self, Observed};
+use crate::outbox::{Change, Route, route_change};
+use crate::state::{PageCommit, SeenRow, StateError, Store};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PageError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What the poller knows before a page is processed.
+pub(super) struct PageJob {
+    pub source: String,
+    pub owner_id: String,
+    pub resource_type: String,
+    /// Entries last updated before this were read by earlier polls (or lie
+    /// before `start`) and are dropped.
+    pub window_start: Option<DateTime<Utc>>,
+    /// Entries last updated after this are stamped in the future: delivered,
+    /// but they cannot move the watermark (see `poll::FUTURE_TOLERANCE`).
+    pub horizon: DateTime<Utc>,
+    pub routes: Vec<Route>,
+    /// When the bridge detected the changes (the payloads' `time`).
+    pub detected_at: String,
+    /// Set on shutdown: the page is abandoned uncommitted (and re-read later).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What one page amounts to.
+pub(super) struct PageOutcome {
+    pub commit: PageCommit,
+    /// The lastUpdated of entries that may move the watermark, in server order.
+    pub instants: Vec<DateTime<Utc>>,
+    pub next: Option<String>,
+    pub total: Option<u64>,
+    pub server_time: Option<DateTime<Utc>>,
+    pub skipped: Vec<Skipped>,
+    /// Entries stamped after the horizon, with the last one for the note.
+    pub future: u64,
+    pub last_future: Option<(String, DateTime<Utc>)>,
+    /// Stopped by shutdown: nothing of this page may be committed.
+    pub cancelled: bool,
+}
+
+pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
+    let page = parse_page(body)?;
+    let rt = job.resource_type.as_str();
+    let entries: Vec<_> = page
+        .entries
+        .iter()
+        .filter(|e| e.resource_type == rt)
+        // Only what the search asked for: nothing before `start`, and nothing
+        // before the window (a server that ignores `_lastUpdated`, or a lagging
+        // replica serving an old version). Everything older was read by earlier
+        // polls, so the seen-versions table need not remember it for ever.
+        .filter(|e| match (job.window_start, e.last_updated) {
+            (Some(f), Some(lu)) => lu >= f,
+            _ => true,
+        })
+        .collect();
+    let mut out = PageOutcome {
+        commit: PageCommit {
+            source: job.source.clone(),
+            resource_type: rt.to_string(),
+            resources_read: entries.len() as u64,
+            ..Default::default()
+        },
+        instants: Vec::with_capacity(entries.len()),
+        next: page.next.clone(),
+        total: page.total,
+        server_time: page.server_time,
+        skipped: page.skipped.clone(),
+        future: 0,
+        last_future: None,
+        cancelled: false,
+    };
+    for e in &entries {
+        match e.last_updated {
+            Some(t) if t > job.horizon => {
+                out.future += 1;
+                out.last_future = Some((e.id.clone(), t));
+            }
+            Some(t) => out.instants.push(t),
+            None => {}
+        }
+    }
+    if entries.is_empty() {
+        return Ok(out);
+    }
+    let ids = entries.iter().map(|e| e.id.clone()).collect();
+    let mut seen = store.load_seen_blocking(&job.source, rt, ids)?;
+    for e in &entries {
+        if diff::same_version(seen.get(&e.id), e.version_id.as_deref()) {
+            continue;
+        }
+        if job.stop.load(Ordering::Relaxed) {
+            out.cancelled = true;
+            return Ok(out);
+        }
+        let hash = diff::content_hash(e.raw.as_bytes());
+        let observed = Observed {
+            version_id: e.version_id.as_deref(),
+            last_updated: e.last_updated,
+            content_hash: &hash,
+        };
+        let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
+            continue;
+        };
+        let change = Change {
+            source: &job.source,
+            owner_id: &job.owner_id,
+            resource_type: rt,
+            resource_id: &e.id,
+            version_id: e.version_id.as_deref(),
+            last_updated: e.last_updated_raw.as_deref(),
+            content_hash: &hash,
+            event,
+            raw: e.raw,
+            time: &job.detected_at,
+        };
+        route_change(
+            &change,
+            &job.routes,
+            &mut out.commit.messages,
+            &mut out.commit.filter_errors,
+        );
+        let row = SeenRow {
+            version_id: e.version_id.clone(),
+            // A future stamp is remembered as the horizon: the resource's next
+            // real version (stamped later than now) must not look older.
+            last_updated: e.last_updated.map(|t| format_instant(t.min(job.horizon))),
+            content_hash: hash,
+        };
+        // The same id twice in one poll (page drift): the second is a duplicate.
+        seen.insert(e.id.clone(), row.clone());
+        out.commit.seen.push((e.id.clone(), row));
+        out.commit.changes += 1;
+    }
+    Ok(out)
+}
