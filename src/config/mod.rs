@@ -6,6 +6,7 @@
 mod duration;
 mod raw;
 mod schedule;
+mod toml_error;
 mod validate;
 
 pub use duration::HumanDuration;
@@ -21,11 +22,10 @@ use url::Url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read config: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The io error is part of the message and deliberately not a `source()`:
+    /// error chains (anyhow's `{:#}`) would print it a second time.
+    #[error("{path}: cannot read config: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Invalid {
         path: String,
@@ -91,9 +91,9 @@ pub struct Hook {
 impl Config {
     /// Reads and validates a config file; every filter is compiled here.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::from_str(&text, path)
     }
