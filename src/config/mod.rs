@@ -42,6 +42,9 @@ pub struct Config {
     pub retention: Duration,
     pub sources: Vec<Source>,
     pub hooks: Vec<Hook>,
+    /// Things that load but are probably mistakes (no source, no hook, ...),
+    /// each a full line: `bridges.toml: no [[hook]]: ...`.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub struct Source {
     pub timeout: Duration,
     /// Extra search parameters per resource type, already URL-encoded as written.
     pub params: BTreeMap<String, String>,
+    /// The most search pages one poll of one resource type may read.
+    pub max_pages_per_poll: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,8 @@ pub struct Hook {
     pub retry_schedule: Vec<Duration>,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// `status` reports the hook unhealthy when its oldest pending message is older.
+    pub max_pending_age: Duration,
 }
 
 impl Config {
