@@ -167,6 +167,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(c) => {
             init_logging("info");
             let config = load(&c)?;
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
             fhir_bridge::daemon::run(config, shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -186,6 +189,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate(c) => {
             let config = load(&c)?;
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: OK ({} source(s), {} hook(s); every filter compiles)",
                 c.config.display(),

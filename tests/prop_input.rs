@@ -16,7 +16,7 @@
 //!   own line. Deeply nested or very long filters must not crash the process
 //!   (checked in a child process, since a stack overflow aborts).
 
-use fhir_bridge::config::{Config, ConfigError};
+use fhir_bridge::config::{Config, ConfigError, Schedule};
 use fhir_bridge::delivery::retry::next_delay;
 use fhir_bridge::filter::{Filter, parse_resource};
 use fhir_bridge::source::bundle::{BundleError, parse_instant, parse_page};
@@ -25,6 +25,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config as PtConfig, TestCaseError};
 use serde_json::{Map, Value, json};
 use std::path::Path;
+use std::time::Duration;
 
 /// `PROPTEST_CASES` overrides the case count (e.g. for a long soak run).
 fn pt_config(cases: u32) -> PtConfig {
@@ -614,8 +615,24 @@ fn check_loaded(c: &Config) -> Result<(), TestCaseError> {
             prop_assert!(s.base_url.join(r).is_ok(), "{r}");
         }
         prop_assert!((1..=1000).contains(&s.page_size));
-        for k in s.params.keys() {
+        prop_assert!((1..=100_000).contains(&s.max_pages_per_poll));
+        prop_assert!(s.timeout >= Duration::from_secs(1), "{:?}", s.timeout);
+        if let Schedule::Every(d) = s.schedule {
+            prop_assert!(d >= Duration::from_millis(100), "every {d:?}");
+        }
+        prop_assert!(s.base_url.username().is_empty() && s.base_url.password().is_none());
+        for (i, r) in s.resources.iter().enumerate() {
+            prop_assert!(!s.resources[..i].contains(r), "{r} twice");
+        }
+        for (k, q) in &s.params {
             prop_assert!(s.resources.contains(k));
+            for (p, _) in url::form_urlencoded::parse(q.trim_start_matches('?').as_bytes()) {
+                let base = p.split(':').next().unwrap_or_default();
+                prop_assert!(
+                    !["_count", "_sort", "_lastUpdated", "_summary", "_elements"].contains(&base),
+                    "params.{k} = {q:?} loads"
+                );
+            }
         }
     }
     for (i, h) in c.hooks.iter().enumerate() {
@@ -627,7 +644,17 @@ fn check_loaded(c: &Config) -> Result<(), TestCaseError> {
         }
         prop_assert!(h.max_attempts >= 1);
         prop_assert!(!h.retry_schedule.is_empty());
+        for d in &h.retry_schedule {
+            prop_assert!(*d >= Duration::from_secs(1), "retry delay {d:?}");
+        }
+        prop_assert!(h.timeout >= Duration::from_secs(1), "{:?}", h.timeout);
+        prop_assert!(h.max_pending_age >= Duration::from_secs(1));
         prop_assert!((1..=256).contains(&h.concurrency));
+        prop_assert!(h.url.username().is_empty() && h.url.password().is_none());
+    }
+    // Nothing to poll or nowhere to send is loaded, with a warning.
+    if c.sources.is_empty() || c.hooks.is_empty() {
+        prop_assert!(!c.warnings.is_empty());
     }
     Ok(())
 }
@@ -687,6 +714,8 @@ fn toml_value() -> impl Strategy<Value = String> {
             "\"http://h/a b\"", "\"mailto:x\"", "\"id-only\"", "\"full-resource\"",
             "'.[] | ('", "'def f: f; f'", "'$__loc__'", "\"\\u0000\"", "\"ü\"", "\"lab-ehr\"",
             "[\"lab-ehr\", \"lab-ehr\"]", "\"\"\"\nmulti\nline\"\"\"", "'''\n'''",
+            "\"http://u:s3cret@h/\"", "\"http://u@h/\"", "\"0 0 31 2 *\"", "\"_count=5\"",
+            "{ Observation = \"_sort=x\" }", "\"100ms\"", "\"999ms\"", "100000", "100001",
         ])
         .prop_map(String::from),
         1 => "\\PC{0,20}".prop_map(|s| toml_string(&s)),
@@ -716,6 +745,8 @@ fn toml_line() -> impl Strategy<Value = String> {
         "max_attempts",
         "retry_schedule",
         "concurrency",
+        "max_pages_per_poll",
+        "max_pending_age",
         "page_sise",
         "Observation",
         "\"quoted key\"",
@@ -837,6 +868,26 @@ fn structured_config() -> impl Strategy<Value = String> {
         "\"18446744073709551615s\"",
     ];
     const BAD_DURATIONS: &[&str] = &["\"100000000000000000000s\"", "\"soon\"", "\"-1s\"", "10"];
+    // Request timeouts and `max_pending_age`: at least 1 s.
+    const TIMEOUTS: &[&str] = &[
+        "\"1s\"",
+        "\"10s\"",
+        "\"2m\"",
+        "\"1h 30m\"",
+        "\"300000y\"",
+        "\"18446744073709551615s\"",
+    ];
+    const BAD_TIMEOUTS: &[&str] = &["\"0s\"", "\"999ms\"", "\"soon\"", "10"];
+    // `every`: at least 100 ms.
+    const INTERVALS: &[&str] = &[
+        "\"100ms\"",
+        "\"10s\"",
+        "\"2m\"",
+        "\"14d\"",
+        "\"300000y\"",
+        "\"18446744073709551615s\"",
+    ];
+    const BAD_INTERVALS: &[&str] = &["\"0s\"", "\"1ms\"", "\"99ms\"", "\"soon\"", "\"-1s\""];
     let source = |name: &'static str| {
         (
             pick(
@@ -845,7 +896,12 @@ fn structured_config() -> impl Strategy<Value = String> {
                     "\"https://h:8443/r4/\"",
                     "\"http://[::1]/fhir\"",
                 ],
-                &["\"ftp://x/\"", "\"not a url\"", "\"http://h/a b\""],
+                &[
+                    "\"ftp://x/\"",
+                    "\"not a url\"",
+                    "\"http://h/a b\"",
+                    "\"http://u:s3cret@x/fhir\"",
+                ],
             ),
             pick(
                 &["[\"Observation\"]", "[\"Patient\", \"Encounter\"]"],
@@ -860,16 +916,21 @@ fn structured_config() -> impl Strategy<Value = String> {
                 pick(
                     &[
                         "\"*/10 * * * * *\"",
-                        "\"0 0 30 2 *\"",
+                        "\"0 0 29 2 *\"",
                         "\"* * * * *\"",
                         "\"@hourly\"",
                         "\"0 0 1 1 *\"",
                     ],
-                    &["\"bad\"", "\"* * * * * * *\""],
+                    &[
+                        "\"bad\"",
+                        "\"* * * * * * *\"",
+                        "\"0 0 30 2 *\"",
+                        "\"0 0 31 2 *\"",
+                    ],
                 ),
                 "schedule",
             ),
-            opt(pick(DURATIONS, BAD_DURATIONS), "every"),
+            opt(pick(INTERVALS, BAD_INTERVALS), "every"),
             opt(
                 pick(&["1", "100", "1000"], &["0", "1001", "-1"]),
                 "page_size",
@@ -890,42 +951,51 @@ fn structured_config() -> impl Strategy<Value = String> {
                 "start",
             ),
             opt(pick(&["\"org/lab\"", "\"\""], &[]), "owner_id"),
-            opt(pick(DURATIONS, BAD_DURATIONS), "timeout"),
+            opt(pick(TIMEOUTS, BAD_TIMEOUTS), "timeout"),
             prop::option::weighted(
                 0.3,
                 pick(
-                    &["Observation = \"a=b\"", "Patient = \"&&\""],
-                    &["Nope = \"x\""],
+                    &[
+                        "Observation = \"a=b\"",
+                        "Patient = \"&&\"",
+                        "Observation = \"_tag=x\"",
+                    ],
+                    &["Nope = \"x\"", "Observation = \"a=b&_count=5\""],
                 ),
+            ),
+            opt(
+                pick(&["1", "1000", "100000"], &["0", "100001"]),
+                "max_pages_per_poll",
             ),
         )
             .prop_map(
-                move |(url, res, sched, every, ps, ov, start, owner, to, params)| {
+                move |(url, res, sched, every, ps, ov, start, owner, to, params, mp)| {
                     let params = params
                         .map(|p| format!("[source.params]\n{p}\n"))
                         .unwrap_or_default();
                     format!(
                         "[[source]]\nname = \"{name}\"\nbase_url = {url}\nresources = {res}\n\
-                     {sched}{every}{ps}{ov}{start}{owner}{to}{params}\n"
+                     {sched}{every}{ps}{ov}{start}{owner}{to}{mp}{params}\n"
                     )
                 },
             )
     };
     let hook = |name: &'static str| {
         (
-            pick(&["\"http://y/\"", "\"https://y/h\""], &["\"ftp://y/\"", "\"\""]),
+            pick(&["\"http://y/\"", "\"https://y/h\""], &["\"ftp://y/\"", "\"\"", "\"http://u:p@y/\""]),
             opt(pick(&["[\"a\"]", "[]", "[\"b-2\", \"a\"]"], &["[\"nope\"]"]), "sources"),
             opt(pick(&["'true'", "'.resourceType == \"Observation\"'", "'empty'"], &["'('", "'nosuch(1)'", "''"]), "filter"),
             opt(pick(&["\"full-resource\"", "\"id-only\""], &["\"x\""]), "content"),
             opt(pick(&["1", "6", "4294967295"], &["0", "4294967296"]), "max_attempts"),
-            opt(pick(&["[\"5s\"]", "[\"300000y\"]", "[\"18446744073709551615s\"]", "[\"0s\", \"1m\"]",
-                       "[\"10000000000000s\"]"], &["[]"]), "retry_schedule"),
-            opt(pick(DURATIONS, BAD_DURATIONS), "timeout"),
+            opt(pick(&["[\"5s\"]", "[\"300000y\"]", "[\"18446744073709551615s\"]", "[\"1s\", \"1m\"]",
+                       "[\"10000000000000s\"]"], &["[]", "[\"0s\", \"1m\"]", "[\"999ms\"]"]), "retry_schedule"),
+            opt(pick(TIMEOUTS, BAD_TIMEOUTS), "timeout"),
             opt(pick(&["1", "4", "256"], &["0", "257"]), "concurrency"),
+            opt(pick(TIMEOUTS, BAD_TIMEOUTS), "max_pending_age"),
         )
-            .prop_map(move |(url, srcs, filter, content, ma, rs, to, conc)| {
+            .prop_map(move |(url, srcs, filter, content, ma, rs, to, conc, mpa)| {
                 format!(
-                    "[[hook]]\nname = \"{name}\"\nurl = {url}\n{srcs}{filter}{content}{ma}{rs}{to}{conc}\n"
+                    "[[hook]]\nname = \"{name}\"\nurl = {url}\n{srcs}{filter}{content}{ma}{rs}{to}{conc}{mpa}\n"
                 )
             })
     };

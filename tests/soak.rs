@@ -67,14 +67,14 @@ timeout = "2s"
 [[hook]]
 name = "all"
 url = "{}"
-retry_schedule = ["500ms", "1s", "2s"]
+retry_schedule = ["1s", "1s", "2s"]
 max_attempts = 100000
 
 [[hook]]
 name = "critical"
 url = "{}"
 filter = 'any(.interpretation[]?.coding[]?; .code == "HH" or .code == "LL")'
-retry_schedule = ["500ms", "1s", "2s"]
+retry_schedule = ["1s", "1s", "2s"]
 max_attempts = 100000
 "#,
         proxy.base_url(),

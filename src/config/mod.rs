@@ -6,6 +6,7 @@
 mod duration;
 mod raw;
 mod schedule;
+mod toml_error;
 mod validate;
 
 pub use duration::HumanDuration;
@@ -21,11 +22,10 @@ use url::Url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read config: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The io error is part of the message and deliberately not a `source()`:
+    /// error chains (anyhow's `{:#}`) would print it a second time.
+    #[error("{path}: cannot read config: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Invalid {
         path: String,
@@ -42,6 +42,9 @@ pub struct Config {
     pub retention: Duration,
     pub sources: Vec<Source>,
     pub hooks: Vec<Hook>,
+    /// Things that load but are probably mistakes (no source, no hook, ...),
+    /// each a full line: `bridges.toml: no [[hook]]: ...`.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub struct Source {
     pub timeout: Duration,
     /// Extra search parameters per resource type, already URL-encoded as written.
     pub params: BTreeMap<String, String>,
+    /// The most search pages one poll of one resource type may read.
+    pub max_pages_per_poll: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +91,16 @@ pub struct Hook {
     pub retry_schedule: Vec<Duration>,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// `status` reports the hook unhealthy when its oldest pending message is older.
+    pub max_pending_age: Duration,
 }
 
 impl Config {
     /// Reads and validates a config file; every filter is compiled here.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::from_str(&text, path)
     }

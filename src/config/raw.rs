@@ -23,16 +23,17 @@ pub struct RawConfig {
 pub struct RawSource {
     pub name: Spanned<String>,
     pub base_url: Spanned<String>,
-    pub resources: Spanned<Vec<String>>,
+    pub resources: Spanned<Vec<Spanned<String>>>,
     pub schedule: Option<Spanned<String>>,
     pub every: Option<Spanned<HumanDuration>>,
     pub page_size: Option<Spanned<u32>>,
     pub overlap: Option<HumanDuration>,
     pub start: Option<Spanned<String>>,
     pub owner_id: Option<String>,
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub max_pages_per_poll: Option<Spanned<u32>>,
     #[serde(default)]
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,7 +45,8 @@ pub struct RawHook {
     pub filter: Option<Spanned<String>>,
     pub content: Option<Spanned<String>>,
     pub max_attempts: Option<Spanned<u32>>,
-    pub retry_schedule: Option<Spanned<Vec<HumanDuration>>>,
-    pub timeout: Option<HumanDuration>,
+    pub retry_schedule: Option<Spanned<Vec<Spanned<HumanDuration>>>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
     pub concurrency: Option<Spanned<u32>>,
+    pub max_pending_age: Option<Spanned<HumanDuration>>,
 }

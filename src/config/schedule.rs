@@ -35,6 +35,24 @@ impl Schedule {
         }
     }
 
+    /// Whether the schedule ticks within `horizon` after `now`. A cron such as
+    /// `0 0 31 2 *` (February 31st) parses but never fires.
+    pub fn fires_within(&self, now: DateTime<Utc>, horizon: Duration) -> bool {
+        match self {
+            Schedule::Every(_) => true,
+            Schedule::Cron(c) => {
+                let limit = chrono::Duration::from_std(horizon)
+                    .ok()
+                    .and_then(|h| now.checked_add_signed(h));
+                match (c.find_next_occurrence(&now, false), limit) {
+                    (Ok(next), Some(limit)) => next <= limit,
+                    (Ok(_), None) => true,
+                    (Err(_), _) => false,
+                }
+            }
+        }
+    }
+
     /// The nominal interval, used to spread the first ticks of many sources.
     pub fn nominal_interval(&self, now: DateTime<Utc>) -> Duration {
         let next = self.next_after(now);
@@ -62,5 +80,37 @@ mod tests {
         );
         assert!(Schedule::cron("not a cron").is_err());
         assert_eq!(six.nominal_interval(now), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_cron_for_february_31st_never_fires() {
+        let now: DateTime<Utc> = "2026-11-21T10:00:03Z".parse().unwrap();
+        let years = |n: u64| Duration::from_secs(n * 366 * 24 * 3600);
+        assert!(
+            !Schedule::cron("0 0 31 2 *")
+                .unwrap()
+                .fires_within(now, years(5))
+        );
+        assert!(
+            !Schedule::cron("0 0 30 2 *")
+                .unwrap()
+                .fires_within(now, years(5))
+        );
+        assert!(
+            Schedule::cron("0 0 29 2 *")
+                .unwrap()
+                .fires_within(now, years(5))
+        );
+        assert!(
+            !Schedule::cron("0 0 29 2 *")
+                .unwrap()
+                .fires_within(now, years(1))
+        );
+        assert!(
+            Schedule::cron("*/10 * * * * *")
+                .unwrap()
+                .fires_within(now, years(5))
+        );
+        assert!(Schedule::Every(Duration::from_secs(1)).fires_within(now, years(5)));
     }
 }

@@ -1,6 +1,7 @@
 //! Turns the raw file into a typed [`Config`], reporting the first problem
 //! with the file name, line and key.
 
+use super::duration::HumanDuration;
 use super::raw::{RawConfig, RawHook, RawSource};
 use super::{Config, ConfigError, Content, Hook, Schedule, Source, Start};
 use crate::filter::Filter;
@@ -14,22 +15,81 @@ use url::Url;
 
 const DEFAULT_RETRY: [u64; 5] = [5, 60, 300, 1800, 7200];
 
+/// Retry delays, request timeouts and `max_pending_age` below this are refused:
+/// a `["0s"]` retry schedule hammers a failing receiver, a `"0s"` timeout fails
+/// every request.
+const MIN_SECOND: Duration = Duration::from_secs(1);
+/// The shortest `every`.
+const MIN_EVERY: Duration = Duration::from_millis(100);
+/// A cron schedule must tick within this long from now, or it "never fires".
+const CRON_HORIZON: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
+const CRON_HORIZON_TEXT: &str = "5 years";
+const DEFAULT_MAX_PAGES: u32 = 1000;
+const MAX_PAGES: u32 = 100_000;
+const DEFAULT_MAX_PENDING_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Search parameters the bridge owns, or that would cut resources short; they
+/// may not appear in `[source.params]`.
+const RESERVED_PARAMS: [(&str, &str); 5] = [
+    ("_count", "the bridge sets it from `page_size`"),
+    ("_sort", "the bridge sorts by `_lastUpdated` itself"),
+    ("_lastUpdated", "the bridge sets the poll window itself"),
+    (
+        "_summary",
+        "it would make the server return partial resources",
+    ),
+    (
+        "_elements",
+        "it would make the server return partial resources",
+    ),
+];
+
 struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        let line = self.text[..span.start.min(self.text.len())]
-            .matches('\n')
+    fn line(&self, span: Range<usize>) -> usize {
+        self.text.as_bytes()[..span.start.min(self.text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
             .count()
-            + 1;
+            + 1
+    }
+
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.display().to_string(),
-            line,
+            line: self.line(span),
             message: message.into(),
         }
+    }
+
+    fn warning(&self, span: Range<usize>, message: &str) -> String {
+        format!("{}:{}: {message}", self.path.display(), self.line(span))
+    }
+
+    /// A duration of at least `min`, or an error naming the key.
+    fn at_least(
+        &self,
+        what: &str,
+        key: &str,
+        d: &Spanned<HumanDuration>,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let value = d.get_ref().0;
+        if value < min {
+            return Err(self.err(
+                d.span(),
+                format!(
+                    "{what}: `{key}` must be at least {}, not {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(value)
+                ),
+            ));
+        }
+        Ok(value)
     }
 }
 
@@ -37,7 +97,7 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let ctx = Ctx { text, path };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        ctx.err(span, e.message().trim().to_string())
+        ctx.err(span, super::toml_error::describe(text, &e))
     })?;
 
     let base_dir = path.parent().unwrap_or(Path::new("."));
@@ -82,9 +142,50 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .retention
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(14 * 24 * 3600)),
+        warnings: warnings(&ctx, &raw, &sources, &hooks),
         sources,
         hooks,
     })
+}
+
+/// What loads but is probably a mistake: nothing to poll, nowhere to send.
+fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> Vec<String> {
+    let file = ctx.path.display();
+    let mut out = Vec::new();
+    if sources.is_empty() {
+        out.push(format!("{file}: no [[source]]: nothing to poll"));
+    }
+    if hooks.is_empty() {
+        out.push(format!(
+            "{file}: no [[hook]]: changes are detected but sent nowhere"
+        ));
+    } else {
+        for (raw_source, source) in raw.source.iter().zip(sources) {
+            if !hooks.iter().any(|h| h.sources.contains(&source.name)) {
+                out.push(ctx.warning(
+                    raw_source.get_ref().name.span(),
+                    &format!(
+                        "source `{}`: no hook lists it in `sources`: its changes are sent nowhere",
+                        source.name
+                    ),
+                ));
+            }
+        }
+    }
+    for (raw_hook, hook) in raw.hook.iter().zip(hooks) {
+        if let Some(list) = &raw_hook.get_ref().sources {
+            if hook.sources.is_empty() && !sources.is_empty() {
+                out.push(ctx.warning(
+                    list.span(),
+                    &format!(
+                        "hook `{}`: `sources` is empty: it receives nothing",
+                        hook.name
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn valid_name(name: &str) -> bool {
@@ -94,11 +195,25 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn parse_url(ctx: &Ctx, what: &str, key: &str, s: &Spanned<String>) -> Result<Url, ConfigError> {
+/// An http(s) URL without credentials; `credentials_hint` says what to use instead.
+/// The URL itself is never part of an error (it may hold a password).
+fn parse_url(
+    ctx: &Ctx,
+    what: &str,
+    key: &str,
+    s: &Spanned<String>,
+    credentials_hint: &str,
+) -> Result<Url, ConfigError> {
     let url = Url::parse(s.get_ref())
         .map_err(|e| ctx.err(s.span(), format!("{what}: `{key}` is not a valid URL: {e}")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(ctx.err(s.span(), format!("{what}: `{key}` must be http or https")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ctx.err(
+            s.span(),
+            format!("{what}: `{key}`: credentials in the URL are not supported{credentials_hint}"),
+        ));
     }
     Ok(url)
 }
@@ -113,32 +228,59 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         ));
     }
     let what = format!("source `{name}`");
-    let mut base_url = parse_url(ctx, &what, "base_url", &s.base_url)?;
+    let mut base_url = parse_url(
+        ctx,
+        &what,
+        "base_url",
+        &s.base_url,
+        " (they would be sent on the first page only); use [source.auth] (coming) instead",
+    )?;
     // A trailing slash makes joining `Type` onto the base unambiguous.
     if !base_url.path().ends_with('/') {
         let p = format!("{}/", base_url.path());
         base_url.set_path(&p);
     }
 
-    let resources = s.resources.get_ref().clone();
-    if resources.is_empty() {
+    if s.resources.get_ref().is_empty() {
         return Err(ctx.err(s.resources.span(), format!("{what}: `resources` is empty")));
     }
-    for r in &resources {
-        let ok = r.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-            && r.chars().all(|c| c.is_ascii_alphanumeric());
+    let mut resources: Vec<String> = Vec::new();
+    for r in s.resources.get_ref() {
+        let ty = r.get_ref();
+        let ok = ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && ty.chars().all(|c| c.is_ascii_alphanumeric());
         if !ok {
             return Err(ctx.err(
-                s.resources.span(),
-                format!("{what}: `resources`: `{r}` is not a FHIR resource type"),
+                r.span(),
+                format!("{what}: `resources`: `{ty}` is not a FHIR resource type"),
             ));
         }
+        if resources.contains(ty) {
+            return Err(ctx.err(
+                r.span(),
+                format!("{what}: `resources`: `{ty}` is listed twice"),
+            ));
+        }
+        resources.push(ty.clone());
     }
-    if let Some(k) = s.params.keys().find(|k| !resources.contains(k)) {
-        return Err(ctx.err(
-            spanned.span(),
-            format!("{what}: `params.{k}`: `{k}` is not one of `resources`"),
-        ));
+    for (k, v) in &s.params {
+        if !resources.contains(k) {
+            return Err(ctx.err(
+                v.span(),
+                format!("{what}: `params.{k}`: `{k}` is not one of `resources`"),
+            ));
+        }
+        let query = v.get_ref().trim_start_matches('?');
+        for (param, _) in url::form_urlencoded::parse(query.as_bytes()) {
+            // `_lastUpdated:missing` is `_lastUpdated` with a modifier.
+            let base = param.split(':').next().unwrap_or_default();
+            if let Some((reserved, why)) = RESERVED_PARAMS.iter().find(|(p, _)| *p == base) {
+                return Err(ctx.err(
+                    v.span(),
+                    format!("{what}: `params.{k}`: `{reserved}` is not allowed: {why}"),
+                ));
+            }
+        }
     }
 
     let schedule = match (&s.schedule, &s.every) {
@@ -148,16 +290,28 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
                 format!("{what}: set either `schedule` or `every`, not both"),
             ));
         }
-        (Some(c), None) => Schedule::cron(c.get_ref()).map_err(|e| {
-            ctx.err(
-                c.span(),
-                format!("{what}: `schedule` is not a cron expression: {e}"),
-            )
-        })?,
+        (Some(c), None) => {
+            let schedule = Schedule::cron(c.get_ref()).map_err(|e| {
+                ctx.err(
+                    c.span(),
+                    format!("{what}: `schedule` is not a cron expression: {e}"),
+                )
+            })?;
+            if !schedule.fires_within(chrono::Utc::now(), CRON_HORIZON) {
+                return Err(ctx.err(
+                    c.span(),
+                    format!(
+                        "{what}: `schedule` never fires: `{}` has no tick in the next {CRON_HORIZON_TEXT}",
+                        c.get_ref()
+                    ),
+                ));
+            }
+            schedule
+        }
         (None, Some(e)) if e.get_ref().0.is_zero() => {
             return Err(ctx.err(e.span(), format!("{what}: `every` must be positive")));
         }
-        (None, Some(e)) => Schedule::Every(e.get_ref().0),
+        (None, Some(e)) => Schedule::Every(ctx.at_least(&what, "every", e, MIN_EVERY)?),
         (None, None) => Schedule::Every(Duration::from_secs(60)),
     };
 
@@ -167,6 +321,20 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         }
         Some(p) => *p.get_ref(),
         None => 100,
+    };
+    let max_pages_per_poll = match &s.max_pages_per_poll {
+        Some(p) if !(1..=MAX_PAGES).contains(p.get_ref()) => {
+            return Err(ctx.err(
+                p.span(),
+                format!("{what}: `max_pages_per_poll` must be 1..={MAX_PAGES}"),
+            ));
+        }
+        Some(p) => *p.get_ref(),
+        None => DEFAULT_MAX_PAGES,
+    };
+    let timeout = match &s.timeout {
+        Some(t) => ctx.at_least(&what, "timeout", t, MIN_SECOND)?,
+        None => Duration::from_secs(30),
     };
 
     let start = match &s.start {
@@ -198,8 +366,13 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         page_size,
         overlap: s.overlap.map(|d| d.0).unwrap_or(Duration::from_secs(120)),
         start,
-        timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
-        params: s.params.clone(),
+        timeout,
+        params: s
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect(),
+        max_pages_per_poll,
     })
 }
 
@@ -217,7 +390,13 @@ fn validate_hook(
         ));
     }
     let what = format!("hook `{name}`");
-    let url = parse_url(ctx, &what, "url", &h.url)?;
+    let url = parse_url(
+        ctx,
+        &what,
+        "url",
+        &h.url,
+        "; use [hook.auth] (coming) instead",
+    )?;
 
     let sources = match &h.sources {
         None => {
@@ -273,11 +452,31 @@ fn validate_hook(
         Some(r) if r.get_ref().is_empty() => {
             return Err(ctx.err(r.span(), format!("{what}: `retry_schedule` is empty")));
         }
-        Some(r) => r.get_ref().iter().map(|d| d.0).collect(),
+        Some(r) => {
+            let mut delays = Vec::new();
+            for d in r.get_ref() {
+                if d.get_ref().0 < MIN_SECOND {
+                    return Err(ctx.err(
+                        d.span(),
+                        format!(
+                            "{what}: `retry_schedule`: each delay must be at least {}, not {}",
+                            humantime::format_duration(MIN_SECOND),
+                            humantime::format_duration(d.get_ref().0)
+                        ),
+                    ));
+                }
+                delays.push(d.get_ref().0);
+            }
+            delays
+        }
         None => DEFAULT_RETRY
             .iter()
             .map(|s| Duration::from_secs(*s))
             .collect(),
+    };
+    let timeout = match &h.timeout {
+        Some(t) => ctx.at_least(&what, "timeout", t, MIN_SECOND)?,
+        None => Duration::from_secs(15),
     };
     let concurrency = match &h.concurrency {
         Some(c) if !(1..=256).contains(c.get_ref()) => {
@@ -285,6 +484,10 @@ fn validate_hook(
         }
         Some(c) => *c.get_ref() as usize,
         None => 4,
+    };
+    let max_pending_age = match &h.max_pending_age {
+        Some(a) => ctx.at_least(&what, "max_pending_age", a, MIN_SECOND)?,
+        None => DEFAULT_MAX_PENDING_AGE,
     };
 
     Ok(Hook {
@@ -295,8 +498,9 @@ fn validate_hook(
         content,
         max_attempts,
         retry_schedule,
-        timeout: h.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(15)),
+        timeout,
         concurrency,
+        max_pending_age,
     })
 }
 
@@ -382,6 +586,268 @@ concurrency = 4
         assert!(e.contains(":10:") && e.contains("invalid duration"), "{e}");
     }
 
+    /// The one error `text` gives, exactly.
+    fn error(text: &str) -> String {
+        load(text).expect_err("must not load")
+    }
+
+    #[test]
+    fn credentials_in_a_base_url_are_refused_without_echoing_them() {
+        let e = error(&GOOD.replace("http://127.0.0.1:8090", "http://lab:s3cret@127.0.0.1:8090"));
+        assert_eq!(
+            e,
+            "bridges.toml:6: source `lab-ehr`: `base_url`: credentials in the URL are not \
+             supported (they would be sent on the first page only); use [source.auth] (coming) instead"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        // A user name alone, or an empty password, is refused the same way.
+        for url in ["http://lab@127.0.0.1:8090", "http://lab:@127.0.0.1:8090"] {
+            let e = error(&GOOD.replace("http://127.0.0.1:8090", url));
+            assert!(
+                e.starts_with("bridges.toml:6: source `lab-ehr`: `base_url`: credentials"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_hook_url_are_refused_without_echoing_them() {
+        let e = error(&GOOD.replace("http://127.0.0.1:9000", "https://u:hunter2@127.0.0.1:9000"));
+        assert_eq!(
+            e,
+            "bridges.toml:18: hook `critical-labs`: `url`: credentials in the URL are not \
+             supported; use [hook.auth] (coming) instead"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn retry_delays_below_one_second_are_refused() {
+        let e = error(&GOOD.replace(r#"["5s", "1m"]"#, r#"["0s"]"#));
+        assert_eq!(
+            e,
+            "bridges.toml:23: hook `critical-labs`: `retry_schedule`: each delay must be at least 1s, not 0s"
+        );
+        // The entry's own line, in a multi-line array.
+        let e = error(&GOOD.replace(r#"["5s", "1m"]"#, "[\n  \"5s\",\n  \"999ms\",\n]"));
+        assert_eq!(
+            e,
+            "bridges.toml:25: hook `critical-labs`: `retry_schedule`: each delay must be at least 1s, not 999ms"
+        );
+        let c = load(&GOOD.replace(r#"["5s", "1m"]"#, r#"["1s"]"#)).unwrap();
+        assert_eq!(c.hooks[0].retry_schedule, vec![Duration::from_secs(1)]);
+    }
+
+    #[test]
+    fn a_source_timeout_below_one_second_is_refused() {
+        let text = GOOD.replace(
+            "owner_id = \"org/lab\"",
+            "owner_id = \"org/lab\"\ntimeout = \"0s\"",
+        );
+        assert_eq!(
+            error(&text),
+            "bridges.toml:13: source `lab-ehr`: `timeout` must be at least 1s, not 0s"
+        );
+        let c = load(&text.replace("\"0s\"", "\"1s\"")).unwrap();
+        assert_eq!(c.sources[0].timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_hook_timeout_below_one_second_is_refused() {
+        assert_eq!(
+            error(&GOOD.replace("timeout = \"15s\"", "timeout = \"500ms\"")),
+            "bridges.toml:24: hook `critical-labs`: `timeout` must be at least 1s, not 500ms"
+        );
+    }
+
+    #[test]
+    fn every_below_100ms_is_refused() {
+        let every =
+            |v: &str| GOOD.replace("schedule = \"*/10 * * * * *\"", &format!("every = \"{v}\""));
+        assert_eq!(
+            error(&every("50ms")),
+            "bridges.toml:8: source `lab-ehr`: `every` must be at least 100ms, not 50ms"
+        );
+        assert_eq!(
+            error(&every("0s")),
+            "bridges.toml:8: source `lab-ehr`: `every` must be positive"
+        );
+        let c = load(&every("100ms")).unwrap();
+        assert!(
+            matches!(c.sources[0].schedule, Schedule::Every(d) if d == Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn an_empty_file_loads_with_warnings() {
+        let c = load("").unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![
+                "bridges.toml: no [[source]]: nothing to poll".to_string(),
+                "bridges.toml: no [[hook]]: changes are detected but sent nowhere".to_string(),
+            ]
+        );
+        let c =
+            load("[[source]]\nname='a'\nbase_url='http://x/'\nresources=['Patient']\n").unwrap();
+        assert_eq!(
+            c.warnings,
+            vec!["bridges.toml: no [[hook]]: changes are detected but sent nowhere".to_string()]
+        );
+        assert!(load(GOOD).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn sources_no_hook_takes_and_hooks_with_no_sources_are_warned_about() {
+        let text = format!(
+            "{GOOD}\n[[source]]\nname = \"adt\"\nbase_url = \"http://x/\"\nresources = [\"Encounter\"]\n\
+             \n[[hook]]\nname = \"idle\"\nurl = \"http://y/\"\nsources = []\n"
+        );
+        assert_eq!(
+            load(&text).unwrap().warnings,
+            vec![
+                "bridges.toml:28: source `adt`: no hook lists it in `sources`: its changes are sent nowhere"
+                    .to_string(),
+                "bridges.toml:35: hook `idle`: `sources` is empty: it receives nothing".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_resource_type_listed_twice_is_refused() {
+        assert_eq!(
+            error(&GOOD.replace(
+                r#"["Observation", "Encounter"]"#,
+                r#"["Observation", "Encounter", "Observation"]"#
+            )),
+            "bridges.toml:7: source `lab-ehr`: `resources`: `Observation` is listed twice"
+        );
+    }
+
+    #[test]
+    fn a_cron_that_never_fires_is_refused() {
+        for cron in ["0 0 31 2 *", "0 0 0 30 2 *"] {
+            assert_eq!(
+                error(&GOOD.replace("*/10 * * * * *", cron)),
+                format!(
+                    "bridges.toml:8: source `lab-ehr`: `schedule` never fires: `{cron}` has no tick in the next 5 years"
+                )
+            );
+        }
+        // Once every four years is rare, not never.
+        assert!(load(&GOOD.replace("*/10 * * * * *", "0 0 29 2 *")).is_ok());
+    }
+
+    #[test]
+    fn params_the_bridge_owns_are_refused() {
+        let with = |q: &str| GOOD.replace("category=laboratory", q);
+        assert_eq!(
+            error(&with("category=laboratory&_count=5")),
+            "bridges.toml:14: source `lab-ehr`: `params.Observation`: `_count` is not allowed: \
+             the bridge sets it from `page_size`"
+        );
+        for (q, param) in [
+            ("_sort=-date", "_sort"),
+            ("_lastUpdated=gt2020-01-01", "_lastUpdated"),
+            ("_lastUpdated:missing=false", "_lastUpdated"),
+            ("_summary=true", "_summary"),
+            ("_elements=id", "_elements"),
+            ("%5Fcount=5", "_count"),
+            ("?_count=5", "_count"),
+        ] {
+            let e = error(&with(q));
+            assert!(
+                e.starts_with(&format!(
+                    "bridges.toml:14: source `lab-ehr`: `params.Observation`: `{param}` is not allowed: "
+                )),
+                "{q}: {e}"
+            );
+        }
+        // Other underscore parameters are the operator's business.
+        assert!(load(&with("_has:Group:member:_id=1&_tag=x")).is_ok());
+    }
+
+    #[test]
+    fn a_type_error_names_its_key() {
+        assert_eq!(
+            error(&GOOD.replace("page_size = 100", "page_size = \"ten\"")),
+            "bridges.toml:9: `page_size`: invalid type: string \"ten\", expected u32"
+        );
+        assert_eq!(
+            error(&GOOD.replace("max_attempts = 6", "max_attempts = -1")),
+            "bridges.toml:22: `max_attempts`: invalid value: integer `-1`, expected u32"
+        );
+        assert_eq!(
+            error(&GOOD.replace(
+                "category=laboratory\"",
+                "category=laboratory\"\nEncounter = 1"
+            )),
+            "bridges.toml:15: `params.Encounter`: invalid type: integer `1`, expected a string"
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_names_the_key() {
+        assert_eq!(
+            error(&GOOD.replace("page_size = 100", "page_size = 100\npage_size = 200")),
+            "bridges.toml:10: `page_size`: duplicate key"
+        );
+        assert_eq!(
+            error(&GOOD.replace("[source.params]", "[source.params]\n[source.params]")),
+            "bridges.toml:14: `[source.params]`: duplicate key"
+        );
+    }
+
+    #[test]
+    fn max_pages_per_poll_defaults_and_bounds() {
+        assert_eq!(load(GOOD).unwrap().sources[0].max_pages_per_poll, 1000);
+        let with = |v: &str| {
+            GOOD.replace(
+                "page_size = 100",
+                &format!("page_size = 100\nmax_pages_per_poll = {v}"),
+            )
+        };
+        assert_eq!(
+            load(&with("100000")).unwrap().sources[0].max_pages_per_poll,
+            100_000
+        );
+        assert_eq!(load(&with("1")).unwrap().sources[0].max_pages_per_poll, 1);
+        for v in ["0", "100001"] {
+            assert_eq!(
+                error(&with(v)),
+                "bridges.toml:10: source `lab-ehr`: `max_pages_per_poll` must be 1..=100000"
+            );
+        }
+    }
+
+    #[test]
+    fn max_pending_age_defaults_and_floor() {
+        assert_eq!(
+            load(GOOD).unwrap().hooks[0].max_pending_age,
+            Duration::from_secs(15 * 60)
+        );
+        let with = |v: &str| format!("{GOOD}max_pending_age = \"{v}\"\n");
+        assert_eq!(
+            load(&with("1h")).unwrap().hooks[0].max_pending_age,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            error(&with("0s")),
+            "bridges.toml:26: hook `critical-labs`: `max_pending_age` must be at least 1s, not 0s"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_shows_the_os_error_once() {
+        let e = Config::load(Path::new("/nonexistent/bridges.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/bridges.toml: cannot read config: No such file or directory (os error 2)"
+        );
+        // Not a `source()` as well: error chains would print it twice.
+        assert!(std::error::Error::source(&e).is_none());
+    }
+
     #[test]
     fn defaults_apply() {
         let c = load(
@@ -393,5 +859,10 @@ concurrency = 4
         assert_eq!(c.hooks[0].max_attempts, 6);
         assert_eq!(c.hooks[0].sources, vec!["a".to_string()]);
         assert_eq!(c.state_dir, Path::new("state"));
+        assert_eq!(c.sources[0].timeout, Duration::from_secs(30));
+        assert_eq!(c.sources[0].max_pages_per_poll, 1000);
+        assert_eq!(c.hooks[0].timeout, Duration::from_secs(15));
+        assert_eq!(c.hooks[0].max_pending_age, Duration::from_secs(900));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 }

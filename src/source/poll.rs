@@ -565,6 +565,7 @@ mod tests {
             owner_id: "o".into(),
             timeout: Duration::from_secs(5),
             params: Default::default(),
+            max_pages_per_poll: 1000,
         };
         let routes = vec![Route {
             hook: "h".into(),

@@ -146,7 +146,7 @@ pub async fn receiver_outage_then_recovery(fhir: &FhirServer) {
         "h",
         &rx.url("hooks/h"),
         "true",
-        "retry_schedule = [\"200ms\", \"400ms\"]\nmax_attempts = 100",
+        "retry_schedule = [\"1s\"]\nmax_attempts = 100",
     );
     let mut expected = BTreeSet::new();
     for _ in 0..5 {
@@ -188,7 +188,7 @@ pub async fn dead_letters_and_redrive(fhir: &FhirServer) {
         "h",
         &rx.url("hooks/h"),
         "true",
-        "retry_schedule = [\"100ms\"]\nmax_attempts = 2",
+        "retry_schedule = [\"1s\"]\nmax_attempts = 2",
     );
     for _ in 0..3 {
         fhir.create(observation("N", "final")).await;
