@@ -301,8 +301,7 @@ impl SourceTask {
 
     /// The most pages one poll of one target reads.
     fn max_pages(&self) -> usize {
-        // TODO(merge): self.source.max_pages_per_poll
-        1000
+        self.source.max_pages_per_poll as usize
     }
 
     async fn poll_pages(
