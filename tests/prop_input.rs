@@ -19,7 +19,7 @@
 use fhir_bridge::config::{Config, ConfigError, Schedule};
 use fhir_bridge::delivery::retry::next_delay;
 use fhir_bridge::filter::{Filter, parse_resource};
-use fhir_bridge::source::bundle::{BundleError, parse_instant, parse_page};
+use fhir_bridge::source::bundle::{BundleError, is_fhir_id, parse_instant, parse_page};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config as PtConfig, TestCaseError};
@@ -49,6 +49,12 @@ fn check_page(body: &[u8]) -> Result<(), TestCaseError> {
     match parse_page(body) {
         Ok(page) => {
             for e in &page.entries {
+                // Nothing that is not a FHIR id gets through: ids reach
+                // logs, status, payloads and message ids.
+                prop_assert!(is_fhir_id(&e.id), "id {:?} passed", e.id);
+                if let Some(v) = &e.version_id {
+                    prop_assert!(is_fhir_id(v), "versionId {:?} passed", v);
+                }
                 // `raw` is one JSON value of the body, and it is the resource
                 // whose type and id the entry reports.
                 let start = e.raw.as_ptr() as usize - body.as_ptr() as usize;
@@ -183,7 +189,14 @@ fn bundle(clean: bool) -> BoxedStrategy<Value> {
                 .prop_map(Value::from)
                 .boxed(),
         ),
-        s(string("[A-Za-z0-9.-]{1,8}")),
+        s(prop_oneof![
+            8 => "[A-Za-z0-9.-]{1,8}".prop_map(Value::String),
+            // Ids a hostile server could send: control characters, escapes,
+            // newlines that would forge a log line, paths, too long.
+            1 => "[A-Za-z0-9]{0,3}[\\x00-\\x1f\\x7f\\u{1b}\\n/ %][A-Za-z0-9\\[\\]]{0,4}".prop_map(Value::String),
+            1 => "[a-z]{65,70}".prop_map(Value::String),
+        ]
+        .boxed()),
         prop::option::of(s(meta.boxed())),
         extra_fields(),
     )
@@ -345,18 +358,27 @@ struct ExpectedEntry {
 /// What `parse_page` must return for a `bundle(true)` value.
 struct Expected {
     entries: Vec<ExpectedEntry>,
+    skipped: usize,
     next: Option<String>,
     server_time: Option<String>,
 }
 
 fn expected(b: &Value) -> Expected {
     let mut entries = Vec::new();
+    let mut skipped = 0;
     for e in b["entry"].as_array().into_iter().flatten() {
         if e["search"]["mode"].as_str().is_some_and(|m| m != "match") {
             continue;
         }
         let r = &e["resource"];
         if r.is_null() {
+            continue;
+        }
+        // Entries whose id or versionId is not a FHIR id are skipped.
+        let id = r["id"].as_str().unwrap();
+        let version_ok = r["meta"]["versionId"].as_str().is_none_or(is_fhir_id);
+        if !is_fhir_id(id) || !version_ok {
+            skipped += 1;
             continue;
         }
         entries.push(ExpectedEntry {
@@ -377,6 +399,7 @@ fn expected(b: &Value) -> Expected {
         .map(String::from);
     Expected {
         entries,
+        skipped,
         next,
         server_time: b["meta"]["lastUpdated"].as_str().map(String::from),
     }
@@ -436,6 +459,7 @@ proptest! {
         prop_assert_eq!(page.next, want.next);
         prop_assert_eq!(page.server_time, want.server_time.as_deref().and_then(parse_instant));
         prop_assert_eq!(page.entries.len(), want.entries.len());
+        prop_assert_eq!(page.skipped.len(), want.skipped);
         for (got, want) in page.entries.iter().zip(&want.entries) {
             prop_assert_eq!(&got.resource_type, &want.resource_type);
             prop_assert_eq!(&got.id, &want.id);

@@ -151,3 +151,50 @@ pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageO
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_util::temp_store;
+    use proptest::prelude::*;
+
+    fn job(horizon: DateTime<Utc>) -> PageJob {
+        PageJob {
+            source: "s".into(),
+            owner_id: "o".into(),
+            resource_type: "Observation".into(),
+            window_start: None,
+            horizon,
+            routes: vec![],
+            detected_at: "2026-11-30T00:00:00Z".into(),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever years a server stamps (0 to 9999), nothing after the
+        /// horizon may move the watermark, and every such entry is counted;
+        /// a seen row never remembers a time after the horizon.
+        #[test]
+        fn nothing_after_the_horizon_moves_the_watermark(years in prop::collection::vec(0i32..=9999, 1..20)) {
+            let (_d, store) = temp_store();
+            let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z").unwrap().to_utc();
+            let entries: Vec<_> = years.iter().enumerate().map(|(i, y)| serde_json::json!({
+                "resource": {"resourceType": "Observation", "id": format!("o{i}"),
+                    "meta": {"versionId": "1", "lastUpdated": format!("{y:04}-06-01T00:00:00Z")}}
+            })).collect();
+            let body = serde_json::json!({"resourceType": "Bundle", "entry": entries}).to_string();
+            let out = process(&store, &job(horizon), body.as_bytes()).unwrap();
+            prop_assert!(out.instants.iter().all(|t| *t <= horizon));
+            let future = years.iter().filter(|y| **y > 2026).count() as u64;
+            prop_assert_eq!(out.future, future);
+            prop_assert_eq!(out.instants.len() as u64 + future, years.len() as u64);
+            for (_, row) in &out.commit.seen {
+                let lu = row.last_updated.as_deref().unwrap();
+                prop_assert!(lu <= "2026-11-30T12:00:00.000Z", "seen row remembers {}", lu);
+            }
+        }
+    }
+}
