@@ -325,10 +325,9 @@ impl SourceTask {
         }
         let floor = state.floor.as_deref().and_then(parse_instant);
         let mut watermark = state.watermark.as_deref().and_then(parse_instant);
-        let start_watermark = watermark;
         let overlap =
             chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
-        let since = watermark.map(|w| {
+        let mut since = watermark.map(|w| {
             let back = w
                 .checked_sub_signed(overlap)
                 .unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -350,6 +349,20 @@ impl SourceTask {
                 Err(e) => return Err(e),
             }
         }
+        // A watermark in the future (written before the bridge bounded it, or
+        // by a server clock later found wrong) would make every poll ask for
+        // an empty range. Poll from the start again instead: the diff drops
+        // what was already delivered, and a re-sent change keeps its message_id.
+        let horizon = self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE;
+        if let Some(w) = watermark.filter(|w| *w > horizon && Some(*w) != floor) {
+            notes.warn(format!(
+                "{rt}: the stored watermark {} is in the future; polling from the start again",
+                format_instant(w)
+            ));
+            watermark = None;
+            since = floor;
+        }
+        let start_watermark = watermark;
         // A small margin in case our estimate of the server's clock runs ahead.
         let until = self
             .client
@@ -617,6 +630,33 @@ mod tests {
         assert_eq!(pending(&store).await, 39);
         let st = store.target_state("s", "Observation").await.unwrap();
         assert_eq!(st.watermark.as_deref(), Some("2023-11-14T22:13:20.005Z"));
+    }
+
+    /// A watermark poisoned before the bridge bounded it (year 9999) is not
+    /// a dead end: the target polls from its start again and heals.
+    #[tokio::test]
+    async fn a_watermark_in_the_future_heals() {
+        let fhir = FhirSandbox::start(0).await.unwrap();
+        let (_d, store) = temp_store();
+        store
+            .init_target(
+                "s",
+                "Observation",
+                Some("9999-12-31T23:59:59.000Z".into()),
+                None,
+            )
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            fhir.store
+                .upsert("Observation", None, serde_json::json!({}));
+        }
+        let t = task(&fhir.base_url(), store.clone(), 100, Start::Beginning);
+        let cancel = CancellationToken::new();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 3);
+        let st = store.target_state("s", "Observation").await.unwrap();
+        assert!(st.watermark.unwrap().as_str() < "2100");
     }
 
     #[tokio::test]
