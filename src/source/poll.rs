@@ -324,11 +324,12 @@ impl SourceTask {
             if let Some(t) = page.server_time.or(fetched.date) {
                 self.client.note_server_time(t);
             }
-            if let (Some(before), Some(now)) = (last_total, page.total) {
-                if before != now && !drifted {
-                    drifted = true;
-                    tracing::debug!(source = %name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
-                }
+            if let (Some(before), Some(now)) = (last_total, page.total)
+                && before != now
+                && !drifted
+            {
+                drifted = true;
+                tracing::debug!(source = %name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
             }
             last_total = page.total.or(last_total);
 
@@ -410,11 +411,11 @@ impl SourceTask {
                 None => None,
             };
             let allowed = tracker.page(&instants, next.is_some());
-            if let Some(new) = allowed.filter(|_| !drifted) {
-                if watermark.is_none_or(|w| new > w) {
-                    watermark = Some(new);
-                    commit.watermark = Some(format_instant(new));
-                }
+            if let Some(new) = allowed.filter(|_| !drifted)
+                && watermark.is_none_or(|w| new > w)
+            {
+                watermark = Some(new);
+                commit.watermark = Some(format_instant(new));
             }
             let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
             polled.changes += commit.changes;
