@@ -97,6 +97,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE poll_target ADD COLUMN last_warning TEXT;
     ALTER TABLE poll_target ADD COLUMN last_warning_at INTEGER;
     "#,
+    // 5: the daemon's heartbeat, one row: which process runs (or ran) on this
+    // state, since when, and when it last said so. `status` reads it.
+    r#"
+    CREATE TABLE daemon (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        pid          INTEGER NOT NULL,
+        started_at   INTEGER NOT NULL,   -- our clock, ms
+        last_seen_at INTEGER NOT NULL,
+        version      TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
