@@ -6,6 +6,7 @@
 //! seen-versions and outbox rows always roll back *together*, so the next poll
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
+mod dlq;
 mod files;
 mod heartbeat;
 mod lock;
@@ -15,11 +16,12 @@ mod poll;
 mod report;
 mod schema;
 
+pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
 pub use heartbeat::Heartbeat;
 pub use lock::{LockError, LockProbe, StateLock};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
 pub use poll::{PageCommit, PollOutcome, SeenRow, TargetState};
-pub use report::{DeadLetter, HookReport, TargetReport};
+pub use report::{HookReport, TargetReport};
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -253,4 +255,17 @@ pub(crate) mod test_util {
         (dir, store)
     }
 
+    /// Makes a hook's messages look `ms` older than they are.
+    pub async fn backdate(store: &Store, hook: &str, ms: i64) {
+        let hook = hook.to_string();
+        store
+            .call(move |c| {
+                c.execute(
+                    "UPDATE outbox SET created_at = created_at - ?2 WHERE hook = ?1",
+                    rusqlite::params![hook, ms],
+                )
+            })
+            .await
+            .unwrap();
+    }
 }

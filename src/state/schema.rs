@@ -177,7 +177,11 @@ mod tests {
         let claimed = store.claim_due("h", vec![], 10).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].payload, b"{\"n\":0}");
-        assert_eq!(store.redrive(None, None).await.unwrap(), 1);
+        let sel = crate::state::DlqSelection {
+            configured: vec!["h".into()],
+            ..Default::default()
+        };
+        assert_eq!(store.redrive(sel).await.unwrap(), 1);
         let again = store.claim_due("h", vec![claimed[0].id], 10).await.unwrap();
         assert_eq!(again[0].payload, b"{\"n\":2}");
     }
