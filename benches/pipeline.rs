@@ -510,10 +510,10 @@ async fn backfill(n: usize) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         samples.push(bridge.rss_kib());
-        if let Ok(Some(read)) = resources_read(&db) {
-            if read >= n as i64 {
-                break;
-            }
+        if let Ok(Some(read)) = resources_read(&db)
+            && read >= n as i64
+        {
+            break;
         }
         if t.elapsed() > Duration::from_secs(1800) {
             break;

@@ -7,7 +7,7 @@ use crate::outbox::Route;
 use crate::source::client::FhirClient;
 use crate::source::outcomes::OutcomeRecorder;
 use crate::source::{SourceTask, first_poll_spread};
-use crate::state::{StateError, Store};
+use crate::state::{LockError, StateError, StateLock, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +19,30 @@ use tokio_util::task::TaskTracker;
 /// still in flight then stays pending in the outbox and is sent again later.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How often the daemon records that it is alive (`status` reads it).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Locked(#[from] LockError),
     #[error("cannot build HTTP client: {0}")]
     Http(String),
 }
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    // Held until we return: one daemon per state directory.
+    let _lock = StateLock::acquire(&config.state_dir)?;
     let store = Store::open(&config.db_path())?;
+    let pid = std::process::id();
+    if let Err(e) = store
+        .record_daemon_start(pid, env!("CARGO_PKG_VERSION"))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the daemon's start");
+    }
     tracing::info!(
         db = %store.path().display(),
         sources = config.sources.len(),
@@ -82,6 +96,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         config.retention,
         cancel.clone(),
     ));
+    tracker.spawn(heartbeat(store.clone(), pid, cancel.clone()));
     tracker.close();
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -95,4 +110,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         tracing::warn!("shutdown grace period over; unfinished deliveries stay in the outbox");
     }
     Ok(())
+}
+
+/// Says every `HEARTBEAT` that this process is alive, and once more on the way out.
+async fn heartbeat(store: Store, pid: u32, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        if let Err(e) = store.heartbeat(pid).await {
+            tracing::warn!(error = %e, "cannot record the heartbeat");
+        }
+    }
+    let _ = store.heartbeat(pid).await;
 }

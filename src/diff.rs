@@ -64,10 +64,10 @@ pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
         .as_deref()
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|d| d.to_utc());
-    if let (Some(p), Some(c)) = (prev_lu, cur.last_updated) {
-        if c < p {
-            return None;
-        }
+    if let (Some(p), Some(c)) = (prev_lu, cur.last_updated)
+        && c < p
+    {
+        return None;
     }
     let changed = match (prev.version_id.as_deref(), cur.version_id) {
         (Some(p), Some(c)) => p != c,

@@ -1,7 +1,8 @@
 //! Housekeeping: keeps the state bounded while the daemon runs. Delivered
 //! messages go after `retention`; a resource's seen version goes once it is
 //! both outside every future poll window and older than `retention`; free
-//! pages go back to the file system.
+//! pages go back to the file system; the WAL is truncated, so the page images
+//! of delivered payloads it holds do not linger.
 
 use crate::config::Source;
 use crate::source::bundle::{format_instant, parse_instant};
@@ -81,6 +82,11 @@ async fn once(store: &Store, sources: &[Source], retention: Duration) {
         Ok(0) => {}
         Ok(bytes) => tracing::info!(bytes, "returned free database pages to the file system"),
         Err(e) => tracing::warn!(error = %e, "cannot reclaim database space"),
+    }
+    match store.truncate_wal().await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("WAL checkpoint held back by a reader; next pass"),
+        Err(e) => tracing::warn!(error = %e, "cannot checkpoint the WAL"),
     }
 }
 

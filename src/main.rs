@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fhir_bridge::cli::{demo, dlq, status};
+use fhir_bridge::cli::{demo, dlq, logging, out, status};
 use fhir_bridge::config::Config;
 use fhir_bridge::state::Store;
 use std::path::PathBuf;
@@ -80,20 +80,30 @@ enum HookCommand {
 
 #[derive(clap::Args)]
 struct Selection {
-    /// Only this hook's dead letters.
+    /// Only this hook's messages (a hook no longer in the config, too).
     #[arg(long)]
     hook: Option<String>,
-    /// Every dead letter (of --hook, if given).
+    /// Every dead letter (of --hook, if given; with an orphaned --hook, its pending messages too).
     #[arg(long, conflicts_with = "ids")]
     all: bool,
-    /// Dead-letter ids, as shown by `dlq list`.
+    /// Message ids, as shown by `dlq list`.
     #[arg(required_unless_present = "all")]
     ids: Vec<i64>,
 }
 
+impl From<Selection> for dlq::Selection {
+    fn from(s: Selection) -> Self {
+        dlq::Selection {
+            hook: s.hook,
+            all: s.all,
+            ids: s.ids,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum DlqCommand {
-    /// List dead-lettered messages.
+    /// List dead-lettered messages, and pending messages of hooks no longer in the config.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -102,14 +112,18 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Requeue dead letters for delivery (same message_id, fresh attempts).
+    /// Requeue dead letters for delivery (same message_id, fresh attempts),
+    /// or move them (and an orphaned hook's pending messages) to another hook.
     Redrive {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
         sel: Selection,
+        /// Move the messages to this configured hook instead.
+        #[arg(long, value_name = "NEW")]
+        to_hook: Option<String>,
     },
-    /// Delete dead letters for good.
+    /// Delete dead letters (and an orphaned hook's pending messages) for good.
     Purge {
         #[command(flatten)]
         config: ConfigArg,
@@ -118,13 +132,25 @@ enum DlqCommand {
     },
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FHIR_BRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Until live reload exists, SIGHUP (which would otherwise end the process
+/// without a clean shutdown) is logged and ignored, every time.
+fn keep_running_on_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::warn!(
+                            "SIGHUP received: live reload is not supported yet; keeping the running configuration"
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP"),
+        }
+    }
 }
 
 /// Cancels on SIGINT or SIGTERM.
@@ -158,14 +184,23 @@ fn load(c: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(&c.config)?)
 }
 
-async fn open_rw(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.db_path()).context("cannot open the state database")
+/// Prints `text`; a reader that went away ends the command quietly with `code`.
+fn emit(text: &str, code: ExitCode) -> anyhow::Result<ExitCode> {
+    match out::print(text) {
+        Ok(()) => Ok(code),
+        Err(e) if e.is_broken_pipe() => Ok(code),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    logging::init(match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    })?;
     match cli.command {
         Command::Run(c) => {
-            init_logging("info");
+            keep_running_on_sighup();
             let config = load(&c)?;
             for w in &config.warnings {
                 tracing::warn!("{w}");
@@ -176,97 +211,69 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => {
             let config = load(&config)?;
             let report = status::collect(&config).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", status::render_text(&report));
-            }
-            Ok(if report.healthy {
+            let code = if report.healthy {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
-            })
+            };
+            let text = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                status::render_text(&report)
+            };
+            emit(&text, code)
         }
         Command::Validate(c) => {
             let config = load(&c)?;
             for w in &config.warnings {
-                eprintln!("warning: {w}");
+                fhir_bridge::cli::out::error_line(&format!("warning: {w}"));
             }
-            println!(
-                "{}: OK ({} source(s), {} hook(s); every filter compiles)",
+            let text = format!(
+                "{}: OK ({} source(s), {} hook(s); every filter compiles)\n",
                 c.config.display(),
                 config.sources.len(),
                 config.hooks.len()
             );
-            Ok(ExitCode::SUCCESS)
+            emit(&text, ExitCode::SUCCESS)
         }
-        Command::Dlq { command } => dlq_main(command).await,
+        Command::Dlq { command } => {
+            let text = match command {
+                DlqCommand::List { config, hook, json } => {
+                    dlq::list(&load(&config)?, hook, json).await?
+                }
+                DlqCommand::Redrive {
+                    config,
+                    sel,
+                    to_hook,
+                } => dlq::redrive(&load(&config)?, sel.into(), to_hook).await?,
+                DlqCommand::Purge { config, sel } => {
+                    dlq::purge(&load(&config)?, sel.into()).await?
+                }
+            };
+            emit(&text, ExitCode::SUCCESS)
+        }
         Command::Hook {
             command: HookCommand::Enable { config, name },
         } => {
             let config = load(&config)?;
-            check_hook(&config, &Some(name.clone()))?;
-            let store = open_rw(&config).await?;
-            if store.enable_hook(&name).await? {
-                println!(
-                    "hook `{name}` enabled; a running daemon resumes deliveries within a second"
-                );
-            } else {
-                println!("hook `{name}` was not disabled");
+            if !config.hooks.iter().any(|h| h.name == name) {
+                anyhow::bail!("no hook is named `{name}` in {}", config.path.display());
             }
-            Ok(ExitCode::SUCCESS)
+            let store = Store::open(&config.db_path()).context("cannot open the state database")?;
+            let text = if store.enable_hook(&name).await? {
+                format!(
+                    "hook `{name}` enabled; a running daemon resumes deliveries within a second\n"
+                )
+            } else {
+                format!("hook `{name}` was not disabled\n")
+            };
+            emit(&text, ExitCode::SUCCESS)
         }
         Command::Demo { duration, rate } => {
-            init_logging("warn");
             demo::run(demo::DemoOptions { duration, rate }, shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-async fn dlq_main(command: DlqCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        DlqCommand::List { config, hook, json } => {
-            let config = load(&config)?;
-            let items = match Store::open_read_only(&config.db_path())? {
-                Some(store) => store.dead_letters(hook).await?,
-                None => vec![],
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&items)?);
-            } else {
-                print!("{}", dlq::render_list(&items));
-            }
-        }
-        DlqCommand::Redrive { config, sel } => {
-            let config = load(&config)?;
-            check_hook(&config, &sel.hook)?;
-            let store = open_rw(&config).await?;
-            let n = store
-                .redrive(sel.hook, (!sel.all).then_some(sel.ids))
-                .await?;
-            println!("requeued {n} message(s); a running daemon delivers them within a second");
-        }
-        DlqCommand::Purge { config, sel } => {
-            let config = load(&config)?;
-            check_hook(&config, &sel.hook)?;
-            let store = open_rw(&config).await?;
-            let n = store
-                .purge_dead(sel.hook, (!sel.all).then_some(sel.ids))
-                .await?;
-            println!("deleted {n} dead letter(s)");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn check_hook(config: &Config, hook: &Option<String>) -> anyhow::Result<()> {
-    if let Some(h) = hook {
-        if !config.hooks.iter().any(|x| &x.name == h) {
-            anyhow::bail!("no hook is named `{h}` in {}", config.path.display());
-        }
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -279,14 +286,22 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("fhir-bridge: cannot start the runtime: {e}");
+            out::error_line(&format!("fhir-bridge: cannot start the runtime: {e}"));
             return ExitCode::from(2);
         }
     };
     match runtime.block_on(real_main(cli)) {
         Ok(code) => code,
+        // The reader went away (`| head`) during a command that exits 0 when it
+        // completes (status handles its own): end quietly.
+        Err(e)
+            if e.downcast_ref::<out::OutputError>()
+                .is_some_and(|o| o.is_broken_pipe()) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("fhir-bridge: {e:#}");
+            out::error_line(&format!("fhir-bridge: {e:#}"));
             ExitCode::from(2)
         }
     }

@@ -1294,12 +1294,12 @@ fn huge_durations_are_rejected_or_usable() {
             "resources = ['Patient']",
             &format!("resources = ['Patient']\nevery = '{v}'"),
         );
-        if let Ok(c) = Config::from_str(&text, path()) {
-            if std::panic::catch_unwind(|| c.sources[0].schedule.next_after(now)).is_err() {
-                problems.push(format!(
-                    "every = '{v}' loads, then Schedule::next_after panics"
-                ));
-            }
+        if let Ok(c) = Config::from_str(&text, path())
+            && std::panic::catch_unwind(|| c.sources[0].schedule.next_after(now)).is_err()
+        {
+            problems.push(format!(
+                "every = '{v}' loads, then Schedule::next_after panics"
+            ));
         }
         let text = format!("{MINIMAL}retry_schedule = ['{v}']\n");
         if let Ok(c) = Config::from_str(&text, path()) {

@@ -259,10 +259,10 @@ async fn proxy_handler(
                 world.apply(op);
             }
         }
-        if plan.interrupt == Some((k, Interrupt::Cancel)) {
-            if let Some(c) = &plan.cancel {
-                c.cancel();
-            }
+        if plan.interrupt == Some((k, Interrupt::Cancel))
+            && let Some(c) = &plan.cancel
+        {
+            c.cancel();
         }
     }
     (

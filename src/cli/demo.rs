@@ -2,6 +2,7 @@
 //! data, a receiver that prints what it gets, and the real pipeline between
 //! them, all on 127.0.0.1.
 
+use super::out::print;
 use crate::config::Config;
 use crate::sandbox::{FhirSandbox, Receiver, generator};
 use std::collections::BTreeMap;
@@ -35,16 +36,20 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     std::fs::write(&config_path, &text)?;
     let config = Config::load(&config_path)?;
 
-    println!("fhir-bridge demo");
-    println!(
-        "  sandbox EHR  {}  (writing ~{} synthetic resources/s)",
+    let banner = print(&format!(
+        "fhir-bridge demo\n  sandbox EHR  {}  (writing ~{} synthetic resources/s)\n  \
+         receiver     {}\n  config       {}\n  \
+         hooks        critical-labs (Observations flagged HH/LL), encounters (id-only)\n\
+         Webhooks appear below as they arrive. Ctrl-C to stop.\n\n",
         sandbox.base_url(),
-        opts.rate
-    );
-    println!("  receiver     {}", receiver.url("hooks/"));
-    println!("  config       {}", config_path.display());
-    println!("  hooks        critical-labs (Observations flagged HH/LL), encounters (id-only)");
-    println!("Webhooks appear below as they arrive. Ctrl-C to stop.\n");
+        opts.rate,
+        receiver.url("hooks/"),
+        config_path.display()
+    ));
+    if let Err(e) = banner {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e.into());
+    }
 
     let stop = cancel.child_token();
     let gen_task = tokio::spawn(generator::run(
@@ -58,7 +63,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
 
     let mut per_hook: BTreeMap<String, usize> = BTreeMap::new();
-    loop {
+    // A failed write (a closed pipe, a full disk) stops the demo cleanly.
+    let mut output = Ok(());
+    while output.is_ok() {
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -72,11 +79,11 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
                     .and_then(|v| v.as_str())
                     .map(|c| format!("  interpretation {c}"))
                     .unwrap_or_default();
-                println!(
-                    "{:>7.1}s  -> {:<14} {:<7} {:<22} v{:<3} message_id {}{}",
+                output = print(&format!(
+                    "{:>7.1}s  -> {:<14} {:<7} {:<22} v{:<3} message_id {}{}\n",
                     started.elapsed().as_secs_f64(), hook, rec.event, rec.resource_id,
                     rec.version_id.as_deref().unwrap_or("-"), rec.message_id, detail
-                );
+                ));
                 *per_hook.entry(hook).or_default() += 1;
             }
             _ = sleep => break,
@@ -90,14 +97,16 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         Ok(Err(e)) => return Err(e.into()),
         Err(e) => return Err(anyhow::anyhow!("pipeline task failed: {e}")),
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    output?;
     let total: usize = per_hook.values().sum();
-    println!(
-        "\n{total} webhook(s) in {:.1}s:",
+    let mut summary = format!(
+        "\n{total} webhook(s) in {:.1}s:\n",
         started.elapsed().as_secs_f64()
     );
     for (hook, n) in &per_hook {
-        println!("  {hook:<14} {n}");
+        summary.push_str(&format!("  {hook:<14} {n}\n"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    print(&summary)?;
     Ok(total)
 }

@@ -1,8 +1,13 @@
-//! Operator commands beside `run`: status, dlq, demo.
+//! Operator commands beside `run`: status, dlq, demo; and what every
+//! command shares: logging setup and output that never panics.
 
 pub mod demo;
 pub mod dlq;
+pub mod liveness;
+pub mod logging;
+pub mod out;
 pub mod status;
+mod status_text;
 
 /// Formats our clock (ms since epoch) for people and JSON: RFC 3339, UTC, seconds.
 pub fn fmt_ms(ms: i64) -> String {
@@ -13,11 +18,15 @@ pub fn fmt_ms(ms: i64) -> String {
 
 /// "4s ago", "3m ago", "2h ago", "5d ago".
 pub fn ago(ms: i64) -> String {
-    let secs = ((crate::state::now_ms() - ms) / 1000).max(0);
-    match secs {
-        s if s < 120 => format!("{s}s ago"),
-        s if s < 7200 => format!("{}m ago", s / 60),
-        s if s < 172_800 => format!("{}h ago", s / 3600),
-        s => format!("{}d ago", s / 86400),
+    format!("{} ago", span(crate::state::now_ms() - ms))
+}
+
+/// A length of time for people: "40s", "12m", "3h", "2d".
+pub fn span(ms: i64) -> String {
+    match (ms / 1000).max(0) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
     }
 }

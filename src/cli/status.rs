@@ -2,22 +2,36 @@
 //! No resource bodies, tokens or passwords are ever shown: errors recorded in
 //! state are PHI-free by construction.
 
-use super::{ago, fmt_ms};
+use super::fmt_ms;
+use super::liveness::{self, DaemonStatus};
 use crate::config::Config;
-use crate::state::{HookReport, StateError, Store, TargetReport, now_ms};
+use crate::state::{HookReport, StateError, StateLock, Store, TargetReport, now_ms};
 use serde::Serialize;
-use std::fmt::Write;
+use std::time::Duration;
+
+pub use super::status_text::render_text;
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
-    /// False when any source's last poll failed, or any hook has dead letters or is disabled.
+    /// False unless the daemon runs; false when any source's last poll failed,
+    /// any hook has dead letters, is disabled or stale, or any hook is orphaned.
     pub healthy: bool,
     pub config: String,
     pub database: String,
     /// False until the daemon has created its database.
     pub has_state: bool,
+    pub daemon: DaemonStatus,
     pub sources: Vec<SourceStatus>,
     pub hooks: Vec<HookStatus>,
+    /// Hooks with pending or dead messages that the config no longer names.
+    pub orphaned_hooks: Vec<OrphanedHookStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrphanedHookStatus {
+    pub name: String,
+    pub pending: i64,
+    pub dead_lettered: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +78,11 @@ pub struct HookStatus {
     /// Set when the receiver answered 410 Gone; cleared by `fhir-bridge hook enable`.
     pub disabled: bool,
     pub disabled_reason: Option<String>,
+    /// The oldest pending message has waited longer than the hook's
+    /// `max_pending_age`: deliveries are not getting through.
+    pub stale: bool,
+    #[serde(skip)]
+    pub max_pending_age: Duration,
 }
 
 /// An entry skipped (not delivered) keeps status unhealthy this long (24 h).
@@ -125,6 +144,10 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
             Some(st) => st.hook_report(&h.name).await?,
             None => HookReport::default(),
         };
+        let age = r
+            .oldest_pending_at_ms
+            .map(|t| ((now_ms() - t) / 1000).max(0));
+        let max_age = h.max_pending_age;
         hooks.push(HookStatus {
             name: h.name.clone(),
             url: safe_url(&h.url),
@@ -133,141 +156,131 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
             failed_attempts: r.failed_attempts,
             dead_lettered: r.dead,
             filter_errors: r.filter_errors,
-            oldest_pending_age_seconds: r
-                .oldest_pending_at_ms
-                .map(|t| ((now_ms() - t) / 1000).max(0)),
+            oldest_pending_age_seconds: age,
             last_success_at: r.last_success_at_ms.map(fmt_ms),
             last_error: r.last_error,
             last_error_at: r.last_error_at_ms.map(fmt_ms),
             disabled: r.disabled_at_ms.is_some(),
             disabled_reason: r.disabled_reason,
+            stale: age.is_some_and(|a| a as u64 > max_age.as_secs()),
+            max_pending_age: max_age,
         });
     }
-    let healthy = sources
-        .iter()
-        .flat_map(|s| &s.targets)
-        .all(|t| t.last_outcome.as_deref() != Some("error"))
+    let orphaned_hooks = match &store {
+        Some(st) => {
+            st.orphaned_hooks(config.hooks.iter().map(|h| h.name.clone()).collect())
+                .await?
+        }
+        None => vec![],
+    }
+    .into_iter()
+    .map(|o| OrphanedHookStatus {
+        name: o.hook,
+        pending: o.pending,
+        dead_lettered: o.dead,
+    })
+    .collect::<Vec<_>>();
+    let beat = match &store {
+        Some(st) => st.last_heartbeat().await?,
+        None => None,
+    };
+    let daemon = liveness::classify(StateLock::probe(&config.state_dir), beat.as_ref(), now_ms());
+    let healthy = daemon.running
+        && sources
+            .iter()
+            .flat_map(|s| &s.targets)
+            .all(|t| t.last_outcome.as_deref() != Some("error"))
         && !recent_skip
-        && hooks.iter().all(|h| h.dead_lettered == 0 && !h.disabled);
+        && hooks
+            .iter()
+            .all(|h| h.dead_lettered == 0 && !h.disabled && !h.stale)
+        && orphaned_hooks.is_empty();
     Ok(StatusReport {
         healthy,
         config: config.path.display().to_string(),
         database: db.display().to_string(),
         has_state: store.is_some(),
+        daemon,
         sources,
         hooks,
+        orphaned_hooks,
     })
 }
 
-fn or_dash(s: &Option<String>) -> &str {
-    s.as_deref().unwrap_or("-")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::liveness::DaemonState;
+    use crate::state::test_util::backdate;
+    use crate::state::{NewMessage, PageCommit};
 
-fn since(t: &Option<String>) -> String {
-    t.as_deref()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| ago(d.timestamp_millis()))
-        .unwrap_or_else(|| "-".into())
-}
+    const CONFIG: &str = r#"
+state_dir = "state"
 
-pub fn render_text(r: &StatusReport) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "fhir-bridge status: {}",
-        if r.healthy { "OK" } else { "ATTENTION NEEDED" }
-    );
-    let _ = writeln!(o, "config {}  state {}", r.config, r.database);
-    if !r.has_state {
-        let _ = writeln!(o, "(no state yet: the daemon has not run with this config)");
-    }
-    let _ = writeln!(o, "\nSOURCES");
-    for s in &r.sources {
-        let _ = writeln!(o, "  {}  {}", s.name, s.base_url);
-        let _ = writeln!(
-            o,
-            "    {:<20} {:<26} {:<10} {:<8} {:>9}  ERROR",
-            "TARGET", "WATERMARK", "LAST POLL", "OUTCOME", "CHANGES"
+[[source]]
+name = "ehr"
+base_url = "http://127.0.0.1:9/fhir"
+resources = ["Observation"]
+
+[[hook]]
+name = "slow"
+url = "http://127.0.0.1:9/slow"
+
+[[hook]]
+name = "fresh"
+url = "http://127.0.0.1:9/fresh"
+"#;
+
+    /// A hook whose receiver has failed for longer than its max_pending_age
+    /// (and never succeeded) is stale, and status needs attention; a hook
+    /// left out of the config with messages is orphaned.
+    #[tokio::test]
+    async fn stale_hooks_and_orphaned_hooks_need_attention() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_str(CONFIG, &dir.path().join("bridges.toml")).unwrap();
+        let store = Store::open(&config.db_path()).unwrap();
+        store
+            .commit_page(PageCommit {
+                source: "ehr".into(),
+                resource_type: "Observation".into(),
+                messages: vec![
+                    NewMessage::test("slow", "m1", "Observation", "1"),
+                    NewMessage::test("fresh", "m2", "Observation", "1"),
+                    NewMessage::test("renamed", "m3", "Observation", "1"),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        backdate(&store, "slow", 16 * 60 * 1000).await;
+        backdate(&store, "fresh", 14 * 60 * 1000).await;
+
+        let r = collect(&config).await.unwrap();
+        assert!(!r.healthy);
+        assert_eq!(r.daemon.state, DaemonState::NeverRan);
+        let stale: Vec<_> = r.hooks.iter().map(|h| (h.name.as_str(), h.stale)).collect();
+        assert_eq!(stale, [("slow", true), ("fresh", false)]);
+        assert_eq!(r.orphaned_hooks.len(), 1);
+        assert_eq!(
+            (
+                r.orphaned_hooks[0].name.as_str(),
+                r.orphaned_hooks[0].pending
+            ),
+            ("renamed", 1)
         );
-        for t in &s.targets {
-            let err = match (&t.last_outcome, &t.last_error) {
-                (Some(o), Some(e)) if o == "error" => {
-                    format!("{e} ({} in a row)", t.consecutive_failures)
-                }
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                o,
-                "    {:<20} {:<26} {:<10} {:<8} {:>9}  {}",
-                t.resource_type,
-                or_dash(&t.watermark),
-                since(&t.last_poll_at),
-                or_dash(&t.last_outcome),
-                t.changes_seen,
-                err
-            );
-            if t.entries_skipped > 0 || t.entries_future > 0 {
-                let _ = writeln!(
-                    o,
-                    "    {:<20} WARNING: {} entr(ies) skipped, {} stamped in the future; last: {} ({})",
-                    "",
-                    t.entries_skipped,
-                    t.entries_future,
-                    or_dash(&t.last_warning),
-                    since(&t.last_warning_at)
-                );
-            }
-        }
-    }
-    let _ = writeln!(o, "\nHOOKS");
-    let _ = writeln!(
-        o,
-        "  {:<20} {:>8} {:>10} {:>7} {:>6} {:>8} {:>13}  LAST ERROR",
-        "NAME", "PENDING", "DELIVERED", "FAILED", "DEAD", "OLDEST", "LAST SUCCESS"
-    );
-    for h in &r.hooks {
-        let oldest = h
-            .oldest_pending_age_seconds
-            .map(|s| format!("{s}s"))
-            .unwrap_or_else(|| "-".into());
-        let last_err = match (&h.last_error, &h.last_error_at) {
-            (Some(e), at) => format!("{e} ({})", since(at)),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            o,
-            "  {:<20} {:>8} {:>10} {:>7} {:>6} {:>8} {:>13}  {}",
-            h.name,
-            h.pending,
-            h.delivered,
-            h.failed_attempts,
-            h.dead_lettered,
-            oldest,
-            since(&h.last_success_at),
-            last_err
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["hooks"][0]["stale"], true);
+        assert_eq!(json["orphaned_hooks"][0]["dead_lettered"], 0);
+        assert_eq!(json["daemon"]["state"], "never-ran");
+        let text = render_text(&r);
+        assert!(text.contains("daemon: never ran"), "{text}");
+        assert!(
+            text.contains("STALE: the oldest pending message has waited 16m (limit 15m)"),
+            "{text}"
         );
-        if h.disabled {
-            let _ = writeln!(
-                o,
-                "  {:<20} DISABLED: {}; re-enable with `fhir-bridge hook enable {}`",
-                "",
-                h.disabled_reason.as_deref().unwrap_or("disabled"),
-                h.name
-            );
-        }
-        if h.filter_errors > 0 {
-            let _ = writeln!(
-                o,
-                "  {:<20} {} resource(s) made the filter fail (counted as non-matches)",
-                "", h.filter_errors
-            );
-        }
-    }
-    if r.hooks.iter().any(|h| h.dead_lettered > 0) {
-        let _ = writeln!(
-            o,
-            "\nDead letters: see `fhir-bridge dlq list`, requeue with `fhir-bridge dlq redrive`."
+        assert!(
+            text.contains("renamed: 1 pending, 0 dead-lettered; move them with `fhir-bridge dlq redrive --hook renamed --to-hook NEW --all`"),
+            "{text}"
         );
     }
-    o
 }

@@ -111,10 +111,10 @@ fn key_on_line(text: &str, span: Range<usize>, message: &str) -> Option<String> 
         return (!name.is_empty())
             .then(|| format!("{brackets}{name}{}", "]".repeat(brackets.len())));
     }
-    if message == "duplicate key" {
-        if let Some(key) = text.get(span).map(str::trim).filter(|k| !k.is_empty()) {
-            return Some(unquote(key));
-        }
+    if message == "duplicate key"
+        && let Some(key) = text.get(span).map(str::trim).filter(|k| !k.is_empty())
+    {
+        return Some(unquote(key));
     }
     let (key, _) = line.split_once('=')?;
     let key = key.trim();

@@ -173,16 +173,17 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
         }
     }
     for (raw_hook, hook) in raw.hook.iter().zip(hooks) {
-        if let Some(list) = &raw_hook.get_ref().sources {
-            if hook.sources.is_empty() && !sources.is_empty() {
-                out.push(ctx.warning(
-                    list.span(),
-                    &format!(
-                        "hook `{}`: `sources` is empty: it receives nothing",
-                        hook.name
-                    ),
-                ));
-            }
+        if let Some(list) = &raw_hook.get_ref().sources
+            && hook.sources.is_empty()
+            && !sources.is_empty()
+        {
+            out.push(ctx.warning(
+                list.span(),
+                &format!(
+                    "hook `{}`: `sources` is empty: it receives nothing",
+                    hook.name
+                ),
+            ));
         }
     }
     out

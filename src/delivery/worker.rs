@@ -219,10 +219,10 @@ impl HookWorker {
                 );
                 match delay {
                     Some(d) => {
-                        tracing::info!(hook = %hook.name, message_id = %msg.message_id, attempts, error = %error, retry_in_s = d.as_secs_f64(), "delivery failed; will retry")
+                        tracing::info!(hook = %hook.name, message_id = %msg.message_id, status, attempts, error = %error, retry_in_s = d.as_secs_f64(), "delivery failed; will retry")
                     }
                     None => {
-                        tracing::warn!(hook = %hook.name, message_id = %msg.message_id, attempts, error = %error, "delivery failed; moved to the dead-letter queue")
+                        tracing::warn!(hook = %hook.name, message_id = %msg.message_id, status, attempts, error = %error, "delivery failed; moved to the dead-letter queue")
                     }
                 }
                 DeliveryRecord::Failed {

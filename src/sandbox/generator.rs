@@ -84,11 +84,11 @@ pub async fn run(store: Arc<SandboxStore>, per_second: f64, seed: u64, cancel: C
         } else if roll < 0.7 && !observations.is_empty() {
             // A preliminary result becomes final: an update.
             let id = observations.swap_remove(rng.usize(..observations.len()));
-            if let Some(body) = store.read("Observation", &id) {
-                if let Ok(mut v) = serde_json::from_str::<Value>(&body) {
-                    v["status"] = json!("final");
-                    store.upsert("Observation", Some(&id), v);
-                }
+            if let Some(body) = store.read("Observation", &id)
+                && let Ok(mut v) = serde_json::from_str::<Value>(&body)
+            {
+                v["status"] = json!("final");
+                store.upsert("Observation", Some(&id), v);
             }
         } else if roll < 0.85 || encounters.is_empty() {
             encounters.push(id_of(&store.upsert(

@@ -420,10 +420,10 @@ impl SourceTask {
                 // Shutdown: nothing of this page is committed; it is read again.
                 return Ok(polled);
             }
-            if let Some(t) = page.server_time.or(fetched.date) {
-                if let Err(e) = self.client.note_server_time(t) {
-                    notes.warn(e.to_string());
-                }
+            if let Some(t) = page.server_time.or(fetched.date)
+                && let Err(e) = self.client.note_server_time(t)
+            {
+                notes.warn(e.to_string());
             }
             for s in &page.skipped {
                 notes.skip(format!(
@@ -440,11 +440,12 @@ impl SourceTask {
                     ),
                 );
             }
-            if let (Some(before), Some(now)) = (last_total, page.total) {
-                if before != now && !drifted {
-                    drifted = true;
-                    tracing::debug!(source = %name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
-                }
+            if let (Some(before), Some(now)) = (last_total, page.total)
+                && before != now
+                && !drifted
+            {
+                drifted = true;
+                tracing::debug!(source = %name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
             }
             last_total = page.total.or(last_total);
 
@@ -468,11 +469,11 @@ impl SourceTask {
                 Ok(next)
             });
             let allowed = tracker.page(&page.instants, next.is_some());
-            if let Some(new) = allowed.filter(|_| !drifted) {
-                if watermark.is_none_or(|w| new > w) {
-                    watermark = Some(new);
-                    commit.watermark = Some(format_instant(new));
-                }
+            if let Some(new) = allowed.filter(|_| !drifted)
+                && watermark.is_none_or(|w| new > w)
+            {
+                watermark = Some(new);
+                commit.watermark = Some(format_instant(new));
             }
             let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
             polled.changes += commit.changes;

@@ -63,6 +63,20 @@ impl Store {
         })
         .await
     }
+
+    /// Folds the WAL into the database and truncates it to nothing. Between
+    /// checkpoints the WAL keeps old page images, delivered payloads among
+    /// them (secure_delete zeroes the database's pages, not the WAL's
+    /// history); housekeeping calls this every pass so they do not linger.
+    /// Returns whether the checkpoint completed (readers can hold it back).
+    pub async fn truncate_wal(&self) -> Result<bool, StateError> {
+        self.call(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0).map(|busy| busy == 0)
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +144,23 @@ mod tests {
         // Nothing more to give back right after.
         assert_eq!(store.reclaim_space().await.unwrap(), 0);
         drop(dir);
+    }
+
+    #[tokio::test]
+    async fn truncating_the_wal_leaves_it_empty() {
+        let (dir, store) = temp_store();
+        store
+            .commit_page(PageCommit {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                messages: vec![NewMessage::test("h", "m", "Observation", "1")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let wal = dir.path().join("bridge.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        assert!(store.truncate_wal().await.unwrap());
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
     }
 }

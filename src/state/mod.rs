@@ -6,15 +6,22 @@
 //! seen-versions and outbox rows always roll back *together*, so the next poll
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
+mod dlq;
+mod files;
+mod heartbeat;
+mod lock;
 mod maintenance;
 mod outbox;
 mod poll;
 mod report;
 mod schema;
 
+pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
+pub use heartbeat::Heartbeat;
+pub use lock::{LockError, LockProbe, StateLock};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
 pub use poll::{PageCommit, PollOutcome, SeenRow, TargetState};
-pub use report::{DeadLetter, HookReport, TargetReport};
+pub use report::{HookReport, TargetReport};
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -45,22 +52,31 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed, mode 0600) and migrates the database.
+    /// Opens (creating if needed: the directory 0700, the file 0600) and
+    /// migrates the database. Existing database files readable by others are
+    /// narrowed to 0600 (with a warning); the WAL and shared-memory files
+    /// SQLite creates take the database's mode. Deleted content is zeroed
+    /// (`secure_delete`): a delivered payload does not linger in free pages.
     pub fn open(path: &Path) -> Result<Store, StateError> {
         let err = |message: String| StateError::Open {
             path: path.display().to_string(),
             message,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            files::create_state_dir(dir)
                 .map_err(|e| err(format!("cannot create directory: {e}")))?;
         }
-        create_private(path).map_err(|e| err(format!("cannot create: {e}")))?;
+        files::create_private(path).map_err(|e| err(format!("cannot create: {e}")))?;
+        files::tighten(path).map_err(|e| err(format!("cannot restrict permissions: {e}")))?;
         let mut conn = Connection::open(path).map_err(|e| err(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| err(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| err(describe_open_error(&e)))?;
+        // The WAL and shm files exist now; whatever made them, they end up 0600.
+        files::tighten(path).map_err(|e| err(format!("cannot restrict permissions: {e}")))?;
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(|e| err(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| err(e.to_string()))?;
         // After a checkpoint, truncate the WAL back to this size: a backlog's
@@ -142,17 +158,6 @@ fn enable_incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch("VACUUM")?;
     }
     Ok(())
-}
-
-fn create_private(path: &Path) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path).map(|_| ())
 }
 
 fn describe_open_error(e: &rusqlite::Error) -> String {
@@ -255,5 +260,19 @@ pub(crate) mod test_util {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("bridge.db")).unwrap();
         (dir, store)
+    }
+
+    /// Makes a hook's messages look `ms` older than they are.
+    pub async fn backdate(store: &Store, hook: &str, ms: i64) {
+        let hook = hook.to_string();
+        store
+            .call(move |c| {
+                c.execute(
+                    "UPDATE outbox SET created_at = created_at - ?2 WHERE hook = ?1",
+                    rusqlite::params![hook, ms],
+                )
+            })
+            .await
+            .unwrap();
     }
 }

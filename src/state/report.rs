@@ -1,7 +1,7 @@
-//! Read models for `status` and the dead-letter queue commands.
+//! Read models for `status`.
 
-use super::{StateError, Store, now_ms};
-use rusqlite::{OptionalExtension, params, params_from_iter};
+use super::{StateError, Store};
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -37,23 +37,6 @@ pub struct HookReport {
     pub last_error_at_ms: Option<i64>,
     pub disabled_at_ms: Option<i64>,
     pub disabled_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub hook: String,
-    pub message_id: String,
-    pub source: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub version_id: Option<String>,
-    pub event: String,
-    pub attempts: i64,
-    pub created_at_ms: i64,
-    pub dead_at_ms: Option<i64>,
-    pub last_status: Option<i64>,
-    pub last_error: Option<String>,
 }
 
 impl Store {
@@ -133,81 +116,6 @@ impl Store {
                 rep.disabled_reason = r.get(6)?;
             }
             Ok(rep)
-        })
-        .await
-    }
-
-    pub async fn dead_letters(&self, hook: Option<String>) -> Result<Vec<DeadLetter>, StateError> {
-        self.call(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, hook, message_id, source, resource_type, resource_id, version_id, event,
-                        attempts, created_at, done_at, last_status, last_error
-                 FROM outbox WHERE state = 'dead' AND (?1 IS NULL OR hook = ?1) ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![hook], |r| {
-                Ok(DeadLetter {
-                    id: r.get(0)?,
-                    hook: r.get(1)?,
-                    message_id: r.get(2)?,
-                    source: r.get(3)?,
-                    resource_type: r.get(4)?,
-                    resource_id: r.get(5)?,
-                    version_id: r.get(6)?,
-                    event: r.get(7)?,
-                    attempts: r.get(8)?,
-                    created_at_ms: r.get(9)?,
-                    dead_at_ms: r.get(10)?,
-                    last_status: r.get(11)?,
-                    last_error: r.get(12)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
-    }
-
-    /// Requeues dead letters (all of a hook's, or the given ids) for immediate
-    /// delivery with a fresh attempt budget. Returns how many were requeued.
-    pub async fn redrive(
-        &self,
-        hook: Option<String>,
-        ids: Option<Vec<i64>>,
-    ) -> Result<usize, StateError> {
-        self.change_dead(hook, ids, "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1, done_at = NULL")
-            .await
-    }
-
-    /// Deletes dead letters for good. Returns how many.
-    pub async fn purge_dead(
-        &self,
-        hook: Option<String>,
-        ids: Option<Vec<i64>>,
-    ) -> Result<usize, StateError> {
-        self.change_dead(hook, ids, "DELETE FROM outbox").await
-    }
-
-    async fn change_dead(
-        &self,
-        hook: Option<String>,
-        ids: Option<Vec<i64>>,
-        action: &'static str,
-    ) -> Result<usize, StateError> {
-        self.call(move |c| {
-            let now = now_ms();
-            let mut sql = format!("{action} WHERE state = 'dead' AND (?2 IS NULL OR hook = ?2)");
-            let mut args: Vec<rusqlite::types::Value> = vec![now.into(), hook.into()];
-            if let Some(ids) = ids {
-                sql.push_str(" AND id IN (");
-                for (i, id) in ids.iter().enumerate() {
-                    sql.push_str(if i == 0 { "?" } else { ", ?" });
-                    args.push((*id).into());
-                }
-                sql.push(')');
-            }
-            // ?1 is unused by DELETE; SQLite accepts unused numbered parameters only
-            // when referenced, so bind it through a harmless comparison.
-            sql.push_str(" AND ?1 IS NOT NULL");
-            c.execute(&sql, params_from_iter(args))
         })
         .await
     }

@@ -97,6 +97,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE poll_target ADD COLUMN last_warning TEXT;
     ALTER TABLE poll_target ADD COLUMN last_warning_at INTEGER;
     "#,
+    // 5: the daemon's heartbeat, one row: which process runs (or ran) on this
+    // state, since when, and when it last said so. `status` reads it.
+    r#"
+    CREATE TABLE daemon (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        pid          INTEGER NOT NULL,
+        started_at   INTEGER NOT NULL,   -- our clock, ms
+        last_seen_at INTEGER NOT NULL,
+        version      TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -166,7 +177,11 @@ mod tests {
         let claimed = store.claim_due("h", vec![], 10).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].payload, b"{\"n\":0}");
-        assert_eq!(store.redrive(None, None).await.unwrap(), 1);
+        let sel = crate::state::DlqSelection {
+            configured: vec!["h".into()],
+            ..Default::default()
+        };
+        assert_eq!(store.redrive(sel).await.unwrap(), 1);
         let again = store.claim_due("h", vec![claimed[0].id], 10).await.unwrap();
         assert_eq!(again[0].payload, b"{\"n\":2}");
     }

@@ -28,7 +28,7 @@ pub struct Writer {
 pub fn lab(critical: bool, n: u64) -> Value {
     json!({
         "resourceType": "Observation",
-        "status": if n % 2 == 0 { "preliminary" } else { "final" },
+        "status": if n.is_multiple_of(2) { "preliminary" } else { "final" },
         "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
         "valueQuantity": {"value": (n % 90) as f64 / 10.0, "unit": "mmol/L"},
         "interpretation": [{"coding": [{"code": if critical { "HH" } else { "N" }}]}]

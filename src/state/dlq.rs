@@ -1,0 +1,295 @@
+//! The dead-letter queue, and messages of *orphaned* hooks: hooks that still
+//! have pending or dead messages in the outbox but are no longer in the
+//! config (renamed or removed). No worker sends those; the operator moves
+//! them to a configured hook (`move_to_hook`) or deletes them (`purge`).
+
+use super::{StateError, Store, now_ms};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+/// A dead letter, or a pending message of an orphaned hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub hook: String,
+    /// "dead", or "pending" (a message of an orphaned hook: never sent as is).
+    pub state: String,
+    pub message_id: String,
+    pub source: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version_id: Option<String>,
+    pub event: String,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub dead_at_ms: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// A hook with messages in the outbox that the config no longer names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrphanedHook {
+    pub hook: String,
+    pub pending: i64,
+    pub dead: i64,
+}
+
+/// Which messages a `dlq` command acts on: dead letters of any hook, plus the
+/// pending messages of orphaned hooks when they are asked for explicitly
+/// (`hook` names the orphaned hook, or `ids` are given). `--all` alone never
+/// touches pending messages.
+#[derive(Debug, Clone, Default)]
+pub struct DlqSelection {
+    /// Only this hook's messages.
+    pub hook: Option<String>,
+    /// Only these ids; `None`: all.
+    pub ids: Option<Vec<i64>>,
+    /// The hooks in the config; any other hook with messages is orphaned.
+    pub configured: Vec<String>,
+}
+
+/// What `move_to_hook` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Now pending on the target hook.
+    pub moved: usize,
+    /// Already under the target hook with the same message_id: deleted.
+    pub duplicates: usize,
+}
+
+/// Every hook with a message in the outbox, without scanning the table:
+/// each step seeks the next name in the (hook, state, id) index.
+fn hooks_in_outbox(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare_cached(
+        "WITH RECURSIVE h(name) AS (
+            SELECT (SELECT min(hook) FROM outbox)
+            UNION ALL
+            SELECT (SELECT min(hook) FROM outbox WHERE hook > h.name) FROM h
+            WHERE h.name IS NOT NULL)
+         SELECT name FROM h WHERE name IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+fn count(c: &Connection, hook: &str, state: &str) -> rusqlite::Result<i64> {
+    c.prepare_cached("SELECT count(*) FROM outbox WHERE hook = ?1 AND state = ?2")?
+        .query_row(params![hook, state], |r| r.get(0))
+}
+
+/// Ids (with message ids) of the selected messages, oldest first. With
+/// `pending_of_orphans` false, dead letters of configured hooks only.
+fn select(
+    c: &Connection,
+    sel: &DlqSelection,
+    pending_of_orphans: bool,
+) -> rusqlite::Result<Vec<(i64, String)>> {
+    let explicit = sel.hook.is_some() || sel.ids.is_some();
+    let mut out = Vec::new();
+    let mut stmt = c.prepare_cached(
+        "SELECT id, message_id FROM outbox WHERE hook = ?1 AND state = ?2 ORDER BY id",
+    )?;
+    for hook in hooks_in_outbox(c)? {
+        if sel.hook.as_ref().is_some_and(|h| h != &hook) {
+            continue;
+        }
+        let orphan = !sel.configured.contains(&hook);
+        let mut states = vec![];
+        if orphan && pending_of_orphans && explicit {
+            states.push("pending");
+        }
+        if !orphan || pending_of_orphans {
+            states.push("dead");
+        }
+        for state in states {
+            let rows = stmt.query_map(params![hook, state], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            for row in rows {
+                let (id, mid): (i64, String) = row?;
+                if sel.ids.as_ref().is_none_or(|ids| ids.contains(&id)) {
+                    out.push((id, mid));
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+impl Store {
+    /// Hooks not in `configured` that have pending or dead messages.
+    pub async fn orphaned_hooks(
+        &self,
+        configured: Vec<String>,
+    ) -> Result<Vec<OrphanedHook>, StateError> {
+        self.call(move |c| {
+            let mut out = Vec::new();
+            for hook in hooks_in_outbox(c)? {
+                if configured.contains(&hook) {
+                    continue;
+                }
+                let (pending, dead) = (count(c, &hook, "pending")?, count(c, &hook, "dead")?);
+                if pending + dead > 0 {
+                    out.push(OrphanedHook {
+                        hook,
+                        pending,
+                        dead,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Whether any message of `hook` is in the outbox.
+    pub async fn hook_has_messages(&self, hook: &str) -> Result<bool, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE hook = ?1)")?
+                .query_row(params![hook], |r| r.get(0))
+        })
+        .await
+    }
+
+    /// Dead letters of every hook (or `hook`), with the pending messages of
+    /// orphaned hooks: what `dlq list` shows.
+    pub async fn dlq_list(
+        &self,
+        hook: Option<String>,
+        configured: Vec<String>,
+    ) -> Result<Vec<DeadLetter>, StateError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, hook, state, message_id, source, resource_type, resource_id,
+                        version_id, event, attempts, created_at, done_at, last_status, last_error
+                 FROM outbox WHERE hook = ?1 AND state = ?2 ORDER BY id",
+            )?;
+            let mut out = Vec::new();
+            for h in hooks_in_outbox(c)? {
+                if hook.as_ref().is_some_and(|x| x != &h) {
+                    continue;
+                }
+                let states: &[&str] = if configured.contains(&h) {
+                    &["dead"]
+                } else {
+                    &["dead", "pending"]
+                };
+                for state in states {
+                    let rows = stmt.query_map(params![h, state], |r| {
+                        Ok(DeadLetter {
+                            id: r.get(0)?,
+                            hook: r.get(1)?,
+                            state: r.get(2)?,
+                            message_id: r.get(3)?,
+                            source: r.get(4)?,
+                            resource_type: r.get(5)?,
+                            resource_id: r.get(6)?,
+                            version_id: r.get(7)?,
+                            event: r.get(8)?,
+                            attempts: r.get(9)?,
+                            created_at_ms: r.get(10)?,
+                            dead_at_ms: r.get(11)?,
+                            last_status: r.get(12)?,
+                            last_error: r.get(13)?,
+                        })
+                    })?;
+                    for row in rows {
+                        out.push(row?);
+                    }
+                }
+            }
+            out.sort_unstable_by_key(|d| d.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Dead letters only, of every hook or one.
+    pub async fn dead_letters(&self, hook: Option<String>) -> Result<Vec<DeadLetter>, StateError> {
+        let all = self.dlq_list(hook, vec![]).await?;
+        Ok(all.into_iter().filter(|d| d.state == "dead").collect())
+    }
+
+    /// Requeues the selected dead letters of configured hooks (an orphaned
+    /// hook's need `move_to_hook`) for immediate delivery with a fresh
+    /// attempt budget and their message_ids. Returns how many.
+    pub async fn redrive(&self, sel: DlqSelection) -> Result<usize, StateError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let rows = select(&tx, &sel, false)?;
+            {
+                let mut up = tx.prepare_cached(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2,
+                        done_at = NULL
+                     WHERE id = ?1 AND state = 'dead'",
+                )?;
+                let now = now_ms();
+                for (id, _) in &rows {
+                    up.execute(params![id, now])?;
+                }
+            }
+            tx.commit()?;
+            Ok(rows.len())
+        })
+        .await
+    }
+
+    /// Deletes the selected messages for good (payloads go with them).
+    pub async fn purge(&self, sel: DlqSelection) -> Result<usize, StateError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let rows = select(&tx, &sel, true)?;
+            {
+                let mut del = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+                for (id, _) in &rows {
+                    del.execute(params![id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(rows.len())
+        })
+        .await
+    }
+
+    /// Moves the selected messages to hook `to` as pending, due now, with a
+    /// fresh attempt budget, keeping their message_id and stored payload. A
+    /// message whose message_id `to` already has is a duplicate: deleted.
+    pub async fn move_to_hook(&self, sel: DlqSelection, to: &str) -> Result<Moved, StateError> {
+        let to = to.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let rows = select(&tx, &sel, true)?;
+            let mut done = Moved::default();
+            {
+                let mut dup = tx.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM outbox WHERE hook = ?1 AND message_id = ?2
+                                    AND id != ?3)",
+                )?;
+                let mut del = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+                let mut up = tx.prepare_cached(
+                    "UPDATE outbox SET hook = ?2, state = 'pending', attempts = 0,
+                        next_attempt_at = ?3, done_at = NULL
+                     WHERE id = ?1",
+                )?;
+                let now = now_ms();
+                for (id, mid) in &rows {
+                    if dup.query_row(params![to, mid, id], |r| r.get::<_, bool>(0))? {
+                        del.execute(params![id])?;
+                        done.duplicates += 1;
+                    } else {
+                        up.execute(params![id, to, now])?;
+                        done.moved += 1;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(done)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[path = "dlq_tests.rs"]
+mod tests;
