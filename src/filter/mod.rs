@@ -1,0 +1,299 @@
+//! Hook filters: jq expressions run with the jaq crates.
+//!
+//! Rule: a filter matches a resource when **any** of its outputs is truthy
+//! (neither `false` nor `null`). A filter that raises an error on a resource
+//! is a non-match; the caller counts it on the hook's status.
+//!
+//! Each evaluation (one hook, one resource) runs on a [`budget`]: steps, time,
+//! memory and native stack. Going over it is a [`FilterError::Budget`] for
+//! that resource, never a hang or a crash.
+
+mod alloc;
+pub mod budget;
+mod natives;
+#[cfg(test)]
+mod tests;
+
+use budget::{Budget, Data, Exceeded, Fueled, Limits, Stop};
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, Vars};
+use jaq_json::Val;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::AtomicBool;
+
+type JaqFilter = jaq_core::Filter<Fueled>;
+
+/// A resource in the form filters read; parse once, run every hook's filter on it.
+pub type Resource = Val;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{0}")]
+    Compile(String),
+    #[error("filter error: {0}")]
+    Runtime(String),
+    #[error("resource is not valid JSON: {0}")]
+    Input(String),
+    #[error("filter exceeded its budget: {0}")]
+    Budget(Exceeded),
+    /// The cancellation flag was set during the evaluation.
+    #[error("filter evaluation cancelled")]
+    Cancelled,
+}
+
+pub struct Filter {
+    code: String,
+    compiled: JaqFilter,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter").field("code", &self.code).finish()
+    }
+}
+
+/// Parses resource JSON into the value filters run on.
+pub fn parse_resource(json: &str) -> Result<Resource, FilterError> {
+    serde_json::from_str(json).map_err(|e| FilterError::Input(e.to_string()))
+}
+
+impl Filter {
+    pub fn compile(code: &str) -> Result<Filter, FilterError> {
+        check_size(code).map_err(FilterError::Compile)?;
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs())
+            .chain(natives::defs());
+        let arena = Arena::default();
+        let modules = Loader::new(defs)
+            .load(&arena, File { code, path: () })
+            .map_err(|errs| FilterError::Compile(describe_load_errors(errs)))?;
+        let compiled = Compiler::default()
+            .with_funs(natives::funs())
+            .compile(modules)
+            .map_err(|errs| {
+                let names: Vec<String> = errs
+                    .into_iter()
+                    .flat_map(|(_, undef)| undef)
+                    .map(|(name, kind)| format!("undefined {} `{name}`", kind.as_str()))
+                    .collect();
+                FilterError::Compile(names.join(", "))
+            })?;
+        Ok(Filter {
+            code: code.to_string(),
+            compiled,
+        })
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// True when any output is truthy. Runs on the default [`budget`].
+    pub fn matches(&self, resource: &Resource) -> Result<bool, FilterError> {
+        self.matches_with(resource, &AtomicBool::new(false))
+    }
+
+    /// [`Filter::matches`], stopping with [`FilterError::Cancelled`] soon
+    /// (within about a thousand steps) after `cancel` becomes true.
+    pub fn matches_with(
+        &self,
+        resource: &Resource,
+        cancel: &AtomicBool,
+    ) -> Result<bool, FilterError> {
+        self.matches_within(resource, cancel, Limits::default())
+    }
+
+    /// [`Filter::matches_with`] on the given limits.
+    pub(crate) fn matches_within(
+        &self,
+        resource: &Resource,
+        cancel: &AtomicBool,
+        limits: Limits,
+    ) -> Result<bool, FilterError> {
+        with_eval_stack(|| self.evaluate(resource, cancel, limits))
+    }
+
+    fn evaluate(
+        &self,
+        resource: &Resource,
+        cancel: &AtomicBool,
+        limits: Limits,
+    ) -> Result<bool, FilterError> {
+        // Created here, on the evaluation's stack: it measures depth from here.
+        let budget = Budget::new(limits, cancel);
+        let accounting = alloc::Accounting::start();
+        // Every value of the evaluation is dropped inside: a budget stop
+        // unwinds through jaq's frames and frees what they held.
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run(resource, &budget)));
+        drop(accounting);
+        match outcome {
+            Ok(result) => result,
+            Err(payload) => Err(match payload.downcast::<Stop>() {
+                Ok(stop) => match *stop {
+                    Stop::Exceeded(e) => FilterError::Budget(e),
+                    Stop::Cancelled => FilterError::Cancelled,
+                },
+                // A bug in jaq (or ours); the panic hook has logged it.
+                Err(_) => FilterError::Runtime("filter panicked".into()),
+            }),
+        }
+    }
+
+    fn run(&self, resource: &Resource, budget: &Budget) -> Result<bool, FilterError> {
+        let ctx = Ctx::<Fueled>::new(Data::new(&self.compiled.lut, budget), Vars::new([]));
+        for out in self.compiled.id.run((ctx, resource.clone())) {
+            match out {
+                Ok(Val::Null | Val::Bool(false)) => {}
+                Ok(_) => return Ok(true),
+                // Not `jaq_core::unwrap_valr`: it exits the process on `halt`.
+                Err(exn) => {
+                    return Err(FilterError::Runtime(match exn.get_err() {
+                        Ok(e) => bounded_display(&e, MAX_ERROR_LEN),
+                        Err(_) => "halt is not allowed in a filter".into(),
+                    }));
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Native stack reserved for evaluations. jaq drops, compares and prints
+/// values recursively, outside any budget check, and a value can be nested as
+/// deep as its steps allow (`reduce range(300000) as $i (0; [.])`): dropping
+/// one level takes about 50 bytes of stack, printing one about 800.
+/// Reserved address space, not memory: only what an evaluation touches is.
+pub const EVAL_STACK: usize = 512 << 20;
+const EVAL_RED_ZONE: usize = EVAL_STACK / 2;
+
+/// Runs `f` on a native stack with room for any evaluation: in place when
+/// there is, else on a fresh [`EVAL_STACK`] mapped for the call.
+/// [`Filter::matches_with`] does this for each evaluation; a caller that runs
+/// many (a page of resources, every hook) saves a mapping per evaluation by
+/// wrapping them all in one call.
+pub fn with_eval_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(EVAL_RED_ZONE, EVAL_STACK, f)
+}
+
+/// How much of a runtime error's message is kept: its value may be huge.
+const MAX_ERROR_LEN: usize = 300;
+
+/// `x.to_string()`, cut after `max` bytes without rendering the rest (a value
+/// shared many times over can render to far more than memory holds).
+fn bounded_display(x: &impl std::fmt::Display, max: usize) -> String {
+    struct Bounded {
+        out: String,
+        max: usize,
+    }
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = self.max - self.out.len();
+            if s.len() <= room {
+                self.out.push_str(s);
+                return Ok(());
+            }
+            let mut cut = room;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.out.push_str(&s[..cut]);
+            Err(std::fmt::Error)
+        }
+    }
+    let mut b = Bounded {
+        out: String::new(),
+        max,
+    };
+    if std::fmt::write(&mut b, format_args!("{x}")).is_err() {
+        b.out.push_str("...");
+    }
+    b.out
+}
+
+/// Limits that keep jaq's recursive parser, compiler and evaluator well within
+/// a thread's stack. Real filters are far below them.
+const MAX_LEN: usize = 8192;
+const MAX_OPERATORS: usize = 500;
+const MAX_NESTING: usize = 64;
+
+fn check_size(code: &str) -> Result<(), String> {
+    if code.len() > MAX_LEN {
+        return Err(format!("filter is longer than {MAX_LEN} characters"));
+    }
+    let (mut depth, mut max_depth, mut ops) = (0usize, 0usize, 0usize);
+    let mut chars = code.chars().peekable();
+    let mut word = String::new();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        if word == "and" || word == "or" {
+            ops += 1;
+        }
+        word.clear();
+        match c {
+            '"' => {
+                // Skip the string literal (escapes included).
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '|' | ',' | '+' | '-' | '*' | '/' | '%' | '<' | '>' | '=' => ops += 1,
+            _ => {}
+        }
+    }
+    if word == "and" || word == "or" {
+        ops += 1;
+    }
+    if max_depth > MAX_NESTING {
+        return Err(format!("filter nests deeper than {MAX_NESTING} levels"));
+    }
+    if ops > MAX_OPERATORS {
+        return Err(format!("filter has more than {MAX_OPERATORS} operators"));
+    }
+    Ok(())
+}
+
+fn describe_load_errors(errs: jaq_core::load::Errors<&str, ()>) -> String {
+    use jaq_core::load::Error;
+    let mut parts = Vec::new();
+    for (_, e) in errs {
+        match e {
+            Error::Io(v) => parts.extend(v.into_iter().map(|(p, m)| format!("{p}: {m}"))),
+            Error::Lex(v) => parts.extend(
+                v.into_iter()
+                    .map(|(exp, at)| format!("expected {} at `{}`", exp.as_str(), snippet(at))),
+            ),
+            Error::Parse(v) => parts.extend(
+                v.into_iter()
+                    .map(|(exp, at)| format!("expected {} at `{}`", exp.as_str(), snippet(at))),
+            ),
+        }
+    }
+    parts.join("; ")
+}
+
+fn snippet(at: &str) -> &str {
+    if at.is_empty() {
+        return "end of filter";
+    }
+    let end = at
+        .char_indices()
+        .nth(20)
+        .map(|(i, _)| i)
+        .unwrap_or(at.len());
+    &at[..end]
+}
