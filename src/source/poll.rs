@@ -383,12 +383,20 @@ impl SourceTask {
                     raw: e.raw,
                     time: &detected_at,
                 };
-                route_change(
+                // Never set: filters are not cancelled yet (see `route_change`).
+                let never = std::sync::atomic::AtomicBool::new(false);
+                if route_change(
                     &change,
                     &self.routes,
                     &mut commit.messages,
                     &mut commit.filter_errors,
-                );
+                    &never,
+                )
+                .is_err()
+                {
+                    // Cancelled: drop the page uncommitted; it is read again.
+                    return Ok(polled);
+                }
                 let row = SeenRow {
                     version_id: e.version_id.clone(),
                     last_updated: e.last_updated.map(format_instant),
