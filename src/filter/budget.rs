@@ -29,10 +29,10 @@ pub const STEPS: u64 = 1_000_000;
 pub const TIME: Duration = Duration::from_millis(100);
 /// Bytes an evaluation may hold allocated at once.
 pub const MEMORY: usize = 64 << 20;
-/// Bytes of native stack an evaluation may use below its caller's frame.
-/// jaq recurses on the Rust stack for non-tail recursion (`def f: 1 + f; f`);
-/// this keeps it well inside a 2 MiB thread stack (the smallest in this
-/// program: tokio's and the test harness's default).
+/// Bytes of native stack jaq's own recursion (`def f: 1 + f; f`) may use
+/// below the frame that starts the evaluation. Evaluations run on a far
+/// larger stack (see `stack.rs`): the rest is for jaq's unmetered recursion
+/// on deep values (dropping, comparing, printing them).
 pub const STACK: usize = 1 << 20;
 
 /// How often (in steps) the clock and the cancellation flag are read.

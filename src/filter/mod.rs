@@ -6,11 +6,14 @@
 //!
 //! Each evaluation (one hook, one resource) runs on a [`budget`]: steps, time,
 //! memory and native stack. Going over it is a [`FilterError::Budget`] for
-//! that resource, never a hang or a crash.
+//! that resource, not a hang or a crash. What the budget cannot reach (jaq's
+//! native code on values that share or nest deeply) is listed in the README
+//! (`filter` key) and in `natives.rs`.
 
 mod alloc;
 pub mod budget;
 mod natives;
+mod stack;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +23,8 @@ use jaq_core::{Compiler, Ctx, Vars};
 use jaq_json::Val;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::AtomicBool;
+
+pub use stack::with_eval_stack;
 
 type JaqFilter = jaq_core::Filter<Fueled>;
 
@@ -157,23 +162,6 @@ impl Filter {
         }
         Ok(false)
     }
-}
-
-/// Native stack reserved for evaluations. jaq drops, compares and prints
-/// values recursively, outside any budget check, and a value can be nested as
-/// deep as its steps allow (`reduce range(300000) as $i (0; [.])`): dropping
-/// one level takes about 50 bytes of stack, printing one about 800.
-/// Reserved address space, not memory: only what an evaluation touches is.
-pub const EVAL_STACK: usize = 512 << 20;
-const EVAL_RED_ZONE: usize = EVAL_STACK / 2;
-
-/// Runs `f` on a native stack with room for any evaluation: in place when
-/// there is, else on a fresh [`EVAL_STACK`] mapped for the call.
-/// [`Filter::matches_with`] does this for each evaluation; a caller that runs
-/// many (a page of resources, every hook) saves a mapping per evaluation by
-/// wrapping them all in one call.
-pub fn with_eval_stack<R>(f: impl FnOnce() -> R) -> R {
-    stacker::maybe_grow(EVAL_RED_ZONE, EVAL_STACK, f)
 }
 
 /// How much of a runtime error's message is kept: its value may be huge.
