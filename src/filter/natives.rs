@@ -7,6 +7,8 @@
 //!   parts (`reduce range(40) as $i (0; [., .])`, a trillion nodes in forty
 //!   steps) is refused instead of printed, and refuses values nested deeper
 //!   than [`MAX_DEPTH`];
+//! - `path(f)` and `path_value(f)` (under `paths`, `pick`, `del`, ...) charge a step per path and per path element: `[paths]` of a
+//!   value nested N deep builds N paths of up to N elements;
 //! - `fromjson` parses with serde_json, which refuses nesting deeper than 128
 //!   (jaq-json's parser recurses without a limit: `"[" * 1e6 | fromjson`).
 
@@ -14,7 +16,7 @@ use super::bounded_display;
 use super::budget::{Budget, Fueled};
 use jaq_core::box_iter::box_once;
 use jaq_core::native::{Fun, run, v};
-use jaq_core::{Error, Exn, ValX};
+use jaq_core::{Bind, Error, Exn, ValX};
 use jaq_json::Val;
 
 /// Deepest value `tojson` prints (jq's own printer stops at 10000 too).
@@ -32,13 +34,21 @@ pub(crate) fn funs() -> impl Iterator<Item = Fun<Fueled>> {
         .chain(jaq_std::funs())
         .chain(jaq_json::funs())
         .filter(move |(name, args, _)| !replaced(name, args.len()))
-        .chain([range(), tojson(), fromjson()])
+        .chain([range(), tojson(), fromjson(), path(), path_value()])
 }
 
-/// Definitions added after jaq's: `tostring` prints through the metered
-/// `tojson` (string interpolation, `"\(.)"`, still prints unmetered).
+/// Definitions added after jaq's, which they shadow for the user's filter:
+/// `tostring` prints through the metered `tojson`; `paths` and `walk` go
+/// through `recurse` (a filter call per level: metered, depth-checked)
+/// instead of jaq's native `..`, which is quadratic in a value's depth.
+/// String interpolation (`"\(.)"`) and `..` itself stay native.
 pub(crate) fn defs() -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
-    const DEFS: &str = r#"def tostring: if . >= "" and . < [] then "\(.)" else tojson end;"#;
+    const DEFS: &str = r#"
+        def tostring: if . >= "" and . < [] then "\(.)" else tojson end;
+        def paths: skip(1; path(recurse));
+        def paths(p): skip(1; path_value(recurse)) | if .[1] | p then .[0] else empty end;
+        def walk(f): def w: if . >= [] then map_values(w) else . end | f; w;
+    "#;
     jaq_core::load::parse(DEFS, |p| p.defs())
         .into_iter()
         .flatten()
@@ -73,6 +83,40 @@ fn steps<'a>(mut from: ValX<'a, Val>, to: Val, by: Val) -> impl Iterator<Item = 
             Some(e)
         }
     })
+}
+
+/// jaq-core's `path(f)`, a step per path and per path element.
+fn path() -> Fun<Fueled> {
+    run(("path", Box::new([Bind::Fun(())]), |mut cv| {
+        let budget = cv.0.data().budget();
+        let (f, fc) = cv.0.pop_fun();
+        Box::new(f.paths((fc, (cv.1, Default::default()))).map(move |vp| {
+            let (_v, path) = vp?;
+            Ok(collect_path(budget, path.iter().cloned()))
+        }))
+    }))
+}
+
+/// jaq-core's `path_value(f)`: `[path, value]`, metered like [`path`].
+fn path_value() -> Fun<Fueled> {
+    run(("path_value", Box::new([Bind::Fun(())]), |mut cv| {
+        let budget = cv.0.data().budget();
+        let (f, fc) = cv.0.pop_fun();
+        Box::new(f.paths((fc, (cv.1, Default::default()))).map(move |vp| {
+            let (v, path) = vp?;
+            Ok([collect_path(budget, path.iter().cloned()), v]
+                .into_iter()
+                .collect())
+        }))
+    }))
+}
+
+/// A path as jaq keeps it (innermost key first) as an array, charged.
+fn collect_path(budget: &Budget, keys: impl Iterator<Item = Val>) -> Val {
+    let mut keys: Vec<Val> = keys.inspect(|_| budget.charge(1)).collect();
+    budget.charge(1);
+    keys.reverse();
+    keys.into_iter().collect()
 }
 
 fn tojson() -> Fun<Fueled> {
