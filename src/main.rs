@@ -277,11 +277,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(real_main(cli)) {
+    let code = match runtime.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fhir-bridge: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Dropping the runtime would wait for every thread, without limit: one
+    // stuck in a filter's unmetered native code (README, `filter`) would keep
+    // the process from exiting on SIGTERM. The daemon has already had its
+    // grace period; give stragglers a moment, then exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

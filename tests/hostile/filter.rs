@@ -91,3 +91,29 @@ async fn endless_filter_is_stopped_per_resource() {
 async fn huge_range_does_not_take_the_process_down() {
     other_hooks_deliver_despite("[range(1e9)] | length > 0").await;
 }
+
+/// Comparing two values that share their parts (2^60 leaves each, built in
+/// 120 steps) runs in jaq's native code, where no budget check can stop it
+/// (README, `filter`: what the budget does not cover). That source is stuck,
+/// but SIGTERM still stops the daemon within its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_daemon_even_with_a_filter_stuck_in_native_code() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.expect("receiver");
+    fhir.create(observation(0)).await;
+    let stuck =
+        "(reduce range(60) as $i (0; [., .])) as $a | reduce range(60) as $i (0; [., .]) | . == $a";
+    let mut bridge = Bridge::start(&common::config(
+        &fhir.base_url(),
+        &["Observation"],
+        "beginning",
+        &common::hook("stuck", &rx.url("hooks/stuck"), stuck, ""),
+    ));
+    wait_for(30, "the first poll to start", || {
+        bridge.logs().contains("fhir-bridge started")
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(bridge.exited().is_none(), "the daemon must stay up");
+    bridge.stop();
+}
