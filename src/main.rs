@@ -290,7 +290,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(real_main(cli)) {
+    let code = match runtime.block_on(real_main(cli)) {
         Ok(code) => code,
         // The reader went away (`| head`) during a command that exits 0 when it
         // completes (status handles its own): end quietly.
@@ -304,5 +304,11 @@ fn main() -> ExitCode {
             out::error_line(&format!("fhir-bridge: {e:#}"));
             ExitCode::from(2)
         }
-    }
+    };
+    // Dropping the runtime would wait for every thread, without limit: one
+    // stuck in a filter's unmetered native code (README, `filter`) would keep
+    // the process from exiting on SIGTERM. The daemon has already had its
+    // grace period; give stragglers a moment, then exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

@@ -3,11 +3,12 @@
 
 use crate::config::{Config, Content, Hook};
 use crate::diff::Event;
-use crate::filter::{Filter, Resource};
+use crate::filter::{Filter, FilterError, Resource};
 use crate::payload::{ChangeView, zus_hook};
 use crate::state::NewMessage;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use uuid::Uuid;
 
 /// Namespace for fhir-bridge message ids (UUIDv5).
@@ -65,17 +66,56 @@ pub struct Change<'a> {
     pub time: &'a str,
 }
 
+/// Filtering stopped because the caller set its cancellation flag. What
+/// `route_change` added to `out` for this change is incomplete: the caller
+/// drops the whole page, uncommitted, so it is read again after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("filtering cancelled")]
+pub struct Cancelled;
+
 /// Runs every route's filter on the change and builds a message for each match.
-/// Filter runtime errors are non-matches, counted per hook in `filter_errors`.
+/// Filter runtime errors, budget overruns included, are non-matches, counted
+/// per hook in `filter_errors`.
+///
+/// Blocking: each filter may take up to its time budget (100 ms) before it is
+/// stopped. Call it from a blocking thread (`spawn_blocking`), ideally a whole
+/// page inside one [`crate::filter::with_eval_stack`]. Called on a worker of
+/// a multi-thread tokio runtime, it runs in `block_in_place`, so the worker's
+/// other tasks move to another thread meanwhile (costs ~10 ns when the filters
+/// are quick). Returns [`Cancelled`] soon after `cancel` becomes true.
 pub fn route_change(
     change: &Change,
     routes: &[Route],
     out: &mut Vec<NewMessage>,
     filter_errors: &mut HashMap<String, u64>,
-) {
+    cancel: &AtomicBool,
+) -> Result<(), Cancelled> {
     if routes.is_empty() {
-        return;
+        return Ok(());
     }
+    // One evaluation stack for every hook's filter on this resource.
+    blocking(|| {
+        crate::filter::with_eval_stack(|| route_parsed(change, routes, out, filter_errors, cancel))
+    })
+}
+
+/// `f()`, in `block_in_place` when on a multi-thread runtime (it panics on a
+/// current-thread one; on a blocking thread it is a no-op).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn route_parsed(
+    change: &Change,
+    routes: &[Route],
+    out: &mut Vec<NewMessage>,
+    filter_errors: &mut HashMap<String, u64>,
+    cancel: &AtomicBool,
+) -> Result<(), Cancelled> {
     let resource: Option<Resource> = crate::filter::parse_resource(change.raw).ok();
     let version_key = match (change.version_id, change.last_updated) {
         (Some(v), _) => format!("v:{v}"),
@@ -83,14 +123,13 @@ pub fn route_change(
     };
     for route in routes {
         let matched = match &resource {
-            Some(r) => route.filter.matches(r),
-            None => Err(crate::filter::FilterError::Input(
-                "unparseable resource".into(),
-            )),
+            Some(r) => route.filter.matches_with(r, cancel),
+            None => Err(FilterError::Input("unparseable resource".into())),
         };
         match matched {
             Ok(true) => {}
             Ok(false) => continue,
+            Err(FilterError::Cancelled) => return Err(Cancelled),
             Err(e) => {
                 tracing::debug!(hook = %route.hook, resource = %format!("{}/{}", change.resource_type, change.resource_id), error = %e, "filter error counted as non-match");
                 *filter_errors.entry(route.hook.clone()).or_default() += 1;
@@ -127,6 +166,7 @@ pub fn route_change(
             event: change.event.as_str(),
         });
     }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -154,6 +194,23 @@ mod tests {
         assert_ne!(a, message_id("h", "s2", "Observation", "1", "v:1"));
     }
 
+    const HASH: [u8; 32] = [0u8; 32];
+
+    fn change() -> Change<'static> {
+        Change {
+            source: "s",
+            owner_id: "o",
+            resource_type: "Observation",
+            resource_id: "1",
+            version_id: Some("1"),
+            last_updated: Some("2026-01-01T00:00:00Z"),
+            content_hash: &HASH,
+            event: Event::Create,
+            raw: r#"{"resourceType":"Observation","id":"1"}"#,
+            time: "2026-01-01T00:00:01Z",
+        }
+    }
+
     #[test]
     fn one_message_per_matching_hook_and_errors_are_counted() {
         let routes = vec![
@@ -161,21 +218,9 @@ mod tests {
             route("none", ".resourceType == \"Patient\""),
             route("broken", ".id + 1"),
         ];
-        let hash = [0u8; 32];
-        let change = Change {
-            source: "s",
-            owner_id: "o",
-            resource_type: "Observation",
-            resource_id: "1",
-            version_id: Some("1"),
-            last_updated: Some("2026-01-01T00:00:00Z"),
-            content_hash: &hash,
-            event: Event::Create,
-            raw: r#"{"resourceType":"Observation","id":"1"}"#,
-            time: "2026-01-01T00:00:01Z",
-        };
         let (mut out, mut errs) = (vec![], HashMap::new());
-        route_change(&change, &routes, &mut out, &mut errs);
+        let never = AtomicBool::new(false);
+        route_change(&change(), &routes, &mut out, &mut errs, &never).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].hook, "all");
         assert_eq!(
@@ -183,5 +228,33 @@ mod tests {
             message_id("all", "s", "Observation", "1", "v:1")
         );
         assert_eq!(errs.get("broken"), Some(&1));
+    }
+
+    #[test]
+    fn a_filter_over_its_budget_is_a_counted_non_match() {
+        let routes = vec![
+            route("loops", "def f: f; f"),
+            route("huge", "[range(1e9)] | length > 0"),
+            route("all", "true"),
+        ];
+        let (mut out, mut errs) = (vec![], HashMap::new());
+        let never = AtomicBool::new(false);
+        route_change(&change(), &routes, &mut out, &mut errs, &never).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].hook, "all");
+        assert_eq!(errs.get("loops"), Some(&1));
+        assert_eq!(errs.get("huge"), Some(&1));
+    }
+
+    #[test]
+    fn cancelling_stops_routing() {
+        let routes = vec![route("all", "true"), route("loops", "def f: f; f")];
+        let (mut out, mut errs) = (vec![], HashMap::new());
+        let cancel = AtomicBool::new(true);
+        assert_eq!(
+            route_change(&change(), &routes, &mut out, &mut errs, &cancel),
+            Err(Cancelled)
+        );
+        assert!(errs.is_empty(), "a cancelled filter is not a filter error");
     }
 }

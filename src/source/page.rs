@@ -55,7 +55,13 @@ pub(super) struct PageOutcome {
     pub cancelled: bool,
 }
 
+/// Runs on the blocking pool, on the filters' evaluation stack (one switch per
+/// page, not per resource; see `filter::with_eval_stack`).
 pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
+    crate::filter::with_eval_stack(|| process_page(store, job, body))
+}
+
+fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
     let page = parse_page(body)?;
     let rt = job.resource_type.as_str();
     let entries: Vec<_> = page
@@ -131,12 +137,18 @@ pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageO
             raw: e.raw,
             time: &job.detected_at,
         };
-        route_change(
+        if route_change(
             &change,
             &job.routes,
             &mut out.commit.messages,
             &mut out.commit.filter_errors,
-        );
+            &job.stop,
+        )
+        .is_err()
+        {
+            out.cancelled = true;
+            return Ok(out);
+        }
         let row = SeenRow {
             version_id: e.version_id.clone(),
             // A future stamp is remembered as the horizon: the resource's next

@@ -3,12 +3,30 @@
 //! Rule: a filter matches a resource when **any** of its outputs is truthy
 //! (neither `false` nor `null`). A filter that raises an error on a resource
 //! is a non-match; the caller counts it on the hook's status.
+//!
+//! Each evaluation (one hook, one resource) runs on a [`budget`]: steps, time,
+//! memory and native stack. Going over it is a [`FilterError::Budget`] for
+//! that resource, not a hang or a crash. What the budget cannot reach (jaq's
+//! native code on values that share or nest deeply) is listed in the README
+//! (`filter` key) and in `natives.rs`.
 
+mod alloc;
+pub mod budget;
+mod natives;
+mod stack;
+#[cfg(test)]
+mod tests;
+
+use budget::{Budget, Data, Exceeded, Fueled, Limits, Stop};
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data::JustLut, unwrap_valr};
+use jaq_core::{Compiler, Ctx, Vars};
 use jaq_json::Val;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::AtomicBool;
 
-type JaqFilter = jaq_core::Filter<JustLut<Val>>;
+pub use stack::with_eval_stack;
+
+type JaqFilter = jaq_core::Filter<Fueled>;
 
 /// A resource in the form filters read; parse once, run every hook's filter on it.
 pub type Resource = Val;
@@ -21,6 +39,11 @@ pub enum FilterError {
     Runtime(String),
     #[error("resource is not valid JSON: {0}")]
     Input(String),
+    #[error("filter exceeded its budget: {0}")]
+    Budget(Exceeded),
+    /// The cancellation flag was set during the evaluation.
+    #[error("filter evaluation cancelled")]
+    Cancelled,
 }
 
 pub struct Filter {
@@ -44,16 +67,14 @@ impl Filter {
         check_size(code).map_err(FilterError::Compile)?;
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
-        let funs = jaq_core::funs()
-            .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
+            .chain(jaq_json::defs())
+            .chain(natives::defs());
         let arena = Arena::default();
         let modules = Loader::new(defs)
             .load(&arena, File { code, path: () })
             .map_err(|errs| FilterError::Compile(describe_load_errors(errs)))?;
         let compiled = Compiler::default()
-            .with_funs(funs)
+            .with_funs(natives::funs())
             .compile(modules)
             .map_err(|errs| {
                 let names: Vec<String> = errs
@@ -73,17 +94,109 @@ impl Filter {
         &self.code
     }
 
-    /// True when any output is truthy.
+    /// True when any output is truthy. Runs on the default [`budget`].
     pub fn matches(&self, resource: &Resource) -> Result<bool, FilterError> {
-        let ctx = Ctx::<JustLut<Val>>::new(&self.compiled.lut, Vars::new([]));
+        self.matches_with(resource, &AtomicBool::new(false))
+    }
+
+    /// [`Filter::matches`], stopping with [`FilterError::Cancelled`] soon
+    /// (within about a thousand steps) after `cancel` becomes true.
+    pub fn matches_with(
+        &self,
+        resource: &Resource,
+        cancel: &AtomicBool,
+    ) -> Result<bool, FilterError> {
+        self.matches_within(resource, cancel, Limits::default())
+    }
+
+    /// [`Filter::matches_with`] on the given limits.
+    pub(crate) fn matches_within(
+        &self,
+        resource: &Resource,
+        cancel: &AtomicBool,
+        limits: Limits,
+    ) -> Result<bool, FilterError> {
+        with_eval_stack(|| self.evaluate(resource, cancel, limits))
+    }
+
+    fn evaluate(
+        &self,
+        resource: &Resource,
+        cancel: &AtomicBool,
+        limits: Limits,
+    ) -> Result<bool, FilterError> {
+        // Created here, on the evaluation's stack: it measures depth from here.
+        let budget = Budget::new(limits, cancel);
+        let accounting = alloc::Accounting::start();
+        // Every value of the evaluation is dropped inside: a budget stop
+        // unwinds through jaq's frames and frees what they held.
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run(resource, &budget)));
+        drop(accounting);
+        match outcome {
+            Ok(result) => result,
+            Err(payload) => Err(match payload.downcast::<Stop>() {
+                Ok(stop) => match *stop {
+                    Stop::Exceeded(e) => FilterError::Budget(e),
+                    Stop::Cancelled => FilterError::Cancelled,
+                },
+                // A bug in jaq (or ours); the panic hook has logged it.
+                Err(_) => FilterError::Runtime("filter panicked".into()),
+            }),
+        }
+    }
+
+    fn run(&self, resource: &Resource, budget: &Budget) -> Result<bool, FilterError> {
+        let ctx = Ctx::<Fueled>::new(Data::new(&self.compiled.lut, budget), Vars::new([]));
         for out in self.compiled.id.run((ctx, resource.clone())) {
-            let v = unwrap_valr(out).map_err(|e| FilterError::Runtime(e.to_string()))?;
-            if !matches!(v, Val::Null | Val::Bool(false)) {
-                return Ok(true);
+            match out {
+                Ok(Val::Null | Val::Bool(false)) => {}
+                Ok(_) => return Ok(true),
+                // Not `jaq_core::unwrap_valr`: it exits the process on `halt`.
+                Err(exn) => {
+                    return Err(FilterError::Runtime(match exn.get_err() {
+                        Ok(e) => bounded_display(&e, MAX_ERROR_LEN),
+                        Err(_) => "halt is not allowed in a filter".into(),
+                    }));
+                }
             }
         }
         Ok(false)
     }
+}
+
+/// How much of a runtime error's message is kept: its value may be huge.
+const MAX_ERROR_LEN: usize = 300;
+
+/// `x.to_string()`, cut after `max` bytes without rendering the rest (a value
+/// shared many times over can render to far more than memory holds).
+fn bounded_display(x: &impl std::fmt::Display, max: usize) -> String {
+    struct Bounded {
+        out: String,
+        max: usize,
+    }
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = self.max - self.out.len();
+            if s.len() <= room {
+                self.out.push_str(s);
+                return Ok(());
+            }
+            let mut cut = room;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.out.push_str(&s[..cut]);
+            Err(std::fmt::Error)
+        }
+    }
+    let mut b = Bounded {
+        out: String::new(),
+        max,
+    };
+    if std::fmt::write(&mut b, format_args!("{x}")).is_err() {
+        b.out.push_str("...");
+    }
+    b.out
 }
 
 /// Limits that keep jaq's recursive parser, compiler and evaluator well within
@@ -171,87 +284,4 @@ fn snippet(at: &str) -> &str {
         .map(|(i, _)| i)
         .unwrap_or(at.len());
     &at[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn obs(code: &str) -> Resource {
-        parse_resource(&format!(
-            r#"{{"resourceType":"Observation","id":"1","interpretation":[{{"coding":[{{"code":"{code}"}}]}}]}}"#
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn any_truthy_output_matches() {
-        let f = Filter::compile(
-            r#".resourceType == "Observation" and any(.interpretation[]?.coding[]?; .code == "HH" or .code == "LL")"#,
-        )
-        .unwrap();
-        assert!(f.matches(&obs("HH")).unwrap());
-        assert!(!f.matches(&obs("N")).unwrap());
-        // Several outputs: one truthy is enough.
-        let multi = Filter::compile(".interpretation[].coding[].code == \"HH\", false").unwrap();
-        assert!(multi.matches(&obs("HH")).unwrap());
-        // No output at all is a non-match.
-        assert!(
-            !Filter::compile("empty")
-                .unwrap()
-                .matches(&obs("HH"))
-                .unwrap()
-        );
-        assert!(
-            !Filter::compile("null")
-                .unwrap()
-                .matches(&obs("HH"))
-                .unwrap()
-        );
-    }
-
-    #[test]
-    fn compile_errors_are_readable() {
-        let e = Filter::compile(".resourceType ==").unwrap_err().to_string();
-        assert!(e.contains("expected"), "{e}");
-        let e = Filter::compile("nosuchfn(1)").unwrap_err().to_string();
-        assert!(e.contains("undefined filter `nosuchfn`"), "{e}");
-    }
-
-    #[test]
-    fn oversized_filters_are_refused_before_jaq_sees_them() {
-        let deep = format!("{}.{}", "(".repeat(100), ")".repeat(100));
-        assert!(
-            Filter::compile(&deep)
-                .unwrap_err()
-                .to_string()
-                .contains("nests deeper")
-        );
-        let long_or = vec![".a == 1"; 400].join(" or ");
-        assert!(
-            Filter::compile(&long_or)
-                .unwrap_err()
-                .to_string()
-                .contains("operators")
-        );
-        // Operators inside strings do not count.
-        let strings = format!(".code == \"{}\"", "|".repeat(2000));
-        assert!(Filter::compile(&strings).is_ok());
-    }
-
-    #[test]
-    fn runtime_errors_are_errors_not_panics() {
-        let f = Filter::compile(".id + 1").unwrap();
-        assert!(matches!(
-            f.matches(&obs("HH")),
-            Err(FilterError::Runtime(_))
-        ));
-    }
-
-    #[test]
-    fn filters_are_shareable_across_tasks() {
-        fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<Filter>();
-        assert_send_sync::<Resource>();
-    }
 }
