@@ -2,6 +2,8 @@
 
 pub mod bundle;
 pub mod client;
+mod errors;
+mod notes;
 pub mod outcomes;
 mod page;
 mod poll;

@@ -1,7 +1,9 @@
 //! The poll loop of one source: search, follow `next`, diff, route, commit per page.
 
-use super::bundle::{BundleError, format_instant, parse_instant, parse_page};
-use super::client::{FetchError, FhirClient, UntrustedClock};
+use super::bundle::{format_instant, parse_instant, parse_page};
+use super::client::{FetchError, FhirClient};
+pub use super::errors::PollError;
+use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageError, PageJob};
 use super::targets::KnownTargets;
@@ -16,45 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use url::Url;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    #[error("{resource_type} search page {page}: {error}")]
-    Fetch {
-        resource_type: String,
-        page: usize,
-        error: FetchError,
-    },
-    #[error("{resource_type} search page {page}: {error}")]
-    Bundle {
-        resource_type: String,
-        page: usize,
-        error: BundleError,
-    },
-    #[error("{resource_type} search page {page}: next link is not a URL")]
-    BadNextLink { resource_type: String, page: usize },
-    #[error("{resource_type} search page {page}: next link loops back to an earlier page")]
-    NextLinkLoop { resource_type: String, page: usize },
-    #[error(
-        "{resource_type} search page {page}: next link leaves the server's origin (not followed)"
-    )]
-    ForeignNextLink { resource_type: String, page: usize },
-    #[error(
-        "{resource_type}: {pages} pages without moving the watermark (max_pages_per_poll); stopped"
-    )]
-    PageCap { resource_type: String, pages: usize },
-    #[error("{resource_type}: {error}")]
-    Clock {
-        resource_type: String,
-        error: UntrustedClock,
-    },
-    #[error(
-        "{resource_type}: the server's response gave no time (no Bundle.meta.lastUpdated, no Date header)"
-    )]
-    NoServerTime { resource_type: String },
-    #[error(transparent)]
-    State(#[from] StateError),
-}
 
 /// How far below our estimate of the server's "now" a poll's upper bound sits.
 const UNTIL_MARGIN_MS: i64 = 25;
@@ -532,164 +495,6 @@ impl SourceTask {
     }
 }
 
-/// Per-entry notes of one poll, for the target's status: entries skipped,
-/// entries from the future, and the last thing worth telling the operator.
-#[derive(Debug, Default)]
-struct Notes {
-    skipped: u64,
-    future: u64,
-    last: Option<String>,
-}
-
-impl Notes {
-    fn skip(&mut self, note: String) {
-        self.skipped += 1;
-        self.last = Some(note);
-    }
-
-    fn future(&mut self, n: u64, note: String) {
-        self.future += n;
-        self.last = Some(note);
-    }
-
-    fn warn(&mut self, note: String) {
-        self.last = Some(note);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Content, Schedule};
-    use crate::filter::Filter;
-    use crate::sandbox::FhirSandbox;
-    use crate::state::test_util::temp_store;
-    use std::time::Duration;
-
-    fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
-        let source = Source {
-            name: "s".into(),
-            base_url: Url::parse(&format!("{base}/")).unwrap(),
-            resources: vec!["Observation".into()],
-            schedule: Schedule::Every(Duration::from_secs(1)),
-            page_size,
-            overlap: Duration::ZERO,
-            start,
-            owner_id: "o".into(),
-            timeout: Duration::from_secs(5),
-            params: Default::default(),
-            max_pages_per_poll: 1000,
-        };
-        let routes = vec![Route {
-            hook: "h".into(),
-            filter: Arc::new(Filter::compile("true").unwrap()),
-            content: Content::IdOnly,
-        }];
-        SourceTask {
-            source,
-            routes,
-            store,
-            client: FhirClient::new(Duration::from_secs(5)).unwrap(),
-            wakers: Arc::new(HashMap::new()),
-            first_poll_spread: Duration::ZERO,
-            known: Default::default(),
-            outcomes: None,
-        }
-    }
-
-    async fn pending(store: &Store) -> usize {
-        store.claim_due("h", vec![], 10_000).await.unwrap().len()
-            + store.hook_report("h").await.unwrap().delivered as usize
-    }
-
-    /// With no overlap at all, ties that straddle page boundaries must still be
-    /// read exactly once: the watermark never moves into a tie.
-    #[tokio::test]
-    async fn ties_across_pages_are_read_once_without_overlap() {
-        let fhir = FhirSandbox::start(0).await.unwrap();
-        let (_d, store) = temp_store();
-        let t = task(&fhir.base_url(), store.clone(), 7, Start::Beginning);
-        let cancel = CancellationToken::new();
-        fhir.store.freeze_clock(Some(1_700_000_000_000));
-        for _ in 0..25 {
-            fhir.store
-                .upsert("Observation", None, serde_json::json!({}));
-        }
-        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 25);
-        // More at the same instant, then later ones, then a re-poll: nothing twice.
-        for _ in 0..10 {
-            fhir.store
-                .upsert("Observation", None, serde_json::json!({}));
-        }
-        fhir.store.freeze_clock(Some(1_700_000_000_005));
-        for _ in 0..4 {
-            fhir.store
-                .upsert("Observation", None, serde_json::json!({}));
-        }
-        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 14);
-        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 0);
-        assert_eq!(pending(&store).await, 39);
-        let st = store.target_state("s", "Observation").await.unwrap();
-        assert_eq!(st.watermark.as_deref(), Some("2023-11-14T22:13:20.005Z"));
-    }
-
-    /// A watermark poisoned before the bridge bounded it (year 9999) is not
-    /// a dead end: the target polls from its start again and heals.
-    #[tokio::test]
-    async fn a_watermark_in_the_future_heals() {
-        let fhir = FhirSandbox::start(0).await.unwrap();
-        let (_d, store) = temp_store();
-        store
-            .init_target(
-                "s",
-                "Observation",
-                Some("9999-12-31T23:59:59.000Z".into()),
-                None,
-            )
-            .await
-            .unwrap();
-        for _ in 0..3 {
-            fhir.store
-                .upsert("Observation", None, serde_json::json!({}));
-        }
-        let t = task(&fhir.base_url(), store.clone(), 100, Start::Beginning);
-        let cancel = CancellationToken::new();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 3);
-        let st = store.target_state("s", "Observation").await.unwrap();
-        assert!(st.watermark.unwrap().as_str() < "2100");
-    }
-
-    #[tokio::test]
-    async fn start_now_and_bad_bundles() {
-        let fhir = FhirSandbox::start(0).await.unwrap();
-        let (_d, store) = temp_store();
-        for _ in 0..3 {
-            fhir.store
-                .upsert("Observation", None, serde_json::json!({}));
-        }
-        let t = task(&fhir.base_url(), store.clone(), 100, Start::Now);
-        let cancel = CancellationToken::new();
-        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 0);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        fhir.store
-            .upsert("Observation", None, serde_json::json!({}));
-        // Each poll reads up to the server's "now" less a 25 ms margin.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 1);
-
-        // A base URL that answers 404 is a clear error, not a panic.
-        let bad = task(
-            &format!("{}/nowhere", fhir.base_url()),
-            store.clone(),
-            100,
-            Start::Beginning,
-        );
-        let err = bad
-            .poll_target("Observation", &cancel)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("Observation search page 1: HTTP 404"), "{err}");
-    }
-}
+#[path = "poll_tests.rs"]
+mod tests;

@@ -1,0 +1,357 @@
+//! Unit tests of config validation: every error names file, line and key.
+
+use super::*;
+
+const GOOD: &str = r#"
+state_dir = "state"
+
+[[source]]
+name = "lab-ehr"
+base_url = "http://127.0.0.1:8090/fhir"
+resources = ["Observation", "Encounter"]
+schedule = "*/10 * * * * *"
+page_size = 100
+overlap = "2m"
+start = "now"
+owner_id = "org/lab"
+[source.params]
+Observation = "category=laboratory"
+
+[[hook]]
+name = "critical-labs"
+url = "http://127.0.0.1:9000/hooks/critical"
+sources = ["lab-ehr"]
+filter = '.resourceType == "Observation"'
+content = "full-resource"
+max_attempts = 6
+retry_schedule = ["5s", "1m"]
+timeout = "15s"
+concurrency = 4
+"#;
+
+fn load(text: &str) -> Result<Config, String> {
+    validate(text, Path::new("bridges.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_documented_example_loads() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(
+        c.sources[0].base_url.as_str(),
+        "http://127.0.0.1:8090/fhir/"
+    );
+    assert_eq!(c.sources[0].owner_id, "org/lab");
+    assert_eq!(c.hooks[0].retry_schedule.len(), 2);
+    assert_eq!(c.hooks[0].sources, vec!["lab-ehr".to_string()]);
+}
+
+#[test]
+fn a_bad_filter_names_file_line_and_key() {
+    let text = GOOD.replace(r#"'.resourceType == "Observation"'"#, "'.resourceType =='");
+    let e = load(&text).unwrap_err();
+    assert!(
+        e.starts_with("bridges.toml:20: hook `critical-labs`: `filter` does not compile"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_a_line() {
+    let e = load(&GOOD.replace("page_size = 100", "page_sise = 100")).unwrap_err();
+    assert!(e.starts_with("bridges.toml:9:"), "{e}");
+    assert!(e.contains("page_sise"), "{e}");
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let e = load(&GOOD.replace(r#"sources = ["lab-ehr"]"#, r#"sources = ["nope"]"#)).unwrap_err();
+    assert!(
+        e.contains(":19: hook `critical-labs`: `sources`: no source is named `nope`"),
+        "{e}"
+    );
+    let e = load(&GOOD.replace("start = \"now\"", "start = \"yesterday\"")).unwrap_err();
+    assert!(e.contains(":11: source `lab-ehr`: `start`"), "{e}");
+    let e = load(&GOOD.replace("*/10 * * * * *", "every tuesday")).unwrap_err();
+    assert!(e.contains(":8: source `lab-ehr`: `schedule`"), "{e}");
+    let e = load(&GOOD.replace("name = \"lab-ehr\"", "name = \"Lab EHR\"")).unwrap_err();
+    assert!(e.contains(":5: source `Lab EHR`: `name`"), "{e}");
+    let e = load(&GOOD.replace("overlap = \"2m\"", "overlap = \"two\"")).unwrap_err();
+    assert!(e.contains(":10:") && e.contains("invalid duration"), "{e}");
+}
+
+/// The one error `text` gives, exactly.
+fn error(text: &str) -> String {
+    load(text).expect_err("must not load")
+}
+
+#[test]
+fn credentials_in_a_base_url_are_refused_without_echoing_them() {
+    let e = error(&GOOD.replace("http://127.0.0.1:8090", "http://lab:s3cret@127.0.0.1:8090"));
+    assert_eq!(
+        e,
+        "bridges.toml:6: source `lab-ehr`: `base_url`: credentials in the URL are not \
+         supported (they would be sent on the first page only); use [source.auth] (coming) instead"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+    // A user name alone, or an empty password, is refused the same way.
+    for url in ["http://lab@127.0.0.1:8090", "http://lab:@127.0.0.1:8090"] {
+        let e = error(&GOOD.replace("http://127.0.0.1:8090", url));
+        assert!(
+            e.starts_with("bridges.toml:6: source `lab-ehr`: `base_url`: credentials"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn credentials_in_a_hook_url_are_refused_without_echoing_them() {
+    let e = error(&GOOD.replace("http://127.0.0.1:9000", "https://u:hunter2@127.0.0.1:9000"));
+    assert_eq!(
+        e,
+        "bridges.toml:18: hook `critical-labs`: `url`: credentials in the URL are not \
+         supported; use [hook.auth] (coming) instead"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn retry_delays_below_one_second_are_refused() {
+    let e = error(&GOOD.replace(r#"["5s", "1m"]"#, r#"["0s"]"#));
+    assert_eq!(
+        e,
+        "bridges.toml:23: hook `critical-labs`: `retry_schedule`: each delay must be at least 1s, not 0s"
+    );
+    // The entry's own line, in a multi-line array.
+    let e = error(&GOOD.replace(r#"["5s", "1m"]"#, "[\n  \"5s\",\n  \"999ms\",\n]"));
+    assert_eq!(
+        e,
+        "bridges.toml:25: hook `critical-labs`: `retry_schedule`: each delay must be at least 1s, not 999ms"
+    );
+    let c = load(&GOOD.replace(r#"["5s", "1m"]"#, r#"["1s"]"#)).unwrap();
+    assert_eq!(c.hooks[0].retry_schedule, vec![Duration::from_secs(1)]);
+}
+
+#[test]
+fn a_source_timeout_below_one_second_is_refused() {
+    let text = GOOD.replace(
+        "owner_id = \"org/lab\"",
+        "owner_id = \"org/lab\"\ntimeout = \"0s\"",
+    );
+    assert_eq!(
+        error(&text),
+        "bridges.toml:13: source `lab-ehr`: `timeout` must be at least 1s, not 0s"
+    );
+    let c = load(&text.replace("\"0s\"", "\"1s\"")).unwrap();
+    assert_eq!(c.sources[0].timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn a_hook_timeout_below_one_second_is_refused() {
+    assert_eq!(
+        error(&GOOD.replace("timeout = \"15s\"", "timeout = \"500ms\"")),
+        "bridges.toml:24: hook `critical-labs`: `timeout` must be at least 1s, not 500ms"
+    );
+}
+
+#[test]
+fn every_below_100ms_is_refused() {
+    let every =
+        |v: &str| GOOD.replace("schedule = \"*/10 * * * * *\"", &format!("every = \"{v}\""));
+    assert_eq!(
+        error(&every("50ms")),
+        "bridges.toml:8: source `lab-ehr`: `every` must be at least 100ms, not 50ms"
+    );
+    assert_eq!(
+        error(&every("0s")),
+        "bridges.toml:8: source `lab-ehr`: `every` must be positive"
+    );
+    let c = load(&every("100ms")).unwrap();
+    assert!(matches!(c.sources[0].schedule, Schedule::Every(d) if d == Duration::from_millis(100)));
+}
+
+#[test]
+fn an_empty_file_loads_with_warnings() {
+    let c = load("").unwrap();
+    assert_eq!(
+        c.warnings,
+        vec![
+            "bridges.toml: no [[source]]: nothing to poll".to_string(),
+            "bridges.toml: no [[hook]]: changes are detected but sent nowhere".to_string(),
+        ]
+    );
+    let c = load("[[source]]\nname='a'\nbase_url='http://x/'\nresources=['Patient']\n").unwrap();
+    assert_eq!(
+        c.warnings,
+        vec!["bridges.toml: no [[hook]]: changes are detected but sent nowhere".to_string()]
+    );
+    assert!(load(GOOD).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn sources_no_hook_takes_and_hooks_with_no_sources_are_warned_about() {
+    let text = format!(
+        "{GOOD}\n[[source]]\nname = \"adt\"\nbase_url = \"http://x/\"\nresources = [\"Encounter\"]\n\
+         \n[[hook]]\nname = \"idle\"\nurl = \"http://y/\"\nsources = []\n"
+    );
+    assert_eq!(
+        load(&text).unwrap().warnings,
+        vec![
+            "bridges.toml:28: source `adt`: no hook lists it in `sources`: its changes are sent nowhere"
+                .to_string(),
+            "bridges.toml:35: hook `idle`: `sources` is empty: it receives nothing".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn a_resource_type_listed_twice_is_refused() {
+    assert_eq!(
+        error(&GOOD.replace(
+            r#"["Observation", "Encounter"]"#,
+            r#"["Observation", "Encounter", "Observation"]"#
+        )),
+        "bridges.toml:7: source `lab-ehr`: `resources`: `Observation` is listed twice"
+    );
+}
+
+#[test]
+fn a_cron_that_never_fires_is_refused() {
+    for cron in ["0 0 31 2 *", "0 0 0 30 2 *"] {
+        assert_eq!(
+            error(&GOOD.replace("*/10 * * * * *", cron)),
+            format!(
+                "bridges.toml:8: source `lab-ehr`: `schedule` never fires: `{cron}` has no tick in the next 5 years"
+            )
+        );
+    }
+    // Once every four years is rare, not never.
+    assert!(load(&GOOD.replace("*/10 * * * * *", "0 0 29 2 *")).is_ok());
+}
+
+#[test]
+fn params_the_bridge_owns_are_refused() {
+    let with = |q: &str| GOOD.replace("category=laboratory", q);
+    assert_eq!(
+        error(&with("category=laboratory&_count=5")),
+        "bridges.toml:14: source `lab-ehr`: `params.Observation`: `_count` is not allowed: \
+         the bridge sets it from `page_size`"
+    );
+    for (q, param) in [
+        ("_sort=-date", "_sort"),
+        ("_lastUpdated=gt2020-01-01", "_lastUpdated"),
+        ("_lastUpdated:missing=false", "_lastUpdated"),
+        ("_summary=true", "_summary"),
+        ("_elements=id", "_elements"),
+        ("%5Fcount=5", "_count"),
+        ("?_count=5", "_count"),
+    ] {
+        let e = error(&with(q));
+        assert!(
+            e.starts_with(&format!(
+                "bridges.toml:14: source `lab-ehr`: `params.Observation`: `{param}` is not allowed: "
+            )),
+            "{q}: {e}"
+        );
+    }
+    // Other underscore parameters are the operator's business.
+    assert!(load(&with("_has:Group:member:_id=1&_tag=x")).is_ok());
+}
+
+#[test]
+fn a_type_error_names_its_key() {
+    assert_eq!(
+        error(&GOOD.replace("page_size = 100", "page_size = \"ten\"")),
+        "bridges.toml:9: `page_size`: invalid type: string \"ten\", expected u32"
+    );
+    assert_eq!(
+        error(&GOOD.replace("max_attempts = 6", "max_attempts = -1")),
+        "bridges.toml:22: `max_attempts`: invalid value: integer `-1`, expected u32"
+    );
+    assert_eq!(
+        error(&GOOD.replace(
+            "category=laboratory\"",
+            "category=laboratory\"\nEncounter = 1"
+        )),
+        "bridges.toml:15: `params.Encounter`: invalid type: integer `1`, expected a string"
+    );
+}
+
+#[test]
+fn a_key_given_twice_names_the_key() {
+    assert_eq!(
+        error(&GOOD.replace("page_size = 100", "page_size = 100\npage_size = 200")),
+        "bridges.toml:10: `page_size`: duplicate key"
+    );
+    assert_eq!(
+        error(&GOOD.replace("[source.params]", "[source.params]\n[source.params]")),
+        "bridges.toml:14: `[source.params]`: duplicate key"
+    );
+}
+
+#[test]
+fn max_pages_per_poll_defaults_and_bounds() {
+    assert_eq!(load(GOOD).unwrap().sources[0].max_pages_per_poll, 1000);
+    let with = |v: &str| {
+        GOOD.replace(
+            "page_size = 100",
+            &format!("page_size = 100\nmax_pages_per_poll = {v}"),
+        )
+    };
+    assert_eq!(
+        load(&with("100000")).unwrap().sources[0].max_pages_per_poll,
+        100_000
+    );
+    assert_eq!(load(&with("1")).unwrap().sources[0].max_pages_per_poll, 1);
+    for v in ["0", "100001"] {
+        assert_eq!(
+            error(&with(v)),
+            "bridges.toml:10: source `lab-ehr`: `max_pages_per_poll` must be 1..=100000"
+        );
+    }
+}
+
+#[test]
+fn max_pending_age_defaults_and_floor() {
+    assert_eq!(
+        load(GOOD).unwrap().hooks[0].max_pending_age,
+        Duration::from_secs(15 * 60)
+    );
+    let with = |v: &str| format!("{GOOD}max_pending_age = \"{v}\"\n");
+    assert_eq!(
+        load(&with("1h")).unwrap().hooks[0].max_pending_age,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        error(&with("0s")),
+        "bridges.toml:26: hook `critical-labs`: `max_pending_age` must be at least 1s, not 0s"
+    );
+}
+
+#[test]
+fn a_missing_file_shows_the_os_error_once() {
+    let e = Config::load(Path::new("/nonexistent/bridges.toml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/bridges.toml: cannot read config: No such file or directory (os error 2)"
+    );
+    // Not a `source()` as well: error chains would print it twice.
+    assert!(std::error::Error::source(&e).is_none());
+}
+
+#[test]
+fn defaults_apply() {
+    let c = load(
+        "[[source]]\nname='a'\nbase_url='http://x/fhir'\nresources=['Patient']\n[[hook]]\nname='h'\nurl='http://y/'\n",
+    )
+    .unwrap();
+    assert_eq!(c.sources[0].start, Start::Now);
+    assert_eq!(c.sources[0].owner_id, "a");
+    assert_eq!(c.hooks[0].max_attempts, 6);
+    assert_eq!(c.hooks[0].sources, vec!["a".to_string()]);
+    assert_eq!(c.state_dir, Path::new("state"));
+    assert_eq!(c.sources[0].timeout, Duration::from_secs(30));
+    assert_eq!(c.sources[0].max_pages_per_poll, 1000);
+    assert_eq!(c.hooks[0].timeout, Duration::from_secs(15));
+    assert_eq!(c.hooks[0].max_pending_age, Duration::from_secs(900));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
