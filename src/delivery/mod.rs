@@ -2,6 +2,7 @@
 
 pub mod retry;
 mod sender;
+pub mod signature;
 mod worker;
 
 pub use sender::{Attempt, Sender};
