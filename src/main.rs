@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: HookCommand,
     },
+    /// Webhook signing secrets (Standard Webhooks).
+    WebhookSecret {
+        #[command(subcommand)]
+        command: WebhookSecretCommand,
+    },
     /// Zero-setup demo: sandbox EHR -> real pipeline -> printing receiver.
     Demo {
         /// Stop after this long (e.g. "30s"); default: until Ctrl-C.
@@ -64,6 +69,18 @@ enum Command {
         /// Synthetic resources written per second.
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookSecretCommand {
+    /// Prints a new secret for a hook's `signing_secrets`: `whsec_...` (HMAC,
+    /// shared with the receiver), or with --asymmetric a `whsk_...` key for the
+    /// bridge and the `whpk_...` public key to give the receiver.
+    Generate {
+        /// Ed25519 (`v1a` signatures) instead of HMAC-SHA256 (`v1`).
+        #[arg(long)]
+        asymmetric: bool,
     },
 }
 
@@ -266,6 +283,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
             } else {
                 format!("hook `{name}` was not disabled\n")
+            };
+            emit(&text, ExitCode::SUCCESS)
+        }
+        Command::WebhookSecret {
+            command: WebhookSecretCommand::Generate { asymmetric },
+        } => {
+            use fhir_bridge::delivery::signature::{generate_asymmetric, generate_symmetric};
+            let text = if asymmetric {
+                let (secret, public) = generate_asymmetric()?;
+                format!(
+                    "signing secret (the hook's signing_secrets; keep it secret): {secret}\n\
+                     public key (give it to the receiver, to verify v1a signatures): {public}\n"
+                )
+            } else {
+                format!("{}\n", generate_symmetric()?)
             };
             emit(&text, ExitCode::SUCCESS)
         }

@@ -4,8 +4,10 @@
 //! `bridges.toml:14: hook `x`: filter does not compile: ...`.
 
 mod duration;
+mod hook_security;
 mod raw;
 mod schedule;
+mod secret;
 mod toml_error;
 mod validate;
 
@@ -93,6 +95,32 @@ pub struct Hook {
     pub concurrency: usize,
     /// `status` reports the hook unhealthy when its oldest pending message is older.
     pub max_pending_age: Duration,
+    /// Keys every webhook is signed with (Standard Webhooks), in order.
+    pub signing_keys: Arc<Vec<crate::delivery::signature::SigningKey>>,
+    /// Static headers, validated.
+    pub headers: Vec<(String, String)>,
+    pub auth: Option<HookAuth>,
+}
+
+/// How the bridge authenticates to a receiver.
+#[derive(Clone)]
+pub enum HookAuth {
+    Basic {
+        username: String,
+        password: Arc<secrecy::SecretString>,
+    },
+}
+
+impl std::fmt::Debug for HookAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HookAuth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"[redacted]")
+                .finish(),
+        }
+    }
 }
 
 impl Config {

@@ -2,6 +2,7 @@
 //! Validation into the typed [`super::Config`] happens in `validate.rs`.
 
 use super::duration::HumanDuration;
+use super::secret::RawSecret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -49,4 +50,19 @@ pub struct RawHook {
     pub timeout: Option<Spanned<HumanDuration>>,
     pub concurrency: Option<Spanned<u32>>,
     pub max_pending_age: Option<Spanned<HumanDuration>>,
+    /// Standard Webhooks secrets (`whsec_...`, `whsk_...`), each a secret source.
+    pub signing_secrets: Option<Spanned<Vec<RawSecret>>>,
+    /// Static headers sent with every webhook.
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub auth: Option<Spanned<RawHookAuth>>,
+}
+
+/// `[hook.auth]`: how the bridge authenticates to the receiver.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHookAuth {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub username: Option<String>,
+    pub password: Option<RawSecret>,
 }

@@ -44,7 +44,7 @@ const RESERVED_PARAMS: [(&str, &str); 5] = [
     ),
 ];
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
 }
@@ -58,7 +58,7 @@ impl Ctx<'_> {
             + 1
     }
 
-    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.display().to_string(),
             line: self.line(span),
@@ -66,7 +66,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn warning(&self, span: Range<usize>, message: &str) -> String {
+    /// The directory relative paths in the config resolve against.
+    pub(super) fn config_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    pub(super) fn warning(&self, span: Range<usize>, message: &str) -> String {
         format!("{}:{}: {message}", self.path.display(), self.line(span))
     }
 
@@ -181,6 +186,17 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
                 list.span(),
                 &format!(
                     "hook `{}`: `sources` is empty: it receives nothing",
+                    hook.name
+                ),
+            ));
+        }
+        if super::hook_security::has_literal_secret(raw_hook.get_ref())
+            && super::hook_security::readable_by_others(ctx.path)
+        {
+            out.push(ctx.warning(
+                raw_hook.get_ref().name.span(),
+                &format!(
+                    "hook `{}`: a secret is written in this file, which others can read: chmod 600 it, or use {{ env = \"...\" }} / {{ file = \"...\" }}",
                     hook.name
                 ),
             ));
@@ -491,6 +507,8 @@ fn validate_hook(
         None => DEFAULT_MAX_PENDING_AGE,
     };
 
+    let security = super::hook_security::validate(ctx, &what, spanned)?;
+
     Ok(Hook {
         name,
         url,
@@ -502,6 +520,9 @@ fn validate_hook(
         timeout,
         concurrency,
         max_pending_age,
+        signing_keys: security.signing_keys,
+        headers: security.headers,
+        auth: security.auth,
     })
 }
 

@@ -355,3 +355,27 @@ fn defaults_apply() {
     assert_eq!(c.hooks[0].max_pending_age, Duration::from_secs(900));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_literal_secret_in_a_file_others_can_read_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let text = "[[source]]\nname='a'\nbase_url='http://x/fhir'\nresources=['Patient']\n[[hook]]\nname='h'\nurl='http://y/'\n[hook.auth]\ntype='basic'\nusername='u'\npassword='s3cret-literal'\n";
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert!(
+        c.warnings.iter().any(
+            |w| w.contains("hook `h`: a secret is written in this file, which others can read")
+        ),
+        "{:?}",
+        c.warnings
+    );
+    assert!(!format!("{:?}", c.warnings).contains("s3cret-literal"));
+    assert!(!format!("{:?}", c.hooks[0]).contains("s3cret-literal"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert!(!c.warnings.iter().any(|w| w.contains("others can read")));
+}

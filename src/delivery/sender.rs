@@ -1,9 +1,11 @@
 //! One HTTP POST of one message, classified.
 
+use super::signature::sign;
+use crate::config::{Hook, HookAuth};
 use crate::source::client::{describe, parse_retry_after};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use secrecy::ExposeSecret;
 use std::time::Duration;
-use url::Url;
 
 /// How one attempt went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,24 +41,30 @@ impl Sender {
         Ok(Sender { http })
     }
 
-    /// POSTs `payload`; the receiver acknowledges with any 2xx.
-    pub async fn post(
-        &self,
-        url: &Url,
-        message_id: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Attempt {
+    /// POSTs `payload` to the hook; the receiver acknowledges with any 2xx.
+    /// The signature (when the hook has signing keys) is computed here, over
+    /// the exact bytes sent and this attempt's timestamp, so a retry carries a
+    /// fresh timestamp and a valid signature.
+    pub async fn post(&self, hook: &Hook, message_id: &str, payload: Vec<u8>) -> Attempt {
+        let timestamp = chrono::Utc::now().timestamp();
         let mut req = self
             .http
-            .post(url.clone())
-            .timeout(timeout)
+            .post(hook.url.clone())
+            .timeout(hook.timeout)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(
-                "webhook-timestamp",
-                chrono::Utc::now().timestamp().to_string(),
-            )
-            .body(payload);
+            .header("webhook-timestamp", timestamp.to_string());
+        for (name, value) in &hook.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        if let Some(HookAuth::Basic { username, password }) = &hook.auth {
+            req = req.basic_auth(username, Some(password.expose_secret()));
+        }
+        if !hook.signing_keys.is_empty() {
+            let signature = sign(&hook.signing_keys, message_id, timestamp, &payload);
+            req = req.header("webhook-signature", signature);
+        }
+        let timeout = hook.timeout;
+        req = req.body(payload);
         if let Ok(v) = HeaderValue::from_str(message_id) {
             req = req.header("webhook-id", v);
         }

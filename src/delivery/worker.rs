@@ -166,10 +166,7 @@ impl HookWorker {
     /// Returns the message id, and whether the receiver said 410 Gone.
     async fn deliver(&self, msg: Claimed, recorder: mpsc::Sender<Pending>) -> (i64, bool) {
         let hook = &self.hook;
-        let attempt = self
-            .sender
-            .post(&hook.url, &msg.message_id, msg.payload, hook.timeout)
-            .await;
+        let attempt = self.sender.post(hook, &msg.message_id, msg.payload).await;
         let attempts = msg.attempts + 1;
         let gone = matches!(
             attempt,

@@ -1,0 +1,141 @@
+//! A hook's signing secrets, static headers and receiver authentication,
+//! validated. Every secret resolves (and every signing key parses) when the
+//! config loads, so `validate` catches a missing env var or a bad key.
+
+use super::raw::RawHook;
+use super::validate::Ctx;
+use super::{ConfigError, HookAuth};
+use crate::delivery::signature::SigningKey;
+use secrecy::ExposeSecret;
+use std::path::Path;
+use std::sync::Arc;
+use toml::Spanned;
+
+/// Headers the bridge sets itself: a static header must not replace them.
+const OWN_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "authorization",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "transfer-encoding",
+];
+
+pub(super) struct HookSecurity {
+    pub signing_keys: Arc<Vec<SigningKey>>,
+    pub headers: Vec<(String, String)>,
+    pub auth: Option<HookAuth>,
+}
+
+pub(super) fn validate(
+    ctx: &Ctx,
+    what: &str,
+    spanned: &Spanned<RawHook>,
+) -> Result<HookSecurity, ConfigError> {
+    let h = spanned.get_ref();
+    let dir = ctx.config_dir();
+    let mut signing_keys = Vec::new();
+    if let Some(secrets) = &h.signing_secrets {
+        for (i, secret) in secrets.get_ref().iter().enumerate() {
+            let value = secret.resolve(dir).map_err(|e| {
+                ctx.err(
+                    secrets.span(),
+                    format!("{what}: `signing_secrets[{i}]`: {e}"),
+                )
+            })?;
+            let key = SigningKey::parse(value.expose_secret()).map_err(|e| {
+                ctx.err(
+                    secrets.span(),
+                    format!("{what}: `signing_secrets[{i}]`: {e}"),
+                )
+            })?;
+            signing_keys.push(key);
+        }
+    }
+
+    let mut headers = Vec::new();
+    if let Some(map) = &h.headers {
+        for (name, value) in map.get_ref() {
+            let bad = |m: &str| ctx.err(map.span(), format!("{what}: `headers.{name}`: {m}"));
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(bad("not a valid header name"));
+            }
+            if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(bad("the bridge sets this header itself"));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(bad("not a valid header value"));
+            }
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+
+    let auth = match &h.auth {
+        None => None,
+        Some(a) => {
+            let raw = a.get_ref();
+            match raw.kind.get_ref().as_str() {
+                "basic" => {
+                    let (Some(username), Some(password)) = (&raw.username, &raw.password) else {
+                        return Err(ctx.err(
+                            a.span(),
+                            format!(
+                                "{what}: `auth`: type \"basic\" needs `username` and `password`"
+                            ),
+                        ));
+                    };
+                    let password = password
+                        .resolve(dir)
+                        .map_err(|e| ctx.err(a.span(), format!("{what}: `auth.password`: {e}")))?;
+                    Some(HookAuth::Basic {
+                        username: username.clone(),
+                        password: Arc::new(password),
+                    })
+                }
+                other => {
+                    return Err(ctx.err(
+                        raw.kind.span(),
+                        format!(
+                            "{what}: `auth.type`: `{other}` is not supported (\"basic\"; OAuth client credentials are coming)"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(HookSecurity {
+        signing_keys: Arc::new(signing_keys),
+        headers,
+        auth,
+    })
+}
+
+/// Whether a hook writes a secret into the config file itself.
+pub(super) fn has_literal_secret(h: &RawHook) -> bool {
+    let signing = h
+        .signing_secrets
+        .as_ref()
+        .is_some_and(|s| s.get_ref().iter().any(|x| x.is_literal()));
+    let auth = h
+        .auth
+        .as_ref()
+        .and_then(|a| a.get_ref().password.as_ref())
+        .is_some_and(|p| p.is_literal());
+    signing || auth
+}
+
+/// Whether users other than the owner can read the file (unix).
+pub(super) fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
