@@ -5,6 +5,7 @@
 //! `bridges.toml`; [`daemon`] runs it all, with [`housekeeping`] keeping the
 //! state bounded; [`cli`] holds the operator commands.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;

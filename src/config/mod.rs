@@ -8,6 +8,7 @@ mod hook_security;
 mod raw;
 mod schedule;
 mod secret;
+mod source_auth;
 mod toml_error;
 mod validate;
 
@@ -74,6 +75,47 @@ pub struct Source {
     pub params: BTreeMap<String, String>,
     /// The most search pages one poll of one resource type may read.
     pub max_pages_per_poll: u32,
+    pub auth: SourceAuth,
+}
+
+/// How the bridge authenticates to an EHR (`[source.auth]`). Secrets are
+/// redacted in Debug output.
+#[derive(Clone, Default)]
+pub enum SourceAuth {
+    #[default]
+    None,
+    Basic {
+        username: String,
+        password: Arc<secrecy::SecretString>,
+    },
+    Bearer {
+        token: Arc<secrecy::SecretString>,
+    },
+    /// OAuth 2.0 client credentials.
+    ClientCredentials {
+        token_url: Url,
+        client_id: String,
+        client_secret: Arc<secrecy::SecretString>,
+        scope: Option<String>,
+        audience: Option<String>,
+        /// `client_secret_basic` (true) or `client_secret_post`.
+        secret_in_header: bool,
+    },
+}
+
+impl std::fmt::Debug for SourceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceAuth::None => f.write_str("None"),
+            SourceAuth::Basic { username, .. } => write!(f, "Basic({username}, [redacted])"),
+            SourceAuth::Bearer { .. } => f.write_str("Bearer([redacted])"),
+            SourceAuth::ClientCredentials {
+                token_url,
+                client_id,
+                ..
+            } => write!(f, "ClientCredentials({token_url}, {client_id}, [redacted])"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,6 +35,24 @@ pub struct RawSource {
     pub max_pages_per_poll: Option<Spanned<u32>>,
     #[serde(default)]
     pub params: BTreeMap<String, Spanned<String>>,
+    pub auth: Option<Spanned<RawSourceAuth>>,
+}
+
+/// `[source.auth]`: how the bridge authenticates to the EHR.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourceAuth {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub username: Option<String>,
+    pub password: Option<RawSecret>,
+    pub token: Option<RawSecret>,
+    pub token_url: Option<Spanned<String>>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<RawSecret>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub method: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

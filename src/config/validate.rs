@@ -177,6 +177,23 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
             }
         }
     }
+    for raw_source in &raw.source {
+        let literal = raw_source.get_ref().auth.as_ref().is_some_and(|a| {
+            let a = a.get_ref();
+            [&a.password, &a.token, &a.client_secret]
+                .iter()
+                .any(|s| s.as_ref().is_some_and(|s| s.is_literal()))
+        });
+        if literal && super::hook_security::readable_by_others(ctx.path) {
+            out.push(ctx.warning(
+                raw_source.get_ref().name.span(),
+                &format!(
+                    "source `{}`: a secret is written in this file, which others can read: chmod 600 it, or use {{ env = \"...\" }} / {{ file = \"...\" }}",
+                    raw_source.get_ref().name.get_ref()
+                ),
+            ));
+        }
+    }
     for (raw_hook, hook) in raw.hook.iter().zip(hooks) {
         if let Some(list) = &raw_hook.get_ref().sources
             && hook.sources.is_empty()
@@ -390,6 +407,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             .map(|(k, v)| (k.clone(), v.get_ref().clone()))
             .collect(),
         max_pages_per_poll,
+        auth: super::source_auth::validate(ctx, &what, s.auth.as_ref())?,
     })
 }
 

@@ -379,3 +379,40 @@ fn a_literal_secret_in_a_file_others_can_read_is_a_warning() {
     let c = Config::load(&path).unwrap();
     assert!(!c.warnings.iter().any(|w| w.contains("others can read")));
 }
+
+#[test]
+fn source_auth_is_checked_when_the_config_loads() {
+    let base =
+        "[[source]]\nname='a'\nbase_url='https://x/fhir'\nresources=['Patient']\n[source.auth]\n";
+    let e = load(&format!(
+        "{base}type='client-credentials'\ntoken_url='https://x/token'\nclient_id='c'\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(":5: source `a`: `auth`: type \"client-credentials\" needs `client_secret`"),
+        "{e}"
+    );
+    let e = load(&format!(
+        "{base}type='basic'\nusername='u'\npassword='p'\ntoken='t'\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("`auth`: `token` does not apply to type \"basic\""),
+        "{e}"
+    );
+    let e = load(&format!("{base}type='smart-backend'\n")).unwrap_err();
+    assert!(
+        e.contains(":6: source `a`: `auth.type`: \"smart-backend\" is not supported yet"),
+        "{e}"
+    );
+    let e = load(&format!(
+        "{base}type='bearer'\ntoken={{ env = 'FHIR_BRIDGE_TEST_NO_TOKEN' }}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("`auth`: `token`: environment variable `FHIR_BRIDGE_TEST_NO_TOKEN` is not set"),
+        "{e}"
+    );
+    let c = load(&format!("{base}type='bearer'\ntoken='t0k3n-literal'\n")).unwrap();
+    assert!(!format!("{:?}", c.sources[0]).contains("t0k3n-literal"));
+}

@@ -31,6 +31,8 @@ pub enum FetchError {
     Redirect { status: u16 },
     #[error("{0}")]
     Other(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 pub struct Fetched {
@@ -45,6 +47,8 @@ pub struct FhirClient {
     timeout: Duration,
     /// Server clock minus ours (ms), from the last response that told the time.
     clock_offset_ms: Arc<AtomicI64>,
+    /// Credentials for this source's requests (none by default).
+    auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// Marks "no server time seen yet".
@@ -108,7 +112,16 @@ impl FhirClient {
             http,
             timeout,
             clock_offset_ms: Arc::new(AtomicI64::new(UNKNOWN_OFFSET)),
+            auth: None,
         }
+    }
+
+    /// This client, authenticating every request with `auth`. Requests only
+    /// ever go to the source's origin (next links and redirects elsewhere
+    /// are refused), so the credentials never leave for another host.
+    pub fn with_auth(mut self, auth: Arc<crate::auth::Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// Records the server's time as of a response just received, unless it
@@ -131,14 +144,35 @@ impl FhirClient {
         }
     }
 
+    /// GETs `url`, authenticated; after a 401 with a refreshable token, once
+    /// more with a new token.
     pub async fn get(&self, url: &Url) -> Result<Fetched, FetchError> {
-        let mut resp = self
-            .http
-            .get(url.clone())
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(classify)?;
+        let Some(auth) = &self.auth else {
+            return self.get_once(url, None).await;
+        };
+        let header = auth.header().await?;
+        match self.get_once(url, header.clone()).await {
+            Err(FetchError::Status { status: 401, .. }) if auth.refreshable() => {
+                if let Some(used) = &header {
+                    auth.invalidate(used).await;
+                }
+                let header = auth.header().await?;
+                self.get_once(url, header).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_once(
+        &self,
+        url: &Url,
+        authorization: Option<reqwest::header::HeaderValue>,
+    ) -> Result<Fetched, FetchError> {
+        let mut req = self.http.get(url.clone()).timeout(self.timeout);
+        if let Some(a) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let mut resp = req.send().await.map_err(classify)?;
         let status = resp.status();
         if status.is_redirection() {
             return Err(FetchError::Redirect {

@@ -1,0 +1,205 @@
+//! Authentication to an EHR: static credentials, or OAuth 2.0 client
+//! credentials with a token cache.
+//!
+//! Tokens are cached per source and refreshed `REFRESH_MARGIN` before they
+//! expire, so a long poll gets a fresh one between pages. Many tasks needing a
+//! token at once wait for one fetch (the cache's lock is held while fetching:
+//! single flight). After a 401 the caller drops the token it used
+//! (`invalidate`) and retries once with a new one. Errors carry the token
+//! endpoint's HTTP status and OAuth `error` code, never its body.
+
+use crate::config::SourceAuth;
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// A token is renewed this long before it expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// Bounds on a token's lifetime as the server states it (`expires_in`).
+const MIN_LIFETIME: Duration = Duration::from_secs(5);
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Used when the token endpoint does not say.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("token endpoint: HTTP {status}{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Refused { status: u16, code: Option<String> },
+    #[error("token endpoint: {0}")]
+    Unreachable(String),
+    #[error("token endpoint: the response is not an OAuth token")]
+    NotAToken,
+}
+
+struct Token {
+    value: SecretString,
+    renew_at: Instant,
+}
+
+pub struct Authenticator {
+    auth: SourceAuth,
+    http: reqwest::Client,
+    timeout: Duration,
+    cached: Mutex<Option<Token>>,
+    fetched: std::sync::atomic::AtomicU64,
+}
+
+impl Authenticator {
+    pub fn new(auth: SourceAuth, http: reqwest::Client, timeout: Duration) -> Authenticator {
+        Authenticator {
+            auth,
+            http,
+            timeout,
+            cached: Mutex::new(None),
+            fetched: Default::default(),
+        }
+    }
+
+    /// Whether a 401 may be cured by a fresh token.
+    pub fn refreshable(&self) -> bool {
+        matches!(self.auth, SourceAuth::ClientCredentials { .. })
+    }
+
+    /// Tokens fetched so far (for tests and the closing figures).
+    pub fn tokens_fetched(&self) -> u64 {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The `Authorization` header for a request, if any.
+    pub async fn header(&self) -> Result<Option<HeaderValue>, AuthError> {
+        let value = match &self.auth {
+            SourceAuth::None => return Ok(None),
+            SourceAuth::Basic { username, password } => {
+                use base64::Engine;
+                let raw = format!("{username}:{}", password.expose_secret());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
+            }
+            SourceAuth::Bearer { token } => format!("Bearer {}", token.expose_secret()),
+            SourceAuth::ClientCredentials { .. } => {
+                let mut cached = self.cached.lock().await;
+                let fresh = cached.as_ref().is_some_and(|t| Instant::now() < t.renew_at);
+                if !fresh {
+                    *cached = Some(self.fetch_token().await?);
+                }
+                match cached.as_ref() {
+                    Some(t) => format!("Bearer {}", t.value.expose_secret()),
+                    None => return Err(AuthError::NotAToken),
+                }
+            }
+        };
+        let mut v = HeaderValue::from_str(&value).map_err(|_| AuthError::NotAToken)?;
+        v.set_sensitive(true);
+        Ok(Some(v))
+    }
+
+    /// Forgets the cached token if it is the one in `used` (a 401 said it
+    /// no longer works); another task may have renewed it already.
+    pub async fn invalidate(&self, used: &HeaderValue) {
+        let mut cached = self.cached.lock().await;
+        let same = cached.as_ref().is_some_and(|t| {
+            used.as_bytes() == format!("Bearer {}", t.value.expose_secret()).as_bytes()
+        });
+        if same {
+            *cached = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<Token, AuthError> {
+        let SourceAuth::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            audience,
+            secret_in_header,
+        } = &self.auth
+        else {
+            return Err(AuthError::NotAToken);
+        };
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if let Some(s) = scope {
+                form.append_pair("scope", s);
+            }
+            if let Some(a) = audience {
+                form.append_pair("audience", a);
+            }
+            if !secret_in_header {
+                form.append_pair("client_id", client_id);
+                form.append_pair("client_secret", client_secret.expose_secret());
+            }
+            form.finish()
+        };
+        let mut req = self
+            .http
+            .post(token_url.clone())
+            .timeout(self.timeout)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body);
+        if *secret_in_header {
+            // RFC 6749 2.3.1: form-urlencoded id and secret, then Basic.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            req = req.basic_auth(enc(client_id), Some(enc(client_secret.expose_secret())));
+        }
+        let sent_at = Instant::now();
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| AuthError::Unreachable(crate::source::client::describe(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| AuthError::Unreachable(crate::source::client::describe(&e)))?;
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            access_token: Option<String>,
+            error: Option<String>,
+            expires_in: Option<serde_json::Value>,
+        }
+        let reply: Option<Reply> = serde_json::from_slice(&body).ok();
+        if !status.is_success() {
+            // The OAuth error code only, and only if it looks like one.
+            let code = reply.and_then(|r| r.error).filter(|c| {
+                c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            });
+            return Err(AuthError::Refused {
+                status: status.as_u16(),
+                code,
+            });
+        }
+        let reply = reply.ok_or(AuthError::NotAToken)?;
+        let value = reply
+            .access_token
+            .filter(|t| !t.is_empty() && HeaderValue::from_str(t).is_ok())
+            .ok_or(AuthError::NotAToken)?;
+        let lifetime = reply
+            .expires_in
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_LIFETIME)
+            .clamp(MIN_LIFETIME, MAX_LIFETIME);
+        // Renew a margin before expiry, but never sooner than half the lifetime.
+        let renew_in = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+        self.fetched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(lifetime_s = lifetime.as_secs(), "fetched an access token");
+        Ok(Token {
+            value: SecretString::from(value),
+            renew_at: sent_at + renew_in,
+        })
+    }
+}

@@ -1,0 +1,118 @@
+//! `[source.auth]`, validated: every secret resolves when the config loads.
+
+use super::raw::RawSourceAuth;
+use super::validate::Ctx;
+use super::{ConfigError, SourceAuth};
+use std::sync::Arc;
+use toml::Spanned;
+
+pub(super) fn validate(
+    ctx: &Ctx,
+    what: &str,
+    auth: Option<&Spanned<RawSourceAuth>>,
+) -> Result<SourceAuth, ConfigError> {
+    let Some(spanned) = auth else {
+        return Ok(SourceAuth::None);
+    };
+    let a = spanned.get_ref();
+    let kind = a.kind.get_ref().as_str();
+    let err = |m: String| ctx.err(spanned.span(), format!("{what}: `auth`: {m}"));
+    let need = |field: &str| err(format!("type \"{kind}\" needs `{field}`"));
+    let secret = |key: &str, s: &super::secret::RawSecret| {
+        s.resolve(ctx.config_dir())
+            .map(Arc::new)
+            .map_err(|e| err(format!("`{key}`: {e}")))
+    };
+    // Keys that belong to another type are a mistake worth reporting.
+    let given: Vec<(&str, bool)> = vec![
+        ("username", a.username.is_some()),
+        ("password", a.password.is_some()),
+        ("token", a.token.is_some()),
+        ("token_url", a.token_url.is_some()),
+        ("client_id", a.client_id.is_some()),
+        ("client_secret", a.client_secret.is_some()),
+        ("scope", a.scope.is_some()),
+        ("audience", a.audience.is_some()),
+        ("method", a.method.is_some()),
+    ];
+    let allowed: &[&str] = match kind {
+        "none" => &[],
+        "basic" => &["username", "password"],
+        "bearer" => &["token"],
+        "client-credentials" => &[
+            "token_url",
+            "client_id",
+            "client_secret",
+            "scope",
+            "audience",
+            "method",
+        ],
+        "smart-backend" => {
+            return Err(ctx.err(
+                a.kind.span(),
+                format!("{what}: `auth.type`: \"smart-backend\" is not supported yet (coming)"),
+            ));
+        }
+        other => {
+            return Err(ctx.err(
+                a.kind.span(),
+                format!(
+                    "{what}: `auth.type`: `{other}` is not one of \"none\", \"basic\", \"bearer\", \"client-credentials\""
+                ),
+            ));
+        }
+    };
+    if let Some((key, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+        return Err(err(format!("`{key}` does not apply to type \"{kind}\"")));
+    }
+    Ok(match kind {
+        "basic" => SourceAuth::Basic {
+            username: a.username.clone().ok_or_else(|| need("username"))?,
+            password: secret(
+                "password",
+                a.password.as_ref().ok_or_else(|| need("password"))?,
+            )?,
+        },
+        "bearer" => SourceAuth::Bearer {
+            token: secret("token", a.token.as_ref().ok_or_else(|| need("token"))?)?,
+        },
+        "client-credentials" => {
+            let raw_url = a.token_url.as_ref().ok_or_else(|| need("token_url"))?;
+            let token_url = url::Url::parse(raw_url.get_ref())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .filter(|u| u.username().is_empty() && u.password().is_none())
+                .ok_or_else(|| {
+                    ctx.err(
+                        raw_url.span(),
+                        format!(
+                            "{what}: `auth.token_url` must be an http(s) URL without credentials"
+                        ),
+                    )
+                })?;
+            let secret_in_header = match a.method.as_ref().map(|m| m.get_ref().as_str()) {
+                None | Some("client_secret_basic") => true,
+                Some("client_secret_post") => false,
+                Some(other) => {
+                    return Err(err(format!(
+                        "`method`: `{other}` is not \"client_secret_basic\" or \"client_secret_post\""
+                    )));
+                }
+            };
+            SourceAuth::ClientCredentials {
+                token_url,
+                client_id: a.client_id.clone().ok_or_else(|| need("client_id"))?,
+                client_secret: secret(
+                    "client_secret",
+                    a.client_secret
+                        .as_ref()
+                        .ok_or_else(|| need("client_secret"))?,
+                )?,
+                scope: a.scope.clone(),
+                audience: a.audience.clone(),
+                secret_in_header,
+            }
+        }
+        _ => SourceAuth::None,
+    })
+}
