@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: HookCommand,
     },
+    /// SMART Backend Services keys: make one, or print a configured key's JWKS.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Webhook signing secrets (Standard Webhooks).
     WebhookSecret {
         #[command(subcommand)]
@@ -69,6 +74,28 @@ enum Command {
         /// Synthetic resources written per second.
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Writes a new private key (PKCS#8 PEM, mode 0600) into DIR and prints
+    /// its public JWKS, to register with the EHR's app registration.
+    Generate {
+        /// ES384 (P-384) or RS384 (RSA 3072).
+        #[arg(long, value_parser = ["ES384", "RS384"])]
+        alg: String,
+        /// Directory for the key file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Prints the public JWKS of a source's configured `private_key`.
+    Jwks {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The source's name.
+        #[arg(long)]
+        source: String,
     },
 }
 
@@ -286,6 +313,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             emit(&text, ExitCode::SUCCESS)
         }
+        Command::Keys { command } => keys_main(command),
         Command::WebhookSecret {
             command: WebhookSecretCommand::Generate { asymmetric },
         } => {
@@ -306,6 +334,59 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn keys_main(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    use fhir_bridge::auth::smart::{KeyAlg, SmartKey, generate_pem};
+    let jwks = match command {
+        KeysCommand::Generate { alg, out } => {
+            let alg = if alg == "RS384" {
+                KeyAlg::Rs384
+            } else {
+                KeyAlg::Es384
+            };
+            let pem = generate_pem(alg)?;
+            let key = SmartKey::from_pem(&pem, None)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let path = out.join(format!("fhir-bridge-{}.pem", alg.name().to_lowercase()));
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut file = opts.open(&path).with_context(|| {
+                format!(
+                    "cannot create {} (an existing key is never overwritten)",
+                    path.display()
+                )
+            })?;
+            std::io::Write::write_all(&mut file, pem.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            out::error_line(&format!(
+                "private key written to {} (kid {}); register the JWKS below with the EHR",
+                path.display(),
+                key.kid()
+            ));
+            key.jwks()
+        }
+        KeysCommand::Jwks { config, source } => {
+            let config = load(&config)?;
+            let Some(s) = config.sources.iter().find(|s| s.name == source) else {
+                anyhow::bail!("no source is named `{source}` in {}", config.path.display());
+            };
+            match &s.auth {
+                fhir_bridge::config::SourceAuth::SmartBackend { key, .. } => key.jwks(),
+                _ => anyhow::bail!("source `{source}` has no smart-backend `private_key`"),
+            }
+        }
+    };
+    emit(
+        &format!("{}\n", serde_json::to_string_pretty(&jwks)?),
+        ExitCode::SUCCESS,
+    )
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core) and

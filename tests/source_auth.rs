@@ -172,3 +172,171 @@ async fn client_credentials_basic_and_a_refused_client() {
         assert!(!text.contains(t.as_str()), "a token reached status or logs");
     }
 }
+
+/// SMART Backend Services, as Epic and Cerner want it: keys made with
+/// `fhir-bridge keys generate` (ES384 and RS384), registered as JWKS with a
+/// token endpoint that checks every client assertion with an independent JWT
+/// implementation (signature, iss/sub/aud/exp, a reused jti refused). One
+/// source finds the token endpoint in `.well-known/smart-configuration`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_backend_services_with_es384_and_rs384_keys() {
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+    use std::collections::HashSet;
+
+    let keys = tempfile::tempdir().unwrap();
+    let mut jwks = JwkSet { keys: vec![] };
+    for alg in ["ES384", "RS384"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-bridge"))
+            .args(["keys", "generate", "--alg", alg, "--out"])
+            .arg(keys.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let set: JwkSet = serde_json::from_slice(&out.stdout).unwrap();
+        jwks.keys.extend(set.keys);
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: String,
+        sub: String,
+        exp: i64,
+        jti: String,
+    }
+    let refused = Arc::new(AtomicUsize::new(0));
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen_jti = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let token_url = Arc::new(Mutex::new(String::new()));
+    let (rf, is, sj, tu) = (
+        refused.clone(),
+        issued.clone(),
+        seen_jti.clone(),
+        token_url.clone(),
+    );
+    let token = Scripted::start(move |s: &Seen| {
+        let form: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(&s.body).into_owned().collect();
+        let check = || -> Option<()> {
+            (form.get("grant_type")? == "client_credentials").then_some(())?;
+            (form.get("client_assertion_type")?
+                == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                .then_some(())?;
+            let jwt = form.get("client_assertion")?;
+            let header = decode_header(jwt).ok()?;
+            (header.typ.as_deref() == Some("JWT")).then_some(())?;
+            let jwk = jwks.find(header.kid.as_deref()?)?;
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            let client = if header.alg == jsonwebtoken::Algorithm::ES384 { "epic-app" } else { "cerner-app" };
+            let mut v = Validation::new(header.alg);
+            v.set_audience(&[tu.lock().unwrap().as_str()]);
+            v.set_issuer(&[client]);
+            v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+            let claims = decode::<Claims>(jwt, &key, &v).ok()?.claims;
+            (claims.sub == claims.iss).then_some(())?;
+            (claims.exp <= chrono::Utc::now().timestamp() + 300).then_some(())?;
+            sj.lock().unwrap().insert(claims.jti).then_some(())?;
+            Some(())
+        };
+        if check().is_none() {
+            rf.fetch_add(1, Ordering::SeqCst);
+            return fhir_json(400, json!({"error": "invalid_client"}));
+        }
+        let t = format!("smart-{}", fastrand::u64(..));
+        is.lock().unwrap().push(t.clone());
+        fhir_json(200, json!({"access_token": t, "token_type": "bearer", "expires_in": 300, "scope": form.get("scope")}))
+    })
+    .await;
+    *token_url.lock().unwrap() = token.url("/token");
+
+    let tu = token.url("/token");
+    let is = issued.clone();
+    let ehr = Scripted::start(move |s: &Seen| {
+        if s.uri.ends_with("/.well-known/smart-configuration") {
+            return fhir_json(
+                200,
+                json!({"token_endpoint": tu, "grant_types_supported": ["client_credentials"]}),
+            );
+        }
+        let ok = s
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer ").map(String::from))
+            .is_some_and(|t| is.lock().unwrap().contains(&t));
+        if !ok {
+            return status_with(401, &[]);
+        }
+        bundle(
+            &now_instant(),
+            vec![observation("s1", "1", "2026-01-01T00:00:00Z")],
+            None,
+        )
+    })
+    .await;
+
+    let key = |alg: &str| {
+        keys.path()
+            .join(format!("fhir-bridge-{alg}.pem"))
+            .display()
+            .to_string()
+    };
+    let rx = Receiver::start(0, None).await.unwrap();
+    let config = format!(
+        "state_dir = \"state\"\n\n{}{}[[hook]]\nname = \"all\"\nurl = \"{}\"\n",
+        source(
+            "epic",
+            &ehr.url("/fhir"),
+            &format!(
+                "[source.auth]\ntype = \"smart-backend\"\nclient_id = \"epic-app\"\nprivate_key = {{ file = \"{}\" }}\nscope = \"system/Observation.rs\"\n",
+                key("es384")
+            )
+        ),
+        source(
+            "cerner",
+            &ehr.url("/fhir"),
+            &format!(
+                "[source.auth]\ntype = \"smart-backend\"\nclient_id = \"cerner-app\"\nprivate_key = {{ file = \"{}\" }}\nscope = \"system/Observation.read\"\ntoken_url = \"{}\"\n",
+                key("rs384"),
+                token.url("/token")
+            )
+        ),
+        rx.url("hooks/all"),
+    );
+    let mut bridge = Bridge::start(&config);
+    wait_for(30, "both sources deliver", || {
+        let st = bridge.status_json();
+        ["epic", "cerner"]
+            .iter()
+            .all(|s| target_of(&st, s)["changes_seen"] == 1)
+    })
+    .await;
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "an assertion was refused"
+    );
+    assert_eq!(issued.lock().unwrap().len(), 2, "one token per source");
+    // `keys jwks` prints the configured key's public half.
+    let out = bridge.cli(&["keys", "jwks", "--source", "epic"]);
+    let set: JwkSet = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(set.keys.len(), 1);
+    let mut text = bridge.logs();
+    text.push_str(&String::from_utf8_lossy(
+        &bridge.cli(&["status", "--json"]).stdout,
+    ));
+    bridge.stop();
+    for alg in ["es384", "rs384"] {
+        let pem = std::fs::read_to_string(key(alg)).unwrap();
+        let body_line = pem.lines().nth(1).unwrap();
+        assert!(
+            !text.contains(body_line),
+            "a private key reached logs or status"
+        );
+    }
+    for t in issued.lock().unwrap().iter() {
+        assert!(!text.contains(t.as_str()), "a token reached logs or status");
+    }
+}

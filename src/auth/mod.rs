@@ -8,6 +8,8 @@
 //! (`invalidate`) and retries once with a new one. Errors carry the token
 //! endpoint's HTTP status and OAuth `error` code, never its body.
 
+pub mod smart;
+
 use crate::config::SourceAuth;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
@@ -30,6 +32,8 @@ pub enum AuthError {
     Unreachable(String),
     #[error("token endpoint: the response is not an OAuth token")]
     NotAToken,
+    #[error("no token_endpoint in [base]/.well-known/smart-configuration (set `token_url`)")]
+    Discovery,
 }
 
 struct Token {
@@ -39,6 +43,8 @@ struct Token {
 
 pub struct Authenticator {
     auth: SourceAuth,
+    /// The source's FHIR base, for `.well-known/smart-configuration`.
+    base_url: url::Url,
     http: reqwest::Client,
     timeout: Duration,
     cached: Mutex<Option<Token>>,
@@ -46,9 +52,45 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(auth: SourceAuth, http: reqwest::Client, timeout: Duration) -> Authenticator {
+    /// `token_endpoint` from `[base]/.well-known/smart-configuration`.
+    async fn discover_token_url(&self) -> Result<url::Url, AuthError> {
+        let url = self
+            .base_url
+            .join(".well-known/smart-configuration")
+            .map_err(|_| AuthError::Discovery)?;
+        let resp = self
+            .http
+            .get(url)
+            .timeout(self.timeout)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| AuthError::Unreachable(crate::source::client::describe(&e)))?;
+        if !resp.status().is_success() {
+            return Err(AuthError::Discovery);
+        }
+        #[derive(serde::Deserialize)]
+        struct SmartConfiguration {
+            token_endpoint: Option<String>,
+        }
+        let bytes = resp.bytes().await.map_err(|_| AuthError::Discovery)?;
+        let conf: SmartConfiguration =
+            serde_json::from_slice(&bytes).map_err(|_| AuthError::Discovery)?;
+        conf.token_endpoint
+            .and_then(|u| url::Url::parse(&u).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or(AuthError::Discovery)
+    }
+
+    pub fn new(
+        auth: SourceAuth,
+        base_url: url::Url,
+        http: reqwest::Client,
+        timeout: Duration,
+    ) -> Authenticator {
         Authenticator {
             auth,
+            base_url,
             http,
             timeout,
             cached: Mutex::new(None),
@@ -58,7 +100,10 @@ impl Authenticator {
 
     /// Whether a 401 may be cured by a fresh token.
     pub fn refreshable(&self) -> bool {
-        matches!(self.auth, SourceAuth::ClientCredentials { .. })
+        matches!(
+            self.auth,
+            SourceAuth::ClientCredentials { .. } | SourceAuth::SmartBackend { .. }
+        )
     }
 
     /// Tokens fetched so far (for tests and the closing figures).
@@ -79,7 +124,7 @@ impl Authenticator {
                 )
             }
             SourceAuth::Bearer { token } => format!("Bearer {}", token.expose_secret()),
-            SourceAuth::ClientCredentials { .. } => {
+            SourceAuth::ClientCredentials { .. } | SourceAuth::SmartBackend { .. } => {
                 let mut cached = self.cached.lock().await;
                 let fresh = cached.as_ref().is_some_and(|t| Instant::now() < t.renew_at);
                 if !fresh {
@@ -109,35 +154,65 @@ impl Authenticator {
     }
 
     async fn fetch_token(&self) -> Result<Token, AuthError> {
-        let SourceAuth::ClientCredentials {
-            token_url,
-            client_id,
-            client_secret,
-            scope,
-            audience,
-            secret_in_header,
-        } = &self.auth
-        else {
-            return Err(AuthError::NotAToken);
-        };
-        let body = {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "client_credentials");
-            if let Some(s) = scope {
-                form.append_pair("scope", s);
+        let (token_url, body, basic) = match &self.auth {
+            SourceAuth::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+                secret_in_header,
+            } => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "client_credentials");
+                if let Some(s) = scope {
+                    form.append_pair("scope", s);
+                }
+                if let Some(a) = audience {
+                    form.append_pair("audience", a);
+                }
+                if !secret_in_header {
+                    form.append_pair("client_id", client_id);
+                    form.append_pair("client_secret", client_secret.expose_secret());
+                }
+                // RFC 6749 2.3.1: form-urlencoded id and secret, then Basic.
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                let basic =
+                    secret_in_header.then(|| (enc(client_id), enc(client_secret.expose_secret())));
+                (token_url.clone(), form.finish(), basic)
             }
-            if let Some(a) = audience {
-                form.append_pair("audience", a);
+            SourceAuth::SmartBackend {
+                client_id,
+                key,
+                scope,
+                token_url,
+            } => {
+                let token_url = match token_url {
+                    Some(u) => u.clone(),
+                    None => self.discover_token_url().await?,
+                };
+                let assertion = key
+                    .client_assertion(client_id, token_url.as_str())
+                    .map_err(|e| AuthError::Unreachable(e.to_string()))?;
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "client_credentials");
+                if let Some(s) = scope {
+                    form.append_pair("scope", s);
+                }
+                form.append_pair(
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                );
+                form.append_pair("client_assertion", &assertion);
+                (token_url, form.finish(), None)
             }
-            if !secret_in_header {
-                form.append_pair("client_id", client_id);
-                form.append_pair("client_secret", client_secret.expose_secret());
-            }
-            form.finish()
+            _ => return Err(AuthError::NotAToken),
         };
         let mut req = self
             .http
-            .post(token_url.clone())
+            .post(token_url)
             .timeout(self.timeout)
             .header(
                 reqwest::header::CONTENT_TYPE,
@@ -145,11 +220,8 @@ impl Authenticator {
             )
             .header(reqwest::header::ACCEPT, "application/json")
             .body(body);
-        if *secret_in_header {
-            // RFC 6749 2.3.1: form-urlencoded id and secret, then Basic.
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            req = req.basic_auth(enc(client_id), Some(enc(client_secret.expose_secret())));
+        if let Some((id, secret)) = basic {
+            req = req.basic_auth(id, Some(secret));
         }
         let sent_at = Instant::now();
         let resp = req

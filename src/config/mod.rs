@@ -101,6 +101,14 @@ pub enum SourceAuth {
         /// `client_secret_basic` (true) or `client_secret_post`.
         secret_in_header: bool,
     },
+    /// SMART Backend Services: a signed JWT client assertion (ES384/RS384).
+    SmartBackend {
+        client_id: String,
+        key: Arc<crate::auth::smart::SmartKey>,
+        scope: Option<String>,
+        /// Else `token_endpoint` of `[base]/.well-known/smart-configuration`.
+        token_url: Option<Url>,
+    },
 }
 
 impl std::fmt::Debug for SourceAuth {
@@ -114,6 +122,9 @@ impl std::fmt::Debug for SourceAuth {
                 client_id,
                 ..
             } => write!(f, "ClientCredentials({token_url}, {client_id}, [redacted])"),
+            SourceAuth::SmartBackend { client_id, key, .. } => {
+                write!(f, "SmartBackend({client_id}, {key:?})")
+            }
         }
     }
 }

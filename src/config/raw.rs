@@ -53,6 +53,8 @@ pub struct RawSourceAuth {
     pub scope: Option<String>,
     pub audience: Option<String>,
     pub method: Option<Spanned<String>>,
+    pub private_key: Option<RawSecret>,
+    pub kid: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

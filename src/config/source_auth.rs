@@ -34,6 +34,8 @@ pub(super) fn validate(
         ("scope", a.scope.is_some()),
         ("audience", a.audience.is_some()),
         ("method", a.method.is_some()),
+        ("private_key", a.private_key.is_some()),
+        ("kid", a.kid.is_some()),
     ];
     let allowed: &[&str] = match kind {
         "none" => &[],
@@ -47,17 +49,12 @@ pub(super) fn validate(
             "audience",
             "method",
         ],
-        "smart-backend" => {
-            return Err(ctx.err(
-                a.kind.span(),
-                format!("{what}: `auth.type`: \"smart-backend\" is not supported yet (coming)"),
-            ));
-        }
+        "smart-backend" => &["client_id", "private_key", "kid", "scope", "token_url"],
         other => {
             return Err(ctx.err(
                 a.kind.span(),
                 format!(
-                    "{what}: `auth.type`: `{other}` is not one of \"none\", \"basic\", \"bearer\", \"client-credentials\""
+                    "{what}: `auth.type`: `{other}` is not one of \"none\", \"basic\", \"bearer\", \"client-credentials\", \"smart-backend\""
                 ),
             ));
         }
@@ -76,20 +73,29 @@ pub(super) fn validate(
         "bearer" => SourceAuth::Bearer {
             token: secret("token", a.token.as_ref().ok_or_else(|| need("token"))?)?,
         },
+        "smart-backend" => {
+            let pem = secret(
+                "private_key",
+                a.private_key.as_ref().ok_or_else(|| need("private_key"))?,
+            )?;
+            let key = crate::auth::smart::SmartKey::from_pem(
+                secrecy::ExposeSecret::expose_secret(&*pem),
+                a.kid.as_deref(),
+            )
+            .map_err(|e| err(format!("`private_key`: {e}")))?;
+            SourceAuth::SmartBackend {
+                client_id: a.client_id.clone().ok_or_else(|| need("client_id"))?,
+                key: Arc::new(key),
+                scope: a.scope.clone(),
+                token_url: match &a.token_url {
+                    Some(u) => Some(token_url(ctx, what, u)?),
+                    None => None,
+                },
+            }
+        }
         "client-credentials" => {
             let raw_url = a.token_url.as_ref().ok_or_else(|| need("token_url"))?;
-            let token_url = url::Url::parse(raw_url.get_ref())
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .filter(|u| u.username().is_empty() && u.password().is_none())
-                .ok_or_else(|| {
-                    ctx.err(
-                        raw_url.span(),
-                        format!(
-                            "{what}: `auth.token_url` must be an http(s) URL without credentials"
-                        ),
-                    )
-                })?;
+            let token_url = token_url(ctx, what, raw_url)?;
             let secret_in_header = match a.method.as_ref().map(|m| m.get_ref().as_str()) {
                 None | Some("client_secret_basic") => true,
                 Some("client_secret_post") => false,
@@ -115,4 +121,17 @@ pub(super) fn validate(
         }
         _ => SourceAuth::None,
     })
+}
+
+fn token_url(ctx: &Ctx, what: &str, raw: &Spanned<String>) -> Result<url::Url, ConfigError> {
+    url::Url::parse(raw.get_ref())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .filter(|u| u.username().is_empty() && u.password().is_none())
+        .ok_or_else(|| {
+            ctx.err(
+                raw.span(),
+                format!("{what}: `auth.token_url` must be an http(s) URL without credentials"),
+            )
+        })
 }
