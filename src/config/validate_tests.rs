@@ -400,11 +400,20 @@ fn source_auth_is_checked_when_the_config_loads() {
         e.contains("`auth`: `token` does not apply to type \"basic\""),
         "{e}"
     );
-    let e = load(&format!("{base}type='smart-backend'\n")).unwrap_err();
+    let e = load(&format!("{base}type='smart-backend'\nclient_id='c'\n")).unwrap_err();
     assert!(
-        e.contains(":6: source `a`: `auth.type`: \"smart-backend\" is not supported yet"),
+        e.contains(":5: source `a`: `auth`: type \"smart-backend\" needs `private_key`"),
         "{e}"
     );
+    let e = load(&format!(
+        "{base}type='smart-backend'\nclient_id='c'\nprivate_key='SECRET-NOT-A-PEM'\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("`auth`: `private_key`: not a PEM private key"),
+        "{e}"
+    );
+    assert!(!e.contains("SECRET-NOT-A-PEM"), "{e}");
     let e = load(&format!(
         "{base}type='bearer'\ntoken={{ env = 'FHIR_BRIDGE_TEST_NO_TOKEN' }}\n"
     ))
