@@ -537,12 +537,12 @@ fn parse_page_survives_deep_nesting() {
 
 const MINIMAL: &str = "[[source]]
 name = 'a'
-base_url = 'http://x/fhir'
+base_url = 'https://x/fhir'
 resources = ['Patient']
 
 [[hook]]
 name = 'h'
-url = 'http://y/'
+url = 'https://y/'
 ";
 
 const FULL: &str = r#"state_dir = "state"
@@ -627,12 +627,23 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// A config that loads holds only validated values.
+/// Plain http is loaded only for this machine (no generated config sets
+/// `allow_insecure_http`).
+fn local(u: &url::Url) -> bool {
+    matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"))
+}
+
 fn check_loaded(c: &Config) -> Result<(), TestCaseError> {
     let names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
     for (i, s) in c.sources.iter().enumerate() {
         prop_assert!(valid_name(&s.name), "{}", s.name);
         prop_assert!(!names[..i].contains(&s.name.as_str()), "{} twice", s.name);
         prop_assert!(matches!(s.base_url.scheme(), "http" | "https"));
+        prop_assert!(
+            s.base_url.scheme() == "https" || local(&s.base_url),
+            "{}",
+            s.base_url
+        );
         prop_assert!(s.base_url.path().ends_with('/'));
         prop_assert!(!s.resources.is_empty());
         for r in &s.resources {
@@ -663,6 +674,7 @@ fn check_loaded(c: &Config) -> Result<(), TestCaseError> {
         prop_assert!(valid_name(&h.name), "{}", h.name);
         prop_assert!(!c.hooks[..i].iter().any(|o| o.name == h.name));
         prop_assert!(matches!(h.url.scheme(), "http" | "https"));
+        prop_assert!(h.url.scheme() == "https" || local(&h.url), "{}", h.url);
         for s in &h.sources {
             prop_assert!(names.contains(&s.as_str()), "{s}");
         }
@@ -781,7 +793,7 @@ fn toml_line() -> impl Strategy<Value = String> {
         4 => (key, toml_value()).prop_map(|(k, v)| format!("{k} = {v}")),
         2 => prop::sample::select(vec![
             "[[source]]", "[[hook]]", "[source.params]", "[source]", "[hook]", "[x]",
-            "[[source.params]]", "[[hook]]\nname = 'h'\nurl = 'http://y/'", "",
+            "[[source.params]]", "[[hook]]\nname = 'h'\nurl = 'https://y/'", "",
             "# comment", "[", "]]", "=", "\"", "'''",
         ])
         .prop_map(String::from),
@@ -916,11 +928,12 @@ fn structured_config() -> impl Strategy<Value = String> {
         (
             pick(
                 &[
-                    "\"http://x/fhir\"",
+                    "\"http://127.0.0.1/fhir\"",
                     "\"https://h:8443/r4/\"",
                     "\"http://[::1]/fhir\"",
                 ],
                 &[
+                    "\"http://x/fhir\"",
                     "\"ftp://x/\"",
                     "\"not a url\"",
                     "\"http://h/a b\"",
@@ -1006,7 +1019,7 @@ fn structured_config() -> impl Strategy<Value = String> {
     };
     let hook = |name: &'static str| {
         (
-            pick(&["\"http://y/\"", "\"https://y/h\""], &["\"ftp://y/\"", "\"\"", "\"http://u:p@y/\""]),
+            pick(&["\"http://localhost/\"", "\"https://y/h\""], &["\"http://y/\"", "\"ftp://y/\"", "\"\"", "\"http://u:p@y/\""]),
             opt(pick(&["[\"a\"]", "[]", "[\"b-2\", \"a\"]"], &["[\"nope\"]"]), "sources"),
             opt(pick(&["'true'", "'.resourceType == \"Observation\"'", "'empty'"], &["'('", "'nosuch(1)'", "''"]), "filter"),
             opt(pick(&["\"full-resource\"", "\"id-only\""], &["\"x\""]), "content"),
@@ -1037,7 +1050,7 @@ fn structured_config() -> impl Strategy<Value = String> {
             0.7,
             prop::sample::select(vec![
                 "",
-                "[[source]]\nname = \"a\"\nbase_url = \"http://z/\"\nresources = [\"Patient\"]\n",
+                "[[source]]\nname = \"a\"\nbase_url = \"https://z/\"\nresources = [\"Patient\"]\n",
                 "bogus = 1\n",
                 "[source.params]\nX = \"y\"\n",
             ]),

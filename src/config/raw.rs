@@ -36,6 +36,7 @@ pub struct RawSource {
     #[serde(default)]
     pub params: BTreeMap<String, Spanned<String>>,
     pub auth: Option<Spanned<RawSourceAuth>>,
+    pub allow_insecure_http: Option<bool>,
 }
 
 /// `[source.auth]`: how the bridge authenticates to the EHR.
@@ -75,6 +76,7 @@ pub struct RawHook {
     /// Static headers sent with every webhook.
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     pub auth: Option<Spanned<RawHookAuth>>,
+    pub allow_insecure_http: Option<bool>,
 }
 
 /// `[hook.auth]`: how the bridge authenticates to the receiver.

@@ -10,6 +10,7 @@ pub(super) fn validate(
     ctx: &Ctx,
     what: &str,
     auth: Option<&Spanned<RawSourceAuth>>,
+    allow_insecure_http: bool,
 ) -> Result<SourceAuth, ConfigError> {
     let Some(spanned) = auth else {
         return Ok(SourceAuth::None);
@@ -88,14 +89,14 @@ pub(super) fn validate(
                 key: Arc::new(key),
                 scope: a.scope.clone(),
                 token_url: match &a.token_url {
-                    Some(u) => Some(token_url(ctx, what, u)?),
+                    Some(u) => Some(token_url(ctx, what, u, allow_insecure_http)?),
                     None => None,
                 },
             }
         }
         "client-credentials" => {
             let raw_url = a.token_url.as_ref().ok_or_else(|| need("token_url"))?;
-            let token_url = token_url(ctx, what, raw_url)?;
+            let token_url = token_url(ctx, what, raw_url, allow_insecure_http)?;
             let secret_in_header = match a.method.as_ref().map(|m| m.get_ref().as_str()) {
                 None | Some("client_secret_basic") => true,
                 Some("client_secret_post") => false,
@@ -123,8 +124,13 @@ pub(super) fn validate(
     })
 }
 
-fn token_url(ctx: &Ctx, what: &str, raw: &Spanned<String>) -> Result<url::Url, ConfigError> {
-    url::Url::parse(raw.get_ref())
+fn token_url(
+    ctx: &Ctx,
+    what: &str,
+    raw: &Spanned<String>,
+    allow_insecure_http: bool,
+) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(raw.get_ref())
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .filter(|u| u.username().is_empty() && u.password().is_none())
@@ -133,5 +139,14 @@ fn token_url(ctx: &Ctx, what: &str, raw: &Spanned<String>) -> Result<url::Url, C
                 raw.span(),
                 format!("{what}: `auth.token_url` must be an http(s) URL without credentials"),
             )
-        })
+        })?;
+    super::validate::check_cleartext(
+        ctx,
+        what,
+        "auth.token_url",
+        &url,
+        raw.span(),
+        allow_insecure_http,
+    )?;
+    Ok(url)
 }

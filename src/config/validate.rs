@@ -252,6 +252,36 @@ fn parse_url(
     Ok(url)
 }
 
+/// Whether `url` may be plain http: only to this machine (loopback), unless
+/// the operator says otherwise. PHI must not travel in clear text by accident.
+pub(super) fn check_cleartext(
+    ctx: &Ctx,
+    what: &str,
+    key: &str,
+    url: &Url,
+    span: Range<usize>,
+    allowed: bool,
+) -> Result<(), ConfigError> {
+    if url.scheme() != "http" || allowed {
+        return Ok(());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if loopback {
+        return Ok(());
+    }
+    Err(ctx.err(
+        span,
+        format!(
+            "{what}: `{key}`: plain http to another machine would carry PHI or credentials in clear text; use https, or set `allow_insecure_http = true`"
+        ),
+    ))
+}
+
 fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, ConfigError> {
     let s = spanned.get_ref();
     let name = s.name.get_ref().clone();
@@ -267,7 +297,15 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         &what,
         "base_url",
         &s.base_url,
-        " (they would be sent on the first page only); use [source.auth] (coming) instead",
+        " (they would be sent on the first page only); use [source.auth] instead",
+    )?;
+    check_cleartext(
+        ctx,
+        &what,
+        "base_url",
+        &base_url,
+        s.base_url.span(),
+        s.allow_insecure_http.unwrap_or(false),
     )?;
     // A trailing slash makes joining `Type` onto the base unambiguous.
     if !base_url.path().ends_with('/') {
@@ -407,7 +445,12 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             .map(|(k, v)| (k.clone(), v.get_ref().clone()))
             .collect(),
         max_pages_per_poll,
-        auth: super::source_auth::validate(ctx, &what, s.auth.as_ref())?,
+        auth: super::source_auth::validate(
+            ctx,
+            &what,
+            s.auth.as_ref(),
+            s.allow_insecure_http.unwrap_or(false),
+        )?,
     })
 }
 
@@ -425,12 +468,14 @@ fn validate_hook(
         ));
     }
     let what = format!("hook `{name}`");
-    let url = parse_url(
+    let url = parse_url(ctx, &what, "url", &h.url, "; use [hook.auth] instead")?;
+    check_cleartext(
         ctx,
         &what,
         "url",
-        &h.url,
-        "; use [hook.auth] (coming) instead",
+        &url,
+        h.url.span(),
+        h.allow_insecure_http.unwrap_or(false),
     )?;
 
     let sources = match &h.sources {

@@ -90,7 +90,7 @@ fn credentials_in_a_base_url_are_refused_without_echoing_them() {
     assert_eq!(
         e,
         "bridges.toml:6: source `lab-ehr`: `base_url`: credentials in the URL are not \
-         supported (they would be sent on the first page only); use [source.auth] (coming) instead"
+         supported (they would be sent on the first page only); use [source.auth] instead"
     );
     assert!(!e.contains("s3cret"), "{e}");
     // A user name alone, or an empty password, is refused the same way.
@@ -109,7 +109,7 @@ fn credentials_in_a_hook_url_are_refused_without_echoing_them() {
     assert_eq!(
         e,
         "bridges.toml:18: hook `critical-labs`: `url`: credentials in the URL are not \
-         supported; use [hook.auth] (coming) instead"
+         supported; use [hook.auth] instead"
     );
     assert!(!e.contains("hunter2"), "{e}");
 }
@@ -179,7 +179,7 @@ fn an_empty_file_loads_with_warnings() {
             "bridges.toml: no [[hook]]: changes are detected but sent nowhere".to_string(),
         ]
     );
-    let c = load("[[source]]\nname='a'\nbase_url='http://x/'\nresources=['Patient']\n").unwrap();
+    let c = load("[[source]]\nname='a'\nbase_url='https://x/'\nresources=['Patient']\n").unwrap();
     assert_eq!(
         c.warnings,
         vec!["bridges.toml: no [[hook]]: changes are detected but sent nowhere".to_string()]
@@ -190,8 +190,8 @@ fn an_empty_file_loads_with_warnings() {
 #[test]
 fn sources_no_hook_takes_and_hooks_with_no_sources_are_warned_about() {
     let text = format!(
-        "{GOOD}\n[[source]]\nname = \"adt\"\nbase_url = \"http://x/\"\nresources = [\"Encounter\"]\n\
-         \n[[hook]]\nname = \"idle\"\nurl = \"http://y/\"\nsources = []\n"
+        "{GOOD}\n[[source]]\nname = \"adt\"\nbase_url = \"https://x/\"\nresources = [\"Encounter\"]\n\
+         \n[[hook]]\nname = \"idle\"\nurl = \"https://y/\"\nsources = []\n"
     );
     assert_eq!(
         load(&text).unwrap().warnings,
@@ -341,7 +341,7 @@ fn a_missing_file_shows_the_os_error_once() {
 #[test]
 fn defaults_apply() {
     let c = load(
-        "[[source]]\nname='a'\nbase_url='http://x/fhir'\nresources=['Patient']\n[[hook]]\nname='h'\nurl='http://y/'\n",
+        "[[source]]\nname='a'\nbase_url='https://x/fhir'\nresources=['Patient']\n[[hook]]\nname='h'\nurl='https://y/'\n",
     )
     .unwrap();
     assert_eq!(c.sources[0].start, Start::Now);
@@ -362,7 +362,7 @@ fn a_literal_secret_in_a_file_others_can_read_is_a_warning() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridges.toml");
-    let text = "[[source]]\nname='a'\nbase_url='http://x/fhir'\nresources=['Patient']\n[[hook]]\nname='h'\nurl='http://y/'\n[hook.auth]\ntype='basic'\nusername='u'\npassword='s3cret-literal'\n";
+    let text = "[[source]]\nname='a'\nbase_url='https://x/fhir'\nresources=['Patient']\n[[hook]]\nname='h'\nurl='https://y/'\n[hook.auth]\ntype='basic'\nusername='u'\npassword='s3cret-literal'\n";
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let c = Config::load(&path).unwrap();
@@ -424,4 +424,24 @@ fn source_auth_is_checked_when_the_config_loads() {
     );
     let c = load(&format!("{base}type='bearer'\ntoken='t0k3n-literal'\n")).unwrap();
     assert!(!format!("{:?}", c.sources[0]).contains("t0k3n-literal"));
+}
+
+#[test]
+fn plain_http_is_for_loopback_unless_the_operator_allows_it() {
+    let text =
+        "[[source]]\nname='a'\nbase_url='http://ehr.example.org/fhir'\nresources=['Patient']\n";
+    let e = load(text).unwrap_err();
+    assert!(
+        e.contains(":3: source `a`: `base_url`: plain http to another machine"),
+        "{e}"
+    );
+    assert!(load(&format!("{text}allow_insecure_http = true\n")).is_ok());
+    for local in [
+        "http://127.0.0.1:8080/fhir",
+        "http://[::1]/fhir",
+        "http://localhost/fhir",
+    ] {
+        let t = format!("[[source]]\nname='a'\nbase_url='{local}'\nresources=['Patient']\n");
+        assert!(load(&t).is_ok(), "{local}");
+    }
 }

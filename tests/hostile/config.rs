@@ -84,7 +84,7 @@ fn credentials_in_base_url_are_refused_and_not_echoed() {
         "http://lab:Tr0ub4dor@127.0.0.1:9/fhir",
         4,
         "source `lab`: `base_url`: credentials in the URL are not supported (they would be \
-         sent on the first page only); use [source.auth] (coming) instead",
+         sent on the first page only); use [source.auth] instead",
     );
     assert!(!out.stderr.contains("Tr0ub4dor"));
     assert!(!out.stdout.contains("Tr0ub4dor"));
@@ -96,8 +96,7 @@ fn credentials_in_hook_url_are_refused_and_not_echoed() {
         "http://127.0.0.1:9/hooks/critical",
         "http://hook:Tr0ub4dor@127.0.0.1:9/hooks/critical",
         13,
-        "hook `critical`: `url`: credentials in the URL are not supported; use [hook.auth] \
-         (coming) instead",
+        "hook `critical`: `url`: credentials in the URL are not supported; use [hook.auth] instead",
     );
     assert!(!out.stderr.contains("Tr0ub4dor"));
 }
@@ -206,4 +205,24 @@ fn an_empty_file_validates_with_warnings() {
         "{}",
         out.stdout
     );
+}
+
+#[test]
+fn plain_http_to_another_machine_is_refused_unless_allowed() {
+    let out = assert_refused(
+        "http://127.0.0.1:9/fhir",
+        "http://ehr.example.org/fhir",
+        4,
+        "source `lab`: `base_url`: plain http to another machine would carry PHI or credentials \
+         in clear text; use https, or set `allow_insecure_http = true`",
+    );
+    assert!(out.stdout.is_empty());
+    let out = assert_refused(
+        "http://127.0.0.1:9/hooks/critical",
+        "http://receiver.example.org/hooks/critical",
+        13,
+        "hook `critical`: `url`: plain http to another machine would carry PHI or credentials \
+         in clear text; use https, or set `allow_insecure_http = true`",
+    );
+    assert!(out.stdout.is_empty());
 }
