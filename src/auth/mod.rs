@@ -32,8 +32,12 @@ pub enum AuthError {
     Unreachable(String),
     #[error("token endpoint: the response is not an OAuth token")]
     NotAToken,
-    #[error("no token_endpoint in [base]/.well-known/smart-configuration (set `token_url`)")]
+    #[error(
+        "no usable token_endpoint (https) in [base]/.well-known/smart-configuration (set `token_url`)"
+    )]
     Discovery,
+    #[error("client assertion: {0}")]
+    Key(#[from] smart::KeyError),
 }
 
 struct Token {
@@ -78,7 +82,12 @@ impl Authenticator {
             serde_json::from_slice(&bytes).map_err(|_| AuthError::Discovery)?;
         conf.token_endpoint
             .and_then(|u| url::Url::parse(&u).ok())
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            // The document comes from the server: its token endpoint gets the
+            // client assertion, so it must be https (plain http only when the
+            // operator's base_url is plain http, i.e. loopback or allowed).
+            .filter(|u| {
+                u.scheme() == "https" || (u.scheme() == "http" && self.base_url.scheme() == "http")
+            })
             .ok_or(AuthError::Discovery)
     }
 
@@ -195,7 +204,7 @@ impl Authenticator {
                 };
                 let assertion = key
                     .client_assertion(client_id, token_url.as_str())
-                    .map_err(|e| AuthError::Unreachable(e.to_string()))?;
+                    .map_err(AuthError::Key)?;
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 form.append_pair("grant_type", "client_credentials");
                 if let Some(s) = scope {
