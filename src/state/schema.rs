@@ -115,21 +115,36 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if version > MIGRATIONS.len() as i64 {
         return Err(newer_schema(version));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
+    if version == MIGRATIONS.len() as i64 {
+        return Ok(());
     }
-    Ok(())
+    // All pending steps in one transaction: a reader (status, dlq list) sees
+    // the schema before or after the upgrade, never half of it.
+    let tx = conn.transaction()?;
+    for sql in MIGRATIONS.iter().skip(version as usize) {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.commit()
 }
 
 /// For readers: `Ok(false)` when the database is not initialised yet (the
-/// daemon may be creating it right now).
+/// daemon may be creating it right now); an error when it is older than this
+/// binary (the daemon upgrades it when it starts) or newer.
 pub fn check_version(conn: &Connection) -> rusqlite::Result<bool> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() as i64 {
         return Err(newer_schema(version));
+    }
+    if version > 0 && version < MIGRATIONS.len() as i64 {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "schema version {version} is older than this fhir-bridge's ({}): \
+                 the daemon upgrades it when it starts",
+                MIGRATIONS.len()
+            )),
+        ));
     }
     Ok(version > 0)
 }
@@ -184,5 +199,21 @@ mod tests {
         assert_eq!(store.redrive(sel).await.unwrap(), 1);
         let again = store.claim_due("h", vec![claimed[0].id], 10).await.unwrap();
         assert_eq!(again[0].payload, b"{\"n\":2}");
+    }
+
+    /// A reader never sees half a schema: an old database is an error that
+    /// says who upgrades it, a fresh one is "not there yet".
+    #[test]
+    fn readers_wait_for_the_whole_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.db");
+        let mut c = Connection::open(&path).unwrap();
+        assert!(!check_version(&c).unwrap());
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        let e = check_version(&c).unwrap_err().to_string();
+        assert!(e.contains("upgrades it when it starts"), "{e}");
+        migrate(&mut c).unwrap();
+        assert!(check_version(&c).unwrap());
     }
 }
