@@ -77,14 +77,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             source: source.clone(),
             routes: Route::for_source(&config, &source.name),
             store: store.clone(),
-            client: FhirClient::with_pool(pool.clone(), source.timeout).with_auth(Arc::new(
-                crate::auth::Authenticator::new(
+            client: FhirClient::with_pool(pool.clone(), source.timeout)
+                .with_origins(source.origins())
+                .with_auth(Arc::new(crate::auth::Authenticator::new(
                     source.auth.clone(),
                     source.base_url.clone(),
                     pool.clone(),
                     source.timeout,
-                ),
-            )),
+                ))),
             wakers: wakers.clone(),
             first_poll_spread: first_poll_spread(&source.schedule, config.sources.len()),
             known: Default::default(),

@@ -5,6 +5,7 @@
 
 mod duration;
 mod hook_security;
+mod origins;
 mod raw;
 mod schedule;
 mod secret;
@@ -76,6 +77,24 @@ pub struct Source {
     /// The most search pages one poll of one resource type may read.
     pub max_pages_per_poll: u32,
     pub auth: SourceAuth,
+    /// Origins besides `base_url`'s that next links and redirects may lead
+    /// to (and credentials with them). Empty by default.
+    pub allowed_origins: Vec<url::Origin>,
+}
+
+impl Source {
+    /// The origins this source's requests may go to: `base_url`'s and the
+    /// `allowed_origins`.
+    pub fn origins(&self) -> Vec<url::Origin> {
+        let mut all = vec![self.base_url.origin()];
+        all.extend(self.allowed_origins.iter().cloned());
+        all
+    }
+
+    /// Whether a URL (a next link, a redirect) is on one of `origins()`.
+    pub fn allows(&self, url: &Url) -> bool {
+        url.origin() == self.base_url.origin() || self.allowed_origins.contains(&url.origin())
+    }
 }
 
 /// How the bridge authenticates to an EHR (`[source.auth]`). Secrets are

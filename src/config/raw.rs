@@ -37,6 +37,8 @@ pub struct RawSource {
     pub params: BTreeMap<String, Spanned<String>>,
     pub auth: Option<Spanned<RawSourceAuth>>,
     pub allow_insecure_http: Option<bool>,
+    /// Origins besides `base_url`'s that next links and redirects may lead to.
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[source.auth]`: how the bridge authenticates to the EHR.

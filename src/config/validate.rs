@@ -451,6 +451,12 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             s.auth.as_ref(),
             s.allow_insecure_http.unwrap_or(false),
         )?,
+        allowed_origins: super::origins::validate(
+            ctx,
+            &what,
+            s.allowed_origins.as_ref(),
+            s.allow_insecure_http.unwrap_or(false),
+        )?,
     })
 }
 

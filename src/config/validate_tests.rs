@@ -445,3 +445,38 @@ fn plain_http_is_for_loopback_unless_the_operator_allows_it() {
         assert!(load(&t).is_ok(), "{local}");
     }
 }
+
+#[test]
+fn allowed_origins_are_origins_only() {
+    let with = |list: &str| {
+        GOOD.replace(
+            "owner_id = \"org/lab\"\n",
+            &format!("owner_id = \"org/lab\"\nallowed_origins = {list}\n"),
+        )
+    };
+    let c = load(&with(
+        r#"["https://cdn.example.org", "http://127.0.0.1:9"]"#,
+    ))
+    .unwrap();
+    assert_eq!(c.sources[0].allowed_origins.len(), 2);
+    let next = Url::parse("https://cdn.example.org/page?x=2").unwrap();
+    assert!(c.sources[0].allows(&next));
+    assert!(!c.sources[0].allows(&Url::parse("https://cdn.example.org:8443/").unwrap()));
+    assert_eq!(c.sources[0].origins().len(), 3);
+
+    let e = error(&with(r#"["https://cdn.example.org/fhir"]"#));
+    assert!(e.contains("bridges.toml:"), "{e}");
+    assert!(
+        e.contains("`allowed_origins[0]`: an origin is scheme, host and port only"),
+        "{e}"
+    );
+    let e = error(&with(r#"["http://cdn.example.org"]"#));
+    assert!(e.contains("`allowed_origins[0]`: plain http"), "{e}");
+    let e = error(&with(r#"["https://u:p@cdn.example.org"]"#));
+    assert!(
+        e.contains("credentials in the URL") && !e.contains("u:p"),
+        "{e}"
+    );
+    let e = error(&with(r#"["not a url"]"#));
+    assert!(e.contains("`allowed_origins[0]`: not a URL"), "{e}");
+}

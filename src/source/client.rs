@@ -6,7 +6,7 @@ use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue, RETRY
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
-use url::Url;
+use url::{Origin, Url};
 
 /// Responses larger than this are refused rather than buffered.
 const MAX_PAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -49,6 +49,10 @@ pub struct FhirClient {
     clock_offset_ms: Arc<AtomicI64>,
     /// Credentials for this source's requests (none by default).
     auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Where requests and redirects may go: the base URL's origin and the
+    /// source's `allowed_origins`. Empty: a redirect stays on the origin of
+    /// the request it answers.
+    origins: Arc<Vec<Origin>>,
 }
 
 /// Marks "no server time seen yet".
@@ -85,19 +89,10 @@ impl FhirClient {
             .default_headers(headers)
             // Where a search came from is nobody else's business.
             .referer(false)
-            // Redirects stay on the origin they started from: a server must not
-            // be able to send the bridge (and, later, its credentials) elsewhere.
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let same_origin = attempt
-                    .previous()
-                    .first()
-                    .is_some_and(|first| first.origin() == attempt.url().origin());
-                if !same_origin || attempt.previous().len() > MAX_REDIRECTS {
-                    attempt.stop()
-                } else {
-                    attempt.follow()
-                }
-            }))
+            // Redirects are followed by `FhirClient::get` itself, which knows
+            // the source's origins: a server must not be able to send the
+            // bridge (and its credentials) to a host the operator did not name.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -113,7 +108,15 @@ impl FhirClient {
             timeout,
             clock_offset_ms: Arc::new(AtomicI64::new(UNKNOWN_OFFSET)),
             auth: None,
+            origins: Arc::new(vec![]),
         }
+    }
+
+    /// This client, following redirects only to `origins` (see
+    /// `config::Source::origins`).
+    pub fn with_origins(mut self, origins: Vec<Origin>) -> Self {
+        self.origins = Arc::new(origins);
+        self
     }
 
     /// This client, authenticating every request with `auth`. Requests only
@@ -168,17 +171,39 @@ impl FhirClient {
         url: &Url,
         authorization: Option<reqwest::header::HeaderValue>,
     ) -> Result<Fetched, FetchError> {
-        let mut req = self.http.get(url.clone()).timeout(self.timeout);
-        if let Some(a) = authorization {
-            req = req.header(reqwest::header::AUTHORIZATION, a);
-        }
-        let mut resp = req.send().await.map_err(classify)?;
+        let mut url = url.clone();
+        let mut redirects = 0;
+        let mut resp = loop {
+            let mut req = self.http.get(url.clone()).timeout(self.timeout);
+            if let Some(a) = &authorization {
+                req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+            }
+            let resp = req.send().await.map_err(classify)?;
+            let status = resp.status();
+            if !status.is_redirection() {
+                break resp;
+            }
+            // Followed only to a location this source may go to, a bounded
+            // number of times; the location itself is never shown.
+            let next = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+                .filter(|next| self.may_follow(&url, next));
+            match next {
+                Some(next) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    url = next;
+                }
+                _ => {
+                    return Err(FetchError::Redirect {
+                        status: status.as_u16(),
+                    });
+                }
+            }
+        };
         let status = resp.status();
-        if status.is_redirection() {
-            return Err(FetchError::Redirect {
-                status: status.as_u16(),
-            });
-        }
         if !status.is_success() {
             return Err(FetchError::Status {
                 status: status.as_u16(),
@@ -205,6 +230,19 @@ impl FhirClient {
             body.extend_from_slice(&chunk);
         }
         Ok(Fetched { body, date })
+    }
+}
+
+impl FhirClient {
+    /// Whether a redirect from `from` to `to` may be followed.
+    fn may_follow(&self, from: &Url, to: &Url) -> bool {
+        if !matches!(to.scheme(), "http" | "https") {
+            return false;
+        }
+        if self.origins.is_empty() {
+            return to.origin() == from.origin();
+        }
+        self.origins.contains(&to.origin())
     }
 }
 

@@ -342,7 +342,6 @@ impl SourceTask {
         let mut tracker = WatermarkTracker::new();
         let mut polled = Polled::default();
         let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let origin = self.source.base_url.origin();
         let mut page_no = 0usize;
         loop {
             page_no += 1;
@@ -421,9 +420,10 @@ impl SourceTask {
                     resource_type: rt.to_string(),
                     page: page_no,
                 })?;
-                // Links elsewhere are not followed: another host's resources
-                // are not this EHR's, and the search URL is not theirs to see.
-                if next.origin() != origin {
+                // Links elsewhere (unless in `allowed_origins`) are not
+                // followed: another host's resources are not this EHR's, and
+                // the search URL and credentials are not theirs to see.
+                if !self.source.allows(&next) {
                     return Err(PollError::ForeignNextLink {
                         resource_type: rt.to_string(),
                         page: page_no,

@@ -248,6 +248,93 @@ async fn redirects_to_another_origin_are_not_followed() {
     bridge.stop();
 }
 
+/// `allowed_origins`: a next link or redirect to a named origin is followed,
+/// with the source's credentials; one to any other origin is refused, and
+/// that host never sees a request (so never the token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_origins_get_links_and_credentials_others_get_nothing() {
+    const TOKEN: &str = "tok-3c9e-allowed-origins";
+    let evil = Scripted::start(|_: &Seen| bundle(&now_instant(), vec![], None)).await;
+    let cdn = Scripted::start(|s: &Seen| {
+        if s.header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
+            return status_with(401, &[]);
+        }
+        let mut r = observation("from-cdn", "1", &now_instant());
+        if s.uri.contains("Patient") {
+            r = observation("via-redirect", "1", &now_instant());
+            r["resourceType"] = "Patient".into();
+        }
+        bundle(&now_instant(), vec![r], None)
+    })
+    .await;
+    let (cdn_page, cdn_patient, evil_page) = (
+        cdn.url("/paging/Observation?page=2"),
+        cdn.url("/paging/Patient"),
+        evil.url("/fhir/Encounter?page=2"),
+    );
+    let fhir = Scripted::start(move |s: &Seen| {
+        if s.uri.starts_with("/fhir/Patient") {
+            return status_with(302, &[("location", &cdn_patient)]);
+        }
+        let next = if s.uri.starts_with("/fhir/Encounter") {
+            &evil_page
+        } else {
+            &cdn_page
+        };
+        bundle(
+            &now_instant(),
+            vec![observation("home", "1", &now_instant())],
+            Some(next),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cdn_origin = cdn.url("");
+    let config = config(
+        &fhir.url("/fhir"),
+        &["Observation", "Encounter", "Patient"],
+        "beginning",
+        &rx.url("hooks/all"),
+    )
+    .replace(
+        "timeout = \"2s\"\n",
+        &format!(
+            "timeout = \"2s\"\nallowed_origins = [\"{}\"]\n[source.auth]\ntype = \"bearer\"\ntoken = \"{TOKEN}\"\n",
+            cdn_origin.trim_end_matches('/')
+        ),
+    );
+    let mut bridge = Bridge::start(&config);
+    wait_for(
+        20,
+        "the allowed origin's page and redirect delivered",
+        || {
+            let ids = received_ids(&rx);
+            ids.contains(&"Observation/from-cdn".to_string())
+                && ids.contains(&"Patient/via-redirect".to_string())
+        },
+    )
+    .await;
+    wait_for(20, "the other origin refused on status", || {
+        target(&bridge.status_json(), "Encounter")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("next link leaves the server's origin (not followed)"))
+    })
+    .await;
+    bridge.stop();
+    assert_eq!(
+        evil.count(),
+        0,
+        "a host not in allowed_origins was contacted"
+    );
+    assert!(
+        fhir.seen()
+            .iter()
+            .chain(cdn.seen().iter())
+            .all(|s| s.header("authorization").as_deref() == Some(&format!("Bearer {TOKEN}"))),
+        "a request went without the source's credentials"
+    );
+}
+
 /// Item 7: an id carrying a newline and ANSI escapes is not forwarded and
 /// not logged raw; it is counted as a skipped entry, and the rest of the page
 /// is delivered.
