@@ -10,11 +10,16 @@
 //! 3. latency at a 1 s poll interval and a steady write rate;
 //! 4. scale: many poll targets against a server with (almost) no changes;
 //! 5. state size after the backlog;
-//! 6. backfill memory: peak RSS walking a large backlog that matches no hook.
+//! 6. backfill memory: peak RSS walking a large backlog that matches no hook;
+//! 7. the token cache: requests per token at 1,000 authenticated targets.
 //!
 //! Sizes (env): BENCH_BACKLOG (100000), BENCH_RATE (50/s), BENCH_LATENCY_SECONDS (20),
 //! BENCH_SOURCES (1000) x 10 types, BENCH_SCALE_SECONDS (130), BENCH_BACKFILL (1000000),
-//! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_ONLY (comma list of: raw,backlog,burst,latency,scale,backfill).
+//! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_TOKEN_SOURCES (100) x 10 types, BENCH_TOKEN_SECONDS (90),
+//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,scale,backfill,tokens).
+
+#[path = "pipeline/tokens.rs"]
+mod tokens;
 
 use fhir_bridge::sandbox::{FhirSandbox, Receiver, generator};
 use std::path::Path;
@@ -583,6 +588,13 @@ fn main() {
             scale(
                 env_or("BENCH_SOURCES", 1000),
                 env_or("BENCH_SCALE_SECONDS", 130),
+            )
+            .await;
+        }
+        if enabled("tokens") {
+            tokens::tokens(
+                env_or("BENCH_TOKEN_SOURCES", 100),
+                env_or("BENCH_TOKEN_SECONDS", 90),
             )
             .await;
         }
