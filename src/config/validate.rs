@@ -180,7 +180,7 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
     for raw_source in &raw.source {
         let literal = raw_source.get_ref().auth.as_ref().is_some_and(|a| {
             let a = a.get_ref();
-            [&a.password, &a.token, &a.client_secret]
+            [&a.password, &a.token, &a.client_secret, &a.private_key]
                 .iter()
                 .any(|s| s.as_ref().is_some_and(|s| s.is_literal()))
         });
