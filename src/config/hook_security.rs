@@ -123,7 +123,11 @@ pub(super) fn has_literal_secret(h: &RawHook) -> bool {
         .as_ref()
         .and_then(|a| a.get_ref().password.as_ref())
         .is_some_and(|p| p.is_literal());
-    signing || auth
+    let key = h
+        .client_key
+        .as_ref()
+        .is_some_and(|k| k.get_ref().is_literal());
+    signing || auth || key
 }
 
 /// Whether users other than the owner can read the file (unix).

@@ -9,11 +9,13 @@ mod raw;
 mod schedule;
 mod secret;
 mod source_auth;
+mod tls;
 mod toml_error;
 mod validate;
 
 pub use duration::HumanDuration;
 pub use schedule::Schedule;
+pub use tls::Tls;
 
 use crate::filter::Filter;
 use chrono::{DateTime, Utc};
@@ -76,6 +78,9 @@ pub struct Source {
     /// The most search pages one poll of one resource type may read.
     pub max_pages_per_poll: u32,
     pub auth: SourceAuth,
+    /// Extra CA certificates and a client certificate; `None`: the system's
+    /// roots, no client certificate, and the shared connection pool.
+    pub tls: Option<Tls>,
 }
 
 /// How the bridge authenticates to an EHR (`[source.auth]`). Secrets are
@@ -153,6 +158,8 @@ pub struct Hook {
     /// Static headers, validated.
     pub headers: Vec<(String, String)>,
     pub auth: Option<HookAuth>,
+    /// As a source's `tls`; `None`: the client hooks share.
+    pub tls: Option<Tls>,
 }
 
 /// How the bridge authenticates to a receiver.

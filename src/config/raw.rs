@@ -37,6 +37,9 @@ pub struct RawSource {
     pub params: BTreeMap<String, Spanned<String>>,
     pub auth: Option<Spanned<RawSourceAuth>>,
     pub allow_insecure_http: Option<bool>,
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<RawSecret>>,
 }
 
 /// `[source.auth]`: how the bridge authenticates to the EHR.
@@ -77,6 +80,9 @@ pub struct RawHook {
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     pub auth: Option<Spanned<RawHookAuth>>,
     pub allow_insecure_http: Option<bool>,
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<RawSecret>>,
 }
 
 /// `[hook.auth]`: how the bridge authenticates to the receiver.
@@ -87,4 +93,31 @@ pub struct RawHookAuth {
     pub kind: Spanned<String>,
     pub username: Option<String>,
     pub password: Option<RawSecret>,
+}
+
+/// The TLS keys of a source or a hook (`ca_file`, `client_cert`, `client_key`).
+pub struct RawTls<'a> {
+    pub ca_file: Option<&'a Spanned<String>>,
+    pub client_cert: Option<&'a Spanned<String>>,
+    pub client_key: Option<&'a Spanned<RawSecret>>,
+}
+
+impl RawSource {
+    pub fn tls(&self) -> RawTls<'_> {
+        RawTls {
+            ca_file: self.ca_file.as_ref(),
+            client_cert: self.client_cert.as_ref(),
+            client_key: self.client_key.as_ref(),
+        }
+    }
+}
+
+impl RawHook {
+    pub fn tls(&self) -> RawTls<'_> {
+        RawTls {
+            ca_file: self.ca_file.as_ref(),
+            client_cert: self.client_cert.as_ref(),
+            client_key: self.client_key.as_ref(),
+        }
+    }
 }

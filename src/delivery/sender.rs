@@ -1,7 +1,7 @@
 //! One HTTP POST of one message, classified.
 
 use super::signature::sign;
-use crate::config::{Hook, HookAuth};
+use crate::config::{Hook, HookAuth, Tls};
 use crate::source::client::{describe, parse_retry_after};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
@@ -20,14 +20,18 @@ pub enum Attempt {
     },
 }
 
+/// Sends one hook's webhooks: its HTTP client (its own when the hook has TLS
+/// settings, else the one hooks share).
 #[derive(Clone)]
 pub struct Sender {
     http: reqwest::Client,
 }
 
 impl Sender {
-    pub fn new() -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+    /// The HTTP client of hooks; with `tls` (a hook's extra CA certificates,
+    /// client certificate), that hook's own.
+    pub fn client(tls: Option<&Tls>) -> Result<reqwest::Client, String> {
+        let builder = reqwest::Client::builder()
             // A redirect is never followed: a 301/302 would turn the POST into a
             // bodiless GET whose 200 looked like a delivery, and a 307/308 would
             // re-send the payload (PHI) to wherever the receiver pointed.
@@ -35,9 +39,20 @@ impl Sender {
             .referer(false)
             .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| describe(&e))?;
+            .pool_idle_timeout(Duration::from_secs(90));
+        let builder = match tls {
+            Some(tls) => tls.apply(builder).map_err(|e| describe(&e))?,
+            None => builder,
+        };
+        builder.build().map_err(|e| describe(&e))
+    }
+
+    /// The sender of `hook`: `shared` unless the hook has TLS settings.
+    pub fn for_hook(hook: &Hook, shared: &reqwest::Client) -> Result<Sender, String> {
+        let http = match &hook.tls {
+            Some(tls) => Self::client(Some(tls))?,
+            None => shared.clone(),
+        };
         Ok(Sender { http })
     }
 

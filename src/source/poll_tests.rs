@@ -21,6 +21,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         params: Default::default(),
         max_pages_per_poll: 1000,
         auth: Default::default(),
+        tls: None,
     };
     let routes = vec![Route {
         hook: "h".into(),
