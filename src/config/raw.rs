@@ -93,6 +93,12 @@ pub struct RawHookAuth {
     pub kind: Spanned<String>,
     pub username: Option<String>,
     pub password: Option<RawSecret>,
+    pub token_url: Option<Spanned<String>>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<RawSecret>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub method: Option<Spanned<String>>,
 }
 
 /// The TLS keys of a source or a hook (`ca_file`, `client_cert`, `client_key`).

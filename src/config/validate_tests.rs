@@ -1,6 +1,7 @@
 //! Unit tests of config validation: every error names file, line and key.
 
 use super::*;
+use crate::config::HookAuth;
 
 const GOOD: &str = r#"
 state_dir = "state"
@@ -578,9 +579,71 @@ fn tls_files_are_read_and_parsed_when_the_config_loads() {
     );
 }
 
+#[test]
+fn hook_oauth_is_checked_when_the_config_loads() {
+    let base = "[[hook]]\nname='h'\nurl='https://y/'\n[hook.auth]\ntype='oauth'\n";
+    let good = "token_url='https://idp/token'\nclient_id='c'\nclient_secret='cs-literal-SECRET'\n";
+    let c = load(&format!(
+        "{base}{good}audience='https://y'\nscope='hooks'\n"
+    ))
+    .unwrap();
+    let debug = format!("{:?}", c.hooks[0]);
+    assert!(
+        debug.contains("OAuth(ClientCredentials(https://idp/token, c, [redacted]))"),
+        "{debug}"
+    );
+    assert!(!debug.contains("cs-literal-SECRET"), "{debug}");
+    match &c.hooks[0].auth {
+        Some(HookAuth::OAuth(cc)) => {
+            assert!(cc.secret_in_header, "client_secret_basic by default");
+            assert_eq!(cc.audience.as_deref(), Some("https://y"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = load(&format!("{base}{good}method='client_secret_post'\n")).unwrap();
+    assert!(matches!(&c.hooks[0].auth, Some(HookAuth::OAuth(cc)) if !cc.secret_in_header));
+
+    let e = load(&format!(
+        "{base}token_url='https://idp/token'\nclient_id='c'\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(":4: hook `h`: `auth`: type \"oauth\" needs `client_secret`"),
+        "{e}"
+    );
+    let e = load(&format!("{base}{good}password='p'\n")).unwrap_err();
+    assert!(
+        e.contains("`auth`: `password` does not apply to type \"oauth\""),
+        "{e}"
+    );
+    let e = load(&format!("{base}{good}method='private_key_jwt'\n")).unwrap_err();
+    assert!(
+        e.contains("`auth`: `method`: `private_key_jwt` is not"),
+        "{e}"
+    );
+    let e = load(&format!("{base}{good}").replace("type='oauth'", "type='digest'")).unwrap_err();
+    assert!(
+        e.contains(":5: hook `h`: `auth.type`: `digest` is not one of \"basic\", \"oauth\""),
+        "{e}"
+    );
+    // The token endpoint gets the client secret: https, unless loopback or allowed.
+    let insecure = format!("{base}{good}").replace("https://idp", "http://idp");
+    let e = load(&insecure).unwrap_err();
+    assert!(
+        e.contains(":6: hook `h`: `auth.token_url`: plain http to another machine"),
+        "{e}"
+    );
+    let allowed = insecure.replace(
+        "url='https://y/'\n",
+        "url='https://y/'\nallow_insecure_http = true\n",
+    );
+    assert!(load(&allowed).is_ok());
+    assert!(load(&format!("{base}{good}").replace("https://idp", "http://127.0.0.1:9")).is_ok());
+}
+
 #[cfg(unix)]
 #[test]
-fn a_literal_client_key_in_a_readable_file_is_a_warning() {
+fn a_literal_client_secret_or_client_key_in_a_readable_file_is_a_warning() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridges.toml");
@@ -589,15 +652,15 @@ fn a_literal_client_key_in_a_readable_file_is_a_warning() {
     let cases = [
         (
             "hook `h`",
-            format!(
-                "[[hook]]\nname='h'\nurl='https://y/'\nclient_cert='client.pem'\nclient_key='''{key}'''\n"
-            ),
+            "[[hook]]\nname='h'\nurl='https://y/'\n[hook.auth]\ntype='oauth'\ntoken_url='https://idp/token'\nclient_id='c'\nclient_secret='cs'\n".to_string(),
+        ),
+        (
+            "hook `h`",
+            format!("[[hook]]\nname='h'\nurl='https://y/'\nclient_cert='client.pem'\nclient_key='''{key}'''\n"),
         ),
         (
             "source `a`",
-            format!(
-                "[[source]]\nname='a'\nbase_url='https://x/fhir'\nresources=['Patient']\nclient_cert='client.pem'\nclient_key='''{key}'''\n"
-            ),
+            format!("[[source]]\nname='a'\nbase_url='https://x/fhir'\nresources=['Patient']\nclient_cert='client.pem'\nclient_key='''{key}'''\n"),
         ),
     ];
     for (who, text) in cases {
