@@ -1,7 +1,7 @@
 //! `fhir-bridge run`: wires sources, hooks and housekeeping together and runs
 //! them until cancelled.
 
-use crate::config::Config;
+use crate::config::{Config, Source};
 use crate::delivery::{HookWorker, Sender};
 use crate::outbox::Route;
 use crate::source::client::FhirClient;
@@ -58,12 +58,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             .collect(),
     );
 
-    let sender = Sender::new().map_err(DaemonError::Http)?;
+    let shared = Sender::client(None).map_err(DaemonError::Http)?;
     for hook in &config.hooks {
         let worker = HookWorker {
             hook: hook.clone(),
             store: store.clone(),
-            sender: sender.clone(),
+            sender: Sender::for_hook(hook, &shared)
+                .map_err(|e| DaemonError::Http(format!("hook `{}`: {e}", hook.name)))?,
             wake: wakers[&hook.name].clone(),
         };
         tracker.spawn(worker.run(cancel.clone()));
@@ -77,14 +78,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             source: source.clone(),
             routes: Route::for_source(&config, &source.name),
             store: store.clone(),
-            client: FhirClient::with_pool(pool.clone(), source.timeout)
-                .with_origins(source.origins())
-                .with_auth(Arc::new(crate::auth::Authenticator::new(
-                    source.auth.clone(),
-                    source.base_url.clone(),
-                    pool.clone(),
-                    source.timeout,
-                ))),
+            client: source_client(source, &pool)?,
             wakers: wakers.clone(),
             first_poll_spread: first_poll_spread(&source.schedule, config.sources.len()),
             known: Default::default(),
@@ -117,6 +111,25 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         tracing::warn!("shutdown grace period over; unfinished deliveries stay in the outbox");
     }
     Ok(())
+}
+
+/// A source's client: on the shared pool, or on its own when the source has
+/// TLS settings; its token requests go through the same pool.
+fn source_client(source: &Source, shared: &reqwest::Client) -> Result<FhirClient, DaemonError> {
+    let http = match &source.tls {
+        Some(tls) => FhirClient::pool(Some(tls))
+            .map_err(|e| DaemonError::Http(format!("source `{}`: {e}", source.name)))?,
+        None => shared.clone(),
+    };
+    let auth = crate::auth::Authenticator::new(
+        source.auth.clone(),
+        source.base_url.clone(),
+        http.clone(),
+        source.timeout,
+    );
+    Ok(FhirClient::with_pool(http, source.timeout)
+        .with_origins(source.origins())
+        .with_auth(Arc::new(auth)))
 }
 
 /// Says every `HEARTBEAT` that this process is alive, and once more on the way out.

@@ -338,6 +338,7 @@ fn source(base: &str, page_size: u32, overlap_ms: u64, start: Start) -> Source {
         max_pages_per_poll: 1000,
         allowed_origins: vec![],
         auth: Default::default(),
+        tls: None,
     }
 }
 

@@ -1,7 +1,7 @@
-//! Authentication to an EHR: static credentials, or OAuth 2.0 client
-//! credentials with a token cache.
+//! Authentication to an EHR, or to a receiver: static credentials, or OAuth
+//! 2.0 client credentials (and SMART Backend Services) with a token cache.
 //!
-//! Tokens are cached per source and refreshed `REFRESH_MARGIN` before they
+//! Tokens are cached per source (per hook) and refreshed `REFRESH_MARGIN` before they
 //! expire, so a long poll gets a fresh one between pages. Many tasks needing a
 //! token at once wait for one fetch (the cache's lock is held while fetching:
 //! single flight). After a 401 the caller drops the token it used
@@ -10,7 +10,7 @@
 
 pub mod smart;
 
-use crate::config::SourceAuth;
+use crate::config::{ClientCredentials, SourceAuth};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use std::time::{Duration, Instant};
@@ -91,6 +91,23 @@ impl Authenticator {
             .ok_or(AuthError::Discovery)
     }
 
+    /// OAuth client credentials for a receiver (`[hook.auth] type = "oauth"`):
+    /// one token cache per hook, fetched through the hook's HTTP client.
+    pub fn client_credentials(
+        credentials: ClientCredentials,
+        http: reqwest::Client,
+        timeout: Duration,
+    ) -> Authenticator {
+        // The base URL is only for SMART discovery, which this never does.
+        let base_url = credentials.token_url.clone();
+        Self::new(
+            SourceAuth::ClientCredentials(credentials),
+            base_url,
+            http,
+            timeout,
+        )
+    }
+
     pub fn new(
         auth: SourceAuth,
         base_url: url::Url,
@@ -111,7 +128,7 @@ impl Authenticator {
     pub fn refreshable(&self) -> bool {
         matches!(
             self.auth,
-            SourceAuth::ClientCredentials { .. } | SourceAuth::SmartBackend { .. }
+            SourceAuth::ClientCredentials(_) | SourceAuth::SmartBackend { .. }
         )
     }
 
@@ -133,7 +150,7 @@ impl Authenticator {
                 )
             }
             SourceAuth::Bearer { token } => format!("Bearer {}", token.expose_secret()),
-            SourceAuth::ClientCredentials { .. } | SourceAuth::SmartBackend { .. } => {
+            SourceAuth::ClientCredentials(_) | SourceAuth::SmartBackend { .. } => {
                 let mut cached = self.cached.lock().await;
                 let fresh = cached.as_ref().is_some_and(|t| Instant::now() < t.renew_at);
                 if !fresh {
@@ -164,14 +181,14 @@ impl Authenticator {
 
     async fn fetch_token(&self) -> Result<Token, AuthError> {
         let (token_url, body, basic) = match &self.auth {
-            SourceAuth::ClientCredentials {
+            SourceAuth::ClientCredentials(ClientCredentials {
                 token_url,
                 client_id,
                 client_secret,
                 scope,
                 audience,
                 secret_in_header,
-            } => {
+            }) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 form.append_pair("grant_type", "client_credentials");
                 if let Some(s) = scope {

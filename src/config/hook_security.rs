@@ -2,7 +2,7 @@
 //! validated. Every secret resolves (and every signing key parses) when the
 //! config loads, so `validate` catches a missing env var or a bad key.
 
-use super::raw::RawHook;
+use super::raw::{RawHook, RawHookAuth};
 use super::validate::Ctx;
 use super::{ConfigError, HookAuth};
 use crate::delivery::signature::SigningKey;
@@ -74,41 +74,83 @@ pub(super) fn validate(
 
     let auth = match &h.auth {
         None => None,
-        Some(a) => {
-            let raw = a.get_ref();
-            match raw.kind.get_ref().as_str() {
-                "basic" => {
-                    let (Some(username), Some(password)) = (&raw.username, &raw.password) else {
-                        return Err(ctx.err(
-                            a.span(),
-                            format!(
-                                "{what}: `auth`: type \"basic\" needs `username` and `password`"
-                            ),
-                        ));
-                    };
-                    let password = password
-                        .resolve(dir)
-                        .map_err(|e| ctx.err(a.span(), format!("{what}: `auth.password`: {e}")))?;
-                    Some(HookAuth::Basic {
-                        username: username.clone(),
-                        password: Arc::new(password),
-                    })
-                }
-                other => {
-                    return Err(ctx.err(
-                        raw.kind.span(),
-                        format!(
-                            "{what}: `auth.type`: `{other}` is not supported (\"basic\"; OAuth client credentials are coming)"
-                        ),
-                    ));
-                }
-            }
-        }
+        Some(a) => Some(auth(ctx, what, a, h.allow_insecure_http.unwrap_or(false))?),
     };
     Ok(HookSecurity {
         signing_keys: Arc::new(signing_keys),
         headers,
         auth,
+    })
+}
+
+/// `[hook.auth]`: Basic, or OAuth client credentials.
+fn auth(
+    ctx: &Ctx,
+    what: &str,
+    a: &Spanned<RawHookAuth>,
+    allow_insecure_http: bool,
+) -> Result<HookAuth, ConfigError> {
+    let raw = a.get_ref();
+    let kind = raw.kind.get_ref().as_str();
+    let err = |m: String| ctx.err(a.span(), format!("{what}: `auth`: {m}"));
+    // Keys that belong to another type are a mistake worth reporting.
+    let given = [
+        ("username", raw.username.is_some()),
+        ("password", raw.password.is_some()),
+        ("token_url", raw.token_url.is_some()),
+        ("client_id", raw.client_id.is_some()),
+        ("client_secret", raw.client_secret.is_some()),
+        ("scope", raw.scope.is_some()),
+        ("audience", raw.audience.is_some()),
+        ("method", raw.method.is_some()),
+    ];
+    let allowed: &[&str] = match kind {
+        "basic" => &["username", "password"],
+        "oauth" => &[
+            "token_url",
+            "client_id",
+            "client_secret",
+            "scope",
+            "audience",
+            "method",
+        ],
+        other => {
+            return Err(ctx.err(
+                raw.kind.span(),
+                format!("{what}: `auth.type`: `{other}` is not one of \"basic\", \"oauth\""),
+            ));
+        }
+    };
+    if let Some((key, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+        return Err(err(format!("`{key}` does not apply to type \"{kind}\"")));
+    }
+    if kind == "oauth" {
+        let cc = super::source_auth::client_credentials(
+            ctx,
+            what,
+            kind,
+            super::source_auth::RawClientCredentials {
+                token_url: raw.token_url.as_ref(),
+                client_id: raw.client_id.as_ref(),
+                client_secret: raw.client_secret.as_ref(),
+                scope: raw.scope.as_ref(),
+                audience: raw.audience.as_ref(),
+                method: raw.method.as_ref(),
+            },
+            a.span(),
+            allow_insecure_http,
+        )?;
+        return Ok(HookAuth::OAuth(cc));
+    }
+    let (Some(username), Some(password)) = (&raw.username, &raw.password) else {
+        return Err(err("type \"basic\" needs `username` and `password`".into()));
+    };
+    let password = password
+        .resolve(ctx.config_dir())
+        .map_err(|e| ctx.err(a.span(), format!("{what}: `auth.password`: {e}")))?;
+    Ok(HookAuth::Basic {
+        username: username.clone(),
+        password: Arc::new(password),
     })
 }
 
@@ -118,12 +160,17 @@ pub(super) fn has_literal_secret(h: &RawHook) -> bool {
         .signing_secrets
         .as_ref()
         .is_some_and(|s| s.get_ref().iter().any(|x| x.is_literal()));
-    let auth = h
-        .auth
+    let auth = h.auth.as_ref().is_some_and(|a| {
+        let a = a.get_ref();
+        [&a.password, &a.client_secret]
+            .iter()
+            .any(|s| s.as_ref().is_some_and(|s| s.is_literal()))
+    });
+    let key = h
+        .client_key
         .as_ref()
-        .and_then(|a| a.get_ref().password.as_ref())
-        .is_some_and(|p| p.is_literal());
-    signing || auth
+        .is_some_and(|k| k.get_ref().is_literal());
+    signing || auth || key
 }
 
 /// Whether users other than the owner can read the file (unix).

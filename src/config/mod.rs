@@ -10,11 +10,13 @@ mod raw;
 mod schedule;
 mod secret;
 mod source_auth;
+mod tls;
 mod toml_error;
 mod validate;
 
 pub use duration::HumanDuration;
 pub use schedule::Schedule;
+pub use tls::Tls;
 
 use crate::filter::Filter;
 use chrono::{DateTime, Utc};
@@ -80,6 +82,9 @@ pub struct Source {
     /// Origins besides `base_url`'s that next links and redirects may lead
     /// to (and credentials with them). Empty by default.
     pub allowed_origins: Vec<url::Origin>,
+    /// Extra CA certificates and a client certificate; `None`: the system's
+    /// roots, no client certificate, and the shared connection pool.
+    pub tls: Option<Tls>,
 }
 
 impl Source {
@@ -111,15 +116,7 @@ pub enum SourceAuth {
         token: Arc<secrecy::SecretString>,
     },
     /// OAuth 2.0 client credentials.
-    ClientCredentials {
-        token_url: Url,
-        client_id: String,
-        client_secret: Arc<secrecy::SecretString>,
-        scope: Option<String>,
-        audience: Option<String>,
-        /// `client_secret_basic` (true) or `client_secret_post`.
-        secret_in_header: bool,
-    },
+    ClientCredentials(ClientCredentials),
     /// SMART Backend Services: a signed JWT client assertion (ES384/RS384).
     SmartBackend {
         client_id: String,
@@ -136,15 +133,34 @@ impl std::fmt::Debug for SourceAuth {
             SourceAuth::None => f.write_str("None"),
             SourceAuth::Basic { username, .. } => write!(f, "Basic({username}, [redacted])"),
             SourceAuth::Bearer { .. } => f.write_str("Bearer([redacted])"),
-            SourceAuth::ClientCredentials {
-                token_url,
-                client_id,
-                ..
-            } => write!(f, "ClientCredentials({token_url}, {client_id}, [redacted])"),
+            SourceAuth::ClientCredentials(cc) => write!(f, "{cc:?}"),
             SourceAuth::SmartBackend { client_id, key, .. } => {
                 write!(f, "SmartBackend({client_id}, {key:?})")
             }
         }
+    }
+}
+
+/// OAuth 2.0 client credentials (RFC 6749 4.4), to an EHR
+/// (`[source.auth]`) or a receiver (`[hook.auth]`).
+#[derive(Clone)]
+pub struct ClientCredentials {
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: Arc<secrecy::SecretString>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    /// `client_secret_basic` (true) or `client_secret_post`.
+    pub secret_in_header: bool,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClientCredentials({}, {}, [redacted])",
+            self.token_url, self.client_id
+        )
     }
 }
 
@@ -172,6 +188,8 @@ pub struct Hook {
     /// Static headers, validated.
     pub headers: Vec<(String, String)>,
     pub auth: Option<HookAuth>,
+    /// As a source's `tls`; `None`: the client hooks share.
+    pub tls: Option<Tls>,
 }
 
 /// How the bridge authenticates to a receiver.
@@ -181,6 +199,8 @@ pub enum HookAuth {
         username: String,
         password: Arc<secrecy::SecretString>,
     },
+    /// A bearer token from the receiver's token endpoint, cached per hook.
+    OAuth(ClientCredentials),
 }
 
 impl std::fmt::Debug for HookAuth {
@@ -191,6 +211,7 @@ impl std::fmt::Debug for HookAuth {
                 .field("username", username)
                 .field("password", &"[redacted]")
                 .finish(),
+            HookAuth::OAuth(cc) => write!(f, "OAuth({cc:?})"),
         }
     }
 }

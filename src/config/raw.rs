@@ -39,6 +39,9 @@ pub struct RawSource {
     pub allow_insecure_http: Option<bool>,
     /// Origins besides `base_url`'s that next links and redirects may lead to.
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<RawSecret>>,
 }
 
 /// `[source.auth]`: how the bridge authenticates to the EHR.
@@ -79,6 +82,9 @@ pub struct RawHook {
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     pub auth: Option<Spanned<RawHookAuth>>,
     pub allow_insecure_http: Option<bool>,
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<RawSecret>>,
 }
 
 /// `[hook.auth]`: how the bridge authenticates to the receiver.
@@ -89,4 +95,37 @@ pub struct RawHookAuth {
     pub kind: Spanned<String>,
     pub username: Option<String>,
     pub password: Option<RawSecret>,
+    pub token_url: Option<Spanned<String>>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<RawSecret>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub method: Option<Spanned<String>>,
+}
+
+/// The TLS keys of a source or a hook (`ca_file`, `client_cert`, `client_key`).
+pub struct RawTls<'a> {
+    pub ca_file: Option<&'a Spanned<String>>,
+    pub client_cert: Option<&'a Spanned<String>>,
+    pub client_key: Option<&'a Spanned<RawSecret>>,
+}
+
+impl RawSource {
+    pub fn tls(&self) -> RawTls<'_> {
+        RawTls {
+            ca_file: self.ca_file.as_ref(),
+            client_cert: self.client_cert.as_ref(),
+            client_key: self.client_key.as_ref(),
+        }
+    }
+}
+
+impl RawHook {
+    pub fn tls(&self) -> RawTls<'_> {
+        RawTls {
+            ca_file: self.ca_file.as_ref(),
+            client_cert: self.client_cert.as_ref(),
+            client_key: self.client_key.as_ref(),
+        }
+    }
 }

@@ -1,10 +1,62 @@
 //! `[source.auth]`, validated: every secret resolves when the config loads.
 
 use super::raw::RawSourceAuth;
+use super::secret::RawSecret;
 use super::validate::Ctx;
-use super::{ConfigError, SourceAuth};
+use super::{ClientCredentials, ConfigError, SourceAuth};
+use std::ops::Range;
 use std::sync::Arc;
 use toml::Spanned;
+
+/// The OAuth client credentials keys of an `auth` table (`[source.auth]`
+/// or `[hook.auth]`).
+pub(super) struct RawClientCredentials<'a> {
+    pub token_url: Option<&'a Spanned<String>>,
+    pub client_id: Option<&'a String>,
+    pub client_secret: Option<&'a RawSecret>,
+    pub scope: Option<&'a String>,
+    pub audience: Option<&'a String>,
+    pub method: Option<&'a Spanned<String>>,
+}
+
+/// Client credentials, validated: `token_url` is https (or loopback, or
+/// allowed), the secret resolves. `span` is the auth table's; `kind` its type.
+pub(super) fn client_credentials(
+    ctx: &Ctx,
+    what: &str,
+    kind: &str,
+    a: RawClientCredentials,
+    span: Range<usize>,
+    allow_insecure_http: bool,
+) -> Result<ClientCredentials, ConfigError> {
+    let err = |m: String| ctx.err(span.clone(), format!("{what}: `auth`: {m}"));
+    let need = |field: &str| err(format!("type \"{kind}\" needs `{field}`"));
+    let raw_url = a.token_url.ok_or_else(|| need("token_url"))?;
+    let token_url = token_url(ctx, what, raw_url, allow_insecure_http)?;
+    let secret_in_header = match a.method.map(|m| m.get_ref().as_str()) {
+        None | Some("client_secret_basic") => true,
+        Some("client_secret_post") => false,
+        Some(other) => {
+            return Err(err(format!(
+                "`method`: `{other}` is not \"client_secret_basic\" or \"client_secret_post\""
+            )));
+        }
+    };
+    let client_id = a.client_id.cloned().ok_or_else(|| need("client_id"))?;
+    let client_secret = a
+        .client_secret
+        .ok_or_else(|| need("client_secret"))?
+        .resolve(ctx.config_dir())
+        .map_err(|e| err(format!("`client_secret`: {e}")))?;
+    Ok(ClientCredentials {
+        token_url,
+        client_id,
+        client_secret: Arc::new(client_secret),
+        scope: a.scope.cloned(),
+        audience: a.audience.cloned(),
+        secret_in_header,
+    })
+}
 
 pub(super) fn validate(
     ctx: &Ctx,
@@ -94,32 +146,21 @@ pub(super) fn validate(
                 },
             }
         }
-        "client-credentials" => {
-            let raw_url = a.token_url.as_ref().ok_or_else(|| need("token_url"))?;
-            let token_url = token_url(ctx, what, raw_url, allow_insecure_http)?;
-            let secret_in_header = match a.method.as_ref().map(|m| m.get_ref().as_str()) {
-                None | Some("client_secret_basic") => true,
-                Some("client_secret_post") => false,
-                Some(other) => {
-                    return Err(err(format!(
-                        "`method`: `{other}` is not \"client_secret_basic\" or \"client_secret_post\""
-                    )));
-                }
-            };
-            SourceAuth::ClientCredentials {
-                token_url,
-                client_id: a.client_id.clone().ok_or_else(|| need("client_id"))?,
-                client_secret: secret(
-                    "client_secret",
-                    a.client_secret
-                        .as_ref()
-                        .ok_or_else(|| need("client_secret"))?,
-                )?,
-                scope: a.scope.clone(),
-                audience: a.audience.clone(),
-                secret_in_header,
-            }
-        }
+        "client-credentials" => SourceAuth::ClientCredentials(client_credentials(
+            ctx,
+            what,
+            kind,
+            RawClientCredentials {
+                token_url: a.token_url.as_ref(),
+                client_id: a.client_id.as_ref(),
+                client_secret: a.client_secret.as_ref(),
+                scope: a.scope.as_ref(),
+                audience: a.audience.as_ref(),
+                method: a.method.as_ref(),
+            },
+            spanned.span(),
+            allow_insecure_http,
+        )?),
         _ => SourceAuth::None,
     })
 }

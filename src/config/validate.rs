@@ -178,12 +178,16 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
         }
     }
     for raw_source in &raw.source {
-        let literal = raw_source.get_ref().auth.as_ref().is_some_and(|a| {
+        let raw = raw_source.get_ref();
+        let literal = raw.auth.as_ref().is_some_and(|a| {
             let a = a.get_ref();
-            [&a.password, &a.token, &a.client_secret]
+            [&a.password, &a.token, &a.client_secret, &a.private_key]
                 .iter()
                 .any(|s| s.as_ref().is_some_and(|s| s.is_literal()))
-        });
+        }) || raw
+            .client_key
+            .as_ref()
+            .is_some_and(|k| k.get_ref().is_literal());
         if literal && super::hook_security::readable_by_others(ctx.path) {
             out.push(ctx.warning(
                 raw_source.get_ref().name.span(),
@@ -457,6 +461,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             s.allowed_origins.as_ref(),
             s.allow_insecure_http.unwrap_or(false),
         )?,
+        tls: super::tls::validate(ctx, &what, s.tls())?,
     })
 }
 
@@ -592,6 +597,7 @@ fn validate_hook(
         signing_keys: security.signing_keys,
         headers: security.headers,
         auth: security.auth,
+        tls: super::tls::validate(ctx, &what, h.tls())?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Unit tests of config validation: every error names file, line and key.
 
 use super::*;
+use crate::config::HookAuth;
 
 const GOOD: &str = r#"
 state_dir = "state"
@@ -479,4 +480,237 @@ fn allowed_origins_are_origins_only() {
     );
     let e = error(&with(r#"["not a url"]"#));
     assert!(e.contains("`allowed_origins[0]`: not a URL"), "{e}");
+}
+
+/// A test CA, and a client certificate it signed, as PEM: (ca, cert, key).
+fn test_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["bridge".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn tls_files_are_read_and_parsed_when_the_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki();
+    let (_, _, other_key) = test_pki();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("ca.pem", &ca);
+    write("client.pem", &cert);
+    write("client.key", &key);
+    write("other.key", &other_key);
+    write("empty.pem", "no PEM in here\n");
+    write(
+        "bad.pem",
+        "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+    );
+    write(
+        "notder.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
+    let path = dir.path().join("bridges.toml");
+    let load = |tls: &str| {
+        let text = format!(
+            "[[source]]\nname='a'\nbase_url='https://x/fhir'\nresources=['Patient']\n{tls}"
+        );
+        validate(&text, &path).map_err(|e| e.to_string())
+    };
+    // Relative paths resolve against the config's directory.
+    let c =
+        load("ca_file='ca.pem'\nclient_cert='client.pem'\nclient_key={ file = 'client.key' }\n")
+            .unwrap();
+    let debug = format!("{:?}", c.sources[0]);
+    assert!(
+        debug.contains("client_key: Some(\"[redacted]\")"),
+        "{debug}"
+    );
+    assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+    assert!(load("").unwrap().sources[0].tls.is_none());
+    assert!(load("ca_file='ca.pem'\n").unwrap().sources[0].tls.is_some());
+
+    let e = load("ca_file='missing.pem'\n").unwrap_err();
+    assert!(e.contains(":5: source `a`: `ca_file`: cannot read "), "{e}");
+    assert!(e.contains("missing.pem: No such file"), "{e}");
+    let e = load("ca_file='empty.pem'\n").unwrap_err();
+    assert!(
+        e.contains("`ca_file`: ") && e.contains("holds no PEM certificate"),
+        "{e}"
+    );
+    let e = load("ca_file='bad.pem'\n").unwrap_err();
+    assert!(
+        e.contains("`ca_file`: ") && e.contains("bad.pem is not PEM"),
+        "{e}"
+    );
+    let e = load("ca_file='notder.pem'\n").unwrap_err();
+    assert!(
+        e.contains(":5: source `a`: `ca_file`: a certificate in ")
+            && e.contains("notder.pem does not parse"),
+        "{e}"
+    );
+
+    let e = load("client_cert='client.pem'\n").unwrap_err();
+    assert!(
+        e.contains(":5: source `a`: `client_cert` needs `client_key`"),
+        "{e}"
+    );
+    let e = load("client_key={ file = 'client.key' }\n").unwrap_err();
+    assert!(
+        e.contains(":5: source `a`: `client_key` needs `client_cert`"),
+        "{e}"
+    );
+    let e = load("client_cert='empty.pem'\nclient_key={ file = 'client.key' }\n").unwrap_err();
+    assert!(
+        e.contains(":5: source `a`: `client_cert`: ") && e.contains("holds no PEM certificate"),
+        "{e}"
+    );
+    // A key that is not one, or not the certificate's: never echoed.
+    let e = load("client_cert='client.pem'\nclient_key='SECRET-KEY-MATERIAL'\n").unwrap_err();
+    assert!(
+        e.contains(":6: source `a`: `client_key`: not a PEM private key"),
+        "{e}"
+    );
+    assert!(!e.contains("SECRET-KEY-MATERIAL"), "{e}");
+    let e = load("client_cert='client.pem'\nclient_key={ file = 'other.key' }\n").unwrap_err();
+    assert!(
+        e.contains(":6: source `a`: `client_key`: not usable with `client_cert` "),
+        "{e}"
+    );
+    let body = |pem: &str| pem.lines().nth(1).unwrap_or_default().to_string();
+    assert!(!e.contains(&body(&other_key)), "{e}");
+    let e = load("client_cert='client.pem'\nclient_key={ env = 'FHIR_BRIDGE_TEST_NO_KEY' }\n")
+        .unwrap_err();
+    assert!(
+        e.contains("`client_key`: environment variable `FHIR_BRIDGE_TEST_NO_KEY` is not set"),
+        "{e}"
+    );
+
+    // Hooks take the same keys.
+    let hook = |tls: &str| {
+        let text = format!("[[hook]]\nname='h'\nurl='https://y/'\n{tls}");
+        validate(&text, &path).map_err(|e| e.to_string())
+    };
+    assert!(
+        hook("ca_file='ca.pem'\nclient_cert='client.pem'\nclient_key={ file = 'client.key' }\n")
+            .unwrap()
+            .hooks[0]
+            .tls
+            .is_some()
+    );
+    let e = hook("ca_file='missing.pem'\n").unwrap_err();
+    assert!(e.contains(":4: hook `h`: `ca_file`: cannot read "), "{e}");
+    let e = hook("client_cert='client.pem'\n").unwrap_err();
+    assert!(
+        e.contains(":4: hook `h`: `client_cert` needs `client_key`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hook_oauth_is_checked_when_the_config_loads() {
+    let base = "[[hook]]\nname='h'\nurl='https://y/'\n[hook.auth]\ntype='oauth'\n";
+    let good = "token_url='https://idp/token'\nclient_id='c'\nclient_secret='cs-literal-SECRET'\n";
+    let c = load(&format!(
+        "{base}{good}audience='https://y'\nscope='hooks'\n"
+    ))
+    .unwrap();
+    let debug = format!("{:?}", c.hooks[0]);
+    assert!(
+        debug.contains("OAuth(ClientCredentials(https://idp/token, c, [redacted]))"),
+        "{debug}"
+    );
+    assert!(!debug.contains("cs-literal-SECRET"), "{debug}");
+    match &c.hooks[0].auth {
+        Some(HookAuth::OAuth(cc)) => {
+            assert!(cc.secret_in_header, "client_secret_basic by default");
+            assert_eq!(cc.audience.as_deref(), Some("https://y"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = load(&format!("{base}{good}method='client_secret_post'\n")).unwrap();
+    assert!(matches!(&c.hooks[0].auth, Some(HookAuth::OAuth(cc)) if !cc.secret_in_header));
+
+    let e = load(&format!(
+        "{base}token_url='https://idp/token'\nclient_id='c'\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(":4: hook `h`: `auth`: type \"oauth\" needs `client_secret`"),
+        "{e}"
+    );
+    let e = load(&format!("{base}{good}password='p'\n")).unwrap_err();
+    assert!(
+        e.contains("`auth`: `password` does not apply to type \"oauth\""),
+        "{e}"
+    );
+    let e = load(&format!("{base}{good}method='private_key_jwt'\n")).unwrap_err();
+    assert!(
+        e.contains("`auth`: `method`: `private_key_jwt` is not"),
+        "{e}"
+    );
+    let e = load(&format!("{base}{good}").replace("type='oauth'", "type='digest'")).unwrap_err();
+    assert!(
+        e.contains(":5: hook `h`: `auth.type`: `digest` is not one of \"basic\", \"oauth\""),
+        "{e}"
+    );
+    // The token endpoint gets the client secret: https, unless loopback or allowed.
+    let insecure = format!("{base}{good}").replace("https://idp", "http://idp");
+    let e = load(&insecure).unwrap_err();
+    assert!(
+        e.contains(":6: hook `h`: `auth.token_url`: plain http to another machine"),
+        "{e}"
+    );
+    let allowed = insecure.replace(
+        "url='https://y/'\n",
+        "url='https://y/'\nallow_insecure_http = true\n",
+    );
+    assert!(load(&allowed).is_ok());
+    assert!(load(&format!("{base}{good}").replace("https://idp", "http://127.0.0.1:9")).is_ok());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_literal_client_secret_or_client_key_in_a_readable_file_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let (_, cert, key) = test_pki();
+    std::fs::write(dir.path().join("client.pem"), &cert).unwrap();
+    let cases = [
+        (
+            "hook `h`",
+            "[[hook]]\nname='h'\nurl='https://y/'\n[hook.auth]\ntype='oauth'\ntoken_url='https://idp/token'\nclient_id='c'\nclient_secret='cs'\n".to_string(),
+        ),
+        (
+            "hook `h`",
+            format!("[[hook]]\nname='h'\nurl='https://y/'\nclient_cert='client.pem'\nclient_key='''{key}'''\n"),
+        ),
+        (
+            "source `a`",
+            format!("[[source]]\nname='a'\nbase_url='https://x/fhir'\nresources=['Patient']\nclient_cert='client.pem'\nclient_key='''{key}'''\n"),
+        ),
+    ];
+    for (who, text) in cases {
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains(&format!("{who}: a secret is written in this file"))),
+            "{who}: {:?}",
+            c.warnings
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert!(!c.warnings.iter().any(|w| w.contains("others can read")));
+    }
 }

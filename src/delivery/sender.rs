@@ -1,10 +1,12 @@
 //! One HTTP POST of one message, classified.
 
 use super::signature::sign;
-use crate::config::{Hook, HookAuth};
+use crate::auth::{AuthError, Authenticator};
+use crate::config::{Hook, HookAuth, Tls};
 use crate::source::client::{describe, parse_retry_after};
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How one attempt went.
@@ -20,14 +22,19 @@ pub enum Attempt {
     },
 }
 
+/// Sends one hook's webhooks: its HTTP client (its own when the hook has TLS
+/// settings, else the one hooks share) and, for OAuth, its token cache.
 #[derive(Clone)]
 pub struct Sender {
     http: reqwest::Client,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Sender {
-    pub fn new() -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+    /// The HTTP client of hooks; with `tls` (a hook's extra CA certificates,
+    /// client certificate), that hook's own.
+    pub fn client(tls: Option<&Tls>) -> Result<reqwest::Client, String> {
+        let builder = reqwest::Client::builder()
             // A redirect is never followed: a 301/302 would turn the POST into a
             // bodiless GET whose 200 looked like a delivery, and a 307/308 would
             // re-send the payload (PHI) to wherever the receiver pointed.
@@ -35,17 +42,72 @@ impl Sender {
             .referer(false)
             .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| describe(&e))?;
-        Ok(Sender { http })
+            .pool_idle_timeout(Duration::from_secs(90));
+        let builder = match tls {
+            Some(tls) => tls.apply(builder).map_err(|e| describe(&e))?,
+            None => builder,
+        };
+        builder.build().map_err(|e| describe(&e))
+    }
+
+    /// The sender of `hook`: `shared` unless the hook has TLS settings. Its
+    /// token requests go through the same client.
+    pub fn for_hook(hook: &Hook, shared: &reqwest::Client) -> Result<Sender, String> {
+        let http = match &hook.tls {
+            Some(tls) => Self::client(Some(tls))?,
+            None => shared.clone(),
+        };
+        let auth = match &hook.auth {
+            Some(HookAuth::OAuth(credentials)) => Some(Arc::new(
+                Authenticator::client_credentials(credentials.clone(), http.clone(), hook.timeout),
+            )),
+            _ => None,
+        };
+        Ok(Sender { http, auth })
     }
 
     /// POSTs `payload` to the hook; the receiver acknowledges with any 2xx.
-    /// The signature (when the hook has signing keys) is computed here, over
-    /// the exact bytes sent and this attempt's timestamp, so a retry carries a
-    /// fresh timestamp and a valid signature.
+    /// With OAuth, a 401 drops the token, and the POST is sent once more
+    /// with a new one, within this attempt. A token endpoint that fails is a
+    /// failed attempt (retried on the hook's schedule).
     pub async fn post(&self, hook: &Hook, message_id: &str, payload: Vec<u8>) -> Attempt {
+        let Some(auth) = &self.auth else {
+            return self.post_once(hook, message_id, payload.into(), None).await;
+        };
+        let payload = bytes::Bytes::from(payload);
+        let header = match auth.header().await {
+            Ok(h) => h,
+            Err(e) => return token_failed(e),
+        };
+        let first = self
+            .post_once(hook, message_id, payload.clone(), header.clone())
+            .await;
+        match first {
+            Attempt::Failed {
+                status: Some(401), ..
+            } => {
+                if let Some(used) = &header {
+                    auth.invalidate(used).await;
+                }
+                match auth.header().await {
+                    Ok(header) => self.post_once(hook, message_id, payload, header).await,
+                    Err(e) => token_failed(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// One POST. The signature (when the hook has signing keys) is computed
+    /// here, over the exact bytes sent and this POST's timestamp, so a retry
+    /// carries a fresh timestamp and a valid signature.
+    async fn post_once(
+        &self,
+        hook: &Hook,
+        message_id: &str,
+        payload: bytes::Bytes,
+        authorization: Option<HeaderValue>,
+    ) -> Attempt {
         let timestamp = chrono::Utc::now().timestamp();
         let mut req = self
             .http
@@ -58,6 +120,9 @@ impl Sender {
         }
         if let Some(HookAuth::Basic { username, password }) = &hook.auth {
             req = req.basic_auth(username, Some(password.expose_secret()));
+        }
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
         }
         if !hook.signing_keys.is_empty() {
             let signature = sign(&hook.signing_keys, message_id, timestamp, &payload);
@@ -107,5 +172,15 @@ impl Sender {
                 retry_after: None,
             },
         }
+    }
+}
+
+/// No token, no POST: the attempt failed with the token endpoint's HTTP
+/// status and OAuth error code (never its body).
+fn token_failed(e: AuthError) -> Attempt {
+    Attempt::Failed {
+        status: None,
+        error: e.to_string(),
+        retry_after: None,
     }
 }

@@ -78,14 +78,22 @@ impl FhirClient {
         Ok(Self::with_pool(Self::shared_pool()?, timeout))
     }
 
-    /// One HTTP connection pool (and TLS configuration) for every source:
-    /// a thousand sources must not mean a thousand pools.
+    /// One HTTP connection pool (and TLS configuration) for every source
+    /// without TLS settings of its own: a thousand sources must not mean a
+    /// thousand pools.
     pub fn shared_pool() -> Result<reqwest::Client, FetchError> {
+        Self::pool(None)
+    }
+
+    /// The HTTP client of sources; with `tls` (a source's extra CA
+    /// certificates, client certificate), that source's own. Everything
+    /// else is the same for all: headers, redirects, timeouts.
+    pub fn pool(tls: Option<&crate::config::Tls>) -> Result<reqwest::Client, FetchError> {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/fhir+json"));
         // HAPI caches identical searches for a minute; we need fresh results.
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .default_headers(headers)
             // Where a search came from is nobody else's business.
             .referer(false)
@@ -95,9 +103,14 @@ impl FhirClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("fhir-bridge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| FetchError::Other(describe(&e)))
+            .pool_idle_timeout(Duration::from_secs(90));
+        let builder = match tls {
+            Some(tls) => tls
+                .apply(builder)
+                .map_err(|e| FetchError::Other(describe(&e)))?,
+            None => builder,
+        };
+        builder.build().map_err(|e| FetchError::Other(describe(&e)))
     }
 
     /// A source's client on a shared pool, with the source's own timeout and

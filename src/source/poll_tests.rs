@@ -22,6 +22,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         max_pages_per_poll: 1000,
         allowed_origins: vec![],
         auth: Default::default(),
+        tls: None,
     };
     let routes = vec![Route {
         hook: "h".into(),

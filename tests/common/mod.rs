@@ -21,17 +21,28 @@ pub struct Bridge {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     runs: usize,
+    /// Extra environment variables of the daemon.
+    env: Vec<(String, String)>,
 }
 
 impl Bridge {
     /// Writes `config` (TOML) and starts the daemon on it.
     pub fn start(config: &str) -> Bridge {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Bridge {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("bridges.toml"), config).expect("write config");
         let mut b = Bridge {
             dir,
             child: None,
             runs: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         b.restart();
         b
@@ -51,6 +62,7 @@ impl Bridge {
             .args(["run", "-c"])
             .arg(self.config_path())
             .env("FHIR_BRIDGE_LOG", "fhir_bridge=debug,info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

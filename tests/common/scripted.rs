@@ -45,12 +45,25 @@ struct Shared {
 #[derive(Clone)]
 pub struct Scripted {
     addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
 }
 
 impl Scripted {
     pub async fn start(script: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, "http", script)
+    }
+
+    /// Serves on `listener` (a TLS listener, say); `scheme` goes into `url`.
+    pub fn serve<L>(
+        listener: L,
+        scheme: &'static str,
+        script: impl Fn(&Seen) -> Response + Send + Sync + 'static,
+    ) -> Scripted
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared {
             script: Mutex::new(Arc::new(script)),
@@ -60,12 +73,16 @@ impl Scripted {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Scripted { addr, shared }
+        Scripted {
+            addr,
+            scheme,
+            shared,
+        }
     }
 
-    /// `http://127.0.0.1:PORT` + path.
+    /// `http://127.0.0.1:PORT` (or https) + path.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn set_script(&self, script: impl Fn(&Seen) -> Response + Send + Sync + 'static) {
