@@ -176,99 +176,16 @@ async fn client_credentials_basic_and_a_refused_client() {
 /// SMART Backend Services, as Epic and Cerner want it: keys made with
 /// `fhir-bridge keys generate` (ES384 and RS384), registered as JWKS with a
 /// token endpoint that checks every client assertion with an independent JWT
-/// implementation (signature, iss/sub/aud/exp, a reused jti refused). One
-/// source finds the token endpoint in `.well-known/smart-configuration`.
+/// implementation (signature, iss/sub/aud/exp, a reused jti refused: see
+/// tests/common/auth_server.rs). One source finds the token endpoint in
+/// `.well-known/smart-configuration`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smart_backend_services_with_es384_and_rs384_keys() {
+    use common::auth_server::{AuthServer, Client, Options};
+    use common::authed::generate_key;
     use jsonwebtoken::jwk::JwkSet;
-    use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
-    use std::collections::HashSet;
 
-    let keys = tempfile::tempdir().unwrap();
-    let mut jwks = JwkSet { keys: vec![] };
-    for alg in ["ES384", "RS384"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-bridge"))
-            .args(["keys", "generate", "--alg", alg, "--out"])
-            .arg(keys.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let set: JwkSet = serde_json::from_slice(&out.stdout).unwrap();
-        jwks.keys.extend(set.keys);
-    }
-
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        iss: String,
-        sub: String,
-        exp: i64,
-        jti: String,
-    }
-    let refused = Arc::new(AtomicUsize::new(0));
-    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen_jti = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let token_url = Arc::new(Mutex::new(String::new()));
-    let (rf, is, sj, tu) = (
-        refused.clone(),
-        issued.clone(),
-        seen_jti.clone(),
-        token_url.clone(),
-    );
-    let token = Scripted::start(move |s: &Seen| {
-        let form: std::collections::HashMap<String, String> =
-            url::form_urlencoded::parse(&s.body).into_owned().collect();
-        let check = || -> Option<()> {
-            (form.get("grant_type")? == "client_credentials").then_some(())?;
-            (form.get("client_assertion_type")?
-                == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-                .then_some(())?;
-            let jwt = form.get("client_assertion")?;
-            let header = decode_header(jwt).ok()?;
-            (header.typ.as_deref() == Some("JWT")).then_some(())?;
-            let jwk = jwks.find(header.kid.as_deref()?)?;
-            let key = DecodingKey::from_jwk(jwk).ok()?;
-            let client = if header.alg == jsonwebtoken::Algorithm::ES384 { "epic-app" } else { "cerner-app" };
-            let mut v = Validation::new(header.alg);
-            v.set_audience(&[tu.lock().unwrap().as_str()]);
-            v.set_issuer(&[client]);
-            v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-            let claims = decode::<Claims>(jwt, &key, &v).ok()?.claims;
-            (claims.sub == claims.iss).then_some(())?;
-            (claims.exp <= chrono::Utc::now().timestamp() + 300).then_some(())?;
-            sj.lock().unwrap().insert(claims.jti).then_some(())?;
-            Some(())
-        };
-        if check().is_none() {
-            rf.fetch_add(1, Ordering::SeqCst);
-            return fhir_json(400, json!({"error": "invalid_client"}));
-        }
-        let t = format!("smart-{}", fastrand::u64(..));
-        is.lock().unwrap().push(t.clone());
-        fhir_json(200, json!({"access_token": t, "token_type": "bearer", "expires_in": 300, "scope": form.get("scope")}))
-    })
-    .await;
-    *token_url.lock().unwrap() = token.url("/token");
-
-    let tu = token.url("/token");
-    let is = issued.clone();
-    let ehr = Scripted::start(move |s: &Seen| {
-        if s.uri.ends_with("/.well-known/smart-configuration") {
-            return fhir_json(
-                200,
-                json!({"token_endpoint": tu, "grant_types_supported": ["client_credentials"]}),
-            );
-        }
-        let ok = s
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer ").map(String::from))
-            .is_some_and(|t| is.lock().unwrap().contains(&t));
-        if !ok {
-            return status_with(401, &[]);
-        }
+    let ehr = Scripted::start(|_| {
         bundle(
             &now_instant(),
             vec![observation("s1", "1", "2026-01-01T00:00:00Z")],
@@ -276,31 +193,50 @@ async fn smart_backend_services_with_es384_and_rs384_keys() {
         )
     })
     .await;
+    // The EHR is reached only through the proxy, with an issued token.
+    let auth = AuthServer::start(
+        &ehr.url("/fhir"),
+        Options {
+            scopes: vec![
+                "system/Observation.rs".into(),
+                "system/Observation.read".into(),
+            ],
+            lifetime: std::time::Duration::from_secs(300),
+            revoke_at: None,
+            hold_a_page: false,
+        },
+    )
+    .await;
+    let keys = tempfile::tempdir().unwrap();
+    let (es_pem, es_jwks) = generate_key("ES384", keys.path());
+    let (rs_pem, rs_jwks) = generate_key("RS384", keys.path());
+    auth.register(Client::Jwks {
+        id: "epic-app".into(),
+        jwks: es_jwks,
+    });
+    auth.register(Client::Jwks {
+        id: "cerner-app".into(),
+        jwks: rs_jwks,
+    });
 
-    let key = |alg: &str| {
-        keys.path()
-            .join(format!("fhir-bridge-{alg}.pem"))
-            .display()
-            .to_string()
-    };
     let rx = Receiver::start(0, None).await.unwrap();
     let config = format!(
         "state_dir = \"state\"\n\n{}{}[[hook]]\nname = \"all\"\nurl = \"{}\"\n",
         source(
             "epic",
-            &ehr.url("/fhir"),
+            &auth.base_url(),
             &format!(
                 "[source.auth]\ntype = \"smart-backend\"\nclient_id = \"epic-app\"\nprivate_key = {{ file = \"{}\" }}\nscope = \"system/Observation.rs\"\n",
-                key("es384")
+                es_pem.display()
             )
         ),
         source(
             "cerner",
-            &ehr.url("/fhir"),
+            &auth.base_url(),
             &format!(
                 "[source.auth]\ntype = \"smart-backend\"\nclient_id = \"cerner-app\"\nprivate_key = {{ file = \"{}\" }}\nscope = \"system/Observation.read\"\ntoken_url = \"{}\"\n",
-                key("rs384"),
-                token.url("/token")
+                rs_pem.display(),
+                auth.token_url()
             )
         ),
         rx.url("hooks/all"),
@@ -313,12 +249,14 @@ async fn smart_backend_services_with_es384_and_rs384_keys() {
             .all(|s| target_of(&st, s)["changes_seen"] == 1)
     })
     .await;
-    assert_eq!(
-        refused.load(Ordering::SeqCst),
-        0,
-        "an assertion was refused"
+    let stats = auth.stats();
+    assert!(
+        stats.refused.is_empty(),
+        "an assertion was refused: {stats:?}"
     );
-    assert_eq!(issued.lock().unwrap().len(), 2, "one token per source");
+    assert_eq!(stats.issued, 2, "one token per source");
+    assert!(stats.unauthorized.is_empty(), "{stats:?}");
+    assert_eq!(stats.discovery, 1, "only `epic` discovers");
     // `keys jwks` prints the configured key's public half.
     let out = bridge.cli(&["keys", "jwks", "--source", "epic"]);
     let set: JwkSet = serde_json::from_slice(&out.stdout).unwrap();
@@ -328,15 +266,261 @@ async fn smart_backend_services_with_es384_and_rs384_keys() {
         &bridge.cli(&["status", "--json"]).stdout,
     ));
     bridge.stop();
-    for alg in ["es384", "rs384"] {
-        let pem = std::fs::read_to_string(key(alg)).unwrap();
+    for pem in [es_pem, rs_pem] {
+        let pem = std::fs::read_to_string(pem).unwrap();
         let body_line = pem.lines().nth(1).unwrap();
         assert!(
             !text.contains(body_line),
             "a private key reached logs or status"
         );
     }
-    for t in issued.lock().unwrap().iter() {
+    for t in auth.tokens() {
         assert!(!text.contains(t.as_str()), "a token reached logs or status");
+    }
+}
+
+/// POSTs a token request; returns the status and the JSON body.
+async fn token_request(
+    url: &str,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> (u16, serde_json::Value) {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    if let Some((id, secret)) = basic {
+        req = req.basic_auth(id, Some(secret));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+/// The auth proxy the Medplum scenarios run through (tests/common/
+/// auth_server.rs) is only worth something if it refuses: every bad client
+/// assertion, secret and token here must fail, each good one pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_auth_proxy_refuses_what_it_should() {
+    use common::auth_server::{AuthServer, Client, Options};
+    use common::authed::generate_key;
+    use fhir_bridge::auth::smart::SmartKey;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use std::time::Duration;
+
+    let upstream = Scripted::start(|_| {
+        bundle(
+            &now_instant(),
+            vec![observation("u1", "1", "2026-01-01T00:00:00Z")],
+            None,
+        )
+    })
+    .await;
+    let auth = AuthServer::start(
+        &upstream.url("/fhir"),
+        Options {
+            scopes: vec!["system/Observation.rs".into()],
+            lifetime: Duration::from_secs(1),
+            revoke_at: None,
+            hold_a_page: false,
+        },
+    )
+    .await;
+    let keys = tempfile::tempdir().unwrap();
+    let (es_pem, es_jwks) = generate_key("ES384", keys.path());
+    let (rs_pem, rs_jwks) = generate_key("RS384", keys.path());
+    let es_kid = es_jwks.keys[0].common.key_id.clone().unwrap();
+    auth.register(Client::Jwks {
+        id: "es-app".into(),
+        jwks: es_jwks,
+    });
+    auth.register(Client::Jwks {
+        id: "rs-app".into(),
+        jwks: rs_jwks,
+    });
+    auth.register(Client::Secret {
+        id: "cc-app".into(),
+        secret: "s3cret".into(),
+        audience: None,
+    });
+    let tu = auth.token_url();
+    let smart = |jwt: &str, scope: &str| {
+        [
+            ("grant_type", "client_credentials".to_string()),
+            ("scope", scope.to_string()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            ),
+            ("client_assertion", jwt.to_string()),
+        ]
+    };
+    let post_smart = |jwt: String, scope: &'static str| {
+        let tu = tu.clone();
+        let form = smart(&jwt, scope);
+        async move {
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            token_request(&tu, &form, None).await
+        }
+    };
+    let scope = "system/Observation.rs";
+
+    // The bridge's own assertions, ES384 and RS384, pass once each.
+    let es = SmartKey::from_pem(&std::fs::read_to_string(&es_pem).unwrap(), None).unwrap();
+    let rs = SmartKey::from_pem(&std::fs::read_to_string(&rs_pem).unwrap(), None).unwrap();
+    let good = es.client_assertion("es-app", &tu).unwrap();
+    let (status, body) = post_smart(good.clone(), scope).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 1);
+    let es_token = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(post_smart(good, scope).await.1["error"], "invalid_client");
+    assert_eq!(
+        post_smart(rs.client_assertion("rs-app", &tu).unwrap(), scope)
+            .await
+            .0,
+        200
+    );
+    // Wrong audience, wrong client for the key, a scope not granted.
+    for (jwt, sc) in [
+        (
+            es.client_assertion("es-app", "http://127.0.0.1:1/token")
+                .unwrap(),
+            scope,
+        ),
+        (es.client_assertion("rs-app", &tu).unwrap(), scope),
+        (
+            es.client_assertion("es-app", &tu).unwrap(),
+            "system/Patient.rs",
+        ),
+    ] {
+        assert_eq!(post_smart(jwt, sc).await.0, 400);
+    }
+    // Forged with jsonwebtoken: bad claims, no typ, the wrong algorithm for
+    // the key, a key nobody registered under a registered kid.
+    let now = chrono::Utc::now().timestamp();
+    let claims = |iss: &str, sub: &str, exp: i64| serde_json::json!({"iss": iss, "sub": sub, "aud": tu, "exp": exp, "jti": fastrand::u64(..).to_string()});
+    let es_key = EncodingKey::from_ec_pem(&std::fs::read(&es_pem).unwrap()).unwrap();
+    let rs_key = EncodingKey::from_rsa_pem(&std::fs::read(&rs_pem).unwrap()).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other_pem, _) = generate_key("ES384", other_dir.path());
+    let other_key = EncodingKey::from_ec_pem(&std::fs::read(&other_pem).unwrap()).unwrap();
+    let header = |alg: Algorithm, typ: Option<&str>| {
+        let mut h = Header::new(alg);
+        h.kid = Some(es_kid.clone());
+        h.typ = typ.map(String::from);
+        h
+    };
+    let es_header = header(Algorithm::ES384, Some("JWT"));
+    let sign = |h: &Header, c: serde_json::Value, k: &EncodingKey| encode(h, &c, k).unwrap();
+    let control = sign(&es_header, claims("es-app", "es-app", now + 240), &es_key);
+    assert_eq!(post_smart(control, scope).await.0, 200, "a forged good one");
+    for jwt in [
+        sign(&es_header, claims("es-app", "es-app", now + 3600), &es_key),
+        sign(&es_header, claims("es-app", "es-app", now - 120), &es_key),
+        sign(&es_header, claims("es-app", "other", now + 240), &es_key),
+        sign(
+            &header(Algorithm::ES384, None),
+            claims("es-app", "es-app", now + 240),
+            &es_key,
+        ),
+        sign(
+            &header(Algorithm::RS384, Some("JWT")),
+            claims("es-app", "es-app", now + 240),
+            &rs_key,
+        ),
+        sign(
+            &es_header,
+            claims("es-app", "es-app", now + 240),
+            &other_key,
+        ),
+    ] {
+        let (status, body) = post_smart(jwt, scope).await;
+        assert_eq!((status, &body["error"]), (400, &"invalid_client".into()));
+    }
+
+    // Client secrets: Basic only, the right secret only.
+    let form = [("grant_type", "client_credentials"), ("scope", scope)];
+    let (status, body) = token_request(&tu, &form, Some(("cc-app", "s3cret"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        token_request(&tu, &form, Some(("cc-app", "wrong"))).await.0,
+        400
+    );
+    let post_form = [
+        ("grant_type", "client_credentials"),
+        ("scope", scope),
+        ("client_id", "cc-app"),
+        ("client_secret", "s3cret"),
+    ];
+    assert_eq!(token_request(&tu, &post_form, None).await.0, 400);
+
+    // The proxy: only an issued, live token; never forwarded upstream.
+    let http = reqwest::Client::new();
+    let get = |token: Option<&str>| {
+        let mut req = http.get(format!("{}/Observation?_count=1", auth.base_url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(Some(&es_token)).await, 200);
+    assert_eq!(get(None).await, 401);
+    assert_eq!(get(Some("at-made-up")).await, 401);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(Some(&es_token)).await, 401, "an expired token");
+    let (_, body) = token_request(&tu, &form, Some(("cc-app", "s3cret"))).await;
+    let fresh = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(Some(&fresh)).await, 200);
+    auth.revoke_all();
+    assert_eq!(get(Some(&fresh)).await, 401, "a revoked token");
+    let conf = http
+        .get(format!(
+            "{}/.well-known/smart-configuration",
+            auth.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let conf: serde_json::Value = serde_json::from_slice(&conf).unwrap();
+    assert_eq!(conf["token_endpoint"], tu.as_str());
+
+    let st = auth.stats();
+    // Each refused for the reason meant, in order.
+    let why = [
+        "jti",
+        "InvalidAudience",
+        "InvalidSubject",
+        "scope",
+        "exp more than 5 minutes",
+        "ExpiredSignature",
+        "InvalidSubject",
+        "typ None",
+        "alg RS384 for a ES384 key",
+        "InvalidSignature",
+        "wrong secret",
+        "no Basic",
+    ];
+    assert_eq!(st.refused.len(), why.len(), "{:?}", st.refused);
+    for (got, want) in st.refused.iter().zip(why) {
+        assert!(got.contains(want), "{got:?} is not about {want}");
+    }
+    assert_eq!(st.issued, 5, "{st:?}");
+    assert_eq!(st.forwarded, 2);
+    assert_eq!(upstream.count(), 2, "only admitted requests reach upstream");
+    assert!(
+        upstream
+            .seen()
+            .iter()
+            .all(|s| s.header("authorization").is_none())
+    );
+    for reason in ["missing", "unknown", "expired", "revoked"] {
+        assert_eq!(st.unauthorized(reason), 1, "{reason}: {st:?}");
     }
 }

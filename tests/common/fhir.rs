@@ -1,6 +1,7 @@
 //! The FHIR server under test: the in-crate sandbox, or Medplum's FHIR engine
 //! (a real third-party implementation) behind tests/fhir-server/server.mjs.
 
+use super::auth_server::AuthServer;
 use fhir_bridge::sandbox::FhirSandbox;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -13,6 +14,13 @@ pub enum FhirServer {
         base: String,
         /// Held open: the server exits when it closes (if the test process dies).
         _stdin: Option<std::process::ChildStdin>,
+    },
+    /// `inner` behind the auth proxy: the bridge polls the proxy with
+    /// `auth_toml` as its `[source.auth]`; the test's writes go to `inner`.
+    Authed {
+        inner: Box<FhirServer>,
+        proxy: AuthServer,
+        auth_toml: String,
     },
 }
 
@@ -65,10 +73,28 @@ impl FhirServer {
         }
     }
 
+    /// The base the bridge polls.
     pub fn base_url(&self) -> String {
         match self {
             FhirServer::Sandbox(s) => s.base_url(),
             FhirServer::Medplum { base, .. } => base.clone(),
+            FhirServer::Authed { proxy, .. } => proxy.base_url(),
+        }
+    }
+
+    /// The base the test writes to: the server itself, never a proxy.
+    pub fn upstream_url(&self) -> String {
+        match self {
+            FhirServer::Authed { inner, .. } => inner.upstream_url(),
+            other => other.base_url(),
+        }
+    }
+
+    /// The `[source.auth]` table the bridge needs for `base_url` (or "").
+    pub fn source_auth_toml(&self) -> String {
+        match self {
+            FhirServer::Authed { auth_toml, .. } => auth_toml.clone(),
+            _ => String::new(),
         }
     }
 
@@ -80,10 +106,10 @@ impl FhirServer {
             .to_string();
         let client = reqwest::Client::new();
         let req = match id {
-            None => client.post(format!("{}/{rt}", self.base_url())),
+            None => client.post(format!("{}/{rt}", self.upstream_url())),
             Some(id) => {
                 resource["id"] = Value::from(id);
-                client.put(format!("{}/{rt}/{id}", self.base_url()))
+                client.put(format!("{}/{rt}/{id}", self.upstream_url()))
             }
         };
         let resp = req

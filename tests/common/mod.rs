@@ -3,6 +3,8 @@
 //! HTTP receiver, all on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod auth_server;
+pub mod authed;
 pub mod checker;
 pub mod fhir;
 pub mod proxy;
@@ -173,6 +175,28 @@ pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A config with one source and the given hooks (TOML snippets).
 pub fn config(fhir_base: &str, resources: &[&str], start: &str, hooks: &str) -> String {
+    config_with_auth(fhir_base, "", resources, start, hooks)
+}
+
+/// `config` for a server handle: its base and `[source.auth]`, if any.
+pub fn config_for(fhir: &FhirServer, resources: &[&str], start: &str, hooks: &str) -> String {
+    config_with_auth(
+        &fhir.base_url(),
+        &fhir.source_auth_toml(),
+        resources,
+        start,
+        hooks,
+    )
+}
+
+/// `config`, with `auth` (a `[source.auth]` table, or "") after the source.
+pub fn config_with_auth(
+    fhir_base: &str,
+    auth: &str,
+    resources: &[&str],
+    start: &str,
+    hooks: &str,
+) -> String {
     let resources = resources
         .iter()
         .map(|r| format!("\"{r}\""))
@@ -190,7 +214,7 @@ page_size = 7
 overlap = "5s"
 start = "{start}"
 owner_id = "org/test"
-
+{auth}
 {hooks}
 "#
     )

@@ -1,6 +1,6 @@
 //! End-to-end scenarios, run against each FHIR server kind.
 
-use super::{Bridge, FhirServer, config, hook, wait_for};
+use super::{Bridge, FhirServer, config_for, hook, wait_for};
 use fhir_bridge::sandbox::{Received, Receiver};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,8 +64,8 @@ pub async fn creates_updates_filter_and_restart(fhir: &FhirServer) {
         .await;
     expected_all.insert((format!("Encounter/{eid}"), ev));
 
-    let mut bridge = Bridge::start(&config(
-        &fhir.base_url(),
+    let mut bridge = Bridge::start(&config_for(
+        fhir,
         &["Observation", "Encounter"],
         "beginning",
         &hooks,
@@ -153,12 +153,7 @@ pub async fn receiver_outage_then_recovery(fhir: &FhirServer) {
         let (id, v) = fhir.create(observation("N", "final")).await;
         expected.insert((format!("Observation/{id}"), v));
     }
-    let mut bridge = Bridge::start(&config(
-        &fhir.base_url(),
-        &["Observation"],
-        "beginning",
-        &hooks,
-    ));
+    let mut bridge = Bridge::start(&config_for(fhir, &["Observation"], "beginning", &hooks));
     wait_for(60, "failed attempts recorded", || {
         bridge.status_json()["hooks"][0]["failed_attempts"]
             .as_i64()
@@ -193,12 +188,7 @@ pub async fn dead_letters_and_redrive(fhir: &FhirServer) {
     for _ in 0..3 {
         fhir.create(observation("N", "final")).await;
     }
-    let mut bridge = Bridge::start(&config(
-        &fhir.base_url(),
-        &["Observation"],
-        "beginning",
-        &hooks,
-    ));
+    let mut bridge = Bridge::start(&config_for(fhir, &["Observation"], "beginning", &hooks));
     let dlq = |b: &Bridge| -> Vec<Value> {
         let out = b.cli(&["dlq", "list", "--json"]);
         serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default()
@@ -248,12 +238,7 @@ pub async fn kill9_loses_nothing(fhir: &FhirServer) {
         let (id, v) = fhir.create(observation("N", "preliminary")).await;
         expected.insert((format!("Observation/{id}"), v));
     }
-    let mut bridge = Bridge::start(&config(
-        &fhir.base_url(),
-        &["Observation"],
-        "beginning",
-        &hooks,
-    ));
+    let mut bridge = Bridge::start(&config_for(fhir, &["Observation"], "beginning", &hooks));
     for round in 1..=3usize {
         wait_for(60, "some deliveries", || rx.received().len() >= round * 8).await;
         bridge.kill9();
@@ -287,7 +272,7 @@ pub async fn start_now_skips_the_past(fhir: &FhirServer) {
         fhir.create(observation("HH", "final")).await;
     }
     let hooks = hook("h", &rx.url("hooks/h"), "true", "");
-    let mut bridge = Bridge::start(&config(&fhir.base_url(), &["Observation"], "now", &hooks));
+    let mut bridge = Bridge::start(&config_for(fhir, &["Observation"], "now", &hooks));
     wait_for(30, "the target to initialise", || {
         bridge.status_json()["sources"][0]["targets"][0]["watermark"].is_string()
     })
