@@ -9,6 +9,8 @@
 //! endpoint's HTTP status and OAuth `error` code, never its body.
 
 pub mod smart;
+#[cfg(test)]
+mod tests;
 
 use crate::config::{ClientCredentials, SourceAuth};
 use reqwest::header::HeaderValue;
@@ -21,6 +23,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// Bounds on a token's lifetime as the server states it (`expires_in`).
 const MIN_LIFETIME: Duration = Duration::from_secs(5);
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// A failed token request is not repeated for this long.
+const FAILURE_HOLD: Duration = Duration::from_secs(5);
 /// Used when the token endpoint does not say.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -51,8 +55,20 @@ pub struct Authenticator {
     base_url: url::Url,
     http: reqwest::Client,
     timeout: Duration,
-    cached: Mutex<Option<Token>>,
+    cached: Mutex<Cache>,
     fetched: std::sync::atomic::AtomicU64,
+}
+
+/// What the token cache holds; guarded by one lock (single flight).
+#[derive(Default)]
+struct Cache {
+    token: Option<Token>,
+    /// The last failure, answered again for `FAILURE_HOLD`: a refusing token
+    /// endpoint is asked once per hold, not once per waiting request.
+    failed: Option<(AuthError, Instant)>,
+    /// The token endpoint found by SMART discovery, kept until a token
+    /// request fails.
+    discovered: Option<url::Url>,
 }
 
 impl Authenticator {
@@ -119,7 +135,7 @@ impl Authenticator {
             base_url,
             http,
             timeout,
-            cached: Mutex::new(None),
+            cached: Mutex::new(Cache::default()),
             fetched: Default::default(),
         }
     }
@@ -151,12 +167,30 @@ impl Authenticator {
             }
             SourceAuth::Bearer { token } => format!("Bearer {}", token.expose_secret()),
             SourceAuth::ClientCredentials(_) | SourceAuth::SmartBackend { .. } => {
-                let mut cached = self.cached.lock().await;
-                let fresh = cached.as_ref().is_some_and(|t| Instant::now() < t.renew_at);
+                let mut cache = self.cached.lock().await;
+                let fresh = cache
+                    .token
+                    .as_ref()
+                    .is_some_and(|t| Instant::now() < t.renew_at);
                 if !fresh {
-                    *cached = Some(self.fetch_token().await?);
+                    if let Some((e, at)) = &cache.failed
+                        && at.elapsed() < FAILURE_HOLD
+                    {
+                        return Err(e.clone());
+                    }
+                    match self.fetch_token(&mut cache.discovered).await {
+                        Ok(t) => {
+                            cache.token = Some(t);
+                            cache.failed = None;
+                        }
+                        Err(e) => {
+                            cache.failed = Some((e.clone(), Instant::now()));
+                            cache.discovered = None;
+                            return Err(e);
+                        }
+                    }
                 }
-                match cached.as_ref() {
+                match cache.token.as_ref() {
                     Some(t) => format!("Bearer {}", t.value.expose_secret()),
                     None => return Err(AuthError::NotAToken),
                 }
@@ -170,16 +204,16 @@ impl Authenticator {
     /// Forgets the cached token if it is the one in `used` (a 401 said it
     /// no longer works); another task may have renewed it already.
     pub async fn invalidate(&self, used: &HeaderValue) {
-        let mut cached = self.cached.lock().await;
-        let same = cached.as_ref().is_some_and(|t| {
+        let mut cache = self.cached.lock().await;
+        let same = cache.token.as_ref().is_some_and(|t| {
             used.as_bytes() == format!("Bearer {}", t.value.expose_secret()).as_bytes()
         });
         if same {
-            *cached = None;
+            cache.token = None;
         }
     }
 
-    async fn fetch_token(&self) -> Result<Token, AuthError> {
+    async fn fetch_token(&self, discovered: &mut Option<url::Url>) -> Result<Token, AuthError> {
         let (token_url, body, basic) = match &self.auth {
             SourceAuth::ClientCredentials(ClientCredentials {
                 token_url,
@@ -217,7 +251,10 @@ impl Authenticator {
             } => {
                 let token_url = match token_url {
                     Some(u) => u.clone(),
-                    None => self.discover_token_url().await?,
+                    None => match discovered {
+                        Some(u) => u.clone(),
+                        None => discovered.insert(self.discover_token_url().await?).clone(),
+                    },
                 };
                 let assertion = key
                     .client_assertion(client_id, token_url.as_str())
