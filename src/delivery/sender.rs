@@ -3,6 +3,7 @@
 use super::signature::sign;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Hook, HookAuth, Tls};
+use crate::retry_action::RetryAction;
 use crate::source::client::{describe, parse_retry_after};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
@@ -20,6 +21,21 @@ pub enum Attempt {
         error: String,
         retry_after: Option<Duration>,
     },
+}
+
+impl Attempt {
+    /// What this attempt means for the message (see `retry_action`).
+    pub fn action(&self) -> RetryAction {
+        match self {
+            Attempt::Delivered { .. } => RetryAction::Success,
+            Attempt::Failed {
+                status: Some(status),
+                retry_after,
+                ..
+            } => RetryAction::for_status(*status, *retry_after),
+            Attempt::Failed { status: None, .. } => RetryAction::for_transport_error(),
+        }
+    }
 }
 
 /// Sends one hook's webhooks: its HTTP client (its own when the hook has TLS

@@ -5,6 +5,7 @@
 use super::retry::next_delay;
 use super::sender::{Attempt, Sender};
 use crate::config::Hook;
+use crate::retry_action::RetryAction;
 use crate::state::{Claimed, DeliveryRecord, Store, now_ms};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -168,23 +169,14 @@ impl HookWorker {
         let hook = &self.hook;
         let attempt = self.sender.post(hook, &msg.message_id, msg.payload).await;
         let attempts = msg.attempts + 1;
-        let gone = matches!(
-            attempt,
-            Attempt::Failed {
-                status: Some(410),
-                ..
-            }
-        );
+        let action = attempt.action();
+        let gone = action == RetryAction::Disable;
         let record = match attempt {
             Attempt::Delivered { status } => {
                 tracing::debug!(hook = %hook.name, message_id = %msg.message_id, resource = %format!("{}/{}", msg.resource_type, msg.resource_id), status, "delivered");
                 DeliveryRecord::Delivered { status }
             }
-            Attempt::Failed {
-                status: Some(410),
-                error,
-                ..
-            } => {
+            Attempt::Failed { status, error, .. } if action == RetryAction::Disable => {
                 // 410 Gone: the receiver says this endpoint is no more. Stop sending
                 // to it (nothing is dropped: messages wait as pending) until an
                 // operator runs `fhir-bridge hook enable`.
@@ -197,16 +189,27 @@ impl HookWorker {
                     tracing::error!(hook = %hook.name, error = %e, "cannot record that the hook is disabled");
                 }
                 DeliveryRecord::Failed {
-                    status: Some(410),
+                    status,
                     error,
                     retry_at_ms: Some(now_ms()),
                 }
             }
-            Attempt::Failed {
-                status,
-                error,
-                retry_after,
-            } => {
+            Attempt::Failed { status, error, .. } if action == RetryAction::GiveUp => {
+                // The receiver read this message and refused it: the same bytes
+                // would get the same answer. Dead-lettered now, redrivable.
+                let error = format!("{error} (refused by the receiver: not retried)");
+                tracing::warn!(hook = %hook.name, message_id = %msg.message_id, status, attempts, error = %error, "delivery refused; moved to the dead-letter queue");
+                DeliveryRecord::Failed {
+                    status,
+                    error,
+                    retry_at_ms: None,
+                }
+            }
+            Attempt::Failed { status, error, .. } => {
+                let retry_after = match action {
+                    RetryAction::RetryAfter(d) => Some(d),
+                    _ => None,
+                };
                 let delay = next_delay(
                     &hook.retry_schedule,
                     attempts,

@@ -4,6 +4,7 @@
 
 use super::bundle::BundleError;
 use super::client::{FetchError, UntrustedClock};
+use crate::retry_action::RetryAction;
 use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,4 +44,24 @@ pub enum PollError {
     NoServerTime { resource_type: String },
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl PollError {
+    /// What the failure means for this target's next poll. Only a server's
+    /// `Retry-After` changes the schedule (the target waits, at most
+    /// `MAX_SOURCE_BACKOFF`); every other failure is polled again on the next
+    /// tick from the same watermark: a poll has nothing to give up.
+    pub fn retry_action(&self) -> RetryAction {
+        match self {
+            PollError::Fetch {
+                error:
+                    FetchError::Status {
+                        status,
+                        retry_after,
+                    },
+                ..
+            } => RetryAction::for_status(*status, *retry_after),
+            _ => RetryAction::Retry,
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The poll loop of one source: search, follow `next`, diff, route, commit per page.
 
 use super::bundle::{format_instant, parse_instant, parse_page};
-use super::client::{FetchError, FhirClient};
+use super::client::FhirClient;
 pub use super::errors::PollError;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
@@ -10,6 +10,7 @@ use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
 use crate::outbox::Route;
+use crate::retry_action::RetryAction;
 use crate::state::{PollOutcome, StateError, Store, now_ms};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
@@ -97,18 +98,12 @@ impl SourceTask {
                 }
                 let mut notes = Notes::default();
                 let outcome = self.poll_counted(rt, &cancel, &stop, &mut notes).await;
-                if let Err(PollError::Fetch {
-                    error:
-                        FetchError::Status {
-                            retry_after: Some(d),
-                            ..
-                        },
-                    ..
-                }) = &outcome
+                if let Err(e) = &outcome
+                    && let RetryAction::RetryAfter(d) = e.retry_action()
                 {
                     not_before.insert(
                         rt.clone(),
-                        std::time::Instant::now() + (*d).min(MAX_SOURCE_BACKOFF),
+                        std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF),
                     );
                 }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
