@@ -16,6 +16,7 @@ pub mod housekeeping;
 pub mod logsafe;
 pub mod outbox;
 pub mod payload;
+pub mod progress;
 pub mod retry_action;
 pub mod sandbox;
 pub mod source;

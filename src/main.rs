@@ -176,27 +176,6 @@ enum DlqCommand {
     },
 }
 
-/// Until live reload exists, SIGHUP (which would otherwise end the process
-/// without a clean shutdown) is logged and ignored, every time.
-fn keep_running_on_sighup() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        tracing::warn!(
-                            "SIGHUP received: live reload is not supported yet; keeping the running configuration"
-                        );
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP"),
-        }
-    }
-}
-
 /// Cancels on SIGINT or SIGTERM.
 fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
@@ -244,7 +223,6 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     })?;
     match cli.command {
         Command::Run(c) => {
-            keep_running_on_sighup();
             let config = load(&c)?;
             for w in &config.warnings {
                 tracing::warn!("{w}");

@@ -339,23 +339,28 @@ fn source(base: &str, page_size: u32, overlap_ms: u64, start: Start) -> Source {
         allowed_origins: vec![],
         auth: Default::default(),
         tls: None,
+        fingerprint: Default::default(),
     }
 }
 
 fn task(source: Source, store: Store) -> SourceTask {
     SourceTask {
         source,
-        routes: vec![Route {
-            hook: "h".into(),
-            filter: Arc::new(Filter::compile("true").unwrap()),
-            content: Content::IdOnly,
-        }],
+        routing: fhir_bridge::source::Routing {
+            routes: vec![Route {
+                hook: "h".into(),
+                filter: Arc::new(Filter::compile("true").unwrap()),
+                content: Content::IdOnly,
+            }],
+            wakers: HashMap::new(),
+        }
+        .fixed(),
         store,
         client: FhirClient::new(Duration::from_secs(10)).unwrap(),
-        wakers: Arc::new(HashMap::new()),
         first_poll_spread: std::time::Duration::ZERO,
         known: Default::default(),
         outcomes: None,
+        beat: fhir_bridge::progress::Beat::detached(),
     }
 }
 

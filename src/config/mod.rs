@@ -3,7 +3,9 @@
 //! Every error names the file, the line and the key, e.g.
 //! `bridges.toml:14: hook `x`: filter does not compile: ...`.
 
+mod diff;
 mod duration;
+mod fingerprint;
 mod hook_security;
 mod origins;
 mod raw;
@@ -14,7 +16,9 @@ mod tls;
 mod toml_error;
 mod validate;
 
+pub use diff::{ConfigDiff, Delta};
 pub use duration::HumanDuration;
+pub use fingerprint::Fingerprint;
 pub use schedule::Schedule;
 pub use tls::Tls;
 
@@ -46,6 +50,9 @@ pub struct Config {
     /// Resolved against the config file's directory when relative.
     pub state_dir: PathBuf,
     pub retention: Duration,
+    /// SIGTERM: in-flight deliveries get this long to finish; the rest stays
+    /// in the outbox.
+    pub shutdown_grace: Duration,
     pub sources: Vec<Source>,
     pub hooks: Vec<Hook>,
     /// Things that load but are probably mistakes (no source, no hook, ...),
@@ -85,6 +92,9 @@ pub struct Source {
     /// Extra CA certificates and a client certificate; `None`: the system's
     /// roots, no client certificate, and the shared connection pool.
     pub tls: Option<Tls>,
+    /// The table's text and what its secrets and files held: a reload
+    /// restarts the source only when this changed.
+    pub fingerprint: Fingerprint,
 }
 
 impl Source {
@@ -190,6 +200,8 @@ pub struct Hook {
     pub auth: Option<HookAuth>,
     /// As a source's `tls`; `None`: the client hooks share.
     pub tls: Option<Tls>,
+    /// As a source's: a reload restarts the hook only when this changed.
+    pub fingerprint: Fingerprint,
 }
 
 /// How the bridge authenticates to a receiver.

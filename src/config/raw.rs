@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub state_dir: Option<Spanned<String>>,
     /// How long delivered messages are kept for status (default 14 days).
     pub retention: Option<HumanDuration>,
+    /// How long in-flight deliveries may finish on shutdown (default 10 s).
+    pub shutdown_grace: Option<HumanDuration>,
     #[serde(default)]
     pub source: Vec<Spanned<RawSource>>,
     #[serde(default)]

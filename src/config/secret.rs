@@ -34,7 +34,10 @@ impl RawSecret {
         match self {
             RawSecret::Literal(s) => Ok(SecretString::from(s.clone())),
             RawSecret::Env(EnvSecret { env }) => match std::env::var(env) {
-                Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
+                Ok(v) if !v.is_empty() => {
+                    super::fingerprint::record(v.as_bytes());
+                    Ok(SecretString::from(v))
+                }
                 Ok(_) => Err(format!("environment variable `{env}` is empty")),
                 Err(_) => Err(format!("environment variable `{env}` is not set")),
             },
@@ -49,6 +52,7 @@ impl RawSecret {
                 };
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+                super::fingerprint::record(text.as_bytes());
                 let value = text.trim_end_matches(['\r', '\n']).to_string();
                 if value.is_empty() {
                     return Err(format!("secret file {} is empty", path.display()));

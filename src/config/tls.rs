@@ -159,6 +159,7 @@ pub(super) fn validate(ctx: &Ctx, what: &str, raw: RawTls) -> Result<Option<Tls>
 /// The certificates of a PEM file (at least one), and the file.
 fn read_certs(path: &Path) -> Result<(Vec<reqwest::Certificate>, Vec<u8>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    super::fingerprint::record(&bytes);
     let certs = reqwest::Certificate::from_pem_bundle(&bytes)
         .map_err(|e| format!("{} is not PEM: {}", path.display(), describe(&e)))?;
     if certs.is_empty() {

@@ -114,10 +114,24 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
         None => base_dir.join("state"),
     };
 
+    // Each component's table as text without positions, for its fingerprint:
+    // moving a table in the file is not a change.
+    let tables: toml::Table = toml::from_str(text).unwrap_or_default();
+    let table_text = |kind: &str, i: usize| -> String {
+        tables
+            .get(kind)
+            .and_then(|v| v.get(i))
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+
     let mut sources = Vec::new();
     let mut names = HashSet::new();
-    for s in &raw.source {
-        let source = validate_source(&ctx, s)?;
+    for (i, s) in raw.source.iter().enumerate() {
+        let (source, fingerprint) =
+            super::fingerprint::measure(&table_text("source", i), || validate_source(&ctx, s));
+        let mut source = source?;
+        source.fingerprint = fingerprint;
         if !names.insert(source.name.clone()) {
             return Err(ctx.err(
                 s.get_ref().name.span(),
@@ -129,8 +143,11 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
     let mut hooks = Vec::new();
     let mut hook_names = HashSet::new();
-    for h in &raw.hook {
-        let hook = validate_hook(&ctx, h, &names)?;
+    for (i, h) in raw.hook.iter().enumerate() {
+        let (hook, fingerprint) =
+            super::fingerprint::measure(&table_text("hook", i), || validate_hook(&ctx, h, &names));
+        let mut hook = hook?;
+        hook.fingerprint = fingerprint;
         if !hook_names.insert(hook.name.clone()) {
             return Err(ctx.err(
                 h.get_ref().name.span(),
@@ -147,6 +164,11 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .retention
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(14 * 24 * 3600)),
+        shutdown_grace: raw
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10))
+            .min(Duration::from_secs(3600)),
         warnings: warnings(&ctx, &raw, &sources, &hooks),
         sources,
         hooks,
@@ -462,6 +484,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             s.allow_insecure_http.unwrap_or(false),
         )?,
         tls: super::tls::validate(ctx, &what, s.tls())?,
+        fingerprint: Default::default(),
     })
 }
 
@@ -598,6 +621,7 @@ fn validate_hook(
         headers: security.headers,
         auth: security.auth,
         tls: super::tls::validate(ctx, &what, h.tls())?,
+        fingerprint: Default::default(),
     })
 }
 

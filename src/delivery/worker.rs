@@ -5,6 +5,7 @@
 use super::retry::next_delay;
 use super::sender::{Attempt, Sender};
 use crate::config::Hook;
+use crate::progress::Beat;
 use crate::retry_action::RetryAction;
 use crate::state::{Claimed, DeliveryRecord, Store, now_ms};
 use std::collections::HashSet;
@@ -50,6 +51,8 @@ pub struct HookWorker {
     pub store: Store,
     pub sender: Sender,
     pub wake: Arc<Notify>,
+    /// Tells the watchdog by when this worker moves on again.
+    pub beat: Beat,
 }
 
 /// An outcome waiting to be written, and who waits for it.
@@ -101,7 +104,11 @@ impl HookWorker {
         let mut tasks: JoinSet<(i64, bool)> = JoinSet::new();
         let mut stopping = false;
         let mut disabled = DisabledCheck::default();
+        // Each turn of the loop ends within IDLE_POLL, or when a delivery
+        // ends (each within the hook's timeout, twice with an OAuth refresh).
+        let allowance = IDLE_POLL + this.hook.timeout * 3 + Duration::from_secs(30);
         loop {
+            this.beat.expect_within(allowance);
             let free = this.hook.concurrency.saturating_sub(in_flight.len());
             let mut wait = IDLE_POLL;
             let can_claim = free >= claim_at || (free > 0 && in_flight.is_empty());

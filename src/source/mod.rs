@@ -7,8 +7,10 @@ mod notes;
 pub mod outcomes;
 mod page;
 mod poll;
+pub mod routing;
 pub mod targets;
 pub mod watermark;
 
 pub use poll::{PollError, SourceTask};
+pub use routing::{Routing, RoutingRx};
 pub use targets::{KnownTargets, first_poll_spread};

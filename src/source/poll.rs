@@ -6,17 +6,17 @@ pub use super::errors::PollError;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageError, PageJob};
+use super::routing::RoutingRx;
 use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
-use crate::outbox::Route;
+use crate::progress::Beat;
 use crate::retry_action::RetryAction;
 use crate::state::{PollOutcome, StateError, Store, now_ms};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -32,18 +32,33 @@ const UNTIL_MARGIN_MS: i64 = 25;
 /// default overlap, which re-reads what such an entry could have jumped over.
 const FUTURE_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
+/// How late past its next tick a sleeping source may wake and still count as
+/// making progress (a busy runtime, a slow outcome write).
+const IDLE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Debug builds only: `FHIR_BRIDGE_TEST_WEDGE=<source>` makes that source's
+/// task hang for good after its first round of polls, as a wedged task would,
+/// so that a test can see the watchdog pings stop.
+#[cfg(debug_assertions)]
+async fn wedge_for_tests(source: &str) {
+    if std::env::var("FHIR_BRIDGE_TEST_WEDGE").is_ok_and(|s| s == source) {
+        tracing::warn!(
+            source,
+            "FHIR_BRIDGE_TEST_WEDGE: this source's task hangs now"
+        );
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The longest a source's `Retry-After` can pause its polls.
 const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Wakes a hook's delivery worker when new messages are committed.
-pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
-
 pub struct SourceTask {
     pub source: Source,
-    pub routes: Vec<Route>,
+    /// The hooks this source feeds, swapped on reload.
+    pub routing: RoutingRx,
     pub store: Store,
     pub client: FhirClient,
-    pub wakers: Wakers,
     /// The first poll comes at a random moment within this span (see
     /// `first_poll_spread`).
     pub first_poll_spread: std::time::Duration,
@@ -53,6 +68,8 @@ pub struct SourceTask {
     pub known: KnownTargets,
     /// Where `run` sends poll outcomes; `None` writes them at once.
     pub outcomes: Option<OutcomeRecorder>,
+    /// Tells the watchdog by when this task moves on again.
+    pub beat: Beat,
 }
 
 /// What one poll found: changes committed, and resources re-read without a
@@ -138,11 +155,24 @@ impl SourceTask {
             }
             let next = self.source.schedule.next_after(Utc::now());
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            self.beat.expect_within(wait + IDLE_SLACK);
+            #[cfg(debug_assertions)]
+            wedge_for_tests(&self.source.name).await;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancel.cancelled() => return,
             }
         }
+    }
+
+    /// How long one page may take: the request (and a token request before
+    /// it) within their timeouts, then parsing and every hook's filter on
+    /// each entry within the filter budget, with room to spare.
+    fn page_allowance(&self) -> std::time::Duration {
+        let filters = crate::filter::budget::TIME
+            * self.source.page_size
+            * (self.routing.borrow().routes.len() as u32).max(1);
+        self.source.timeout * 3 + filters + std::time::Duration::from_secs(30)
     }
 
     fn search_url(
@@ -270,6 +300,8 @@ impl SourceTask {
         notes: &mut Notes,
     ) -> Result<Polled, PollError> {
         let name = &self.source.name;
+        // One routing for the whole poll: a reload applies from the next one.
+        let routing = self.routing.borrow().clone();
         let mut state = match self.known.get(rt) {
             Some(known) => known,
             None => self.store.target_state(name, rt).await?,
@@ -341,6 +373,7 @@ impl SourceTask {
         loop {
             page_no += 1;
             visited.insert(url.to_string());
+            self.beat.expect_within(self.page_allowance());
             let fetched = self
                 .client
                 .get(&url)
@@ -356,7 +389,7 @@ impl SourceTask {
                 resource_type: rt.to_string(),
                 window_start: since.or(floor),
                 horizon: self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE,
-                routes: self.routes.clone(),
+                routes: routing.routes.clone(),
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),
             };
@@ -451,7 +484,7 @@ impl SourceTask {
             }
             self.known.set(rt, state.clone());
             for hook in woken {
-                if let Some(w) = self.wakers.get(&hook) {
+                if let Some(w) = routing.wakers.get(&hook) {
                     w.notify_one();
                 }
             }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::{Content, Schedule};
 use crate::filter::Filter;
+use crate::outbox::Route;
 use crate::sandbox::FhirSandbox;
 use crate::state::test_util::temp_store;
 use std::time::Duration;
@@ -23,6 +24,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         allowed_origins: vec![],
         auth: Default::default(),
         tls: None,
+        fingerprint: Default::default(),
     };
     let routes = vec![Route {
         hook: "h".into(),
@@ -31,13 +33,17 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
     }];
     SourceTask {
         source,
-        routes,
+        routing: crate::source::Routing {
+            routes,
+            wakers: HashMap::new(),
+        }
+        .fixed(),
         store,
         client: FhirClient::new(Duration::from_secs(5)).unwrap(),
-        wakers: Arc::new(HashMap::new()),
         first_poll_spread: Duration::ZERO,
         known: Default::default(),
         outcomes: None,
+        beat: crate::progress::Beat::detached(),
     }
 }
 

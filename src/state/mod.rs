@@ -15,6 +15,8 @@ mod outbox;
 mod poll;
 mod report;
 mod schema;
+mod summary;
+pub use summary::Summary;
 
 pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
 pub use heartbeat::Heartbeat;

@@ -1,0 +1,194 @@
+//! What a reload changes: sources and hooks added, removed and changed (by
+//! fingerprint), as vector's `config/diff.rs`. Everything else keeps running.
+
+use super::Config;
+use std::collections::BTreeSet;
+
+/// Names added, removed and changed for one kind of component.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub added: BTreeSet<String>,
+    pub removed: BTreeSet<String>,
+    pub changed: BTreeSet<String>,
+}
+
+impl Delta {
+    fn between<'a>(
+        old: impl Iterator<Item = (&'a str, super::Fingerprint)>,
+        new: impl Iterator<Item = (&'a str, super::Fingerprint)>,
+    ) -> Delta {
+        let old: std::collections::BTreeMap<_, _> = old.collect();
+        let new: std::collections::BTreeMap<_, _> = new.collect();
+        let mut d = Delta::default();
+        for (name, fp) in &new {
+            match old.get(name) {
+                None => {
+                    d.added.insert(name.to_string());
+                }
+                Some(before) if before != fp => {
+                    d.changed.insert(name.to_string());
+                }
+                Some(_) => {}
+            }
+        }
+        for name in old.keys().filter(|n| !new.contains_key(*n)) {
+            d.removed.insert(name.to_string());
+        }
+        d
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// Whether `name` must be (re)started: added or changed.
+    pub fn starts(&self, name: &str) -> bool {
+        self.added.contains(name) || self.changed.contains(name)
+    }
+
+    /// Whether `name` must be stopped: removed or changed.
+    pub fn stops(&self, name: &str) -> bool {
+        self.removed.contains(name) || self.changed.contains(name)
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConfigDiff {
+    pub sources: Delta,
+    pub hooks: Delta,
+    /// `retention` changed (housekeeping restarts).
+    pub retention: bool,
+}
+
+/// Why a new config cannot be applied without a restart.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`state_dir` changed ({old} -> {new}): that needs a restart, not a reload")]
+pub struct NeedsRestart {
+    pub old: String,
+    pub new: String,
+}
+
+impl ConfigDiff {
+    pub fn between(old: &Config, new: &Config) -> Result<ConfigDiff, NeedsRestart> {
+        if old.state_dir != new.state_dir {
+            return Err(NeedsRestart {
+                old: old.state_dir.display().to_string(),
+                new: new.state_dir.display().to_string(),
+            });
+        }
+        Ok(ConfigDiff {
+            sources: Delta::between(
+                old.sources.iter().map(|s| (s.name.as_str(), s.fingerprint)),
+                new.sources.iter().map(|s| (s.name.as_str(), s.fingerprint)),
+            ),
+            hooks: Delta::between(
+                old.hooks.iter().map(|h| (h.name.as_str(), h.fingerprint)),
+                new.hooks.iter().map(|h| (h.name.as_str(), h.fingerprint)),
+            ),
+            retention: old.retention != new.retention,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty() && self.hooks.is_empty() && !self.retention
+    }
+
+    /// One line for the log and `STATUS=`.
+    pub fn summary(&self) -> String {
+        let part = |kind: &str, d: &Delta| {
+            format!(
+                "{kind} +{} -{} ~{}",
+                d.added.len(),
+                d.removed.len(),
+                d.changed.len()
+            )
+        };
+        format!(
+            "{}, {}",
+            part("sources", &self.sources),
+            part("hooks", &self.hooks)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[[source]]
+name = "a"
+base_url = "http://127.0.0.1:1/fhir"
+resources = ["Observation"]
+
+[[source]]
+name = "b"
+base_url = "http://127.0.0.1:2/fhir"
+resources = ["Observation"]
+
+[[hook]]
+name = "h1"
+url = "http://127.0.0.1:3/h1"
+
+[[hook]]
+name = "h2"
+url = "http://127.0.0.1:3/h2"
+filter = "true"
+"#;
+
+    fn load(text: &str) -> Config {
+        Config::from_str(text, Path::new("/etc/fhir-bridge/bridges.toml")).unwrap()
+    }
+
+    #[test]
+    fn unchanged_tables_are_not_changes_even_when_lines_move() {
+        let old = load(BASE);
+        // The same tables further down, hooks first, with other spacing.
+        let (sources, hooks) = BASE.split_at(BASE.find("[[hook]]").unwrap());
+        let moved = format!("# moved\n\n{hooks}\n\n{}", sources.replace(" = ", "="));
+        assert!(ConfigDiff::between(&old, &load(&moved)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn added_removed_and_changed() {
+        let old = load(BASE);
+        let new = load(
+            &BASE
+                .replace("http://127.0.0.1:2/fhir", "http://127.0.0.1:22/fhir")
+                .replace("name = \"h1\"", "name = \"h3\"")
+                .replace("filter = \"true\"", "filter = \".status == \\\"final\\\"\""),
+        );
+        let d = ConfigDiff::between(&old, &new).unwrap();
+        assert_eq!(d.sources.changed, ["b".to_string()].into());
+        assert!(d.sources.added.is_empty() && d.sources.removed.is_empty());
+        assert_eq!(d.hooks.added, ["h3".to_string()].into());
+        assert_eq!(d.hooks.removed, ["h1".to_string()].into());
+        assert_eq!(d.hooks.changed, ["h2".to_string()].into());
+        assert!(d.hooks.starts("h3") && d.hooks.stops("h1") && d.hooks.starts("h2"));
+        assert_eq!(d.summary(), "sources +0 -0 ~1, hooks +1 -1 ~1");
+    }
+
+    #[test]
+    fn a_rotated_secret_file_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "one").unwrap();
+        let text = format!(
+            "{BASE}[hook.auth]\ntype = \"basic\"\nusername = \"u\"\npassword = {{ file = \"{}\" }}\n",
+            secret.display()
+        );
+        let old = load(&text);
+        assert!(ConfigDiff::between(&old, &load(&text)).unwrap().is_empty());
+        std::fs::write(&secret, "two").unwrap();
+        let d = ConfigDiff::between(&old, &load(&text)).unwrap();
+        assert_eq!(d.hooks.changed, ["h2".to_string()].into());
+    }
+
+    #[test]
+    fn a_new_state_dir_needs_a_restart() {
+        let old = load(BASE);
+        let new = load(&format!("state_dir = \"/elsewhere\"\n{BASE}"));
+        assert!(ConfigDiff::between(&old, &new).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! `fhir-bridge run`: opens the state, starts every component under the
+//! supervisor, tells systemd how it is doing, reloads on SIGHUP and shuts
+//! down on SIGTERM (or the caller's cancellation).
+
+mod notify;
+mod supervisor;
+
+use crate::config::{Config, Source};
+use crate::progress::Progress;
+use crate::source::client::FhirClient;
+use crate::state::{LockError, StateError, StateLock, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::Supervisor;
+use tokio_util::sync::CancellationToken;
+
+/// How often the daemon records that it is alive (`status` reads it).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("cannot build HTTP client: {0}")]
+    Http(String),
+}
+
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    // Held until we return: one daemon per state directory.
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let store = Store::open(&config.db_path())?;
+    let pid = std::process::id();
+    if let Err(e) = store
+        .record_daemon_start(pid, env!("CARGO_PKG_VERSION"))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the daemon's start");
+    }
+    tracing::info!(
+        db = %store.path().display(),
+        sources = config.sources.len(),
+        hooks = config.hooks.len(),
+        "fhir-bridge started"
+    );
+    let progress = Progress::default();
+    let mut sup = Supervisor::start(config, store.clone(), progress.clone())?;
+    let background = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), pid, background.clone()));
+    let notifier = notify::Notifier::new(store.clone(), progress.clone());
+    let reporter = tokio::spawn(notifier.clone().run(background.clone()));
+    notifier.ready(&format!(
+        "running: {} sources, {} hooks",
+        sup.config().sources.len(),
+        sup.config().hooks.len()
+    ));
+
+    let mut reloads = reload_signals();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(()) = reloads.recv() => reload(&mut sup, &notifier).await,
+        }
+    }
+    notifier.stopping();
+    tracing::info!("shutting down: finishing in-flight work");
+    let grace = sup.config().shutdown_grace;
+    sup.shutdown(grace).await;
+    background.cancel();
+    let _ = reporter.await;
+    let _ = heartbeat.await;
+    Ok(())
+}
+
+/// SIGHUP: re-read the config file, validate it, apply the difference. A
+/// config that does not load is refused and the running one stays.
+async fn reload(sup: &mut Supervisor, notifier: &notify::Notifier) {
+    let path = sup.config().path.clone();
+    notifier.reloading();
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let outcome = match Config::load(&path) {
+        Err(e) => Err(e.to_string()),
+        Ok(new) => {
+            for w in &new.warnings {
+                tracing::warn!("{w}");
+            }
+            sup.apply(new).await
+        }
+    };
+    match outcome {
+        Ok(diff) if diff.is_empty() => {
+            tracing::info!("reload: nothing changed");
+            notifier.ready("reloaded: nothing changed");
+        }
+        Ok(diff) => {
+            tracing::info!(changes = %diff.summary(), "reload applied");
+            notifier.ready(&format!("reloaded: {}", diff.summary()));
+        }
+        Err(e) => {
+            let e = crate::logsafe::escape(&e);
+            tracing::error!(error = %e, "reload refused; the previous configuration keeps running");
+            notifier.ready(&format!(
+                "reload refused ({e}); previous configuration running"
+            ));
+        }
+    }
+}
+
+/// SIGHUP, as a stream of reload requests.
+fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        // A reload already queued covers this one too.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; reload is off"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
+/// A source's FHIR client: its own connection pool when it has TLS
+/// settings, else `shared`; its token requests go through the same one.
+fn source_client(source: &Source, shared: &reqwest::Client) -> Result<FhirClient, DaemonError> {
+    let http = match &source.tls {
+        Some(tls) => FhirClient::pool(Some(tls))
+            .map_err(|e| DaemonError::Http(format!("source `{}`: {e}", source.name)))?,
+        None => shared.clone(),
+    };
+    let auth = crate::auth::Authenticator::new(
+        source.auth.clone(),
+        source.base_url.clone(),
+        http.clone(),
+        source.timeout,
+    );
+    Ok(FhirClient::with_pool(http, source.timeout)
+        .with_origins(source.origins())
+        .with_auth(Arc::new(auth)))
+}
+
+/// Says every `HEARTBEAT` that this process is alive, and once more on the way out.
+async fn heartbeat(store: Store, pid: u32, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        if let Err(e) = store.heartbeat(pid).await {
+            tracing::warn!(error = %e, "cannot record the heartbeat");
+        }
+    }
+    let _ = store.heartbeat(pid).await;
+}

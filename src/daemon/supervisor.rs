@@ -1,0 +1,278 @@
+//! Owns every running component (a task per source, a worker per hook,
+//! housekeeping), each with its own cancellation token, and applies a config
+//! diff on reload: added, removed and changed components start and stop;
+//! unchanged ones keep running untouched (as vector's topology does).
+
+use super::DaemonError;
+use crate::config::{Config, ConfigDiff, Hook, Source};
+use crate::delivery::{HookWorker, Sender};
+use crate::outbox::Route;
+use crate::progress::Progress;
+use crate::source::client::FhirClient;
+use crate::source::outcomes::OutcomeRecorder;
+use crate::source::{Routing, SourceTask, first_poll_spread};
+use crate::state::Store;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running component: how to stop it, and how to know it stopped.
+struct Running {
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    fn spawn<F>(f: impl FnOnce(CancellationToken) -> F) -> Running
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(f(cancel.clone()));
+        Running { cancel, handle }
+    }
+
+    /// Cancels and waits up to `within`; a task that does not end by then
+    /// is aborted (its uncommitted work is redone by its successor).
+    async fn stop(self, what: &str, within: Duration) {
+        self.cancel.cancel();
+        let abort = self.handle.abort_handle();
+        if tokio::time::timeout(within, self.handle).await.is_err() {
+            tracing::warn!(component = what, "did not stop in time; aborted");
+            abort.abort();
+        }
+    }
+}
+
+pub struct Supervisor {
+    config: Config,
+    store: Store,
+    progress: Progress,
+    /// The connection pools shared by sources and by hooks without TLS settings.
+    source_pool: reqwest::Client,
+    hook_client: reqwest::Client,
+    recorder: Option<OutcomeRecorder>,
+    recorder_done: Option<JoinHandle<()>>,
+    sources: HashMap<String, Running>,
+    hooks: HashMap<String, Running>,
+    wakers: HashMap<String, Arc<Notify>>,
+    routing: HashMap<String, watch::Sender<Arc<Routing>>>,
+    housekeeping: Option<Running>,
+}
+
+impl Supervisor {
+    pub fn start(config: Config, store: Store, progress: Progress) -> Result<Self, DaemonError> {
+        let (recorder, recorder_done) = OutcomeRecorder::spawn(store.clone());
+        let mut sup = Supervisor {
+            source_pool: FhirClient::shared_pool().map_err(|e| DaemonError::Http(e.to_string()))?,
+            hook_client: Sender::client(None).map_err(DaemonError::Http)?,
+            config: config.clone(),
+            store,
+            progress,
+            recorder: Some(recorder),
+            recorder_done: Some(recorder_done),
+            sources: HashMap::new(),
+            hooks: HashMap::new(),
+            wakers: HashMap::new(),
+            routing: HashMap::new(),
+            housekeeping: None,
+        };
+        let hooks: Vec<_> = config
+            .hooks
+            .iter()
+            .map(|h| Ok((h.clone(), Sender::for_hook(h, &sup.hook_client)?)))
+            .collect::<Result<_, String>>()
+            .map_err(DaemonError::Http)?;
+        let sources: Vec<_> = config
+            .sources
+            .iter()
+            .map(|s| Ok((s.clone(), sup.source_client(s)?)))
+            .collect::<Result<_, DaemonError>>()?;
+        for (hook, sender) in hooks {
+            sup.start_hook(hook, sender);
+        }
+        for (source, client) in sources {
+            sup.start_source(source, client);
+        }
+        sup.start_housekeeping();
+        Ok(sup)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies `new`: everything that cannot start (a client that cannot be
+    /// built) is found before anything stops, so a refused reload leaves the
+    /// running configuration as it was.
+    pub async fn apply(&mut self, new: Config) -> Result<ConfigDiff, String> {
+        let diff = ConfigDiff::between(&self.config, &new).map_err(|e| e.to_string())?;
+        let mut hooks = Vec::new();
+        for h in new.hooks.iter().filter(|h| diff.hooks.starts(&h.name)) {
+            let sender = Sender::for_hook(h, &self.hook_client)
+                .map_err(|e| format!("hook `{}`: {e}", h.name))?;
+            hooks.push((h.clone(), sender));
+        }
+        let mut sources = Vec::new();
+        for s in new.sources.iter().filter(|s| diff.sources.starts(&s.name)) {
+            sources.push((s.clone(), self.source_client(s).map_err(|e| e.to_string())?));
+        }
+
+        // A changed hook's old worker finishes its in-flight deliveries before
+        // the new one claims: one worker per hook, so no message goes twice.
+        for name in diff.hooks.removed.iter().chain(&diff.hooks.changed) {
+            if let Some(running) = self.hooks.remove(name) {
+                let within = self.hook_stop_time(name);
+                running.stop(&format!("hook {name}"), within).await;
+            }
+            if diff.hooks.removed.contains(name) {
+                self.wakers.remove(name);
+            }
+        }
+        for name in diff.sources.removed.iter().chain(&diff.sources.changed) {
+            if let Some(running) = self.sources.remove(name) {
+                running
+                    .stop(&format!("source {name}"), Duration::from_secs(30))
+                    .await;
+            }
+            self.routing.remove(name);
+        }
+        self.config = new;
+        for (hook, sender) in hooks {
+            self.start_hook(hook, sender);
+        }
+        // Every source polls with the new hooks from its next poll on.
+        for (name, tx) in &self.routing {
+            tx.send_replace(Arc::new(self.routing_for(name)));
+        }
+        for (source, client) in sources {
+            self.start_source(source, client);
+        }
+        if diff.retention || !diff.sources.is_empty() {
+            if let Some(h) = self.housekeeping.take() {
+                h.stop("housekeeping", Duration::from_secs(30)).await;
+            }
+            self.start_housekeeping();
+        }
+        Ok(diff)
+    }
+
+    /// SIGTERM: polling stops at once; hook workers stop claiming and get
+    /// `grace` to finish what is in flight; the rest stays in the outbox.
+    pub async fn shutdown(mut self, grace: Duration) {
+        for r in self.sources.values() {
+            r.cancel.cancel();
+        }
+        for r in self.hooks.values() {
+            r.cancel.cancel();
+        }
+        if let Some(h) = &self.housekeeping {
+            h.cancel.cancel();
+        }
+        let all: Vec<_> = self
+            .sources
+            .drain()
+            .chain(self.hooks.drain())
+            .map(|(_, r)| r.handle)
+            .chain(self.housekeeping.take().map(|r| r.handle))
+            .collect();
+        let all_done = async {
+            for h in all {
+                let _ = h.await;
+            }
+        };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "shutdown grace period over; unfinished deliveries stay in the outbox"
+            );
+        }
+        // The last poll outcomes are written once every source is gone.
+        self.recorder.take();
+        if let Some(done) = self.recorder_done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+        }
+    }
+
+    fn source_client(&self, source: &Source) -> Result<FhirClient, DaemonError> {
+        super::source_client(source, &self.source_pool)
+    }
+
+    fn routing_for(&self, source: &str) -> Routing {
+        Routing {
+            routes: Route::for_source(&self.config, source),
+            wakers: self
+                .config
+                .hooks_for_source(source)
+                .filter_map(|h| Some((h.name.clone(), self.wakers.get(&h.name)?.clone())))
+                .collect(),
+        }
+    }
+
+    fn hook_stop_time(&self, name: &str) -> Duration {
+        let timeout = self
+            .config
+            .hooks
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.timeout)
+            .unwrap_or(Duration::from_secs(30));
+        timeout * 3 + Duration::from_secs(5)
+    }
+
+    fn start_hook(&mut self, hook: Hook, sender: Sender) {
+        let wake = self
+            .wakers
+            .entry(hook.name.clone())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone();
+        let worker = HookWorker {
+            beat: self
+                .progress
+                .register(format!("hook {}", hook.name), Duration::from_secs(60)),
+            hook: hook.clone(),
+            store: self.store.clone(),
+            sender,
+            wake: wake.clone(),
+        };
+        self.hooks
+            .insert(hook.name.clone(), Running::spawn(|c| worker.run(c)));
+        // Messages may have waited while the hook was away.
+        wake.notify_one();
+    }
+
+    fn start_source(&mut self, source: Source, client: FhirClient) {
+        let (tx, rx) = watch::channel(Arc::new(self.routing_for(&source.name)));
+        let spread = first_poll_spread(&source.schedule, self.config.sources.len());
+        let task = SourceTask {
+            beat: self.progress.register(
+                format!("source {}", source.name),
+                spread + Duration::from_secs(60),
+            ),
+            routing: rx,
+            store: self.store.clone(),
+            client,
+            first_poll_spread: spread,
+            known: Default::default(),
+            outcomes: self.recorder.clone(),
+            source: source.clone(),
+        };
+        self.routing.insert(source.name.clone(), tx);
+        self.sources
+            .insert(source.name.clone(), Running::spawn(|c| task.run(c)));
+    }
+
+    fn start_housekeeping(&mut self) {
+        let (store, sources, retention) = (
+            self.store.clone(),
+            self.config.sources.clone(),
+            self.config.retention,
+        );
+        self.housekeeping = Some(Running::spawn(move |c| {
+            crate::housekeeping::run(store, sources, retention, c)
+        }));
+    }
+}
