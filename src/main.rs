@@ -66,6 +66,24 @@ enum Command {
         #[command(subcommand)]
         command: WebhookSecretCommand,
     },
+    /// One poll of one source now, printing the changes found and the hooks
+    /// they go to. Exits 1 if a resource type failed.
+    #[command(
+        after_help = "Examples:\n  fhir-bridge poll --source epic --once --dry-run   # beside a running daemon; writes nothing\n  fhir-bridge poll --source epic --once             # daemon stopped; changes go to the outbox"
+    )]
+    Poll {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The source to poll.
+        #[arg(long)]
+        source: String,
+        /// Poll once and exit (the only mode: the daemon polls on schedule).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Read the EHR and the state, write nothing, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Zero-setup demo: sandbox EHR -> real pipeline -> printing receiver.
     Demo {
         /// Stop after this long (e.g. "30s"); default: until Ctrl-C.
@@ -306,6 +324,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 format!("{}\n", generate_symmetric()?)
             };
             emit(&text, ExitCode::SUCCESS)
+        }
+        Command::Poll {
+            config,
+            source,
+            once: _,
+            dry_run,
+        } => {
+            let config = load(&config)?;
+            let report = fhir_bridge::cli::poll_once::run(&config, &source, dry_run).await?;
+            let code = if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            emit(&report.text, code)
         }
         Command::Demo { duration, rate } => {
             demo::run(demo::DemoOptions { duration, rate }, shutdown_token()).await?;

@@ -361,6 +361,7 @@ fn task(source: Source, store: Store) -> SourceTask {
         known: Default::default(),
         outcomes: None,
         beat: fhir_bridge::progress::Beat::detached(),
+        dry_run: None,
     }
 }
 

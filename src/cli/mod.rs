@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod liveness;
 pub mod logging;
 pub mod out;
+pub mod poll_once;
 pub mod status;
 mod status_text;
 

@@ -132,7 +132,10 @@ fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
 
 /// A source's FHIR client: its own connection pool when it has TLS
 /// settings, else `shared`; its token requests go through the same one.
-fn source_client(source: &Source, shared: &reqwest::Client) -> Result<FhirClient, DaemonError> {
+pub(crate) fn source_client(
+    source: &Source,
+    shared: &reqwest::Client,
+) -> Result<FhirClient, DaemonError> {
     let http = match &source.tls {
         Some(tls) => FhirClient::pool(Some(tls))
             .map_err(|e| DaemonError::Http(format!("source `{}`: {e}", source.name)))?,

@@ -259,6 +259,7 @@ impl Supervisor {
             known: Default::default(),
             outcomes: self.recorder.clone(),
             source: source.clone(),
+            dry_run: None,
         };
         self.routing.insert(source.name.clone(), tx);
         self.sources

@@ -11,6 +11,6 @@ pub mod routing;
 pub mod targets;
 pub mod watermark;
 
-pub use poll::{PollError, SourceTask};
+pub use poll::{DryRun, PollError, SourceTask};
 pub use routing::{Routing, RoutingRx};
 pub use targets::{KnownTargets, first_poll_spread};

@@ -12,7 +12,7 @@ use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
-use crate::state::{PollOutcome, StateError, Store, now_ms};
+use crate::state::{PollOutcome, StateError, Store, TargetState, now_ms};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +31,24 @@ const UNTIL_MARGIN_MS: i64 = 25;
 /// Bundle's meta.lastUpdated may be a little old) and stays below the
 /// default overlap, which re-reads what such an entry could have jumped over.
 const FUTURE_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// The page commits a dry run would have written.
+#[derive(Clone, Default)]
+pub struct DryRun(Arc<std::sync::Mutex<Vec<crate::state::PageCommit>>>);
+
+impl DryRun {
+    fn record(&self, commit: crate::state::PageCommit) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(commit);
+    }
+
+    /// What was collected so far, oldest first.
+    pub fn take(&self) -> Vec<crate::state::PageCommit> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// How late past its next tick a sleeping source may wake and still count as
 /// making progress (a busy runtime, a slow outcome write).
@@ -70,6 +88,8 @@ pub struct SourceTask {
     pub outcomes: Option<OutcomeRecorder>,
     /// Tells the watchdog by when this task moves on again.
     pub beat: Beat,
+    /// `poll --dry-run`: page commits are collected here instead of written.
+    pub dry_run: Option<DryRun>,
 }
 
 /// What one poll found: changes committed, and resources re-read without a
@@ -240,7 +260,7 @@ impl SourceTask {
     }
 
     /// First poll of a target: fix where it starts.
-    async fn initialize(&self, rt: &str) -> Result<(), PollError> {
+    async fn initialize(&self, rt: &str) -> Result<TargetState, PollError> {
         let (watermark, floor) = match &self.source.start {
             Start::Beginning => (None, None),
             Start::At(t) => (Some(format_instant(*t)), Some(format_instant(*t))),
@@ -251,10 +271,16 @@ impl SourceTask {
                 (Some(now.clone()), Some(now))
             }
         };
-        self.store
-            .init_target(&self.source.name, rt, watermark, floor)
-            .await?;
-        Ok(())
+        if self.dry_run.is_none() {
+            self.store
+                .init_target(&self.source.name, rt, watermark.clone(), floor.clone())
+                .await?;
+        }
+        Ok(TargetState {
+            initialized: true,
+            watermark,
+            floor,
+        })
     }
 
     /// One poll of one resource type. Returns the number of changes found.
@@ -307,8 +333,7 @@ impl SourceTask {
             None => self.store.target_state(name, rt).await?,
         };
         if !state.initialized {
-            self.initialize(rt).await?;
-            state = self.store.target_state(name, rt).await?;
+            state = self.initialize(rt).await?;
             if self.source.start == Start::Now {
                 return Ok(Polled::default());
             }
@@ -477,7 +502,10 @@ impl SourceTask {
                 polled.rereads += commit.resources_read;
             } else {
                 let moved = commit.watermark.clone();
-                self.store.commit_page(commit).await?;
+                match &self.dry_run {
+                    Some(sink) => sink.record(commit),
+                    None => self.store.commit_page(commit).await?,
+                }
                 if moved.is_some() {
                     state.watermark = moved;
                 }

@@ -44,6 +44,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         known: Default::default(),
         outcomes: None,
         beat: crate::progress::Beat::detached(),
+        dry_run: None,
     }
 }
 
