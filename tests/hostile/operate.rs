@@ -170,7 +170,8 @@ async fn renamed_hook_messages_are_shown_purged_and_moved() {
     .await;
     let out = bridge.cli(&["status"]);
     let shown = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{shown}");
+    // Critical: the orphaned hook holds dead letters.
+    assert_eq!(out.status.code(), Some(2), "{shown}");
     assert!(
         shown.contains("old: 2 pending, 3 dead-lettered; move them with `fhir-bridge dlq redrive --hook old --to-hook NEW --all`"),
         "{shown}"
