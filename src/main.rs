@@ -1,197 +1,25 @@
 //! The `fhir-bridge` binary: the command line and nothing else.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use fhir_bridge::cli::{demo, dlq, logging, out, status};
+use clap::{CommandFactory, Parser};
+use fhir_bridge::cli::args::{
+    Cli, Command, ConfigArg, DlqCommand, HookCommand, KeysCommand, ReplayArgs, Selection, Shell,
+    StatusArgs, WebhookSecretCommand,
+};
+use fhir_bridge::cli::{demo, dlq, logging, out, replay, status, watch};
 use fhir_bridge::config::Config;
 use fhir_bridge::state::Store;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser)]
-#[command(
-    name = "fhir-bridge",
-    version,
-    about = "Webhooks for EHRs that have none: polls FHIR search, pushes changes"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Args)]
-struct ConfigArg {
-    /// Path to the config file.
-    #[arg(
-        short,
-        long,
-        env = "FHIR_BRIDGE_CONFIG",
-        default_value = "bridges.toml"
-    )]
-    config: PathBuf,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon: poll every source, deliver to every hook.
-    Run(ConfigArg),
-    /// Show every source and hook; exits 1 when something needs attention.
-    Status {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Machine-readable output (stable keys, see README).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check the config file (every filter compiles) and exit.
-    Validate(ConfigArg),
-    /// The dead-letter queue.
-    Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
-    },
-    /// Hooks: re-enable one that a receiver disabled with 410 Gone.
-    Hook {
-        #[command(subcommand)]
-        command: HookCommand,
-    },
-    /// SMART Backend Services keys: make one, or print a configured key's JWKS.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-    /// Webhook signing secrets (Standard Webhooks).
-    WebhookSecret {
-        #[command(subcommand)]
-        command: WebhookSecretCommand,
-    },
-    /// One poll of one source now, printing the changes found and the hooks
-    /// they go to. Exits 1 if a resource type failed.
-    #[command(
-        after_help = "Examples:\n  fhir-bridge poll --source epic --once --dry-run   # beside a running daemon; writes nothing\n  fhir-bridge poll --source epic --once             # daemon stopped; changes go to the outbox"
-    )]
-    Poll {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The source to poll.
-        #[arg(long)]
-        source: String,
-        /// Poll once and exit (the only mode: the daemon polls on schedule).
-        #[arg(long, required = true)]
-        once: bool,
-        /// Read the EHR and the state, write nothing, send nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Zero-setup demo: sandbox EHR -> real pipeline -> printing receiver.
-    Demo {
-        /// Stop after this long (e.g. "30s"); default: until Ctrl-C.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<std::time::Duration>,
-        /// Synthetic resources written per second.
-        #[arg(long, default_value_t = 5.0)]
-        rate: f64,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Writes a new private key (PKCS#8 PEM, mode 0600) into DIR and prints
-    /// its public JWKS, to register with the EHR's app registration.
-    Generate {
-        /// ES384 (P-384) or RS384 (RSA 3072).
-        #[arg(long, value_parser = ["ES384", "RS384"])]
-        alg: String,
-        /// Directory for the key file.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Prints the public JWKS of a source's configured `private_key`.
-    Jwks {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The source's name.
-        #[arg(long)]
-        source: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum WebhookSecretCommand {
-    /// Prints a new secret for a hook's `signing_secrets`: `whsec_...` (HMAC,
-    /// shared with the receiver), or with --asymmetric a `whsk_...` key for the
-    /// bridge and the `whpk_...` public key to give the receiver.
-    Generate {
-        /// Ed25519 (`v1a` signatures) instead of HMAC-SHA256 (`v1`).
-        #[arg(long)]
-        asymmetric: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum HookCommand {
-    /// Resume deliveries to a hook disabled by a 410 Gone.
-    Enable {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The hook's name.
-        name: String,
-    },
-}
-
-#[derive(clap::Args)]
-struct Selection {
-    /// Only this hook's messages (a hook no longer in the config, too).
-    #[arg(long)]
-    hook: Option<String>,
-    /// Every dead letter (of --hook, if given; with an orphaned --hook, its pending messages too).
-    #[arg(long, conflicts_with = "ids")]
-    all: bool,
-    /// Message ids, as shown by `dlq list`.
-    #[arg(required_unless_present = "all")]
-    ids: Vec<i64>,
-}
-
-impl From<Selection> for dlq::Selection {
-    fn from(s: Selection) -> Self {
-        dlq::Selection {
-            hook: s.hook,
-            all: s.all,
-            ids: s.ids,
-        }
+fn selection(s: Selection) -> dlq::Selection {
+    dlq::Selection {
+        hook: s.hook,
+        all: s.all,
+        ids: s.ids,
+        filter: dlq::filter(s.filters.source, s.filters.since, None, s.filters.resource),
+        yes: s.yes,
     }
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// List dead-lettered messages, and pending messages of hooks no longer in the config.
-    List {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long)]
-        hook: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Requeue dead letters for delivery (same message_id, fresh attempts),
-    /// or move them (and an orphaned hook's pending messages) to another hook.
-    Redrive {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        sel: Selection,
-        /// Move the messages to this configured hook instead.
-        #[arg(long, value_name = "NEW")]
-        to_hook: Option<String>,
-    },
-    /// Delete dead letters (and an orphaned hook's pending messages) for good.
-    Purge {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        sel: Selection,
-    },
 }
 
 /// Cancels on SIGINT or SIGTERM.
@@ -248,20 +76,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             fhir_bridge::daemon::run(config, shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { config, json } => {
-            let config = load(&config)?;
-            let report = status::collect(&config).await?;
-            let code = if report.healthy {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+        Command::Status(args) => status_main(args).await,
+        Command::Replay(args) => replay_main(args).await,
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
             };
-            let text = if json {
-                serde_json::to_string_pretty(&report)? + "\n"
-            } else {
-                status::render_text(&report)
-            };
-            emit(&text, code)
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "fhir-bridge", &mut buf);
+            emit(&String::from_utf8_lossy(&buf), ExitCode::SUCCESS)
         }
         Command::Validate(c) => {
             let config = load(&c)?;
@@ -276,22 +100,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             emit(&text, ExitCode::SUCCESS)
         }
-        Command::Dlq { command } => {
-            let text = match command {
-                DlqCommand::List { config, hook, json } => {
-                    dlq::list(&load(&config)?, hook, json).await?
-                }
-                DlqCommand::Redrive {
-                    config,
-                    sel,
-                    to_hook,
-                } => dlq::redrive(&load(&config)?, sel.into(), to_hook).await?,
-                DlqCommand::Purge { config, sel } => {
-                    dlq::purge(&load(&config)?, sel.into()).await?
-                }
-            };
-            emit(&text, ExitCode::SUCCESS)
-        }
+        Command::Dlq { command } => dlq_main(command).await,
         Command::Hook {
             command: HookCommand::Enable { config, name },
         } => {
@@ -345,6 +154,73 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn status_main(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = load(&args.config)?;
+    if let Some(secs) = args.watch {
+        let level = watch::run(&config, std::time::Duration::from_secs(secs)).await?;
+        return Ok(ExitCode::from(level.exit_code()));
+    }
+    let report = status::collect(&config).await?;
+    let code = ExitCode::from(report.level.exit_code());
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        status::render_text(&report, &status::Style::for_stdout())
+    };
+    emit(&text, code)
+}
+
+/// A declined confirmation is exit 1, not an error: nothing went wrong.
+fn declined(r: Result<String, dlq::DlqError>) -> anyhow::Result<ExitCode> {
+    match r {
+        Ok(text) => emit(&text, ExitCode::SUCCESS),
+        Err(dlq::DlqError::Declined) => {
+            out::error_line("cancelled; nothing was changed");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn dlq_main(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let r = match command {
+        DlqCommand::List {
+            config,
+            hook,
+            filters,
+            json,
+        } => {
+            let f = dlq::filter(filters.source, filters.since, None, filters.resource);
+            dlq::list(&load(&config)?, hook, f, json).await
+        }
+        DlqCommand::Show {
+            config,
+            message,
+            hook,
+            payload,
+            json,
+        } => dlq::show(&load(&config)?, &message, hook, payload, json).await,
+        DlqCommand::Redrive {
+            config,
+            sel,
+            to_hook,
+        } => dlq::redrive(&load(&config)?, selection(sel), to_hook).await,
+        DlqCommand::Purge { config, sel } => dlq::purge(&load(&config)?, selection(sel)).await,
+    };
+    declined(r)
+}
+
+async fn replay_main(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let config = load(&a.config)?;
+    let req = replay::Request {
+        hook: a.hook,
+        filter: dlq::filter(a.source, Some(a.since), a.until, a.resource),
+        id_only: a.id_only,
+        yes: a.yes,
+    };
+    declined(replay::replay(&config, req).await)
 }
 
 fn keys_main(command: KeysCommand) -> anyhow::Result<ExitCode> {

@@ -3,9 +3,12 @@
 //! Each command returns the text to print.
 
 use super::fmt_ms;
+use super::when::ResourceRef;
 use crate::config::Config;
-use crate::state::{DeadLetter, DlqSelection, StateError, Store};
+use crate::state::{DeadLetter, DlqSelection, MessageFilter, StateError, Store};
 use std::fmt::Write;
+
+pub use super::dlq_show::show;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -23,13 +26,52 @@ pub enum DlqError {
     Orphaned { hook: String, config: String },
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("no message `{0}` in the state (see `fhir-bridge dlq list`)")]
+    NoSuchMessage(String),
+    #[error("cannot ask for confirmation: {0} (pass --yes)")]
+    Prompt(#[source] std::io::Error),
+    /// The operator answered no: nothing was changed.
+    #[error("cancelled; nothing was changed")]
+    Declined,
 }
 
-/// Which messages: `--hook`, and `--all` or ids.
+/// `--source`, `--since`, `--until` and `--resource` as the state takes them.
+pub fn filter(
+    source: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    resource: Option<ResourceRef>,
+) -> MessageFilter {
+    let (resource_type, resource_id) = match resource {
+        Some(r) => (Some(r.resource_type), r.id),
+        None => (None, None),
+    };
+    MessageFilter {
+        source,
+        resource_type,
+        resource_id,
+        since_ms,
+        until_ms,
+    }
+}
+
+/// Asks (on a terminal, without --yes) whether to go ahead.
+pub(super) fn confirm(what: &str, yes: bool) -> Result<(), DlqError> {
+    match super::confirm::proceed(what, yes) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DlqError::Declined),
+        Err(e) => Err(DlqError::Prompt(e)),
+    }
+}
+
+/// Which messages: `--hook`, the filters, and `--all` or ids; `--yes`.
 pub struct Selection {
     pub hook: Option<String>,
     pub all: bool,
     pub ids: Vec<i64>,
+    pub filter: MessageFilter,
+    /// Do not ask, even on a terminal.
+    pub yes: bool,
 }
 
 fn configured(config: &Config) -> Vec<String> {
@@ -43,8 +85,10 @@ fn is_configured(config: &Config, hook: &str) -> bool {
 fn selection(config: &Config, sel: Selection) -> DlqSelection {
     DlqSelection {
         hook: sel.hook,
-        ids: (!sel.all).then_some(sel.ids),
+        // Filters alone select like --all.
+        ids: (!sel.all && !sel.ids.is_empty()).then_some(sel.ids),
         configured: configured(config),
+        filter: sel.filter,
     }
 }
 
@@ -74,9 +118,18 @@ async fn check_known(
     Ok(())
 }
 
-pub async fn list(config: &Config, hook: Option<String>, json: bool) -> Result<String, DlqError> {
+pub async fn list(
+    config: &Config,
+    hook: Option<String>,
+    filter: MessageFilter,
+    json: bool,
+) -> Result<String, DlqError> {
     let items = match Store::open_read_only(&config.db_path())? {
-        Some(store) => store.dlq_list(hook, configured(config)).await?,
+        Some(store) => {
+            store
+                .dlq_list_filtered(hook, filter, configured(config))
+                .await?
+        }
         None => vec![],
     };
     Ok(if json {
@@ -111,7 +164,19 @@ pub async fn redrive(
             });
         }
         let store = Store::open(&config.db_path())?;
-        let n = store.redrive(selection(config, sel)).await?;
+        let yes = sel.yes;
+        let mut chosen = selection(config, sel);
+        let ids = store.dlq_selected(chosen.clone(), false).await?;
+        if ids.is_empty() {
+            return Ok("requeued 0 message(s): no dead letter matches\n".into());
+        }
+        confirm(
+            &format!("Requeue {} dead letter(s) for delivery", ids.len()),
+            yes,
+        )?;
+        // Exactly what was confirmed, not what arrived meanwhile.
+        chosen.ids = Some(ids);
+        let n = store.redrive(chosen).await?;
         return Ok(format!(
             "requeued {n} message(s); a running daemon delivers them within a second\n"
         ));
@@ -121,7 +186,18 @@ pub async fn redrive(
     }
     let store = Store::open(&config.db_path())?;
     check_known(&store, config, &sel.hook).await?;
-    let done = store.move_to_hook(selection(config, sel), &to).await?;
+    let yes = sel.yes;
+    let mut chosen = selection(config, sel);
+    let ids = store.dlq_selected(chosen.clone(), true).await?;
+    if ids.is_empty() {
+        return Ok(format!("moved 0 message(s) to hook `{to}`: none matches\n"));
+    }
+    confirm(
+        &format!("Move {} message(s) to hook `{to}`", ids.len()),
+        yes,
+    )?;
+    chosen.ids = Some(ids);
+    let done = store.move_to_hook(chosen, &to).await?;
     let mut o = format!(
         "moved {} message(s) to hook `{to}`; a running daemon delivers them within a second\n",
         done.moved
@@ -141,7 +217,15 @@ pub async fn redrive(
 pub async fn purge(config: &Config, sel: Selection) -> Result<String, DlqError> {
     let store = Store::open(&config.db_path())?;
     check_known(&store, config, &sel.hook).await?;
-    let n = store.purge(selection(config, sel)).await?;
+    let yes = sel.yes;
+    let mut chosen = selection(config, sel);
+    let ids = store.dlq_selected(chosen.clone(), true).await?;
+    if ids.is_empty() {
+        return Ok("deleted 0 message(s): none matches\n".into());
+    }
+    confirm(&format!("Delete {} message(s) for good", ids.len()), yes)?;
+    chosen.ids = Some(ids);
+    let n = store.purge(chosen).await?;
     Ok(format!("deleted {n} message(s)\n"))
 }
 

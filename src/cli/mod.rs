@@ -1,14 +1,21 @@
 //! Operator commands beside `run`: status, dlq, demo; and what every
 //! command shares: logging setup and output that never panics.
 
+pub mod args;
+pub mod confirm;
 pub mod demo;
 pub mod dlq;
+mod dlq_show;
+pub mod health;
 pub mod liveness;
 pub mod logging;
 pub mod out;
 pub mod poll_once;
+pub mod replay;
 pub mod status;
 mod status_text;
+pub mod watch;
+pub mod when;
 
 /// Formats our clock (ms since epoch) for people and JSON: RFC 3339, UTC, seconds.
 pub fn fmt_ms(ms: i64) -> String {
@@ -17,9 +24,9 @@ pub fn fmt_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// "4s ago", "3m ago", "2h ago", "5d ago".
-pub fn ago(ms: i64) -> String {
-    format!("{} ago", span(crate::state::now_ms() - ms))
+/// "4s ago", "3m ago", "2h ago", "5d ago", seen from `now_ms`.
+pub fn ago_at(ms: i64, now_ms: i64) -> String {
+    format!("{} ago", span(now_ms - ms))
 }
 
 /// A length of time for people: "40s", "12m", "3h", "2d".

@@ -3,19 +3,23 @@
 //! state are PHI-free by construction.
 
 use super::fmt_ms;
+use super::health::{self, Level, Problem};
 use super::liveness::{self, DaemonStatus};
 use crate::config::Config;
 use crate::state::{HookReport, StateError, StateLock, Store, TargetReport, now_ms};
 use serde::Serialize;
 use std::time::Duration;
 
-pub use super::status_text::render_text;
+pub use super::status_text::{Style, render_text};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
-    /// False unless the daemon runs; false when any source's last poll failed,
-    /// any hook has dead letters, is disabled or stale, or any hook is orphaned.
+    /// `level` is "ok".
     pub healthy: bool,
+    /// "ok", "warning" or "critical": the exit code 0, 1, 2 (see `health`).
+    pub level: Level,
+    /// What needs attention, worst first.
+    pub problems: Vec<Problem>,
     pub config: String,
     pub database: String,
     /// False until the daemon has created its database.
@@ -60,6 +64,9 @@ pub struct TargetStatus {
     /// The last per-entry note (skipped or future entry), PHI-free.
     pub last_warning: Option<String>,
     pub last_warning_at: Option<String>,
+    /// The last successful poll is `LAG_TICKS` scheduled polls ago (and at
+    /// least 5 min): polls are not happening or not succeeding.
+    pub lagging: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,6 +134,9 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
                 entries_future: r.entries_future,
                 last_warning: r.last_warning,
                 last_warning_at: r.last_warning_at_ms.map(fmt_ms),
+                lagging: r
+                    .last_ok_at_ms
+                    .is_some_and(|t| health::lagging(&s.schedule, t, now_ms())),
             });
             recent_skip |= r
                 .last_skip_at_ms
@@ -185,18 +195,10 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
         None => None,
     };
     let daemon = liveness::classify(StateLock::probe(&config.state_dir), beat.as_ref(), now_ms());
-    let healthy = daemon.running
-        && sources
-            .iter()
-            .flat_map(|s| &s.targets)
-            .all(|t| t.last_outcome.as_deref() != Some("error"))
-        && !recent_skip
-        && hooks
-            .iter()
-            .all(|h| h.dead_lettered == 0 && !h.disabled && !h.stale)
-        && orphaned_hooks.is_empty();
-    Ok(StatusReport {
-        healthy,
+    let mut report = StatusReport {
+        healthy: false,
+        level: Level::Ok,
+        problems: vec![],
         config: config.path.display().to_string(),
         database: db.display().to_string(),
         has_state: store.is_some(),
@@ -204,8 +206,16 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
         sources,
         hooks,
         orphaned_hooks,
-    })
+    };
+    report.problems = health::assess(&report, recent_skip);
+    report.level = health::level(&report.problems);
+    report.healthy = report.level == Level::Ok;
+    Ok(report)
 }
+
+#[cfg(test)]
+#[path = "status_snapshots.rs"]
+mod snapshots;
 
 #[cfg(test)]
 mod tests {
@@ -272,7 +282,14 @@ url = "http://127.0.0.1:9/fresh"
         assert_eq!(json["hooks"][0]["stale"], true);
         assert_eq!(json["orphaned_hooks"][0]["dead_lettered"], 0);
         assert_eq!(json["daemon"]["state"], "never-ran");
-        let text = render_text(&r);
+        assert_eq!(r.level, Level::Warning);
+        assert_eq!(json["level"], "warning");
+        let style = Style {
+            now_ms: now_ms(),
+            colour: false,
+            unicode: false,
+        };
+        let text = render_text(&r, &style);
         assert!(text.contains("daemon: never ran"), "{text}");
         assert!(
             text.contains("STALE: the oldest pending message has waited 16m (limit 15m)"),

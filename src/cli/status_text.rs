@@ -1,125 +1,224 @@
-//! `fhir-bridge status` as text, for people.
+//! `fhir-bridge status` as text, for people: two tables (sources by target,
+//! hooks), then what needs attention. Colour only when `Style` says so (a
+//! terminal, no NO_COLOR): files, pipes and monitors get plain text.
 
+use super::health::Level;
 use super::liveness;
 use super::status::StatusReport;
-use super::{ago, span};
-use crate::state::now_ms;
+use super::{ago_at, span};
+use comfy_table::{Cell, CellAlignment, Color, Table, presets};
 use std::fmt::Write;
+
+/// How to draw: `now_ms` for the "3m ago" columns (fixed in tests), colour,
+/// and box-drawing characters (a terminal) or ASCII.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub now_ms: i64,
+    pub colour: bool,
+    pub unicode: bool,
+}
+
+impl Style {
+    /// For stdout as it is now: colour and box drawing on a terminal,
+    /// colour only without NO_COLOR (https://no-color.org).
+    pub fn for_stdout() -> Style {
+        use std::io::IsTerminal;
+        let tty = std::io::stdout().is_terminal();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            now_ms: crate::state::now_ms(),
+            colour: tty && !no_color,
+            unicode: tty,
+        }
+    }
+
+    /// `text` in the level's colour, when colour is on.
+    fn paint(&self, level: Level, text: &str) -> String {
+        if !self.colour {
+            return text.to_string();
+        }
+        let code = match level {
+            Level::Ok => "32",
+            Level::Warning => "33",
+            Level::Critical => "1;31",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m")
+    }
+
+    fn cell(&self, text: impl ToString, level: Level) -> Cell {
+        let cell = Cell::new(text);
+        match (self.colour, level) {
+            (false, _) | (true, Level::Ok) => cell,
+            (true, Level::Warning) => cell.fg(Color::Yellow),
+            (true, Level::Critical) => cell.fg(Color::Red),
+        }
+    }
+
+    fn table(&self, header: &[&str], right: &[usize]) -> Table {
+        let mut t = Table::new();
+        t.load_style(if self.unicode {
+            presets::UTF8_FULL_CONDENSED
+        } else {
+            presets::ASCII_FULL_CONDENSED
+        });
+        if self.colour {
+            t.enforce_styling();
+        } else {
+            t.force_no_tty();
+        }
+        t.set_header(header.iter().map(Cell::new));
+        for &i in right {
+            if let Some(c) = t.column_mut(i) {
+                c.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        t
+    }
+}
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
 }
 
-fn since(t: &Option<String>) -> String {
+fn since(t: &Option<String>, now_ms: i64) -> String {
     t.as_deref()
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| ago(d.timestamp_millis()))
+        .map(|d| ago_at(d.timestamp_millis(), now_ms))
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn render_text(r: &StatusReport) -> String {
+pub fn render_text(r: &StatusReport, st: &Style) -> String {
+    let now = st.now_ms;
     let mut o = String::new();
     let _ = writeln!(
         o,
         "fhir-bridge status: {}",
-        if r.healthy { "OK" } else { "ATTENTION NEEDED" }
+        st.paint(r.level, r.level.name())
     );
     let _ = writeln!(o, "config {}  state {}", r.config, r.database);
-    let _ = writeln!(o, "daemon: {}", liveness::describe(&r.daemon, now_ms()));
+    let _ = writeln!(o, "daemon: {}", liveness::describe(&r.daemon, now));
     if !r.has_state {
         let _ = writeln!(o, "(no state yet: the daemon has not run with this config)");
     }
     let _ = writeln!(o, "\nSOURCES");
+    let mut t = st.table(
+        &[
+            "SOURCE",
+            "TARGET",
+            "WATERMARK",
+            "LAST POLL",
+            "LAST OK",
+            "OUTCOME",
+            "FAILS",
+            "CHANGES",
+            "ERROR",
+        ],
+        &[6, 7],
+    );
+    let mut notes = Vec::new();
     for s in &r.sources {
-        let _ = writeln!(o, "  {}  {}", s.name, s.base_url);
-        let _ = writeln!(
-            o,
-            "    {:<20} {:<26} {:<10} {:<8} {:>9}  ERROR",
-            "TARGET", "WATERMARK", "LAST POLL", "OUTCOME", "CHANGES"
-        );
-        for t in &s.targets {
-            let err = match (&t.last_outcome, &t.last_error) {
-                (Some(o), Some(e)) if o == "error" => {
-                    format!("{e} ({} in a row)", t.consecutive_failures)
-                }
+        for (i, tg) in s.targets.iter().enumerate() {
+            let name = match i {
+                0 => s.name.clone(),
+                1 => s.base_url.clone(),
                 _ => String::new(),
             };
-            let _ = writeln!(
-                o,
-                "    {:<20} {:<26} {:<10} {:<8} {:>9}  {}",
-                t.resource_type,
-                or_dash(&t.watermark),
-                since(&t.last_poll_at),
-                or_dash(&t.last_outcome),
-                t.changes_seen,
-                err
-            );
-            if t.entries_skipped > 0 || t.entries_future > 0 {
-                let _ = writeln!(
-                    o,
-                    "    {:<20} WARNING: {} entr(ies) skipped, {} stamped in the future; last: {} ({})",
-                    "",
-                    t.entries_skipped,
-                    t.entries_future,
-                    or_dash(&t.last_warning),
-                    since(&t.last_warning_at)
-                );
+            let failing = tg.last_outcome.as_deref() == Some("error");
+            let level = match (failing, tg.consecutive_failures) {
+                (true, n) if n >= super::health::CRITICAL_FAILURES => Level::Critical,
+                (true, _) => Level::Warning,
+                (false, _) if tg.lagging => Level::Warning,
+                _ => Level::Ok,
+            };
+            let err = if failing { or_dash(&tg.last_error) } else { "" };
+            t.add_row(vec![
+                Cell::new(name),
+                Cell::new(&tg.resource_type),
+                Cell::new(or_dash(&tg.watermark)),
+                Cell::new(since(&tg.last_poll_at, now)),
+                st.cell(since(&tg.last_success_at, now), level),
+                st.cell(or_dash(&tg.last_outcome), level),
+                st.cell(tg.consecutive_failures, level),
+                Cell::new(tg.changes_seen),
+                st.cell(err, level),
+            ]);
+            if tg.entries_skipped > 0 || tg.entries_future > 0 {
+                notes.push(format!(
+                    "source {}/{}: {} entr(ies) skipped, {} stamped in the future; last: {} ({})",
+                    s.name,
+                    tg.resource_type,
+                    tg.entries_skipped,
+                    tg.entries_future,
+                    or_dash(&tg.last_warning),
+                    since(&tg.last_warning_at, now)
+                ));
             }
         }
+        if s.targets.len() == 1 {
+            // The URL goes on the second row; give a lone target one.
+            t.add_row(vec![s.base_url.as_str()]);
+        }
     }
+    let _ = writeln!(o, "{t}");
     let _ = writeln!(o, "\nHOOKS");
-    let _ = writeln!(
-        o,
-        "  {:<20} {:>8} {:>10} {:>7} {:>6} {:>8} {:>13}  LAST ERROR",
-        "NAME", "PENDING", "DELIVERED", "FAILED", "DEAD", "OLDEST", "LAST SUCCESS"
+    let mut t = st.table(
+        &[
+            "HOOK",
+            "STATE",
+            "PENDING",
+            "DELIVERED",
+            "FAILED",
+            "DEAD",
+            "OLDEST",
+            "LAST SUCCESS",
+            "LAST ERROR",
+        ],
+        &[2, 3, 4, 5, 6],
     );
     for h in &r.hooks {
+        let (state, level) = if h.disabled {
+            ("disabled", Level::Critical)
+        } else if h.dead_lettered > 0 {
+            ("dead letters", Level::Critical)
+        } else if h.stale {
+            ("stale", Level::Warning)
+        } else {
+            ("ok", Level::Ok)
+        };
         let oldest = h
             .oldest_pending_age_seconds
-            .map(|s| format!("{s}s"))
+            .map(|s| span(s * 1000))
             .unwrap_or_else(|| "-".into());
         let last_err = match (&h.last_error, &h.last_error_at) {
-            (Some(e), at) => format!("{e} ({})", since(at)),
+            (Some(e), at) => format!("{e} ({})", since(at, now)),
             _ => String::new(),
         };
-        let _ = writeln!(
-            o,
-            "  {:<20} {:>8} {:>10} {:>7} {:>6} {:>8} {:>13}  {}",
-            h.name,
-            h.pending,
-            h.delivered,
-            h.failed_attempts,
-            h.dead_lettered,
-            oldest,
-            since(&h.last_success_at),
-            last_err
-        );
-        if h.disabled {
-            let _ = writeln!(
-                o,
-                "  {:<20} DISABLED: {}; re-enable with `fhir-bridge hook enable {}`",
-                "",
-                h.disabled_reason.as_deref().unwrap_or("disabled"),
-                h.name
-            );
-        }
-        if h.stale {
-            let _ = writeln!(
-                o,
-                "  {:<20} STALE: the oldest pending message has waited {} (limit {}); see LAST ERROR",
-                "",
-                span(h.oldest_pending_age_seconds.unwrap_or_default() * 1000),
-                span(h.max_pending_age.as_millis() as i64)
-            );
-        }
+        t.add_row(vec![
+            Cell::new(&h.name),
+            st.cell(state, level),
+            Cell::new(h.pending),
+            Cell::new(h.delivered),
+            Cell::new(h.failed_attempts),
+            st.cell(
+                h.dead_lettered,
+                if h.dead_lettered > 0 {
+                    Level::Critical
+                } else {
+                    Level::Ok
+                },
+            ),
+            st.cell(oldest, if h.stale { Level::Warning } else { Level::Ok }),
+            Cell::new(since(&h.last_success_at, now)),
+            Cell::new(last_err),
+        ]);
         if h.filter_errors > 0 {
-            let _ = writeln!(
-                o,
-                "  {:<20} {} resource(s) made the filter fail (counted as non-matches)",
-                "", h.filter_errors
-            );
+            notes.push(format!(
+                "hook {}: {} resource(s) made the filter fail (counted as non-matches)",
+                h.name, h.filter_errors
+            ));
         }
     }
+    let _ = writeln!(o, "{t}");
     if !r.orphaned_hooks.is_empty() {
         let _ = writeln!(
             o,
@@ -133,11 +232,23 @@ pub fn render_text(r: &StatusReport) -> String {
             );
         }
     }
-    if r.hooks.iter().any(|h| h.dead_lettered > 0) {
-        let _ = writeln!(
-            o,
-            "\nDead letters: see `fhir-bridge dlq list`, requeue with `fhir-bridge dlq redrive`."
-        );
+    if !r.problems.is_empty() {
+        let _ = writeln!(o, "\nNEEDS ATTENTION");
+        for p in &r.problems {
+            let _ = writeln!(
+                o,
+                "  {}  {}: {}",
+                st.paint(p.level, &format!("{:<8}", p.level.name())),
+                p.subject,
+                p.message
+            );
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(o, "\nNOTES");
+        for n in notes {
+            let _ = writeln!(o, "  {n}");
+        }
     }
     o
 }

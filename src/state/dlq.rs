@@ -3,8 +3,9 @@
 //! config (renamed or removed). No worker sends those; the operator moves
 //! them to a configured hook (`move_to_hook`) or deletes them (`purge`).
 
+use super::filter::{MessageFilter, condition};
 use super::{StateError, Store, now_ms};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params};
 use serde::Serialize;
 
 /// A dead letter, or a pending message of an orphaned hook.
@@ -47,6 +48,8 @@ pub struct DlqSelection {
     pub ids: Option<Vec<i64>>,
     /// The hooks in the config; any other hook with messages is orphaned.
     pub configured: Vec<String>,
+    /// Only messages of this source, resource, time window.
+    pub filter: MessageFilter,
 }
 
 /// What `move_to_hook` did.
@@ -78,6 +81,19 @@ fn count(c: &Connection, hook: &str, state: &str) -> rusqlite::Result<i64> {
         .query_row(params![hook, state], |r| r.get(0))
 }
 
+/// `?1` hook, `?2` state, then the filter's parameters.
+// `&String`: a `&str` cannot become a `&dyn ToSql` (`str` is unsized).
+#[allow(clippy::ptr_arg)]
+fn with_filter<'a>(
+    hook: &'a String,
+    state: &'a &'a str,
+    filter: &'a MessageFilter,
+) -> Vec<&'a dyn ToSql> {
+    let mut p: Vec<&dyn ToSql> = vec![hook, state];
+    p.extend(filter.params());
+    p
+}
+
 /// Ids (with message ids) of the selected messages, oldest first. With
 /// `pending_of_orphans` false, dead letters of configured hooks only.
 fn select(
@@ -87,9 +103,10 @@ fn select(
 ) -> rusqlite::Result<Vec<(i64, String)>> {
     let explicit = sel.hook.is_some() || sel.ids.is_some();
     let mut out = Vec::new();
-    let mut stmt = c.prepare_cached(
-        "SELECT id, message_id FROM outbox WHERE hook = ?1 AND state = ?2 ORDER BY id",
-    )?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT id, message_id FROM outbox WHERE hook = ?1 AND state = ?2 AND {} ORDER BY id",
+        condition(3)
+    ))?;
     for hook in hooks_in_outbox(c)? {
         if sel.hook.as_ref().is_some_and(|h| h != &hook) {
             continue;
@@ -103,7 +120,9 @@ fn select(
             states.push("dead");
         }
         for state in states {
-            let rows = stmt.query_map(params![hook, state], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map(&*with_filter(&hook, &state, &sel.filter), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             for row in rows {
                 let (id, mid): (i64, String) = row?;
                 if sel.ids.as_ref().is_none_or(|ids| ids.contains(&id)) {
@@ -159,12 +178,24 @@ impl Store {
         hook: Option<String>,
         configured: Vec<String>,
     ) -> Result<Vec<DeadLetter>, StateError> {
+        self.dlq_list_filtered(hook, MessageFilter::default(), configured)
+            .await
+    }
+
+    /// `dlq_list`, narrowed by `filter`.
+    pub async fn dlq_list_filtered(
+        &self,
+        hook: Option<String>,
+        filter: MessageFilter,
+        configured: Vec<String>,
+    ) -> Result<Vec<DeadLetter>, StateError> {
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT id, hook, state, message_id, source, resource_type, resource_id,
                         version_id, event, attempts, created_at, done_at, last_status, last_error
-                 FROM outbox WHERE hook = ?1 AND state = ?2 ORDER BY id",
-            )?;
+                 FROM outbox WHERE hook = ?1 AND state = ?2 AND {} ORDER BY id",
+                condition(3)
+            ))?;
             let mut out = Vec::new();
             for h in hooks_in_outbox(c)? {
                 if hook.as_ref().is_some_and(|x| x != &h) {
@@ -176,7 +207,7 @@ impl Store {
                     &["dead", "pending"]
                 };
                 for state in states {
-                    let rows = stmt.query_map(params![h, state], |r| {
+                    let rows = stmt.query_map(&*with_filter(&h, state, &filter), |r| {
                         Ok(DeadLetter {
                             id: r.get(0)?,
                             hook: r.get(1)?,
@@ -209,6 +240,23 @@ impl Store {
     pub async fn dead_letters(&self, hook: Option<String>) -> Result<Vec<DeadLetter>, StateError> {
         let all = self.dlq_list(hook, vec![]).await?;
         Ok(all.into_iter().filter(|d| d.state == "dead").collect())
+    }
+
+    /// The ids of the messages a `redrive` (`moving`: false) or a `purge` or
+    /// `move_to_hook` (`moving`: true) of `sel` would act on, oldest first:
+    /// what the operator confirms, then passes on as `ids`.
+    pub async fn dlq_selected(
+        &self,
+        sel: DlqSelection,
+        moving: bool,
+    ) -> Result<Vec<i64>, StateError> {
+        self.call(move |c| {
+            Ok(select(c, &sel, moving)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect())
+        })
+        .await
     }
 
     /// Requeues the selected dead letters of configured hooks (an orphaned

@@ -122,6 +122,7 @@ async fn redrive_to_another_hook_moves_dead_and_orphaned_messages_with_their_ids
         hook: Some("old".into()),
         ids: None,
         configured: configured(&["a"]),
+        ..Default::default()
     };
     let done = store.move_to_hook(sel, "a").await.unwrap();
     assert_eq!(
@@ -198,6 +199,7 @@ async fn purge_of_an_orphaned_hook_deletes_its_pending_messages_too() {
             hook: Some("old".into()),
             ids: None,
             configured: conf.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -8,21 +8,27 @@
 
 mod dlq;
 mod files;
+mod filter;
 mod heartbeat;
+mod inspect;
 mod lock;
 mod maintenance;
 mod outbox;
 mod poll;
+mod replay;
 mod report;
 mod schema;
 mod summary;
 pub use summary::Summary;
 
 pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
+pub use filter::MessageFilter;
 pub use heartbeat::Heartbeat;
+pub use inspect::{MessageDetail, MessageKey};
 pub use lock::{LockError, LockProbe, StateLock};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
 pub use poll::{PageCommit, PollOutcome, SeenRow, TargetState};
+pub use replay::{ReplayCandidate, Requeue};
 pub use report::{HookReport, TargetReport};
 
 use rusqlite::{Connection, OpenFlags};

@@ -202,10 +202,10 @@ pub async fn dead_letters_and_redrive(fhir: &FhirServer) {
     let status = bridge.cli(&["status"]);
     assert_eq!(
         status.status.code(),
-        Some(1),
-        "dead letters make status exit 1"
+        Some(2),
+        "dead letters make status critical: exit 2"
     );
-    assert!(String::from_utf8_lossy(&status.stdout).contains("ATTENTION"));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("CRITICAL"));
     assert_eq!(bridge.status_json()["hooks"][0]["dead_lettered"], 3);
 
     rx.set_failing(0);

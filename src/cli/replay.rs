@@ -1,0 +1,187 @@
+//! `fhir-bridge replay`: a hook's delivered messages (kept for `retention`)
+//! sent again, each under its original row and message_id, so a receiver
+//! that lost data gets it back and one that did not drops the duplicates.
+//!
+//! What can be sent: a payload is deleted when its message is delivered (no
+//! PHI at rest), and the bridge keeps no copy of resources (the seen table
+//! holds versions and hashes only). So a replay re-sends a payload still
+//! stored, or re-renders an id-only notification (resourceIncluded: false)
+//! from what the outbox row and the seen table hold. That is what an
+//! id-only hook sent in the first place; a full-resource hook gets one only
+//! with `--id-only`. Re-fetching the resource from the EHR (a vread of the
+//! delivered version) would lift this limit; it is not done here.
+
+use super::dlq::DlqError;
+use super::fmt_ms;
+use crate::config::{Config, Content};
+use crate::outbox::message_id;
+use crate::payload::{ChangeView, zus_hook};
+use crate::state::{MessageFilter, ReplayCandidate, Requeue, Store};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+pub struct Request {
+    pub hook: String,
+    /// Its time window is the delivery time.
+    pub filter: MessageFilter,
+    /// Re-render id-only notifications for a full-resource hook too.
+    pub id_only: bool,
+    /// Do not ask, even on a terminal.
+    pub yes: bool,
+}
+
+pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
+    let Some(hook) = config.hooks.iter().find(|h| h.name == req.hook) else {
+        return Err(DlqError::NotConfigured {
+            hook: req.hook,
+            config: config.path.display().to_string(),
+        });
+    };
+    let Some(store) = Store::open_read_only(&config.db_path())? else {
+        return Ok(format!(
+            "replayed 0 message(s): hook `{}` has delivered nothing yet\n",
+            hook.name
+        ));
+    };
+    let found = store.replay_candidates(&hook.name, req.filter).await?;
+    let render = req.id_only || hook.content == Content::IdOnly;
+    let mut plan = Vec::new();
+    let mut rendered = 0;
+    let mut missing = 0;
+    let last_updated = if render {
+        last_updated_of(&store, &hook.name, &found).await?
+    } else {
+        BTreeMap::new()
+    };
+    for c in &found {
+        if c.has_payload {
+            plan.push(Requeue {
+                id: c.id,
+                payload: None,
+            });
+        } else if render {
+            let lu = last_updated.get(&c.id).map(String::as_str);
+            plan.push(Requeue {
+                id: c.id,
+                payload: Some(id_only_payload(config, c, lu)),
+            });
+            rendered += 1;
+        } else {
+            missing += 1;
+        }
+    }
+    let mut o = String::new();
+    if !plan.is_empty() {
+        super::dlq::confirm(
+            &format!(
+                "Send {} delivered message(s) of hook `{}` again",
+                plan.len(),
+                hook.name
+            ),
+            req.yes,
+        )?;
+        // A writer only after the confirmation: declining changes nothing.
+        let store = Store::open(&config.db_path())?;
+        let planned = plan.len();
+        let done = store.requeue_delivered(plan).await?;
+        let _ = writeln!(
+            o,
+            "requeued {done} of {} delivered message(s) of hook `{}` with their message_ids \
+             ({rendered} as id-only notifications); a running daemon sends them within a second",
+            found.len(),
+            hook.name
+        );
+        if done < planned {
+            let _ = writeln!(
+                o,
+                "{} changed meanwhile (pruned past retention, or already requeued): left alone",
+                planned - done
+            );
+        }
+    } else {
+        let _ = writeln!(
+            o,
+            "requeued 0 of {} delivered message(s) of hook `{}`",
+            found.len(),
+            hook.name
+        );
+    }
+    if missing > 0 {
+        let _ = writeln!(
+            o,
+            "{missing} message(s) cannot be replayed: their payload was deleted on delivery (no PHI \
+             is kept at rest); --id-only sends them as id-only notifications \
+             (resourceIncluded: false, the receiver fetches the resource by resourceId)"
+        );
+    }
+    Ok(o)
+}
+
+/// The `lastUpdated` of each candidate whose version is still the one the
+/// seen table holds (recognised by its message_id), by row id.
+async fn last_updated_of(
+    store: &Store,
+    hook: &str,
+    found: &[ReplayCandidate],
+) -> Result<BTreeMap<i64, String>, DlqError> {
+    let mut by_target: BTreeMap<(&str, &str), Vec<&ReplayCandidate>> = BTreeMap::new();
+    for c in found.iter().filter(|c| !c.has_payload) {
+        by_target
+            .entry((&c.source, &c.resource_type))
+            .or_default()
+            .push(c);
+    }
+    let mut out = BTreeMap::new();
+    for ((source, rt), cs) in by_target {
+        let ids = cs.iter().map(|c| c.resource_id.clone()).collect();
+        let seen = store.load_seen(source, rt, ids).await?;
+        for c in cs {
+            let Some(row) = seen.get(&c.resource_id) else {
+                continue;
+            };
+            let key = match (&row.version_id, &row.last_updated) {
+                (Some(v), _) => format!("v:{v}"),
+                (None, lu) => format!(
+                    "h:{}:{}",
+                    hex(&row.content_hash),
+                    lu.as_deref().unwrap_or("")
+                ),
+            };
+            if message_id(hook, source, rt, &c.resource_id, &key) == c.message_id
+                && let Some(lu) = &row.last_updated
+            {
+                out.insert(c.id, lu.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The webhook an id-only hook sends, for a delivered message: its
+/// message_id, resourceId, versionId, event, source and owner; `time` is
+/// when the change was detected (the row's creation).
+fn id_only_payload(config: &Config, c: &ReplayCandidate, last_updated: Option<&str>) -> Vec<u8> {
+    let owner = config
+        .sources
+        .iter()
+        .find(|s| s.name == c.source)
+        .map_or(c.source.as_str(), |s| s.owner_id.as_str());
+    let time = fmt_ms(c.created_at_ms);
+    let view = ChangeView {
+        message_id: &c.message_id,
+        time: &time,
+        resource_type: &c.resource_type,
+        resource_id: &c.resource_id,
+        owner_id: owner,
+        source_name: &c.source,
+        event: &c.event,
+        version_id: c.version_id.as_deref(),
+        last_updated,
+        raw: "",
+    };
+    zus_hook(&view, Content::IdOnly)
+}

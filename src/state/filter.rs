@@ -1,0 +1,53 @@
+//! Narrowing a set of outbox messages by source, resource and time, for the
+//! operator's `dlq` and `replay` commands. Applied in SQL, beside the
+//! (hook, state, id) index that drives those queries.
+
+use rusqlite::ToSql;
+
+/// Messages of one source, one resource (or resource type), within a time
+/// window. Every field `None`: everything. The time is when the message was
+/// finished (dead-lettered, delivered), or created when it is not finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageFilter {
+    pub source: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    /// Our clock, ms, inclusive.
+    pub since_ms: Option<i64>,
+    /// Our clock, ms, exclusive.
+    pub until_ms: Option<i64>,
+}
+
+/// The SQL condition for a `MessageFilter`, on the columns of `outbox`,
+/// numbered from parameter `?{first}` on (`first`..`first + 4`).
+pub(super) fn condition(first: usize) -> String {
+    let p = |i: usize| first + i;
+    format!(
+        "(?{} IS NULL OR source = ?{0}) AND (?{} IS NULL OR resource_type = ?{1})
+         AND (?{} IS NULL OR resource_id = ?{2})
+         AND (?{} IS NULL OR COALESCE(done_at, created_at) >= ?{3})
+         AND (?{} IS NULL OR COALESCE(done_at, created_at) < ?{4})",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4)
+    )
+}
+
+impl MessageFilter {
+    /// The values for `condition`, in its order.
+    pub(super) fn params(&self) -> [&dyn ToSql; 5] {
+        [
+            &self.source,
+            &self.resource_type,
+            &self.resource_id,
+            &self.since_ms,
+            &self.until_ms,
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == MessageFilter::default()
+    }
+}

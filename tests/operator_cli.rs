@@ -1,0 +1,269 @@
+//! The operator's command line against the real binary: `status` exit codes
+//! for monitors (0 OK, 1 warning, 2 critical), `dlq` filters and `show`,
+//! `replay` of delivered messages under their message_ids, completions.
+
+mod common;
+
+use common::{Bridge, FhirServer, wait_for};
+use fhir_bridge::sandbox::{Behaviour, Receiver};
+use serde_json::{Value, json};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fhir-bridge");
+
+fn obs(note: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final", "note": [{"text": note}]})
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)))
+}
+
+fn dlq(b: &Bridge, filters: &[&str]) -> Vec<Value> {
+    let mut args = vec!["dlq", "list", "--json"];
+    args.extend(filters);
+    json_of(&b.cli(&args))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn hook_of<'a>(st: &'a Value, name: &str) -> &'a Value {
+    st["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// 0 while all is well; 1 once the daemon is stopped (a warning: the outbox
+/// keeps everything); 2 with dead letters (critical). Then the dead letters
+/// by filter, one shown (its payload only when asked), one purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exit_codes_and_dlq_filters() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    rx.set_behaviour_for("/hooks/bad", Behaviour::Status(503));
+    let hooks = common::hook("good", &rx.url("hooks/good"), "true", "")
+        + &common::hook("bad", &rx.url("hooks/bad"), "true", "max_attempts = 1");
+    let mut bridge = Bridge::start(&common::config(
+        &fhir.base_url(),
+        &["Observation"],
+        "beginning",
+        &hooks,
+    ));
+    wait_for(15, "status OK (exit 0)", || {
+        bridge.cli(&["status"]).status.code() == Some(0)
+    })
+    .await;
+    assert_eq!(bridge.status_json()["level"], "ok");
+
+    bridge.stop();
+    let out = bridge.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("WARNING   daemon: not running"));
+    let st = bridge.status_json();
+    assert_eq!(
+        (st["level"].as_str(), st["healthy"].as_bool()),
+        (Some("warning"), Some(false))
+    );
+
+    bridge.restart();
+    let (id1, _) = fhir.create(obs("phi-marker-one")).await;
+    let (id2, _) = fhir.create(obs("phi-marker-two")).await;
+    wait_for(15, "two dead letters", || dlq(&bridge, &[]).len() == 2).await;
+    let out = bridge.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).starts_with("fhir-bridge status: CRITICAL"));
+    assert!(!text(&out.stdout).contains('\x1b'), "no colour into a pipe");
+    let st = bridge.status_json();
+    assert_eq!(st["level"], "critical");
+    assert!(
+        st["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["level"] == "critical" && p["subject"] == "hook bad"),
+        "{st:#}"
+    );
+
+    // Filters.
+    let res1 = format!("Observation/{id1}");
+    let one = dlq(&bridge, &["--resource", &res1]);
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["resource_id"], id1.as_str());
+    assert_eq!(dlq(&bridge, &["--resource", "Observation"]).len(), 2);
+    assert_eq!(dlq(&bridge, &["--resource", "Patient"]).len(), 0);
+    assert_eq!(dlq(&bridge, &["--source", "ehr", "--since", "1h"]).len(), 2);
+    assert_eq!(dlq(&bridge, &["--source", "other"]).len(), 0);
+    assert_eq!(dlq(&bridge, &["--since", "2099-01-01T00:00:00Z"]).len(), 0);
+    assert_eq!(dlq(&bridge, &["--hook", "good"]).len(), 0);
+    let out = bridge.cli(&["dlq", "list", "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("RFC 3339"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // show: metadata without PHI; the payload only with --payload.
+    let row = one[0]["id"].to_string();
+    let shown = stdout(&bridge.cli(&["dlq", "show", &row]));
+    for want in [
+        "hook          bad",
+        "state         dead",
+        "attempts      1",
+        "last status   503",
+        &format!("resource      {res1}"),
+        "bytes stored (--payload prints it; it contains PHI)",
+    ] {
+        assert!(shown.contains(want), "{want}: {shown}");
+    }
+    assert!(!shown.contains("phi-marker"), "{shown}");
+    let mid = one[0]["message_id"].as_str().unwrap();
+    let with = stdout(&bridge.cli(&["dlq", "show", mid, "--payload"]));
+    assert!(with.contains("phi-marker-one"), "{with}");
+    let as_json = json_of(&bridge.cli(&["dlq", "show", mid, "--json", "--payload"]));
+    assert_eq!(as_json[0]["payload"]["message_id"], mid);
+    let out = bridge.cli(&["dlq", "show", "no-such-message"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // purge by resource: no terminal, so no question; it says what it did.
+    let out = stdout(&bridge.cli(&["dlq", "purge", "--resource", &res1]));
+    assert!(out.contains("deleted 1 message(s)"), "{out}");
+    let left = dlq(&bridge, &[]);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["resource_id"], id2.as_str());
+    bridge.stop();
+}
+
+/// A delivered message, replayed, arrives again with its message_id: as
+/// the same id-only notification for an id-only hook; for a full-resource
+/// hook (whose payload was deleted on delivery) only with --id-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_resends_delivered_messages_with_their_message_ids() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = common::hook("ids", &rx.url("hooks/ids"), "true", "content = \"id-only\"")
+        + &common::hook("full", &rx.url("hooks/full"), "true", "");
+    let mut bridge = Bridge::start(&common::config(
+        &fhir.base_url(),
+        &["Observation"],
+        "beginning",
+        &hooks,
+    ));
+    let (id, version) = fhir.create(obs("replayed")).await;
+    wait_for(15, "both hooks delivered", || {
+        let st = bridge.status_json();
+        hook_of(&st, "ids")["delivered"] == 1 && hook_of(&st, "full")["delivered"] == 1
+    })
+    .await;
+    let first = rx.received();
+    assert_eq!(first.len(), 2);
+    let original = |path: &str| {
+        first
+            .iter()
+            .find(|r| r.path == path)
+            .cloned()
+            .expect("delivered")
+    };
+    let (ids0, full0) = (original("/hooks/ids"), original("/hooks/full"));
+    assert_eq!(full0.body["resourceIncluded"], true);
+
+    // The full-resource payload is gone: nothing is sent without --id-only.
+    let out = stdout(&bridge.cli(&["replay", "--hook", "full", "--since", "1h"]));
+    assert!(out.contains("requeued 0 of 1"), "{out}");
+    assert!(out.contains("1 message(s) cannot be replayed"), "{out}");
+    let out = stdout(&bridge.cli(&["replay", "--hook", "ids", "--since", "2099-01-01T00:00:00Z"]));
+    assert!(out.contains("requeued 0 of 0"), "{out}");
+
+    let out = stdout(&bridge.cli(&["replay", "--hook", "ids", "--since", "1h"]));
+    assert!(out.contains("requeued 1 of 1"), "{out}");
+    wait_for(15, "the id-only replay", || rx.count() == 3).await;
+    let again = rx.received().pop().unwrap();
+    assert_eq!(
+        (again.path.as_str(), again.message_id.as_str()),
+        ("/hooks/ids", ids0.message_id.as_str())
+    );
+    assert_eq!(again.body, ids0.body, "the same id-only notification");
+
+    let res = format!("Observation/{id}");
+    let out = stdout(&bridge.cli(&[
+        "replay",
+        "--hook",
+        "full",
+        "--since",
+        "1h",
+        "--resource",
+        &res,
+        "--id-only",
+        "--yes",
+    ]));
+    assert!(out.contains("requeued 1 of 1"), "{out}");
+    wait_for(15, "the full hook's replay", || rx.count() == 4).await;
+    let again = rx.received().pop().unwrap();
+    assert_eq!(again.path, "/hooks/full");
+    assert_eq!(again.message_id, full0.message_id, "same message_id");
+    assert_eq!(again.body["resourceIncluded"], false);
+    assert_eq!(again.body["resourceId"], res.as_str());
+    assert_eq!(again.body["versionId"], version.as_str());
+    assert!(again.body.get("resource").is_none());
+    wait_for(15, "delivered again", || {
+        hook_of(&bridge.status_json(), "full")["delivered"] == 1
+    })
+    .await;
+    let out = bridge.cli(&["replay", "--hook", "nosuch", "--since", "1h"]);
+    assert_eq!(out.status.code(), Some(2));
+    bridge.stop();
+}
+
+#[test]
+fn completions_help_and_version() {
+    for shell in ["bash", "zsh"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = stdout(&out);
+        assert!(
+            script.len() > 1000 && script.contains("fhir-bridge"),
+            "{shell}"
+        );
+        assert!(
+            script.contains("replay") && script.contains("--watch"),
+            "{shell}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["completions", "fish"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let version = stdout(&Command::new(BIN).arg("--version").output().unwrap());
+    assert!(version.starts_with("fhir-bridge "), "{version}");
+    for cmd in [
+        &["status"][..],
+        &["dlq", "show"],
+        &["replay"],
+        &["dlq", "purge"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = stdout(&Command::new(BIN).args(&args).output().unwrap());
+        assert!(help.contains("Example"), "{cmd:?}: {help}");
+    }
+}
