@@ -4,6 +4,7 @@ use super::signature::sign;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Hook, HookAuth, Tls};
 use crate::source::client::{describe, parse_retry_after};
+use crate::telemetry::auth::Owner;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -59,7 +60,8 @@ impl Sender {
         };
         let auth = match &hook.auth {
             Some(HookAuth::OAuth(credentials)) => Some(Arc::new(
-                Authenticator::client_credentials(credentials.clone(), http.clone(), hook.timeout),
+                Authenticator::client_credentials(credentials.clone(), http.clone(), hook.timeout)
+                    .owned_by(Owner::hook(&hook.name)),
             )),
             _ => None,
         };

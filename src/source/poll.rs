@@ -11,6 +11,8 @@ use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
 use crate::outbox::Route;
 use crate::state::{PollOutcome, StateError, Store, now_ms};
+use crate::telemetry::Event;
+use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -96,6 +98,7 @@ impl SourceTask {
                     continue;
                 }
                 let mut notes = Notes::default();
+                let started = std::time::Instant::now();
                 let outcome = self.poll_counted(rt, &cancel, &stop, &mut notes).await;
                 if let Err(PollError::Fetch {
                     error:
@@ -112,14 +115,15 @@ impl SourceTask {
                     );
                 }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
-                match &outcome {
-                    Ok(p) => {
-                        tracing::debug!(source = %self.source.name, resource_type = %rt, changes = p.changes, "poll ok")
-                    }
-                    Err(e) => {
-                        tracing::warn!(source = %self.source.name, resource_type = %rt, error = %e, "poll failed")
-                    }
+                PollCompleted {
+                    source: &self.source.name,
+                    resource_type: rt,
+                    outcome: outcome.as_ref().map(|p| p.changes),
+                    duration: started.elapsed(),
+                    pages: notes.pages,
+                    resources: notes.resources,
                 }
+                .emit();
                 outcomes.push(PollOutcome {
                     source: self.source.name.clone(),
                     resource_type: rt.clone(),
@@ -382,6 +386,7 @@ impl SourceTask {
                 // Shutdown: nothing of this page is committed; it is read again.
                 return Ok(polled);
             }
+            notes.page(page.commit.resources_read);
             if let Some(t) = page.server_time.or(fetched.date)
                 && let Err(e) = self.client.note_server_time(t)
             {
@@ -449,7 +454,9 @@ impl SourceTask {
                 polled.rereads += commit.resources_read;
             } else {
                 let moved = commit.watermark.clone();
+                let committed = PageCommitted::new(&commit, &self.routes, page.created);
                 self.store.commit_page(commit).await?;
+                committed.emit();
                 if moved.is_some() {
                     state.watermark = moved;
                 }

@@ -8,6 +8,7 @@
 
 mod dlq;
 mod files;
+mod gauges;
 mod heartbeat;
 mod lock;
 mod maintenance;
@@ -17,6 +18,7 @@ mod report;
 mod schema;
 
 pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
+pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
 pub use heartbeat::Heartbeat;
 pub use lock::{LockError, LockProbe, StateLock};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
@@ -25,6 +27,7 @@ pub use report::{HookReport, TargetReport};
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +47,10 @@ pub enum StateError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// When the daemon's heartbeat was last written (ms; 0: never), for
+    /// readiness: a write every few seconds that succeeds says the database
+    /// is writable without a probe of its own.
+    heartbeat_ok_ms: Arc<AtomicI64>,
 }
 
 /// Milliseconds since the Unix epoch, our clock (never the EHR's).
@@ -90,6 +97,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            heartbeat_ok_ms: Default::default(),
         })
     }
 
@@ -116,6 +124,7 @@ impl Store {
         Ok(Some(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            heartbeat_ok_ms: Default::default(),
         }))
     }
 
