@@ -18,6 +18,16 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` (without timestamps under journald) or
+    /// `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "FHIR_BRIDGE_LOG_FORMAT",
+        default_value_t = logging::LogFormat::Text
+    )]
+    log_format: logging::LogFormat,
 }
 
 #[derive(clap::Args)]
@@ -238,10 +248,13 @@ fn emit(text: &str, code: ExitCode) -> anyhow::Result<ExitCode> {
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    logging::init(match cli.command {
-        Command::Run(_) => "info",
-        _ => "warn",
-    })?;
+    logging::init(
+        match cli.command {
+            Command::Run(_) => "info",
+            _ => "warn",
+        },
+        cli.log_format,
+    )?;
     match cli.command {
         Command::Run(c) => {
             keep_running_on_sighup();
