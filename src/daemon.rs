@@ -30,6 +30,8 @@ pub enum DaemonError {
     Locked(#[from] LockError),
     #[error("cannot build HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
@@ -49,6 +51,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         hooks = config.hooks.len(),
         "fhir-bridge started"
     );
+    // Bound before any task starts: a port in use stops the daemon at once.
+    let admin = match &config.admin {
+        Some(a) => Some((
+            crate::admin::bind(a.listen).await?,
+            crate::telemetry::install(),
+        )),
+        None => None,
+    };
     let tracker = TaskTracker::new();
     let wakers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
         config
@@ -73,12 +83,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let pool = FhirClient::shared_pool().map_err(|e| DaemonError::Http(e.to_string()))?;
     // Ends (after a last flush) once every source task has dropped its handle.
     let (recorder, recorder_done) = OutcomeRecorder::spawn(store.clone());
+    // Each source's view of its server's clock, for the watermark lag gauge.
+    let mut clocks = HashMap::new();
     for source in &config.sources {
+        let client = source_client(source, &pool)?;
+        clocks.insert(source.name.clone(), client.clone());
         let task = SourceTask {
             source: source.clone(),
             routes: Route::for_source(&config, &source.name),
             store: store.clone(),
-            client: source_client(source, &pool)?,
+            client,
             wakers: wakers.clone(),
             first_poll_spread: first_poll_spread(&source.schedule, config.sources.len()),
             known: Default::default(),
@@ -98,6 +112,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         cancel.clone(),
     ));
     tracker.spawn(heartbeat(store.clone(), pid, cancel.clone()));
+    if let Some((listener, handle)) = admin {
+        crate::telemetry::gauges::spawn(&tracker, &config, &clocks, handle.clone(), &cancel);
+        let readiness = crate::admin::database_readiness(&store);
+        tracker.spawn(crate::admin::serve(
+            listener,
+            handle,
+            readiness,
+            cancel.clone(),
+        ));
+    }
     tracker.close();
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -126,7 +150,8 @@ fn source_client(source: &Source, shared: &reqwest::Client) -> Result<FhirClient
         source.base_url.clone(),
         http.clone(),
         source.timeout,
-    );
+    )
+    .owned_by(crate::telemetry::auth::Owner::source(&source.name));
     Ok(FhirClient::with_pool(http, source.timeout)
         .with_origins(source.origins())
         .with_auth(Arc::new(auth)))

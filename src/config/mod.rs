@@ -3,6 +3,7 @@
 //! Every error names the file, the line and the key, e.g.
 //! `bridges.toml:14: hook `x`: filter does not compile: ...`.
 
+mod admin;
 mod duration;
 mod hook_security;
 mod origins;
@@ -14,6 +15,7 @@ mod tls;
 mod toml_error;
 mod validate;
 
+pub use admin::Admin;
 pub use duration::HumanDuration;
 pub use schedule::Schedule;
 pub use tls::Tls;
@@ -48,6 +50,8 @@ pub struct Config {
     pub retention: Duration,
     pub sources: Vec<Source>,
     pub hooks: Vec<Hook>,
+    /// The metrics and health listener; `None`: off.
+    pub admin: Option<Admin>,
     /// Things that load but are probably mistakes (no source, no hook, ...),
     /// each a full line: `bridges.toml: no [[hook]]: ...`.
     pub warnings: Vec<String>,

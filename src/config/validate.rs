@@ -148,6 +148,10 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(14 * 24 * 3600)),
         warnings: warnings(&ctx, &raw, &sources, &hooks),
+        admin: match &raw.admin {
+            Some(a) => super::admin::validate(&ctx, a)?,
+            None => None,
+        },
         sources,
         hooks,
     })
