@@ -54,8 +54,7 @@ pub const ALL: &[&str] = &[
 ];
 
 /// Poll durations: a quiet target answers in milliseconds, a backlog poll
-/// reads up to `max_pages_per_poll` pages. Few buckets on purpose: this
-/// histogram has a series per poll target (thousands).
+/// reads up to `max_pages_per_poll` pages.
 const POLL_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0];
 /// One HTTP attempt to a receiver (the hook's `timeout` is 15 s by default).
 const ATTEMPT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];

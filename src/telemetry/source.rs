@@ -55,7 +55,10 @@ impl Event for PollCompleted<'_> {
         let mut with_outcome = labels.to_vec();
         with_outcome.push(("outcome", outcome.to_string()));
         counter!(POLLS, &with_outcome).increment(1);
-        histogram!(POLL_DURATION, &labels).record(self.duration.as_secs_f64());
+        // By source only: a histogram is 13 series, and at 10,000 targets
+        // per-target ones made a scrape of 160,000 lines (14 MB).
+        histogram!(POLL_DURATION, "source" => source.to_string())
+            .record(self.duration.as_secs_f64());
         if self.pages > 0 {
             counter!(PAGES, &labels).increment(self.pages);
         }

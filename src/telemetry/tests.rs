@@ -112,14 +112,17 @@ fn a_poll_counts_its_outcome_pages_and_resources() {
     assert_eq!(
         value(
             &text,
-            &format!("{}_bucket{{{labels},le=\"0.25\"}}", source::POLL_DURATION)
+            &format!(
+                "{}_bucket{{source=\"epic\",le=\"0.25\"}}",
+                source::POLL_DURATION
+            )
         ),
         Some(3.0)
     );
     assert_eq!(
         value(
             &text,
-            &format!("{}_count{{{labels}}}", source::POLL_DURATION)
+            &format!("{}_count{{source=\"epic\"}}", source::POLL_DURATION)
         ),
         Some(3.0)
     );
@@ -318,8 +321,13 @@ fn filter_errors_never_quote_the_resource() {
     assert!(!source::loggable(&runtime).contains("Jane"));
     assert!(!source::loggable(&E::Input("at line 1: \"Jane".into())).contains("Jane"));
     let f = crate::filter::Filter::compile("def f: f; f").unwrap();
-    let budget = f.matches(&crate::filter::parse_resource("{}").unwrap()).unwrap_err();
-    assert!(source::loggable(&budget).contains("exceeded its budget"), "{budget}");
+    let budget = f
+        .matches(&crate::filter::parse_resource("{}").unwrap())
+        .unwrap_err();
+    assert!(
+        source::loggable(&budget).contains("exceeded its budget"),
+        "{budget}"
+    );
 }
 
 #[test]
@@ -498,4 +506,84 @@ fn the_alert_rules_use_only_metrics_the_bridge_defines() {
             "the alert rules use unknown {name}"
         );
     }
+}
+
+/// What telemetry costs at 10,000 poll targets: one PollCompleted per poll,
+/// and a scrape of every series. `cargo test --release --lib cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn cost_at_ten_thousand_targets() {
+    let recorder = builder().build_recorder();
+    let handle = recorder.handle();
+    let targets: Vec<(String, String)> = (0..1000)
+        .flat_map(|s| (0..10).map(move |t| (format!("source-{s}"), format!("Type{t}"))))
+        .collect();
+    let started = std::time::Instant::now();
+    let rounds = 5;
+    metrics::with_local_recorder(&recorder, || {
+        for _ in 0..rounds {
+            for (s, rt) in &targets {
+                PollCompleted {
+                    source: s,
+                    resource_type: rt,
+                    outcome: Ok(0),
+                    duration: Duration::from_millis(3),
+                    pages: 1,
+                    resources: 2,
+                }
+                .emit();
+            }
+        }
+    });
+    let per_poll = started.elapsed() / (rounds * targets.len() as u32);
+    let started = std::time::Instant::now();
+    handle.run_upkeep();
+    let upkeep = started.elapsed();
+    let started = std::time::Instant::now();
+    let text = handle.render();
+    let render = started.elapsed();
+    println!(
+        "per poll: {per_poll:?}; upkeep: {upkeep:?}; render: {render:?}, {} lines, {} KB",
+        text.lines().count(),
+        text.len() / 1024
+    );
+}
+
+/// One gauge refresh at 10,000 targets: the state read and the gauge updates.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn gauge_refresh_cost_at_ten_thousand_targets() {
+    let (_d, store) = crate::state::test_util::temp_store();
+    let mut toml = String::from("[[hook]]\nname = \"h\"\nurl = \"http://127.0.0.1:1/\"\n");
+    for s in 0..1000 {
+        toml += &format!(
+            "[[source]]\nname = \"s{s}\"\nbase_url = \"http://127.0.0.1:1/fhir\"\nresources = [{}]\n",
+            (0..10)
+                .map(|t| format!("\"T{t}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for t in 0..10 {
+            let w = Some("2026-01-01T00:00:00.000Z".to_string());
+            store
+                .init_target(&format!("s{s}"), &format!("T{t}"), w, None)
+                .await
+                .unwrap();
+        }
+    }
+    let config = crate::config::Config::from_str(&toml, std::path::Path::new("b.toml")).unwrap();
+    let recorder = builder().build_recorder();
+    let gauges = metrics::with_local_recorder(&recorder, || {
+        gauges::Gauges::new(&config, &Default::default())
+    });
+    let started = std::time::Instant::now();
+    let snap = store.gauge_snapshot(vec!["h".into()]).await.unwrap();
+    let read = started.elapsed();
+    let started = std::time::Instant::now();
+    gauges.apply(&snap);
+    println!(
+        "state read: {read:?}; gauge updates: {:?}; {} targets",
+        started.elapsed(),
+        snap.targets.len()
+    );
 }
