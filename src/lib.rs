@@ -3,8 +3,11 @@
 //! Data flows one way: [`source`] (poll) -> [`diff`] -> [`filter`] ->
 //! [`outbox`] (durable, in [`state`]) -> [`delivery`]. [`config`] reads
 //! `bridges.toml`; [`daemon`] runs it all, with [`housekeeping`] keeping the
-//! state bounded; [`cli`] holds the operator commands.
+//! state bounded; [`cli`] holds the operator commands. [`telemetry`] tells
+//! what happens (log lines and metrics), [`admin`] serves the metrics and
+//! health endpoints.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -21,3 +24,4 @@ pub mod retry_action;
 pub mod sandbox;
 pub mod source;
 pub mod state;
+pub mod telemetry;

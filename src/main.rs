@@ -63,10 +63,13 @@ fn emit(text: &str, code: ExitCode) -> anyhow::Result<ExitCode> {
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    logging::init(match cli.command {
-        Command::Run(_) => "info",
-        _ => "warn",
-    })?;
+    logging::init(
+        match cli.command {
+            Command::Run(_) => "info",
+            _ => "warn",
+        },
+        cli.log_format,
+    )?;
     match cli.command {
         Command::Run(c) => {
             let config = load(&c)?;

@@ -131,7 +131,12 @@ fn route_parsed(
             Ok(false) => continue,
             Err(FilterError::Cancelled) => return Err(Cancelled),
             Err(e) => {
-                tracing::debug!(hook = %route.hook, resource = %format!("{}/{}", change.resource_type, change.resource_id), error = %e, "filter error counted as non-match");
+                crate::telemetry::Event::emit(crate::telemetry::source::FilterError {
+                    hook: &route.hook,
+                    resource_type: change.resource_type,
+                    resource_id: change.resource_id,
+                    error: &e,
+                });
                 *filter_errors.entry(route.hook.clone()).or_default() += 1;
                 continue;
             }

@@ -71,6 +71,23 @@ pub fn zus_hook(change: &ChangeView, content: Content) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// The resource's `lastUpdated` in a payload built by `zus_hook`, for the
+/// end-to-end latency metric (the outbox does not store it apart). `None`
+/// when the payload has none or is not one of ours.
+pub fn last_updated(payload: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Stamp<'a> {
+        // Every other field (the resource too) is scanned past, not built.
+        #[serde(rename = "lastUpdated", borrow)]
+        last_updated: Option<std::borrow::Cow<'a, str>>,
+    }
+    let stamp: Stamp = serde_json::from_slice(payload).ok()?;
+    let text = stamp.last_updated?;
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .ok()
+        .map(|t| t.to_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +123,19 @@ mod tests {
         assert_eq!(v["sourceName"], "lab-ehr");
         assert_eq!(v["versionId"], "2");
         assert_eq!(v["lastUpdated"], "2026-11-21T13:48:29.991Z");
+    }
+
+    #[test]
+    fn last_updated_is_read_back_from_a_payload() {
+        // The resource's own meta.lastUpdated (nested) is not the one read.
+        let raw = r#"{"resourceType":"Observation","id":"123","meta":{"lastUpdated":"2001-01-01T00:00:00Z"}}"#;
+        let body = zus_hook(&view(raw), Content::FullResource);
+        let lu = last_updated(&body).unwrap();
+        assert_eq!(lu.to_rfc3339(), "2026-11-21T13:48:29.991+00:00");
+        let mut none = view(raw);
+        none.last_updated = None;
+        assert_eq!(last_updated(&zus_hook(&none, Content::IdOnly)), None);
+        assert_eq!(last_updated(b"not json"), None);
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod smart;
 mod tests;
 
 use crate::config::{ClientCredentials, SourceAuth};
+use crate::telemetry::Event;
+use crate::telemetry::auth::{Owner, TokenRefreshFailed, TokenRefreshed};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use std::time::{Duration, Instant};
@@ -57,6 +59,8 @@ pub struct Authenticator {
     timeout: Duration,
     cached: Mutex<Cache>,
     fetched: std::sync::atomic::AtomicU64,
+    /// Whose cache this is, for logs and metrics.
+    owner: Owner,
 }
 
 /// What the token cache holds; guarded by one lock (single flight).
@@ -137,7 +141,14 @@ impl Authenticator {
             timeout,
             cached: Mutex::new(Cache::default()),
             fetched: Default::default(),
+            owner: Owner::default(),
         }
+    }
+
+    /// Names the source or hook this cache belongs to (logs and metrics).
+    pub fn owned_by(mut self, owner: Owner) -> Authenticator {
+        self.owner = owner;
+        self
     }
 
     /// Whether a 401 may be cured by a fresh token.
@@ -184,6 +195,11 @@ impl Authenticator {
                             cache.failed = None;
                         }
                         Err(e) => {
+                            TokenRefreshFailed {
+                                owner: &self.owner,
+                                error: &e,
+                            }
+                            .emit();
                             cache.failed = Some((e.clone(), Instant::now()));
                             cache.discovered = None;
                             return Err(e);
@@ -331,7 +347,11 @@ impl Authenticator {
         let renew_in = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
         self.fetched
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(lifetime_s = lifetime.as_secs(), "fetched an access token");
+        TokenRefreshed {
+            owner: &self.owner,
+            lifetime,
+        }
+        .emit();
         Ok(Token {
             value: SecretString::from(value),
             renew_at: sent_at + renew_in,

@@ -15,6 +15,16 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text` (without timestamps under journald) or
+    /// `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "FHIR_BRIDGE_LOG_FORMAT",
+        default_value_t = super::logging::LogFormat::Text
+    )]
+    pub log_format: super::logging::LogFormat,
 }
 
 #[derive(clap::Args)]

@@ -1,8 +1,21 @@
 //! Logging to stderr: the level from `FHIR_BRIDGE_LOG` (an invalid value is
-//! an error, not silence), colour only for a person at a terminal.
+//! an error, not silence), colour only for a person at a terminal, no
+//! timestamp when journald adds its own, or one JSON object per line
+//! (`--log-format json`) for log shippers.
 
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people; without a timestamp under journald.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
+    /// and the event's fields.
+    Json,
+}
 
 pub const LOG_VAR: &str = "FHIR_BRIDGE_LOG";
 
@@ -33,8 +46,37 @@ pub fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> b
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// Whether stderr is a journald stream. systemd sets `JOURNAL_STREAM` to the
+/// `device:inode` of the stream it connected; a process whose stderr was
+/// redirected (to a file, a pipe) may still inherit the variable, so the
+/// numbers must be stderr's own. `INVOCATION_ID` alone is not enough: a unit
+/// may send stderr to a file (`StandardError=file:`), which wants timestamps.
+pub fn is_journal(journal_stream: Option<&std::ffi::OsStr>, stderr: Option<(u64, u64)>) -> bool {
+    let (Some(var), Some((dev, ino))) = (journal_stream.and_then(|v| v.to_str()), stderr) else {
+        return false;
+    };
+    var.split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
+}
+
+/// stderr's device and inode numbers.
+#[cfg(unix)]
+fn stderr_id() -> Option<(u64, u64)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn stderr_id() -> Option<(u64, u64)> {
+    None
+}
+
 /// Installs the stderr logger.
-pub fn init(default: &str) -> Result<(), LogError> {
+pub fn init(default: &str, format: LogFormat) -> Result<(), LogError> {
     let value = match std::env::var(LOG_VAR) {
         Ok(v) => Some(v),
         Err(std::env::VarError::NotPresent) => None,
@@ -45,14 +87,24 @@ pub fn init(default: &str) -> Result<(), LogError> {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    tracing_subscriber::fmt()
+    let journal = is_journal(std::env::var_os("JOURNAL_STREAM").as_deref(), stderr_id());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
         // Its own report of a failed write is an eprintln!, which panics.
-        .log_internal_errors(false)
-        .try_init()
-        .map_err(|e| LogError::Init(e.to_string()))
+        .log_internal_errors(false);
+    let installed = match format {
+        // Field values are JSON strings: escaped, whatever they hold.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_ansi(false)
+            .try_init(),
+        // journald stamps every line itself; a second timestamp is noise.
+        LogFormat::Text if journal => builder.without_time().with_ansi(ansi).try_init(),
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+    };
+    installed.map_err(|e| LogError::Init(e.to_string()))
 }
 
 #[cfg(test)]
@@ -74,6 +126,17 @@ mod tests {
             "empty means the default"
         );
         assert!(filter(None, "warn").is_ok());
+    }
+
+    #[test]
+    fn journald_only_when_stderr_is_its_stream() {
+        let var = Some(OsStr::new("8:12345"));
+        assert!(is_journal(var, Some((8, 12345))));
+        // Inherited by a process whose stderr went elsewhere.
+        assert!(!is_journal(var, Some((8, 999))));
+        assert!(!is_journal(None, Some((8, 12345))));
+        assert!(!is_journal(Some(OsStr::new("garbage")), Some((8, 12345))));
+        assert!(!is_journal(var, None));
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct ConfigDiff {
     pub hooks: Delta,
     /// `retention` changed (housekeeping restarts).
     pub retention: bool,
+    /// `[admin]` changed: applied at the next restart only (the listener
+    /// keeps its socket).
+    pub admin: bool,
 }
 
 /// Why a new config cannot be applied without a restart.
@@ -86,6 +89,7 @@ impl ConfigDiff {
                 new.hooks.iter().map(|h| (h.name.as_str(), h.fingerprint)),
             ),
             retention: old.retention != new.retention,
+            admin: old.admin != new.admin,
         })
     }
 

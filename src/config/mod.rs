@@ -3,6 +3,7 @@
 //! Every error names the file, the line and the key, e.g.
 //! `bridges.toml:14: hook `x`: filter does not compile: ...`.
 
+mod admin;
 mod diff;
 mod duration;
 mod fingerprint;
@@ -16,6 +17,7 @@ mod tls;
 mod toml_error;
 mod validate;
 
+pub use admin::Admin;
 pub use diff::{ConfigDiff, Delta};
 pub use duration::HumanDuration;
 pub use fingerprint::Fingerprint;
@@ -55,6 +57,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub sources: Vec<Source>,
     pub hooks: Vec<Hook>,
+    /// The metrics and health listener; `None`: off.
+    pub admin: Option<Admin>,
     /// Things that load but are probably mistakes (no source, no hook, ...),
     /// each a full line: `bridges.toml: no [[hook]]: ...`.
     pub warnings: Vec<String>,

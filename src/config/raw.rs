@@ -19,6 +19,17 @@ pub struct RawConfig {
     pub source: Vec<Spanned<RawSource>>,
     #[serde(default)]
     pub hook: Vec<Spanned<RawHook>>,
+    pub admin: Option<Spanned<RawAdmin>>,
+}
+
+/// `[admin]`: the metrics and health listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `IP:port`; unset: no listener.
+    pub listen: Option<Spanned<String>>,
+    /// A non-loopback `listen` is refused without it.
+    pub allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

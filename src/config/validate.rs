@@ -170,6 +170,10 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(10))
             .min(Duration::from_secs(3600)),
         warnings: warnings(&ctx, &raw, &sources, &hooks),
+        admin: match &raw.admin {
+            Some(a) => super::admin::validate(&ctx, a)?,
+            None => None,
+        },
         sources,
         hooks,
     })

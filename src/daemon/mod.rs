@@ -25,6 +25,8 @@ pub enum DaemonError {
     Locked(#[from] LockError),
     #[error("cannot build HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
@@ -44,9 +46,34 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         hooks = config.hooks.len(),
         "fhir-bridge started"
     );
+    // Bound before any task starts: a port in use stops the daemon at once.
+    let admin = match &config.admin {
+        Some(a) => Some((
+            crate::admin::bind(a.listen).await?,
+            crate::telemetry::install(),
+        )),
+        None => None,
+    };
     let progress = Progress::default();
-    let mut sup = Supervisor::start(config, store.clone(), progress.clone())?;
+    let mut sup = Supervisor::start(
+        config,
+        store.clone(),
+        progress.clone(),
+        admin.as_ref().map(|(_, handle)| handle.clone()),
+    )?;
     let background = CancellationToken::new();
+    let admin_server = admin.map(|(listener, handle)| {
+        let readiness = crate::admin::all(vec![
+            crate::admin::database_readiness(&store),
+            progress_readiness(progress.clone()),
+        ]);
+        tokio::spawn(crate::admin::serve(
+            listener,
+            handle,
+            readiness,
+            background.clone(),
+        ))
+    });
     let heartbeat = tokio::spawn(heartbeat(store.clone(), pid, background.clone()));
     let notifier = notify::Notifier::new(store.clone(), progress.clone());
     let reporter = tokio::spawn(notifier.clone().run(background.clone()));
@@ -70,6 +97,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     background.cancel();
     let _ = reporter.await;
     let _ = heartbeat.await;
+    if let Some(server) = admin_server {
+        let _ = server.await;
+    }
     Ok(())
 }
 
@@ -89,11 +119,14 @@ async fn reload(sup: &mut Supervisor, notifier: &notify::Notifier) {
         }
     };
     match outcome {
-        Ok(diff) if diff.is_empty() => {
+        Ok(diff) if diff.is_empty() && !diff.admin => {
             tracing::info!("reload: nothing changed");
             notifier.ready("reloaded: nothing changed");
         }
         Ok(diff) => {
+            if diff.admin {
+                tracing::warn!("[admin] changed: the listener keeps its address until a restart");
+            }
             tracing::info!(changes = %diff.summary(), "reload applied");
             notifier.ready(&format!("reloaded: {}", diff.summary()));
         }
@@ -105,6 +138,19 @@ async fn reload(sup: &mut Supervisor, notifier: &notify::Notifier) {
             ));
         }
     }
+}
+
+/// `/readyz` fails while a poll loop or delivery worker is overdue (the
+/// same test that stops the watchdog pings).
+fn progress_readiness(progress: Progress) -> crate::admin::Readiness {
+    Arc::new(move || {
+        let late = progress.overdue();
+        if late.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = late.into_iter().map(|(n, _)| n).collect();
+        Err(format!("no progress: {}", names.join(", ")))
+    })
 }
 
 /// SIGHUP, as a stream of reload requests.
@@ -146,7 +192,8 @@ pub(crate) fn source_client(
         source.base_url.clone(),
         http.clone(),
         source.timeout,
-    );
+    )
+    .owned_by(crate::telemetry::auth::Owner::source(&source.name));
     Ok(FhirClient::with_pool(http, source.timeout)
         .with_origins(source.origins())
         .with_auth(Arc::new(auth)))

@@ -12,6 +12,7 @@ use crate::source::client::FhirClient;
 use crate::source::outcomes::OutcomeRecorder;
 use crate::source::{Routing, SourceTask, first_poll_spread};
 use crate::state::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,10 +62,22 @@ pub struct Supervisor {
     wakers: HashMap<String, Arc<Notify>>,
     routing: HashMap<String, watch::Sender<Arc<Routing>>>,
     housekeeping: Option<Running>,
+    /// Each running source's client: its view of the server's clock feeds
+    /// the watermark-lag gauge.
+    clients: HashMap<String, FhirClient>,
+    /// With `[admin]`: the metrics, and the task refreshing their gauges
+    /// (restarted when sources or hooks change).
+    metrics: Option<PrometheusHandle>,
+    gauges: Option<Running>,
 }
 
 impl Supervisor {
-    pub fn start(config: Config, store: Store, progress: Progress) -> Result<Self, DaemonError> {
+    pub fn start(
+        config: Config,
+        store: Store,
+        progress: Progress,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, DaemonError> {
         let (recorder, recorder_done) = OutcomeRecorder::spawn(store.clone());
         let mut sup = Supervisor {
             source_pool: FhirClient::shared_pool().map_err(|e| DaemonError::Http(e.to_string()))?,
@@ -79,6 +92,9 @@ impl Supervisor {
             wakers: HashMap::new(),
             routing: HashMap::new(),
             housekeeping: None,
+            clients: HashMap::new(),
+            metrics,
+            gauges: None,
         };
         let hooks: Vec<_> = config
             .hooks
@@ -98,6 +114,7 @@ impl Supervisor {
             sup.start_source(source, client);
         }
         sup.start_housekeeping();
+        sup.start_gauges();
         Ok(sup)
     }
 
@@ -139,6 +156,7 @@ impl Supervisor {
                     .await;
             }
             self.routing.remove(name);
+            self.clients.remove(name);
         }
         self.config = new;
         for (hook, sender) in hooks {
@@ -157,6 +175,12 @@ impl Supervisor {
             }
             self.start_housekeeping();
         }
+        if !diff.sources.is_empty() || !diff.hooks.is_empty() {
+            if let Some(g) = self.gauges.take() {
+                g.stop("gauges", Duration::from_secs(10)).await;
+            }
+            self.start_gauges();
+        }
         Ok(diff)
     }
 
@@ -171,6 +195,9 @@ impl Supervisor {
         }
         if let Some(h) = &self.housekeeping {
             h.cancel.cancel();
+        }
+        if let Some(g) = self.gauges.take() {
+            g.cancel.cancel();
         }
         let all: Vec<_> = self
             .sources
@@ -262,8 +289,28 @@ impl Supervisor {
             dry_run: None,
         };
         self.routing.insert(source.name.clone(), tx);
+        self.clients
+            .insert(source.name.clone(), task.client.clone());
         self.sources
             .insert(source.name.clone(), Running::spawn(|c| task.run(c)));
+    }
+
+    fn start_gauges(&mut self) {
+        let Some(handle) = self.metrics.clone() else {
+            return;
+        };
+        let store = match Store::open_read_only(&self.config.db_path()) {
+            Ok(Some(store)) => store,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the state database for the metrics' gauges");
+                return;
+            }
+        };
+        let gauges = crate::telemetry::gauges::Gauges::new(&self.config, &self.clients);
+        self.gauges = Some(Running::spawn(move |c| {
+            crate::telemetry::gauges::run(store, gauges, handle, c)
+        }));
     }
 
     fn start_housekeeping(&mut self) {

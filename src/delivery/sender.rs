@@ -5,6 +5,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::config::{Hook, HookAuth, Tls};
 use crate::retry_action::RetryAction;
 use crate::source::client::{describe, parse_retry_after};
+use crate::telemetry::auth::Owner;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -75,7 +76,8 @@ impl Sender {
         };
         let auth = match &hook.auth {
             Some(HookAuth::OAuth(credentials)) => Some(Arc::new(
-                Authenticator::client_credentials(credentials.clone(), http.clone(), hook.timeout),
+                Authenticator::client_credentials(credentials.clone(), http.clone(), hook.timeout)
+                    .owned_by(Owner::hook(&hook.name)),
             )),
             _ => None,
         };

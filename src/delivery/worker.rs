@@ -8,6 +8,8 @@ use crate::config::Hook;
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
 use crate::state::{Claimed, DeliveryRecord, Store, now_ms};
+use crate::telemetry::Event;
+use crate::telemetry::delivery::{DeadLettered, DeliveryAttempted, HookDisabled, RetryScheduled};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,20 +176,35 @@ impl HookWorker {
     /// Returns the message id, and whether the receiver said 410 Gone.
     async fn deliver(&self, msg: Claimed, recorder: mpsc::Sender<Pending>) -> (i64, bool) {
         let hook = &self.hook;
+        let last_updated = crate::payload::last_updated(&msg.payload);
+        let started = std::time::Instant::now();
         let attempt = self.sender.post(hook, &msg.message_id, msg.payload).await;
         let attempts = msg.attempts + 1;
+        DeliveryAttempted {
+            hook: &hook.name,
+            message_id: &msg.message_id,
+            resource_type: &msg.resource_type,
+            resource_id: &msg.resource_id,
+            attempt: &attempt,
+            attempts,
+            duration: started.elapsed(),
+            created_at_ms: msg.created_at_ms,
+            last_updated,
+        }
+        .emit();
         let action = attempt.action();
         let gone = action == RetryAction::Disable;
         let record = match attempt {
-            Attempt::Delivered { status } => {
-                tracing::debug!(hook = %hook.name, message_id = %msg.message_id, resource = %format!("{}/{}", msg.resource_type, msg.resource_id), status, "delivered");
-                DeliveryRecord::Delivered { status }
-            }
+            Attempt::Delivered { status } => DeliveryRecord::Delivered { status },
             Attempt::Failed { status, error, .. } if action == RetryAction::Disable => {
                 // 410 Gone: the receiver says this endpoint is no more. Stop sending
                 // to it (nothing is dropped: messages wait as pending) until an
                 // operator runs `fhir-bridge hook enable`.
-                tracing::error!(hook = %hook.name, message_id = %msg.message_id, "receiver answered 410 Gone; hook disabled until `fhir-bridge hook enable {}`", hook.name);
+                HookDisabled {
+                    hook: &hook.name,
+                    message_id: &msg.message_id,
+                }
+                .emit();
                 if let Err(e) = self
                     .store
                     .disable_hook(&hook.name, "receiver answered 410 Gone")
@@ -205,7 +222,14 @@ impl HookWorker {
                 // The receiver read this message and refused it: the same bytes
                 // would get the same answer. Dead-lettered now, redrivable.
                 let error = format!("{error} (refused by the receiver: not retried)");
-                tracing::warn!(hook = %hook.name, message_id = %msg.message_id, status, attempts, error = %error, "delivery refused; moved to the dead-letter queue");
+                DeadLettered {
+                    hook: &hook.name,
+                    message_id: &msg.message_id,
+                    status,
+                    attempts,
+                    error: &error,
+                }
+                .emit();
                 DeliveryRecord::Failed {
                     status,
                     error,
@@ -224,13 +248,25 @@ impl HookWorker {
                     retry_after,
                     fastrand::f64(),
                 );
+                let (hook_name, message_id) = (hook.name.as_str(), msg.message_id.as_str());
                 match delay {
-                    Some(d) => {
-                        tracing::info!(hook = %hook.name, message_id = %msg.message_id, status, attempts, error = %error, retry_in_s = d.as_secs_f64(), "delivery failed; will retry")
+                    Some(delay) => RetryScheduled {
+                        hook: hook_name,
+                        message_id,
+                        status,
+                        attempts,
+                        error: &error,
+                        delay,
                     }
-                    None => {
-                        tracing::warn!(hook = %hook.name, message_id = %msg.message_id, status, attempts, error = %error, "delivery failed; moved to the dead-letter queue")
+                    .emit(),
+                    None => DeadLettered {
+                        hook: hook_name,
+                        message_id,
+                        status,
+                        attempts,
+                        error: &error,
                     }
+                    .emit(),
                 }
                 DeliveryRecord::Failed {
                     status,

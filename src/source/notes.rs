@@ -7,6 +7,9 @@ pub(super) struct Notes {
     pub skipped: u64,
     pub future: u64,
     pub last: Option<String>,
+    /// Pages fetched and resources read (for metrics), kept when the poll fails.
+    pub pages: u64,
+    pub resources: u64,
 }
 
 impl Notes {
@@ -18,6 +21,11 @@ impl Notes {
     pub fn future(&mut self, n: u64, note: String) {
         self.future += n;
         self.last = Some(note);
+    }
+
+    pub fn page(&mut self, resources: u64) {
+        self.pages += 1;
+        self.resources += resources;
     }
 
     pub fn warn(&mut self, note: String) {

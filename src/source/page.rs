@@ -53,6 +53,8 @@ pub(super) struct PageOutcome {
     pub last_future: Option<(String, DateTime<Utc>)>,
     /// Stopped by shutdown: nothing of this page may be committed.
     pub cancelled: bool,
+    /// Of the commit's changes, how many are creates (the rest are updates).
+    pub created: u64,
 }
 
 /// Runs on the blocking pool, on the filters' evaluation stack (one switch per
@@ -92,6 +94,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         future: 0,
         last_future: None,
         cancelled: false,
+        created: 0,
     };
     for e in &entries {
         match e.last_updated {
@@ -160,6 +163,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         seen.insert(e.id.clone(), row.clone());
         out.commit.seen.push((e.id.clone(), row));
         out.commit.changes += 1;
+        out.created += u64::from(event == diff::Event::Create);
     }
     Ok(out)
 }

@@ -13,6 +13,8 @@ use crate::config::{Source, Start};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
 use crate::state::{PollOutcome, StateError, Store, TargetState, now_ms};
+use crate::telemetry::Event;
+use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -134,6 +136,7 @@ impl SourceTask {
                     continue;
                 }
                 let mut notes = Notes::default();
+                let started = std::time::Instant::now();
                 let outcome = self.poll_counted(rt, &cancel, &stop, &mut notes).await;
                 if let Err(e) = &outcome
                     && let RetryAction::RetryAfter(d) = e.retry_action()
@@ -144,14 +147,15 @@ impl SourceTask {
                     );
                 }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
-                match &outcome {
-                    Ok(p) => {
-                        tracing::debug!(source = %self.source.name, resource_type = %rt, changes = p.changes, "poll ok")
-                    }
-                    Err(e) => {
-                        tracing::warn!(source = %self.source.name, resource_type = %rt, error = %e, "poll failed")
-                    }
+                PollCompleted {
+                    source: &self.source.name,
+                    resource_type: rt,
+                    outcome: outcome.as_ref().map(|p| p.changes),
+                    duration: started.elapsed(),
+                    pages: notes.pages,
+                    resources: notes.resources,
                 }
+                .emit();
                 outcomes.push(PollOutcome {
                     source: self.source.name.clone(),
                     resource_type: rt.clone(),
@@ -435,6 +439,7 @@ impl SourceTask {
                 // Shutdown: nothing of this page is committed; it is read again.
                 return Ok(polled);
             }
+            notes.page(page.commit.resources_read);
             if let Some(t) = page.server_time.or(fetched.date)
                 && let Err(e) = self.client.note_server_time(t)
             {
@@ -504,7 +509,11 @@ impl SourceTask {
                 let moved = commit.watermark.clone();
                 match &self.dry_run {
                     Some(sink) => sink.record(commit),
-                    None => self.store.commit_page(commit).await?,
+                    None => {
+                        let committed = PageCommitted::new(&commit, &routing.routes, page.created);
+                        self.store.commit_page(commit).await?;
+                        committed.emit();
+                    }
                 }
                 if moved.is_some() {
                     state.watermark = moved;

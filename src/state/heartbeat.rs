@@ -4,6 +4,7 @@
 use super::{StateError, Store, now_ms};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
+use std::sync::atomic::Ordering;
 
 /// The heartbeat row as last written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,19 +28,28 @@ impl Store {
                     pid = ?1, started_at = ?2, last_seen_at = ?2, version = ?3",
             )?
             .execute(params![pid, now, version])?;
-            Ok(())
+            Ok(now)
         })
         .await
+        .map(|at| self.heartbeat_ok_ms.store(at, Ordering::Relaxed))
     }
 
     /// Records that the process `pid` is still alive, now.
     pub async fn heartbeat(&self, pid: u32) -> Result<(), StateError> {
         self.call(move |c| {
+            let now = now_ms();
             c.prepare_cached("UPDATE daemon SET last_seen_at = ?2 WHERE id = 1 AND pid = ?1")?
-                .execute(params![pid, now_ms()])?;
-            Ok(())
+                .execute(params![pid, now])?;
+            Ok(now)
         })
         .await
+        .map(|at| self.heartbeat_ok_ms.store(at, Ordering::Relaxed))
+    }
+
+    /// When this handle last wrote a heartbeat (or the daemon's start)
+    /// successfully, our clock in ms; `None` before the first.
+    pub fn last_heartbeat_ok_ms(&self) -> Option<i64> {
+        Some(self.heartbeat_ok_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 
     /// The last heartbeat, if a daemon ever ran on this state.

@@ -9,6 +9,7 @@
 mod dlq;
 mod files;
 mod filter;
+mod gauges;
 mod heartbeat;
 mod inspect;
 mod lock;
@@ -23,6 +24,7 @@ pub use summary::Summary;
 
 pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
 pub use filter::MessageFilter;
+pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
 pub use heartbeat::Heartbeat;
 pub use inspect::{MessageDetail, MessageKey};
 pub use lock::{LockError, LockProbe, StateLock};
@@ -33,6 +35,7 @@ pub use report::{HookReport, TargetReport};
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +55,10 @@ pub enum StateError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// When the daemon's heartbeat was last written (ms; 0: never), for
+    /// readiness: a write every few seconds that succeeds says the database
+    /// is writable without a probe of its own.
+    heartbeat_ok_ms: Arc<AtomicI64>,
 }
 
 /// Milliseconds since the Unix epoch, our clock (never the EHR's).
@@ -98,6 +105,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            heartbeat_ok_ms: Default::default(),
         })
     }
 
@@ -124,6 +132,7 @@ impl Store {
         Ok(Some(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            heartbeat_ok_ms: Default::default(),
         }))
     }
 

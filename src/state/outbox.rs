@@ -41,6 +41,8 @@ pub struct Claimed {
     pub resource_id: String,
     pub attempts: u32,
     pub payload: Vec<u8>,
+    /// When the message entered the outbox (our clock, ms), for latency metrics.
+    pub created_at_ms: i64,
 }
 
 /// How one delivery attempt ended. Errors are PHI-free text.
@@ -111,7 +113,7 @@ impl Store {
             let in_flight = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
             let mut stmt = c.prepare_cached(
                 "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
-                        (SELECT b.payload FROM outbox_payload b WHERE b.id = o.id)
+                        (SELECT b.payload FROM outbox_payload b WHERE b.id = o.id), o.created_at
                  FROM outbox o INDEXED BY outbox_by_state
                  WHERE o.hook = +?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                    AND o.id NOT IN (SELECT value FROM json_each(?4))
@@ -129,6 +131,7 @@ impl Store {
                     resource_id: r.get(3)?,
                     attempts: r.get(4)?,
                     payload: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                    created_at_ms: r.get(6)?,
                 })
             })?;
             rows.collect()

@@ -536,9 +536,7 @@ async fn sighup_keeps_the_daemon_running() {
     fhir.create(obs("before")).await;
     wait_for(10, "the first delivery", || rx.count() == 1).await;
     let pid = bridge.pid().unwrap().to_string();
-    let hups = |b: &Bridge| {
-        b.logs().matches("reload: nothing changed").count()
-    };
+    let hups = |b: &Bridge| b.logs().matches("reload: nothing changed").count();
     for n in 1..=2 {
         Command::new("kill").args(["-HUP", &pid]).status().unwrap();
         wait_for(10, "the SIGHUP logged", || hups(&bridge) == n).await;

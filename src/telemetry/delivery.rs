@@ -1,0 +1,143 @@
+//! Delivery: attempts and their outcomes, latencies, retries, dead letters.
+
+use super::Event;
+use crate::delivery::Attempt;
+use chrono::{DateTime, Utc};
+use metrics::{counter, histogram};
+use std::time::Duration;
+
+pub const DELIVERIES: &str = "fhir_bridge_deliveries_total";
+pub const ATTEMPT_DURATION: &str = "fhir_bridge_delivery_attempt_duration_seconds";
+pub const DELIVERY_LATENCY: &str = "fhir_bridge_delivery_latency_seconds";
+pub const END_TO_END_LATENCY: &str = "fhir_bridge_end_to_end_latency_seconds";
+pub const ATTEMPTS_PER_MESSAGE: &str = "fhir_bridge_delivery_attempts_per_message";
+pub const RETRIES: &str = "fhir_bridge_retries_scheduled_total";
+pub const DEAD_LETTERED: &str = "fhir_bridge_dead_lettered_total";
+
+/// The target these log lines had before they moved here (log filters).
+const WORKER_TARGET: &str = "fhir_bridge::delivery::worker";
+
+/// One POST of one message to a hook, whatever its answer.
+pub struct DeliveryAttempted<'a> {
+    pub hook: &'a str,
+    pub message_id: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: &'a str,
+    pub attempt: &'a Attempt,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    /// How long this attempt took.
+    pub duration: Duration,
+    /// When the message entered the outbox (our clock, ms): the change's detection.
+    pub created_at_ms: i64,
+    /// The resource's meta.lastUpdated (the EHR's clock), if the payload has it.
+    pub last_updated: Option<DateTime<Utc>>,
+}
+
+impl DeliveryAttempted<'_> {
+    fn delivered_at(&self, now: DateTime<Utc>) {
+        let hook = self.hook.to_string();
+        // Clocks differ (the EHR's), and a message may be older than this
+        // process: never a negative latency.
+        let since_ms = |ms: i64| (now.timestamp_millis() - ms).max(0) as f64 / 1000.0;
+        histogram!(DELIVERY_LATENCY, "hook" => hook.clone()).record(since_ms(self.created_at_ms));
+        if let Some(lu) = self.last_updated {
+            histogram!(END_TO_END_LATENCY, "hook" => hook.clone())
+                .record(since_ms(lu.timestamp_millis()));
+        }
+        histogram!(ATTEMPTS_PER_MESSAGE, "hook" => hook).record(self.attempts as f64);
+    }
+}
+
+impl Event for DeliveryAttempted<'_> {
+    fn emit(self) {
+        let (outcome, status) = match self.attempt {
+            Attempt::Delivered { status } => {
+                tracing::debug!(target: WORKER_TARGET, hook = %self.hook, message_id = %self.message_id, resource = %format!("{}/{}", self.resource_type, self.resource_id), status, "delivered");
+                ("delivered", Some(*status))
+            }
+            // Failures are told by what follows them: RetryScheduled,
+            // DeadLettered, HookDisabled.
+            Attempt::Failed { status, .. } => ("failed", *status),
+        };
+        let error = match self.attempt {
+            Attempt::Failed { error, .. } => error.as_str(),
+            Attempt::Delivered { .. } => "",
+        };
+        counter!(DELIVERIES, "hook" => self.hook.to_string(), "outcome" => outcome, "status_class" => status_class(status, error))
+            .increment(1);
+        histogram!(ATTEMPT_DURATION, "hook" => self.hook.to_string())
+            .record(self.duration.as_secs_f64());
+        if outcome == "delivered" {
+            self.delivered_at(Utc::now());
+        }
+    }
+}
+
+/// The `status_class` label: `2xx` ... `5xx` for an HTTP answer; without one,
+/// `timeout`, `auth` (no token from the hook's token endpoint) or `network`.
+pub fn status_class(status: Option<u16>, error: &str) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        // The sender's own texts (delivery::sender): "timed out after ...",
+        // "token endpoint: ...", "client assertion: ...".
+        None if error.starts_with("timed out") => "timeout",
+        None if error.starts_with("token endpoint") || error.starts_with("client assertion") => {
+            "auth"
+        }
+        None => "network",
+    }
+}
+
+/// A failed attempt, to be tried again after `delay`.
+pub struct RetryScheduled<'a> {
+    pub hook: &'a str,
+    pub message_id: &'a str,
+    pub status: Option<u16>,
+    pub attempts: u32,
+    /// The bridge's description of the failure (status, connection error), never a body.
+    pub error: &'a str,
+    pub delay: Duration,
+}
+
+impl Event for RetryScheduled<'_> {
+    fn emit(self) {
+        tracing::info!(target: WORKER_TARGET, hook = %self.hook, message_id = %self.message_id, status = self.status, attempts = self.attempts, error = %self.error, retry_in_s = self.delay.as_secs_f64(), "delivery failed; will retry");
+        counter!(RETRIES, "hook" => self.hook.to_string()).increment(1);
+    }
+}
+
+/// A failed attempt was the last: the message goes to the dead-letter queue.
+pub struct DeadLettered<'a> {
+    pub hook: &'a str,
+    pub message_id: &'a str,
+    pub status: Option<u16>,
+    pub attempts: u32,
+    pub error: &'a str,
+}
+
+impl Event for DeadLettered<'_> {
+    fn emit(self) {
+        tracing::warn!(target: WORKER_TARGET, hook = %self.hook, message_id = %self.message_id, status = self.status, attempts = self.attempts, error = %self.error, "delivery failed; moved to the dead-letter queue");
+        counter!(DEAD_LETTERED, "hook" => self.hook.to_string()).increment(1);
+        histogram!(ATTEMPTS_PER_MESSAGE, "hook" => self.hook.to_string())
+            .record(self.attempts as f64);
+    }
+}
+
+/// The receiver answered 410 Gone: the hook is disabled until an operator
+/// re-enables it (the `fhir_bridge_hook_disabled` gauge shows it).
+pub struct HookDisabled<'a> {
+    pub hook: &'a str,
+    pub message_id: &'a str,
+}
+
+impl Event for HookDisabled<'_> {
+    fn emit(self) {
+        tracing::error!(target: WORKER_TARGET, hook = %self.hook, message_id = %self.message_id, "receiver answered 410 Gone; hook disabled until `fhir-bridge hook enable {}`", self.hook);
+    }
+}
