@@ -152,6 +152,24 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             emit(&report.text, code)
         }
+        Command::Backfill {
+            config,
+            source,
+            since,
+            types,
+            rate,
+        } => {
+            let config = load(&config)?;
+            let since = fhir_bridge::cli::backfill::parse_since(&since)?;
+            let report =
+                fhir_bridge::cli::backfill::run(&config, &source, since, &types, rate).await?;
+            let code = if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            emit(&report.text, code)
+        }
         Command::Demo { duration, rate } => {
             demo::run(demo::DemoOptions { duration, rate }, shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)

@@ -115,6 +115,29 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// An initial load: every resource of a source last updated since TIME,
+    /// enqueued for the hooks (the running daemon delivers them), beside
+    /// ordinary polling. Rate-limited; run it again to resume after an
+    /// interruption. Exits 1 unless every resource type is done.
+    #[command(
+        after_help = "Examples:\n  fhir-bridge backfill --source epic --since 2026-01-01T00:00:00Z\n  fhir-bridge backfill --source epic --since beginning --type Observation --rate 2"
+    )]
+    Backfill {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The source to load.
+        #[arg(long)]
+        source: String,
+        /// An RFC 3339 time, or `beginning`: the same value resumes a stopped run.
+        #[arg(long)]
+        since: String,
+        /// Only these resource types (repeatable); default: all of the source's.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Search pages per second, at most.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+    },
     /// Zero-setup demo: sandbox EHR -> real pipeline -> printing receiver.
     #[command(after_help = "Example:\n  fhir-bridge demo --duration 30s --rate 20")]
     Demo {

@@ -2,6 +2,7 @@
 //! command shares: logging setup and output that never panics.
 
 pub mod args;
+pub mod backfill;
 pub mod confirm;
 pub mod demo;
 pub mod dlq;

@@ -1,5 +1,6 @@
 //! Sources: one task per configured EHR, polling each resource type on schedule.
 
+pub mod backfill;
 pub mod bundle;
 pub mod client;
 mod errors;

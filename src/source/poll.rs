@@ -205,31 +205,7 @@ impl SourceTask {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Url {
-        let mut url = self
-            .source
-            .base_url
-            .join(resource_type)
-            .unwrap_or_else(|_| self.source.base_url.clone());
-        let mut query = String::new();
-        if let Some(t) = since {
-            query.push_str(&format!("_lastUpdated=ge{}&", format_instant(t)));
-        }
-        if let Some(t) = until {
-            query.push_str(&format!("_lastUpdated=lt{}&", format_instant(t)));
-        }
-        query.push_str(&format!(
-            "_sort=_lastUpdated&_count={}",
-            self.source.page_size
-        ));
-        if let Some(extra) = self.source.params.get(resource_type) {
-            let extra = extra.trim_start_matches(['&', '?']);
-            if !extra.is_empty() {
-                query.push('&');
-                query.push_str(extra);
-            }
-        }
-        url.set_query(Some(&query));
-        url
+        search_url(&self.source, resource_type, since, until)
     }
 
     /// Asks the server for its current time (a one-result search): for
@@ -558,6 +534,36 @@ impl SourceTask {
         }
         Ok(polled)
     }
+}
+
+/// `[base]/{Type}?_lastUpdated=ge{since}&_lastUpdated=lt{until}&_sort=_lastUpdated&_count=...&{params}`.
+pub(super) fn search_url(
+    source: &Source,
+    resource_type: &str,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Url {
+    let mut url = source
+        .base_url
+        .join(resource_type)
+        .unwrap_or_else(|_| source.base_url.clone());
+    let mut query = String::new();
+    if let Some(t) = since {
+        query.push_str(&format!("_lastUpdated=ge{}&", format_instant(t)));
+    }
+    if let Some(t) = until {
+        query.push_str(&format!("_lastUpdated=lt{}&", format_instant(t)));
+    }
+    query.push_str(&format!("_sort=_lastUpdated&_count={}", source.page_size));
+    if let Some(extra) = source.params.get(resource_type) {
+        let extra = extra.trim_start_matches(['&', '?']);
+        if !extra.is_empty() {
+            query.push('&');
+            query.push_str(extra);
+        }
+    }
+    url.set_query(Some(&query));
+    url
 }
 
 #[cfg(test)]

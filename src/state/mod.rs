@@ -6,6 +6,7 @@
 //! seen-versions and outbox rows always roll back *together*, so the next poll
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
+mod backfill;
 mod dlq;
 mod files;
 mod filter;
@@ -22,6 +23,7 @@ mod schema;
 mod summary;
 pub use summary::Summary;
 
+pub use backfill::BackfillJob;
 pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
 pub use filter::MessageFilter;
 pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
@@ -29,7 +31,7 @@ pub use heartbeat::Heartbeat;
 pub use inspect::{MessageDetail, MessageKey};
 pub use lock::{LockError, LockProbe, StateLock};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
-pub use poll::{PageCommit, PollOutcome, SeenRow, TargetState};
+pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetState};
 pub use replay::{ReplayCandidate, Requeue};
 pub use report::{HookReport, TargetReport};
 

@@ -54,6 +54,16 @@ pub struct PageCommit {
     pub filter_errors: HashMap<String, u64>,
     pub changes: u64,
     pub resources_read: u64,
+    /// A backfill's page: its progress is written to the backfill job, and
+    /// the poll target (watermark, counters) is left alone.
+    pub backfill: Option<BackfillProgress>,
+}
+
+/// Where a backfill got to with this page.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillProgress {
+    /// Resume from here; `None`: this page does not move it.
+    pub cursor: Option<String>,
 }
 
 impl Store {
@@ -169,7 +179,11 @@ impl Store {
                      ON CONFLICT (source, resource_type, resource_id) DO UPDATE SET
                         version_id = excluded.version_id,
                         last_updated = excluded.last_updated,
-                        content_hash = excluded.content_hash",
+                        content_hash = excluded.content_hash
+                     -- Never back to an older version: a backfill and the
+                     -- daemon may commit the same resource in either order.
+                     WHERE seen.last_updated IS NULL OR excluded.last_updated IS NULL
+                        OR excluded.last_updated >= seen.last_updated",
                 )?;
                 for (id, row) in &page.seen {
                     upsert.execute(params![
@@ -182,6 +196,9 @@ impl Store {
                     ])?;
                 }
                 insert_messages(&tx, &page.messages)?;
+                if let Some(progress) = &page.backfill {
+                    super::backfill::record_page(&tx, &page, progress)?;
+                } else {
                 tx.prepare_cached(
                     "INSERT INTO poll_target (source, resource_type, initialized, watermark)
                      VALUES (?1, ?2, 1, ?3)
@@ -197,6 +214,7 @@ impl Store {
                     page.changes as i64,
                     page.resources_read as i64
                 ])?;
+                }
                 let mut errs = tx.prepare_cached(
                     "INSERT INTO hook_stats (hook, filter_errors) VALUES (?1, ?2)
                      ON CONFLICT (hook) DO UPDATE SET filter_errors = filter_errors + ?2",

@@ -108,6 +108,26 @@ const MIGRATIONS: &[&str] = &[
         version      TEXT NOT NULL
     );
     "#,
+    // 6: backfill jobs (`fhir-bridge backfill`), one per source and resource
+    // type: the range asked for, and how far it got (to resume after an
+    // interruption). Its pages write seen versions and messages like a poll,
+    // never the poll target's watermark.
+    r#"
+    CREATE TABLE backfill (
+        source        TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        since         TEXT NOT NULL,
+        until         TEXT NOT NULL,
+        cursor        TEXT,              -- resume from here (minus overlap)
+        done          INTEGER NOT NULL DEFAULT 0,
+        pages         INTEGER NOT NULL DEFAULT 0,
+        resources     INTEGER NOT NULL DEFAULT 0,
+        changes       INTEGER NOT NULL DEFAULT 0,
+        started_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        PRIMARY KEY (source, resource_type)
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

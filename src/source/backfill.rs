@@ -1,0 +1,172 @@
+//! A backfill: one walk of `[since, until)` per resource type, beside the
+//! daemon's ordinary polling. It feeds the same page pipeline as a poll
+//! (diff, filter, enqueue, one commit per page) under the source's own name,
+//! so what both see is deduplicated by the seen versions and message ids.
+//! Its progress is committed with each page: an interrupted backfill resumes
+//! from the last committed page. Pages are rate-limited, so an initial load
+//! does not crowd out the EHR's other clients.
+
+use super::bundle::{format_instant, parse_instant};
+use super::client::FhirClient;
+use super::errors::PollError;
+use super::page::{self, PageError, PageJob};
+use super::poll::search_url;
+use super::watermark::WatermarkTracker;
+use crate::config::Source;
+use crate::outbox::Route;
+use crate::state::{BackfillProgress, StateError, Store};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub struct Backfill {
+    pub source: Source,
+    pub routes: Vec<Route>,
+    pub store: Store,
+    pub client: FhirClient,
+    pub since: DateTime<Utc>,
+    /// Pages per second, at most.
+    pub rate: f64,
+}
+
+/// How far one resource type's backfill got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillStatus {
+    pub pages: i64,
+    pub resources: i64,
+    pub changes: i64,
+    /// `Bundle.total` of the first page, when the server gives it.
+    pub total: Option<u64>,
+    /// Resumed an interrupted run.
+    pub resumed: bool,
+    pub done: bool,
+}
+
+impl Backfill {
+    /// Walks one resource type to the end (or until `cancel`), calling
+    /// `on_page` after each committed page.
+    pub async fn run(
+        &self,
+        rt: &str,
+        cancel: &CancellationToken,
+        mut on_page: impl FnMut(&BackfillStatus),
+    ) -> Result<BackfillStatus, PollError> {
+        let name = &self.source.name;
+        let since = format_instant(self.since);
+        let mut status = BackfillStatus::default();
+        let (from, until) = match self.store.backfill_job(name, rt).await? {
+            Some(job) if job.since == since => {
+                status = BackfillStatus {
+                    pages: job.pages,
+                    resources: job.resources,
+                    changes: job.changes,
+                    resumed: job.pages > 0,
+                    done: job.done,
+                    total: None,
+                };
+                if job.done {
+                    return Ok(status);
+                }
+                let from = job.cursor.as_deref().and_then(parse_instant);
+                (from.unwrap_or(self.since), job.until)
+            }
+            // No job, or one for another range: start (over).
+            _ => {
+                let until = format_instant(Utc::now());
+                self.store.start_backfill(name, rt, &since, &until).await?;
+                (self.since, until)
+            }
+        };
+        let until_t = parse_instant(&until).unwrap_or_else(Utc::now);
+        let mut url = search_url(&self.source, rt, Some(from), Some(until_t));
+        let mut tracker = WatermarkTracker::new();
+        let mut visited = HashSet::new();
+        let pause = Duration::from_secs_f64(1.0 / self.rate.clamp(0.01, 1000.0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut page_no = 0usize;
+        loop {
+            page_no += 1;
+            visited.insert(url.to_string());
+            let next_slot = tokio::time::Instant::now() + pause;
+            let fetched = tokio::select! {
+                _ = cancel.cancelled() => return Ok(status),
+                f = self.client.get(&url) => f.map_err(|error| PollError::Fetch {
+                    resource_type: rt.to_string(),
+                    page: page_no,
+                    error,
+                })?,
+            };
+            let job = PageJob {
+                source: name.clone(),
+                owner_id: self.source.owner_id.clone(),
+                resource_type: rt.to_string(),
+                window_start: Some(self.since),
+                horizon: Utc::now() + chrono::TimeDelta::seconds(60),
+                routes: self.routes.clone(),
+                detected_at: detected_at.clone(),
+                stop: stop.clone(),
+            };
+            let store = self.store.clone();
+            let outcome =
+                tokio::task::spawn_blocking(move || page::process(&store, &job, &fetched.body))
+                    .await
+                    .map_err(|e| StateError::Task(e.to_string()))?
+                    .map_err(|e| match e {
+                        PageError::Bundle(error) => PollError::Bundle {
+                            resource_type: rt.to_string(),
+                            page: page_no,
+                            error,
+                        },
+                        PageError::State(e) => PollError::State(e),
+                    })?;
+            status.total = status.total.or(outcome.total);
+            let next = match outcome.next.as_deref() {
+                None => None,
+                Some(link) => {
+                    let next = url.join(link).map_err(|_| PollError::BadNextLink {
+                        resource_type: rt.to_string(),
+                        page: page_no,
+                    })?;
+                    if !self.source.allows(&next) {
+                        return Err(PollError::ForeignNextLink {
+                            resource_type: rt.to_string(),
+                            page: page_no,
+                        });
+                    }
+                    Some(next)
+                }
+            };
+            let cursor = tracker.page(&outcome.instants, next.is_some());
+            let mut commit = outcome.commit;
+            commit.backfill = Some(BackfillProgress {
+                cursor: cursor.map(format_instant),
+            });
+            status.pages += 1;
+            status.resources += commit.resources_read as i64;
+            status.changes += commit.changes as i64;
+            self.store.commit_page(commit).await?;
+            on_page(&status);
+            match next {
+                None => break,
+                Some(n) if visited.contains(n.as_str()) => {
+                    return Err(PollError::NextLinkLoop {
+                        resource_type: rt.to_string(),
+                        page: page_no,
+                    });
+                }
+                Some(n) => url = n,
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(status),
+                _ = tokio::time::sleep_until(next_slot) => {}
+            }
+        }
+        self.store.finish_backfill(name, rt).await?;
+        status.done = true;
+        Ok(status)
+    }
+}
