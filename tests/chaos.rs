@@ -353,6 +353,8 @@ async fn ehr_faults_one_by_one_then_mixed() {
             ),
         ],
     );
+    // The admin listener too: its counters are checked against the receiver.
+    let cfg = format!("{cfg}\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     let mut bridge = Bridge::start(&cfg);
     let w1 = Writer::start(fhir.clone(), 15.0, seed());
     let w2 = Writer::start(other.clone(), 5.0, seed() + 1);
@@ -413,7 +415,64 @@ async fn ehr_faults_one_by_one_then_mixed() {
         faulty_report.duplicates_same_id == 0,
         "no crash, so no duplicate deliveries"
     );
+    // /metrics, scraped after the chaos: every POST the receiver took is a
+    // delivered 2xx, and the injected faults show as failed polls.
+    let metrics = scrape_metrics(&bridge);
+    for hook in ["from-faulty", "from-steady"] {
+        let got = rx
+            .received()
+            .iter()
+            .filter(|r| r.path == format!("/hooks/{hook}"))
+            .count() as f64;
+        let counted = series_sum(
+            &metrics,
+            "fhir_bridge_deliveries_total",
+            &[&format!("hook=\"{hook}\""), "outcome=\"delivered\""],
+        );
+        assert_eq!(
+            counted, got,
+            "{hook}: /metrics says {counted}, the receiver got {got}"
+        );
+    }
+    let failed = series_sum(&metrics, "fhir_bridge_polls_total", &["source=\"faulty\""])
+        - series_sum(
+            &metrics,
+            "fhir_bridge_polls_total",
+            &["source=\"faulty\"", "outcome=\"ok\""],
+        );
+    assert!(failed > 0.0, "no failed poll counted for the faulty source");
+    println!("ehr faults: /metrics counted {failed} failed polls of the faulty source");
     bridge.stop();
+}
+
+/// GET /metrics from the admin listener whose address the daemon logged.
+fn scrape_metrics(bridge: &Bridge) -> String {
+    use std::io::{Read, Write as _};
+    let logs = bridge.logs();
+    let addr = logs
+        .split("admin listener on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the admin listener's address in the log")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect to /metrics");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The sum of every series of `name` whose labels include all of `labels`.
+fn series_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// 6. Ties and drift: offset paging (which skips under concurrent writes), tiny
