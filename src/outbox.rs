@@ -1,11 +1,12 @@
-//! Filter -> outbox: turns a detected change into one outbox message per
-//! matching hook, with a deterministic `message_id`.
+//! Filter -> outbox: turns a detected change into one stored change and one
+//! outbox message per matching hook, with a deterministic `message_id`. The
+//! body is rendered for each hook when it is sent (`payload::render`).
 
 use crate::config::{Config, Content, Hook};
 use crate::diff::Event;
 use crate::filter::{Filter, FilterError, Resource};
-use crate::payload::{ChangeView, zus_hook};
-use crate::state::NewMessage;
+use crate::payload::MAX_INCLUDED_BYTES;
+use crate::state::{ChangeRecord, NewMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -121,6 +122,7 @@ fn route_parsed(
         (Some(v), _) => format!("v:{v}"),
         (None, lu) => format!("h:{}:{}", hex(change.content_hash), lu.unwrap_or("")),
     };
+    let mut matched_routes = Vec::new();
     for route in routes {
         let matched = match &resource {
             Some(r) => route.filter.matches_with(r, cancel),
@@ -141,6 +143,30 @@ fn route_parsed(
                 continue;
             }
         }
+        matched_routes.push(route);
+    }
+    if matched_routes.is_empty() {
+        return Ok(());
+    }
+    // The resource is stored only when some matching hook may send it: an
+    // id-only hook never needs the PHI, nor does a resource over the limit.
+    let keep_body = change.raw.len() <= MAX_INCLUDED_BYTES
+        && matched_routes
+            .iter()
+            .any(|r| r.content == Content::FullResource);
+    let record = Arc::new(ChangeRecord {
+        id: 0,
+        source: change.source.to_string(),
+        owner_id: change.owner_id.to_string(),
+        resource_type: change.resource_type.to_string(),
+        resource_id: change.resource_id.to_string(),
+        version_id: change.version_id.map(String::from),
+        last_updated: change.last_updated.map(String::from),
+        event: change.event.as_str().to_string(),
+        detected_at: change.time.to_string(),
+        body: keep_body.then(|| change.raw.as_bytes().to_vec()),
+    });
+    for route in matched_routes {
         let mid = message_id(
             &route.hook,
             change.source,
@@ -148,27 +174,10 @@ fn route_parsed(
             change.resource_id,
             &version_key,
         );
-        let view = ChangeView {
-            message_id: &mid,
-            time: change.time,
-            resource_type: change.resource_type,
-            resource_id: change.resource_id,
-            owner_id: change.owner_id,
-            source_name: change.source,
-            event: change.event.as_str(),
-            version_id: change.version_id,
-            last_updated: change.last_updated,
-            raw: change.raw,
-        };
         out.push(NewMessage {
             hook: route.hook.clone(),
-            payload: zus_hook(&view, route.content),
             message_id: mid,
-            source: change.source.to_string(),
-            resource_type: change.resource_type.to_string(),
-            resource_id: change.resource_id.to_string(),
-            version_id: change.version_id.map(String::from),
-            event: change.event.as_str(),
+            change: record.clone(),
         });
     }
     Ok(())

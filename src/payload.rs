@@ -2,6 +2,7 @@
 //! Today: ZusHook-style JSON. A FHIR-native notification Bundle can join here.
 
 use crate::config::Content;
+use crate::state::{ChangeRecord, MessageBody};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -71,6 +72,45 @@ pub fn zus_hook(change: &ChangeView, content: Content) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// The body a hook with `content` is sent for `change`, at send time. For
+/// the same inputs it is byte for byte what was rendered and stored when the
+/// change was detected before migration 7: a change keeps its body only when
+/// some hook could include it, and a missing body leaves the resource out,
+/// as the id-only and size rules did.
+pub fn render(change: &ChangeRecord, message_id: &str, content: Content) -> Vec<u8> {
+    // Stored from a `&str`, so UTF-8; if not, the resource is left out.
+    let raw = change
+        .body
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("");
+    let view = ChangeView {
+        message_id,
+        time: &change.detected_at,
+        resource_type: &change.resource_type,
+        resource_id: &change.resource_id,
+        owner_id: &change.owner_id,
+        source_name: &change.source,
+        event: &change.event,
+        version_id: change.version_id.as_deref(),
+        last_updated: change.last_updated.as_deref(),
+        raw,
+    };
+    zus_hook(&view, content)
+}
+
+impl MessageBody {
+    /// The bytes to send (and sign): a stored payload as is, else the change
+    /// rendered for the hook.
+    pub fn render(&self, message_id: &str, content: Content) -> Vec<u8> {
+        match self {
+            MessageBody::Stored(p) => p.clone(),
+            MessageBody::Change(c) => render(c, message_id, content),
+            MessageBody::Missing => Vec::new(),
+        }
+    }
+}
+
 /// The resource's `lastUpdated` in a payload built by `zus_hook`, for the
 /// end-to-end latency metric (the outbox does not store it apart). `None`
 /// when the payload has none or is not one of ours.
@@ -136,6 +176,44 @@ mod tests {
         none.last_updated = None;
         assert_eq!(last_updated(&zus_hook(&none, Content::IdOnly)), None);
         assert_eq!(last_updated(b"not json"), None);
+    }
+
+    fn record(v: &ChangeView, body: Option<&str>) -> ChangeRecord {
+        ChangeRecord {
+            id: 1,
+            source: v.source_name.into(),
+            owner_id: v.owner_id.into(),
+            resource_type: v.resource_type.into(),
+            resource_id: v.resource_id.into(),
+            version_id: v.version_id.map(String::from),
+            last_updated: v.last_updated.map(String::from),
+            event: v.event.into(),
+            detected_at: v.time.into(),
+            body: body.map(|b| b.as_bytes().to_vec()),
+        }
+    }
+
+    /// Rendering at send time from the stored change gives exactly the bytes
+    /// rendered at detection before: full, id-only, oversized, no versionId.
+    #[test]
+    fn rendering_from_a_change_matches_the_stored_payload() {
+        let raw = r#"{"resourceType":"Observation", "id":"123","value":1.0000}"#;
+        let big = format!(r#"{{"note":"{}"}}"#, "x".repeat(MAX_INCLUDED_BYTES));
+        let mut bare = view(raw);
+        (bare.version_id, bare.last_updated) = (None, None);
+        for v in [view(raw), view(&big), bare] {
+            for content in [Content::FullResource, Content::IdOnly] {
+                let before = zus_hook(&v, content);
+                let after = render(&record(&v, Some(v.raw)), v.message_id, content);
+                assert_eq!(before, after, "{content:?}");
+                // Without a stored body (no hook could include it): the same
+                // id-only payload.
+                let none = render(&record(&v, None), v.message_id, content);
+                assert_eq!(none, zus_hook(&v, Content::IdOnly));
+            }
+        }
+        let stored = MessageBody::Stored(b"{\"old\":1}".to_vec());
+        assert_eq!(stored.render("m", Content::FullResource), b"{\"old\":1}");
     }
 
     #[test]

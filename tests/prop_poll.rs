@@ -384,7 +384,8 @@ async fn drain(store: &Store) -> Vec<Emitted> {
             return out;
         }
         for c in claimed {
-            let p: serde_json::Value = serde_json::from_slice(&c.payload).unwrap();
+            let body = c.body.render(&c.message_id, Content::FullResource);
+            let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let rid = p["resourceId"].as_str().unwrap();
             assert_eq!(rid, format!("{RT}/{}", c.resource_id));
             out.push(Emitted {

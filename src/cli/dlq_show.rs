@@ -1,10 +1,11 @@
-//! `fhir-bridge dlq show MESSAGE_ID`: one message's metadata, and its stored
-//! payload only with `--payload` (it is PHI: the resource as the EHR sent it).
+//! `fhir-bridge dlq show MESSAGE_ID`: one message's metadata, and with
+//! `--payload` the body it would send (it is PHI: the resource as the EHR
+//! sent it), rendered for its hook as the worker does.
 
 use super::dlq::DlqError;
 use super::fmt_ms;
-use crate::config::Config;
-use crate::state::{MessageDetail, MessageKey, Store};
+use crate::config::{Config, Content};
+use crate::state::{MessageBody, MessageDetail, MessageKey, Store};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -12,7 +13,7 @@ use std::fmt::Write;
 struct Shown<'a> {
     #[serde(flatten)]
     detail: &'a MessageDetail,
-    /// Only with --payload: the stored payload, as JSON when it is JSON.
+    /// Only with --payload: the body it would send, as JSON when it is JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<serde_json::Value>,
 }
@@ -38,7 +39,17 @@ pub async fn show(
     let mut payloads = Vec::new();
     for d in &found {
         payloads.push(if payload {
-            store.message_payload(d.id).await?
+            // Rendered for its hook's content mode; a hook no longer in the
+            // config (orphaned) shows what a full-resource hook would get.
+            let content = config
+                .hooks
+                .iter()
+                .find(|h| h.name == d.hook)
+                .map_or(Content::FullResource, |h| h.content);
+            match store.message_body(d.id).await? {
+                MessageBody::Missing => None,
+                body => Some(body.render(&d.message_id, content)),
+            }
         } else {
             None
         });
@@ -101,10 +112,21 @@ fn render(o: &mut String, d: &MessageDetail, asked: bool, payload: Option<&[u8]>
         };
         line(k, &fmt_ms(t));
     }
-    let stored = match d.payload_bytes {
-        Some(n) if asked => format!("{n} bytes, below"),
-        Some(n) => format!("{n} bytes stored (--payload prints it; it contains PHI)"),
-        None => "none stored (deleted on delivery)".into(),
+    let stored = match (d.payload_bytes, d.resource_bytes, d.change_id) {
+        (Some(n), _, _) if asked => format!("{n} bytes, below"),
+        (Some(n), _, _) => format!("{n} bytes stored (--payload prints it; it contains PHI)"),
+        (None, Some(_), _) if asked => "rendered from the stored resource, below".into(),
+        (None, Some(n), _) => format!(
+            "rendered when sent; the resource: {n} bytes stored \
+             (--payload prints it; it contains PHI)"
+        ),
+        (None, None, Some(_)) if asked => "rendered without the resource, below".into(),
+        (None, None, Some(_)) => {
+            "rendered when sent, without the resource (not stored: id-only hooks, \
+             too large, or deleted on delivery)"
+                .into()
+        }
+        (None, None, None) => "none stored (deleted on delivery)".into(),
     };
     line("payload", &stored);
     if let Some(p) = payload {

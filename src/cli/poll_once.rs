@@ -133,8 +133,9 @@ fn describe(commits: &[PageCommit]) -> String {
     for c in commits {
         let mut hooks: BTreeMap<(String, Option<String>, &str), Vec<&str>> = BTreeMap::new();
         for m in &c.messages {
+            let ch = &m.change;
             hooks
-                .entry((m.resource_id.clone(), m.version_id.clone(), m.event))
+                .entry((ch.resource_id.clone(), ch.version_id.clone(), &ch.event))
                 .or_default()
                 .push(&m.hook);
         }

@@ -2,14 +2,17 @@
 //! sent again, each under its original row and message_id, so a receiver
 //! that lost data gets it back and one that did not drops the duplicates.
 //!
-//! What can be sent: a payload is deleted when its message is delivered (no
-//! PHI at rest), and the bridge keeps no copy of resources (the seen table
-//! holds versions and hashes only). So a replay re-sends a payload still
-//! stored, or re-renders an id-only notification (resourceIncluded: false)
-//! from what the outbox row and the seen table hold. That is what an
-//! id-only hook sent in the first place; a full-resource hook gets one only
-//! with `--id-only`. Re-fetching the resource from the EHR (a vread of the
-//! delivered version) would lift this limit; it is not done here.
+//! What can be sent: a change's resource is deleted once no pending or dead
+//! message needs it (no PHI at rest), and the seen table holds versions and
+//! hashes only. So a message goes again in full when its resource is still
+//! stored (another hook's message of the same change is undelivered), and
+//! otherwise as an id-only notification (resourceIncluded: false) rendered
+//! from its change: what an id-only hook sent in the first place; a
+//! full-resource hook gets one only with `--id-only`. Messages from before
+//! migration 7 (no change row) re-send a stored payload or an id-only one
+//! rebuilt from the outbox row and the seen table. Re-fetching the resource
+//! from the EHR (a vread of the delivered version) would lift this limit; it
+//! is not done here.
 
 use super::dlq::DlqError;
 use super::fmt_ms;
@@ -53,17 +56,28 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
     } else {
         BTreeMap::new()
     };
+    let mut full = 0;
     for c in &found {
+        let keep = |need_body| Requeue {
+            id: c.id,
+            payload: None,
+            need_body,
+        };
         if c.has_payload {
-            plan.push(Requeue {
-                id: c.id,
-                payload: None,
-            });
+            plan.push(keep(false));
+        } else if c.change_id.is_some() && c.has_body && hook.content == Content::FullResource {
+            plan.push(keep(true));
+            full += 1;
+        } else if c.change_id.is_some() && render {
+            // Rendered when sent: without a stored resource, id-only.
+            plan.push(keep(false));
+            rendered += 1;
         } else if render {
             let lu = last_updated.get(&c.id).map(String::as_str);
             plan.push(Requeue {
                 id: c.id,
                 payload: Some(id_only_payload(config, c, lu)),
+                need_body: false,
             });
             rendered += 1;
         } else {
@@ -87,14 +101,16 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
         let _ = writeln!(
             o,
             "requeued {done} of {} delivered message(s) of hook `{}` with their message_ids \
-             ({rendered} as id-only notifications); a running daemon sends them within a second",
+             ({full} with the resource, {rendered} as id-only notifications); a running daemon \
+             sends them within a second",
             found.len(),
             hook.name
         );
         if done < planned {
             let _ = writeln!(
                 o,
-                "{} changed meanwhile (pruned past retention, or already requeued): left alone",
+                "{} changed meanwhile (pruned past retention, already requeued, or the \
+                 resource was deleted): left alone",
                 planned - done
             );
         }
@@ -109,7 +125,7 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
     if missing > 0 {
         let _ = writeln!(
             o,
-            "{missing} message(s) cannot be replayed: their payload was deleted on delivery (no PHI \
+            "{missing} message(s) cannot be replayed: their resource was deleted on delivery (no PHI \
              is kept at rest); --id-only sends them as id-only notifications \
              (resourceIncluded: false, the receiver fetches the resource by resourceId)"
         );
@@ -125,7 +141,11 @@ async fn last_updated_of(
     found: &[ReplayCandidate],
 ) -> Result<BTreeMap<i64, String>, DlqError> {
     let mut by_target: BTreeMap<(&str, &str), Vec<&ReplayCandidate>> = BTreeMap::new();
-    for c in found.iter().filter(|c| !c.has_payload) {
+    // Only messages from before migration 7: a change row has its own.
+    for c in found
+        .iter()
+        .filter(|c| !c.has_payload && c.change_id.is_none())
+    {
         by_target
             .entry((&c.source, &c.resource_type))
             .or_default()

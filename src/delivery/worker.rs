@@ -176,9 +176,12 @@ impl HookWorker {
     /// Returns the message id, and whether the receiver said 410 Gone.
     async fn deliver(&self, msg: Claimed, recorder: mpsc::Sender<Pending>) -> (i64, bool) {
         let hook = &self.hook;
-        let last_updated = crate::payload::last_updated(&msg.payload);
+        // Rendered for this hook now (its content mode), then signed and sent
+        // as these exact bytes.
+        let body = msg.body.render(&msg.message_id, hook.content);
+        let last_updated = crate::payload::last_updated(&body);
         let started = std::time::Instant::now();
-        let attempt = self.sender.post(hook, &msg.message_id, msg.payload).await;
+        let attempt = self.sender.post(hook, &msg.message_id, body).await;
         let attempts = msg.attempts + 1;
         DeliveryAttempted {
             hook: &hook.name,

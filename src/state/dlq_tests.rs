@@ -15,9 +15,8 @@ async fn enqueue(store: &Store, msgs: Vec<NewMessage>) {
 }
 
 fn msg(hook: &str, mid: &str, res: &str) -> NewMessage {
-    let mut m = NewMessage::test(hook, mid, "Observation", res);
-    m.payload = format!("{{\"m\":\"{mid}\"}}").into_bytes();
-    m
+    NewMessage::test(hook, mid, "Observation", res)
+        .with_body(format!("{{\"m\":\"{mid}\"}}").into_bytes())
 }
 
 /// Claims every due message of `hook` and records `record` for each.
@@ -146,7 +145,7 @@ async fn redrive_to_another_hook_moves_dead_and_orphaned_messages_with_their_ids
             (
                 c.message_id.as_str(),
                 c.attempts,
-                String::from_utf8_lossy(&c.payload).to_string(),
+                String::from_utf8_lossy(&c.body.raw()).to_string(),
             )
         })
         .collect();

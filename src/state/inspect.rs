@@ -1,6 +1,8 @@
-//! One message in full, for `dlq show`: its metadata, and its stored payload
-//! only when the operator asks for it (the payload is PHI).
+//! One message in full, for `dlq show`: its metadata, and what it sends (a
+//! stored payload, or its change to render) only when the operator asks for
+//! it (the resource is PHI).
 
+use super::change::{BODY_COLUMNS, MessageBody, read_body};
 use super::{StateError, Store};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -44,8 +46,14 @@ pub struct MessageDetail {
     pub done_at_ms: Option<i64>,
     pub last_status: Option<i64>,
     pub last_error: Option<String>,
-    /// Size of the stored payload; `None` once it is gone (deleted on delivery).
+    /// Size of the stored payload (messages from before migration 7); `None`
+    /// once it is gone (deleted on delivery) or for a message of a change.
     pub payload_bytes: Option<i64>,
+    /// The change it was made for; its body is rendered when it is sent.
+    pub change_id: Option<i64>,
+    /// Size of the change's stored resource; `None` once no pending or dead
+    /// message needs it, or when no hook could include it.
+    pub resource_bytes: Option<i64>,
 }
 
 impl Store {
@@ -64,7 +72,9 @@ impl Store {
                 "SELECT o.id, o.hook, o.state, o.message_id, o.source, o.resource_type,
                         o.resource_id, o.version_id, o.event, o.attempts, o.created_at,
                         o.next_attempt_at, o.done_at, o.last_status, o.last_error,
-                        (SELECT length(b.payload) FROM outbox_payload b WHERE b.id = o.id)
+                        (SELECT length(b.payload) FROM outbox_payload b WHERE b.id = o.id),
+                        o.change_id,
+                        (SELECT length(cb.body) FROM change_body cb WHERE cb.id = o.change_id)
                  FROM outbox o
                  WHERE (?1 IS NULL OR o.id = ?1) AND (?2 IS NULL OR o.message_id = ?2)
                    AND (?3 IS NULL OR o.hook = ?3)
@@ -88,6 +98,8 @@ impl Store {
                     last_status: r.get(13)?,
                     last_error: r.get(14)?,
                     payload_bytes: r.get(15)?,
+                    change_id: r.get(16)?,
+                    resource_bytes: r.get(17)?,
                 })
             })?;
             rows.collect()
@@ -95,13 +107,17 @@ impl Store {
         .await
     }
 
-    /// The stored payload of message `id`, if it still has one. PHI: only
-    /// for an operator's explicit request.
-    pub async fn message_payload(&self, id: i64) -> Result<Option<Vec<u8>>, StateError> {
+    /// What message `id` sends: its stored payload or its change, body
+    /// included. PHI: only for an operator's explicit request.
+    pub async fn message_body(&self, id: i64) -> Result<MessageBody, StateError> {
         self.call(move |c| {
-            c.prepare_cached("SELECT payload FROM outbox_payload WHERE id = ?1")?
-                .query_row(params![id], |r| r.get(0))
-                .optional()
+            c.prepare_cached(&format!(
+                "SELECT {BODY_COLUMNS} FROM outbox o LEFT JOIN change c ON c.id = o.change_id
+                 WHERE o.id = ?1"
+            ))?
+            .query_row(params![id], |r| read_body(r, 0))
+            .optional()
+            .map(|b| b.unwrap_or(MessageBody::Missing))
         })
         .await
     }
@@ -116,8 +132,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_by_row_id_or_message_id_and_its_payload() {
         let (_d, store) = temp_store();
-        let mut m = NewMessage::test("h", "m-1", "Observation", "7");
-        m.payload = b"{\"x\":1}".to_vec();
+        let m = NewMessage::test("h", "m-1", "Observation", "7").with_body(b"{\"x\":1}".to_vec());
         store
             .commit_page(PageCommit {
                 source: "s".into(),
@@ -133,7 +148,8 @@ mod tests {
             .unwrap();
         assert_eq!(by_mid.len(), 1);
         let d = &by_mid[0];
-        assert_eq!((d.state.as_str(), d.payload_bytes), ("pending", Some(7)));
+        assert_eq!((d.state.as_str(), d.payload_bytes), ("pending", None));
+        assert_eq!(d.resource_bytes, Some(7));
         let by_id = store
             .message_details(MessageKey::parse(&d.id.to_string()), None)
             .await
@@ -144,9 +160,7 @@ mod tests {
             .await
             .unwrap();
         assert!(other_hook.is_empty());
-        assert_eq!(
-            store.message_payload(d.id).await.unwrap().as_deref(),
-            Some(&b"{\"x\":1}"[..])
-        );
+        assert_eq!(store.message_body(d.id).await.unwrap().raw(), b"{\"x\":1}");
+        assert_eq!(store.message_body(-1).await.unwrap(), MessageBody::Missing);
     }
 }

@@ -102,8 +102,8 @@ mod tests {
                 "2026-03-01T00:00:00.000Z"
             };
             rows.push((format!("r{i}"), seen(lu)));
-            let mut m = NewMessage::test("h", &format!("m{i}"), "Observation", &format!("r{i}"));
-            m.payload = big.clone();
+            let m = NewMessage::test("h", &format!("m{i}"), "Observation", &format!("r{i}"))
+                .with_body(big.clone());
             msgs.push(m);
         }
         store

@@ -7,6 +7,7 @@
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
 mod backfill;
+mod change;
 mod dlq;
 mod files;
 mod filter;
@@ -20,10 +21,13 @@ mod poll;
 mod replay;
 mod report;
 mod schema;
+#[cfg(test)]
+mod size_tests;
 mod summary;
 pub use summary::Summary;
 
 pub use backfill::BackfillJob;
+pub use change::{ChangeRecord, MessageBody};
 pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
 pub use filter::MessageFilter;
 pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};

@@ -1,34 +1,47 @@
 //! The transactional outbox: messages waiting for, or done with, delivery.
 
+use super::change::{
+    BODY_COLUMNS, ChangeRecord, MessageBody, delete_change, insert_change, read_body,
+};
 use super::{StateError, Store, now_ms};
 use rusqlite::{Transaction, params};
+use std::sync::Arc;
 
-/// A message to enqueue, written in the same transaction as its page.
+/// A message to enqueue, written in the same transaction as its page: a
+/// hook and its message_id for a change. The messages of one change share
+/// it (the same `Arc`, next to each other): it is stored once.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub hook: String,
     pub message_id: String,
-    pub source: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub version_id: Option<String>,
-    pub event: &'static str,
-    pub payload: Vec<u8>,
+    pub change: Arc<ChangeRecord>,
 }
 
 #[cfg(test)]
 impl NewMessage {
+    /// A message of its own change of `rt/id` from source `s`, body `{}`.
     pub fn test(hook: &str, message_id: &str, rt: &str, id: &str) -> Self {
         NewMessage {
             hook: hook.into(),
             message_id: message_id.into(),
-            source: "s".into(),
-            resource_type: rt.into(),
-            resource_id: id.into(),
-            version_id: None,
-            event: "create",
-            payload: b"{}".to_vec(),
+            change: Arc::new(ChangeRecord {
+                id: 0,
+                source: "s".into(),
+                owner_id: "o".into(),
+                resource_type: rt.into(),
+                resource_id: id.into(),
+                version_id: None,
+                last_updated: None,
+                event: "create".into(),
+                detected_at: "2026-01-01T00:00:00Z".into(),
+                body: Some(b"{}".to_vec()),
+            }),
         }
+    }
+
+    pub fn with_body(mut self, body: Vec<u8>) -> Self {
+        Arc::make_mut(&mut self.change).body = Some(body);
+        self
     }
 }
 
@@ -40,7 +53,8 @@ pub struct Claimed {
     pub resource_type: String,
     pub resource_id: String,
     pub attempts: u32,
-    pub payload: Vec<u8>,
+    /// What to render for the hook (`MessageBody::render`).
+    pub body: MessageBody,
     /// When the message entered the outbox (our clock, ms), for latency metrics.
     pub created_at_ms: i64,
 }
@@ -59,7 +73,9 @@ pub enum DeliveryRecord {
     },
 }
 
-/// Same (hook, message_id) twice is ignored: re-reading a change never enqueues it twice.
+/// One change row per run of messages sharing a change, then one small row
+/// per message. Same (hook, message_id) twice is ignored: re-reading a
+/// change never enqueues it twice (and a change no message kept is removed).
 pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusqlite::Result<()> {
     if messages.is_empty() {
         return Ok(());
@@ -68,24 +84,35 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO outbox
             (hook, message_id, source, resource_type, resource_id, version_id, event,
-             state, created_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8)",
+             state, created_at, next_attempt_at, change_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?9)",
     )?;
-    let mut payload =
-        tx.prepare_cached("INSERT INTO outbox_payload (id, payload) VALUES (?1, ?2)")?;
-    for m in messages {
-        let inserted = stmt.execute(params![
-            m.hook,
-            m.message_id,
-            m.source,
-            m.resource_type,
-            m.resource_id,
-            m.version_id,
-            m.event,
-            now
-        ])?;
-        if inserted == 1 {
-            payload.execute(params![tx.last_insert_rowid(), m.payload])?;
+    let mut rest = messages;
+    while let Some(first) = rest.first() {
+        let n = rest
+            .iter()
+            .take_while(|m| Arc::ptr_eq(&m.change, &first.change))
+            .count();
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let c = &first.change;
+        let change_id = insert_change(tx, c)?;
+        let mut kept = 0;
+        for m in group {
+            kept += stmt.execute(params![
+                m.hook,
+                m.message_id,
+                c.source,
+                c.resource_type,
+                c.resource_id,
+                c.version_id,
+                c.event,
+                now,
+                change_id
+            ])?;
+        }
+        if kept == 0 {
+            delete_change(tx, change_id)?;
         }
     }
     Ok(())
@@ -111,18 +138,18 @@ impl Store {
             // a term it checks against the partial index's WHERE) every time the
             // statement cache hands it out, which cost more than the query itself.
             let in_flight = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
-                        (SELECT b.payload FROM outbox_payload b WHERE b.id = o.id), o.created_at
-                 FROM outbox o INDEXED BY outbox_by_state
+                        o.created_at, {BODY_COLUMNS}
+                 FROM outbox o INDEXED BY outbox_by_state LEFT JOIN change c ON c.id = o.change_id
                  WHERE o.hook = +?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                    AND o.id NOT IN (SELECT value FROM json_each(?4))
                    AND NOT EXISTS (
                        SELECT 1 FROM outbox p
                        WHERE p.hook = o.hook AND p.resource_type = o.resource_type
                          AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)
-                 ORDER BY o.id LIMIT ?3 + 0",
-            )?;
+                 ORDER BY o.id LIMIT ?3 + 0"
+            ))?;
             let rows = stmt.query_map(params![hook, now_ms(), limit as i64, in_flight], |r| {
                 Ok(Claimed {
                     id: r.get(0)?,
@@ -130,8 +157,8 @@ impl Store {
                     resource_type: r.get(2)?,
                     resource_id: r.get(3)?,
                     attempts: r.get(4)?,
-                    payload: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
-                    created_at_ms: r.get(6)?,
+                    created_at_ms: r.get(5)?,
+                    body: read_body(r, 6)?,
                 })
             })?;
             rows.collect()

@@ -1,9 +1,10 @@
 //! `replay`: delivered messages (kept for `retention`) back to pending, with
-//! their row, hook and message_id, so the daemon sends them again. A
-//! delivered message's payload is deleted on delivery (no PHI at rest), so a
-//! replay either finds it still stored (rare: delivered by an older version
-//! before migration 3 dropped it, or re-rendered and not yet sent) or stores
-//! a re-rendered one that the caller provides.
+//! their row, hook and message_id, so the daemon sends them again. The
+//! resource is deleted once no pending or dead message needs it (no PHI at
+//! rest), so a replayed message of a change is rendered at send time with
+//! the resource if another hook's message still kept it, else without.
+//! A message from before migration 7 is sent with its stored payload (rare:
+//! re-rendered and not yet sent) or one re-rendered by the caller.
 
 use super::filter::{MessageFilter, condition};
 use super::{StateError, Store, now_ms};
@@ -21,16 +22,24 @@ pub struct ReplayCandidate {
     pub event: String,
     pub created_at_ms: i64,
     pub done_at_ms: Option<i64>,
-    /// Whether its payload is still stored.
+    /// Whether its payload is still stored (messages from before migration 7).
     pub has_payload: bool,
+    /// Its change (`None`: from before migration 7): rendered when sent.
+    pub change_id: Option<i64>,
+    /// Whether the change's resource is still stored (another hook's message
+    /// still needs it), so it can be sent in full.
+    pub has_body: bool,
 }
 
 /// One message to requeue, with the payload to store when it has none.
 #[derive(Debug, Clone)]
 pub struct Requeue {
     pub id: i64,
-    /// `None`: send the payload still stored (a message without one is skipped).
+    /// `None`: send the payload still stored or render its change (a
+    /// message with neither is skipped).
     pub payload: Option<Vec<u8>>,
+    /// Only if its change's resource is still stored (a full-resource send).
+    pub need_body: bool,
 }
 
 impl Store {
@@ -46,7 +55,9 @@ impl Store {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT o.id, o.message_id, o.source, o.resource_type, o.resource_id,
                         o.version_id, o.event, o.created_at, o.done_at,
-                        EXISTS (SELECT 1 FROM outbox_payload b WHERE b.id = o.id)
+                        EXISTS (SELECT 1 FROM outbox_payload b WHERE b.id = o.id),
+                        o.change_id,
+                        EXISTS (SELECT 1 FROM change_body cb WHERE cb.id = o.change_id)
                  FROM outbox o WHERE o.hook = ?1 AND o.state = 'delivered' AND {}
                  ORDER BY o.id",
                 condition(2)
@@ -65,6 +76,8 @@ impl Store {
                     created_at_ms: r.get(7)?,
                     done_at_ms: r.get(8)?,
                     has_payload: r.get(9)?,
+                    change_id: r.get(10)?,
+                    has_body: r.get(11)?,
                 })
             })?;
             rows.collect()
@@ -87,19 +100,22 @@ impl Store {
                         (SELECT 1 FROM outbox WHERE id = ?1 AND state = 'delivered')
                      ON CONFLICT (id) DO NOTHING",
                 )?;
-                // Never pending without a payload: the worker would POST an empty body.
+                // Never pending with nothing to send: the worker would POST an
+                // empty body. Pending again, it keeps its change's resource.
                 let mut up = tx.prepare_cached(
                     "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2,
                         done_at = NULL, last_status = NULL, last_error = NULL
                      WHERE id = ?1 AND state = 'delivered'
-                       AND EXISTS (SELECT 1 FROM outbox_payload WHERE id = ?1)",
+                       AND (EXISTS (SELECT 1 FROM outbox_payload WHERE id = ?1)
+                            OR (change_id IS NOT NULL AND (NOT ?3 OR EXISTS
+                                (SELECT 1 FROM change_body cb WHERE cb.id = outbox.change_id))))",
                 )?;
                 let now = now_ms();
                 for item in items {
                     if let Some(payload) = &item.payload {
                         store_payload.execute(params![item.id, payload])?;
                     }
-                    n += up.execute(params![item.id, now])?;
+                    n += up.execute(params![item.id, now, item.need_body])?;
                 }
             }
             tx.commit()?;
@@ -115,16 +131,18 @@ mod tests {
     use crate::state::test_util::temp_store;
     use crate::state::{DeliveryRecord, NewMessage, PageCommit};
 
-    async fn delivered(store: &Store, ids: &[&str]) {
-        let msgs = ids
-            .iter()
-            .map(|m| NewMessage::test("h", m, "Observation", m))
-            .collect();
+    /// Messages `a` and `b` of hook `h`, delivered; `a`'s change is also
+    /// pending for hook `k`, which keeps its resource stored.
+    async fn delivered(store: &Store) {
+        let a = NewMessage::test("h", "a", "Observation", "a");
+        let mut k = a.clone();
+        k.hook = "k".into();
+        let b = NewMessage::test("h", "b", "Observation", "b");
         store
             .commit_page(PageCommit {
                 source: "s".into(),
                 resource_type: "Observation".into(),
-                messages: msgs,
+                messages: vec![a, k, b],
                 ..Default::default()
             })
             .await
@@ -137,16 +155,30 @@ mod tests {
         store.record_deliveries("h", done).await.unwrap();
     }
 
+    fn requeue(id: i64, need_body: bool) -> Requeue {
+        Requeue {
+            id,
+            payload: None,
+            need_body,
+        }
+    }
+
     #[tokio::test]
-    async fn delivered_messages_come_back_pending_with_a_payload_only() {
+    async fn delivered_messages_come_back_pending_with_what_they_can_send() {
         let (_d, store) = temp_store();
-        delivered(&store, &["a", "b"]).await;
+        delivered(&store).await;
         let found = store
             .replay_candidates("h", MessageFilter::default())
             .await
             .unwrap();
         assert_eq!(found.len(), 2);
-        assert!(found.iter().all(|c| !c.has_payload), "deleted on delivery");
+        assert!(
+            found
+                .iter()
+                .all(|c| !c.has_payload && c.change_id.is_some())
+        );
+        let bodies: Vec<_> = found.iter().map(|c| c.has_body).collect();
+        assert_eq!(bodies, [true, false], "b's resource went on delivery");
         let only_b = MessageFilter {
             resource_id: Some("b".into()),
             ..Default::default()
@@ -165,34 +197,42 @@ mod tests {
                 .is_empty()
         );
 
-        // `a` has no payload and none is given: left delivered.
+        // In full: only `a`, whose resource is still stored.
+        let (a_id, b_id) = (found[0].id, found[1].id);
         let n = store
-            .requeue_delivered(vec![
-                Requeue {
-                    id: found[0].id,
-                    payload: None,
-                },
-                Requeue {
-                    id: found[1].id,
-                    payload: Some(b"{\"again\":true}".to_vec()),
-                },
-            ])
+            .requeue_delivered(vec![requeue(a_id, true), requeue(b_id, true)])
             .await
             .unwrap();
         assert_eq!(n, 1);
+        // `b` without its resource (id-only).
+        assert_eq!(
+            store
+                .requeue_delivered(vec![requeue(b_id, false)])
+                .await
+                .unwrap(),
+            1
+        );
         let claimed = store.claim_due("h", vec![], 10).await.unwrap();
-        assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].message_id, "b");
-        assert_eq!(claimed[0].attempts, 0);
-        assert_eq!(claimed[0].payload, b"{\"again\":true}");
+        let got: Vec<_> = claimed
+            .iter()
+            .map(|c| (c.message_id.as_str(), c.attempts, c.body.raw()))
+            .collect();
+        assert_eq!(got, [("a", 0, b"{}".to_vec()), ("b", 0, vec![])]);
         // Requeued once: not delivered any more, so not again.
-        let again = store
-            .requeue_delivered(vec![Requeue {
-                id: found[1].id,
-                payload: Some(b"{}".to_vec()),
-            }])
+        assert_eq!(
+            store
+                .requeue_delivered(vec![requeue(a_id, false)])
+                .await
+                .unwrap(),
+            0
+        );
+        // Pending again, `a` keeps its resource after `k` is delivered.
+        let k = store.claim_due("k", vec![], 10).await.unwrap();
+        store
+            .record_delivery("k", k[0].id, DeliveryRecord::Delivered { status: 200 })
             .await
             .unwrap();
-        assert_eq!(again, 0);
+        let a = store.message_body(a_id).await.unwrap();
+        assert_eq!(a.raw(), b"{}");
     }
 }

@@ -128,6 +128,47 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (source, resource_type)
     );
     "#,
+    // 7: each detected change stored once, its messages (one per matching
+    // hook) refer to it, and the body is rendered for the hook at send time
+    // instead of stored per hook. Rows from before keep their stored payload
+    // (sent as is). The body has its own table for the reason payloads got
+    // theirs (3): deleted rows free whole pages, NULLed columns do not.
+    r#"
+    CREATE TABLE change (
+        id            INTEGER PRIMARY KEY,
+        source        TEXT NOT NULL,
+        owner_id      TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_id   TEXT NOT NULL,
+        version_id    TEXT,
+        last_updated  TEXT,              -- as the server wrote it
+        event         TEXT NOT NULL,     -- 'create' | 'update'
+        detected_at   TEXT NOT NULL      -- the payload's `time`
+    );
+    CREATE TABLE change_body (
+        id   INTEGER PRIMARY KEY,        -- change.id
+        body BLOB NOT NULL               -- the resource exactly as the server sent it
+    );
+    ALTER TABLE outbox ADD COLUMN change_id INTEGER;  -- change.id; NULL: a stored payload
+    CREATE INDEX outbox_by_change ON outbox (change_id) WHERE change_id IS NOT NULL;
+    -- PHI stays no longer than a pending or dead message needs it.
+    CREATE TRIGGER change_body_after_delivery AFTER UPDATE OF state ON outbox
+    WHEN new.change_id IS NOT NULL AND new.state = 'delivered'
+    BEGIN
+        DELETE FROM change_body WHERE id = new.change_id AND NOT EXISTS
+            (SELECT 1 FROM outbox WHERE change_id = new.change_id AND state != 'delivered');
+    END;
+    -- A message deleted (pruned, purged, a duplicate moved) takes along the
+    -- body no other undelivered message needs, and the change no message refers to.
+    CREATE TRIGGER change_follows_messages AFTER DELETE ON outbox
+    WHEN old.change_id IS NOT NULL
+    BEGIN
+        DELETE FROM change_body WHERE id = old.change_id AND NOT EXISTS
+            (SELECT 1 FROM outbox WHERE change_id = old.change_id AND state != 'delivered');
+        DELETE FROM change WHERE id = old.change_id AND NOT EXISTS
+            (SELECT 1 FROM outbox WHERE change_id = old.change_id);
+    END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -211,14 +252,14 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let claimed = store.claim_due("h", vec![], 10).await.unwrap();
         assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].payload, b"{\"n\":0}");
+        assert_eq!(claimed[0].body.raw(), b"{\"n\":0}");
         let sel = crate::state::DlqSelection {
             configured: vec!["h".into()],
             ..Default::default()
         };
         assert_eq!(store.redrive(sel).await.unwrap(), 1);
         let again = store.claim_due("h", vec![claimed[0].id], 10).await.unwrap();
-        assert_eq!(again[0].payload, b"{\"n\":2}");
+        assert_eq!(again[0].body.raw(), b"{\"n\":2}");
     }
 
     /// A reader never sees half a schema: an old database is an error that
