@@ -244,6 +244,29 @@ mod tests {
         assert_eq!(errs.get("broken"), Some(&1));
     }
 
+    /// One change for all matching hooks; its resource only when some hook
+    /// may send it.
+    #[test]
+    fn the_matching_hooks_share_one_change() {
+        let mut ids = route("ids", "true");
+        ids.content = Content::IdOnly;
+        let never = AtomicBool::new(false);
+        let (mut out, mut errs) = (vec![], HashMap::new());
+        let routes = vec![ids.clone(), route("full", "true")];
+        route_change(&change(), &routes, &mut out, &mut errs, &never).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(Arc::ptr_eq(&out[0].change, &out[1].change));
+        let c = &out[0].change;
+        assert_eq!(c.body.as_deref(), Some(change().raw.as_bytes()));
+        assert_eq!(
+            (c.event.as_str(), c.detected_at.as_str()),
+            ("create", change().time)
+        );
+        out.clear();
+        route_change(&change(), &[ids], &mut out, &mut errs, &never).unwrap();
+        assert_eq!(out[0].change.body, None, "no hook sends the resource");
+    }
+
     #[test]
     fn a_filter_over_its_budget_is_a_counted_non_match() {
         let routes = vec![

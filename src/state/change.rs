@@ -111,3 +111,7 @@ pub(super) fn delete_change(tx: &Transaction, id: i64) -> rusqlite::Result<()> {
         .execute(params![id])?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "change_tests.rs"]
+mod tests;

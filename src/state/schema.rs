@@ -172,20 +172,25 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// `migrate`, up to schema version `target` (tests build older databases).
+pub(super) fn migrate_to(conn: &mut Connection, target: usize) -> rusqlite::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() as i64 {
         return Err(newer_schema(version));
     }
-    if version == MIGRATIONS.len() as i64 {
+    if version >= target as i64 {
         return Ok(());
     }
     // All pending steps in one transaction: a reader (status, dlq list) sees
     // the schema before or after the upgrade, never half of it.
     let tx = conn.transaction()?;
-    for sql in MIGRATIONS.iter().skip(version as usize) {
+    for sql in MIGRATIONS.iter().take(target).skip(version as usize) {
         tx.execute_batch(sql)?;
     }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.pragma_update(None, "user_version", target as i64)?;
     tx.commit()
 }
 
