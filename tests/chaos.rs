@@ -254,8 +254,17 @@ async fn dead_letters_redrive_and_gone() {
             .unwrap_or(0)
     };
     let distinct_final = check(&writes, &[], "/hooks/broken", |_| true).expected;
-    wait_for(60, "the broken hook's messages in the DLQ", || {
-        dlq_count(&bridge) >= distinct_final
+    // Every message dead, none still pending: a version still retrying when
+    // the receiver recovers would overtake the older ones waiting in the
+    // DLQ (redrive is the operator's, later), and arrive out of order.
+    wait_for(60, "the broken hook's messages all in the DLQ", || {
+        let st = bridge.status_json();
+        let pending = st["hooks"]
+            .as_array()
+            .and_then(|hs| hs.iter().find(|h| h["name"] == "broken"))
+            .map(|h| h["pending"].as_i64().unwrap_or(-1))
+            .unwrap_or(-1);
+        pending == 0 && dlq_count(&bridge) >= distinct_final
     })
     .await;
     let dead: Vec<serde_json::Value> = serde_json::from_slice(
