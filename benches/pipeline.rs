@@ -11,13 +11,16 @@
 //! 4. scale: many poll targets against a server with (almost) no changes;
 //! 5. state size after the backlog;
 //! 6. backfill memory: peak RSS walking a large backlog that matches no hook;
-//! 7. the token cache: requests per token at 1,000 authenticated targets.
+//! 7. the token cache: requests per token at 1,000 authenticated targets;
+//! 8. telemetry: the cost of a poll's event and of a scrape at 10,000 targets.
 //!
 //! Sizes (env): BENCH_BACKLOG (100000), BENCH_RATE (50/s), BENCH_LATENCY_SECONDS (20),
 //! BENCH_SOURCES (1000) x 10 types, BENCH_SCALE_SECONDS (130), BENCH_BACKFILL (1000000),
 //! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_TOKEN_SOURCES (100) x 10 types, BENCH_TOKEN_SECONDS (90),
-//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,scale,backfill,tokens).
+//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,scale,backfill,tokens,telemetry).
 
+#[path = "pipeline/telemetry.rs"]
+mod telemetry;
 #[path = "pipeline/tokens.rs"]
 mod tokens;
 
@@ -590,6 +593,9 @@ fn main() {
                 env_or("BENCH_SCALE_SECONDS", 130),
             )
             .await;
+        }
+        if enabled("telemetry") {
+            telemetry::telemetry();
         }
         if enabled("tokens") {
             tokens::tokens(

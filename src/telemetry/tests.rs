@@ -508,51 +508,11 @@ fn the_alert_rules_use_only_metrics_the_bridge_defines() {
     }
 }
 
-/// What telemetry costs at 10,000 poll targets: one PollCompleted per poll,
-/// and a scrape of every series. `cargo test --release --lib cost -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement, not a check"]
-fn cost_at_ten_thousand_targets() {
-    let recorder = builder().build_recorder();
-    let handle = recorder.handle();
-    let targets: Vec<(String, String)> = (0..1000)
-        .flat_map(|s| (0..10).map(move |t| (format!("source-{s}"), format!("Type{t}"))))
-        .collect();
-    let started = std::time::Instant::now();
-    let rounds = 5;
-    metrics::with_local_recorder(&recorder, || {
-        for _ in 0..rounds {
-            for (s, rt) in &targets {
-                PollCompleted {
-                    source: s,
-                    resource_type: rt,
-                    outcome: Ok(0),
-                    duration: Duration::from_millis(3),
-                    pages: 1,
-                    resources: 2,
-                }
-                .emit();
-            }
-        }
-    });
-    let per_poll = started.elapsed() / (rounds * targets.len() as u32);
-    let started = std::time::Instant::now();
-    handle.run_upkeep();
-    let upkeep = started.elapsed();
-    let started = std::time::Instant::now();
-    let text = handle.render();
-    let render = started.elapsed();
-    println!(
-        "per poll: {per_poll:?}; upkeep: {upkeep:?}; render: {render:?}, {} lines, {} KB",
-        text.lines().count(),
-        text.len() / 1024
-    );
-}
-
-/// One gauge refresh at 10,000 targets: the state read and the gauge updates.
+/// One gauge refresh at 10,000 targets (the state read and the gauge
+/// updates) sees every target; its time is printed for the record (the
+/// benchmark's `telemetry` row measures it in a release build).
 #[tokio::test]
-#[ignore = "a measurement, not a check"]
-async fn gauge_refresh_cost_at_ten_thousand_targets() {
+async fn a_gauge_refresh_covers_ten_thousand_targets() {
     let (_d, store) = crate::state::test_util::temp_store();
     let mut toml = String::from("[[hook]]\nname = \"h\"\nurl = \"http://127.0.0.1:1/\"\n");
     for s in 0..1000 {
@@ -586,4 +546,5 @@ async fn gauge_refresh_cost_at_ten_thousand_targets() {
         started.elapsed(),
         snap.targets.len()
     );
+    assert_eq!(snap.targets.len(), 10_000);
 }
