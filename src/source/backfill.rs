@@ -9,12 +9,12 @@
 use super::bundle::{format_instant, parse_instant};
 use super::client::FhirClient;
 use super::errors::PollError;
-use super::page::{self, PageError, PageJob};
-use super::poll::search_url;
+use super::page::{self, PageJob};
+use super::poll::{FUTURE_TOLERANCE, next_link, search_url};
 use super::watermark::WatermarkTracker;
 use crate::config::Source;
 use crate::outbox::Route;
-use crate::state::{BackfillProgress, StateError, Store};
+use crate::state::{BackfillProgress, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -105,41 +105,16 @@ impl Backfill {
                 owner_id: self.source.owner_id.clone(),
                 resource_type: rt.to_string(),
                 window_start: Some(self.since),
-                horizon: Utc::now() + chrono::TimeDelta::seconds(60),
+                horizon: Utc::now() + FUTURE_TOLERANCE,
                 routes: self.routes.clone(),
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),
             };
-            let store = self.store.clone();
             let outcome =
-                tokio::task::spawn_blocking(move || page::process(&store, &job, &fetched.body))
-                    .await
-                    .map_err(|e| StateError::Task(e.to_string()))?
-                    .map_err(|e| match e {
-                        PageError::Bundle(error) => PollError::Bundle {
-                            resource_type: rt.to_string(),
-                            page: page_no,
-                            error,
-                        },
-                        PageError::State(e) => PollError::State(e),
-                    })?;
+                page::process_blocking(self.store.clone(), job, fetched.body, page_no).await?;
             status.total = status.total.or(outcome.total);
-            let next = match outcome.next.as_deref() {
-                None => None,
-                Some(link) => {
-                    let next = url.join(link).map_err(|_| PollError::BadNextLink {
-                        resource_type: rt.to_string(),
-                        page: page_no,
-                    })?;
-                    if !self.source.allows(&next) {
-                        return Err(PollError::ForeignNextLink {
-                            resource_type: rt.to_string(),
-                            page: page_no,
-                        });
-                    }
-                    Some(next)
-                }
-            };
+            // Committed before a bad next link fails the run, as a poll does.
+            let next = next_link(&self.source, &url, outcome.next.as_deref(), rt, page_no);
             let cursor = tracker.page(&outcome.instants, next.is_some());
             let mut commit = outcome.commit;
             commit.backfill = Some(BackfillProgress {
@@ -150,7 +125,7 @@ impl Backfill {
             status.changes += commit.changes as i64;
             self.store.commit_page(commit).await?;
             on_page(&status);
-            match next {
+            match next.transpose()? {
                 None => break,
                 Some(n) if visited.contains(n.as_str()) => {
                     return Err(PollError::NextLinkLoop {

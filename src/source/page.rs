@@ -57,6 +57,27 @@ pub(super) struct PageOutcome {
     pub created: u64,
 }
 
+/// `process` on the blocking pool, its errors as the poll's (page `page_no`).
+pub(super) async fn process_blocking(
+    store: Store,
+    job: PageJob,
+    body: Vec<u8>,
+    page_no: usize,
+) -> Result<PageOutcome, super::PollError> {
+    let rt = job.resource_type.clone();
+    tokio::task::spawn_blocking(move || process(&store, &job, &body))
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
+        .map_err(|e| match e {
+            PageError::Bundle(error) => super::PollError::Bundle {
+                resource_type: rt,
+                page: page_no,
+                error,
+            },
+            PageError::State(e) => super::PollError::State(e),
+        })
+}
+
 /// Runs on the blocking pool, on the filters' evaluation stack (one switch per
 /// page, not per resource; see `filter::with_eval_stack`).
 pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {

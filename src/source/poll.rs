@@ -5,14 +5,14 @@ use super::client::FhirClient;
 pub use super::errors::PollError;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
-use super::page::{self, PageError, PageJob};
+use super::page::{self, PageJob};
 use super::routing::RoutingRx;
 use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
-use crate::state::{PollOutcome, StateError, Store, TargetState, now_ms};
+use crate::state::{PollOutcome, Store, TargetState, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
@@ -32,7 +32,7 @@ const UNTIL_MARGIN_MS: i64 = 25;
 /// covers the clock estimate's own error (a Date header has whole seconds, a
 /// Bundle's meta.lastUpdated may be a little old) and stays below the
 /// default overlap, which re-reads what such an entry could have jumped over.
-const FUTURE_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+pub(super) const FUTURE_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// The page commits a dry run would have written.
 #[derive(Clone, Default)]
@@ -398,19 +398,8 @@ impl SourceTask {
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),
             };
-            let store = self.store.clone();
-            let body = fetched.body;
-            let page = tokio::task::spawn_blocking(move || page::process(&store, &job, &body))
-                .await
-                .map_err(|e| StateError::Task(e.to_string()))?
-                .map_err(|e| match e {
-                    PageError::Bundle(error) => PollError::Bundle {
-                        resource_type: rt.to_string(),
-                        page: page_no,
-                        error,
-                    },
-                    PageError::State(e) => PollError::State(e),
-                })?;
+            let page =
+                page::process_blocking(self.store.clone(), job, fetched.body, page_no).await?;
             if page.cancelled {
                 // Shutdown: nothing of this page is committed; it is read again.
                 return Ok(polled);
@@ -449,22 +438,7 @@ impl SourceTask {
             // A next link that cannot be followed fails the poll, but only
             // after this page is committed: its entries are the EHR's own, and
             // the watermark treats it as a page with more to come.
-            let next = page.next.as_deref().map(|link| {
-                let next = url.join(link).map_err(|_| PollError::BadNextLink {
-                    resource_type: rt.to_string(),
-                    page: page_no,
-                })?;
-                // Links elsewhere (unless in `allowed_origins`) are not
-                // followed: another host's resources are not this EHR's, and
-                // the search URL and credentials are not theirs to see.
-                if !self.source.allows(&next) {
-                    return Err(PollError::ForeignNextLink {
-                        resource_type: rt.to_string(),
-                        page: page_no,
-                    });
-                }
-                Ok(next)
-            });
+            let next = next_link(&self.source, &url, page.next.as_deref(), rt, page_no);
             let allowed = tracker.page(&page.instants, next.is_some());
             if let Some(new) = allowed.filter(|_| !drifted)
                 && watermark.is_none_or(|w| new > w)
@@ -534,6 +508,34 @@ impl SourceTask {
         }
         Ok(polled)
     }
+}
+
+/// A page's `next` link, resolved, and whether it may be followed. Links
+/// elsewhere (unless in `allowed_origins`) are not: another host's resources
+/// are not this EHR's, and the search URL and credentials are not theirs to
+/// see. The caller commits the page first either way: its entries are the
+/// EHR's own, and the watermark treats it as a page with more to come.
+pub(super) fn next_link(
+    source: &Source,
+    current: &Url,
+    link: Option<&str>,
+    rt: &str,
+    page: usize,
+) -> Option<Result<Url, PollError>> {
+    let link = link?;
+    let Ok(next) = current.join(link) else {
+        return Some(Err(PollError::BadNextLink {
+            resource_type: rt.to_string(),
+            page,
+        }));
+    };
+    if !source.allows(&next) {
+        return Some(Err(PollError::ForeignNextLink {
+            resource_type: rt.to_string(),
+            page,
+        }));
+    }
+    Some(Ok(next))
 }
 
 /// `[base]/{Type}?_lastUpdated=ge{since}&_lastUpdated=lt{until}&_sort=_lastUpdated&_count=...&{params}`.
