@@ -309,15 +309,18 @@ impl Store {
             let tx = c.transaction()?;
             let rows = select(&tx, &sel, true)?;
             let mut done = Moved::default();
+            let mut numbers = super::event_number::EventCounter::default();
             {
                 let mut dup = tx.prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM outbox WHERE hook = ?1 AND message_id = ?2
                                     AND id != ?3)",
                 )?;
                 let mut del = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+                // A moved message is a new event of its new hook: it gets that
+                // hook's next number.
                 let mut up = tx.prepare_cached(
                     "UPDATE outbox SET hook = ?2, state = 'pending', attempts = 0,
-                        next_attempt_at = ?3, done_at = NULL
+                        next_attempt_at = ?3, done_at = NULL, event_number = ?4
                      WHERE id = ?1",
                 )?;
                 let now = now_ms();
@@ -326,11 +329,13 @@ impl Store {
                         del.execute(params![id])?;
                         done.duplicates += 1;
                     } else {
-                        up.execute(params![id, to, now])?;
+                        up.execute(params![id, to, now, numbers.peek(&tx, &to)?])?;
+                        numbers.take(&to);
                         done.moved += 1;
                     }
                 }
             }
+            numbers.save(&tx)?;
             tx.commit()?;
             Ok(done)
         })

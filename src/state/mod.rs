@@ -9,6 +9,7 @@
 mod backfill;
 mod change;
 mod dlq;
+mod event_number;
 mod files;
 mod filter;
 mod gauges;

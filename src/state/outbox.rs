@@ -3,6 +3,7 @@
 use super::change::{
     BODY_COLUMNS, ChangeRecord, MessageBody, delete_change, insert_change, read_body,
 };
+use super::event_number::EventCounter;
 use super::{StateError, Store, now_ms};
 use rusqlite::{Transaction, params};
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct Claimed {
     pub resource_type: String,
     pub resource_id: String,
     pub attempts: u32,
+    /// The hook's event number for it; `None` for a message from before numbers.
+    pub event_number: Option<i64>,
     /// What to render for the hook (`MessageBody::render`).
     pub body: MessageBody,
     /// When the message entered the outbox (our clock, ms), for latency metrics.
@@ -82,11 +85,15 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
     }
     let now = now_ms();
     let mut stmt = tx.prepare_cached(
-        "INSERT OR IGNORE INTO outbox
+        // Only a (hook, message_id) already there is ignored: any other
+        // conflict (an event number) is an error, never a silent drop.
+        "INSERT INTO outbox
             (hook, message_id, source, resource_type, resource_id, version_id, event,
-             state, created_at, next_attempt_at, change_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?9)",
+             state, created_at, next_attempt_at, change_id, event_number)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?9, ?10)
+         ON CONFLICT (hook, message_id) DO NOTHING",
     )?;
+    let mut numbers = EventCounter::default();
     let mut rest = messages;
     while let Some(first) = rest.first() {
         let n = rest
@@ -99,7 +106,8 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
         let change_id = insert_change(tx, c)?;
         let mut kept = 0;
         for m in group {
-            kept += stmt.execute(params![
+            let number = numbers.peek(tx, &m.hook)?;
+            let inserted = stmt.execute(params![
                 m.hook,
                 m.message_id,
                 c.source,
@@ -108,14 +116,19 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
                 c.version_id,
                 c.event,
                 now,
-                change_id
+                change_id,
+                number
             ])?;
+            if inserted > 0 {
+                numbers.take(&m.hook);
+            }
+            kept += inserted;
         }
         if kept == 0 {
             delete_change(tx, change_id)?;
         }
     }
-    Ok(())
+    numbers.save(tx)
 }
 
 impl Store {
@@ -140,7 +153,7 @@ impl Store {
             let in_flight = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
-                        o.created_at, {BODY_COLUMNS}
+                        o.created_at, o.event_number, {BODY_COLUMNS}
                  FROM outbox o INDEXED BY outbox_by_state LEFT JOIN change c ON c.id = o.change_id
                  WHERE o.hook = +?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                    AND o.id NOT IN (SELECT value FROM json_each(?4))
@@ -158,7 +171,8 @@ impl Store {
                     resource_id: r.get(3)?,
                     attempts: r.get(4)?,
                     created_at_ms: r.get(5)?,
-                    body: read_body(r, 6)?,
+                    event_number: r.get(6)?,
+                    body: read_body(r, 7)?,
                 })
             })?;
             rows.collect()
@@ -394,5 +408,44 @@ mod tests {
         let dead = store.dead_letters(None).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].attempts, 2);
+    }
+
+    /// Numbers per hook from 1, consecutive across transactions; a duplicate
+    /// takes none; another hook counts on its own.
+    #[tokio::test]
+    async fn event_numbers_are_gap_free_per_hook() {
+        let (_d, store) = temp_store();
+        enqueue(
+            &store,
+            vec![
+                NewMessage::test("h", "a1", "Observation", "a"),
+                NewMessage::test("g", "a1", "Observation", "a"),
+                NewMessage::test("h", "a1", "Observation", "a"), // duplicate
+                NewMessage::test("h", "b1", "Observation", "b"),
+            ],
+        )
+        .await;
+        enqueue(
+            &store,
+            vec![
+                NewMessage::test("h", "b1", "Observation", "b"), // duplicate
+                NewMessage::test("h", "c1", "Observation", "c"),
+            ],
+        )
+        .await;
+        let numbers = |hook: &'static str| {
+            let store = store.clone();
+            async move {
+                let got = store.claim_due(hook, vec![], 10).await.unwrap();
+                got.iter()
+                    .map(|c| (c.message_id.clone(), c.event_number.unwrap()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            numbers("h").await,
+            [("a1".into(), 1), ("b1".into(), 2), ("c1".into(), 3)]
+        );
+        assert_eq!(numbers("g").await, [("a1".to_string(), 1)]);
     }
 }

@@ -169,6 +169,27 @@ const MIGRATIONS: &[&str] = &[
             (SELECT 1 FROM outbox WHERE change_id = old.change_id);
     END;
     "#,
+    // 8: FHIR-native notifications. Each message gets its hook's next event
+    // number when it is inserted (gap-free per hook, never reused: the counter
+    // lives in hook_stats and only grows); the hook's subscription status
+    // (handshake); and the last body of resources whose hooks' filters read
+    // `$previous`.
+    r#"
+    ALTER TABLE outbox ADD COLUMN event_number INTEGER;   -- NULL: a message from before
+    CREATE UNIQUE INDEX outbox_event_number ON outbox (hook, event_number)
+        WHERE event_number IS NOT NULL;
+    ALTER TABLE hook_stats ADD COLUMN events INTEGER NOT NULL DEFAULT 0;  -- last number given
+    ALTER TABLE hook_stats ADD COLUMN subscription_status TEXT;  -- 'requested' | 'active' | 'error'
+    ALTER TABLE hook_stats ADD COLUMN subscription_status_at INTEGER;
+    ALTER TABLE hook_stats ADD COLUMN subscription_error TEXT;
+    CREATE TABLE seen_body (
+        source        TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_id   TEXT NOT NULL,
+        body          BLOB NOT NULL,     -- the last version read, as the server sent it
+        PRIMARY KEY (source, resource_type, resource_id)
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
