@@ -8,6 +8,7 @@ mod diff;
 mod duration;
 mod fingerprint;
 mod hook_security;
+mod notification;
 mod origins;
 mod raw;
 mod schedule;
@@ -21,6 +22,7 @@ pub use admin::Admin;
 pub use diff::{ConfigDiff, Delta};
 pub use duration::HumanDuration;
 pub use fingerprint::Fingerprint;
+pub use notification::{Format, MAX_EVENTS_PER_BUNDLE, Notification};
 pub use schedule::Schedule;
 pub use tls::Tls;
 
@@ -182,6 +184,8 @@ impl std::fmt::Debug for ClientCredentials {
 pub enum Content {
     FullResource,
     IdOnly,
+    /// No resource and no focus: only that something happened (FHIR formats).
+    Empty,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +195,8 @@ pub struct Hook {
     pub sources: Vec<String>,
     pub filter: Arc<Filter>,
     pub content: Content,
+    /// Format, batching and heartbeats.
+    pub notification: Notification,
     pub max_attempts: u32,
     pub retry_schedule: Vec<Duration>,
     pub timeout: Duration,

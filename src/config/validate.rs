@@ -18,7 +18,7 @@ const DEFAULT_RETRY: [u64; 5] = [5, 60, 300, 1800, 7200];
 /// Retry delays, request timeouts and `max_pending_age` below this are refused:
 /// a `["0s"]` retry schedule hammers a failing receiver, a `"0s"` timeout fails
 /// every request.
-const MIN_SECOND: Duration = Duration::from_secs(1);
+pub(super) const MIN_SECOND: Duration = Duration::from_secs(1);
 /// The shortest `every`.
 const MIN_EVERY: Duration = Duration::from_millis(100);
 /// A cron schedule must tick within this long from now, or it "never fires".
@@ -76,7 +76,7 @@ impl Ctx<'_> {
     }
 
     /// A duration of at least `min`, or an error naming the key.
-    fn at_least(
+    pub(super) fn at_least(
         &self,
         what: &str,
         key: &str,
@@ -545,16 +545,7 @@ fn validate_hook(
         })?,
     };
 
-    let content = match h.content.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
-        None | Some(("full-resource", _)) => Content::FullResource,
-        Some(("id-only", _)) => Content::IdOnly,
-        Some((_, span)) => {
-            return Err(ctx.err(
-                span,
-                format!("{what}: `content` must be \"full-resource\" or \"id-only\""),
-            ));
-        }
-    };
+    let (content, notification) = super::notification::validate(ctx, &what, h)?;
 
     let max_attempts = match &h.max_attempts {
         Some(m) if *m.get_ref() == 0 => {
@@ -616,6 +607,7 @@ fn validate_hook(
         sources,
         filter: Arc::new(filter),
         content,
+        notification,
         max_attempts,
         retry_schedule,
         timeout,

@@ -1,5 +1,8 @@
-//! Payload formats: the seam where a webhook's body is built.
-//! Today: ZusHook-style JSON. A FHIR-native notification Bundle can join here.
+//! Payload formats: the seam where a webhook's body is built, at send time,
+//! from the stored change: ZusHook-style JSON, or a FHIR Subscriptions
+//! notification Bundle (`fhir`).
+
+pub mod fhir;
 
 use crate::config::Content;
 use crate::state::{ChangeRecord, MessageBody};
