@@ -3,7 +3,7 @@
 
 use super::duration::HumanDuration;
 use super::raw::{RawConfig, RawHook, RawSource};
-use super::{Config, ConfigError, Content, Hook, Schedule, Source, Start};
+use super::{Config, ConfigError, Hook, Schedule, Source, Start};
 use crate::filter::Filter;
 use std::collections::HashSet;
 use std::ops::Range;

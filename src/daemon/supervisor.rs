@@ -5,7 +5,7 @@
 
 use super::DaemonError;
 use crate::config::{Config, ConfigDiff, Hook, Source};
-use crate::delivery::{HookWorker, Sender};
+use crate::delivery::{ChannelInfo, HookWorker, Sender};
 use crate::outbox::Route;
 use crate::progress::Progress;
 use crate::source::client::FhirClient;
@@ -264,6 +264,11 @@ impl Supervisor {
             store: self.store.clone(),
             sender,
             wake: wake.clone(),
+            channel: hook
+                .notification
+                .format
+                .is_fhir()
+                .then(|| ChannelInfo::for_hook(&self.config, &hook)),
         };
         self.hooks
             .insert(hook.name.clone(), Running::spawn(|c| worker.run(c)));

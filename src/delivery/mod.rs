@@ -1,9 +1,12 @@
 //! Delivery: per-hook workers that POST outbox messages, at least once.
 
+mod channel;
+mod render;
 pub mod retry;
 mod sender;
 pub mod signature;
 mod worker;
 
+pub use channel::ChannelInfo;
 pub use sender::{Attempt, Sender};
 pub use worker::HookWorker;

@@ -131,7 +131,7 @@ impl Sender {
             .http
             .post(hook.url.clone())
             .timeout(hook.timeout)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(CONTENT_TYPE, HeaderValue::from_static(content_type(hook)))
             .header("webhook-timestamp", timestamp.to_string());
         for (name, value) in &hook.headers {
             req = req.header(name.as_str(), value.as_str());
@@ -200,5 +200,14 @@ fn token_failed(e: AuthError) -> Attempt {
         status: None,
         error: e.to_string(),
         retry_after: None,
+    }
+}
+
+/// FHIR notifications go as FHIR JSON, everything else as JSON.
+fn content_type(hook: &Hook) -> &'static str {
+    if hook.notification.format.is_fhir() {
+        "application/fhir+json"
+    } else {
+        "application/json"
     }
 }

@@ -2,6 +2,8 @@
 //! at most `concurrency` at once, never two versions of one resource at once.
 //! A slow or broken hook only ever occupies its own worker.
 
+use super::channel::{ChannelInfo, Keeper};
+use super::render::{Outgoing, render};
 use super::retry::next_delay;
 use super::sender::{Attempt, Sender};
 use crate::config::Hook;
@@ -55,6 +57,8 @@ pub struct HookWorker {
     pub wake: Arc<Notify>,
     /// Tells the watchdog by when this worker moves on again.
     pub beat: Beat,
+    /// For a FHIR-format hook: what its notifications say about it.
+    pub channel: Option<ChannelInfo>,
 }
 
 /// An outcome waiting to be written, and who waits for it.
@@ -63,7 +67,12 @@ type Pending = (i64, DeliveryRecord, oneshot::Sender<()>);
 /// Writes delivery outcomes in batches: one transaction for whatever has
 /// finished meanwhile, instead of one per message. A message stays in flight
 /// (not claimable) until its outcome is written.
-async fn record_batches(store: Store, hook: String, mut rx: mpsc::Receiver<Pending>) {
+async fn record_batches(
+    store: Store,
+    hook: String,
+    channel: bool,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -80,7 +89,7 @@ async fn record_batches(store: Store, hook: String, mut rx: mpsc::Receiver<Pendi
                 (id, rec)
             })
             .collect();
-        if let Err(e) = store.record_deliveries(&hook, records).await {
+        if let Err(e) = store.record_deliveries(&hook, records, channel).await {
             // These messages stay pending and are sent again, with the same message_ids.
             tracing::error!(hook = %hook, error = %e, "cannot record delivery outcomes");
             tokio::time::sleep(IDLE_POLL).await;
@@ -93,43 +102,76 @@ async fn record_batches(store: Store, hook: String, mut rx: mpsc::Receiver<Pendi
 
 impl HookWorker {
     pub async fn run(self, cancel: CancellationToken) {
-        let (record_tx, record_rx) = mpsc::channel(self.hook.concurrency * 2);
+        let per_post = self.hook.notification.max_events_per_bundle.max(1);
+        let (record_tx, record_rx) = mpsc::channel(self.hook.concurrency * per_post * 2);
         let recorder = tokio::spawn(record_batches(
             self.store.clone(),
             self.hook.name.clone(),
+            self.channel.is_some(),
             record_rx,
         ));
+        let mut keeper = self.channel.clone().map(Keeper::new);
         // Claim in batches: a query per few completions rather than per completion.
         let claim_at = (self.hook.concurrency / 4).max(1);
         let this = Arc::new(self);
+        // Messages in flight (not claimable again), and the POSTs carrying them.
         let mut in_flight: HashSet<i64> = HashSet::new();
-        let mut tasks: JoinSet<(i64, bool)> = JoinSet::new();
+        let mut tasks: JoinSet<(Vec<i64>, bool)> = JoinSet::new();
         let mut stopping = false;
         let mut disabled = DisabledCheck::default();
         // Each turn of the loop ends within IDLE_POLL, or when a delivery
-        // ends (each within the hook's timeout, twice with an OAuth refresh).
-        let allowance = IDLE_POLL + this.hook.timeout * 3 + Duration::from_secs(30);
+        // ends (each within the hook's timeout, twice with an OAuth refresh),
+        // or after a handshake or heartbeat (one POST).
+        let allowance = IDLE_POLL + this.hook.timeout * 6 + Duration::from_secs(30);
         loop {
             this.beat.expect_within(allowance);
-            let free = this.hook.concurrency.saturating_sub(in_flight.len());
+            let free = this.hook.concurrency.saturating_sub(tasks.len());
             let mut wait = IDLE_POLL;
-            let can_claim = free >= claim_at || (free > 0 && in_flight.is_empty());
-            if can_claim && !stopping && !disabled.is_disabled(&this.store, &this.hook.name).await {
+            let can_claim = free >= claim_at || (free > 0 && tasks.is_empty());
+            let mut active = !stopping && !disabled.is_disabled(&this.store, &this.hook.name).await;
+            if active && let Some(k) = keeper.as_mut() {
+                if let Err(retry_in) = k.ready(&this.store, &this.sender, &this.hook).await {
+                    active = false;
+                    wait = retry_in.min(IDLE_POLL);
+                } else if tasks.is_empty() {
+                    k.heartbeat_if_due(&this.store, &this.sender, &this.hook)
+                        .await;
+                }
+            }
+            if can_claim && active {
                 match this
                     .store
-                    .claim_due(&this.hook.name, in_flight.iter().copied().collect(), free)
+                    .claim_due(
+                        &this.hook.name,
+                        in_flight.iter().copied().collect(),
+                        free * per_post,
+                    )
                     .await
                 {
-                    Ok(batch) => {
-                        let filled = batch.len() == free;
-                        for msg in batch {
-                            in_flight.insert(msg.id);
+                    Ok(mut batch) => {
+                        let filled = batch.len() == free * per_post;
+                        // One POST per `per_post` messages, in event-number order.
+                        batch.sort_by_key(|m| (m.event_number, m.id));
+                        let mut rest = batch.into_iter().peekable();
+                        while rest.peek().is_some() {
+                            let msgs: Vec<Claimed> = rest.by_ref().take(per_post).collect();
+                            in_flight.extend(msgs.iter().map(|m| m.id));
+                            let outgoing = render(
+                                &this.hook,
+                                keeper.as_ref().map(|k| k.now()).as_ref(),
+                                &msgs,
+                            );
+                            if let Some(k) = keeper.as_mut() {
+                                k.sent();
+                            }
                             let worker = this.clone();
                             let record_tx = record_tx.clone();
-                            tasks.spawn(async move { worker.deliver(msg, record_tx).await });
+                            tasks.spawn(
+                                async move { worker.deliver(msgs, outgoing, record_tx).await },
+                            );
                         }
                         if !filled {
-                            wait = this.time_to_next_due().await;
+                            wait = wait.min(this.time_to_next_due().await);
                         }
                     }
                     Err(e) => {
@@ -137,22 +179,27 @@ impl HookWorker {
                     }
                 }
             }
+            if let Some(beat_in) = keeper.as_ref().and_then(|k| k.heartbeat_in(&this.hook)) {
+                wait = wait.min(beat_in.max(Duration::from_millis(10)));
+            }
             if stopping && tasks.is_empty() {
                 drop(record_tx);
                 let _ = recorder.await;
                 return;
             }
-            let free = this.hook.concurrency.saturating_sub(in_flight.len());
-            let full = !(free >= claim_at || (free > 0 && in_flight.is_empty()));
+            let free = this.hook.concurrency.saturating_sub(tasks.len());
+            let full = !(free >= claim_at || (free > 0 && tasks.is_empty()));
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((id, gone)) = done {
-                        in_flight.remove(&id);
+                    if let Ok((ids, gone)) = done {
+                        for id in ids {
+                            in_flight.remove(&id);
+                        }
                         if gone {
                             disabled.recheck_soon();
                         }
                     } else {
-                        // A panicked delivery task: its message stays pending and is retried.
+                        // A panicked delivery task: its messages stay pending and are retried.
                         in_flight.clear();
                         tasks.abort_all();
                     }
@@ -173,31 +220,59 @@ impl HookWorker {
         }
     }
 
-    /// Returns the message id, and whether the receiver said 410 Gone.
-    async fn deliver(&self, msg: Claimed, recorder: mpsc::Sender<Pending>) -> (i64, bool) {
+    /// POSTs `outgoing` (the rendering of `msgs`) and records the outcome
+    /// for each of them. Returns their ids, and whether the receiver said 410 Gone.
+    async fn deliver(
+        &self,
+        msgs: Vec<Claimed>,
+        outgoing: Outgoing,
+        recorder: mpsc::Sender<Pending>,
+    ) -> (Vec<i64>, bool) {
         let hook = &self.hook;
-        // Rendered for this hook now (its content mode), then signed and sent
-        // as these exact bytes.
-        let body = msg.body.render(&msg.message_id, hook.content);
-        let last_updated = crate::payload::last_updated(&body);
         let started = std::time::Instant::now();
-        let attempt = self.sender.post(hook, &msg.message_id, body).await;
+        // Signed and sent as these exact bytes.
+        let attempt = self.sender.post(hook, &outgoing.id, outgoing.body).await;
+        let duration = started.elapsed();
+        let mut acks = Vec::with_capacity(msgs.len());
+        let mut gone = false;
+        for msg in &msgs {
+            let (record, is_gone) = self.outcome(msg, &attempt, duration).await;
+            gone |= is_gone;
+            let (ack_tx, ack_rx) = oneshot::channel();
+            if recorder.send((msg.id, record, ack_tx)).await.is_ok() {
+                acks.push(ack_rx);
+            }
+        }
+        for ack in acks {
+            let _ = ack.await;
+        }
+        (msgs.iter().map(|m| m.id).collect(), gone)
+    }
+
+    /// What one attempt means for one of the messages it carried.
+    async fn outcome(
+        &self,
+        msg: &Claimed,
+        attempt: &Attempt,
+        duration: Duration,
+    ) -> (DeliveryRecord, bool) {
+        let hook = &self.hook;
         let attempts = msg.attempts + 1;
         DeliveryAttempted {
             hook: &hook.name,
             message_id: &msg.message_id,
             resource_type: &msg.resource_type,
             resource_id: &msg.resource_id,
-            attempt: &attempt,
+            attempt,
             attempts,
-            duration: started.elapsed(),
+            duration,
             created_at_ms: msg.created_at_ms,
-            last_updated,
+            last_updated: msg.body.last_updated(),
         }
         .emit();
         let action = attempt.action();
         let gone = action == RetryAction::Disable;
-        let record = match attempt {
+        let record = match attempt.clone() {
             Attempt::Delivered { status } => DeliveryRecord::Delivered { status },
             Attempt::Failed { status, error, .. } if action == RetryAction::Disable => {
                 // 410 Gone: the receiver says this endpoint is no more. Stop sending
@@ -280,10 +355,6 @@ impl HookWorker {
                 }
             }
         };
-        let (ack_tx, ack_rx) = oneshot::channel();
-        if recorder.send((msg.id, record, ack_tx)).await.is_ok() {
-            let _ = ack_rx.await;
-        }
-        (msg.id, gone)
+        (record, gone)
     }
 }

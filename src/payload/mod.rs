@@ -112,6 +112,19 @@ impl MessageBody {
             MessageBody::Missing => Vec::new(),
         }
     }
+
+    /// The resource's `lastUpdated`, for the end-to-end latency metric.
+    pub fn last_updated(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            MessageBody::Stored(p) => last_updated(p),
+            MessageBody::Change(c) => c
+                .last_updated
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.to_utc()),
+            MessageBody::Missing => None,
+        }
+    }
 }
 
 /// The resource's `lastUpdated` in a payload built by `zus_hook`, for the

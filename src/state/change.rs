@@ -36,6 +36,17 @@ pub enum MessageBody {
     Missing,
 }
 
+impl MessageBody {
+    /// Drops the resource bytes (a reader that must not hand them out).
+    pub fn forget_resource(&mut self) {
+        match self {
+            MessageBody::Change(c) => c.body = None,
+            MessageBody::Stored(_) => *self = MessageBody::Missing,
+            MessageBody::Missing => {}
+        }
+    }
+}
+
 #[cfg(test)]
 impl MessageBody {
     /// The stored payload, or the change's resource bytes: what a test enqueued.

@@ -44,7 +44,7 @@ async fn enqueue(store: &Store, messages: Vec<NewMessage>) {
 async fn settle(store: &Store, hook: &str, record: DeliveryRecord) {
     let claimed = store.claim_due(hook, vec![], 10).await.unwrap();
     let records = claimed.iter().map(|c| (c.id, record.clone())).collect();
-    store.record_deliveries(hook, records).await.unwrap();
+    store.record_deliveries(hook, records, false).await.unwrap();
 }
 
 fn dead() -> DeliveryRecord {

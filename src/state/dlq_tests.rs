@@ -37,7 +37,7 @@ async fn settle(store: &Store, hook: &str, dead: bool) {
             (c.id, r)
         })
         .collect();
-    store.record_deliveries(hook, records).await.unwrap();
+    store.record_deliveries(hook, records, false).await.unwrap();
 }
 
 /// `old`: 1 dead + 2 pending; `gone`: delivered only; `a`: 1 dead.

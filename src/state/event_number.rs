@@ -49,7 +49,6 @@ impl EventCounter {
 }
 
 /// The last event number given to `hook` (0: none yet).
-#[allow(dead_code)] // used by the admin endpoints (next commit)
 pub(super) fn events_since_start(conn: &rusqlite::Connection, hook: &str) -> rusqlite::Result<i64> {
     Ok(conn
         .prepare_cached("SELECT events FROM hook_stats WHERE hook = ?1")?

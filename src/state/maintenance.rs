@@ -138,7 +138,7 @@ mod tests {
                 )
             })
             .collect();
-        store.record_deliveries("h", done).await.unwrap();
+        store.record_deliveries("h", done, false).await.unwrap();
         let freed = store.reclaim_space().await.unwrap();
         assert!(freed > 6_000_000, "{freed}");
         // Nothing more to give back right after.

@@ -8,6 +8,7 @@
 
 mod backfill;
 mod change;
+mod channel;
 mod dlq;
 mod event_number;
 mod files;
@@ -29,6 +30,7 @@ pub use summary::Summary;
 
 pub use backfill::BackfillJob;
 pub use change::{ChangeRecord, MessageBody};
+pub use channel::{ChannelState, MAX_EVENTS_PER_QUERY, RetainedEvent};
 pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
 pub use filter::MessageFilter;
 pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
@@ -255,7 +257,7 @@ mod tests {
                 .iter()
                 .map(|c| (c.id, DeliveryRecord::Delivered { status: 200 }))
                 .collect();
-            store.record_deliveries("h", done).await.unwrap();
+            store.record_deliveries("h", done, false).await.unwrap();
             store.next_due_ms("h").await.unwrap();
             store.hook_disabled("h").await.unwrap();
             store

@@ -200,19 +200,26 @@ impl Store {
         id: i64,
         record: DeliveryRecord,
     ) -> Result<(), StateError> {
-        self.record_deliveries(hook, vec![(id, record)]).await
+        self.record_deliveries(hook, vec![(id, record)], false)
+            .await
     }
 
-    /// Records many attempts' outcomes in one transaction.
+    /// Records many attempts' outcomes in one transaction. With `channel` (a
+    /// FHIR-format hook), an `active` or `error` subscription status follows
+    /// the last outcome.
     pub async fn record_deliveries(
         &self,
         hook: &str,
         records: Vec<(i64, DeliveryRecord)>,
+        channel: bool,
     ) -> Result<(), StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction()?;
+            let last_ok = records
+                .last()
+                .map(|(_, r)| matches!(r, DeliveryRecord::Delivered { .. }));
             let (mut delivered, mut failed, mut last_error) = (0, 0, None);
             {
                 let mut ok = tx.prepare_cached(
@@ -262,6 +269,16 @@ impl Store {
                 )?
                 .execute(params![hook, failed, last_error, now])?;
             }
+            if let (true, Some(ok)) = (channel, last_ok) {
+                // `requested` changes only with a handshake.
+                tx.prepare_cached(
+                    "UPDATE hook_stats SET subscription_status = ?2, subscription_status_at = ?3,
+                        subscription_error = CASE WHEN ?2 = 'error' THEN last_error END
+                     WHERE hook = ?1 AND subscription_status IN ('active', 'error')
+                       AND subscription_status != ?2",
+                )?
+                .execute(params![hook, if ok { "active" } else { "error" }, now])?;
+            }
             tx.commit()
         })
         .await
@@ -288,7 +305,9 @@ impl Store {
         self.call(move |c| {
             let n = c
                 .prepare_cached(
-                    "UPDATE hook_stats SET disabled_at = NULL, disabled_reason = NULL
+                    // A FHIR channel starts over with a handshake.
+                    "UPDATE hook_stats SET disabled_at = NULL, disabled_reason = NULL,
+                        subscription_status = 'requested'
                      WHERE hook = ?1 AND disabled_at IS NOT NULL",
                 )?
                 .execute(params![hook])?;

@@ -152,7 +152,7 @@ mod tests {
             .iter()
             .map(|c| (c.id, DeliveryRecord::Delivered { status: 200 }))
             .collect();
-        store.record_deliveries("h", done).await.unwrap();
+        store.record_deliveries("h", done, false).await.unwrap();
     }
 
     fn requeue(id: i64, need_body: bool) -> Requeue {

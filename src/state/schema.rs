@@ -189,6 +189,14 @@ const MIGRATIONS: &[&str] = &[
         body          BLOB NOT NULL,     -- the last version read, as the server sent it
         PRIMARY KEY (source, resource_type, resource_id)
     );
+    -- Messages from before get their numbers in the order they were detected.
+    UPDATE outbox SET event_number = (
+        SELECT n FROM (SELECT id, row_number() OVER (PARTITION BY hook ORDER BY id) AS n
+                       FROM outbox) r
+        WHERE r.id = outbox.id);
+    INSERT INTO hook_stats (hook, events)
+        SELECT hook, max(event_number) FROM outbox WHERE true GROUP BY hook
+        ON CONFLICT (hook) DO UPDATE SET events = excluded.events;
     "#,
 ];
 

@@ -13,6 +13,7 @@ pub const END_TO_END_LATENCY: &str = "fhir_bridge_end_to_end_latency_seconds";
 pub const ATTEMPTS_PER_MESSAGE: &str = "fhir_bridge_delivery_attempts_per_message";
 pub const RETRIES: &str = "fhir_bridge_retries_scheduled_total";
 pub const DEAD_LETTERED: &str = "fhir_bridge_dead_lettered_total";
+pub const CHANNEL_NOTIFICATIONS: &str = "fhir_bridge_channel_notifications_total";
 
 /// The target these log lines had before they moved here (log filters).
 const WORKER_TARGET: &str = "fhir_bridge::delivery::worker";
@@ -139,5 +140,30 @@ pub struct HookDisabled<'a> {
 impl Event for HookDisabled<'_> {
     fn emit(self) {
         tracing::error!(target: WORKER_TARGET, hook = %self.hook, message_id = %self.message_id, "receiver answered 410 Gone; hook disabled until `fhir-bridge hook enable {}`", self.hook);
+    }
+}
+
+/// A handshake or heartbeat of a FHIR-format hook, whatever its answer.
+pub struct ChannelNotified<'a> {
+    pub hook: &'a str,
+    /// `handshake` or `heartbeat`.
+    pub kind: &'static str,
+    pub attempt: &'a Attempt,
+}
+
+impl Event for ChannelNotified<'_> {
+    fn emit(self) {
+        let outcome = match self.attempt {
+            Attempt::Delivered { status } => {
+                tracing::info!(target: WORKER_TARGET, hook = %self.hook, kind = self.kind, status, "subscription notification acknowledged");
+                "delivered"
+            }
+            Attempt::Failed { status, error, .. } => {
+                tracing::warn!(target: WORKER_TARGET, hook = %self.hook, kind = self.kind, status, error = %error, "subscription notification failed");
+                "failed"
+            }
+        };
+        counter!(CHANNEL_NOTIFICATIONS, "hook" => self.hook.to_string(), "type" => self.kind, "outcome" => outcome)
+            .increment(1);
     }
 }

@@ -43,6 +43,7 @@ pub const ALL: &[&str] = &[
     delivery::ATTEMPTS_PER_MESSAGE,
     delivery::RETRIES,
     delivery::DEAD_LETTERED,
+    delivery::CHANNEL_NOTIFICATIONS,
     auth::TOKEN_REFRESHES,
     gauges::OUTBOX_PENDING,
     gauges::DEAD_LETTERS,
@@ -157,6 +158,10 @@ fn describe() {
     describe_counter!(
         delivery::DEAD_LETTERED,
         "Messages moved to the dead-letter queue (attempts exhausted)"
+    );
+    describe_counter!(
+        delivery::CHANNEL_NOTIFICATIONS,
+        "Handshakes and heartbeats of FHIR-format hooks, by type and outcome"
     );
     describe_counter!(
         auth::TOKEN_REFRESHES,

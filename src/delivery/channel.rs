@@ -1,0 +1,233 @@
+//! The subscription channel of a FHIR-format hook: a handshake before the
+//! first event (and after `hook enable`), the status it leads to, and a
+//! heartbeat whenever nothing else was sent for `heartbeat_period`.
+//!
+//! The status lives in the state (`requested` until a handshake gets a 2xx,
+//! then `active`, `error` after a failed attempt); events wait, pending,
+//! while the handshake fails.
+
+use super::render::ChannelNow;
+use super::retry::next_delay;
+use super::sender::{Attempt, Sender};
+use crate::config::{Config, Hook};
+use crate::payload::fhir::{NotificationType, notification};
+use crate::retry_action::RetryAction;
+use crate::state::{ChannelState, Store};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Namespace for handshake and heartbeat ids.
+const CHANNEL_NS: Uuid = Uuid::from_u128(0x51d7_a3e9_6c08_4f2b_8e4d_0b7a_c9f3_1e62);
+
+/// How often the cached status is read again (`hook enable` may reset it).
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// What the notifications of a hook say about it, fixed while it runs.
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    /// The subscription's reference: where `$status` and `$events` answer
+    /// (the admin listener) or, without one, a URN naming the hook.
+    pub subscription: String,
+    /// The topic's canonical URL.
+    pub topic: String,
+    /// Each source's base URL (no trailing slash), for `fullUrl` and `focus`.
+    pub bases: HashMap<String, String>,
+}
+
+impl ChannelInfo {
+    pub fn for_hook(config: &Config, hook: &Hook) -> ChannelInfo {
+        let subscription = match &config.admin {
+            Some(admin) => format!("http://{}/hooks/{}", admin.listen, hook.name),
+            None => format!("urn:fhir-bridge:hook:{}", hook.name),
+        };
+        ChannelInfo {
+            subscription,
+            topic: format!("urn:fhir-bridge:topic:{}", hook.name),
+            bases: config
+                .sources
+                .iter()
+                .map(|s| {
+                    let base = s.base_url.as_str().trim_end_matches('/').to_string();
+                    (s.name.clone(), base)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How a channel POST went, for the worker.
+pub(super) enum Sent {
+    Ok,
+    Failed,
+    /// 410 Gone: the hook is disabled.
+    Gone,
+}
+
+pub(super) struct Keeper {
+    pub info: ChannelInfo,
+    state: ChannelState,
+    read_at: Option<Instant>,
+    /// When anything (event, handshake, heartbeat) was last POSTed.
+    last_sent: Instant,
+    handshake_failures: u32,
+    next_handshake: Instant,
+}
+
+impl Keeper {
+    pub fn new(info: ChannelInfo) -> Keeper {
+        Keeper {
+            info,
+            state: ChannelState {
+                events: 0,
+                status: None,
+                error: None,
+            },
+            read_at: None,
+            last_sent: Instant::now(),
+            handshake_failures: 0,
+            next_handshake: Instant::now(),
+        }
+    }
+
+    async fn refresh(&mut self, store: &Store, hook: &str) {
+        if self.read_at.is_some_and(|t| t.elapsed() < REFRESH) {
+            return;
+        }
+        match store.channel_state(hook).await {
+            Ok(s) => {
+                self.state = s;
+                self.read_at = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(hook, error = %e, "cannot read the subscription status"),
+        }
+    }
+
+    /// The channel as a notification states it now.
+    pub fn now(&self) -> ChannelNow<'_> {
+        ChannelNow {
+            info: &self.info,
+            status: self.state.status(),
+            events_since_start: self.state.events,
+        }
+    }
+
+    pub fn sent(&mut self) {
+        self.last_sent = Instant::now();
+    }
+
+    /// Whether events may go: a due handshake is sent first (and until it
+    /// gets a 2xx, events wait). `Err` with how long to wait before trying again.
+    pub async fn ready(
+        &mut self,
+        store: &Store,
+        sender: &Sender,
+        hook: &Hook,
+    ) -> Result<(), Duration> {
+        self.refresh(store, &hook.name).await;
+        if !self.state.needs_handshake() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now < self.next_handshake {
+            return Err(self.next_handshake - now);
+        }
+        match self
+            .post(store, sender, hook, NotificationType::Handshake)
+            .await
+        {
+            Sent::Ok => {
+                self.handshake_failures = 0;
+                Ok(())
+            }
+            Sent::Failed | Sent::Gone => {
+                self.handshake_failures += 1;
+                let delay = next_delay(
+                    &hook.retry_schedule,
+                    self.handshake_failures,
+                    u32::MAX,
+                    None,
+                    fastrand::f64(),
+                )
+                .unwrap_or(REFRESH);
+                self.next_handshake = Instant::now() + delay;
+                Err(delay)
+            }
+        }
+    }
+
+    /// How long until a heartbeat is due (`None`: the hook sends none).
+    pub fn heartbeat_in(&self, hook: &Hook) -> Option<Duration> {
+        let period = hook.notification.heartbeat_period?;
+        Some(period.saturating_sub(self.last_sent.elapsed()))
+    }
+
+    /// Sends a heartbeat if one is due (nothing else sent for the period).
+    pub async fn heartbeat_if_due(&mut self, store: &Store, sender: &Sender, hook: &Hook) {
+        if self.heartbeat_in(hook) != Some(Duration::ZERO) || self.state.needs_handshake() {
+            return;
+        }
+        self.post(store, sender, hook, NotificationType::Heartbeat)
+            .await;
+    }
+
+    /// POSTs a handshake or heartbeat and records the status it leads to.
+    async fn post(
+        &mut self,
+        store: &Store,
+        sender: &Sender,
+        hook: &Hook,
+        kind: NotificationType,
+    ) -> Sent {
+        let stamp = crate::state::now_ms();
+        let id = Uuid::new_v5(
+            &CHANNEL_NS,
+            format!("{}\n{}\n{stamp}", hook.name, kind.as_str()).as_bytes(),
+        )
+        .to_string();
+        let now = crate::source::bundle::format_instant(chrono::Utc::now());
+        let body = {
+            let ch = self.now();
+            notification(&ch.channel(hook), kind, hook.content, &[], &id, &now)
+        };
+        self.sent();
+        let attempt = sender.post(hook, &id, body).await;
+        let handshake = kind == NotificationType::Handshake;
+        let (status, error, sent) = match &attempt {
+            Attempt::Delivered { .. } => ("active", None, Sent::Ok),
+            Attempt::Failed { error, .. } => {
+                let gone = attempt.action() == RetryAction::Disable;
+                let status = if handshake { "requested" } else { "error" };
+                let sent = if gone { Sent::Gone } else { Sent::Failed };
+                (status, Some(format!("{}: {error}", kind.as_str())), sent)
+            }
+        };
+        crate::telemetry::Event::emit(crate::telemetry::delivery::ChannelNotified {
+            hook: &hook.name,
+            kind: kind.as_str(),
+            attempt: &attempt,
+        });
+        if matches!(sent, Sent::Gone)
+            && let Err(e) = store
+                .disable_hook(&hook.name, "receiver answered 410 Gone")
+                .await
+        {
+            tracing::error!(hook = %hook.name, error = %e, "cannot record that the hook is disabled");
+        }
+        if self.state.status.as_deref() != Some(status) || error.is_some() {
+            match store
+                .set_channel_status(&hook.name, status, error.clone())
+                .await
+            {
+                Ok(()) => {
+                    self.state.status = Some(status.to_string());
+                    self.state.error = error;
+                }
+                Err(e) => {
+                    tracing::error!(hook = %hook.name, error = %e, "cannot record the subscription status")
+                }
+            }
+        }
+        sent
+    }
+}

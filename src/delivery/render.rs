@@ -1,0 +1,106 @@
+//! What one POST carries: one claimed message rendered for its hook, or
+//! (FHIR formats) up to `max_events_per_bundle` of them in one notification.
+
+use super::channel::ChannelInfo;
+use crate::config::Hook;
+use crate::payload::fhir::{Channel, NotificationType, NumberedEvent, notification};
+use crate::state::{ChangeRecord, Claimed, MessageBody};
+use std::borrow::Cow;
+use uuid::Uuid;
+
+/// Namespace for the ids of notifications that carry several messages.
+const BUNDLE_NS: Uuid = Uuid::from_u128(0x9b2e_51c4_0d7a_4e38_b6f1_2a9c_e4d0_7f15);
+
+/// A POST ready to go: its webhook id and body.
+pub(super) struct Outgoing {
+    pub id: String,
+    pub body: Vec<u8>,
+}
+
+/// The live facts a FHIR notification states besides its events.
+pub(super) struct ChannelNow<'a> {
+    pub info: &'a ChannelInfo,
+    pub status: &'a str,
+    pub events_since_start: i64,
+}
+
+impl ChannelNow<'_> {
+    pub fn channel(&self, hook: &Hook) -> Channel<'_> {
+        Channel {
+            format: hook.notification.format,
+            subscription: &self.info.subscription,
+            topic: &self.info.topic,
+            status: self.status,
+            events_since_start: self.events_since_start,
+        }
+    }
+}
+
+/// The id of a notification of these messages: the message's own id for
+/// one, a stable id derived from all of them for several (a retry of the
+/// same batch carries the same id).
+pub(super) fn notification_id(msgs: &[Claimed]) -> String {
+    match msgs {
+        [one] => one.message_id.clone(),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|m| m.message_id.as_str()).collect();
+            Uuid::new_v5(&BUNDLE_NS, ids.join("\n").as_bytes()).to_string()
+        }
+    }
+}
+
+/// Renders `msgs` (one, unless the hook batches) for `hook`.
+pub(super) fn render(hook: &Hook, channel: Option<&ChannelNow>, msgs: &[Claimed]) -> Outgoing {
+    let id = notification_id(msgs);
+    let Some(channel) = channel.filter(|_| hook.notification.format.is_fhir()) else {
+        let body = msgs
+            .first()
+            .map(|m| m.body.render(&m.message_id, hook.content))
+            .unwrap_or_default();
+        return Outgoing { id, body };
+    };
+    let records: Vec<Cow<ChangeRecord>> = msgs.iter().map(change_of).collect();
+    let events: Vec<NumberedEvent> = msgs
+        .iter()
+        .zip(&records)
+        .map(|(m, c)| NumberedEvent {
+            number: m.event_number.unwrap_or(0),
+            change: c,
+            base_url: channel.info.bases.get(&c.source).map(String::as_str),
+        })
+        .collect();
+    let mut ch = channel.channel(hook);
+    // Events numbered since the channel state was read.
+    let newest = events.iter().map(|e| e.number).max().unwrap_or(0);
+    ch.events_since_start = ch.events_since_start.max(newest);
+    let now = crate::source::bundle::format_instant(chrono::Utc::now());
+    let body = notification(
+        &ch,
+        NotificationType::EventNotification,
+        hook.content,
+        &events,
+        &id,
+        &now,
+    );
+    Outgoing { id, body }
+}
+
+/// The message's change; a message stored before changes were (a rendered
+/// payload) or whose change is gone is sent by reference only.
+fn change_of(m: &Claimed) -> Cow<'_, ChangeRecord> {
+    match &m.body {
+        MessageBody::Change(c) => Cow::Borrowed(c),
+        MessageBody::Stored(_) | MessageBody::Missing => Cow::Owned(ChangeRecord {
+            id: 0,
+            source: String::new(),
+            owner_id: String::new(),
+            resource_type: m.resource_type.clone(),
+            resource_id: m.resource_id.clone(),
+            version_id: None,
+            last_updated: None,
+            event: "update".into(),
+            detected_at: crate::source::bundle::format_instant(chrono::Utc::now()),
+            body: None,
+        }),
+    }
+}

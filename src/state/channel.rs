@@ -1,0 +1,165 @@
+//! A FHIR-format hook's subscription channel: its status (`requested` until a
+//! handshake gets a 2xx, then `active`, `error` after a failed attempt) and
+//! the events still retained for `$events`.
+
+use super::change::{BODY_COLUMNS, MessageBody, read_body};
+use super::event_number::events_since_start;
+use super::{StateError, Store, now_ms};
+use rusqlite::{OptionalExtension, params};
+
+/// Most events one `$events` answer carries.
+pub const MAX_EVENTS_PER_QUERY: i64 = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelState {
+    /// The hook's last event number.
+    pub events: i64,
+    /// `None`: never handshaken (the same as `requested`).
+    pub status: Option<String>,
+    /// What the last failed handshake or notification said (PHI-free).
+    pub error: Option<String>,
+}
+
+impl ChannelState {
+    /// A handshake is due before any event goes out.
+    pub fn needs_handshake(&self) -> bool {
+        matches!(self.status.as_deref(), None | Some("requested"))
+    }
+
+    pub fn status(&self) -> &str {
+        self.status.as_deref().unwrap_or("requested")
+    }
+}
+
+/// One retained event of a hook, for `$events`.
+#[derive(Debug, Clone)]
+pub struct RetainedEvent {
+    pub number: i64,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub body: MessageBody,
+}
+
+impl Store {
+    pub async fn channel_state(&self, hook: &str) -> Result<ChannelState, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT events, subscription_status, subscription_error
+                     FROM hook_stats WHERE hook = ?1",
+                )?
+                .query_row(params![hook], |r| {
+                    Ok(ChannelState {
+                        events: r.get(0)?,
+                        status: r.get(1)?,
+                        error: r.get(2)?,
+                    })
+                })
+                .optional()?;
+            Ok(row.unwrap_or(ChannelState {
+                events: events_since_start(c, &hook)?,
+                status: None,
+                error: None,
+            }))
+        })
+        .await
+    }
+
+    /// Records the channel's status; `error` is kept only with a failure.
+    pub async fn set_channel_status(
+        &self,
+        hook: &str,
+        status: &str,
+        error: Option<String>,
+    ) -> Result<(), StateError> {
+        let (hook, status) = (hook.to_string(), status.to_string());
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO hook_stats (hook, subscription_status, subscription_status_at,
+                    subscription_error)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (hook) DO UPDATE SET subscription_status = ?2,
+                    subscription_status_at = ?3, subscription_error = ?4",
+            )?
+            .execute(params![hook, status, now_ms(), error])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The hook's events numbered `since..=until` still in the outbox (pending,
+    /// dead, or delivered and not yet pruned), in number order, at most
+    /// `MAX_EVENTS_PER_QUERY`. Bodies come along only when `with_bodies`.
+    pub async fn retained_events(
+        &self,
+        hook: &str,
+        since: i64,
+        until: i64,
+        with_bodies: bool,
+    ) -> Result<Vec<RetainedEvent>, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT o.event_number, o.resource_type, o.resource_id, {BODY_COLUMNS}
+                 FROM outbox o LEFT JOIN change c ON c.id = o.change_id
+                 WHERE o.hook = ?1 AND o.event_number BETWEEN ?2 AND ?3
+                 ORDER BY o.event_number LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(params![hook, since, until, MAX_EVENTS_PER_QUERY], |r| {
+                let mut body = read_body(r, 3)?;
+                if !with_bodies {
+                    body.forget_resource();
+                }
+                Ok(RetainedEvent {
+                    number: r.get(0)?,
+                    resource_type: r.get(1)?,
+                    resource_id: r.get(2)?,
+                    body,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_util::temp_store;
+    use crate::state::{NewMessage, PageCommit};
+
+    #[tokio::test]
+    async fn status_starts_requested_and_events_are_read_by_number() {
+        let (_d, store) = temp_store();
+        let s = store.channel_state("h").await.unwrap();
+        assert!(s.needs_handshake());
+        assert_eq!((s.events, s.status()), (0, "requested"));
+        let messages = (0..5)
+            .map(|i| NewMessage::test("h", &format!("m{i}"), "Observation", &format!("o{i}")))
+            .collect();
+        store
+            .commit_page(PageCommit {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                messages,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store.set_channel_status("h", "active", None).await.unwrap();
+        let s = store.channel_state("h").await.unwrap();
+        assert!(!s.needs_handshake());
+        assert_eq!((s.events, s.status()), (5, "active"));
+        let got = store.retained_events("h", 2, 4, false).await.unwrap();
+        let numbers: Vec<_> = got
+            .iter()
+            .map(|e| (e.number, e.resource_id.as_str()))
+            .collect();
+        assert_eq!(numbers, [(2, "o1"), (3, "o2"), (4, "o3")]);
+        assert!(matches!(&got[0].body, MessageBody::Change(c) if c.body.is_none()));
+        let with = store.retained_events("h", 5, 5, true).await.unwrap();
+        assert!(matches!(&with[0].body, MessageBody::Change(c) if c.body.is_some()));
+    }
+}
