@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod proxy;
 pub mod scenarios;
 pub mod scripted;
+pub mod validator;
 pub mod writer;
 
 use std::path::PathBuf;

