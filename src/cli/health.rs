@@ -160,6 +160,24 @@ pub fn assess(r: &StatusReport, recent_skip: bool) -> Vec<Problem> {
                 ),
             );
         }
+        if let Some(sub) = &h.subscription
+            && sub.status != "active"
+        {
+            let what = match sub.status.as_str() {
+                "requested" => "the handshake has not been acknowledged yet; events wait",
+                _ => "the last notification failed",
+            };
+            let error = sub
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            add(
+                Level::Warning,
+                subject.clone(),
+                format!("subscription {}: {what}{error}", sub.status),
+            );
+        }
         if h.stale {
             add(
                 Level::Warning,

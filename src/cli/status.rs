@@ -90,6 +90,20 @@ pub struct HookStatus {
     pub stale: bool,
     #[serde(skip)]
     pub max_pending_age: Duration,
+    /// Events numbered so far (each message's event number).
+    pub events: i64,
+    /// FHIR-format hooks: the subscription channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<SubscriptionStatus>,
+}
+
+/// A FHIR-format hook as a Subscription: `requested` until a handshake got a
+/// 2xx, then `active`, and `error` after a failed notification.
+#[derive(Debug, Serialize)]
+pub struct SubscriptionStatus {
+    pub format: &'static str,
+    pub status: String,
+    pub error: Option<String>,
 }
 
 /// An entry skipped (not delivered) keeps status unhealthy this long (24 h).
@@ -174,6 +188,12 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
             disabled_reason: r.disabled_reason,
             stale: age.is_some_and(|a| a as u64 > max_age.as_secs()),
             max_pending_age: max_age,
+            events: r.events,
+            subscription: h.notification.format.is_fhir().then(|| SubscriptionStatus {
+                format: h.notification.format.as_str(),
+                status: r.subscription_status.unwrap_or_else(|| "requested".into()),
+                error: r.subscription_error,
+            }),
         });
     }
     let orphaned_hooks = match &store {

@@ -51,6 +51,8 @@ fn hook(name: &str) -> HookStatus {
         disabled_reason: None,
         stale: false,
         max_pending_age: Duration::from_secs(900),
+        events: 980,
+        subscription: None,
     }
 }
 

@@ -182,6 +182,8 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
             ("dead letters", Level::Critical)
         } else if h.stale {
             ("stale", Level::Warning)
+        } else if let Some(sub) = h.subscription.as_ref().filter(|s| s.status != "active") {
+            (sub.status.as_str(), Level::Warning)
         } else {
             ("ok", Level::Ok)
         };
@@ -211,6 +213,12 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
             Cell::new(since(&h.last_success_at, now)),
             Cell::new(last_err),
         ]);
+        if let Some(sub) = &h.subscription {
+            notes.push(format!(
+                "hook {}: {} subscription {}, {} event(s) numbered",
+                h.name, sub.format, sub.status, h.events
+            ));
+        }
         if h.filter_errors > 0 {
             notes.push(format!(
                 "hook {}: {} resource(s) made the filter fail (counted as non-matches)",

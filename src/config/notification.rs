@@ -125,7 +125,7 @@ mod tests {
     fn hook(keys: &str) -> Result<(Content, Notification), String> {
         let text = format!(
             "state_dir = \"s\"\n[[source]]\nname = \"ehr\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n\
-             resource_types = [\"Observation\"]\n[[hook]]\nname = \"h\"\nurl = \"http://127.0.0.1:2/\"\n{keys}"
+             resources = [\"Observation\"]\n[[hook]]\nname = \"h\"\nurl = \"http://127.0.0.1:2/\"\n{keys}"
         );
         Config::from_str(&text, Path::new("b.toml"))
             .map(|c| (c.hooks[0].content, c.hooks[0].notification.clone()))

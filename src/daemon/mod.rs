@@ -67,10 +67,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             crate::admin::database_readiness(&store),
             progress_readiness(progress.clone()),
         ]);
+        let hooks = crate::admin::subscription::HookEndpoints {
+            store: store.clone(),
+            config: sup.config_watch(),
+        };
         tokio::spawn(crate::admin::serve(
             listener,
             handle,
             readiness,
+            Some(hooks),
             background.clone(),
         ))
     });

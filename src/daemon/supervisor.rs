@@ -69,6 +69,8 @@ pub struct Supervisor {
     /// (restarted when sources or hooks change).
     metrics: Option<PrometheusHandle>,
     gauges: Option<Running>,
+    /// The running config, for readers outside (the admin hook endpoints).
+    published: watch::Sender<Arc<Config>>,
 }
 
 impl Supervisor {
@@ -95,6 +97,7 @@ impl Supervisor {
             clients: HashMap::new(),
             metrics,
             gauges: None,
+            published: watch::Sender::new(Arc::new(config.clone())),
         };
         let hooks: Vec<_> = config
             .hooks
@@ -116,6 +119,11 @@ impl Supervisor {
         sup.start_housekeeping();
         sup.start_gauges();
         Ok(sup)
+    }
+
+    /// The running config, as it changes with reloads.
+    pub fn config_watch(&self) -> watch::Receiver<Arc<Config>> {
+        self.published.subscribe()
     }
 
     pub fn config(&self) -> &Config {
@@ -159,6 +167,7 @@ impl Supervisor {
             self.clients.remove(name);
         }
         self.config = new;
+        self.published.send_replace(Arc::new(self.config.clone()));
         for (hook, sender) in hooks {
             self.start_hook(hook, sender);
         }

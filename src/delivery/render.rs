@@ -3,8 +3,8 @@
 
 use super::channel::ChannelInfo;
 use crate::config::Hook;
-use crate::payload::fhir::{Channel, NotificationType, NumberedEvent, notification};
-use crate::state::{ChangeRecord, Claimed, MessageBody};
+use crate::payload::fhir::{Channel, NotificationType, NumberedEvent, change_of, notification};
+use crate::state::{ChangeRecord, Claimed};
 use std::borrow::Cow;
 use uuid::Uuid;
 
@@ -59,7 +59,10 @@ pub(super) fn render(hook: &Hook, channel: Option<&ChannelNow>, msgs: &[Claimed]
             .unwrap_or_default();
         return Outgoing { id, body };
     };
-    let records: Vec<Cow<ChangeRecord>> = msgs.iter().map(change_of).collect();
+    let records: Vec<Cow<ChangeRecord>> = msgs
+        .iter()
+        .map(|m| change_of(&m.body, &m.resource_type, &m.resource_id))
+        .collect();
     let events: Vec<NumberedEvent> = msgs
         .iter()
         .zip(&records)
@@ -83,24 +86,4 @@ pub(super) fn render(hook: &Hook, channel: Option<&ChannelNow>, msgs: &[Claimed]
         &now,
     );
     Outgoing { id, body }
-}
-
-/// The message's change; a message stored before changes were (a rendered
-/// payload) or whose change is gone is sent by reference only.
-fn change_of(m: &Claimed) -> Cow<'_, ChangeRecord> {
-    match &m.body {
-        MessageBody::Change(c) => Cow::Borrowed(c),
-        MessageBody::Stored(_) | MessageBody::Missing => Cow::Owned(ChangeRecord {
-            id: 0,
-            source: String::new(),
-            owner_id: String::new(),
-            resource_type: m.resource_type.clone(),
-            resource_id: m.resource_id.clone(),
-            version_id: None,
-            last_updated: None,
-            event: "update".into(),
-            detected_at: crate::source::bundle::format_instant(chrono::Utc::now()),
-            body: None,
-        }),
-    }
 }

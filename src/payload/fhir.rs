@@ -6,10 +6,11 @@
 
 use super::MAX_INCLUDED_BYTES;
 use crate::config::{Content, Format};
-use crate::state::ChangeRecord;
+use crate::state::{ChangeRecord, MessageBody};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use uuid::Uuid;
 
 const NOTIFICATION_R4: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4";
@@ -81,6 +82,30 @@ impl NumberedEvent<'_> {
             Some(lu) if chrono::DateTime::parse_from_rfc3339(lu).is_ok() => lu,
             _ => &c.detected_at,
         }
+    }
+}
+
+/// The change of a message; a message stored before changes were (a
+/// rendered payload) or whose change is gone is told by reference only.
+pub fn change_of<'a>(
+    body: &'a MessageBody,
+    resource_type: &str,
+    resource_id: &str,
+) -> Cow<'a, ChangeRecord> {
+    match body {
+        MessageBody::Change(c) => Cow::Borrowed(c),
+        MessageBody::Stored(_) | MessageBody::Missing => Cow::Owned(ChangeRecord {
+            id: 0,
+            source: String::new(),
+            owner_id: String::new(),
+            resource_type: resource_type.to_string(),
+            resource_id: resource_id.to_string(),
+            version_id: None,
+            last_updated: None,
+            event: "update".into(),
+            detected_at: crate::source::bundle::format_instant(chrono::Utc::now()),
+            body: None,
+        }),
     }
 }
 

@@ -37,6 +37,11 @@ pub struct HookReport {
     pub last_error_at_ms: Option<i64>,
     pub disabled_at_ms: Option<i64>,
     pub disabled_reason: Option<String>,
+    /// The hook's last event number.
+    pub events: i64,
+    /// A FHIR channel's status (`None`: never handshaken) and its last error.
+    pub subscription_status: Option<String>,
+    pub subscription_error: Option<String>,
 }
 
 impl Store {
@@ -102,7 +107,8 @@ impl Store {
                 .optional()?;
             let mut stats = c.prepare_cached(
                 "SELECT failed_attempts, filter_errors, last_success_at, last_error, last_error_at,
-                        disabled_at, disabled_reason
+                        disabled_at, disabled_reason, events, subscription_status,
+                        subscription_error
                  FROM hook_stats WHERE hook = ?1",
             )?;
             let mut rows = stats.query(params![hook])?;
@@ -114,6 +120,9 @@ impl Store {
                 rep.last_error_at_ms = r.get(4)?;
                 rep.disabled_at_ms = r.get(5)?;
                 rep.disabled_reason = r.get(6)?;
+                rep.events = r.get(7)?;
+                rep.subscription_status = r.get(8)?;
+                rep.subscription_error = r.get(9)?;
             }
             Ok(rep)
         })

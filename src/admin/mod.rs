@@ -1,8 +1,12 @@
 //! The admin listener (`[admin] listen`): `/metrics` (Prometheus text),
-//! `/healthz` (the process answers) and `/readyz` (it can do its work). One
-//! axum listener, loopback by default; nothing on it needs or accepts
-//! credentials, and nothing on it is PHI (names of sources and hooks,
-//! resource types, counts).
+//! `/healthz` (the process answers), `/readyz` (it can do its work), and each
+//! hook's `$status` and `$events` (`subscription`). One axum listener,
+//! loopback by default; nothing on it needs or accepts credentials, and
+//! nothing on it is PHI (names of sources and hooks, resource types and ids,
+//! counts) except resource bodies from `$events`, which go only to a peer on
+//! this machine.
+
+pub mod subscription;
 
 use crate::state::{Store, now_ms};
 use axum::Router;
@@ -59,13 +63,23 @@ pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     readiness: Readiness,
+    hooks: Option<subscription::HookEndpoints>,
     cancel: CancellationToken,
 ) {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(Admin { handle, readiness });
+    if let Some(hooks) = hooks {
+        app = app.merge(
+            Router::new()
+                .route("/hooks/{name}/$status", get(subscription::status))
+                .route("/hooks/{name}/$events", get(subscription::events))
+                .with_state(hooks),
+        );
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
@@ -156,7 +170,7 @@ mod tests {
             }
         });
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, handle, readiness, cancel.clone()));
+        let server = tokio::spawn(serve(listener, handle, readiness, None, cancel.clone()));
         let get = |path: &str| {
             let url = format!("http://{addr}{path}");
             async move {
