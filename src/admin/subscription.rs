@@ -26,6 +26,8 @@ use uuid::Uuid;
 pub struct HookEndpoints {
     pub store: Store,
     pub config: watch::Receiver<Arc<Config>>,
+    /// The listener's bound address (the subscriptions' references).
+    pub addr: SocketAddr,
 }
 
 const FHIR_JSON: &str = "application/fhir+json";
@@ -74,7 +76,7 @@ async fn answer(
             );
         }
     };
-    let info = ChannelInfo::for_hook(&config, hook);
+    let info = ChannelInfo::for_hook(&config, hook, Some(h.addr));
     let channel = Channel {
         // A zushook hook answers in the backport's shape too.
         format: match hook.notification.format {

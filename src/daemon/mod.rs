@@ -55,14 +55,21 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         None => None,
     };
     let progress = Progress::default();
+    let admin_addr = admin
+        .as_ref()
+        .and_then(|(listener, _)| listener.local_addr().ok());
     let mut sup = Supervisor::start(
         config,
         store.clone(),
         progress.clone(),
         admin.as_ref().map(|(_, handle)| handle.clone()),
+        admin_addr,
     )?;
     let background = CancellationToken::new();
     let admin_server = admin.map(|(listener, handle)| {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         let readiness = crate::admin::all(vec![
             crate::admin::database_readiness(&store),
             progress_readiness(progress.clone()),
@@ -70,6 +77,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         let hooks = crate::admin::subscription::HookEndpoints {
             store: store.clone(),
             config: sup.config_watch(),
+            addr,
         };
         tokio::spawn(crate::admin::serve(
             listener,

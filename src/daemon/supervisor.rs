@@ -71,6 +71,8 @@ pub struct Supervisor {
     gauges: Option<Running>,
     /// The running config, for readers outside (the admin hook endpoints).
     published: watch::Sender<Arc<Config>>,
+    /// The admin listener's bound address, when it runs.
+    admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl Supervisor {
@@ -79,6 +81,7 @@ impl Supervisor {
         store: Store,
         progress: Progress,
         metrics: Option<PrometheusHandle>,
+        admin_addr: Option<std::net::SocketAddr>,
     ) -> Result<Self, DaemonError> {
         let (recorder, recorder_done) = OutcomeRecorder::spawn(store.clone());
         let mut sup = Supervisor {
@@ -98,6 +101,7 @@ impl Supervisor {
             metrics,
             gauges: None,
             published: watch::Sender::new(Arc::new(config.clone())),
+            admin_addr,
         };
         let hooks: Vec<_> = config
             .hooks
@@ -277,7 +281,7 @@ impl Supervisor {
                 .notification
                 .format
                 .is_fhir()
-                .then(|| ChannelInfo::for_hook(&self.config, &hook)),
+                .then(|| ChannelInfo::for_hook(&self.config, &hook, self.admin_addr)),
         };
         self.hooks
             .insert(hook.name.clone(), Running::spawn(|c| worker.run(c)));

@@ -14,6 +14,7 @@ use crate::payload::fhir::{NotificationType, notification};
 use crate::retry_action::RetryAction;
 use crate::state::{ChannelState, Store};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -36,9 +37,10 @@ pub struct ChannelInfo {
 }
 
 impl ChannelInfo {
-    pub fn for_hook(config: &Config, hook: &Hook) -> ChannelInfo {
-        let subscription = match &config.admin {
-            Some(admin) => format!("http://{}/hooks/{}", admin.listen, hook.name),
+    /// `admin`: the admin listener's bound address, if it runs.
+    pub fn for_hook(config: &Config, hook: &Hook, admin: Option<SocketAddr>) -> ChannelInfo {
+        let subscription = match admin {
+            Some(addr) => format!("http://{addr}/hooks/{}", hook.name),
             None => format!("urn:fhir-bridge:hook:{}", hook.name),
         };
         ChannelInfo {
