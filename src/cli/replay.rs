@@ -19,7 +19,7 @@ use super::fmt_ms;
 use crate::config::{Config, Content};
 use crate::outbox::message_id;
 use crate::payload::{ChangeView, zus_hook};
-use crate::state::{MessageFilter, ReplayCandidate, Requeue, Store};
+use crate::state::{MessageFilter, MessageRecord, Requeue, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -63,12 +63,13 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             payload: None,
             need_body,
         };
-        if c.has_payload {
+        let has_change = c.stored.change_id.is_some();
+        if c.stored.has_payload() {
             plan.push(keep(false));
-        } else if c.change_id.is_some() && c.has_body && hook.content == Content::FullResource {
+        } else if has_change && c.stored.has_resource() && hook.content == Content::FullResource {
             plan.push(keep(true));
             full += 1;
-        } else if c.change_id.is_some() && render {
+        } else if has_change && render {
             // Rendered when sent: without a stored resource, id-only.
             plan.push(keep(false));
             rendered += 1;
@@ -138,13 +139,13 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
 async fn last_updated_of(
     store: &Store,
     hook: &str,
-    found: &[ReplayCandidate],
+    found: &[MessageRecord],
 ) -> Result<BTreeMap<i64, String>, DlqError> {
-    let mut by_target: BTreeMap<(&str, &str), Vec<&ReplayCandidate>> = BTreeMap::new();
+    let mut by_target: BTreeMap<(&str, &str), Vec<&MessageRecord>> = BTreeMap::new();
     // Only messages from before migration 7: a change row has its own.
     for c in found
         .iter()
-        .filter(|c| !c.has_payload && c.change_id.is_none())
+        .filter(|c| !c.stored.has_payload() && c.stored.change_id.is_none())
     {
         by_target
             .entry((&c.source, &c.resource_type))
@@ -184,7 +185,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The webhook an id-only hook sends, for a delivered message: its
 /// message_id, resourceId, versionId, event, source and owner; `time` is
 /// when the change was detected (the row's creation).
-fn id_only_payload(config: &Config, c: &ReplayCandidate, last_updated: Option<&str>) -> Vec<u8> {
+fn id_only_payload(config: &Config, c: &MessageRecord, last_updated: Option<&str>) -> Vec<u8> {
     let owner = config
         .sources
         .iter()

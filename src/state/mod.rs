@@ -17,6 +17,7 @@ mod heartbeat;
 mod inspect;
 mod lock;
 mod maintenance;
+mod message;
 mod outbox;
 mod poll;
 mod replay;
@@ -29,15 +30,16 @@ pub use summary::Summary;
 
 pub use backfill::BackfillJob;
 pub use change::{ChangeRecord, MessageBody};
-pub use dlq::{DeadLetter, DlqSelection, Moved, OrphanedHook};
+pub use dlq::{DlqSelection, Moved, OrphanedHook};
 pub use filter::MessageFilter;
 pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
 pub use heartbeat::Heartbeat;
-pub use inspect::{MessageDetail, MessageKey};
+pub use inspect::MessageKey;
 pub use lock::{LockError, LockProbe, StateLock};
+pub use message::{MessageRecord, MessageState, StoredBody, WithBody};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
 pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetState};
-pub use replay::{ReplayCandidate, Requeue};
+pub use replay::Requeue;
 pub use report::{HookReport, TargetReport};
 
 use rusqlite::{Connection, OpenFlags};

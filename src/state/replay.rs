@@ -7,29 +7,9 @@
 //! re-rendered and not yet sent) or one re-rendered by the caller.
 
 use super::filter::{MessageFilter, condition};
+use super::message::{MessageRecord, WithBody, read_message, select_messages};
 use super::{StateError, Store, now_ms};
 use rusqlite::{ToSql, params};
-
-/// A delivered message that `replay` may send again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplayCandidate {
-    pub id: i64,
-    pub message_id: String,
-    pub source: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub version_id: Option<String>,
-    pub event: String,
-    pub created_at_ms: i64,
-    pub done_at_ms: Option<i64>,
-    /// Whether its payload is still stored (messages from before migration 7).
-    pub has_payload: bool,
-    /// Its change (`None`: from before migration 7): rendered when sent.
-    pub change_id: Option<i64>,
-    /// Whether the change's resource is still stored (another hook's message
-    /// still needs it), so it can be sent in full.
-    pub has_body: bool,
-}
 
 /// One message to requeue, with the payload to store when it has none.
 #[derive(Debug, Clone)]
@@ -49,37 +29,19 @@ impl Store {
         &self,
         hook: &str,
         filter: MessageFilter,
-    ) -> Result<Vec<ReplayCandidate>, StateError> {
+    ) -> Result<Vec<MessageRecord>, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT o.id, o.message_id, o.source, o.resource_type, o.resource_id,
-                        o.version_id, o.event, o.created_at, o.done_at,
-                        EXISTS (SELECT 1 FROM outbox_payload b WHERE b.id = o.id),
-                        o.change_id,
-                        EXISTS (SELECT 1 FROM change_body cb WHERE cb.id = o.change_id)
-                 FROM outbox o WHERE o.hook = ?1 AND o.state = 'delivered' AND {}
-                 ORDER BY o.id",
-                condition(2)
+            let mut stmt = c.prepare_cached(&select_messages(
+                &format!(
+                    "WHERE o.hook = ?1 AND o.state = 'delivered' AND {} ORDER BY o.id",
+                    condition(2)
+                ),
+                WithBody::No,
             ))?;
             let mut p: Vec<&dyn ToSql> = vec![&hook];
             p.extend(filter.params());
-            let rows = stmt.query_map(&*p, |r| {
-                Ok(ReplayCandidate {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    source: r.get(2)?,
-                    resource_type: r.get(3)?,
-                    resource_id: r.get(4)?,
-                    version_id: r.get(5)?,
-                    event: r.get(6)?,
-                    created_at_ms: r.get(7)?,
-                    done_at_ms: r.get(8)?,
-                    has_payload: r.get(9)?,
-                    change_id: r.get(10)?,
-                    has_body: r.get(11)?,
-                })
-            })?;
+            let rows = stmt.query_map(&*p, |r| read_message(r, WithBody::No))?;
             rows.collect()
         })
         .await
@@ -175,9 +137,9 @@ mod tests {
         assert!(
             found
                 .iter()
-                .all(|c| !c.has_payload && c.change_id.is_some())
+                .all(|c| !c.stored.has_payload() && c.stored.change_id.is_some())
         );
-        let bodies: Vec<_> = found.iter().map(|c| c.has_body).collect();
+        let bodies: Vec<_> = found.iter().map(|c| c.stored.has_resource()).collect();
         assert_eq!(bodies, [true, false], "b's resource went on delivery");
         let only_b = MessageFilter {
             resource_id: Some("b".into()),
