@@ -1,6 +1,8 @@
 //! `fhir-bridge replay`: a hook's delivered messages (kept for `retention`)
 //! sent again, each under its original row and message_id, so a receiver
 //! that lost data gets it back and one that did not drops the duplicates.
+//! Chosen by delivery time (`--since`), or by event number (`--from-event`:
+//! delivered or dead messages numbered N on, keeping their numbers).
 //!
 //! What can be sent: a change's resource is deleted once no pending or dead
 //! message needs it (no PHI at rest), and the seen table holds versions and
@@ -23,10 +25,20 @@ use crate::state::{MessageFilter, MessageRecord, Requeue, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+/// Which of a hook's messages to send again.
+#[derive(Debug, Clone)]
+pub enum Replayed {
+    /// Delivered messages the filter selects (its time window is the
+    /// delivery time), oldest first.
+    Delivered(MessageFilter),
+    /// Delivered or dead messages numbered `from` or later (of the filter's
+    /// source and resource), in event-number order, keeping their numbers.
+    FromEvent { from: i64, filter: MessageFilter },
+}
+
 pub struct Request {
     pub hook: String,
-    /// Its time window is the delivery time.
-    pub filter: MessageFilter,
+    pub which: Replayed,
     /// Re-render id-only notifications for a full-resource hook too.
     pub id_only: bool,
     /// Do not ask, even on a terminal.
@@ -46,7 +58,14 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             hook.name
         ));
     };
-    let found = store.replay_candidates(&hook.name, req.filter).await?;
+    let found = match &req.which {
+        Replayed::Delivered(filter) => store.replay_candidates(&hook.name, filter.clone()).await?,
+        Replayed::FromEvent { from, filter } => {
+            store
+                .replay_candidates_from_event(&hook.name, *from, filter.clone())
+                .await?
+        }
+    };
     let render = req.id_only || hook.content == Content::IdOnly;
     let mut plan = Vec::new();
     let mut rendered = 0;
@@ -85,23 +104,39 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             missing += 1;
         }
     }
+    // What the messages are called in the output: `--since` keeps its words.
+    let (what, numbered) = match &req.which {
+        Replayed::Delivered(_) => ("delivered message(s)".to_string(), ""),
+        Replayed::FromEvent { from, .. } => (
+            format!("delivered or dead message(s) from event {from}"),
+            " and event numbers",
+        ),
+    };
     let mut o = String::new();
     if !plan.is_empty() {
-        super::dlq::confirm(
-            &format!(
+        let question = match &req.which {
+            Replayed::Delivered(_) => format!(
                 "Send {} delivered message(s) of hook `{}` again",
                 plan.len(),
                 hook.name
             ),
-            req.yes,
-        )?;
+            Replayed::FromEvent { from, .. } => format!(
+                "Send {} message(s) of hook `{}` from event {from} again",
+                plan.len(),
+                hook.name
+            ),
+        };
+        super::dlq::confirm(&question, req.yes)?;
         // A writer only after the confirmation: declining changes nothing.
         let store = Store::open(&config.db_path())?;
         let planned = plan.len();
-        let done = store.requeue_delivered(plan).await?;
+        let done = match &req.which {
+            Replayed::Delivered(_) => store.requeue_delivered(plan).await?,
+            Replayed::FromEvent { .. } => store.requeue_delivered_or_dead(plan).await?,
+        };
         let _ = writeln!(
             o,
-            "requeued {done} of {} delivered message(s) of hook `{}` with their message_ids \
+            "requeued {done} of {} {what} of hook `{}` with their message_ids{numbered} \
              ({full} with the resource, {rendered} as id-only notifications); a running daemon \
              sends them within a second",
             found.len(),
@@ -118,7 +153,7 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
     } else {
         let _ = writeln!(
             o,
-            "requeued 0 of {} delivered message(s) of hook `{}`",
+            "requeued 0 of {} {what} of hook `{}`",
             found.len(),
             hook.name
         );
@@ -205,4 +240,35 @@ fn id_only_payload(config: &Config, c: &MessageRecord, last_updated: Option<&str
         raw: "",
     };
     zus_hook(&view, Content::IdOnly)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::args::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut all = vec!["fhir-bridge", "replay", "--hook", "h"];
+        all.extend(args);
+        Cli::try_parse_from(all)
+    }
+
+    /// Exactly one of --since and --from-event; --until only with --since.
+    #[test]
+    fn replay_starts_from_a_time_or_an_event_number() {
+        let Ok(Cli {
+            command: Command::Replay(a),
+            ..
+        }) = parse(&["--from-event", "7", "--resource", "Observation"])
+        else {
+            panic!("--from-event");
+        };
+        assert_eq!((a.from_event, a.since), (Some(7), None));
+        assert!(parse(&["--since", "2h", "--until", "1h"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--since", "2h", "--from-event", "7"]).is_err());
+        assert!(parse(&["--from-event", "7", "--until", "1h"]).is_err());
+        assert!(parse(&["--from-event", "0"]).is_err());
+        assert!(parse(&["--from-event", "x"]).is_err());
+    }
 }

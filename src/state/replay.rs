@@ -1,5 +1,6 @@
 //! `replay`: delivered messages (kept for `retention`) back to pending, with
-//! their row, hook and message_id, so the daemon sends them again. The
+//! their row, hook, message_id and event number, so the daemon sends them
+//! again; from an event number on, dead ones too. The
 //! resource is deleted once no pending or dead message needs it (no PHI at
 //! rest), so a replayed message of a change is rendered at send time with
 //! the resource if another hook's message still kept it, else without.
@@ -47,11 +48,54 @@ impl Store {
         .await
     }
 
+    /// The messages of `hook` numbered `from` or later that are still kept
+    /// and no longer pending (delivered, within the retention, or dead), that
+    /// `filter` selects, in event-number order. Messages from before event
+    /// numbers have none and are never among them.
+    pub async fn replay_candidates_from_event(
+        &self,
+        hook: &str,
+        from: i64,
+        filter: MessageFilter,
+    ) -> Result<Vec<MessageRecord>, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&select_messages(
+                &format!(
+                    "WHERE o.hook = ?1 AND o.event_number >= ?2
+                       AND o.state IN ('delivered', 'dead') AND {}
+                     ORDER BY o.event_number",
+                    condition(3)
+                ),
+                WithBody::No,
+            ))?;
+            let mut p: Vec<&dyn ToSql> = vec![&hook, &from];
+            p.extend(filter.params());
+            let rows = stmt.query_map(&*p, |r| read_message(r, WithBody::No))?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// Makes these delivered messages pending again, due now, with a fresh
     /// attempt budget, in one transaction. A message that is no longer
     /// delivered (pruned meanwhile, or already requeued) or has no payload
     /// to send is left alone. Returns how many were requeued.
     pub async fn requeue_delivered(&self, items: Vec<Requeue>) -> Result<usize, StateError> {
+        self.requeue(items, Requeueable::Delivered).await
+    }
+
+    /// `requeue_delivered`, for delivered or dead messages (a replay from an
+    /// event number sends both again). Their message_id and event number stay.
+    pub async fn requeue_delivered_or_dead(
+        &self,
+        items: Vec<Requeue>,
+    ) -> Result<usize, StateError> {
+        self.requeue(items, Requeueable::DeliveredOrDead).await
+    }
+
+    async fn requeue(&self, items: Vec<Requeue>, from: Requeueable) -> Result<usize, StateError> {
+        let dead_too = from == Requeueable::DeliveredOrDead;
         self.call(move |c| {
             let tx = c.transaction()?;
             let mut n = 0;
@@ -59,7 +103,8 @@ impl Store {
                 let mut store_payload = tx.prepare_cached(
                     "INSERT INTO outbox_payload (id, payload)
                      SELECT ?1, ?2 WHERE EXISTS
-                        (SELECT 1 FROM outbox WHERE id = ?1 AND state = 'delivered')
+                        (SELECT 1 FROM outbox WHERE id = ?1
+                            AND (state = 'delivered' OR (?3 AND state = 'dead')))
                      ON CONFLICT (id) DO NOTHING",
                 )?;
                 // Never pending with nothing to send: the worker would POST an
@@ -67,7 +112,7 @@ impl Store {
                 let mut up = tx.prepare_cached(
                     "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2,
                         done_at = NULL, last_status = NULL, last_error = NULL
-                     WHERE id = ?1 AND state = 'delivered'
+                     WHERE id = ?1 AND (state = 'delivered' OR (?4 AND state = 'dead'))
                        AND (EXISTS (SELECT 1 FROM outbox_payload WHERE id = ?1)
                             OR (change_id IS NOT NULL AND (NOT ?3 OR EXISTS
                                 (SELECT 1 FROM change_body cb WHERE cb.id = outbox.change_id))))",
@@ -75,9 +120,9 @@ impl Store {
                 let now = now_ms();
                 for item in items {
                     if let Some(payload) = &item.payload {
-                        store_payload.execute(params![item.id, payload])?;
+                        store_payload.execute(params![item.id, payload, dead_too])?;
                     }
-                    n += up.execute(params![item.id, now, item.need_body])?;
+                    n += up.execute(params![item.id, now, item.need_body, dead_too])?;
                 }
             }
             tx.commit()?;
@@ -85,6 +130,13 @@ impl Store {
         })
         .await
     }
+}
+
+/// Which messages a requeue takes back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Requeueable {
+    Delivered,
+    DeliveredOrDead,
 }
 
 #[cfg(test)]
@@ -196,5 +248,166 @@ mod tests {
             .unwrap();
         let a = store.message_body(a_id).await.unwrap();
         assert_eq!(a.raw(), b"{}");
+    }
+
+    /// Settles every due message of `hook`: delivered, or dead if `dead`.
+    async fn settle(store: &Store, hook: &str, dead: bool) {
+        let claimed = store.claim_due(hook, vec![], 100).await.unwrap();
+        let records = claimed
+            .iter()
+            .map(|c| {
+                let r = if dead {
+                    DeliveryRecord::Failed {
+                        status: Some(500),
+                        error: "HTTP 500".into(),
+                        retry_at_ms: None,
+                    }
+                } else {
+                    DeliveryRecord::Delivered { status: 200 }
+                };
+                (c.id, r)
+            })
+            .collect();
+        store.record_deliveries(hook, records).await.unwrap();
+    }
+
+    async fn enqueue(store: &Store, messages: Vec<NewMessage>) {
+        store
+            .commit_page(PageCommit {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                messages,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Events 1-5 of `h` (1-4 delivered, 5 dead) and of `g` (delivered):
+    /// from event 3, `h`'s 3, 4 and 5 are pending again under their
+    /// message_ids and numbers; `h`'s 1 and 2 and all of `g` stay as they were.
+    #[tokio::test]
+    async fn replay_from_an_event_number_requeues_the_rest_keeping_their_numbers() {
+        let (_d, store) = temp_store();
+        for hook in ["h", "g"] {
+            let msgs = (1..=4)
+                .map(|i| {
+                    NewMessage::test(hook, &format!("{hook}{i}"), "Observation", &i.to_string())
+                })
+                .collect();
+            enqueue(&store, msgs).await;
+            settle(&store, hook, false).await;
+            enqueue(
+                &store,
+                vec![NewMessage::test(
+                    hook,
+                    &format!("{hook}5"),
+                    "Observation",
+                    "5",
+                )],
+            )
+            .await;
+            settle(&store, hook, hook == "h").await;
+        }
+        let found = store
+            .replay_candidates_from_event("h", 3, MessageFilter::default())
+            .await
+            .unwrap();
+        let numbers: Vec<_> = found
+            .iter()
+            .map(|m| (m.message_id.as_str(), m.event_number, m.state))
+            .collect();
+        use crate::state::MessageState::{Dead, Delivered};
+        assert_eq!(
+            numbers,
+            [
+                ("h3", Some(3), Delivered),
+                ("h4", Some(4), Delivered),
+                ("h5", Some(5), Dead)
+            ]
+        );
+        let items = found.iter().map(|m| requeue(m.id, false)).collect();
+        // Only delivered ones for a replay by time: the dead one stays dead.
+        assert_eq!(
+            store
+                .requeue_delivered(vec![requeue(found[2].id, false)])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.requeue_delivered_or_dead(items).await.unwrap(), 3);
+
+        let claimed = store.claim_due("h", vec![], 10).await.unwrap();
+        let got: Vec<_> = claimed
+            .iter()
+            .map(|c| (c.message_id.as_str(), c.event_number, c.attempts))
+            .collect();
+        assert_eq!(
+            got,
+            [("h3", Some(3), 0), ("h4", Some(4), 0), ("h5", Some(5), 0)]
+        );
+        let left = store
+            .replay_candidates("h", MessageFilter::default())
+            .await
+            .unwrap();
+        let left: Vec<_> = left.iter().map(|m| m.message_id.as_str()).collect();
+        assert_eq!(left, ["h1", "h2"]);
+        assert!(store.claim_due("g", vec![], 10).await.unwrap().is_empty());
+        let g = store
+            .replay_candidates_from_event("g", 1, MessageFilter::default())
+            .await
+            .unwrap();
+        let g: Vec<_> = g.iter().map(|m| (m.event_number, m.state)).collect();
+        assert_eq!(
+            g,
+            [
+                (Some(1), Delivered),
+                (Some(2), Delivered),
+                (Some(3), Delivered),
+                (Some(4), Delivered),
+                (Some(5), Delivered)
+            ]
+        );
+        // Nothing numbered that high: nothing.
+        let none = store
+            .replay_candidates_from_event("h", 6, MessageFilter::default())
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    /// A message moved to the hook keeps its older row id but takes a later
+    /// number: candidates come in number order, not row order.
+    #[tokio::test]
+    async fn candidates_from_an_event_come_in_event_number_order() {
+        let (_d, store) = temp_store();
+        enqueue(
+            &store,
+            vec![NewMessage::test("old", "m", "Observation", "m")],
+        )
+        .await;
+        settle(&store, "old", true).await;
+        enqueue(
+            &store,
+            vec![NewMessage::test("h", "h1", "Observation", "1")],
+        )
+        .await;
+        let sel = crate::state::DlqSelection {
+            hook: Some("old".into()),
+            configured: vec!["h".into()],
+            ..Default::default()
+        };
+        store.move_to_hook(sel, "h").await.unwrap();
+        settle(&store, "h", false).await;
+        let found = store
+            .replay_candidates_from_event("h", 1, MessageFilter::default())
+            .await
+            .unwrap();
+        let got: Vec<_> = found
+            .iter()
+            .map(|m| (m.message_id.as_str(), m.event_number))
+            .collect();
+        assert_eq!(got, [("h1", Some(1)), ("m", Some(2))]);
+        assert!(found[1].id < found[0].id);
     }
 }
