@@ -235,9 +235,17 @@ async fn dlq_main(command: DlqCommand) -> anyhow::Result<ExitCode> {
 
 async fn replay_main(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let config = load(&a.config)?;
+    // clap requires exactly one of --since and --from-event.
+    let which = match a.from_event {
+        Some(from) => replay::Replayed::FromEvent {
+            from,
+            filter: dlq::filter(a.source, None, None, a.resource),
+        },
+        None => replay::Replayed::Delivered(dlq::filter(a.source, a.since, a.until, a.resource)),
+    };
     let req = replay::Request {
         hook: a.hook,
-        filter: dlq::filter(a.source, Some(a.since), a.until, a.resource),
+        which,
         id_only: a.id_only,
         yes: a.yes,
     };

@@ -125,7 +125,8 @@ fn fhir_hook(name: &str, rx: &Receiver, extra: &str) -> String {
 async fn get_json(url: &str) -> (u16, Value) {
     let r = reqwest::get(url).await.unwrap();
     let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let bytes = r.bytes().await.unwrap_or_default();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 /// Each format and content mode on one source: a handshake first, then

@@ -1,6 +1,7 @@
 //! The operator's command line against the real binary: `status` exit codes
 //! for monitors (0 OK, 1 warning, 2 critical), `dlq` filters and `show`,
-//! `replay` of delivered messages under their message_ids, completions.
+//! `replay` of delivered messages under their message_ids (by time, or from
+//! an event number), completions.
 
 mod common;
 
@@ -228,6 +229,73 @@ async fn replay_resends_delivered_messages_with_their_message_ids() {
     .await;
     let out = bridge.cli(&["replay", "--hook", "nosuch", "--since", "1h"]);
     assert_eq!(out.status.code(), Some(2));
+    bridge.stop();
+}
+
+/// `replay --from-event N`: the hook's messages numbered N or later are sent
+/// again under their message_ids, and keep their event numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_an_event_number_resends_the_later_events() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = common::hook("ids", &rx.url("hooks/ids"), "true", "content = \"id-only\"");
+    let mut bridge = Bridge::start(&common::config(
+        &fhir.base_url(),
+        &["Observation"],
+        "beginning",
+        &hooks,
+    ));
+    for i in 1..=3 {
+        fhir.create(obs(&format!("event {i}"))).await;
+    }
+    wait_for(15, "three delivered", || {
+        hook_of(&bridge.status_json(), "ids")["delivered"] == 3
+    })
+    .await;
+    let number_of = |mid: &str| {
+        json_of(&bridge.cli(&["dlq", "show", mid, "--json"]))[0]["event_number"].as_i64()
+    };
+    let mut numbered: Vec<_> = rx
+        .received()
+        .iter()
+        .map(|r| (number_of(&r.message_id), r.message_id.clone()))
+        .collect();
+    numbered.sort();
+    let numbers: Vec<_> = numbered.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [Some(1), Some(2), Some(3)]);
+
+    let out = stdout(&bridge.cli(&["replay", "--hook", "ids", "--from-event", "2"]));
+    assert!(out.contains("requeued 2 of 2"), "{out}");
+    assert!(out.contains("from event 2"), "{out}");
+    wait_for(15, "events 2 and 3 again", || rx.count() == 5).await;
+    let mut again: Vec<_> = rx.received()[3..]
+        .iter()
+        .map(|r| r.message_id.clone())
+        .collect();
+    again.sort();
+    let mut want = vec![numbered[1].1.clone(), numbered[2].1.clone()];
+    want.sort();
+    assert_eq!(again, want, "the same message_ids");
+    wait_for(15, "delivered again", || {
+        hook_of(&bridge.status_json(), "ids")["delivered"] == 3
+    })
+    .await;
+    assert_eq!(number_of(&numbered[2].1), Some(3), "the same number");
+    let shown = stdout(&bridge.cli(&["dlq", "show", &numbered[1].1]));
+    assert!(shown.contains("event number  2"), "{shown}");
+
+    let out = stdout(&bridge.cli(&["replay", "--hook", "ids", "--from-event", "4"]));
+    assert!(out.contains("requeued 0 of 0"), "{out}");
+    let both = bridge.cli(&[
+        "replay",
+        "--hook",
+        "ids",
+        "--since",
+        "1h",
+        "--from-event",
+        "1",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
     bridge.stop();
 }
 

@@ -360,15 +360,21 @@ payloads are deleted on delivery (no PHI at rest). So a replay sends:
     (resourceIncluded: false; the receiver fetches the resource by resourceId).
 The rest cannot be replayed and are counted. The message_id is always the
 original one: a receiver that deduplicates drops what it already has.
+--from-event N instead of --since: the hook's messages numbered N or later
+that are still kept (delivered, or dead), in event-number order, each with
+its original message_id and event number; pending ones are left to the
+worker, and messages from before event numbers have none.
 On a terminal, asks before acting unless --yes; otherwise proceeds. A running
 daemon sends the messages within a second.
 
 Examples:
   fhir-bridge replay --hook care-team-app --since 2h
   fhir-bridge replay --hook care-team-app --since 2026-11-30T08:00:00Z --until 2026-11-30T09:00:00Z --id-only --yes
-  fhir-bridge replay --hook care-team-app --since 1d --resource Observation/123";
+  fhir-bridge replay --hook care-team-app --since 1d --resource Observation/123
+  fhir-bridge replay --hook care-team-app --from-event 1042";
 
 #[derive(clap::Args)]
+#[group(id = "start", required = true, multiple = false, args = ["since", "from_event"])]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub config: ConfigArg,
@@ -377,10 +383,20 @@ pub struct ReplayArgs {
     pub hook: String,
     /// Messages delivered at or after TIME (RFC 3339, or a duration ago: 2h, 30m, 1d).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub since: i64,
+    pub since: Option<i64>,
     /// ... and before TIME (default: now).
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    #[arg(
+        long,
+        value_name = "TIME",
+        value_parser = parse_time,
+        requires = "since",
+        conflicts_with = "from_event"
+    )]
     pub until: Option<i64>,
+    /// Messages with the hook's event number N or later, delivered or dead,
+    /// in event-number order, keeping their numbers (instead of --since).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    pub from_event: Option<i64>,
     /// Only this source's messages.
     #[arg(long)]
     pub source: Option<String>,

@@ -5,7 +5,8 @@
 use super::fmt_ms;
 use super::when::ResourceRef;
 use crate::config::Config;
-use crate::state::{DeadLetter, DlqSelection, MessageFilter, StateError, Store};
+use crate::state::{DlqSelection, MessageFilter, MessageRecord, MessageState, StateError, Store};
+use serde::Serialize;
 use std::fmt::Write;
 
 pub use super::dlq_show::show;
@@ -133,7 +134,8 @@ pub async fn list(
         None => vec![],
     };
     Ok(if json {
-        serde_json::to_string_pretty(&items)? + "\n"
+        let listed: Vec<_> = items.iter().map(Listed::from).collect();
+        serde_json::to_string_pretty(&listed)? + "\n"
     } else {
         render_list(&items)
     })
@@ -229,7 +231,48 @@ pub async fn purge(config: &Config, sel: Selection) -> Result<String, DlqError> 
     Ok(format!("deleted {n} message(s)\n"))
 }
 
-pub fn render_list(items: &[DeadLetter]) -> String {
+/// A message as `dlq list --json` prints it (stable keys, see README).
+#[derive(Serialize)]
+struct Listed<'a> {
+    id: i64,
+    hook: &'a str,
+    /// "dead", or "pending" (a message of an orphaned hook: never sent as is).
+    state: MessageState,
+    message_id: &'a str,
+    source: &'a str,
+    resource_type: &'a str,
+    resource_id: &'a str,
+    version_id: Option<&'a str>,
+    event: &'a str,
+    attempts: i64,
+    created_at_ms: i64,
+    dead_at_ms: Option<i64>,
+    last_status: Option<i64>,
+    last_error: Option<&'a str>,
+}
+
+impl<'a> From<&'a MessageRecord> for Listed<'a> {
+    fn from(m: &'a MessageRecord) -> Self {
+        Listed {
+            id: m.id,
+            hook: &m.hook,
+            state: m.state,
+            message_id: &m.message_id,
+            source: &m.source,
+            resource_type: &m.resource_type,
+            resource_id: &m.resource_id,
+            version_id: m.version_id.as_deref(),
+            event: &m.event,
+            attempts: m.attempts,
+            created_at_ms: m.created_at_ms,
+            dead_at_ms: m.done_at_ms,
+            last_status: m.last_status,
+            last_error: m.last_error.as_deref(),
+        }
+    }
+}
+
+pub fn render_list(items: &[MessageRecord]) -> String {
     if items.is_empty() {
         return "The dead-letter queue is empty.\n".into();
     }
@@ -253,12 +296,15 @@ pub fn render_list(items: &[DeadLetter]) -> String {
             res,
             d.event,
             d.attempts,
-            d.dead_at_ms.map(fmt_ms).unwrap_or_default(),
+            d.done_at_ms.map(fmt_ms).unwrap_or_default(),
             d.message_id,
             d.last_error.as_deref().unwrap_or("")
         );
     }
-    let pending = items.iter().filter(|d| d.state == "pending").count();
+    let pending = items
+        .iter()
+        .filter(|d| d.state == MessageState::Pending)
+        .count();
     let _ = writeln!(o, "{} dead letter(s)", items.len() - pending);
     if pending > 0 {
         let _ = writeln!(

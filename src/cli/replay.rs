@@ -1,6 +1,8 @@
 //! `fhir-bridge replay`: a hook's delivered messages (kept for `retention`)
 //! sent again, each under its original row and message_id, so a receiver
 //! that lost data gets it back and one that did not drops the duplicates.
+//! Chosen by delivery time (`--since`), or by event number (`--from-event`:
+//! delivered or dead messages numbered N on, keeping their numbers).
 //!
 //! What can be sent: a change's resource is deleted once no pending or dead
 //! message needs it (no PHI at rest), and the seen table holds versions and
@@ -19,14 +21,24 @@ use super::fmt_ms;
 use crate::config::{Config, Content};
 use crate::outbox::message_id;
 use crate::payload::{ChangeView, zus_hook};
-use crate::state::{MessageFilter, ReplayCandidate, Requeue, Store};
+use crate::state::{MessageFilter, MessageRecord, Requeue, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+/// Which of a hook's messages to send again.
+#[derive(Debug, Clone)]
+pub enum Replayed {
+    /// Delivered messages the filter selects (its time window is the
+    /// delivery time), oldest first.
+    Delivered(MessageFilter),
+    /// Delivered or dead messages numbered `from` or later (of the filter's
+    /// source and resource), in event-number order, keeping their numbers.
+    FromEvent { from: i64, filter: MessageFilter },
+}
+
 pub struct Request {
     pub hook: String,
-    /// Its time window is the delivery time.
-    pub filter: MessageFilter,
+    pub which: Replayed,
     /// Re-render id-only notifications for a full-resource hook too.
     pub id_only: bool,
     /// Do not ask, even on a terminal.
@@ -46,7 +58,14 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             hook.name
         ));
     };
-    let found = store.replay_candidates(&hook.name, req.filter).await?;
+    let found = match &req.which {
+        Replayed::Delivered(filter) => store.replay_candidates(&hook.name, filter.clone()).await?,
+        Replayed::FromEvent { from, filter } => {
+            store
+                .replay_candidates_from_event(&hook.name, *from, filter.clone())
+                .await?
+        }
+    };
     let render = req.id_only || hook.content == Content::IdOnly;
     let mut plan = Vec::new();
     let mut rendered = 0;
@@ -63,12 +82,13 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             payload: None,
             need_body,
         };
-        if c.has_payload {
+        let has_change = c.stored.change_id.is_some();
+        if c.stored.has_payload() {
             plan.push(keep(false));
-        } else if c.change_id.is_some() && c.has_body && hook.content == Content::FullResource {
+        } else if has_change && c.stored.has_resource() && hook.content == Content::FullResource {
             plan.push(keep(true));
             full += 1;
-        } else if c.change_id.is_some() && render {
+        } else if has_change && render {
             // Rendered when sent: without a stored resource, id-only.
             plan.push(keep(false));
             rendered += 1;
@@ -84,23 +104,39 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             missing += 1;
         }
     }
+    // What the messages are called in the output: `--since` keeps its words.
+    let (what, numbered) = match &req.which {
+        Replayed::Delivered(_) => ("delivered message(s)".to_string(), ""),
+        Replayed::FromEvent { from, .. } => (
+            format!("delivered or dead message(s) from event {from}"),
+            " and event numbers",
+        ),
+    };
     let mut o = String::new();
     if !plan.is_empty() {
-        super::dlq::confirm(
-            &format!(
+        let question = match &req.which {
+            Replayed::Delivered(_) => format!(
                 "Send {} delivered message(s) of hook `{}` again",
                 plan.len(),
                 hook.name
             ),
-            req.yes,
-        )?;
+            Replayed::FromEvent { from, .. } => format!(
+                "Send {} message(s) of hook `{}` from event {from} again",
+                plan.len(),
+                hook.name
+            ),
+        };
+        super::dlq::confirm(&question, req.yes)?;
         // A writer only after the confirmation: declining changes nothing.
         let store = Store::open(&config.db_path())?;
         let planned = plan.len();
-        let done = store.requeue_delivered(plan).await?;
+        let done = match &req.which {
+            Replayed::Delivered(_) => store.requeue_delivered(plan).await?,
+            Replayed::FromEvent { .. } => store.requeue_delivered_or_dead(plan).await?,
+        };
         let _ = writeln!(
             o,
-            "requeued {done} of {} delivered message(s) of hook `{}` with their message_ids \
+            "requeued {done} of {} {what} of hook `{}` with their message_ids{numbered} \
              ({full} with the resource, {rendered} as id-only notifications); a running daemon \
              sends them within a second",
             found.len(),
@@ -117,7 +153,7 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
     } else {
         let _ = writeln!(
             o,
-            "requeued 0 of {} delivered message(s) of hook `{}`",
+            "requeued 0 of {} {what} of hook `{}`",
             found.len(),
             hook.name
         );
@@ -138,13 +174,13 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
 async fn last_updated_of(
     store: &Store,
     hook: &str,
-    found: &[ReplayCandidate],
+    found: &[MessageRecord],
 ) -> Result<BTreeMap<i64, String>, DlqError> {
-    let mut by_target: BTreeMap<(&str, &str), Vec<&ReplayCandidate>> = BTreeMap::new();
+    let mut by_target: BTreeMap<(&str, &str), Vec<&MessageRecord>> = BTreeMap::new();
     // Only messages from before migration 7: a change row has its own.
     for c in found
         .iter()
-        .filter(|c| !c.has_payload && c.change_id.is_none())
+        .filter(|c| !c.stored.has_payload() && c.stored.change_id.is_none())
     {
         by_target
             .entry((&c.source, &c.resource_type))
@@ -184,7 +220,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The webhook an id-only hook sends, for a delivered message: its
 /// message_id, resourceId, versionId, event, source and owner; `time` is
 /// when the change was detected (the row's creation).
-fn id_only_payload(config: &Config, c: &ReplayCandidate, last_updated: Option<&str>) -> Vec<u8> {
+fn id_only_payload(config: &Config, c: &MessageRecord, last_updated: Option<&str>) -> Vec<u8> {
     let owner = config
         .sources
         .iter()
@@ -204,4 +240,35 @@ fn id_only_payload(config: &Config, c: &ReplayCandidate, last_updated: Option<&s
         raw: "",
     };
     zus_hook(&view, Content::IdOnly)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::args::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut all = vec!["fhir-bridge", "replay", "--hook", "h"];
+        all.extend(args);
+        Cli::try_parse_from(all)
+    }
+
+    /// Exactly one of --since and --from-event; --until only with --since.
+    #[test]
+    fn replay_starts_from_a_time_or_an_event_number() {
+        let Ok(Cli {
+            command: Command::Replay(a),
+            ..
+        }) = parse(&["--from-event", "7", "--resource", "Observation"])
+        else {
+            panic!("--from-event");
+        };
+        assert_eq!((a.from_event, a.since), (Some(7), None));
+        assert!(parse(&["--since", "2h", "--until", "1h"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--since", "2h", "--from-event", "7"]).is_err());
+        assert!(parse(&["--from-event", "7", "--until", "1h"]).is_err());
+        assert!(parse(&["--from-event", "0"]).is_err());
+        assert!(parse(&["--from-event", "x"]).is_err());
+    }
 }

@@ -4,29 +4,10 @@
 //! them to a configured hook (`move_to_hook`) or deletes them (`purge`).
 
 use super::filter::{MessageFilter, condition};
+use super::message::{MessageRecord, MessageState, WithBody, read_message, select_messages};
 use super::{StateError, Store, now_ms};
 use rusqlite::{Connection, ToSql, params};
 use serde::Serialize;
-
-/// A dead letter, or a pending message of an orphaned hook.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub hook: String,
-    /// "dead", or "pending" (a message of an orphaned hook: never sent as is).
-    pub state: String,
-    pub message_id: String,
-    pub source: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub version_id: Option<String>,
-    pub event: String,
-    pub attempts: i64,
-    pub created_at_ms: i64,
-    pub dead_at_ms: Option<i64>,
-    pub last_status: Option<i64>,
-    pub last_error: Option<String>,
-}
 
 /// A hook with messages in the outbox that the config no longer names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,7 +85,8 @@ fn select(
     let explicit = sel.hook.is_some() || sel.ids.is_some();
     let mut out = Vec::new();
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT id, message_id FROM outbox WHERE hook = ?1 AND state = ?2 AND {} ORDER BY id",
+        "SELECT o.id, o.message_id FROM outbox o WHERE o.hook = ?1 AND o.state = ?2 AND {}
+         ORDER BY o.id",
         condition(3)
     ))?;
     for hook in hooks_in_outbox(c)? {
@@ -177,7 +159,7 @@ impl Store {
         &self,
         hook: Option<String>,
         configured: Vec<String>,
-    ) -> Result<Vec<DeadLetter>, StateError> {
+    ) -> Result<Vec<MessageRecord>, StateError> {
         self.dlq_list_filtered(hook, MessageFilter::default(), configured)
             .await
     }
@@ -188,13 +170,14 @@ impl Store {
         hook: Option<String>,
         filter: MessageFilter,
         configured: Vec<String>,
-    ) -> Result<Vec<DeadLetter>, StateError> {
+    ) -> Result<Vec<MessageRecord>, StateError> {
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT id, hook, state, message_id, source, resource_type, resource_id,
-                        version_id, event, attempts, created_at, done_at, last_status, last_error
-                 FROM outbox WHERE hook = ?1 AND state = ?2 AND {} ORDER BY id",
-                condition(3)
+            let mut stmt = c.prepare_cached(&select_messages(
+                &format!(
+                    "WHERE o.hook = ?1 AND o.state = ?2 AND {} ORDER BY o.id",
+                    condition(3)
+                ),
+                WithBody::No,
             ))?;
             let mut out = Vec::new();
             for h in hooks_in_outbox(c)? {
@@ -208,22 +191,7 @@ impl Store {
                 };
                 for state in states {
                     let rows = stmt.query_map(&*with_filter(&h, state, &filter), |r| {
-                        Ok(DeadLetter {
-                            id: r.get(0)?,
-                            hook: r.get(1)?,
-                            state: r.get(2)?,
-                            message_id: r.get(3)?,
-                            source: r.get(4)?,
-                            resource_type: r.get(5)?,
-                            resource_id: r.get(6)?,
-                            version_id: r.get(7)?,
-                            event: r.get(8)?,
-                            attempts: r.get(9)?,
-                            created_at_ms: r.get(10)?,
-                            dead_at_ms: r.get(11)?,
-                            last_status: r.get(12)?,
-                            last_error: r.get(13)?,
-                        })
+                        read_message(r, WithBody::No)
                     })?;
                     for row in rows {
                         out.push(row?);
@@ -237,9 +205,15 @@ impl Store {
     }
 
     /// Dead letters only, of every hook or one.
-    pub async fn dead_letters(&self, hook: Option<String>) -> Result<Vec<DeadLetter>, StateError> {
+    pub async fn dead_letters(
+        &self,
+        hook: Option<String>,
+    ) -> Result<Vec<MessageRecord>, StateError> {
         let all = self.dlq_list(hook, vec![]).await?;
-        Ok(all.into_iter().filter(|d| d.state == "dead").collect())
+        Ok(all
+            .into_iter()
+            .filter(|d| d.state == MessageState::Dead)
+            .collect())
     }
 
     /// The ids of the messages a `redrive` (`moving`: false) or a `purge` or

@@ -1,6 +1,6 @@
 use super::*;
 use crate::state::test_util::temp_store;
-use crate::state::{DeliveryRecord, NewMessage, PageCommit};
+use crate::state::{DeliveryRecord, MessageKey, NewMessage, PageCommit, WithBody};
 
 async fn enqueue(store: &Store, msgs: Vec<NewMessage>) {
     store
@@ -222,4 +222,55 @@ async fn plain_redrive_leaves_orphaned_dead_letters_alone() {
     let dead = store.dead_letters(None).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].hook, "old");
+}
+
+/// A message moved to another hook is a new event there: it takes that
+/// hook's next numbers, in the order moved; the old hook's counter keeps
+/// the numbers it gave (they are never reused).
+#[tokio::test]
+async fn a_moved_message_takes_the_new_hooks_next_event_number() {
+    let (_d, store) = temp_store();
+    // `old`: o1 = 1 (dead), o2 = 2, o3 = 3 (pending); `a`: a1 = 1 (dead).
+    fixture(&store).await;
+    let last_number = |hook: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .call(move |c| super::super::event_number::events_since_start(c, hook))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!((last_number("old").await, last_number("a").await), (3, 1));
+    let sel = DlqSelection {
+        hook: Some("old".into()),
+        configured: configured(&["a"]),
+        ..Default::default()
+    };
+    assert_eq!(store.move_to_hook(sel, "a").await.unwrap().moved, 3);
+    let claimed = store.claim_due("a", vec![], 10).await.unwrap();
+    let numbers: Vec<_> = claimed
+        .iter()
+        .map(|c| (c.message_id.as_str(), c.event_number))
+        .collect();
+    assert_eq!(numbers, [("o1", Some(2)), ("o2", Some(3)), ("o3", Some(4))]);
+    assert_eq!((last_number("old").await, last_number("a").await), (3, 4));
+    // Both hooks go on from their own counters.
+    enqueue(&store, vec![msg("old", "o4", "r4"), msg("a", "a2", "r4")]).await;
+    let next = |hook: &'static str, mid: &'static str| {
+        let store = store.clone();
+        async move {
+            let found = store
+                .find_messages(
+                    MessageKey::MessageId(mid.into()),
+                    Some(hook.into()),
+                    WithBody::No,
+                )
+                .await
+                .unwrap();
+            found[0].event_number
+        }
+    };
+    assert_eq!(next("old", "o4").await, Some(4));
+    assert_eq!(next("a", "a2").await, Some(5));
 }

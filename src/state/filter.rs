@@ -18,15 +18,16 @@ pub struct MessageFilter {
     pub until_ms: Option<i64>,
 }
 
-/// The SQL condition for a `MessageFilter`, on the columns of `outbox`,
-/// numbered from parameter `?{first}` on (`first`..`first + 4`).
+/// The SQL condition for a `MessageFilter`, on the columns of `outbox o`
+/// (qualified: a query may join the message's change, which has the same
+/// names), numbered from parameter `?{first}` on (`first`..`first + 4`).
 pub(super) fn condition(first: usize) -> String {
     let p = |i: usize| first + i;
     format!(
-        "(?{} IS NULL OR source = ?{0}) AND (?{} IS NULL OR resource_type = ?{1})
-         AND (?{} IS NULL OR resource_id = ?{2})
-         AND (?{} IS NULL OR COALESCE(done_at, created_at) >= ?{3})
-         AND (?{} IS NULL OR COALESCE(done_at, created_at) < ?{4})",
+        "(?{} IS NULL OR o.source = ?{0}) AND (?{} IS NULL OR o.resource_type = ?{1})
+         AND (?{} IS NULL OR o.resource_id = ?{2})
+         AND (?{} IS NULL OR COALESCE(o.done_at, o.created_at) >= ?{3})
+         AND (?{} IS NULL OR COALESCE(o.done_at, o.created_at) < ?{4})",
         p(0),
         p(1),
         p(2),

@@ -1,5 +1,6 @@
 //! `replay`: delivered messages (kept for `retention`) back to pending, with
-//! their row, hook and message_id, so the daemon sends them again. The
+//! their row, hook, message_id and event number, so the daemon sends them
+//! again; from an event number on, dead ones too. The
 //! resource is deleted once no pending or dead message needs it (no PHI at
 //! rest), so a replayed message of a change is rendered at send time with
 //! the resource if another hook's message still kept it, else without.
@@ -7,29 +8,9 @@
 //! re-rendered and not yet sent) or one re-rendered by the caller.
 
 use super::filter::{MessageFilter, condition};
+use super::message::{MessageRecord, WithBody, read_message, select_messages};
 use super::{StateError, Store, now_ms};
 use rusqlite::{ToSql, params};
-
-/// A delivered message that `replay` may send again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplayCandidate {
-    pub id: i64,
-    pub message_id: String,
-    pub source: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub version_id: Option<String>,
-    pub event: String,
-    pub created_at_ms: i64,
-    pub done_at_ms: Option<i64>,
-    /// Whether its payload is still stored (messages from before migration 7).
-    pub has_payload: bool,
-    /// Its change (`None`: from before migration 7): rendered when sent.
-    pub change_id: Option<i64>,
-    /// Whether the change's resource is still stored (another hook's message
-    /// still needs it), so it can be sent in full.
-    pub has_body: bool,
-}
 
 /// One message to requeue, with the payload to store when it has none.
 #[derive(Debug, Clone)]
@@ -49,37 +30,48 @@ impl Store {
         &self,
         hook: &str,
         filter: MessageFilter,
-    ) -> Result<Vec<ReplayCandidate>, StateError> {
+    ) -> Result<Vec<MessageRecord>, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT o.id, o.message_id, o.source, o.resource_type, o.resource_id,
-                        o.version_id, o.event, o.created_at, o.done_at,
-                        EXISTS (SELECT 1 FROM outbox_payload b WHERE b.id = o.id),
-                        o.change_id,
-                        EXISTS (SELECT 1 FROM change_body cb WHERE cb.id = o.change_id)
-                 FROM outbox o WHERE o.hook = ?1 AND o.state = 'delivered' AND {}
-                 ORDER BY o.id",
-                condition(2)
+            let mut stmt = c.prepare_cached(&select_messages(
+                &format!(
+                    "WHERE o.hook = ?1 AND o.state = 'delivered' AND {} ORDER BY o.id",
+                    condition(2)
+                ),
+                WithBody::No,
             ))?;
             let mut p: Vec<&dyn ToSql> = vec![&hook];
             p.extend(filter.params());
-            let rows = stmt.query_map(&*p, |r| {
-                Ok(ReplayCandidate {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    source: r.get(2)?,
-                    resource_type: r.get(3)?,
-                    resource_id: r.get(4)?,
-                    version_id: r.get(5)?,
-                    event: r.get(6)?,
-                    created_at_ms: r.get(7)?,
-                    done_at_ms: r.get(8)?,
-                    has_payload: r.get(9)?,
-                    change_id: r.get(10)?,
-                    has_body: r.get(11)?,
-                })
-            })?;
+            let rows = stmt.query_map(&*p, |r| read_message(r, WithBody::No))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The messages of `hook` numbered `from` or later that are still kept
+    /// and no longer pending (delivered, within the retention, or dead), that
+    /// `filter` selects, in event-number order. Messages from before event
+    /// numbers have none and are never among them.
+    pub async fn replay_candidates_from_event(
+        &self,
+        hook: &str,
+        from: i64,
+        filter: MessageFilter,
+    ) -> Result<Vec<MessageRecord>, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&select_messages(
+                &format!(
+                    "WHERE o.hook = ?1 AND o.event_number >= ?2
+                       AND o.state IN ('delivered', 'dead') AND {}
+                     ORDER BY o.event_number",
+                    condition(3)
+                ),
+                WithBody::No,
+            ))?;
+            let mut p: Vec<&dyn ToSql> = vec![&hook, &from];
+            p.extend(filter.params());
+            let rows = stmt.query_map(&*p, |r| read_message(r, WithBody::No))?;
             rows.collect()
         })
         .await
@@ -90,6 +82,20 @@ impl Store {
     /// delivered (pruned meanwhile, or already requeued) or has no payload
     /// to send is left alone. Returns how many were requeued.
     pub async fn requeue_delivered(&self, items: Vec<Requeue>) -> Result<usize, StateError> {
+        self.requeue(items, Requeueable::Delivered).await
+    }
+
+    /// `requeue_delivered`, for delivered or dead messages (a replay from an
+    /// event number sends both again). Their message_id and event number stay.
+    pub async fn requeue_delivered_or_dead(
+        &self,
+        items: Vec<Requeue>,
+    ) -> Result<usize, StateError> {
+        self.requeue(items, Requeueable::DeliveredOrDead).await
+    }
+
+    async fn requeue(&self, items: Vec<Requeue>, from: Requeueable) -> Result<usize, StateError> {
+        let dead_too = from == Requeueable::DeliveredOrDead;
         self.call(move |c| {
             let tx = c.transaction()?;
             let mut n = 0;
@@ -97,7 +103,8 @@ impl Store {
                 let mut store_payload = tx.prepare_cached(
                     "INSERT INTO outbox_payload (id, payload)
                      SELECT ?1, ?2 WHERE EXISTS
-                        (SELECT 1 FROM outbox WHERE id = ?1 AND state = 'delivered')
+                        (SELECT 1 FROM outbox WHERE id = ?1
+                            AND (state = 'delivered' OR (?3 AND state = 'dead')))
                      ON CONFLICT (id) DO NOTHING",
                 )?;
                 // Never pending with nothing to send: the worker would POST an
@@ -105,7 +112,7 @@ impl Store {
                 let mut up = tx.prepare_cached(
                     "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2,
                         done_at = NULL, last_status = NULL, last_error = NULL
-                     WHERE id = ?1 AND state = 'delivered'
+                     WHERE id = ?1 AND (state = 'delivered' OR (?4 AND state = 'dead'))
                        AND (EXISTS (SELECT 1 FROM outbox_payload WHERE id = ?1)
                             OR (change_id IS NOT NULL AND (NOT ?3 OR EXISTS
                                 (SELECT 1 FROM change_body cb WHERE cb.id = outbox.change_id))))",
@@ -113,9 +120,9 @@ impl Store {
                 let now = now_ms();
                 for item in items {
                     if let Some(payload) = &item.payload {
-                        store_payload.execute(params![item.id, payload])?;
+                        store_payload.execute(params![item.id, payload, dead_too])?;
                     }
-                    n += up.execute(params![item.id, now, item.need_body])?;
+                    n += up.execute(params![item.id, now, item.need_body, dead_too])?;
                 }
             }
             tx.commit()?;
@@ -123,6 +130,13 @@ impl Store {
         })
         .await
     }
+}
+
+/// Which messages a requeue takes back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Requeueable {
+    Delivered,
+    DeliveredOrDead,
 }
 
 #[cfg(test)]
@@ -175,9 +189,9 @@ mod tests {
         assert!(
             found
                 .iter()
-                .all(|c| !c.has_payload && c.change_id.is_some())
+                .all(|c| !c.stored.has_payload() && c.stored.change_id.is_some())
         );
-        let bodies: Vec<_> = found.iter().map(|c| c.has_body).collect();
+        let bodies: Vec<_> = found.iter().map(|c| c.stored.has_resource()).collect();
         assert_eq!(bodies, [true, false], "b's resource went on delivery");
         let only_b = MessageFilter {
             resource_id: Some("b".into()),
@@ -234,5 +248,166 @@ mod tests {
             .unwrap();
         let a = store.message_body(a_id).await.unwrap();
         assert_eq!(a.raw(), b"{}");
+    }
+
+    /// Settles every due message of `hook`: delivered, or dead if `dead`.
+    async fn settle(store: &Store, hook: &str, dead: bool) {
+        let claimed = store.claim_due(hook, vec![], 100).await.unwrap();
+        let records = claimed
+            .iter()
+            .map(|c| {
+                let r = if dead {
+                    DeliveryRecord::Failed {
+                        status: Some(500),
+                        error: "HTTP 500".into(),
+                        retry_at_ms: None,
+                    }
+                } else {
+                    DeliveryRecord::Delivered { status: 200 }
+                };
+                (c.id, r)
+            })
+            .collect();
+        store.record_deliveries(hook, records, false).await.unwrap();
+    }
+
+    async fn enqueue(store: &Store, messages: Vec<NewMessage>) {
+        store
+            .commit_page(PageCommit {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                messages,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Events 1-5 of `h` (1-4 delivered, 5 dead) and of `g` (delivered):
+    /// from event 3, `h`'s 3, 4 and 5 are pending again under their
+    /// message_ids and numbers; `h`'s 1 and 2 and all of `g` stay as they were.
+    #[tokio::test]
+    async fn replay_from_an_event_number_requeues_the_rest_keeping_their_numbers() {
+        let (_d, store) = temp_store();
+        for hook in ["h", "g"] {
+            let msgs = (1..=4)
+                .map(|i| {
+                    NewMessage::test(hook, &format!("{hook}{i}"), "Observation", &i.to_string())
+                })
+                .collect();
+            enqueue(&store, msgs).await;
+            settle(&store, hook, false).await;
+            enqueue(
+                &store,
+                vec![NewMessage::test(
+                    hook,
+                    &format!("{hook}5"),
+                    "Observation",
+                    "5",
+                )],
+            )
+            .await;
+            settle(&store, hook, hook == "h").await;
+        }
+        let found = store
+            .replay_candidates_from_event("h", 3, MessageFilter::default())
+            .await
+            .unwrap();
+        let numbers: Vec<_> = found
+            .iter()
+            .map(|m| (m.message_id.as_str(), m.event_number, m.state))
+            .collect();
+        use crate::state::MessageState::{Dead, Delivered};
+        assert_eq!(
+            numbers,
+            [
+                ("h3", Some(3), Delivered),
+                ("h4", Some(4), Delivered),
+                ("h5", Some(5), Dead)
+            ]
+        );
+        let items = found.iter().map(|m| requeue(m.id, false)).collect();
+        // Only delivered ones for a replay by time: the dead one stays dead.
+        assert_eq!(
+            store
+                .requeue_delivered(vec![requeue(found[2].id, false)])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.requeue_delivered_or_dead(items).await.unwrap(), 3);
+
+        let claimed = store.claim_due("h", vec![], 10).await.unwrap();
+        let got: Vec<_> = claimed
+            .iter()
+            .map(|c| (c.message_id.as_str(), c.event_number, c.attempts))
+            .collect();
+        assert_eq!(
+            got,
+            [("h3", Some(3), 0), ("h4", Some(4), 0), ("h5", Some(5), 0)]
+        );
+        let left = store
+            .replay_candidates("h", MessageFilter::default())
+            .await
+            .unwrap();
+        let left: Vec<_> = left.iter().map(|m| m.message_id.as_str()).collect();
+        assert_eq!(left, ["h1", "h2"]);
+        assert!(store.claim_due("g", vec![], 10).await.unwrap().is_empty());
+        let g = store
+            .replay_candidates_from_event("g", 1, MessageFilter::default())
+            .await
+            .unwrap();
+        let g: Vec<_> = g.iter().map(|m| (m.event_number, m.state)).collect();
+        assert_eq!(
+            g,
+            [
+                (Some(1), Delivered),
+                (Some(2), Delivered),
+                (Some(3), Delivered),
+                (Some(4), Delivered),
+                (Some(5), Delivered)
+            ]
+        );
+        // Nothing numbered that high: nothing.
+        let none = store
+            .replay_candidates_from_event("h", 6, MessageFilter::default())
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    /// A message moved to the hook keeps its older row id but takes a later
+    /// number: candidates come in number order, not row order.
+    #[tokio::test]
+    async fn candidates_from_an_event_come_in_event_number_order() {
+        let (_d, store) = temp_store();
+        enqueue(
+            &store,
+            vec![NewMessage::test("old", "m", "Observation", "m")],
+        )
+        .await;
+        settle(&store, "old", true).await;
+        enqueue(
+            &store,
+            vec![NewMessage::test("h", "h1", "Observation", "1")],
+        )
+        .await;
+        let sel = crate::state::DlqSelection {
+            hook: Some("old".into()),
+            configured: vec!["h".into()],
+            ..Default::default()
+        };
+        store.move_to_hook(sel, "h").await.unwrap();
+        settle(&store, "h", false).await;
+        let found = store
+            .replay_candidates_from_event("h", 1, MessageFilter::default())
+            .await
+            .unwrap();
+        let got: Vec<_> = found
+            .iter()
+            .map(|m| (m.message_id.as_str(), m.event_number))
+            .collect();
+        assert_eq!(got, [("h1", Some(1)), ("m", Some(2))]);
+        assert!(found[1].id < found[0].id);
     }
 }
