@@ -83,6 +83,8 @@ pub struct RawHook {
     pub url: Spanned<String>,
     pub sources: Option<Spanned<Vec<String>>>,
     pub filter: Option<Spanned<String>>,
+    /// A named topic (`crate::filter::topics`); with `filter`, both must match.
+    pub topic: Option<Spanned<String>>,
     pub content: Option<Spanned<String>>,
     pub max_attempts: Option<Spanned<u32>>,
     pub retry_schedule: Option<Spanned<Vec<Spanned<HumanDuration>>>>,

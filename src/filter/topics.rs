@@ -3,6 +3,8 @@
 //! transition compare the resource with `$previous` (null on a first
 //! sighting), so a re-read of the same version never matches.
 
+use super::Filter;
+
 /// One topic: its name, what it selects, the resource type it is about, and its jq.
 #[derive(Debug)]
 pub struct Topic {
@@ -68,6 +70,13 @@ pub fn find(name: &str) -> Option<&'static Topic> {
 /// The topic names, comma-separated (for error messages).
 pub fn names() -> String {
     TOPICS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether a hook with this effective filter and topic reads `$previous` on
+/// resources of type `resource_type`. A topic matches its own type only; a
+/// plain `filter` may match any type of its sources.
+pub fn needs_previous(filter: &Filter, topic: Option<&Topic>, resource_type: &str) -> bool {
+    filter.uses_previous() && topic.is_none_or(|t| t.resource_type == resource_type)
 }
 
 #[cfg(test)]
