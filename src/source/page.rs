@@ -154,9 +154,13 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
             continue;
         };
+        // A body is the previous version only if it is the seen one: one left
+        // from before its type stopped keeping bodies (a reload) is stale.
         let previous = seen
             .get(&e.id)
-            .and_then(|row| row.body.as_deref())
+            .and_then(|row| {
+                (row.body.as_deref()).filter(|b| diff::content_hash(b) == row.content_hash)
+            })
             .and_then(|b| std::str::from_utf8(b).ok())
             .and_then(|b| crate::filter::parse_resource(b).ok());
         let change = Change {
@@ -288,6 +292,16 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_slice(kept["e"].body.as_deref().unwrap()).unwrap();
         assert_eq!(body["status"], "finished");
+
+        // No hook reads `$previous` any more (a reload): version 4 keeps
+        // nothing, and the body of version 3 left behind is not taken for
+        // version 5's previous once a hook reads it again.
+        let discharge = job.routes.pop().unwrap();
+        let v4 = encounters(&[("4", "in-progress")]);
+        assert_eq!(run(&store, &job, &v4).await, ["all"]);
+        job.routes.push(discharge);
+        let v5 = encounters(&[("5", "finished")]);
+        assert_eq!(run(&store, &job, &v5).await, ["all", "discharge"]);
 
         // No hook reads `$previous`: nothing is kept.
         let (_d2, store) = temp_store();
