@@ -202,3 +202,80 @@ fn topics_lists_every_topic_with_its_jq() {
         }
     }
 }
+
+/// A backfill goes through the same pipeline: it keeps the bodies the
+/// daemon's later polls take `$previous` from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_keeps_the_bodies_later_transitions_compare_with() {
+    let fhir = FhirSandbox::start(0).await.unwrap();
+    let rx = Receiver::start(0, None).await.unwrap();
+    let encounter = |status: &str, n: u32| json!({"resourceType": "Encounter", "status": status, "length": {"value": n}});
+    let day_ago = chrono::Utc::now().timestamp_millis() - 86_400_000;
+    fhir.store.freeze_clock(Some(day_ago));
+    fhir.store
+        .upsert("Encounter", Some("e1"), encounter("in-progress", 1));
+    fhir.store
+        .upsert("Encounter", Some("e2"), encounter("finished", 1));
+    fhir.store.freeze_clock(None);
+    let hooks = format!(
+        "[[hook]]\nname = \"discharges\"\nurl = \"{}\"\ntopic = \"adt-discharge\"\n\n{}",
+        rx.url("hooks/discharges"),
+        hook("all", &rx.url("hooks/all"), "true", "")
+    );
+    // The daemon starts now: the past is the backfill's.
+    let bridge = Bridge::start(&config(&fhir.base_url(), &["Encounter"], "now", &hooks));
+    wait_for(20, "the daemon up", || {
+        bridge.logs().contains("fhir-bridge started")
+    })
+    .await;
+    let out = bridge.cli(&[
+        "backfill",
+        "--source",
+        "ehr",
+        "--since",
+        "beginning",
+        "--rate",
+        "50",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ids = |path: &str| -> Vec<String> {
+        rx.received()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.resource_id.clone())
+            .collect()
+    };
+    // e2 was finished when first seen: a discharge (a first sighting).
+    wait_for(30, "the backfill delivered", || {
+        ids("/hooks/all").len() == 2
+    })
+    .await;
+    wait_for(30, "e2's discharge", || {
+        ids("/hooks/discharges") == ["Encounter/e2"]
+    })
+    .await;
+
+    // e1 finishes; e2 changes while staying finished: its previous is the
+    // body the backfill kept, so it is not discharged again.
+    fhir.store
+        .upsert("Encounter", Some("e1"), encounter("finished", 2));
+    fhir.store
+        .upsert("Encounter", Some("e2"), encounter("finished", 2));
+    wait_for(30, "both updates delivered", || {
+        ids("/hooks/all").len() == 4
+    })
+    .await;
+    wait_for(30, "every discharge message settled", || {
+        let status = bridge.status_json();
+        let h = status["hooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h["name"] == "discharges")
+            .cloned()
+            .unwrap_or_default();
+        h["pending"] == 0 && h["delivered"] == 2
+    })
+    .await;
+    assert_eq!(ids("/hooks/discharges"), ["Encounter/e2", "Encounter/e1"]);
+}
