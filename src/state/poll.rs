@@ -219,7 +219,9 @@ impl Store {
                     ])?;
                     // The body follows its seen row, older-version guard included.
                     if page.keep_bodies && moved > 0 {
-                        super::seen_body::write(&tx, &page.source, &page.resource_type, id, row.body.as_deref())?;
+                        let rt = &page.resource_type;
+                        let body = row.body.as_deref();
+                        super::seen_body::write(&tx, &page.source, rt, id, body)?;
                     }
                 }
                 insert_messages(&tx, &page.messages)?;
