@@ -82,6 +82,7 @@ mod tests {
 
     fn seen(v: Option<&str>, lu: &str, h: u8) -> SeenRow {
         SeenRow {
+            body: None,
             version_id: v.map(String::from),
             last_updated: Some(lu.into()),
             content_hash: [h; 32],

@@ -170,6 +170,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             emit(&report.text, code)
         }
+        Command::Topics => emit(&fhir_bridge::cli::topics::render(), ExitCode::SUCCESS),
+        Command::TestFilter {
+            config,
+            hook,
+            resource,
+            previous,
+        } => {
+            let config = load(&config)?;
+            let matched =
+                fhir_bridge::cli::test_filter::run(&config, &hook, &resource, previous.as_deref())?;
+            match matched {
+                true => emit("match\n", ExitCode::SUCCESS),
+                false => emit("no match\n", ExitCode::from(1)),
+            }
+        }
         Command::Demo { duration, rate } => {
             demo::run(demo::DemoOptions { duration, rate }, shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)

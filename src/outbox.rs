@@ -4,6 +4,7 @@
 
 use crate::config::{Config, Content, Hook};
 use crate::diff::Event;
+use crate::filter::topics::Topic;
 use crate::filter::{Filter, FilterError, Resource};
 use crate::payload::MAX_INCLUDED_BYTES;
 use crate::state::{ChangeRecord, NewMessage};
@@ -33,12 +34,18 @@ pub fn message_id(
 pub struct Route {
     pub hook: String,
     pub filter: Arc<Filter>,
+    pub topic: Option<&'static Topic>,
     pub content: Content,
 }
 
 impl Route {
     pub fn for_source(config: &Config, source: &str) -> Vec<Route> {
         config.hooks_for_source(source).map(Route::from).collect()
+    }
+
+    /// Whether this route's filter reads `$previous` on resources of this type.
+    pub fn needs_previous(&self, resource_type: &str) -> bool {
+        crate::filter::topics::needs_previous(&self.filter, self.topic, resource_type)
     }
 }
 
@@ -47,6 +54,7 @@ impl From<&Hook> for Route {
         Route {
             hook: h.name.clone(),
             filter: h.filter.clone(),
+            topic: h.topic,
             content: h.content,
         }
     }
@@ -64,6 +72,8 @@ pub struct Change<'a> {
     pub content_hash: &'a [u8; 32],
     pub event: Event,
     pub raw: &'a str,
+    /// The last version seen before this one (`$previous`); `None`: null.
+    pub previous: Option<&'a Resource>,
     pub time: &'a str,
 }
 
@@ -122,10 +132,12 @@ fn route_parsed(
         (Some(v), _) => format!("v:{v}"),
         (None, lu) => format!("h:{}:{}", hex(change.content_hash), lu.unwrap_or("")),
     };
+    let null = Resource::Null;
+    let previous = change.previous.unwrap_or(&null);
     let mut matched_routes = Vec::new();
     for route in routes {
         let matched = match &resource {
-            Some(r) => route.filter.matches_with(r, cancel),
+            Some(r) => route.filter.matches_change(r, previous, cancel),
             None => Err(FilterError::Input("unparseable resource".into())),
         };
         match matched {
@@ -195,6 +207,7 @@ mod tests {
         Route {
             hook: name.into(),
             filter: Arc::new(Filter::compile(code).unwrap()),
+            topic: None,
             content: Content::FullResource,
         }
     }
@@ -221,6 +234,7 @@ mod tests {
             content_hash: &HASH,
             event: Event::Create,
             raw: r#"{"resourceType":"Observation","id":"1"}"#,
+            previous: None,
             time: "2026-01-01T00:00:01Z",
         }
     }

@@ -350,6 +350,7 @@ fn task(source: Source, store: Store) -> SourceTask {
             routes: vec![Route {
                 hook: "h".into(),
                 filter: Arc::new(Filter::compile("true").unwrap()),
+                topic: None,
                 content: Content::IdOnly,
             }],
             wakers: HashMap::new(),

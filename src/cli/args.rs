@@ -138,6 +138,27 @@ pub enum Command {
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
     },
+    /// List the named topics a hook can set (`topic = "..."`), with their jq.
+    #[command(after_help = "Example:\n  fhir-bridge topics")]
+    Topics,
+    /// Run a hook's filter (its topic and/or `filter`, on the daemon's
+    /// budget) on a resource: prints `match` (exit 0) or `no match` (exit 1).
+    /// A filter error or an unreadable file exits 2.
+    #[command(
+        after_help = "Examples:\n  fhir-bridge test-filter --hook discharges encounter.json --previous encounter-v1.json\n  fhir-bridge test-filter -c bridges.toml --hook critical-labs observation.json"
+    )]
+    TestFilter {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The hook whose filter runs.
+        #[arg(long)]
+        hook: String,
+        /// A JSON file holding the resource (`.`).
+        resource: PathBuf,
+        /// A JSON file holding its previous version (`$previous`); default: null.
+        #[arg(long)]
+        previous: Option<PathBuf>,
+    },
     /// Zero-setup demo: sandbox EHR -> real pipeline -> printing receiver.
     #[command(after_help = "Example:\n  fhir-bridge demo --duration 30s --rate 20")]
     Demo {

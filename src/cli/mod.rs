@@ -15,6 +15,8 @@ pub mod poll_once;
 pub mod replay;
 pub mod status;
 mod status_text;
+pub mod test_filter;
+pub mod topics;
 pub mod watch;
 pub mod when;
 

@@ -27,6 +27,7 @@ pub use schedule::Schedule;
 pub use tls::Tls;
 
 use crate::filter::Filter;
+use crate::filter::topics::Topic;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -193,7 +194,10 @@ pub struct Hook {
     pub name: String,
     pub url: Url,
     pub sources: Vec<String>,
+    /// The effective filter: the topic's and the `filter`'s, both must match.
     pub filter: Arc<Filter>,
+    /// The named topic, if the hook has one.
+    pub topic: Option<&'static Topic>,
     pub content: Content,
     /// Format, batching and heartbeats.
     pub notification: Notification,
@@ -235,6 +239,14 @@ impl std::fmt::Debug for HookAuth {
                 .finish(),
             HookAuth::OAuth(cc) => write!(f, "OAuth({cc:?})"),
         }
+    }
+}
+
+impl Hook {
+    /// Whether the hook's filter reads `$previous` on resources of this type,
+    /// so their last bodies must be kept (see `filter::topics::needs_previous`).
+    pub fn needs_previous(&self, resource_type: &str) -> bool {
+        crate::filter::topics::needs_previous(&self.filter, self.topic, resource_type)
     }
 }
 

@@ -83,6 +83,8 @@ pub struct RawHook {
     pub url: Spanned<String>,
     pub sources: Option<Spanned<Vec<String>>>,
     pub filter: Option<Spanned<String>>,
+    /// A named topic (`crate::filter::topics`); with `filter`, both must match.
+    pub topic: Option<Spanned<String>>,
     pub content: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
     pub max_events_per_bundle: Option<Spanned<u32>>,

@@ -237,6 +237,21 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
                 ),
             ));
         }
+        if let (Some(topic), Some(raw_topic)) = (hook.topic, &raw_hook.get_ref().topic)
+            && !sources
+                .iter()
+                .filter(|s| hook.sources.contains(&s.name))
+                .any(|s| s.resources.iter().any(|r| r == topic.resource_type))
+            && !hook.sources.is_empty()
+        {
+            out.push(ctx.warning(
+                raw_topic.span(),
+                &format!(
+                    "hook `{}`: topic `{}` is about {}, which none of its sources polls: it receives nothing",
+                    hook.name, topic.name, topic.resource_type
+                ),
+            ));
+        }
         if super::hook_security::has_literal_secret(raw_hook.get_ref())
             && super::hook_security::readable_by_others(ctx.path)
         {
@@ -533,16 +548,42 @@ fn validate_hook(
         }
     };
 
+    let topic = match &h.topic {
+        None => None,
+        Some(t) => Some(crate::filter::topics::find(t.get_ref()).ok_or_else(|| {
+            ctx.err(
+                t.span(),
+                format!(
+                    "{what}: `topic`: no topic is named `{}`; known topics: {}",
+                    t.get_ref(),
+                    crate::filter::topics::names()
+                ),
+            )
+        })?),
+    };
     let filter = match &h.filter {
-        None => {
-            Filter::compile("true").map_err(|e| ctx.err(spanned.span(), format!("{what}: {e}")))?
-        }
-        Some(code) => Filter::compile(code.get_ref()).map_err(|e| {
+        None => None,
+        Some(code) => Some(Filter::compile(code.get_ref()).map_err(|e| {
             ctx.err(
                 code.span(),
                 format!("{what}: `filter` does not compile: {e}"),
             )
-        })?,
+        })?),
+    };
+    // A topic and a filter together: both must match.
+    let filter = match (topic, filter) {
+        (None, None) => {
+            Filter::compile("true").map_err(|e| ctx.err(spanned.span(), format!("{what}: {e}")))?
+        }
+        (None, Some(f)) => f,
+        (Some(t), f) => {
+            let compiled = Filter::compile(t.jq)
+                .map_err(|e| ctx.err(spanned.span(), format!("{what}: topic `{}`: {e}", t.name)))?;
+            match f {
+                Some(f) => compiled.and(f),
+                None => compiled,
+            }
+        }
     };
 
     let (content, notification) = super::notification::validate(ctx, &what, h)?;
@@ -606,6 +647,7 @@ fn validate_hook(
         url,
         sources,
         filter: Arc::new(filter),
+        topic,
         content,
         notification,
         max_attempts,

@@ -714,3 +714,63 @@ fn a_literal_client_secret_or_client_key_in_a_readable_file_is_a_warning() {
         assert!(!c.warnings.iter().any(|w| w.contains("others can read")));
     }
 }
+
+#[test]
+fn an_unknown_topic_names_file_line_and_key_and_lists_the_topics() {
+    let text = GOOD.replace("content = \"full-resource\"", "topic = \"adt-dischage\"");
+    let e = load(&text).unwrap_err();
+    assert!(
+        e.starts_with(
+            "bridges.toml:21: hook `critical-labs`: `topic`: no topic is named `adt-dischage`; known topics: critical-lab-result, adt-discharge,"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_topic_with_a_filter_needs_both_and_keeps_bodies_for_its_type_only() {
+    let text = GOOD.replace(
+        "content = \"full-resource\"",
+        "topic = \"adt-discharge\"\ncontent = \"full-resource\"",
+    );
+    let c = load(&text).unwrap();
+    let h = &c.hooks[0];
+    assert_eq!(h.topic.map(|t| t.name), Some("adt-discharge"));
+    assert!(h.filter.uses_previous());
+    assert!(h.needs_previous("Encounter"));
+    assert!(!h.needs_previous("Observation"));
+    let finished = crate::filter::parse_resource(
+        r#"{"resourceType": "Encounter", "id": "e", "status": "finished"}"#,
+    )
+    .unwrap();
+    // The topic matches, the filter (Observation only) does not.
+    assert!(!h.filter.matches(&finished).unwrap());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    // A plain filter reading `$previous` keeps bodies for every type.
+    let text = GOOD.replace(
+        r#"'.resourceType == "Observation"'"#,
+        "'.status != $previous.status'",
+    );
+    let h = &load(&text).unwrap().hooks[0];
+    assert!(h.topic.is_none());
+    assert!(h.needs_previous("Observation") && h.needs_previous("Encounter"));
+    // Without either: no bodies at all.
+    let h = &load(GOOD).unwrap().hooks[0];
+    assert!(!h.needs_previous("Observation"));
+}
+
+#[test]
+fn a_topic_about_a_type_no_source_polls_is_a_warning() {
+    let text = GOOD.replace(
+        "content = \"full-resource\"",
+        "topic = \"appointment-no-show\"",
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(
+        c.warnings,
+        [
+            "bridges.toml:21: hook `critical-labs`: topic `appointment-no-show` is about Appointment, which none of its sources polls: it receives nothing"
+        ]
+    );
+}

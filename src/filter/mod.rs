@@ -13,9 +13,12 @@
 mod alloc;
 pub mod budget;
 mod natives;
+#[cfg(test)]
+mod previous_tests;
 mod stack;
 #[cfg(test)]
 mod tests;
+pub mod topics;
 
 use budget::{Budget, Data, Exceeded, Fueled, Limits, Stop};
 use jaq_core::load::{Arena, File, Loader};
@@ -46,9 +49,18 @@ pub enum FilterError {
     Cancelled,
 }
 
+/// A compiled filter: one or more jq programs that must all match (a hook's
+/// `topic` and its `filter`). Each sees the resource as `.` and, if it refers
+/// to it, the resource's previous version as `$previous`.
 pub struct Filter {
     code: String,
+    parts: Vec<Part>,
+}
+
+struct Part {
     compiled: JaqFilter,
+    /// Compiled with the global `$previous` (it refers to it).
+    uses_previous: bool,
 }
 
 impl std::fmt::Debug for Filter {
@@ -62,39 +74,82 @@ pub fn parse_resource(json: &str) -> Result<Resource, FilterError> {
     serde_json::from_str(json).map_err(|e| FilterError::Input(e.to_string()))
 }
 
+/// The name of the global variable holding the previous version.
+const PREVIOUS: &str = "$previous";
+
+/// Why one compilation failed: the program does not parse, or names
+/// something undefined (a variable among them, maybe `$previous`).
+enum Build {
+    Load(String),
+    Undefined(String),
+}
+
+fn build(code: &str, globals: &[&'static str]) -> Result<JaqFilter, Build> {
+    let defs = jaq_core::defs()
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs())
+        .chain(natives::defs());
+    let arena = Arena::default();
+    let modules = Loader::new(defs)
+        .load(&arena, File { code, path: () })
+        .map_err(|errs| Build::Load(describe_load_errors(errs)))?;
+    Compiler::default()
+        .with_funs(natives::funs())
+        .with_global_vars(globals.iter().copied())
+        .compile(modules)
+        .map_err(|errs| {
+            let names: Vec<String> = errs
+                .into_iter()
+                .flat_map(|(_, undef)| undef)
+                .map(|(name, kind)| format!("undefined {} `{name}`", kind.as_str()))
+                .collect();
+            Build::Undefined(names.join(", "))
+        })
+}
+
 impl Filter {
     pub fn compile(code: &str) -> Result<Filter, FilterError> {
         check_size(code).map_err(FilterError::Compile)?;
-        let defs = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs())
-            .chain(natives::defs());
-        let arena = Arena::default();
-        let modules = Loader::new(defs)
-            .load(&arena, File { code, path: () })
-            .map_err(|errs| FilterError::Compile(describe_load_errors(errs)))?;
-        let compiled = Compiler::default()
-            .with_funs(natives::funs())
-            .compile(modules)
-            .map_err(|errs| {
-                let names: Vec<String> = errs
-                    .into_iter()
-                    .flat_map(|(_, undef)| undef)
-                    .map(|(name, kind)| format!("undefined {} `{name}`", kind.as_str()))
-                    .collect();
-                FilterError::Compile(names.join(", "))
-            })?;
+        // Compiled without `$previous` first: it compiles only if the program
+        // never refers to the global (a local `. as $previous` is its own), so
+        // `uses_previous` is the compiler's knowledge, not a text search.
+        let (compiled, uses_previous) = match build(code, &[]) {
+            Ok(f) => (f, false),
+            Err(Build::Load(e)) => return Err(FilterError::Compile(e)),
+            Err(Build::Undefined(_)) => match build(code, &[PREVIOUS]) {
+                Ok(f) => (f, true),
+                Err(Build::Load(e) | Build::Undefined(e)) => return Err(FilterError::Compile(e)),
+            },
+        };
         Ok(Filter {
             code: code.to_string(),
-            compiled,
+            parts: vec![Part {
+                compiled,
+                uses_previous,
+            }],
         })
+    }
+
+    /// A filter that matches when both `self` and `other` match (each with
+    /// some truthy output), `self` evaluated first.
+    pub fn and(mut self, other: Filter) -> Filter {
+        self.code = format!("({}) and ({})", self.code, other.code);
+        self.parts.extend(other.parts);
+        self
     }
 
     pub fn code(&self) -> &str {
         &self.code
     }
 
-    /// True when any output is truthy. Runs on the default [`budget`].
+    /// Whether the filter refers to `$previous` (so the bridge must keep the
+    /// last body of the resources it runs on).
+    pub fn uses_previous(&self) -> bool {
+        self.parts.iter().any(|p| p.uses_previous)
+    }
+
+    /// True when any output is truthy. Runs on the default [`budget`], with
+    /// `$previous` null.
     pub fn matches(&self, resource: &Resource) -> Result<bool, FilterError> {
         self.matches_with(resource, &AtomicBool::new(false))
     }
@@ -106,31 +161,52 @@ impl Filter {
         resource: &Resource,
         cancel: &AtomicBool,
     ) -> Result<bool, FilterError> {
-        self.matches_within(resource, cancel, Limits::default())
+        self.matches_change(resource, &Val::Null, cancel)
     }
 
-    /// [`Filter::matches_with`] on the given limits.
+    /// [`Filter::matches_with`] with `$previous` bound to `previous` (`null`
+    /// when there is none).
+    pub fn matches_change(
+        &self,
+        resource: &Resource,
+        previous: &Resource,
+        cancel: &AtomicBool,
+    ) -> Result<bool, FilterError> {
+        self.matches_within(resource, previous, cancel, Limits::default())
+    }
+
+    /// [`Filter::matches_change`] on the given limits.
     pub(crate) fn matches_within(
         &self,
         resource: &Resource,
+        previous: &Resource,
         cancel: &AtomicBool,
         limits: Limits,
     ) -> Result<bool, FilterError> {
-        with_eval_stack(|| self.evaluate(resource, cancel, limits))
+        with_eval_stack(|| self.evaluate(resource, previous, cancel, limits))
     }
 
     fn evaluate(
         &self,
         resource: &Resource,
+        previous: &Resource,
         cancel: &AtomicBool,
         limits: Limits,
     ) -> Result<bool, FilterError> {
         // Created here, on the evaluation's stack: it measures depth from here.
+        // One budget for all parts: a hook's evaluation costs what one would.
         let budget = Budget::new(limits, cancel);
         let accounting = alloc::Accounting::start();
         // Every value of the evaluation is dropped inside: a budget stop
         // unwinds through jaq's frames and frees what they held.
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.run(resource, &budget)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            for part in &self.parts {
+                if !part.run(resource, previous, &budget)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }));
         drop(accounting);
         match outcome {
             Ok(result) => result,
@@ -144,9 +220,21 @@ impl Filter {
             }),
         }
     }
+}
 
-    fn run(&self, resource: &Resource, budget: &Budget) -> Result<bool, FilterError> {
-        let ctx = Ctx::<Fueled>::new(Data::new(&self.compiled.lut, budget), Vars::new([]));
+impl Part {
+    fn run(
+        &self,
+        resource: &Resource,
+        previous: &Resource,
+        budget: &Budget,
+    ) -> Result<bool, FilterError> {
+        let vars = if self.uses_previous {
+            Vars::new([previous.clone()])
+        } else {
+            Vars::new([])
+        };
+        let ctx = Ctx::<Fueled>::new(Data::new(&self.compiled.lut, budget), vars);
         for out in self.compiled.id.run((ctx, resource.clone())) {
             match out {
                 Ok(Val::Null | Val::Bool(false)) => {}

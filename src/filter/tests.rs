@@ -131,7 +131,7 @@ fn memory_is_limited() {
         ..Limits::default()
     };
     assert!(matches!(
-        f.matches_within(&obs("HH"), &AtomicBool::new(false), small),
+        f.matches_within(&obs("HH"), &Val::Null, &AtomicBool::new(false), small),
         Err(FilterError::Budget(Exceeded::Memory(_)))
     ));
 }
@@ -167,7 +167,7 @@ fn each_limit_is_enforced_on_its_own() {
         ..Limits::default()
     };
     assert!(matches!(
-        f.matches_within(&obs("HH"), &never, steps),
+        f.matches_within(&obs("HH"), &Val::Null, &never, steps),
         Err(FilterError::Budget(Exceeded::Steps(10_000)))
     ));
     let time = Limits {
@@ -176,7 +176,7 @@ fn each_limit_is_enforced_on_its_own() {
         ..Limits::default()
     };
     assert!(matches!(
-        f.matches_within(&obs("HH"), &never, time),
+        f.matches_within(&obs("HH"), &Val::Null, &never, time),
         Err(FilterError::Budget(Exceeded::Time(_)))
     ));
 }
@@ -193,8 +193,14 @@ fn ordinary_filters_fit_easily() {
         ..Limits::default()
     };
     let never = AtomicBool::new(false);
-    assert!(f.matches_within(&obs("HH"), &never, tight).unwrap());
-    assert!(!f.matches_within(&obs("N"), &never, tight).unwrap());
+    assert!(
+        f.matches_within(&obs("HH"), &Val::Null, &never, tight)
+            .unwrap()
+    );
+    assert!(
+        !f.matches_within(&obs("N"), &Val::Null, &never, tight)
+            .unwrap()
+    );
 }
 
 #[test]
@@ -220,7 +226,7 @@ fn cancellation_stops_an_evaluation() {
         ..Limits::default()
     };
     assert!(matches!(
-        f.matches_within(&obs("HH"), &cancel, no_deadline),
+        f.matches_within(&obs("HH"), &Val::Null, &cancel, no_deadline),
         Err(FilterError::Cancelled)
     ));
     setter.join().unwrap();

@@ -8,6 +8,7 @@
 use super::bundle::{BundleError, Skipped, format_instant, parse_page};
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
+use crate::payload::MAX_INCLUDED_BYTES;
 use crate::state::{PageCommit, SeenRow, StateError, Store};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -131,7 +132,11 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         return Ok(out);
     }
     let ids = entries.iter().map(|e| e.id.clone()).collect();
-    let mut seen = store.load_seen_blocking(&job.source, rt, ids)?;
+    // Bodies are kept, read and written only for a type some hook's filter
+    // reads `$previous` on; other types' state does not grow.
+    let keep_bodies = job.routes.iter().any(|r| r.needs_previous(rt));
+    out.commit.keep_bodies = keep_bodies;
+    let mut seen = store.load_seen_blocking(&job.source, rt, ids, keep_bodies)?;
     for e in &entries {
         if diff::same_version(seen.get(&e.id), e.version_id.as_deref()) {
             continue;
@@ -149,6 +154,15 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
             continue;
         };
+        // A body is the previous version only if it is the seen one: one left
+        // from before its type stopped keeping bodies (a reload) is stale.
+        let previous = seen
+            .get(&e.id)
+            .and_then(|row| {
+                (row.body.as_deref()).filter(|b| diff::content_hash(b) == row.content_hash)
+            })
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|b| crate::filter::parse_resource(b).ok());
         let change = Change {
             source: &job.source,
             owner_id: &job.owner_id,
@@ -159,6 +173,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             content_hash: &hash,
             event,
             raw: e.raw,
+            previous: previous.as_ref(),
             time: &job.detected_at,
         };
         if route_change(
@@ -179,6 +194,9 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             // real version (stamped later than now) must not look older.
             last_updated: e.last_updated.map(|t| format_instant(t.min(job.horizon))),
             content_hash: hash,
+            // Over the bound, none: `$previous` is then null for the next version.
+            body: (keep_bodies && e.raw.len() <= MAX_INCLUDED_BYTES)
+                .then(|| e.raw.as_bytes().to_vec()),
         };
         // The same id twice in one poll (page drift): the second is a duplicate.
         seen.insert(e.id.clone(), row.clone());
@@ -206,6 +224,96 @@ mod tests {
             detected_at: "2026-11-30T00:00:00Z".into(),
             stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    fn route(name: &str, code: &str) -> Route {
+        Route {
+            hook: name.into(),
+            filter: Arc::new(crate::filter::Filter::compile(code).unwrap()),
+            topic: None,
+            content: crate::config::Content::FullResource,
+        }
+    }
+
+    fn encounters(versions: &[(&str, &str)]) -> Vec<u8> {
+        let entries: Vec<_> = versions
+            .iter()
+            .map(|(v, status)| {
+                serde_json::json!({
+                    "resource": {"resourceType": "Encounter", "id": "e", "status": status,
+                        "meta": {"versionId": v, "lastUpdated": format!("2026-11-29T00:00:0{v}Z")}}
+                })
+            })
+            .collect();
+        serde_json::json!({"resourceType": "Bundle", "entry": entries})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// Hooks per message of a processed and committed page.
+    async fn run(store: &Store, job: &PageJob, body: &[u8]) -> Vec<String> {
+        let out = process(store, job, body).unwrap();
+        let hooks = out.commit.messages.iter().map(|m| m.hook.clone()).collect();
+        store.commit_page(out.commit).await.unwrap();
+        hooks
+    }
+
+    #[tokio::test]
+    async fn previous_is_the_last_version_seen_even_on_the_same_page() {
+        let (_d, store) = temp_store();
+        let horizon = DateTime::parse_from_rfc3339("2026-11-30T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(horizon);
+        job.resource_type = "Encounter".into();
+        job.routes = vec![
+            route("all", "true"),
+            route(
+                "discharge",
+                r#".status == "finished" and $previous.status != "finished""#,
+            ),
+        ];
+        assert_eq!(
+            run(&store, &job, &encounters(&[("1", "planned")])).await,
+            ["all"]
+        );
+        // Page drift: two versions on one page; the second sees the first.
+        let both = encounters(&[("2", "in-progress"), ("3", "finished")]);
+        assert_eq!(run(&store, &job, &both).await, ["all", "all", "discharge"]);
+        // A re-read of the same version is no change at all.
+        assert!(
+            run(&store, &job, &encounters(&[("3", "finished")]))
+                .await
+                .is_empty()
+        );
+        let kept = store
+            .load_seen_blocking("s", "Encounter", vec!["e".into()], true)
+            .unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(kept["e"].body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["status"], "finished");
+
+        // No hook reads `$previous` any more (a reload): version 4 keeps
+        // nothing, and the body of version 3 left behind is not taken for
+        // version 5's previous once a hook reads it again.
+        let discharge = job.routes.pop().unwrap();
+        let v4 = encounters(&[("4", "in-progress")]);
+        assert_eq!(run(&store, &job, &v4).await, ["all"]);
+        job.routes.push(discharge);
+        let v5 = encounters(&[("5", "finished")]);
+        assert_eq!(run(&store, &job, &v5).await, ["all", "discharge"]);
+
+        // No hook reads `$previous`: nothing is kept.
+        let (_d2, store) = temp_store();
+        job.routes.truncate(1);
+        assert_eq!(
+            run(&store, &job, &encounters(&[("1", "planned")])).await,
+            ["all"]
+        );
+        let kept = store
+            .load_seen_blocking("s", "Encounter", vec!["e".into()], true)
+            .unwrap();
+        assert_eq!(kept["e"].body, None);
     }
 
     proptest! {

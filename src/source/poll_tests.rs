@@ -29,6 +29,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
     let routes = vec![Route {
         hook: "h".into(),
         filter: Arc::new(Filter::compile("true").unwrap()),
+        topic: None,
         content: Content::IdOnly,
     }];
     SourceTask {

@@ -10,9 +10,10 @@ const PRUNE_CHUNK: i64 = 5000;
 
 impl Store {
     /// Forgets the versions of a target's resources last updated before
-    /// `before` (an instant formatted like the stored ones). The poller never
-    /// reads anything that old again (it drops entries before its window), and
-    /// a later change arrives with a newer lastUpdated. Returns how many.
+    /// `before` (an instant formatted like the stored ones), and their kept
+    /// bodies. The poller never reads anything that old again (it drops
+    /// entries before its window), and a later change arrives with a newer
+    /// lastUpdated. Returns how many.
     pub async fn prune_seen(
         &self,
         source: &str,
@@ -23,16 +24,26 @@ impl Store {
         self.call(move |c| {
             let mut total = 0;
             loop {
-                let n = c
+                let tx = c.transaction()?;
+                let bodies = super::seen_body::any(&tx, &source, &rt)?;
+                let ids: Vec<String> = tx
                     .prepare_cached(
                         "DELETE FROM seen WHERE (source, resource_type, resource_id) IN (
                             SELECT source, resource_type, resource_id FROM seen
                             WHERE source = ?1 AND resource_type = ?2 AND last_updated < ?3
-                            LIMIT ?4 + 0)",
+                            LIMIT ?4 + 0)
+                         RETURNING resource_id",
                     )?
-                    .execute(params![source, rt, before, PRUNE_CHUNK])?;
-                total += n;
-                if (n as i64) < PRUNE_CHUNK {
+                    .query_map(params![source, rt, before, PRUNE_CHUNK], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                if bodies {
+                    for id in &ids {
+                        super::seen_body::forget(&tx, &source, &rt, id)?;
+                    }
+                }
+                tx.commit()?;
+                total += ids.len();
+                if (ids.len() as i64) < PRUNE_CHUNK {
                     return Ok(total);
                 }
             }
@@ -91,6 +102,7 @@ mod tests {
             version_id: Some("1".into()),
             last_updated: Some(lu.into()),
             content_hash: [1; 32],
+            body: None,
         };
         let big = vec![b'x'; 2000];
         let mut rows = vec![];

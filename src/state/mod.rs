@@ -24,6 +24,7 @@ mod poll;
 mod replay;
 mod report;
 mod schema;
+mod seen_body;
 #[cfg(test)]
 mod size_tests;
 mod summary;

@@ -20,6 +20,9 @@ pub struct SeenRow {
     pub version_id: Option<String>,
     pub last_updated: Option<String>,
     pub content_hash: [u8; 32],
+    /// The version's body (`seen_body`): loaded and written only for the
+    /// types whose hooks read `$previous` (see [`PageCommit::keep_bodies`]).
+    pub body: Option<Vec<u8>>,
 }
 
 /// How one poll of one target ended. `error` and `warning` are PHI-free text.
@@ -47,6 +50,10 @@ pub struct PageCommit {
     pub source: String,
     pub resource_type: String,
     pub seen: Vec<(String, SeenRow)>,
+    /// The type keeps bodies for `$previous`: each seen row's `body` is
+    /// written to `seen_body` with it, or, when `None` (too large), the
+    /// older body is forgotten. Otherwise `seen_body` is not touched.
+    pub keep_bodies: bool,
     pub messages: Vec<NewMessage>,
     /// The new watermark, when the page lets it advance.
     pub watermark: Option<String>,
@@ -123,18 +130,20 @@ impl Store {
     ) -> Result<HashMap<String, SeenRow>, StateError> {
         let this = self.clone();
         let (source, rt) = (source.to_string(), resource_type.to_string());
-        tokio::task::spawn_blocking(move || this.load_seen_blocking(&source, &rt, ids))
+        tokio::task::spawn_blocking(move || this.load_seen_blocking(&source, &rt, ids, false))
             .await
             .map_err(|e| StateError::Task(e.to_string()))?
     }
 
     /// `load_seen` for callers already on the blocking pool (the page
-    /// pipeline), so a page costs one hop, not two.
+    /// pipeline), so a page costs one hop, not two. With `bodies`, each row's
+    /// kept body too (for `$previous`), in the same read transaction.
     pub fn load_seen_blocking(
         &self,
         source: &str,
         resource_type: &str,
         ids: Vec<String>,
+        bodies: bool,
     ) -> Result<HashMap<String, SeenRow>, StateError> {
         let mut c = self.lock();
         // One read transaction for the whole page: one lock, not one per id.
@@ -143,6 +152,13 @@ impl Store {
             "SELECT version_id, last_updated, content_hash FROM seen
              WHERE source = ?1 AND resource_type = ?2 AND resource_id = ?3",
         )?;
+        let mut body_stmt = match bodies {
+            true => Some(tx.prepare_cached(
+                "SELECT body FROM seen_body
+                 WHERE source = ?1 AND resource_type = ?2 AND resource_id = ?3",
+            )?),
+            false => None,
+        };
         let mut out = HashMap::with_capacity(ids.len());
         for id in ids {
             let row = stmt
@@ -156,14 +172,21 @@ impl Store {
                         version_id: r.get(0)?,
                         last_updated: r.get(1)?,
                         content_hash,
+                        body: None,
                     })
                 })
                 .optional()?;
-            if let Some(row) = row {
+            if let Some(mut row) = row {
+                if let Some(body_stmt) = body_stmt.as_mut() {
+                    row.body = body_stmt
+                        .query_row(params![source, resource_type, id], |r| r.get(0))
+                        .optional()?;
+                }
                 out.insert(id, row);
             }
         }
         drop(stmt);
+        drop(body_stmt);
         tx.commit()?;
         Ok(out)
     }
@@ -186,7 +209,7 @@ impl Store {
                         OR excluded.last_updated >= seen.last_updated",
                 )?;
                 for (id, row) in &page.seen {
-                    upsert.execute(params![
+                    let moved = upsert.execute(params![
                         page.source,
                         page.resource_type,
                         id,
@@ -194,6 +217,12 @@ impl Store {
                         row.last_updated,
                         &row.content_hash[..]
                     ])?;
+                    // The body follows its seen row, older-version guard included.
+                    if page.keep_bodies && moved > 0 {
+                        let rt = &page.resource_type;
+                        let body = row.body.as_deref();
+                        super::seen_body::write(&tx, &page.source, rt, id, body)?;
+                    }
                 }
                 insert_messages(&tx, &page.messages)?;
                 if let Some(progress) = &page.backfill {
@@ -309,6 +338,7 @@ mod tests {
             version_id: Some("1".into()),
             last_updated: Some("t".into()),
             content_hash: [7; 32],
+            body: None,
         };
         let page = PageCommit {
             source: "s".into(),

@@ -226,3 +226,15 @@ fn plain_http_to_another_machine_is_refused_unless_allowed() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn an_unknown_topic_is_refused_with_the_known_ones() {
+    assert_refused(
+        r#"retry_schedule = ["5s", "1m"]"#,
+        "retry_schedule = [\"5s\", \"1m\"]\ntopic = \"discharge\"",
+        15,
+        "hook `critical`: `topic`: no topic is named `discharge`; known topics: \
+         critical-lab-result, adt-discharge, new-medication-order, patient-demographic-update, \
+         appointment-no-show",
+    );
+}
