@@ -126,7 +126,10 @@ async fn get_json(url: &str) -> (u16, Value) {
     let r = reqwest::get(url).await.unwrap();
     let status = r.status().as_u16();
     let bytes = r.bytes().await.unwrap_or_default();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// Each format and content mode on one source: a handshake first, then
@@ -155,6 +158,11 @@ async fn notifications_follow_the_backport_ig_in_each_format_and_content_mode() 
             .await;
         ids.push(id);
     }
+    // The updates after the creates were read, or the bridge sees only the last version.
+    wait_for(60, "6 events on full", || {
+        distinct(&event_numbers(&notes(&rx, "full"))).len() == 6
+    })
+    .await;
     fhir.update(&ids[0], observation("HH", "amended")).await;
     fhir.update(&ids[1], observation("LL", "amended")).await;
     let all: Vec<i64> = (1..=8).collect();

@@ -45,7 +45,12 @@ impl ChannelInfo {
         };
         ChannelInfo {
             subscription,
-            topic: format!("urn:fhir-bridge:topic:{}", hook.name),
+            // A named topic is shared by every hook that uses it; a hook's own
+            // filter is a topic of its own.
+            topic: match hook.topic {
+                Some(t) => format!("urn:fhir-bridge:topic:{}", t.name),
+                None => format!("urn:fhir-bridge:topic:hook:{}", hook.name),
+            },
             bases: config
                 .sources
                 .iter()
