@@ -18,6 +18,7 @@
 //! BENCH_SOURCES (1000) x 10 types, BENCH_SCALE_SECONDS (130), BENCH_BACKFILL (1000000),
 //! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_TOKEN_SOURCES (100) x 10 types, BENCH_TOKEN_SECONDS (90),
 //! BENCH_ONLY (comma list of: raw,backlog,burst,latency,scale,backfill,tokens,telemetry).
+//! BENCH_HOOK_EXTRA: extra keys for the benchmark's hook (e.g. a FHIR `format`).
 
 #[path = "pipeline/telemetry.rs"]
 mod telemetry;
@@ -166,9 +167,11 @@ fn source_toml(name: &str, base: &str, types: &[&str], every: &str, page: u32) -
     )
 }
 
+/// `BENCH_HOOK_EXTRA` adds keys to the hook, e.g. `format = "fhir-backport-r4"`.
 fn hook_toml(url: &str, filter: &str) -> String {
+    let extra = std::env::var("BENCH_HOOK_EXTRA").unwrap_or_default();
     format!(
-        "[[hook]]\nname = \"all\"\nurl = \"{url}\"\nfilter = '{filter}'\nconcurrency = {CONCURRENCY}\n"
+        "[[hook]]\nname = \"all\"\nurl = \"{url}\"\nfilter = '{filter}'\nconcurrency = {CONCURRENCY}\n{extra}\n"
     )
 }
 

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 pub enum Event {
     Create,
     Update,
+    /// Only a history entry can say so (search results never show deletes).
+    Delete,
 }
 
 impl Event {
@@ -19,6 +21,7 @@ impl Event {
         match self {
             Event::Create => "create",
             Event::Update => "update",
+            Event::Delete => "delete",
         }
     }
 }

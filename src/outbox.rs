@@ -162,7 +162,8 @@ fn route_parsed(
     }
     // The resource is stored only when some matching hook may send it: an
     // id-only hook never needs the PHI, nor does a resource over the limit.
-    let keep_body = change.raw.len() <= MAX_INCLUDED_BYTES
+    let keep_body = change.event != Event::Delete
+        && change.raw.len() <= MAX_INCLUDED_BYTES
         && matched_routes
             .iter()
             .any(|r| r.content == Content::FullResource);

@@ -336,6 +336,7 @@ fn source(base: &str, page_size: u32, overlap_ms: u64, start: Start) -> Source {
         timeout: Duration::from_secs(10),
         params: Default::default(),
         max_pages_per_poll: 1000,
+        strategies: Default::default(),
         allowed_origins: vec![],
         auth: Default::default(),
         tls: None,

@@ -14,6 +14,7 @@ mod raw;
 mod schedule;
 mod secret;
 mod source_auth;
+mod strategy;
 mod tls;
 mod toml_error;
 mod validate;
@@ -24,6 +25,7 @@ pub use duration::HumanDuration;
 pub use fingerprint::Fingerprint;
 pub use notification::{Format, MAX_EVENTS_PER_BUNDLE, Notification};
 pub use schedule::Schedule;
+pub use strategy::{Strategies, Strategy};
 pub use tls::Tls;
 
 use crate::filter::Filter;
@@ -92,6 +94,8 @@ pub struct Source {
     pub params: BTreeMap<String, String>,
     /// The most search pages one poll of one resource type may read.
     pub max_pages_per_poll: u32,
+    /// How each resource type is polled.
+    pub strategies: Strategies,
     pub auth: SourceAuth,
     /// Origins besides `base_url`'s that next links and redirects may lead
     /// to (and credentials with them). Empty by default.

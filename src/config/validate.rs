@@ -474,6 +474,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         },
     };
 
+    let strategies = super::strategy::validate(ctx, &what, s, &resources)?;
     Ok(Source {
         owner_id: s.owner_id.clone().unwrap_or_else(|| name.clone()),
         name,
@@ -490,6 +491,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             .map(|(k, v)| (k.clone(), v.get_ref().clone()))
             .collect(),
         max_pages_per_poll,
+        strategies,
         auth: super::source_auth::validate(
             ctx,
             &what,

@@ -255,4 +255,19 @@ mod tests {
         assert_eq!(v["resourceIncluded"], false);
         assert_eq!(v["resourceId"], "Observation/123");
     }
+
+    /// A delete: `event = "delete"`, no resource, the delete's versionId.
+    #[test]
+    fn a_delete_carries_no_resource() {
+        let mut v = view("");
+        v.event = "delete";
+        v.version_id = Some("3");
+        let c = record(&v, None);
+        let body: serde_json::Value =
+            serde_json::from_slice(&render(&c, "m-1", Content::FullResource)).unwrap();
+        assert_eq!(body["event"], "delete");
+        assert_eq!(body["resourceIncluded"], false);
+        assert!(body.get("resource").is_none());
+        assert_eq!(body["versionId"], "3");
+    }
 }

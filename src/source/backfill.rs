@@ -10,7 +10,8 @@ use super::bundle::{format_instant, parse_instant};
 use super::client::FhirClient;
 use super::errors::PollError;
 use super::page::{self, PageJob};
-use super::poll::{FUTURE_TOLERANCE, next_link, search_url};
+use super::poll::{FUTURE_TOLERANCE, next_link};
+use super::strategy::{EntryMode, search_url};
 use super::watermark::WatermarkTracker;
 use crate::config::Source;
 use crate::outbox::Route;
@@ -104,6 +105,8 @@ impl Backfill {
                 source: name.clone(),
                 owner_id: self.source.owner_id.clone(),
                 resource_type: rt.to_string(),
+                // A backfill reads the search (history may be pruned long ago).
+                mode: EntryMode::Search,
                 window_start: Some(self.since),
                 horizon: Utc::now() + FUTURE_TOLERANCE,
                 routes: self.routes.clone(),

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use super::strategy::EntryMode;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BundleError {
     #[error("response is not valid JSON (at byte {0})")]
@@ -45,6 +47,31 @@ struct RawEntry<'a> {
     #[serde(borrow)]
     resource: Option<&'a RawValue>,
     search: Option<Search>,
+    request: Option<Request>,
+    response: Option<Response>,
+}
+
+/// A history entry's `request`: what was done to the resource.
+#[derive(Deserialize)]
+struct Request {
+    method: Option<String>,
+    url: Option<String>,
+}
+
+/// A history entry's `response`: the version it made, and when.
+#[derive(Deserialize)]
+struct Response {
+    etag: Option<String>,
+    #[serde(rename = "lastModified")]
+    last_modified: Option<String>,
+}
+
+/// What a history entry did to its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Create,
+    Update,
+    Delete,
 }
 
 #[derive(Deserialize)]
@@ -69,8 +96,10 @@ pub struct Entry<'a> {
     pub last_updated: Option<DateTime<Utc>>,
     /// The server's text for lastUpdated, kept as given for payloads.
     pub last_updated_raw: Option<String>,
-    /// The resource exactly as the server sent it.
+    /// The resource exactly as the server sent it; empty for a delete.
     pub raw: &'a str,
+    /// A history entry's method; `None` for a search match.
+    pub method: Option<Method>,
 }
 
 /// An entry that was read but is not passed on, and why (PHI-free, and
@@ -119,7 +148,15 @@ pub fn format_instant(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// A search page (see `parse_page_as`).
 pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
+    parse_page_as(body, EntryMode::Search)
+}
+
+/// A page of search matches, or of history entries (each with its method;
+/// a delete has no resource: its type, id and version come from
+/// `request.url` and `response`).
+pub fn parse_page_as(body: &[u8], mode: EntryMode) -> Result<Page<'_>, BundleError> {
     let bundle: RawBundle = serde_json::from_slice(body).map_err(|e| {
         // Locate the error without echoing the body (it may hold PHI).
         let line_start: usize = body
@@ -156,7 +193,28 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
     let mut skipped = Vec::new();
     for (i, e) in bundle.entry.into_iter().enumerate() {
         // `include` and `outcome` entries are not search matches.
-        if e.search.and_then(|s| s.mode).is_some_and(|m| m != "match") {
+        if e.search
+            .as_ref()
+            .and_then(|s| s.mode.as_deref())
+            .is_some_and(|m| m != "match")
+        {
+            continue;
+        }
+        let method = match mode {
+            EntryMode::Search => None,
+            EntryMode::History => match history_method(&e) {
+                Ok(m) => Some(m),
+                Err(reason) => {
+                    skipped.push(Skipped { index: i, reason });
+                    continue;
+                }
+            },
+        };
+        if method == Some(Method::Delete) {
+            match deleted_entry(&e) {
+                Ok(entry) => entries.push(entry),
+                Err(reason) => skipped.push(Skipped { index: i, reason }),
+            }
             continue;
         }
         let Some(raw) = e.resource else { continue };
@@ -172,10 +230,19 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
             });
             continue;
         };
-        let (version_id, last_updated_raw) = match meta {
+        let (mut version_id, mut last_updated_raw) = match meta {
             Some(m) => (m.version_id, m.last_updated),
             None => (None, None),
         };
+        // A history entry may say in its response what the resource's meta does not.
+        if let (Some(_), Some(r)) = (method, &e.response) {
+            version_id = version_id.or_else(|| {
+                r.etag
+                    .as_deref()
+                    .map(|t| t.trim_start_matches("W/").trim_matches('"').to_string())
+            });
+            last_updated_raw = last_updated_raw.or_else(|| r.last_modified.clone());
+        }
         // A hostile or broken server's ids (newlines, escapes, paths) must not
         // reach logs, payloads or message ids: the entry is skipped, counted
         // on the target's status, and the rest of the page goes on.
@@ -204,6 +271,7 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
             last_updated,
             last_updated_raw,
             raw: raw.get(),
+            method,
         });
     }
     Ok(Page {
@@ -212,6 +280,57 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, BundleError> {
         total: bundle.total,
         entries,
         skipped,
+    })
+}
+
+/// A history entry's method: POST is a create, PUT (or PATCH) an update,
+/// DELETE a delete.
+fn history_method(e: &RawEntry) -> Result<Method, &'static str> {
+    match e.request.as_ref().and_then(|r| r.method.as_deref()) {
+        Some("POST") => Ok(Method::Create),
+        Some("PUT") | Some("PATCH") => Ok(Method::Update),
+        Some("DELETE") => Ok(Method::Delete),
+        Some(_) => Err("history entry has an unknown request.method"),
+        None => Err("history entry has no request.method"),
+    }
+}
+
+/// A DELETE history entry: type and id from `request.url` (`Type/id`,
+/// perhaps absolute or with `/_history/v`), version from `response.etag`
+/// (`W/"3"`), time from `response.lastModified`.
+fn deleted_entry<'a>(e: &RawEntry) -> Result<Entry<'a>, &'static str> {
+    let url = e
+        .request
+        .as_ref()
+        .and_then(|r| r.url.as_deref())
+        .ok_or("history DELETE entry has no request.url")?;
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let path = path.split("/_history/").next().unwrap_or_default();
+    let mut parts = path.trim_end_matches('/').rsplit('/');
+    let (Some(id), Some(resource_type)) = (parts.next(), parts.next()) else {
+        return Err("history DELETE entry's request.url is not Type/id");
+    };
+    if !is_resource_type(resource_type) || !is_fhir_id(id) {
+        return Err("history DELETE entry's request.url is not Type/id");
+    }
+    let version_id = e
+        .response
+        .as_ref()
+        .and_then(|r| r.etag.as_deref())
+        .map(|t| t.trim_start_matches("W/").trim_matches('"').to_string())
+        .filter(|v| !v.is_empty());
+    if version_id.as_deref().is_some_and(|v| !is_fhir_id(v)) {
+        return Err("history DELETE entry's response.etag is not a FHIR id");
+    }
+    let last_updated_raw = e.response.as_ref().and_then(|r| r.last_modified.clone());
+    Ok(Entry {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        version_id,
+        last_updated: last_updated_raw.as_deref().and_then(parse_instant),
+        last_updated_raw,
+        raw: "",
+        method: Some(Method::Delete),
     })
 }
 
@@ -295,5 +414,77 @@ mod tests {
                 (4, "id is not a valid FHIR id"),
             ]
         );
+    }
+
+    /// History entries: the method says what happened; a delete's type, id,
+    /// version and time come from its request and response.
+    #[test]
+    fn history_entries_carry_their_method() {
+        let body = br#"{"resourceType":"Bundle","type":"history","entry":[
+            {"resource":{"resourceType":"Encounter","id":"e1","meta":{"versionId":"1","lastUpdated":"2026-11-30T10:00:00Z"}},
+             "request":{"method":"POST","url":"Encounter"},"response":{"status":"201"}},
+            {"resource":{"resourceType":"Encounter","id":"e1"},
+             "request":{"method":"PUT","url":"Encounter/e1"},
+             "response":{"status":"200","etag":"W/\"2\"","lastModified":"2026-11-30T10:00:01Z"}},
+            {"request":{"method":"DELETE","url":"https://ehr.example/fhir/Encounter/e1/_history/3"},
+             "response":{"status":"204","etag":"W/\"3\"","lastModified":"2026-11-30T10:00:02Z"}},
+            {"request":{"method":"DELETE","url":"Encounter/bad id"}},
+            {"resource":{"resourceType":"Encounter","id":"e2"},"request":{"method":"GET","url":"Encounter/e2"}},
+            {"resource":{"resourceType":"Encounter","id":"e3"}}
+        ]}"#;
+        let p = parse_page_as(body, EntryMode::History).unwrap();
+        let got: Vec<_> = p
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.id.as_str(),
+                    e.method,
+                    e.version_id.as_deref(),
+                    e.last_updated_raw.as_deref(),
+                    e.raw.is_empty(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "e1",
+                    Some(Method::Create),
+                    Some("1"),
+                    Some("2026-11-30T10:00:00Z"),
+                    false
+                ),
+                (
+                    "e1",
+                    Some(Method::Update),
+                    Some("2"),
+                    Some("2026-11-30T10:00:01Z"),
+                    false
+                ),
+                (
+                    "e1",
+                    Some(Method::Delete),
+                    Some("3"),
+                    Some("2026-11-30T10:00:02Z"),
+                    true
+                ),
+            ]
+        );
+        assert_eq!(p.entries[2].resource_type, "Encounter");
+        let reasons: Vec<_> = p.skipped.iter().map(|s| (s.index, s.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                (3, "history DELETE entry's request.url is not Type/id"),
+                (4, "history entry has an unknown request.method"),
+                (5, "history entry has no request.method"),
+            ]
+        );
+        // The same body read as a search: no methods, deletes are not matches.
+        let search = parse_page(body).unwrap();
+        assert!(search.entries.iter().all(|e| e.method.is_none()));
+        assert_eq!(search.entries.len(), 4);
     }
 }

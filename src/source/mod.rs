@@ -9,6 +9,7 @@ pub mod outcomes;
 mod page;
 mod poll;
 pub mod routing;
+pub mod strategy;
 pub mod targets;
 pub mod watermark;
 

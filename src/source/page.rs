@@ -5,7 +5,8 @@
 //! It runs on the blocking pool: hook filters may use their whole budget on
 //! each resource, and must never stall the async workers (deliveries, signals).
 
-use super::bundle::{BundleError, Skipped, format_instant, parse_page};
+use super::bundle::{BundleError, Method, Skipped, format_instant, parse_page_as};
+use super::strategy::EntryMode;
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
 use crate::payload::MAX_INCLUDED_BYTES;
@@ -27,6 +28,8 @@ pub(super) struct PageJob {
     pub source: String,
     pub owner_id: String,
     pub resource_type: String,
+    /// Search matches or history entries (the target's strategy).
+    pub mode: EntryMode,
     /// Entries last updated before this were read by earlier polls (or lie
     /// before `start`) and are dropped.
     pub window_start: Option<DateTime<Utc>>,
@@ -54,8 +57,9 @@ pub(super) struct PageOutcome {
     pub last_future: Option<(String, DateTime<Utc>)>,
     /// Stopped by shutdown: nothing of this page may be committed.
     pub cancelled: bool,
-    /// Of the commit's changes, how many are creates (the rest are updates).
+    /// Of the commit's changes, how many are creates and deletes (the rest are updates).
     pub created: u64,
+    pub deleted: u64,
 }
 
 /// `process` on the blocking pool, its errors as the poll's (page `page_no`).
@@ -86,7 +90,7 @@ pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageO
 }
 
 fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
-    let page = parse_page(body)?;
+    let page = parse_page_as(body, job.mode)?;
     let rt = job.resource_type.as_str();
     let entries: Vec<_> = page
         .entries
@@ -117,6 +121,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         last_future: None,
         cancelled: false,
         created: 0,
+        deleted: 0,
     };
     for e in &entries {
         match e.last_updated {
@@ -154,6 +159,22 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
             continue;
         };
+        // A history entry says itself what happened to a new version.
+        let event = match e.method {
+            Some(Method::Create) => diff::Event::Create,
+            Some(Method::Update) => diff::Event::Update,
+            Some(Method::Delete) => diff::Event::Delete,
+            None => event,
+        };
+        // A delete has no resource: filters see its type and id (both checked
+        // FHIR ids, safe to write into JSON), and `$previous` the last version.
+        let stub;
+        let raw = if event == diff::Event::Delete {
+            stub = format!(r#"{{"resourceType":"{rt}","id":"{}"}}"#, e.id);
+            stub.as_str()
+        } else {
+            e.raw
+        };
         // A body is the previous version only if it is the seen one: one left
         // from before its type stopped keeping bodies (a reload) is stale.
         let previous = seen
@@ -172,7 +193,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             last_updated: e.last_updated_raw.as_deref(),
             content_hash: &hash,
             event,
-            raw: e.raw,
+            raw,
             previous: previous.as_ref(),
             time: &job.detected_at,
         };
@@ -195,7 +216,9 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             last_updated: e.last_updated.map(|t| format_instant(t.min(job.horizon))),
             content_hash: hash,
             // Over the bound, none: `$previous` is then null for the next version.
-            body: (keep_bodies && e.raw.len() <= MAX_INCLUDED_BYTES)
+            body: (keep_bodies
+                && event != diff::Event::Delete
+                && e.raw.len() <= MAX_INCLUDED_BYTES)
                 .then(|| e.raw.as_bytes().to_vec()),
         };
         // The same id twice in one poll (page drift): the second is a duplicate.
@@ -203,6 +226,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         out.commit.seen.push((e.id.clone(), row));
         out.commit.changes += 1;
         out.created += u64::from(event == diff::Event::Create);
+        out.deleted += u64::from(event == diff::Event::Delete);
     }
     Ok(out)
 }
@@ -218,6 +242,7 @@ mod tests {
             source: "s".into(),
             owner_id: "o".into(),
             resource_type: "Observation".into(),
+            mode: EntryMode::Search,
             window_start: None,
             horizon,
             routes: vec![],
@@ -341,5 +366,70 @@ mod tests {
                 prop_assert!(lu <= "2026-11-30T12:00:00.000Z", "seen row remembers {}", lu);
             }
         }
+    }
+
+    /// A history page: creates, updates and deletes, each once; a delete
+    /// carries no resource; re-reads (of the delete, or of an older version
+    /// after it) are nothing new: the delete's seen row is its tombstone.
+    #[tokio::test]
+    async fn history_pages_give_creates_updates_and_deletes_once() {
+        let (_d, store) = temp_store();
+        let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(horizon);
+        job.resource_type = "Encounter".into();
+        job.mode = EntryMode::History;
+        job.routes = vec![route("all", "true")];
+        let entry = |v: u32, method: &str| {
+            let lu = format!("2026-11-30T10:00:0{v}Z");
+            if method == "DELETE" {
+                serde_json::json!({"request": {"method": method, "url": "Encounter/e1"},
+                    "response": {"status": "204", "etag": format!("W/\"{v}\""), "lastModified": lu}})
+            } else {
+                serde_json::json!({"resource": {"resourceType": "Encounter", "id": "e1",
+                    "meta": {"versionId": v.to_string(), "lastUpdated": lu}},
+                    "request": {"method": method, "url": "Encounter"}})
+            }
+        };
+        let page = |entries: Vec<serde_json::Value>| {
+            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": entries})
+                .to_string()
+                .into_bytes()
+        };
+        let body = page(vec![entry(1, "POST"), entry(2, "PUT"), entry(3, "DELETE")]);
+        let out = process(&store, &job, &body).unwrap();
+        let events: Vec<_> = out
+            .commit
+            .messages
+            .iter()
+            .map(|m| {
+                (
+                    m.change.event.clone(),
+                    m.change.version_id.clone(),
+                    m.change.body.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("create".to_string(), Some("1".to_string()), true),
+                ("update".to_string(), Some("2".to_string()), true),
+                ("delete".to_string(), Some("3".to_string()), false),
+            ]
+        );
+        assert_eq!((out.created, out.deleted), (1, 1));
+        store.commit_page(out.commit).await.unwrap();
+        let again = process(&store, &job, &page(vec![entry(3, "DELETE")])).unwrap();
+        assert!(again.commit.messages.is_empty(), "the delete again");
+        let late = process(&store, &job, &page(vec![entry(2, "PUT")])).unwrap();
+        assert!(
+            late.commit.messages.is_empty(),
+            "an older version after the delete"
+        );
+        // Recreated later: a create again.
+        let back = process(&store, &job, &page(vec![entry(4, "POST")])).unwrap();
+        assert_eq!(back.commit.messages[0].change.event, "create");
     }
 }

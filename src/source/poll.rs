@@ -7,6 +7,7 @@ use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
 use super::routing::RoutingRx;
+use super::strategy::{self, search_url};
 use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
@@ -363,7 +364,8 @@ impl SourceTask {
             .client
             .server_now()
             .map(|t| t - chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
-        let mut url = self.search_url(rt, since, until);
+        let polling = self.source.strategies.for_type(rt);
+        let mut url = strategy::first_url(polling, &self.source, rt, since, until);
         // Offset-paged servers skip resources when the set changes under them.
         // Once the total changes between pages, the watermark stays where it
         // was before that page, so the next poll re-reads what may have been
@@ -392,6 +394,7 @@ impl SourceTask {
                 source: name.clone(),
                 owner_id: self.source.owner_id.clone(),
                 resource_type: rt.to_string(),
+                mode: strategy::entry_mode(polling),
                 window_start: since.or(floor),
                 horizon: self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE,
                 routes: routing.routes.clone(),
@@ -460,7 +463,12 @@ impl SourceTask {
                 match &self.dry_run {
                     Some(sink) => sink.record(commit),
                     None => {
-                        let committed = PageCommitted::new(&commit, &routing.routes, page.created);
+                        let committed = PageCommitted::new(
+                            &commit,
+                            &routing.routes,
+                            page.created,
+                            page.deleted,
+                        );
                         self.store.commit_page(commit).await?;
                         committed.emit();
                     }
@@ -536,36 +544,6 @@ pub(super) fn next_link(
         }));
     }
     Some(Ok(next))
-}
-
-/// `[base]/{Type}?_lastUpdated=ge{since}&_lastUpdated=lt{until}&_sort=_lastUpdated&_count=...&{params}`.
-pub(super) fn search_url(
-    source: &Source,
-    resource_type: &str,
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-) -> Url {
-    let mut url = source
-        .base_url
-        .join(resource_type)
-        .unwrap_or_else(|_| source.base_url.clone());
-    let mut query = String::new();
-    if let Some(t) = since {
-        query.push_str(&format!("_lastUpdated=ge{}&", format_instant(t)));
-    }
-    if let Some(t) = until {
-        query.push_str(&format!("_lastUpdated=lt{}&", format_instant(t)));
-    }
-    query.push_str(&format!("_sort=_lastUpdated&_count={}", source.page_size));
-    if let Some(extra) = source.params.get(resource_type) {
-        let extra = extra.trim_start_matches(['&', '?']);
-        if !extra.is_empty() {
-            query.push('&');
-            query.push_str(extra);
-        }
-    }
-    url.set_query(Some(&query));
-    url
 }
 
 #[cfg(test)]

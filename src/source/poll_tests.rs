@@ -21,6 +21,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         timeout: Duration::from_secs(5),
         params: Default::default(),
         max_pages_per_poll: 1000,
+        strategies: Default::default(),
         allowed_origins: vec![],
         auth: Default::default(),
         tls: None,

@@ -96,15 +96,20 @@ pub struct ChangesDetected<'a> {
     pub resource_type: &'a str,
     pub created: u64,
     pub updated: u64,
+    pub deleted: u64,
 }
 
 impl Event for ChangesDetected<'_> {
     fn emit(self) {
-        if self.created + self.updated == 0 {
+        if self.created + self.updated + self.deleted == 0 {
             return;
         }
-        tracing::debug!(target: POLL_TARGET, source = %self.source, resource_type = %self.resource_type, created = self.created, updated = self.updated, "changes committed");
-        for (kind, n) in [("create", self.created), ("update", self.updated)] {
+        tracing::debug!(target: POLL_TARGET, source = %self.source, resource_type = %self.resource_type, created = self.created, updated = self.updated, deleted = self.deleted, "changes committed");
+        for (kind, n) in [
+            ("create", self.created),
+            ("update", self.updated),
+            ("delete", self.deleted),
+        ] {
             if n > 0 {
                 counter!(CHANGES, "source" => self.source.to_string(), "resource_type" => self.resource_type.to_string(), "kind" => kind)
                     .increment(n);
@@ -169,6 +174,7 @@ pub struct PageCommitted {
     resource_type: String,
     created: u64,
     updated: u64,
+    deleted: u64,
     /// Per hook: changes its filter kept, and dropped.
     decisions: Vec<(String, u64, u64)>,
 }
@@ -177,7 +183,7 @@ impl PageCommitted {
     /// Every route's filter saw every change of the page: the messages are
     /// the ones it kept, `filter_errors` the ones it failed on, the rest it
     /// dropped.
-    pub fn new(commit: &PageCommit, routes: &[Route], created: u64) -> PageCommitted {
+    pub fn new(commit: &PageCommit, routes: &[Route], created: u64, deleted: u64) -> PageCommitted {
         let decisions = routes
             .iter()
             .map(|r| {
@@ -191,7 +197,8 @@ impl PageCommitted {
             source: commit.source.clone(),
             resource_type: commit.resource_type.clone(),
             created,
-            updated: commit.changes.saturating_sub(created),
+            updated: commit.changes.saturating_sub(created + deleted),
+            deleted,
             decisions,
         }
     }
@@ -204,6 +211,7 @@ impl Event for PageCommitted {
             resource_type: &self.resource_type,
             created: self.created,
             updated: self.updated,
+            deleted: self.deleted,
         }
         .emit();
         for (hook, kept, dropped) in &self.decisions {

@@ -169,6 +169,7 @@ fn changes_and_filter_decisions_by_kind() {
             resource_type: "Encounter",
             created: 4,
             updated: 1,
+            deleted: 2,
         }
         .emit();
         FilterDecision {

@@ -1,0 +1,123 @@
+//! How a source polls each resource type: `strategy` for the source,
+//! `strategy_by_type` to override it per type.
+
+use super::ConfigError;
+use super::raw::RawSource;
+use super::validate::Ctx;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// One polling strategy (`src/source/strategy/` implements each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// `[base]/{Type}?_lastUpdated=ge…&_sort=_lastUpdated`: creates and updates.
+    #[default]
+    LastUpdated,
+    /// `[base]/{Type}/_history?_since=…`: every version, and deletes.
+    History,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::LastUpdated => "last-updated",
+            Strategy::History => "history",
+        }
+    }
+
+    fn parse(ctx: &Ctx, what: &str, key: &str, s: &Spanned<String>) -> Result<Self, ConfigError> {
+        match s.get_ref().as_str() {
+            "last-updated" => Ok(Strategy::LastUpdated),
+            "history" => Ok(Strategy::History),
+            _ => Err(ctx.err(
+                s.span(),
+                format!("{what}: `{key}` must be \"last-updated\" or \"history\""),
+            )),
+        }
+    }
+}
+
+/// The source's strategy and its per-type overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Strategies {
+    pub default: Strategy,
+    pub by_type: BTreeMap<String, Strategy>,
+}
+
+impl Strategies {
+    pub fn for_type(&self, resource_type: &str) -> Strategy {
+        self.by_type
+            .get(resource_type)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+pub(super) fn validate(
+    ctx: &Ctx,
+    what: &str,
+    s: &RawSource,
+    resources: &[String],
+) -> Result<Strategies, ConfigError> {
+    let default = match &s.strategy {
+        Some(v) => Strategy::parse(ctx, what, "strategy", v)?,
+        None => Strategy::default(),
+    };
+    let mut by_type = BTreeMap::new();
+    for (ty, v) in &s.strategy_by_type {
+        let key = format!("strategy_by_type.{ty}");
+        if !resources.contains(ty) {
+            return Err(ctx.err(
+                v.span(),
+                format!("{what}: `{key}`: `{ty}` is not one of `resources`"),
+            ));
+        }
+        by_type.insert(ty.clone(), Strategy::parse(ctx, what, &key, v)?);
+    }
+    Ok(Strategies { default, by_type })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn load(keys: &str) -> Result<Strategies, String> {
+        let text = format!(
+            "state_dir = \"s\"\n[[source]]\nname = \"ehr\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n\
+             resources = [\"Observation\", \"Encounter\"]\n{keys}"
+        );
+        Config::from_str(&text, Path::new("b.toml"))
+            .map(|c| c.sources[0].strategies.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn last_updated_unless_told_otherwise_per_source_or_type() {
+        let s = load("").unwrap();
+        assert_eq!(s.for_type("Observation"), Strategy::LastUpdated);
+        let s = load(
+            "strategy = \"history\"\n[source.strategy_by_type]\nObservation = \"last-updated\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.for_type("Encounter"), Strategy::History);
+        assert_eq!(s.for_type("Observation"), Strategy::LastUpdated);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        let e = load("strategy = \"push\"\n").unwrap_err();
+        assert!(
+            e.starts_with("b.toml:6: source `ehr`: `strategy` must be"),
+            "{e}"
+        );
+        let e = load("[source.strategy_by_type]\nPatient = \"history\"\n").unwrap_err();
+        assert!(
+            e.contains("`strategy_by_type.Patient`: `Patient` is not one of `resources`"),
+            "{e}"
+        );
+        let e = load("[source.strategy_by_type]\nEncounter = \"x\"\n").unwrap_err();
+        assert!(e.contains("`strategy_by_type.Encounter` must be"), "{e}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Polling strategies. Each says only *what to fetch* for a poll of one
+//! target (its first URL; `next` links are followed as given) and *what its
+//! pages mean* (search matches, or history entries with their methods). The
+//! poll loop (`poll.rs`), the page pipeline (`page.rs`: parse, diff, filter,
+//! route) and the watermark rule (`watermark.rs`) are shared by all.
+
+mod history;
+mod last_updated;
+
+use crate::config::Source;
+pub use crate::config::Strategy;
+use chrono::{DateTime, Utc};
+use url::Url;
+
+pub(crate) use last_updated::search_url;
+
+/// How a page's entries are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryMode {
+    /// Search matches: a resource per entry; create or update is for the diff to say.
+    Search,
+    /// History entries: `request.method` says create (POST), update (PUT) or
+    /// delete (DELETE, with no resource).
+    History,
+}
+
+/// The first request of one poll of `resource_type`: changes since `since`
+/// (the watermark minus the overlap; `None`: from the beginning) and, where
+/// the strategy can say so, before `until` (the server's clock).
+pub fn first_url(
+    strategy: Strategy,
+    source: &Source,
+    resource_type: &str,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Url {
+    match strategy {
+        Strategy::LastUpdated => search_url(source, resource_type, since, until),
+        Strategy::History => history::history_url(source, resource_type, since),
+    }
+}
+
+pub fn entry_mode(strategy: Strategy) -> EntryMode {
+    match strategy {
+        Strategy::LastUpdated => EntryMode::Search,
+        Strategy::History => EntryMode::History,
+    }
+}
