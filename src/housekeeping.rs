@@ -54,7 +54,10 @@ async fn once(store: &Store, sources: &[Source], retention: Duration) {
     }
     for source in sources {
         for rt in &source.resources {
-            let watermark = match store.target_state(&source.name, rt).await {
+            // The population-wide target's watermark (per-patient targets of
+            // the type keep their seen rows until retention alone prunes them).
+            let key = crate::state::TargetKey::population(&source.name, rt);
+            let watermark = match store.target_state(&key).await {
                 Ok(st) => st.watermark.as_deref().and_then(parse_instant),
                 Err(e) => {
                     tracing::warn!(source = %source.name, resource_type = %rt, error = %e, "cannot read target state");

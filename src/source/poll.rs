@@ -13,7 +13,7 @@ use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
-use crate::state::{PollOutcome, Store, TargetState, now_ms};
+use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
@@ -130,6 +130,7 @@ impl SourceTask {
                 if cancel.is_cancelled() {
                     break;
                 }
+                let key = TargetKey::population(&self.source.name, rt);
                 if not_before
                     .get(rt)
                     .is_some_and(|t| std::time::Instant::now() < *t)
@@ -138,7 +139,7 @@ impl SourceTask {
                 }
                 let mut notes = Notes::default();
                 let started = std::time::Instant::now();
-                let outcome = self.poll_counted(rt, &cancel, &stop, &mut notes).await;
+                let outcome = self.poll_counted(&key, &cancel, &stop, &mut notes).await;
                 if let Err(e) = &outcome
                     && let RetryAction::RetryAfter(d) = e.retry_action()
                 {
@@ -160,6 +161,7 @@ impl SourceTask {
                 outcomes.push(PollOutcome {
                     source: self.source.name.clone(),
                     resource_type: rt.clone(),
+                    patient: key.patient.clone(),
                     error,
                     at_ms: now_ms(),
                     resources_read: outcome.as_ref().map(|p| p.rereads).unwrap_or(0),
@@ -241,7 +243,8 @@ impl SourceTask {
     }
 
     /// First poll of a target: fix where it starts.
-    async fn initialize(&self, rt: &str) -> Result<TargetState, PollError> {
+    async fn initialize(&self, key: &TargetKey) -> Result<TargetState, PollError> {
+        let rt = key.resource_type.as_str();
         let (watermark, floor) = match &self.source.start {
             Start::Beginning => (None, None),
             Start::At(t) => (Some(format_instant(*t)), Some(format_instant(*t))),
@@ -254,7 +257,7 @@ impl SourceTask {
         };
         if self.dry_run.is_none() {
             self.store
-                .init_target(&self.source.name, rt, watermark.clone(), floor.clone())
+                .init_target(key, watermark.clone(), floor.clone())
                 .await?;
         }
         Ok(TargetState {
@@ -272,7 +275,8 @@ impl SourceTask {
     ) -> Result<u64, PollError> {
         let stop = Arc::new(AtomicBool::new(cancel.is_cancelled()));
         let mut notes = Notes::default();
-        self.poll_counted(rt, cancel, &stop, &mut notes)
+        let key = TargetKey::population(&self.source.name, rt);
+        self.poll_counted(&key, cancel, &stop, &mut notes)
             .await
             .map(|p| p.changes)
     }
@@ -281,15 +285,15 @@ impl SourceTask {
     /// anything (to be counted with the poll's outcome).
     async fn poll_counted(
         &self,
-        rt: &str,
+        key: &TargetKey,
         cancel: &CancellationToken,
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
     ) -> Result<Polled, PollError> {
-        let result = self.poll_pages(rt, cancel, stop, notes).await;
+        let result = self.poll_pages(key, cancel, stop, notes).await;
         if result.is_err() {
             // Whatever failed (a commit, say), read the state afresh next time.
-            self.known.forget(rt);
+            self.known.forget(key);
         }
         result
     }
@@ -301,20 +305,21 @@ impl SourceTask {
 
     async fn poll_pages(
         &self,
-        rt: &str,
+        key: &TargetKey,
         cancel: &CancellationToken,
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
     ) -> Result<Polled, PollError> {
         let name = &self.source.name;
+        let rt = key.resource_type.as_str();
         // One routing for the whole poll: a reload applies from the next one.
         let routing = self.routing.borrow().clone();
-        let mut state = match self.known.get(rt) {
+        let mut state = match self.known.get(key) {
             Some(known) => known,
-            None => self.store.target_state(name, rt).await?,
+            None => self.store.target_state(key).await?,
         };
         if !state.initialized {
-            state = self.initialize(rt).await?;
+            state = self.initialize(key).await?;
             if self.source.start == Start::Now {
                 return Ok(Polled::default());
             }
@@ -365,7 +370,7 @@ impl SourceTask {
             .server_now()
             .map(|t| t - chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
         let polling = self.source.strategies.for_type(rt);
-        let mut url = strategy::first_url(polling, &self.source, rt, since, until);
+        let mut url = strategy::first_url(polling, &self.source, key, since, until);
         // Offset-paged servers skip resources when the set changes under them.
         // Once the total changes between pages, the watermark stays where it
         // was before that page, so the next poll re-reads what may have been
@@ -438,6 +443,7 @@ impl SourceTask {
             last_total = page.total.or(last_total);
 
             let mut commit = page.commit;
+            commit.patient = key.patient.clone();
             // A next link that cannot be followed fails the poll, but only
             // after this page is committed: its entries are the EHR's own, and
             // the watermark treats it as a page with more to come.
@@ -477,7 +483,7 @@ impl SourceTask {
                     state.watermark = moved;
                 }
             }
-            self.known.set(rt, state.clone());
+            self.known.set(key, state.clone());
             for hook in woken {
                 if let Some(w) = routing.wakers.get(&hook) {
                     w.notify_one();

@@ -82,7 +82,10 @@ async fn ties_across_pages_are_read_once_without_overlap() {
     assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 14);
     assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 0);
     assert_eq!(pending(&store).await, 39);
-    let st = store.target_state("s", "Observation").await.unwrap();
+    let st = store
+        .target_state(&crate::state::TargetKey::population("s", "Observation"))
+        .await
+        .unwrap();
     assert_eq!(st.watermark.as_deref(), Some("2023-11-14T22:13:20.005Z"));
 }
 
@@ -94,8 +97,7 @@ async fn a_watermark_in_the_future_heals() {
     let (_d, store) = temp_store();
     store
         .init_target(
-            "s",
-            "Observation",
+            &crate::state::TargetKey::population("s", "Observation"),
             Some("9999-12-31T23:59:59.000Z".into()),
             None,
         )
@@ -109,7 +111,10 @@ async fn a_watermark_in_the_future_heals() {
     let cancel = CancellationToken::new();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(t.poll_target("Observation", &cancel).await.unwrap(), 3);
-    let st = store.target_state("s", "Observation").await.unwrap();
+    let st = store
+        .target_state(&crate::state::TargetKey::population("s", "Observation"))
+        .await
+        .unwrap();
     assert!(st.watermark.unwrap().as_str() < "2100");
 }
 

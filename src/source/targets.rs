@@ -2,28 +2,28 @@
 //! first polls are spread.
 
 use crate::config::Schedule;
-use crate::state::TargetState;
+use crate::state::{TargetKey, TargetState};
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// Target states kept in memory by their poller (see `SourceTask::known`).
 #[derive(Default)]
-pub struct KnownTargets(std::sync::Mutex<HashMap<String, TargetState>>);
+pub struct KnownTargets(std::sync::Mutex<HashMap<TargetKey, TargetState>>);
 
 impl KnownTargets {
-    pub(super) fn get(&self, rt: &str) -> Option<TargetState> {
-        self.lock().get(rt).cloned()
+    pub(super) fn get(&self, key: &TargetKey) -> Option<TargetState> {
+        self.lock().get(key).cloned()
     }
 
-    pub(super) fn set(&self, rt: &str, state: TargetState) {
-        self.lock().insert(rt.to_string(), state);
+    pub(super) fn set(&self, key: &TargetKey, state: TargetState) {
+        self.lock().insert(key.clone(), state);
     }
 
-    pub(super) fn forget(&self, rt: &str) {
-        self.lock().remove(rt);
+    pub(super) fn forget(&self, key: &TargetKey) {
+        self.lock().remove(key);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TargetState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TargetKey, TargetState>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -59,7 +59,8 @@ impl Store {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut marks = c.prepare_cached(
-                "SELECT source, resource_type, watermark FROM poll_target WHERE initialized = 1",
+                "SELECT source, resource_type, watermark FROM poll_target
+                 WHERE initialized = 1 AND patient = ''",
             )?;
             let targets = marks
                 .query_map([], |r| {
@@ -87,8 +88,7 @@ mod tests {
         let (_d, store) = temp_store();
         store
             .init_target(
-                "s",
-                "Observation",
+                &crate::state::TargetKey::population("s", "Observation"),
                 Some("2026-01-01T00:00:00.000Z".into()),
                 None,
             )

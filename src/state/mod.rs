@@ -41,7 +41,7 @@ pub use inspect::MessageKey;
 pub use lock::{LockError, LockProbe, StateLock};
 pub use message::{MessageRecord, MessageState, StoredBody, WithBody};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
-pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetState};
+pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetKey, TargetState};
 pub use replay::Requeue;
 pub use report::{HookReport, TargetReport};
 
@@ -254,7 +254,10 @@ mod tests {
                 .load_seen("s", "Observation", vec!["1".into()])
                 .await
                 .unwrap();
-            store.target_state("s", "Observation").await.unwrap();
+            store
+                .target_state(&crate::state::TargetKey::population("s", "Observation"))
+                .await
+                .unwrap();
             let claimed = store.claim_due("h", vec![], 5 + round).await.unwrap();
             let done = claimed
                 .iter()

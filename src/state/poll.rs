@@ -6,7 +6,41 @@ use super::{StateError, Store};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 
-/// What the poller needs to know about a (source, resource type) before polling.
+/// One poll target: a resource type of a source, for one patient or (`None`)
+/// for the whole population. The state stores `None` as `''`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey {
+    pub source: String,
+    pub resource_type: String,
+    pub patient: Option<String>,
+}
+
+impl TargetKey {
+    /// The population-wide target of a type (every target before per-patient polling).
+    pub fn population(source: &str, resource_type: &str) -> TargetKey {
+        TargetKey {
+            source: source.to_string(),
+            resource_type: resource_type.to_string(),
+            patient: None,
+        }
+    }
+
+    /// The `patient` column's value.
+    pub(super) fn patient_column(&self) -> &str {
+        self.patient.as_deref().unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.patient {
+            None => write!(f, "{}/{}", self.source, self.resource_type),
+            Some(p) => write!(f, "{}/{} (Patient/{p})", self.source, self.resource_type),
+        }
+    }
+}
+
+/// What the poller needs to know about a target before polling.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetState {
     pub initialized: bool,
@@ -30,6 +64,8 @@ pub struct SeenRow {
 pub struct PollOutcome {
     pub source: String,
     pub resource_type: String,
+    /// A per-patient target's patient.
+    pub patient: Option<String>,
     pub error: Option<String>,
     /// When the poll ended (our clock, ms).
     pub at_ms: i64,
@@ -49,6 +85,8 @@ pub struct PollOutcome {
 pub struct PageCommit {
     pub source: String,
     pub resource_type: String,
+    /// A per-patient target's patient (its own watermark).
+    pub patient: Option<String>,
     pub seen: Vec<(String, SeenRow)>,
     /// The type keeps bodies for `$previous`: each seen row's `body` is
     /// written to `seen_body` with it, or, when `None` (too large), the
@@ -74,25 +112,24 @@ pub struct BackfillProgress {
 }
 
 impl Store {
-    pub async fn target_state(
-        &self,
-        source: &str,
-        resource_type: &str,
-    ) -> Result<TargetState, StateError> {
-        let (source, rt) = (source.to_string(), resource_type.to_string());
+    pub async fn target_state(&self, key: &TargetKey) -> Result<TargetState, StateError> {
+        let key = key.clone();
         self.call(move |c| {
             let row = c
                 .prepare_cached(
                     "SELECT initialized, watermark, floor FROM poll_target
-                     WHERE source = ?1 AND resource_type = ?2",
+                     WHERE source = ?1 AND resource_type = ?2 AND patient = ?3",
                 )?
-                .query_row(params![source, rt], |r| {
-                    Ok(TargetState {
-                        initialized: r.get::<_, i64>(0)? != 0,
-                        watermark: r.get(1)?,
-                        floor: r.get(2)?,
-                    })
-                })
+                .query_row(
+                    params![key.source, key.resource_type, key.patient_column()],
+                    |r| {
+                        Ok(TargetState {
+                            initialized: r.get::<_, i64>(0)? != 0,
+                            watermark: r.get(1)?,
+                            floor: r.get(2)?,
+                        })
+                    },
+                )
                 .optional()?;
             Ok(row.unwrap_or_default())
         })
@@ -102,20 +139,25 @@ impl Store {
     /// Marks a target as started: its floor and first watermark are set once.
     pub async fn init_target(
         &self,
-        source: &str,
-        resource_type: &str,
+        key: &TargetKey,
         watermark: Option<String>,
         floor: Option<String>,
     ) -> Result<(), StateError> {
-        let (source, rt) = (source.to_string(), resource_type.to_string());
+        let key = key.clone();
         self.call(move |c| {
             c.prepare_cached(
-                "INSERT INTO poll_target (source, resource_type, initialized, watermark, floor)
-                 VALUES (?1, ?2, 1, ?3, ?4)
-                 ON CONFLICT (source, resource_type)
-                 DO UPDATE SET initialized = 1, watermark = ?3, floor = ?4",
+                "INSERT INTO poll_target (source, resource_type, patient, initialized, watermark, floor)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5)
+                 ON CONFLICT (source, resource_type, patient)
+                 DO UPDATE SET initialized = 1, watermark = ?4, floor = ?5",
             )?
-            .execute(params![source, rt, watermark, floor])?;
+            .execute(params![
+                key.source,
+                key.resource_type,
+                key.patient_column(),
+                watermark,
+                floor
+            ])?;
             Ok(())
         })
         .await
@@ -229,9 +271,9 @@ impl Store {
                     super::backfill::record_page(&tx, &page, progress)?;
                 } else {
                 tx.prepare_cached(
-                    "INSERT INTO poll_target (source, resource_type, initialized, watermark)
-                     VALUES (?1, ?2, 1, ?3)
-                     ON CONFLICT (source, resource_type) DO UPDATE SET
+                    "INSERT INTO poll_target (source, resource_type, patient, initialized, watermark)
+                     VALUES (?1, ?2, ?6, 1, ?3)
+                     ON CONFLICT (source, resource_type, patient) DO UPDATE SET
                         watermark = COALESCE(?3, watermark),
                         changes_seen = changes_seen + ?4,
                         resources_read = resources_read + ?5",
@@ -241,7 +283,8 @@ impl Store {
                     page.resource_type,
                     page.watermark,
                     page.changes as i64,
-                    page.resources_read as i64
+                    page.resources_read as i64,
+                    page.patient.as_deref().unwrap_or("")
                 ])?;
                 }
                 let mut errs = tx.prepare_cached(
@@ -266,16 +309,16 @@ impl Store {
             let tx = c.transaction()?;
             {
                 let mut ok = tx.prepare_cached(
-                    "INSERT INTO poll_target (source, resource_type, last_poll_at, last_ok_at, last_outcome, resources_read)
-                     VALUES (?1, ?2, ?3, ?3, 'ok', ?4)
-                     ON CONFLICT (source, resource_type) DO UPDATE SET
+                    "INSERT INTO poll_target (source, resource_type, patient, last_poll_at, last_ok_at, last_outcome, resources_read)
+                     VALUES (?1, ?2, ?5, ?3, ?3, 'ok', ?4)
+                     ON CONFLICT (source, resource_type, patient) DO UPDATE SET
                         last_poll_at = ?3, last_ok_at = ?3, last_outcome = 'ok',
                         consecutive_failures = 0, resources_read = resources_read + ?4",
                 )?;
                 let mut failed = tx.prepare_cached(
-                    "INSERT INTO poll_target (source, resource_type, last_poll_at, last_outcome, last_error, consecutive_failures)
-                     VALUES (?1, ?2, ?3, 'error', ?4, 1)
-                     ON CONFLICT (source, resource_type) DO UPDATE SET
+                    "INSERT INTO poll_target (source, resource_type, patient, last_poll_at, last_outcome, last_error, consecutive_failures)
+                     VALUES (?1, ?2, ?5, ?3, 'error', ?4, 1)
+                     ON CONFLICT (source, resource_type, patient) DO UPDATE SET
                         last_poll_at = ?3, last_outcome = 'error', last_error = ?4,
                         consecutive_failures = consecutive_failures + 1",
                 )?;
@@ -287,13 +330,16 @@ impl Store {
                         last_skip_at = CASE WHEN ?3 > 0 THEN ?5 ELSE last_skip_at END,
                         last_warning = COALESCE(?6, last_warning),
                         last_warning_at = CASE WHEN ?6 IS NULL THEN last_warning_at ELSE ?5 END
-                     WHERE source = ?1 AND resource_type = ?2",
+                     WHERE source = ?1 AND resource_type = ?2 AND patient = ?7",
                 )?;
                 for o in outcomes {
                     let (source, rt, at) = (o.source, o.resource_type, o.at_ms);
+                    let patient = o.patient.unwrap_or_default();
                     match o.error {
-                        None => ok.execute(params![source, rt, at, o.resources_read as i64])?,
-                        Some(e) => failed.execute(params![source, rt, at, e])?,
+                        None => {
+                            ok.execute(params![source, rt, at, o.resources_read as i64, patient])?
+                        }
+                        Some(e) => failed.execute(params![source, rt, at, e, patient])?,
                     };
                     if o.skipped > 0 || o.future > 0 || o.warning.is_some() {
                         noted.execute(params![
@@ -302,7 +348,8 @@ impl Store {
                             o.skipped as i64,
                             o.future as i64,
                             at,
-                            o.warning
+                            o.warning,
+                            patient
                         ])?;
                     }
                 }
@@ -321,17 +368,13 @@ mod tests {
     #[tokio::test]
     async fn a_page_commits_seen_outbox_and_watermark_together() {
         let (_d, store) = temp_store();
+        let key = TargetKey::population("s", "Observation");
         assert_eq!(
-            store.target_state("s", "Observation").await.unwrap(),
+            store.target_state(&key).await.unwrap(),
             TargetState::default()
         );
         store
-            .init_target(
-                "s",
-                "Observation",
-                Some("2026-01-01T00:00:00.000Z".into()),
-                None,
-            )
+            .init_target(&key, Some("2026-01-01T00:00:00.000Z".into()), None)
             .await
             .unwrap();
         let seen = SeenRow {
@@ -351,7 +394,7 @@ mod tests {
             ..Default::default()
         };
         store.commit_page(page).await.unwrap();
-        let st = store.target_state("s", "Observation").await.unwrap();
+        let st = store.target_state(&key).await.unwrap();
         assert_eq!(st.watermark.as_deref(), Some("2026-01-02T00:00:00.000Z"));
         let got = store
             .load_seen("s", "Observation", vec!["a".into(), "b".into()])

@@ -56,7 +56,7 @@ impl Store {
                 "SELECT watermark, last_poll_at, last_ok_at, last_outcome, last_error,
                         consecutive_failures, changes_seen, resources_read,
                         entries_skipped, entries_future, last_skip_at, last_warning, last_warning_at
-                 FROM poll_target WHERE source = ?1 AND resource_type = ?2",
+                 FROM poll_target WHERE source = ?1 AND resource_type = ?2 AND patient = ''",
             )?
             .query_row(params![source, rt], |r| {
                 Ok(TargetReport {

@@ -198,6 +198,43 @@ const MIGRATIONS: &[&str] = &[
         SELECT hook, max(event_number) FROM outbox WHERE true GROUP BY hook
         ON CONFLICT (hook) DO UPDATE SET events = excluded.events;
     "#,
+    // 9: a poll target's key can carry a patient (per-patient polling): the
+    // table is rebuilt with `patient` in its primary key ('' for a target
+    // that polls the whole population, as every target before did).
+    r#"
+    CREATE TABLE poll_target_9 (
+        source               TEXT NOT NULL,
+        resource_type        TEXT NOT NULL,
+        patient              TEXT NOT NULL DEFAULT '',
+        initialized          INTEGER NOT NULL DEFAULT 0,
+        watermark            TEXT,
+        floor                TEXT,
+        last_poll_at         INTEGER,
+        last_ok_at           INTEGER,
+        last_outcome         TEXT,
+        last_error           TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        changes_seen         INTEGER NOT NULL DEFAULT 0,
+        resources_read       INTEGER NOT NULL DEFAULT 0,
+        entries_skipped      INTEGER NOT NULL DEFAULT 0,
+        entries_future       INTEGER NOT NULL DEFAULT 0,
+        last_skip_at         INTEGER,
+        last_warning         TEXT,
+        last_warning_at      INTEGER,
+        PRIMARY KEY (source, resource_type, patient)
+    ) WITHOUT ROWID;
+    INSERT INTO poll_target_9 (source, resource_type, initialized, watermark, floor,
+        last_poll_at, last_ok_at, last_outcome, last_error, consecutive_failures,
+        changes_seen, resources_read, entries_skipped, entries_future, last_skip_at,
+        last_warning, last_warning_at)
+    SELECT source, resource_type, initialized, watermark, floor,
+        last_poll_at, last_ok_at, last_outcome, last_error, consecutive_failures,
+        changes_seen, resources_read, entries_skipped, entries_future, last_skip_at,
+        last_warning, last_warning_at
+    FROM poll_target;
+    DROP TABLE poll_target;
+    ALTER TABLE poll_target_9 RENAME TO poll_target;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -527,7 +527,11 @@ async fn a_gauge_refresh_covers_ten_thousand_targets() {
         for t in 0..10 {
             let w = Some("2026-01-01T00:00:00.000Z".to_string());
             store
-                .init_target(&format!("s{s}"), &format!("T{t}"), w, None)
+                .init_target(
+                    &crate::state::TargetKey::population(&format!("s{s}"), &format!("T{t}")),
+                    w,
+                    None,
+                )
                 .await
                 .unwrap();
         }

@@ -9,6 +9,7 @@ mod last_updated;
 
 use crate::config::Source;
 pub use crate::config::Strategy;
+use crate::state::TargetKey;
 use chrono::{DateTime, Utc};
 use url::Url;
 
@@ -24,20 +25,28 @@ pub enum EntryMode {
     History,
 }
 
-/// The first request of one poll of `resource_type`: changes since `since`
-/// (the watermark minus the overlap; `None`: from the beginning) and, where
-/// the strategy can say so, before `until` (the server's clock).
+/// The first request of one poll of a target: changes since `since` (the
+/// watermark minus the overlap; `None`: from the beginning) and, where the
+/// strategy can say so, before `until` (the server's clock); a per-patient
+/// target asks for its patient's resources only.
 pub fn first_url(
     strategy: Strategy,
     source: &Source,
-    resource_type: &str,
+    target: &TargetKey,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 ) -> Url {
-    match strategy {
-        Strategy::LastUpdated => search_url(source, resource_type, since, until),
-        Strategy::History => history::history_url(source, resource_type, since),
+    let rt = target.resource_type.as_str();
+    let mut url = match strategy {
+        Strategy::LastUpdated => search_url(source, rt, since, until),
+        Strategy::History => history::history_url(source, rt, since),
+    };
+    if let Some(patient) = &target.patient {
+        // A Patient target is the patient itself; any other type is its compartment.
+        let param = if rt == "Patient" { "_id" } else { "patient" };
+        url.query_pairs_mut().append_pair(param, patient);
     }
+    url
 }
 
 pub fn entry_mode(strategy: Strategy) -> EntryMode {
