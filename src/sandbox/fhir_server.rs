@@ -230,3 +230,7 @@ async fn delete(State(st): State<AppState>, Path((rtype, id)): Path<(String, Str
     }
     StatusCode::NO_CONTENT.into_response()
 }
+
+#[cfg(test)]
+#[path = "fhir_server_tests.rs"]
+mod tests;
