@@ -1,11 +1,13 @@
-//! The sandbox's HTTP face: `[base]/{Type}` search, create, update and read.
+//! The sandbox's HTTP face: `[base]/{Type}` search, create, update, read and
+//! delete; type and instance `_history`.
 
-use super::store::{Query, SandboxStore, format_ms};
-use crate::source::bundle::parse_instant;
+use super::bundle::{BundleText, fhir_json, outcome};
+use super::params::{Cursor, CursorAt, next_link, parse_history, parse_search, prefers_strict};
+use super::store::{Lookup, SandboxStore};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::net::SocketAddr;
@@ -35,7 +37,9 @@ impl FhirSandbox {
         let app = Router::new()
             .route("/fhir/metadata", get(metadata))
             .route("/fhir/{rtype}", get(search).post(create))
-            .route("/fhir/{rtype}/{id}", get(read).put(update))
+            .route("/fhir/{rtype}/_history", get(type_history))
+            .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
+            .route("/fhir/{rtype}/{id}/_history", get(instance_history))
             .with_state(state);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -56,23 +60,6 @@ impl FhirSandbox {
     }
 }
 
-fn fhir_json(status: StatusCode, body: String) -> Response {
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/fhir+json"),
-    );
-    resp
-}
-
-fn outcome(status: StatusCode, msg: &str) -> Response {
-    let body = serde_json::json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": "processing", "diagnostics": msg}]
-    });
-    fhir_json(status, body.to_string())
-}
-
 async fn metadata() -> Response {
     fhir_json(
         StatusCode::OK,
@@ -85,87 +72,121 @@ async fn metadata() -> Response {
     )
 }
 
-fn parse_query(raw: &str) -> Result<Query, String> {
-    let mut q = Query {
-        count: 20,
-        ..Default::default()
-    };
-    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
-        match k.as_ref() {
-            "_lastUpdated" => {
-                let (prefix, value) = v.split_at(v.len().min(2));
-                let (prefix, value) = if ["ge", "gt", "le", "lt", "eq"].contains(&prefix) {
-                    (prefix, value)
-                } else {
-                    ("eq", v.as_ref())
-                };
-                let ms = parse_instant(value)
-                    .ok_or_else(|| format!("bad _lastUpdated `{v}`"))?
-                    .timestamp_millis();
-                match prefix {
-                    "ge" => q.ge_ms = Some(ms),
-                    "gt" => q.gt_ms = Some(ms),
-                    "le" => q.le_ms = Some(ms),
-                    "lt" => q.lt_ms = Some(ms),
-                    _ => {
-                        q.ge_ms = Some(ms);
-                        q.le_ms = Some(ms);
-                    }
-                }
-            }
-            "_count" => q.count = v.parse::<usize>().map_err(|_| "bad _count")?.min(1000),
-            "_cursor" => {
-                let (ms, id) = v.split_once(':').ok_or("bad _cursor")?;
-                q.after = Some((ms.parse().map_err(|_| "bad _cursor")?, id.to_string()));
-            }
-            _ => {}
-        }
-    }
-    Ok(q)
+/// 410 for a page link that has expired (the `expire_*` quirks).
+fn expired(st: &AppState, link_generation: Option<u64>) -> Option<Response> {
+    let stale = link_generation.is_some_and(|g| st.store.quirks.link_is_stale(g));
+    stale.then(|| {
+        outcome(
+            StatusCode::GONE,
+            "page link expired: start the search again",
+        )
+    })
 }
 
 async fn search(
     State(st): State<AppState>,
     Path(rtype): Path<String>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let raw = raw.unwrap_or_default();
-    let q = match parse_query(&raw) {
-        Ok(q) => q,
+    let quirks = &st.store.quirks;
+    let strict = quirks.is_strict_params() && prefers_strict(&headers);
+    let req = match parse_search(&raw, strict, quirks.is_descending()) {
+        Ok(r) => r,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, &e),
     };
-    let page = st.store.search(&rtype, &q);
-    let self_url = format!("{}/{rtype}?{raw}", st.base);
-    let mut body =
-        String::with_capacity(256 + page.bodies.iter().map(|b| b.len() + 64).sum::<usize>());
-    body.push_str(r#"{"resourceType":"Bundle","type":"searchset","meta":{"lastUpdated":""#);
-    body.push_str(&format_ms(chrono::Utc::now().timestamp_millis()));
-    body.push_str(r#""},"link":[{"relation":"self","url":"#);
-    body.push_str(&serde_json::Value::from(self_url).to_string());
-    body.push('}');
-    if let Some((ms, id)) = page.next_after {
-        let kept: String = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(
-                url::form_urlencoded::parse(raw.as_bytes()).filter(|(k, _)| k != "_cursor"),
-            )
-            .append_pair("_cursor", &format!("{ms}:{id}"))
-            .finish();
-        let next = format!("{}/{rtype}?{kept}", st.base);
-        body.push_str(r#",{"relation":"next","url":"#);
-        body.push_str(&serde_json::Value::from(next).to_string());
-        body.push('}');
+    if let Some(gone) = expired(&st, req.link_generation) {
+        return gone;
     }
-    body.push_str(r#"],"entry":["#);
-    for (i, b) in page.bodies.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(r#"{"resource":"#);
-        body.push_str(b);
-        body.push_str(r#","search":{"mode":"match"}}"#);
+    let page = st.store.search(&rtype, &req.query);
+    let path = format!("{}/{rtype}", st.base);
+    let next = page.next_after.map(|(ms, id)| {
+        let at = if req.query.descending {
+            CursorAt::Descending(ms, id)
+        } else {
+            CursorAt::Ascending(ms, id)
+        };
+        let generation = quirks.link_generation();
+        next_link(&path, &raw, &Cursor { generation, at })
+    });
+    let capacity = page.bodies.iter().map(|b| b.len() + 64).sum::<usize>();
+    let mut bundle = BundleText::open(
+        "searchset",
+        &format!("{path}?{raw}"),
+        next.as_deref(),
+        quirks.is_date_only(),
+        capacity,
+    );
+    for b in &page.bodies {
+        bundle.push_match(b);
     }
-    body.push_str("]}");
-    fhir_json(StatusCode::OK, body)
+    bundle.respond()
+}
+
+async fn type_history(
+    State(st): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    history(&st, &rtype, None, &headers, &raw.unwrap_or_default())
+}
+
+async fn instance_history(
+    State(st): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Lookup::Missing = st.store.lookup(&rtype, &id) {
+        return outcome(StatusCode::NOT_FOUND, "not found");
+    }
+    history(&st, &rtype, Some(&id), &headers, &raw.unwrap_or_default())
+}
+
+fn history(
+    st: &AppState,
+    rtype: &str,
+    id: Option<&str>,
+    headers: &HeaderMap,
+    raw: &str,
+) -> Response {
+    let quirks = &st.store.quirks;
+    let strict = quirks.is_strict_params() && prefers_strict(headers);
+    let req = match parse_history(raw, strict, id) {
+        Ok(r) => r,
+        Err(e) => return outcome(StatusCode::BAD_REQUEST, &e),
+    };
+    if let Some(gone) = expired(st, req.link_generation) {
+        return gone;
+    }
+    let page = st.store.history(rtype, &req.query);
+    let path = match id {
+        Some(id) => format!("{}/{rtype}/{id}/_history", st.base),
+        None => format!("{}/{rtype}/_history", st.base),
+    };
+    let next = page.next_after.map(|key| {
+        let generation = quirks.link_generation();
+        let at = CursorAt::History(key);
+        next_link(&path, raw, &Cursor { generation, at })
+    });
+    let capacity = page
+        .entries
+        .iter()
+        .map(|e| e.body.as_ref().map_or(0, |b| b.len()) + 256)
+        .sum::<usize>();
+    let mut bundle = BundleText::open(
+        "history",
+        &format!("{path}?{raw}"),
+        next.as_deref(),
+        quirks.is_date_only(),
+        capacity,
+    );
+    for e in &page.entries {
+        bundle.push_version(&st.base, rtype, e);
+    }
+    bundle.respond()
 }
 
 /// Stores a JSON object body as a resource (create when `id` is `None`).
@@ -195,8 +216,21 @@ async fn update(
 }
 
 async fn read(State(st): State<AppState>, Path((rtype, id)): Path<(String, String)>) -> Response {
-    match st.store.read(&rtype, &id) {
-        Some(b) => fhir_json(StatusCode::OK, b.to_string()),
-        None => outcome(StatusCode::NOT_FOUND, "not found"),
+    match st.store.lookup(&rtype, &id) {
+        Lookup::Found(b) => fhir_json(StatusCode::OK, b.to_string()),
+        Lookup::Gone => outcome(StatusCode::GONE, "deleted"),
+        Lookup::Missing => outcome(StatusCode::NOT_FOUND, "not found"),
     }
 }
+
+/// 204 for a delete, and again for a repeated one; 404 for what never was.
+async fn delete(State(st): State<AppState>, Path((rtype, id)): Path<(String, String)>) -> Response {
+    if !st.store.delete(&rtype, &id) && matches!(st.store.lookup(&rtype, &id), Lookup::Missing) {
+        return outcome(StatusCode::NOT_FOUND, "not found");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+#[path = "fhir_server_tests.rs"]
+mod tests;

@@ -1,54 +1,79 @@
 //! In-memory resources of the sandbox, indexed by (lastUpdated, id) so that
 //! `_lastUpdated` range searches with cursor paging are cheap at any size.
+//! Every write is also a version in the type's history (history.rs); a delete
+//! leaves a tombstone, so a read of it answers Gone.
 
+use super::history::{LogKey, Version, VersionLog};
+use super::quirks::Quirks;
+use super::search::{Query, SearchPage};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-#[derive(Clone)]
-struct Stored {
-    version: u64,
-    lu_ms: i64,
-    body: Arc<str>,
+/// The current version of a resource.
+pub(super) struct Stored {
+    pub(super) version: u64,
+    /// Its key in the type's version log.
+    pub(super) logged_at: LogKey,
+    /// `None`: deleted.
+    pub(super) body: Option<Arc<str>>,
 }
 
 #[derive(Default)]
-struct TypeStore {
-    by_id: HashMap<String, Stored>,
-    index: BTreeSet<(i64, String)>,
+pub(super) struct TypeStore {
+    pub(super) by_id: HashMap<Arc<str>, Stored>,
+    /// Live resources only, by (lastUpdated ms, id).
+    pub(super) index: BTreeSet<(i64, Arc<str>)>,
+    pub(super) history: VersionLog,
 }
 
-#[derive(Default)]
-struct Inner {
-    types: HashMap<String, TypeStore>,
+pub(super) struct Inner {
+    pub(super) types: HashMap<String, TypeStore>,
     next_id: u64,
+    /// Orders writes that share a lastUpdated in the history.
+    next_seq: u64,
     /// When set, every write gets this lastUpdated (to manufacture ties).
     frozen_ms: Option<i64>,
+    superseded_limit: usize,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            types: HashMap::new(),
+            next_id: 0,
+            next_seq: 0,
+            frozen_ms: None,
+            superseded_limit: 100_000,
+        }
+    }
+}
+
+impl Inner {
+    /// The stamp of the next write: (lastUpdated ms, sequence).
+    fn next_stamp(&mut self) -> LogKey {
+        self.next_seq += 1;
+        let ms = self
+            .frozen_ms
+            .unwrap_or_else(|| Utc::now().timestamp_millis());
+        (ms, self.next_seq)
+    }
 }
 
 #[derive(Default)]
 pub struct SandboxStore {
     inner: Mutex<Inner>,
+    /// Misbehaviours of real servers, off by default (quirks.rs).
+    pub quirks: Quirks,
 }
 
-/// Bounds and paging of one search.
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    pub ge_ms: Option<i64>,
-    pub gt_ms: Option<i64>,
-    pub le_ms: Option<i64>,
-    pub lt_ms: Option<i64>,
-    /// Continue strictly after this (lastUpdated, id).
-    pub after: Option<(i64, String)>,
-    pub count: usize,
-}
-
-pub struct SearchPage {
-    pub bodies: Vec<Arc<str>>,
-    /// Where the next page starts, when there is one.
-    pub next_after: Option<(i64, String)>,
+/// What a read finds.
+pub(super) enum Lookup {
+    Found(Arc<str>),
+    /// Deleted: a versioned server answers 410.
+    Gone,
+    Missing,
 }
 
 pub fn format_ms(ms: i64) -> String {
@@ -58,8 +83,17 @@ pub fn format_ms(ms: i64) -> String {
         .to_string()
 }
 
+/// `123` or `Patient/123` -> `Patient/123` (for `kind` "Patient").
+pub(super) fn reference_to(kind: &str, id_or_ref: &str) -> String {
+    if id_or_ref.contains('/') {
+        id_or_ref.to_string()
+    } else {
+        format!("{kind}/{id_or_ref}")
+    }
+}
+
 impl SandboxStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -68,112 +102,155 @@ impl SandboxStore {
         self.lock().frozen_ms = at_ms;
     }
 
+    /// How many superseded versions each type's history keeps with their
+    /// bodies (default 100,000); the oldest go first. Current versions stay.
+    pub fn keep_superseded_versions(&self, limit: usize) {
+        self.lock().superseded_limit = limit;
+    }
+
     /// Creates (no id) or updates a resource; stamps `id`, `meta.versionId` and
-    /// `meta.lastUpdated`. Returns the stored JSON.
+    /// `meta.lastUpdated`. Returns the stored JSON. Updating a deleted resource
+    /// brings it back with the next version.
     pub fn upsert(&self, resource_type: &str, id: Option<&str>, mut resource: Value) -> Arc<str> {
         let mut inner = self.lock();
-        let lu_ms = inner
-            .frozen_ms
-            .unwrap_or_else(|| Utc::now().timestamp_millis());
-        let id = match id {
-            Some(id) => id.to_string(),
+        let stamp = inner.next_stamp();
+        let id: Arc<str> = match id {
+            Some(id) => Arc::from(id),
             None => {
                 inner.next_id += 1;
-                format!("{}", inner.next_id)
+                Arc::from(inner.next_id.to_string())
             }
         };
+        let limit = inner.superseded_limit;
         let ts = inner.types.entry(resource_type.to_string()).or_default();
-        let version = match ts.by_id.get(&id) {
-            Some(prev) => {
-                ts.index.remove(&(prev.lu_ms, id.clone()));
-                prev.version + 1
-            }
-            None => 1,
-        };
+        let prev = ts.retire(&id);
+        let version = prev.map_or(1, |(v, _)| v + 1);
         if let Some(obj) = resource.as_object_mut() {
             obj.insert("resourceType".into(), json!(resource_type));
-            obj.insert("id".into(), json!(id));
+            obj.insert("id".into(), json!(&*id));
             obj.insert(
                 "meta".into(),
-                json!({"versionId": version.to_string(), "lastUpdated": format_ms(lu_ms)}),
+                json!({"versionId": version.to_string(), "lastUpdated": format_ms(stamp.0)}),
             );
         }
         let body: Arc<str> = Arc::from(resource.to_string());
-        ts.index.insert((lu_ms, id.clone()));
-        ts.by_id.insert(
-            id,
-            Stored {
-                version,
-                lu_ms,
-                body: body.clone(),
-            },
-        );
+        ts.index.insert((stamp.0, id.clone()));
+        ts.put(id, version, stamp, Some(body.clone()), prev, limit);
         body
     }
 
-    pub fn read(&self, resource_type: &str, id: &str) -> Option<Arc<str>> {
-        self.lock()
-            .types
-            .get(resource_type)?
-            .by_id
-            .get(id)
-            .map(|s| s.body.clone())
+    /// Deletes a live resource: gone from search and read (410), a DELETE
+    /// version in the history. False when there was nothing live to delete.
+    pub fn delete(&self, resource_type: &str, id: &str) -> bool {
+        let mut inner = self.lock();
+        let stamp = inner.next_stamp();
+        let limit = inner.superseded_limit;
+        let Some(ts) = inner.types.get_mut(resource_type) else {
+            return false;
+        };
+        let id = match ts.by_id.get_key_value(id) {
+            Some((id, Stored { body: Some(_), .. })) => id.clone(),
+            _ => return false,
+        };
+        let prev = ts.retire(&id);
+        let Some((version, _)) = prev else {
+            return false;
+        };
+        ts.put(id, version + 1, stamp, None, prev, limit);
+        true
     }
 
+    /// Stores `Group/{id}` with these members (`123` or `Patient/123`).
+    pub fn set_group<I, S>(&self, id: &str, patient_ids: I) -> Arc<str>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let member: Vec<Value> = patient_ids
+            .into_iter()
+            .map(|p| json!({"entity": {"reference": reference_to("Patient", p.as_ref())}}))
+            .collect();
+        self.upsert(
+            "Group",
+            Some(id),
+            json!({"type": "person", "actual": true, "member": member}),
+        )
+    }
+
+    /// The live resource (`None` when missing or deleted).
+    pub fn read(&self, resource_type: &str, id: &str) -> Option<Arc<str>> {
+        match self.lookup(resource_type, id) {
+            Lookup::Found(body) => Some(body),
+            Lookup::Gone | Lookup::Missing => None,
+        }
+    }
+
+    pub(super) fn lookup(&self, resource_type: &str, id: &str) -> Lookup {
+        let inner = self.lock();
+        match inner.types.get(resource_type).and_then(|t| t.by_id.get(id)) {
+            Some(Stored {
+                body: Some(body), ..
+            }) => Lookup::Found(body.clone()),
+            Some(_) => Lookup::Gone,
+            None => Lookup::Missing,
+        }
+    }
+
+    /// Live resources of a type.
     pub fn count(&self, resource_type: &str) -> usize {
         self.lock()
             .types
             .get(resource_type)
-            .map_or(0, |t| t.by_id.len())
+            .map_or(0, |t| t.index.len())
     }
 
-    /// Ascending by (lastUpdated, id).
-    pub fn search(&self, resource_type: &str, q: &Query) -> SearchPage {
+    /// One page: ascending by (lastUpdated, id), or descending (`q.descending`).
+    pub(super) fn search(&self, resource_type: &str, q: &Query) -> SearchPage {
         let inner = self.lock();
-        let Some(ts) = inner.types.get(resource_type) else {
-            return SearchPage {
+        match inner.types.get(resource_type) {
+            Some(ts) => q.run(ts),
+            None => SearchPage {
                 bodies: vec![],
                 next_after: None,
-            };
+            },
+        }
+    }
+}
+
+impl TypeStore {
+    /// Takes a live resource out of the search index; its (version, log key), if any.
+    fn retire(&mut self, id: &str) -> Option<(u64, LogKey)> {
+        let prev = self.by_id.get(id)?;
+        if prev.body.is_some() {
+            self.index.remove(&(prev.logged_at.0, Arc::from(id)));
+        }
+        Some((prev.version, prev.logged_at))
+    }
+
+    fn put(
+        &mut self,
+        id: Arc<str>,
+        version: u64,
+        stamp: LogKey,
+        body: Option<Arc<str>>,
+        prev: Option<(u64, LogKey)>,
+        superseded_limit: usize,
+    ) {
+        let logged = Version {
+            id: id.clone(),
+            number: version,
+            body: body.clone(),
         };
-        let mut lower = i64::MIN;
-        if let Some(v) = q.ge_ms {
-            lower = lower.max(v);
-        }
-        if let Some(v) = q.gt_ms {
-            lower = lower.max(v.saturating_add(1));
-        }
-        let mut upper = i64::MAX;
-        if let Some(v) = q.le_ms {
-            upper = upper.min(v);
-        }
-        if let Some(v) = q.lt_ms {
-            upper = upper.min(v.saturating_sub(1));
-        }
-        let start = match &q.after {
-            Some((ms, id)) if *ms >= lower => Bound::Excluded((*ms, id.clone())),
-            _ => Bound::Included((lower, String::new())),
-        };
-        let mut bodies = Vec::with_capacity(q.count.min(1000));
-        let mut last = None;
-        let mut more = false;
-        for (ms, id) in ts.index.range((start, Bound::Unbounded)) {
-            if *ms > upper {
-                break;
-            }
-            if bodies.len() == q.count {
-                more = true;
-                break;
-            }
-            if let Some(s) = ts.by_id.get(id) {
-                bodies.push(s.body.clone());
-                last = Some((*ms, id.clone()));
-            }
-        }
-        SearchPage {
-            bodies,
-            next_after: if more { last } else { None },
-        }
+        self.history
+            .record(stamp, logged, prev.map(|(_, k)| k), superseded_limit);
+        self.by_id.insert(
+            id,
+            Stored {
+                version,
+                logged_at: stamp,
+                body,
+            },
+        );
     }
 }
 
@@ -210,5 +287,39 @@ mod tests {
         let again = s.upsert("Observation", Some("1"), json!({"status": "final"}));
         assert!(again.contains("\"versionId\":\"2\""));
         assert_eq!(s.count("Observation"), 8);
+    }
+
+    #[test]
+    fn a_delete_hides_the_resource_and_bumps_its_version() {
+        let s = SandboxStore::default();
+        s.upsert("Observation", Some("a"), json!({}));
+        assert!(!s.delete("Observation", "nope"));
+        assert!(!s.delete("Encounter", "a"));
+        assert!(s.delete("Observation", "a"));
+        assert!(!s.delete("Observation", "a"), "already deleted");
+        assert!(matches!(s.lookup("Observation", "a"), Lookup::Gone));
+        assert!(s.read("Observation", "a").is_none());
+        assert_eq!(s.count("Observation"), 0);
+        let page = s.search(
+            "Observation",
+            &Query {
+                count: 10,
+                ..Default::default()
+            },
+        );
+        assert!(page.bodies.is_empty());
+        let back = s.upsert("Observation", Some("a"), json!({}));
+        assert!(back.contains("\"versionId\":\"3\""), "{back}");
+        assert_eq!(s.count("Observation"), 1);
+    }
+
+    #[test]
+    fn a_group_lists_its_patients() {
+        let s = SandboxStore::default();
+        let g = s.set_group("g1", ["1", "Patient/2"]);
+        let v: Value = serde_json::from_str(&g).unwrap();
+        assert_eq!(v["member"][0]["entity"]["reference"], "Patient/1");
+        assert_eq!(v["member"][1]["entity"]["reference"], "Patient/2");
+        assert!(s.read("Group", "g1").is_some());
     }
 }
