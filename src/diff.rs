@@ -38,6 +38,12 @@ pub fn content_hash(raw: &[u8]) -> [u8; 32] {
     Sha256::digest(raw).into()
 }
 
+/// Whether a seen row records a delete (its tombstone): a delete has no
+/// body, so its hash is that of nothing, which no resource has.
+pub fn is_tombstone(row: &SeenRow) -> bool {
+    row.content_hash == content_hash(b"")
+}
+
 /// True when the server reports the very version already seen: the common
 /// case when overlapping polls re-read a window. Checked before hashing, which
 /// would otherwise dominate the cost of every re-read.

@@ -159,11 +159,15 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
             continue;
         };
-        // A history entry says itself what happened to a new version.
+        // A history entry says itself what happened to a new version; a
+        // version after a delete is the resource's creation again, whatever
+        // the method (a PUT re-creates).
+        let after_delete = seen.get(&e.id).is_some_and(diff::is_tombstone);
         let event = match e.method {
+            Some(Method::Delete) => diff::Event::Delete,
+            Some(_) if after_delete => diff::Event::Create,
             Some(Method::Create) => diff::Event::Create,
             Some(Method::Update) => diff::Event::Update,
-            Some(Method::Delete) => diff::Event::Delete,
             None => event,
         };
         // A delete has no resource: filters see its type and id (both checked
@@ -428,8 +432,8 @@ mod tests {
             late.commit.messages.is_empty(),
             "an older version after the delete"
         );
-        // Recreated later: a create again.
-        let back = process(&store, &job, &page(vec![entry(4, "POST")])).unwrap();
+        // Recreated later (a PUT, as a server writes it): a create again.
+        let back = process(&store, &job, &page(vec![entry(4, "PUT")])).unwrap();
         assert_eq!(back.commit.messages[0].change.event, "create");
     }
 }

@@ -1,0 +1,155 @@
+//! Polling strategies end to end, on the in-crate sandbox (Medplum's engine
+//! has no type-level `_history` and leaves no trace of a delete): `history`
+//! gives creates, updates and deletes once each, in order per resource,
+//! across `kill -9`; `last-updated` loses nothing on a server that returns
+//! newest first (as Cerner does).
+
+mod common;
+
+use common::scenarios::observation;
+use common::{Bridge, FhirServer, config_for, hook, wait_for};
+use fhir_bridge::sandbox::{FhirSandbox, Received, Receiver};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The id of what `store.upsert` stored.
+fn id_of(stored: std::sync::Arc<str>) -> String {
+    let v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
+    match fhir {
+        FhirServer::Sandbox(s) => s,
+        _ => panic!("a sandbox test"),
+    }
+}
+
+/// Per resource: the (event, versionId) pairs received, in arrival order,
+/// duplicates (same message_id) removed.
+fn by_resource(got: &[Received]) -> BTreeMap<String, Vec<(String, Option<String>)>> {
+    let mut seen = BTreeSet::new();
+    let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for r in got {
+        if seen.insert(r.message_id.clone()) {
+            out.entry(r.resource_id.clone())
+                .or_default()
+                .push((r.event.clone(), r.version_id.clone()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_gives_creates_updates_and_deletes_once_in_order_across_kill9() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
+        "owner_id = \"org/test\"",
+        "owner_id = \"org/test\"\nstrategy = \"history\"",
+    );
+    let mut bridge = Bridge::start(&config);
+    // a: created, updated, deleted; b: created, deleted, created again; c: created.
+    let a = id_of(store.upsert("Observation", None, observation("N", "preliminary")));
+    let b = id_of(store.upsert("Observation", None, observation("N", "final")));
+    wait_for(30, "two creates", || rx.count() >= 2).await;
+    store.upsert("Observation", Some(&a), observation("H", "final"));
+    assert!(store.delete("Observation", &b), "a={a} b={b}");
+    bridge.kill9();
+    assert!(store.delete("Observation", &a));
+    store.upsert("Observation", Some(&b), observation("N", "amended"));
+    let c = id_of(store.upsert("Observation", None, observation("L", "final")));
+    bridge.restart();
+    wait_for(30, "every version", || {
+        by_resource(&rx.received())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == 7
+    })
+    .await;
+    let got = by_resource(&rx.received());
+    let events =
+        |id: &str| -> Vec<(String, Option<String>)> { got[&format!("Observation/{id}")].clone() };
+    let v = |e: &str, n: &str| (e.to_string(), Some(n.to_string()));
+    assert_eq!(
+        events(&a),
+        [v("create", "1"), v("update", "2"), v("delete", "3")]
+    );
+    assert_eq!(
+        events(&b),
+        [v("create", "1"), v("delete", "2"), v("create", "3")]
+    );
+    assert_eq!(events(&c), [v("create", "1")]);
+    // A delete carries no resource.
+    for r in rx.received().iter().filter(|r| r.event == "delete") {
+        assert_eq!(r.body["resourceIncluded"], false);
+        assert!(r.body.get("resource").is_none());
+    }
+    // Polls go on re-reading the window: nothing more arrives.
+    let before = rx.count();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        by_resource(&rx.received())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>(),
+        7
+    );
+    assert!(rx.count() >= before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_updated_loses_nothing_on_a_server_that_returns_newest_first() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    store.quirks.descending(true);
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks);
+    let mut bridge = Bridge::start(&config);
+    let total = |rx: &Receiver| {
+        by_resource(&rx.received())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(id_of(store.upsert(
+            "Observation",
+            None,
+            observation("N", "final"),
+        )));
+    }
+    wait_for(60, "20 creates", || total(&rx) == 20).await;
+    bridge.kill9();
+    for _ in 0..20 {
+        ids.push(id_of(store.upsert(
+            "Observation",
+            None,
+            observation("N", "final"),
+        )));
+    }
+    bridge.restart();
+    wait_for(60, "40 creates", || total(&rx) == 40).await;
+    for id in ids.iter().take(10) {
+        store.upsert("Observation", Some(id), observation("H", "amended"));
+    }
+    wait_for(60, "10 updates", || total(&rx) == 50).await;
+    let got = by_resource(&rx.received());
+    assert_eq!(got.len(), 40);
+    for (i, id) in ids.iter().enumerate() {
+        let events: Vec<&str> = got[&format!("Observation/{id}")]
+            .iter()
+            .map(|e| e.0.as_str())
+            .collect();
+        let expected: &[&str] = if i < 10 {
+            &["create", "update"]
+        } else {
+            &["create"]
+        };
+        assert_eq!(events, expected, "{id}");
+    }
+}
