@@ -153,3 +153,62 @@ async fn last_updated_loses_nothing_on_a_server_that_returns_newest_first() {
         assert_eq!(events, expected, "{id}");
     }
 }
+
+/// An expired page context (a `next` link answering 410): the poll starts
+/// the search again from the watermark instead of failing, and nothing is
+/// lost or sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_next_link_restarts_the_search_from_the_watermark() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks);
+    for _ in 0..30 {
+        store.upsert("Observation", None, observation("N", "final"));
+    }
+    // The first poll's page 2 finds its page context gone.
+    store.quirks.expire_next_link_once();
+    let bridge = Bridge::start(&config);
+    let total = |rx: &Receiver| {
+        by_resource(&rx.received())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    wait_for(60, "30 creates", || total(&rx) == 30).await;
+    assert_eq!(rx.count(), 30, "each once");
+    // Poll outcomes are written up to a second after the poll.
+    wait_for(30, "the restart noted on status", || {
+        let target = &bridge.status_json()["sources"][0]["targets"][0];
+        target["last_warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("expired next link"))
+    })
+    .await;
+}
+
+/// `Prefer: handling=strict`: a parameter the server does not know is its
+/// error, on status, not a different search answered silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_search_parameter_is_an_error_not_a_wider_search() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    store.quirks.strict_params(true);
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks)
+        + "\n[source.params]\nObservation = \"no-such-param=1\"\n";
+    store.upsert("Observation", None, observation("N", "final"));
+    let bridge = Bridge::start(&config);
+    wait_for(30, "a failed poll", || {
+        bridge.status_json()["sources"][0]["targets"][0]["last_outcome"] == "error"
+    })
+    .await;
+    let target = &bridge.status_json()["sources"][0]["targets"][0];
+    assert!(
+        target["last_error"].as_str().unwrap().contains("HTTP 400"),
+        "{target}"
+    );
+    assert_eq!(rx.count(), 0);
+}

@@ -87,6 +87,8 @@ pub struct Source {
     pub schedule: Schedule,
     pub page_size: u32,
     pub overlap: Duration,
+    /// Each `last-updated` poll ends at the server's now minus this (0 by default).
+    pub lag: Duration,
     pub start: Start,
     pub owner_id: String,
     pub timeout: Duration,

@@ -42,6 +42,8 @@ pub struct RawSource {
     pub every: Option<Spanned<HumanDuration>>,
     pub page_size: Option<Spanned<u32>>,
     pub overlap: Option<HumanDuration>,
+    /// Bound each poll at `lt{server now - lag}` (writes that become visible late).
+    pub lag: Option<Spanned<HumanDuration>>,
     pub start: Option<Spanned<String>>,
     pub owner_id: Option<String>,
     pub timeout: Option<Spanned<HumanDuration>>,

@@ -475,6 +475,22 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
     };
 
     let strategies = super::strategy::validate(ctx, &what, s, &resources)?;
+    let overlap = s.overlap.map(|d| d.0).unwrap_or(Duration::from_secs(120));
+    let lag = s.lag.as_ref().map(|l| l.get_ref().0).unwrap_or_default();
+    if let Some(l) = &s.lag
+        && lag > overlap
+    {
+        // A write that becomes visible `lag` late is stamped up to `lag`
+        // behind the watermark: only the overlap re-reads it.
+        return Err(ctx.err(
+            l.span(),
+            format!(
+                "{what}: `lag` ({}) must not exceed `overlap` ({})",
+                humantime::format_duration(lag),
+                humantime::format_duration(overlap)
+            ),
+        ));
+    }
     Ok(Source {
         owner_id: s.owner_id.clone().unwrap_or_else(|| name.clone()),
         name,
@@ -482,7 +498,8 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         resources,
         schedule,
         page_size,
-        overlap: s.overlap.map(|d| d.0).unwrap_or(Duration::from_secs(120)),
+        overlap,
+        lag,
         start,
         timeout,
         params: s

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub struct Quirks {
     descending: AtomicBool,
     expire_next_links: AtomicBool,
+    /// The next page link followed answers 410 once (`expire_next_link_once`).
+    expire_once: AtomicBool,
     strict_params: AtomicBool,
     date_only: AtomicBool,
     /// Bumped by `expire_page_links`: a page link from an older generation is stale.
@@ -30,6 +32,13 @@ impl Quirks {
     /// before the client comes back. First pages still work.
     pub fn expire_next_links(&self, on: bool) {
         self.expire_next_links.store(on, Ordering::Relaxed);
+    }
+
+    /// The next page link a client follows answers 410 Gone, once: a page
+    /// context that expired in the middle of one walk (HAPI forgets a search
+    /// after an hour).
+    pub fn expire_next_link_once(&self) {
+        self.expire_once.store(true, Ordering::Relaxed);
     }
 
     /// Every page link issued so far answers 410 Gone from now on; links
@@ -65,6 +74,8 @@ impl Quirks {
 
     /// Whether a page link issued in `generation` must answer 410.
     pub(super) fn link_is_stale(&self, generation: u64) -> bool {
-        self.expire_next_links.load(Ordering::Relaxed) || generation != self.link_generation()
+        self.expire_next_links.load(Ordering::Relaxed)
+            || generation != self.link_generation()
+            || self.expire_once.swap(false, Ordering::Relaxed)
     }
 }

@@ -187,7 +187,13 @@ impl FhirClient {
         let mut url = url.clone();
         let mut redirects = 0;
         let mut resp = loop {
-            let mut req = self.http.get(url.clone()).timeout(self.timeout);
+            // A server that does not know a search parameter ignores it unless
+            // told to be strict, and would then answer a different search.
+            let mut req = self
+                .http
+                .get(url.clone())
+                .timeout(self.timeout)
+                .header("Prefer", "handling=strict");
             if let Some(a) = &authorization {
                 req = req.header(reqwest::header::AUTHORIZATION, a.clone());
             }

@@ -2,6 +2,7 @@
 
 pub mod backfill;
 pub mod bundle;
+mod capability;
 pub mod client;
 mod errors;
 mod notes;

@@ -1,7 +1,7 @@
 //! The poll loop of one source: search, follow `next`, diff, route, commit per page.
 
 use super::bundle::{format_instant, parse_instant, parse_page};
-use super::client::FhirClient;
+use super::client::{FetchError, FhirClient};
 pub use super::errors::PollError;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
@@ -125,6 +125,12 @@ impl SourceTask {
             flag.store(true, Ordering::Relaxed);
         });
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
+        // Shown with each type's first poll outcome (and logged once).
+        let mut capability =
+            super::capability::last_updated_warnings(&self.client, &self.source).await;
+        for w in capability.values() {
+            tracing::warn!(source = %self.source.name, "{w}");
+        }
         loop {
             for rt in &self.source.resources {
                 if cancel.is_cancelled() {
@@ -138,6 +144,9 @@ impl SourceTask {
                     continue;
                 }
                 let mut notes = Notes::default();
+                if let Some(w) = capability.remove(rt) {
+                    notes.warn(w);
+                }
                 let started = std::time::Instant::now();
                 let outcome = self.poll_counted(&key, &cancel, &stop, &mut notes).await;
                 if let Err(e) = &outcome
@@ -364,11 +373,12 @@ impl SourceTask {
             since = floor;
         }
         let start_watermark = watermark;
-        // A small margin in case our estimate of the server's clock runs ahead.
-        let until = self
-            .client
-            .server_now()
-            .map(|t| t - chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
+        // A small margin in case our estimate of the server's clock runs
+        // ahead, or the source's `lag` (writes that become visible late).
+        let behind = chrono::Duration::from_std(self.source.lag)
+            .unwrap_or(chrono::Duration::MAX)
+            .max(chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
+        let until = self.client.server_now().map(|t| t - behind);
         let polling = self.source.strategies.for_type(rt);
         let mut url = strategy::first_url(polling, &self.source, key, since, until);
         // Offset-paged servers skip resources when the set changes under them.
@@ -382,19 +392,42 @@ impl SourceTask {
         let mut polled = Polled::default();
         let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let mut page_no = 0usize;
+        let mut restarted = false;
         loop {
             page_no += 1;
             visited.insert(url.to_string());
             self.beat.expect_within(self.page_allowance());
-            let fetched = self
-                .client
-                .get(&url)
-                .await
-                .map_err(|error| PollError::Fetch {
-                    resource_type: rt.to_string(),
-                    page: page_no,
-                    error,
-                })?;
+            let fetched = match self.client.get(&url).await {
+                Ok(f) => f,
+                // An expired page context (HAPI forgets its searches after an
+                // hour): the chain starts again from the watermark, once.
+                Err(FetchError::Status {
+                    status: status @ (404 | 410),
+                    ..
+                }) if page_no > 1 && !restarted => {
+                    restarted = true;
+                    notes.warn(format!(
+                        "{rt}: page {page_no} answered HTTP {status} (an expired next link); the search started again from the watermark"
+                    ));
+                    since = watermark.map(|w| {
+                        let back = w
+                            .checked_sub_signed(overlap)
+                            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                        floor.map_or(back, |f| back.max(f))
+                    });
+                    url = strategy::first_url(polling, &self.source, key, since, until);
+                    (last_total, drifted, tracker) = (None, false, WatermarkTracker::new());
+                    visited.clear();
+                    continue;
+                }
+                Err(error) => {
+                    return Err(PollError::Fetch {
+                        resource_type: rt.to_string(),
+                        page: page_no,
+                        error,
+                    });
+                }
+            };
             let job = PageJob {
                 source: name.clone(),
                 owner_id: self.source.owner_id.clone(),
