@@ -88,6 +88,7 @@ pub async fn run(
         client,
         first_poll_spread: Default::default(),
         known: Default::default(),
+        limiter: Default::default(),
         outcomes: None,
         beat: Beat::detached(),
         dry_run: dry_run.then(|| sink.clone()),

@@ -64,6 +64,10 @@ pub struct TargetStatus {
     /// The last per-entry note (skipped or future entry), PHI-free.
     pub last_warning: Option<String>,
     pub last_warning_at: Option<String>,
+    /// A per-patient type: the number of patients, whose targets this row
+    /// sums up (the stalest watermark and success, the worst failure streak).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patients: Option<i64>,
     /// The last successful poll is `LAG_TICKS` scheduled polls ago (and at
     /// least 5 min): polls are not happening or not succeeding.
     pub lagging: bool,
@@ -127,6 +131,7 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
         let mut targets = Vec::new();
         for rt in &s.resources {
             let r = match &store {
+                Some(st) if s.fan_out.is_some() => st.patient_targets_report(&s.name, rt).await?,
                 Some(st) => st.target_report(&s.name, rt).await?,
                 None => None,
             }
@@ -148,6 +153,7 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
                 entries_future: r.entries_future,
                 last_warning: r.last_warning,
                 last_warning_at: r.last_warning_at_ms.map(fmt_ms),
+                patients: r.patients,
                 lagging: r
                     .last_ok_at_ms
                     .is_some_and(|t| health::lagging(&s.schedule, t, now_ms())),

@@ -6,6 +6,7 @@
 mod admin;
 mod diff;
 mod duration;
+mod fanout;
 mod fingerprint;
 mod hook_security;
 mod notification;
@@ -22,6 +23,7 @@ mod validate;
 pub use admin::Admin;
 pub use diff::{ConfigDiff, Delta};
 pub use duration::HumanDuration;
+pub use fanout::{FanOut, Roster};
 pub use fingerprint::Fingerprint;
 pub use notification::{Format, MAX_EVENTS_PER_BUNDLE, Notification};
 pub use schedule::Schedule;
@@ -89,6 +91,10 @@ pub struct Source {
     pub overlap: Duration,
     /// Each `last-updated` poll ends at the server's now minus this (0 by default).
     pub lag: Duration,
+    /// Per-patient polling: each (patient, type) is a target of its own.
+    pub fan_out: Option<FanOut>,
+    /// The source's request budget (token bucket shared by all its targets).
+    pub max_requests_per_second: Option<f64>,
     pub start: Start,
     pub owner_id: String,
     pub timeout: Duration,

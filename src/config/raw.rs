@@ -54,6 +54,10 @@ pub struct RawSource {
     pub strategy: Option<Spanned<String>>,
     #[serde(default)]
     pub strategy_by_type: BTreeMap<String, Spanned<String>>,
+    /// Per-patient fan-out: where the roster comes from, and how often it is re-read.
+    pub patients: Option<Spanned<super::fanout::RawPatients>>,
+    pub roster_refresh: Option<Spanned<HumanDuration>>,
+    pub max_requests_per_second: Option<Spanned<f64>>,
     pub auth: Option<Spanned<RawSourceAuth>>,
     pub allow_insecure_http: Option<bool>,
     /// Origins besides `base_url`'s that next links and redirects may lead to.

@@ -475,6 +475,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
     };
 
     let strategies = super::strategy::validate(ctx, &what, s, &resources)?;
+    let (fan_out, max_requests_per_second) = super::fanout::validate(ctx, &what, s)?;
     let overlap = s.overlap.map(|d| d.0).unwrap_or(Duration::from_secs(120));
     let lag = s.lag.as_ref().map(|l| l.get_ref().0).unwrap_or_default();
     if let Some(l) = &s.lag
@@ -500,6 +501,8 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         page_size,
         overlap,
         lag,
+        fan_out,
+        max_requests_per_second,
         start,
         timeout,
         params: s

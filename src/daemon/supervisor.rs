@@ -302,6 +302,7 @@ impl Supervisor {
             client,
             first_poll_spread: spread,
             known: Default::default(),
+            limiter: Default::default(),
             outcomes: self.recorder.clone(),
             source: source.clone(),
             dry_run: None,

@@ -17,7 +17,7 @@ use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -71,6 +71,9 @@ async fn wedge_for_tests(source: &str) {
     }
 }
 
+/// Per-patient targets' outcomes are written this many at a time.
+const OUTCOME_BATCH: usize = 1_000;
+
 /// The longest a source's `Retry-After` can pause its polls.
 const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -87,6 +90,8 @@ pub struct SourceTask {
     /// its targets' watermarks, so after the first read a poll needs no
     /// database round trip to know where to start (most polls find nothing).
     pub known: KnownTargets,
+    /// The source's request budget (`max_requests_per_second`).
+    pub limiter: super::rate::SourceLimiter,
     /// Where `run` sends poll outcomes; `None` writes them at once.
     pub outcomes: Option<OutcomeRecorder>,
     /// Tells the watchdog by when this task moves on again.
@@ -106,8 +111,9 @@ pub struct Polled {
 impl SourceTask {
     /// Polls every resource type now, then on schedule, until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
-        // A server that answered 429/503 with Retry-After is left alone until then.
-        let mut not_before: HashMap<String, std::time::Instant> = HashMap::new();
+        // A server that answered 429/503 with Retry-After is left alone until
+        // then: the whole source (an EHR limits the app, not one search).
+        let mut paused_until: Option<std::time::Instant> = None;
         // Spread the first polls of many sources so that they do not all hit
         // the EHR in the same instant; the ticks stay spread afterwards.
         let delay = self.first_poll_spread.mul_f64(fastrand::f64());
@@ -131,20 +137,24 @@ impl SourceTask {
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
         }
+        let mut roster = super::fanout::RosterState::default();
         loop {
-            for rt in &self.source.resources {
+            if let Some(fan_out) = &self.source.fan_out {
+                roster.refresh_if_due(&self, fan_out).await;
+            }
+            for key in roster.targets(&self.source) {
                 if cancel.is_cancelled() {
                     break;
                 }
-                let key = TargetKey::population(&self.source.name, rt);
-                if not_before
-                    .get(rt)
-                    .is_some_and(|t| std::time::Instant::now() < *t)
-                {
-                    continue;
+                if paused_until.is_some_and(|t| std::time::Instant::now() < t) {
+                    break;
                 }
+                let rt = &key.resource_type;
                 let mut notes = Notes::default();
                 if let Some(w) = capability.remove(rt) {
+                    notes.warn(w);
+                }
+                if let Some(w) = roster.take_note() {
                     notes.warn(w);
                 }
                 let started = std::time::Instant::now();
@@ -152,10 +162,7 @@ impl SourceTask {
                 if let Err(e) = &outcome
                     && let RetryAction::RetryAfter(d) = e.retry_action()
                 {
-                    not_before.insert(
-                        rt.clone(),
-                        std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF),
-                    );
+                    paused_until = Some(std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF));
                 }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
                 PollCompleted {
@@ -178,17 +185,14 @@ impl SourceTask {
                     future: notes.future,
                     warning: notes.last,
                 });
-            }
-            // One write for the whole tick's outcomes at most, not one per target.
-            let tick = std::mem::take(&mut outcomes);
-            match &self.outcomes {
-                Some(recorder) => recorder.record(tick),
-                None => {
-                    if let Err(e) = self.store.record_polls(tick).await {
-                        tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcomes");
-                    }
+                // Thousands of per-patient targets: their outcomes go in
+                // batches rather than all at the end of a long round.
+                if outcomes.len() >= OUTCOME_BATCH {
+                    self.record_outcomes(std::mem::take(&mut outcomes)).await;
                 }
             }
+            // One write for the whole tick's outcomes at most, not one per target.
+            self.record_outcomes(std::mem::take(&mut outcomes)).await;
             let next = self.source.schedule.next_after(Utc::now());
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
             self.beat.expect_within(wait + IDLE_SLACK);
@@ -199,6 +203,25 @@ impl SourceTask {
                 _ = cancel.cancelled() => return,
             }
         }
+    }
+
+    async fn record_outcomes(&self, tick: Vec<PollOutcome>) {
+        match &self.outcomes {
+            Some(recorder) => recorder.record(tick),
+            None => {
+                if let Err(e) = self.store.record_polls(tick).await {
+                    tracing::error!(source = %self.source.name, error = %e, "cannot record poll outcomes");
+                }
+            }
+        }
+    }
+
+    /// GETs `url` within the source's request budget.
+    pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
+        self.limiter
+            .acquire(self.source.max_requests_per_second)
+            .await;
+        self.client.get(url).await
     }
 
     /// How long one page may take: the request (and a token request before
@@ -230,7 +253,7 @@ impl SourceTask {
             page: 1,
             error,
         };
-        let fetched = self.client.get(&url).await.map_err(fetch_err)?;
+        let fetched = self.fetch(&url).await.map_err(fetch_err)?;
         let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
             resource_type: rt.to_string(),
             page: 1,
@@ -397,7 +420,7 @@ impl SourceTask {
             page_no += 1;
             visited.insert(url.to_string());
             self.beat.expect_within(self.page_allowance());
-            let fetched = match self.client.get(&url).await {
+            let fetched = match self.fetch(&url).await {
                 Ok(f) => f,
                 // An expired page context (HAPI forgets its searches after an
                 // hour): the chain starts again from the watermark, once.

@@ -21,6 +21,8 @@ pub struct TargetReport {
     pub last_skip_at_ms: Option<i64>,
     pub last_warning: Option<String>,
     pub last_warning_at_ms: Option<i64>,
+    /// A per-patient type: how many patients' targets this row sums up.
+    pub patients: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -45,6 +47,58 @@ pub struct HookReport {
 }
 
 impl Store {
+    /// A per-patient type's targets summed up in one row: the stalest
+    /// watermark and success (the patient furthest behind), the latest poll,
+    /// the worst failure streak, totals, and the newest error and warning.
+    pub async fn patient_targets_report(
+        &self,
+        source: &str,
+        resource_type: &str,
+    ) -> Result<Option<TargetReport>, StateError> {
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.call(move |c| {
+            let newest = |col: &str, at: &str| {
+                format!(
+                    "(SELECT {col} FROM poll_target WHERE source = ?1 AND resource_type = ?2
+                      AND patient != '' AND {col} IS NOT NULL ORDER BY {at} DESC LIMIT 1)"
+                )
+            };
+            let sql = format!(
+                "SELECT count(*), min(watermark), max(last_poll_at), min(last_ok_at),
+                        max(consecutive_failures), sum(changes_seen), sum(resources_read),
+                        sum(entries_skipped), sum(entries_future), max(last_skip_at),
+                        {}, {}, max(last_warning_at),
+                        CASE WHEN max(consecutive_failures) > 0 THEN 'error' ELSE max(last_outcome) END
+                 FROM poll_target WHERE source = ?1 AND resource_type = ?2 AND patient != ''",
+                newest("last_error", "last_poll_at"),
+                newest("last_warning", "last_warning_at"),
+            );
+            let row = c.prepare_cached(&sql)?.query_row(params![source, rt], |r| {
+                let n: i64 = r.get(0)?;
+                Ok((n > 0).then(|| TargetReport {
+                    source: source.clone(),
+                    resource_type: rt.clone(),
+                    patients: Some(n),
+                    watermark: r.get(1).ok().flatten(),
+                    last_poll_at_ms: r.get(2).ok().flatten(),
+                    last_ok_at_ms: r.get(3).ok().flatten(),
+                    consecutive_failures: r.get::<_, Option<i64>>(4).ok().flatten().unwrap_or(0),
+                    changes_seen: r.get::<_, Option<i64>>(5).ok().flatten().unwrap_or(0),
+                    resources_read: r.get::<_, Option<i64>>(6).ok().flatten().unwrap_or(0),
+                    entries_skipped: r.get::<_, Option<i64>>(7).ok().flatten().unwrap_or(0),
+                    entries_future: r.get::<_, Option<i64>>(8).ok().flatten().unwrap_or(0),
+                    last_skip_at_ms: r.get(9).ok().flatten(),
+                    last_error: r.get(10).ok().flatten(),
+                    last_warning: r.get(11).ok().flatten(),
+                    last_warning_at_ms: r.get(12).ok().flatten(),
+                    last_outcome: r.get(13).ok().flatten(),
+                }))
+            })?;
+            Ok(row)
+        })
+        .await
+    }
+
     pub async fn target_report(
         &self,
         source: &str,
@@ -75,6 +129,7 @@ impl Store {
                     last_skip_at_ms: r.get(10)?,
                     last_warning: r.get(11)?,
                     last_warning_at_ms: r.get(12)?,
+                    patients: None,
                 })
             })
             .optional()

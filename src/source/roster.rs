@@ -1,0 +1,192 @@
+//! The patients a fan-out source polls: a Group's members, every page of a
+//! Patient search, or a file of ids. Every id is checked as a FHIR id (it
+//! ends up in search URLs, state and logs); the roster is bounded.
+
+use super::bundle::{BundleError, is_fhir_id, parse_page};
+use super::client::FetchError;
+use super::poll::{SourceTask, next_link};
+use crate::config::Roster;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+
+/// The most patients one source's roster may hold.
+pub const MAX_ROSTER: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RosterError {
+    #[error("roster: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("roster: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("roster: the Group is not a Group resource")]
+    NotAGroup,
+    #[error("roster: more than {MAX_ROSTER} patients")]
+    TooLarge,
+    #[error("roster: the Patient search's next link cannot be followed ({0})")]
+    Link(String),
+    #[error("roster: the Patient search has more than max_pages_per_poll pages")]
+    Pages,
+    #[error("roster: cannot read {path}: {error}")]
+    File { path: String, error: std::io::Error },
+}
+
+#[derive(Deserialize)]
+struct Group {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    #[serde(default)]
+    member: Vec<Member>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    entity: Option<Reference>,
+    #[serde(default)]
+    inactive: bool,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    reference: Option<String>,
+}
+
+/// A patient id from `Patient/{id}` or a bare id; `None` if it is not one.
+fn patient_id(text: &str) -> Option<String> {
+    let id = text.trim();
+    let id = id.strip_prefix("Patient/").unwrap_or(id);
+    is_fhir_id(id).then(|| id.to_string())
+}
+
+/// Adds ids, failing beyond the bound. Entries that are not patient ids are
+/// counted, not kept.
+#[derive(Default)]
+pub(super) struct RosterIds {
+    pub ids: BTreeSet<String>,
+    pub rejected: usize,
+}
+
+impl RosterIds {
+    fn add(&mut self, text: &str) -> Result<(), RosterError> {
+        match patient_id(text) {
+            Some(id) => {
+                self.ids.insert(id);
+                if self.ids.len() > MAX_ROSTER {
+                    return Err(RosterError::TooLarge);
+                }
+            }
+            None => self.rejected += 1,
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn parse_group(body: &[u8]) -> Result<RosterIds, RosterError> {
+    let group: Group = serde_json::from_slice(body).map_err(|_| RosterError::NotAGroup)?;
+    if group.resource_type.as_deref() != Some("Group") {
+        return Err(RosterError::NotAGroup);
+    }
+    let mut out = RosterIds::default();
+    for m in group.member.iter().filter(|m| !m.inactive) {
+        match m.entity.as_ref().and_then(|e| e.reference.as_deref()) {
+            // Only Patient members: a Group may also hold practitioners, devices.
+            Some(r) if r.starts_with("Patient/") => out.add(r)?,
+            _ => out.rejected += 1,
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn parse_file(text: &str) -> Result<RosterIds, RosterError> {
+    let mut out = RosterIds::default();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if !line.is_empty() {
+            out.add(line)?;
+        }
+    }
+    Ok(out)
+}
+
+impl SourceTask {
+    /// Reads the roster now.
+    pub(super) async fn load_roster(&self, roster: &Roster) -> Result<RosterIds, RosterError> {
+        let base = &self.source.base_url;
+        match roster {
+            Roster::File(path) => {
+                let file = path.clone();
+                let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(file))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                let text = read.map_err(|error| RosterError::File {
+                    path: path.display().to_string(),
+                    error,
+                })?;
+                parse_file(&text)
+            }
+            Roster::Group(id) => {
+                let url = base
+                    .join(&format!("Group/{id}"))
+                    .map_err(|e| RosterError::Link(e.to_string()))?;
+                parse_group(&self.fetch(&url).await?.body)
+            }
+            Roster::Search(query) => {
+                let mut url = base
+                    .join("Patient")
+                    .map_err(|e| RosterError::Link(e.to_string()))?;
+                url.set_query(Some(&format!("{query}&_count={}", self.source.page_size)));
+                let mut out = RosterIds::default();
+                let mut visited = BTreeSet::new();
+                for page_no in 1..=self.source.max_pages_per_poll as usize {
+                    visited.insert(url.to_string());
+                    let fetched = self.fetch(&url).await?;
+                    let page = parse_page(&fetched.body)?;
+                    for e in page.entries.iter().filter(|e| e.resource_type == "Patient") {
+                        out.add(&e.id)?;
+                    }
+                    out.rejected += page.skipped.len();
+                    match next_link(&self.source, &url, page.next.as_deref(), "Patient", page_no) {
+                        None => return Ok(out),
+                        Some(Err(e)) => return Err(RosterError::Link(e.to_string())),
+                        Some(Ok(n)) if visited.contains(n.as_str()) => {
+                            return Err(RosterError::Link("it loops".into()));
+                        }
+                        Some(Ok(n)) => url = n,
+                    }
+                }
+                Err(RosterError::Pages)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_gives_its_active_patient_members() {
+        let body = br#"{"resourceType":"Group","member":[
+            {"entity":{"reference":"Patient/p1"}},
+            {"entity":{"reference":"Patient/p2"},"inactive":true},
+            {"entity":{"reference":"Practitioner/d1"}},
+            {"entity":{"reference":"Patient/bad id"}},
+            {"entity":{"reference":"Patient/p3"}}]}"#;
+        let r = parse_group(body).unwrap();
+        assert_eq!(r.ids.into_iter().collect::<Vec<_>>(), ["p1", "p3"]);
+        assert_eq!(r.rejected, 2);
+        assert!(matches!(
+            parse_group(br#"{"resourceType":"Patient"}"#),
+            Err(RosterError::NotAGroup)
+        ));
+        assert!(matches!(parse_group(b"nope"), Err(RosterError::NotAGroup)));
+    }
+
+    #[test]
+    fn a_file_takes_ids_with_or_without_prefix_and_comments() {
+        let r = parse_file("# ward 3\np1\nPatient/p2  # twin\n\nbad id\np1\n").unwrap();
+        assert_eq!(r.ids.into_iter().collect::<Vec<_>>(), ["p1", "p2"]);
+        assert_eq!(r.rejected, 1);
+        let huge: String = (0..=MAX_ROSTER).map(|i| format!("p{i}\n")).collect();
+        assert!(matches!(parse_file(&huge), Err(RosterError::TooLarge)));
+    }
+}
