@@ -30,6 +30,7 @@ fn target(rt: &str) -> TargetStatus {
         entries_future: 0,
         last_warning: None,
         last_warning_at: None,
+        patients: None,
         lagging: false,
     }
 }

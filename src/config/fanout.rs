@@ -111,7 +111,6 @@ pub(super) fn validate(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use std::path::Path;
 
     fn load(keys: &str) -> Result<(Option<FanOut>, Option<f64>), String> {
         let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@ use crate::filter::Filter;
 use crate::outbox::Route;
 use crate::sandbox::FhirSandbox;
 use crate::state::test_util::temp_store;
+use std::collections::HashMap;
 use std::time::Duration;
 
 fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
