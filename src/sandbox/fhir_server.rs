@@ -134,13 +134,20 @@ async fn search(
         Ok(q) => q,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, &e),
     };
+    let clock = st.store.clock();
+    // Read before the search, as a server stamps its response as it starts it.
+    let now_ms = st.store.now_ms();
     let page = st.store.search(&rtype, &q);
     let self_url = format!("{}/{rtype}?{raw}", st.base);
     let mut body =
         String::with_capacity(256 + page.bodies.iter().map(|b| b.len() + 64).sum::<usize>());
-    body.push_str(r#"{"resourceType":"Bundle","type":"searchset","meta":{"lastUpdated":""#);
-    body.push_str(&format_ms(chrono::Utc::now().timestamp_millis()));
-    body.push_str(r#""},"link":[{"relation":"self","url":"#);
+    body.push_str(r#"{"resourceType":"Bundle","type":"searchset","#);
+    if !clock.date_only {
+        body.push_str(r#""meta":{"lastUpdated":""#);
+        body.push_str(&format_ms(now_ms));
+        body.push_str(r#""},"#);
+    }
+    body.push_str(r#""link":[{"relation":"self","url":"#);
     body.push_str(&serde_json::Value::from(self_url).to_string());
     body.push('}');
     if let Some((ms, id)) = page.next_after {
@@ -165,7 +172,19 @@ async fn search(
         body.push_str(r#","search":{"mode":"match"}}"#);
     }
     body.push_str("]}");
-    fhir_json(StatusCode::OK, body)
+    let mut resp = fhir_json(StatusCode::OK, body);
+    if let Ok(date) = HeaderValue::from_str(&http_date(now_ms)) {
+        resp.headers_mut().insert(header::DATE, date);
+    }
+    resp
+}
+
+/// An HTTP `Date` (whole seconds) of the sandbox's time `ms`.
+fn http_date(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
 }
 
 /// Stores a JSON object body as a resource (create when `id` is `None`).

@@ -26,6 +26,18 @@ struct Inner {
     next_id: u64,
     /// When set, every write gets this lastUpdated (to manufacture ties).
     frozen_ms: Option<i64>,
+    clock: SandboxClock,
+}
+
+/// How the sandbox keeps and tells time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxClock {
+    /// Its clock runs this far ahead of ours (negative: behind): writes are
+    /// stamped, and searches answered, on it.
+    pub offset_ms: i64,
+    /// Searches tell the time only by a second-precision `Date` header, with
+    /// no `Bundle.meta.lastUpdated` (as some third-party servers do).
+    pub date_only: bool,
 }
 
 #[derive(Default)]
@@ -68,13 +80,27 @@ impl SandboxStore {
         self.lock().frozen_ms = at_ms;
     }
 
+    /// Sets how the sandbox keeps and tells time.
+    pub fn set_clock(&self, clock: SandboxClock) {
+        self.lock().clock = clock;
+    }
+
+    pub fn clock(&self) -> SandboxClock {
+        self.lock().clock
+    }
+
+    /// The sandbox's own time (ms since the epoch): ours plus its offset.
+    pub fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis() + self.clock().offset_ms
+    }
+
     /// Creates (no id) or updates a resource; stamps `id`, `meta.versionId` and
     /// `meta.lastUpdated`. Returns the stored JSON.
     pub fn upsert(&self, resource_type: &str, id: Option<&str>, mut resource: Value) -> Arc<str> {
         let mut inner = self.lock();
         let lu_ms = inner
             .frozen_ms
-            .unwrap_or_else(|| Utc::now().timestamp_millis());
+            .unwrap_or_else(|| Utc::now().timestamp_millis() + inner.clock.offset_ms);
         let id = match id {
             Some(id) => id.to_string(),
             None => {
