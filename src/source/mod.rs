@@ -3,6 +3,7 @@
 pub mod backfill;
 pub mod bundle;
 pub mod client;
+pub mod clock;
 mod errors;
 mod notes;
 pub mod outcomes;
