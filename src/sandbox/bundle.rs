@@ -33,19 +33,20 @@ pub(super) struct BundleText {
     body: String,
     entries: usize,
     now: DateTime<Utc>,
-    date_only: bool,
 }
 
 impl BundleText {
-    /// `date_only`: no `meta.lastUpdated`, the server time is the `Date` header.
+    /// `date_only`: no `meta.lastUpdated`, the server time is the `Date`
+    /// header. `now_ms`: the sandbox's clock (see `SandboxClock`).
     pub(super) fn open(
         kind: &str,
         self_url: &str,
         next_url: Option<&str>,
         date_only: bool,
+        now_ms: i64,
         capacity: usize,
     ) -> BundleText {
-        let now = Utc::now();
+        let now = DateTime::<Utc>::from_timestamp_millis(now_ms).unwrap_or_default();
         let mut body = String::with_capacity(256 + capacity);
         body.push_str(r#"{"resourceType":"Bundle","type":"#);
         body.push_str(&json_str(kind));
@@ -67,7 +68,6 @@ impl BundleText {
             body,
             entries: 0,
             now,
-            date_only,
         }
     }
 
@@ -114,15 +114,14 @@ impl BundleText {
         b.push_str(r#""}}"#);
     }
 
-    /// 200 with the Bundle; with `date_only`, a second-precision `Date` header.
+    /// 200 with the Bundle and a second-precision `Date` header on the
+    /// sandbox's clock (the only server time with `date_only`).
     pub(super) fn respond(mut self) -> Response {
         self.body.push_str("]}");
         let mut resp = fhir_json(StatusCode::OK, self.body);
-        if self.date_only {
-            let date = self.now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-            if let Ok(v) = HeaderValue::from_str(&date) {
-                resp.headers_mut().insert(header::DATE, v);
-            }
+        let date = self.now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        if let Ok(v) = HeaderValue::from_str(&date) {
+            resp.headers_mut().insert(header::DATE, v);
         }
         resp
     }

@@ -116,6 +116,7 @@ async fn search(
         &format!("{path}?{raw}"),
         next.as_deref(),
         quirks.is_date_only(),
+        st.store.now_ms(),
         capacity,
     );
     for b in &page.bodies {
@@ -181,6 +182,7 @@ fn history(
         &format!("{path}?{raw}"),
         next.as_deref(),
         quirks.is_date_only(),
+        st.store.now_ms(),
         capacity,
     );
     for e in &page.entries {

@@ -35,4 +35,4 @@ mod store;
 pub use fhir_server::FhirSandbox;
 pub use quirks::Quirks;
 pub use receiver::{Behaviour, Hit, Received, Receiver};
-pub use store::SandboxStore;
+pub use store::{SandboxClock, SandboxStore};

@@ -36,6 +36,18 @@ pub(super) struct Inner {
     /// When set, every write gets this lastUpdated (to manufacture ties).
     frozen_ms: Option<i64>,
     superseded_limit: usize,
+    clock: SandboxClock,
+}
+
+/// How the sandbox keeps and tells time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxClock {
+    /// Its clock runs this far ahead of ours (negative: behind): writes are
+    /// stamped, and searches answered, on it.
+    pub offset_ms: i64,
+    /// Searches tell the time only by a second-precision `Date` header, with
+    /// no `Bundle.meta.lastUpdated` (as some third-party servers do).
+    pub date_only: bool,
 }
 
 impl Default for Inner {
@@ -46,6 +58,7 @@ impl Default for Inner {
             next_seq: 0,
             frozen_ms: None,
             superseded_limit: 100_000,
+            clock: SandboxClock::default(),
         }
     }
 }
@@ -54,9 +67,10 @@ impl Inner {
     /// The stamp of the next write: (lastUpdated ms, sequence).
     fn next_stamp(&mut self) -> LogKey {
         self.next_seq += 1;
+        let offset = self.clock.offset_ms;
         let ms = self
             .frozen_ms
-            .unwrap_or_else(|| Utc::now().timestamp_millis());
+            .unwrap_or_else(|| Utc::now().timestamp_millis() + offset);
         (ms, self.next_seq)
     }
 }
@@ -106,6 +120,24 @@ impl SandboxStore {
     /// bodies (default 100,000); the oldest go first. Current versions stay.
     pub fn keep_superseded_versions(&self, limit: usize) {
         self.lock().superseded_limit = limit;
+    }
+
+    /// Sets how the sandbox keeps and tells time (`date_only` is the
+    /// `quirks.date_only` switch).
+    pub fn set_clock(&self, clock: SandboxClock) {
+        self.lock().clock = clock;
+        self.quirks.date_only(clock.date_only);
+    }
+
+    pub fn clock(&self) -> SandboxClock {
+        let mut c = self.lock().clock;
+        c.date_only = self.quirks.is_date_only();
+        c
+    }
+
+    /// The sandbox's own time (ms since the epoch): ours plus its offset.
+    pub fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis() + self.lock().clock.offset_ms
     }
 
     /// Creates (no id) or updates a resource; stamps `id`, `meta.versionId` and

@@ -1,11 +1,11 @@
 //! HTTP GETs of FHIR search pages. Errors carry no bodies, tokens or query
 //! strings: they end up in logs and status.
 
+use super::clock::ServerClock;
 use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue, RETRY_AFTER};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use url::{Origin, Url};
 
 /// Responses larger than this are refused rather than buffered.
@@ -39,14 +39,25 @@ pub struct Fetched {
     pub body: Vec<u8>,
     /// The HTTP `Date` header: the server's clock, second precision.
     pub date: Option<DateTime<Utc>>,
+    /// When the request went out and its answer came back, on our clock.
+    pub exchange: Exchange,
+}
+
+/// The moments of one request on our monotonic clock: the server read its
+/// clock (for the `Date` header, and for the Bundle) in between.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    pub sent: Instant,
+    pub headers_received: Instant,
+    pub body_received: Instant,
 }
 
 #[derive(Clone)]
 pub struct FhirClient {
     http: reqwest::Client,
     timeout: Duration,
-    /// Server clock minus ours (ms), from the last response that told the time.
-    clock_offset_ms: Arc<AtomicI64>,
+    /// Our estimate of the server's clock, from every response that told the time.
+    clock: Arc<ServerClock>,
     /// Credentials for this source's requests (none by default).
     auth: Option<Arc<crate::auth::Authenticator>>,
     /// Where requests and redirects may go: the base URL's origin and the
@@ -54,9 +65,6 @@ pub struct FhirClient {
     /// the request it answers.
     origins: Arc<Vec<Origin>>,
 }
-
-/// Marks "no server time seen yet".
-const UNKNOWN_OFFSET: i64 = i64::MIN;
 
 /// A server clock further than this ahead of ours is not believed (a server
 /// answering with year 9999 must not set a watermark or a search bound). A
@@ -119,7 +127,7 @@ impl FhirClient {
         FhirClient {
             http,
             timeout,
-            clock_offset_ms: Arc::new(AtomicI64::new(UNKNOWN_OFFSET)),
+            clock: Arc::new(ServerClock::default()),
             auth: None,
             origins: Arc::new(vec![]),
         }
@@ -140,24 +148,68 @@ impl FhirClient {
         self
     }
 
-    /// Records the server's time as of a response just received, unless it
-    /// is too far ahead of ours to be believed (then the last estimate stays).
+    /// Records a millisecond-precision server time we have in hand now,
+    /// unless it is too far ahead of ours to be believed (then the estimate
+    /// stays as it was).
     pub fn note_server_time(&self, server_time: DateTime<Utc>) -> Result<(), UntrustedClock> {
-        let offset = (server_time - Utc::now()).num_milliseconds();
-        if offset > MAX_CLOCK_SKEW.as_millis() as i64 {
-            return Err(UntrustedClock(server_time));
-        }
-        self.clock_offset_ms.store(offset, Ordering::Relaxed);
+        believable(server_time)?;
+        self.clock.observe_instant(server_time, Instant::now());
         Ok(())
     }
 
-    /// The server's current time, estimated from the last response; `None`
+    /// Records what a response told of the server's clock: its
+    /// `Bundle.meta.lastUpdated` (`bundle_time`) when it has one, else its
+    /// `Date` header. One of the two, not both: they may come from different
+    /// clocks (a database's and a web tier's). Returns whether it told the
+    /// time; a time too far ahead of ours is not believed.
+    pub fn note_response(
+        &self,
+        exchange: &Exchange,
+        date: Option<DateTime<Utc>>,
+        bundle_time: Option<DateTime<Utc>>,
+    ) -> Result<bool, UntrustedClock> {
+        match (bundle_time, date) {
+            (Some(t), _) => {
+                believable(t)?;
+                // A Bundle is written out with the body: only then was it in hand.
+                self.clock.observe_instant(t, exchange.body_received);
+            }
+            (None, Some(d)) => {
+                believable(d)?;
+                self.clock
+                    .observe_date(d, exchange.sent, exchange.headers_received);
+            }
+            (None, None) => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The server's current time, never ahead of it (see `clock`); `None`
     /// before any response told us.
     pub fn server_now(&self) -> Option<DateTime<Utc>> {
-        match self.clock_offset_ms.load(Ordering::Relaxed) {
-            UNKNOWN_OFFSET => None,
-            off => Some(Utc::now() + chrono::Duration::milliseconds(off)),
-        }
+        self.clock.now_safe()
+    }
+
+    /// Where `start = "now"` starts: the latest the server's clock can read
+    /// now, so that nothing written before is after it; and how long until
+    /// `server_now` has surely passed it, so that anything written after
+    /// that wait is. With only millisecond instants (no upper end), the
+    /// estimate itself and no wait. `None` before any response told us.
+    pub fn start_mark(&self) -> Option<(DateTime<Utc>, Duration)> {
+        let safe = self.clock.now_safe()?;
+        let Some(latest) = self.clock.now_latest() else {
+            return Some((safe, Duration::ZERO));
+        };
+        let wait = (latest - safe).to_std().unwrap_or_default();
+        // Bounds loosen as they age (by at most 100 ppm): a little extra.
+        Some((latest, wait + wait / 1000 + Duration::from_millis(1)))
+    }
+
+    /// How long to wait for a poll planned `nominal` from now: moved by up
+    /// to half of `nominal` while a nudge onto the server's second boundary
+    /// would sharpen an estimate made from `Date` headers.
+    pub fn aligned_wait(&self, nominal: Duration) -> Duration {
+        self.clock.aligned_wait(nominal)
     }
 
     /// GETs `url`, authenticated; after a 401 with a refreshable token, once
@@ -186,6 +238,7 @@ impl FhirClient {
     ) -> Result<Fetched, FetchError> {
         let mut url = url.clone();
         let mut redirects = 0;
+        let mut sent;
         let mut resp = loop {
             // A server that does not know a search parameter ignores it unless
             // told to be strict, and would then answer a different search.
@@ -197,6 +250,7 @@ impl FhirClient {
             if let Some(a) = &authorization {
                 req = req.header(reqwest::header::AUTHORIZATION, a.clone());
             }
+            sent = Instant::now();
             let resp = req.send().await.map_err(classify)?;
             let status = resp.status();
             if !status.is_redirection() {
@@ -222,6 +276,7 @@ impl FhirClient {
                 }
             }
         };
+        let headers_received = Instant::now();
         let status = resp.status();
         if !status.is_success() {
             return Err(FetchError::Status {
@@ -248,8 +303,25 @@ impl FhirClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Fetched { body, date })
+        Ok(Fetched {
+            body,
+            date,
+            exchange: Exchange {
+                sent,
+                headers_received,
+                body_received: Instant::now(),
+            },
+        })
     }
+}
+
+/// A server time too far ahead of ours is not believed.
+fn believable(server_time: DateTime<Utc>) -> Result<(), UntrustedClock> {
+    let ahead = (server_time - Utc::now()).num_milliseconds();
+    if ahead > MAX_CLOCK_SKEW.as_millis() as i64 {
+        return Err(UntrustedClock(server_time));
+    }
+    Ok(())
 }
 
 impl FhirClient {

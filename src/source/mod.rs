@@ -4,6 +4,7 @@ pub mod backfill;
 pub mod bundle;
 mod capability;
 pub mod client;
+pub mod clock;
 mod errors;
 mod fanout;
 mod notes;

@@ -26,6 +26,10 @@ use url::Url;
 /// How far below our estimate of the server's "now" a poll's upper bound sits.
 const UNTIL_MARGIN_MS: i64 = 25;
 
+/// The longest `start = "now"` waits for the server's clock to pass the start
+/// (about a second and a round trip, on a server that tells only a `Date`).
+const MAX_START_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How far past our estimate of the server's clock an entry's lastUpdated may
 /// lie and still move the watermark. Beyond it (a server stamping year 9999),
 /// the entry is delivered but the watermark does not follow it: a watermark in
@@ -195,6 +199,9 @@ impl SourceTask {
             self.record_outcomes(std::mem::take(&mut outcomes)).await;
             let next = self.source.schedule.next_after(Utc::now());
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            // Nudged onto the server's second boundary while its clock is
+            // known only to the second (see `clock`).
+            let wait = self.client.aligned_wait(wait);
             self.beat.expect_within(wait + IDLE_SLACK);
             #[cfg(debug_assertions)]
             wedge_for_tests(&self.source.name).await;
@@ -245,7 +252,7 @@ impl SourceTask {
 
     /// Asks the server for its current time (a one-result search): for
     /// `start = "now"`, and to learn the clock before the first bounded poll.
-    async fn probe_server_time(&self, rt: &str) -> Result<DateTime<Utc>, PollError> {
+    async fn probe_server_time(&self, rt: &str) -> Result<(), PollError> {
         let mut url = self.search_url(rt, None, None);
         url.set_query(Some("_count=1"));
         let fetch_err = |error| PollError::Fetch {
@@ -259,19 +266,19 @@ impl SourceTask {
             page: 1,
             error,
         })?;
-        let now = page
-            .server_time
-            .or(fetched.date)
-            .ok_or_else(|| PollError::NoServerTime {
-                resource_type: rt.to_string(),
-            })?;
-        self.client
-            .note_server_time(now)
+        let told = self
+            .client
+            .note_response(&fetched.exchange, fetched.date, page.server_time)
             .map_err(|error| PollError::Clock {
                 resource_type: rt.to_string(),
                 error,
             })?;
-        Ok(now)
+        if !told {
+            return Err(PollError::NoServerTime {
+                resource_type: rt.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// First poll of a target: fix where it starts.
@@ -283,7 +290,20 @@ impl SourceTask {
             Start::Now => {
                 // A clock that is not believed fails the poll (on status); the
                 // next tick asks again, so a server that recovers starts then.
-                let now = format_instant(self.probe_server_time(rt).await?);
+                self.probe_server_time(rt).await?;
+                let (start, settle) =
+                    self.client
+                        .start_mark()
+                        .ok_or_else(|| PollError::NoServerTime {
+                            resource_type: rt.to_string(),
+                        })?;
+                // The start is the latest the server's clock can read, so
+                // nothing written before it is emitted; once the server has
+                // surely passed it, everything written is.
+                let settle = settle.min(MAX_START_SETTLE);
+                self.beat.expect_within(settle + self.page_allowance());
+                tokio::time::sleep(settle).await;
+                let now = format_instant(start);
                 (Some(now.clone()), Some(now))
             }
         };
@@ -469,8 +489,9 @@ impl SourceTask {
                 return Ok(polled);
             }
             notes.page(page.commit.resources_read);
-            if let Some(t) = page.server_time.or(fetched.date)
-                && let Err(e) = self.client.note_server_time(t)
+            if let Err(e) =
+                self.client
+                    .note_response(&fetched.exchange, fetched.date, page.server_time)
             {
                 notes.warn(e.to_string());
             }
