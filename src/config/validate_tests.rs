@@ -777,7 +777,10 @@ fn a_topic_about_a_type_no_source_polls_is_a_warning() {
 
 #[test]
 fn a_lag_beyond_the_overlap_is_refused() {
-    let text = GOOD.replace("owner_id = \"org/lab\"", "owner_id = \"org/lab\"\nlag = \"5m\"");
+    let text = GOOD.replace(
+        "owner_id = \"org/lab\"",
+        "owner_id = \"org/lab\"\nlag = \"5m\"",
+    );
     assert_eq!(
         error(&text),
         "bridges.toml:13: source `lab-ehr`: `lag` (5m) must not exceed `overlap` (2m)"

@@ -5,6 +5,7 @@ pub mod bundle;
 mod capability;
 pub mod client;
 mod errors;
+mod full_walk;
 mod notes;
 pub mod outcomes;
 mod page;

@@ -22,6 +22,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         params: Default::default(),
         max_pages_per_poll: 1000,
         strategies: Default::default(),
+        reconcile: None,
         lag: Duration::ZERO,
         allowed_origins: vec![],
         auth: Default::default(),

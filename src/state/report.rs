@@ -21,6 +21,8 @@ pub struct TargetReport {
     pub last_skip_at_ms: Option<i64>,
     pub last_warning: Option<String>,
     pub last_warning_at_ms: Option<i64>,
+    pub last_reconcile_at_ms: Option<i64>,
+    pub last_reconcile_changes: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,7 +57,8 @@ impl Store {
             c.prepare_cached(
                 "SELECT watermark, last_poll_at, last_ok_at, last_outcome, last_error,
                         consecutive_failures, changes_seen, resources_read,
-                        entries_skipped, entries_future, last_skip_at, last_warning, last_warning_at
+                        entries_skipped, entries_future, last_skip_at, last_warning, last_warning_at,
+                        last_reconcile_at, last_reconcile_changes
                  FROM poll_target WHERE source = ?1 AND resource_type = ?2 AND patient = ''",
             )?
             .query_row(params![source, rt], |r| {
@@ -75,6 +78,8 @@ impl Store {
                     last_skip_at_ms: r.get(10)?,
                     last_warning: r.get(11)?,
                     last_warning_at_ms: r.get(12)?,
+                    last_reconcile_at_ms: r.get(13)?,
+                    last_reconcile_changes: r.get(14)?,
                 })
             })
             .optional()
