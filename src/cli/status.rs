@@ -64,6 +64,10 @@ pub struct TargetStatus {
     /// The last per-entry note (skipped or future entry), PHI-free.
     pub last_warning: Option<String>,
     pub last_warning_at: Option<String>,
+    /// `reconcile`: when the last complete reconciliation ended, and how many
+    /// changes it found that the polls had missed (0 on a healthy server).
+    pub last_reconcile_at: Option<String>,
+    pub last_reconcile_changes: Option<i64>,
     /// The last successful poll is `LAG_TICKS` scheduled polls ago (and at
     /// least 5 min): polls are not happening or not succeeding.
     pub lagging: bool,
@@ -134,9 +138,11 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
                 resource_type: rt.clone(),
                 ..Default::default()
             });
+            // A snapshot walks everything each time: its watermark means nothing.
+            let snapshot = s.strategies.for_type(rt) == crate::config::Strategy::Snapshot;
             targets.push(TargetStatus {
                 resource_type: rt.clone(),
-                watermark: r.watermark,
+                watermark: r.watermark.filter(|_| !snapshot),
                 last_poll_at: r.last_poll_at_ms.map(fmt_ms),
                 last_success_at: r.last_ok_at_ms.map(fmt_ms),
                 last_outcome: r.last_outcome,
@@ -148,6 +154,8 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
                 entries_future: r.entries_future,
                 last_warning: r.last_warning,
                 last_warning_at: r.last_warning_at_ms.map(fmt_ms),
+                last_reconcile_at: r.last_reconcile_at_ms.map(fmt_ms),
+                last_reconcile_changes: r.last_reconcile_changes,
                 lagging: r
                     .last_ok_at_ms
                     .is_some_and(|t| health::lagging(&s.schedule, t, now_ms())),
