@@ -1,6 +1,7 @@
 //! Housekeeping: keeps the state bounded while the daemon runs. Delivered
 //! messages go after `retention`; a resource's seen version goes once it is
-//! both outside every future poll window and older than `retention`; free
+//! both outside every future poll window and older than `retention` (but a
+//! full walk's seen versions are its snapshot: only their tombstones go); free
 //! pages go back to the file system; the WAL is truncated, so the page images
 //! of delivered payloads it holds do not linger.
 
@@ -45,6 +46,37 @@ pub async fn run(
     }
 }
 
+/// A `snapshot` type, or one that `reconcile` walks in full: every seen
+/// version is what the next walk is compared with. Forgotten, a resource
+/// would be a create again, however old.
+fn keeps_snapshot(source: &Source, resource_type: &str) -> bool {
+    source.strategies.for_type(resource_type) == crate::config::Strategy::Snapshot
+        || source.reconcile.is_some()
+}
+
+/// A full walk's deletes are forgotten after `retention` (their time is the
+/// last version's): a resource met again after that is a first sighting.
+async fn prune_tombstones(store: &Store, source: &Source, rt: &str, retention: Duration) {
+    let Some(before) = chrono::Duration::from_std(retention)
+        .ok()
+        .and_then(|r| Utc::now().checked_sub_signed(r))
+    else {
+        return;
+    };
+    match store
+        .prune_tombstones(&source.name, rt, format_instant(before))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(source = %source.name, resource_type = %rt, pruned = n, "forgot deletes older than retention")
+        }
+        Err(e) => {
+            tracing::warn!(source = %source.name, resource_type = %rt, error = %e, "cannot prune deletes")
+        }
+    }
+}
+
 async fn once(store: &Store, sources: &[Source], retention: Duration) {
     let cutoff = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     match store.prune_delivered(cutoff).await {
@@ -54,6 +86,10 @@ async fn once(store: &Store, sources: &[Source], retention: Duration) {
     }
     for source in sources {
         for rt in &source.resources {
+            if keeps_snapshot(source, rt) {
+                prune_tombstones(store, source, rt, retention).await;
+                continue;
+            }
             // The population-wide target's watermark (per-patient targets of
             // the type keep their seen rows until retention alone prunes them).
             let key = crate::state::TargetKey::population(&source.name, rt);
@@ -124,6 +160,54 @@ mod tests {
         assert_eq!(seen_cutoff(None, Duration::ZERO, day, now), None);
         // Absurd durations do not panic.
         assert_eq!(seen_cutoff(Some(now), Duration::MAX, day, now), None);
+    }
+
+    /// A snapshot's seen versions stay however old (only its old deletes
+    /// go); a last-updated type's go once outside its window and retention.
+    #[tokio::test]
+    async fn a_snapshot_keeps_its_seen_versions_but_not_its_old_deletes() {
+        use crate::state::{PageCommit, SeenRow, TargetKey};
+        let (_d, store) = crate::state::test_util::temp_store();
+        let config = crate::config::Config::from_str(
+            "state_dir = \"s\"\n\
+             [[source]]\nname = \"snap\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n\
+             resources = [\"Coverage\"]\nstrategy = \"snapshot\"\n\
+             [[source]]\nname = \"lu\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n\
+             resources = [\"Coverage\"]\n",
+            std::path::Path::new("b.toml"),
+        )
+        .unwrap();
+        let old = "2020-01-01T00:00:00.000Z";
+        let row = |hash: [u8; 32]| SeenRow {
+            version_id: Some("1".into()),
+            last_updated: Some(old.into()),
+            content_hash: hash,
+            body: None,
+        };
+        for source in ["snap", "lu"] {
+            let seen = vec![
+                ("live".to_string(), row([1; 32])),
+                ("dead".to_string(), row(crate::diff::content_hash(b""))),
+            ];
+            let key = TargetKey::population(source, "Coverage");
+            store
+                .init_target(&key, Some(format_instant(Utc::now())), None)
+                .await
+                .unwrap();
+            let page = PageCommit {
+                source: source.into(),
+                resource_type: "Coverage".into(),
+                seen,
+                ..Default::default()
+            };
+            store.commit_page(page).await.unwrap();
+        }
+        once(&store, &config.sources, Duration::from_secs(86_400)).await;
+        let ids = || vec!["live".to_string(), "dead".to_string()];
+        let snap = store.load_seen("snap", "Coverage", ids()).await.unwrap();
+        assert_eq!(snap.keys().collect::<Vec<_>>(), ["live"]);
+        let lu = store.load_seen("lu", "Coverage", ids()).await.unwrap();
+        assert!(lu.is_empty(), "{lu:?}");
     }
 
     #[test]

@@ -337,6 +337,7 @@ fn source(base: &str, page_size: u32, overlap_ms: u64, start: Start) -> Source {
         params: Default::default(),
         max_pages_per_poll: 1000,
         strategies: Default::default(),
+        reconcile: None,
         lag: Duration::ZERO,
         fan_out: None,
         max_requests_per_second: None,

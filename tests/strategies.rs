@@ -212,3 +212,216 @@ async fn an_unknown_search_parameter_is_an_error_not_a_wider_search() {
     );
     assert_eq!(rx.count(), 0);
 }
+
+/// The events received on one hook path, per resource (see `by_resource`).
+fn on_path(rx: &Receiver, path: &str) -> BTreeMap<String, Vec<(String, Option<String>)>> {
+    let got: Vec<Received> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.path.ends_with(path))
+        .collect();
+    by_resource(&got)
+}
+
+fn event_count(events: &BTreeMap<String, Vec<(String, Option<String>)>>) -> usize {
+    events.values().map(Vec::len).sum()
+}
+
+/// `snapshot`: every poll walks the whole set; creates and an update come
+/// from the diff, a delete from what a complete walk no longer meets, each
+/// once, across `kill -9`. A delete goes through the filters as a stub with
+/// `$previous` (the last version seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_gives_creates_updates_and_deletes_once_across_kill9() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "")
+        + &hook(
+            "was-preliminary",
+            &rx.url("hooks/prev"),
+            r#"$previous.status == "preliminary""#,
+            "",
+        );
+    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
+        "owner_id = \"org/test\"",
+        "owner_id = \"org/test\"\nstrategy = \"snapshot\"",
+    );
+    // Two pages and a bit (page_size 7).
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let status = if i == 1 { "preliminary" } else { "final" };
+        ids.push(id_of(store.upsert(
+            "Observation",
+            None,
+            observation("N", status),
+        )));
+    }
+    let mut bridge = Bridge::start(&config);
+    wait_for(60, "16 creates", || {
+        event_count(&on_path(&rx, "/all")) == 16
+    })
+    .await;
+    let (a, b, c, e) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    store.upsert("Observation", Some(a), observation("H", "amended"));
+    assert!(store.delete("Observation", b));
+    wait_for(60, "an update and a delete", || {
+        event_count(&on_path(&rx, "/all")) == 18
+    })
+    .await;
+    bridge.kill9();
+    assert!(store.delete("Observation", c));
+    store.upsert("Observation", Some(e), observation("H", "amended"));
+    let d = id_of(store.upsert("Observation", None, observation("L", "final")));
+    bridge.restart();
+    wait_for(60, "a delete, an update and a create", || {
+        event_count(&on_path(&rx, "/all")) == 21
+    })
+    .await;
+    // Many more walks: nothing more arrives.
+    let polls = |b: &Bridge| b.status_json()["sources"][0]["targets"][0]["resources_read"].as_i64();
+    let before = polls(&bridge);
+    wait_for(60, "more walks", || polls(&bridge) > before.map(|n| n + 50)).await;
+    let got = on_path(&rx, "/all");
+    assert_eq!(event_count(&got), 21);
+    let events = |id: &str| -> Vec<String> {
+        got[&format!("Observation/{id}")]
+            .iter()
+            .map(|e| e.0.clone())
+            .collect()
+    };
+    assert_eq!(events(a), ["create", "update"]);
+    assert_eq!(events(b), ["create", "delete"]);
+    assert_eq!(events(c), ["create", "delete"]);
+    assert_eq!(events(e), ["create", "update"]);
+    assert_eq!(events(&d), ["create"]);
+    assert_eq!(events(&ids[4]), ["create"]);
+    for r in rx.received().iter().filter(|r| r.event == "delete") {
+        assert_eq!(r.body["resourceIncluded"], false);
+        assert!(r.body.get("resource").is_none());
+    }
+    // The filter saw the delete of the preliminary one with its last version.
+    let prev = on_path(&rx, "/prev");
+    assert_eq!(
+        prev.keys().collect::<Vec<_>>(),
+        [&format!("Observation/{b}")]
+    );
+    assert_eq!(prev[&format!("Observation/{b}")][0].0, "delete");
+    // A snapshot has no watermark to show.
+    assert!(bridge.status_json()["sources"][0]["targets"][0]["watermark"].is_null());
+}
+
+/// A walk whose chain breaks (every next link 410, the restart too) fails
+/// the poll and infers no deletes: what it did not read is not gone. Once
+/// the chain reads to its end again, the deletes come, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_walk_that_breaks_midway_infers_no_deletes() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
+        "owner_id = \"org/test\"",
+        "owner_id = \"org/test\"\nstrategy = \"snapshot\"",
+    );
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(id_of(store.upsert(
+            "Observation",
+            None,
+            observation("N", "final"),
+        )));
+    }
+    let bridge = Bridge::start(&config);
+    wait_for(60, "20 creates", || {
+        event_count(&on_path(&rx, "/all")) == 20
+    })
+    .await;
+    store.quirks.expire_next_links(true);
+    // One on the first page (still read), one beyond it (never reached).
+    assert!(store.delete("Observation", &ids[0]));
+    assert!(store.delete("Observation", &ids[19]));
+    let target = |b: &Bridge| b.status_json()["sources"][0]["targets"][0].clone();
+    wait_for(60, "three failed walks", || {
+        target(&bridge)["consecutive_failures"].as_i64() >= Some(3)
+    })
+    .await;
+    let t = target(&bridge);
+    assert!(t["last_error"].as_str().unwrap().contains("410"), "{t}");
+    assert_eq!(event_count(&on_path(&rx, "/all")), 20, "no delete inferred");
+    store.quirks.expire_next_links(false);
+    wait_for(60, "two deletes", || {
+        event_count(&on_path(&rx, "/all")) == 22
+    })
+    .await;
+    let got = on_path(&rx, "/all");
+    for id in [&ids[0], &ids[19]] {
+        let events: Vec<&str> = got[&format!("Observation/{id}")]
+            .iter()
+            .map(|e| e.0.as_str())
+            .collect();
+        assert_eq!(events, ["create", "delete"]);
+    }
+}
+
+/// `reconcile`: a `last-updated` source walks each type in full on its
+/// schedule. A resource stamped below the watermark (missed by every poll)
+/// and a delete (invisible to a search) are found, once each; the
+/// watermark stays; status counts what the reconciliation found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciliation_finds_what_last_updated_missed_and_deletes() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
+        "owner_id = \"org/test\"",
+        "owner_id = \"org/test\"\nreconcile = \"*/2 * * * * *\"",
+    );
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(id_of(store.upsert(
+            "Observation",
+            None,
+            observation("N", "final"),
+        )));
+    }
+    let bridge = Bridge::start(&config);
+    wait_for(60, "10 creates", || {
+        event_count(&on_path(&rx, "/all")) == 10
+    })
+    .await;
+    let target = |b: &Bridge| b.status_json()["sources"][0]["targets"][0].clone();
+    // A write stamped in 2001, far below the watermark; and a delete.
+    store.freeze_clock(Some(978_307_200_000));
+    let late = id_of(store.upsert("Observation", None, observation("N", "final")));
+    store.freeze_clock(None);
+    assert!(store.delete("Observation", &ids[3]));
+    wait_for(60, "a late create and a delete", || {
+        event_count(&on_path(&rx, "/all")) == 12
+    })
+    .await;
+    let got = on_path(&rx, "/all");
+    assert_eq!(got[&format!("Observation/{late}")][0].0, "create");
+    let deleted: Vec<&str> = got[&format!("Observation/{}", ids[3])]
+        .iter()
+        .map(|e| e.0.as_str())
+        .collect();
+    assert_eq!(deleted, ["create", "delete"]);
+    wait_for(30, "the reconciliation's note", || {
+        target(&bridge)["last_warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("the reconciliation found"))
+    })
+    .await;
+    // Later passes find nothing more: the count on status goes back to 0.
+    wait_for(30, "a clean reconciliation", || {
+        target(&bridge)["last_reconcile_changes"] == 0
+    })
+    .await;
+    let t = target(&bridge);
+    assert!(t["last_reconcile_at"].is_string(), "{t}");
+    let watermark = t["watermark"].as_str().unwrap();
+    assert!(watermark > "2002", "the watermark stays: {watermark}");
+    assert_eq!(event_count(&on_path(&rx, "/all")), 12);
+}

@@ -68,6 +68,10 @@ pub struct TargetStatus {
     /// sums up (the stalest watermark and success, the worst failure streak).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patients: Option<i64>,
+    /// `reconcile`: when the last complete reconciliation ended, and how many
+    /// changes it found that the polls had missed (0 on a healthy server).
+    pub last_reconcile_at: Option<String>,
+    pub last_reconcile_changes: Option<i64>,
     /// The last successful poll is `LAG_TICKS` scheduled polls ago (and at
     /// least 5 min): polls are not happening or not succeeding.
     pub lagging: bool,
@@ -139,9 +143,11 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
                 resource_type: rt.clone(),
                 ..Default::default()
             });
+            // A snapshot walks everything each time: its watermark means nothing.
+            let snapshot = s.strategies.for_type(rt) == crate::config::Strategy::Snapshot;
             targets.push(TargetStatus {
                 resource_type: rt.clone(),
-                watermark: r.watermark,
+                watermark: r.watermark.filter(|_| !snapshot),
                 last_poll_at: r.last_poll_at_ms.map(fmt_ms),
                 last_success_at: r.last_ok_at_ms.map(fmt_ms),
                 last_outcome: r.last_outcome,
@@ -154,6 +160,8 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
                 last_warning: r.last_warning,
                 last_warning_at: r.last_warning_at_ms.map(fmt_ms),
                 patients: r.patients,
+                last_reconcile_at: r.last_reconcile_at_ms.map(fmt_ms),
+                last_reconcile_changes: r.last_reconcile_changes,
                 lagging: r
                     .last_ok_at_ms
                     .is_some_and(|t| health::lagging(&s.schedule, t, now_ms())),

@@ -31,6 +31,8 @@ fn target(rt: &str) -> TargetStatus {
         last_warning: None,
         last_warning_at: None,
         patients: None,
+        last_reconcile_at: None,
+        last_reconcile_changes: None,
         lagging: false,
     }
 }
@@ -66,6 +68,11 @@ fn report() -> StatusReport {
         version: "0.1.0".into(),
     };
     let daemon = classify(LockProbe::Held(Some(4242)), Some(&beat), NOW);
+    let reconciled = TargetStatus {
+        last_reconcile_at: at(5 * 3600 * 1000),
+        last_reconcile_changes: Some(2),
+        ..target("Observation")
+    };
     let failing = TargetStatus {
         last_outcome: Some("error".into()),
         last_error: Some("HTTP 503".into()),
@@ -86,7 +93,7 @@ fn report() -> StatusReport {
         SourceStatus {
             name: "epic".into(),
             base_url: "https://fhir.example.org/api/FHIR/R4".into(),
-            targets: vec![target("Observation"), failing],
+            targets: vec![reconciled, failing],
         },
         SourceStatus {
             name: "athena".into(),

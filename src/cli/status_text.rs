@@ -142,6 +142,14 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
                 Cell::new(tg.changes_seen),
                 st.cell(err, level),
             ]);
+            if let (Some(at), Some(n)) = (&tg.last_reconcile_at, tg.last_reconcile_changes) {
+                notes.push(format!(
+                    "source {}/{}: last reconciliation {}, found {n} change(s) the polls had missed",
+                    s.name,
+                    tg.resource_type,
+                    since(&Some(at.clone()), now)
+                ));
+            }
             if tg.entries_skipped > 0 || tg.entries_future > 0 {
                 notes.push(format!(
                     "source {}/{}: {} entr(ies) skipped, {} stamped in the future; last: {} ({})",

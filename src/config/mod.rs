@@ -12,6 +12,7 @@ mod hook_security;
 mod notification;
 mod origins;
 mod raw;
+mod reconcile;
 mod schedule;
 mod secret;
 mod source_auth;
@@ -104,6 +105,9 @@ pub struct Source {
     pub max_pages_per_poll: u32,
     /// How each resource type is polled.
     pub strategies: Strategies,
+    /// `reconcile`: when a `last-updated` source walks each type in full
+    /// (without moving its watermark) to find what its polls missed.
+    pub reconcile: Option<Schedule>,
     pub auth: SourceAuth,
     /// Origins besides `base_url`'s that next links and redirects may lead
     /// to (and credentials with them). Empty by default.

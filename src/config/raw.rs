@@ -50,7 +50,7 @@ pub struct RawSource {
     pub max_pages_per_poll: Option<Spanned<u32>>,
     #[serde(default)]
     pub params: BTreeMap<String, Spanned<String>>,
-    /// `last-updated` (default) or `history`, and overrides per type.
+    /// `last-updated` (default), `history` or `snapshot`, and overrides per type.
     pub strategy: Option<Spanned<String>>,
     #[serde(default)]
     pub strategy_by_type: BTreeMap<String, Spanned<String>>,
@@ -58,6 +58,8 @@ pub struct RawSource {
     pub patients: Option<Spanned<super::fanout::RawPatients>>,
     pub roster_refresh: Option<Spanned<HumanDuration>>,
     pub max_requests_per_second: Option<Spanned<f64>>,
+    /// A cron schedule for full reconciliation passes (`last-updated` only).
+    pub reconcile: Option<Spanned<String>>,
     pub auth: Option<Spanned<RawSourceAuth>>,
     pub allow_insecure_http: Option<bool>,
     /// Origins besides `base_url`'s that next links and redirects may lead to.

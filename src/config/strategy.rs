@@ -15,6 +15,9 @@ pub enum Strategy {
     LastUpdated,
     /// `[base]/{Type}/_history?_since=…`: every version, and deletes.
     History,
+    /// `[base]/{Type}?{params}`, the whole set every poll: creates and
+    /// updates by the diff, deletes by what a complete walk no longer meets.
+    Snapshot,
 }
 
 impl Strategy {
@@ -22,6 +25,7 @@ impl Strategy {
         match self {
             Strategy::LastUpdated => "last-updated",
             Strategy::History => "history",
+            Strategy::Snapshot => "snapshot",
         }
     }
 
@@ -29,9 +33,10 @@ impl Strategy {
         match s.get_ref().as_str() {
             "last-updated" => Ok(Strategy::LastUpdated),
             "history" => Ok(Strategy::History),
+            "snapshot" => Ok(Strategy::Snapshot),
             _ => Err(ctx.err(
                 s.span(),
-                format!("{what}: `{key}` must be \"last-updated\" or \"history\""),
+                format!("{what}: `{key}` must be \"last-updated\", \"history\" or \"snapshot\""),
             )),
         }
     }
@@ -103,6 +108,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.for_type("Encounter"), Strategy::History);
         assert_eq!(s.for_type("Observation"), Strategy::LastUpdated);
+        let s = load("strategy = \"snapshot\"\n").unwrap();
+        assert_eq!(s.for_type("Encounter"), Strategy::Snapshot);
     }
 
     #[test]

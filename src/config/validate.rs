@@ -22,8 +22,8 @@ pub(super) const MIN_SECOND: Duration = Duration::from_secs(1);
 /// The shortest `every`.
 const MIN_EVERY: Duration = Duration::from_millis(100);
 /// A cron schedule must tick within this long from now, or it "never fires".
-const CRON_HORIZON: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
-const CRON_HORIZON_TEXT: &str = "5 years";
+pub(super) const CRON_HORIZON: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
+pub(super) const CRON_HORIZON_TEXT: &str = "5 years";
 const DEFAULT_MAX_PAGES: u32 = 1000;
 const MAX_PAGES: u32 = 100_000;
 const DEFAULT_MAX_PENDING_AGE: Duration = Duration::from_secs(15 * 60);
@@ -476,6 +476,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
 
     let strategies = super::strategy::validate(ctx, &what, s, &resources)?;
     let (fan_out, max_requests_per_second) = super::fanout::validate(ctx, &what, s)?;
+    let reconcile = super::reconcile::validate(ctx, &what, s, &resources, &strategies)?;
     let overlap = s.overlap.map(|d| d.0).unwrap_or(Duration::from_secs(120));
     let lag = s.lag.as_ref().map(|l| l.get_ref().0).unwrap_or_default();
     if let Some(l) = &s.lag
@@ -512,6 +513,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             .collect(),
         max_pages_per_poll,
         strategies,
+        reconcile,
         auth: super::source_auth::validate(
             ctx,
             &what,

@@ -108,6 +108,8 @@ impl Backfill {
                 // A backfill reads the search (history may be pruned long ago).
                 mode: EntryMode::Search,
                 window_start: Some(self.since),
+                window_end: None,
+                collect_ids: false,
                 horizon: Utc::now() + FUTURE_TOLERANCE,
                 routes: self.routes.clone(),
                 detected_at: detected_at.clone(),

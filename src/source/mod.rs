@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 mod errors;
 mod fanout;
+mod full_walk;
 mod notes;
 pub mod outcomes;
 mod page;

@@ -33,6 +33,11 @@ pub(super) struct PageJob {
     /// Entries last updated before this were read by earlier polls (or lie
     /// before `start`) and are dropped.
     pub window_start: Option<DateTime<Utc>>,
+    /// A reconciliation's: entries last updated at or after this are left to
+    /// the next poll (the watermark has not passed them yet).
+    pub window_end: Option<DateTime<Utc>>,
+    /// A full walk's: the page's ids are listed in `PageOutcome::ids`.
+    pub collect_ids: bool,
     /// Entries last updated after this are stamped in the future: delivered,
     /// but they cannot move the watermark (see `poll::FUTURE_TOLERANCE`).
     pub horizon: DateTime<Utc>,
@@ -60,6 +65,9 @@ pub(super) struct PageOutcome {
     /// Of the commit's changes, how many are creates and deletes (the rest are updates).
     pub created: u64,
     pub deleted: u64,
+    /// With `PageJob::collect_ids`: the id of every entry of the type, in or
+    /// out of the window.
+    pub ids: Vec<String>,
 }
 
 /// `process` on the blocking pool, its errors as the poll's (page `page_no`).
@@ -92,6 +100,13 @@ pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageO
 fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
     let page = parse_page_as(body, job.mode)?;
     let rt = job.resource_type.as_str();
+    let ids = match job.collect_ids {
+        true => (page.entries.iter())
+            .filter(|e| e.resource_type == rt)
+            .map(|e| e.id.clone())
+            .collect(),
+        false => Vec::new(),
+    };
     let entries: Vec<_> = page
         .entries
         .iter()
@@ -102,6 +117,10 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         // polls, so the seen-versions table need not remember it for ever.
         .filter(|e| match (job.window_start, e.last_updated) {
             (Some(f), Some(lu)) => lu >= f,
+            _ => true,
+        })
+        .filter(|e| match (job.window_end, e.last_updated) {
+            (Some(end), Some(lu)) => lu < end,
             _ => true,
         })
         .collect();
@@ -122,6 +141,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         cancelled: false,
         created: 0,
         deleted: 0,
+        ids,
     };
     for e in &entries {
         match e.last_updated {
@@ -168,6 +188,8 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             Some(_) if after_delete => diff::Event::Create,
             Some(Method::Create) => diff::Event::Create,
             Some(Method::Update) => diff::Event::Update,
+            // A search match after a delete (a snapshot's) is back: created again.
+            None if after_delete => diff::Event::Create,
             None => event,
         };
         // A delete has no resource: filters see its type and id (both checked
@@ -248,6 +270,8 @@ mod tests {
             resource_type: "Observation".into(),
             mode: EntryMode::Search,
             window_start: None,
+            window_end: None,
+            collect_ids: false,
             horizon,
             routes: vec![],
             detected_at: "2026-11-30T00:00:00Z".into(),

@@ -7,7 +7,8 @@ use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
 use super::routing::RoutingRx;
-use super::strategy::{self, search_url};
+use super::strategy::snapshot::WalkedIds;
+use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
 use crate::config::{Source, Start};
@@ -44,7 +45,7 @@ pub(super) const FUTURE_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::second
 pub struct DryRun(Arc<std::sync::Mutex<Vec<crate::state::PageCommit>>>);
 
 impl DryRun {
-    fn record(&self, commit: crate::state::PageCommit) {
+    pub(super) fn record(&self, commit: crate::state::PageCommit) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -110,6 +111,9 @@ pub struct SourceTask {
 pub struct Polled {
     pub changes: u64,
     pub rereads: u64,
+    /// The walk reached the end of its chain (and, for a full walk, its
+    /// deletes are committed); not after a shutdown or a page cap stop.
+    pub complete: bool,
 }
 
 impl SourceTask {
@@ -316,6 +320,7 @@ impl SourceTask {
             initialized: true,
             watermark,
             floor,
+            reconciled_at_ms: None,
         })
     }
 
@@ -355,12 +360,30 @@ impl SourceTask {
         self.source.max_pages_per_poll as usize
     }
 
+    /// One poll of a target with its strategy, then its reconciliation when
+    /// one is due (`reconcile.rs`).
     async fn poll_pages(
         &self,
         key: &TargetKey,
         cancel: &CancellationToken,
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
+    ) -> Result<Polled, PollError> {
+        let strategy = self.source.strategies.for_type(&key.resource_type);
+        let walk = Walk::Poll(strategy);
+        let mut polled = self.walk_pages(key, cancel, stop, notes, walk).await?;
+        polled.changes += self.reconcile_if_due(key, cancel, stop, notes).await?;
+        Ok(polled)
+    }
+
+    /// One walk of a target's pages: its strategy's poll, or a reconciliation.
+    pub(super) async fn walk_pages(
+        &self,
+        key: &TargetKey,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
+        walk: Walk,
     ) -> Result<Polled, PollError> {
         let name = &self.source.name;
         let rt = key.resource_type.as_str();
@@ -407,7 +430,8 @@ impl SourceTask {
         // an empty range. Poll from the start again instead: the diff drops
         // what was already delivered, and a re-sent change keeps its message_id.
         let horizon = self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE;
-        if let Some(w) = watermark.filter(|w| *w > horizon && Some(*w) != floor) {
+        let full = walk.is_full();
+        if let Some(w) = watermark.filter(|w| !full && *w > horizon && Some(*w) != floor) {
             notes.warn(format!(
                 "{rt}: the stored watermark {} is in the future; polling from the start again",
                 format_instant(w)
@@ -422,8 +446,12 @@ impl SourceTask {
             .unwrap_or(chrono::Duration::MAX)
             .max(chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
         let until = self.client.server_now().map(|t| t - behind);
-        let polling = self.source.strategies.for_type(rt);
+        let polling = walk.strategy();
         let mut url = strategy::first_url(polling, &self.source, key, since, until);
+        // A full walk's ids; a reconciliation looks only below the window the
+        // polls re-read (what lies above is theirs to find).
+        let mut walked = WalkedIds::default();
+        let window_end = (walk == Walk::Reconcile).then_some(since).flatten();
         // Offset-paged servers skip resources when the set changes under them.
         // Once the total changes between pages, the watermark stays where it
         // was before that page, so the next poll re-reads what may have been
@@ -449,8 +477,9 @@ impl SourceTask {
                     ..
                 }) if page_no > 1 && !restarted => {
                     restarted = true;
+                    let from = if full { "beginning" } else { "watermark" };
                     notes.warn(format!(
-                        "{rt}: page {page_no} answered HTTP {status} (an expired next link); the search started again from the watermark"
+                        "{rt}: page {page_no} answered HTTP {status} (an expired next link); the search started again from the {from}"
                     ));
                     since = watermark.map(|w| {
                         let back = w
@@ -476,7 +505,10 @@ impl SourceTask {
                 owner_id: self.source.owner_id.clone(),
                 resource_type: rt.to_string(),
                 mode: strategy::entry_mode(polling),
-                window_start: since.or(floor),
+                // A full walk reads everything since `start`, whatever the watermark.
+                window_start: if full { floor } else { since.or(floor) },
+                window_end,
+                collect_ids: full,
                 horizon: self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE,
                 routes: routing.routes.clone(),
                 detected_at: detected_at.clone(),
@@ -489,6 +521,7 @@ impl SourceTask {
                 return Ok(polled);
             }
             notes.page(page.commit.resources_read);
+            walked.extend(&page.ids);
             if let Err(e) =
                 self.client
                     .note_response(&fetched.exchange, fetched.date, page.server_time)
@@ -526,7 +559,7 @@ impl SourceTask {
             // the watermark treats it as a page with more to come.
             let next = next_link(&self.source, &url, page.next.as_deref(), rt, page_no);
             let allowed = tracker.page(&page.instants, next.is_some());
-            if let Some(new) = allowed.filter(|_| !drifted)
+            if let Some(new) = allowed.filter(|_| !drifted && !full)
                 && watermark.is_none_or(|w| new > w)
             {
                 watermark = Some(new);
@@ -568,7 +601,10 @@ impl SourceTask {
             }
 
             match next.transpose()? {
-                None => break,
+                None => {
+                    polled.complete = true;
+                    break;
+                }
                 Some(n) if visited.contains(n.as_str()) => {
                     return Err(PollError::NextLinkLoop {
                         resource_type: rt.to_string(),
@@ -596,6 +632,10 @@ impl SourceTask {
             if cancel.is_cancelled() {
                 break;
             }
+        }
+        if full && polled.complete {
+            let end = self.end_of_walk(key, walked, drifted, &routing, stop, notes);
+            polled.complete = end.await?;
         }
         Ok(polled)
     }

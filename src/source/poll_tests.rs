@@ -23,6 +23,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         params: Default::default(),
         max_pages_per_poll: 1000,
         strategies: Default::default(),
+        reconcile: None,
         lag: Duration::ZERO,
         fan_out: None,
         max_requests_per_second: None,

@@ -27,6 +27,7 @@ mod schema;
 mod seen_body;
 #[cfg(test)]
 mod size_tests;
+mod snapshot;
 mod summary;
 pub use summary::Summary;
 

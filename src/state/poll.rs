@@ -46,6 +46,9 @@ pub struct TargetState {
     pub initialized: bool,
     pub watermark: Option<String>,
     pub floor: Option<String>,
+    /// When the last complete reconciliation ended (ms); in the poller's
+    /// memory, when the last one was tried or the schedule started.
+    pub reconciled_at_ms: Option<i64>,
 }
 
 /// The last version of a resource the bridge has seen.
@@ -117,7 +120,7 @@ impl Store {
         self.call(move |c| {
             let row = c
                 .prepare_cached(
-                    "SELECT initialized, watermark, floor FROM poll_target
+                    "SELECT initialized, watermark, floor, last_reconcile_at FROM poll_target
                      WHERE source = ?1 AND resource_type = ?2 AND patient = ?3",
                 )?
                 .query_row(
@@ -127,6 +130,7 @@ impl Store {
                             initialized: r.get::<_, i64>(0)? != 0,
                             watermark: r.get(1)?,
                             floor: r.get(2)?,
+                            reconciled_at_ms: r.get(3)?,
                         })
                     },
                 )

@@ -23,6 +23,8 @@ pub struct TargetReport {
     pub last_warning_at_ms: Option<i64>,
     /// A per-patient type: how many patients' targets this row sums up.
     pub patients: Option<i64>,
+    pub last_reconcile_at_ms: Option<i64>,
+    pub last_reconcile_changes: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -92,6 +94,9 @@ impl Store {
                     last_warning: r.get(11).ok().flatten(),
                     last_warning_at_ms: r.get(12).ok().flatten(),
                     last_outcome: r.get(13).ok().flatten(),
+                    // Reconciliation is for population-wide targets only.
+                    last_reconcile_at_ms: None,
+                    last_reconcile_changes: None,
                 }))
             })?;
             Ok(row)
@@ -109,7 +114,8 @@ impl Store {
             c.prepare_cached(
                 "SELECT watermark, last_poll_at, last_ok_at, last_outcome, last_error,
                         consecutive_failures, changes_seen, resources_read,
-                        entries_skipped, entries_future, last_skip_at, last_warning, last_warning_at
+                        entries_skipped, entries_future, last_skip_at, last_warning, last_warning_at,
+                        last_reconcile_at, last_reconcile_changes
                  FROM poll_target WHERE source = ?1 AND resource_type = ?2 AND patient = ''",
             )?
             .query_row(params![source, rt], |r| {
@@ -130,6 +136,8 @@ impl Store {
                     last_warning: r.get(11)?,
                     last_warning_at_ms: r.get(12)?,
                     patients: None,
+                    last_reconcile_at_ms: r.get(13)?,
+                    last_reconcile_changes: r.get(14)?,
                 })
             })
             .optional()

@@ -235,6 +235,12 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE poll_target;
     ALTER TABLE poll_target_9 RENAME TO poll_target;
     "#,
+    // 10: a `last-updated` target's reconciliation (`reconcile`): when the
+    // last complete one ended, and how many changes it found.
+    r#"
+    ALTER TABLE poll_target ADD COLUMN last_reconcile_at INTEGER;       -- our clock, ms
+    ALTER TABLE poll_target ADD COLUMN last_reconcile_changes INTEGER;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

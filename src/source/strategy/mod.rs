@@ -6,6 +6,7 @@
 
 mod history;
 mod last_updated;
+pub(super) mod snapshot;
 
 use crate::config::Source;
 pub use crate::config::Strategy;
@@ -14,6 +15,30 @@ use chrono::{DateTime, Utc};
 use url::Url;
 
 pub(crate) use last_updated::search_url;
+
+/// Which walk of a target a poll makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// The target's strategy, as configured.
+    Poll(Strategy),
+    /// A `reconcile` pass of a `last-updated` target: a snapshot walk that
+    /// leaves the watermark alone and looks only below it.
+    Reconcile,
+}
+
+impl Walk {
+    pub fn strategy(self) -> Strategy {
+        match self {
+            Walk::Poll(s) => s,
+            Walk::Reconcile => Strategy::Snapshot,
+        }
+    }
+
+    /// Whether it reads the whole set: no watermark, and its end infers deletes.
+    pub fn is_full(self) -> bool {
+        self.strategy() == Strategy::Snapshot
+    }
+}
 
 /// How a page's entries are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +52,9 @@ pub enum EntryMode {
 
 /// The first request of one poll of a target: changes since `since` (the
 /// watermark minus the overlap; `None`: from the beginning) and, where the
-/// strategy can say so, before `until` (the server's clock); a per-patient
-/// target asks for its patient's resources only.
+/// strategy can say so, before `until` (the server's clock); a snapshot
+/// asks for everything. A per-patient target asks for its patient's
+/// resources only.
 pub fn first_url(
     strategy: Strategy,
     source: &Source,
@@ -40,6 +66,8 @@ pub fn first_url(
     let mut url = match strategy {
         Strategy::LastUpdated => search_url(source, rt, since, until),
         Strategy::History => history::history_url(source, rt, since),
+        // The whole set, whatever the window.
+        Strategy::Snapshot => snapshot::snapshot_url(source, rt),
     };
     if let Some(patient) = &target.patient {
         // A Patient target is the patient itself; any other type is its compartment.
@@ -51,7 +79,7 @@ pub fn first_url(
 
 pub fn entry_mode(strategy: Strategy) -> EntryMode {
     match strategy {
-        Strategy::LastUpdated => EntryMode::Search,
+        Strategy::LastUpdated | Strategy::Snapshot => EntryMode::Search,
         Strategy::History => EntryMode::History,
     }
 }

@@ -1,0 +1,153 @@
+//! What the poll loop does around a full walk (a `snapshot` poll, or a
+//! `reconcile` pass of a `last-updated` target): the deletes at its end, and
+//! when a reconciliation is due. The walk itself is the loop's
+//! (`SourceTask::walk_pages`).
+
+use super::notes::Notes;
+use super::page::PageJob;
+use super::poll::{PollError, SourceTask};
+use super::routing::Routing;
+use super::strategy::snapshot::{self, Gone, WalkedIds};
+use super::strategy::{EntryMode, Walk};
+use crate::state::{TargetKey, now_ms};
+use crate::telemetry::Event;
+use crate::telemetry::source::PageCommitted;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio_util::sync::CancellationToken;
+
+impl SourceTask {
+    /// The end of a full walk that reached the end of its chain: the ids
+    /// seen before and not met are deleted, in one transaction. Returns
+    /// whether the walk is complete (false: shutdown while filtering).
+    pub(super) async fn end_of_walk(
+        &self,
+        key: &TargetKey,
+        walked: WalkedIds,
+        drifted: bool,
+        routing: &Routing,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
+    ) -> Result<bool, PollError> {
+        let rt = key.resource_type.as_str();
+        // The seen rows are the type's, not a patient's: one patient's walk
+        // cannot say what is gone.
+        if key.patient.is_some() {
+            return Ok(true);
+        }
+        // On an offset-paged server, a set that changed while paging may
+        // have hidden a resource between two pages: it is not gone.
+        if drifted {
+            notes.warn(format!(
+                "{rt}: the result set changed during the walk; deletes are inferred after a walk where it does not"
+            ));
+            return Ok(true);
+        }
+        let job = PageJob {
+            source: self.source.name.clone(),
+            owner_id: self.source.owner_id.clone(),
+            resource_type: rt.to_string(),
+            mode: EntryMode::Search,
+            window_start: None,
+            window_end: None,
+            collect_ids: false,
+            horizon: Utc::now(),
+            routes: routing.routes.clone(),
+            detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            stop: stop.clone(),
+        };
+        let commit = match snapshot::infer_deletes(&self.store, job, walked).await? {
+            Gone::Nothing => return Ok(true),
+            Gone::Cancelled => return Ok(false),
+            Gone::Refused(why) => {
+                notes.warn(why);
+                return Ok(true);
+            }
+            Gone::Deletes(commit) => *commit,
+        };
+        let woken: Vec<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
+        let deleted = commit.changes;
+        match &self.dry_run {
+            Some(sink) => sink.record(commit),
+            None => {
+                let committed = PageCommitted::new(&commit, &routing.routes, 0, deleted);
+                self.store.commit_page(commit).await?;
+                committed.emit();
+            }
+        }
+        for hook in woken {
+            if let Some(w) = routing.wakers.get(&hook) {
+                w.notify_one();
+            }
+        }
+        Ok(true)
+    }
+
+    /// A `last-updated` target's reconciliation, when its `reconcile`
+    /// schedule ticked since the last one (or since the poller started, for
+    /// a target never reconciled). Returns the changes it found. It fails
+    /// only on the state: a failed walk is a note on the target's status,
+    /// and the next is at the schedule's next tick.
+    pub(super) async fn reconcile_if_due(
+        &self,
+        key: &TargetKey,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
+    ) -> Result<u64, PollError> {
+        let Some(schedule) = &self.source.reconcile else {
+            return Ok(0);
+        };
+        // Per-patient targets share the type's seen rows (see `end_of_walk`),
+        // and a dry run writes nothing, a reconciliation's time included.
+        if key.patient.is_some() || self.dry_run.is_some() || cancel.is_cancelled() {
+            return Ok(0);
+        }
+        let mut state = match self.known.get(key) {
+            Some(known) => known,
+            None => self.store.target_state(key).await?,
+        };
+        let now = Utc::now();
+        let last = state
+            .reconciled_at_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis);
+        let due = last.is_some_and(|last| snapshot::reconcile_due(schedule, last, now));
+        if !due {
+            // Never reconciled: the schedule counts from now (in memory).
+            if last.is_none() {
+                state.reconciled_at_ms = Some(now.timestamp_millis());
+                self.known.set(key, state);
+            }
+            return Ok(0);
+        }
+        // Whatever the outcome, the next one waits for the next tick.
+        state.reconciled_at_ms = Some(now.timestamp_millis());
+        self.known.set(key, state);
+        let rt = key.resource_type.as_str();
+        match self
+            .walk_pages(key, cancel, stop, notes, Walk::Reconcile)
+            .await
+        {
+            Ok(p) if p.complete => {
+                self.store
+                    .record_reconcile(key, now_ms(), p.changes)
+                    .await?;
+                if p.changes > 0 {
+                    notes.warn(format!(
+                        "{rt}: the reconciliation found {} change(s) the polls had missed",
+                        p.changes
+                    ));
+                }
+                Ok(p.changes)
+            }
+            // Shutdown: tried again at the next tick (or at once after a restart).
+            Ok(p) => Ok(p.changes),
+            Err(e @ PollError::State(_)) => Err(e),
+            Err(e) => {
+                notes.warn(format!("{rt}: the reconciliation failed: {e}"));
+                Ok(0)
+            }
+        }
+    }
+}

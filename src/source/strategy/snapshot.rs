@@ -1,0 +1,274 @@
+//! `snapshot`: `[base]/{Type}?_count=…&{params}`, the whole set on every
+//! poll, for searches with no usable `_lastUpdated`. The diff finds creates
+//! and updates (by versionId or content hash); what a *complete* walk no
+//! longer meets, of the ids seen before, is deleted. A walk that did not
+//! reach the end of its chain (a failed page, the page cap, a shutdown) says
+//! nothing about deletes. A `reconcile` pass of a `last-updated` source is
+//! the same walk.
+
+use crate::config::{Schedule, Source};
+use crate::diff::{self, Event};
+use crate::outbox::{Change, route_change};
+use crate::state::{PageCommit, SeenRow, StateError, Store};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use url::Url;
+
+use super::super::page::PageJob;
+
+/// The most ids one walk remembers. Each is kept as 16 bytes (a hash, see
+/// `WalkedIds`), so the set stays under 160 MB (plus the sort's copy-free
+/// in-place work); a walk past it infers no deletes. The page cap
+/// (`max_pages_per_poll * page_size`) usually stops a walk long before.
+pub(in crate::source) const MAX_WALKED_IDS: usize = 10_000_000;
+
+/// `[base]/{Type}?_count=…&{params}`: no `_lastUpdated`, no `_sort` (the
+/// server's own order; every entry is read whatever it is).
+pub(super) fn snapshot_url(source: &Source, resource_type: &str) -> Url {
+    let mut url = source
+        .base_url
+        .join(resource_type)
+        .unwrap_or_else(|_| source.base_url.clone());
+    let mut query = format!("_count={}", source.page_size);
+    super::history::push_params(&mut query, source, resource_type);
+    url.set_query(Some(&query));
+    url
+}
+
+/// The ids a walk met, as 128-bit hashes: compact, and a collision (about
+/// 1 in 10^22 at the limit) can only hide a delete, never invent one.
+#[derive(Debug)]
+pub(in crate::source) struct WalkedIds {
+    keys: Vec<u128>,
+    overflowed: bool,
+    limit: usize,
+}
+
+impl Default for WalkedIds {
+    fn default() -> Self {
+        WalkedIds {
+            keys: Vec::new(),
+            overflowed: false,
+            limit: MAX_WALKED_IDS,
+        }
+    }
+}
+
+fn key(id: &str) -> u128 {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(first)
+}
+
+impl WalkedIds {
+    pub(in crate::source) fn extend(&mut self, ids: &[String]) {
+        if self.overflowed {
+            return;
+        }
+        if self.keys.len() + ids.len() > self.limit {
+            self.overflowed = true;
+            self.keys = Vec::new();
+            return;
+        }
+        self.keys.extend(ids.iter().map(|id| key(id)));
+    }
+
+    /// Whether it went past `MAX_WALKED_IDS` (and remembers nothing).
+    pub(in crate::source) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Sorted, for lookups.
+    fn finish(mut self) -> Walked {
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        Walked(self.keys)
+    }
+}
+
+struct Walked(Vec<u128>);
+
+impl Walked {
+    fn contains(&self, id: &str) -> bool {
+        self.0.binary_search(&key(id)).is_ok()
+    }
+}
+
+/// Whether a `reconcile` schedule has ticked since `last`.
+pub(in crate::source) fn reconcile_due(
+    schedule: &Schedule,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    schedule.next_after(last) <= now
+}
+
+/// What the end of a complete walk found gone.
+pub(in crate::source) enum Gone {
+    /// Nothing to delete.
+    Nothing,
+    /// Why no deletes may be inferred from this walk (for the poll's notes).
+    Refused(String),
+    /// The deletes, as one commit: delete events routed like any change,
+    /// and a tombstone seen row for each.
+    Deletes(Box<PageCommit>),
+    /// Shutdown while filtering: nothing committed; the next walk finds them again.
+    Cancelled,
+}
+
+/// The deletes a complete walk implies: the ids seen before, not deleted,
+/// that the walk did not meet. Each goes through the hooks' filters as a
+/// delete does (the stub `{"resourceType","id"}`, `$previous` its last
+/// version) and leaves a tombstone.
+pub(in crate::source) async fn infer_deletes(
+    store: &Store,
+    job: PageJob,
+    walked: WalkedIds,
+) -> Result<Gone, StateError> {
+    if walked.overflowed() {
+        return Ok(Gone::Refused(format!(
+            "{}: the walk met more than {MAX_WALKED_IDS} ids; no deletes inferred",
+            job.resource_type
+        )));
+    }
+    // A server that answers an empty set (a lost permission, a broken
+    // search) must not delete everything the bridge has seen.
+    if walked.is_empty() {
+        return Ok(Gone::Nothing);
+    }
+    let rt = job.resource_type.clone();
+    let keep_bodies = job.routes.iter().any(|r| r.needs_previous(&rt));
+    let walked = Arc::new(walked.finish());
+    let met = Arc::new(move |id: &str| walked.contains(id));
+    let gone = store
+        .seen_not_walked(&job.source, &rt, met, keep_bodies)
+        .await?;
+    if gone.is_empty() {
+        return Ok(Gone::Nothing);
+    }
+    tokio::task::spawn_blocking(move || {
+        crate::filter::with_eval_stack(|| route_deletes(&job, gone, keep_bodies))
+    })
+    .await
+    .map_err(|e| StateError::Task(e.to_string()))
+}
+
+fn route_deletes(job: &PageJob, gone: Vec<(String, SeenRow)>, keep_bodies: bool) -> Gone {
+    let rt = job.resource_type.as_str();
+    let tombstone = diff::content_hash(b"");
+    let mut commit = PageCommit {
+        source: job.source.clone(),
+        resource_type: rt.to_string(),
+        keep_bodies,
+        ..Default::default()
+    };
+    for (id, row) in gone {
+        if job.stop.load(Ordering::Relaxed) {
+            return Gone::Cancelled;
+        }
+        // Ids came from the server's pages, checked FHIR ids: safe in JSON.
+        let stub = format!(r#"{{"resourceType":"{rt}","id":"{id}"}}"#);
+        let previous = (row.body.as_deref())
+            .filter(|b| diff::content_hash(b) == row.content_hash)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|b| crate::filter::parse_resource(b).ok());
+        let change = Change {
+            source: &job.source,
+            owner_id: &job.owner_id,
+            resource_type: rt,
+            resource_id: &id,
+            version_id: None,
+            // The last version's: it tells this delete from a later one of
+            // the same id in the message id (a delete has no version of its own).
+            last_updated: row.last_updated.as_deref(),
+            content_hash: &tombstone,
+            event: Event::Delete,
+            raw: &stub,
+            previous: previous.as_ref(),
+            time: &job.detected_at,
+        };
+        let routed = route_change(
+            &change,
+            &job.routes,
+            &mut commit.messages,
+            &mut commit.filter_errors,
+            &job.stop,
+        );
+        if routed.is_err() {
+            return Gone::Cancelled;
+        }
+        // No version and the last version's time: a version of this id met
+        // again (even the same one, back in the set) is a create.
+        let dead = SeenRow {
+            version_id: None,
+            last_updated: row.last_updated,
+            content_hash: tombstone,
+            body: None,
+        };
+        commit.seen.push((id, dead));
+        commit.changes += 1;
+    }
+    Gone::Deletes(Box::new(commit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn a_snapshot_asks_for_the_whole_set_with_the_page_size_and_params() {
+        let c = Config::from_str(
+            "state_dir = \"s\"\n[[source]]\nname = \"ehr\"\nbase_url = \"http://127.0.0.1:1/fhir/\"\n\
+             resources = [\"Coverage\"]\npage_size = 50\nstrategy = \"snapshot\"\n\
+             [source.params]\nCoverage = \"status=active\"\n",
+            Path::new("b.toml"),
+        )
+        .unwrap();
+        let url = snapshot_url(&c.sources[0], "Coverage");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:1/fhir/Coverage?_count=50&status=active"
+        );
+    }
+
+    #[test]
+    fn walked_ids_are_found_and_a_walk_past_the_bound_remembers_nothing() {
+        let mut w = WalkedIds::default();
+        w.extend(&["b".into(), "a".into(), "b".into()]);
+        assert!(!w.overflowed());
+        let walked = w.finish();
+        assert!(walked.contains("a") && walked.contains("b"));
+        assert!(!walked.contains("c"));
+        assert_eq!(walked.0.len(), 2);
+
+        let mut w = WalkedIds {
+            limit: 3,
+            ..WalkedIds::default()
+        };
+        w.extend(&["a".into(), "b".into()]);
+        w.extend(&["c".into()]);
+        assert!(!w.overflowed());
+        w.extend(&["d".into()]);
+        assert!(w.overflowed());
+        assert!(w.keys.is_empty(), "the memory goes back at once");
+    }
+
+    #[test]
+    fn a_reconciliation_is_due_once_its_schedule_ticked_since_the_last() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let nightly = Schedule::cron("0 3 * * *").unwrap();
+        let last = at("2026-11-20T03:00:05Z");
+        assert!(!reconcile_due(&nightly, last, at("2026-11-21T02:59:59Z")));
+        assert!(reconcile_due(&nightly, last, at("2026-11-21T03:00:00Z")));
+        assert!(reconcile_due(&nightly, last, at("2026-11-25T12:00:00Z")));
+    }
+}
