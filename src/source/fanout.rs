@@ -3,7 +3,9 @@
 //! its own watermark). A patient who leaves the roster stops being polled and
 //! its targets' state is pruned; a new one starts at the source's `start`.
 
+use super::client::FetchError;
 use super::poll::SourceTask;
+use super::roster::RosterError;
 use crate::config::{FanOut, Source};
 use crate::state::TargetKey;
 use std::collections::BTreeSet;
@@ -21,10 +23,14 @@ pub(super) struct RosterState {
 impl RosterState {
     /// Reads the roster when it is due (at start, then every `refresh`). A
     /// failed read keeps the roster it had (and is retried next tick when
-    /// there is none yet).
-    pub async fn refresh_if_due(&mut self, task: &SourceTask, fan_out: &FanOut) {
+    /// there is none yet). Returns the server's `Retry-After`, if it said so.
+    pub async fn refresh_if_due(
+        &mut self,
+        task: &SourceTask,
+        fan_out: &FanOut,
+    ) -> Option<std::time::Duration> {
         if self.read_at.is_some_and(|t| t.elapsed() < fan_out.refresh) {
-            return;
+            return None;
         }
         let name = &task.source.name;
         match task.load_roster(&fan_out.roster).await {
@@ -62,6 +68,7 @@ impl RosterState {
                 }
                 tracing::debug!(source = %name, patients = read.ids.len(), "roster read");
                 self.patients = Some(read.ids);
+                None
             }
             Err(e) => {
                 if self.patients.is_some() {
@@ -69,6 +76,13 @@ impl RosterState {
                 }
                 tracing::warn!(source = %name, error = %e, "cannot read the roster; keeping the last one");
                 self.note = Some(format!("{e}; the last roster is kept"));
+                match e {
+                    RosterError::Fetch(FetchError::Status {
+                        retry_after: Some(d),
+                        ..
+                    }) => Some(d),
+                    _ => None,
+                }
             }
         }
     }

@@ -139,7 +139,11 @@ impl SourceTask {
             flag.store(true, Ordering::Relaxed);
         });
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
-        // Shown with each type's first poll outcome (and logged once).
+        // Shown with each type's first poll outcome (and logged once). The
+        // statement request counts against the request budget too.
+        self.limiter
+            .acquire(self.source.max_requests_per_second)
+            .await;
         let mut capability =
             super::capability::last_updated_warnings(&self.client, &self.source).await;
         for w in capability.values() {
@@ -147,14 +151,20 @@ impl SourceTask {
         }
         let mut roster = super::fanout::RosterState::default();
         loop {
-            if let Some(fan_out) = &self.source.fan_out {
-                roster.refresh_if_due(&self, fan_out).await;
+            let paused = |until: Option<std::time::Instant>| {
+                until.is_some_and(|t| std::time::Instant::now() < t)
+            };
+            if let Some(fan_out) = &self.source.fan_out
+                && !paused(paused_until)
+                && let Some(d) = roster.refresh_if_due(&self, fan_out).await
+            {
+                paused_until = Some(std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF));
             }
             for key in roster.targets(&self.source) {
                 if cancel.is_cancelled() {
                     break;
                 }
-                if paused_until.is_some_and(|t| std::time::Instant::now() < t) {
+                if paused(paused_until) {
                     break;
                 }
                 let rt = &key.resource_type;
@@ -256,9 +266,21 @@ impl SourceTask {
 
     /// Asks the server for its current time (a one-result search): for
     /// `start = "now"`, and to learn the clock before the first bounded poll.
-    async fn probe_server_time(&self, rt: &str) -> Result<(), PollError> {
+    async fn probe_server_time(&self, key: &TargetKey) -> Result<(), PollError> {
+        let rt = key.resource_type.as_str();
         let mut url = self.search_url(rt, None, None);
-        url.set_query(Some("_count=1"));
+        // A per-patient target asks about its patient: some EHRs (Cerner)
+        // refuse a clinical search without one.
+        match &key.patient {
+            None => url.set_query(Some("_count=1")),
+            Some(p) => {
+                let param = if rt == "Patient" { "_id" } else { "patient" };
+                url.set_query(None);
+                url.query_pairs_mut()
+                    .append_pair(param, p)
+                    .append_pair("_count", "1");
+            }
+        }
         let fetch_err = |error| PollError::Fetch {
             resource_type: rt.to_string(),
             page: 1,
@@ -294,7 +316,7 @@ impl SourceTask {
             Start::Now => {
                 // A clock that is not believed fails the poll (on status); the
                 // next tick asks again, so a server that recovers starts then.
-                self.probe_server_time(rt).await?;
+                self.probe_server_time(key).await?;
                 let (start, settle) =
                     self.client
                         .start_mark()
@@ -415,7 +437,7 @@ impl SourceTask {
         // pages, and an update moving a resource out of the set shows as a
         // smaller Bundle.total (see drift below).
         if self.client.server_now().is_none() {
-            match self.probe_server_time(rt).await {
+            match self.probe_server_time(key).await {
                 Ok(_) => {}
                 // A server that never tells its time (or tells an absurd one)
                 // is polled without an upper bound (only the overlap protects
