@@ -19,7 +19,8 @@
 //! BENCH_CLOCK_WARMUP (15 s, before the Date-only latency row's writes),
 //! BENCH_SOURCES (1000) x 10 types, BENCH_SCALE_SECONDS (130), BENCH_BACKFILL (1000000),
 //! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_TOKEN_SOURCES (100) x 10 types, BENCH_TOKEN_SECONDS (90),
-//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,latency-date,scale,backfill,tokens,telemetry).
+//! BENCH_PATIENTS (10000) x 5 types, BENCH_FANOUT_SECONDS (120),
+//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,latency-date,scale,fanout,backfill,tokens,telemetry).
 //! BENCH_HOOK_EXTRA: extra keys for the benchmark's hook (e.g. a FHIR `format`).
 
 #[path = "pipeline/telemetry.rs"]
@@ -505,6 +506,65 @@ async fn scale(sources: usize, seconds: u64) {
     bridge.stop();
 }
 
+/// Per-patient fan-out at scale: one source, a Group of `patients`, 5 types
+/// (a target per patient and type), a 60 s interval and 20 requests/s: the
+/// request budget, not the interval, sets the pace (a round of 50,000
+/// targets takes 2,500 s). Measured after the roster and the first targets
+/// started: RSS, CPU, SQLite writes, and the requests actually made.
+async fn fanout_scale(patients: usize, seconds: u64) {
+    let fhir = FhirSandbox::start(0).await.unwrap();
+    let ids: Vec<String> = (0..patients).map(|i| format!("p{i}")).collect();
+    fhir.store.set_group("cohort", &ids);
+    let types = &TYPES[..5];
+    for rt in types {
+        preload(&fhir, rt, 3).await;
+    }
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cfg = format!(
+        "state_dir = \"state\"\n{}patients = {{ group = \"Group/cohort\" }}\nmax_requests_per_second = 20\n\n{}",
+        source_toml("ehr", &fhir.base_url(), types, "60s", 100)
+            .trim_end()
+            .to_string()
+            + "\n",
+        hook_toml(&rx.url("hooks/all"), "true")
+    );
+    let bridge = Bridge::start(&cfg);
+    tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
+    let window = seconds - seconds / 2;
+    let counter = std::thread::spawn({
+        let pid = bridge.child.id();
+        move || sqlite_syscalls(pid, window)
+    });
+    let (cpu0, w0, t0) = (bridge.cpu_seconds(), bridge.write_syscalls(), Instant::now());
+    let requests0 = fhir.store.requests();
+    let mut rss_max = 0;
+    while t0.elapsed() < Duration::from_secs(window) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_max = rss_max.max(bridge.rss_kib());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = 100.0 * (bridge.cpu_seconds() - cpu0) / secs;
+    let rate = (fhir.store.requests() - requests0) as f64 / secs;
+    let writes = match counter.join().ok().flatten() {
+        Some((pwrites, fsyncs)) => format!(
+            "SQLite writes {:.1} page writes/s and {:.2} fsyncs/s",
+            pwrites as f64 / window as f64,
+            fsyncs as f64 / window as f64
+        ),
+        None => format!(
+            "{:.0} write syscalls/s (all; perf not available)",
+            (bridge.write_syscalls() - w0) as f64 / secs
+        ),
+    };
+    println!(
+        "| fan-out scale | sandbox | {patients} patients x 5 types = {} targets on one source, 60 s interval, max_requests_per_second = 20 | {rate:.1} requests/s; RSS {:.1} MB, CPU {cpu:.1}% of one core, {writes}; state {} |",
+        patients * 5,
+        rss_max as f64 / 1024.0,
+        bridge.size_mb()
+    );
+    bridge.stop();
+}
+
 /// (pwrite64 calls, fsync + fdatasync calls) of `pid` over `seconds`, via perf.
 fn sqlite_syscalls(pid: u32, seconds: u64) -> Option<(u64, u64)> {
     let out = Command::new("perf")
@@ -620,6 +680,13 @@ fn main() {
                 env_or("BENCH_LATENCY_SECONDS", 20),
                 DATE_ONLY,
                 Duration::from_secs(env_or("BENCH_CLOCK_WARMUP", 15)),
+            )
+            .await;
+        }
+        if enabled("fanout") {
+            fanout_scale(
+                env_or("BENCH_PATIENTS", 10_000),
+                env_or("BENCH_FANOUT_SECONDS", 120),
             )
             .await;
         }

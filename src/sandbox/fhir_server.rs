@@ -89,6 +89,7 @@ async fn search(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    st.store.count_request();
     let raw = raw.unwrap_or_default();
     let quirks = &st.store.quirks;
     let strict = quirks.is_strict_params() && prefers_strict(&headers);
@@ -153,6 +154,7 @@ fn history(
     headers: &HeaderMap,
     raw: &str,
 ) -> Response {
+    st.store.count_request();
     let quirks = &st.store.quirks;
     let strict = quirks.is_strict_params() && prefers_strict(headers);
     let req = match parse_history(raw, strict, id) {
@@ -218,6 +220,7 @@ async fn update(
 }
 
 async fn read(State(st): State<AppState>, Path((rtype, id)): Path<(String, String)>) -> Response {
+    st.store.count_request();
     match st.store.lookup(&rtype, &id) {
         Lookup::Found(b) => fhir_json(StatusCode::OK, b.to_string()),
         Lookup::Gone => outcome(StatusCode::GONE, "deleted"),

@@ -80,6 +80,8 @@ pub struct SandboxStore {
     inner: Mutex<Inner>,
     /// Misbehaviours of real servers, off by default (quirks.rs).
     pub quirks: Quirks,
+    /// Reads served (searches, histories, reads), for benches and tests.
+    served: std::sync::atomic::AtomicU64,
 }
 
 /// What a read finds.
@@ -107,6 +109,15 @@ pub(super) fn reference_to(kind: &str, id_or_ref: &str) -> String {
 }
 
 impl SandboxStore {
+    /// How many reads (searches, histories, reads) the server answered.
+    pub fn requests(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn count_request(&self) {
+        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
