@@ -535,7 +535,11 @@ async fn fanout_scale(patients: usize, seconds: u64) {
         let pid = bridge.child.id();
         move || sqlite_syscalls(pid, window)
     });
-    let (cpu0, w0, t0) = (bridge.cpu_seconds(), bridge.write_syscalls(), Instant::now());
+    let (cpu0, w0, t0) = (
+        bridge.cpu_seconds(),
+        bridge.write_syscalls(),
+        Instant::now(),
+    );
     let requests0 = fhir.store.requests();
     let mut rss_max = 0;
     while t0.elapsed() < Duration::from_secs(window) {

@@ -115,7 +115,8 @@ impl SandboxStore {
     }
 
     pub(super) fn count_request(&self) {
-        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
