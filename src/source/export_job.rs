@@ -459,3 +459,71 @@ impl SourceTask {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::client::FhirClient;
+    use axum::body::{Body, Bytes};
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    const LINE: &str = r#"{"resourceType":"Observation","id":"x","status":"final"}"#;
+    const LINES: usize = 900_000; // about 50 MB
+
+    /// Serves an NDJSON body generated as it is sent: `LINES` short lines,
+    /// with one line of 20 MB (over the bound) in the middle.
+    async fn big_ndjson_server() -> Url {
+        let app = axum::Router::new().route(
+            "/big.ndjson",
+            axum::routing::get(|| async {
+                let lines = futures_util::stream::iter(0..LINES).map(|i| {
+                    let line = if i == LINES / 2 {
+                        format!("{}\n", "y".repeat(20 * 1024 * 1024))
+                    } else {
+                        format!("{LINE}\n")
+                    };
+                    Ok::<_, std::io::Error>(Bytes::from(line))
+                });
+                Body::from_stream(lines)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Url::parse(&format!("http://{addr}/big.ndjson")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_large_file_streams_in_small_pieces_and_one_line_at_a_time() {
+        let url = big_ndjson_server().await;
+        let client = FhirClient::new(Duration::from_secs(30)).unwrap();
+        let mut resp = client.send(Method::GET, &url, "").await.unwrap();
+        let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+        let (mut bytes, mut biggest_piece, mut held) = (0usize, 0usize, 0usize);
+        let (mut lines, mut too_long) = (0usize, 0usize);
+        let mut out = Vec::new();
+        while let Some(piece) = client.next_chunk(&mut resp).await.unwrap() {
+            bytes += piece.len();
+            biggest_piece = biggest_piece.max(piece.len());
+            splitter.push(&piece, &mut out);
+            held = held.max(splitter.held());
+            for line in out.drain(..) {
+                match line {
+                    Line::Complete(l) => {
+                        assert_eq!(l, LINE.as_bytes());
+                        lines += 1;
+                    }
+                    Line::TooLong => too_long += 1,
+                }
+            }
+        }
+        assert!(splitter.finish().is_none());
+        assert!(bytes > 70_000_000, "{bytes}");
+        assert_eq!((lines, too_long), (LINES - 1, 1));
+        // Never the body whole: pieces as they came off the wire, and at
+        // most one line (bounded) held between them.
+        assert!(biggest_piece <= 1024 * 1024, "{biggest_piece}");
+        assert!(held <= MAX_LINE_BYTES, "{held}");
+    }
+}

@@ -163,6 +163,12 @@ impl LineSplitter {
                     // Give the memory back now, not at the line's end.
                     self.buf = Vec::new();
                 } else {
+                    // Grown by doubling, but never past the bound.
+                    let need = self.buf.len() + part.len();
+                    if need > self.buf.capacity() {
+                        let target = (self.buf.capacity() * 2).max(need).min(self.max);
+                        self.buf.reserve_exact(target - self.buf.len());
+                    }
                     self.buf.extend_from_slice(part);
                 }
             }
@@ -172,6 +178,12 @@ impl LineSplitter {
             out.push(self.take());
             chunk = rest;
         }
+    }
+
+    /// The bytes held for the line in progress (its buffer's capacity).
+    #[cfg(test)]
+    pub(in crate::source) fn held(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The last line, when the stream did not end with a newline.
