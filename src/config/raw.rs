@@ -54,6 +54,8 @@ pub struct RawSource {
     pub strategy: Option<Spanned<String>>,
     #[serde(default)]
     pub strategy_by_type: BTreeMap<String, Spanned<String>>,
+    /// `bulk-export`: `Group/{id}` to export that group's data instead of the whole system's.
+    pub export_group: Option<Spanned<String>>,
     /// Per-patient fan-out: where the roster comes from, and how often it is re-read.
     pub patients: Option<Spanned<super::fanout::RawPatients>>,
     pub roster_refresh: Option<Spanned<HumanDuration>>,

@@ -18,6 +18,9 @@ pub enum Strategy {
     /// `[base]/{Type}?{params}`, the whole set every poll: creates and
     /// updates by the diff, deletes by what a complete walk no longer meets.
     Snapshot,
+    /// `[base]/$export?_type=…&_since=…` (FHIR Bulk Data): one asynchronous
+    /// job for all of a source's `bulk-export` types, its NDJSON files streamed.
+    BulkExport,
 }
 
 impl Strategy {
@@ -26,6 +29,7 @@ impl Strategy {
             Strategy::LastUpdated => "last-updated",
             Strategy::History => "history",
             Strategy::Snapshot => "snapshot",
+            Strategy::BulkExport => "bulk-export",
         }
     }
 
@@ -34,9 +38,12 @@ impl Strategy {
             "last-updated" => Ok(Strategy::LastUpdated),
             "history" => Ok(Strategy::History),
             "snapshot" => Ok(Strategy::Snapshot),
+            "bulk-export" => Ok(Strategy::BulkExport),
             _ => Err(ctx.err(
                 s.span(),
-                format!("{what}: `{key}` must be \"last-updated\", \"history\" or \"snapshot\""),
+                format!(
+                    "{what}: `{key}` must be \"last-updated\", \"history\", \"snapshot\" or \"bulk-export\""
+                ),
             )),
         }
     }
@@ -47,6 +54,8 @@ impl Strategy {
 pub struct Strategies {
     pub default: Strategy,
     pub by_type: BTreeMap<String, Strategy>,
+    /// `export_group`: `Group/{id}`, the group a `bulk-export` exports.
+    pub export_group: Option<String>,
 }
 
 impl Strategies {
@@ -55,6 +64,15 @@ impl Strategies {
             .get(resource_type)
             .copied()
             .unwrap_or(self.default)
+    }
+
+    /// The types polled by `bulk-export`, in `resources` order: one export job
+    /// covers them all (the first of them runs it).
+    pub fn bulk_export_types(&self, resources: &[String]) -> Vec<String> {
+        (resources.iter())
+            .filter(|rt| self.for_type(rt) == Strategy::BulkExport)
+            .cloned()
+            .collect()
     }
 }
 
@@ -79,7 +97,39 @@ pub(super) fn validate(
         }
         by_type.insert(ty.clone(), Strategy::parse(ctx, what, &key, v)?);
     }
-    Ok(Strategies { default, by_type })
+    let bulk = resources
+        .iter()
+        .any(|rt| by_type.get(rt).copied().unwrap_or(default) == Strategy::BulkExport);
+    let export_group = match &s.export_group {
+        None => None,
+        Some(g) if !bulk => {
+            return Err(ctx.err(
+                g.span(),
+                format!("{what}: `export_group` is for `bulk-export` sources"),
+            ));
+        }
+        Some(g) => {
+            let id = g.get_ref().strip_prefix("Group/").unwrap_or("");
+            if !crate::source::bundle::is_fhir_id(id) {
+                return Err(ctx.err(
+                    g.span(),
+                    format!("{what}: `export_group` must be `Group/{{id}}`"),
+                ));
+            }
+            Some(g.get_ref().clone())
+        }
+    };
+    if bulk && let Some(p) = &s.patients {
+        return Err(ctx.err(
+            p.span(),
+            format!("{what}: `bulk-export` exports the population: no `patients` fan-out"),
+        ));
+    }
+    Ok(Strategies {
+        default,
+        by_type,
+        export_group,
+    })
 }
 
 #[cfg(test)]
@@ -110,6 +160,11 @@ mod tests {
         assert_eq!(s.for_type("Observation"), Strategy::LastUpdated);
         let s = load("strategy = \"snapshot\"\n").unwrap();
         assert_eq!(s.for_type("Encounter"), Strategy::Snapshot);
+        let s = load("strategy = \"bulk-export\"\nexport_group = \"Group/g1\"\n").unwrap();
+        assert_eq!(s.for_type("Encounter"), Strategy::BulkExport);
+        assert_eq!(s.export_group.as_deref(), Some("Group/g1"));
+        let all = ["Observation".to_string(), "Encounter".to_string()];
+        assert_eq!(s.bulk_export_types(&all), all);
     }
 
     #[test]
@@ -124,6 +179,13 @@ mod tests {
             e.contains("`strategy_by_type.Patient`: `Patient` is not one of `resources`"),
             "{e}"
         );
+        let e = load("export_group = \"Group/g\"\n").unwrap_err();
+        assert!(
+            e.contains("`export_group` is for `bulk-export` sources"),
+            "{e}"
+        );
+        let e = load("strategy = \"bulk-export\"\nexport_group = \"g\"\n").unwrap_err();
+        assert!(e.contains("`export_group` must be `Group/{id}`"), "{e}");
         let e = load("[source.strategy_by_type]\nEncounter = \"x\"\n").unwrap_err();
         assert!(e.contains("`strategy_by_type.Encounter` must be"), "{e}");
     }

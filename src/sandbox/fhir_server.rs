@@ -21,9 +21,9 @@ pub struct FhirSandbox {
 }
 
 #[derive(Clone)]
-struct AppState {
-    store: Arc<SandboxStore>,
-    base: String,
+pub(super) struct AppState {
+    pub(super) store: Arc<SandboxStore>,
+    pub(super) base: String,
 }
 
 impl FhirSandbox {
@@ -36,6 +36,16 @@ impl FhirSandbox {
         };
         let app = Router::new()
             .route("/fhir/metadata", get(metadata))
+            .route("/fhir/$export", get(super::export::kick_off_system))
+            .route(
+                "/fhir/{rtype}/{id}/$export",
+                get(super::export::kick_off_group),
+            )
+            .route(
+                "/fhir/_export/{job}",
+                get(super::export::status).delete(super::export::delete_job),
+            )
+            .route("/fhir/_export/{job}/{file}", get(super::export::file))
             .route("/fhir/{rtype}", get(search).post(create))
             .route("/fhir/{rtype}/_history", get(type_history))
             .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))

@@ -14,7 +14,9 @@
 //!   a `history` Bundle, oldest first, paged, `_since` inclusive; each entry's
 //!   `request.method` is POST (version 1), PUT (later) or DELETE (no
 //!   `resource`). Memory: see history.rs;
-//! - `Group/{id}` with members, written by `SandboxStore::set_group`.
+//! - `Group/{id}` with members, written by `SandboxStore::set_group`;
+//! - bulk data `$export` (and `Group/{id}/$export`), asynchronous, NDJSON
+//!   files: see export.rs (`store.exports` holds its test switches).
 //!
 //! Tests drive it through `FhirSandbox::store`: `upsert`, `delete`,
 //! `set_group`, `freeze_clock`, and `store.quirks` (quirks.rs) to act like
@@ -23,6 +25,7 @@
 //! `date_only` (no `Bundle.meta.lastUpdated`, only the `Date` header).
 
 mod bundle;
+mod export;
 pub mod fhir_server;
 pub mod generator;
 mod history;
@@ -32,6 +35,7 @@ pub mod receiver;
 mod search;
 mod store;
 
+pub use export::Exports;
 pub use fhir_server::FhirSandbox;
 pub use quirks::Quirks;
 pub use receiver::{Behaviour, Hit, Received, Receiver};

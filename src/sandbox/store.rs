@@ -82,6 +82,8 @@ pub struct SandboxStore {
     pub quirks: Quirks,
     /// Reads served (searches, histories, reads), for benches and tests.
     served: std::sync::atomic::AtomicU64,
+    /// `$export` jobs and their test switches (export.rs).
+    pub exports: super::export::Exports,
 }
 
 /// What a read finds.
@@ -238,6 +240,25 @@ impl SandboxStore {
             Some(_) => Lookup::Gone,
             None => Lookup::Missing,
         }
+    }
+
+    /// The types that have ever had a resource.
+    pub(super) fn types(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.lock().types.keys().cloned().collect();
+        all.sort();
+        all
+    }
+
+    /// Live resources of a type last updated at or after `since_ms`, oldest first.
+    pub(super) fn live_since(&self, resource_type: &str, since_ms: Option<i64>) -> Vec<Arc<str>> {
+        let inner = self.lock();
+        let Some(ts) = inner.types.get(resource_type) else {
+            return vec![];
+        };
+        let from = (since_ms.unwrap_or(i64::MIN), Arc::<str>::from(""));
+        (ts.index.range(from..))
+            .filter_map(|(_, id)| ts.by_id.get(id).and_then(|s| s.body.clone()))
+            .collect()
     }
 
     /// Live resources of a type.

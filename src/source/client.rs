@@ -236,46 +236,14 @@ impl FhirClient {
         url: &Url,
         authorization: Option<reqwest::header::HeaderValue>,
     ) -> Result<Fetched, FetchError> {
-        let mut url = url.clone();
-        let mut redirects = 0;
-        let mut sent;
-        let mut resp = loop {
-            // A server that does not know a search parameter ignores it unless
-            // told to be strict, and would then answer a different search.
-            let mut req = self
-                .http
-                .get(url.clone())
-                .timeout(self.timeout)
-                .header("Prefer", "handling=strict");
-            if let Some(a) = &authorization {
-                req = req.header(reqwest::header::AUTHORIZATION, a.clone());
-            }
-            sent = Instant::now();
-            let resp = req.send().await.map_err(classify)?;
-            let status = resp.status();
-            if !status.is_redirection() {
-                break resp;
-            }
-            // Followed only to a location this source may go to, a bounded
-            // number of times; the location itself is never shown.
-            let next = resp
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| url.join(l).ok())
-                .filter(|next| self.may_follow(&url, next));
-            match next {
-                Some(next) if redirects < MAX_REDIRECTS => {
-                    redirects += 1;
-                    url = next;
-                }
-                _ => {
-                    return Err(FetchError::Redirect {
-                        status: status.as_u16(),
-                    });
-                }
-            }
+        // A server that does not know a search parameter ignores it unless
+        // told to be strict, and would then answer a different search.
+        let request = Request {
+            method: reqwest::Method::GET,
+            prefer: "handling=strict",
+            whole_timeout: true,
         };
+        let (mut resp, sent) = self.send_once(&request, url, authorization).await?;
         let headers_received = Instant::now();
         let status = resp.status();
         if !status.is_success() {
@@ -312,6 +280,128 @@ impl FhirClient {
                 body_received: Instant::now(),
             },
         })
+    }
+}
+
+/// How `send_once` sends.
+struct Request {
+    method: reqwest::Method,
+    prefer: &'static str,
+    /// The timeout covers the whole body (a page); otherwise only the
+    /// answer's headers, and each read of the body (`next_chunk`).
+    whole_timeout: bool,
+}
+
+impl FhirClient {
+    /// One request, following redirects within the source's origins; the
+    /// response, whatever its status, and when it went out.
+    async fn send_once(
+        &self,
+        request: &Request,
+        url: &Url,
+        authorization: Option<HeaderValue>,
+    ) -> Result<(reqwest::Response, Instant), FetchError> {
+        let mut url = url.clone();
+        let mut redirects = 0;
+        loop {
+            let mut req = self
+                .http
+                .request(request.method.clone(), url.clone())
+                .header("Prefer", request.prefer);
+            if request.whole_timeout {
+                req = req.timeout(self.timeout);
+            }
+            if let Some(a) = &authorization {
+                req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+            }
+            let sent = Instant::now();
+            let resp = match tokio::time::timeout(self.timeout, req.send()).await {
+                Ok(r) => r.map_err(classify)?,
+                Err(_) => return Err(FetchError::Timeout),
+            };
+            let status = resp.status();
+            if !status.is_redirection() {
+                return Ok((resp, sent));
+            }
+            // Followed only to a location this source may go to, a bounded
+            // number of times; the location itself is never shown.
+            let next = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+                .filter(|next| self.may_follow(&url, next));
+            match next {
+                Some(next) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    url = next;
+                }
+                _ => {
+                    return Err(FetchError::Redirect {
+                        status: status.as_u16(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A request whose status and body the caller reads (a bulk export's
+    /// kick-off, status, files and delete): authenticated, redirects within
+    /// the source's origins, once more after a 401 with a refreshable
+    /// token. The timeout bounds the wait for the headers; the body is read
+    /// with `next_chunk` or `read_body`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        prefer: &'static str,
+    ) -> Result<reqwest::Response, FetchError> {
+        let request = Request {
+            method,
+            prefer,
+            whole_timeout: false,
+        };
+        let Some(auth) = &self.auth else {
+            return Ok(self.send_once(&request, url, None).await?.0);
+        };
+        let header = auth.header().await?;
+        let (resp, _) = self.send_once(&request, url, header.clone()).await?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED && auth.refreshable() {
+            if let Some(used) = &header {
+                auth.invalidate(used).await;
+            }
+            let header = auth.header().await?;
+            return Ok(self.send_once(&request, url, header).await?.0);
+        }
+        Ok(resp)
+    }
+
+    /// The next piece of a streamed body (`None` at its end), within the
+    /// source's timeout: a server that stops sending fails the read.
+    pub async fn next_chunk(
+        &self,
+        resp: &mut reqwest::Response,
+    ) -> Result<Option<bytes::Bytes>, FetchError> {
+        match tokio::time::timeout(self.timeout, resp.chunk()).await {
+            Ok(r) => r.map_err(classify),
+            Err(_) => Err(FetchError::Timeout),
+        }
+    }
+
+    /// A small body whole (a manifest), refused past `limit` bytes.
+    pub async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, FetchError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.next_chunk(&mut resp).await? {
+            if body.len() + chunk.len() > limit {
+                return Err(FetchError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 

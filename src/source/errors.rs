@@ -42,8 +42,35 @@ pub enum PollError {
         "{resource_type}: the server's response gave no time (no Bundle.meta.lastUpdated, no Date header)"
     )]
     NoServerTime { resource_type: String },
+    #[error("bulk export: {0}")]
+    Export(#[from] ExportError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+/// How a bulk export's job fails (`export_job.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("kick-off: {0}")]
+    KickOff(FetchError),
+    #[error("kick-off answered HTTP {0}, not 202 Accepted")]
+    KickOffStatus(u16),
+    #[error("kick-off gave no Content-Location (the job's status URL)")]
+    NoJobUrl,
+    #[error("the job's status URL leaves the source's origins (not followed)")]
+    ForeignJobUrl,
+    #[error("status: {0}")]
+    Status(FetchError),
+    #[error("the job failed (status HTTP {0}); the next poll starts a new export")]
+    Failed(u16),
+    #[error("manifest: {0}")]
+    Manifest(#[from] super::strategy::bulk_export::ManifestError),
+    #[error("output file {file} leaves the source's origins (not followed)")]
+    ForeignFile { file: usize },
+    #[error("output file {file}: {error}")]
+    File { file: usize, error: FetchError },
+    #[error("the job was gone again right after a new kick-off")]
+    GoneAgain,
 }
 
 impl PollError {
@@ -61,6 +88,24 @@ impl PollError {
                     },
                 ..
             } => RetryAction::for_status(*status, *retry_after),
+            PollError::Export(
+                ExportError::KickOff(FetchError::Status {
+                    status,
+                    retry_after,
+                })
+                | ExportError::Status(FetchError::Status {
+                    status,
+                    retry_after,
+                })
+                | ExportError::File {
+                    error:
+                        FetchError::Status {
+                            status,
+                            retry_after,
+                        },
+                    ..
+                },
+            ) => RetryAction::for_status(*status, *retry_after),
             _ => RetryAction::Retry,
         }
     }

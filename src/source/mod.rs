@@ -6,6 +6,7 @@ mod capability;
 pub mod client;
 pub mod clock;
 mod errors;
+mod export_job;
 mod fanout;
 mod full_walk;
 mod notes;

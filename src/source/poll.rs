@@ -248,7 +248,7 @@ impl SourceTask {
     /// How long one page may take: the request (and a token request before
     /// it) within their timeouts, then parsing and every hook's filter on
     /// each entry within the filter budget, with room to spare.
-    fn page_allowance(&self) -> std::time::Duration {
+    pub(super) fn page_allowance(&self) -> std::time::Duration {
         let filters = crate::filter::budget::TIME
             * self.source.page_size
             * (self.routing.borrow().routes.len() as u32).max(1);
@@ -308,7 +308,7 @@ impl SourceTask {
     }
 
     /// First poll of a target: fix where it starts.
-    async fn initialize(&self, key: &TargetKey) -> Result<TargetState, PollError> {
+    pub(super) async fn initialize(&self, key: &TargetKey) -> Result<TargetState, PollError> {
         let rt = key.resource_type.as_str();
         let (watermark, floor) = match &self.source.start {
             Start::Beginning => (None, None),
@@ -392,6 +392,9 @@ impl SourceTask {
         notes: &mut Notes,
     ) -> Result<Polled, PollError> {
         let strategy = self.source.strategies.for_type(&key.resource_type);
+        if strategy == strategy::Strategy::BulkExport {
+            return self.export_poll(key, cancel, stop, notes).await;
+        }
         let walk = Walk::Poll(strategy);
         let mut polled = self.walk_pages(key, cancel, stop, notes, walk).await?;
         polled.changes += self.reconcile_if_due(key, cancel, stop, notes).await?;

@@ -105,6 +105,9 @@ pub struct PageCommit {
     /// A backfill's page: its progress is written to the backfill job, and
     /// the poll target (watermark, counters) is left alone.
     pub backfill: Option<BackfillProgress>,
+    /// A bulk export's chunk: how far its job's files are read, written
+    /// with the chunk (a restart resumes after the last committed one).
+    pub export: Option<super::ExportProgress>,
 }
 
 /// Where a backfill got to with this page.
@@ -290,6 +293,9 @@ impl Store {
                     page.resources_read as i64,
                     page.patient.as_deref().unwrap_or("")
                 ])?;
+                }
+                if let Some(progress) = &page.export {
+                    super::export::record_chunk(&tx, &page.source, progress)?;
                 }
                 let mut errs = tx.prepare_cached(
                     "INSERT INTO hook_stats (hook, filter_errors) VALUES (?1, ?2)

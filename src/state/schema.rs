@@ -241,6 +241,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE poll_target ADD COLUMN last_reconcile_at INTEGER;       -- our clock, ms
     ALTER TABLE poll_target ADD COLUMN last_reconcile_changes INTEGER;
     "#,
+    // 11: a `bulk-export` source's job in flight: its status URL (kept before
+    // it is first polled, so a restart resumes it) and how far its files
+    // were read (written with each chunk's seen rows and messages).
+    r#"
+    CREATE TABLE export_job (
+        source           TEXT PRIMARY KEY,
+        job_url          TEXT NOT NULL,
+        since            TEXT,                -- the export's _since; NULL: everything
+        kicked_off_at    INTEGER NOT NULL,    -- our clock, ms
+        transaction_time TEXT,                -- the manifest's, once seen
+        files_done       INTEGER NOT NULL DEFAULT 0,  -- output files read to the end
+        lines_done       INTEGER NOT NULL DEFAULT 0   -- lines of the next file committed
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -86,6 +86,7 @@ pub fn poll_outcome(e: &PollError) -> &'static str {
         | PollError::ForeignNextLink { .. }
         | PollError::PageCap { .. } => "paging",
         PollError::Clock { .. } | PollError::NoServerTime { .. } => "clock",
+        PollError::Export(_) => "export",
         PollError::State(_) => "state",
     }
 }

@@ -4,6 +4,7 @@
 //! poll loop (`poll.rs`), the page pipeline (`page.rs`: parse, diff, filter,
 //! route) and the watermark rule (`watermark.rs`) are shared by all.
 
+pub(super) mod bulk_export;
 mod history;
 mod last_updated;
 pub(super) mod snapshot;
@@ -64,7 +65,9 @@ pub fn first_url(
 ) -> Url {
     let rt = target.resource_type.as_str();
     let mut url = match strategy {
-        Strategy::LastUpdated => search_url(source, rt, since, until),
+        // A bulk export's job is run by `export_job.rs`; its URL is
+        // `bulk_export::kickoff_url`. A plain search is the fallback here.
+        Strategy::LastUpdated | Strategy::BulkExport => search_url(source, rt, since, until),
         Strategy::History => history::history_url(source, rt, since),
         // The whole set, whatever the window.
         Strategy::Snapshot => snapshot::snapshot_url(source, rt),
@@ -79,7 +82,8 @@ pub fn first_url(
 
 pub fn entry_mode(strategy: Strategy) -> EntryMode {
     match strategy {
-        Strategy::LastUpdated | Strategy::Snapshot => EntryMode::Search,
+        // An exported NDJSON line is a resource, as a search match is.
+        Strategy::LastUpdated | Strategy::Snapshot | Strategy::BulkExport => EntryMode::Search,
         Strategy::History => EntryMode::History,
     }
 }

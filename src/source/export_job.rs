@@ -1,0 +1,529 @@
+//! Runs a `bulk-export` source's job: kick off (the status URL saved before
+//! it is first polled), poll its status as `Retry-After` says, stream each
+//! output file line by line into the page pipeline in chunks of `page_size`
+//! lines (each chunk committed with the job's progress), then move every
+//! exported type's watermark to the manifest's `transactionTime` and
+//! `DELETE` the job. A restart finds the job in state and resumes it: the
+//! same status URL, the committed files and lines skipped.
+
+use super::errors::{ExportError, PollError};
+use super::notes::Notes;
+use super::page::{self, PageJob};
+use super::poll::{FUTURE_TOLERANCE, Polled, SourceTask};
+use super::routing::Routing;
+use super::strategy::EntryMode;
+use super::strategy::bulk_export::{
+    self as bulk, Line, LineSplitter, MAX_LINE_BYTES, MAX_MANIFEST_BYTES, Manifest,
+};
+use crate::config::Start;
+use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
+use crate::telemetry::Event;
+use crate::telemetry::source::PageCommitted;
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// How a job's run ended.
+enum JobEnd {
+    /// Read to the end: watermarks moved, the job deleted.
+    Done,
+    /// Shutdown: everything read so far is committed; the job resumes.
+    Stopped,
+    /// The server no longer knows the job (404/410): start over.
+    Gone,
+}
+
+/// What one poll of the job carries along.
+struct Run<'a> {
+    cancel: &'a CancellationToken,
+    stop: &'a Arc<AtomicBool>,
+    notes: &'a mut Notes,
+    polled: Polled,
+    routing: Arc<Routing>,
+    window_start: Option<DateTime<Utc>>,
+    detected_at: String,
+    page_no: usize,
+}
+
+impl SourceTask {
+    /// A poll of a `bulk-export` target. The source's first bulk-export type
+    /// runs the job for all of them; the others have nothing of their own to do.
+    pub(super) async fn export_poll(
+        &self,
+        key: &TargetKey,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
+    ) -> Result<Polled, PollError> {
+        let name = &self.source.name;
+        let types = (self.source.strategies).bulk_export_types(&self.source.resources);
+        if types.first() != Some(&key.resource_type) || key.patient.is_some() {
+            return Ok(Polled::default());
+        }
+        // The window starts at the oldest of the types' watermarks.
+        let mut since: Option<DateTime<Utc>> = None;
+        let mut from_beginning = false;
+        let mut floor: Option<DateTime<Utc>> = None;
+        let mut fresh = false;
+        for rt in &types {
+            let k = TargetKey::population(name, rt);
+            let mut state = self.store.target_state(&k).await?;
+            if !state.initialized {
+                state = self.initialize(&k).await?;
+                fresh = true;
+            }
+            let parse = |s: &Option<String>| s.as_deref().and_then(super::bundle::parse_instant);
+            match parse(&state.watermark) {
+                Some(w) => since = Some(since.map_or(w, |s| s.min(w))),
+                None => from_beginning = true,
+            }
+            floor = parse(&state.floor).or(floor);
+        }
+        if fresh && self.source.start == Start::Now {
+            // Exports begin from the next tick, from now on.
+            return Ok(Polled::default());
+        }
+        let overlap =
+            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
+        let since = match from_beginning {
+            true => floor,
+            false => since.map(|w| {
+                let back = w
+                    .checked_sub_signed(overlap)
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                floor.map_or(back, |f| back.max(f))
+            }),
+        };
+        let mut run = Run {
+            cancel,
+            stop,
+            notes,
+            polled: Polled::default(),
+            routing: self.routing.borrow().clone(),
+            window_start: since,
+            detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            page_no: 0,
+        };
+        let mut kicked_off = false;
+        loop {
+            let job = match self.store.export_job(name).await? {
+                Some(job) => job,
+                None => {
+                    kicked_off = true;
+                    self.kick_off(&types, since).await?
+                }
+            };
+            // A resumed job's window is its own.
+            run.window_start = job.since.as_deref().and_then(super::bundle::parse_instant);
+            match self.run_job(&types, &job, &mut run).await? {
+                JobEnd::Done => {
+                    run.polled.complete = true;
+                    return Ok(run.polled);
+                }
+                JobEnd::Stopped => return Ok(run.polled),
+                JobEnd::Gone if kicked_off => return Err(ExportError::GoneAgain.into()),
+                JobEnd::Gone => {
+                    self.store.drop_export_job(name).await?;
+                    run.notes.warn(
+                        "the bulk export job was gone (HTTP 404/410, expired); a new export started from the watermark"
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `$export` with `Prefer: respond-async`: 202 and the job's status URL
+    /// in `Content-Location`, saved before anything else happens.
+    async fn kick_off(
+        &self,
+        types: &[String],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<ExportJob, PollError> {
+        let url = bulk::kickoff_url(&self.source, types, since);
+        self.limiter
+            .acquire(self.source.max_requests_per_second)
+            .await;
+        let resp = (self.client)
+            .send(Method::GET, &url, "respond-async")
+            .await
+            .map_err(ExportError::KickOff)?;
+        let status = resp.status().as_u16();
+        if status != 202 {
+            let retry_after = super::client::parse_retry_after(resp.headers());
+            if status >= 400 {
+                let error = super::client::FetchError::Status {
+                    status,
+                    retry_after,
+                };
+                return Err(ExportError::KickOff(error).into());
+            }
+            return Err(ExportError::KickOffStatus(status).into());
+        }
+        let job_url = resp
+            .headers()
+            .get(reqwest::header::CONTENT_LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ExportError::NoJobUrl)?;
+        // The status URL gets the source's credentials: on its origins only.
+        let job_url =
+            bulk::file_url(&self.source, &url, job_url).ok_or(ExportError::ForeignJobUrl)?;
+        let since = since.map(super::bundle::format_instant);
+        if self.dry_run.is_some() {
+            return Ok(ExportJob {
+                job_url: job_url.to_string(),
+                since,
+                kicked_off_at: crate::state::now_ms(),
+                transaction_time: None,
+                files_done: 0,
+                lines_done: 0,
+            });
+        }
+        Ok(self
+            .store
+            .save_export_job(&self.source.name, job_url.as_str(), since)
+            .await?)
+    }
+
+    /// Status until the manifest, then the files not yet read, then the end.
+    async fn run_job(
+        &self,
+        types: &[String],
+        job: &ExportJob,
+        run: &mut Run<'_>,
+    ) -> Result<JobEnd, PollError> {
+        let name = &self.source.name;
+        let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
+        if !self.source.allows(&job_url) {
+            return Err(ExportError::ForeignJobUrl.into());
+        }
+        let Some(manifest) = self.manifest(&job_url, run).await? else {
+            return Ok(if run.cancel.is_cancelled() {
+                JobEnd::Stopped
+            } else {
+                JobEnd::Gone
+            });
+        };
+        if self.dry_run.is_none() {
+            let tt = super::bundle::format_instant(manifest.transaction_time);
+            self.store.note_export_manifest(name, &tt).await?;
+        }
+        if !manifest.errors.is_empty() {
+            run.notes.warn(format!(
+                "the bulk export reported {} error file(s) (OperationOutcome); the exported resources are delivered",
+                manifest.errors.len()
+            ));
+        }
+        for (index, file) in manifest.output.iter().enumerate() {
+            let done = index as i64;
+            if done < job.files_done || !types.contains(&file.resource_type) {
+                continue;
+            }
+            let url = bulk::file_url(&self.source, &job_url, &file.url)
+                .ok_or(ExportError::ForeignFile { file: index })?;
+            let skip = if done == job.files_done {
+                job.lines_done.max(0) as u64
+            } else {
+                0
+            };
+            let rt = &file.resource_type;
+            if !self.download(index, rt, &url, skip, run).await? {
+                return Ok(JobEnd::Stopped);
+            }
+            if self.dry_run.is_none() {
+                self.store.export_file_done(name, done + 1).await?;
+            }
+        }
+        let tt = super::bundle::format_instant(manifest.transaction_time);
+        if self.dry_run.is_none() {
+            self.store.finish_export(name, types.to_vec(), &tt).await?;
+            for rt in types {
+                self.known.forget(&TargetKey::population(name, rt));
+            }
+        }
+        // The server may drop the files now. A failed DELETE leaves them
+        // to its own expiry: nothing of ours depends on it.
+        match self.client.send(Method::DELETE, &job_url, "").await {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => {}
+            Ok(r) => {
+                tracing::warn!(source = %name, status = r.status().as_u16(), "bulk export: DELETE of the finished job failed")
+            }
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "bulk export: DELETE of the finished job failed")
+            }
+        }
+        Ok(JobEnd::Done)
+    }
+
+    /// Polls the job's status until its manifest is ready. `None`: the job
+    /// is gone (404/410), or a shutdown came first.
+    async fn manifest(
+        &self,
+        job_url: &Url,
+        run: &mut Run<'_>,
+    ) -> Result<Option<Manifest>, PollError> {
+        loop {
+            self.beat.expect_within(self.page_allowance());
+            self.limiter
+                .acquire(self.source.max_requests_per_second)
+                .await;
+            let resp = (self.client)
+                .send(Method::GET, job_url, "")
+                .await
+                .map_err(ExportError::Status)?;
+            let status = resp.status().as_u16();
+            match status {
+                200 => {
+                    let body = (self.client)
+                        .read_body(resp, MAX_MANIFEST_BYTES)
+                        .await
+                        .map_err(ExportError::Status)?;
+                    return Ok(Some(
+                        bulk::parse_manifest(&body).map_err(ExportError::from)?,
+                    ));
+                }
+                202 => {
+                    let wait = bulk::status_wait(super::client::parse_retry_after(resp.headers()));
+                    if let Some(p) = bulk::progress(resp.headers()) {
+                        tracing::info!(source = %self.source.name, progress = %p, "bulk export in progress");
+                    }
+                    self.beat.expect_within(wait + self.page_allowance());
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = run.cancel.cancelled() => return Ok(None),
+                    }
+                }
+                404 | 410 => return Ok(None),
+                // Busy: the job stays; the next tick asks again.
+                429 | 503 | 500..=599 => {
+                    let retry_after = super::client::parse_retry_after(resp.headers());
+                    let error = super::client::FetchError::Status {
+                        status,
+                        retry_after,
+                    };
+                    return Err(ExportError::Status(error).into());
+                }
+                // The job failed: the next poll kicks off a new one.
+                _ => {
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(&self.source.name).await?;
+                    }
+                    return Err(ExportError::Failed(status).into());
+                }
+            }
+        }
+    }
+
+    /// Streams output file `index` (of type `rt`), its first `skip` lines
+    /// already committed. Returns false on shutdown.
+    async fn download(
+        &self,
+        index: usize,
+        rt: &str,
+        url: &Url,
+        skip: u64,
+        run: &mut Run<'_>,
+    ) -> Result<bool, PollError> {
+        let file_err = |error| ExportError::File { file: index, error };
+        self.limiter
+            .acquire(self.source.max_requests_per_second)
+            .await;
+        self.beat.expect_within(self.page_allowance());
+        let mut resp = (self.client)
+            .send(Method::GET, url, "")
+            .await
+            .map_err(file_err)?;
+        if !resp.status().is_success() {
+            let error = super::client::FetchError::Status {
+                status: resp.status().as_u16(),
+                retry_after: super::client::parse_retry_after(resp.headers()),
+            };
+            return Err(file_err(error).into());
+        }
+        let chunk_lines = self.source.page_size.max(1) as usize;
+        let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+        let mut pending: Vec<Line> = Vec::new();
+        let mut batch: Vec<Line> = Vec::with_capacity(chunk_lines);
+        let mut line_no: u64 = 0;
+        loop {
+            self.beat.expect_within(self.page_allowance());
+            let piece = self.client.next_chunk(&mut resp).await.map_err(file_err)?;
+            let ended = piece.is_none();
+            match piece {
+                Some(bytes) => splitter.push(&bytes, &mut pending),
+                None => {
+                    let last = std::mem::replace(&mut splitter, LineSplitter::new(0)).finish();
+                    pending.extend(last);
+                }
+            }
+            for line in pending.drain(..) {
+                line_no += 1;
+                if line_no <= skip {
+                    continue;
+                }
+                batch.push(line);
+                if batch.len() >= chunk_lines {
+                    let lines = std::mem::take(&mut batch);
+                    if !self.commit_lines(index, rt, lines, line_no, run).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+            if ended {
+                break;
+            }
+            // Between committed chunks a shutdown loses nothing.
+            if run.cancel.is_cancelled() && batch.is_empty() {
+                return Ok(false);
+            }
+        }
+        if !batch.is_empty() && !self.commit_lines(index, rt, batch, line_no, run).await? {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// One chunk of lines through the page pipeline, committed with the
+    /// job's progress (`upto`: the file's lines read so far). Returns false
+    /// when a shutdown abandoned it (nothing committed).
+    async fn commit_lines(
+        &self,
+        index: usize,
+        rt: &str,
+        lines: Vec<Line>,
+        upto: u64,
+        run: &mut Run<'_>,
+    ) -> Result<bool, PollError> {
+        let first_line = upto + 1 - lines.len() as u64;
+        let (body, bad) = bulk::lines_to_bundle(&lines);
+        drop(lines);
+        for (i, reason) in bad {
+            run.notes.skip(format!(
+                "{rt} file {index}, line {}: {reason}; skipped, not delivered",
+                first_line + i as u64
+            ));
+        }
+        run.page_no += 1;
+        let job = PageJob {
+            source: self.source.name.clone(),
+            owner_id: self.source.owner_id.clone(),
+            resource_type: rt.to_string(),
+            mode: EntryMode::Search,
+            window_start: run.window_start,
+            window_end: None,
+            collect_ids: false,
+            horizon: self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE,
+            routes: run.routing.routes.clone(),
+            detected_at: run.detected_at.clone(),
+            stop: run.stop.clone(),
+        };
+        let page = page::process_blocking(self.store.clone(), job, body, run.page_no).await?;
+        if page.cancelled {
+            return Ok(false);
+        }
+        run.notes.page(page.commit.resources_read);
+        for s in &page.skipped {
+            run.notes.skip(format!(
+                "{rt} file {index}, from line {first_line}, entry {}: {}; skipped, not delivered",
+                s.index, s.reason
+            ));
+        }
+        let mut commit: PageCommit = page.commit;
+        commit.export = Some(ExportProgress {
+            file: index as i64,
+            lines: upto as i64,
+        });
+        run.polled.changes += commit.changes;
+        if commit.changes == 0 {
+            run.polled.rereads += commit.resources_read;
+        }
+        let woken: std::collections::HashSet<String> =
+            commit.messages.iter().map(|m| m.hook.clone()).collect();
+        match &self.dry_run {
+            Some(sink) => sink.record(commit),
+            None => {
+                let committed =
+                    PageCommitted::new(&commit, &run.routing.routes, page.created, page.deleted);
+                self.store.commit_page(commit).await?;
+                committed.emit();
+            }
+        }
+        for hook in woken {
+            if let Some(w) = run.routing.wakers.get(&hook) {
+                w.notify_one();
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::client::FhirClient;
+    use axum::body::{Body, Bytes};
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    const LINE: &str = r#"{"resourceType":"Observation","id":"x","status":"final"}"#;
+    const LINES: usize = 900_000; // about 50 MB
+
+    /// Serves an NDJSON body generated as it is sent: `LINES` short lines,
+    /// with one line of 20 MB (over the bound) in the middle.
+    async fn big_ndjson_server() -> Url {
+        let app = axum::Router::new().route(
+            "/big.ndjson",
+            axum::routing::get(|| async {
+                let lines = futures_util::stream::iter(0..LINES).map(|i| {
+                    let line = if i == LINES / 2 {
+                        format!("{}\n", "y".repeat(20 * 1024 * 1024))
+                    } else {
+                        format!("{LINE}\n")
+                    };
+                    Ok::<_, std::io::Error>(Bytes::from(line))
+                });
+                Body::from_stream(lines)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Url::parse(&format!("http://{addr}/big.ndjson")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_large_file_streams_in_small_pieces_and_one_line_at_a_time() {
+        let url = big_ndjson_server().await;
+        let client = FhirClient::new(Duration::from_secs(30)).unwrap();
+        let mut resp = client.send(Method::GET, &url, "").await.unwrap();
+        let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+        let (mut bytes, mut biggest_piece, mut held) = (0usize, 0usize, 0usize);
+        let (mut lines, mut too_long) = (0usize, 0usize);
+        let mut out = Vec::new();
+        while let Some(piece) = client.next_chunk(&mut resp).await.unwrap() {
+            bytes += piece.len();
+            biggest_piece = biggest_piece.max(piece.len());
+            splitter.push(&piece, &mut out);
+            held = held.max(splitter.held());
+            for line in out.drain(..) {
+                match line {
+                    Line::Complete(l) => {
+                        assert_eq!(l, LINE.as_bytes());
+                        lines += 1;
+                    }
+                    Line::TooLong => too_long += 1,
+                }
+            }
+        }
+        assert!(splitter.finish().is_none());
+        assert!(bytes > 70_000_000, "{bytes}");
+        assert_eq!((lines, too_long), (LINES - 1, 1));
+        // Never the body whole: pieces as they came off the wire, and at
+        // most one line (bounded) held between them.
+        assert!(biggest_piece <= 1024 * 1024, "{biggest_piece}");
+        assert!(held <= MAX_LINE_BYTES, "{held}");
+    }
+}

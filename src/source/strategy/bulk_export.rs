@@ -1,0 +1,397 @@
+//! `bulk-export` (FHIR Bulk Data): `[base]/$export?_type=A,B&_since=…` (or
+//! `[base]/Group/{id}/$export`) kicked off with `Prefer: respond-async`; the
+//! job's status URL answers 202 until its manifest is ready, then 200 with
+//! `{transactionTime, output: [{type, url}], error: [...]}`; the output files
+//! are NDJSON, one resource a line. This file holds what can be said
+//! without a network: the URL, the manifest, the waits, the lines. The job
+//! itself is run by `source/export_job.rs`.
+
+use crate::config::Source;
+use crate::source::bundle::{format_instant, parse_instant};
+use chrono::{DateTime, Utc};
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use std::time::Duration;
+use url::Url;
+
+/// The longest line read from an output file. A longer one is skipped (and
+/// noted), never buffered whole.
+pub(in crate::source) const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest manifest read (a job with thousands of files is a few MB).
+pub(in crate::source) const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Status polls wait what `Retry-After` says, within these bounds.
+pub(in crate::source) const MIN_STATUS_WAIT: Duration = Duration::from_secs(1);
+pub(in crate::source) const MAX_STATUS_WAIT: Duration = Duration::from_secs(3600);
+/// Without a `Retry-After`.
+const DEFAULT_STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// `X-Progress` is shown in logs: at most this much of it.
+const MAX_PROGRESS_CHARS: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not a bulk data manifest: {0}")]
+    Json(String),
+    #[error("transactionTime is not an instant")]
+    TransactionTime,
+}
+
+/// `[base]/$export` or `[base]/Group/{id}/$export`, with the types, the
+/// window's start (none: everything) and NDJSON as the format.
+pub(in crate::source) fn kickoff_url(
+    source: &Source,
+    types: &[String],
+    since: Option<DateTime<Utc>>,
+) -> Url {
+    let path = match &source.strategies.export_group {
+        Some(group) => format!("{group}/$export"),
+        None => "$export".to_string(),
+    };
+    let mut url = source
+        .base_url
+        .join(&path)
+        .unwrap_or_else(|_| source.base_url.clone());
+    {
+        let mut q = url.query_pairs_mut();
+        q.clear();
+        q.append_pair("_outputFormat", "application/fhir+ndjson");
+        q.append_pair("_type", &types.join(","));
+        if let Some(t) = since {
+            q.append_pair("_since", &format_instant(t));
+        }
+    }
+    url
+}
+
+/// How long to wait before the next status request.
+pub(in crate::source) fn status_wait(retry_after: Option<Duration>) -> Duration {
+    retry_after
+        .unwrap_or(DEFAULT_STATUS_WAIT)
+        .clamp(MIN_STATUS_WAIT, MAX_STATUS_WAIT)
+}
+
+/// `X-Progress`, printable and short, for the logs.
+pub(in crate::source) fn progress(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("x-progress")?.to_str().ok()?;
+    let short: String = v.chars().take(MAX_PROGRESS_CHARS).collect();
+    Some(crate::logsafe::escape(&short))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(in crate::source) struct OutputFile {
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub(in crate::source) struct Manifest {
+    pub transaction_time: DateTime<Utc>,
+    pub output: Vec<OutputFile>,
+    /// OperationOutcome files: the server's own errors, noted, not read.
+    pub errors: Vec<OutputFile>,
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    #[serde(rename = "transactionTime")]
+    transaction_time: String,
+    #[serde(default)]
+    output: Vec<OutputFile>,
+    #[serde(default)]
+    error: Vec<OutputFile>,
+}
+
+pub(in crate::source) fn parse_manifest(body: &[u8]) -> Result<Manifest, ManifestError> {
+    let raw: RawManifest = serde_json::from_slice(body).map_err(|e| {
+        // The position, not the text: the body is the server's.
+        ManifestError::Json(format!("line {} column {}", e.line(), e.column()))
+    })?;
+    let transaction_time =
+        parse_instant(&raw.transaction_time).ok_or(ManifestError::TransactionTime)?;
+    Ok(Manifest {
+        transaction_time,
+        output: raw.output,
+        errors: raw.error,
+    })
+}
+
+/// A file URL from the manifest, resolved against the job's URL, if it is
+/// on the source's origins (the bridge's credentials go with it).
+pub(in crate::source) fn file_url(source: &Source, job: &Url, url: &str) -> Option<Url> {
+    let url = job.join(url).ok()?;
+    (matches!(url.scheme(), "http" | "https") && source.allows(&url)).then_some(url)
+}
+
+/// One line of an NDJSON file.
+#[derive(Debug, PartialEq, Eq)]
+pub(in crate::source) enum Line {
+    Complete(Vec<u8>),
+    /// Longer than the bound: dropped as it streamed by.
+    TooLong,
+}
+
+/// Splits a byte stream on `\n`, holding at most one line (of at most
+/// `max` bytes) at a time.
+pub(in crate::source) struct LineSplitter {
+    buf: Vec<u8>,
+    max: usize,
+    overlong: bool,
+}
+
+impl LineSplitter {
+    pub(in crate::source) fn new(max: usize) -> Self {
+        LineSplitter {
+            buf: Vec::new(),
+            max,
+            overlong: false,
+        }
+    }
+
+    /// The lines `chunk` completes, in order.
+    pub(in crate::source) fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Line>) {
+        loop {
+            let (part, rest, ended) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], &chunk[i + 1..], true),
+                None => (chunk, &chunk[chunk.len()..], false),
+            };
+            if !self.overlong {
+                if self.buf.len() + part.len() > self.max {
+                    self.overlong = true;
+                    // Give the memory back now, not at the line's end.
+                    self.buf = Vec::new();
+                } else {
+                    // Grown by doubling, but never past the bound.
+                    let need = self.buf.len() + part.len();
+                    if need > self.buf.capacity() {
+                        let target = (self.buf.capacity() * 2).max(need).min(self.max);
+                        self.buf.reserve_exact(target - self.buf.len());
+                    }
+                    self.buf.extend_from_slice(part);
+                }
+            }
+            if !ended {
+                return;
+            }
+            out.push(self.take());
+            chunk = rest;
+        }
+    }
+
+    /// The bytes held for the line in progress (its buffer's capacity).
+    #[cfg(test)]
+    pub(in crate::source) fn held(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The last line, when the stream did not end with a newline.
+    pub(in crate::source) fn finish(mut self) -> Option<Line> {
+        (self.overlong || !self.buf.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> Line {
+        if std::mem::take(&mut self.overlong) {
+            return Line::TooLong;
+        }
+        let mut line = std::mem::take(&mut self.buf);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Line::Complete(line)
+    }
+}
+
+/// Why a line was not made an entry.
+pub(in crate::source) const NOT_AN_OBJECT: &str = "an NDJSON line that is not a JSON object";
+pub(in crate::source) const TOO_LONG: &str = "an NDJSON line longer than 16 MB";
+
+/// A searchset Bundle of `lines` for the page pipeline: each line that is
+/// a JSON object becomes an entry; blank lines are nothing; the others are
+/// returned by their position in `lines` with the reason.
+pub(in crate::source) fn lines_to_bundle(lines: &[Line]) -> (Vec<u8>, Vec<(usize, &'static str)>) {
+    let size = lines
+        .iter()
+        .map(|l| match l {
+            Line::Complete(b) => b.len() + 16,
+            Line::TooLong => 0,
+        })
+        .sum::<usize>();
+    let mut body = Vec::with_capacity(size + 64);
+    body.extend_from_slice(br#"{"resourceType":"Bundle","type":"searchset","entry":["#);
+    let mut skipped = Vec::new();
+    let mut first = true;
+    for (i, line) in lines.iter().enumerate() {
+        let text = match line {
+            Line::TooLong => {
+                skipped.push((i, TOO_LONG));
+                continue;
+            }
+            Line::Complete(b) => b.trim_ascii(),
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let object = text.first() == Some(&b'{')
+            && serde_json::from_slice::<&serde_json::value::RawValue>(text).is_ok();
+        if !object {
+            skipped.push((i, NOT_AN_OBJECT));
+            continue;
+        }
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(br#"{"resource":"#);
+        body.extend_from_slice(text);
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
+    (body, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn source(extra: &str) -> Source {
+        Config::from_str(
+            &format!(
+                "state_dir = \"s\"\n[[source]]\nname = \"ehr\"\nbase_url = \"http://127.0.0.1:1/fhir/\"\n\
+                 resources = [\"Patient\", \"Observation\"]\nstrategy = \"bulk-export\"\n{extra}"
+            ),
+            Path::new("b.toml"),
+        )
+        .unwrap()
+        .sources
+        .remove(0)
+    }
+
+    #[test]
+    fn the_kickoff_names_the_types_the_window_and_the_group() {
+        let s = source("");
+        let types = s.strategies.bulk_export_types(&s.resources);
+        let since = "2026-11-30T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            kickoff_url(&s, &types, Some(since)).as_str(),
+            "http://127.0.0.1:1/fhir/$export?_outputFormat=application%2Ffhir%2Bndjson\
+             &_type=Patient%2CObservation&_since=2026-11-30T10%3A00%3A00.000Z"
+        );
+        let s = source("export_group = \"Group/g1\"\n");
+        let url = kickoff_url(&s, &types, None);
+        assert_eq!(url.path(), "/fhir/Group/g1/$export");
+        assert!(!url.query().unwrap().contains("_since"));
+    }
+
+    #[test]
+    fn status_waits_follow_retry_after_within_bounds() {
+        assert_eq!(status_wait(None), DEFAULT_STATUS_WAIT);
+        assert_eq!(status_wait(Some(Duration::ZERO)), MIN_STATUS_WAIT);
+        assert_eq!(
+            status_wait(Some(Duration::from_secs(120))),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            status_wait(Some(Duration::from_secs(86_400))),
+            MAX_STATUS_WAIT
+        );
+        let mut h = HeaderMap::new();
+        assert_eq!(progress(&h), None);
+        h.insert(
+            "x-progress",
+            "50% done\u{7}"
+                .parse()
+                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("50% done")),
+        );
+        assert!(progress(&h).unwrap().starts_with("50% done"));
+        h.insert(
+            "x-progress",
+            reqwest::header::HeaderValue::from_str(&"x".repeat(500)).unwrap(),
+        );
+        assert_eq!(progress(&h).unwrap().len(), MAX_PROGRESS_CHARS);
+    }
+
+    #[test]
+    fn a_manifest_gives_its_time_outputs_and_errors() {
+        let m = parse_manifest(
+            br#"{"transactionTime":"2026-11-30T10:00:00.123Z","request":"x","requiresAccessToken":true,
+                "output":[{"type":"Patient","url":"http://127.0.0.1:1/fhir/_export/1/0.ndjson","count":2}],
+                "error":[{"type":"OperationOutcome","url":"http://127.0.0.1:1/e.ndjson"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            format_instant(m.transaction_time),
+            "2026-11-30T10:00:00.123Z"
+        );
+        assert_eq!(m.output.len(), 1);
+        assert_eq!(m.output[0].resource_type, "Patient");
+        assert_eq!(m.errors.len(), 1);
+        let empty = parse_manifest(br#"{"transactionTime":"2026-11-30T10:00:00Z"}"#).unwrap();
+        assert!(empty.output.is_empty());
+        assert!(matches!(
+            parse_manifest(br#"{"transactionTime":"yesterday"}"#),
+            Err(ManifestError::TransactionTime)
+        ));
+        assert!(matches!(
+            parse_manifest(b"<html>"),
+            Err(ManifestError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn file_urls_stay_on_the_source_origins() {
+        let s = source("allowed_origins = [\"https://files.example\"]\n");
+        let job = Url::parse("http://127.0.0.1:1/fhir/_export/7").unwrap();
+        assert!(file_url(&s, &job, "http://127.0.0.1:1/fhir/_export/7/0.ndjson").is_some());
+        assert!(file_url(&s, &job, "7/1.ndjson").is_some(), "relative");
+        assert!(file_url(&s, &job, "https://files.example/a.ndjson").is_some());
+        assert!(file_url(&s, &job, "https://evil.example/a.ndjson").is_none());
+        assert!(file_url(&s, &job, "http://127.0.0.1:2/a.ndjson").is_none());
+        assert!(file_url(&s, &job, "file:///etc/passwd").is_none());
+    }
+
+    fn complete(s: &str) -> Line {
+        Line::Complete(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn lines_split_across_chunks_with_a_partial_last_line_and_an_overlong_one() {
+        let mut sp = LineSplitter::new(8);
+        let mut out = Vec::new();
+        for chunk in ["{\"a\"", ":1}\n{}\r\n", "0123456789", "abc\nx", "y"] {
+            sp.push(chunk.as_bytes(), &mut out);
+        }
+        assert_eq!(out, [complete("{\"a\":1}"), complete("{}"), Line::TooLong]);
+        assert!(sp.buf.capacity() <= 8, "an over-long line is not held");
+        assert_eq!(sp.finish(), Some(complete("xy")));
+        let sp = LineSplitter::new(8);
+        assert_eq!(sp.finish(), None);
+        let mut sp = LineSplitter::new(4);
+        let mut out = Vec::new();
+        sp.push(b"123456", &mut out);
+        assert_eq!(sp.finish(), Some(Line::TooLong));
+    }
+
+    #[test]
+    fn lines_become_a_bundle_and_bad_lines_are_named() {
+        let lines = [
+            complete(r#"{"resourceType":"Patient","id":"a"}"#),
+            complete(""),
+            complete("[1]"),
+            complete(r#"{"resourceType":"Patient","id":"b""#),
+            Line::TooLong,
+            complete(r#" {"resourceType":"Patient","id":"c"} "#),
+        ];
+        let (body, skipped) = lines_to_bundle(&lines);
+        assert_eq!(
+            skipped,
+            [(2, NOT_AN_OBJECT), (3, NOT_AN_OBJECT), (4, TOO_LONG)]
+        );
+        let page = crate::source::bundle::parse_page(&body).unwrap();
+        let ids: Vec<_> = page.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+    }
+}

@@ -1,0 +1,218 @@
+//! A `bulk-export` source's job in flight: its status URL, kept before the
+//! first status request so that a restart resumes the job instead of
+//! starting another, and how far its output files were read.
+
+use super::{StateError, Store, now_ms};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportJob {
+    pub job_url: String,
+    /// The `_since` it was kicked off with; `None`: everything.
+    pub since: Option<String>,
+    pub kicked_off_at: i64,
+    pub transaction_time: Option<String>,
+    /// Output files read to their end (in manifest order).
+    pub files_done: i64,
+    /// Lines of file `files_done` already committed.
+    pub lines_done: i64,
+}
+
+/// Where a chunk's commit leaves the job: `lines` of file `file` are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportProgress {
+    pub file: i64,
+    pub lines: i64,
+}
+
+impl Store {
+    pub async fn export_job(&self, source: &str) -> Result<Option<ExportJob>, StateError> {
+        let source = source.to_string();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT job_url, since, kicked_off_at, transaction_time, files_done, lines_done
+                 FROM export_job WHERE source = ?1",
+                params![source],
+                |r| {
+                    Ok(ExportJob {
+                        job_url: r.get(0)?,
+                        since: r.get(1)?,
+                        kicked_off_at: r.get(2)?,
+                        transaction_time: r.get(3)?,
+                        files_done: r.get(4)?,
+                        lines_done: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Records a job just kicked off (replacing any earlier one).
+    pub async fn save_export_job(
+        &self,
+        source: &str,
+        job_url: &str,
+        since: Option<String>,
+    ) -> Result<ExportJob, StateError> {
+        let (source, url) = (source.to_string(), job_url.to_string());
+        let at = now_ms();
+        let job = ExportJob {
+            job_url: url.clone(),
+            since: since.clone(),
+            kicked_off_at: at,
+            transaction_time: None,
+            files_done: 0,
+            lines_done: 0,
+        };
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO export_job (source, job_url, since, kicked_off_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![source, url, since, at],
+            )
+            .map(|_| ())
+        })
+        .await?;
+        Ok(job)
+    }
+
+    /// The manifest's `transactionTime`, for status.
+    pub async fn note_export_manifest(
+        &self,
+        source: &str,
+        transaction_time: &str,
+    ) -> Result<(), StateError> {
+        let (source, tt) = (source.to_string(), transaction_time.to_string());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE export_job SET transaction_time = ?2 WHERE source = ?1",
+                params![source, tt],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// File `files_done - 1` was read to its end.
+    pub async fn export_file_done(&self, source: &str, files_done: i64) -> Result<(), StateError> {
+        let source = source.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE export_job SET files_done = ?2, lines_done = 0 WHERE source = ?1",
+                params![source, files_done],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// The job is read: every exported type's watermark moves to its
+    /// `transactionTime` (never back), and the job is forgotten, together.
+    pub async fn finish_export(
+        &self,
+        source: &str,
+        types: Vec<String>,
+        transaction_time: &str,
+    ) -> Result<(), StateError> {
+        let (source, tt) = (source.to_string(), transaction_time.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut mark = tx.prepare_cached(
+                    "INSERT INTO poll_target (source, resource_type, patient, initialized, watermark)
+                     VALUES (?1, ?2, '', 1, ?3)
+                     ON CONFLICT (source, resource_type, patient) DO UPDATE SET
+                        watermark = CASE WHEN watermark IS NULL OR watermark < ?3
+                                    THEN ?3 ELSE watermark END",
+                )?;
+                for rt in &types {
+                    mark.execute(params![source, rt, tt])?;
+                }
+            }
+            tx.execute("DELETE FROM export_job WHERE source = ?1", params![source])?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Forgets a job the server no longer knows (expired, failed).
+    pub async fn drop_export_job(&self, source: &str) -> Result<(), StateError> {
+        let source = source.to_string();
+        self.call(move |c| {
+            c.execute("DELETE FROM export_job WHERE source = ?1", params![source])
+                .map(|_| ())
+        })
+        .await
+    }
+}
+
+/// A chunk's progress, in the chunk's own transaction.
+pub(super) fn record_chunk(
+    tx: &Transaction,
+    source: &str,
+    progress: &ExportProgress,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE export_job SET files_done = ?2, lines_done = ?3 WHERE source = ?1")?
+        .execute(params![source, progress.file, progress.lines])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_util::temp_store;
+    use crate::state::{PageCommit, TargetKey};
+
+    #[tokio::test]
+    async fn a_job_keeps_its_progress_and_its_end_moves_every_watermark() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.export_job("s").await.unwrap(), None);
+        let job = store
+            .save_export_job("s", "http://h/_export/1", None)
+            .await
+            .unwrap();
+        assert_eq!(store.export_job("s").await.unwrap(), Some(job));
+        store
+            .commit_page(PageCommit {
+                source: "s".into(),
+                resource_type: "Patient".into(),
+                export: Some(ExportProgress { file: 2, lines: 40 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let got = store.export_job("s").await.unwrap().unwrap();
+        assert_eq!((got.files_done, got.lines_done), (2, 40));
+        store.export_file_done("s", 3).await.unwrap();
+        let got = store.export_job("s").await.unwrap().unwrap();
+        assert_eq!((got.files_done, got.lines_done), (3, 0));
+
+        let tt = "2026-11-30T10:00:00.000Z";
+        store
+            .finish_export("s", vec!["Patient".into(), "Observation".into()], tt)
+            .await
+            .unwrap();
+        assert_eq!(store.export_job("s").await.unwrap(), None);
+        for rt in ["Patient", "Observation"] {
+            let st = store
+                .target_state(&TargetKey::population("s", rt))
+                .await
+                .unwrap();
+            assert_eq!(st.watermark.as_deref(), Some(tt), "{rt}");
+        }
+        // Never back.
+        store.save_export_job("s", "u", None).await.unwrap();
+        let older = "2026-11-29T10:00:00.000Z";
+        store
+            .finish_export("s", vec!["Patient".into()], older)
+            .await
+            .unwrap();
+        let st = store
+            .target_state(&TargetKey::population("s", "Patient"))
+            .await
+            .unwrap();
+        assert_eq!(st.watermark.as_deref(), Some(tt));
+    }
+}
