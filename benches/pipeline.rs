@@ -19,8 +19,8 @@
 //! BENCH_CLOCK_WARMUP (15 s, before the Date-only latency row's writes),
 //! BENCH_SOURCES (1000) x 10 types, BENCH_SCALE_SECONDS (130), BENCH_BACKFILL (1000000),
 //! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_TOKEN_SOURCES (100) x 10 types, BENCH_TOKEN_SECONDS (90),
-//! BENCH_PATIENTS (10000) x 5 types, BENCH_FANOUT_SECONDS (120),
-//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,latency-date,scale,fanout,backfill,tokens,telemetry).
+//! BENCH_PATIENTS (10000) x 5 types, BENCH_FANOUT_SECONDS (120), BENCH_EXPORT (1000000),
+//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,latency-date,scale,fanout,export,backfill,tokens,telemetry).
 //! BENCH_HOOK_EXTRA: extra keys for the benchmark's hook (e.g. a FHIR `format`).
 
 #[path = "pipeline/telemetry.rs"]
@@ -468,36 +468,7 @@ async fn scale(sources: usize, seconds: u64) {
     // Let start-up and the first round of polls pass, then measure steady state.
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
     let window = seconds - seconds / 2;
-    // SQLite's writes are pwrite64 calls (database and WAL pages) and fsyncs
-    // (checkpoints); sockets use write/writev. Counted with `perf stat` when it
-    // is there, else all write syscalls from /proc.
-    let counter = std::thread::spawn({
-        let pid = bridge.child.id();
-        move || sqlite_syscalls(pid, window)
-    });
-    let (cpu0, w0, t0) = (
-        bridge.cpu_seconds(),
-        bridge.write_syscalls(),
-        Instant::now(),
-    );
-    let mut rss_max = 0;
-    while t0.elapsed() < Duration::from_secs(window) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        rss_max = rss_max.max(bridge.rss_kib());
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = 100.0 * (bridge.cpu_seconds() - cpu0) / secs;
-    let writes = match counter.join().ok().flatten() {
-        Some((pwrites, fsyncs)) => format!(
-            "SQLite writes {:.1} page writes/s and {:.2} fsyncs/s",
-            pwrites as f64 / window as f64,
-            fsyncs as f64 / window as f64
-        ),
-        None => format!(
-            "{:.0} write syscalls/s (all; perf not available)",
-            (bridge.write_syscalls() - w0) as f64 / secs
-        ),
-    };
+    let (rss_max, cpu, writes) = steady_usage(&bridge, window).await;
     println!(
         "| scale | sandbox | {} poll targets ({sources} sources x 10 types), 60 s interval, no changes | RSS {:.1} MB, CPU {cpu:.1}% of one core, {writes} (targets: <= 150 MB, <= 5%) |",
         sources * 10,
@@ -531,6 +502,24 @@ async fn fanout_scale(patients: usize, seconds: u64) {
     let bridge = Bridge::start(&cfg);
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
     let window = seconds - seconds / 2;
+    let requests0 = fhir.store.requests();
+    let t0 = Instant::now();
+    let (rss_max, cpu, writes) = steady_usage(&bridge, window).await;
+    let rate = (fhir.store.requests() - requests0) as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "| fan-out scale | sandbox | {patients} patients x 5 types = {} targets on one source, 60 s interval, max_requests_per_second = 20 | {rate:.1} requests/s; RSS {:.1} MB, CPU {cpu:.1}% of one core, {writes}; state {} |",
+        patients * 5,
+        rss_max as f64 / 1024.0,
+        bridge.size_mb()
+    );
+    bridge.stop();
+}
+
+/// The bridge's peak RSS (KiB), CPU (% of one core) and SQLite writes over
+/// the next `window` seconds. SQLite's writes are pwrite64 calls (database
+/// and WAL pages) and fsyncs (checkpoints); sockets use write/writev.
+/// Counted with `perf stat` when it is there, else all write syscalls.
+async fn steady_usage(bridge: &Bridge, window: u64) -> (u64, f64, String) {
     let counter = std::thread::spawn({
         let pid = bridge.child.id();
         move || sqlite_syscalls(pid, window)
@@ -540,7 +529,6 @@ async fn fanout_scale(patients: usize, seconds: u64) {
         bridge.write_syscalls(),
         Instant::now(),
     );
-    let requests0 = fhir.store.requests();
     let mut rss_max = 0;
     while t0.elapsed() < Duration::from_secs(window) {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -548,7 +536,6 @@ async fn fanout_scale(patients: usize, seconds: u64) {
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = 100.0 * (bridge.cpu_seconds() - cpu0) / secs;
-    let rate = (fhir.store.requests() - requests0) as f64 / secs;
     let writes = match counter.join().ok().flatten() {
         Some((pwrites, fsyncs)) => format!(
             "SQLite writes {:.1} page writes/s and {:.2} fsyncs/s",
@@ -560,13 +547,7 @@ async fn fanout_scale(patients: usize, seconds: u64) {
             (bridge.write_syscalls() - w0) as f64 / secs
         ),
     };
-    println!(
-        "| fan-out scale | sandbox | {patients} patients x 5 types = {} targets on one source, 60 s interval, max_requests_per_second = 20 | {rate:.1} requests/s; RSS {:.1} MB, CPU {cpu:.1}% of one core, {writes}; state {} |",
-        patients * 5,
-        rss_max as f64 / 1024.0,
-        bridge.size_mb()
-    );
-    bridge.stop();
+    (rss_max, cpu, writes)
 }
 
 /// (pwrite64 calls, fsync + fdatasync calls) of `pid` over `seconds`, via perf.
@@ -620,6 +601,39 @@ async fn backfill(n: usize) {
     let quarter = samples.len() / 4;
     println!(
         "| backfill memory | sandbox | walk {n} resources matching no hook | peak RSS {:.1} MB; RSS at 25% {:.1} MB, at 100% {:.1} MB; {:.0} resources/s; db {:.0} MB |",
+        bridge.peak_rss_kib() as f64 / 1024.0,
+        samples.get(quarter).copied().unwrap_or(0) as f64 / 1024.0,
+        samples.last().copied().unwrap_or(0) as f64 / 1024.0,
+        n as f64 / secs,
+        bridge.db_bytes() as f64 / 1e6
+    );
+    bridge.stop();
+}
+
+/// A bulk export of `n` resources (about 0.5 KB each: a few hundred MB of
+/// NDJSON in files of 100,000 lines) matching no hook: the download is
+/// streamed and committed in chunks, so RSS must stay flat whatever the size.
+async fn export(n: usize) {
+    let fhir = FhirSandbox::start(0).await.unwrap();
+    preload(&fhir, "Observation", n).await;
+    fhir.store.exports.set_file_lines(100_000);
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cfg = format!(
+        "state_dir = \"state\"\n{}strategy = \"bulk-export\"\n\n{}",
+        source_toml("bench", &fhir.base_url(), &["Observation"], "1s", PAGE),
+        hook_toml(&rx.url("hooks/all"), "false")
+    );
+    let t = Instant::now();
+    let bridge = Bridge::start(&cfg);
+    let mut samples = vec![];
+    while fhir.store.exports.deletes() == 0 && t.elapsed() < Duration::from_secs(1800) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(bridge.rss_kib());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let quarter = samples.len() / 4;
+    println!(
+        "| bulk-export memory | sandbox | one export of {n} resources in NDJSON files of 100,000 lines, matching no hook | peak RSS {:.1} MB; RSS at 25% {:.1} MB, at the end {:.1} MB; {:.0} resources/s; db {:.0} MB |",
         bridge.peak_rss_kib() as f64 / 1024.0,
         samples.get(quarter).copied().unwrap_or(0) as f64 / 1024.0,
         samples.last().copied().unwrap_or(0) as f64 / 1024.0,
@@ -710,6 +724,9 @@ fn main() {
                 env_or("BENCH_TOKEN_SECONDS", 90),
             )
             .await;
+        }
+        if enabled("export") {
+            export(env_or("BENCH_EXPORT", 1_000_000)).await;
         }
         if enabled("backfill") {
             backfill(env_or("BENCH_BACKFILL", 1_000_000)).await;

@@ -17,6 +17,21 @@ fn id_of(stored: std::sync::Arc<str>) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
+/// The test source (all Observations from the beginning) with `extra` keys.
+fn source_with(fhir: &FhirServer, hooks: &str, extra: &str) -> String {
+    config_for(fhir, &["Observation"], "2000-01-01T00:00:00Z", hooks).replace(
+        "owner_id = \"org/test\"",
+        &format!("owner_id = \"org/test\"\n{extra}"),
+    )
+}
+
+/// `n` final Observations written to the sandbox; their ids.
+fn seed(store: &fhir_bridge::sandbox::SandboxStore, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| id_of(store.upsert("Observation", None, observation("N", "final"))))
+        .collect()
+}
+
 fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
     match fhir {
         FhirServer::Sandbox(s) => s,
@@ -45,10 +60,7 @@ async fn history_gives_creates_updates_and_deletes_once_in_order_across_kill9() 
     let store = &sandbox(&fhir).store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
-    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
-        "owner_id = \"org/test\"",
-        "owner_id = \"org/test\"\nstrategy = \"history\"",
-    );
+    let config = source_with(&fhir, &hooks, "strategy = \"history\"");
     let mut bridge = Bridge::start(&config);
     // a: created, updated, deleted; b: created, deleted, created again; c: created.
     let a = id_of(store.upsert("Observation", None, observation("N", "preliminary")));
@@ -115,23 +127,10 @@ async fn last_updated_loses_nothing_on_a_server_that_returns_newest_first() {
             .map(Vec::len)
             .sum::<usize>()
     };
-    let mut ids = Vec::new();
-    for _ in 0..20 {
-        ids.push(id_of(store.upsert(
-            "Observation",
-            None,
-            observation("N", "final"),
-        )));
-    }
+    let mut ids = seed(store, 20);
     wait_for(60, "20 creates", || total(&rx) == 20).await;
     bridge.kill9();
-    for _ in 0..20 {
-        ids.push(id_of(store.upsert(
-            "Observation",
-            None,
-            observation("N", "final"),
-        )));
-    }
+    ids.extend(seed(store, 20));
     bridge.restart();
     wait_for(60, "40 creates", || total(&rx) == 40).await;
     for id in ids.iter().take(10) {
@@ -243,10 +242,7 @@ async fn snapshot_gives_creates_updates_and_deletes_once_across_kill9() {
             r#"$previous.status == "preliminary""#,
             "",
         );
-    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
-        "owner_id = \"org/test\"",
-        "owner_id = \"org/test\"\nstrategy = \"snapshot\"",
-    );
+    let config = source_with(&fhir, &hooks, "strategy = \"snapshot\"");
     // Two pages and a bit (page_size 7).
     let mut ids = Vec::new();
     for i in 0..16 {
@@ -320,18 +316,8 @@ async fn a_snapshot_walk_that_breaks_midway_infers_no_deletes() {
     let store = &sandbox(&fhir).store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
-    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
-        "owner_id = \"org/test\"",
-        "owner_id = \"org/test\"\nstrategy = \"snapshot\"",
-    );
-    let mut ids = Vec::new();
-    for _ in 0..20 {
-        ids.push(id_of(store.upsert(
-            "Observation",
-            None,
-            observation("N", "final"),
-        )));
-    }
+    let config = source_with(&fhir, &hooks, "strategy = \"snapshot\"");
+    let ids = seed(store, 20);
     let bridge = Bridge::start(&config);
     wait_for(60, "20 creates", || {
         event_count(&on_path(&rx, "/all")) == 20
@@ -374,18 +360,8 @@ async fn a_reconciliation_finds_what_last_updated_missed_and_deletes() {
     let store = &sandbox(&fhir).store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
-    let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks).replace(
-        "owner_id = \"org/test\"",
-        "owner_id = \"org/test\"\nreconcile = \"*/2 * * * * *\"",
-    );
-    let mut ids = Vec::new();
-    for _ in 0..10 {
-        ids.push(id_of(store.upsert(
-            "Observation",
-            None,
-            observation("N", "final"),
-        )));
-    }
+    let config = source_with(&fhir, &hooks, "reconcile = \"*/2 * * * * *\"");
+    let ids = seed(store, 10);
     let bridge = Bridge::start(&config);
     wait_for(60, "10 creates", || {
         event_count(&on_path(&rx, "/all")) == 10
