@@ -40,6 +40,9 @@ pub struct FanOut {
 /// Most requests a source may make per second (a token bucket shared by all
 /// its targets), at most this.
 pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
+/// At least this: a request never waits more than 10 s for its turn (the
+/// watchdog allows a page about a minute and a half).
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.1;
 
 pub(super) fn validate(
     ctx: &Ctx,
@@ -50,12 +53,12 @@ pub(super) fn validate(
         None => None,
         Some(r)
             if !(r.get_ref().is_finite()
-                && *r.get_ref() > 0.0
+                && *r.get_ref() >= MIN_REQUESTS_PER_SECOND
                 && *r.get_ref() <= MAX_REQUESTS_PER_SECOND) =>
         {
             return Err(ctx.err(
                 r.span(),
-                format!("{what}: `max_requests_per_second` must be above 0 and at most {MAX_REQUESTS_PER_SECOND}"),
+                format!("{what}: `max_requests_per_second` must be {MIN_REQUESTS_PER_SECOND}..={MAX_REQUESTS_PER_SECOND}"),
             ));
         }
         Some(r) => Some(*r.get_ref()),

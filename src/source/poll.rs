@@ -141,6 +141,7 @@ impl SourceTask {
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
         // Shown with each type's first poll outcome (and logged once). The
         // statement request counts against the request budget too.
+        self.beat.expect_within(self.page_allowance());
         self.limiter
             .acquire(self.source.max_requests_per_second)
             .await;

@@ -124,6 +124,7 @@ impl SourceTask {
                 parse_file(&text)
             }
             Roster::Group(id) => {
+                self.beat.expect_within(self.page_allowance());
                 let url = base
                     .join(&format!("Group/{id}"))
                     .map_err(|e| RosterError::Link(e.to_string()))?;
@@ -137,6 +138,8 @@ impl SourceTask {
                 let mut out = RosterIds::default();
                 let mut visited = BTreeSet::new();
                 for page_no in 1..=self.source.max_pages_per_poll as usize {
+                    // A long roster is many pages: the watchdog hears of each.
+                    self.beat.expect_within(self.page_allowance());
                     visited.insert(url.to_string());
                     let fetched = self.fetch(&url).await?;
                     let page = parse_page(&fetched.body)?;
