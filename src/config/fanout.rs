@@ -179,8 +179,8 @@ mod tests {
                 "`roster_refresh` needs `patients`",
             ),
             (
-                "max_requests_per_second = 0\n",
-                "`max_requests_per_second` must be above 0",
+                "max_requests_per_second = 0.01\n",
+                "`max_requests_per_second` must be 0.1..=10000",
             ),
         ] {
             let e = load(keys).unwrap_err();
