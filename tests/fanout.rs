@@ -197,3 +197,32 @@ async fn the_request_budget_holds_and_a_429_storm_pauses_the_source() {
     let ids: BTreeSet<String> = rx.received().into_iter().map(|r| r.message_id).collect();
     assert_eq!(ids.len(), 25, "each once");
 }
+
+/// A roster that cannot be read before any was: no target to poll, so
+/// each type's row on status carries the error (never a silent source).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_that_cannot_be_read_shows_on_status() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let bridge = Bridge::start(&config(
+        &fhir.base_url(),
+        "patients = { group = \"Group/missing\" }",
+        &hooks,
+    ));
+    wait_for(30, "the roster's error on status", || {
+        let t = &bridge.status_json()["sources"][0]["targets"][0];
+        t["last_outcome"] == "error"
+            && t["last_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("roster: HTTP 404"))
+    })
+    .await;
+    // Once the Group exists, its patients are polled.
+    sandbox(&fhir).store.set_group("missing", ["p1"]);
+    let id = lab(&fhir, "p1");
+    wait_for(30, "p1's lab", || {
+        delivered(&rx).contains(&format!("Observation/{id}"))
+    })
+    .await;
+}

@@ -135,7 +135,14 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
         let mut targets = Vec::new();
         for rt in &s.resources {
             let r = match &store {
-                Some(st) if s.fan_out.is_some() => st.patient_targets_report(&s.name, rt).await?,
+                // Before any patient's target exists (no roster yet), the
+                // type's population-wide row carries the roster's error.
+                Some(st) if s.fan_out.is_some() => {
+                    match st.patient_targets_report(&s.name, rt).await? {
+                        Some(r) => Some(r),
+                        None => st.target_report(&s.name, rt).await?,
+                    }
+                }
                 Some(st) => st.target_report(&s.name, rt).await?,
                 None => None,
             }

@@ -110,4 +110,10 @@ impl RosterState {
     pub fn take_note(&mut self) -> Option<String> {
         self.note.take()
     }
+
+    /// Whether a roster was read at all (until then, a fan-out source has no
+    /// targets to poll, and its roster's error is all status can show).
+    pub fn loaded(&self) -> bool {
+        self.patients.is_some()
+    }
 }

@@ -161,6 +161,22 @@ impl SourceTask {
             {
                 paused_until = Some(std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF));
             }
+            if self.source.fan_out.is_some()
+                && !roster.loaded()
+                && let Some(error) = roster.take_note()
+            {
+                // No roster yet: no per-patient targets to carry the error, so
+                // each type's population-wide row does (status falls back to it).
+                for rt in &self.source.resources {
+                    outcomes.push(PollOutcome {
+                        source: self.source.name.clone(),
+                        resource_type: rt.clone(),
+                        error: Some(error.clone()),
+                        at_ms: now_ms(),
+                        ..Default::default()
+                    });
+                }
+            }
             for key in roster.targets(&self.source) {
                 if cancel.is_cancelled() {
                     break;
