@@ -90,11 +90,17 @@ async fn once(store: &Store, sources: &[Source], retention: Duration) {
                 prune_tombstones(store, source, rt, retention).await;
                 continue;
             }
-            // The population-wide target's watermark (per-patient targets of
-            // the type keep their seen rows until retention alone prunes them).
+            // The watermark below which no poll of the type reads again: the
+            // population-wide target's, or with fan-out the lowest of the
+            // patients' targets (none while any has yet to get one).
             let key = crate::state::TargetKey::population(&source.name, rt);
-            let watermark = match store.target_state(&key).await {
-                Ok(st) => st.watermark.as_deref().and_then(parse_instant),
+            let read = if source.fan_out.is_some() {
+                store.lowest_patient_watermark(&source.name, rt).await
+            } else {
+                store.target_state(&key).await.map(|st| st.watermark)
+            };
+            let watermark = match read {
+                Ok(w) => w.as_deref().and_then(parse_instant),
                 Err(e) => {
                     tracing::warn!(source = %source.name, resource_type = %rt, error = %e, "cannot read target state");
                     continue;

@@ -310,6 +310,24 @@ impl Store {
         .await
     }
 
+    /// The lowest watermark of a type's per-patient targets; `None` when it
+    /// has none, or while any of them has none yet (it reads from its start).
+    pub async fn lowest_patient_watermark(
+        &self,
+        source: &str,
+        resource_type: &str,
+    ) -> Result<Option<String>, StateError> {
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT CASE WHEN count(*) = count(watermark) THEN min(watermark) END
+                 FROM poll_target WHERE source = ?1 AND resource_type = ?2 AND patient != ''",
+            )?
+            .query_row(params![source, rt], |r| r.get(0))
+        })
+        .await
+    }
+
     /// Forgets the per-patient targets of patients who left a source's
     /// roster (their watermarks and counters). Returns how many rows went.
     pub async fn forget_patients(
@@ -471,5 +489,39 @@ mod tests {
         assert_eq!(r.last_skip_at_ms, Some(1_000));
         assert_eq!(r.last_warning.as_deref(), Some("future"));
         assert_eq!(r.last_warning_at_ms, Some(2_000));
+    }
+
+    #[tokio::test]
+    async fn the_lowest_patient_watermark_waits_for_every_patient() {
+        let (_d, store) = temp_store();
+        let key = |p: &str| TargetKey {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            patient: Some(p.into()),
+        };
+        let lowest = || store.lowest_patient_watermark("s", "Observation");
+        assert_eq!(lowest().await.unwrap(), None, "no patients");
+        store
+            .init_target(&key("a"), Some("2026-01-02T00:00:00.000Z".into()), None)
+            .await
+            .unwrap();
+        store.init_target(&key("b"), None, None).await.unwrap();
+        assert_eq!(lowest().await.unwrap(), None, "b reads from its start");
+        store
+            .init_target(&key("b"), Some("2026-01-01T00:00:00.000Z".into()), None)
+            .await
+            .unwrap();
+        store
+            .init_target(
+                &TargetKey::population("s", "Observation"),
+                Some("2020-01-01T00:00:00.000Z".into()),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            lowest().await.unwrap().as_deref(),
+            Some("2026-01-01T00:00:00.000Z")
+        );
     }
 }
