@@ -20,8 +20,22 @@ impl Store {
         resource_type: &str,
         before: String,
     ) -> Result<usize, StateError> {
+        self.prune_seen_rows(source, resource_type, before, None)
+            .await
+    }
+
+    /// `prune_seen`, of the rows whose content hash is `only_hash` when
+    /// given (a snapshot keeps every row but its deletes' tombstones).
+    pub(super) async fn prune_seen_rows(
+        &self,
+        source: &str,
+        resource_type: &str,
+        before: String,
+        only_hash: Option<[u8; 32]>,
+    ) -> Result<usize, StateError> {
         let (source, rt) = (source.to_string(), resource_type.to_string());
         self.call(move |c| {
+            let only = only_hash.map(|h| h.to_vec());
             let mut total = 0;
             loop {
                 let tx = c.transaction()?;
@@ -31,10 +45,11 @@ impl Store {
                         "DELETE FROM seen WHERE (source, resource_type, resource_id) IN (
                             SELECT source, resource_type, resource_id FROM seen
                             WHERE source = ?1 AND resource_type = ?2 AND last_updated < ?3
+                              AND (?5 IS NULL OR content_hash = ?5)
                             LIMIT ?4 + 0)
                          RETURNING resource_id",
                     )?
-                    .query_map(params![source, rt, before, PRUNE_CHUNK], |r| r.get(0))?
+                    .query_map(params![source, rt, before, PRUNE_CHUNK, only], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 if bodies {
                     for id in &ids {

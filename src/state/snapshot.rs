@@ -9,8 +9,6 @@ use std::sync::Arc;
 /// Seen rows read per lock: the scan gives the connection back between
 /// chunks, so deliveries are not held up by a walk of millions.
 const SCAN_CHUNK: i64 = 20_000;
-/// Tombstones deleted per transaction.
-const PRUNE_CHUNK: i64 = 5000;
 
 /// What a delete leaves in `seen`: the hash of an empty body (`diff::is_tombstone`).
 fn tombstone_hash() -> [u8; 32] {
@@ -103,32 +101,8 @@ impl Store {
         resource_type: &str,
         before: String,
     ) -> Result<usize, StateError> {
-        let (source, rt) = (source.to_string(), resource_type.to_string());
-        self.call(move |c| {
-            let mut total = 0;
-            loop {
-                let n = c
-                    .prepare_cached(
-                        "DELETE FROM seen WHERE (source, resource_type, resource_id) IN (
-                            SELECT source, resource_type, resource_id FROM seen
-                            WHERE source = ?1 AND resource_type = ?2 AND content_hash = ?3
-                              AND last_updated < ?4
-                            LIMIT ?5 + 0)",
-                    )?
-                    .execute(params![
-                        source,
-                        rt,
-                        &tombstone_hash()[..],
-                        before,
-                        PRUNE_CHUNK
-                    ])?;
-                total += n;
-                if (n as i64) < PRUNE_CHUNK {
-                    return Ok(total);
-                }
-            }
-        })
-        .await
+        self.prune_seen_rows(source, resource_type, before, Some(tombstone_hash()))
+            .await
     }
 
     /// A complete reconciliation of a target ended at `at_ms` (our clock)
