@@ -22,6 +22,9 @@ pub struct TargetMark {
     pub resource_type: String,
     /// RFC 3339, as stored; `None` before the target's first change.
     pub watermark: Option<String>,
+    /// Whether this is the lowest watermark of the type's per-patient
+    /// targets (a fan-out source) rather than its population-wide target.
+    pub per_patient: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,9 +61,17 @@ impl Store {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            // Population-wide targets one row each; a fan-out type one row
+            // for all its patients, with the lowest watermark (the patient
+            // furthest behind is the type's lag: one series per patient
+            // would be tens of thousands of series).
             let mut marks = c.prepare_cached(
-                "SELECT source, resource_type, watermark FROM poll_target
-                 WHERE initialized = 1 AND patient = ''",
+                "SELECT source, resource_type, watermark, 0 FROM poll_target
+                 WHERE initialized = 1 AND patient = ''
+                 UNION ALL
+                 SELECT source, resource_type, min(watermark), 1 FROM poll_target
+                 WHERE initialized = 1 AND patient != '' AND watermark IS NOT NULL
+                 GROUP BY source, resource_type",
             )?;
             let targets = marks
                 .query_map([], |r| {
@@ -68,6 +79,7 @@ impl Store {
                         source: r.get(0)?,
                         resource_type: r.get(1)?,
                         watermark: r.get(2)?,
+                        per_patient: r.get(3)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -154,6 +166,37 @@ mod tests {
                 source: "s".into(),
                 resource_type: "Observation".into(),
                 watermark: Some("2026-01-01T00:00:00.000Z".into()),
+                per_patient: false,
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_type_gets_its_lowest_patient_watermark() {
+        let (_d, store) = temp_store();
+        let key = |p: &str| crate::state::TargetKey {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            patient: Some(p.into()),
+        };
+        for (p, wm) in [
+            ("a", Some("2026-01-03T00:00:00.000Z")),
+            ("b", Some("2026-01-02T00:00:00.000Z")),
+            ("c", None),
+        ] {
+            store
+                .init_target(&key(p), wm.map(String::from), None)
+                .await
+                .unwrap();
+        }
+        let snap = store.gauge_snapshot(vec![]).await.unwrap();
+        assert_eq!(
+            snap.targets,
+            vec![TargetMark {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                watermark: Some("2026-01-02T00:00:00.000Z".into()),
+                per_patient: true,
             }]
         );
     }

@@ -38,10 +38,12 @@ struct HookGauges {
     disabled: Gauge,
 }
 
-/// A poll target's lag gauge, and its source's view of the server's clock.
+/// A resource type's lag gauge, and its source's view of the server's clock.
 struct TargetGauge {
     lag: Gauge,
     clock: Option<FhirClient>,
+    /// A fan-out source: the lag is that of its patient furthest behind.
+    per_patient: bool,
 }
 
 /// The gauges of the configured hooks and targets; handles are made once, so
@@ -80,7 +82,8 @@ impl Gauges {
                     .map(|rt| {
                         let lag = gauge!(WATERMARK_LAG, "source" => s.name.clone(), "resource_type" => rt.clone());
                         let clock = clocks.get(&s.name).cloned();
-                        (rt.clone(), TargetGauge { lag, clock })
+                        let per_patient = s.fan_out.is_some();
+                        (rt.clone(), TargetGauge { lag, clock, per_patient })
                     })
                     .collect();
                 (s.name.clone(), per_type)
@@ -112,6 +115,11 @@ impl Gauges {
                 // A target no longer in the config.
                 continue;
             };
+            if g.per_patient != t.per_patient {
+                // A population-wide row left from before fan-out (or the
+                // reverse): not what is polled now.
+                continue;
+            }
             let Some(watermark) = t.watermark.as_deref().and_then(parse_instant) else {
                 continue;
             };

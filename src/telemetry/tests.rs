@@ -387,6 +387,11 @@ fn gauges_from_a_state_snapshot() {
 name = "epic"
 base_url = "http://127.0.0.1:1/fhir"
 resources = ["Observation", "Encounter"]
+[[source]]
+name = "cerner"
+base_url = "http://127.0.0.1:3/fhir"
+resources = ["Observation"]
+patients = { group = "Group/1" }
 [[hook]]
 name = "care"
 url = "http://127.0.0.1:2/hook"
@@ -410,12 +415,30 @@ url = "http://127.0.0.1:2/hook"
                 watermark: Some(crate::source::bundle::format_instant(
                     chrono::Utc::now() - chrono::Duration::seconds(600),
                 )),
+                per_patient: false,
             },
             // Not configured any more: no series.
             TargetMark {
                 source: "gone".into(),
                 resource_type: "Observation".into(),
                 watermark: Some("2020-01-01T00:00:00.000Z".into()),
+                per_patient: false,
+            },
+            // A fan-out source: its patient furthest behind, not the
+            // population-wide row left from before it fanned out.
+            TargetMark {
+                source: "cerner".into(),
+                resource_type: "Observation".into(),
+                watermark: Some("2020-01-01T00:00:00.000Z".into()),
+                per_patient: false,
+            },
+            TargetMark {
+                source: "cerner".into(),
+                resource_type: "Observation".into(),
+                watermark: Some(crate::source::bundle::format_instant(
+                    chrono::Utc::now() - chrono::Duration::seconds(120),
+                )),
+                per_patient: true,
             },
         ],
     };
@@ -446,6 +469,15 @@ url = "http://127.0.0.1:2/hook"
     )
     .unwrap();
     assert!((600.0..605.0).contains(&lag), "{lag}");
+    let lag = value(
+        &text,
+        &format!(
+            r#"{}{{source="cerner",resource_type="Observation"}}"#,
+            gauges::WATERMARK_LAG
+        ),
+    )
+    .unwrap();
+    assert!((120.0..125.0).contains(&lag), "{lag}");
     assert!(!text.contains(r#"source="gone""#), "{text}");
 }
 
