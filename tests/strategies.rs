@@ -511,3 +511,53 @@ async fn bulk_export_killed_mid_download_resumes_the_same_job_and_loses_nothing(
         "{got:?}"
     );
 }
+
+/// A job saved in state, then the source's types change while the bridge
+/// is down: the old job is cancelled (DELETE), not resumed, and a new one
+/// covers the new types from the watermarks. Nothing is lost or sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_export_job_for_other_types_is_cancelled_not_resumed() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    store.exports.set_file_lines(5);
+    store.exports.stall_file(Some((2, 3)));
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = |types: &[&str]| {
+        bulk_config(&fhir, types, &hooks, "")
+            .replace("page_size = 7", "page_size = 2")
+            .replace("every = \"300ms\"", "every = \"1h\"")
+    };
+    for _ in 0..40 {
+        store.upsert("Observation", None, observation("N", "final"));
+    }
+    for _ in 0..3 {
+        store.upsert("Patient", None, serde_json::json!({"active": true}));
+    }
+    let mut bridge = Bridge::start(&config(&["Observation"]));
+    let unique = |rx: &Receiver| by_resource(&rx.received()).len();
+    wait_for(60, "12 resources, then the stall", || {
+        unique(&rx) >= 12 && store.exports.stalled() >= 1
+    })
+    .await;
+    bridge.kill9();
+    store.exports.stall_file(None);
+    std::fs::write(bridge.config_path(), config(&["Observation", "Patient"])).unwrap();
+    bridge.restart();
+    wait_for(60, "all 43", || unique(&rx) == 43).await;
+    wait_for(30, "both jobs deleted", || store.exports.deletes() == 2).await;
+    assert_eq!(store.exports.kickoffs(), 2, "a new job, not the old one");
+    assert_eq!(store.exports.live_jobs(), 0);
+    let got = by_resource(&rx.received());
+    assert!(
+        got.values().all(|e| e.len() == 1 && e[0].0 == "create"),
+        "{got:?}"
+    );
+    wait_for(30, "the cancelled job on status", || {
+        let status = bridge.status_json();
+        status["sources"][0]["targets"][0]["last_warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("cancelled and a new export started"))
+    })
+    .await;
+}

@@ -108,12 +108,26 @@ impl SourceTask {
             page_no: 0,
         };
         let mut kicked_off = false;
+        let request = bulk::kickoff_url(&self.source, &types, None).to_string();
         loop {
             let job = match self.store.export_job(name).await? {
+                Some(job) if job.request.as_ref().is_some_and(|r| *r != request) => {
+                    // Saved before the source's base, group or types changed:
+                    // its files are not what is polled now. What it delivered
+                    // stays delivered; the new export re-reads from the
+                    // watermarks, which only a finished job moves.
+                    self.cancel_job(&job.job_url).await;
+                    self.store.drop_export_job(name).await?;
+                    run.notes.warn(
+                        "the saved bulk export job asked for other types, group or server than the config now does; it was cancelled and a new export started from the watermarks"
+                            .to_string(),
+                    );
+                    continue;
+                }
                 Some(job) => job,
                 None => {
                     kicked_off = true;
-                    self.kick_off(&types, since).await?
+                    self.kick_off(&types, since, &request).await?
                 }
             };
             // A resumed job's window is its own.
@@ -142,6 +156,7 @@ impl SourceTask {
         &self,
         types: &[String],
         since: Option<DateTime<Utc>>,
+        request: &str,
     ) -> Result<ExportJob, PollError> {
         let url = bulk::kickoff_url(&self.source, types, since);
         self.limiter
@@ -180,11 +195,12 @@ impl SourceTask {
                 transaction_time: None,
                 files_done: 0,
                 lines_done: 0,
+                request: Some(request.to_string()),
             });
         }
         Ok(self
             .store
-            .save_export_job(&self.source.name, job_url.as_str(), since)
+            .save_export_job(&self.source.name, job_url.as_str(), since, request)
             .await?)
     }
 
@@ -244,18 +260,30 @@ impl SourceTask {
                 self.known.forget(&TargetKey::population(name, rt));
             }
         }
-        // The server may drop the files now. A failed DELETE leaves them
-        // to its own expiry: nothing of ours depends on it.
-        match self.client.send(Method::DELETE, &job_url, "").await {
+        self.cancel_job(job_url.as_str()).await;
+        Ok(JobEnd::Done)
+    }
+
+    /// `DELETE` of a job, finished or abandoned: the server may drop its
+    /// files now. A failure leaves them to the server's own expiry: nothing
+    /// of ours depends on it. Never off the source's origins.
+    async fn cancel_job(&self, job_url: &str) {
+        let name = &self.source.name;
+        let Some(url) = Url::parse(job_url).ok().filter(|u| self.source.allows(u)) else {
+            return;
+        };
+        self.limiter
+            .acquire(self.source.max_requests_per_second)
+            .await;
+        match self.client.send(Method::DELETE, &url, "").await {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => {}
             Ok(r) => {
-                tracing::warn!(source = %name, status = r.status().as_u16(), "bulk export: DELETE of the finished job failed")
+                tracing::warn!(source = %name, status = r.status().as_u16(), "bulk export: DELETE of the job failed")
             }
             Err(e) => {
-                tracing::warn!(source = %name, error = %e, "bulk export: DELETE of the finished job failed")
+                tracing::warn!(source = %name, error = %e, "bulk export: DELETE of the job failed")
             }
         }
-        Ok(JobEnd::Done)
     }
 
     /// Polls the job's status until its manifest is ready. `None`: the job

@@ -16,6 +16,9 @@ pub struct ExportJob {
     pub files_done: i64,
     /// Lines of file `files_done` already committed.
     pub lines_done: i64,
+    /// The kick-off URL without `_since` (base, group, types); `None` for a
+    /// job saved by an older version.
+    pub request: Option<String>,
 }
 
 /// Where a chunk's commit leaves the job: `lines` of file `file` are in.
@@ -30,7 +33,8 @@ impl Store {
         let source = source.to_string();
         self.call(move |c| {
             c.query_row(
-                "SELECT job_url, since, kicked_off_at, transaction_time, files_done, lines_done
+                "SELECT job_url, since, kicked_off_at, transaction_time, files_done, lines_done,
+                    request
                  FROM export_job WHERE source = ?1",
                 params![source],
                 |r| {
@@ -41,6 +45,7 @@ impl Store {
                         transaction_time: r.get(3)?,
                         files_done: r.get(4)?,
                         lines_done: r.get(5)?,
+                        request: r.get(6)?,
                     })
                 },
             )
@@ -55,8 +60,9 @@ impl Store {
         source: &str,
         job_url: &str,
         since: Option<String>,
+        request: &str,
     ) -> Result<ExportJob, StateError> {
-        let (source, url) = (source.to_string(), job_url.to_string());
+        let (source, url, req) = (source.to_string(), job_url.to_string(), request.to_string());
         let at = now_ms();
         let job = ExportJob {
             job_url: url.clone(),
@@ -65,12 +71,13 @@ impl Store {
             transaction_time: None,
             files_done: 0,
             lines_done: 0,
+            request: Some(req.clone()),
         };
         self.call(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO export_job (source, job_url, since, kicked_off_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![source, url, since, at],
+                "INSERT OR REPLACE INTO export_job (source, job_url, since, kicked_off_at, request)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![source, url, since, at, req],
             )
             .map(|_| ())
         })
@@ -170,7 +177,12 @@ mod tests {
         let (_dir, store) = temp_store();
         assert_eq!(store.export_job("s").await.unwrap(), None);
         let job = store
-            .save_export_job("s", "http://h/_export/1", None)
+            .save_export_job(
+                "s",
+                "http://h/_export/1",
+                None,
+                "http://h/$export?_type=Patient",
+            )
             .await
             .unwrap();
         assert_eq!(store.export_job("s").await.unwrap(), Some(job));
@@ -203,7 +215,7 @@ mod tests {
             assert_eq!(st.watermark.as_deref(), Some(tt), "{rt}");
         }
         // Never back.
-        store.save_export_job("s", "u", None).await.unwrap();
+        store.save_export_job("s", "u", None, "r").await.unwrap();
         let older = "2026-11-29T10:00:00.000Z";
         store
             .finish_export("s", vec!["Patient".into()], older)

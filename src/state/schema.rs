@@ -255,6 +255,12 @@ const MIGRATIONS: &[&str] = &[
         lines_done       INTEGER NOT NULL DEFAULT 0   -- lines of the next file committed
     ) WITHOUT ROWID;
     "#,
+    // 12: what a job asked for (its kick-off URL without `_since`: base,
+    // group and types), so that a job saved before the source's config
+    // changed is cancelled rather than resumed. NULL: saved before this.
+    r#"
+    ALTER TABLE export_job ADD COLUMN request TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
