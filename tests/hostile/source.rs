@@ -252,6 +252,65 @@ async fn redirects_to_another_origin_are_not_followed() {
     bridge.stop();
 }
 
+/// Item 5: redirects on the same origin are followed five times per request,
+/// no more: a server redirecting for ever fails the poll with an error that
+/// says so (not "another origin"), and a chain of five still reads its page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_origin_redirects_are_followed_a_bounded_number_of_times() {
+    let fhir = Scripted::start(move |s: &Seen| {
+        let hop = |prefix: &str| {
+            s.uri
+                .strip_prefix(prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+        };
+        if let Some(n) = hop("/ehop/") {
+            if n == 5 {
+                let enc = serde_json::json!({
+                    "resourceType": "Encounter", "id": "e1",
+                    "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}
+                });
+                return bundle(&now_instant(), vec![enc], None);
+            }
+            return status_with(302, &[("location", &format!("/ehop/{}", n + 1))]);
+        }
+        if s.uri.starts_with("/fhir/Encounter") {
+            return status_with(302, &[("location", "/ehop/1")]);
+        }
+        let n = hop("/hop/").unwrap_or(0);
+        status_with(302, &[("location", &format!("/hop/{}", n + 1))])
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation", "Encounter"],
+        "beginning",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the endless redirects refused on status", || {
+        target(&bridge.status_json(), "Observation")["last_error"]
+            .as_str()
+            .is_some_and(|e| {
+                e.contains("HTTP 302 redirect past the limit of 5 per request (not followed)")
+            })
+    })
+    .await;
+    wait_for(20, "the page five redirects away delivered", || {
+        received_ids(&rx).contains(&"Encounter/e1".to_string())
+    })
+    .await;
+    bridge.stop();
+    let seen = fhir.seen();
+    assert!(
+        seen.iter().any(|s| s.uri == "/hop/5"),
+        "five redirects followed"
+    );
+    assert!(
+        seen.iter().all(|s| s.uri != "/hop/6"),
+        "a sixth redirect was followed"
+    );
+}
+
 /// `allowed_origins`: a next link or redirect to a named origin is followed,
 /// with the source's credentials; one to any other origin is refused, and
 /// that host never sees a request (so never the token).
