@@ -25,10 +25,10 @@ pub enum FetchError {
     #[error("response larger than {} MB", MAX_PAGE_BYTES / 1024 / 1024)]
     TooLarge,
     /// A redirect the client would not follow: to another origin (scheme,
-    /// host, port), or past the limit. The target is not shown: it came from
-    /// outside and may carry identifiers.
-    #[error("HTTP {status} redirect to another origin (not followed)")]
-    Redirect { status: u16 },
+    /// host, port), without a usable `Location`, or past the limit. The
+    /// target is not shown: it came from outside and may carry identifiers.
+    #[error("HTTP {status} redirect {why} (not followed)")]
+    Redirect { status: u16, why: &'static str },
     #[error("{0}")]
     Other(String),
     #[error(transparent)]
@@ -74,6 +74,8 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
 /// Same-origin redirects followed per request, at most.
 const MAX_REDIRECTS: usize = 5;
+/// Why the redirect after the last of `MAX_REDIRECTS` is not followed.
+const REDIRECTS_PAST_LIMIT: &str = "past the limit of 5 per request";
 
 /// A server time that was not believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -325,23 +327,24 @@ impl FhirClient {
             }
             // Followed only to a location this source may go to, a bounded
             // number of times; the location itself is never shown.
+            let refused = |why| FetchError::Redirect {
+                status: status.as_u16(),
+                why,
+            };
             let next = resp
                 .headers()
                 .get(reqwest::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|l| url.join(l).ok())
-                .filter(|next| self.may_follow(&url, next));
-            match next {
-                Some(next) if redirects < MAX_REDIRECTS => {
-                    redirects += 1;
-                    url = next;
-                }
-                _ => {
-                    return Err(FetchError::Redirect {
-                        status: status.as_u16(),
-                    });
-                }
+                .ok_or_else(|| refused("without a usable Location"))?;
+            if !self.may_follow(&url, &next) {
+                return Err(refused("to another origin"));
             }
+            if redirects == MAX_REDIRECTS {
+                return Err(refused(REDIRECTS_PAST_LIMIT));
+            }
+            redirects += 1;
+            url = next;
         }
     }
 

@@ -464,6 +464,54 @@ async fn status_says_whether_the_daemon_runs() {
     );
 }
 
+/// 12, second case: a daemon that runs but whose receiver has failed every
+/// attempt is not OK. Once the oldest pending message is older than the
+/// hook's `max_pending_age`, the hook is stale and `status` exits 1 while
+/// the daemon runs; when the receiver recovers, status is OK again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_only_fails_is_stale_while_the_daemon_runs() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    rx.set_failing(500);
+    let hooks = common::hook(
+        "h",
+        &rx.url("hooks/h"),
+        "true",
+        "retry_schedule = [\"1s\"]\nmax_attempts = 100\nmax_pending_age = \"2s\"",
+    );
+    let mut bridge = Bridge::start(&common::config(
+        &fhir.base_url(),
+        &["Observation"],
+        "beginning",
+        &hooks,
+    ));
+    fhir.create(obs("never acknowledged")).await;
+    wait_for(20, "status: the hook stale (exit 1)", || {
+        let out = bridge.cli(&["status"]);
+        out.status.code() == Some(1)
+            && text(&out.stdout).contains("STALE: the oldest pending message has waited")
+    })
+    .await;
+    let st = bridge.status_json();
+    assert_eq!(st["daemon"]["state"], "running", "{st:#}");
+    assert_eq!(st["level"], "warning", "{st:#}");
+    let h = hook_of(&st, "h");
+    assert_eq!(h["stale"], true, "{h}");
+    assert_eq!(h["delivered"], 0, "{h}");
+    assert_eq!(h["last_success_at"], Value::Null, "{h}");
+    assert!(h["failed_attempts"].as_i64().unwrap_or(0) >= 1, "{h}");
+    assert_eq!(h["last_error"], "HTTP 500", "{h}");
+
+    rx.set_failing(0);
+    wait_for(20, "status OK once the receiver recovers", || {
+        bridge.cli(&["status"]).status.code() == Some(0)
+    })
+    .await;
+    assert_eq!(rx.count(), 1);
+    assert_eq!(hook_of(&bridge.status_json(), "h")["stale"], false);
+    bridge.stop();
+}
+
 /// 13. Output into a closed pipe (`status | head -1`) ends quietly with the
 /// command's own exit code; into a full disk, one line on stderr and exit 2.
 /// Never a panic (exit 101).

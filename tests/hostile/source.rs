@@ -252,6 +252,65 @@ async fn redirects_to_another_origin_are_not_followed() {
     bridge.stop();
 }
 
+/// Item 5: redirects on the same origin are followed five times per request,
+/// no more: a server redirecting for ever fails the poll with an error that
+/// says so (not "another origin"), and a chain of five still reads its page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_origin_redirects_are_followed_a_bounded_number_of_times() {
+    let fhir = Scripted::start(move |s: &Seen| {
+        let hop = |prefix: &str| {
+            s.uri
+                .strip_prefix(prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+        };
+        if let Some(n) = hop("/ehop/") {
+            if n == 5 {
+                let enc = serde_json::json!({
+                    "resourceType": "Encounter", "id": "e1",
+                    "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}
+                });
+                return bundle(&now_instant(), vec![enc], None);
+            }
+            return status_with(302, &[("location", &format!("/ehop/{}", n + 1))]);
+        }
+        if s.uri.starts_with("/fhir/Encounter") {
+            return status_with(302, &[("location", "/ehop/1")]);
+        }
+        let n = hop("/hop/").unwrap_or(0);
+        status_with(302, &[("location", &format!("/hop/{}", n + 1))])
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation", "Encounter"],
+        "beginning",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the endless redirects refused on status", || {
+        target(&bridge.status_json(), "Observation")["last_error"]
+            .as_str()
+            .is_some_and(|e| {
+                e.contains("HTTP 302 redirect past the limit of 5 per request (not followed)")
+            })
+    })
+    .await;
+    wait_for(20, "the page five redirects away delivered", || {
+        received_ids(&rx).contains(&"Encounter/e1".to_string())
+    })
+    .await;
+    bridge.stop();
+    let seen = fhir.seen();
+    assert!(
+        seen.iter().any(|s| s.uri == "/hop/5"),
+        "five redirects followed"
+    );
+    assert!(
+        seen.iter().all(|s| s.uri != "/hop/6"),
+        "a sixth redirect was followed"
+    );
+}
+
 /// `allowed_origins`: a next link or redirect to a named origin is followed,
 /// with the source's credentials; one to any other origin is refused, and
 /// that host never sees a request (so never the token).
@@ -452,4 +511,94 @@ async fn endless_next_links_are_capped_and_other_targets_keep_their_turn() {
     })
     .await;
     bridge.stop();
+}
+
+/// Item 10, second case: a `next` link back to a page already read this
+/// poll is a poll error at once (not a walk to `max_pages_per_poll`). The
+/// pages read before it are delivered, each version once, and the source's
+/// other types keep their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_link_back_to_an_earlier_page_is_a_poll_error() {
+    let fhir = Scripted::start(move |s: &Seen| {
+        if s.uri.starts_with("/fhir/Encounter") {
+            let enc = serde_json::json!({
+                "resourceType": "Encounter", "id": "e1",
+                "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}
+            });
+            return bundle(&now_instant(), vec![enc], None);
+        }
+        // Page 1 -> page 2 -> page 3 -> page 2 again.
+        let (id, at, next) = if s.uri.contains("page=2") {
+            ("o2", "2026-01-01T00:00:02Z", "/fhir/Observation?page=3")
+        } else if s.uri.contains("page=3") {
+            ("o3", "2026-01-01T00:00:03Z", "/fhir/Observation?page=2")
+        } else {
+            ("o1", "2026-01-01T00:00:01Z", "/fhir/Observation?page=2")
+        };
+        bundle(&now_instant(), vec![observation(id, "1", at)], Some(next))
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Observation", "Encounter"],
+        "beginning",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the loop reported on status", || {
+        target(&bridge.status_json(), "Observation")["last_error"]
+            .as_str()
+            .is_some_and(|e| {
+                e.contains("Observation search page 3: next link loops back to an earlier page")
+            })
+    })
+    .await;
+    wait_for(
+        20,
+        "the pages before the loop and the other type delivered",
+        || {
+            let ids = received_ids(&rx);
+            [
+                "Observation/o1",
+                "Observation/o2",
+                "Observation/o3",
+                "Encounter/e1",
+            ]
+            .iter()
+            .all(|want| ids.iter().any(|i| i == want))
+        },
+    )
+    .await;
+    // Failing poll after poll: critical from the third.
+    wait_for(20, "status critical (exit 2)", || {
+        bridge.cli(&["status"]).status.code() == Some(2)
+    })
+    .await;
+    bridge.stop();
+    // Each poll reads page 2 once: it never goes round the loop.
+    let seen = fhir.seen();
+    let observation_search = |s: &&Seen| s.uri.starts_with("/fhir/Observation");
+    let firsts = seen
+        .iter()
+        .filter(observation_search)
+        .filter(|s| !s.uri.contains("page="))
+        .count();
+    let page2 = seen
+        .iter()
+        .filter(observation_search)
+        .filter(|s| s.uri.contains("page=2"))
+        .count();
+    assert!(
+        page2 <= firsts,
+        "page 2 read {page2} times in {firsts} polls"
+    );
+    // Each version once.
+    let ids = received_ids(&rx);
+    for want in ["Observation/o1", "Observation/o2", "Observation/o3"] {
+        assert_eq!(
+            ids.iter().filter(|i| *i == want).count(),
+            1,
+            "{want}: {ids:?}"
+        );
+    }
 }
