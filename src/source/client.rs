@@ -28,7 +28,7 @@ pub enum FetchError {
     /// host, port), without a usable `Location`, or past the limit. The
     /// target is not shown: it came from outside and may carry identifiers.
     #[error("HTTP {status} redirect {why} (not followed)")]
-    Redirect { status: u16, why: &'static str },
+    Redirect { status: u16, why: RedirectRefusal },
     #[error("{0}")]
     Other(String),
     #[error(transparent)]
@@ -74,8 +74,25 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
 /// Same-origin redirects followed per request, at most.
 const MAX_REDIRECTS: usize = 5;
-/// Why the redirect after the last of `MAX_REDIRECTS` is not followed.
-const REDIRECTS_PAST_LIMIT: &str = "past the limit of 5 per request";
+/// Why a redirect was not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectRefusal {
+    OtherOrigin,
+    NoLocation,
+    PastLimit,
+}
+
+impl std::fmt::Display for RedirectRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedirectRefusal::OtherOrigin => f.write_str("to another origin"),
+            RedirectRefusal::NoLocation => f.write_str("without a usable Location"),
+            RedirectRefusal::PastLimit => {
+                write!(f, "past the limit of {MAX_REDIRECTS} per request")
+            }
+        }
+    }
+}
 
 /// A server time that was not believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -336,12 +353,12 @@ impl FhirClient {
                 .get(reqwest::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|l| url.join(l).ok())
-                .ok_or_else(|| refused("without a usable Location"))?;
+                .ok_or_else(|| refused(RedirectRefusal::NoLocation))?;
             if !self.may_follow(&url, &next) {
-                return Err(refused("to another origin"));
+                return Err(refused(RedirectRefusal::OtherOrigin));
             }
             if redirects == MAX_REDIRECTS {
-                return Err(refused(REDIRECTS_PAST_LIMIT));
+                return Err(refused(RedirectRefusal::PastLimit));
             }
             redirects += 1;
             url = next;
