@@ -199,3 +199,37 @@ async fn writes_are_delivered_and_the_poll_bound_closes_in_on_the_server_clock()
         "the last bounds lag the server by {lags:?} ms"
     );
 }
+
+/// The same rule on a third-party server (Medplum's engine) that tells its
+/// time only by Node's second-precision `Date`: a write 20 ms into the
+/// second before start is not emitted; one after start is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_now_emits_nothing_from_the_second_before_start_on_medplum() {
+    let fhir = common::FhirServer::medplum_with("cursor", &["--date-only"]);
+    let rx = Receiver::start(0, None).await.unwrap();
+    // Medplum's clock is ours (same machine): just after our second turns.
+    let into_second = chrono::Utc::now().timestamp_subsec_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(1020 - into_second)).await;
+    let before = fhir.write(None, obs("before")).await;
+    let bridge = Bridge::start(&one_second_config(&fhir.base_url(), "now", &rx));
+    wait_for(30, "the target to initialise", || {
+        watermark(&bridge).is_some()
+    })
+    .await;
+    let start = watermark(&bridge).expect("watermark");
+    let before_ms = instant_ms(before["meta"]["lastUpdated"].as_str().expect("lastUpdated"));
+    assert!(
+        instant_ms(&start) > before_ms,
+        "start {start} is not after the write before it ({before})"
+    );
+    let after = fhir.write(None, obs("after")).await;
+    wait_for(30, "the write after start", || !rx.received().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.resource_id.clone())
+        .collect();
+    let after_id = format!("Observation/{}", after["id"].as_str().expect("id"));
+    assert_eq!(got, vec![after_id], "only the write after start");
+}

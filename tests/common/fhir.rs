@@ -31,6 +31,11 @@ impl FhirServer {
 
     /// Starts `node tests/fhir-server/server.mjs` (run `npm ci` there first).
     pub fn medplum(paging: &str) -> FhirServer {
+        FhirServer::medplum_with(paging, &[])
+    }
+
+    /// `medplum`, with more of server.mjs's options (e.g. `--date-only`).
+    pub fn medplum_with(paging: &str, options: &[&str]) -> FhirServer {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fhir-server");
         assert!(
             std::path::Path::new(dir).join("node_modules").exists(),
@@ -45,6 +50,7 @@ impl FhirServer {
                 paging,
                 "--exit-on-stdin-eof",
             ])
+            .args(options)
             .stdin(Stdio::piped())
             .current_dir(dir)
             .stdout(Stdio::piped())

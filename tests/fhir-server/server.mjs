@@ -6,7 +6,7 @@
 // HTTP layer and what MemoryRepository leaves out of search results: Bundle.link (self/next),
 // Bundle.meta.lastUpdated, entry.fullUrl, `_count` default/max, and paging.
 //
-// Usage: node server.mjs [--port N] [--paging cursor|offset] [--exit-on-stdin-eof] [--verbose]
+// Usage: node server.mjs [--port N] [--paging cursor|offset] [--date-only] [--exit-on-stdin-eof] [--verbose]
 //
 // Besides /fhir, `POST /_validate` validates the posted JSON resource with Medplum's validator
 // (validate.mjs) and answers 200 with an OperationOutcome of the issues found (none = valid), or
@@ -43,7 +43,7 @@ import { parseArgs } from 'node:util';
 // ---------------------------------------------------------------------------------------------
 // Command line
 
-const USAGE = 'usage: node server.mjs [--port N] [--paging cursor|offset] [--exit-on-stdin-eof] [--verbose]';
+const USAGE = 'usage: node server.mjs [--port N] [--paging cursor|offset] [--date-only] [--exit-on-stdin-eof] [--verbose]';
 
 let opts;
 try {
@@ -51,6 +51,7 @@ try {
     options: {
       port: { type: 'string', default: '0' },
       paging: { type: 'string', default: 'cursor' },
+      'date-only': { type: 'boolean', default: false },
       'exit-on-stdin-eof': { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -77,6 +78,9 @@ if (PAGING !== 'cursor' && PAGING !== 'offset') {
   process.exit(2);
 }
 const VERBOSE = opts.verbose;
+// Tell the time only by the HTTP `Date` header (whole seconds, Node's own),
+// with no Bundle.meta.lastUpdated: a server that gives no finer clock.
+const DATE_ONLY = opts['date-only'];
 
 // ---------------------------------------------------------------------------------------------
 // Medplum
@@ -328,7 +332,7 @@ async function search(resourceType, rawQuery, headers) {
   return {
     resourceType: 'Bundle',
     id: randomUUID(),
-    meta: { lastUpdated: new Date().toISOString() },
+    ...(DATE_ONLY ? {} : { meta: { lastUpdated: new Date().toISOString() } }),
     type: 'searchset',
     ...(bundle.total === undefined ? {} : { total: bundle.total }),
     link,
