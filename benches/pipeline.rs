@@ -7,8 +7,9 @@
 //! 1. raw limits: the server's page-fetch rate with a plain client loop (same
 //!    `_count`), and the receiver's POST rate with a plain client (same concurrency);
 //! 2. backlog throughput, and its ratio to min(raw fetch, raw POST);
-//! 3. latency at a 1 s poll interval and a steady write rate, on the sandbox and
-//!    on the sandbox telling time only by a second-precision `Date` header;
+//! 3. latency at a 1 s poll interval and a steady write rate, on the sandbox,
+//!    on the sandbox telling time only by a second-precision `Date` header, and
+//!    on Medplum's engine (tests/fhir-server, `--date-only`) doing the same;
 //! 4. scale: many poll targets against a server with (almost) no changes;
 //! 5. state size after the backlog;
 //! 6. backfill memory: peak RSS walking a large backlog that matches no hook;
@@ -20,9 +21,11 @@
 //! BENCH_SOURCES (1000) x 10 types, BENCH_SCALE_SECONDS (130), BENCH_BACKFILL (1000000),
 //! BENCH_BURST (20000), BENCH_STEADY_SECONDS (180), BENCH_TOKEN_SOURCES (100) x 10 types, BENCH_TOKEN_SECONDS (90),
 //! BENCH_PATIENTS (10000) x 5 types, BENCH_FANOUT_SECONDS (120), BENCH_EXPORT (1000000),
-//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,latency-date,scale,fanout,export,backfill,tokens,telemetry).
+//! BENCH_ONLY (comma list of: raw,backlog,burst,latency,latency-date,latency-medplum,scale,fanout,export,backfill,tokens,telemetry).
 //! BENCH_HOOK_EXTRA: extra keys for the benchmark's hook (e.g. a FHIR `format`).
 
+#[path = "pipeline/latency.rs"]
+mod latency;
 #[path = "pipeline/telemetry.rs"]
 mod telemetry;
 #[path = "pipeline/tokens.rs"]
@@ -384,70 +387,6 @@ const DATE_ONLY: SandboxClock = SandboxClock {
     date_only: true,
 };
 
-/// Write -> webhook latency at a 1 s poll interval; the bridge gets `warmup`
-/// to learn the server's clock before the writes start.
-async fn latency(rate: f64, seconds: u64, clock: SandboxClock, warmup: Duration) {
-    let fhir = FhirSandbox::start(0).await.unwrap();
-    fhir.store.set_clock(clock);
-    let rx = Receiver::start(0, None).await.unwrap();
-    let cfg = format!(
-        "state_dir = \"state\"\n{}{}",
-        source_toml("bench", &fhir.base_url(), &["Observation"], "1s", 100),
-        hook_toml(&rx.url("hooks/all"), "true")
-    );
-    let bridge = Bridge::start(&cfg);
-    tokio::time::sleep(warmup).await;
-    let mut rng = fastrand::Rng::with_seed(9);
-    // Writes at random instants (a Poisson process at `rate`), as clinical
-    // writes come: on a fixed grid, the result would depend on the grid's
-    // phase against the polls (up to +/-50 ms on the median at 10/s).
-    let t = Instant::now();
-    let mut next = t;
-    let mut written = 0usize;
-    while t.elapsed() < Duration::from_secs(seconds) {
-        next += Duration::from_secs_f64(-(1.0 - rng.f64()).ln() / rate);
-        tokio::time::sleep_until(next.into()).await;
-        fhir.store.upsert(
-            "Observation",
-            None,
-            generator::observation(written as u64, &mut rng),
-        );
-        written += 1;
-    }
-    wait_count(&rx, written, Duration::from_secs(30)).await;
-    bridge.stop();
-    // lastUpdated is on the server's clock: so is the arrival, here.
-    let offset = chrono::Duration::milliseconds(clock.offset_ms);
-    let mut lat: Vec<f64> = rx
-        .received()
-        .iter()
-        .filter_map(|r| {
-            let lu = chrono::DateTime::parse_from_rfc3339(r.body["lastUpdated"].as_str()?).ok()?;
-            Some((r.received_at + offset - lu.to_utc()).num_microseconds()? as f64 / 1000.0)
-        })
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    let (server, after) = if clock.date_only {
-        (
-            "sandbox, `Date` header only (whole seconds), clock 1.3 s behind",
-            format!(", after {} s learning the clock", warmup.as_secs()),
-        )
-    } else {
-        ("sandbox", String::new())
-    };
-    println!(
-        "| latency (write -> webhook) | {server} | {written} writes at random instants, {rate}/s on average, 1 s poll interval{after} | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (target p50 <= 550, p99 <= 1250) |",
-        pct(0.5),
-        pct(0.99),
-        lat.last().copied().unwrap_or(f64::NAN)
-    );
-}
-
 async fn scale(sources: usize, seconds: u64) {
     let fhir = FhirSandbox::start(0).await.unwrap();
     for rt in TYPES {
@@ -687,23 +626,22 @@ fn main() {
         if enabled("burst") {
             burst(env_or("BENCH_BURST", 20_000)).await;
         }
+        let (rate, seconds) = (
+            env_or("BENCH_RATE", 50.0),
+            env_or("BENCH_LATENCY_SECONDS", 20),
+        );
+        let clock_warmup = Duration::from_secs(env_or("BENCH_CLOCK_WARMUP", 15));
         if enabled("latency") {
-            latency(
-                env_or("BENCH_RATE", 50.0),
-                env_or("BENCH_LATENCY_SECONDS", 20),
-                SandboxClock::default(),
-                Duration::from_secs(2),
-            )
-            .await;
+            let server = latency::Server::sandbox(SandboxClock::default()).await;
+            latency::latency(server, rate, seconds, Duration::from_secs(2)).await;
         }
         if enabled("latency-date") {
-            latency(
-                env_or("BENCH_RATE", 50.0),
-                env_or("BENCH_LATENCY_SECONDS", 20),
-                DATE_ONLY,
-                Duration::from_secs(env_or("BENCH_CLOCK_WARMUP", 15)),
-            )
-            .await;
+            let server = latency::Server::sandbox(DATE_ONLY).await;
+            latency::latency(server, rate, seconds, clock_warmup).await;
+        }
+        if enabled("latency-medplum") {
+            let server = latency::Server::medplum_date_only();
+            latency::latency(server, rate, seconds, clock_warmup).await;
         }
         if enabled("fanout") {
             fanout_scale(
