@@ -35,6 +35,23 @@ impl Schedule {
         }
     }
 
+    /// When the tick after one that started at `started` and ended at `now`
+    /// begins. An interval runs at a fixed rate, from tick start to tick start
+    /// (sleeping a whole interval after each tick would stretch the period by
+    /// the tick's own duration, and every change's wait with it); a tick that
+    /// took longer than that still gets half an interval's rest, so a slow
+    /// server is never polled back to back.
+    pub fn next_tick(&self, started: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Schedule::Every(d) => {
+                let half = chrono::Duration::from_std(*d / 2).unwrap_or(chrono::Duration::MAX);
+                let rested = now.checked_add_signed(half).unwrap_or(now);
+                self.next_after(started).max(rested)
+            }
+            Schedule::Cron(_) => self.next_after(now),
+        }
+    }
+
     /// Whether the schedule ticks within `horizon` after `now`. A cron such as
     /// `0 0 31 2 *` (February 31st) parses but never fires.
     pub fn fires_within(&self, now: DateTime<Utc>, horizon: Duration) -> bool {
@@ -64,6 +81,27 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interval_runs_from_tick_start_to_tick_start() {
+        let every = Schedule::Every(Duration::from_secs(1));
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let started = at("2026-11-21T10:00:00.000Z");
+        assert_eq!(
+            every.next_tick(started, at("2026-11-21T10:00:00.030Z")),
+            at("2026-11-21T10:00:01.000Z")
+        );
+        // A tick longer than the interval: half an interval's rest.
+        assert_eq!(
+            every.next_tick(started, at("2026-11-21T10:00:03.000Z")),
+            at("2026-11-21T10:00:03.500Z")
+        );
+        let cron = Schedule::cron("*/5 * * * *").unwrap();
+        assert_eq!(
+            cron.next_tick(started, at("2026-11-21T10:07:00Z")),
+            at("2026-11-21T10:10:00Z")
+        );
+    }
 
     #[test]
     fn five_and_six_field_cron() {

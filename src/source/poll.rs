@@ -152,6 +152,7 @@ impl SourceTask {
         }
         let mut roster = super::fanout::RosterState::default();
         loop {
+            let tick_started = Utc::now();
             let paused = |until: Option<std::time::Instant>| {
                 until.is_some_and(|t| std::time::Instant::now() < t)
             };
@@ -228,7 +229,7 @@ impl SourceTask {
             }
             // One write for the whole tick's outcomes at most, not one per target.
             self.record_outcomes(std::mem::take(&mut outcomes)).await;
-            let next = self.source.schedule.next_after(Utc::now());
+            let next = self.source.schedule.next_tick(tick_started, Utc::now());
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
             // Nudged onto the server's second boundary while its clock is
             // known only to the second (see `clock`).
