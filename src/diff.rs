@@ -78,6 +78,21 @@ pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
     {
         return None;
     }
+    // At one instant (or with no time), numeric versionIds tell the older
+    // one: a re-read of history from before a delete in the same millisecond
+    // must not bring the resource back. Time decides when it differs (a
+    // server may count again from 1 after a delete).
+    let tie = match (prev_lu, cur.last_updated) {
+        (Some(p), Some(c)) => p == c,
+        _ => true,
+    };
+    let numeric = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
+    if tie
+        && let (Some(p), Some(c)) = (numeric(prev.version_id.as_deref()), numeric(cur.version_id))
+        && c < p
+    {
+        return None;
+    }
     let changed = match (prev.version_id.as_deref(), cur.version_id) {
         (Some(p), Some(c)) => p != c,
         _ => &prev.content_hash != cur.content_hash,
@@ -169,6 +184,24 @@ mod tests {
             content_hash: &h,
         };
         assert_eq!(classify(Some(&prev), &stale), None);
+    }
+
+    #[test]
+    fn at_one_instant_a_lower_numeric_version_is_older() {
+        let prev = seen(Some("3"), "2026-01-01T00:00:10Z", 3);
+        let h = [1; 32];
+        let obs = |v: &'static str, lu: &str| Observed {
+            version_id: Some(v),
+            last_updated: at(lu),
+            content_hash: &h,
+        };
+        let same_ms = obs("2", "2026-01-01T00:00:10Z");
+        assert_eq!(classify(Some(&prev), &same_ms), None);
+        let higher = obs("4", "2026-01-01T00:00:10Z");
+        assert_eq!(classify(Some(&prev), &higher), Some(Event::Update));
+        // Later in time, counted from 1 again: time decides.
+        let recounted = obs("1", "2026-01-01T00:00:11Z");
+        assert_eq!(classify(Some(&prev), &recounted), Some(Event::Update));
     }
 
     #[test]

@@ -112,6 +112,59 @@ async fn history_gives_creates_updates_and_deletes_once_in_order_across_kill9() 
     assert!(rx.count() >= before);
 }
 
+/// History listed newest first (as the spec has it), over many pages: a
+/// resource's create, update and delete fall on different pages, and still
+/// arrive once each, in order (the chain is read ahead and taken last page
+/// first). Then more of the same while the bridge runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_first_history_over_many_pages_keeps_every_version_in_order() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    store.quirks.descending(true);
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = source_with(&fhir, &hooks, "strategy = \"history\"")
+        .replace("page_size = 7", "page_size = 2");
+    assert!(config.contains("page_size = 2"), "{config}");
+    let ids: Vec<String> = (0..5)
+        .map(|_| id_of(store.upsert("Observation", None, observation("N", "preliminary"))))
+        .collect();
+    for id in &ids {
+        store.upsert("Observation", Some(id), observation("N", "final"));
+    }
+    assert!(store.delete("Observation", &ids[0]));
+    assert!(store.delete("Observation", &ids[3]));
+    let mut bridge = Bridge::start(&config);
+    let total = |rx: &Receiver| {
+        by_resource(&rx.received())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    wait_for(30, "12 versions", || total(&rx) == 12).await;
+    bridge.kill9();
+    for id in &ids[1..3] {
+        store.upsert("Observation", Some(id), observation("H", "amended"));
+    }
+    assert!(store.delete("Observation", &ids[4]));
+    bridge.restart();
+    wait_for(30, "15 versions", || total(&rx) == 15).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let got = by_resource(&rx.received());
+    let events = |id: &str| -> Vec<String> {
+        got[&format!("Observation/{id}")]
+            .iter()
+            .map(|e| e.0.clone())
+            .collect()
+    };
+    assert_eq!(events(&ids[0]), ["create", "update", "delete"]);
+    assert_eq!(events(&ids[1]), ["create", "update", "update"]);
+    assert_eq!(events(&ids[2]), ["create", "update", "update"]);
+    assert_eq!(events(&ids[3]), ["create", "update", "delete"]);
+    assert_eq!(events(&ids[4]), ["create", "update", "delete"]);
+    assert_eq!(total(&rx), 15);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_updated_loses_nothing_on_a_server_that_returns_newest_first() {
     let fhir = FhirServer::sandbox().await;

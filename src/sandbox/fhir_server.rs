@@ -167,10 +167,11 @@ fn history(
     st.store.count_request();
     let quirks = &st.store.quirks;
     let strict = quirks.is_strict_params() && prefers_strict(headers);
-    let req = match parse_history(raw, strict, id) {
+    let mut req = match parse_history(raw, strict, id) {
         Ok(r) => r,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, &e),
     };
+    req.query.newest_first = quirks.is_descending();
     if let Some(gone) = expired(st, req.link_generation) {
         return gone;
     }

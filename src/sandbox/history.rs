@@ -59,9 +59,13 @@ pub(super) struct HistoryQuery {
     pub(super) since_ms: Option<i64>,
     /// Instance history: only this resource's versions.
     pub(super) id: Option<String>,
-    /// Continue strictly after this key (a page link's cursor).
+    /// Continue strictly after this key (a page link's cursor): past it in
+    /// the listing's order (before it, newest first).
     pub(super) after: Option<LogKey>,
     pub(super) count: usize,
+    /// Newest first, as the FHIR spec lists history and most servers do
+    /// (the `descending` quirk); oldest first otherwise.
+    pub(super) newest_first: bool,
 }
 
 pub(super) struct HistoryEntry {
@@ -100,12 +104,21 @@ impl SandboxStore {
             return page;
         };
         let lower = q.since_ms.unwrap_or(i64::MIN);
-        let start = match q.after {
-            Some(key) if key.0 >= lower => Bound::Excluded(key),
-            _ => Bound::Included((lower, 0)),
+        let versions: Box<dyn Iterator<Item = _>> = match q.newest_first {
+            true => {
+                let end = q.after.map_or(Bound::Unbounded, Bound::Excluded);
+                Box::new(log.versions.range((Bound::Included((lower, 0)), end)).rev())
+            }
+            false => {
+                let start = match q.after {
+                    Some(key) if key.0 >= lower => Bound::Excluded(key),
+                    _ => Bound::Included((lower, 0)),
+                };
+                Box::new(log.versions.range((start, Bound::Unbounded)))
+            }
         };
         let mut last = None;
-        for (key, v) in log.versions.range((start, Bound::Unbounded)) {
+        for (key, v) in versions {
             if q.id.as_deref().is_some_and(|id| id != &*v.id) {
                 continue;
             }
@@ -191,6 +204,44 @@ mod tests {
             },
         );
         assert_eq!(one, [("b".into(), 1, "POST"), ("b".into(), 2, "DELETE")]);
+    }
+
+    #[test]
+    fn newest_first_pages_list_every_version_in_reverse() {
+        let s = SandboxStore::default();
+        s.freeze_clock(Some(1_000));
+        s.upsert("Observation", Some("a"), json!({}));
+        s.upsert("Observation", Some("b"), json!({}));
+        s.freeze_clock(Some(2_000));
+        s.upsert("Observation", Some("a"), json!({"status": "final"}));
+        assert!(s.delete("Observation", "b"));
+        let all = walk(
+            &s,
+            HistoryQuery {
+                count: 1,
+                newest_first: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            all,
+            [
+                ("b".into(), 2, "DELETE"),
+                ("a".into(), 2, "PUT"),
+                ("b".into(), 1, "POST"),
+                ("a".into(), 1, "POST"),
+            ]
+        );
+        let since = walk(
+            &s,
+            HistoryQuery {
+                since_ms: Some(2_000),
+                count: 1,
+                newest_first: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(since.len(), 2);
     }
 
     #[test]

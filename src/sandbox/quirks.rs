@@ -17,8 +17,9 @@ pub struct Quirks {
 }
 
 impl Quirks {
-    /// Searches ignore `_sort` and return the newest first (as Cerner does).
-    /// A page chain keeps the order it started with.
+    /// Searches ignore `_sort` and return the newest first (as Cerner does),
+    /// and history lists newest first (as the FHIR spec has it). A search's
+    /// page chain keeps the order it started with.
     pub fn descending(&self, on: bool) {
         self.descending.store(on, Ordering::Relaxed);
     }

@@ -107,7 +107,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             .collect(),
         false => Vec::new(),
     };
-    let entries: Vec<_> = page
+    let mut entries: Vec<_> = page
         .entries
         .iter()
         .filter(|e| e.resource_type == rt)
@@ -155,6 +155,18 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
     }
     if entries.is_empty() {
         return Ok(out);
+    }
+    if job.mode == EntryMode::History {
+        // Versions go through the diff oldest first, whatever order the server
+        // lists them in (most list history newest first): a create before its
+        // update, a delete after both. The watermark still sees them in the
+        // server's order (`instants`, above), so it knows a newest-first chain.
+        let mut order = super::history_order::HistoryOrder::default();
+        order.feed(entries.iter().copied());
+        if order.newest_first() {
+            entries.reverse();
+        }
+        entries.sort_by_key(|e| e.last_updated.unwrap_or(DateTime::<Utc>::MIN_UTC));
     }
     let ids = entries.iter().map(|e| e.id.clone()).collect();
     // Bodies are kept, read and written only for a type some hook's filter
@@ -459,5 +471,16 @@ mod tests {
         // Recreated later (a PUT, as a server writes it): a create again.
         let back = process(&store, &job, &page(vec![entry(4, "PUT")])).unwrap();
         assert_eq!(back.commit.messages[0].change.event, "create");
+
+        // A server that lists history newest first (most do): the same
+        // events, oldest first; the watermark sees the server's order.
+        let (_d, store) = temp_store();
+        let body = page(vec![entry(3, "DELETE"), entry(2, "PUT"), entry(1, "POST")]);
+        let out = process(&store, &job, &body).unwrap();
+        let events: Vec<_> = (out.commit.messages.iter())
+            .map(|m| m.change.event.as_str())
+            .collect();
+        assert_eq!(events, ["create", "update", "delete"]);
+        assert!(out.instants.windows(2).all(|w| w[0] > w[1]));
     }
 }

@@ -507,11 +507,29 @@ impl SourceTask {
         let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let mut page_no = 0usize;
         let mut restarted = false;
+        let mut ahead = match polling {
+            strategy::Strategy::History => {
+                let (ahead, cut) = self.read_ahead(&url, rt, cancel).await;
+                if let Some(note) = cut {
+                    notes.warn(format!("{rt}: {note}"));
+                }
+                ahead
+            }
+            _ => Default::default(),
+        };
         loop {
             page_no += 1;
+            let queued = ahead.pop();
+            if let Some((u, _)) = &queued {
+                url = u.clone();
+            }
             visited.insert(url.to_string());
             self.beat.expect_within(self.page_allowance());
-            let fetched = match self.fetch(&url).await {
+            let fetched = match queued {
+                Some((_, f)) => Ok(f),
+                None => self.fetch(&url).await,
+            };
+            let fetched = match fetched {
                 Ok(f) => f,
                 // An expired page context (HAPI forgets its searches after an
                 // hour): the chain starts again from the watermark, once.
@@ -600,7 +618,11 @@ impl SourceTask {
             // A next link that cannot be followed fails the poll, but only
             // after this page is committed: its entries are the EHR's own, and
             // the watermark treats it as a page with more to come.
-            let next = next_link(&self.source, &url, page.next.as_deref(), rt, page_no);
+            let next = match ahead.reversed {
+                // Read ahead and checked: the next is the page queued after.
+                true => ahead.successor().map(Ok),
+                false => next_link(&self.source, &url, page.next.as_deref(), rt, page_no),
+            };
             let allowed = tracker.page(&page.instants, next.is_some());
             if let Some(new) = allowed.filter(|_| !drifted && !full)
                 && watermark.is_none_or(|w| new > w)
