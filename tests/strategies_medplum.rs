@@ -3,7 +3,8 @@
 //! trace in Medplum, so only a complete walk can tell) and per-patient
 //! fan-out (a Group's members, `patient=` searches). Medplum has no type-level
 //! `_history` and no `$export`: those run on the in-crate sandbox
-//! (tests/strategies.rs).
+//! (tests/strategies.rs) and on SEKMET, a third-party server that has both
+//! (tests/strategies_sekmet.rs).
 
 mod common;
 

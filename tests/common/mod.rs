@@ -1,6 +1,6 @@
 //! Shared harness for end-to-end tests: the real `fhir-bridge` binary, a FHIR
-//! server (the in-crate sandbox or Medplum's engine under Node), and a real
-//! HTTP receiver, all on 127.0.0.1.
+//! server (the in-crate sandbox, Medplum's engine under Node, or SEKMET under
+//! Python), and a real HTTP receiver, all on 127.0.0.1.
 #![allow(dead_code)]
 
 pub mod auth_server;
@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod proxy;
 pub mod scenarios;
 pub mod scripted;
+pub mod sekmet;
 pub mod validator;
 pub mod writer;
 
