@@ -7,9 +7,9 @@
 mod common;
 
 use common::scenarios::observation;
-use common::{Bridge, FhirServer, config_for, hook, wait_for};
+use common::{Bridge, FhirServer, by_resource, config_for, hook, wait_for};
 use fhir_bridge::sandbox::{FhirSandbox, Received, Receiver};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// The id of what `store.upsert` stored.
 fn id_of(stored: std::sync::Arc<str>) -> String {
@@ -37,21 +37,6 @@ fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
         FhirServer::Sandbox(s) => s,
         _ => panic!("a sandbox test"),
     }
-}
-
-/// Per resource: the (event, versionId) pairs received, in arrival order,
-/// duplicates (same message_id) removed.
-fn by_resource(got: &[Received]) -> BTreeMap<String, Vec<(String, Option<String>)>> {
-    let mut seen = BTreeSet::new();
-    let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for r in got {
-        if seen.insert(r.message_id.clone()) {
-            out.entry(r.resource_id.clone())
-                .or_default()
-                .push((r.event.clone(), r.version_id.clone()));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

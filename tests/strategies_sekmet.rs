@@ -8,8 +8,8 @@ mod common;
 
 use common::scenarios::observation;
 use common::sekmet::{Exchange, Sekmet};
-use common::{Bridge, config, hook, wait_for};
-use fhir_bridge::sandbox::{Received, Receiver};
+use common::{Bridge, by_resource, config, hook, wait_for};
+use fhir_bridge::sandbox::Receiver;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -23,21 +23,6 @@ fn source(fhir: &Sekmet, types: &[&str], hooks: &str, extra: &str) -> String {
             "owner_id = \"org/test\"",
             &format!("owner_id = \"org/test\"\n{extra}"),
         )
-}
-
-/// Per resource: the (event, versionId) pairs received, in arrival order,
-/// duplicates (same message_id) removed.
-fn by_resource(got: &[Received]) -> BTreeMap<String, Vec<(String, Option<String>)>> {
-    let mut seen = BTreeSet::new();
-    let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for r in got {
-        if seen.insert(r.message_id.clone()) {
-            out.entry(r.resource_id.clone())
-                .or_default()
-                .push((r.event.clone(), r.version_id.clone()));
-        }
-    }
-    out
 }
 
 fn total(rx: &Receiver) -> usize {

@@ -225,3 +225,20 @@ owner_id = "org/test"
 pub fn hook(name: &str, url: &str, filter: &str, extra: &str) -> String {
     format!("[[hook]]\nname = \"{name}\"\nurl = \"{url}\"\nfilter = '{filter}'\n{extra}\n")
 }
+
+/// Per resource: the (event, versionId) pairs received, in arrival order,
+/// duplicates (same message_id) removed.
+pub fn by_resource(
+    got: &[fhir_bridge::sandbox::Received],
+) -> std::collections::BTreeMap<String, Vec<(String, Option<String>)>> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for r in got {
+        if seen.insert(r.message_id.clone()) {
+            out.entry(r.resource_id.clone())
+                .or_default()
+                .push((r.event.clone(), r.version_id.clone()));
+        }
+    }
+    out
+}
