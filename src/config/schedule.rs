@@ -35,20 +35,17 @@ impl Schedule {
         }
     }
 
-    /// When the tick after one that started at `started` and ended at `now`
-    /// begins. An interval runs at a fixed rate, from tick start to tick start
+    /// How long to wait after a tick that took `took` and ended at `now`.
+    /// An interval runs at a fixed rate, from tick start to tick start
     /// (sleeping a whole interval after each tick would stretch the period by
-    /// the tick's own duration, and every change's wait with it); a tick that
-    /// took longer than that still gets half an interval's rest, so a slow
-    /// server is never polled back to back.
-    pub fn next_tick(&self, started: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    /// the tick's own duration, and every change's wait with it), measured
+    /// on the monotonic clock (a step of the wall clock changes nothing); a
+    /// tick that took more than half the interval still gets half an
+    /// interval's rest, so a slow server is never polled back to back.
+    pub fn wait_after_tick(&self, took: Duration, now: DateTime<Utc>) -> Duration {
         match self {
-            Schedule::Every(d) => {
-                let half = chrono::Duration::from_std(*d / 2).unwrap_or(chrono::Duration::MAX);
-                let rested = now.checked_add_signed(half).unwrap_or(now);
-                self.next_after(started).max(rested)
-            }
-            Schedule::Cron(_) => self.next_after(now),
+            Schedule::Every(d) => d.saturating_sub(took).max(*d / 2),
+            Schedule::Cron(_) => (self.next_after(now) - now).to_std().unwrap_or_default(),
         }
     }
 
@@ -86,21 +83,13 @@ mod tests {
     fn an_interval_runs_from_tick_start_to_tick_start() {
         let every = Schedule::Every(Duration::from_secs(1));
         let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-        let started = at("2026-11-21T10:00:00.000Z");
-        assert_eq!(
-            every.next_tick(started, at("2026-11-21T10:00:00.030Z")),
-            at("2026-11-21T10:00:01.000Z")
-        );
-        // A tick longer than the interval: half an interval's rest.
-        assert_eq!(
-            every.next_tick(started, at("2026-11-21T10:00:03.000Z")),
-            at("2026-11-21T10:00:03.500Z")
-        );
+        let now = at("2026-11-21T10:07:00Z");
+        let ms = Duration::from_millis;
+        assert_eq!(every.wait_after_tick(ms(30), now), ms(970));
+        // A tick longer than half the interval: half an interval's rest.
+        assert_eq!(every.wait_after_tick(ms(3_000), now), ms(500));
         let cron = Schedule::cron("*/5 * * * *").unwrap();
-        assert_eq!(
-            cron.next_tick(started, at("2026-11-21T10:07:00Z")),
-            at("2026-11-21T10:10:00Z")
-        );
+        assert_eq!(cron.wait_after_tick(ms(30), now), Duration::from_secs(180));
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl SourceTask {
         }
         let mut roster = super::fanout::RosterState::default();
         loop {
-            let tick_started = Utc::now();
+            let tick_started = std::time::Instant::now();
             let paused = |until: Option<std::time::Instant>| {
                 until.is_some_and(|t| std::time::Instant::now() < t)
             };
@@ -229,8 +229,7 @@ impl SourceTask {
             }
             // One write for the whole tick's outcomes at most, not one per target.
             self.record_outcomes(std::mem::take(&mut outcomes)).await;
-            let next = self.source.schedule.next_tick(tick_started, Utc::now());
-            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            let wait = (self.source.schedule).wait_after_tick(tick_started.elapsed(), Utc::now());
             // Nudged onto the server's second boundary while its clock is
             // known only to the second (see `clock`).
             let wait = self.client.aligned_wait(wait);
