@@ -97,15 +97,11 @@ impl SourceTask {
                     );
                 }
                 Some(Ok(n)) if !visited.contains(n.as_str()) => {
-                    if pages.len() >= self.source.max_pages_per_poll as usize {
-                        break None;
-                    }
-                    if held >= READ_AHEAD_BYTES {
-                        if !order.newest_first() {
-                            break None;
-                        }
-                        break Some(
-                            "the history chain is longer than the read-ahead (32 MB): its pages go through in the server's order, so of a resource changed on several of them only the newest version may be delivered; a shorter interval keeps chains short",
+                    let full = pages.len() >= self.source.max_pages_per_poll as usize;
+                    if full || held >= READ_AHEAD_BYTES {
+                        // Ascending so far: nothing is lost by going on in order.
+                        break order.newest_first().then_some(
+                            "the history chain is longer than the read-ahead (32 MB or max_pages_per_poll): its pages go through in the server's order, so of a resource changed on several of them only the newest version may be delivered; a shorter interval keeps chains short",
                         );
                     }
                     url = n;
