@@ -150,6 +150,52 @@ async fn newest_first_history_over_many_pages_keeps_every_version_in_order() {
     assert_eq!(total(&rx), 15);
 }
 
+/// A newest-first history chain longer than the read-ahead (here the page
+/// cap) goes through in the server's order, and status says what that may
+/// cost; the newest version of everything still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_chain_past_the_read_ahead_is_noted_on_status() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    store.quirks.descending(true);
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let config = source_with(
+        &fhir,
+        &hooks,
+        "strategy = \"history\"\nmax_pages_per_poll = 2",
+    )
+    .replace("page_size = 7", "page_size = 2");
+    let ids: Vec<String> = (0..6)
+        .map(|_| id_of(store.upsert("Observation", None, observation("N", "final"))))
+        .collect();
+    let bridge = Bridge::start(&config);
+    wait_for(30, "the note on status", || {
+        bridge.status_json()["sources"][0]["targets"][0]["last_warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("longer than the read-ahead"))
+    })
+    .await;
+    // Newest first: the two pages read hold the four newest creates.
+    wait_for(30, "the four newest", || {
+        by_resource(&rx.received()).len() == 4
+    })
+    .await;
+    let got = by_resource(&rx.received());
+    for id in &ids[2..] {
+        assert!(
+            got.contains_key(&format!("Observation/{id}")),
+            "{id}: {got:?}"
+        );
+    }
+    wait_for(30, "the page cap on status", || {
+        bridge.status_json()["sources"][0]["targets"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_pages_per_poll"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_updated_loses_nothing_on_a_server_that_returns_newest_first() {
     let fhir = FhirServer::sandbox().await;
