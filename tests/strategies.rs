@@ -25,6 +25,17 @@ fn source_with(fhir: &FhirServer, hooks: &str, extra: &str) -> String {
     )
 }
 
+/// Waits until the first target's `field` on status contains `text` (poll
+/// outcomes are written up to a second after the poll).
+async fn wait_for_status(bridge: &Bridge, field: &str, text: &str) {
+    wait_for(30, &format!("{field} with {text:?} on status"), || {
+        bridge.status_json()["sources"][0]["targets"][0][field]
+            .as_str()
+            .is_some_and(|v| v.contains(text))
+    })
+    .await;
+}
+
 /// `n` final Observations written to the sandbox; their ids.
 fn seed(store: &fhir_bridge::sandbox::SandboxStore, n: usize) -> Vec<String> {
     (0..n)
@@ -170,12 +181,7 @@ async fn a_history_chain_past_the_read_ahead_is_noted_on_status() {
         .map(|_| id_of(store.upsert("Observation", None, observation("N", "final"))))
         .collect();
     let bridge = Bridge::start(&config);
-    wait_for(30, "the note on status", || {
-        bridge.status_json()["sources"][0]["targets"][0]["last_warning"]
-            .as_str()
-            .is_some_and(|w| w.contains("longer than the read-ahead"))
-    })
-    .await;
+    wait_for_status(&bridge, "last_warning", "longer than the read-ahead").await;
     // Newest first: the two pages read hold the four newest creates.
     wait_for(30, "the four newest", || {
         by_resource(&rx.received()).len() == 4
@@ -188,12 +194,7 @@ async fn a_history_chain_past_the_read_ahead_is_noted_on_status() {
             "{id}: {got:?}"
         );
     }
-    wait_for(30, "the page cap on status", || {
-        bridge.status_json()["sources"][0]["targets"][0]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("max_pages_per_poll"))
-    })
-    .await;
+    wait_for_status(&bridge, "last_error", "max_pages_per_poll").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,14 +262,7 @@ async fn an_expired_next_link_restarts_the_search_from_the_watermark() {
     };
     wait_for(60, "30 creates", || total(&rx) == 30).await;
     assert_eq!(rx.count(), 30, "each once");
-    // Poll outcomes are written up to a second after the poll.
-    wait_for(30, "the restart noted on status", || {
-        let target = &bridge.status_json()["sources"][0]["targets"][0];
-        target["last_warning"]
-            .as_str()
-            .is_some_and(|w| w.contains("expired next link"))
-    })
-    .await;
+    wait_for_status(&bridge, "last_warning", "expired next link").await;
 }
 
 /// `Prefer: handling=strict`: a parameter the server does not know is its
@@ -468,12 +462,7 @@ async fn a_reconciliation_finds_what_last_updated_missed_and_deletes() {
         .map(|e| e.0.as_str())
         .collect();
     assert_eq!(deleted, ["create", "delete"]);
-    wait_for(30, "the reconciliation's note", || {
-        target(&bridge)["last_warning"]
-            .as_str()
-            .is_some_and(|w| w.contains("the reconciliation found"))
-    })
-    .await;
+    wait_for_status(&bridge, "last_warning", "the reconciliation found").await;
     // Later passes find nothing more: the count on status goes back to 0.
     wait_for(30, "a clean reconciliation", || {
         target(&bridge)["last_reconcile_changes"] == 0
@@ -637,11 +626,10 @@ async fn a_saved_export_job_for_other_types_is_cancelled_not_resumed() {
         got.values().all(|e| e.len() == 1 && e[0].0 == "create"),
         "{got:?}"
     );
-    wait_for(30, "the cancelled job on status", || {
-        let status = bridge.status_json();
-        status["sources"][0]["targets"][0]["last_warning"]
-            .as_str()
-            .is_some_and(|w| w.contains("cancelled and a new export started"))
-    })
+    wait_for_status(
+        &bridge,
+        "last_warning",
+        "cancelled and a new export started",
+    )
     .await;
 }
