@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "hostile/auth.rs"]
+mod auth;
 #[path = "hostile/config.rs"]
 mod config;
 #[path = "hostile/delivery.rs"]

@@ -4,31 +4,49 @@
 //! Tokens are cached per source (per hook) and refreshed `REFRESH_MARGIN` before they
 //! expire, so a long poll gets a fresh one between pages. Many tasks needing a
 //! token at once wait for one fetch (the cache's lock is held while fetching:
-//! single flight). After a 401 the caller drops the token it used
-//! (`invalidate`) and retries once with a new one. Errors carry the token
-//! endpoint's HTTP status and OAuth `error` code, never its body.
+//! single flight). Every token request (and SMART discovery) takes a turn in
+//! the owner's request budget first (`header_within`).
+//!
+//! After a 401 the caller reports the token it used (`refused`): a token the
+//! server had accepted before (revoked, expired early) is dropped and the
+//! request is tried once more with a new one; a token it never accepted was
+//! refused fresh, and asking for another would only repeat that, so the
+//! refusal is held like a failed token request. Failures in a row hold the
+//! next token request for longer and longer (`hold_after`), until a token
+//! is accepted. Errors carry the token endpoint's HTTP status and OAuth
+//! `error` code, never its body; its answers are read within
+//! `MAX_RESPONSE_BYTES`.
 
+mod discovery;
 pub mod smart;
 #[cfg(test)]
 mod tests;
+mod token_request;
+
+pub use discovery::DiscoveryError;
 
 use crate::config::{ClientCredentials, SourceAuth};
 use crate::telemetry::Event;
 use crate::telemetry::auth::{Owner, TokenRefreshFailed, TokenRefreshed};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use token_request::TokenRequest;
 use tokio::sync::Mutex;
 
 /// A token is renewed this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
-/// Bounds on a token's lifetime as the server states it (`expires_in`).
-const MIN_LIFETIME: Duration = Duration::from_secs(5);
-const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// A failed token request is not repeated for this long.
+/// After a failure (a token request, or a fresh token refused), no token is
+/// asked for during this hold, doubled for every failure in a row up to
+/// `MAX_HOLD`.
 const FAILURE_HOLD: Duration = Duration::from_secs(5);
-/// Used when the token endpoint does not say.
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+const MAX_HOLD: Duration = Duration::from_secs(300);
+/// A token endpoint's or smart-configuration answer larger than this is
+/// refused unread: a token is a few KB at most.
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -39,12 +57,24 @@ pub enum AuthError {
     #[error("token endpoint: the response is not an OAuth token")]
     NotAToken,
     #[error(
-        "no usable token_endpoint (https) in [base]/.well-known/smart-configuration (set `token_url`)"
+        "token endpoint: HTTP {status}, response larger than {} (not read)",
+        crate::http_io::size_text(MAX_RESPONSE_BYTES)
     )]
-    Discovery,
+    TooLarge { status: u16 },
+    #[error("[base]/.well-known/smart-configuration: {0}; no token endpoint (set `token_url`)")]
+    Discovery(DiscoveryError),
+    #[error(
+        "HTTP 401 with a token just issued: the server does not accept this client's tokens; no new token for {}s",
+        hold.as_secs()
+    )]
+    Rejected { hold: Duration },
     #[error("client assertion: {0}")]
     Key(#[from] smart::KeyError),
 }
+
+/// Waits for one request's turn in the budget of whoever the token is for
+/// (a source's `max_requests_per_second`).
+pub type Turn<'a> = &'a (dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> + Send + Sync);
 
 struct Token {
     value: SecretString,
@@ -58,7 +88,11 @@ pub struct Authenticator {
     http: reqwest::Client,
     timeout: Duration,
     cached: Mutex<Cache>,
-    fetched: std::sync::atomic::AtomicU64,
+    fetched: AtomicU64,
+    /// Failures in a row since a server last accepted a token.
+    failures: AtomicU32,
+    /// The `Authorization` of the last token a server accepted (a 2xx).
+    accepted: std::sync::Mutex<Option<HeaderValue>>,
     /// Whose cache this is, for logs and metrics.
     owner: Owner,
 }
@@ -67,50 +101,22 @@ pub struct Authenticator {
 #[derive(Default)]
 struct Cache {
     token: Option<Token>,
-    /// The last failure, answered again for `FAILURE_HOLD`: a refusing token
-    /// endpoint is asked once per hold, not once per waiting request.
+    /// The last failure and until when it is answered again: a refusing
+    /// token endpoint is asked once per hold, not once per waiting request.
     failed: Option<(AuthError, Instant)>,
     /// The token endpoint found by SMART discovery, kept until a token
     /// request fails.
     discovered: Option<url::Url>,
 }
 
-impl Authenticator {
-    /// `token_endpoint` from `[base]/.well-known/smart-configuration`.
-    async fn discover_token_url(&self) -> Result<url::Url, AuthError> {
-        let url = self
-            .base_url
-            .join(".well-known/smart-configuration")
-            .map_err(|_| AuthError::Discovery)?;
-        let resp = self
-            .http
-            .get(url)
-            .timeout(self.timeout)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| AuthError::Unreachable(crate::source::client::describe(&e)))?;
-        if !resp.status().is_success() {
-            return Err(AuthError::Discovery);
-        }
-        #[derive(serde::Deserialize)]
-        struct SmartConfiguration {
-            token_endpoint: Option<String>,
-        }
-        let bytes = resp.bytes().await.map_err(|_| AuthError::Discovery)?;
-        let conf: SmartConfiguration =
-            serde_json::from_slice(&bytes).map_err(|_| AuthError::Discovery)?;
-        conf.token_endpoint
-            .and_then(|u| url::Url::parse(&u).ok())
-            // The document comes from the server: its token endpoint gets the
-            // client assertion, so it must be https (plain http only when the
-            // operator's base_url is plain http, i.e. loopback or allowed).
-            .filter(|u| {
-                u.scheme() == "https" || (u.scheme() == "http" && self.base_url.scheme() == "http")
-            })
-            .ok_or(AuthError::Discovery)
-    }
+/// How long no token is asked for after `failures` failures in a row.
+fn hold_after(failures: u32) -> Duration {
+    FAILURE_HOLD
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_HOLD)
+}
 
+impl Authenticator {
     /// OAuth client credentials for a receiver (`[hook.auth] type = "oauth"`):
     /// one token cache per hook, fetched through the hook's HTTP client.
     pub fn client_credentials(
@@ -141,6 +147,8 @@ impl Authenticator {
             timeout,
             cached: Mutex::new(Cache::default()),
             fetched: Default::default(),
+            failures: Default::default(),
+            accepted: Default::default(),
             owner: Owner::default(),
         }
     }
@@ -161,11 +169,17 @@ impl Authenticator {
 
     /// Tokens fetched so far (for tests and the closing figures).
     pub fn tokens_fetched(&self) -> u64 {
-        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+        self.fetched.load(Ordering::Relaxed)
     }
 
-    /// The `Authorization` header for a request, if any.
+    /// The `Authorization` header for a request, if any (no request budget).
     pub async fn header(&self) -> Result<Option<HeaderValue>, AuthError> {
+        self.header_within(&|| Box::pin(async {})).await
+    }
+
+    /// The `Authorization` header for a request, if any; a token request it
+    /// needs first waits for `turn`.
+    pub async fn header_within(&self, turn: Turn<'_>) -> Result<Option<HeaderValue>, AuthError> {
         let value = match &self.auth {
             SourceAuth::None => return Ok(None),
             SourceAuth::Basic { username, password } => {
@@ -184,12 +198,12 @@ impl Authenticator {
                     .as_ref()
                     .is_some_and(|t| Instant::now() < t.renew_at);
                 if !fresh {
-                    if let Some((e, at)) = &cache.failed
-                        && at.elapsed() < FAILURE_HOLD
+                    if let Some((e, until)) = &cache.failed
+                        && Instant::now() < *until
                     {
                         return Err(e.clone());
                     }
-                    match self.fetch_token(&mut cache.discovered).await {
+                    match self.fetch_token(&mut cache.discovered, turn).await {
                         Ok(t) => {
                             cache.token = Some(t);
                             cache.failed = None;
@@ -200,7 +214,7 @@ impl Authenticator {
                                 error: &e,
                             }
                             .emit();
-                            cache.failed = Some((e.clone(), Instant::now()));
+                            self.hold(&mut cache, e.clone());
                             cache.discovered = None;
                             return Err(e);
                         }
@@ -217,20 +231,63 @@ impl Authenticator {
         Ok(Some(v))
     }
 
-    /// Forgets the cached token if it is the one in `used` (a 401 said it
-    /// no longer works); another task may have renewed it already.
-    pub async fn invalidate(&self, used: &HeaderValue) {
-        let mut cache = self.cached.lock().await;
-        let same = cache.token.as_ref().is_some_and(|t| {
-            used.as_bytes() == format!("Bearer {}", t.value.expose_secret()).as_bytes()
-        });
-        if same {
-            cache.token = None;
+    /// Answers `error` again until a hold has passed, longer for every
+    /// failure in a row.
+    fn hold(&self, cache: &mut Cache, error: AuthError) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        cache.failed = Some((error, Instant::now() + hold_after(failures)));
+    }
+
+    /// A server answered a request made with `used` (2xx): the token works,
+    /// and the failures in a row are over.
+    pub fn accepted(&self, used: &HeaderValue) {
+        if !self.refreshable() {
+            return;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        if accepted.as_ref() != Some(used) {
+            *accepted = Some(used.clone());
         }
     }
 
-    async fn fetch_token(&self, discovered: &mut Option<url::Url>) -> Result<Token, AuthError> {
-        let (token_url, body, basic) = match &self.auth {
+    /// A server answered 401 to a request made with `used`. `Ok`: worth
+    /// one more try with `header` (the token had worked before and is now
+    /// dropped, or another task has replaced it already). `Err`: the token
+    /// was refused fresh; no new token is asked for during the hold, and
+    /// every request meanwhile gets this error.
+    pub async fn refused(&self, used: &HeaderValue) -> Result<(), AuthError> {
+        let mut cache = self.cached.lock().await;
+        let current = cache.token.as_ref().is_some_and(|t| {
+            used.as_bytes() == format!("Bearer {}", t.value.expose_secret()).as_bytes()
+        });
+        if !current {
+            return Ok(());
+        }
+        cache.token = None;
+        let worked_before = self
+            .accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            == Some(used);
+        if worked_before {
+            return Ok(());
+        }
+        let failures = self.failures.load(Ordering::Relaxed) + 1;
+        let e = AuthError::Rejected {
+            hold: hold_after(failures),
+        };
+        self.hold(&mut cache, e.clone());
+        Err(e)
+    }
+
+    async fn fetch_token(
+        &self,
+        discovered: &mut Option<url::Url>,
+        turn: Turn<'_>,
+    ) -> Result<Token, AuthError> {
+        let request = match &self.auth {
             SourceAuth::ClientCredentials(ClientCredentials {
                 token_url,
                 client_id,
@@ -255,22 +312,34 @@ impl Authenticator {
                 let enc = |s: &str| {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
                 };
-                let basic =
-                    secret_in_header.then(|| (enc(client_id), enc(client_secret.expose_secret())));
-                (token_url.clone(), form.finish(), basic)
+                TokenRequest {
+                    url: token_url.clone(),
+                    form: form.finish(),
+                    basic: secret_in_header
+                        .then(|| (enc(client_id), enc(client_secret.expose_secret()))),
+                }
             }
             SourceAuth::SmartBackend {
                 client_id,
                 key,
                 scope,
                 token_url,
+                allow_insecure_http,
             } => {
-                let token_url = match token_url {
-                    Some(u) => u.clone(),
-                    None => match discovered {
-                        Some(u) => u.clone(),
-                        None => discovered.insert(self.discover_token_url().await?).clone(),
-                    },
+                let token_url = match (token_url, &discovered) {
+                    (Some(u), _) | (None, Some(u)) => u.clone(),
+                    (None, None) => {
+                        turn().await;
+                        let found = discovery::discover(
+                            &self.http,
+                            &self.base_url,
+                            *allow_insecure_http,
+                            self.timeout,
+                        )
+                        .await
+                        .map_err(AuthError::Discovery)?;
+                        discovered.insert(found).clone()
+                    }
                 };
                 let assertion = key
                     .client_assertion(client_id, token_url.as_str())
@@ -285,75 +354,30 @@ impl Authenticator {
                     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                 );
                 form.append_pair("client_assertion", &assertion);
-                (token_url, form.finish(), None)
+                TokenRequest {
+                    url: token_url,
+                    form: form.finish(),
+                    basic: None,
+                }
             }
             _ => return Err(AuthError::NotAToken),
         };
-        let mut req = self
-            .http
-            .post(token_url)
-            .timeout(self.timeout)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(body);
-        if let Some((id, secret)) = basic {
-            req = req.basic_auth(id, Some(secret));
-        }
+        turn().await;
         let sent_at = Instant::now();
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| AuthError::Unreachable(crate::source::client::describe(&e)))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| AuthError::Unreachable(crate::source::client::describe(&e)))?;
-        #[derive(serde::Deserialize)]
-        struct Reply {
-            access_token: Option<String>,
-            error: Option<String>,
-            expires_in: Option<serde_json::Value>,
-        }
-        let reply: Option<Reply> = serde_json::from_slice(&body).ok();
-        if !status.is_success() {
-            // The OAuth error code only, and only if it looks like one.
-            let code = reply.and_then(|r| r.error).filter(|c| {
-                c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-            });
-            return Err(AuthError::Refused {
-                status: status.as_u16(),
-                code,
-            });
-        }
-        let reply = reply.ok_or(AuthError::NotAToken)?;
-        let value = reply
-            .access_token
-            .filter(|t| !t.is_empty() && HeaderValue::from_str(t).is_ok())
-            .ok_or(AuthError::NotAToken)?;
-        let lifetime = reply
-            .expires_in
-            .and_then(|v| {
-                v.as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            })
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_LIFETIME)
-            .clamp(MIN_LIFETIME, MAX_LIFETIME);
+        let issued = request.send(&self.http, self.timeout).await?;
         // Renew a margin before expiry, but never sooner than half the lifetime.
-        let renew_in = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
-        self.fetched
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let renew_in = issued
+            .lifetime
+            .saturating_sub(REFRESH_MARGIN)
+            .max(issued.lifetime / 2);
+        self.fetched.fetch_add(1, Ordering::Relaxed);
         TokenRefreshed {
             owner: &self.owner,
-            lifetime,
+            lifetime: issued.lifetime,
         }
         .emit();
         Ok(Token {
-            value: SecretString::from(value),
+            value: issued.value,
             renew_at: sent_at + renew_in,
         })
     }

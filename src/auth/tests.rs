@@ -58,6 +58,7 @@ fn smart(e: &Endpoint) -> Authenticator {
         key: Arc::new(SmartKey::from_pem(&pem, None).unwrap()),
         scope: None,
         token_url: None,
+        allow_insecure_http: false,
     };
     Authenticator::new(
         auth,
@@ -86,16 +87,107 @@ async fn a_refusal_is_held_not_repeated_per_request() {
     assert_eq!(e.tokens.load(Ordering::SeqCst), 1);
 }
 
-/// The discovered token endpoint is kept: a new token after a 401 does not
-/// read `.well-known/smart-configuration` again.
+/// The discovered token endpoint is kept: a new token after a 401 to a
+/// token that had worked does not read `.well-known/smart-configuration`
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_discovered_token_endpoint_is_kept() {
     let e = endpoint(200).await;
     let auth = smart(&e);
     for _ in 0..3 {
         let h = auth.header().await.unwrap().unwrap();
-        auth.invalidate(&h).await;
+        auth.accepted(&h);
+        auth.refused(&h).await.unwrap();
     }
     assert_eq!(e.tokens.load(Ordering::SeqCst), 3);
     assert_eq!(e.discoveries.load(Ordering::SeqCst), 1);
+}
+
+/// A 401 to a token just issued is not answered with another token: the
+/// refusal is held (every request meanwhile gets it, no token request goes
+/// out), and the hold grows while failures follow each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_refused_is_held_not_replaced() {
+    let e = endpoint(200).await;
+    let auth = smart(&e);
+    let h = auth.header().await.unwrap().unwrap();
+    let err = auth.refused(&h).await.unwrap_err();
+    assert_eq!(err, AuthError::Rejected { hold: FAILURE_HOLD });
+    assert!(
+        err.to_string()
+            .starts_with("HTTP 401 with a token just issued"),
+        "{err}"
+    );
+    for _ in 0..10 {
+        assert_eq!(auth.header().await.unwrap_err(), err);
+    }
+    assert_eq!(e.tokens.load(Ordering::SeqCst), 1);
+    // Another task's report of the same token changes nothing.
+    auth.refused(&h).await.unwrap();
+    assert_eq!(e.tokens.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn holds_double_up_to_five_minutes() {
+    let secs: Vec<u64> = (1..=9).map(|n| hold_after(n).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    assert_eq!(hold_after(u32::MAX), MAX_HOLD);
+}
+
+/// A token endpoint (or smart-configuration) answering hundreds of MB: the
+/// read stops at `MAX_RESPONSE_BYTES`, a clear error, nothing buffered past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_token_and_discovery_answers_are_refused_unread() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let huge = |sent: Arc<AtomicUsize>| {
+        // 300 MB in 64 KB pieces, made as they are read (no Content-Length).
+        let piece = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+        let stream = futures_util::stream::iter((0..4800).map(move |_| {
+            sent.fetch_add(64 * 1024, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(piece.clone())
+        }));
+        axum::body::Body::from_stream(stream)
+    };
+    let (s1, s2) = (sent.clone(), sent.clone());
+    let app = Router::new()
+        .route("/token", post(move || async move { huge(s1) }))
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(move || async move { huge(s2) }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base: url::Url = format!("http://127.0.0.1:{port}/fhir/").parse().unwrap();
+    let token_url: url::Url = format!("http://127.0.0.1:{port}/token").parse().unwrap();
+    let pem = generate_pem(KeyAlg::Es384).unwrap();
+    let key = Arc::new(SmartKey::from_pem(&pem, None).unwrap());
+    let with = |token_url: Option<url::Url>| {
+        Authenticator::new(
+            SourceAuth::SmartBackend {
+                client_id: "app".into(),
+                key: key.clone(),
+                scope: None,
+                token_url,
+                allow_insecure_http: false,
+            },
+            base.clone(),
+            reqwest::Client::new(),
+            Duration::from_secs(5),
+        )
+    };
+    let err = with(Some(token_url)).header().await.unwrap_err();
+    assert_eq!(err, AuthError::TooLarge { status: 200 });
+    assert_eq!(
+        err.to_string(),
+        "token endpoint: HTTP 200, response larger than 256 KB (not read)"
+    );
+    let err = with(None).header().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("[base]/.well-known/smart-configuration: response larger than 256 KB"),
+        "{err}"
+    );
+    // What the server got out before the bridge hung up: far from 300 MB.
+    assert!(sent.load(Ordering::SeqCst) < 32 * 1024 * 1024);
 }

@@ -78,6 +78,7 @@ pub async fn run(
     let client = crate::daemon::source_client(&src, &pool)
         .map_err(|e| PollOnceError::Http(e.to_string()))?;
     let sink = DryRun::default();
+    let limiter = client.limiter();
     let task = SourceTask {
         routing: Routing {
             routes: Route::for_source(config, source),
@@ -88,7 +89,7 @@ pub async fn run(
         client,
         first_poll_spread: Default::default(),
         known: Default::default(),
-        limiter: Default::default(),
+        limiter,
         outcomes: None,
         beat: Beat::detached(),
         dry_run: dry_run.then(|| sink.clone()),

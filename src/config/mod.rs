@@ -28,6 +28,7 @@ pub use fanout::{FanOut, Roster};
 pub use fingerprint::Fingerprint;
 pub use notification::{Format, MAX_EVENTS_PER_BUNDLE, Notification};
 pub use schedule::Schedule;
+pub use source_auth::{TokenUrlRefusal, check_token_url};
 pub use strategy::{Strategies, Strategy};
 pub use tls::Tls;
 
@@ -157,6 +158,9 @@ pub enum SourceAuth {
         scope: Option<String>,
         /// Else `token_endpoint` of `[base]/.well-known/smart-configuration`.
         token_url: Option<Url>,
+        /// The source's `allow_insecure_http`: a discovered token endpoint
+        /// passes the same check as a configured `token_url`.
+        allow_insecure_http: bool,
     },
 }
 

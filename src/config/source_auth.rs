@@ -144,6 +144,7 @@ pub(super) fn validate(
                     Some(u) => Some(token_url(ctx, what, u, allow_insecure_http)?),
                     None => None,
                 },
+                allow_insecure_http,
             }
         }
         "client-credentials" => SourceAuth::ClientCredentials(client_credentials(
@@ -171,23 +172,67 @@ fn token_url(
     raw: &Spanned<String>,
     allow_insecure_http: bool,
 ) -> Result<url::Url, ConfigError> {
-    let url = url::Url::parse(raw.get_ref())
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .filter(|u| u.username().is_empty() && u.password().is_none())
-        .ok_or_else(|| {
-            ctx.err(
-                raw.span(),
-                format!("{what}: `auth.token_url` must be an http(s) URL without credentials"),
-            )
-        })?;
-    super::validate::check_cleartext(
-        ctx,
-        what,
-        "auth.token_url",
-        &url,
-        raw.span(),
-        allow_insecure_http,
-    )?;
+    let refused =
+        |why: TokenUrlRefusal| ctx.err(raw.span(), format!("{what}: `auth.token_url`: {why}"));
+    let url = url::Url::parse(raw.get_ref()).map_err(|_| refused(TokenUrlRefusal::NotHttp))?;
+    check_token_url(&url, allow_insecure_http).map_err(refused)?;
     Ok(url)
+}
+
+/// Why a token URL is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenUrlRefusal {
+    #[error("must be an http(s) URL without credentials")]
+    NotHttp,
+    #[error(
+        "plain http to another machine would carry credentials in clear text; use https, or set `allow_insecure_http = true`"
+    )]
+    Cleartext,
+}
+
+/// The one rule for where a token request may go, a configured `token_url`
+/// and a `token_endpoint` found by SMART discovery alike: an http(s) URL
+/// without credentials in it, https unless the host is this machine
+/// (loopback) or the source (hook) sets `allow_insecure_http`.
+pub fn check_token_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), TokenUrlRefusal> {
+    if !matches!(url.scheme(), "http" | "https")
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.host().is_none()
+    {
+        return Err(TokenUrlRefusal::NotHttp);
+    }
+    if !super::validate::cleartext_allowed(url, allow_insecure_http) {
+        return Err(TokenUrlRefusal::Cleartext);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_for_configured_and_discovered_token_urls() {
+        let check = |u: &str, insecure| check_token_url(&u.parse().unwrap(), insecure);
+        assert_eq!(check("https://idp.example/token", false), Ok(()));
+        assert_eq!(check("http://127.0.0.1:8080/token", false), Ok(()));
+        assert_eq!(check("http://localhost/token", false), Ok(()));
+        assert_eq!(check("http://[::1]/token", false), Ok(()));
+        for clear in ["http://0.0.0.0:8080/token", "http://idp.example/token"] {
+            assert_eq!(
+                check(clear, false),
+                Err(TokenUrlRefusal::Cleartext),
+                "{clear}"
+            );
+            assert_eq!(check(clear, true), Ok(()), "{clear}");
+        }
+        for bad in [
+            "ftp://idp/token",
+            "https://u:p@idp/token",
+            "data:text/plain,x",
+        ] {
+            assert_eq!(check(bad, true), Err(TokenUrlRefusal::NotHttp), "{bad}");
+        }
+    }
 }

@@ -299,6 +299,22 @@ fn parse_url(
 
 /// Whether `url` may be plain http: only to this machine (loopback), unless
 /// the operator says otherwise. PHI must not travel in clear text by accident.
+/// Whether a request to `url` may go: https, or plain http to this machine
+/// (loopback), or anywhere with `allow_insecure_http`. `0.0.0.0` is not
+/// loopback: it is "any address", and a URL naming it is no promise of
+/// staying on this machine.
+pub(super) fn cleartext_allowed(url: &Url, allow_insecure_http: bool) -> bool {
+    if url.scheme() != "http" || allow_insecure_http {
+        return true;
+    }
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 pub(super) fn check_cleartext(
     ctx: &Ctx,
     what: &str,
@@ -307,16 +323,7 @@ pub(super) fn check_cleartext(
     span: Range<usize>,
     allowed: bool,
 ) -> Result<(), ConfigError> {
-    if url.scheme() != "http" || allowed {
-        return Ok(());
-    }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    };
-    if loopback {
+    if cleartext_allowed(url, allowed) {
         return Ok(());
     }
     Err(ctx.err(

@@ -208,6 +208,7 @@ pub(crate) fn source_client(
     )
     .owned_by(crate::telemetry::auth::Owner::source(&source.name));
     Ok(FhirClient::with_pool(http, source.timeout)
+        .with_request_budget(source.max_requests_per_second)
         .with_origins(source.origins())
         .with_auth(Arc::new(auth)))
 }

@@ -292,6 +292,7 @@ impl Supervisor {
     fn start_source(&mut self, source: Source, client: FhirClient) {
         let (tx, rx) = watch::channel(Arc::new(self.routing_for(&source.name)));
         let spread = first_poll_spread(&source.schedule, self.config.sources.len());
+        let limiter = client.limiter();
         let task = SourceTask {
             beat: self.progress.register(
                 format!("source {}", source.name),
@@ -302,7 +303,7 @@ impl Supervisor {
             client,
             first_poll_spread: spread,
             known: Default::default(),
-            limiter: Default::default(),
+            limiter,
             outcomes: self.recorder.clone(),
             source: source.clone(),
             dry_run: None,

@@ -3,8 +3,8 @@
 use super::signature::sign;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Hook, HookAuth, Tls};
+use crate::http_io::{describe, parse_retry_after};
 use crate::retry_action::RetryAction;
-use crate::source::client::{describe, parse_retry_after};
 use crate::telemetry::auth::Owner;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
@@ -85,34 +85,44 @@ impl Sender {
     }
 
     /// POSTs `payload` to the hook; the receiver acknowledges with any 2xx.
-    /// With OAuth, a 401 drops the token, and the POST is sent once more
-    /// with a new one, within this attempt. A token endpoint that fails is a
+    /// With OAuth, a 401 to a token that worked before drops it, and the
+    /// POST is sent once more with a new one, within this attempt; a 401 to
+    /// a token just issued fails the attempt, and no new token is asked for
+    /// a while (`Authenticator::refused`). A token endpoint that fails is a
     /// failed attempt (retried on the hook's schedule).
     pub async fn post(&self, hook: &Hook, message_id: &str, payload: Vec<u8>) -> Attempt {
         let Some(auth) = &self.auth else {
             return self.post_once(hook, message_id, payload.into(), None).await;
         };
         let payload = bytes::Bytes::from(payload);
-        let header = match auth.header().await {
-            Ok(h) => h,
-            Err(e) => return token_failed(e),
-        };
-        let first = self
-            .post_once(hook, message_id, payload.clone(), header.clone())
-            .await;
-        match first {
-            Attempt::Failed {
-                status: Some(401), ..
-            } => {
-                if let Some(used) = &header {
-                    auth.invalidate(used).await;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let header = match auth.header().await {
+                Ok(h) => h,
+                Err(e) => return token_failed(e),
+            };
+            let attempt = self
+                .post_once(hook, message_id, payload.clone(), header.clone())
+                .await;
+            let Some(used) = &header else {
+                return attempt;
+            };
+            match &attempt {
+                Attempt::Delivered { .. } => auth.accepted(used),
+                Attempt::Failed {
+                    status: Some(401), ..
+                } => {
+                    if let Err(e) = auth.refused(used).await {
+                        return token_failed(e);
+                    }
+                    if tries == 1 {
+                        continue;
+                    }
                 }
-                match auth.header().await {
-                    Ok(header) => self.post_once(hook, message_id, payload, header).await,
-                    Err(e) => token_failed(e),
-                }
+                Attempt::Failed { .. } => {}
             }
-            other => other,
+            return attempt;
         }
     }
 

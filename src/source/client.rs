@@ -2,8 +2,11 @@
 //! strings: they end up in logs and status.
 
 use super::clock::ServerClock;
+use super::rate::SourceLimiter;
+use crate::http_io::{BodyError, read_bounded, size_text};
+pub use crate::http_io::{describe, parse_retry_after};
 use chrono::{DateTime, Utc};
-use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use url::{Origin, Url};
@@ -22,8 +25,8 @@ pub enum FetchError {
     Timeout,
     #[error("connection failed: {0}")]
     Connect(String),
-    #[error("response larger than {} MB", MAX_PAGE_BYTES / 1024 / 1024)]
-    TooLarge,
+    #[error("response larger than {}", size_text(*limit))]
+    TooLarge { limit: usize },
     /// A redirect the client would not follow: to another origin (scheme,
     /// host, port), without a usable `Location`, or past the limit. The
     /// target is not shown: it came from outside and may carry identifiers.
@@ -60,6 +63,12 @@ pub struct FhirClient {
     clock: Arc<ServerClock>,
     /// Credentials for this source's requests (none by default).
     auth: Option<Arc<crate::auth::Authenticator>>,
+    /// The source's request budget, shared with its poll task
+    /// (`SourceTask::limiter`): the client spends from it for the requests
+    /// it adds on its own (a token request, SMART discovery, the retry after
+    /// a 401); the caller takes the turn of the request it asked for.
+    limiter: Arc<SourceLimiter>,
+    per_second: Option<f64>,
     /// Where requests and redirects may go: the base URL's origin and the
     /// source's `allowed_origins`. Empty: a redirect stays on the origin of
     /// the request it answers.
@@ -149,7 +158,23 @@ impl FhirClient {
             clock: Arc::new(ServerClock::default()),
             auth: None,
             origins: Arc::new(vec![]),
+            limiter: Default::default(),
+            per_second: None,
         }
+    }
+
+    /// This client, spending from a request budget of `per_second`
+    /// (`max_requests_per_second`; none: no limit).
+    pub fn with_request_budget(mut self, per_second: Option<f64>) -> Self {
+        self.limiter = Default::default();
+        self.per_second = per_second;
+        self
+    }
+
+    /// The limiter of this client's request budget, for the source task
+    /// that polls with it: one budget for all the source's requests.
+    pub fn limiter(&self) -> Arc<SourceLimiter> {
+        self.limiter.clone()
     }
 
     /// This client, following redirects only to `origins` (see
@@ -231,23 +256,66 @@ impl FhirClient {
         self.clock.aligned_wait(nominal)
     }
 
-    /// GETs `url`, authenticated; after a 401 with a refreshable token, once
-    /// more with a new token.
+    /// GETs `url`, authenticated (see `authenticated`).
     pub async fn get(&self, url: &Url) -> Result<Fetched, FetchError> {
+        self.authenticated(
+            |authorization| self.get_once(url, authorization),
+            |r| match r {
+                Ok(_) => Some(200),
+                Err(FetchError::Status { status, .. }) => Some(*status),
+                Err(_) => None,
+            },
+        )
+        .await
+    }
+
+    /// One request (`attempt`) with this source's credentials. A 2xx tells
+    /// the token cache the token works. After a 401 with a refreshable
+    /// token: once more with a new token if the one used had worked before
+    /// (revoked, expired early); if it was just issued, the request fails
+    /// with the refusal and no new token is asked for a while (`Authenticator::
+    /// refused`). The caller took one turn in the request budget; a second
+    /// request, and any token request, take their own.
+    async fn authenticated<T, F>(
+        &self,
+        attempt: impl Fn(Option<HeaderValue>) -> F,
+        status: impl Fn(&Result<T, FetchError>) -> Option<u16>,
+    ) -> Result<T, FetchError>
+    where
+        F: std::future::Future<Output = Result<T, FetchError>>,
+    {
         let Some(auth) = &self.auth else {
-            return self.get_once(url, None).await;
+            return attempt(None).await;
         };
-        let header = auth.header().await?;
-        match self.get_once(url, header.clone()).await {
-            Err(FetchError::Status { status: 401, .. }) if auth.refreshable() => {
-                if let Some(used) = &header {
-                    auth.invalidate(used).await;
+        let turn = || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+            Box::pin(self.turn())
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let header = auth.header_within(&turn).await?;
+            let result = attempt(header.clone()).await;
+            let Some(used) = &header else {
+                return result;
+            };
+            match status(&result) {
+                Some(200..=299) => auth.accepted(used),
+                Some(401) if auth.refreshable() => {
+                    auth.refused(used).await?;
+                    if tries == 1 {
+                        self.turn().await;
+                        continue;
+                    }
                 }
-                let header = auth.header().await?;
-                self.get_once(url, header).await
+                _ => {}
             }
-            other => other,
+            return result;
         }
+    }
+
+    /// Waits for a request's turn in the source's budget.
+    async fn turn(&self) {
+        self.limiter.acquire(self.per_second).await;
     }
 
     async fn get_once(
@@ -277,19 +345,7 @@ impl FhirClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
             .map(|d| d.to_utc());
-        if resp
-            .content_length()
-            .is_some_and(|n| n as usize > MAX_PAGE_BYTES)
-        {
-            return Err(FetchError::TooLarge);
-        }
-        let mut body = Vec::with_capacity(resp.content_length().unwrap_or(64 * 1024) as usize);
-        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if body.len() + chunk.len() > MAX_PAGE_BYTES {
-                return Err(FetchError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_bounded(&mut resp, MAX_PAGE_BYTES, self.timeout).await?;
         Ok(Fetched {
             body,
             date,
@@ -366,9 +422,8 @@ impl FhirClient {
     }
 
     /// A request whose status and body the caller reads (a bulk export's
-    /// kick-off, status, files and delete): authenticated, redirects within
-    /// the source's origins, once more after a 401 with a refreshable
-    /// token. The timeout bounds the wait for the headers; the body is read
+    /// kick-off, status, files and delete): authenticated (see
+    /// `authenticated`), redirects within the source's origins. The timeout bounds the wait for the headers; the body is read
     /// with `next_chunk` or `read_body`.
     pub async fn send(
         &self,
@@ -376,24 +431,16 @@ impl FhirClient {
         url: &Url,
         prefer: &'static str,
     ) -> Result<reqwest::Response, FetchError> {
-        let request = Request {
+        let request = &Request {
             method,
             prefer,
             whole_timeout: false,
         };
-        let Some(auth) = &self.auth else {
-            return Ok(self.send_once(&request, url, None).await?.0);
-        };
-        let header = auth.header().await?;
-        let (resp, _) = self.send_once(&request, url, header.clone()).await?;
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED && auth.refreshable() {
-            if let Some(used) = &header {
-                auth.invalidate(used).await;
-            }
-            let header = auth.header().await?;
-            return Ok(self.send_once(&request, url, header).await?.0);
-        }
-        Ok(resp)
+        self.authenticated(
+            |authorization| async move { Ok(self.send_once(request, url, authorization).await?.0) },
+            |r| r.as_ref().ok().map(|resp| resp.status().as_u16()),
+        )
+        .await
     }
 
     /// The next piece of a streamed body (`None` at its end), within the
@@ -414,14 +461,7 @@ impl FhirClient {
         mut resp: reqwest::Response,
         limit: usize,
     ) -> Result<Vec<u8>, FetchError> {
-        let mut body = Vec::new();
-        while let Some(chunk) = self.next_chunk(&mut resp).await? {
-            if body.len() + chunk.len() > limit {
-                return Err(FetchError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        Ok(read_bounded(&mut resp, limit, self.timeout).await?)
     }
 }
 
@@ -447,14 +487,14 @@ impl FhirClient {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+impl From<BodyError> for FetchError {
+    fn from(e: BodyError) -> FetchError {
+        match e {
+            BodyError::TooLarge { limit } => FetchError::TooLarge { limit },
+            BodyError::Timeout => FetchError::Timeout,
+            BodyError::Transport(e) => FetchError::Other(e),
+        }
     }
-    let at = DateTime::parse_from_rfc2822(v).ok()?.to_utc();
-    Some((at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
 }
 
 fn classify(e: reqwest::Error) -> FetchError {
@@ -465,31 +505,4 @@ fn classify(e: reqwest::Error) -> FetchError {
     } else {
         FetchError::Other(describe(&e))
     }
-}
-
-/// The error chain without the URL (which may carry identifiers or tokens),
-/// with control characters escaped: it is text from outside, bound for logs
-/// and status.
-pub fn describe(e: &reqwest::Error) -> String {
-    crate::logsafe::escape(&describe_raw(e))
-}
-
-fn describe_raw(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut parts = vec![];
-    let mut cur: Option<&dyn Error> = e.source();
-    while let Some(c) = cur {
-        parts.push(c.to_string());
-        cur = c.source();
-    }
-    if parts.is_empty() {
-        // reqwest's own message; strip the URL it appends.
-        return e
-            .to_string()
-            .split(" for url (")
-            .next()
-            .unwrap_or("request failed")
-            .to_string();
-    }
-    parts.join(": ")
 }

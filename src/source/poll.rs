@@ -95,8 +95,9 @@ pub struct SourceTask {
     /// its targets' watermarks, so after the first read a poll needs no
     /// database round trip to know where to start (most polls find nothing).
     pub known: KnownTargets,
-    /// The source's request budget (`max_requests_per_second`).
-    pub limiter: super::rate::SourceLimiter,
+    /// The source's request budget (`max_requests_per_second`): the
+    /// client's (`FhirClient::limiter`), which its token requests spend from too.
+    pub limiter: Arc<super::rate::SourceLimiter>,
     /// Where `run` sends poll outcomes; `None` writes them at once.
     pub outcomes: Option<OutcomeRecorder>,
     /// Tells the watchdog by when this task moves on again.

@@ -78,7 +78,7 @@ pub fn poll_outcome(e: &PollError) -> &'static str {
             FetchError::Timeout => "timeout",
             FetchError::Connect(_) | FetchError::Other(_) => "connection",
             FetchError::Auth(_) => "auth",
-            FetchError::TooLarge | FetchError::Redirect { .. } => "invalid_response",
+            FetchError::TooLarge { .. } | FetchError::Redirect { .. } => "invalid_response",
         },
         PollError::Bundle { .. } => "invalid_response",
         PollError::BadNextLink { .. }

@@ -150,7 +150,7 @@ fn poll_failures_have_a_few_outcomes() {
         "connection"
     );
     assert_eq!(
-        poll_outcome(&fetch(FetchError::TooLarge)),
+        poll_outcome(&fetch(FetchError::TooLarge { limit: 1024 })),
         "invalid_response"
     );
     let cap = PollError::PageCap {
