@@ -226,3 +226,54 @@ async fn huge_token_and_discovery_answers_are_refused_unread() {
     let why = ".well-known/smart-configuration: response larger than 256 KB";
     assert!(smart.iter().any(|e| e.contains(why)), "{smart:?}");
 }
+
+/// The same for a receiver (`[hook.auth] type = "oauth"`) that answers 401
+/// to every token: five messages retried every second do not fetch a token
+/// and POST twice per attempt; the attempts fail with the refusal while it
+/// is held, and the hook's `last_error` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_refusing_every_token_gets_no_storm() {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let n = issued.clone();
+    let token = Scripted::start(move |_: &Seen| token_json(n.fetch_add(1, Ordering::SeqCst))).await;
+    let receiver = Scripted::start(|_: &Seen| status_with(401, &[])).await;
+    let ids = ["a", "b", "c", "d", "e"];
+    let ehr = Scripted::start(move |_: &Seen| {
+        let rs = ids
+            .iter()
+            .map(|id| crate::common::scripted::observation(id, "1", "2026-01-01T00:00:00Z"))
+            .collect();
+        bundle(&now_instant(), rs, None)
+    })
+    .await;
+    let hook = format!(
+        "[[hook]]\nname = \"rx\"\nurl = \"{}\"\nretry_schedule = [\"1s\"]\nmax_attempts = 100\n[hook.auth]\ntype = \"oauth\"\ntoken_url = \"{}\"\nclient_id = \"bridge\"\nclient_secret = \"hs-7d1c-never-logged\"\n",
+        receiver.url("/hooks/rx"),
+        token.url("/token"),
+    );
+    let mut bridge = Bridge::start(&format!(
+        "{}{hook}",
+        config(&[("ehr", &ehr.url("/fhir"), String::new())], "")
+    ));
+    wait_for(20, "the first 401", || receiver.count() > 0).await;
+    let started = Instant::now();
+    let (posts_before, tokens_before) = (receiver.count(), token.count());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (posts, tokens) = (
+        receiver.count() - posts_before,
+        token.count() - tokens_before,
+    );
+    let hook_status = bridge.status_json()["hooks"][0].clone();
+    assert!(bridge.exited().is_none(), "the daemon died");
+    bridge.stop();
+    eprintln!("{elapsed:.1} s: {posts} POSTs, {tokens} token requests");
+    assert!(tokens <= 3, "{tokens} token requests in {elapsed:.1} s");
+    assert!(posts <= 3, "{posts} POSTs in {elapsed:.1} s");
+    assert!(
+        hook_status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 401 with a token just issued")),
+        "{hook_status}"
+    );
+}
