@@ -191,3 +191,25 @@ async fn huge_token_and_discovery_answers_are_refused_unread() {
     // What the server got out before the bridge hung up: far from 300 MB.
     assert!(sent.load(Ordering::SeqCst) < 32 * 1024 * 1024);
 }
+
+/// Every request the cache makes takes a turn in its owner's budget first:
+/// the discovery read and each token request; a cached token takes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_requests_and_discovery_take_a_turn_in_the_budget() {
+    let e = endpoint(200).await;
+    let auth = smart(&e);
+    let turns = AtomicUsize::new(0);
+    let turn = || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        turns.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
+    };
+    let h = auth.header_within(&turn).await.unwrap().unwrap();
+    assert_eq!(turns.load(Ordering::SeqCst), 2, "discovery and a token");
+    auth.accepted(&h);
+    auth.header_within(&turn).await.unwrap();
+    assert_eq!(turns.load(Ordering::SeqCst), 2, "the cached token");
+    auth.refused(&h).await.unwrap();
+    auth.header_within(&turn).await.unwrap();
+    assert_eq!(turns.load(Ordering::SeqCst), 3, "one more token");
+    assert_eq!(e.tokens.load(Ordering::SeqCst), 2);
+}
