@@ -3,6 +3,7 @@
 pub mod backfill;
 pub mod bundle;
 mod capability;
+pub mod confirm;
 pub mod client;
 pub mod clock;
 mod errors;
