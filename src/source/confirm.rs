@@ -43,7 +43,10 @@ pub(super) enum Reading {
     /// Still there: it only left the search.
     Present,
     /// Nothing confirmed; `stop`: no more reads this walk.
-    Unknown { error: FetchError, stop: bool },
+    Unknown {
+        error: FetchError,
+        stop: bool,
+    },
 }
 
 /// Judges the answer to `GET [base]/{rt}/{id}`.
@@ -61,14 +64,14 @@ pub(super) fn reading(rt: &str, id: &str, answer: Result<Fetched, FetchError>) -
             }
             let head = serde_json::from_slice::<Head>(&fetched.body).ok();
             match head {
-                Some(h) if h.resource_type.as_deref() == Some(rt) && h.id.as_deref() == Some(id) => {
+                Some(h)
+                    if h.resource_type.as_deref() == Some(rt) && h.id.as_deref() == Some(id) =>
+                {
                     Reading::Present
                 }
                 // Not shown: it came from outside and may hold PHI.
                 _ => Reading::Unknown {
-                    error: FetchError::Other(format!(
-                        "HTTP 200 whose body is not the {rt} read"
-                    )),
+                    error: FetchError::Other(format!("HTTP 200 whose body is not the {rt} read")),
                     stop: false,
                 },
             }
@@ -324,9 +327,15 @@ mod tests {
             stop: true,
         };
         assert!(!confirmed.take("Observation", third, busy, &left, now));
-        assert_eq!((confirmed.gone.len(), confirmed.left, confirmed.failed), (1, 1, 1));
+        assert_eq!(
+            (confirmed.gone.len(), confirmed.left, confirmed.failed),
+            (1, 1, 1)
+        );
         let note = confirmed.note("Observation").unwrap();
-        assert!(note.contains("1 resource(s) the walk no longer met still exist"), "{note}");
+        assert!(
+            note.contains("1 resource(s) the walk no longer met still exist"),
+            "{note}"
+        );
         assert!(note.contains("150 more resource(s)"), "{note}");
 
         let later = now + Duration::from_secs(3600);

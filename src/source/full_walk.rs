@@ -4,11 +4,11 @@
 //! `confirm`), and when a reconciliation is due. The walk itself is the loop's
 //! (`SourceTask::walk_pages`).
 
+use super::confirm::{self, Confirmed};
 use super::notes::Notes;
 use super::page::PageJob;
 use super::poll::{PollError, SourceTask};
 use super::routing::Routing;
-use super::confirm::{self, Confirmed};
 use super::strategy::snapshot::{self, Gone, Verdict, WalkFacts, WalkedIds};
 use super::strategy::{EntryMode, Walk};
 use crate::state::{SeenRow, TargetKey, now_ms};

@@ -3,9 +3,9 @@
 pub mod backfill;
 pub mod bundle;
 mod capability;
-pub mod confirm;
 pub mod client;
 pub mod clock;
+pub mod confirm;
 mod errors;
 mod export_job;
 mod fanout;

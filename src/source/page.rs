@@ -577,7 +577,11 @@ mod tests {
         };
         let bare_delete = serde_json::json!({"request": {"method": "DELETE", "url": "Encounter/e2"},
             "response": {"status": "204"}});
-        let body = page(vec![bare_delete, opaque("y", 2, "PUT"), opaque("x", 1, "POST")]);
+        let body = page(vec![
+            bare_delete,
+            opaque("y", 2, "PUT"),
+            opaque("x", 1, "POST"),
+        ]);
         let out = process(&store, &job, &body).unwrap();
         let got: Vec<String> = events(&out).into_iter().map(|e| e.0).collect();
         assert_eq!(got, ["create", "update", "delete"]);

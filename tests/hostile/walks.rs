@@ -84,7 +84,10 @@ fn reads(fhir: &Scripted, id: &str) -> usize {
 
 async fn more_walks(fhir: &Scripted, n: usize) {
     let before = searches(fhir);
-    wait_for(30, &format!("{n} more walks"), || searches(fhir) >= before + n).await;
+    wait_for(30, &format!("{n} more walks"), || {
+        searches(fhir) >= before + n
+    })
+    .await;
 }
 
 /// Item 3: walks return a, b, c, d with total 4; then a and b, still with

@@ -337,25 +337,66 @@ mod tests {
             Verdict::Incomplete(why) => why,
             _ => String::new(),
         };
-        assert!(complete(judge_walk("Observation", walk(&["a", "b", "c"], 0), &facts(Some(3)))));
-        let short = why(judge_walk("Observation", walk(&["a", "b"], 0), &facts(Some(3))));
-        assert!(short.contains("listed 2 resource(s) but its Bundle.total says 3"), "{short}");
+        assert!(complete(judge_walk(
+            "Observation",
+            walk(&["a", "b", "c"], 0),
+            &facts(Some(3))
+        )));
+        let short = why(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 0),
+            &facts(Some(3)),
+        ));
+        assert!(
+            short.contains("listed 2 resource(s) but its Bundle.total says 3"),
+            "{short}"
+        );
         // The same id twice (a drifting page) is one resource.
         let twice = judge_walk("Observation", walk(&["a", "b", "a"], 0), &facts(Some(3)));
         assert!(!complete(twice));
         // More than the total says is as wrong as fewer.
-        assert!(!complete(judge_walk("Observation", walk(&["a", "b"], 0), &facts(Some(1)))));
+        assert!(!complete(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 0),
+            &facts(Some(1))
+        )));
         // An entry that could not be read was listed all the same.
-        assert!(complete(judge_walk("Observation", walk(&["a", "b"], 1), &facts(Some(3)))));
+        assert!(complete(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 1),
+            &facts(Some(3))
+        )));
         // No total: nothing to disagree with.
-        assert!(complete(judge_walk("Observation", walk(&["a", "b"], 0), &facts(None))));
+        assert!(complete(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 0),
+            &facts(None)
+        )));
         // An empty set, a per-patient walk: nothing inferred, nothing said.
-        assert!(matches!(judge_walk("Observation", walk(&[], 0), &facts(Some(0))), Verdict::Silent));
-        let patient = WalkFacts { per_patient: true, ..facts(Some(2)) };
-        assert!(matches!(judge_walk("Observation", walk(&["a"], 0), &patient), Verdict::Silent));
-        let drifted = WalkFacts { drifted: true, ..facts(Some(2)) };
-        assert!(why(judge_walk("Observation", walk(&["a", "b"], 0), &drifted)).contains("changed during the walk"));
-        let mut over = WalkedIds { limit: 1, ..WalkedIds::default() };
+        assert!(matches!(
+            judge_walk("Observation", walk(&[], 0), &facts(Some(0))),
+            Verdict::Silent
+        ));
+        let patient = WalkFacts {
+            per_patient: true,
+            ..facts(Some(2))
+        };
+        assert!(matches!(
+            judge_walk("Observation", walk(&["a"], 0), &patient),
+            Verdict::Silent
+        ));
+        let drifted = WalkFacts {
+            drifted: true,
+            ..facts(Some(2))
+        };
+        assert!(
+            why(judge_walk("Observation", walk(&["a", "b"], 0), &drifted))
+                .contains("changed during the walk")
+        );
+        let mut over = WalkedIds {
+            limit: 1,
+            ..WalkedIds::default()
+        };
         over.extend(&["a".into(), "b".into()]);
         assert!(why(judge_walk("Observation", over, &facts(None))).contains("more than"));
     }
