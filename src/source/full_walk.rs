@@ -44,10 +44,8 @@ impl SourceTask {
                 return Ok(true);
             }
         };
-        let keep_bodies = routing.routes.iter().any(|r| r.needs_previous(rt));
         let candidates =
-            snapshot::delete_candidates(&self.store, &self.source.name, rt, keep_bodies, walked)
-                .await?;
+            snapshot::delete_candidates(&self.store, &self.source.name, rt, walked).await?;
         if candidates.is_empty() {
             return Ok(true);
         }
@@ -79,7 +77,7 @@ impl SourceTask {
             detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             stop: stop.clone(),
         };
-        let commit = match snapshot::route_confirmed(job, confirmed.gone, keep_bodies).await? {
+        let commit = match snapshot::route_confirmed(&self.store, job, confirmed.gone).await? {
             Gone::Cancelled => return Ok(false),
             Gone::Deletes(commit) => *commit,
         };

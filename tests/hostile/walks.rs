@@ -228,3 +228,70 @@ async fn hapi_history_create_update_delete_on_one_page() {
 async fn hapi_history_create_update_delete_across_pages() {
     hapi_history_in_one_poll(2).await;
 }
+
+/// Item 3: a walk that suddenly misses 150 resources reads at most 100 of
+/// them (`MAX_CONFIRMS_PER_WALK`) before the next walk; the rest wait for
+/// it. Each is read once, and deleted once, on its 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirming_reads_are_capped_per_walk() {
+    let missing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let m = missing.clone();
+    let fhir = Scripted::start(move |req: &Seen| {
+        let at = "2026-01-01T00:00:00Z";
+        let path = req.uri.split('?').next().unwrap_or_default();
+        if path.starts_with("/fhir/Observation/") {
+            return status_with(404, &[]);
+        }
+        if path != "/fhir/Observation" {
+            return status_with(404, &[]);
+        }
+        let n = if m.load(std::sync::atomic::Ordering::SeqCst) {
+            0
+        } else {
+            150
+        };
+        let mut entries = vec![observation("k", "1", at)];
+        entries.extend((0..n).map(|i| observation(&format!("m{i}"), "1", at)));
+        let total = entries.len();
+        let entries: Vec<_> = (entries.into_iter())
+            .map(|r| serde_json::json!({"resource": r, "search": {"mode": "match"}}))
+            .collect();
+        fhir_json(
+            200,
+            serde_json::json!({"resourceType": "Bundle", "type": "searchset",
+                "meta": {"lastUpdated": crate::common::scripted::now_instant()},
+                "total": total, "entry": entries}),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cfg = config(
+        &fhir.url("/fhir"),
+        &["Observation"],
+        "beginning",
+        &hook("all", &rx.url("hooks/all"), "true", ""),
+    )
+    .replace("page_size = 7", "page_size = 200\nstrategy = \"snapshot\"");
+    let _bridge = Bridge::start(&cfg);
+    wait_for(60, "151 creates", || rx.count() >= 151).await;
+    missing.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for(60, "150 deletes", || rx.count() >= 301).await;
+    more_walks(&fhir, 2).await;
+    // Reads between two walks' searches.
+    let mut per_walk = vec![0usize];
+    for s in fhir.seen() {
+        if s.uri.starts_with("/fhir/Observation?") {
+            per_walk.push(0);
+        } else if s.uri.starts_with("/fhir/Observation/") {
+            *per_walk.last_mut().unwrap() += 1;
+        }
+    }
+    assert_eq!(per_walk.iter().max(), Some(&100), "{per_walk:?}");
+    assert_eq!(per_walk.iter().sum::<usize>(), 150, "each read once");
+    let got = by_resource(&rx.received());
+    let deletes = (got.values())
+        .filter(|e| e.iter().any(|(ev, _)| ev == "delete"))
+        .count();
+    assert_eq!(deletes, 150);
+    assert_eq!(rx.count(), 301);
+}

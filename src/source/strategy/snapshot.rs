@@ -176,19 +176,18 @@ pub(in crate::source) fn judge_walk(rt: &str, walked: WalkedIds, facts: &WalkFac
     Verdict::Complete(walked)
 }
 
-/// The ids seen before, not deleted, that a complete walk did not meet (with
-/// their bodies when a hook reads `$previous`): the deletes it implies, each
-/// to be confirmed (see `confirm`).
+/// The ids seen before, not deleted, that a complete walk did not meet:
+/// the deletes it implies, each to be confirmed (see `confirm`). Without
+/// their bodies: only the few confirmed need one (`route_confirmed`).
 pub(in crate::source) async fn delete_candidates(
     store: &Store,
     source: &str,
     rt: &str,
-    keep_bodies: bool,
     walked: Walked,
 ) -> Result<Vec<(String, SeenRow)>, StateError> {
     let walked = Arc::new(walked);
     let met = Arc::new(move |id: &str| walked.contains(id));
-    store.seen_not_walked(source, rt, met, keep_bodies).await
+    store.seen_not_walked(source, rt, met, false).await
 }
 
 /// What routing the confirmed deletes gave.
@@ -202,17 +201,34 @@ pub(in crate::source) enum Gone {
 
 /// The confirmed deletes of a walk. Each goes through the hooks' filters
 /// as a delete does (the stub `{"resourceType","id"}`, `$previous` its last
-/// version) and leaves a tombstone.
+/// version, its body read now when a hook reads `$previous`) and leaves a
+/// tombstone.
 pub(in crate::source) async fn route_confirmed(
+    store: &Store,
     job: PageJob,
-    gone: Vec<(String, SeenRow)>,
-    keep_bodies: bool,
+    mut gone: Vec<(String, SeenRow)>,
 ) -> Result<Gone, StateError> {
+    let keep_bodies = job
+        .routes
+        .iter()
+        .any(|r| r.needs_previous(&job.resource_type));
+    let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        crate::filter::with_eval_stack(|| route_deletes(&job, gone, keep_bodies))
+        if keep_bodies {
+            let ids = gone.iter().map(|(id, _)| id.clone()).collect();
+            let mut rows = store.load_seen_blocking(&job.source, &job.resource_type, ids, true)?;
+            for (id, row) in &mut gone {
+                if let Some(fresh) = rows.remove(id.as_str()) {
+                    *row = fresh;
+                }
+            }
+        }
+        Ok(crate::filter::with_eval_stack(|| {
+            route_deletes(&job, gone, keep_bodies)
+        }))
     })
     .await
-    .map_err(|e| StateError::Task(e.to_string()))
+    .map_err(|e| StateError::Task(e.to_string()))?
 }
 
 fn route_deletes(job: &PageJob, gone: Vec<(String, SeenRow)>, keep_bodies: bool) -> Gone {
