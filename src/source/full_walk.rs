@@ -11,6 +11,7 @@ use super::poll::{PollError, SourceTask};
 use super::routing::Routing;
 use super::strategy::snapshot::{self, Gone, Verdict, WalkFacts, WalkedIds};
 use super::strategy::{EntryMode, Walk};
+use crate::retry_action::RetryAction;
 use crate::state::{SeenRow, TargetKey, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::PageCommitted;
@@ -195,6 +196,10 @@ impl SourceTask {
             // Shutdown: tried again at the next tick (or at once after a restart).
             Ok(p) => Ok(p.changes),
             Err(e @ PollError::State(_)) => Err(e),
+            // The server asked to be left alone (a page's or a confirming
+            // read's Retry-After): the poll fails with it, so the whole
+            // source pauses as for any other request.
+            Err(e) if matches!(e.retry_action(), RetryAction::RetryAfter(_)) => Err(e),
             Err(e) => {
                 notes.warn(format!("{rt}: the reconciliation failed: {e}"));
                 Ok(0)

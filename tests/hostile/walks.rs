@@ -295,3 +295,60 @@ async fn confirming_reads_are_capped_per_walk() {
     assert_eq!(deletes, 150);
     assert_eq!(rx.count(), 301);
 }
+
+/// A `reconcile` pass whose confirming read answers 429 with `Retry-After`
+/// pauses the whole source, as a page's would (no request until then), and
+/// deletes nothing; once the pause is over, the read comes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirming_read_answered_429_pauses_the_source_in_a_reconciliation() {
+    let fhir = Scripted::start(move |req: &Seen| {
+        let at = "2026-01-01T00:00:00Z";
+        let path = req.uri.split('?').next().unwrap_or_default();
+        if path == "/fhir/Observation/b" {
+            return status_with(429, &[("Retry-After", "3")]);
+        }
+        if path != "/fhir/Observation" {
+            return status_with(404, &[]);
+        }
+        // The polls (bounded by _lastUpdated) meet a and b; the
+        // reconciliation's full walk only a.
+        let mut entries = vec![observation("a", "1", at)];
+        if req.uri.contains("_lastUpdated") {
+            entries.push(observation("b", "1", at));
+        }
+        let total = entries.len();
+        let entries: Vec<_> = (entries.into_iter())
+            .map(|r| serde_json::json!({"resource": r, "search": {"mode": "match"}}))
+            .collect();
+        fhir_json(
+            200,
+            serde_json::json!({"resourceType": "Bundle", "type": "searchset",
+                "meta": {"lastUpdated": crate::common::scripted::now_instant()},
+                "total": total, "entry": entries}),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cfg = config(
+        &fhir.url("/fhir"),
+        &["Observation"],
+        "2000-01-01T00:00:00Z",
+        &hook("all", &rx.url("hooks/all"), "true", ""),
+    )
+    .replace(
+        "page_size = 7",
+        "page_size = 7\nreconcile = \"* * * * * *\"",
+    );
+    let bridge = Bridge::start(&cfg);
+    wait_for(30, "two creates", || rx.count() >= 2).await;
+    wait_for(30, "a read of b", || reads(&fhir, "b") >= 1).await;
+    let requests = fhir.count();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(fhir.count(), requests, "no request during the pause");
+    wait_for_status(&bridge, "last_error", "HTTP 429").await;
+    wait_for(30, "b read again after the pause", || {
+        reads(&fhir, "b") >= 2
+    })
+    .await;
+    assert_eq!(rx.count(), 2, "no delete");
+}
