@@ -18,3 +18,5 @@ mod filter;
 mod operate;
 #[path = "hostile/source.rs"]
 mod source;
+#[path = "hostile/walks.rs"]
+mod walks;

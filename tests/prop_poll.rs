@@ -369,6 +369,7 @@ fn task(source: Source, store: Store) -> SourceTask {
         outcomes: None,
         beat: fhir_bridge::progress::Beat::detached(),
         dry_run: None,
+        left_search: Default::default(),
     }
 }
 

@@ -93,6 +93,7 @@ pub async fn run(
         outcomes: None,
         beat: Beat::detached(),
         dry_run: dry_run.then(|| sink.clone()),
+        left_search: Default::default(),
         source: src.clone(),
     };
     let mut text = format!(

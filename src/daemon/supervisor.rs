@@ -307,6 +307,7 @@ impl Supervisor {
             outcomes: self.recorder.clone(),
             source: source.clone(),
             dry_run: None,
+            left_search: Default::default(),
         };
         self.routing.insert(source.name.clone(), tx);
         self.clients

@@ -85,14 +85,25 @@ impl BundleText {
         self.body.push_str(r#","search":{"mode":"match"}}"#);
     }
 
-    /// One version: `request` says POST (version 1), PUT or DELETE.
-    pub(super) fn push_version(&mut self, base: &str, resource_type: &str, e: &HistoryEntry) {
+    /// One version: `request` says POST (version 1), PUT or DELETE. `hapi`:
+    /// a DELETE entry as HAPI writes it (see `Quirks::hapi_history`).
+    pub(super) fn push_version(
+        &mut self,
+        base: &str,
+        resource_type: &str,
+        e: &HistoryEntry,
+        hapi: bool,
+    ) {
         self.start_entry();
         let method = e.method();
-        let (url, status) = match method {
-            "POST" => (resource_type.to_string(), "201 Created"),
-            "PUT" => (format!("{resource_type}/{}", e.id), "200 OK"),
-            _ => (format!("{resource_type}/{}", e.id), "204 No Content"),
+        let (url, status) = match (method, hapi) {
+            ("POST", _) => (resource_type.to_string(), "201 Created"),
+            ("PUT", _) => (format!("{resource_type}/{}", e.id), "200 OK"),
+            (_, true) => (
+                format!("{resource_type}/{}/_history/{}", e.id, e.number),
+                "200 OK",
+            ),
+            (_, false) => (format!("{resource_type}/{}", e.id), "204 No Content"),
         };
         let b = &mut self.body;
         b.push_str(r#"{"fullUrl":"#);
@@ -109,9 +120,12 @@ impl BundleText {
         b.push_str(status);
         b.push_str(r#"","etag":"#);
         b.push_str(&json_str(&format!("W/\"{}\"", e.number)));
-        b.push_str(r#","lastModified":""#);
-        b.push_str(&format_ms(e.lu_ms));
-        b.push_str(r#""}}"#);
+        if !(hapi && method == "DELETE") {
+            b.push_str(r#","lastModified":""#);
+            b.push_str(&format_ms(e.lu_ms));
+            b.push('"');
+        }
+        b.push_str("}}");
     }
 
     /// 200 with the Bundle and a second-precision `Date` header on the

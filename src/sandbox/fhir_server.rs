@@ -171,7 +171,8 @@ fn history(
         Ok(r) => r,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, &e),
     };
-    req.query.newest_first = quirks.is_descending();
+    let hapi = quirks.is_hapi_history();
+    req.query.newest_first = quirks.is_descending() || hapi;
     if let Some(gone) = expired(st, req.link_generation) {
         return gone;
     }
@@ -199,7 +200,7 @@ fn history(
         capacity,
     );
     for e in &page.entries {
-        bundle.push_version(&st.base, rtype, e);
+        bundle.push_version(&st.base, rtype, e, hapi);
     }
     bundle.respond()
 }

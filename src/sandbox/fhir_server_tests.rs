@@ -116,6 +116,31 @@ async fn history_pages_creates_updates_and_deletes_oldest_first() {
     assert_eq!(all.body["entry"].as_array().map(Vec::len), Some(4));
 }
 
+/// The `hapi_history` quirk: newest first, and the DELETE entry as HAPI
+/// writes it (versioned `request.url`, "200 OK", an etag, no lastModified).
+#[tokio::test]
+async fn hapi_history_lists_newest_first_and_a_delete_has_no_time() {
+    let fhir = FhirSandbox::start(0).await.unwrap();
+    let base = fhir.base_url();
+    let s = &fhir.store;
+    s.quirks.hapi_history(true);
+    s.upsert("Observation", Some("a"), json!({}));
+    s.upsert("Observation", Some("a"), json!({"status": "final"}));
+    assert!(s.delete("Observation", "a"));
+    let entries = walk(&format!("{base}/Observation/_history?_count=1")).await;
+    let methods: Vec<&str> = (entries.iter())
+        .map(|e| e["request"]["method"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(methods, ["DELETE", "PUT", "POST"]);
+    let delete = &entries[0];
+    assert_eq!(delete["request"]["url"], "Observation/a/_history/3");
+    assert_eq!(delete["response"]["status"], "200 OK");
+    assert_eq!(delete["response"]["etag"], "W/\"3\"");
+    assert!(delete.get("resource").is_none());
+    assert!(delete["response"].get("lastModified").is_none());
+    assert!(entries[1]["response"]["lastModified"].is_string());
+}
+
 #[tokio::test]
 async fn a_deleted_resource_reads_gone_and_leaves_search() {
     let fhir = FhirSandbox::start(0).await.unwrap();

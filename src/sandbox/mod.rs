@@ -22,7 +22,8 @@
 //! `set_group`, `freeze_clock`, and `store.quirks` (quirks.rs) to act like
 //! awkward servers: `descending`, `expire_next_links`/`expire_page_links`
 //! (410 on a page link), `strict_params` (400 under `Prefer: handling=strict`),
-//! `date_only` (no `Bundle.meta.lastUpdated`, only the `Date` header).
+//! `date_only` (no `Bundle.meta.lastUpdated`, only the `Date` header),
+//! `hapi_history` (history newest first, DELETE entries without a time).
 
 mod bundle;
 mod export;

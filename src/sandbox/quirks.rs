@@ -12,6 +12,7 @@ pub struct Quirks {
     expire_once: AtomicBool,
     strict_params: AtomicBool,
     date_only: AtomicBool,
+    hapi_history: AtomicBool,
     /// Bumped by `expire_page_links`: a page link from an older generation is stale.
     link_generation: AtomicU64,
 }
@@ -66,6 +67,17 @@ impl Quirks {
 
     pub fn is_date_only(&self) -> bool {
         self.date_only.load(Ordering::Relaxed)
+    }
+
+    /// History shaped as HAPI FHIR serves it: newest first, and a DELETE
+    /// entry (`request.url` `Type/id/_history/n`, `response.status`
+    /// "200 OK", an `etag`, no resource) carries no `response.lastModified`.
+    pub fn hapi_history(&self, on: bool) {
+        self.hapi_history.store(on, Ordering::Relaxed);
+    }
+
+    pub fn is_hapi_history(&self) -> bool {
+        self.hapi_history.load(Ordering::Relaxed)
     }
 
     /// The generation new page links carry.

@@ -42,6 +42,14 @@ pub enum PollError {
         "{resource_type}: the server's response gave no time (no Bundle.meta.lastUpdated, no Date header)"
     )]
     NoServerTime { resource_type: String },
+    #[error(
+        "{resource_type}: {failed} read(s) to confirm a delete confirmed nothing (last: {error}); no delete, they stay candidates for the next walk"
+    )]
+    ConfirmRead {
+        resource_type: String,
+        failed: usize,
+        error: FetchError,
+    },
     #[error("bulk export: {0}")]
     Export(#[from] ExportError),
     #[error(transparent)]
@@ -81,6 +89,14 @@ impl PollError {
     pub fn retry_action(&self) -> RetryAction {
         match self {
             PollError::Fetch {
+                error:
+                    FetchError::Status {
+                        status,
+                        retry_after,
+                    },
+                ..
+            }
+            | PollError::ConfirmRead {
                 error:
                     FetchError::Status {
                         status,

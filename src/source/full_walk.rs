@@ -1,48 +1,69 @@
 //! What the poll loop does around a full walk (a `snapshot` poll, or a
-//! `reconcile` pass of a `last-updated` target): the deletes at its end, and
-//! when a reconciliation is due. The walk itself is the loop's
+//! `reconcile` pass of a `last-updated` target): the deletes at its end
+//! (judged in `snapshot::judge_walk`, each confirmed by a read, see
+//! `confirm`), and when a reconciliation is due. The walk itself is the loop's
 //! (`SourceTask::walk_pages`).
 
+use super::confirm::{self, Confirmed};
 use super::notes::Notes;
 use super::page::PageJob;
 use super::poll::{PollError, SourceTask};
 use super::routing::Routing;
-use super::strategy::snapshot::{self, Gone, WalkedIds};
+use super::strategy::snapshot::{self, Gone, Verdict, WalkFacts, WalkedIds};
 use super::strategy::{EntryMode, Walk};
-use crate::state::{TargetKey, now_ms};
+use crate::retry_action::RetryAction;
+use crate::state::{SeenRow, TargetKey, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::PageCommitted;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 impl SourceTask {
-    /// The end of a full walk that reached the end of its chain: the ids
-    /// seen before and not met are deleted, in one transaction. Returns
-    /// whether the walk is complete (false: shutdown while filtering).
+    /// The end of a full walk that reached the end of its chain: if the
+    /// walk is complete (`snapshot::judge_walk`), the ids seen before and not
+    /// met are delete candidates; those a read confirms gone (`confirm`) are
+    /// deleted, in one transaction. Returns whether the walk is complete
+    /// (false: shutdown while confirming or filtering). A read that confirms
+    /// nothing fails the poll after the confirmed deletes are committed.
     pub(super) async fn end_of_walk(
         &self,
         key: &TargetKey,
         walked: WalkedIds,
-        drifted: bool,
+        facts: WalkFacts,
         routing: &Routing,
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
     ) -> Result<bool, PollError> {
         let rt = key.resource_type.as_str();
-        // The seen rows are the type's, not a patient's: one patient's walk
-        // cannot say what is gone.
-        if key.patient.is_some() {
+        let walked = match snapshot::judge_walk(rt, walked, &facts) {
+            Verdict::Complete(walked) => walked,
+            Verdict::Silent => return Ok(true),
+            Verdict::Incomplete(why) => {
+                notes.warn(why);
+                return Ok(true);
+            }
+        };
+        let candidates =
+            snapshot::delete_candidates(&self.store, &self.source.name, rt, walked).await?;
+        if candidates.is_empty() {
             return Ok(true);
         }
-        // On an offset-paged server, a set that changed while paging may
-        // have hidden a resource between two pages: it is not gone.
-        if drifted {
-            notes.warn(format!(
-                "{rt}: the result set changed during the walk; deletes are inferred after a walk where it does not"
-            ));
-            return Ok(true);
+        let confirmed = self.confirm_gone(rt, candidates, stop).await;
+        if confirmed.cancelled {
+            return Ok(false);
+        }
+        if let Some(note) = confirmed.note(rt) {
+            notes.warn(note);
+        }
+        let failure = confirmed.error.map(|error| PollError::ConfirmRead {
+            resource_type: rt.to_string(),
+            failed: confirmed.failed,
+            error,
+        });
+        if confirmed.gone.is_empty() {
+            return failure.map_or(Ok(true), Err);
         }
         let job = PageJob {
             source: self.source.name.clone(),
@@ -57,13 +78,8 @@ impl SourceTask {
             detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             stop: stop.clone(),
         };
-        let commit = match snapshot::infer_deletes(&self.store, job, walked).await? {
-            Gone::Nothing => return Ok(true),
+        let commit = match snapshot::route_confirmed(&self.store, job, confirmed.gone).await? {
             Gone::Cancelled => return Ok(false),
-            Gone::Refused(why) => {
-                notes.warn(why);
-                return Ok(true);
-            }
             Gone::Deletes(commit) => *commit,
         };
         let woken: Vec<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
@@ -81,7 +97,43 @@ impl SourceTask {
                 w.notify_one();
             }
         }
-        Ok(true)
+        failure.map_or(Ok(true), Err)
+    }
+
+    /// Reads each candidate (within the per-walk cap, through the source's
+    /// fetch path) to confirm its delete: see `confirm`.
+    async fn confirm_gone(
+        &self,
+        rt: &str,
+        candidates: Vec<(String, SeenRow)>,
+        stop: &Arc<AtomicBool>,
+    ) -> Confirmed {
+        let now = std::time::Instant::now();
+        let plan = confirm::plan(
+            rt,
+            candidates,
+            &self.left_search,
+            now,
+            confirm::MAX_CONFIRMS_PER_WALK,
+        );
+        let mut confirmed = Confirmed::new(&plan);
+        for (id, row) in plan.read {
+            if stop.load(Ordering::Relaxed) {
+                confirmed.cancelled = true;
+                return confirmed;
+            }
+            // Ids came from the server's pages: checked FHIR ids, safe in a path.
+            let Ok(url) = self.source.base_url.join(&format!("{rt}/{id}")) else {
+                continue;
+            };
+            self.beat.expect_within(self.page_allowance());
+            let reading = confirm::reading(rt, &id, self.fetch(&url).await);
+            let now = std::time::Instant::now();
+            if !confirmed.take(rt, (id, row), reading, &self.left_search, now) {
+                break;
+            }
+        }
+        confirmed
     }
 
     /// A `last-updated` target's reconciliation, when its `reconcile`
@@ -144,6 +196,10 @@ impl SourceTask {
             // Shutdown: tried again at the next tick (or at once after a restart).
             Ok(p) => Ok(p.changes),
             Err(e @ PollError::State(_)) => Err(e),
+            // The server asked to be left alone (a page's or a confirming
+            // read's Retry-After): the poll fails with it, so the whole
+            // source pauses as for any other request.
+            Err(e) if matches!(e.retry_action(), RetryAction::RetryAfter(_)) => Err(e),
             Err(e) => {
                 notes.warn(format!("{rt}: the reconciliation failed: {e}"));
                 Ok(0)

@@ -5,6 +5,7 @@ pub mod bundle;
 mod capability;
 pub mod client;
 pub mod clock;
+pub mod confirm;
 mod errors;
 mod export_job;
 mod fanout;

@@ -159,14 +159,11 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
     if job.mode == EntryMode::History {
         // Versions go through the diff oldest first, whatever order the server
         // lists them in (most list history newest first): a create before its
-        // update, a delete after both. The watermark still sees them in the
-        // server's order (`instants`, above), so it knows a newest-first chain.
-        let mut order = super::history_order::HistoryOrder::default();
-        order.feed(entries.iter().copied());
-        if order.newest_first() {
-            entries.reverse();
-        }
-        entries.sort_by_key(|e| e.last_updated.unwrap_or(DateTime::<Utc>::MIN_UTC));
+        // update, a delete after both, even one without a time (HAPI's). The
+        // watermark still sees them in the server's order (`instants`,
+        // above), so it knows a newest-first chain; an entry without a time
+        // is not among them (it neither moves nor holds the watermark).
+        super::history_order::oldest_first(&mut entries);
     }
     let ids = entries.iter().map(|e| e.id.clone()).collect();
     // Bodies are kept, read and written only for a type some hook's filter
@@ -176,6 +173,9 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
     let mut seen = store.load_seen_blocking(&job.source, rt, ids, keep_bodies)?;
     for e in &entries {
         if diff::same_version(seen.get(&e.id), e.version_id.as_deref()) {
+            continue;
+        }
+        if job.mode == EntryMode::History && reread_before_delete(seen.get(&e.id), e) {
             continue;
         }
         if job.stop.load(Ordering::Relaxed) {
@@ -247,11 +247,20 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             out.cancelled = true;
             return Ok(out);
         }
+        // A delete without a time (HAPI's) happened no earlier than the
+        // version it deletes: its tombstone keeps that version's time, so
+        // that a re-read of an older version is known for one.
+        let inherited = match (event, e.last_updated) {
+            (diff::Event::Delete, None) => seen.get(&e.id).and_then(|r| r.last_updated.clone()),
+            _ => None,
+        };
         let row = SeenRow {
             version_id: e.version_id.clone(),
             // A future stamp is remembered as the horizon: the resource's next
             // real version (stamped later than now) must not look older.
-            last_updated: e.last_updated.map(|t| format_instant(t.min(job.horizon))),
+            last_updated: (e.last_updated)
+                .map(|t| format_instant(t.min(job.horizon)))
+                .or(inherited),
             content_hash: hash,
             // Over the bound, none: `$previous` is then null for the next version.
             body: (keep_bodies
@@ -267,6 +276,26 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         out.deleted += u64::from(event == diff::Event::Delete);
     }
     Ok(out)
+}
+
+/// A history version at the very time a tombstone remembers, of a resource
+/// whose versions cannot be told apart by number (opaque or missing
+/// versionIds): the version the delete superseded, re-read by an
+/// overlapping poll, not the resource created again (a re-creation comes
+/// after the delete). Numeric versions are left to `diff::classify`.
+fn reread_before_delete(prev: Option<&SeenRow>, e: &super::bundle::Entry) -> bool {
+    let Some(prev) = prev.filter(|p| diff::is_tombstone(p)) else {
+        return false;
+    };
+    if e.method == Some(Method::Delete) {
+        return false;
+    }
+    let numeric = |v: Option<&str>| v.is_some_and(|v| v.parse::<u64>().is_ok());
+    if numeric(prev.version_id.as_deref()) && numeric(e.version_id.as_deref()) {
+        return false;
+    }
+    let remembered = (prev.last_updated.as_deref()).and_then(super::bundle::parse_instant);
+    matches!((remembered, e.last_updated), (Some(p), Some(c)) if c <= p)
 }
 
 #[cfg(test)]
@@ -482,5 +511,82 @@ mod tests {
             .collect();
         assert_eq!(events, ["create", "update", "delete"]);
         assert!(out.instants.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    /// HAPI lists history newest first and writes a DELETE entry without
+    /// `response.lastModified`: a resource created, updated and deleted
+    /// since the last poll is still its create, update and delete, in that
+    /// order; the delete without a time neither moves the watermark nor
+    /// holds it (the instants are the two timed versions', server order).
+    #[tokio::test]
+    async fn a_hapi_delete_without_a_time_comes_after_the_versions_it_deletes() {
+        let (_d, store) = temp_store();
+        let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(horizon);
+        job.resource_type = "Encounter".into();
+        job.mode = EntryMode::History;
+        job.routes = vec![route("all", "true")];
+        let version = |v: u32, method: &str| {
+            serde_json::json!({"resource": {"resourceType": "Encounter", "id": "e1",
+                "meta": {"versionId": v.to_string(), "lastUpdated": format!("2026-11-30T10:00:0{v}Z")}},
+                "request": {"method": method, "url": format!("Encounter/e1/_history/{v}")},
+                "response": {"status": "200 OK", "etag": format!("W/\"{v}\"")}})
+        };
+        let delete = |id: &str, v: u32| {
+            serde_json::json!({"request": {"method": "DELETE", "url": format!("Encounter/{id}/_history/{v}")},
+                "response": {"status": "200 OK", "etag": format!("W/\"{v}\"")}})
+        };
+        let page = |entries: Vec<serde_json::Value>| {
+            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": entries})
+                .to_string()
+                .into_bytes()
+        };
+        let events = |out: &PageOutcome| -> Vec<(String, Option<String>)> {
+            (out.commit.messages.iter())
+                .map(|m| (m.change.event.clone(), m.change.version_id.clone()))
+                .collect()
+        };
+        let body = page(vec![delete("e1", 3), version(2, "PUT"), version(1, "POST")]);
+        let out = process(&store, &job, &body).unwrap();
+        let v = |e: &str, n: &str| (e.to_string(), Some(n.to_string()));
+        assert_eq!(
+            events(&out),
+            [v("create", "1"), v("update", "2"), v("delete", "3")]
+        );
+        let t = |s: u32| {
+            DateTime::parse_from_rfc3339(&format!("2026-11-30T10:00:0{s}Z"))
+                .unwrap()
+                .to_utc()
+        };
+        assert_eq!(out.instants, [t(2), t(1)]);
+        store.commit_page(out.commit).await.unwrap();
+        // Re-read by the next poll (its window overlaps): nothing new, and
+        // the resource does not come back.
+        let again = process(&store, &job, &body).unwrap();
+        assert!(again.commit.messages.is_empty(), "{:?}", events(&again));
+
+        // The same with opaque versions and no etag on the delete: the
+        // server's listing decides, and the re-read brings nothing back.
+        let (_d, store) = temp_store();
+        let opaque = |v: &str, at: u32, method: &str| {
+            serde_json::json!({"resource": {"resourceType": "Encounter", "id": "e2",
+                "meta": {"versionId": v, "lastUpdated": format!("2026-11-30T10:00:0{at}Z")}},
+                "request": {"method": method, "url": "Encounter/e2"}})
+        };
+        let bare_delete = serde_json::json!({"request": {"method": "DELETE", "url": "Encounter/e2"},
+            "response": {"status": "204"}});
+        let body = page(vec![
+            bare_delete,
+            opaque("y", 2, "PUT"),
+            opaque("x", 1, "POST"),
+        ]);
+        let out = process(&store, &job, &body).unwrap();
+        let got: Vec<String> = events(&out).into_iter().map(|e| e.0).collect();
+        assert_eq!(got, ["create", "update", "delete"]);
+        store.commit_page(out.commit).await.unwrap();
+        let again = process(&store, &job, &body).unwrap();
+        assert!(again.commit.messages.is_empty(), "{:?}", events(&again));
     }
 }

@@ -7,7 +7,7 @@ use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
 use super::routing::RoutingRx;
-use super::strategy::snapshot::WalkedIds;
+use super::strategy::snapshot::{WalkFacts, WalkedIds};
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
 use super::watermark::WatermarkTracker;
@@ -104,6 +104,9 @@ pub struct SourceTask {
     pub beat: Beat,
     /// `poll --dry-run`: page commits are collected here instead of written.
     pub dry_run: Option<DryRun>,
+    /// Resources that left a full walk's search but still exist (read 200):
+    /// not read again for a while (see `confirm`).
+    pub left_search: super::confirm::LeftSearch,
 }
 
 /// What one poll found: changes committed, and resources re-read without a
@@ -583,6 +586,7 @@ impl SourceTask {
             }
             notes.page(page.commit.resources_read);
             walked.extend(&page.ids);
+            walked.note_unreadable(page.skipped.len());
             if let Err(e) =
                 self.client
                     .note_response(&fetched.exchange, fetched.date, page.server_time)
@@ -699,7 +703,12 @@ impl SourceTask {
             }
         }
         if full && polled.complete {
-            let end = self.end_of_walk(key, walked, drifted, &routing, stop, notes);
+            let facts = WalkFacts {
+                per_patient: key.patient.is_some(),
+                drifted,
+                total: last_total,
+            };
+            let end = self.end_of_walk(key, walked, facts, &routing, stop, notes);
             polled.complete = end.await?;
         }
         Ok(polled)

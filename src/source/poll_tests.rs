@@ -53,6 +53,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         outcomes: None,
         beat: crate::progress::Beat::detached(),
         dry_run: None,
+        left_search: Default::default(),
     }
 }
 

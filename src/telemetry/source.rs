@@ -72,7 +72,7 @@ impl Event for PollCompleted<'_> {
 /// dashboard can tell an EHR that is down from one that sends nonsense.
 pub fn poll_outcome(e: &PollError) -> &'static str {
     match e {
-        PollError::Fetch { error, .. } => match error {
+        PollError::Fetch { error, .. } | PollError::ConfirmRead { error, .. } => match error {
             FetchError::Status { status: 429, .. } => "throttled",
             FetchError::Status { .. } => "http_error",
             FetchError::Timeout => "timeout",

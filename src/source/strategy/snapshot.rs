@@ -44,6 +44,8 @@ pub(in crate::source) struct WalkedIds {
     keys: Vec<u128>,
     overflowed: bool,
     limit: usize,
+    /// Entries listed that could not be read (skipped, no id to remember).
+    unreadable: u64,
 }
 
 impl Default for WalkedIds {
@@ -52,6 +54,7 @@ impl Default for WalkedIds {
             keys: Vec::new(),
             overflowed: false,
             limit: MAX_WALKED_IDS,
+            unreadable: 0,
         }
     }
 }
@@ -76,6 +79,11 @@ impl WalkedIds {
         self.keys.extend(ids.iter().map(|id| key(id)));
     }
 
+    /// Entries of a page that could not be read (their ids are unknown).
+    pub(in crate::source) fn note_unreadable(&mut self, n: usize) {
+        self.unreadable += n as u64;
+    }
+
     /// Whether it went past `MAX_WALKED_IDS` (and remembers nothing).
     pub(in crate::source) fn overflowed(&self) -> bool {
         self.overflowed
@@ -93,7 +101,8 @@ impl WalkedIds {
     }
 }
 
-struct Walked(Vec<u128>);
+/// The distinct ids of a walk, sorted.
+pub(in crate::source) struct Walked(Vec<u128>);
 
 impl Walked {
     fn contains(&self, id: &str) -> bool {
@@ -110,12 +119,79 @@ pub(in crate::source) fn reconcile_due(
     schedule.next_after(last) <= now
 }
 
-/// What the end of a complete walk found gone.
+/// What a walk that reached the end of its chain says about deletes: the
+/// one place that judges a full walk (a `snapshot` poll or a `reconcile`
+/// pass) complete enough to infer them.
+pub(in crate::source) struct WalkFacts {
+    /// A per-patient target's walk: the seen rows are the type's, not the
+    /// patient's, so one patient's walk cannot say what is gone.
+    pub per_patient: bool,
+    /// `Bundle.total` changed between pages (offset paging may have hidden
+    /// a resource between two pages).
+    pub drifted: bool,
+    /// The last page's `Bundle.total`, if the server gave one.
+    pub total: Option<u64>,
+}
+
+/// Whether deletes may be inferred from a walk.
+pub(in crate::source) enum Verdict {
+    /// Yes: the ids it met.
+    Complete(Walked),
+    /// No, and nothing to say (a per-patient walk; an empty set, which a
+    /// lost permission or a broken search gives as well as a real one).
+    Silent,
+    /// No, and why (for the target's status).
+    Incomplete(String),
+}
+
+pub(in crate::source) fn judge_walk(rt: &str, walked: WalkedIds, facts: &WalkFacts) -> Verdict {
+    if facts.per_patient {
+        return Verdict::Silent;
+    }
+    if facts.drifted {
+        return Verdict::Incomplete(format!(
+            "{rt}: the result set changed during the walk; deletes are inferred after a walk where it does not"
+        ));
+    }
+    if walked.overflowed() {
+        return Verdict::Incomplete(format!(
+            "{rt}: the walk met more than {MAX_WALKED_IDS} ids; no deletes inferred"
+        ));
+    }
+    if walked.is_empty() {
+        return Verdict::Silent;
+    }
+    let unreadable = walked.unreadable;
+    let walked = walked.finish();
+    // Every entry the server listed: the ids met (once each) and those it
+    // could not read (skipped, counted on status).
+    let listed = walked.0.len() as u64 + unreadable;
+    if let Some(total) = facts.total
+        && total != listed
+    {
+        return Verdict::Incomplete(format!(
+            "{rt}: the walk listed {listed} resource(s) but its Bundle.total says {total}; no deletes inferred from an incomplete walk"
+        ));
+    }
+    Verdict::Complete(walked)
+}
+
+/// The ids seen before, not deleted, that a complete walk did not meet:
+/// the deletes it implies, each to be confirmed (see `confirm`). Without
+/// their bodies: only the few confirmed need one (`route_confirmed`).
+pub(in crate::source) async fn delete_candidates(
+    store: &Store,
+    source: &str,
+    rt: &str,
+    walked: Walked,
+) -> Result<Vec<(String, SeenRow)>, StateError> {
+    let walked = Arc::new(walked);
+    let met = Arc::new(move |id: &str| walked.contains(id));
+    store.seen_not_walked(source, rt, met, false).await
+}
+
+/// What routing the confirmed deletes gave.
 pub(in crate::source) enum Gone {
-    /// Nothing to delete.
-    Nothing,
-    /// Why no deletes may be inferred from this walk (for the poll's notes).
-    Refused(String),
     /// The deletes, as one commit: delete events routed like any change,
     /// and a tombstone seen row for each.
     Deletes(Box<PageCommit>),
@@ -123,41 +199,36 @@ pub(in crate::source) enum Gone {
     Cancelled,
 }
 
-/// The deletes a complete walk implies: the ids seen before, not deleted,
-/// that the walk did not meet. Each goes through the hooks' filters as a
-/// delete does (the stub `{"resourceType","id"}`, `$previous` its last
-/// version) and leaves a tombstone.
-pub(in crate::source) async fn infer_deletes(
+/// The confirmed deletes of a walk. Each goes through the hooks' filters
+/// as a delete does (the stub `{"resourceType","id"}`, `$previous` its last
+/// version, its body read now when a hook reads `$previous`) and leaves a
+/// tombstone.
+pub(in crate::source) async fn route_confirmed(
     store: &Store,
     job: PageJob,
-    walked: WalkedIds,
+    mut gone: Vec<(String, SeenRow)>,
 ) -> Result<Gone, StateError> {
-    if walked.overflowed() {
-        return Ok(Gone::Refused(format!(
-            "{}: the walk met more than {MAX_WALKED_IDS} ids; no deletes inferred",
-            job.resource_type
-        )));
-    }
-    // A server that answers an empty set (a lost permission, a broken
-    // search) must not delete everything the bridge has seen.
-    if walked.is_empty() {
-        return Ok(Gone::Nothing);
-    }
-    let rt = job.resource_type.clone();
-    let keep_bodies = job.routes.iter().any(|r| r.needs_previous(&rt));
-    let walked = Arc::new(walked.finish());
-    let met = Arc::new(move |id: &str| walked.contains(id));
-    let gone = store
-        .seen_not_walked(&job.source, &rt, met, keep_bodies)
-        .await?;
-    if gone.is_empty() {
-        return Ok(Gone::Nothing);
-    }
+    let keep_bodies = job
+        .routes
+        .iter()
+        .any(|r| r.needs_previous(&job.resource_type));
+    let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        crate::filter::with_eval_stack(|| route_deletes(&job, gone, keep_bodies))
+        if keep_bodies {
+            let ids = gone.iter().map(|(id, _)| id.clone()).collect();
+            let mut rows = store.load_seen_blocking(&job.source, &job.resource_type, ids, true)?;
+            for (id, row) in &mut gone {
+                if let Some(fresh) = rows.remove(id.as_str()) {
+                    *row = fresh;
+                }
+            }
+        }
+        Ok(crate::filter::with_eval_stack(|| {
+            route_deletes(&job, gone, keep_bodies)
+        }))
     })
     .await
-    .map_err(|e| StateError::Task(e.to_string()))
+    .map_err(|e| StateError::Task(e.to_string()))?
 }
 
 fn route_deletes(job: &PageJob, gone: Vec<(String, SeenRow)>, keep_bodies: bool) -> Gone {
@@ -260,6 +331,90 @@ mod tests {
         w.extend(&["d".into()]);
         assert!(w.overflowed());
         assert!(w.keys.is_empty(), "the memory goes back at once");
+    }
+
+    /// Issue 17, item 3: walks return a, b, c with total 3, then a and b
+    /// still saying total 3: that walk is incomplete, no deletes from it.
+    #[test]
+    fn a_walk_that_disagrees_with_its_own_total_infers_no_deletes() {
+        let walk = |ids: &[&str], unreadable: usize| {
+            let mut w = WalkedIds::default();
+            w.extend(&ids.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            w.note_unreadable(unreadable);
+            w
+        };
+        let facts = |total: Option<u64>| WalkFacts {
+            per_patient: false,
+            drifted: false,
+            total,
+        };
+        let complete = |v: Verdict| matches!(v, Verdict::Complete(_));
+        let why = |v: Verdict| match v {
+            Verdict::Incomplete(why) => why,
+            _ => String::new(),
+        };
+        assert!(complete(judge_walk(
+            "Observation",
+            walk(&["a", "b", "c"], 0),
+            &facts(Some(3))
+        )));
+        let short = why(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 0),
+            &facts(Some(3)),
+        ));
+        assert!(
+            short.contains("listed 2 resource(s) but its Bundle.total says 3"),
+            "{short}"
+        );
+        // The same id twice (a drifting page) is one resource.
+        let twice = judge_walk("Observation", walk(&["a", "b", "a"], 0), &facts(Some(3)));
+        assert!(!complete(twice));
+        // More than the total says is as wrong as fewer.
+        assert!(!complete(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 0),
+            &facts(Some(1))
+        )));
+        // An entry that could not be read was listed all the same.
+        assert!(complete(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 1),
+            &facts(Some(3))
+        )));
+        // No total: nothing to disagree with.
+        assert!(complete(judge_walk(
+            "Observation",
+            walk(&["a", "b"], 0),
+            &facts(None)
+        )));
+        // An empty set, a per-patient walk: nothing inferred, nothing said.
+        assert!(matches!(
+            judge_walk("Observation", walk(&[], 0), &facts(Some(0))),
+            Verdict::Silent
+        ));
+        let patient = WalkFacts {
+            per_patient: true,
+            ..facts(Some(2))
+        };
+        assert!(matches!(
+            judge_walk("Observation", walk(&["a"], 0), &patient),
+            Verdict::Silent
+        ));
+        let drifted = WalkFacts {
+            drifted: true,
+            ..facts(Some(2))
+        };
+        assert!(
+            why(judge_walk("Observation", walk(&["a", "b"], 0), &drifted))
+                .contains("changed during the walk")
+        );
+        let mut over = WalkedIds {
+            limit: 1,
+            ..WalkedIds::default()
+        };
+        over.extend(&["a".into(), "b".into()]);
+        assert!(why(judge_walk("Observation", over, &facts(None))).contains("more than"));
     }
 
     #[test]
