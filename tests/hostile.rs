@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "hostile/admin.rs"]
+mod admin;
 #[path = "hostile/config.rs"]
 mod config;
 #[path = "hostile/delivery.rs"]

@@ -58,9 +58,11 @@ pub struct ConfigDiff {
     pub hooks: Delta,
     /// `retention` changed (housekeeping restarts).
     pub retention: bool,
-    /// `[admin]` changed: applied at the next restart only (the listener
-    /// keeps its socket).
+    /// `[admin] listen` changed: applied at the next restart only (the
+    /// listener keeps its socket).
     pub admin: bool,
+    /// `[admin] token` changed: `$events` checks the new one from now on.
+    pub admin_token: bool,
 }
 
 /// Why a new config cannot be applied without a restart.
@@ -89,12 +91,14 @@ impl ConfigDiff {
                 new.hooks.iter().map(|h| (h.name.as_str(), h.fingerprint)),
             ),
             retention: old.retention != new.retention,
-            admin: old.admin != new.admin,
+            admin: old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen),
+            admin_token: old.admin.as_ref().and_then(|a| a.token.as_ref())
+                != new.admin.as_ref().and_then(|a| a.token.as_ref()),
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty() && self.hooks.is_empty() && !self.retention
+        self.sources.is_empty() && self.hooks.is_empty() && !self.retention && !self.admin_token
     }
 
     /// One line for the log and `STATUS=`.
@@ -108,9 +112,14 @@ impl ConfigDiff {
             )
         };
         format!(
-            "{}, {}",
+            "{}, {}{}",
             part("sources", &self.sources),
-            part("hooks", &self.hooks)
+            part("hooks", &self.hooks),
+            if self.admin_token {
+                ", admin token"
+            } else {
+                ""
+            }
         )
     }
 }

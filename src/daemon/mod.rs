@@ -66,6 +66,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         admin_addr,
     )?;
     let background = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
     let admin_server = admin.map(|(listener, handle)| {
         let addr = listener
             .local_addr()
@@ -84,7 +85,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             handle,
             readiness,
             Some(hooks),
-            background.clone(),
+            admin_stop.clone(),
         ))
     });
     let heartbeat = tokio::spawn(heartbeat(store.clone(), pid, background.clone()));
@@ -106,13 +107,21 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     notifier.stopping();
     tracing::info!("shutting down: finishing in-flight work");
     let grace = sup.config().shutdown_grace;
-    sup.shutdown(grace).await;
+    // The admin listener stops with the rest, within the same grace: a
+    // client holding a connection open cannot hold the process.
+    admin_stop.cancel();
+    let admin_stopped = async {
+        if let Some(mut server) = admin_server
+            && tokio::time::timeout(grace, &mut server).await.is_err()
+        {
+            server.abort();
+            tracing::info!("admin listener: connections still open after the shutdown grace are closed");
+        }
+    };
+    tokio::join!(sup.shutdown(grace), admin_stopped);
     background.cancel();
     let _ = reporter.await;
     let _ = heartbeat.await;
-    if let Some(server) = admin_server {
-        let _ = server.await;
-    }
     Ok(())
 }
 
@@ -137,6 +146,9 @@ async fn reload(sup: &mut Supervisor, notifier: &notify::Notifier) {
             notifier.ready("reloaded: nothing changed");
         }
         Ok(diff) => {
+            if diff.admin_token {
+                tracing::info!("reload: `$events` checks the new [admin] token from now on");
+            }
             if diff.admin {
                 tracing::warn!("[admin] changed: the listener keeps its address until a restart");
             }
