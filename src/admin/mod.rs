@@ -167,13 +167,7 @@ mod tests {
             }
         });
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            handle,
-            readiness,
-            None,
-            cancel.clone(),
-        ));
+        let server = tokio::spawn(serve(listener, handle, readiness, None, cancel.clone()));
         let get = |path: &str| {
             let url = format!("http://{addr}{path}");
             async move {

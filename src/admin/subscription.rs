@@ -60,7 +60,9 @@ pub async fn events(
     let token = config.admin.as_ref().and_then(|a| a.token.as_ref());
     let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let bodies = match (caller(token, presented), peer.ip().is_loopback()) {
-        (Caller::WrongCredential, _) => return unauthorized("the Authorization header does not carry the admin token"),
+        (Caller::WrongCredential, _) => {
+            return unauthorized("the Authorization header does not carry the admin token");
+        }
         (_, false) => Bodies::Never,
         (Caller::Authenticated, true) => Bodies::Allowed,
         (Caller::Anonymous, true) if token.is_some() => Bodies::NeedToken,
@@ -343,7 +345,10 @@ mod tests {
             assert_eq!(caller(token, Some(wrong)), Caller::WrongCredential);
         }
         // Without a configured token a credential proves nothing.
-        assert_eq!(caller(None, Some(b"Bearer 0123456789abcdef")), Caller::Anonymous);
+        assert_eq!(
+            caller(None, Some(b"Bearer 0123456789abcdef")),
+            Caller::Anonymous
+        );
     }
 
     #[test]

@@ -140,7 +140,11 @@ mod tests {
 
     #[test]
     fn the_token_is_a_secret_kept_as_a_digest() {
-        let on = |t: &str| load(&format!("[admin]\nlisten = \"127.0.0.1:9464\"\ntoken = {t}\n"));
+        let on = |t: &str| {
+            load(&format!(
+                "[admin]\nlisten = \"127.0.0.1:9464\"\ntoken = {t}\n"
+            ))
+        };
         let admin = on("\"0123456789abcdef-tok\"").unwrap().admin.unwrap();
         let token = admin.token.unwrap();
         assert!(token.matches(b"0123456789abcdef-tok"));
@@ -155,14 +159,27 @@ mod tests {
             .admin
             .unwrap();
         assert!(admin.token.unwrap().matches(b"from-a-file-0123456789"));
-        assert_eq!(load("[admin]\nlisten = \"127.0.0.1:9464\"\n").unwrap().admin.unwrap().token, None);
+        assert_eq!(
+            load("[admin]\nlisten = \"127.0.0.1:9464\"\n")
+                .unwrap()
+                .admin
+                .unwrap()
+                .token,
+            None
+        );
         for (bad, why) in [
             ("\"short\"", "at least 16 characters"),
             ("\"with a space 0123456789\"", "printable ASCII"),
-            ("{ env = \"FHIR_BRIDGE_TEST_NO_ADMIN_TOKEN\" }", "is not set"),
+            (
+                "{ env = \"FHIR_BRIDGE_TEST_NO_ADMIN_TOKEN\" }",
+                "is not set",
+            ),
         ] {
             let e = on(bad).unwrap_err().to_string();
-            assert!(e.contains("[admin]: `token`: ") && e.contains(why), "{bad}: {e}");
+            assert!(
+                e.contains("[admin]: `token`: ") && e.contains(why),
+                "{bad}: {e}"
+            );
             assert!(!e.contains("0123456789"), "the error quotes the token: {e}");
         }
     }

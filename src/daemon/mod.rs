@@ -47,6 +47,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         "fhir-bridge started"
     );
     // Bound before any task starts: a port in use stops the daemon at once.
+    if config.admin.as_ref().is_some_and(|a| a.token.is_none()) {
+        tracing::info!("[admin] has no `token`: `$events` serves no resource bodies");
+    }
     let admin = match &config.admin {
         Some(a) => Some((
             crate::admin::bind(a.listen).await?,
@@ -115,7 +118,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             && tokio::time::timeout(grace, &mut server).await.is_err()
         {
             server.abort();
-            tracing::info!("admin listener: connections still open after the shutdown grace are closed");
+            tracing::info!(
+                "admin listener: connections still open after the shutdown grace are closed"
+            );
         }
     };
     tokio::join!(sup.shutdown(grace), admin_stopped);

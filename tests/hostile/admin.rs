@@ -1,11 +1,13 @@
-//! Hostile input: the admin listener (issue 17, items 14-16). A local
-//! client holding half-sent connections cannot starve the pipeline of
-//! descriptors nor hold the daemon after SIGTERM, and `$events` serves
-//! resource bodies only to a caller with `[admin] token`.
+//! Hostile input: the admin listener (issue 17, items 14-16), and a source
+//! renamed (item 5). A local client holding half-sent connections cannot
+//! starve the pipeline of descriptors nor hold the daemon after SIGTERM, and
+//! `$events` serves resource bodies only to a caller with `[admin] token`. A
+//! renamed source goes on where it stopped.
 
 use crate::common::{self, Bridge, FhirServer, wait_for};
 use fhir_bridge::sandbox::Receiver;
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -61,7 +63,14 @@ fn obs(note: &str) -> Value {
 
 /// One sandbox source, one hook to `rx`, the admin listener on `admin`;
 /// `top` goes before the tables, `admin_extra` into `[admin]`.
-fn config(fhir: &FhirServer, rx: &Receiver, admin: &str, top: &str, hook_extra: &str, admin_extra: &str) -> String {
+fn config(
+    fhir: &FhirServer,
+    rx: &Receiver,
+    admin: &str,
+    top: &str,
+    hook_extra: &str,
+    admin_extra: &str,
+) -> String {
     let hook = common::hook(
         "h",
         &rx.url("hooks/h"),
@@ -75,7 +84,10 @@ fn config(fhir: &FhirServer, rx: &Receiver, admin: &str, top: &str, hook_extra: 
 }
 
 async fn wait_healthz(admin: &str, secs: u64) {
-    wait_for(secs, "/healthz answers", || get(admin, "/healthz", None).0 == 200).await;
+    wait_for(secs, "/healthz answers", || {
+        get(admin, "/healthz", None).0 == 200
+    })
+    .await;
 }
 
 /// Item 14: 300 connections that sent half a request line hold at most the
@@ -94,7 +106,11 @@ async fn half_sent_connections_are_capped_and_timed_out() {
     let baseline = open_fds(pid);
 
     let held: Vec<TcpStream> = (0..300).filter_map(|_| half_sent(&admin)).collect();
-    assert!(held.len() > 200, "could open only {} connections", held.len());
+    assert!(
+        held.len() > 200,
+        "could open only {} connections",
+        held.len()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during = open_fds(pid);
     assert!(
@@ -104,9 +120,15 @@ async fn half_sent_connections_are_capped_and_timed_out() {
     // Answers once the header timeout frees the slots (5 s), at worst.
     wait_healthz(&admin, 30).await;
     fhir.create(obs("during")).await;
-    wait_for(30, "a delivery while the connections are held", || rx.count() >= 2).await;
+    wait_for(30, "a delivery while the connections are held", || {
+        rx.count() >= 2
+    })
+    .await;
     let peak = open_fds(pid);
-    assert!(peak <= baseline + 64 + 32, "{peak} descriptors (baseline {baseline})");
+    assert!(
+        peak <= baseline + 64 + 32,
+        "{peak} descriptors (baseline {baseline})"
+    );
     drop(held);
     assert!(
         bridge.logs().contains("too many open connections"),
@@ -122,7 +144,14 @@ async fn a_half_sent_request_does_not_hold_the_shutdown() {
     let fhir = FhirServer::sandbox().await;
     let rx = Receiver::start(0, None).await.unwrap();
     let admin = free_addr();
-    let mut bridge = Bridge::start(&config(&fhir, &rx, &admin, "shutdown_grace = \"3s\"", "", ""));
+    let mut bridge = Bridge::start(&config(
+        &fhir,
+        &rx,
+        &admin,
+        "shutdown_grace = \"3s\"",
+        "",
+        "",
+    ));
     wait_healthz(&admin, 20).await;
     let _held = half_sent(&admin).expect("connect");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -153,8 +182,13 @@ const MARKER: &str = "PHI-marker-7c1f";
 async fn pending_event(fhir: &FhirServer, rx: &Receiver, admin: &str) {
     rx.set_failing(500);
     fhir.create(obs(MARKER)).await;
-    wait_for(30, "an attempt at the receiver", || !rx.hits().is_empty()).await;
     wait_healthz(admin, 20).await;
+    wait_for(30, "the event numbered", || {
+        get(admin, "/hooks/h/$events?content=id-only", None)
+            .1
+            .contains("Observation/")
+    })
+    .await;
 }
 
 /// Item 16, without `[admin] token`: no resource bodies for anyone, asked
@@ -223,4 +257,111 @@ async fn with_a_token_bodies_need_it() {
     assert_eq!(get(&admin, "/hooks/h/$status", None).0, 200);
     assert_eq!(get(&admin, "/metrics", None).0, 200);
     assert!(!bridge.logs().contains(token), "the token is logged");
+}
+
+/// Per resource id, the distinct message ids it was delivered under.
+fn message_ids_by_resource(rx: &Receiver) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut out: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for r in rx.received() {
+        out.entry(r.resource_id).or_default().insert(r.message_id);
+    }
+    out
+}
+
+fn renamed(config: &str) -> String {
+    config.replace("name = \"ehr\"", "name = \"ehr2\"")
+}
+
+/// Item 5: `fhir-bridge source rename` keeps the source's watermark, seen
+/// versions and message ids: after the rename a write made while the daemon
+/// was stopped is delivered, and nothing delivered before is sent again.
+/// Refused while the daemon runs, and before the config names the new source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_renamed_with_the_command_resends_nothing_and_skips_nothing() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    for i in 0..3 {
+        fhir.create(obs(&format!("before {i}"))).await;
+    }
+    let admin = free_addr();
+    let cfg = config(&fhir, &rx, &admin, "", "", "");
+    let mut bridge = Bridge::start(&cfg);
+    wait_for(30, "3 deliveries", || {
+        message_ids_by_resource(&rx).len() == 3
+    })
+    .await;
+
+    let early = bridge.cli(&["source", "rename", "ehr", "ehr2"]);
+    assert!(!early.status.success());
+    let e = String::from_utf8_lossy(&early.stderr);
+    assert!(e.contains("still has a source named `ehr`"), "{e}");
+    std::fs::write(bridge.config_path(), renamed(&cfg)).unwrap();
+    let running = bridge.cli(&["source", "rename", "ehr", "ehr2"]);
+    assert!(!running.status.success());
+    let e = String::from_utf8_lossy(&running.stderr);
+    assert!(e.contains("stop it first"), "{e}");
+
+    bridge.stop();
+    fhir.create(obs("while stopped")).await;
+    let out = bridge.cli(&["source", "rename", "ehr", "ehr2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("source `ehr` renamed to `ehr2`"), "{text}");
+    bridge.restart();
+    wait_for(30, "the write made while stopped", || {
+        message_ids_by_resource(&rx).len() == 4
+    })
+    .await;
+    // A few more polls: nothing comes again under new ids.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = message_ids_by_resource(&rx);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got.values().all(|ids| ids.len() == 1), "re-sent: {got:?}");
+    let status = bridge.status_json().to_string();
+    assert!(status.contains("ehr2"), "{status}");
+}
+
+/// Item 5: a reload that would re-key a source (one removed, one added on
+/// the same base URL and types) is refused with a message naming the
+/// command; the running source goes on, nothing re-sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_renames_a_source_is_refused() {
+    let fhir = FhirServer::sandbox().await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    for i in 0..2 {
+        fhir.create(obs(&format!("before {i}"))).await;
+    }
+    let admin = free_addr();
+    let cfg = config(&fhir, &rx, &admin, "", "", "");
+    let bridge = Bridge::start(&cfg);
+    wait_for(30, "2 deliveries", || {
+        message_ids_by_resource(&rx).len() == 2
+    })
+    .await;
+    std::fs::write(bridge.config_path(), renamed(&cfg)).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &bridge.pid().unwrap().to_string()])
+        .status();
+    wait_for(20, "the reload refused", || {
+        bridge.logs().contains("reload refused")
+    })
+    .await;
+    let logs = bridge.logs();
+    assert!(
+        logs.contains("fhir-bridge source rename ehr ehr2"),
+        "{logs}"
+    );
+    fhir.create(obs("after the reload")).await;
+    wait_for(30, "the write after the refused reload", || {
+        message_ids_by_resource(&rx).len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = message_ids_by_resource(&rx);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.values().all(|ids| ids.len() == 1), "re-sent: {got:?}");
 }
