@@ -40,7 +40,9 @@ impl Limits {
 }
 
 /// What a connection over the cap is told before it is closed.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 47\r\n\r\nadmin listener: too many connections; retry.\n";
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 45\r\n\r\nadmin listener: too many connections; retry.\n";
+
+const MAX_BUF: usize = 64 * 1024;
 
 /// At most one warning per this long about refused connections or accept
 /// errors (a flood must not flood the log).
@@ -119,7 +121,10 @@ async fn connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // Our requests are a line and a few headers: 64 KiB a connection
+        // (hyper's default is 400 KiB) bounds the cap's memory too.
+        .max_buf_size(MAX_BUF);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -171,6 +176,17 @@ mod tests {
                 Ok(Ok(_)) => {}
             }
         }
+    }
+
+    #[test]
+    fn the_refusal_is_a_well_formed_response() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), body.len());
     }
 
     #[tokio::test]
