@@ -28,6 +28,18 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The sources that have targets in the state (whatever the config says).
+    pub async fn sources_with_state(&self) -> Result<Vec<String>, StateError> {
+        self.call(|c| {
+            c.prepare("SELECT DISTINCT source FROM poll_target ORDER BY source")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect()
+        })
+        .await
+    }
+}
+
 fn rename(c: &mut Connection, old: &str, new: &str) -> rusqlite::Result<Rename> {
     let tx = c.transaction()?;
     let tables = tables_with_source(&tx)?;
@@ -166,5 +178,6 @@ mod tests {
             Rename::TargetHasState(vec!["poll_target".into(), "seen".into()])
         );
         assert_eq!(rows(&store, "other").await.len(), 2);
+        assert_eq!(store.sources_with_state().await.unwrap(), ["new", "other"]);
     }
 }
