@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use fhir_bridge::cli::args::{
     Cli, Command, ConfigArg, DlqCommand, HookCommand, KeysCommand, ReplayArgs, Selection, Shell,
-    StatusArgs, WebhookSecretCommand,
+    SourceCommand, StatusArgs, WebhookSecretCommand,
 };
 use fhir_bridge::cli::{demo, dlq, logging, out, replay, status, watch};
 use fhir_bridge::config::Config;
@@ -119,6 +119,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 format!("hook `{name}` was not disabled\n")
             };
+            emit(&text, ExitCode::SUCCESS)
+        }
+        Command::Source {
+            command: SourceCommand::Rename { config, old, new },
+        } => {
+            let config = load(&config)?;
+            let text = fhir_bridge::cli::source_rename::run(&config, &old, &new).await?;
             emit(&text, ExitCode::SUCCESS)
         }
         Command::Keys { command } => keys_main(command),

@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "hostile/admin.rs"]
+mod admin;
 #[path = "hostile/auth.rs"]
 mod auth;
 #[path = "hostile/config.rs"]

@@ -1,11 +1,12 @@
 //! The admin listener (`[admin] listen`): `/metrics` (Prometheus text),
 //! `/healthz` (the process answers), `/readyz` (it can do its work), and each
-//! hook's `$status` and `$events` (`subscription`). One axum listener,
-//! loopback by default; nothing on it needs or accepts credentials, and
-//! nothing on it is PHI (names of sources and hooks, resource types and ids,
-//! counts) except resource bodies from `$events`, which go only to a peer on
-//! this machine.
+//! hook's `$status` and `$events` (`subscription`). One axum router on a
+//! bounded listener (`listener`), loopback by default; nothing on it is PHI
+//! (names of sources and hooks, resource types and ids, counts) except
+//! resource bodies from `$events`, which go only to a peer on this machine
+//! that presents `[admin] token`.
 
+mod listener;
 pub mod subscription;
 
 use crate::state::{Store, now_ms};
@@ -58,7 +59,9 @@ struct Admin {
     readiness: Readiness,
 }
 
-/// Serves the admin endpoints on `listener` until `cancel`.
+/// Serves the admin endpoints on `listener` until `cancel`; then each open
+/// connection ends within a header timeout (drop this future to end them
+/// all at once).
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
@@ -79,13 +82,7 @@ pub async fn serve(
                 .with_state(hooks),
         );
     }
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "admin listener stopped");
-    }
+    listener::run(listener, app, listener::Limits::DEFAULT, cancel).await;
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

@@ -79,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         command: HookCommand,
     },
+    /// Sources: rename one, keeping its watermarks, seen versions and messages.
+    Source {
+        #[command(subcommand)]
+        command: SourceCommand,
+    },
     /// SMART Backend Services keys: make one, or print a configured key's JWKS.
     Keys {
         #[command(subcommand)]
@@ -245,6 +250,25 @@ pub enum HookCommand {
         config: ConfigArg,
         /// The hook's name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SourceCommand {
+    /// Move a source's state (watermarks, seen versions, pending messages
+    /// with their message_ids) from OLD to NEW, so that a rename re-sends
+    /// nothing and skips nothing. Stop the daemon and rename the source in
+    /// the config first (its `name` and each hook's `sources`); then start it.
+    #[command(
+        after_help = "Example:\n  systemctl stop fhir-bridge\n  sed -i 's/name = \"epic\"/name = \"epic-prod\"/' bridges.toml   # and each hook's `sources`\n  fhir-bridge source rename epic epic-prod -c bridges.toml\n  systemctl start fhir-bridge"
+    )]
+    Rename {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The name the state is kept under now.
+        old: String,
+        /// The source's name in the config.
+        new: String,
     },
 }
 

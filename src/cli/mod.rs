@@ -13,6 +13,7 @@ pub mod logging;
 pub mod out;
 pub mod poll_once;
 pub mod replay;
+pub mod source_rename;
 pub mod status;
 mod status_text;
 pub mod test_filter;

@@ -58,26 +58,57 @@ pub struct ConfigDiff {
     pub hooks: Delta,
     /// `retention` changed (housekeeping restarts).
     pub retention: bool,
-    /// `[admin]` changed: applied at the next restart only (the listener
-    /// keeps its socket).
+    /// `[admin] listen` changed: applied at the next restart only (the
+    /// listener keeps its socket).
     pub admin: bool,
+    /// `[admin] token` changed: `$events` checks the new one from now on.
+    pub admin_token: bool,
 }
 
-/// Why a new config cannot be applied without a restart.
+/// Why a new config cannot be applied by a reload.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`state_dir` changed ({old} -> {new}): that needs a restart, not a reload")]
-pub struct NeedsRestart {
-    pub old: String,
-    pub new: String,
+pub enum NeedsRestart {
+    #[error("`state_dir` changed ({old} -> {new}): that needs a restart, not a reload")]
+    StateDir { old: String, new: String },
+    /// A source gone and one added on the same server and types: a reload
+    /// would start the new name from `start` and orphan the old one's
+    /// watermarks, seen versions and pending messages.
+    #[error(
+        "source `{old}` looks renamed to `{new}` (same base_url and resources): a reload would \
+         start `{new}` afresh (losing or re-sending changes) and orphan `{old}`'s state; stop the \
+         daemon, run `fhir-bridge source rename {old} {new}`, then start it. To start `{new}` \
+         afresh on purpose, remove `{old}` in one reload and add `{new}` in the next"
+    )]
+    Rename { old: String, new: String },
+}
+
+/// The first source of `old` missing from `new` whose base URL and resource
+/// types are those of a source only `new` has.
+fn looks_renamed(old: &Config, new: &Config) -> Option<(String, String)> {
+    let named = |c: &Config, name: &str| c.sources.iter().any(|s| s.name == name);
+    let types = |s: &super::Source| s.resources.iter().cloned().collect::<BTreeSet<_>>();
+    old.sources
+        .iter()
+        .filter(|o| !named(new, &o.name))
+        .find_map(|o| {
+            new.sources
+                .iter()
+                .filter(|n| !named(old, &n.name))
+                .find(|n| n.base_url == o.base_url && types(n) == types(o))
+                .map(|n| (o.name.clone(), n.name.clone()))
+        })
 }
 
 impl ConfigDiff {
     pub fn between(old: &Config, new: &Config) -> Result<ConfigDiff, NeedsRestart> {
         if old.state_dir != new.state_dir {
-            return Err(NeedsRestart {
+            return Err(NeedsRestart::StateDir {
                 old: old.state_dir.display().to_string(),
                 new: new.state_dir.display().to_string(),
             });
+        }
+        if let Some((from, to)) = looks_renamed(old, new) {
+            return Err(NeedsRestart::Rename { old: from, new: to });
         }
         Ok(ConfigDiff {
             sources: Delta::between(
@@ -89,12 +120,14 @@ impl ConfigDiff {
                 new.hooks.iter().map(|h| (h.name.as_str(), h.fingerprint)),
             ),
             retention: old.retention != new.retention,
-            admin: old.admin != new.admin,
+            admin: old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen),
+            admin_token: old.admin.as_ref().and_then(|a| a.token.as_ref())
+                != new.admin.as_ref().and_then(|a| a.token.as_ref()),
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty() && self.hooks.is_empty() && !self.retention
+        self.sources.is_empty() && self.hooks.is_empty() && !self.retention && !self.admin_token
     }
 
     /// One line for the log and `STATUS=`.
@@ -108,9 +141,14 @@ impl ConfigDiff {
             )
         };
         format!(
-            "{}, {}",
+            "{}, {}{}",
             part("sources", &self.sources),
-            part("hooks", &self.hooks)
+            part("hooks", &self.hooks),
+            if self.admin_token {
+                ", admin token"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -194,5 +232,40 @@ filter = "true"
         let old = load(BASE);
         let new = load(&format!("state_dir = \"/elsewhere\"\n{BASE}"));
         assert!(ConfigDiff::between(&old, &new).is_err());
+    }
+
+    #[test]
+    fn a_rename_by_reload_is_refused_with_the_command() {
+        let old = load(BASE);
+        let renamed = load(&BASE.replace("name = \"b\"", "name = \"b2\""));
+        let e = ConfigDiff::between(&old, &renamed).unwrap_err();
+        assert_eq!(
+            e,
+            NeedsRestart::Rename {
+                old: "b".into(),
+                new: "b2".into()
+            }
+        );
+        assert!(
+            e.to_string().contains("fhir-bridge source rename b b2"),
+            "{e}"
+        );
+        // Another server, or other types: a new source, not a rename.
+        for other in [
+            BASE.replace("name = \"b\"", "name = \"b2\"")
+                .replace("127.0.0.1:2/", "127.0.0.1:9/"),
+            BASE.replace("name = \"b\"\nbase_url = \"http://127.0.0.1:2/fhir\"\nresources = [\"Observation\"]",
+                "name = \"b2\"\nbase_url = \"http://127.0.0.1:2/fhir\"\nresources = [\"Patient\"]"),
+        ] {
+            let d = ConfigDiff::between(&old, &load(&other)).unwrap();
+            assert_eq!(d.sources.added, ["b2".to_string()].into());
+        }
+        // Removed in one reload, added in the next: allowed.
+        let without_b = load(&BASE.replace(
+            "[[source]]\nname = \"b\"\nbase_url = \"http://127.0.0.1:2/fhir\"\nresources = [\"Observation\"]\n",
+            "",
+        ));
+        assert!(ConfigDiff::between(&old, &without_b).is_ok());
+        assert!(ConfigDiff::between(&without_b, &renamed).is_ok());
     }
 }

@@ -21,7 +21,7 @@ mod tls;
 mod toml_error;
 mod validate;
 
-pub use admin::Admin;
+pub use admin::{Admin, AdminToken};
 pub use diff::{ConfigDiff, Delta};
 pub use duration::HumanDuration;
 pub use fanout::{FanOut, Roster};

@@ -30,6 +30,8 @@ pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     /// A non-loopback `listen` is refused without it.
     pub allow_remote: Option<bool>,
+    /// The bearer token `$events` asks for before it serves resource bodies.
+    pub token: Option<Spanned<RawSecret>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -224,6 +224,15 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
             ));
         }
     }
+    if let Some(token) = raw.admin.as_ref().and_then(|a| a.get_ref().token.as_ref())
+        && token.get_ref().is_literal()
+        && super::hook_security::readable_by_others(ctx.path)
+    {
+        out.push(ctx.warning(
+            token.span(),
+            "[admin]: `token` is written in this file, which others can read: chmod 600 it, or use { env = \"...\" } / { file = \"...\" }",
+        ));
+    }
     for (raw_hook, hook) in raw.hook.iter().zip(hooks) {
         if let Some(list) = &raw_hook.get_ref().sources
             && hook.sources.is_empty()

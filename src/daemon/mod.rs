@@ -40,6 +40,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     {
         tracing::warn!(error = %e, "cannot record the daemon's start");
     }
+    warn_of_renames(&store, &config).await;
     tracing::info!(
         db = %store.path().display(),
         sources = config.sources.len(),
@@ -47,6 +48,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         "fhir-bridge started"
     );
     // Bound before any task starts: a port in use stops the daemon at once.
+    if config.admin.as_ref().is_some_and(|a| a.token.is_none()) {
+        tracing::info!("[admin] has no `token`: `$events` serves no resource bodies");
+    }
     let admin = match &config.admin {
         Some(a) => Some((
             crate::admin::bind(a.listen).await?,
@@ -66,6 +70,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         admin_addr,
     )?;
     let background = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
     let admin_server = admin.map(|(listener, handle)| {
         let addr = listener
             .local_addr()
@@ -84,7 +89,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             handle,
             readiness,
             Some(hooks),
-            background.clone(),
+            admin_stop.clone(),
         ))
     });
     let heartbeat = tokio::spawn(heartbeat(store.clone(), pid, background.clone()));
@@ -106,14 +111,60 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     notifier.stopping();
     tracing::info!("shutting down: finishing in-flight work");
     let grace = sup.config().shutdown_grace;
-    sup.shutdown(grace).await;
+    // The admin listener stops with the rest, within the same grace: a
+    // client holding a connection open cannot hold the process.
+    admin_stop.cancel();
+    let admin_stopped = async {
+        if let Some(mut server) = admin_server
+            && tokio::time::timeout(grace, &mut server).await.is_err()
+        {
+            server.abort();
+            tracing::info!(
+                "admin listener: connections still open after the shutdown grace are closed"
+            );
+        }
+    };
+    tokio::join!(sup.shutdown(grace), admin_stopped);
     background.cancel();
     let _ = reporter.await;
     let _ = heartbeat.await;
-    if let Some(server) = admin_server {
-        let _ = server.await;
-    }
     Ok(())
+}
+
+/// A source renamed in the config across a restart, without `source
+/// rename`, starts afresh while its old state is orphaned. A restart cannot
+/// tell that from one source removed and another added, so it warns.
+async fn warn_of_renames(store: &Store, config: &Config) {
+    let Ok(with_state) = store.sources_with_state().await else {
+        return;
+    };
+    let configured: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+    let (gone, fresh) = unmatched(&with_state, &configured);
+    if gone.is_empty() || fresh.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "the state holds sources the config no longer names ({}) and the config names sources without state ({}): \
+         if one is a rename, stop the daemon now and run `fhir-bridge source rename OLD NEW` before the new name \
+         polls (it starts from `start` otherwise, and the old name's watermarks and pending messages are orphaned)",
+        gone.join(", "),
+        fresh.join(", ")
+    );
+}
+
+/// (sources with state the config does not name, configured sources without state).
+fn unmatched<'a>(with_state: &'a [String], configured: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let gone = with_state
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !configured.contains(s))
+        .collect();
+    let fresh = configured
+        .iter()
+        .copied()
+        .filter(|c| !with_state.iter().any(|s| s == c))
+        .collect();
+    (gone, fresh)
 }
 
 /// SIGHUP: re-read the config file, validate it, apply the difference. A
@@ -137,6 +188,9 @@ async fn reload(sup: &mut Supervisor, notifier: &notify::Notifier) {
             notifier.ready("reloaded: nothing changed");
         }
         Ok(diff) => {
+            if diff.admin_token {
+                tracing::info!("reload: `$events` checks the new [admin] token from now on");
+            }
             if diff.admin {
                 tracing::warn!("[admin] changed: the listener keeps its address until a restart");
             }
@@ -225,4 +279,18 @@ async fn heartbeat(store: Store, pid: u32, cancel: CancellationToken) {
         }
     }
     let _ = store.heartbeat(pid).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unmatched;
+
+    #[test]
+    fn a_rename_across_a_restart_shows_as_one_gone_and_one_fresh() {
+        let state = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(unmatched(&state, &["a", "b2"]), (vec!["b"], vec!["b2"]));
+        assert_eq!(unmatched(&state, &["a", "b"]), (vec![], vec![]));
+        assert_eq!(unmatched(&state, &["a", "b", "c"]), (vec![], vec!["c"]));
+        assert_eq!(unmatched(&[], &["a"]), (vec![], vec!["a"]));
+    }
 }

@@ -22,6 +22,7 @@ mod maintenance;
 mod message;
 mod outbox;
 mod poll;
+mod rename;
 mod replay;
 mod report;
 mod schema;
@@ -45,6 +46,7 @@ pub use lock::{LockError, LockProbe, StateLock};
 pub use message::{MessageRecord, MessageState, StoredBody, WithBody};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};
 pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetKey, TargetState};
+pub use rename::Rename;
 pub use replay::Requeue;
 pub use report::{HookReport, TargetReport};
 

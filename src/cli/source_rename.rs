@@ -1,0 +1,82 @@
+//! `fhir-bridge source rename OLD NEW`: a source renamed in the config keeps
+//! its watermarks, seen versions and pending messages (with their
+//! message_ids), so the rename re-sends nothing and skips nothing. Offline:
+//! it takes the state lock, so it is refused while the daemon runs; and it
+//! runs only once the config names NEW and no longer OLD, so the daemon
+//! never starts on a config and a state that disagree.
+
+use crate::config::Config;
+use crate::state::{LockError, Rename, StateError, StateLock, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenameError {
+    #[error(
+        "{0}: stop it first (a rename moves the state under it), run this again, then start it"
+    )]
+    DaemonRunning(LockError),
+    #[error(transparent)]
+    Lock(LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(
+        "{config} still has a source named `{old}`: rename it there first (its `name`, and each hook's `sources`), then run this again"
+    )]
+    OldInConfig { config: String, old: String },
+    #[error(
+        "{config} has no source named `{new}`: rename `{old}` to `{new}` there first (its `name`, and each hook's `sources`), then run this again"
+    )]
+    NewNotInConfig {
+        config: String,
+        old: String,
+        new: String,
+    },
+    #[error(
+        "source `{old}` has no state in {db}: nothing to rename (renamed already, or never polled)"
+    )]
+    NoState { old: String, db: String },
+    #[error(
+        "source `{new}` already has state (in {tables}): a rename cannot merge two sources; nothing was changed"
+    )]
+    Taken { new: String, tables: String },
+}
+
+/// Moves `old`'s state to `new`; returns what to print.
+pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, RenameError> {
+    let path = config.path.display().to_string();
+    let named = |n: &str| config.sources.iter().any(|s| s.name == n);
+    if named(old) {
+        return Err(RenameError::OldInConfig {
+            config: path,
+            old: old.into(),
+        });
+    }
+    if !named(new) {
+        return Err(RenameError::NewNotInConfig {
+            config: path,
+            old: old.into(),
+            new: new.into(),
+        });
+    }
+    let _lock = StateLock::acquire(&config.state_dir).map_err(|e| match e {
+        e @ LockError::Held { .. } => RenameError::DaemonRunning(e),
+        e => RenameError::Lock(e),
+    })?;
+    let store = Store::open(&config.db_path())?;
+    match store.rename_source(old, new).await? {
+        Rename::Done(moved) => {
+            let rows: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            Ok(format!(
+                "source `{old}` renamed to `{new}` (rows moved: {}); start the daemon: `{new}` goes on where `{old}` stopped\n",
+                rows.join(", ")
+            ))
+        }
+        Rename::NoState => Err(RenameError::NoState {
+            old: old.into(),
+            db: store.path().display().to_string(),
+        }),
+        Rename::TargetHasState(tables) => Err(RenameError::Taken {
+            new: new.into(),
+            tables: tables.join(", "),
+        }),
+    }
+}
