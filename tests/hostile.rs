@@ -8,6 +8,8 @@ mod common;
 
 #[path = "hostile/config.rs"]
 mod config;
+#[path = "hostile/deliveries.rs"]
+mod deliveries;
 #[path = "hostile/delivery.rs"]
 mod delivery;
 #[path = "hostile/filter.rs"]
