@@ -156,8 +156,9 @@ impl HookWorker {
                         let mut posts = notifications(claimed, per_post);
                         posts.truncate(free);
                         let batches = posts.iter().filter_map(|p| batch_to_store(p)).collect();
-                        if let Err(e) = this.store.assign_batches(batches).await {
-                            // Not sent before its batch is stored: tried again next turn.
+                        let stored = this.store.assign_batches(batches).await;
+                        if let Err(e) = &stored {
+                            // Not sent before its batch is stored: tried again in IDLE_POLL.
                             tracing::error!(hook = %this.hook.name, error = %e, "cannot store a batch");
                             posts.clear();
                         }
@@ -172,8 +173,12 @@ impl HookWorker {
                                 async move { worker.deliver(msgs, outgoing, record_tx).await },
                             );
                         }
-                        if !filled {
+                        if stored.is_err() {
+                        } else if !filled {
                             wait = wait.min(this.time_to_next_due().await);
+                        } else if tasks.len() < this.hook.concurrency {
+                            // More waits, and a slot is free (the batches were small).
+                            wait = Duration::ZERO;
                         }
                     }
                     Err(e) => {
