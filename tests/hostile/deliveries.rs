@@ -117,6 +117,64 @@ async fn a_failed_batch_is_retried_as_the_same_batch_across_kill9() {
     bridge.stop();
 }
 
+/// Item 17, a batch that must be split: `max_events_per_bundle` shrinks
+/// from 5 to 2 by a reload while a batch of 5 waits to be retried. What is
+/// left of it goes in event-number order: 1-2, 3-4, 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_split_by_a_reload_keeps_number_order() {
+    // This receiver refuses any notification of more than 2 events.
+    let receiver = Scripted::start(|s: &Seen| {
+        let (kind, numbers) = r4_events(&s.json());
+        if kind == "event-notification" && numbers.len() > 2 {
+            status_with(503, &[])
+        } else {
+            status_with(200, &[])
+        }
+    })
+    .await;
+    let sandbox = fhir_bridge::sandbox::FhirSandbox::start(0).await.unwrap();
+    for i in 1..=5 {
+        observation(&sandbox.store, &format!("o{i}"));
+    }
+    let text = |per_bundle: usize| {
+        let extra = format!(
+            "format = \"fhir-backport-r4\"\ncontent = \"id-only\"\n\
+             max_events_per_bundle = {per_bundle}\nconcurrency = 1\nretry_schedule = [\"1s\"]\n\
+             max_attempts = 100"
+        );
+        let hooks = hook("h", &receiver.url("/hooks/h"), "true", &extra);
+        config(&sandbox.base_url(), &["Observation"], "beginning", &hooks)
+    };
+    let mut bridge = Bridge::start(&text(5));
+    let notifications = |r: &Scripted| -> Vec<(String, Vec<i64>)> {
+        r.seen()
+            .iter()
+            .filter_map(|s| {
+                let (kind, numbers) = r4_events(&s.json());
+                (kind == "event-notification")
+                    .then(|| (s.header("webhook-id").unwrap_or_default(), numbers))
+            })
+            .collect()
+    };
+    wait_for(30, "two failed attempts", || {
+        notifications(&receiver).len() >= 2
+    })
+    .await;
+    std::fs::write(bridge.config_path(), text(2)).unwrap();
+    sighup(&bridge);
+    wait_for(60, "the batch delivered", || {
+        bridge.status_json()["hooks"][0]["delivered"] == 5
+    })
+    .await;
+    let sent = notifications(&receiver);
+    let (whole, split): (Vec<_>, Vec<_>) = sent.iter().partition(|(_, n)| n.len() == 5);
+    assert!(whole.iter().all(|w| *w == whole[0]), "{whole:?}");
+    assert_eq!(whole[0].1, [1, 2, 3, 4, 5]);
+    let split: Vec<&Vec<i64>> = split.iter().map(|(_, n)| n).collect();
+    assert_eq!(split, [&vec![1, 2], &vec![3, 4], &vec![5]]);
+    bridge.stop();
+}
+
 /// Item 18: a hook pointing at a dead port, its messages waiting out a 1 h
 /// backoff; a reload with the fixed URL sends them within seconds. A dead
 /// letter stays dead (for `dlq redrive`); a reload that changes anything but
