@@ -173,12 +173,8 @@ impl HookWorker {
                                 async move { worker.deliver(msgs, outgoing, record_tx).await },
                             );
                         }
-                        if stored.is_err() {
-                        } else if !filled {
+                        if stored.is_ok() && !filled {
                             wait = wait.min(this.time_to_next_due().await);
-                        } else if tasks.len() < this.hook.concurrency {
-                            // More waits, and a slot is free (the batches were small).
-                            wait = Duration::ZERO;
                         }
                     }
                     Err(e) => {
