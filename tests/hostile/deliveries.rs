@@ -177,8 +177,8 @@ async fn a_batch_split_by_a_reload_keeps_number_order() {
 
 /// Item 18: a hook pointing at a dead port, its messages waiting out a 1 h
 /// backoff; a reload with the fixed URL sends them within seconds. A dead
-/// letter stays dead (for `dlq redrive`); a reload that changes anything but
-/// the endpoint leaves the backoff alone.
+/// letter stays dead (for `dlq redrive`). (That a change to anything but the
+/// endpoint leaves the backoff alone: `config::diff::tests::endpoint_changes_are_told_apart`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_endpoint_makes_waiting_messages_due_at_once() {
     let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -209,7 +209,7 @@ async fn a_fixed_endpoint_makes_waiting_messages_due_at_once() {
         hook_status(&bridge)["dead_lettered"] == 1
     })
     .await;
-    // Not an endpoint change: o2 and o3 wait out their hour.
+    // o2 and o3 fail once, then wait out their hour.
     let backoff = "max_attempts = 10\nretry_schedule = [\"1h\"]";
     write(&dead_url, backoff, &bridge);
     sighup(&bridge);
