@@ -177,8 +177,8 @@ async fn a_batch_split_by_a_reload_keeps_number_order() {
 
 /// Item 18: a hook pointing at a dead port, its messages waiting out a 1 h
 /// backoff; a reload with the fixed URL sends them within seconds. A dead
-/// letter stays dead (for `dlq redrive`). (That a change to anything but the
-/// endpoint leaves the backoff alone: `config::diff::tests::endpoint_changes_are_told_apart`.)
+/// letter stays dead (for `dlq redrive`); a reload that changes anything but
+/// the endpoint leaves the backoff alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_endpoint_makes_waiting_messages_due_at_once() {
     let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -221,10 +221,18 @@ async fn a_fixed_endpoint_makes_waiting_messages_due_at_once() {
         h["pending"] == 2 && h["failed_attempts"] == 3
     })
     .await;
+    // A change that is not the endpoint: the backoff stands (a new attempt
+    // at the dead port would count a failure).
+    let backoff = "max_attempts = 11\nretry_schedule = [\"1h\"]";
+    write(&dead_url, backoff, &bridge);
+    sighup(&bridge);
+    wait_for(10, "the second reload applied", || reloads(&bridge) == 2).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(hook_status(&bridge)["failed_attempts"], 3);
     // The fixed URL: what waits is due now.
     write(&receiver.url("/hooks/h"), backoff, &bridge);
     sighup(&bridge);
-    wait_for(10, "the second reload applied", || reloads(&bridge) == 2).await;
+    wait_for(10, "the third reload applied", || reloads(&bridge) == 3).await;
     wait_for(20, "o2 and o3 delivered", || {
         hook_status(&bridge)["delivered"] == 2
     })
