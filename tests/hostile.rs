@@ -12,6 +12,8 @@ mod admin;
 mod auth;
 #[path = "hostile/config.rs"]
 mod config;
+#[path = "hostile/deliveries.rs"]
+mod deliveries;
 #[path = "hostile/delivery.rs"]
 mod delivery;
 #[path = "hostile/filter.rs"]

@@ -56,6 +56,9 @@ impl Delta {
 pub struct ConfigDiff {
     pub sources: Delta,
     pub hooks: Delta,
+    /// Changed hooks whose endpoint changed (`Hook::endpoint`): their
+    /// pending messages are due at once, not after the old one's backoff.
+    pub endpoints: BTreeSet<String>,
     /// `retention` changed (housekeeping restarts).
     pub retention: bool,
     /// `[admin] listen` changed: applied at the next restart only (the
@@ -119,6 +122,16 @@ impl ConfigDiff {
                 old.hooks.iter().map(|h| (h.name.as_str(), h.fingerprint)),
                 new.hooks.iter().map(|h| (h.name.as_str(), h.fingerprint)),
             ),
+            endpoints: new
+                .hooks
+                .iter()
+                .filter(|h| {
+                    old.hooks
+                        .iter()
+                        .any(|o| o.name == h.name && o.endpoint != h.endpoint)
+                })
+                .map(|h| h.name.clone())
+                .collect(),
             retention: old.retention != new.retention,
             admin: old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen),
             admin_token: old.admin.as_ref().and_then(|a| a.token.as_ref())
@@ -225,6 +238,51 @@ filter = "true"
         std::fs::write(&secret, "two").unwrap();
         let d = ConfigDiff::between(&old, &load(&text)).unwrap();
         assert_eq!(d.hooks.changed, ["h2".to_string()].into());
+    }
+
+    /// A changed URL, header, auth or secret is a changed endpoint; a
+    /// changed filter or retry schedule is not.
+    #[test]
+    fn endpoint_changes_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "one").unwrap();
+        let text = format!(
+            "{BASE}[hook.auth]\ntype = \"basic\"\nusername = \"u\"\npassword = {{ file = \"{}\" }}\n",
+            secret.display()
+        );
+        let old = load(&text);
+        let endpoints = |new: &str| ConfigDiff::between(&old, &load(new)).unwrap().endpoints;
+        let none = BTreeSet::new();
+        let h1: BTreeSet<String> = ["h1".to_string()].into();
+        let h2: BTreeSet<String> = ["h2".to_string()].into();
+        assert_eq!(endpoints(&text.replace("3/h1", "4/h1")), h1);
+        assert_eq!(
+            endpoints(&text.replace("username = \"u\"", "username = \"v\"")),
+            h2
+        );
+        assert_eq!(
+            endpoints(&text.replace(
+                "filter = \"true\"",
+                "filter = \"false\"\n[hook.headers]\nX-Key = \"k\""
+            )),
+            h2
+        );
+        let d = ConfigDiff::between(
+            &old,
+            &load(&text.replace("filter = \"true\"", "filter = \"false\"")),
+        )
+        .unwrap();
+        assert_eq!((d.hooks.changed, d.endpoints), (h2.clone(), none.clone()));
+        assert_eq!(
+            endpoints(&text.replace(
+                "url = \"http://127.0.0.1:3/h1\"",
+                "url = \"http://127.0.0.1:3/h1\"\nretry_schedule = [\"1h\"]"
+            )),
+            none
+        );
+        std::fs::write(&secret, "two").unwrap();
+        assert_eq!(endpoints(&text), h2, "a rotated password");
     }
 
     #[test]

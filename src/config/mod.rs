@@ -236,6 +236,10 @@ pub struct Hook {
     pub tls: Option<Tls>,
     /// As a source's: a reload restarts the hook only when this changed.
     pub fingerprint: Fingerprint,
+    /// The part of it that says where and how POSTs go (`url`, headers,
+    /// auth, signing secrets, TLS, with what their secrets and files held):
+    /// when a reload changes it, pending messages are due at once.
+    pub endpoint: Fingerprint,
 }
 
 /// How the bridge authenticates to a receiver.

@@ -98,6 +98,18 @@ impl Ctx<'_> {
     }
 }
 
+/// The keys of a `[[hook]]` that say where and how its POSTs go: a reload
+/// that changes one makes the hook's pending messages due at once.
+const HOOK_ENDPOINT_KEYS: [&str; 7] = [
+    "url",
+    "headers",
+    "auth",
+    "signing_secrets",
+    "ca_file",
+    "client_cert",
+    "client_key",
+];
+
 pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let ctx = Ctx { text, path };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
@@ -141,13 +153,33 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
         sources.push(source);
     }
 
+    // A hook's endpoint: where and how its POSTs go (every secret and file a
+    // hook reads is one of these).
+    let endpoint_text = |i: usize| -> String {
+        let table = tables.get("hook").and_then(|v| v.get(i));
+        HOOK_ENDPOINT_KEYS
+            .iter()
+            .map(|k| {
+                format!(
+                    "{k}={}\n",
+                    table
+                        .and_then(|t| t.get(k))
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    };
     let mut hooks = Vec::new();
     let mut hook_names = HashSet::new();
     for (i, h) in raw.hook.iter().enumerate() {
-        let (hook, fingerprint) =
-            super::fingerprint::measure(&table_text("hook", i), || validate_hook(&ctx, h, &names));
+        let ((hook, endpoint), fingerprint) =
+            super::fingerprint::measure(&table_text("hook", i), || {
+                super::fingerprint::measure(&endpoint_text(i), || validate_hook(&ctx, h, &names))
+            });
         let mut hook = hook?;
         hook.fingerprint = fingerprint;
+        hook.endpoint = endpoint;
         if !hook_names.insert(hook.name.clone()) {
             return Err(ctx.err(
                 h.get_ref().name.span(),
@@ -700,6 +732,7 @@ fn validate_hook(
         auth: security.auth,
         tls: super::tls::validate(ctx, &what, h.tls())?,
         fingerprint: Default::default(),
+        endpoint: Default::default(),
     })
 }
 

@@ -170,6 +170,17 @@ impl Supervisor {
             self.routing.remove(name);
             self.clients.remove(name);
         }
+        // A changed endpoint (a fixed URL, new credentials): what waits out a
+        // backoff earned against the old one is due now. Dead letters stay.
+        for name in &diff.endpoints {
+            match self.store.pending_due_now(name).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(hook = %name, messages = n,
+                    "the hook's endpoint changed: its pending messages are due now"),
+                Err(e) => tracing::error!(hook = %name, error = %e,
+                    "cannot make the hook's pending messages due now"),
+            }
+        }
         self.config = new;
         self.published.send_replace(Arc::new(self.config.clone()));
         for (hook, sender) in hooks {

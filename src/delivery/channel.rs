@@ -75,6 +75,9 @@ pub(super) struct Keeper {
     pub info: ChannelInfo,
     state: ChannelState,
     read_at: Option<Instant>,
+    /// The highest `events-since-subscription-start` stated so far: a
+    /// notification never states less (the count read lags by up to `REFRESH`).
+    stated: i64,
     /// When anything (event, handshake, heartbeat) was last POSTed.
     last_sent: Instant,
     handshake_failures: u32,
@@ -91,6 +94,7 @@ impl Keeper {
                 error: None,
             },
             read_at: None,
+            stated: 0,
             last_sent: Instant::now(),
             handshake_failures: 0,
             next_handshake: Instant::now(),
@@ -110,17 +114,18 @@ impl Keeper {
         }
     }
 
-    /// The channel as a notification states it now.
-    pub fn now(&self) -> ChannelNow<'_> {
+    /// The channel as the notification about to be POSTed states it, its
+    /// newest event numbered `newest` (0: none): the count of events never
+    /// goes backwards from one notification to the next, even for a retry
+    /// of older events after a newer one went out.
+    pub fn stamp(&mut self, newest: i64) -> ChannelNow<'_> {
+        self.last_sent = Instant::now();
+        self.stated = self.stated.max(self.state.events).max(newest);
         ChannelNow {
             info: &self.info,
             status: self.state.status(),
-            events_since_start: self.state.events,
+            events_since_start: self.stated,
         }
-    }
-
-    pub fn sent(&mut self) {
-        self.last_sent = Instant::now();
     }
 
     /// Whether events may go: a due handshake is sent first (and until it
@@ -194,10 +199,9 @@ impl Keeper {
         .to_string();
         let now = crate::source::bundle::format_instant(chrono::Utc::now());
         let body = {
-            let ch = self.now();
+            let ch = self.stamp(0);
             notification(&ch.channel(hook), kind, hook.content, &[], &id, &now)
         };
-        self.sent();
         let attempt = sender.post(hook, &id, body).await;
         let handshake = kind == NotificationType::Handshake;
         let (status, error, sent) = match &attempt {
@@ -236,5 +240,59 @@ impl Keeper {
             }
         }
         sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::render::render;
+    use crate::state::{Claimed, MessageBody};
+
+    const CONFIG: &str = "[[source]]\nname = \"s\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n\
+        resources = [\"Observation\"]\n[[hook]]\nname = \"h\"\nurl = \"http://127.0.0.1:2/h\"\n\
+        format = \"fhir-backport-r4\"\nmax_events_per_bundle = 5\n";
+
+    fn claimed(number: i64) -> Claimed {
+        Claimed {
+            id: number,
+            message_id: format!("m{number}"),
+            resource_type: "Observation".into(),
+            resource_id: format!("o{number}"),
+            attempts: 0,
+            event_number: Some(number),
+            body: MessageBody::Missing,
+            created_at_ms: 0,
+            batch_id: None,
+        }
+    }
+
+    /// `events-since-subscription-start` as a rendered notification states it.
+    fn stated(body: &[u8]) -> i64 {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let params = v["entry"][0]["resource"]["parameter"].as_array().unwrap();
+        let p = params
+            .iter()
+            .find(|p| p["name"] == "events-since-subscription-start")
+            .unwrap();
+        p["valueString"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Item 19: the count read from the state lags (read at most once a
+    /// second); a notification of event 10, then a retry of event 3, must
+    /// not state 10 then 5.
+    #[test]
+    fn events_since_start_never_goes_backwards() {
+        let config = Config::from_str(CONFIG, std::path::Path::new("b.toml")).unwrap();
+        let hook = &config.hooks[0];
+        let mut k = Keeper::new(ChannelInfo::for_hook(&config, hook, None));
+        k.state.events = 5;
+        let first = stated(&render(hook, Some(&k.stamp(10)), &[claimed(10)]).body);
+        let second = stated(&render(hook, Some(&k.stamp(3)), &[claimed(3)]).body);
+        // A heartbeat after them, and a count read again, never lower either.
+        let heartbeat = k.stamp(0).events_since_start;
+        k.state.events = 12;
+        let later = k.stamp(4).events_since_start;
+        assert_eq!((first, second, heartbeat, later), (10, 10, 10, 12));
     }
 }

@@ -1,5 +1,6 @@
 //! Delivery: per-hook workers that POST outbox messages, at least once.
 
+mod batch;
 mod channel;
 mod render;
 pub mod retry;

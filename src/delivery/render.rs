@@ -72,10 +72,9 @@ pub(super) fn render(hook: &Hook, channel: Option<&ChannelNow>, msgs: &[Claimed]
             base_url: channel.info.bases.get(&c.source).map(String::as_str),
         })
         .collect();
-    let mut ch = channel.channel(hook);
-    // Events numbered since the channel state was read.
-    let newest = events.iter().map(|e| e.number).max().unwrap_or(0);
-    ch.events_since_start = ch.events_since_start.max(newest);
+    // `events_since_start` is the keeper's (`Keeper::stamp`): never below
+    // these events' numbers nor below what an earlier notification said.
+    let ch = channel.channel(hook);
     let now = crate::source::bundle::format_instant(chrono::Utc::now());
     let body = notification(
         &ch,

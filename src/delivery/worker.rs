@@ -2,6 +2,7 @@
 //! at most `concurrency` at once, never two versions of one resource at once.
 //! A slow or broken hook only ever occupies its own worker.
 
+use super::batch::{batch_to_store, notifications};
 use super::channel::{ChannelInfo, Keeper};
 use super::render::{Outgoing, render};
 use super::retry::next_delay;
@@ -148,29 +149,31 @@ impl HookWorker {
                     )
                     .await
                 {
-                    Ok(mut batch) => {
-                        let filled = batch.len() == free * per_post;
-                        // One POST per `per_post` messages, in event-number order.
-                        batch.sort_by_key(|m| (m.event_number, m.id));
-                        let mut rest = batch.into_iter().peekable();
-                        while rest.peek().is_some() {
-                            let msgs: Vec<Claimed> = rest.by_ref().take(per_post).collect();
+                    Ok(claimed) => {
+                        let filled = claimed.len() >= free * per_post;
+                        // One POST per notification (a stored batch whole), in
+                        // event-number order; what does not fit is claimed again.
+                        let mut posts = notifications(claimed, per_post);
+                        posts.truncate(free);
+                        let batches = posts.iter().filter_map(|p| batch_to_store(p)).collect();
+                        let stored = this.store.assign_batches(batches).await;
+                        if let Err(e) = &stored {
+                            // Not sent before its batch is stored: tried again in IDLE_POLL.
+                            tracing::error!(hook = %this.hook.name, error = %e, "cannot store a batch");
+                            posts.clear();
+                        }
+                        for msgs in posts {
                             in_flight.extend(msgs.iter().map(|m| m.id));
-                            let outgoing = render(
-                                &this.hook,
-                                keeper.as_ref().map(|k| k.now()).as_ref(),
-                                &msgs,
-                            );
-                            if let Some(k) = keeper.as_mut() {
-                                k.sent();
-                            }
+                            let newest = msgs.iter().filter_map(|m| m.event_number).max();
+                            let channel = keeper.as_mut().map(|k| k.stamp(newest.unwrap_or(0)));
+                            let outgoing = render(&this.hook, channel.as_ref(), &msgs);
                             let worker = this.clone();
                             let record_tx = record_tx.clone();
                             tasks.spawn(
                                 async move { worker.deliver(msgs, outgoing, record_tx).await },
                             );
                         }
-                        if !filled {
+                        if stored.is_ok() && !filled {
                             wait = wait.min(this.time_to_next_due().await);
                         }
                     }
@@ -233,10 +236,11 @@ impl HookWorker {
         // Signed and sent as these exact bytes.
         let attempt = self.sender.post(hook, &outgoing.id, outgoing.body).await;
         let duration = started.elapsed();
+        let retry = self.retry_of(&msgs, &attempt);
         let mut acks = Vec::with_capacity(msgs.len());
         let mut gone = false;
         for msg in &msgs {
-            let (record, is_gone) = self.outcome(msg, &attempt, duration).await;
+            let (record, is_gone) = self.outcome(msg, &attempt, duration, retry).await;
             gone |= is_gone;
             let (ack_tx, ack_rx) = oneshot::channel();
             if recorder.send((msg.id, record, ack_tx)).await.is_ok() {
@@ -249,12 +253,36 @@ impl HookWorker {
         (msgs.iter().map(|m| m.id).collect(), gone)
     }
 
-    /// What one attempt means for one of the messages it carried.
+    /// When the messages of a failed POST are tried again: one time for
+    /// them all (one jitter, the most attempts among them), so that a batch
+    /// falls due whole and goes again as the same notification. `None`: to
+    /// the dead-letter queue, all of them.
+    fn retry_of(&self, msgs: &[Claimed], attempt: &Attempt) -> Option<(Duration, i64)> {
+        let hook = &self.hook;
+        let retry_after = match attempt.action() {
+            RetryAction::RetryAfter(d) => Some(d),
+            _ => None,
+        };
+        let attempts = msgs.iter().map(|m| m.attempts).max().unwrap_or(0) + 1;
+        let delay = next_delay(
+            &hook.retry_schedule,
+            attempts,
+            hook.max_attempts,
+            retry_after,
+            fastrand::f64(),
+        )?;
+        let at = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        Some((delay, at))
+    }
+
+    /// What one attempt means for one of the messages it carried; `retry`:
+    /// the POST's (`retry_of`).
     async fn outcome(
         &self,
         msg: &Claimed,
         attempt: &Attempt,
         duration: Duration,
+        retry: Option<(Duration, i64)>,
     ) -> (DeliveryRecord, bool) {
         let hook = &self.hook;
         let attempts = msg.attempts + 1;
@@ -315,20 +343,9 @@ impl HookWorker {
                 }
             }
             Attempt::Failed { status, error, .. } => {
-                let retry_after = match action {
-                    RetryAction::RetryAfter(d) => Some(d),
-                    _ => None,
-                };
-                let delay = next_delay(
-                    &hook.retry_schedule,
-                    attempts,
-                    hook.max_attempts,
-                    retry_after,
-                    fastrand::f64(),
-                );
                 let (hook_name, message_id) = (hook.name.as_str(), msg.message_id.as_str());
-                match delay {
-                    Some(delay) => RetryScheduled {
+                match retry {
+                    Some((delay, _)) => RetryScheduled {
                         hook: hook_name,
                         message_id,
                         status,
@@ -349,9 +366,7 @@ impl HookWorker {
                 DeliveryRecord::Failed {
                     status,
                     error,
-                    retry_at_ms: delay.map(|d| {
-                        now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    }),
+                    retry_at_ms: retry.map(|(_, at)| at),
                 }
             }
         };

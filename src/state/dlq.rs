@@ -291,10 +291,10 @@ impl Store {
                 )?;
                 let mut del = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
                 // A moved message is a new event of its new hook: it gets that
-                // hook's next number.
+                // hook's next number, and belongs to none of its batches.
                 let mut up = tx.prepare_cached(
                     "UPDATE outbox SET hook = ?2, state = 'pending', attempts = 0,
-                        next_attempt_at = ?3, done_at = NULL, event_number = ?4
+                        next_attempt_at = ?3, done_at = NULL, event_number = ?4, batch_id = NULL
                      WHERE id = ?1",
                 )?;
                 let now = now_ms();

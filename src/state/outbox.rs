@@ -60,7 +60,35 @@ pub struct Claimed {
     pub body: MessageBody,
     /// When the message entered the outbox (our clock, ms), for latency metrics.
     pub created_at_ms: i64,
+    /// The webhook-id of the batched notification it went out in (see
+    /// `assign_batches`): it goes again only with the others of that batch.
+    pub batch_id: Option<String>,
 }
+
+/// The columns `read_claimed` reads, for an outbox row `o` and its change `c`.
+const CLAIMED_COLUMNS: &str = "o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
+    o.created_at, o.event_number, o.batch_id";
+
+fn read_claimed(r: &rusqlite::Row) -> rusqlite::Result<Claimed> {
+    Ok(Claimed {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        resource_type: r.get(2)?,
+        resource_id: r.get(3)?,
+        attempts: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        event_number: r.get(6)?,
+        batch_id: r.get(7)?,
+        body: read_body(r, 8)?,
+    })
+}
+
+/// Skips a message whose resource has an older version still pending
+/// (per-resource order), for an outbox row `o`.
+const NO_OLDER_PENDING: &str = "NOT EXISTS (
+    SELECT 1 FROM outbox p
+    WHERE p.hook = o.hook AND p.resource_type = o.resource_type
+      AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)";
 
 /// How one delivery attempt ended. Errors are PHI-free text.
 #[derive(Debug, Clone)]
@@ -136,7 +164,8 @@ impl Store {
     /// the LIMIT stops the scan early; a plan that sorts every due row would
     /// cost O(backlog) per claim), skipping any message whose
     /// resource has an older version still pending (per-resource order) and the
-    /// ids in `in_flight`.
+    /// ids in `in_flight`. A claimed message of a batch brings the batch's
+    /// other pending members along (beyond `limit` if need be).
     pub async fn claim_due(
         &self,
         hook: &str,
@@ -150,32 +179,91 @@ impl Store {
             // statement whose plan may depend on a parameter's value (a LIMIT, or
             // a term it checks against the partial index's WHERE) every time the
             // statement cache hands it out, which cost more than the query itself.
-            let in_flight = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
+            let in_flight_json = serde_json::to_string(&in_flight).unwrap_or_else(|_| "[]".into());
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
-                        o.created_at, o.event_number, {BODY_COLUMNS}
+                "SELECT {CLAIMED_COLUMNS}, {BODY_COLUMNS}
                  FROM outbox o INDEXED BY outbox_by_state LEFT JOIN change c ON c.id = o.change_id
                  WHERE o.hook = +?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                    AND o.id NOT IN (SELECT value FROM json_each(?4))
-                   AND NOT EXISTS (
-                       SELECT 1 FROM outbox p
-                       WHERE p.hook = o.hook AND p.resource_type = o.resource_type
-                         AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)
+                   AND {NO_OLDER_PENDING}
                  ORDER BY o.id LIMIT ?3 + 0"
             ))?;
-            let rows = stmt.query_map(params![hook, now_ms(), limit as i64, in_flight], |r| {
-                Ok(Claimed {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    resource_type: r.get(2)?,
-                    resource_id: r.get(3)?,
-                    attempts: r.get(4)?,
-                    created_at_ms: r.get(5)?,
-                    event_number: r.get(6)?,
-                    body: read_body(r, 7)?,
-                })
-            })?;
-            rows.collect()
+            let mut claimed = stmt
+                .query_map(
+                    params![hook, now_ms(), limit as i64, in_flight_json],
+                    read_claimed,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            // A batch goes whole: its other members come along, even past
+            // the limit or when one fell due a moment later.
+            let batches: std::collections::BTreeSet<&str> = claimed
+                .iter()
+                .filter_map(|m| m.batch_id.as_deref())
+                .collect();
+            if batches.is_empty() {
+                return Ok(claimed);
+            }
+            let batches = serde_json::to_string(&batches).unwrap_or_else(|_| "[]".into());
+            let taken: Vec<i64> = in_flight
+                .iter()
+                .copied()
+                .chain(claimed.iter().map(|m| m.id))
+                .collect();
+            let taken = serde_json::to_string(&taken).unwrap_or_else(|_| "[]".into());
+            let mut mates = c.prepare_cached(&format!(
+                "SELECT {CLAIMED_COLUMNS}, {BODY_COLUMNS}
+                 FROM outbox o INDEXED BY outbox_by_batch LEFT JOIN change c ON c.id = o.change_id
+                 WHERE o.batch_id IN (SELECT value FROM json_each(?2))
+                   AND o.hook = ?1 AND o.state = 'pending'
+                   AND o.id NOT IN (SELECT value FROM json_each(?3))
+                   AND {NO_OLDER_PENDING}
+                 ORDER BY o.id"
+            ))?;
+            let more = mates.query_map(params![hook, batches, taken], read_claimed)?;
+            for m in more {
+                claimed.push(m?);
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    /// Writes each batch's webhook-id to its messages before the batch is
+    /// first POSTed (one transaction): from then on they go only together,
+    /// as that notification, until delivered, a kill -9 notwithstanding.
+    pub async fn assign_batches(&self, batches: Vec<(String, Vec<i64>)>) -> Result<(), StateError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut up = tx.prepare_cached(
+                    "UPDATE outbox SET batch_id = ?2 WHERE id = ?1 AND state = 'pending'",
+                )?;
+                for (batch_id, ids) in &batches {
+                    for id in ids {
+                        up.execute(params![id, batch_id])?;
+                    }
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Makes the hook's pending messages due now (its endpoint changed: the
+    /// backoff earned against the old one means nothing). Dead letters stay
+    /// for `dlq redrive`. Returns how many were waiting.
+    pub async fn pending_due_now(&self, hook: &str) -> Result<usize, StateError> {
+        let hook = hook.to_string();
+        self.call(move |c| {
+            let now = now_ms();
+            c.prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?2
+                 WHERE hook = ?1 AND state = 'pending' AND next_attempt_at > ?2",
+            )?
+            .execute(params![hook, now])
         })
         .await
     }
@@ -224,7 +312,7 @@ impl Store {
             {
                 let mut ok = tx.prepare_cached(
                     "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,
-                        done_at = ?2, last_status = ?3, last_error = NULL
+                        done_at = ?2, last_status = ?3, last_error = NULL, batch_id = NULL
                      WHERE id = ?1",
                 )?;
                 let mut drop_payload =
@@ -427,6 +515,103 @@ mod tests {
         let dead = store.dead_letters(None).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].attempts, 2);
+    }
+
+    /// A stored batch is claimed whole, past the limit and whatever its
+    /// members' due times; delivery forgets it.
+    #[tokio::test]
+    async fn a_batch_is_claimed_whole() {
+        let (_d, store) = temp_store();
+        let msgs = (1..=5)
+            .map(|i| NewMessage::test("h", &format!("m{i}"), "Observation", &format!("o{i}")))
+            .collect();
+        enqueue(&store, msgs).await;
+        let all = store.claim_due("h", vec![], 10).await.unwrap();
+        let ids: Vec<i64> = all.iter().map(|m| m.id).collect();
+        store
+            .assign_batches(vec![("b".into(), vec![ids[1], ids[3], ids[4]])])
+            .await
+            .unwrap();
+        let later = now_ms() + 3_600_000;
+        let failed = |id| {
+            (
+                id,
+                DeliveryRecord::Failed {
+                    status: Some(503),
+                    error: "HTTP 503".into(),
+                    retry_at_ms: Some(later),
+                },
+            )
+        };
+        // m5 falls due an hour after the others: it still comes with m2.
+        store
+            .record_deliveries("h", vec![failed(ids[4])], false)
+            .await
+            .unwrap();
+        let got = store.claim_due("h", vec![], 2).await.unwrap();
+        let claimed: Vec<(&str, Option<&str>)> = got
+            .iter()
+            .map(|m| (m.message_id.as_str(), m.batch_id.as_deref()))
+            .collect();
+        assert_eq!(
+            claimed,
+            [
+                ("m1", None),
+                ("m2", Some("b")),
+                ("m4", Some("b")),
+                ("m5", Some("b"))
+            ]
+        );
+        // In flight (in one POST), a batch's members are not claimed again.
+        let in_flight = vec![ids[0], ids[1], ids[3], ids[4]];
+        let again = store.claim_due("h", in_flight, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "m3 only");
+        // Delivered, a message belongs to no batch.
+        store
+            .record_delivery("h", ids[1], DeliveryRecord::Delivered { status: 200 })
+            .await
+            .unwrap();
+        let id = ids[1];
+        let batch: Option<String> = store
+            .call(move |c| {
+                c.query_row("SELECT batch_id FROM outbox WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(batch, None);
+    }
+
+    /// A changed endpoint: waiting messages are due now; dead ones stay dead.
+    #[tokio::test]
+    async fn pending_messages_fall_due_now() {
+        let (_d, store) = temp_store();
+        enqueue(
+            &store,
+            vec![
+                NewMessage::test("h", "a", "Observation", "a"),
+                NewMessage::test("h", "b", "Observation", "b"),
+            ],
+        )
+        .await;
+        let got = store.claim_due("h", vec![], 10).await.unwrap();
+        let fail = |retry_at_ms| DeliveryRecord::Failed {
+            status: None,
+            error: "connection failed".into(),
+            retry_at_ms,
+        };
+        let records = vec![
+            (got[0].id, fail(Some(now_ms() + 7_200_000))),
+            (got[1].id, fail(None)),
+        ];
+        store.record_deliveries("h", records, false).await.unwrap();
+        assert!(store.claim_due("h", vec![], 10).await.unwrap().is_empty());
+        assert_eq!(store.pending_due_now("h").await.unwrap(), 1);
+        let due = store.claim_due("h", vec![], 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].message_id, "a");
+        assert_eq!(store.dead_letters(None).await.unwrap().len(), 1);
     }
 
     /// Numbers per hook from 1, consecutive across transactions; a duplicate

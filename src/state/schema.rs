@@ -261,6 +261,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE export_job ADD COLUMN request TEXT;
     "#,
+    // 13: a batched notification's identity. Before a notification that
+    // carries several messages is first POSTed, its webhook-id is written to
+    // each of them; until delivered they go only together, as that same
+    // notification (same id, same events, same order), across restarts. A
+    // batch that must be split (a member redriven or purged apart, a smaller
+    // `max_events_per_bundle`) goes as new notifications whose ids are
+    // written in turn. NULL: never sent in a batch (or delivered).
+    r#"
+    ALTER TABLE outbox ADD COLUMN batch_id TEXT;
+    CREATE INDEX outbox_by_batch ON outbox (batch_id) WHERE batch_id IS NOT NULL;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
