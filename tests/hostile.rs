@@ -10,6 +10,8 @@ mod common;
 mod config;
 #[path = "hostile/delivery.rs"]
 mod delivery;
+#[path = "hostile/export.rs"]
+mod export;
 #[path = "hostile/filter.rs"]
 mod filter;
 #[path = "hostile/operate.rs"]
