@@ -250,12 +250,34 @@ impl SourceTask {
                     return Err(error);
                 }
             };
-            return match self.run_job(&types, &job, manifest, &mut run).await? {
-                JobEnd::Done => {
+            return match self.run_job(&types, &job, manifest, &mut run).await {
+                Ok(JobEnd::Done) => {
                     run.polled.complete = true;
                     Ok(run.polled)
                 }
-                JobEnd::Stopped => Ok(run.polled),
+                Ok(JobEnd::Stopped) => Ok(run.polled),
+                // The job's files expired at the server: nothing more can be
+                // read from it. What it delivered stays delivered; a new
+                // export goes on from the watermarks (once per turn).
+                Err(PollError::Export(ExportError::File {
+                    file,
+                    error:
+                        super::client::FetchError::Status {
+                            status: status @ (404 | 410),
+                            ..
+                        },
+                })) if !kicked_off => {
+                    self.cancel_job(&job.job_url).await;
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(name).await?;
+                    }
+                    saved_job_abandoned = self.dry_run.is_some();
+                    run.notes.warn(format!(
+                        "bulk export output file {file} was gone (HTTP {status}, expired); a new export started from the watermarks"
+                    ));
+                    continue;
+                }
+                Err(e) => Err(e),
             };
         }
     }
@@ -416,12 +438,16 @@ impl SourceTask {
         job: &ExportJob,
         run: &mut Run<'_>,
     ) -> Result<StatusCheck, PollError> {
-        let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
-        if !self.source.allows(&job_url) {
-            return Err(ExportError::ForeignJobUrl.into());
-        }
         let busy = |error: PollError, retry_after| {
             Ok(StatusCheck::Unusable(error, bulk::status_wait(retry_after)))
+        };
+        // A saved status URL the config no longer allows is not asked: it
+        // counts towards `export_timeout` like a job that never answers.
+        let Some(job_url) = Url::parse(&job.job_url)
+            .ok()
+            .filter(|u| self.source.allows(u))
+        else {
+            return busy(ExportError::ForeignJobUrl.into(), None);
         };
         self.beat.expect_within(self.page_allowance());
         self.limiter

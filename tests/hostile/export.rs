@@ -337,3 +337,63 @@ async fn an_export_past_export_timeout_is_cancelled_and_started_again() {
     );
     bridge.stop();
 }
+
+/// A manifest whose file has expired at the server (404) while its status
+/// still answers 200: the job is dropped and a new export started from the
+/// watermarks, noted on status, rather than asked for the same file for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_export_file_starts_a_new_export() {
+    let written = now_instant();
+    let jobs = Arc::new(AtomicUsize::new(0));
+    let j = jobs.clone();
+    let fhir = Scripted::start(move |s: &Seen| {
+        let base = format!("http://{}", s.header("host").unwrap_or_default());
+        if s.uri.starts_with("/fhir/$export") {
+            let n = j.fetch_add(1, Ordering::SeqCst) + 1;
+            let loc = format!("{base}/fhir/_export/{n}");
+            return status_with(202, &[("content-location", &loc)]);
+        }
+        if s.method == "DELETE" {
+            return status_with(202, &[]);
+        }
+        match job_no(&s.uri) {
+            Some(1) if s.uri.ends_with(".ndjson") => status_with(404, &[]),
+            Some(_) if s.uri.ends_with(".ndjson") => ndjson(&[patient("p1", &written)]),
+            Some(n) => fhir_json(
+                200,
+                serde_json::json!({
+                    "transactionTime": now_instant(),
+                    "output": [{"type": "Patient", "url": format!("{base}/fhir/_export/{n}/patients.ndjson")}],
+                }),
+            ),
+            None => status_with(404, &[]),
+        }
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        "",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "a new export delivered", || {
+        received_ids(&rx).contains(&"Patient/p1".to_string())
+    })
+    .await;
+    assert!(
+        deletes(&fhir).contains(&1),
+        "the expired job was not cancelled"
+    );
+    wait_for(10, "the expired file noted on status", || {
+        target(&bridge.status_json(), "Patient")["last_warning"]
+            .as_str()
+            .is_some_and(|w| {
+                w.contains(
+                    "bulk export output file 0 was gone (HTTP 404, expired); a new export started",
+                )
+            })
+    })
+    .await;
+    bridge.stop();
+}
