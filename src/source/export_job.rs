@@ -11,13 +11,14 @@
 //! after its kick-off is cancelled and started again from the watermarks.
 
 use super::errors::{ExportError, PollError};
+use super::export_status::StatusCheck;
 use super::notes::Notes;
 use super::page::{self, PageJob};
 use super::poll::{Polled, SourceTask};
 use super::routing::Routing;
 use super::strategy::EntryMode;
 use super::strategy::bulk_export::{
-    self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, MAX_MANIFEST_BYTES, Manifest,
+    self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest,
 };
 use super::watermark::{horizon, judge};
 use crate::config::Start;
@@ -28,7 +29,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -38,22 +39,6 @@ enum JobEnd {
     Done,
     /// Shutdown: everything read so far is committed; the job resumes.
     Stopped,
-}
-
-/// What one status request of a job found.
-enum StatusCheck {
-    /// The manifest, usable: an instant for `transactionTime`, every file on
-    /// the source's origins.
-    Ready(Manifest),
-    /// Still running: ask again after this wait (`Retry-After`, bounded).
-    Pending(Duration),
-    /// The server no longer knows the job (404/410).
-    Gone,
-    /// Nothing usable yet: a busy server (429/5xx), no answer, or a manifest
-    /// the bridge cannot use. A poll error; the job stays, and this counts
-    /// towards `export_timeout` like a job still running. Asked again after
-    /// the wait.
-    Unusable(PollError, Duration),
 }
 
 /// What one poll of the job carries along.
@@ -191,7 +176,7 @@ impl SourceTask {
                 return Ok(run.polled);
             }
             let check = loop {
-                match self.check_status(&job, &mut run).await? {
+                match self.check_status(&job, run.notes).await? {
                     // Within half the source's interval the job is waited for
                     // here (the tick's other targets still keep their period,
                     // see `Schedule::wait_after_tick`); past it, the next turn
@@ -427,86 +412,6 @@ impl SourceTask {
             }
             Err(e) => {
                 tracing::warn!(source = %name, error = %e, "bulk export: DELETE of the job failed")
-            }
-        }
-    }
-
-    /// One status request of the job. Its `Date` teaches the server's clock
-    /// (for the horizon of the manifest's `transactionTime`).
-    async fn check_status(
-        &self,
-        job: &ExportJob,
-        run: &mut Run<'_>,
-    ) -> Result<StatusCheck, PollError> {
-        let busy = |error: PollError, retry_after| {
-            Ok(StatusCheck::Unusable(error, bulk::status_wait(retry_after)))
-        };
-        // A saved status URL the config no longer allows is not asked: it
-        // counts towards `export_timeout` like a job that never answers.
-        let Some(job_url) = Url::parse(&job.job_url)
-            .ok()
-            .filter(|u| self.source.allows(u))
-        else {
-            return busy(ExportError::ForeignJobUrl.into(), None);
-        };
-        self.beat.expect_within(self.page_allowance());
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        let sent = Instant::now();
-        let resp = match self.client.send(Method::GET, &job_url, "").await {
-            Ok(resp) => resp,
-            Err(e) => return busy(ExportError::Status(e).into(), None),
-        };
-        let received = Instant::now();
-        let exchange = super::client::Exchange {
-            sent,
-            headers_received: received,
-            body_received: received,
-        };
-        if let Err(e) = (self.client).note_response(&exchange, bulk::date(resp.headers()), None) {
-            run.notes.warn(e.to_string());
-        }
-        let status = resp.status().as_u16();
-        let retry_after = super::client::parse_retry_after(resp.headers());
-        match status {
-            200 => {
-                let body = match self.client.read_body(resp, MAX_MANIFEST_BYTES).await {
-                    Ok(body) => body,
-                    Err(e) => return busy(ExportError::Status(e).into(), None),
-                };
-                let usable = bulk::parse_manifest(&body)
-                    .map_err(ExportError::from)
-                    .and_then(|m| match bulk::foreign_file(&self.source, &job_url, &m) {
-                        Some(file) => Err(ExportError::ForeignFile { file }),
-                        None => Ok(m),
-                    });
-                match usable {
-                    Ok(m) => Ok(StatusCheck::Ready(m)),
-                    Err(e) => busy(e.into(), None),
-                }
-            }
-            202 => {
-                if let Some(p) = bulk::progress(resp.headers()) {
-                    tracing::info!(source = %self.source.name, progress = %p, "bulk export in progress");
-                }
-                Ok(StatusCheck::Pending(bulk::status_wait(retry_after)))
-            }
-            404 | 410 => Ok(StatusCheck::Gone),
-            // Busy: the job stays; asked again after the wait.
-            429 | 500..=599 => {
-                let error = super::client::FetchError::Status {
-                    status,
-                    retry_after,
-                };
-                busy(ExportError::Status(error).into(), retry_after)
-            }
-            // The job failed: the next poll kicks off a new one.
-            _ => {
-                if self.dry_run.is_none() {
-                    self.store.drop_export_job(&self.source.name).await?;
-                }
-                Err(ExportError::Failed(status).into())
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 mod errors;
 mod export_job;
+mod export_status;
 mod fanout;
 mod full_walk;
 mod history_order;
