@@ -16,6 +16,8 @@ mod config;
 mod deliveries;
 #[path = "hostile/delivery.rs"]
 mod delivery;
+#[path = "hostile/export.rs"]
+mod export;
 #[path = "hostile/filter.rs"]
 mod filter;
 #[path = "hostile/operate.rs"]

@@ -58,6 +58,9 @@ pub struct RawSource {
     pub strategy_by_type: BTreeMap<String, Spanned<String>>,
     /// `bulk-export`: `Group/{id}` to export that group's data instead of the whole system's.
     pub export_group: Option<Spanned<String>>,
+    /// `bulk-export`: how long a job may go without a usable manifest before
+    /// it is cancelled and started again.
+    pub export_timeout: Option<Spanned<HumanDuration>>,
     /// Per-patient fan-out: where the roster comes from, and how often it is re-read.
     pub patients: Option<Spanned<super::fanout::RawPatients>>,
     pub roster_refresh: Option<Spanned<HumanDuration>>,

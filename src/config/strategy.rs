@@ -3,8 +3,9 @@
 
 use super::ConfigError;
 use super::raw::RawSource;
-use super::validate::Ctx;
+use super::validate::{Ctx, MIN_SECOND};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use toml::Spanned;
 
 /// One polling strategy (`src/source/strategy/` implements each).
@@ -49,13 +50,35 @@ impl Strategy {
     }
 }
 
+/// `export_timeout` unless set. Bulk Data servers finish a system or group
+/// export in minutes to a few hours; six leave a large nightly export room to
+/// finish (a bound too tight would cancel it again and again, and its types
+/// would never be delivered), while a job wedged at the server (202 for ever,
+/// a manifest the bridge cannot use) costs at most a quarter of a day before
+/// a new one starts from the watermarks.
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 /// The source's strategy and its per-type overrides.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Strategies {
     pub default: Strategy,
     pub by_type: BTreeMap<String, Strategy>,
     /// `export_group`: `Group/{id}`, the group a `bulk-export` exports.
     pub export_group: Option<String>,
+    /// `export_timeout`: how long a `bulk-export` job may go from its kick-off
+    /// without a usable manifest before it is cancelled and started again.
+    pub export_timeout: Duration,
+}
+
+impl Default for Strategies {
+    fn default() -> Self {
+        Strategies {
+            default: Strategy::default(),
+            by_type: BTreeMap::new(),
+            export_group: None,
+            export_timeout: DEFAULT_EXPORT_TIMEOUT,
+        }
+    }
 }
 
 impl Strategies {
@@ -119,6 +142,16 @@ pub(super) fn validate(
             Some(g.get_ref().clone())
         }
     };
+    let export_timeout = match &s.export_timeout {
+        None => DEFAULT_EXPORT_TIMEOUT,
+        Some(t) if !bulk => {
+            return Err(ctx.err(
+                t.span(),
+                format!("{what}: `export_timeout` is for `bulk-export` sources"),
+            ));
+        }
+        Some(t) => ctx.at_least(what, "export_timeout", t, MIN_SECOND)?,
+    };
     if bulk && let Some(p) = &s.patients {
         return Err(ctx.err(
             p.span(),
@@ -129,6 +162,7 @@ pub(super) fn validate(
         default,
         by_type,
         export_group,
+        export_timeout,
     })
 }
 
@@ -163,6 +197,9 @@ mod tests {
         let s = load("strategy = \"bulk-export\"\nexport_group = \"Group/g1\"\n").unwrap();
         assert_eq!(s.for_type("Encounter"), Strategy::BulkExport);
         assert_eq!(s.export_group.as_deref(), Some("Group/g1"));
+        assert_eq!(s.export_timeout, DEFAULT_EXPORT_TIMEOUT);
+        let s = load("strategy = \"bulk-export\"\nexport_timeout = \"90m\"\n").unwrap();
+        assert_eq!(s.export_timeout, Duration::from_secs(5400));
         let all = ["Observation".to_string(), "Encounter".to_string()];
         assert_eq!(s.bulk_export_types(&all), all);
     }
@@ -186,6 +223,13 @@ mod tests {
         );
         let e = load("strategy = \"bulk-export\"\nexport_group = \"g\"\n").unwrap_err();
         assert!(e.contains("`export_group` must be `Group/{id}`"), "{e}");
+        let e = load("export_timeout = \"1h\"\n").unwrap_err();
+        assert!(
+            e.contains("`export_timeout` is for `bulk-export` sources"),
+            "{e}"
+        );
+        let e = load("strategy = \"bulk-export\"\nexport_timeout = \"0s\"\n").unwrap_err();
+        assert!(e.contains("`export_timeout`"), "{e}");
         let e = load("[source.strategy_by_type]\nEncounter = \"x\"\n").unwrap_err();
         assert!(e.contains("`strategy_by_type.Encounter` must be"), "{e}");
     }

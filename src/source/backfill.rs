@@ -10,9 +10,9 @@ use super::bundle::{format_instant, parse_instant};
 use super::client::FhirClient;
 use super::errors::PollError;
 use super::page::{self, PageJob};
-use super::poll::{FUTURE_TOLERANCE, next_link};
+use super::poll::next_link;
 use super::strategy::{EntryMode, search_url};
-use super::watermark::WatermarkTracker;
+use super::watermark::{WatermarkTracker, horizon};
 use crate::config::Source;
 use crate::outbox::Route;
 use crate::state::{BackfillProgress, Store};
@@ -110,13 +110,17 @@ impl Backfill {
                 window_start: Some(self.since),
                 window_end: None,
                 collect_ids: false,
-                horizon: Utc::now() + FUTURE_TOLERANCE,
+                horizon: horizon(self.client.server_now(), Utc::now()),
                 routes: self.routes.clone(),
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),
             };
             let outcome =
                 page::process_blocking(self.store.clone(), job, fetched.body, page_no).await?;
+            // The server's clock, for the horizon of the next pages' cursor
+            // (an untrusted one leaves the estimate as it was).
+            let _ =
+                (self.client).note_response(&fetched.exchange, fetched.date, outcome.server_time);
             status.total = status.total.or(outcome.total);
             // Committed before a bad next link fails the run, as a poll does.
             let next = next_link(&self.source, &url, outcome.next.as_deref(), rt, page_no);

@@ -1,20 +1,26 @@
 //! Runs a `bulk-export` source's job: kick off (the status URL saved before
-//! it is first polled), poll its status as `Retry-After` says, stream each
-//! output file line by line into the page pipeline in chunks of `page_size`
-//! lines (each chunk committed with the job's progress), then move every
-//! exported type's watermark to the manifest's `transactionTime` and
-//! `DELETE` the job. A restart finds the job in state and resumes it: the
-//! same status URL, the committed files and lines skipped.
+//! it is first polled), check its status once per turn of the source's loop
+//! (no sooner than `Retry-After` says), so that the source's other types keep
+//! their schedule while the job runs; stream each output file line by line
+//! into the page pipeline in chunks (at most `page_size` lines and about
+//! `MAX_CHUNK_BYTES`, each chunk committed with the job's progress), then
+//! move every exported type's watermark to the manifest's `transactionTime`
+//! (never past the horizon, see `watermark`) and `DELETE` the job. A restart
+//! finds the job in state and resumes it: the same status URL, the committed
+//! files and lines skipped. A job with no usable manifest `export_timeout`
+//! after its kick-off is cancelled and started again from the watermarks.
 
 use super::errors::{ExportError, PollError};
+use super::export_status::StatusCheck;
 use super::notes::Notes;
 use super::page::{self, PageJob};
-use super::poll::{FUTURE_TOLERANCE, Polled, SourceTask};
+use super::poll::{Polled, SourceTask};
 use super::routing::Routing;
 use super::strategy::EntryMode;
 use super::strategy::bulk_export::{
-    self as bulk, Line, LineSplitter, MAX_LINE_BYTES, MAX_MANIFEST_BYTES, Manifest,
+    self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest,
 };
+use super::watermark::{horizon, judge};
 use crate::config::Start;
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
 use crate::telemetry::Event;
@@ -23,6 +29,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -32,8 +39,6 @@ enum JobEnd {
     Done,
     /// Shutdown: everything read so far is committed; the job resumes.
     Stopped,
-    /// The server no longer knows the job (404/410): start over.
-    Gone,
 }
 
 /// What one poll of the job carries along.
@@ -68,6 +73,7 @@ impl SourceTask {
         let mut from_beginning = false;
         let mut floor: Option<DateTime<Utc>> = None;
         let mut fresh = false;
+        let limit = horizon(self.client.server_now(), Utc::now());
         for rt in &types {
             let k = TargetKey::population(name, rt);
             let mut state = self.store.target_state(&k).await?;
@@ -76,11 +82,22 @@ impl SourceTask {
                 fresh = true;
             }
             let parse = |s: &Option<String>| s.as_deref().and_then(super::bundle::parse_instant);
+            let type_floor = parse(&state.floor);
             match parse(&state.watermark) {
+                // Written before the bridge bounded `transactionTime`: as a
+                // `last-updated` poll does, export from the start again (the
+                // diff drops what was delivered) rather than ask for nothing.
+                Some(w) if w > limit && Some(w) != type_floor => {
+                    notes.warn(format!(
+                        "{rt}: the stored watermark {} is in the future; exporting from the start again",
+                        super::bundle::format_instant(w)
+                    ));
+                    from_beginning = true;
+                }
                 Some(w) => since = Some(since.map_or(w, |s| s.min(w))),
                 None => from_beginning = true,
             }
-            floor = parse(&state.floor).or(floor);
+            floor = type_floor.or(floor);
         }
         if fresh && self.source.start == Start::Now {
             // Exports begin from the next tick, from now on.
@@ -108,9 +125,20 @@ impl SourceTask {
             page_no: 0,
         };
         let mut kicked_off = false;
+        // A dry run writes nothing: a saved job it gave up on stays saved.
+        let mut saved_job_abandoned = false;
         let request = bulk::kickoff_url(&self.source, &types, None).to_string();
+        let timeout = self.source.strategies.export_timeout;
+        let (turn, interval) = (
+            Instant::now(),
+            self.source.schedule.nominal_interval(Utc::now()),
+        );
         loop {
-            let job = match self.store.export_job(name).await? {
+            let saved = match saved_job_abandoned {
+                true => None,
+                false => self.store.export_job(name).await?,
+            };
+            let job = match saved {
                 Some(job) if job.request.as_ref().is_some_and(|r| *r != request) => {
                     // Saved before the source's base, group or types changed:
                     // its files are not what is polled now. What it delivered
@@ -132,21 +160,110 @@ impl SourceTask {
             };
             // A resumed job's window is its own.
             run.window_start = job.since.as_deref().and_then(super::bundle::parse_instant);
-            match self.run_job(&types, &job, &mut run).await? {
-                JobEnd::Done => {
-                    run.polled.complete = true;
-                    return Ok(run.polled);
+            let expired = |job: &ExportJob| {
+                bulk::job_expired(
+                    job.kicked_off_at,
+                    crate::state::now_ms(),
+                    timeout,
+                    job.transaction_time.is_some(),
+                )
+            };
+            // One status request per turn, no sooner than `Retry-After`: the
+            // source's other types are polled meanwhile. A job past
+            // `export_timeout` is asked once more, whatever the wait.
+            let due = self.known.export_status_due(&job.job_url);
+            if !expired(&job) && due.is_some_and(|at| Instant::now() < at) {
+                return Ok(run.polled);
+            }
+            let check = loop {
+                match self.check_status(&job, run.notes).await? {
+                    // Within half the source's interval the job is waited for
+                    // here (the tick's other targets still keep their period,
+                    // see `Schedule::wait_after_tick`); past it, the next turn
+                    // goes on. A dry run keeps no job to come back to: it
+                    // waits here, within `export_timeout`.
+                    StatusCheck::Pending(wait)
+                        if !expired(&job)
+                            && (self.dry_run.is_some()
+                                || bulk::waits_in_turn(turn.elapsed(), wait, interval)) =>
+                    {
+                        self.beat.expect_within(wait + self.page_allowance());
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = run.cancel.cancelled() => return Ok(run.polled),
+                        }
+                    }
+                    check => break check,
                 }
-                JobEnd::Stopped => return Ok(run.polled),
-                JobEnd::Gone if kicked_off => return Err(ExportError::GoneAgain.into()),
-                JobEnd::Gone => {
-                    self.store.drop_export_job(name).await?;
+            };
+            let manifest = match check {
+                StatusCheck::Ready(manifest) => manifest,
+                StatusCheck::Gone if kicked_off => return Err(ExportError::GoneAgain.into()),
+                StatusCheck::Gone => {
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(name).await?;
+                    }
+                    saved_job_abandoned = self.dry_run.is_some();
                     run.notes.warn(
                         "the bulk export job was gone (HTTP 404/410, expired); a new export started from the watermark"
                             .to_string(),
                     );
+                    continue;
                 }
-            }
+                StatusCheck::Pending(_) | StatusCheck::Unusable(..)
+                    if !kicked_off && expired(&job) =>
+                {
+                    self.cancel_job(&job.job_url).await;
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(name).await?;
+                    }
+                    saved_job_abandoned = self.dry_run.is_some();
+                    run.notes.warn(format!(
+                        "the bulk export job had no usable manifest {} after its kick-off (export_timeout); it was cancelled (DELETE) and a new export started from the watermarks",
+                        humantime::format_duration(timeout)
+                    ));
+                    continue;
+                }
+                StatusCheck::Pending(wait) => {
+                    self.known
+                        .set_export_status_due(&job.job_url, Instant::now() + wait);
+                    return Ok(run.polled);
+                }
+                StatusCheck::Unusable(error, wait) => {
+                    self.known
+                        .set_export_status_due(&job.job_url, Instant::now() + wait);
+                    return Err(error);
+                }
+            };
+            return match self.run_job(&types, &job, manifest, &mut run).await {
+                Ok(JobEnd::Done) => {
+                    run.polled.complete = true;
+                    Ok(run.polled)
+                }
+                Ok(JobEnd::Stopped) => Ok(run.polled),
+                // The job's files expired at the server: nothing more can be
+                // read from it. What it delivered stays delivered; a new
+                // export goes on from the watermarks (once per turn).
+                Err(PollError::Export(ExportError::File {
+                    file,
+                    error:
+                        super::client::FetchError::Status {
+                            status: status @ (404 | 410),
+                            ..
+                        },
+                })) if !kicked_off => {
+                    self.cancel_job(&job.job_url).await;
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(name).await?;
+                    }
+                    saved_job_abandoned = self.dry_run.is_some();
+                    run.notes.warn(format!(
+                        "bulk export output file {file} was gone (HTTP {status}, expired); a new export started from the watermarks"
+                    ));
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
         }
     }
 
@@ -204,25 +321,18 @@ impl SourceTask {
             .await?)
     }
 
-    /// Status until the manifest, then the files not yet read, then the end.
+    /// The files not yet read, then the end: every exported type's
+    /// watermark moves to the manifest's `transactionTime`, never past the
+    /// horizon.
     async fn run_job(
         &self,
         types: &[String],
         job: &ExportJob,
+        manifest: Manifest,
         run: &mut Run<'_>,
     ) -> Result<JobEnd, PollError> {
         let name = &self.source.name;
         let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
-        if !self.source.allows(&job_url) {
-            return Err(ExportError::ForeignJobUrl.into());
-        }
-        let Some(manifest) = self.manifest(&job_url, run).await? else {
-            return Ok(if run.cancel.is_cancelled() {
-                JobEnd::Stopped
-            } else {
-                JobEnd::Gone
-            });
-        };
         if self.dry_run.is_none() {
             let tt = super::bundle::format_instant(manifest.transaction_time);
             self.store.note_export_manifest(name, &tt).await?;
@@ -253,7 +363,27 @@ impl SourceTask {
                 self.store.export_file_done(name, done + 1).await?;
             }
         }
-        let tt = super::bundle::format_instant(manifest.transaction_time);
+        // The export holds nothing written after its kick-off's horizon: a
+        // `transactionTime` past the horizon now is not believed, and the
+        // watermarks move only to the horizon as it was at the kick-off.
+        let (server_now, local_now) = (self.client.server_now(), Utc::now());
+        let told = manifest.transaction_time;
+        let judged = match judge(told, horizon(server_now, local_now)) {
+            believed @ super::watermark::OutsideTime::Believed(_) => believed,
+            super::watermark::OutsideTime::Beyond { .. } => {
+                let ago = chrono::Duration::milliseconds(
+                    crate::state::now_ms()
+                        .saturating_sub(job.kicked_off_at)
+                        .max(0),
+                );
+                let server_then = server_now.map(|t| t - ago);
+                judge(told, horizon(server_then, local_now - ago))
+            }
+        };
+        if let Some(w) = judged.warning("the bulk export's transactionTime") {
+            run.notes.warn(w);
+        }
+        let tt = super::bundle::format_instant(judged.watermark());
         if self.dry_run.is_none() {
             self.store.finish_export(name, types.to_vec(), &tt).await?;
             for rt in types {
@@ -286,65 +416,6 @@ impl SourceTask {
         }
     }
 
-    /// Polls the job's status until its manifest is ready. `None`: the job
-    /// is gone (404/410), or a shutdown came first.
-    async fn manifest(
-        &self,
-        job_url: &Url,
-        run: &mut Run<'_>,
-    ) -> Result<Option<Manifest>, PollError> {
-        loop {
-            self.beat.expect_within(self.page_allowance());
-            self.limiter
-                .acquire(self.source.max_requests_per_second)
-                .await;
-            let resp = (self.client)
-                .send(Method::GET, job_url, "")
-                .await
-                .map_err(ExportError::Status)?;
-            let status = resp.status().as_u16();
-            match status {
-                200 => {
-                    let body = (self.client)
-                        .read_body(resp, MAX_MANIFEST_BYTES)
-                        .await
-                        .map_err(ExportError::Status)?;
-                    return Ok(Some(
-                        bulk::parse_manifest(&body).map_err(ExportError::from)?,
-                    ));
-                }
-                202 => {
-                    let wait = bulk::status_wait(super::client::parse_retry_after(resp.headers()));
-                    if let Some(p) = bulk::progress(resp.headers()) {
-                        tracing::info!(source = %self.source.name, progress = %p, "bulk export in progress");
-                    }
-                    self.beat.expect_within(wait + self.page_allowance());
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = run.cancel.cancelled() => return Ok(None),
-                    }
-                }
-                404 | 410 => return Ok(None),
-                // Busy: the job stays; the next tick asks again.
-                429 | 503 | 500..=599 => {
-                    let retry_after = super::client::parse_retry_after(resp.headers());
-                    let error = super::client::FetchError::Status {
-                        status,
-                        retry_after,
-                    };
-                    return Err(ExportError::Status(error).into());
-                }
-                // The job failed: the next poll kicks off a new one.
-                _ => {
-                    if self.dry_run.is_none() {
-                        self.store.drop_export_job(&self.source.name).await?;
-                    }
-                    return Err(ExportError::Failed(status).into());
-                }
-            }
-        }
-    }
-
     /// Streams output file `index` (of type `rt`), its first `skip` lines
     /// already committed. Returns false on shutdown.
     async fn download(
@@ -371,10 +442,9 @@ impl SourceTask {
             };
             return Err(file_err(error).into());
         }
-        let chunk_lines = self.source.page_size.max(1) as usize;
+        let mut chunks = ChunkBuilder::new(self.source.page_size.max(1) as usize);
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut pending: Vec<Line> = Vec::new();
-        let mut batch: Vec<Line> = Vec::with_capacity(chunk_lines);
         let mut line_no: u64 = 0;
         loop {
             self.beat.expect_within(self.page_allowance());
@@ -392,23 +462,23 @@ impl SourceTask {
                 if line_no <= skip {
                     continue;
                 }
-                batch.push(line);
-                if batch.len() >= chunk_lines {
-                    let lines = std::mem::take(&mut batch);
-                    if !self.commit_lines(index, rt, lines, line_no, run).await? {
-                        return Ok(false);
-                    }
+                if let Some(lines) = chunks.push(line)
+                    && !self.commit_lines(index, rt, lines, line_no, run).await?
+                {
+                    return Ok(false);
                 }
             }
             if ended {
                 break;
             }
             // Between committed chunks a shutdown loses nothing.
-            if run.cancel.is_cancelled() && batch.is_empty() {
+            if run.cancel.is_cancelled() && chunks.is_empty() {
                 return Ok(false);
             }
         }
-        if !batch.is_empty() && !self.commit_lines(index, rt, batch, line_no, run).await? {
+        if let Some(lines) = chunks.finish()
+            && !self.commit_lines(index, rt, lines, line_no, run).await?
+        {
             return Ok(false);
         }
         Ok(true)
@@ -443,7 +513,7 @@ impl SourceTask {
             window_start: run.window_start,
             window_end: None,
             collect_ids: false,
-            horizon: self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE,
+            horizon: horizon(self.client.server_now(), Utc::now()),
             routes: run.routing.routes.clone(),
             detected_at: run.detected_at.clone(),
             stop: run.stop.clone(),

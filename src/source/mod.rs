@@ -8,6 +8,7 @@ pub mod clock;
 pub mod confirm;
 mod errors;
 mod export_job;
+mod export_status;
 mod fanout;
 mod full_walk;
 mod history_order;

@@ -39,7 +39,7 @@ pub(super) struct PageJob {
     /// A full walk's: the page's ids are listed in `PageOutcome::ids`.
     pub collect_ids: bool,
     /// Entries last updated after this are stamped in the future: delivered,
-    /// but they cannot move the watermark (see `poll::FUTURE_TOLERANCE`).
+    /// but they cannot move the watermark (see `watermark::horizon`).
     pub horizon: DateTime<Utc>,
     pub routes: Vec<Route>,
     /// When the bridge detected the changes (the payloads' `time`).

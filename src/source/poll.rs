@@ -10,7 +10,7 @@ use super::routing::RoutingRx;
 use super::strategy::snapshot::{WalkFacts, WalkedIds};
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
-use super::watermark::WatermarkTracker;
+use super::watermark::{WatermarkTracker, horizon};
 use crate::config::{Source, Start};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
@@ -30,15 +30,6 @@ const UNTIL_MARGIN_MS: i64 = 25;
 /// The longest `start = "now"` waits for the server's clock to pass the start
 /// (about a second and a round trip, on a server that tells only a `Date`).
 const MAX_START_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How far past our estimate of the server's clock an entry's lastUpdated may
-/// lie and still move the watermark. Beyond it (a server stamping year 9999),
-/// the entry is delivered but the watermark does not follow it: a watermark in
-/// the future would make every later poll ask for an empty range. A minute
-/// covers the clock estimate's own error (a Date header has whole seconds, a
-/// Bundle's meta.lastUpdated may be a little old) and stays below the
-/// default overlap, which re-reads what such an entry could have jumped over.
-pub(super) const FUTURE_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// The page commits a dry run would have written.
 #[derive(Clone, Default)]
@@ -475,7 +466,7 @@ impl SourceTask {
         // by a server clock later found wrong) would make every poll ask for
         // an empty range. Poll from the start again instead: the diff drops
         // what was already delivered, and a re-sent change keeps its message_id.
-        let horizon = self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE;
+        let horizon = horizon(self.client.server_now(), Utc::now());
         let full = walk.is_full();
         if let Some(w) = watermark.filter(|w| !full && *w > horizon && Some(*w) != floor) {
             notes.warn(format!(
@@ -573,7 +564,7 @@ impl SourceTask {
                 window_start: if full { floor } else { since.or(floor) },
                 window_end,
                 collect_ids: full,
-                horizon: self.client.server_now().unwrap_or_else(Utc::now) + FUTURE_TOLERANCE,
+                horizon: super::watermark::horizon(self.client.server_now(), Utc::now()),
                 routes: routing.routes.clone(),
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),

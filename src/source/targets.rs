@@ -8,9 +8,26 @@ use std::time::Duration;
 
 /// Target states kept in memory by their poller (see `SourceTask::known`).
 #[derive(Default)]
-pub struct KnownTargets(std::sync::Mutex<HashMap<TargetKey, TargetState>>);
+pub struct KnownTargets(
+    std::sync::Mutex<HashMap<TargetKey, TargetState>>,
+    /// A `bulk-export` job's next status check: not before this instant
+    /// (its `Retry-After`), for the job at this status URL.
+    std::sync::Mutex<Option<(String, std::time::Instant)>>,
+);
 
 impl KnownTargets {
+    /// When the job at `job_url` may be asked for its status again (`None`: now).
+    pub(super) fn export_status_due(&self, job_url: &str) -> Option<std::time::Instant> {
+        let due = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        due.as_ref()
+            .filter(|(u, _)| u == job_url)
+            .map(|(_, at)| *at)
+    }
+
+    pub(super) fn set_export_status_due(&self, job_url: &str, at: std::time::Instant) {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner()) = Some((job_url.to_string(), at));
+    }
+
     pub(super) fn get(&self, key: &TargetKey) -> Option<TargetState> {
         self.lock().get(key).cloned()
     }

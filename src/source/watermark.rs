@@ -5,8 +5,78 @@
 //! last instant may continue on the next page). When the `next` chain is
 //! exhausted, it moves to the largest lastUpdated the poll saw. A server that
 //! does not return ascending order only advances at the end of the chain.
+//!
+//! And never past the horizon: every time the bridge takes from outside and
+//! turns into a watermark (an entry's lastUpdated, a history entry's time, a
+//! bulk export's `transactionTime`, a backfill's cursor) passes through
+//! `horizon` and `judge` here, the one rule for all of them.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// How far past our estimate of the server's clock an outside time may lie
+/// and still become a watermark. Beyond it (a server stamping year 9999),
+/// the time is not believed: a watermark in the future would make every later
+/// poll ask for an empty range. A minute covers the clock estimate's own
+/// error (a Date header has whole seconds, a Bundle's meta.lastUpdated may be
+/// a little old) and stays below the default overlap (2 min), which re-reads
+/// what such a time could have jumped over.
+pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::seconds(60);
+
+/// The latest instant a watermark may take: the server's clock as the bridge
+/// estimates it (never ahead of it; `local_now`, our own clock, until a
+/// response told it) plus `FUTURE_TOLERANCE`.
+pub fn horizon(server_now: Option<DateTime<Utc>>, local_now: DateTime<Utc>) -> DateTime<Utc> {
+    server_now
+        .unwrap_or(local_now)
+        .checked_add_signed(FUTURE_TOLERANCE)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// What an outside time is worth as a watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutsideTime {
+    /// At or before the horizon: the watermark may move to it.
+    Believed(DateTime<Utc>),
+    /// After it: a warning on the target's status, and the watermark moves
+    /// only to the horizon.
+    Beyond {
+        told: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    },
+}
+
+/// Judges `told` against `horizon` (see `horizon`).
+pub fn judge(told: DateTime<Utc>, horizon: DateTime<Utc>) -> OutsideTime {
+    if told > horizon {
+        OutsideTime::Beyond { told, horizon }
+    } else {
+        OutsideTime::Believed(told)
+    }
+}
+
+impl OutsideTime {
+    /// Where the watermark may move: never past the horizon.
+    pub fn watermark(self) -> DateTime<Utc> {
+        match self {
+            OutsideTime::Believed(t) => t,
+            OutsideTime::Beyond { horizon, .. } => horizon,
+        }
+    }
+
+    /// The warning for status when the time was beyond the horizon; `what`
+    /// names it (`"the bulk export's transactionTime"`).
+    pub fn warning(self, what: &str) -> Option<String> {
+        match self {
+            OutsideTime::Believed(_) => None,
+            OutsideTime::Beyond { told, horizon } => Some(format!(
+                "{what} {} is after the server's clock; the watermark moved only to {} (the server's clock plus {} s)",
+                crate::source::bundle::format_instant(told),
+                crate::source::bundle::format_instant(horizon),
+                FUTURE_TOLERANCE.num_seconds()
+            )),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct WatermarkTracker {
@@ -75,6 +145,41 @@ mod tests {
         assert_eq!(w.page(&[t(9), t(8)], true), None);
         assert_eq!(w.page(&[t(4), t(2)], true), None);
         assert_eq!(w.page(&[t(1)], false), Some(t(9)));
+    }
+
+    #[test]
+    fn the_horizon_is_the_server_clock_plus_the_tolerance_else_ours() {
+        assert_eq!(horizon(Some(t(0)), t(500)), t(60));
+        assert_eq!(horizon(None, t(500)), t(560));
+        assert_eq!(
+            horizon(Some(DateTime::<Utc>::MAX_UTC), t(0)),
+            DateTime::<Utc>::MAX_UTC
+        );
+    }
+
+    #[test]
+    fn an_outside_time_past_the_horizon_moves_the_watermark_only_to_it() {
+        let h = horizon(Some(t(0)), t(0));
+        assert_eq!(judge(t(10), h), OutsideTime::Believed(t(10)));
+        assert_eq!(judge(t(60), h).watermark(), t(60));
+        assert_eq!(judge(t(10), h).warning("x"), None);
+        let year_9999 = DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+            .unwrap()
+            .to_utc();
+        let beyond = judge(year_9999, h);
+        assert_eq!(
+            beyond,
+            OutsideTime::Beyond {
+                told: year_9999,
+                horizon: h
+            }
+        );
+        assert_eq!(beyond.watermark(), h);
+        let w = beyond.warning("the bulk export's transactionTime").unwrap();
+        assert!(
+            w.starts_with("the bulk export's transactionTime 9999-12-31T23:59:59.000Z is after the server's clock; the watermark moved only to 2023-11-14T22:14:20.000Z"),
+            "{w}"
+        );
     }
 
     #[test]

@@ -18,6 +18,12 @@ use url::Url;
 /// noted), never buffered whole.
 pub(in crate::source) const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
+/// A chunk of lines goes through the page pipeline once it holds
+/// `page_size` lines or this many bytes, whichever comes first: thirty
+/// lines of 12 MB are thirty chunks, not one of 360 MB (held twice, as lines
+/// and as the chunk's Bundle). A chunk holds at most this plus one line.
+pub(in crate::source) const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 /// The largest manifest read (a job with thousands of files is a few MB).
 pub(in crate::source) const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
 
@@ -123,6 +129,94 @@ pub(in crate::source) fn parse_manifest(body: &[u8]) -> Result<Manifest, Manifes
 pub(in crate::source) fn file_url(source: &Source, job: &Url, url: &str) -> Option<Url> {
     let url = job.join(url).ok()?;
     (matches!(url.scheme(), "http" | "https") && source.allows(&url)).then_some(url)
+}
+
+/// The first output file whose URL leaves the source's origins: such a
+/// manifest is not used at all (a job half read cannot move a watermark).
+pub(in crate::source) fn foreign_file(source: &Source, job: &Url, m: &Manifest) -> Option<usize> {
+    m.output
+        .iter()
+        .position(|f| file_url(source, job, &f.url).is_none())
+}
+
+/// An HTTP `Date` header (whole seconds), for the server's clock.
+pub(in crate::source) fn date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
+    let v = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    DateTime::parse_from_rfc2822(v).ok().map(|d| d.to_utc())
+}
+
+/// Whether a job kicked off at `kicked_off_ms` (our clock) has gone past
+/// `timeout` by `now_ms` without a usable manifest (`has_manifest`: one was
+/// read; its files are being read, and the bound no longer applies: cancelling
+/// a long download would start it over and over).
+pub(in crate::source) fn job_expired(
+    kicked_off_ms: i64,
+    now_ms: i64,
+    timeout: Duration,
+    has_manifest: bool,
+) -> bool {
+    let limit = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    !has_manifest && now_ms.saturating_sub(kicked_off_ms) > limit
+}
+
+/// Whether a turn of the source's loop that has spent `spent` on a job
+/// waits `wait` more for its status in place: while that stays within half
+/// the source's `interval`. A tick longer than that delays the next one (see
+/// `Schedule::wait_after_tick`), and the source's other types with it; a
+/// shorter schedule asks once per turn, and the job goes on at the next.
+pub(in crate::source) fn waits_in_turn(
+    spent: Duration,
+    wait: Duration,
+    interval: Duration,
+) -> bool {
+    spent.saturating_add(wait) <= interval / 2
+}
+
+/// Gathers lines into chunks of at most `max_lines` lines and about
+/// `MAX_CHUNK_BYTES` bytes.
+pub(in crate::source) struct ChunkBuilder {
+    lines: Vec<Line>,
+    bytes: usize,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
+impl ChunkBuilder {
+    pub(in crate::source) fn new(max_lines: usize) -> Self {
+        Self::with_bytes(max_lines, MAX_CHUNK_BYTES)
+    }
+
+    fn with_bytes(max_lines: usize, max_bytes: usize) -> Self {
+        ChunkBuilder {
+            lines: Vec::new(),
+            bytes: 0,
+            max_lines: max_lines.max(1),
+            max_bytes,
+        }
+    }
+
+    /// Adds a line; returns the chunk it completes, if it does.
+    pub(in crate::source) fn push(&mut self, line: Line) -> Option<Vec<Line>> {
+        if let Line::Complete(b) = &line {
+            self.bytes += b.len();
+        }
+        self.lines.push(line);
+        (self.lines.len() >= self.max_lines || self.bytes >= self.max_bytes).then(|| self.take())
+    }
+
+    pub(in crate::source) fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The last, partial chunk.
+    pub(in crate::source) fn finish(mut self) -> Option<Vec<Line>> {
+        (!self.lines.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> Vec<Line> {
+        self.bytes = 0;
+        std::mem::take(&mut self.lines)
+    }
 }
 
 /// One line of an NDJSON file.
@@ -373,6 +467,92 @@ mod tests {
         let mut out = Vec::new();
         sp.push(b"123456", &mut out);
         assert_eq!(sp.finish(), Some(Line::TooLong));
+    }
+
+    #[test]
+    fn chunks_are_bounded_in_lines_and_in_bytes() {
+        // Small lines: `page_size` a chunk.
+        let mut c = ChunkBuilder::new(3);
+        let got: Vec<usize> = (0..7)
+            .filter_map(|_| c.push(complete("{}")))
+            .map(|ch| ch.len())
+            .collect();
+        assert_eq!(got, [3, 3]);
+        assert_eq!(c.finish().map(|ch| ch.len()), Some(1));
+        // Thirty lines of 12 MB with a page size of 50: thirty chunks of
+        // one line, never one of 360 MB.
+        let mut c = ChunkBuilder::new(50);
+        let big = "x".repeat(12 * 1024 * 1024);
+        let mut chunks = 0;
+        for _ in 0..30 {
+            let ch = c.push(Line::Complete(big.clone().into_bytes()));
+            assert_eq!(ch.map(|ch| ch.len()), Some(1));
+            chunks += 1;
+        }
+        assert_eq!(chunks, 30);
+        assert!(c.is_empty() && c.finish().is_none());
+        // Lines of 1 MB: four a chunk (the fourth reaches the bound).
+        let mut c = ChunkBuilder::new(50);
+        let mb = "y".repeat(1024 * 1024);
+        let sizes: Vec<usize> = (0..10)
+            .filter_map(|_| c.push(Line::Complete(mb.clone().into_bytes())))
+            .map(|ch| ch.len())
+            .collect();
+        assert_eq!(sizes, [4, 4]);
+        assert_eq!(c.finish().map(|ch| ch.len()), Some(2));
+        // An over-long line (dropped as it streamed by) holds nothing.
+        let mut c = ChunkBuilder::with_bytes(2, 10);
+        assert!(c.push(Line::TooLong).is_none());
+        assert_eq!(c.push(Line::TooLong).map(|ch| ch.len()), Some(2));
+    }
+
+    #[test]
+    fn a_job_without_a_manifest_expires_after_the_timeout_one_with_one_never() {
+        let hour = Duration::from_secs(3600);
+        assert!(!job_expired(0, 3_600_000, hour, false));
+        assert!(job_expired(0, 3_600_001, hour, false));
+        assert!(!job_expired(0, 36_000_000, hour, true), "files being read");
+        // A clock stepped back: not expired.
+        assert!(!job_expired(10_000, 0, hour, false));
+        assert!(!job_expired(i64::MIN, i64::MAX, Duration::MAX, false));
+    }
+
+    #[test]
+    fn a_status_is_waited_for_in_place_within_half_the_interval() {
+        let s = Duration::from_secs;
+        assert!(waits_in_turn(s(0), s(5), s(3600)));
+        assert!(waits_in_turn(s(1795), s(5), s(3600)));
+        assert!(!waits_in_turn(s(1796), s(5), s(3600)));
+        // A short schedule: one status request per turn.
+        assert!(!waits_in_turn(s(0), s(1), Duration::from_millis(300)));
+        assert!(!waits_in_turn(Duration::MAX, s(1), Duration::MAX));
+    }
+
+    #[test]
+    fn a_manifest_with_a_file_on_another_origin_is_not_used() {
+        let s = source("");
+        let job = Url::parse("http://127.0.0.1:1/fhir/_export/7").unwrap();
+        let m = parse_manifest(
+            br#"{"transactionTime":"2026-11-30T10:00:00Z","output":[
+                {"type":"Patient","url":"7/0.ndjson"},
+                {"type":"Patient","url":"https://evil.example/1.ndjson"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(foreign_file(&s, &job, &m), Some(1));
+        let ok = parse_manifest(
+            br#"{"transactionTime":"2026-11-30T10:00:00Z","output":[{"type":"Patient","url":"7/0.ndjson"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(foreign_file(&s, &job, &ok), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::DATE,
+            "Sun, 06 Dec 2026 18:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            format_instant(date(&h).unwrap()),
+            "2026-12-06T18:00:00.000Z"
+        );
     }
 
     #[test]
