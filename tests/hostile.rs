@@ -10,6 +10,8 @@ mod common;
 mod config;
 #[path = "hostile/delivery.rs"]
 mod delivery;
+#[path = "hostile/fanout.rs"]
+mod fanout;
 #[path = "hostile/filter.rs"]
 mod filter;
 #[path = "hostile/operate.rs"]

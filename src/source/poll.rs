@@ -79,9 +79,6 @@ async fn wedge_for_tests(source: &str) {
 /// Per-patient targets' outcomes are written this many at a time.
 const OUTCOME_BATCH: usize = 1_000;
 
-/// The longest a source's `Retry-After` can pause its polls.
-const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
-
 pub struct SourceTask {
     pub source: Source,
     /// The hooks this source feeds, swapped on reload.
@@ -119,9 +116,6 @@ pub struct Polled {
 impl SourceTask {
     /// Polls every resource type now, then on schedule, until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
-        // A server that answered 429/503 with Retry-After is left alone until
-        // then: the whole source (an EHR limits the app, not one search).
-        let mut paused_until: Option<std::time::Instant> = None;
         // Spread the first polls of many sources so that they do not all hit
         // the EHR in the same instant; the ticks stay spread afterwards.
         let delay = self.first_poll_spread.mul_f64(fastrand::f64());
@@ -140,27 +134,25 @@ impl SourceTask {
         });
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
         // Shown with each type's first poll outcome (and logged once). The
-        // statement request counts against the request budget too.
+        // statement request goes through `fetch` like every other: within
+        // the budget, and a 429/503 with Retry-After pauses the source.
         self.beat.expect_within(self.page_allowance());
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        let mut capability =
-            super::capability::last_updated_warnings(&self.client, &self.source).await;
+        let mut capability = super::capability::last_updated_warnings(&self).await;
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
         }
         let mut roster = super::fanout::RosterState::default();
+        // Where the next tick's turn starts: the first target the last one
+        // did not reach (a server's Retry-After, a shutdown).
+        let mut cursor: Option<TargetKey> = None;
         loop {
             let tick_started = std::time::Instant::now();
-            let paused = |until: Option<std::time::Instant>| {
-                until.is_some_and(|t| std::time::Instant::now() < t)
-            };
+            // A server that answered 429/503 with Retry-After is left alone
+            // until then: the whole source, every request (`rate.rs`).
             if let Some(fan_out) = &self.source.fan_out
-                && !paused(paused_until)
-                && let Some(d) = roster.refresh_if_due(&self, fan_out).await
+                && !self.limiter.is_paused()
             {
-                paused_until = Some(std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF));
+                roster.refresh_if_due(&self, fan_out).await;
             }
             if self.source.fan_out.is_some()
                 && !roster.loaded()
@@ -178,11 +170,11 @@ impl SourceTask {
                     });
                 }
             }
-            for key in roster.targets(&self.source) {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                if paused(paused_until) {
+            let turn = super::fanout::in_turn(roster.targets(&self.source), cursor.as_ref());
+            cursor = None;
+            for key in turn {
+                if cancel.is_cancelled() || self.limiter.is_paused() {
+                    cursor = Some(key);
                     break;
                 }
                 let rt = &key.resource_type;
@@ -195,10 +187,12 @@ impl SourceTask {
                 }
                 let started = std::time::Instant::now();
                 let outcome = self.poll_counted(&key, &cancel, &stop, &mut notes).await;
+                // `fetch` paused the source already; requests made outside it
+                // (a bulk export's) pause it here.
                 if let Err(e) = &outcome
                     && let RetryAction::RetryAfter(d) = e.retry_action()
                 {
-                    paused_until = Some(std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF));
+                    self.limiter.pause(d);
                 }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
                 PollCompleted {
@@ -254,12 +248,22 @@ impl SourceTask {
         }
     }
 
-    /// GETs `url` within the source's request budget.
+    /// GETs `url` within the source's request budget, after any pause; a
+    /// 429/503 with `Retry-After` pauses every request of the source.
     pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
         self.limiter
             .acquire(self.source.max_requests_per_second)
             .await;
-        self.client.get(url).await
+        let fetched = self.client.get(url).await;
+        if let Err(FetchError::Status {
+            status,
+            retry_after,
+        }) = &fetched
+            && let RetryAction::RetryAfter(d) = RetryAction::for_status(*status, *retry_after)
+        {
+            self.limiter.pause(d);
+        }
+        fetched
     }
 
     /// How long one page may take: the request (and a token request before

@@ -24,6 +24,7 @@ mod outbox;
 mod poll;
 mod replay;
 mod report;
+mod roster;
 mod schema;
 mod seen_body;
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub use outbox::{Claimed, DeliveryRecord, NewMessage};
 pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetKey, TargetState};
 pub use replay::Requeue;
 pub use report::{HookReport, TargetReport};
+pub use roster::RosterSync;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};

@@ -261,6 +261,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE export_job ADD COLUMN request TEXT;
     "#,
+    // 13: a per-patient target whose patient left the roster is kept (its
+    // watermark, for a patient who comes back) until `roster_grace` after
+    // this; NULL: the patient is on the roster.
+    r#"
+    ALTER TABLE poll_target ADD COLUMN left_roster_at INTEGER;          -- our clock, ms
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
