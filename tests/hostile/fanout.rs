@@ -319,10 +319,7 @@ timeout = "2s"
         hook("all", &rx.url("hooks/all"), "true", "")
     );
     let _bridge = Bridge::start(&config);
-    wait_for(60, "every resource delivered", || {
-        rx.count() >= 2 * PAGES + 1
-    })
-    .await;
+    wait_for(60, "every resource delivered", || rx.count() > 2 * PAGES).await;
     let events = events.lock().unwrap().clone();
     let patient = events.iter().position(|e| *e == "patient");
     let chain_done = events.iter().position(|e| *e == "end");
