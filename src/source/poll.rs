@@ -279,6 +279,12 @@ impl SourceTask {
     /// GETs `url` within the source's request budget, after any pause; a
     /// 429/503 with `Retry-After` pauses every request of the source.
     pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
+        // A request asked for during a pause (a history read-ahead's page
+        // fetched again) waits it out: the watchdog hears of it.
+        if let Some(until) = self.limiter.paused_until() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            self.beat.expect_within(left + self.page_allowance());
+        }
         self.limiter
             .acquire(self.source.max_requests_per_second)
             .await;
@@ -751,9 +757,7 @@ impl SourceTask {
                     if may_yield
                         && page_no >= PAGE_SLICE
                         && !drifted
-                        && watermark
-                            .and_then(|w| w.checked_sub_signed(overlap))
-                            .is_some_and(|back| Some(back) > turn_since) =>
+                        && resumes_further(watermark, overlap, turn_since) =>
                 {
                     polled.yielded = true;
                     break;
@@ -771,6 +775,19 @@ impl SourceTask {
         }
         Ok(polled)
     }
+}
+
+/// Whether a poll that stops now and starts again from `watermark` (less
+/// the overlap it re-reads) starts past where this turn started (`since`):
+/// only then does yielding make progress.
+pub(super) fn resumes_further(
+    watermark: Option<DateTime<Utc>>,
+    overlap: chrono::Duration,
+    since: Option<DateTime<Utc>>,
+) -> bool {
+    watermark
+        .and_then(|w| w.checked_sub_signed(overlap))
+        .is_some_and(|back| Some(back) > since)
 }
 
 /// A page's `next` link, resolved, and whether it may be followed. Links
