@@ -18,6 +18,8 @@ mod deliveries;
 mod delivery;
 #[path = "hostile/export.rs"]
 mod export;
+#[path = "hostile/fanout.rs"]
+mod fanout;
 #[path = "hostile/filter.rs"]
 mod filter;
 #[path = "hostile/operate.rs"]

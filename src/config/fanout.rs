@@ -1,6 +1,7 @@
 //! Per-patient fan-out: `patients = { group = "Group/123" }`, `{ search =
 //! "Patient?organization=…" }` or `{ file = "patients.txt" }`, refreshed every
-//! `roster_refresh`; and `max_requests_per_second`, the source's request budget.
+//! `roster_refresh`, a leaving patient's targets kept for `roster_grace`; and
+//! `max_requests_per_second`, the source's request budget.
 
 use super::ConfigError;
 use super::raw::RawSource;
@@ -35,7 +36,14 @@ pub struct FanOut {
     pub roster: Roster,
     /// How often the roster is read again.
     pub refresh: Duration,
+    /// How long a patient who left the roster keeps its targets' state: one
+    /// who comes back within it resumes from its watermarks (nothing written
+    /// meanwhile is lost); after it, the targets are forgotten.
+    pub grace: Duration,
 }
+
+/// `roster_grace` when not set: a day.
+pub const DEFAULT_ROSTER_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Most requests a source may make per second (a token bucket shared by all
 /// its targets), at most this.
@@ -64,11 +72,13 @@ pub(super) fn validate(
         Some(r) => Some(*r.get_ref()),
     };
     let Some(patients) = &s.patients else {
-        if let Some(r) = &s.roster_refresh {
-            return Err(ctx.err(
-                r.span(),
-                format!("{what}: `roster_refresh` needs `patients`"),
-            ));
+        for (key, r) in [
+            ("roster_refresh", &s.roster_refresh),
+            ("roster_grace", &s.roster_grace),
+        ] {
+            if let Some(r) = r {
+                return Err(ctx.err(r.span(), format!("{what}: `{key}` needs `patients`")));
+            }
         }
         return Ok((None, rate));
     };
@@ -107,7 +117,18 @@ pub(super) fn validate(
         Some(r) => ctx.at_least(what, "roster_refresh", r, MIN_SECOND)?,
         None => Duration::from_secs(3600),
     };
-    Ok((Some(FanOut { roster, refresh }), rate))
+    let grace = match &s.roster_grace {
+        Some(g) => ctx.at_least(what, "roster_grace", g, MIN_SECOND)?,
+        None => DEFAULT_ROSTER_GRACE,
+    };
+    Ok((
+        Some(FanOut {
+            roster,
+            refresh,
+            grace,
+        }),
+        rate,
+    ))
 }
 
 #[cfg(test)]
@@ -143,8 +164,10 @@ mod tests {
             (Roster::Group("123".into()), Duration::from_secs(3600))
         );
         assert_eq!(rate, Some(20.0));
-        let (f, _) = load("patients = { search = \"Patient?organization=Organization/1\" }\nroster_refresh = \"10m\"\n").unwrap();
+        assert_eq!(f.grace, DEFAULT_ROSTER_GRACE);
+        let (f, _) = load("patients = { search = \"Patient?organization=Organization/1\" }\nroster_refresh = \"10m\"\nroster_grace = \"2h\"\n").unwrap();
         let f = f.unwrap();
+        assert_eq!(f.grace, Duration::from_secs(7200));
         assert_eq!(
             f.roster,
             Roster::Search("organization=Organization/1".into())
@@ -178,6 +201,7 @@ mod tests {
                 "roster_refresh = \"1h\"\n",
                 "`roster_refresh` needs `patients`",
             ),
+            ("roster_grace = \"1h\"\n", "`roster_grace` needs `patients`"),
             (
                 "max_requests_per_second = 0.01\n",
                 "`max_requests_per_second` must be 0.1..=10000",

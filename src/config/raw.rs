@@ -64,6 +64,8 @@ pub struct RawSource {
     /// Per-patient fan-out: where the roster comes from, and how often it is re-read.
     pub patients: Option<Spanned<super::fanout::RawPatients>>,
     pub roster_refresh: Option<Spanned<HumanDuration>>,
+    /// How long a patient who left the roster keeps its targets (watermarks).
+    pub roster_grace: Option<Spanned<HumanDuration>>,
     pub max_requests_per_second: Option<Spanned<f64>>,
     /// A cron schedule for full reconciliation passes (`last-updated` only).
     pub reconcile: Option<Spanned<String>>,

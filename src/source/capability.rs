@@ -3,8 +3,8 @@
 //! `_lastUpdated` ignored means every poll reads the whole type. The bridge
 //! warns at start (and on the target's status) instead of finding out later.
 
-use super::client::FhirClient;
-use crate::config::{Source, Strategy};
+use super::poll::SourceTask;
+use crate::config::Strategy;
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -38,11 +38,11 @@ struct Param {
 
 /// Per `last-updated` type whose `_lastUpdated` the CapabilityStatement does
 /// not list: the warning to show. Empty when the statement cannot be read
-/// (many servers answer `metadata` slowly or not at all: not an error).
-pub(super) async fn last_updated_warnings(
-    client: &FhirClient,
-    source: &Source,
-) -> HashMap<String, String> {
+/// (many servers answer `metadata` slowly or not at all: not an error). The
+/// request goes through the source's `fetch`: a 429/503 with `Retry-After`
+/// pauses the source like any poll's.
+pub(super) async fn last_updated_warnings(task: &SourceTask) -> HashMap<String, String> {
+    let source = &task.source;
     let types: Vec<&String> = source
         .resources
         .iter()
@@ -54,7 +54,7 @@ pub(super) async fn last_updated_warnings(
     let Ok(url) = source.base_url.join("metadata") else {
         return HashMap::new();
     };
-    let body = match client.get(&url).await {
+    let body = match task.fetch(&url).await {
         Ok(f) => f.body,
         Err(e) => {
             tracing::debug!(source = %source.name, error = %e, "no CapabilityStatement");

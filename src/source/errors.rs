@@ -84,7 +84,7 @@ pub enum ExportError {
 impl PollError {
     /// What the failure means for this target's next poll. Only a server's
     /// `Retry-After` changes the schedule (the target waits, at most
-    /// `MAX_SOURCE_BACKOFF`); every other failure is polled again on the next
+    /// `rate::MAX_PAUSE`); every other failure is polled again on the next
     /// tick from the same watermark: a poll has nothing to give up.
     pub fn retry_action(&self) -> RetryAction {
         match self {

@@ -18,7 +18,7 @@ use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -67,11 +67,15 @@ async fn wedge_for_tests(source: &str) {
     }
 }
 
+/// The most pages a `last-updated` walk reads in one turn while it moves the
+/// watermark: then it yields, the tick's other targets (types, patients)
+/// have their turn, and it goes on from its watermark after them. One type's
+/// backlog delays another's poll by about one slice, not `max_pages_per_poll`
+/// pages.
+pub(super) const PAGE_SLICE: usize = 10;
+
 /// Per-patient targets' outcomes are written this many at a time.
 const OUTCOME_BATCH: usize = 1_000;
-
-/// The longest a source's `Retry-After` can pause its polls.
-const MAX_SOURCE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct SourceTask {
     pub source: Source,
@@ -109,14 +113,14 @@ pub struct Polled {
     /// The walk reached the end of its chain (and, for a full walk, its
     /// deletes are committed); not after a shutdown or a page cap stop.
     pub complete: bool,
+    /// The walk stopped after its page slice with more to read, everything
+    /// read committed: it goes on from its watermark at its next turn.
+    pub yielded: bool,
 }
 
 impl SourceTask {
     /// Polls every resource type now, then on schedule, until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
-        // A server that answered 429/503 with Retry-After is left alone until
-        // then: the whole source (an EHR limits the app, not one search).
-        let mut paused_until: Option<std::time::Instant> = None;
         // Spread the first polls of many sources so that they do not all hit
         // the EHR in the same instant; the ticks stay spread afterwards.
         let delay = self.first_poll_spread.mul_f64(fastrand::f64());
@@ -135,27 +139,25 @@ impl SourceTask {
         });
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
         // Shown with each type's first poll outcome (and logged once). The
-        // statement request counts against the request budget too.
+        // statement request goes through `fetch` like every other: within
+        // the budget, and a 429/503 with Retry-After pauses the source.
         self.beat.expect_within(self.page_allowance());
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        let mut capability =
-            super::capability::last_updated_warnings(&self.client, &self.source).await;
+        let mut capability = super::capability::last_updated_warnings(&self).await;
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
         }
         let mut roster = super::fanout::RosterState::default();
+        // Where the next tick's turn starts: the first target the last one
+        // did not reach (a server's Retry-After, a shutdown).
+        let mut cursor: Option<TargetKey> = None;
         loop {
             let tick_started = std::time::Instant::now();
-            let paused = |until: Option<std::time::Instant>| {
-                until.is_some_and(|t| std::time::Instant::now() < t)
-            };
+            // A server that answered 429/503 with Retry-After is left alone
+            // until then: the whole source, every request (`rate.rs`).
             if let Some(fan_out) = &self.source.fan_out
-                && !paused(paused_until)
-                && let Some(d) = roster.refresh_if_due(&self, fan_out).await
+                && !self.limiter.is_paused()
             {
-                paused_until = Some(std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF));
+                roster.refresh_if_due(&self, fan_out).await;
             }
             if self.source.fan_out.is_some()
                 && !roster.loaded()
@@ -173,11 +175,14 @@ impl SourceTask {
                     });
                 }
             }
-            for key in roster.targets(&self.source) {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                if paused(paused_until) {
+            let mut turn: VecDeque<TargetKey> =
+                super::fanout::in_turn(roster.targets(&self.source), cursor.as_ref()).into();
+            cursor = None;
+            // Pages each target read this tick, over its turns.
+            let mut pages_read: HashMap<TargetKey, u64> = HashMap::new();
+            while let Some(key) = turn.pop_front() {
+                if cancel.is_cancelled() || self.limiter.is_paused() {
+                    cursor = Some(key);
                     break;
                 }
                 let rt = &key.resource_type;
@@ -190,10 +195,27 @@ impl SourceTask {
                 }
                 let started = std::time::Instant::now();
                 let outcome = self.poll_counted(&key, &cancel, &stop, &mut notes).await;
+                if let Ok(p) = &outcome
+                    && p.yielded
+                {
+                    // A long chain: another turn after the other targets, up to
+                    // `max_pages_per_poll` pages this tick.
+                    let read = pages_read.entry(key.clone()).or_default();
+                    *read += notes.pages;
+                    if *read < self.source.max_pages_per_poll as u64 {
+                        turn.push_back(key.clone());
+                    } else {
+                        notes.warn(format!(
+                            "{rt}: stopped after {read} pages this round (max_pages_per_poll); the next poll goes on from the watermark"
+                        ));
+                    }
+                }
+                // `fetch` paused the source already; requests made outside it
+                // (a bulk export's) pause it here.
                 if let Err(e) = &outcome
                     && let RetryAction::RetryAfter(d) = e.retry_action()
                 {
-                    paused_until = Some(std::time::Instant::now() + d.min(MAX_SOURCE_BACKOFF));
+                    self.limiter.pause(d);
                 }
                 let error = outcome.as_ref().err().map(|e| e.to_string());
                 PollCompleted {
@@ -249,12 +271,28 @@ impl SourceTask {
         }
     }
 
-    /// GETs `url` within the source's request budget.
+    /// GETs `url` within the source's request budget, after any pause; a
+    /// 429/503 with `Retry-After` pauses every request of the source.
     pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
+        // A request asked for during a pause (a history read-ahead's page
+        // fetched again) waits it out: the watchdog hears of it.
+        if let Some(until) = self.limiter.paused_until() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            self.beat.expect_within(left + self.page_allowance());
+        }
         self.limiter
             .acquire(self.source.max_requests_per_second)
             .await;
-        self.client.get(url).await
+        let fetched = self.client.get(url).await;
+        if let Err(FetchError::Status {
+            status,
+            retry_after,
+        }) = &fetched
+            && let RetryAction::RetryAfter(d) = RetryAction::for_status(*status, *retry_after)
+        {
+            self.limiter.pause(d);
+        }
+        fetched
     }
 
     /// How long one page may take: the request (and a token request before
@@ -367,9 +405,19 @@ impl SourceTask {
         let stop = Arc::new(AtomicBool::new(cancel.is_cancelled()));
         let mut notes = Notes::default();
         let key = TargetKey::population(&self.source.name, rt);
-        self.poll_counted(&key, cancel, &stop, &mut notes)
-            .await
-            .map(|p| p.changes)
+        // One whole poll: a walk that yields after its slice (there are no
+        // other targets here to take a turn) goes on at once.
+        let mut changes = 0;
+        loop {
+            let polled = self.poll_counted(&key, cancel, &stop, &mut notes).await?;
+            changes += polled.changes;
+            if !polled.yielded
+                || notes.pages >= self.source.max_pages_per_poll as u64
+                || cancel.is_cancelled()
+            {
+                return Ok(changes);
+            }
+        }
     }
 
     /// One poll; also returns the resources it re-read without committing
@@ -409,6 +457,10 @@ impl SourceTask {
         }
         let walk = Walk::Poll(strategy);
         let mut polled = self.walk_pages(key, cancel, stop, notes, walk).await?;
+        if polled.yielded {
+            // Reconciliation comes after a whole poll, at a later turn.
+            return Ok(polled);
+        }
         polled.changes += self.reconcile_if_due(key, cancel, stop, notes).await?;
         Ok(polled)
     }
@@ -501,6 +553,13 @@ impl SourceTask {
         let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let mut page_no = 0usize;
         let mut restarted = false;
+        // A `last-updated` poll may yield after its slice (see `PAGE_SLICE`):
+        // it goes on from its watermark, which needs no state kept between
+        // turns. Never a history walk (its chain is read ahead and its
+        // watermark moves at the end), nor a full walk (deletes need a
+        // complete chain), nor a reconciliation.
+        let may_yield = walk == Walk::Poll(strategy::Strategy::LastUpdated);
+        let turn_since = since;
         let mut ahead = match polling {
             strategy::Strategy::History => {
                 let (ahead, cut) = self.read_ahead(&url, rt, cancel).await;
@@ -686,6 +745,19 @@ impl SourceTask {
                         pages: page_no,
                     });
                 }
+                // Its slice read, and its watermark moved far enough that the
+                // next turn, re-reading the overlap, starts past where this
+                // one did (else a dense backlog would be re-read for ever):
+                // everything read is committed, the next turn goes on.
+                Some(_)
+                    if may_yield
+                        && page_no >= PAGE_SLICE
+                        && !drifted
+                        && resumes_further(watermark, overlap, turn_since) =>
+                {
+                    polled.yielded = true;
+                    break;
+                }
                 Some(n) => url = n,
             }
             // Stopping between pages is safe: everything read so far is committed.
@@ -704,6 +776,19 @@ impl SourceTask {
         }
         Ok(polled)
     }
+}
+
+/// Whether a poll that stops now and starts again from `watermark` (less
+/// the overlap it re-reads) starts past where this turn started (`since`):
+/// only then does yielding make progress.
+pub(super) fn resumes_further(
+    watermark: Option<DateTime<Utc>>,
+    overlap: chrono::Duration,
+    since: Option<DateTime<Utc>>,
+) -> bool {
+    watermark
+        .and_then(|w| w.checked_sub_signed(overlap))
+        .is_some_and(|back| Some(back) > since)
 }
 
 /// A page's `next` link, resolved, and whether it may be followed. Links

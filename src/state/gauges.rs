@@ -64,13 +64,15 @@ impl Store {
             // Population-wide targets one row each; a fan-out type one row
             // for all its patients, with the lowest watermark (the patient
             // furthest behind is the type's lag: one series per patient
-            // would be tens of thousands of series).
+            // would be tens of thousands of series). Patients who left the
+            // roster (kept for `roster_grace`) are not polled: not counted.
             let mut marks = c.prepare_cached(
                 "SELECT source, resource_type, watermark, 0 FROM poll_target
                  WHERE initialized = 1 AND patient = ''
                  UNION ALL
                  SELECT source, resource_type, min(watermark), 1 FROM poll_target
                  WHERE initialized = 1 AND patient != '' AND watermark IS NOT NULL
+                   AND left_roster_at IS NULL
                  GROUP BY source, resource_type",
             )?;
             let targets = marks

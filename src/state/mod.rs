@@ -25,6 +25,7 @@ mod poll;
 mod rename;
 mod replay;
 mod report;
+mod roster;
 mod schema;
 mod seen_body;
 #[cfg(test)]
@@ -49,6 +50,7 @@ pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetKey, Ta
 pub use rename::Rename;
 pub use replay::Requeue;
 pub use report::{HookReport, TargetReport};
+pub use roster::RosterSync;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};

@@ -328,31 +328,6 @@ impl Store {
         .await
     }
 
-    /// Forgets the per-patient targets of patients who left a source's
-    /// roster (their watermarks and counters). Returns how many rows went.
-    pub async fn forget_patients(
-        &self,
-        source: &str,
-        patients: Vec<String>,
-    ) -> Result<usize, StateError> {
-        let source = source.to_string();
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let mut n = 0;
-            {
-                let mut del = tx.prepare_cached(
-                    "DELETE FROM poll_target WHERE source = ?1 AND patient = ?2 AND patient != ''",
-                )?;
-                for p in &patients {
-                    n += del.execute(params![source, p])?;
-                }
-            }
-            tx.commit()?;
-            Ok(n)
-        })
-        .await
-    }
-
     /// Records how polls ended, of any sources, in one transaction.
     pub async fn record_polls(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError> {
         if outcomes.is_empty() {

@@ -50,8 +50,11 @@ pub struct HookReport {
 
 impl Store {
     /// A per-patient type's targets summed up in one row: the stalest
-    /// watermark and success (the patient furthest behind), the latest poll,
+    /// watermark and success (the patient furthest behind: the oldest
+    /// patient's last successful poll), the latest poll,
     /// the worst failure streak, totals, and the newest error and warning.
+    /// Patients who left the roster (kept for `roster_grace`) are not polled
+    /// and not counted.
     pub async fn patient_targets_report(
         &self,
         source: &str,
@@ -62,7 +65,8 @@ impl Store {
             let newest = |col: &str, at: &str| {
                 format!(
                     "(SELECT {col} FROM poll_target WHERE source = ?1 AND resource_type = ?2
-                      AND patient != '' AND {col} IS NOT NULL ORDER BY {at} DESC LIMIT 1)"
+                      AND patient != '' AND left_roster_at IS NULL AND {col} IS NOT NULL
+                      ORDER BY {at} DESC LIMIT 1)"
                 )
             };
             let sql = format!(
@@ -71,7 +75,8 @@ impl Store {
                         sum(entries_skipped), sum(entries_future), max(last_skip_at),
                         {}, {}, max(last_warning_at),
                         CASE WHEN max(consecutive_failures) > 0 THEN 'error' ELSE max(last_outcome) END
-                 FROM poll_target WHERE source = ?1 AND resource_type = ?2 AND patient != ''",
+                 FROM poll_target WHERE source = ?1 AND resource_type = ?2 AND patient != ''
+                   AND left_roster_at IS NULL",
                 newest("last_error", "last_poll_at"),
                 newest("last_warning", "last_warning_at"),
             );

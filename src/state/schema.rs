@@ -272,6 +272,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox ADD COLUMN batch_id TEXT;
     CREATE INDEX outbox_by_batch ON outbox (batch_id) WHERE batch_id IS NOT NULL;
     "#,
+    // 14: a per-patient target whose patient left the roster is kept (its
+    // watermark, for a patient who comes back) until `roster_grace` after
+    // this; NULL: the patient is on the roster.
+    r#"
+    ALTER TABLE poll_target ADD COLUMN left_roster_at INTEGER;          -- our clock, ms
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -1,0 +1,155 @@
+//! The per-patient targets of a fan-out source against its roster: a patient
+//! who leaves keeps its targets (marked with when it left) for
+//! `roster_grace`, so that one who comes back resumes from its watermarks;
+//! after that they are forgotten.
+
+use super::{StateError, Store};
+use rusqlite::params;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a roster read changed, by patient.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RosterSync {
+    /// Had targets, not on the roster now: kept, marked as gone.
+    pub left: Vec<String>,
+    /// Had left, on the roster again: their targets go on from their watermarks.
+    pub returned: Vec<String>,
+    /// Left before the grace: their targets are deleted.
+    pub forgotten: Vec<String>,
+}
+
+/// The decision, without I/O: `in_state` maps each patient with targets to
+/// when it left the roster (`None`: it had not).
+fn plan(
+    in_state: &BTreeMap<String, Option<i64>>,
+    roster: &BTreeSet<String>,
+    forget_before_ms: i64,
+) -> RosterSync {
+    let mut out = RosterSync::default();
+    for (patient, left_at) in in_state {
+        match (roster.contains(patient), left_at) {
+            (true, Some(_)) => out.returned.push(patient.clone()),
+            (true, None) => {}
+            (false, None) => out.left.push(patient.clone()),
+            (false, Some(t)) if *t < forget_before_ms => out.forgotten.push(patient.clone()),
+            (false, Some(_)) => {}
+        }
+    }
+    out
+}
+
+impl Store {
+    /// Brings a source's per-patient targets in line with the roster just
+    /// read (see `RosterSync`), in one transaction.
+    pub async fn sync_roster(
+        &self,
+        source: &str,
+        roster: BTreeSet<String>,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<RosterSync, StateError> {
+        let source = source.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let in_state: BTreeMap<String, Option<i64>> = tx
+                .prepare_cached(
+                    "SELECT patient, min(left_roster_at) FROM poll_target
+                     WHERE source = ?1 AND patient != '' GROUP BY patient",
+                )?
+                .query_map(params![source], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let sync = plan(&in_state, &roster, forget_before_ms);
+            {
+                let mut left = tx.prepare_cached(
+                    "UPDATE poll_target SET left_roster_at = ?3
+                     WHERE source = ?1 AND patient = ?2 AND left_roster_at IS NULL",
+                )?;
+                for p in &sync.left {
+                    left.execute(params![source, p, now_ms])?;
+                }
+                let mut back = tx.prepare_cached(
+                    "UPDATE poll_target SET left_roster_at = NULL WHERE source = ?1 AND patient = ?2",
+                )?;
+                for p in &sync.returned {
+                    back.execute(params![source, p])?;
+                }
+                let mut gone = tx.prepare_cached(
+                    "DELETE FROM poll_target WHERE source = ?1 AND patient = ?2 AND patient != ''",
+                )?;
+                for p in &sync.forgotten {
+                    gone.execute(params![source, p])?;
+                }
+            }
+            tx.commit()?;
+            Ok(sync)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::TargetKey;
+    use crate::state::test_util::temp_store;
+
+    #[test]
+    fn a_leaving_patient_is_kept_until_the_grace_ends() {
+        let state: BTreeMap<String, Option<i64>> = [
+            ("stays".to_string(), None),
+            ("leaves".to_string(), None),
+            ("back".to_string(), Some(50)),
+            ("away".to_string(), Some(150)),
+            ("gone".to_string(), Some(50)),
+        ]
+        .into();
+        let roster: BTreeSet<String> = ["stays", "back", "new"].map(String::from).into();
+        let sync = plan(&state, &roster, 100);
+        assert_eq!(sync.left, ["leaves"]);
+        assert_eq!(sync.returned, ["back"]);
+        assert_eq!(sync.forgotten, ["gone"]);
+    }
+
+    #[tokio::test]
+    async fn a_returning_patient_keeps_its_watermark_and_status_skips_the_absent() {
+        let (_d, store) = temp_store();
+        let key = |p: &str| TargetKey {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            patient: Some(p.into()),
+        };
+        for p in ["a", "b"] {
+            store
+                .init_target(&key(p), Some("2026-01-02T00:00:00.000Z".into()), None)
+                .await
+                .unwrap();
+        }
+        let only_a: BTreeSet<String> = ["a".to_string()].into();
+        let sync = store
+            .sync_roster("s", only_a.clone(), 1_000, 0)
+            .await
+            .unwrap();
+        assert_eq!(sync.left, ["b"]);
+        let report = store
+            .patient_targets_report("s", "Observation")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.patients, Some(1), "b is away: not counted");
+        // Within the grace: kept; b comes back with its watermark.
+        let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        let sync = store.sync_roster("s", both, 2_000, 500).await.unwrap();
+        assert_eq!(sync.returned, ["b"]);
+        let b = store.target_state(&key("b")).await.unwrap();
+        assert_eq!(b.watermark.as_deref(), Some("2026-01-02T00:00:00.000Z"));
+        // Leaves again, and the grace runs out.
+        store
+            .sync_roster("s", only_a.clone(), 3_000, 0)
+            .await
+            .unwrap();
+        let sync = store.sync_roster("s", only_a, 9_000, 4_000).await.unwrap();
+        assert_eq!(sync.forgotten, ["b"]);
+        let b = store.target_state(&key("b")).await.unwrap();
+        assert!(!b.initialized && b.watermark.is_none());
+    }
+}

@@ -1,0 +1,334 @@
+//! Hostile input to per-patient fan-out and the source's request budget
+//! (issue 17): a roster that reads empty or halved for a moment, a server
+//! answering 429 with Retry-After again and again, and a 429 on the
+//! CapabilityStatement request at start.
+
+use crate::common::scenarios::observation as lab_body;
+use crate::common::scripted::{Scripted, Seen, bundle, now_instant, status_with};
+use crate::common::{Bridge, FhirServer, hook, wait_for};
+use fhir_bridge::sandbox::{FhirSandbox, Receiver};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
+    match fhir {
+        FhirServer::Sandbox(s) => s,
+        _ => panic!("a sandbox test"),
+    }
+}
+
+/// An Observation about `patient`; returns `Observation/{id}`.
+fn lab(fhir: &FhirServer, patient: &str) -> String {
+    let mut o = lab_body("N", "final");
+    o["subject"] = json!({"reference": format!("Patient/{patient}")});
+    let stored = sandbox(fhir).store.upsert("Observation", None, o);
+    let v: Value = serde_json::from_str(&stored).unwrap();
+    format!("Observation/{}", v["id"].as_str().unwrap())
+}
+
+fn delivered(rx: &Receiver) -> BTreeSet<String> {
+    rx.received().into_iter().map(|r| r.resource_id).collect()
+}
+
+fn fan_out_config(base: &str, start: &str, refresh: &str, hooks: &str) -> String {
+    format!(
+        r#"state_dir = "state"
+
+[[source]]
+name = "ehr"
+base_url = "{base}"
+resources = ["Observation"]
+every = "300ms"
+overlap = "5s"
+start = "{start}"
+timeout = "2s"
+patients = {{ group = "Group/ward" }}
+roster_refresh = "{refresh}"
+
+{hooks}
+"#
+    )
+}
+
+fn warning(bridge: &Bridge) -> String {
+    bridge.status_json()["sources"][0]["targets"][0]["last_warning"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Item 2: the Group reads empty for a few seconds (long enough for the
+/// empty roster to be believed). The patients' targets are kept for
+/// `roster_grace`; when they come back they resume from their watermarks,
+/// and a lab written during the gap is delivered (it was lost: the patients
+/// came back at `start = "now"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_read_empty_for_a_while_forgets_no_patient() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    store.set_group("ward", ["p1", "p2"]);
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let bridge = Bridge::start(&fan_out_config(&fhir.base_url(), "now", "1s", &hooks));
+    // Both patients polled (their targets started at "now").
+    wait_for(30, "both patients' targets", || {
+        bridge.status_json()["sources"][0]["targets"][0]["patients"] == 2
+    })
+    .await;
+    let before = lab(&fhir, "p1");
+    wait_for(30, "p1's first lab", || delivered(&rx).contains(&before)).await;
+    store.set_group("ward", Vec::<String>::new());
+    // Suspect first (kept, on status), then believed after three reads.
+    wait_for(30, "the shrink on status", || {
+        warning(&bridge).contains("less than half of the last roster's 2")
+    })
+    .await;
+    let during = lab(&fhir, "p1");
+    wait_for(30, "the empty roster believed", || {
+        bridge
+            .logs()
+            .contains("the targets of patients who left are kept")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    store.set_group("ward", ["p1", "p2"]);
+    wait_for(30, "the lab written during the gap", || {
+        delivered(&rx).contains(&during)
+    })
+    .await;
+    assert_eq!(rx.count(), 2, "each lab once");
+}
+
+/// Item 2: a Group that shrinks from four patients to one in one read is
+/// suspect: the last roster is kept (a lab of a patient missing from the
+/// read is still delivered) and status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_halved_in_one_read_keeps_the_last_one_and_warns() {
+    let fhir = FhirServer::sandbox().await;
+    let store = &sandbox(&fhir).store;
+    store.set_group("ward", ["p1", "p2", "p3", "p4"]);
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let bridge = Bridge::start(&fan_out_config(&fhir.base_url(), "beginning", "3s", &hooks));
+    let first = lab(&fhir, "p4");
+    wait_for(30, "p4's first lab", || delivered(&rx).contains(&first)).await;
+    store.set_group("ward", ["p1"]);
+    wait_for(30, "the suspect read on status", || {
+        warning(&bridge).contains("this read has 1 patients, less than half of the last roster's 4; the last roster is kept")
+    })
+    .await;
+    let second = lab(&fhir, "p4");
+    wait_for(30, "p4's second lab (the last roster kept)", || {
+        delivered(&rx).contains(&second)
+    })
+    .await;
+}
+
+/// A scripted FHIR server: `Group/ward` with patients p0..p9, empty
+/// searches, and every `every`-th request answered 429 Retry-After: 1.
+/// Returns the server and the patients whose searches were answered 200.
+async fn throttling_server(every: usize) -> (Scripted, Arc<Mutex<Vec<String>>>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let s = served.clone();
+    let fhir = Scripted::start(move |seen: &Seen| {
+        if count.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
+            return status_with(429, &[("Retry-After", "1")]);
+        }
+        if seen.uri.starts_with("/fhir/Group/ward") {
+            let members: Vec<Value> = (0..10)
+                .map(|i| json!({"entity": {"reference": format!("Patient/p{i}")}}))
+                .collect();
+            return crate::common::scripted::fhir_json(
+                200,
+                json!({"resourceType": "Group", "id": "ward", "member": members}),
+            );
+        }
+        if let Some(p) = seen.uri.split("patient=").nth(1) {
+            let p = p.split('&').next().unwrap_or_default().to_string();
+            s.lock().unwrap().push(p);
+        }
+        bundle(&now_instant(), vec![], None)
+    })
+    .await;
+    (fhir, served)
+}
+
+/// Item 8: a server answers 429 (Retry-After: 1) to every seventh request.
+/// Each pause stopped the turn and the next started again from the first
+/// patient, so the last patients were never polled; now the turn goes on
+/// where it stopped and every patient is polled, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_429_rate_starves_no_patient() {
+    let (fhir, served) = throttling_server(7).await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let hooks = hook("all", &rx.url("hooks/all"), "true", "");
+    let bridge = Bridge::start(&fan_out_config(
+        &fhir.url("/fhir"),
+        "beginning",
+        "1h",
+        &hooks,
+    ));
+    let polls = |p: &str| served.lock().unwrap().iter().filter(|s| *s == p).count();
+    wait_for(60, "every patient polled twice", || {
+        (0..10).all(|i| polls(&format!("p{i}")) >= 2)
+    })
+    .await;
+    // Status: every patient's target counted, the oldest success recent.
+    wait_for(30, "ten patients on status", || {
+        let t = &bridge.status_json()["sources"][0]["targets"][0];
+        t["patients"] == 10 && t["last_success_at"].is_string()
+    })
+    .await;
+}
+
+/// Item 9: the CapabilityStatement request at start answers 429 with
+/// Retry-After: 3. The source is paused: no request goes out for 3 s (the
+/// next search went out 1 ms later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_the_capability_statement_pauses_the_source() {
+    let times: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let t = times.clone();
+    let fhir = Scripted::start(move |seen: &Seen| {
+        t.lock().unwrap().push((Instant::now(), seen.uri.clone()));
+        if seen.uri.starts_with("/fhir/metadata") {
+            return status_with(429, &[("Retry-After", "3")]);
+        }
+        bundle(&now_instant(), vec![], None)
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let config = format!(
+        r#"state_dir = "state"
+
+[[source]]
+name = "ehr"
+base_url = "{}"
+resources = ["Observation"]
+every = "300ms"
+start = "beginning"
+timeout = "2s"
+
+{}
+"#,
+        fhir.url("/fhir"),
+        hook("all", &rx.url("hooks/all"), "true", "")
+    );
+    let _bridge = Bridge::start(&config);
+    wait_for(30, "a search after the statement", || {
+        times.lock().unwrap().len() >= 2
+    })
+    .await;
+    let times = times.lock().unwrap().clone();
+    assert!(times[0].1.starts_with("/fhir/metadata"), "{:?}", times[0].1);
+    let gap = times[1].0 - times[0].0;
+    assert!(
+        gap >= Duration::from_millis(2800),
+        "the next request ({}) went out {gap:?} after the 429",
+        times[1].1
+    );
+}
+
+/// Item 7: Observation has a 200-page backlog (two entries a page, 10 s
+/// apart), Patient one change. Observation's poll yields after its page
+/// slice, so Patient's poll goes out before Observation's chain is done (it
+/// waited for all 200 pages); every resource is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_long_chain_does_not_hold_the_other_types() {
+    const PAGES: usize = 200;
+    let base = chrono::Utc::now() - chrono::Duration::seconds(5000);
+    let at = move |i: usize| {
+        (base + chrono::Duration::seconds(10 * i as i64))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    // "patient" when Patient's search is answered, "end" when the page with
+    // Observation's last entry is.
+    let events: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let log = events.clone();
+    let fhir = Scripted::start(move |seen: &Seen| {
+        let uri = seen.uri.as_str();
+        if uri.starts_with("/fhir/Patient?") {
+            log.lock().unwrap().push("patient");
+        }
+        if uri.starts_with("/fhir/Patient") {
+            let mut p = json!({"resourceType": "Patient", "id": "pt1",
+                "meta": {"versionId": "1", "lastUpdated": at(0)}});
+            p["active"] = json!(true);
+            return bundle(&now_instant(), vec![p], None);
+        }
+        if !uri.starts_with("/fhir/Observation") {
+            return bundle(&now_instant(), vec![], None);
+        }
+        let query: Vec<(String, String)> = url::form_urlencoded::parse(
+            uri.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes(),
+        )
+        .into_owned()
+        .collect();
+        let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        // `_lastUpdated=geX`: the first entry at or after X.
+        let ge = query
+            .iter()
+            .find_map(|(n, v)| {
+                (n == "_lastUpdated")
+                    .then(|| v.strip_prefix("ge"))
+                    .flatten()
+            })
+            .map(String::from);
+        let first = match &ge {
+            Some(x) => (0..2 * PAGES).find(|i| at(*i) >= *x).unwrap_or(2 * PAGES),
+            None => 0,
+        };
+        let offset: usize = param("_offset").and_then(|o| o.parse().ok()).unwrap_or(0);
+        let from = first + 2 * offset;
+        let entries: Vec<Value> = (from..(from + 2).min(2 * PAGES))
+            .map(|i| crate::common::scripted::observation(&format!("o{i}"), "1", &at(i)))
+            .collect();
+        if from + 2 >= 2 * PAGES && from < 2 * PAGES {
+            log.lock().unwrap().push("end");
+        }
+        let next = (from + 2 < 2 * PAGES).then(|| {
+            let ge = ge
+                .clone()
+                .map(|g| format!("&_lastUpdated=ge{g}"))
+                .unwrap_or_default();
+            format!("Observation?_offset={}{ge}", offset + 1)
+        });
+        bundle(&now_instant(), entries, next.as_deref())
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let config = format!(
+        r#"state_dir = "state"
+
+[[source]]
+name = "ehr"
+base_url = "{}"
+resources = ["Observation", "Patient"]
+every = "300ms"
+overlap = "5s"
+start = "beginning"
+timeout = "2s"
+
+{}
+"#,
+        fhir.url("/fhir"),
+        hook("all", &rx.url("hooks/all"), "true", "")
+    );
+    let _bridge = Bridge::start(&config);
+    wait_for(60, "every resource delivered", || rx.count() > 2 * PAGES).await;
+    let events = events.lock().unwrap().clone();
+    let patient = events.iter().position(|e| *e == "patient");
+    let chain_done = events.iter().position(|e| *e == "end");
+    assert!(
+        patient.is_some() && patient < chain_done,
+        "Patient polled at {patient:?}, Observation's chain done at {chain_done:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: BTreeSet<String> = rx.received().into_iter().map(|r| r.resource_id).collect();
+    assert_eq!(ids.len(), 2 * PAGES + 1, "every resource");
+    assert_eq!(rx.count(), 2 * PAGES + 1, "each once");
+}
