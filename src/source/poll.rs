@@ -18,7 +18,7 @@ use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -67,13 +67,6 @@ async fn wedge_for_tests(source: &str) {
     }
 }
 
-/// The most pages a `last-updated` walk reads in one turn while it moves the
-/// watermark: then it yields, the tick's other targets (types, patients)
-/// have their turn, and it goes on from its watermark after them. One type's
-/// backlog delays another's poll by about one slice, not `max_pages_per_poll`
-/// pages.
-pub(super) const PAGE_SLICE: usize = 10;
-
 /// Per-patient targets' outcomes are written this many at a time.
 const OUTCOME_BATCH: usize = 1_000;
 
@@ -113,9 +106,6 @@ pub struct Polled {
     /// The walk reached the end of its chain (and, for a full walk, its
     /// deletes are committed); not after a shutdown or a page cap stop.
     pub complete: bool,
-    /// The walk stopped after its page slice with more to read, everything
-    /// read committed: it goes on from its watermark at its next turn.
-    pub yielded: bool,
 }
 
 impl SourceTask {
@@ -178,8 +168,6 @@ impl SourceTask {
             let mut turn: VecDeque<TargetKey> =
                 super::fanout::in_turn(roster.targets(&self.source), cursor.as_ref()).into();
             cursor = None;
-            // Pages each target read this tick, over its turns.
-            let mut pages_read: HashMap<TargetKey, u64> = HashMap::new();
             while let Some(key) = turn.pop_front() {
                 if cancel.is_cancelled() || self.limiter.is_paused() {
                     cursor = Some(key);
@@ -195,21 +183,6 @@ impl SourceTask {
                 }
                 let started = std::time::Instant::now();
                 let outcome = self.poll_counted(&key, &cancel, &stop, &mut notes).await;
-                if let Ok(p) = &outcome
-                    && p.yielded
-                {
-                    // A long chain: another turn after the other targets, up to
-                    // `max_pages_per_poll` pages this tick.
-                    let read = pages_read.entry(key.clone()).or_default();
-                    *read += notes.pages;
-                    if *read < self.source.max_pages_per_poll as u64 {
-                        turn.push_back(key.clone());
-                    } else {
-                        notes.warn(format!(
-                            "{rt}: stopped after {read} pages this round (max_pages_per_poll); the next poll goes on from the watermark"
-                        ));
-                    }
-                }
                 // `fetch` paused the source already; requests made outside it
                 // (a bulk export's) pause it here.
                 if let Err(e) = &outcome
@@ -405,19 +378,9 @@ impl SourceTask {
         let stop = Arc::new(AtomicBool::new(cancel.is_cancelled()));
         let mut notes = Notes::default();
         let key = TargetKey::population(&self.source.name, rt);
-        // One whole poll: a walk that yields after its slice (there are no
-        // other targets here to take a turn) goes on at once.
-        let mut changes = 0;
-        loop {
-            let polled = self.poll_counted(&key, cancel, &stop, &mut notes).await?;
-            changes += polled.changes;
-            if !polled.yielded
-                || notes.pages >= self.source.max_pages_per_poll as u64
-                || cancel.is_cancelled()
-            {
-                return Ok(changes);
-            }
-        }
+        self.poll_counted(&key, cancel, &stop, &mut notes)
+            .await
+            .map(|p| p.changes)
     }
 
     /// One poll; also returns the resources it re-read without committing
@@ -457,10 +420,6 @@ impl SourceTask {
         }
         let walk = Walk::Poll(strategy);
         let mut polled = self.walk_pages(key, cancel, stop, notes, walk).await?;
-        if polled.yielded {
-            // Reconciliation comes after a whole poll, at a later turn.
-            return Ok(polled);
-        }
         polled.changes += self.reconcile_if_due(key, cancel, stop, notes).await?;
         Ok(polled)
     }
@@ -553,13 +512,6 @@ impl SourceTask {
         let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let mut page_no = 0usize;
         let mut restarted = false;
-        // A `last-updated` poll may yield after its slice (see `PAGE_SLICE`):
-        // it goes on from its watermark, which needs no state kept between
-        // turns. Never a history walk (its chain is read ahead and its
-        // watermark moves at the end), nor a full walk (deletes need a
-        // complete chain), nor a reconciliation.
-        let may_yield = walk == Walk::Poll(strategy::Strategy::LastUpdated);
-        let turn_since = since;
         let mut ahead = match polling {
             strategy::Strategy::History => {
                 let (ahead, cut) = self.read_ahead(&url, rt, cancel).await;
@@ -745,19 +697,6 @@ impl SourceTask {
                         pages: page_no,
                     });
                 }
-                // Its slice read, and its watermark moved far enough that the
-                // next turn, re-reading the overlap, starts past where this
-                // one did (else a dense backlog would be re-read for ever):
-                // everything read is committed, the next turn goes on.
-                Some(_)
-                    if may_yield
-                        && page_no >= PAGE_SLICE
-                        && !drifted
-                        && resumes_further(watermark, overlap, turn_since) =>
-                {
-                    polled.yielded = true;
-                    break;
-                }
                 Some(n) => url = n,
             }
             // Stopping between pages is safe: everything read so far is committed.
@@ -776,19 +715,6 @@ impl SourceTask {
         }
         Ok(polled)
     }
-}
-
-/// Whether a poll that stops now and starts again from `watermark` (less
-/// the overlap it re-reads) starts past where this turn started (`since`):
-/// only then does yielding make progress.
-pub(super) fn resumes_further(
-    watermark: Option<DateTime<Utc>>,
-    overlap: chrono::Duration,
-    since: Option<DateTime<Utc>>,
-) -> bool {
-    watermark
-        .and_then(|w| w.checked_sub_signed(overlap))
-        .is_some_and(|back| Some(back) > since)
 }
 
 /// A page's `next` link, resolved, and whether it may be followed. Links

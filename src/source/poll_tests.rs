@@ -157,19 +157,3 @@ async fn start_now_and_bad_bundles() {
         .to_string();
     assert!(err.contains("Observation search page 1: HTTP 404"), "{err}");
 }
-
-/// A walk yields only when starting again from its watermark, less the
-/// overlap it re-reads, starts past where its turn started: a backlog
-/// denser than the overlap is walked on, not re-read for ever.
-#[test]
-fn a_walk_yields_only_when_the_next_turn_starts_further() {
-    let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0);
-    let overlap = chrono::Duration::seconds(120);
-    assert!(resumes_further(t(1_000), overlap, t(500)));
-    assert!(
-        !resumes_further(t(600), overlap, t(500)),
-        "within the overlap"
-    );
-    assert!(!resumes_further(None, overlap, t(500)), "no watermark yet");
-    assert!(resumes_further(t(10), overlap, None), "from the beginning");
-}
