@@ -8,6 +8,8 @@ mod common;
 
 #[path = "hostile/auth.rs"]
 mod auth;
+#[path = "hostile/auth_review.rs"]
+mod auth_review;
 #[path = "hostile/config.rs"]
 mod config;
 #[path = "hostile/delivery.rs"]

@@ -1,0 +1,138 @@
+//! The adversarial review of the auth code (issue 17): a hostile EHR, token
+//! endpoint and receiver on cases `auth.rs` does not cover. An EHR that
+//! accepts each token once, a token endpoint that redirects (the client
+//! secret must not follow), one whose body never ends.
+
+use crate::common::scripted::{Scripted, Seen, bundle, fhir_json, now_instant, status_with};
+use crate::common::{Bridge, wait_for};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cs-9b2e-never-logged";
+
+/// One source polling three types every 100 ms, with no request budget (so
+/// that a storm would show), authenticating with client credentials.
+fn config(base: &str, token_url: &str) -> String {
+    format!(
+        "state_dir = \"state\"\n\n[[source]]\nname = \"ehr\"\nbase_url = \"{base}\"\nresources = [\"Observation\", \"Encounter\", \"Patient\"]\nevery = \"100ms\"\nstart = \"beginning\"\ntimeout = \"2s\"\n[source.auth]\ntype = \"client-credentials\"\ntoken_url = \"{token_url}\"\nclient_id = \"bridge\"\nclient_secret = \"{SECRET}\"\n"
+    )
+}
+
+fn errors(bridge: &Bridge) -> Vec<String> {
+    bridge.status_json()["sources"][0]["targets"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["last_error"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Neither the client secret nor any token issued is in the logs or status.
+fn assert_no_secret(bridge: &Bridge, tokens: usize) {
+    let text = format!("{}\n{}", bridge.logs(), bridge.status_json());
+    assert!(!text.contains(SECRET), "the client secret leaked");
+    for n in 0..tokens {
+        assert!(!text.contains(&format!("at-{n}-x")), "token {n} leaked");
+    }
+}
+
+fn counting_token_endpoint(issued: Arc<AtomicUsize>) -> impl Fn(&Seen) -> Response {
+    move |_: &Seen| {
+        let n = issued.fetch_add(1, Ordering::SeqCst);
+        fhir_json(
+            200,
+            json!({"access_token": format!("at-{n}-x"), "token_type": "Bearer", "expires_in": 3600}),
+        )
+    }
+}
+
+/// An EHR that answers every other request 401 (a token accepted once and
+/// refused next, say two servers behind a balancer, one of which does not
+/// know the tokens): each refused token had worked, so on the old code each
+/// 401 fetched a new one, one token request per two searches, as fast as the
+/// polls went. A token refused within the failure hold of its issue is held
+/// like a fresh refusal: about one token per hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ehr_accepting_each_token_once_gets_no_token_storm() {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let token = Scripted::start(counting_token_endpoint(issued.clone())).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ehr = Scripted::start(move |_: &Seen| {
+        if calls.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+            return status_with(401, &[("www-authenticate", "Bearer")]);
+        }
+        bundle(&now_instant(), vec![], None)
+    })
+    .await;
+    let mut bridge = Bridge::start(&config(&ehr.url("/fhir"), &token.url("/token")));
+    wait_for(20, "the first 401", || ehr.count() > 1).await;
+    let started = Instant::now();
+    let (ehr_before, tokens_before) = (ehr.count(), token.count());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (ehr_requests, tokens) = (ehr.count() - ehr_before, token.count() - tokens_before);
+    assert!(bridge.exited().is_none(), "the daemon died");
+    assert_no_secret(&bridge, issued.load(Ordering::SeqCst));
+    bridge.stop();
+    eprintln!("{elapsed:.1} s: {ehr_requests} EHR requests, {tokens} token requests");
+    assert!(tokens <= 3, "{tokens} token requests in {elapsed:.1} s");
+}
+
+/// A token endpoint answering 307 (keeps the POST and its body) or 302 to
+/// another host: not followed, so the client secret never reaches that
+/// host; status says `token endpoint: HTTP 307`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_token_endpoint_sends_the_secret_nowhere_else() {
+    let elsewhere = Scripted::start(counting_token_endpoint(Arc::default())).await;
+    let location = elsewhere.url("/token");
+    let token = Scripted::start(move |_: &Seen| status_with(307, &[("location", &location)])).await;
+    let ehr = Scripted::start(|_: &Seen| bundle(&now_instant(), vec![], None)).await;
+    let mut bridge = Bridge::start(&config(&ehr.url("/fhir"), &token.url("/token")));
+    wait_for(20, "a poll error on status", || !errors(&bridge).is_empty()).await;
+    let errors = errors(&bridge);
+    assert!(bridge.exited().is_none(), "the daemon died");
+    assert_no_secret(&bridge, 0);
+    bridge.stop();
+    assert_eq!(elsewhere.count(), 0, "{:?}", elsewhere.seen());
+    assert_eq!(ehr.count(), 0, "a search went out without a token");
+    assert!(
+        errors.iter().any(|e| e.contains("token endpoint: HTTP 307")),
+        "{errors:?}"
+    );
+}
+
+/// A token endpoint that sends its headers, then a byte every 300 ms,
+/// chunked, forever (each read well within the 2 s timeout): the token
+/// request times out as a whole, status says so, and the endpoint is asked
+/// again only after the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_body_that_never_ends_times_out_whole() {
+    let token = Scripted::start(|_: &Seen| {
+        let drip = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")), ()))
+        });
+        (
+            [("content-type", "application/json")],
+            axum::body::Body::from_stream(drip),
+        )
+            .into_response()
+    })
+    .await;
+    let ehr = Scripted::start(|_: &Seen| bundle(&now_instant(), vec![], None)).await;
+    let mut bridge = Bridge::start(&config(&ehr.url("/fhir"), &token.url("/token")));
+    wait_for(30, "a poll error on status", || !errors(&bridge).is_empty()).await;
+    let errors = errors(&bridge);
+    assert!(bridge.exited().is_none(), "the daemon died");
+    bridge.stop();
+    assert!(
+        errors.iter().any(|e| e.contains("token endpoint: timed out")),
+        "{errors:?}"
+    );
+    assert!(token.count() <= 3, "{} token requests", token.count());
+}
