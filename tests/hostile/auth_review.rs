@@ -136,3 +136,77 @@ async fn a_token_body_that_never_ends_times_out_whole() {
     );
     assert!(token.count() <= 3, "{} token requests", token.count());
 }
+
+/// A raw HTTP/1.1 token endpoint on 127.0.0.1 that writes `answer` to every
+/// connection, then closes it.
+async fn raw_endpoint(answer: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn.write_all(answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/token")
+}
+
+/// `Content-Length` lies: declared 100000 with 20 bytes sent before the
+/// connection closes; declared 2 (`{}`) with a token after it. Neither
+/// hangs nor is believed: a clear error on status each, the daemon up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_answers_lying_about_their_length_are_errors() {
+    let short = raw_endpoint(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"access_token\":\"x\"",
+    )
+    .await;
+    let long = raw_endpoint(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}{\"access_token\":\"at-0-x\"}",
+    )
+    .await;
+    let ehr = Scripted::start(|_: &Seen| bundle(&now_instant(), vec![], None)).await;
+    let cfg = format!(
+        "{}{}",
+        config(&ehr.url("/fhir"), &short),
+        config(&ehr.url("/fhir"), &long)
+            .replace("state_dir = \"state\"\n\n", "")
+            .replace("name = \"ehr\"", "name = \"ehr2\"")
+    );
+    let mut bridge = Bridge::start(&cfg);
+    let all_errors = |bridge: &Bridge| -> Vec<Vec<String>> {
+        let st = bridge.status_json();
+        (0..2)
+            .map(|i| {
+                st["sources"][i]["targets"]
+                    .as_array()
+                    .map(|ts| {
+                        ts.iter()
+                            .filter_map(|t| t["last_error"].as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    wait_for(30, "poll errors on both sources", || {
+        all_errors(&bridge).iter().all(|e| !e.is_empty())
+    })
+    .await;
+    let errors = all_errors(&bridge);
+    assert!(bridge.exited().is_none(), "the daemon died");
+    bridge.stop();
+    eprintln!("{errors:?}");
+    assert_eq!(ehr.count(), 0, "a search went out without a token");
+    let why = [
+        "token endpoint: request or response body error: error reading a body from connection: end of file before message length reached",
+        "token endpoint: the response is not an OAuth token",
+    ];
+    for (errors, why) in errors.iter().zip(why) {
+        assert!(errors.iter().all(|e| e.ends_with(why)), "{errors:?}");
+    }
+}
