@@ -101,7 +101,9 @@ async fn a_redirecting_token_endpoint_sends_the_secret_nowhere_else() {
     assert_eq!(elsewhere.count(), 0, "{:?}", elsewhere.seen());
     assert_eq!(ehr.count(), 0, "a search went out without a token");
     assert!(
-        errors.iter().any(|e| e.contains("token endpoint: HTTP 307")),
+        errors
+            .iter()
+            .any(|e| e.contains("token endpoint: HTTP 307")),
         "{errors:?}"
     );
 }
@@ -115,7 +117,10 @@ async fn a_token_body_that_never_ends_times_out_whole() {
     let token = Scripted::start(|_: &Seen| {
         let drip = futures_util::stream::unfold((), |()| async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")), ()))
+            Some((
+                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")),
+                (),
+            ))
         });
         (
             [("content-type", "application/json")],
@@ -131,7 +136,9 @@ async fn a_token_body_that_never_ends_times_out_whole() {
     assert!(bridge.exited().is_none(), "the daemon died");
     bridge.stop();
     assert!(
-        errors.iter().any(|e| e.contains("token endpoint: timed out")),
+        errors
+            .iter()
+            .any(|e| e.contains("token endpoint: timed out")),
         "{errors:?}"
     );
     assert!(token.count() <= 3, "{} token requests", token.count());
