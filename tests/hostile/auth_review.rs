@@ -217,3 +217,58 @@ async fn token_answers_lying_about_their_length_are_errors() {
         assert!(errors.iter().all(|e| e.ends_with(why)), "{errors:?}");
     }
 }
+
+/// The same for a receiver (`[hook.auth] type = "oauth"`) that accepts each
+/// token for one POST and answers 401 to its next, while five observations
+/// change every second: about two tokens per hold, not one per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_accepting_each_token_once_gets_no_token_storm() {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let token = Scripted::start(counting_token_endpoint(issued.clone())).await;
+    let used = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let receiver = Scripted::start(move |s: &Seen| {
+        let auth = s.header("authorization").unwrap_or_default();
+        if used.lock().unwrap().insert(auth) {
+            return status_with(200, &[]);
+        }
+        status_with(401, &[])
+    })
+    .await;
+    let polls = Arc::new(AtomicUsize::new(0));
+    let ehr = Scripted::start(move |_: &Seen| {
+        let version = (polls.fetch_add(1, Ordering::SeqCst) + 1).to_string();
+        let at = now_instant();
+        let rs = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| crate::common::scripted::observation(id, &version, &at))
+            .collect();
+        bundle(&at, rs, None)
+    })
+    .await;
+    let hook = format!(
+        "[[hook]]\nname = \"rx\"\nurl = \"{}\"\nretry_schedule = [\"1s\"]\nmax_attempts = 100\n[hook.auth]\ntype = \"oauth\"\ntoken_url = \"{}\"\nclient_id = \"bridge\"\nclient_secret = \"{SECRET}\"\n",
+        receiver.url("/hooks/rx"),
+        token.url("/token"),
+    );
+    let source = format!(
+        "state_dir = \"state\"\n\n[[source]]\nname = \"ehr\"\nbase_url = \"{}\"\nresources = [\"Observation\"]\nevery = \"1s\"\nstart = \"beginning\"\n",
+        ehr.url("/fhir")
+    );
+    let mut bridge = Bridge::start(&format!("{source}{hook}"));
+    wait_for(20, "the first 401", || receiver.count() > 1).await;
+    let started = Instant::now();
+    let (posts_before, tokens_before) = (receiver.count(), token.count());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (posts, tokens) = (
+        receiver.count() - posts_before,
+        token.count() - tokens_before,
+    );
+    assert!(bridge.exited().is_none(), "the daemon died");
+    assert_no_secret(&bridge, issued.load(Ordering::SeqCst));
+    bridge.stop();
+    eprintln!("{elapsed:.1} s: {posts} POSTs, {tokens} token requests");
+    assert!(tokens <= 5, "{tokens} token requests in {elapsed:.1} s");
+}
