@@ -272,3 +272,42 @@ async fn a_receiver_accepting_each_token_once_gets_no_token_storm() {
     eprintln!("{elapsed:.1} s: {posts} POSTs, {tokens} token requests");
     assert!(tokens <= 5, "{tokens} token requests in {elapsed:.1} s");
 }
+
+/// `.well-known/smart-configuration` answered with a 302 to another host
+/// (whose document names a token endpoint that would answer): not followed,
+/// no token endpoint, `... smart-configuration: HTTP 302` on status; the
+/// other host and its token endpoint see nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_smart_configuration_is_not_followed() {
+    let token = Scripted::start(counting_token_endpoint(Arc::default())).await;
+    let token_url = token.url("/token");
+    let elsewhere =
+        Scripted::start(move |_: &Seen| fhir_json(200, json!({"token_endpoint": token_url}))).await;
+    let location = elsewhere.url("/.well-known/smart-configuration");
+    let ehr = Scripted::start(move |s: &Seen| {
+        if s.uri.ends_with("/.well-known/smart-configuration") {
+            return status_with(302, &[("location", &location)]);
+        }
+        bundle(&now_instant(), vec![], None)
+    })
+    .await;
+    let keys = tempfile::tempdir().unwrap();
+    let (pem, _) = crate::common::authed::generate_key("ES384", keys.path());
+    let cfg = config(&ehr.url("/fhir"), "https://unused.example/token").replace(
+        &format!("type = \"client-credentials\"\ntoken_url = \"https://unused.example/token\"\nclient_id = \"bridge\"\nclient_secret = \"{SECRET}\"\n"),
+        &format!(
+            "type = \"smart-backend\"\nclient_id = \"app\"\nprivate_key = {{ file = \"{}\" }}\n",
+            pem.display()
+        ),
+    );
+    assert!(cfg.contains("smart-backend"), "{cfg}");
+    let mut bridge = Bridge::start(&cfg);
+    wait_for(20, "a poll error on status", || !errors(&bridge).is_empty()).await;
+    let errors = errors(&bridge);
+    assert!(bridge.exited().is_none(), "the daemon died");
+    bridge.stop();
+    assert_eq!(elsewhere.count(), 0, "{:?}", elsewhere.seen());
+    assert_eq!(token.count(), 0, "{:?}", token.seen());
+    let why = ".well-known/smart-configuration: HTTP 302; no token endpoint";
+    assert!(errors.iter().any(|e| e.contains(why)), "{errors:?}");
+}
