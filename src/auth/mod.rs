@@ -71,6 +71,12 @@ pub enum AuthError {
         hold.as_secs()
     )]
     Rejected { hold: Duration },
+    #[error(
+        "HTTP 401 again within {}s of replacing a refused token: the server takes each token only briefly; no new token for {}s",
+        FAILURE_HOLD.as_secs(),
+        hold.as_secs()
+    )]
+    RefusedAgain { hold: Duration },
     #[error("client assertion: {0}")]
     Key(#[from] smart::KeyError),
 }
@@ -285,9 +291,11 @@ impl Authenticator {
             cache.replaced_at = Some(Instant::now());
             return Ok(());
         }
-        let failures = self.failures.load(Ordering::Relaxed) + 1;
-        let e = AuthError::Rejected {
-            hold: hold_after(failures),
+        let hold = hold_after(self.failures.load(Ordering::Relaxed) + 1);
+        let e = if worked_before {
+            AuthError::RefusedAgain { hold }
+        } else {
+            AuthError::Rejected { hold }
         };
         self.hold(&mut cache, e.clone());
         Err(e)

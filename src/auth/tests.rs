@@ -119,7 +119,12 @@ async fn tokens_that_had_worked_are_replaced_once_per_hold() {
     assert_ne!(first, second);
     auth.accepted(&second);
     let err = auth.refused(&second).await.unwrap_err();
-    assert_eq!(err, AuthError::Rejected { hold: FAILURE_HOLD });
+    assert_eq!(err, AuthError::RefusedAgain { hold: FAILURE_HOLD });
+    assert!(
+        err.to_string()
+            .starts_with("HTTP 401 again within 5s of replacing a refused token"),
+        "{err}"
+    );
     assert_eq!(auth.header().await.unwrap_err(), err);
     assert_eq!(e.tokens.load(Ordering::SeqCst), 2);
 }

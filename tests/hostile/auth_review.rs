@@ -81,6 +81,8 @@ async fn an_ehr_accepting_each_token_once_gets_no_token_storm() {
     bridge.stop();
     eprintln!("{elapsed:.1} s: {ehr_requests} EHR requests, {tokens} token requests");
     assert!(tokens <= 3, "{tokens} token requests in {elapsed:.1} s");
+    let why = "HTTP 401 again within 5s of replacing a refused token";
+    assert!(bridge.logs().contains(why), "no `{why}` logged");
 }
 
 /// A token endpoint answering 307 (keeps the POST and its body) or 302 to
