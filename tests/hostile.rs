@@ -10,6 +10,8 @@ mod common;
 mod admin;
 #[path = "hostile/auth.rs"]
 mod auth;
+#[path = "hostile/auth_review.rs"]
+mod auth_review;
 #[path = "hostile/config.rs"]
 mod config;
 #[path = "hostile/deliveries.rs"]

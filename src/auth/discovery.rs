@@ -115,7 +115,26 @@ mod tests {
             ),
             Err(DiscoveryError::Downgrade)
         );
-        for bad in ["", "[]", "{}", r#"{"token_endpoint":7}"#, &doc("not a url")] {
+        // Neither a script, a relative path nor a credential-bearing URL.
+        for refused in ["javascript:alert(1)", "data:,x", "file:///etc/passwd"] {
+            assert_eq!(
+                endpoint(&doc(refused), local, true),
+                Err(DiscoveryError::Refused(TokenUrlRefusal::NotHttp)),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            endpoint(&doc("https://127.0.0.1@evil.example/token"), local, false),
+            Err(DiscoveryError::Refused(TokenUrlRefusal::NotHttp))
+        );
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"token_endpoint":7}"#,
+            &doc("not a url"),
+            &doc("/token"),
+        ] {
             assert_eq!(
                 endpoint(bad, local, false),
                 Err(DiscoveryError::NoTokenEndpoint),

@@ -11,7 +11,10 @@
 //! server had accepted before (revoked, expired early) is dropped and the
 //! request is tried once more with a new one; a token it never accepted was
 //! refused fresh, and asking for another would only repeat that, so the
-//! refusal is held like a failed token request. Failures in a row hold the
+//! refusal is held like a failed token request. A token that had worked is
+//! replaced at once only if no other was within `FAILURE_HOLD`: a server
+//! that accepts each token once (or a balancer with one server that does
+//! not know them) would otherwise get a token request every other request. Failures in a row hold the
 //! next token request for longer and longer (`hold_after`), until a token
 //! is accepted. Errors carry the token endpoint's HTTP status and OAuth
 //! `error` code, never its body; its answers are read within
@@ -68,6 +71,12 @@ pub enum AuthError {
         hold.as_secs()
     )]
     Rejected { hold: Duration },
+    #[error(
+        "HTTP 401 again within {}s of replacing a refused token: the server takes each token only briefly; no new token for {}s",
+        FAILURE_HOLD.as_secs(),
+        hold.as_secs()
+    )]
+    RefusedAgain { hold: Duration },
     #[error("client assertion: {0}")]
     Key(#[from] smart::KeyError),
 }
@@ -107,6 +116,9 @@ struct Cache {
     /// The token endpoint found by SMART discovery, kept until a token
     /// request fails.
     discovered: Option<url::Url>,
+    /// When a token that had worked was last dropped after a 401 to be
+    /// replaced at once.
+    replaced_at: Option<Instant>,
 }
 
 /// How long no token is asked for after `failures` failures in a row.
@@ -254,8 +266,9 @@ impl Authenticator {
     /// A server answered 401 to a request made with `used`. `Ok`: worth
     /// one more try with `header` (the token had worked before and is now
     /// dropped, or another task has replaced it already). `Err`: the token
-    /// was refused fresh; no new token is asked for during the hold, and
-    /// every request meanwhile gets this error.
+    /// was refused fresh, or had worked but the last one was replaced less
+    /// than `FAILURE_HOLD` ago; no new token is asked for during the hold,
+    /// and every request meanwhile gets this error.
     pub async fn refused(&self, used: &HeaderValue) -> Result<(), AuthError> {
         let mut cache = self.cached.lock().await;
         let current = cache.token.as_ref().is_some_and(|t| {
@@ -271,12 +284,18 @@ impl Authenticator {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             == Some(used);
-        if worked_before {
+        let replaced_lately = cache
+            .replaced_at
+            .is_some_and(|at| at.elapsed() < FAILURE_HOLD);
+        if worked_before && !replaced_lately {
+            cache.replaced_at = Some(Instant::now());
             return Ok(());
         }
-        let failures = self.failures.load(Ordering::Relaxed) + 1;
-        let e = AuthError::Rejected {
-            hold: hold_after(failures),
+        let hold = hold_after(self.failures.load(Ordering::Relaxed) + 1);
+        let e = if worked_before {
+            AuthError::RefusedAgain { hold }
+        } else {
+            AuthError::Rejected { hold }
         };
         self.hold(&mut cache, e.clone());
         Err(e)

@@ -98,9 +98,35 @@ async fn the_discovered_token_endpoint_is_kept() {
         let h = auth.header().await.unwrap().unwrap();
         auth.accepted(&h);
         auth.refused(&h).await.unwrap();
+        // As if a hold had passed since (see the next test).
+        auth.cached.lock().await.replaced_at = None;
     }
     assert_eq!(e.tokens.load(Ordering::SeqCst), 3);
     assert_eq!(e.discoveries.load(Ordering::SeqCst), 1);
+}
+
+/// A token that had worked is replaced at once after a 401, but not two
+/// within a hold: a server accepting each token once gets the second
+/// refusal held, not a token request every other request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_that_had_worked_are_replaced_once_per_hold() {
+    let e = endpoint(200).await;
+    let auth = smart(&e);
+    let first = auth.header().await.unwrap().unwrap();
+    auth.accepted(&first);
+    auth.refused(&first).await.unwrap();
+    let second = auth.header().await.unwrap().unwrap();
+    assert_ne!(first, second);
+    auth.accepted(&second);
+    let err = auth.refused(&second).await.unwrap_err();
+    assert_eq!(err, AuthError::RefusedAgain { hold: FAILURE_HOLD });
+    assert!(
+        err.to_string()
+            .starts_with("HTTP 401 again within 5s of replacing a refused token"),
+        "{err}"
+    );
+    assert_eq!(auth.header().await.unwrap_err(), err);
+    assert_eq!(e.tokens.load(Ordering::SeqCst), 2);
 }
 
 /// A 401 to a token just issued is not answered with another token: the

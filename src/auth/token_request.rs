@@ -98,3 +98,55 @@ pub(super) fn reply(status: u16, body: &[u8]) -> Result<Issued, AuthError> {
         lifetime,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lifetime(expires_in: &str) -> Duration {
+        let body = format!(r#"{{"access_token":"t","expires_in":{expires_in}}}"#);
+        reply(200, body.as_bytes()).map(|i| i.lifetime).unwrap()
+    }
+
+    /// Whatever a token endpoint says a token lives, it is used between
+    /// 5 s and 24 h; what is no number of seconds means the default.
+    #[test]
+    fn a_hostile_expires_in_is_bounded() {
+        assert_eq!(lifetime("0"), MIN_LIFETIME);
+        assert_eq!(lifetime("18446744073709551615"), MAX_LIFETIME);
+        assert_eq!(lifetime("\"600\""), Duration::from_secs(600));
+        for odd in ["-1", "1e308", "3600.5", "\"soon\"", "null", "[]"] {
+            assert_eq!(lifetime(odd), DEFAULT_LIFETIME, "{odd}");
+        }
+        let missing = reply(200, br#"{"access_token":"t"}"#).unwrap();
+        assert_eq!(missing.lifetime, DEFAULT_LIFETIME);
+    }
+
+    /// A token that could not be one header value (CR, LF, NUL: header
+    /// injection), or is empty, is no token; nor is the code of a refusal
+    /// shown unless it looks like an OAuth code.
+    #[test]
+    fn a_token_that_is_no_header_value_is_refused() {
+        for bad in [
+            r#"{"access_token":"a\r\nX-Injected: 1"}"#,
+            r#"{"access_token":"a\nb"}"#,
+            r#"{"access_token":"a\u0000b"}"#,
+            r#"{"access_token":""}"#,
+            r#"{"access_token":7}"#,
+            r#"{"token":"t"}"#,
+        ] {
+            assert!(
+                matches!(reply(200, bad.as_bytes()), Err(AuthError::NotAToken)),
+                "{bad}"
+            );
+        }
+        let injected = reply(400, br#"{"error":"invalid_client\r\nsecret: x"}"#);
+        assert!(matches!(
+            injected,
+            Err(AuthError::Refused {
+                status: 400,
+                code: None
+            })
+        ));
+    }
+}
