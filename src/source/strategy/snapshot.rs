@@ -46,6 +46,9 @@ pub(in crate::source) struct WalkedIds {
     limit: usize,
     /// Entries listed that could not be read (skipped, no id to remember).
     unreadable: u64,
+    /// The last id met that a read URL can carry: read to check that the
+    /// server's 404s mean something before any is believed (`confirm`).
+    witness: Option<String>,
 }
 
 impl Default for WalkedIds {
@@ -55,6 +58,7 @@ impl Default for WalkedIds {
             overflowed: false,
             limit: MAX_WALKED_IDS,
             unreadable: 0,
+            witness: None,
         }
     }
 }
@@ -68,6 +72,13 @@ fn key(id: &str) -> u128 {
 
 impl WalkedIds {
     pub(in crate::source) fn extend(&mut self, ids: &[String]) {
+        if let Some(id) = ids
+            .iter()
+            .rev()
+            .find(|id| crate::source::confirm::addressable(id))
+        {
+            self.witness = Some(id.clone());
+        }
         if self.overflowed {
             return;
         }
@@ -97,16 +108,27 @@ impl WalkedIds {
     fn finish(mut self) -> Walked {
         self.keys.sort_unstable();
         self.keys.dedup();
-        Walked(self.keys)
+        Walked {
+            keys: self.keys,
+            witness: self.witness,
+        }
     }
 }
 
 /// The distinct ids of a walk, sorted.
-pub(in crate::source) struct Walked(Vec<u128>);
+pub(in crate::source) struct Walked {
+    keys: Vec<u128>,
+    witness: Option<String>,
+}
 
 impl Walked {
     fn contains(&self, id: &str) -> bool {
-        self.0.binary_search(&key(id)).is_ok()
+        self.keys.binary_search(&key(id)).is_ok()
+    }
+
+    /// An id the walk met, for the read that vouches for the others (`confirm`).
+    pub(in crate::source) fn witness(&self) -> Option<&str> {
+        self.witness.as_deref()
     }
 }
 
@@ -165,7 +187,7 @@ pub(in crate::source) fn judge_walk(rt: &str, walked: WalkedIds, facts: &WalkFac
     let walked = walked.finish();
     // Every entry the server listed: the ids met (once each) and those it
     // could not read (skipped, counted on status).
-    let listed = walked.0.len() as u64 + unreadable;
+    let listed = walked.keys.len() as u64 + unreadable;
     if let Some(total) = facts.total
         && total != listed
     {
@@ -319,7 +341,11 @@ mod tests {
         let walked = w.finish();
         assert!(walked.contains("a") && walked.contains("b"));
         assert!(!walked.contains("c"));
-        assert_eq!(walked.0.len(), 2);
+        assert_eq!(walked.keys.len(), 2);
+        assert_eq!(walked.witness(), Some("b"), "the last id met");
+        let mut w = WalkedIds::default();
+        w.extend(&["a".into(), "..".into(), ".".into()]);
+        assert_eq!(w.finish().witness(), Some("a"), "one a read URL can carry");
 
         let mut w = WalkedIds {
             limit: 3,
