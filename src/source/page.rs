@@ -6,6 +6,7 @@
 //! each resource, and must never stall the async workers (deliveries, signals).
 
 use super::bundle::{BundleError, Method, Skipped, format_instant, parse_page_as};
+use super::poll::FUTURE_TOLERANCE;
 use super::strategy::EntryMode;
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
@@ -256,10 +257,15 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         };
         let row = SeenRow {
             version_id: e.version_id.clone(),
-            // A future stamp is remembered as the horizon: the resource's next
-            // real version (stamped later than now) must not look older.
+            // A stamp past the horizon is remembered as the server's now (the
+            // horizon less the tolerance): the resource's next real version,
+            // stamped later than now, must not look older (a re-creation 30 s
+            // after a delete stamped 9999 would, against the horizon).
             last_updated: (e.last_updated)
-                .map(|t| format_instant(t.min(job.horizon)))
+                .map(|t| match t > job.horizon {
+                    true => format_instant(job.horizon - FUTURE_TOLERANCE),
+                    false => format_instant(t),
+                })
                 .or(inherited),
             content_hash: hash,
             // Over the bound, none: `$previous` is then null for the next version.
@@ -435,6 +441,48 @@ mod tests {
                 prop_assert!(lu <= "2026-11-30T12:00:00.000Z", "seen row remembers {}", lu);
             }
         }
+    }
+
+    /// A delete stamped in year 9999 is remembered at the server's now, not
+    /// at the horizon (now + tolerance): the resource created again 30 s
+    /// later is a create, not an older version dropped.
+    #[tokio::test]
+    async fn a_version_after_one_stamped_in_the_future_is_not_taken_for_older() {
+        let (_d, store) = temp_store();
+        let now = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(now + FUTURE_TOLERANCE);
+        job.mode = EntryMode::History;
+        job.routes = vec![route("all", "true")];
+        let page = |entry: serde_json::Value| {
+            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": [entry]})
+                .to_string()
+                .into_bytes()
+        };
+        let version = |v: &str, lu: &str, method: &str| {
+            page(
+                serde_json::json!({"resource": {"resourceType": "Observation", "id": "x",
+                "meta": {"versionId": v, "lastUpdated": lu}},
+                "request": {"method": method, "url": "Observation"}}),
+            )
+        };
+        assert_eq!(
+            run(&store, &job, &version("1", "2026-11-30T11:00:00Z", "POST"))
+                .await
+                .len(),
+            1
+        );
+        let delete = page(
+            serde_json::json!({"request": {"method": "DELETE", "url": "Observation/x"},
+            "response": {"etag": "W/\"2\"", "lastModified": "9999-12-31T23:59:59Z"}}),
+        );
+        assert_eq!(run(&store, &job, &delete).await.len(), 1);
+        // The next poll: the server's clock 10 s on, x created again at +30 s.
+        job.horizon += chrono::Duration::seconds(40);
+        let again = version("3", "2026-11-30T12:00:30Z", "POST");
+        let out = process(&store, &job, &again).unwrap();
+        assert_eq!(out.created, 1, "the create after the delete is not lost");
     }
 
     /// A history page: creates, updates and deletes, each once; a delete
