@@ -173,7 +173,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
     out.commit.keep_bodies = keep_bodies;
     let mut seen = store.load_seen_blocking(&job.source, rt, ids, keep_bodies)?;
     for e in &entries {
-        if diff::same_version(seen.get(&e.id), e.version_id.as_deref()) {
+        if diff::same_version(seen.get(&e.id), e.version_id.as_deref(), e.last_updated) {
             continue;
         }
         if job.mode == EntryMode::History && reread_before_delete(seen.get(&e.id), e) {
