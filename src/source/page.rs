@@ -231,6 +231,12 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             version_id: e.version_id.as_deref(),
             last_updated: e.last_updated_raw.as_deref(),
             content_hash: &hash,
+            // Same versionId as the seen version (its time moved, see
+            // `diff::same_version`), or a life after a delete.
+            version_reused: e.version_id.is_some()
+                && (after_delete
+                    || seen.get(&e.id).and_then(|r| r.version_id.as_deref())
+                        == e.version_id.as_deref()),
             event,
             raw,
             previous: previous.as_ref(),
@@ -441,6 +447,78 @@ mod tests {
                 prop_assert!(lu <= "2026-11-30T12:00:00.000Z", "seen row remembers {}", lu);
             }
         }
+    }
+
+    /// A server that never moves `meta.versionId`: each new content at a
+    /// later time is an update with a message id of its own (the same one
+    /// as the create's would be dropped by the outbox and by receivers); a
+    /// re-read of it is nothing new. A resource created again after a
+    /// delete, counted from 1 again, is not its first life's create.
+    #[tokio::test]
+    async fn a_reused_version_id_gets_a_message_id_of_its_own() {
+        let (_d, store) = temp_store();
+        let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(horizon);
+        job.routes = vec![route("all", "true")];
+        let page = |status: &str, lu: &str| {
+            serde_json::json!({"resourceType": "Bundle", "entry": [{"resource": {
+                "resourceType": "Observation", "id": "x", "status": status,
+                "meta": {"versionId": "1", "lastUpdated": lu}}}]})
+            .to_string()
+            .into_bytes()
+        };
+        let mut ids = Vec::new();
+        for (status, lu) in [
+            ("preliminary", "2026-11-30T10:00:00Z"),
+            ("final", "2026-11-30T10:05:00Z"),
+            ("final", "2026-11-30T10:05:00Z"),
+            ("amended", "2026-11-30T10:09:00Z"),
+        ] {
+            let out = process(&store, &job, &page(status, lu)).unwrap();
+            ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
+            store.commit_page(out.commit).await.unwrap();
+        }
+        assert_eq!(
+            ids.len(),
+            3,
+            "create, update, update; the re-read is nothing"
+        );
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 3, "{ids:?}");
+
+        // History: created, deleted, created again counting from 1.
+        job.mode = EntryMode::History;
+        let (_d2, store) = temp_store();
+        let history = |entry: serde_json::Value| {
+            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": [entry]})
+                .to_string()
+                .into_bytes()
+        };
+        let create = |lu: &str| {
+            history(
+                serde_json::json!({"resource": {"resourceType": "Observation", "id": "y",
+                "meta": {"versionId": "1", "lastUpdated": lu}},
+                "request": {"method": "POST", "url": "Observation"}}),
+            )
+        };
+        let delete = history(
+            serde_json::json!({"request": {"method": "DELETE", "url": "Observation/y"},
+            "response": {"etag": "W/\"2\"", "lastModified": "2026-11-30T10:01:00Z"}}),
+        );
+        let mut ids = Vec::new();
+        for body in [
+            create("2026-11-30T10:00:00Z"),
+            delete,
+            create("2026-11-30T10:02:00Z"),
+        ] {
+            let out = process(&store, &job, &body).unwrap();
+            ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
+            store.commit_page(out.commit).await.unwrap();
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!((ids.len(), distinct.len()), (3, 3), "{ids:?}");
     }
 
     /// A delete stamped in year 9999 is remembered at the server's now, not

@@ -282,6 +282,7 @@ fn route_deletes(job: &PageJob, gone: Vec<(String, SeenRow)>, keep_bodies: bool)
             // the same id in the message id (a delete has no version of its own).
             last_updated: row.last_updated.as_deref(),
             content_hash: &tombstone,
+            version_reused: false,
             event: Event::Delete,
             raw: &stub,
             previous: previous.as_ref(),
