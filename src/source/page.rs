@@ -56,6 +56,8 @@ pub(super) struct PageOutcome {
     pub instants: Vec<DateTime<Utc>>,
     pub next: Option<String>,
     pub total: Option<u64>,
+    /// `Bundle.total` was there but not a count (`bundle::Page::bad_total`).
+    pub bad_total: bool,
     pub server_time: Option<DateTime<Utc>>,
     pub skipped: Vec<Skipped>,
     /// Entries stamped after the horizon, with the last one for the note.
@@ -135,6 +137,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         instants: Vec::with_capacity(entries.len()),
         next: page.next.clone(),
         total: page.total,
+        bad_total: page.bad_total,
         server_time: page.server_time,
         skipped: page.skipped.clone(),
         future: 0,

@@ -153,6 +153,9 @@ pub(in crate::source) struct WalkFacts {
     pub drifted: bool,
     /// The last page's `Bundle.total`, if the server gave one.
     pub total: Option<u64>,
+    /// A page gave a `Bundle.total` that is not a count: the walk cannot
+    /// be checked against it.
+    pub bad_total: bool,
 }
 
 /// Whether deletes may be inferred from a walk.
@@ -173,6 +176,11 @@ pub(in crate::source) fn judge_walk(rt: &str, walked: WalkedIds, facts: &WalkFac
     if facts.drifted {
         return Verdict::Incomplete(format!(
             "{rt}: the result set changed during the walk; deletes are inferred after a walk where it does not"
+        ));
+    }
+    if facts.bad_total {
+        return Verdict::Incomplete(format!(
+            "{rt}: a page's Bundle.total is not a count; no deletes inferred from the walk"
         ));
     }
     if walked.overflowed() {
@@ -374,6 +382,7 @@ mod tests {
             per_patient: false,
             drifted: false,
             total,
+            bad_total: false,
         };
         let complete = |v: Verdict| matches!(v, Verdict::Complete(_));
         let why = |v: Verdict| match v {
@@ -435,6 +444,14 @@ mod tests {
         assert!(
             why(judge_walk("Observation", walk(&["a", "b"], 0), &drifted))
                 .contains("changed during the walk")
+        );
+        let bad = WalkFacts {
+            bad_total: true,
+            ..facts(None)
+        };
+        assert!(
+            why(judge_walk("Observation", walk(&["a", "b"], 0), &bad))
+                .contains("Bundle.total is not a count")
         );
         let mut over = WalkedIds {
             limit: 1,
