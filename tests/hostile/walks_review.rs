@@ -153,3 +153,72 @@ async fn an_id_the_read_url_cannot_carry_is_never_confirmed_gone() {
     let warning = first_target(&bridge)["last_warning"].to_string();
     assert!(warning.contains("cannot carry"), "{warning}");
 }
+
+/// `kill -9` while a walk's confirming reads are under way (c read 404, d's
+/// read still unanswered): nothing of them was committed, so after the
+/// restart c and d are confirmed again and each is deleted once, under one
+/// message id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill9_during_the_confirming_reads_deletes_each_once() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let missing = Arc::new(AtomicBool::new(false));
+    let hold = Arc::new(AtomicBool::new(true));
+    let holding = Arc::new(AtomicBool::new(false));
+    let (m, h, started) = (missing.clone(), hold.clone(), holding.clone());
+    let fhir = Scripted::start(move |req: &Seen| {
+        let at = "2026-01-01T00:00:00Z";
+        let path = req.uri.split('?').next().unwrap_or_default();
+        match path {
+            "/fhir/Observation/a" | "/fhir/Observation/b" => {
+                let id = &path["/fhir/Observation/".len()..];
+                return fhir_json(200, observation(id, "1", at));
+            }
+            "/fhir/Observation/d" if h.load(SeqCst) => {
+                started.store(true, SeqCst);
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                return status_with(404, &[]);
+            }
+            "/fhir/Observation" => {}
+            _ => return status_with(404, &[]),
+        }
+        let ids: &[&str] = match m.load(SeqCst) {
+            true => &["a", "b"],
+            false => &["a", "b", "c", "d"],
+        };
+        let entries: Vec<_> = (ids.iter())
+            .map(|id| serde_json::json!({"resource": observation(id, "1", at), "search": {"mode": "match"}}))
+            .collect();
+        fhir_json(
+            200,
+            serde_json::json!({"resourceType": "Bundle", "type": "searchset",
+                "meta": {"lastUpdated": crate::common::scripted::now_instant()},
+                "total": ids.len(), "entry": entries}),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = snapshot_bridge(&fhir, &rx);
+    wait_for(30, "four creates", || rx.count() >= 4).await;
+    missing.store(true, SeqCst);
+    wait_for(30, "d's read under way", || holding.load(SeqCst)).await;
+    bridge.kill9();
+    hold.store(false, SeqCst);
+    assert_eq!(rx.count(), 4, "nothing committed before the kill");
+    bridge.restart();
+    wait_for(30, "the deletes of c and d", || rx.count() >= 6).await;
+    more_walks(&fhir, 3).await;
+    let received = rx.received();
+    let got = by_resource(&received);
+    for id in ["c", "d"] {
+        let events: Vec<_> = got[&format!("Observation/{id}")]
+            .iter()
+            .map(|e| e.0.clone())
+            .collect();
+        assert_eq!(events, ["create", "delete"], "{id}");
+    }
+    // Six changes, each under one message id (a re-delivery of one after
+    // the kill would carry the same id).
+    let ids: std::collections::HashSet<_> = received.iter().map(|r| &r.message_id).collect();
+    assert_eq!(ids.len(), 6);
+    assert_eq!(got.values().map(Vec::len).sum::<usize>(), 6);
+}
