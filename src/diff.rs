@@ -46,9 +46,28 @@ pub fn is_tombstone(row: &SeenRow) -> bool {
 
 /// True when the server reports the very version already seen: the common
 /// case when overlapping polls re-read a window. Checked before hashing, which
-/// would otherwise dominate the cost of every re-read.
-pub fn same_version(prev: Option<&SeenRow>, version_id: Option<&str>) -> bool {
-    matches!((prev.and_then(|p| p.version_id.as_deref()), version_id), (Some(p), Some(v)) if p == v)
+/// would otherwise dominate the cost of every re-read. The same versionId at
+/// another `lastUpdated` is not taken on trust (a server that never moves
+/// its versionIds): the hash decides (`classify`).
+pub fn same_version(
+    prev: Option<&SeenRow>,
+    version_id: Option<&str>,
+    last_updated: Option<DateTime<Utc>>,
+) -> bool {
+    let Some(prev) = prev else {
+        return false;
+    };
+    matches!((prev.version_id.as_deref(), version_id), (Some(p), Some(v)) if p == v)
+        && !moved(prev, last_updated)
+}
+
+/// Whether `last_updated` is another time than the seen row's (both known),
+/// to the millisecond the row keeps (`format_instant`).
+fn moved(prev: &SeenRow, last_updated: Option<DateTime<Utc>>) -> bool {
+    let prev_lu = (prev.last_updated.as_deref())
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.timestamp_millis());
+    matches!((prev_lu, last_updated), (Some(p), Some(c)) if p != c.timestamp_millis())
 }
 
 /// A resource the bridge has no record of (never seen, or its record was
@@ -94,7 +113,7 @@ pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
         return None;
     }
     let changed = match (prev.version_id.as_deref(), cur.version_id) {
-        (Some(p), Some(c)) => p != c,
+        (Some(p), Some(c)) if p != c || !moved(prev, cur.last_updated) => p != c,
         _ => &prev.content_hash != cur.content_hash,
     };
     changed.then_some(Event::Update)
@@ -146,13 +165,51 @@ mod tests {
         assert_eq!(classify(Some(&prev), &newer), Some(Event::Update));
     }
 
+    /// A server that never moves `meta.versionId` (always "1") but does move
+    /// `meta.lastUpdated`: a later time with other content is an update, not
+    /// the version already seen.
+    #[test]
+    fn a_reused_version_id_with_a_later_time_and_other_content_is_an_update() {
+        let prev = seen(Some("1"), "2026-01-01T00:00:00Z", 1);
+        let lu = at("2026-01-01T00:05:00Z");
+        assert!(!same_version(Some(&prev), Some("1"), lu));
+        let other = [2; 32];
+        let later = Observed {
+            version_id: Some("1"),
+            last_updated: lu,
+            content_hash: &other,
+        };
+        assert_eq!(classify(Some(&prev), &later), Some(Event::Update));
+        // The same content at a later time (a touch): nothing new.
+        let same = [1; 32];
+        let touched = Observed {
+            content_hash: &same,
+            ..later
+        };
+        assert_eq!(classify(Some(&prev), &touched), None);
+        // The very version re-read: no hash needed.
+        assert!(same_version(
+            Some(&prev),
+            Some("1"),
+            at("2026-01-01T00:00:00Z")
+        ));
+        assert!(same_version(Some(&prev), Some("1"), None));
+        // Kept to the millisecond: a server's microseconds are the same time.
+        assert!(same_version(
+            Some(&prev),
+            Some("1"),
+            at("2026-01-01T00:00:00.000400Z")
+        ));
+    }
+
     #[test]
     fn same_version_needs_no_hash() {
         let prev = seen(Some("7"), "2026-01-01T00:00:00Z", 1);
-        assert!(same_version(Some(&prev), Some("7")));
-        assert!(!same_version(Some(&prev), Some("8")));
-        assert!(!same_version(Some(&prev), None));
-        assert!(!same_version(None, Some("7")));
+        let t = at("2026-01-01T00:00:00Z");
+        assert!(same_version(Some(&prev), Some("7"), t));
+        assert!(!same_version(Some(&prev), Some("8"), t));
+        assert!(!same_version(Some(&prev), None, t));
+        assert!(!same_version(None, Some("7"), t));
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct Change<'a> {
     pub last_updated: Option<&'a str>,
     /// Identifies this version when the server gives no versionId.
     pub content_hash: &'a [u8; 32],
+    /// The versionId was given before to other content of this resource (a
+    /// server that never moves versionIds, or counts from 1 again after a
+    /// delete): the message id takes the hash and time too, so it is not
+    /// that earlier version's (which the outbox and receivers would drop).
+    pub version_reused: bool,
     pub event: Event,
     pub raw: &'a str,
     /// The last version seen before this one (`$previous`); `None`: null.
@@ -129,6 +134,9 @@ fn route_parsed(
 ) -> Result<(), Cancelled> {
     let resource: Option<Resource> = crate::filter::parse_resource(change.raw).ok();
     let version_key = match (change.version_id, change.last_updated) {
+        (Some(v), lu) if change.version_reused => {
+            format!("v:{v}:h:{}:{}", hex(change.content_hash), lu.unwrap_or(""))
+        }
         (Some(v), _) => format!("v:{v}"),
         (None, lu) => format!("h:{}:{}", hex(change.content_hash), lu.unwrap_or("")),
     };
@@ -233,6 +241,7 @@ mod tests {
             version_id: Some("1"),
             last_updated: Some("2026-01-01T00:00:00Z"),
             content_hash: &HASH,
+            version_reused: false,
             event: Event::Create,
             raw: r#"{"resourceType":"Observation","id":"1"}"#,
             previous: None,

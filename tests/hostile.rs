@@ -30,3 +30,5 @@ mod operate;
 mod source;
 #[path = "hostile/walks.rs"]
 mod walks;
+#[path = "hostile/walks_review.rs"]
+mod walks_review;

@@ -21,7 +21,8 @@ struct RawBundle<'a> {
     #[serde(rename = "resourceType")]
     resource_type: Option<String>,
     meta: Option<Meta>,
-    total: Option<u64>,
+    /// Any JSON: a total that is not a count must not fail the page.
+    total: Option<serde_json::Value>,
     #[serde(default)]
     link: Vec<Link>,
     #[serde(default, borrow)]
@@ -118,6 +119,9 @@ pub struct Page<'a> {
     pub next: Option<String>,
     /// `Bundle.total`, when the server counts its matches.
     pub total: Option<u64>,
+    /// `Bundle.total` is there but not a count (a string, a negative, a
+    /// float): the page still counts, the walk's total does not.
+    pub bad_total: bool,
     pub entries: Vec<Entry<'a>>,
     /// Entries dropped because their id or versionId is not a FHIR id.
     pub skipped: Vec<Skipped>,
@@ -274,10 +278,13 @@ pub fn parse_page_as(body: &[u8], mode: EntryMode) -> Result<Page<'_>, BundleErr
             method,
         });
     }
+    let total = bundle.total.as_ref().and_then(serde_json::Value::as_u64);
+    let bad_total = bundle.total.is_some() && total.is_none();
     Ok(Page {
         server_time,
         next,
-        total: bundle.total,
+        total,
+        bad_total,
         entries,
         skipped,
     })
@@ -337,6 +344,26 @@ fn deleted_entry<'a>(e: &RawEntry) -> Result<Entry<'a>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Bundle.total` that is not a count (a string, a negative, a float)
+    /// does not fail the page (its entries are the server's all the same);
+    /// it is no count either (`bad_total`: no deletes inferred from the walk).
+    #[test]
+    fn a_total_that_is_not_a_count_does_not_fail_the_page() {
+        for total in [r#""3""#, "-1", "1e18", "3.5", "{}", "[3]"] {
+            let body = format!(
+                r#"{{"resourceType":"Bundle","total":{total},"entry":[{{"resource":{{"resourceType":"Observation","id":"o1"}}}}]}}"#
+            );
+            let p = parse_page(body.as_bytes()).unwrap_or_else(|e| panic!("{total}: {e}"));
+            assert_eq!(p.entries.len(), 1, "{total}");
+            assert_eq!((p.total, p.bad_total), (None, true), "{total}");
+        }
+        for (total, count) in [("3", Some(3)), ("null", None), ("0", Some(0))] {
+            let body = format!(r#"{{"resourceType":"Bundle","total":{total}}}"#);
+            let p = parse_page(body.as_bytes()).unwrap();
+            assert_eq!((p.total, p.bad_total), (count, false), "{total}");
+        }
+    }
 
     #[test]
     fn parses_entries_links_and_server_time() {

@@ -15,6 +15,17 @@
 //!   pauses the source as for a page). Reads stop at the first answer that
 //!   says the server is unwell (429, 503, a timeout, no connection).
 //!
+//! The server's 404 is believed only while it reads the resources the walk
+//! met: one of them (the walk's last id, its witness) is read before the
+//! candidates and again after them (when any read as gone). A witness that
+//! answers anything but itself (a 404 from an EHR in maintenance, a proxy's
+//! page for every path, a base URL routed elsewhere) confirms no delete of
+//! that walk: the poll fails saying so, and the candidates wait.
+//!
+//! An id the read URL cannot carry (`.` and `..`, valid FHIR ids, are dot
+//! segments: `[base]/{Type}/..` is the base) is never read, so never
+//! confirmed: it stays a candidate, said on status.
+//!
 //! At most `MAX_CONFIRMS_PER_WALK` reads per walk: a walk that suddenly
 //! misses 10,000 resources does not flood the EHR; the rest wait for the
 //! next walks (said on status).
@@ -24,6 +35,7 @@ use crate::state::SeenRow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use url::Url;
 
 /// Confirming reads per walk of one type.
 pub(super) const MAX_CONFIRMS_PER_WALK: usize = 100;
@@ -47,6 +59,37 @@ pub(super) enum Reading {
         error: FetchError,
         stop: bool,
     },
+}
+
+/// Whether `[base]/{rt}/{id}` reads that id: not a dot segment (which URL
+/// parsing resolves, `%2e` spellings included).
+pub(super) fn addressable(id: &str) -> bool {
+    id != "." && id != ".."
+}
+
+/// `[base]/{rt}/{id}`, or `None` when the URL would not end with exactly
+/// that type and id.
+pub(super) fn read_url(base: &Url, rt: &str, id: &str) -> Option<Url> {
+    if !addressable(id) {
+        return None;
+    }
+    let url = base.join(&format!("{rt}/{id}")).ok()?;
+    let mut segments = url.path_segments()?.rev();
+    (segments.next() == Some(id) && segments.next() == Some(rt)).then_some(url)
+}
+
+/// What a read of the walk's witness (an id it met) says of the reads
+/// around it: only a server that shows it is believed when it says another
+/// is gone. `Err`: no delete of this walk is confirmed.
+pub(super) fn vouches(witness: Reading) -> Result<(), FetchError> {
+    match witness {
+        Reading::Present => Ok(()),
+        // Not shown: the status line says which answer, not which resource.
+        Reading::Gone => Err(FetchError::Other(
+            "a resource the walk met answered 404/410 to its read too, so the server's 404s say nothing (a base URL routed elsewhere, an EHR in maintenance?)".into(),
+        )),
+        Reading::Unknown { error, .. } => Err(error),
+    }
 }
 
 /// Judges the answer to `GET [base]/{rt}/{id}`.
@@ -132,6 +175,8 @@ pub(super) struct Plan {
     pub left: usize,
     /// Beyond the cap: candidates for the next walk.
     pub waiting: usize,
+    /// Ids a read URL cannot carry (`addressable`): never confirmed.
+    pub unaddressable: usize,
 }
 
 pub(super) fn plan(
@@ -145,9 +190,12 @@ pub(super) fn plan(
         read: Vec::new(),
         left: 0,
         waiting: 0,
+        unaddressable: 0,
     };
     for (id, row) in candidates {
-        if left.recently_present(rt, &id, now) {
+        if !addressable(&id) {
+            plan.unaddressable += 1;
+        } else if left.recently_present(rt, &id, now) {
             plan.left += 1;
         } else if plan.read.len() < cap {
             plan.read.push((id, row));
@@ -164,6 +212,7 @@ pub(super) struct Confirmed {
     /// Read 200 in this walk, and known to have left before it.
     pub left: usize,
     pub waiting: usize,
+    pub unaddressable: usize,
     /// Reads that confirmed nothing, and the last one's error.
     pub failed: usize,
     pub error: Option<FetchError>,
@@ -177,6 +226,7 @@ impl Confirmed {
             gone: Vec::new(),
             left: plan.left,
             waiting: plan.waiting,
+            unaddressable: plan.unaddressable,
             failed: 0,
             error: None,
             cancelled: false,
@@ -211,6 +261,14 @@ impl Confirmed {
         }
     }
 
+    /// The witness did not vouch for the reads (`vouches`): none of this
+    /// walk's deletes is confirmed; `unread` candidates were not read.
+    pub(super) fn void(&mut self, error: FetchError, unread: usize) {
+        self.failed += unread + self.gone.len();
+        self.gone.clear();
+        self.error = Some(error);
+    }
+
     /// The status note for what was not deleted, if anything.
     pub(super) fn note(&self, rt: &str) -> Option<String> {
         let mut parts = Vec::new();
@@ -225,6 +283,12 @@ impl Confirmed {
             parts.push(format!(
                 "{} more resource(s) the walk no longer met wait for the next walk (at most {MAX_CONFIRMS_PER_WALK} reads to confirm deletes per walk)",
                 self.waiting
+            ));
+        }
+        if self.unaddressable > 0 {
+            parts.push(format!(
+                "{} resource(s) the walk no longer met have an id a read URL cannot carry (. or ..): never confirmed, no delete",
+                self.unaddressable
             ));
         }
         (!parts.is_empty()).then(|| format!("{rt}: {}", parts.join("; ")))
@@ -298,6 +362,68 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn only_a_witness_read_as_itself_vouches_and_dot_segments_are_never_read() {
+        let rt = "Observation";
+        let w = r#"{"resourceType":"Observation","id":"w"}"#;
+        assert!(vouches(reading(rt, "w", ok(w))).is_ok());
+        let gone = vouches(reading(rt, "w", status(404, None))).unwrap_err();
+        assert!(gone.to_string().contains("404s say nothing"), "{gone}");
+        assert!(vouches(reading(rt, "w", ok("<html>maintenance</html>"))).is_err());
+        assert!(matches!(
+            vouches(reading(rt, "w", status(429, Some(3)))),
+            Err(FetchError::Status { status: 429, .. })
+        ));
+
+        // A witness that stops vouching after the reads voids what they found.
+        let p = plan(
+            rt,
+            vec![("c".into(), row())],
+            &LeftSearch::default(),
+            Instant::now(),
+            100,
+        );
+        let mut confirmed = Confirmed::new(&p);
+        let now = Instant::now();
+        confirmed.take(
+            rt,
+            ("c".into(), row()),
+            Reading::Gone,
+            &LeftSearch::default(),
+            now,
+        );
+        confirmed.void(gone, 0);
+        assert!(confirmed.gone.is_empty());
+        assert_eq!(confirmed.failed, 1);
+
+        let base = Url::parse("http://ehr/fhir/").unwrap();
+        assert_eq!(
+            read_url(&base, rt, "a.b-1").unwrap().as_str(),
+            "http://ehr/fhir/Observation/a.b-1"
+        );
+        assert!(read_url(&base, rt, "..").is_none());
+        assert!(read_url(&base, rt, ".").is_none());
+        let p = plan(
+            rt,
+            vec![
+                ("..".into(), row()),
+                (".".into(), row()),
+                ("c".into(), row()),
+            ],
+            &LeftSearch::default(),
+            now,
+            100,
+        );
+        assert_eq!((p.read.len(), p.unaddressable), (1, 2));
+        let note = Confirmed::new(&p).note(rt).unwrap();
+        assert!(
+            note.contains(
+                "2 resource(s) the walk no longer met have an id a read URL cannot carry"
+            ),
+            "{note}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `confirm`), and when a reconciliation is due. The walk itself is the loop's
 //! (`SourceTask::walk_pages`).
 
+use super::client::FetchError;
 use super::confirm::{self, Confirmed};
 use super::notes::Notes;
 use super::page::PageJob;
@@ -45,12 +46,15 @@ impl SourceTask {
                 return Ok(true);
             }
         };
+        let witness = walked.witness().map(str::to_string);
         let candidates =
             snapshot::delete_candidates(&self.store, &self.source.name, rt, walked).await?;
         if candidates.is_empty() {
             return Ok(true);
         }
-        let confirmed = self.confirm_gone(rt, candidates, stop).await;
+        let confirmed = self
+            .confirm_gone(rt, candidates, witness.as_deref(), stop)
+            .await;
         if confirmed.cancelled {
             return Ok(false);
         }
@@ -101,11 +105,13 @@ impl SourceTask {
     }
 
     /// Reads each candidate (within the per-walk cap, through the source's
-    /// fetch path) to confirm its delete: see `confirm`.
+    /// fetch path) to confirm its delete, between two reads of the walk's
+    /// witness that must vouch for them: see `confirm`.
     async fn confirm_gone(
         &self,
         rt: &str,
         candidates: Vec<(String, SeenRow)>,
+        witness: Option<&str>,
         stop: &Arc<AtomicBool>,
     ) -> Confirmed {
         let now = std::time::Instant::now();
@@ -117,13 +123,21 @@ impl SourceTask {
             confirm::MAX_CONFIRMS_PER_WALK,
         );
         let mut confirmed = Confirmed::new(&plan);
+        if plan.read.is_empty() {
+            return confirmed;
+        }
+        if let Err(error) = self.vouch(rt, witness).await {
+            confirmed.void(error, plan.read.len());
+            return confirmed;
+        }
         for (id, row) in plan.read {
             if stop.load(Ordering::Relaxed) {
                 confirmed.cancelled = true;
                 return confirmed;
             }
-            // Ids came from the server's pages: checked FHIR ids, safe in a path.
-            let Ok(url) = self.source.base_url.join(&format!("{rt}/{id}")) else {
+            // Ids came from the server's pages: checked FHIR ids, and the
+            // plan left out those a path cannot carry.
+            let Some(url) = confirm::read_url(&self.source.base_url, rt, &id) else {
                 continue;
             };
             self.beat.expect_within(self.page_allowance());
@@ -133,7 +147,26 @@ impl SourceTask {
                 break;
             }
         }
+        // The server may have gone into maintenance during the reads.
+        if !confirmed.gone.is_empty()
+            && let Err(error) = self.vouch(rt, witness).await
+        {
+            confirmed.void(error, 0);
+        }
         confirmed
+    }
+
+    /// Reads the walk's witness: `Ok` when it is there (`confirm::vouches`).
+    async fn vouch(&self, rt: &str, witness: Option<&str>) -> Result<(), FetchError> {
+        let read =
+            witness.and_then(|id| Some((id, confirm::read_url(&self.source.base_url, rt, id)?)));
+        let Some((id, url)) = read else {
+            return Err(FetchError::Other(
+                "no resource the walk met can be read to check the server's 404s".into(),
+            ));
+        };
+        self.beat.expect_within(self.page_allowance());
+        confirm::vouches(confirm::reading(rt, id, self.fetch(&url).await))
     }
 
     /// A `last-updated` target's reconciliation, when its `reconcile`

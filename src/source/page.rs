@@ -6,6 +6,7 @@
 //! each resource, and must never stall the async workers (deliveries, signals).
 
 use super::bundle::{BundleError, Method, Skipped, format_instant, parse_page_as};
+use super::poll::FUTURE_TOLERANCE;
 use super::strategy::EntryMode;
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
@@ -55,6 +56,8 @@ pub(super) struct PageOutcome {
     pub instants: Vec<DateTime<Utc>>,
     pub next: Option<String>,
     pub total: Option<u64>,
+    /// `Bundle.total` was there but not a count (`bundle::Page::bad_total`).
+    pub bad_total: bool,
     pub server_time: Option<DateTime<Utc>>,
     pub skipped: Vec<Skipped>,
     /// Entries stamped after the horizon, with the last one for the note.
@@ -134,6 +137,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         instants: Vec::with_capacity(entries.len()),
         next: page.next.clone(),
         total: page.total,
+        bad_total: page.bad_total,
         server_time: page.server_time,
         skipped: page.skipped.clone(),
         future: 0,
@@ -172,7 +176,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
     out.commit.keep_bodies = keep_bodies;
     let mut seen = store.load_seen_blocking(&job.source, rt, ids, keep_bodies)?;
     for e in &entries {
-        if diff::same_version(seen.get(&e.id), e.version_id.as_deref()) {
+        if diff::same_version(seen.get(&e.id), e.version_id.as_deref(), e.last_updated) {
             continue;
         }
         if job.mode == EntryMode::History && reread_before_delete(seen.get(&e.id), e) {
@@ -230,6 +234,12 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             version_id: e.version_id.as_deref(),
             last_updated: e.last_updated_raw.as_deref(),
             content_hash: &hash,
+            // Same versionId as the seen version (its time moved, see
+            // `diff::same_version`), or a life after a delete.
+            version_reused: e.version_id.is_some()
+                && (after_delete
+                    || seen.get(&e.id).and_then(|r| r.version_id.as_deref())
+                        == e.version_id.as_deref()),
             event,
             raw,
             previous: previous.as_ref(),
@@ -256,10 +266,15 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         };
         let row = SeenRow {
             version_id: e.version_id.clone(),
-            // A future stamp is remembered as the horizon: the resource's next
-            // real version (stamped later than now) must not look older.
+            // A stamp past the horizon is remembered as the server's now (the
+            // horizon less the tolerance): the resource's next real version,
+            // stamped later than now, must not look older (a re-creation 30 s
+            // after a delete stamped 9999 would, against the horizon).
             last_updated: (e.last_updated)
-                .map(|t| format_instant(t.min(job.horizon)))
+                .map(|t| match t > job.horizon {
+                    true => format_instant(job.horizon - FUTURE_TOLERANCE),
+                    false => format_instant(t),
+                })
                 .or(inherited),
             content_hash: hash,
             // Over the bound, none: `$previous` is then null for the next version.
@@ -435,6 +450,120 @@ mod tests {
                 prop_assert!(lu <= "2026-11-30T12:00:00.000Z", "seen row remembers {}", lu);
             }
         }
+    }
+
+    /// A server that never moves `meta.versionId`: each new content at a
+    /// later time is an update with a message id of its own (the same one
+    /// as the create's would be dropped by the outbox and by receivers); a
+    /// re-read of it is nothing new. A resource created again after a
+    /// delete, counted from 1 again, is not its first life's create.
+    #[tokio::test]
+    async fn a_reused_version_id_gets_a_message_id_of_its_own() {
+        let (_d, store) = temp_store();
+        let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(horizon);
+        job.routes = vec![route("all", "true")];
+        let page = |status: &str, lu: &str| {
+            serde_json::json!({"resourceType": "Bundle", "entry": [{"resource": {
+                "resourceType": "Observation", "id": "x", "status": status,
+                "meta": {"versionId": "1", "lastUpdated": lu}}}]})
+            .to_string()
+            .into_bytes()
+        };
+        let mut ids = Vec::new();
+        for (status, lu) in [
+            ("preliminary", "2026-11-30T10:00:00Z"),
+            ("final", "2026-11-30T10:05:00Z"),
+            ("final", "2026-11-30T10:05:00Z"),
+            ("amended", "2026-11-30T10:09:00Z"),
+        ] {
+            let out = process(&store, &job, &page(status, lu)).unwrap();
+            ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
+            store.commit_page(out.commit).await.unwrap();
+        }
+        assert_eq!(
+            ids.len(),
+            3,
+            "create, update, update; the re-read is nothing"
+        );
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 3, "{ids:?}");
+
+        // History: created, deleted, created again counting from 1.
+        job.mode = EntryMode::History;
+        let (_d2, store) = temp_store();
+        let history = |entry: serde_json::Value| {
+            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": [entry]})
+                .to_string()
+                .into_bytes()
+        };
+        let create = |lu: &str| {
+            history(
+                serde_json::json!({"resource": {"resourceType": "Observation", "id": "y",
+                "meta": {"versionId": "1", "lastUpdated": lu}},
+                "request": {"method": "POST", "url": "Observation"}}),
+            )
+        };
+        let delete = history(
+            serde_json::json!({"request": {"method": "DELETE", "url": "Observation/y"},
+            "response": {"etag": "W/\"2\"", "lastModified": "2026-11-30T10:01:00Z"}}),
+        );
+        let mut ids = Vec::new();
+        for body in [
+            create("2026-11-30T10:00:00Z"),
+            delete,
+            create("2026-11-30T10:02:00Z"),
+        ] {
+            let out = process(&store, &job, &body).unwrap();
+            ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
+            store.commit_page(out.commit).await.unwrap();
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!((ids.len(), distinct.len()), (3, 3), "{ids:?}");
+    }
+
+    /// A delete stamped in year 9999 is remembered at the server's now, not
+    /// at the horizon (now + tolerance): the resource created again 30 s
+    /// later is a create, not an older version dropped.
+    #[tokio::test]
+    async fn a_version_after_one_stamped_in_the_future_is_not_taken_for_older() {
+        let (_d, store) = temp_store();
+        let now = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(now + FUTURE_TOLERANCE);
+        job.mode = EntryMode::History;
+        job.routes = vec![route("all", "true")];
+        let page = |entry: serde_json::Value| {
+            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": [entry]})
+                .to_string()
+                .into_bytes()
+        };
+        let version = |v: &str, lu: &str, method: &str| {
+            page(
+                serde_json::json!({"resource": {"resourceType": "Observation", "id": "x",
+                "meta": {"versionId": v, "lastUpdated": lu}},
+                "request": {"method": method, "url": "Observation"}}),
+            )
+        };
+        assert_eq!(
+            run(&store, &job, &version("1", "2026-11-30T11:00:00Z", "POST"))
+                .await
+                .len(),
+            1
+        );
+        let delete = page(
+            serde_json::json!({"request": {"method": "DELETE", "url": "Observation/x"},
+            "response": {"etag": "W/\"2\"", "lastModified": "9999-12-31T23:59:59Z"}}),
+        );
+        assert_eq!(run(&store, &job, &delete).await.len(), 1);
+        // The next poll: the server's clock 10 s on, x created again at +30 s.
+        job.horizon += chrono::Duration::seconds(40);
+        let again = version("3", "2026-11-30T12:00:30Z", "POST");
+        let out = process(&store, &job, &again).unwrap();
+        assert_eq!(out.created, 1, "the create after the delete is not lost");
     }
 
     /// A history page: creates, updates and deletes, each once; a delete

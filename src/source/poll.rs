@@ -506,6 +506,7 @@ impl SourceTask {
         // skipped (the diff drops what was not).
         let mut last_total: Option<u64> = None;
         let mut drifted = false;
+        let mut bad_total = false;
         let mut visited = HashSet::new();
         let mut tracker = WatermarkTracker::new();
         let mut polled = Polled::default();
@@ -618,6 +619,7 @@ impl SourceTask {
                 tracing::debug!(source = %name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
             }
             last_total = page.total.or(last_total);
+            bad_total |= page.bad_total;
 
             let mut commit = page.commit;
             commit.patient = key.patient.clone();
@@ -709,6 +711,7 @@ impl SourceTask {
                 per_patient: key.patient.is_some(),
                 drifted,
                 total: last_total,
+                bad_total,
             };
             let end = self.end_of_walk(key, walked, facts, &routing, stop, notes);
             polled.complete = end.await?;

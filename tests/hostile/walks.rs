@@ -97,10 +97,12 @@ async fn more_walks(fhir: &Scripted, n: usize) {
 /// again next walk), and once d answers 404, one delete of d.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inferred_deletes_need_a_complete_walk_and_a_read_that_confirms_them() {
+    // a and b, which the walks keep meeting, read as themselves: the
+    // server's 404s are believed (see walks_review.rs).
     let script = Arc::new(Mutex::new(Script {
         ids: vec!["a", "b", "c", "d"],
         total: 4,
-        ..Default::default()
+        reads: HashMap::from([("a", 200), ("b", 200)]),
     }));
     let fhir = snapshot_server(script.clone()).await;
     let rx = Receiver::start(0, None).await.unwrap();
@@ -239,6 +241,10 @@ async fn confirming_reads_are_capped_per_walk() {
     let fhir = Scripted::start(move |req: &Seen| {
         let at = "2026-01-01T00:00:00Z";
         let path = req.uri.split('?').next().unwrap_or_default();
+        // k, met by every walk, reads as itself (the witness of the 404s).
+        if path == "/fhir/Observation/k" {
+            return fhir_json(200, observation("k", "1", at));
+        }
         if path.starts_with("/fhir/Observation/") {
             return status_with(404, &[]);
         }
@@ -282,7 +288,7 @@ async fn confirming_reads_are_capped_per_walk() {
     for s in fhir.seen() {
         if s.uri.starts_with("/fhir/Observation?") {
             per_walk.push(0);
-        } else if s.uri.starts_with("/fhir/Observation/") {
+        } else if s.uri.starts_with("/fhir/Observation/m") {
             *per_walk.last_mut().unwrap() += 1;
         }
     }
@@ -306,6 +312,9 @@ async fn a_confirming_read_answered_429_pauses_the_source_in_a_reconciliation() 
         let path = req.uri.split('?').next().unwrap_or_default();
         if path == "/fhir/Observation/b" {
             return status_with(429, &[("Retry-After", "3")]);
+        }
+        if path == "/fhir/Observation/a" {
+            return fhir_json(200, observation("a", "1", at));
         }
         if path != "/fhir/Observation" {
             return status_with(404, &[]);

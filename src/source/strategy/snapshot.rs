@@ -46,6 +46,9 @@ pub(in crate::source) struct WalkedIds {
     limit: usize,
     /// Entries listed that could not be read (skipped, no id to remember).
     unreadable: u64,
+    /// The last id met that a read URL can carry: read to check that the
+    /// server's 404s mean something before any is believed (`confirm`).
+    witness: Option<String>,
 }
 
 impl Default for WalkedIds {
@@ -55,6 +58,7 @@ impl Default for WalkedIds {
             overflowed: false,
             limit: MAX_WALKED_IDS,
             unreadable: 0,
+            witness: None,
         }
     }
 }
@@ -68,6 +72,13 @@ fn key(id: &str) -> u128 {
 
 impl WalkedIds {
     pub(in crate::source) fn extend(&mut self, ids: &[String]) {
+        if let Some(id) = ids
+            .iter()
+            .rev()
+            .find(|id| crate::source::confirm::addressable(id))
+        {
+            self.witness = Some(id.clone());
+        }
         if self.overflowed {
             return;
         }
@@ -97,16 +108,27 @@ impl WalkedIds {
     fn finish(mut self) -> Walked {
         self.keys.sort_unstable();
         self.keys.dedup();
-        Walked(self.keys)
+        Walked {
+            keys: self.keys,
+            witness: self.witness,
+        }
     }
 }
 
 /// The distinct ids of a walk, sorted.
-pub(in crate::source) struct Walked(Vec<u128>);
+pub(in crate::source) struct Walked {
+    keys: Vec<u128>,
+    witness: Option<String>,
+}
 
 impl Walked {
     fn contains(&self, id: &str) -> bool {
-        self.0.binary_search(&key(id)).is_ok()
+        self.keys.binary_search(&key(id)).is_ok()
+    }
+
+    /// An id the walk met, for the read that vouches for the others (`confirm`).
+    pub(in crate::source) fn witness(&self) -> Option<&str> {
+        self.witness.as_deref()
     }
 }
 
@@ -131,6 +153,9 @@ pub(in crate::source) struct WalkFacts {
     pub drifted: bool,
     /// The last page's `Bundle.total`, if the server gave one.
     pub total: Option<u64>,
+    /// A page gave a `Bundle.total` that is not a count: the walk cannot
+    /// be checked against it.
+    pub bad_total: bool,
 }
 
 /// Whether deletes may be inferred from a walk.
@@ -153,6 +178,11 @@ pub(in crate::source) fn judge_walk(rt: &str, walked: WalkedIds, facts: &WalkFac
             "{rt}: the result set changed during the walk; deletes are inferred after a walk where it does not"
         ));
     }
+    if facts.bad_total {
+        return Verdict::Incomplete(format!(
+            "{rt}: a page's Bundle.total is not a count; no deletes inferred from the walk"
+        ));
+    }
     if walked.overflowed() {
         return Verdict::Incomplete(format!(
             "{rt}: the walk met more than {MAX_WALKED_IDS} ids; no deletes inferred"
@@ -165,7 +195,7 @@ pub(in crate::source) fn judge_walk(rt: &str, walked: WalkedIds, facts: &WalkFac
     let walked = walked.finish();
     // Every entry the server listed: the ids met (once each) and those it
     // could not read (skipped, counted on status).
-    let listed = walked.0.len() as u64 + unreadable;
+    let listed = walked.keys.len() as u64 + unreadable;
     if let Some(total) = facts.total
         && total != listed
     {
@@ -260,6 +290,7 @@ fn route_deletes(job: &PageJob, gone: Vec<(String, SeenRow)>, keep_bodies: bool)
             // the same id in the message id (a delete has no version of its own).
             last_updated: row.last_updated.as_deref(),
             content_hash: &tombstone,
+            version_reused: false,
             event: Event::Delete,
             raw: &stub,
             previous: previous.as_ref(),
@@ -319,7 +350,11 @@ mod tests {
         let walked = w.finish();
         assert!(walked.contains("a") && walked.contains("b"));
         assert!(!walked.contains("c"));
-        assert_eq!(walked.0.len(), 2);
+        assert_eq!(walked.keys.len(), 2);
+        assert_eq!(walked.witness(), Some("b"), "the last id met");
+        let mut w = WalkedIds::default();
+        w.extend(&["a".into(), "..".into(), ".".into()]);
+        assert_eq!(w.finish().witness(), Some("a"), "one a read URL can carry");
 
         let mut w = WalkedIds {
             limit: 3,
@@ -347,6 +382,7 @@ mod tests {
             per_patient: false,
             drifted: false,
             total,
+            bad_total: false,
         };
         let complete = |v: Verdict| matches!(v, Verdict::Complete(_));
         let why = |v: Verdict| match v {
@@ -408,6 +444,14 @@ mod tests {
         assert!(
             why(judge_walk("Observation", walk(&["a", "b"], 0), &drifted))
                 .contains("changed during the walk")
+        );
+        let bad = WalkFacts {
+            bad_total: true,
+            ..facts(None)
+        };
+        assert!(
+            why(judge_walk("Observation", walk(&["a", "b"], 0), &bad))
+                .contains("Bundle.total is not a count")
         );
         let mut over = WalkedIds {
             limit: 1,
