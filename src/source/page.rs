@@ -6,8 +6,8 @@
 //! each resource, and must never stall the async workers (deliveries, signals).
 
 use super::bundle::{BundleError, Method, Skipped, format_instant, parse_page_as};
-use super::poll::FUTURE_TOLERANCE;
 use super::strategy::EntryMode;
+use super::watermark::FUTURE_TOLERANCE;
 use crate::diff::{self, Observed};
 use crate::outbox::{Change, Route, route_change};
 use crate::payload::MAX_INCLUDED_BYTES;
