@@ -22,6 +22,7 @@ mod roster;
 pub mod routing;
 pub mod strategy;
 pub mod targets;
+mod walk_position;
 pub mod watermark;
 
 pub use poll::{DryRun, PollError, SourceTask};

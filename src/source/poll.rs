@@ -10,6 +10,7 @@ use super::routing::RoutingRx;
 use super::strategy::snapshot::{WalkFacts, WalkedIds};
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
+use super::walk_position::{AfterPage, WalkPosition, after_page};
 use super::watermark::{WatermarkTracker, horizon};
 use crate::config::{Source, Start};
 use crate::progress::Beat;
@@ -106,6 +107,9 @@ pub struct Polled {
     /// The walk reached the end of its chain (and, for a full walk, its
     /// deletes are committed); not after a shutdown or a page cap stop.
     pub complete: bool,
+    /// The walk stopped after its page slice with more to read, everything
+    /// read committed and its position kept: it goes on at its next turn.
+    pub yielded: bool,
 }
 
 impl SourceTask {
@@ -165,8 +169,11 @@ impl SourceTask {
                     });
                 }
             }
+            let targets = roster.targets(&self.source);
+            // A walk paused for a target no longer polled is not resumed.
+            self.known.paused().retain(|k| targets.contains(k));
             let mut turn: VecDeque<TargetKey> =
-                super::fanout::in_turn(roster.targets(&self.source), cursor.as_ref()).into();
+                super::fanout::in_turn(targets, cursor.as_ref()).into();
             cursor = None;
             while let Some(key) = turn.pop_front() {
                 if cancel.is_cancelled() || self.limiter.is_paused() {
@@ -183,6 +190,11 @@ impl SourceTask {
                 }
                 let started = std::time::Instant::now();
                 let outcome = self.poll_counted(&key, &cancel, &stop, &mut notes).await;
+                if outcome.as_ref().is_ok_and(|p| p.yielded) {
+                    // A long chain: its next slice after the other targets'
+                    // turns (it stops at `max_pages_per_poll` pages in all).
+                    turn.push_back(key.clone());
+                }
                 // `fetch` paused the source already; requests made outside it
                 // (a bulk export's) pause it here.
                 if let Err(e) = &outcome
@@ -378,9 +390,16 @@ impl SourceTask {
         let stop = Arc::new(AtomicBool::new(cancel.is_cancelled()));
         let mut notes = Notes::default();
         let key = TargetKey::population(&self.source.name, rt);
-        self.poll_counted(&key, cancel, &stop, &mut notes)
-            .await
-            .map(|p| p.changes)
+        // One whole poll: a walk that yields after its slice (there are no
+        // other targets here to take a turn) goes on at once.
+        let mut changes = 0;
+        loop {
+            let polled = self.poll_counted(&key, cancel, &stop, &mut notes).await?;
+            changes += polled.changes;
+            if !polled.yielded || cancel.is_cancelled() {
+                return Ok(changes);
+            }
+        }
     }
 
     /// One poll; also returns the resources it re-read without committing
@@ -420,6 +439,10 @@ impl SourceTask {
         }
         let walk = Walk::Poll(strategy);
         let mut polled = self.walk_pages(key, cancel, stop, notes, walk).await?;
+        if polled.yielded {
+            // Reconciliation comes after the whole poll.
+            return Ok(polled);
+        }
         polled.changes += self.reconcile_if_due(key, cancel, stop, notes).await?;
         Ok(polled)
     }
@@ -448,54 +471,94 @@ impl SourceTask {
             }
         }
         let floor = state.floor.as_deref().and_then(parse_instant);
-        let mut watermark = state.watermark.as_deref().and_then(parse_instant);
         let overlap =
             chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
-        let mut since = watermark.map(|w| {
-            let back = w
-                .checked_sub_signed(overlap)
-                .unwrap_or(DateTime::<Utc>::MIN_UTC);
-            floor.map_or(back, |f| back.max(f))
-        });
-
-        // The upper bound closes the result set for the length of this poll:
-        // writes landing meanwhile wait for the next poll instead of shifting
-        // pages, and an update moving a resource out of the set shows as a
-        // smaller Bundle.total (see drift below).
-        if self.client.server_now().is_none() {
-            match self.probe_server_time(key).await {
-                Ok(_) => {}
-                // A server that never tells its time (or tells an absurd one)
-                // is polled without an upper bound (only the overlap protects
-                // it), not refused forever.
-                Err(PollError::NoServerTime { .. }) => {}
-                Err(PollError::Clock { error, .. }) => notes.warn(error.to_string()),
-                Err(e) => return Err(e),
-            }
-        }
-        // A watermark in the future (written before the bridge bounded it, or
-        // by a server clock later found wrong) would make every poll ask for
-        // an empty range. Poll from the start again instead: the diff drops
-        // what was already delivered, and a re-sent change keeps its message_id.
-        let horizon = horizon(self.client.server_now(), Utc::now());
         let full = walk.is_full();
-        if let Some(w) = watermark.filter(|w| !full && *w > horizon && Some(*w) != floor) {
-            notes.warn(format!(
-                "{rt}: the stored watermark {} is in the future; polling from the start again",
-                format_instant(w)
-            ));
-            watermark = None;
-            since = floor;
-        }
-        let start_watermark = watermark;
-        // A small margin in case our estimate of the server's clock runs
-        // ahead, or the source's `lag` (writes that become visible late).
-        let behind = chrono::Duration::from_std(self.source.lag)
-            .unwrap_or(chrono::Duration::MAX)
-            .max(chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
-        let until = self.client.server_now().map(|t| t - behind);
         let polling = walk.strategy();
-        let mut url = strategy::first_url(polling, &self.source, key, since, until);
+        // A sliced walk goes on exactly where its last turn stopped
+        // (`walk_position`): no new search, the same bounds and drift flag.
+        let resumed = match super::walk_position::slices(walk) {
+            true => self.known.paused().take(key),
+            false => None,
+        };
+        let WalkPosition {
+            mut url,
+            mut watermark,
+            start_watermark,
+            mut since,
+            until,
+            mut last_total,
+            mut drifted,
+            mut bad_total,
+            mut visited,
+            mut tracker,
+            detected_at,
+            mut page_no,
+            mut restarted,
+        } = match resumed {
+            Some(position) => position,
+            None => {
+                let mut watermark = state.watermark.as_deref().and_then(parse_instant);
+                let mut since = watermark.map(|w| {
+                    let back = w
+                        .checked_sub_signed(overlap)
+                        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                    floor.map_or(back, |f| back.max(f))
+                });
+
+                // The upper bound closes the result set for the length of this poll:
+                // writes landing meanwhile wait for the next poll instead of shifting
+                // pages, and an update moving a resource out of the set shows as a
+                // smaller Bundle.total (see drift below).
+                if self.client.server_now().is_none() {
+                    match self.probe_server_time(key).await {
+                        Ok(_) => {}
+                        // A server that never tells its time (or tells an absurd one)
+                        // is polled without an upper bound (only the overlap protects
+                        // it), not refused forever.
+                        Err(PollError::NoServerTime { .. }) => {}
+                        Err(PollError::Clock { error, .. }) => notes.warn(error.to_string()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                // A watermark in the future (written before the bridge bounded it, or
+                // by a server clock later found wrong) would make every poll ask for
+                // an empty range. Poll from the start again instead: the diff drops
+                // what was already delivered, and a re-sent change keeps its message_id.
+                let horizon = horizon(self.client.server_now(), Utc::now());
+                if let Some(w) = watermark.filter(|w| !full && *w > horizon && Some(*w) != floor) {
+                    notes.warn(format!(
+                    "{rt}: the stored watermark {} is in the future; polling from the start again",
+                    format_instant(w)
+                ));
+                    watermark = None;
+                    since = floor;
+                }
+                let start_watermark = watermark;
+                // A small margin in case our estimate of the server's clock runs
+                // ahead, or the source's `lag` (writes that become visible late).
+                let behind = chrono::Duration::from_std(self.source.lag)
+                    .unwrap_or(chrono::Duration::MAX)
+                    .max(chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
+                let until = self.client.server_now().map(|t| t - behind);
+                let url = strategy::first_url(polling, &self.source, key, since, until);
+                WalkPosition {
+                    url,
+                    watermark,
+                    start_watermark,
+                    since,
+                    until,
+                    last_total: None,
+                    drifted: false,
+                    bad_total: false,
+                    visited: HashSet::new(),
+                    tracker: WatermarkTracker::new(),
+                    detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    page_no: 0,
+                    restarted: false,
+                }
+            }
+        };
         // A full walk's ids; a reconciliation looks only below the window the
         // polls re-read (what lies above is theirs to find).
         let mut walked = WalkedIds::default();
@@ -504,15 +567,8 @@ impl SourceTask {
         // Once the total changes between pages, the watermark stays where it
         // was before that page, so the next poll re-reads what may have been
         // skipped (the diff drops what was not).
-        let mut last_total: Option<u64> = None;
-        let mut drifted = false;
-        let mut bad_total = false;
-        let mut visited = HashSet::new();
-        let mut tracker = WatermarkTracker::new();
         let mut polled = Polled::default();
-        let detected_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let mut page_no = 0usize;
-        let mut restarted = false;
+        let mut pages_this_turn = 0usize;
         let mut ahead = match polling {
             strategy::Strategy::History => {
                 let (ahead, cut) = self.read_ahead(&url, rt, cancel).await;
@@ -525,6 +581,7 @@ impl SourceTask {
         };
         loop {
             page_no += 1;
+            pages_this_turn += 1;
             let queued = ahead.pop();
             if let Some((u, _)) = &queued {
                 url = u.clone();
@@ -699,7 +756,29 @@ impl SourceTask {
                         pages: page_no,
                     });
                 }
-                Some(n) => url = n,
+                Some(n) => match after_page(walk, pages_this_turn) {
+                    AfterPage::Continue => url = n,
+                    AfterPage::Yield => {
+                        let position = WalkPosition {
+                            url: n,
+                            watermark,
+                            start_watermark,
+                            since,
+                            until,
+                            last_total,
+                            drifted,
+                            bad_total,
+                            visited,
+                            tracker,
+                            detected_at,
+                            page_no,
+                            restarted,
+                        };
+                        self.known.paused().keep(key, position);
+                        polled.yielded = true;
+                        return Ok(polled);
+                    }
+                },
             }
             // Stopping between pages is safe: everything read so far is committed.
             if cancel.is_cancelled() {

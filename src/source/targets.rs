@@ -13,6 +13,8 @@ pub struct KnownTargets(
     /// A `bulk-export` job's next status check: not before this instant
     /// (its `Retry-After`), for the job at this status URL.
     std::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// Sliced walks waiting for their next turn (`walk_position`).
+    super::walk_position::PausedWalks,
 );
 
 impl KnownTargets {
@@ -36,7 +38,14 @@ impl KnownTargets {
         self.lock().insert(key.clone(), state);
     }
 
+    /// Sliced walks waiting for their next turn.
+    pub(super) fn paused(&self) -> &super::walk_position::PausedWalks {
+        &self.2
+    }
+
+    /// Reads the state afresh next time, and starts any paused walk anew.
     pub(super) fn forget(&self, key: &TargetKey) {
+        self.2.take(key);
         self.lock().remove(key);
     }
 

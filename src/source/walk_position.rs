@@ -1,0 +1,109 @@
+//! Fair turns: a `last-updated` poll reads at most `PAGE_SLICE` pages per
+//! turn; then the source's other targets (types, patients) have theirs, and
+//! the walk goes on exactly where it stopped: the same `next` link, result
+//! set bounds, watermark tracker and drift flag. It never starts a new search
+//! to go on: a new search re-reads the whole overlap below the watermark
+//! before it reaches anything new, and under offset paging (where drift holds
+//! the watermark back) that made each turn cost the overlap for one page of
+//! progress, so a quiet backlog took minutes and a busy one never ended.
+
+use super::strategy::{Strategy, Walk};
+use super::watermark::WatermarkTracker;
+use crate::state::TargetKey;
+use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
+use url::Url;
+
+/// The most pages a sliced walk reads in one turn: one type's backlog delays
+/// another's poll by about this many pages, not `max_pages_per_poll`.
+pub(super) const PAGE_SLICE: usize = 10;
+
+/// Whether a walk may stop after its slice and go on at a later turn. Only a
+/// `last-updated` poll: a history walk's chain is read ahead and ordered as a
+/// whole, and a full walk (snapshot, reconciliation) infers deletes from one
+/// complete chain read in one go.
+pub(super) fn slices(walk: Walk) -> bool {
+    walk == Walk::Poll(Strategy::LastUpdated)
+}
+
+/// What to do after a page whose `next` link may be followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterPage {
+    /// Read the next page now.
+    Continue,
+    /// Keep the walk's position; the other targets go first.
+    Yield,
+}
+
+/// `pages_this_turn` pages read in this turn by a walk of kind `walk`.
+pub(super) fn after_page(walk: Walk, pages_this_turn: usize) -> AfterPage {
+    if slices(walk) && pages_this_turn >= PAGE_SLICE {
+        AfterPage::Yield
+    } else {
+        AfterPage::Continue
+    }
+}
+
+/// Where a walk stopped after its slice: everything it needs to go on as if
+/// it had never stopped. Everything read before is committed.
+#[derive(Debug)]
+pub(super) struct WalkPosition {
+    /// The next page to read.
+    pub url: Url,
+    pub watermark: Option<DateTime<Utc>>,
+    pub start_watermark: Option<DateTime<Utc>>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub last_total: Option<u64>,
+    pub drifted: bool,
+    pub bad_total: bool,
+    pub visited: HashSet<String>,
+    pub tracker: WatermarkTracker,
+    pub detected_at: String,
+    /// Pages read so far over all turns (`max_pages_per_poll` counts them all).
+    pub page_no: usize,
+    pub restarted: bool,
+}
+
+/// Sliced walks waiting for their next turn, by target.
+#[derive(Debug, Default)]
+pub struct PausedWalks(std::sync::Mutex<HashMap<TargetKey, WalkPosition>>);
+
+impl PausedWalks {
+    pub(super) fn take(&self, key: &TargetKey) -> Option<WalkPosition> {
+        self.lock().remove(key)
+    }
+
+    pub(super) fn keep(&self, key: &TargetKey, position: WalkPosition) {
+        self.lock().insert(key.clone(), position);
+    }
+
+    /// Drops the walks of targets no longer polled (patients off the roster).
+    pub(super) fn retain(&self, keep: impl Fn(&TargetKey) -> bool) {
+        self.lock().retain(|k, _| keep(k));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TargetKey, WalkPosition>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_last_updated_poll_yields_and_only_after_its_slice() {
+        let lu = Walk::Poll(Strategy::LastUpdated);
+        assert_eq!(after_page(lu, 1), AfterPage::Continue);
+        assert_eq!(after_page(lu, PAGE_SLICE - 1), AfterPage::Continue);
+        assert_eq!(after_page(lu, PAGE_SLICE), AfterPage::Yield);
+        for walk in [
+            Walk::Poll(Strategy::Snapshot),
+            Walk::Poll(Strategy::History),
+            Walk::Reconcile,
+        ] {
+            assert_eq!(after_page(walk, PAGE_SLICE * 100), AfterPage::Continue);
+        }
+    }
+}
