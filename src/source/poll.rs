@@ -10,7 +10,7 @@ use super::routing::RoutingRx;
 use super::strategy::snapshot::{WalkFacts, WalkedIds};
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
-use super::walk_position::{AfterPage, WalkPosition, after_page};
+use super::walk_position::{AfterPage, TurnsSoFar, WalkPosition, after_page};
 use super::watermark::{WatermarkTracker, horizon};
 use crate::config::{Source, Start};
 use crate::progress::Beat;
@@ -19,7 +19,7 @@ use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::{PageCommitted, PollCompleted};
 use chrono::{DateTime, Utc};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -144,6 +144,8 @@ impl SourceTask {
         // Where the next tick's turn starts: the first target the last one
         // did not reach (a server's Retry-After, a shutdown).
         let mut cursor: Option<TargetKey> = None;
+        // The turns so far of polls that yielded after a slice.
+        let mut sliced: HashMap<TargetKey, TurnsSoFar> = HashMap::new();
         loop {
             let tick_started = std::time::Instant::now();
             // A server that answered 429/503 with Retry-After is left alone
@@ -172,6 +174,7 @@ impl SourceTask {
             let targets = roster.targets(&self.source);
             // A walk paused for a target no longer polled is not resumed.
             self.known.paused().retain(|k| targets.contains(k));
+            sliced.retain(|k, _| targets.contains(k));
             let mut turn: VecDeque<TargetKey> =
                 super::fanout::in_turn(targets, cursor.as_ref()).into();
             cursor = None;
@@ -181,7 +184,8 @@ impl SourceTask {
                     break;
                 }
                 let rt = &key.resource_type;
-                let mut notes = Notes::default();
+                let mut sofar = sliced.remove(&key).unwrap_or_default();
+                let notes = &mut sofar.notes;
                 if let Some(w) = capability.remove(rt) {
                     notes.warn(w);
                 }
@@ -189,12 +193,20 @@ impl SourceTask {
                     notes.warn(w);
                 }
                 let started = std::time::Instant::now();
-                let outcome = self.poll_counted(&key, &cancel, &stop, &mut notes).await;
-                if outcome.as_ref().is_ok_and(|p| p.yielded) {
-                    // A long chain: its next slice after the other targets'
-                    // turns (it stops at `max_pages_per_poll` pages in all).
-                    turn.push_back(key.clone());
+                let outcome = self.poll_counted(&key, &cancel, &stop, notes).await;
+                sofar.took += started.elapsed();
+                if let Ok(p) = &outcome {
+                    sofar.changes += p.changes;
+                    sofar.rereads += p.rereads;
+                    if p.yielded {
+                        // A long chain: its next slice after the other targets'
+                        // turns (it stops at `max_pages_per_poll` pages in all).
+                        turn.push_back(key.clone());
+                        sliced.insert(key, sofar);
+                        continue;
+                    }
                 }
+                let notes = sofar.notes;
                 // `fetch` paused the source already; requests made outside it
                 // (a bulk export's) pause it here.
                 if let Err(e) = &outcome
@@ -206,8 +218,8 @@ impl SourceTask {
                 PollCompleted {
                     source: &self.source.name,
                     resource_type: rt,
-                    outcome: outcome.as_ref().map(|p| p.changes),
-                    duration: started.elapsed(),
+                    outcome: outcome.as_ref().map(|_| sofar.changes),
+                    duration: sofar.took,
                     pages: notes.pages,
                     resources: notes.resources,
                 }
@@ -218,7 +230,7 @@ impl SourceTask {
                     patient: key.patient.clone(),
                     error,
                     at_ms: now_ms(),
-                    resources_read: outcome.as_ref().map(|p| p.rereads).unwrap_or(0),
+                    resources_read: outcome.as_ref().map(|_| sofar.rereads).unwrap_or(0),
                     skipped: notes.skipped,
                     future: notes.future,
                     warning: notes.last,

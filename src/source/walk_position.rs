@@ -65,6 +65,17 @@ pub(super) struct WalkPosition {
     pub restarted: bool,
 }
 
+/// A sliced poll's turns so far: together they are one poll, whose outcome
+/// (notes, changes, time) is recorded when its walk ends, not at each slice
+/// (a yielded turn is not a poll that succeeded).
+#[derive(Debug, Default)]
+pub(super) struct TurnsSoFar {
+    pub notes: super::notes::Notes,
+    pub changes: u64,
+    pub rereads: u64,
+    pub took: std::time::Duration,
+}
+
 /// Sliced walks waiting for their next turn, by target.
 #[derive(Debug, Default)]
 pub struct PausedWalks(std::sync::Mutex<HashMap<TargetKey, WalkPosition>>);
