@@ -22,6 +22,8 @@ mod delivery;
 mod export;
 #[path = "hostile/fanout.rs"]
 mod fanout;
+#[path = "hostile/fanout_review.rs"]
+mod fanout_review;
 #[path = "hostile/filter.rs"]
 mod filter;
 #[path = "hostile/operate.rs"]

@@ -8,9 +8,13 @@ use super::poll::{SourceTask, next_link};
 use crate::config::Roster;
 use serde::Deserialize;
 use std::collections::BTreeSet;
+use std::path::Path;
 
 /// The most patients one source's roster may hold.
 pub const MAX_ROSTER: usize = 100_000;
+
+/// The largest roster file read (100,000 ids with comments fit many times).
+pub const MAX_ROSTER_FILE_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RosterError {
@@ -96,6 +100,39 @@ pub(super) fn parse_group(body: &[u8]) -> Result<RosterIds, RosterError> {
     Ok(out)
 }
 
+/// A roster file's text: a regular file (a symlink to one is fine) of at
+/// most `MAX_ROSTER_FILE_BYTES`. A FIFO would block the source for good, and
+/// a device (`/dev/zero`) or a huge file would be read whole into memory.
+fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    // Opening a FIFO for reading waits for a writer: not with O_NONBLOCK
+    // (which changes nothing for a regular file).
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, libc::O_NONBLOCK);
+    let file = open.open(path)?;
+    // The opened file's own metadata: what is read is what was checked.
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a FIFO, a device or a directory)",
+        ));
+    }
+    let too_large = || std::io::Error::other(format!("larger than {MAX_ROSTER_FILE_BYTES} bytes"));
+    if meta.len() > MAX_ROSTER_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    // It may grow while read.
+    file.take(MAX_ROSTER_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_ROSTER_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
 pub(super) fn parse_file(text: &str) -> Result<RosterIds, RosterError> {
     let mut out = RosterIds::default();
     for line in text.lines() {
@@ -114,7 +151,7 @@ impl SourceTask {
         match roster {
             Roster::File(path) => {
                 let file = path.clone();
-                let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(file))
+                let read = tokio::task::spawn_blocking(move || read_file(&file))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                 let text = read.map_err(|error| RosterError::File {
@@ -191,5 +228,35 @@ mod tests {
         assert_eq!(r.rejected, 1);
         let huge: String = (0..=MAX_ROSTER).map(|i| format!("p{i}\n")).collect();
         assert!(matches!(parse_file(&huge), Err(RosterError::TooLarge)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_a_bounded_regular_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.txt");
+        std::fs::write(&plain, "p1\n").unwrap();
+        let link = dir.path().join("link.txt");
+        std::os::unix::fs::symlink(&plain, &link).unwrap();
+        assert_eq!(read_file(&link).unwrap(), "p1\n");
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let e = read_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = read_file(&zero).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(read_file(dir.path()).is_err());
+        // A 2 GB file (sparse: nothing written) is refused unread.
+        let big = dir.path().join("big.txt");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        let e = read_file(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 }
