@@ -9,6 +9,7 @@ use crate::config::Roster;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::path::Path;
+use url::Url;
 
 /// The most patients one source's roster may hold.
 pub const MAX_ROSTER: usize = 100_000;
@@ -84,17 +85,32 @@ impl RosterIds {
     }
 }
 
-pub(super) fn parse_group(body: &[u8]) -> Result<RosterIds, RosterError> {
+/// A Group member's reference as a patient id: `Patient/{id}`, also
+/// absolute on the source's own server and versioned (`/_history/{v}`);
+/// `None` for any other kind of member, or a patient on another server.
+fn member_patient<'a>(reference: &'a str, base: &Url) -> Option<&'a str> {
+    let r = reference.trim();
+    let own = base.as_str().trim_end_matches('/');
+    let r = r
+        .strip_prefix(own)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(r);
+    let r = r.strip_prefix("Patient/")?;
+    Some(r.split_once("/_history/").map_or(r, |(id, _)| id))
+}
+
+pub(super) fn parse_group(body: &[u8], base: &Url) -> Result<RosterIds, RosterError> {
     let group: Group = serde_json::from_slice(body).map_err(|_| RosterError::NotAGroup)?;
     if group.resource_type.as_deref() != Some("Group") {
         return Err(RosterError::NotAGroup);
     }
     let mut out = RosterIds::default();
     for m in group.member.iter().filter(|m| !m.inactive) {
-        match m.entity.as_ref().and_then(|e| e.reference.as_deref()) {
-            // Only Patient members: a Group may also hold practitioners, devices.
-            Some(r) if r.starts_with("Patient/") => out.add(r)?,
-            _ => out.rejected += 1,
+        let reference = m.entity.as_ref().and_then(|e| e.reference.as_deref());
+        // Only Patient members: a Group may also hold practitioners, devices.
+        match reference.and_then(|r| member_patient(r, base)) {
+            Some(id) => out.add(id)?,
+            None => out.rejected += 1,
         }
     }
     Ok(out)
@@ -165,7 +181,7 @@ impl SourceTask {
                 let url = base
                     .join(&format!("Group/{id}"))
                     .map_err(|e| RosterError::Link(e.to_string()))?;
-                parse_group(&self.fetch(&url).await?.body)
+                parse_group(&self.fetch(&url).await?.body, base)
             }
             Roster::Search(query) => {
                 let mut url = base
@@ -211,14 +227,37 @@ mod tests {
             {"entity":{"reference":"Practitioner/d1"}},
             {"entity":{"reference":"Patient/bad id"}},
             {"entity":{"reference":"Patient/p3"}}]}"#;
-        let r = parse_group(body).unwrap();
+        let base = Url::parse("https://ehr.example/fhir/").unwrap();
+        let r = parse_group(body, &base).unwrap();
         assert_eq!(r.ids.into_iter().collect::<Vec<_>>(), ["p1", "p3"]);
         assert_eq!(r.rejected, 2);
         assert!(matches!(
-            parse_group(br#"{"resourceType":"Patient"}"#),
+            parse_group(br#"{"resourceType":"Patient"}"#, &base),
             Err(RosterError::NotAGroup)
         ));
-        assert!(matches!(parse_group(b"nope"), Err(RosterError::NotAGroup)));
+        assert!(matches!(
+            parse_group(b"nope", &base),
+            Err(RosterError::NotAGroup)
+        ));
+    }
+
+    /// A member referenced absolutely on the source's own server, or with
+    /// its version, is a patient (both were skipped); one on another server,
+    /// or under a longer base, is not.
+    #[test]
+    fn a_group_member_on_this_server_absolute_or_versioned_is_a_patient() {
+        let body = br#"{"resourceType":"Group","member":[
+            {"entity":{"reference":"https://ehr.example/fhir/Patient/p1"}},
+            {"entity":{"reference":"Patient/p2/_history/3"}},
+            {"entity":{"reference":"https://ehr.example/fhir/Patient/p3/_history/1"}},
+            {"entity":{"reference":"https://other.example/fhir/Patient/x1"}},
+            {"entity":{"reference":"https://ehr.example/fhir2/Patient/x2"}},
+            {"entity":{"reference":"https://ehr.example/fhir/Practitioner/d1"}},
+            {"entity":{"reference":"Patient/p1"}}]}"#;
+        let base = Url::parse("https://ehr.example/fhir/").unwrap();
+        let r = parse_group(body, &base).unwrap();
+        assert_eq!(r.ids.into_iter().collect::<Vec<_>>(), ["p1", "p2", "p3"]);
+        assert_eq!(r.rejected, 3);
     }
 
     #[test]
