@@ -35,12 +35,54 @@ pub enum RosterError {
     File { path: String, error: std::io::Error },
 }
 
+/// The most members a Group may list, active or not, patients or not. Each
+/// parsed member takes memory out of proportion to its text (`{}` is three
+/// bytes, a parsed member 32): a 256 MB Group of them could take 2.7 GB.
+const MAX_GROUP_MEMBERS: usize = 4 * MAX_ROSTER;
+
 #[derive(Deserialize)]
 struct Group {
     #[serde(rename = "resourceType")]
     resource_type: Option<String>,
     #[serde(default)]
-    member: Vec<Member>,
+    member: Members,
+}
+
+/// A Group's members, at most `MAX_GROUP_MEMBERS` kept; beyond them the
+/// rest are read past, unkept, and `overflow` says so.
+#[derive(Default)]
+struct Members {
+    list: Vec<Member>,
+    overflow: bool,
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Members, D::Error> {
+        struct Bounded;
+        impl<'de> serde::de::Visitor<'de> for Bounded {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of members")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Members::default();
+                while out.list.len() < MAX_GROUP_MEMBERS {
+                    match seq.next_element()? {
+                        Some(m) => out.list.push(m),
+                        None => return Ok(out),
+                    }
+                }
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    out.overflow = true;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Bounded)
+    }
 }
 
 #[derive(Deserialize)]
@@ -104,8 +146,11 @@ pub(super) fn parse_group(body: &[u8], base: &Url) -> Result<RosterIds, RosterEr
     if group.resource_type.as_deref() != Some("Group") {
         return Err(RosterError::NotAGroup);
     }
+    if group.member.overflow {
+        return Err(RosterError::TooLarge);
+    }
     let mut out = RosterIds::default();
-    for m in group.member.iter().filter(|m| !m.inactive) {
+    for m in group.member.list.iter().filter(|m| !m.inactive) {
         let reference = m.entity.as_ref().and_then(|e| e.reference.as_deref());
         // Only Patient members: a Group may also hold practitioners, devices.
         match reference.and_then(|r| member_patient(r, base)) {
@@ -239,6 +284,23 @@ mod tests {
             parse_group(b"nope", &base),
             Err(RosterError::NotAGroup)
         ));
+    }
+
+    /// A Group of more members than `MAX_GROUP_MEMBERS` (empty ones, `{}`,
+    /// none of them a patient) is too large: not parsed into memory whole.
+    #[test]
+    fn a_group_of_too_many_members_is_too_large() {
+        let base = Url::parse("https://ehr.example/fhir/").unwrap();
+        let members = vec!["{}"; MAX_GROUP_MEMBERS + 1].join(",");
+        let body = format!(r#"{{"resourceType":"Group","member":[{members}]}}"#);
+        assert!(matches!(
+            parse_group(body.as_bytes(), &base),
+            Err(RosterError::TooLarge)
+        ));
+        let members = vec!["{}"; MAX_GROUP_MEMBERS].join(",");
+        let body = format!(r#"{{"resourceType":"Group","member":[{members}]}}"#);
+        let r = parse_group(body.as_bytes(), &base).unwrap();
+        assert_eq!((r.ids.len(), r.rejected), (0, MAX_GROUP_MEMBERS));
     }
 
     /// A member referenced absolutely on the source's own server, or with
