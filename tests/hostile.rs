@@ -32,3 +32,5 @@ mod source;
 mod walks;
 #[path = "hostile/walks_review.rs"]
 mod walks_review;
+#[path = "hostile/operate_review.rs"]
+mod operate_review;
