@@ -141,3 +141,70 @@ async fn a_lone_event_cut_short_in_flight_keeps_its_webhook_id() {
     assert_eq!(numbers, [1, 2, 3], "{events:?}");
     bridge.stop();
 }
+
+/// Rows in the state's `backfill` table (read-only, beside the writers).
+fn backfill_rows(bridge: &Bridge) -> i64 {
+    let path = bridge.dir.path().join("state").join("bridge.db");
+    rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT count(*) FROM backfill", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+/// Item 5: `source rename` while a `backfill` of the source runs (beside a
+/// stopped daemon) is refused: the backfill would go on writing seen
+/// versions, messages and its cursor under the old name, orphaned, and a
+/// later backfill of the new name would send them again under new ids.
+/// Once the backfill is gone, the rename goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_is_refused_while_a_backfill_runs() {
+    let sandbox = fhir_bridge::sandbox::FhirSandbox::start(0).await.unwrap();
+    for i in 0..40 {
+        observation(&sandbox.store, &format!("o{i}"));
+    }
+    let receiver = HoldingReceiver::default();
+    let url = receiver.start().await;
+    let cfg = config(
+        &sandbox.base_url(),
+        &["Observation"],
+        "now",
+        &hook("h", &url, "true", ""),
+    );
+    let mut bridge = Bridge::start(&cfg);
+    wait_for(30, "the first poll", || {
+        bridge.logs().contains("poll ok source=ehr")
+    })
+    .await;
+    bridge.stop();
+    let mut backfill = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-bridge"))
+        .args(["backfill", "--source", "ehr", "--since", "beginning"])
+        .args(["--rate", "0.5", "-c"])
+        .arg(bridge.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(30, "the backfill under way", || backfill_rows(&bridge) > 0).await;
+    std::fs::write(
+        bridge.config_path(),
+        cfg.replace("name = \"ehr\"", "name = \"ehr2\""),
+    )
+    .unwrap();
+    let during = bridge.cli(&["source", "rename", "ehr", "ehr2"]);
+    let still_running = backfill.try_wait().unwrap().is_none();
+    let _ = backfill.kill();
+    let _ = backfill.wait();
+    assert!(still_running, "the backfill ended before the rename");
+    assert!(
+        !during.status.success(),
+        "renamed under a running backfill: {}",
+        String::from_utf8_lossy(&during.stdout)
+    );
+    let e = String::from_utf8_lossy(&during.stderr);
+    assert!(e.contains("backfill"), "{e}");
+    let after = bridge.cli(&["source", "rename", "ehr", "ehr2"]);
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+}
