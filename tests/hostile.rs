@@ -26,11 +26,11 @@ mod fanout;
 mod filter;
 #[path = "hostile/operate.rs"]
 mod operate;
+#[path = "hostile/operate_review.rs"]
+mod operate_review;
 #[path = "hostile/source.rs"]
 mod source;
 #[path = "hostile/walks.rs"]
 mod walks;
 #[path = "hostile/walks_review.rs"]
 mod walks_review;
-#[path = "hostile/operate_review.rs"]
-mod operate_review;

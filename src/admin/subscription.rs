@@ -375,10 +375,7 @@ mod tests {
             parse(&q("6", Some("5")), hook, 9, Bodies::Never),
             Err(Refused::Invalid(_))
         ));
-        assert_eq!(
-            parse(&q("2", None), hook, 5, Bodies::Never).unwrap().1,
-            5
-        );
+        assert_eq!(parse(&q("2", None), hook, 5, Bodies::Never).unwrap().1, 5);
     }
 
     #[test]

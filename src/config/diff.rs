@@ -91,9 +91,8 @@ pub enum NeedsRestart {
 /// that also adds or drops a type still re-keys the types they share).
 fn looks_renamed(old: &Config, new: &Config) -> Option<(String, String)> {
     let named = |c: &Config, name: &str| c.sources.iter().any(|s| s.name == name);
-    let shares_a_type = |a: &super::Source, b: &super::Source| {
-        a.resources.iter().any(|t| b.resources.contains(t))
-    };
+    let shares_a_type =
+        |a: &super::Source, b: &super::Source| a.resources.iter().any(|t| b.resources.contains(t));
     old.sources
         .iter()
         .filter(|o| !named(new, &o.name))
@@ -301,7 +300,10 @@ filter = "true"
     #[test]
     fn a_rename_that_also_changes_the_types_is_refused() {
         let old = load(BASE);
-        for types in ["\"Observation\", \"Patient\"", "\"Patient\", \"Observation\""] {
+        for types in [
+            "\"Observation\", \"Patient\"",
+            "\"Patient\", \"Observation\"",
+        ] {
             let renamed = load(&BASE.replace(
                 "name = \"b\"\nbase_url = \"http://127.0.0.1:2/fhir\"\nresources = [\"Observation\"]",
                 &format!("name = \"b2\"\nbase_url = \"http://127.0.0.1:2/fhir\"\nresources = [{types}]"),

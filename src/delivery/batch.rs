@@ -55,7 +55,7 @@ pub(super) fn notifications(claimed: Vec<Claimed>, per_post: usize) -> Vec<Vec<C
 
 /// The webhook-id to store on the messages of `post` before it goes (see
 /// `Store::assign_batches`), unless they hold it already. With `batching`
-/// (a FHIR-format hook: it may batch, now or after a reload) a lone message
+/// (`max_events_per_bundle` above 1) a lone message
 /// stores its id too: a POST cut short (kill -9, the shutdown grace over)
 /// leaves it unrecorded, and it must then go again alone, under that id,
 /// rather than join a new batch the receiver never saw. Otherwise a lone
@@ -160,7 +160,11 @@ mod tests {
         let lone = vec![msg(1, 1, 0, None)];
         let (id, ids) = batch_to_store(&lone, true).unwrap();
         assert_eq!((id.as_str(), ids), ("m1", vec![1]));
-        let claimed = vec![msg(1, 1, 0, Some("m1")), msg(2, 2, 0, None), msg(3, 3, 0, None)];
+        let claimed = vec![
+            msg(1, 1, 0, Some("m1")),
+            msg(2, 2, 0, None),
+            msg(3, 3, 0, None),
+        ];
         let posts = notifications(claimed, 5);
         assert_eq!(numbers(&posts), [vec![1], vec![2, 3]]);
         assert_eq!(notification_id(&posts[0]), "m1");

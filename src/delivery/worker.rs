@@ -155,7 +155,8 @@ impl HookWorker {
                         // event-number order; what does not fit is claimed again.
                         let mut posts = notifications(claimed, per_post);
                         posts.truncate(free);
-                        let batching = this.hook.notification.format.is_fhir();
+                        // A hook of one event per POST never batches: no write.
+                        let batching = per_post > 1;
                         let batches = posts
                             .iter()
                             .filter_map(|p| batch_to_store(p, batching))

@@ -7,6 +7,7 @@
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
 mod backfill;
+mod backfill_lock;
 mod change;
 mod channel;
 mod dlq;
@@ -17,7 +18,6 @@ mod filter;
 mod gauges;
 mod heartbeat;
 mod inspect;
-mod backfill_lock;
 mod lock;
 mod maintenance;
 mod message;
@@ -36,6 +36,7 @@ mod summary;
 pub use summary::Summary;
 
 pub use backfill::BackfillJob;
+pub use backfill_lock::BackfillLock;
 pub use change::{ChangeRecord, MessageBody};
 pub use channel::{ChannelState, MAX_EVENTS_PER_QUERY, RetainedEvent};
 pub use dlq::{DlqSelection, Moved, OrphanedHook};
@@ -44,7 +45,6 @@ pub use filter::MessageFilter;
 pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
 pub use heartbeat::Heartbeat;
 pub use inspect::MessageKey;
-pub use backfill_lock::BackfillLock;
 pub use lock::{LockError, LockProbe, StateLock};
 pub use message::{MessageRecord, MessageState, StoredBody, WithBody};
 pub use outbox::{Claimed, DeliveryRecord, NewMessage};

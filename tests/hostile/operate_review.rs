@@ -44,13 +44,16 @@ fn observation(store: &fhir_bridge::sandbox::SandboxStore, id: &str) {
     );
 }
 
+/// One event notification as received: its webhook-id and event numbers.
+type Notified = (String, Vec<i64>);
+
 /// A receiver that answers 200, except that while `hold` is set it never
 /// answers an event notification (a POST that is in flight for ever).
 /// Records each event notification's webhook-id and event numbers.
 #[derive(Clone, Default)]
 struct HoldingReceiver {
     hold: Arc<AtomicBool>,
-    events: Arc<Mutex<Vec<(String, Vec<i64>)>>>,
+    events: Arc<Mutex<Vec<Notified>>>,
 }
 
 impl HoldingReceiver {
@@ -83,7 +86,7 @@ impl HoldingReceiver {
         url
     }
 
-    fn events(&self) -> Vec<(String, Vec<i64>)> {
+    fn events(&self) -> Vec<Notified> {
         self.events.lock().unwrap().clone()
     }
 }
