@@ -28,6 +28,8 @@ mod fanout_review;
 mod filter;
 #[path = "hostile/operate.rs"]
 mod operate;
+#[path = "hostile/operate_review.rs"]
+mod operate_review;
 #[path = "hostile/source.rs"]
 mod source;
 #[path = "hostile/walks.rs"]
