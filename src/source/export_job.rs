@@ -51,6 +51,9 @@ struct Run<'a> {
     window_start: Option<DateTime<Utc>>,
     detected_at: String,
     page_no: usize,
+    /// The types whose stored watermark was in the future: the export reads
+    /// them from the start, and its end sets their watermark back.
+    repaired: Vec<String>,
 }
 
 impl SourceTask {
@@ -73,6 +76,7 @@ impl SourceTask {
         let mut from_beginning = false;
         let mut floor: Option<DateTime<Utc>> = None;
         let mut fresh = false;
+        let mut repaired = Vec::new();
         let limit = horizon(self.client.server_now(), Utc::now());
         for rt in &types {
             let k = TargetKey::population(name, rt);
@@ -93,6 +97,7 @@ impl SourceTask {
                         super::bundle::format_instant(w)
                     ));
                     from_beginning = true;
+                    repaired.push(rt.clone());
                 }
                 Some(w) => since = Some(since.map_or(w, |s| s.min(w))),
                 None => from_beginning = true,
@@ -123,6 +128,7 @@ impl SourceTask {
             window_start: since,
             detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             page_no: 0,
+            repaired,
         };
         let mut kicked_off = false;
         // A dry run writes nothing: a saved job it gave up on stays saved.
@@ -385,7 +391,10 @@ impl SourceTask {
         }
         let tt = super::bundle::format_instant(judged.watermark());
         if self.dry_run.is_none() {
-            self.store.finish_export(name, types.to_vec(), &tt).await?;
+            let repaired = run.repaired.clone();
+            (self.store)
+                .finish_export(name, types.to_vec(), &tt, repaired)
+                .await?;
             for rt in types {
                 self.known.forget(&TargetKey::population(name, rt));
             }
@@ -442,6 +451,15 @@ impl SourceTask {
             };
             return Err(file_err(error).into());
         }
+        // Bytes in an encoding the bridge did not ask for (it asks for none)
+        // are not NDJSON: read as lines, every one would be skipped and the
+        // watermark would move past them. The file is an error instead.
+        if let Some(encoding) = bulk::unasked_encoding(resp.headers()) {
+            let error = super::client::FetchError::Other(format!(
+                "Content-Encoding {encoding}, not asked for; not read"
+            ));
+            return Err(file_err(error).into());
+        }
         let mut chunks = ChunkBuilder::new(self.source.page_size.max(1) as usize);
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut pending: Vec<Line> = Vec::new();
@@ -496,7 +514,7 @@ impl SourceTask {
         run: &mut Run<'_>,
     ) -> Result<bool, PollError> {
         let first_line = upto + 1 - lines.len() as u64;
-        let (body, bad) = bulk::lines_to_bundle(&lines);
+        let (body, bad) = bulk::lines_to_bundle(&lines, rt);
         drop(lines);
         for (i, reason) in bad {
             run.notes.skip(format!(

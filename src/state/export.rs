@@ -117,11 +117,15 @@ impl Store {
 
     /// The job is read: every exported type's watermark moves to its
     /// `transactionTime` (never back), and the job is forgotten, together.
+    /// The types in `repaired` had a watermark in the future (the export read
+    /// them from the start): theirs is set to `transactionTime`, back from
+    /// that future, or every later export would start from the beginning.
     pub async fn finish_export(
         &self,
         source: &str,
         types: Vec<String>,
         transaction_time: &str,
+        repaired: Vec<String>,
     ) -> Result<(), StateError> {
         let (source, tt) = (source.to_string(), transaction_time.to_string());
         self.call(move |c| {
@@ -131,11 +135,11 @@ impl Store {
                     "INSERT INTO poll_target (source, resource_type, patient, initialized, watermark)
                      VALUES (?1, ?2, '', 1, ?3)
                      ON CONFLICT (source, resource_type, patient) DO UPDATE SET
-                        watermark = CASE WHEN watermark IS NULL OR watermark < ?3
+                        watermark = CASE WHEN watermark IS NULL OR watermark < ?3 OR ?4
                                     THEN ?3 ELSE watermark END",
                 )?;
                 for rt in &types {
-                    mark.execute(params![source, rt, tt])?;
+                    mark.execute(params![source, rt, tt, repaired.contains(rt)])?;
                 }
             }
             tx.execute("DELETE FROM export_job WHERE source = ?1", params![source])?;
@@ -203,7 +207,12 @@ mod tests {
 
         let tt = "2026-11-30T10:00:00.000Z";
         store
-            .finish_export("s", vec!["Patient".into(), "Observation".into()], tt)
+            .finish_export(
+                "s",
+                vec!["Patient".into(), "Observation".into()],
+                tt,
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(store.export_job("s").await.unwrap(), None);
@@ -218,7 +227,7 @@ mod tests {
         store.save_export_job("s", "u", None, "r").await.unwrap();
         let older = "2026-11-29T10:00:00.000Z";
         store
-            .finish_export("s", vec!["Patient".into()], older)
+            .finish_export("s", vec!["Patient".into()], older, vec![])
             .await
             .unwrap();
         let st = store
@@ -226,5 +235,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(st.watermark.as_deref(), Some(tt));
+        // Except from a watermark in the future, which the export repairs.
+        store.save_export_job("s", "u", None, "r").await.unwrap();
+        store
+            .finish_export("s", vec!["Patient".into()], older, vec!["Patient".into()])
+            .await
+            .unwrap();
+        let st = store
+            .target_state(&TargetKey::population("s", "Patient"))
+            .await
+            .unwrap();
+        assert_eq!(st.watermark.as_deref(), Some(older));
     }
 }

@@ -301,10 +301,52 @@ impl LineSplitter {
 pub(in crate::source) const NOT_AN_OBJECT: &str = "an NDJSON line that is not a JSON object";
 pub(in crate::source) const TOO_LONG: &str = "an NDJSON line longer than 16 MB";
 
-/// A searchset Bundle of `lines` for the page pipeline: each line that is
-/// a JSON object becomes an entry; blank lines are nothing; the others are
-/// returned by their position in `lines` with the reason.
-pub(in crate::source) fn lines_to_bundle(lines: &[Line]) -> (Vec<u8>, Vec<(usize, &'static str)>) {
+/// A line's `resourceType`, if it has one (borrowed unless escaped).
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    resource_type: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The shortest prefix of a type name shown (it comes from outside).
+const MAX_TYPE_CHARS: usize = 64;
+
+/// Why a line of a file of type `file_type` holding a resource of type
+/// `other` is not an entry: the page pipeline keeps only the file's type, so
+/// without this it would vanish without a word. A name that is not a FHIR
+/// type name is not repeated.
+fn other_type(other: &str, file_type: &str) -> String {
+    let shown = other.len() <= MAX_TYPE_CHARS
+        && other.starts_with(|c: char| c.is_ascii_uppercase())
+        && other.chars().all(|c| c.is_ascii_alphanumeric());
+    match shown {
+        true => format!("a resource of type {other} in a file of type {file_type}"),
+        false => format!("a resource of another type in a file of type {file_type}"),
+    }
+}
+
+/// The `Content-Encoding` of an output file when it is one the bridge did
+/// not ask for (it sends no `Accept-Encoding`: anything but `identity`),
+/// short and printable for status.
+pub(in crate::source) fn unasked_encoding(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(reqwest::header::CONTENT_ENCODING)?;
+    let v = String::from_utf8_lossy(v.as_bytes());
+    if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity") {
+        return None;
+    }
+    let short: String = v.chars().take(MAX_TYPE_CHARS).collect();
+    Some(crate::logsafe::escape(&short))
+}
+
+/// A searchset Bundle of `lines` (from a file of type `file_type`) for the
+/// page pipeline: each line that is a JSON object of that type (or of none:
+/// the pipeline names what it lacks) becomes an entry; blank lines are
+/// nothing; the others are returned by their position in `lines` with the
+/// reason.
+pub(in crate::source) fn lines_to_bundle(
+    lines: &[Line],
+    file_type: &str,
+) -> (Vec<u8>, Vec<(usize, String)>) {
     let size = lines
         .iter()
         .map(|l| match l {
@@ -319,7 +361,7 @@ pub(in crate::source) fn lines_to_bundle(lines: &[Line]) -> (Vec<u8>, Vec<(usize
     for (i, line) in lines.iter().enumerate() {
         let text = match line {
             Line::TooLong => {
-                skipped.push((i, TOO_LONG));
+                skipped.push((i, TOO_LONG.to_string()));
                 continue;
             }
             Line::Complete(b) => b.trim_ascii(),
@@ -327,10 +369,16 @@ pub(in crate::source) fn lines_to_bundle(lines: &[Line]) -> (Vec<u8>, Vec<(usize
         if text.is_empty() {
             continue;
         }
-        let object = text.first() == Some(&b'{')
-            && serde_json::from_slice::<&serde_json::value::RawValue>(text).is_ok();
-        if !object {
-            skipped.push((i, NOT_AN_OBJECT));
+        let typed = match text.first() == Some(&b'{') {
+            true => serde_json::from_slice::<Typed>(text).ok(),
+            false => None,
+        };
+        let Some(typed) = typed else {
+            skipped.push((i, NOT_AN_OBJECT.to_string()));
+            continue;
+        };
+        if let Some(other) = typed.resource_type.filter(|t| t != file_type) {
+            skipped.push((i, other_type(&other, file_type)));
             continue;
         }
         if !first {
@@ -564,14 +612,40 @@ mod tests {
             complete(r#"{"resourceType":"Patient","id":"b""#),
             Line::TooLong,
             complete(r#" {"resourceType":"Patient","id":"c"} "#),
+            complete(r#"{"resourceType":"Observation","id":"o"}"#),
+            complete(r#"{"resourceType":"Obs\u0065rvation","id":"o"}"#),
+            complete(r#"{"resourceType":"Pati\u001bent","id":"o"}"#),
+            complete(r#"{"resourceType":"Patient","id":"d"}{"x":1}"#),
+            complete("\"Patient\""),
+            complete("1e999999"),
         ];
-        let (body, skipped) = lines_to_bundle(&lines);
-        assert_eq!(
-            skipped,
-            [(2, NOT_AN_OBJECT), (3, NOT_AN_OBJECT), (4, TOO_LONG)]
-        );
+        let (body, skipped) = lines_to_bundle(&lines, "Patient");
+        let other = "a resource of type Observation in a file of type Patient";
+        let not_fhir = "a resource of another type in a file of type Patient";
+        let want = [
+            (2, NOT_AN_OBJECT),
+            (3, NOT_AN_OBJECT),
+            (4, TOO_LONG),
+            (6, other),
+            (7, other),
+            (8, not_fhir),
+            (9, NOT_AN_OBJECT),
+            (10, NOT_AN_OBJECT),
+            (11, NOT_AN_OBJECT),
+        ];
+        let want: Vec<(usize, String)> = want.iter().map(|(i, r)| (*i, r.to_string())).collect();
+        assert_eq!(skipped, want);
         let page = crate::source::bundle::parse_page(&body).unwrap();
         let ids: Vec<_> = page.entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
+        let mut h = HeaderMap::new();
+        assert_eq!(unasked_encoding(&h), None);
+        h.insert(
+            reqwest::header::CONTENT_ENCODING,
+            "identity".parse().unwrap(),
+        );
+        assert_eq!(unasked_encoding(&h), None);
+        h.insert(reqwest::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(unasked_encoding(&h).as_deref(), Some("gzip"));
     }
 }

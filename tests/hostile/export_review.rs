@@ -1,0 +1,272 @@
+//! Adversarial review of bulk export (issue 17, after items 1, 6, 13): a
+//! stored watermark in the future, a file holding resources of another type
+//! than its own, a file sent gzip-encoded though nobody asked for it.
+//! Against a scripted `$export` server on 127.0.0.1.
+
+use crate::common::scripted::{Scripted, Seen, fhir_json, now_instant, status_with};
+use crate::common::{Bridge, wait_for};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use fhir_bridge::sandbox::Receiver;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One source on `base`, every type in `resources` by bulk export.
+fn config(base: &str, resources: &[&str], hook_url: &str) -> String {
+    let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        r#"state_dir = "state"
+
+[[source]]
+name = "ehr"
+base_url = "{base}"
+resources = [{}]
+strategy = "bulk-export"
+every = "300ms"
+overlap = "2m"
+start = "beginning"
+timeout = "2s"
+
+[[hook]]
+name = "all"
+url = "{hook_url}"
+retry_schedule = ["1s"]
+"#,
+        resources.join(", ")
+    )
+}
+
+fn target(status: &serde_json::Value, rt: &str) -> serde_json::Value {
+    status["sources"][0]["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["resource_type"] == rt))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn received_ids(rx: &Receiver) -> Vec<String> {
+    rx.received()
+        .iter()
+        .map(|r| r.resource_id.clone())
+        .collect()
+}
+
+fn resource(rt: &str, id: &str, last_updated: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": rt,
+        "id": id,
+        "meta": {"versionId": "1", "lastUpdated": last_updated},
+    })
+}
+
+fn ndjson(resources: &[serde_json::Value]) -> Response {
+    let body: String = resources.iter().map(|r| format!("{r}\n")).collect();
+    ([("content-type", "application/fhir+ndjson")], body).into_response()
+}
+
+fn job_no(uri: &str) -> Option<usize> {
+    let rest = uri.strip_prefix("/fhir/_export/")?;
+    rest.split(['/', '?']).next()?.parse().ok()
+}
+
+fn deletes(fhir: &Scripted) -> usize {
+    (fhir.seen().iter())
+        .filter(|s| s.method == "DELETE")
+        .count()
+}
+
+fn kickoffs(fhir: &Scripted) -> Vec<Seen> {
+    (fhir.seen().into_iter())
+        .filter(|s| s.method == "GET" && s.uri.starts_with("/fhir/$export"))
+        .collect()
+}
+
+/// An export server: job n's manifest (transactionTime: the server's now)
+/// lists `outputs` (type, file name); `file(name)` answers each file.
+async fn export_server(
+    outputs: &'static [(&'static str, &'static str)],
+    file: impl Fn(&str) -> Response + Send + Sync + 'static,
+) -> Scripted {
+    let jobs = Arc::new(AtomicUsize::new(0));
+    Scripted::start(move |s: &Seen| {
+        let base = format!("http://{}", s.header("host").unwrap_or_default());
+        if s.uri.starts_with("/fhir/$export") {
+            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
+            let loc = format!("{base}/fhir/_export/{n}");
+            return status_with(202, &[("content-location", &loc)]);
+        }
+        if s.method == "DELETE" {
+            return status_with(202, &[]);
+        }
+        let Some(n) = job_no(&s.uri) else {
+            return status_with(404, &[]);
+        };
+        if let Some((_, name)) = s.uri.rsplit_once('/')
+            && name.ends_with(".ndjson")
+        {
+            return file(name);
+        }
+        let output: Vec<_> = outputs
+            .iter()
+            .map(|(rt, name)| {
+                serde_json::json!({"type": rt, "url": format!("{base}/fhir/_export/{n}/{name}")})
+            })
+            .collect();
+        fhir_json(
+            200,
+            serde_json::json!({
+                "transactionTime": now_instant(),
+                "request": "x",
+                "requiresAccessToken": true,
+                "output": output,
+                "error": [],
+            }),
+        )
+    })
+    .await
+}
+
+/// A watermark stored in the future (by a version before the horizon, or a
+/// server clock later found wrong) makes the export start from the
+/// beginning, and that export's end repairs it: the watermark comes back to
+/// the transactionTime, and the next kick-off has a `_since` again, instead
+/// of exporting everything on every turn for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_watermark_in_the_future_is_repaired_by_the_next_export() {
+    let first_at = now_instant();
+    let fhir = export_server(&[("Patient", "patients.ndjson")], move |_| {
+        ndjson(&[resource("Patient", "p1", &first_at)])
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the first export read and its job deleted", || {
+        received_ids(&rx).contains(&"Patient/p1".to_string()) && deletes(&fhir) >= 1
+    })
+    .await;
+    bridge.stop();
+    let db = bridge.dir.path().join("state").join("bridge.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let changed = c
+        .execute(
+            "UPDATE poll_target SET watermark = '9999-12-31T23:59:59.000Z'
+             WHERE source = 'ehr' AND resource_type = 'Patient'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(c);
+    let before = deletes(&fhir);
+    bridge.restart();
+    wait_for(20, "two more exports read to their end", || {
+        deletes(&fhir) >= before + 2
+    })
+    .await;
+    let t = target(&bridge.status_json(), "Patient");
+    let wm = t["watermark"].as_str().unwrap_or("").to_string();
+    let wm_t = DateTime::parse_from_rfc3339(&wm)
+        .unwrap_or_else(|e| panic!("watermark {wm:?}: {e}"))
+        .to_utc();
+    assert!(
+        wm_t <= Utc::now() + chrono::Duration::seconds(61),
+        "the future watermark was never repaired: {wm}"
+    );
+    let last = kickoffs(&fhir).pop().unwrap();
+    assert!(
+        last.uri.contains("_since="),
+        "still exporting everything: {}",
+        last.uri
+    );
+    assert_eq!(
+        (received_ids(&rx).iter())
+            .filter(|i| *i == "Patient/p1")
+            .count(),
+        1,
+        "each version once"
+    );
+    bridge.stop();
+}
+
+/// A file listed as `Patient` that also holds an Observation: the
+/// Observation is not silently dropped: it is skipped with a note on status
+/// naming both types, and the Patient beside it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_of_another_type_in_a_file_is_noted_not_dropped_silently() {
+    let at = now_instant();
+    let fhir = export_server(&[("Patient", "patients.ndjson")], move |_| {
+        ndjson(&[
+            resource("Patient", "p1", &at),
+            resource("Observation", "o1", &at),
+        ])
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the export read and its job deleted", || {
+        received_ids(&rx).contains(&"Patient/p1".to_string()) && deletes(&fhir) >= 1
+    })
+    .await;
+    wait_for(10, "the Observation noted on status", || {
+        let t = target(&bridge.status_json(), "Patient");
+        t["entries_skipped"].as_u64().unwrap_or(0) >= 1
+            && t["last_warning"].as_str().is_some_and(|w| {
+                w.contains("a resource of type Observation in a file of type Patient")
+            })
+    })
+    .await;
+    assert!(!received_ids(&rx).contains(&"Observation/o1".to_string()));
+    bridge.stop();
+}
+
+/// An output file sent with `Content-Encoding: gzip` (the bridge asks for
+/// none): its bytes are not NDJSON. It is a file error: nothing is
+/// delivered from it, its lines are not skipped one by one, and the
+/// watermark does not move past what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_a_content_encoding_not_asked_for_is_an_error_not_skipped_lines() {
+    let fhir = export_server(&[("Patient", "patients.ndjson")], |_| {
+        let mut body = vec![0x1f, 0x8b, 0x08, 0x00, b'\n'];
+        body.extend_from_slice(b"\x03\xff\xfe\n\x00\x01garbage\n");
+        (
+            [
+                ("content-type", "application/fhir+ndjson"),
+                ("content-encoding", "gzip"),
+            ],
+            body,
+        )
+            .into_response()
+    })
+    .await;
+    let files = |f: &Scripted| {
+        (f.seen().iter())
+            .filter(|s| s.uri.ends_with(".ndjson"))
+            .count()
+    };
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the file asked for twice", || files(&fhir) >= 2).await;
+    wait_for(10, "the encoding named on status", || {
+        target(&bridge.status_json(), "Patient")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Content-Encoding"))
+    })
+    .await;
+    let t = target(&bridge.status_json(), "Patient");
+    assert!(t["watermark"].is_null(), "the watermark moved: {t}");
+    assert_eq!(t["entries_skipped"].as_u64().unwrap_or(0), 0, "{t}");
+    assert_eq!(deletes(&fhir), 0, "the job was finished");
+    bridge.stop();
+}
