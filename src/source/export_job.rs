@@ -7,8 +7,9 @@
 //! move every exported type's watermark to the manifest's `transactionTime`
 //! (never past the horizon, see `watermark`) and `DELETE` the job. A restart
 //! finds the job in state and resumes it: the same status URL, the committed
-//! files and lines skipped. A job with no usable manifest `export_timeout`
-//! after its kick-off is cancelled and started again from the watermarks.
+//! files and lines skipped. A job whose status gives no usable manifest
+//! `export_timeout` after its kick-off (whether or not an earlier one did) is
+//! cancelled and started again from the watermarks.
 
 use super::errors::{ExportError, PollError};
 use super::export_status::StatusCheck;
@@ -166,13 +167,11 @@ impl SourceTask {
             };
             // A resumed job's window is its own.
             run.window_start = job.since.as_deref().and_then(super::bundle::parse_instant);
+            // Asked only when the status gives no usable manifest (see
+            // `job_expired`): a manifest read earlier does not save a job
+            // whose status URL then fails for ever.
             let expired = |job: &ExportJob| {
-                bulk::job_expired(
-                    job.kicked_off_at,
-                    crate::state::now_ms(),
-                    timeout,
-                    job.transaction_time.is_some(),
-                )
+                bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout)
             };
             // One status request per turn, no sooner than `Retry-After`: the
             // source's other types are polled meanwhile. A job past

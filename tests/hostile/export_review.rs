@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One source on `base`, every type in `resources` by bulk export.
 fn config(base: &str, resources: &[&str], hook_url: &str) -> String {
+    config_with(base, resources, "", hook_url)
+}
+
+fn config_with(base: &str, resources: &[&str], extra: &str, hook_url: &str) -> String {
     let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
     format!(
         r#"state_dir = "state"
@@ -26,7 +30,7 @@ every = "300ms"
 overlap = "2m"
 start = "beginning"
 timeout = "2s"
-
+{extra}
 [[hook]]
 name = "all"
 url = "{hook_url}"
@@ -268,5 +272,66 @@ async fn a_file_with_a_content_encoding_not_asked_for_is_an_error_not_skipped_li
     assert!(t["watermark"].is_null(), "the watermark moved: {t}");
     assert_eq!(t["entries_skipped"].as_u64().unwrap_or(0), 0, "{t}");
     assert_eq!(deletes(&fhir), 0, "the job was finished");
+    bridge.stop();
+}
+
+/// A job whose manifest was read, whose file then failed, and whose status
+/// URL answers 500 from then on: the job is wedged at the server. Past
+/// `export_timeout` it is cancelled and a new export started, as for a job
+/// that never gave a manifest, instead of failing every turn for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_status_fails_for_ever_after_its_manifest_is_started_again() {
+    let at = now_instant();
+    let jobs = Arc::new(AtomicUsize::new(0));
+    let status_asks = Arc::new(AtomicUsize::new(0));
+    let fhir = Scripted::start(move |s: &Seen| {
+        let base = format!("http://{}", s.header("host").unwrap_or_default());
+        if s.uri.starts_with("/fhir/$export") {
+            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
+            let loc = format!("{base}/fhir/_export/{n}");
+            return status_with(202, &[("content-location", &loc)]);
+        }
+        if s.method == "DELETE" {
+            return status_with(202, &[]);
+        }
+        let Some(n) = job_no(&s.uri) else {
+            return status_with(404, &[]);
+        };
+        if s.uri.ends_with(".ndjson") {
+            return match n {
+                1 => status_with(500, &[]),
+                _ => ndjson(&[resource("Patient", "p1", &at)]),
+            };
+        }
+        if n == 1 && status_asks.fetch_add(1, Ordering::SeqCst) > 0 {
+            return status_with(500, &[]);
+        }
+        fhir_json(
+            200,
+            serde_json::json!({
+                "transactionTime": now_instant(),
+                "output": [{"type": "Patient", "url": format!("{base}/fhir/_export/{n}/p.ndjson")}],
+                "error": [],
+            }),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config_with(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        "export_timeout = \"1s\"\n",
+        &rx.url("hooks/all"),
+    ));
+    wait_for(
+        30,
+        "the wedged job cancelled and a new export delivered",
+        || {
+            received_ids(&rx).contains(&"Patient/p1".to_string())
+                && (fhir.seen().iter()).any(|s| s.method == "DELETE" && job_no(&s.uri) == Some(1))
+        },
+    )
+    .await;
+    assert!(kickoffs(&fhir).len() >= 2);
     bridge.stop();
 }

@@ -146,17 +146,14 @@ pub(in crate::source) fn date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
 }
 
 /// Whether a job kicked off at `kicked_off_ms` (our clock) has gone past
-/// `timeout` by `now_ms` without a usable manifest (`has_manifest`: one was
-/// read; its files are being read, and the bound no longer applies: cancelling
-/// a long download would start it over and over).
-pub(in crate::source) fn job_expired(
-    kicked_off_ms: i64,
-    now_ms: i64,
-    timeout: Duration,
-    has_manifest: bool,
-) -> bool {
+/// `timeout` by `now_ms`. Asked only when a status request gave no usable
+/// manifest (202, busy, unusable), never while files are read: a long
+/// download is not cancelled, but a job whose status URL fails for ever
+/// after its manifest was read (its files failing too) is, like one that
+/// never gave a manifest.
+pub(in crate::source) fn job_expired(kicked_off_ms: i64, now_ms: i64, timeout: Duration) -> bool {
     let limit = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    !has_manifest && now_ms.saturating_sub(kicked_off_ms) > limit
+    now_ms.saturating_sub(kicked_off_ms) > limit
 }
 
 /// Whether a turn of the source's loop that has spent `spent` on a job
@@ -555,14 +552,13 @@ mod tests {
     }
 
     #[test]
-    fn a_job_without_a_manifest_expires_after_the_timeout_one_with_one_never() {
+    fn a_job_expires_after_the_timeout() {
         let hour = Duration::from_secs(3600);
-        assert!(!job_expired(0, 3_600_000, hour, false));
-        assert!(job_expired(0, 3_600_001, hour, false));
-        assert!(!job_expired(0, 36_000_000, hour, true), "files being read");
+        assert!(!job_expired(0, 3_600_000, hour));
+        assert!(job_expired(0, 3_600_001, hour));
         // A clock stepped back: not expired.
-        assert!(!job_expired(10_000, 0, hour, false));
-        assert!(!job_expired(i64::MIN, i64::MAX, Duration::MAX, false));
+        assert!(!job_expired(10_000, 0, hour));
+        assert!(!job_expired(i64::MIN, i64::MAX, Duration::MAX));
     }
 
     #[test]
