@@ -159,6 +159,27 @@ impl SourceTask {
                     );
                     continue;
                 }
+                // Saved with a `_since` past the horizon (by a version that
+                // did not bound watermarks): the server exports nothing for
+                // it, and its end would move the watermarks over everything
+                // since the last real export. A new export, from the
+                // watermarks (from the start when they lie in the future).
+                Some(job)
+                    if (job.since.as_deref())
+                        .and_then(super::bundle::parse_instant)
+                        .is_some_and(|s| s > limit) =>
+                {
+                    self.cancel_job(&job.job_url).await;
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(name).await?;
+                    }
+                    saved_job_abandoned = self.dry_run.is_some();
+                    run.notes.warn(
+                        "the saved bulk export job asked for changes since a time after the server's clock; it was cancelled and a new export started from the watermarks"
+                            .to_string(),
+                    );
+                    continue;
+                }
                 Some(job) => job,
                 None => {
                     kicked_off = true;

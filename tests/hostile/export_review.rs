@@ -335,3 +335,137 @@ async fn a_job_whose_status_fails_for_ever_after_its_manifest_is_started_again()
     assert!(kickoffs(&fhir).len() >= 2);
     bridge.stop();
 }
+
+/// NDJSON lines a hostile server may send beside good ones: a number no
+/// float holds, CRLF line ends, a last line without a newline. The good
+/// resources are delivered, the job ends and the watermark moves; nothing
+/// fails the whole file for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_ndjson_lines_do_not_wedge_the_file() {
+    let at = now_instant();
+    let fhir = export_server(&[("Patient", "patients.ndjson")], move |_| {
+        let huge = format!(
+            r#"{{"resourceType":"Patient","id":"huge","meta":{{"versionId":"1","lastUpdated":"{at}"}},"extension":[{{"url":"x","valueDecimal":1e999999}}]}}"#
+        );
+        let body = format!(
+            "{}\r\n{huge}\r\n{}",
+            resource("Patient", "p1", &at),
+            resource("Patient", "p2", &at)
+        );
+        ([("content-type", "application/fhir+ndjson")], body).into_response()
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the good lines delivered and the job deleted", || {
+        let got = received_ids(&rx);
+        got.contains(&"Patient/p1".to_string())
+            && got.contains(&"Patient/p2".to_string())
+            && deletes(&fhir) >= 1
+    })
+    .await;
+    let t = target(&bridge.status_json(), "Patient");
+    assert!(t["watermark"].is_string(), "{t}");
+    bridge.stop();
+}
+
+/// A job saved by an older version with `_since` in year 9999 (its stored
+/// watermark there too): the server exports nothing for it. Resuming it and
+/// then setting the watermark back would skip everything between: the job
+/// is cancelled instead and a new export reads from the start, so a change
+/// older than the overlap is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_job_asking_from_the_future_is_not_resumed() {
+    let old = (Utc::now() - chrono::Duration::minutes(10))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let with_p2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let since_of = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        usize,
+        Option<String>,
+    >::new()));
+    since_of
+        .lock()
+        .unwrap()
+        .insert(99, Some("9999-12-31T23:59:59.000Z".into()));
+    let jobs = Arc::new(AtomicUsize::new(0));
+    let (p2, sinces) = (with_p2.clone(), since_of.clone());
+    let fhir = Scripted::start(move |s: &Seen| {
+        let base = format!("http://{}", s.header("host").unwrap_or_default());
+        if s.uri.starts_with("/fhir/$export") {
+            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
+            let url = url::Url::parse(&format!("http://h{}", s.uri)).unwrap();
+            let since = (url.query_pairs())
+                .find(|(k, _)| k == "_since")
+                .map(|(_, v)| v.to_string());
+            sinces.lock().unwrap().insert(n, since);
+            let loc = format!("{base}/fhir/_export/{n}");
+            return status_with(202, &[("content-location", &loc)]);
+        }
+        if s.method == "DELETE" {
+            return status_with(202, &[]);
+        }
+        let Some(n) = job_no(&s.uri) else {
+            return status_with(404, &[]);
+        };
+        if s.uri.ends_with(".ndjson") {
+            // What was written since the job's `_since`, as a server does.
+            let since = sinces.lock().unwrap().get(&n).cloned().flatten();
+            let mut ps = vec![resource("Patient", "p1", &old)];
+            if p2.load(Ordering::SeqCst) {
+                ps.push(resource("Patient", "p2", &old));
+            }
+            ps.retain(|_| since.as_deref().is_none_or(|s| s <= old.as_str()));
+            return ndjson(&ps);
+        }
+        fhir_json(
+            200,
+            serde_json::json!({
+                "transactionTime": now_instant(),
+                "output": [{"type": "Patient", "url": format!("{base}/fhir/_export/{n}/p.ndjson")}],
+                "error": [],
+            }),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the first export read and its job deleted", || {
+        received_ids(&rx).contains(&"Patient/p1".to_string()) && deletes(&fhir) >= 1
+    })
+    .await;
+    bridge.stop();
+    // p2 was written 10 minutes ago on a replica that showed it only now
+    // (or missed by the older version): it lies before the overlap.
+    with_p2.store(true, Ordering::SeqCst);
+    let db = bridge.dir.path().join("state").join("bridge.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    c.execute(
+        "UPDATE poll_target SET watermark = '9999-12-31T23:59:59.000Z'
+         WHERE source = 'ehr' AND resource_type = 'Patient'",
+        [],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO export_job (source, job_url, since, kicked_off_at)
+         VALUES ('ehr', ?1, '9999-12-31T23:59:59.000Z', ?2)",
+        rusqlite::params![fhir.url("/fhir/_export/99"), Utc::now().timestamp_millis()],
+    )
+    .unwrap();
+    drop(c);
+    bridge.restart();
+    wait_for(20, "the change before the overlap delivered", || {
+        received_ids(&rx).contains(&"Patient/p2".to_string())
+    })
+    .await;
+    bridge.stop();
+}
