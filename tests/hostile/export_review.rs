@@ -469,3 +469,73 @@ async fn a_saved_job_asking_from_the_future_is_not_resumed() {
     .await;
     bridge.stop();
 }
+
+/// `kill -9` after a file's last chunk is committed but before the job's
+/// end (the file's end not yet read; the server then serves it whole): the
+/// restart resumes the job, skips the committed lines, moves the watermark
+/// once and deletes the job; each resource is delivered once, under one
+/// message id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_after_the_last_chunk_and_before_the_end_delivers_each_once() {
+    let at = (Utc::now() - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = hang.clone();
+    let fhir = export_server(&[("Patient", "patients.ndjson")], move |_| {
+        let lines = format!(
+            "{}\n{}\n",
+            resource("Patient", "p1", &at),
+            resource("Patient", "p2", &at)
+        );
+        if !h.load(Ordering::SeqCst) {
+            return ndjson(&[
+                resource("Patient", "p1", &at),
+                resource("Patient", "p2", &at),
+            ]);
+        }
+        // Both lines, then a body that never ends.
+        let first =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from(lines))]);
+        let body = axum::body::Body::from_stream(futures_util::StreamExt::chain(
+            first,
+            futures_util::stream::pending(),
+        ));
+        ([("content-type", "application/fhir+ndjson")], body).into_response()
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cfg = config(&fhir.url("/fhir"), &["Patient"], &rx.url("hooks/all"))
+        .replace("timeout = \"2s\"", "timeout = \"2s\"\npage_size = 1");
+    let mut bridge = Bridge::start(&cfg);
+    let db = bridge.dir.path().join("state").join("bridge.db");
+    wait_for(20, "both lines committed", || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row("SELECT lines_done FROM export_job", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .is_ok_and(|n| n == 2)
+    })
+    .await;
+    bridge.kill9();
+    hang.store(false, Ordering::SeqCst);
+    bridge.restart();
+    wait_for(20, "the job ended", || deletes(&fhir) >= 1).await;
+    wait_for(10, "the watermark moved", || {
+        target(&bridge.status_json(), "Patient")["watermark"].is_string()
+    })
+    .await;
+    // Deliveries settle: nothing more arrives.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let got = rx.received();
+    for id in ["Patient/p1", "Patient/p2"] {
+        let ids: std::collections::HashSet<_> = (got.iter())
+            .filter(|r| r.resource_id == id)
+            .map(|r| r.message_id.clone())
+            .collect();
+        assert_eq!(ids.len(), 1, "{id} under message ids {ids:?}");
+    }
+    bridge.stop();
+}
