@@ -339,6 +339,7 @@ impl SourceTask {
                 files_done: 0,
                 lines_done: 0,
                 request: Some(request.to_string()),
+                manifest: None,
             });
         }
         Ok(self
@@ -359,9 +360,26 @@ impl SourceTask {
     ) -> Result<JobEnd, PollError> {
         let name = &self.source.name;
         let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
+        let fingerprint = bulk::fingerprint(&manifest);
+        let (mut files_done, mut lines_done) = (job.files_done, job.lines_done);
+        let holds = bulk::progress_holds(
+            job.manifest.as_deref(),
+            &fingerprint,
+            files_done,
+            lines_done,
+        );
+        if !holds {
+            run.notes.warn(
+                "the bulk export job's manifest is not the one its progress was counted on; its files are read again from the first"
+                    .to_string(),
+            );
+            (files_done, lines_done) = (0, 0);
+        }
         if self.dry_run.is_none() {
             let tt = super::bundle::format_instant(manifest.transaction_time);
-            self.store.note_export_manifest(name, &tt).await?;
+            (self.store)
+                .note_export_manifest(name, &tt, &fingerprint, !holds)
+                .await?;
         }
         if !manifest.errors.is_empty() {
             run.notes.warn(format!(
@@ -371,13 +389,13 @@ impl SourceTask {
         }
         for (index, file) in manifest.output.iter().enumerate() {
             let done = index as i64;
-            if done < job.files_done || !types.contains(&file.resource_type) {
+            if done < files_done || !types.contains(&file.resource_type) {
                 continue;
             }
             let url = bulk::file_url(&self.source, &job_url, &file.url)
                 .ok_or(ExportError::ForeignFile { file: index })?;
-            let skip = if done == job.files_done {
-                job.lines_done.max(0) as u64
+            let skip = if done == files_done {
+                lines_done.max(0) as u64
             } else {
                 0
             };

@@ -539,3 +539,70 @@ async fn a_kill_after_the_last_chunk_and_before_the_end_delivers_each_once() {
     }
     bridge.stop();
 }
+
+/// A job resumed after its first file was read, whose status URL now lists
+/// the files in another order: progress counted by position would skip the
+/// file not yet read and move the watermark over it. A manifest that is not
+/// the one the progress was counted on is read again from its first file
+/// (the diff drops what was delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_job_whose_manifest_changed_is_read_again_from_the_start() {
+    let at = (Utc::now() - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let jobs = Arc::new(AtomicUsize::new(0));
+    let (manifests, b_asks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let tt = now_instant();
+    let fhir = Scripted::start(move |s: &Seen| {
+        let base = format!("http://{}", s.header("host").unwrap_or_default());
+        if s.uri.starts_with("/fhir/$export") {
+            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
+            let loc = format!("{base}/fhir/_export/{n}");
+            return status_with(202, &[("content-location", &loc)]);
+        }
+        if s.method == "DELETE" {
+            return status_with(202, &[]);
+        }
+        let Some(n) = job_no(&s.uri) else {
+            return status_with(404, &[]);
+        };
+        if s.uri.ends_with("/a.ndjson") {
+            return ndjson(&[resource("Patient", "p1", &at)]);
+        }
+        if s.uri.ends_with("/b.ndjson") {
+            // Busy the first time: the job stops after file a.
+            if b_asks.fetch_add(1, Ordering::SeqCst) == 0 {
+                return status_with(500, &[]);
+            }
+            return ndjson(&[resource("Patient", "p2", &at)]);
+        }
+        let file = |f: &str| serde_json::json!({"type": "Patient", "url": format!("{base}/fhir/_export/{n}/{f}")});
+        let output = match manifests.fetch_add(1, Ordering::SeqCst) {
+            0 => vec![file("a.ndjson"), file("b.ndjson")],
+            _ => vec![file("b.ndjson"), file("a.ndjson")],
+        };
+        fhir_json(
+            200,
+            serde_json::json!({"transactionTime": tt, "output": output, "error": []}),
+        )
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the job read to its end", || deletes(&fhir) >= 1).await;
+    wait_for(10, "both files' resources delivered", || {
+        let got = received_ids(&rx);
+        got.contains(&"Patient/p1".to_string()) && got.contains(&"Patient/p2".to_string())
+    })
+    .await;
+    let p1: std::collections::HashSet<_> = (rx.received().iter())
+        .filter(|r| r.resource_id == "Patient/p1")
+        .map(|r| r.message_id.clone())
+        .collect();
+    assert_eq!(p1.len(), 1, "p1 under message ids {p1:?}");
+    bridge.stop();
+}

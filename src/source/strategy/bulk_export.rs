@@ -124,6 +124,34 @@ pub(in crate::source) fn parse_manifest(body: &[u8]) -> Result<Manifest, Manifes
     })
 }
 
+/// What a job's progress (files and lines done, by position) is counted
+/// on: the manifest's time and its output files, in order.
+pub(in crate::source) fn fingerprint(m: &Manifest) -> String {
+    let files: Vec<(&str, &str)> = (m.output.iter())
+        .map(|f| (f.resource_type.as_str(), f.url.as_str()))
+        .collect();
+    let text = serde_json::to_vec(&(format_instant(m.transaction_time), files)).unwrap_or_default();
+    crate::diff::content_hash(&text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether progress `(files_done, lines_done)` counted on the manifest
+/// `stored` still holds for the manifest `now`: none made, or the same
+/// manifest. Another one (reordered, files added or dropped, another
+/// export), or one not known (saved by an older version), is read again
+/// from its first file: the diff drops what was delivered, where skipping
+/// by position could skip a file never read.
+pub(in crate::source) fn progress_holds(
+    stored: Option<&str>,
+    now: &str,
+    files_done: i64,
+    lines_done: i64,
+) -> bool {
+    (files_done <= 0 && lines_done <= 0) || stored == Some(now)
+}
+
 /// A file URL from the manifest, resolved against the job's URL, if it is
 /// on the source's origins (the bridge's credentials go with it).
 pub(in crate::source) fn file_url(source: &Source, job: &Url, url: &str) -> Option<Url> {
@@ -549,6 +577,31 @@ mod tests {
         let mut c = ChunkBuilder::with_bytes(2, 10);
         assert!(c.push(Line::TooLong).is_none());
         assert_eq!(c.push(Line::TooLong).map(|ch| ch.len()), Some(2));
+    }
+
+    #[test]
+    fn progress_holds_only_on_the_manifest_it_was_counted_on() {
+        let m = |files: &[&str]| Manifest {
+            transaction_time: "2026-11-30T10:00:00Z".parse().unwrap(),
+            output: (files.iter())
+                .map(|u| OutputFile {
+                    resource_type: "Patient".into(),
+                    url: u.to_string(),
+                })
+                .collect(),
+            errors: vec![],
+        };
+        let (ab, ba) = (fingerprint(&m(&["a", "b"])), fingerprint(&m(&["b", "a"])));
+        assert_eq!(ab, fingerprint(&m(&["a", "b"])));
+        assert_ne!(ab, ba);
+        assert_eq!(ab.len(), 64);
+        assert!(progress_holds(Some(&ab), &ab, 1, 20));
+        assert!(!progress_holds(Some(&ab), &ba, 1, 0));
+        assert!(
+            !progress_holds(None, &ab, 0, 3),
+            "an older version's progress"
+        );
+        assert!(progress_holds(None, &ab, 0, 0), "none made");
     }
 
     #[test]
