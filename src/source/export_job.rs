@@ -78,6 +78,7 @@ impl SourceTask {
         let mut floor: Option<DateTime<Utc>> = None;
         let mut fresh = false;
         let mut repaired = Vec::new();
+        self.learn_clock_if_ahead(key, &types, notes).await?;
         let limit = horizon(self.client.server_now(), Utc::now());
         for rt in &types {
             let k = TargetKey::population(name, rt);
@@ -291,6 +292,41 @@ impl SourceTask {
                 Err(e) => Err(e),
             };
         }
+    }
+
+    /// Before judging the stored watermarks against the horizon with the
+    /// server's clock unknown (after a restart), and one of them is after
+    /// ours plus the tolerance: asks the server its time (a one-result
+    /// search), so that a server clock ahead of ours does not make its own
+    /// `transactionTime` look like the future and start a full export. A
+    /// failed probe leaves our clock as the estimate (noted).
+    async fn learn_clock_if_ahead(
+        &self,
+        key: &TargetKey,
+        types: &[String],
+        notes: &mut Notes,
+    ) -> Result<(), PollError> {
+        if self.client.server_now().is_some() {
+            return Ok(());
+        }
+        let local = horizon(None, Utc::now());
+        let mut ahead = false;
+        for rt in types {
+            let state = (self.store)
+                .target_state(&TargetKey::population(&self.source.name, rt))
+                .await?;
+            let w = state
+                .watermark
+                .as_deref()
+                .and_then(super::bundle::parse_instant);
+            ahead |= w.is_some_and(|w| w > local);
+        }
+        if ahead && let Err(e) = self.probe_server_time(key).await {
+            notes.warn(format!(
+                "the server's clock could not be learnt ({e}); the stored watermarks are judged against ours"
+            ));
+        }
+        Ok(())
     }
 
     /// `$export` with `Prefer: respond-async`: 202 and the job's status URL

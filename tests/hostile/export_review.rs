@@ -606,3 +606,76 @@ async fn a_resumed_job_whose_manifest_changed_is_read_again_from_the_start() {
     assert_eq!(p1.len(), 1, "p1 under message ids {p1:?}");
     bridge.stop();
 }
+
+/// A server whose clock runs 10 minutes ahead of ours. After a restart the
+/// bridge does not yet know that clock: the watermark (the server's last
+/// `transactionTime`) is not taken for one in the future, and the next
+/// export asks from it, not from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_server_clock_ahead_of_ours_is_learnt_before_judging_the_watermark() {
+    let ahead = || Utc::now() + chrono::Duration::minutes(10);
+    let with_date = move |mut r: Response| {
+        let d = ahead().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        r.headers_mut()
+            .insert("date", axum::http::HeaderValue::from_str(&d).unwrap());
+        r
+    };
+    let instant = move || ahead().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let first = instant();
+    let jobs = Arc::new(AtomicUsize::new(0));
+    let fhir = Scripted::start(move |s: &Seen| {
+        let base = format!("http://{}", s.header("host").unwrap_or_default());
+        if s.uri.starts_with("/fhir/$export") {
+            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
+            let loc = format!("{base}/fhir/_export/{n}");
+            return with_date(status_with(202, &[("content-location", &loc)]));
+        }
+        if s.method == "DELETE" {
+            return with_date(status_with(202, &[]));
+        }
+        if s.uri.starts_with("/fhir/Patient") {
+            let b = serde_json::json!({"resourceType": "Bundle", "type": "searchset",
+                "meta": {"lastUpdated": instant()}, "entry": []});
+            return with_date(fhir_json(200, b));
+        }
+        let Some(n) = job_no(&s.uri) else {
+            return with_date(status_with(404, &[]));
+        };
+        if s.uri.ends_with(".ndjson") {
+            return with_date(ndjson(&[resource("Patient", "p1", &first)]));
+        }
+        with_date(fhir_json(
+            200,
+            serde_json::json!({
+                "transactionTime": instant(),
+                "output": [{"type": "Patient", "url": format!("{base}/fhir/_export/{n}/p.ndjson")}],
+                "error": [],
+            }),
+        ))
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(
+        &fhir.url("/fhir"),
+        &["Patient"],
+        &rx.url("hooks/all"),
+    ));
+    wait_for(20, "the first export read and its job deleted", || {
+        received_ids(&rx).contains(&"Patient/p1".to_string()) && deletes(&fhir) >= 1
+    })
+    .await;
+    bridge.stop();
+    let before = kickoffs(&fhir).len();
+    bridge.restart();
+    wait_for(20, "an export after the restart", || {
+        kickoffs(&fhir).len() > before && deletes(&fhir) >= 2
+    })
+    .await;
+    let after = &kickoffs(&fhir)[before];
+    assert!(
+        after.uri.contains("_since="),
+        "the watermark was taken for one in the future: {}",
+        after.uri
+    );
+    bridge.stop();
+}
