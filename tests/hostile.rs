@@ -20,6 +20,8 @@ mod deliveries;
 mod delivery;
 #[path = "hostile/export.rs"]
 mod export;
+#[path = "hostile/export_review.rs"]
+mod export_review;
 #[path = "hostile/fanout.rs"]
 mod fanout;
 #[path = "hostile/fanout_review.rs"]

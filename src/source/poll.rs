@@ -289,7 +289,7 @@ impl SourceTask {
 
     /// Asks the server for its current time (a one-result search): for
     /// `start = "now"`, and to learn the clock before the first bounded poll.
-    async fn probe_server_time(&self, key: &TargetKey) -> Result<(), PollError> {
+    pub(super) async fn probe_server_time(&self, key: &TargetKey) -> Result<(), PollError> {
         let rt = key.resource_type.as_str();
         let mut url = self.search_url(rt, None, None);
         // A per-patient target asks about its patient: some EHRs (Cerner)
