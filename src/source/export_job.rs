@@ -79,7 +79,7 @@ impl SourceTask {
         let mut fresh = false;
         let mut repaired = Vec::new();
         self.learn_clock_if_ahead(key, &types, notes).await?;
-        let limit = horizon(self.client.server_now(), Utc::now());
+        let limit = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
         for rt in &types {
             let k = TargetKey::population(name, rt);
             let mut state = self.store.target_state(&k).await?;
@@ -309,7 +309,7 @@ impl SourceTask {
         if self.client.server_now().is_some() {
             return Ok(());
         }
-        let local = horizon(None, Utc::now());
+        let local = horizon(None, Utc::now(), self.source.overlap);
         let mut ahead = false;
         for rt in types {
             let state = (self.store)
@@ -448,7 +448,7 @@ impl SourceTask {
         // watermarks move only to the horizon as it was at the kick-off.
         let (server_now, local_now) = (self.client.server_now(), Utc::now());
         let told = manifest.transaction_time;
-        let judged = match judge(told, horizon(server_now, local_now)) {
+        let judged = match judge(told, horizon(server_now, local_now, self.source.overlap)) {
             believed @ super::watermark::OutsideTime::Believed(_) => believed,
             super::watermark::OutsideTime::Beyond { .. } => {
                 let ago = chrono::Duration::milliseconds(
@@ -457,7 +457,10 @@ impl SourceTask {
                         .max(0),
                 );
                 let server_then = server_now.map(|t| t - ago);
-                judge(told, horizon(server_then, local_now - ago))
+                judge(
+                    told,
+                    horizon(server_then, local_now - ago, self.source.overlap),
+                )
             }
         };
         if let Some(w) = judged.warning("the bulk export's transactionTime") {
@@ -605,7 +608,7 @@ impl SourceTask {
             window_start: run.window_start,
             window_end: None,
             collect_ids: false,
-            horizon: horizon(self.client.server_now(), Utc::now()),
+            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
             routes: run.routing.routes.clone(),
             detected_at: run.detected_at.clone(),
             stop: run.stop.clone(),

@@ -477,7 +477,7 @@ impl SourceTask {
         // by a server clock later found wrong) would make every poll ask for
         // an empty range. Poll from the start again instead: the diff drops
         // what was already delivered, and a re-sent change keeps its message_id.
-        let horizon = horizon(self.client.server_now(), Utc::now());
+        let horizon = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
         let full = walk.is_full();
         if let Some(w) = watermark.filter(|w| !full && *w > horizon && Some(*w) != floor) {
             notes.warn(format!(
@@ -576,7 +576,11 @@ impl SourceTask {
                 window_start: if full { floor } else { since.or(floor) },
                 window_end,
                 collect_ids: full,
-                horizon: super::watermark::horizon(self.client.server_now(), Utc::now()),
+                horizon: super::watermark::horizon(
+                    self.client.server_now(),
+                    Utc::now(),
+                    self.source.overlap,
+                ),
                 routes: routing.routes.clone(),
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),
