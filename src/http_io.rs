@@ -106,4 +106,27 @@ mod tests {
         assert_eq!(size_text(256 * 1024 * 1024), "256 MB");
         assert_eq!(size_text(1000), "1 KB");
     }
+
+    /// Hostile `Retry-After` values: only whole seconds or an HTTP date
+    /// count; a huge number is a long duration (capped where it pauses, at
+    /// `source::rate::MAX_PAUSE`), a past date none at all.
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_nothing_else() {
+        let parse = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, v.parse().unwrap());
+            parse_retry_after(&h)
+        };
+        assert_eq!(parse("3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse(" 1000000000 "),
+            Some(Duration::from_secs(1_000_000_000))
+        );
+        for junk in ["1e9", "-1", "1.5", "99999999999999999999", "soon", ""] {
+            assert_eq!(parse(junk), None, "{junk:?}");
+        }
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        let later = parse("Fri, 31 Dec 9999 23:59:59 GMT").unwrap();
+        assert!(later > Duration::from_secs(86_400 * 365 * 7000));
+    }
 }

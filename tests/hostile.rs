@@ -20,14 +20,20 @@ mod deliveries;
 mod delivery;
 #[path = "hostile/export.rs"]
 mod export;
+#[path = "hostile/export_review.rs"]
+mod export_review;
 #[path = "hostile/fairness.rs"]
 mod fairness;
 #[path = "hostile/fanout.rs"]
 mod fanout;
+#[path = "hostile/fanout_review.rs"]
+mod fanout_review;
 #[path = "hostile/filter.rs"]
 mod filter;
 #[path = "hostile/operate.rs"]
 mod operate;
+#[path = "hostile/operate_review.rs"]
+mod operate_review;
 #[path = "hostile/source.rs"]
 mod source;
 #[path = "hostile/walks.rs"]

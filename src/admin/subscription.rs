@@ -237,7 +237,11 @@ fn parse(
     };
     let since = number(&q.events_since_number, "eventsSinceNumber", 1)?;
     let until = number(&q.events_until_number, "eventsUntilNumber", last)?;
-    if until < since {
+    // Past the last event without an end (a receiver asking whether anything
+    // came after what it has): an empty answer, not an error about a
+    // parameter it never sent.
+    let until_given = !matches!(q.events_until_number.as_deref(), None | Some(""));
+    if until < since && until_given {
         return Err(Refused::Invalid(
             "eventsUntilNumber is below eventsSinceNumber".into(),
         ));
@@ -349,6 +353,29 @@ mod tests {
             caller(None, Some(b"Bearer 0123456789abcdef")),
             Caller::Anonymous
         );
+    }
+
+    /// `eventsSinceNumber` past the last event, no end given: nothing to
+    /// answer (an empty range), not a 400; an end below the start given
+    /// explicitly is still refused.
+    #[test]
+    fn asking_past_the_last_event_is_an_empty_range() {
+        let c = config("");
+        let hook = &c.hooks[0];
+        let q = |since: &str, until: Option<&str>| EventsQuery {
+            events_since_number: Some(since.into()),
+            events_until_number: until.map(String::from),
+            content: Some("id-only".into()),
+        };
+        let (since, until, _) = parse(&q("6", None), hook, 5, Bodies::Never).unwrap();
+        assert!(until < since, "{since}..={until}");
+        let (since, until, _) = parse(&q("1", None), hook, 0, Bodies::Never).unwrap();
+        assert!(until < since, "{since}..={until}");
+        assert!(matches!(
+            parse(&q("6", Some("5")), hook, 9, Bodies::Never),
+            Err(Refused::Invalid(_))
+        ));
+        assert_eq!(parse(&q("2", None), hook, 5, Bodies::Never).unwrap().1, 5);
     }
 
     #[test]

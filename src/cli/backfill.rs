@@ -9,7 +9,7 @@ use crate::outbox::Route;
 use crate::source::PollError;
 use crate::source::backfill::{Backfill, BackfillStatus};
 use crate::source::client::FhirClient;
-use crate::state::{StateError, Store};
+use crate::state::{BackfillLock, LockError, StateError, Store};
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fmt::Write as _;
@@ -28,6 +28,10 @@ pub enum BackfillError {
     Since(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("a `fhir-bridge source rename` is under way on {0}: run this again once it is done")]
+    Renaming(String),
+    #[error(transparent)]
+    Lock(LockError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
 }
@@ -63,6 +67,11 @@ pub async fn run(
     if let Some(t) = types.iter().find(|t| !src.resources.contains(t)) {
         return Err(BackfillError::NoSuchType(t.clone()));
     }
+    // Held to the end: a rename must not move the source from under us.
+    let _renames_wait = BackfillLock::share(&config.state_dir).map_err(|e| match e {
+        LockError::Held { dir, .. } => BackfillError::Renaming(dir),
+        e => BackfillError::Lock(e),
+    })?;
     let pool = FhirClient::shared_pool().map_err(|e| BackfillError::Http(e.to_string()))?;
     let client = crate::daemon::source_client(&src, &pool)
         .map_err(|e| BackfillError::Http(e.to_string()))?;

@@ -1,12 +1,13 @@
 //! `fhir-bridge source rename OLD NEW`: a source renamed in the config keeps
 //! its watermarks, seen versions and pending messages (with their
 //! message_ids), so the rename re-sends nothing and skips nothing. Offline:
-//! it takes the state lock, so it is refused while the daemon runs; and it
+//! it takes the state lock, so it is refused while the daemon runs, and the
+//! backfill lock, so it is refused while a `backfill` runs; and it
 //! runs only once the config names NEW and no longer OLD, so the daemon
 //! never starts on a config and a state that disagree.
 
 use crate::config::Config;
-use crate::state::{LockError, Rename, StateError, StateLock, Store};
+use crate::state::{BackfillLock, LockError, Rename, StateError, StateLock, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenameError {
@@ -14,6 +15,10 @@ pub enum RenameError {
         "{0}: stop it first (a rename moves the state under it), run this again, then start it"
     )]
     DaemonRunning(LockError),
+    #[error(
+        "a `fhir-bridge backfill` is running on {0}: it would go on writing under the old name; let it finish (or stop it: it resumes), then run this again"
+    )]
+    BackfillRunning(String),
     #[error(transparent)]
     Lock(LockError),
     #[error(transparent)]
@@ -59,6 +64,10 @@ pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, Rename
     }
     let _lock = StateLock::acquire(&config.state_dir).map_err(|e| match e {
         e @ LockError::Held { .. } => RenameError::DaemonRunning(e),
+        e => RenameError::Lock(e),
+    })?;
+    let _backfills = BackfillLock::exclusive(&config.state_dir).map_err(|e| match e {
+        LockError::Held { dir, .. } => RenameError::BackfillRunning(dir),
         e => RenameError::Lock(e),
     })?;
     let store = Store::open(&config.db_path())?;

@@ -73,11 +73,12 @@ pub struct ConfigDiff {
 pub enum NeedsRestart {
     #[error("`state_dir` changed ({old} -> {new}): that needs a restart, not a reload")]
     StateDir { old: String, new: String },
-    /// A source gone and one added on the same server and types: a reload
+    /// A source gone and one added on the same server, with a resource type
+    /// in common: a reload
     /// would start the new name from `start` and orphan the old one's
     /// watermarks, seen versions and pending messages.
     #[error(
-        "source `{old}` looks renamed to `{new}` (same base_url and resources): a reload would \
+        "source `{old}` looks renamed to `{new}` (same base_url, resources in common): a reload would \
          start `{new}` afresh (losing or re-sending changes) and orphan `{old}`'s state; stop the \
          daemon, run `fhir-bridge source rename {old} {new}`, then start it. To start `{new}` \
          afresh on purpose, remove `{old}` in one reload and add `{new}` in the next"
@@ -85,11 +86,13 @@ pub enum NeedsRestart {
     Rename { old: String, new: String },
 }
 
-/// The first source of `old` missing from `new` whose base URL and resource
-/// types are those of a source only `new` has.
+/// The first source of `old` missing from `new` that has the base URL of a
+/// source only `new` has, and a resource type in common with it (a rename
+/// that also adds or drops a type still re-keys the types they share).
 fn looks_renamed(old: &Config, new: &Config) -> Option<(String, String)> {
     let named = |c: &Config, name: &str| c.sources.iter().any(|s| s.name == name);
-    let types = |s: &super::Source| s.resources.iter().cloned().collect::<BTreeSet<_>>();
+    let shares_a_type =
+        |a: &super::Source, b: &super::Source| a.resources.iter().any(|t| b.resources.contains(t));
     old.sources
         .iter()
         .filter(|o| !named(new, &o.name))
@@ -97,7 +100,7 @@ fn looks_renamed(old: &Config, new: &Config) -> Option<(String, String)> {
             new.sources
                 .iter()
                 .filter(|n| !named(old, &n.name))
-                .find(|n| n.base_url == o.base_url && types(n) == types(o))
+                .find(|n| n.base_url == o.base_url && shares_a_type(n, o))
                 .map(|n| (o.name.clone(), n.name.clone()))
         })
 }
@@ -290,6 +293,30 @@ filter = "true"
         let old = load(BASE);
         let new = load(&format!("state_dir = \"/elsewhere\"\n{BASE}"));
         assert!(ConfigDiff::between(&old, &new).is_err());
+    }
+
+    /// A careless rename that also adds or drops a type re-keys the types
+    /// the two have in common just the same: refused too.
+    #[test]
+    fn a_rename_that_also_changes_the_types_is_refused() {
+        let old = load(BASE);
+        for types in [
+            "\"Observation\", \"Patient\"",
+            "\"Patient\", \"Observation\"",
+        ] {
+            let renamed = load(&BASE.replace(
+                "name = \"b\"\nbase_url = \"http://127.0.0.1:2/fhir\"\nresources = [\"Observation\"]",
+                &format!("name = \"b2\"\nbase_url = \"http://127.0.0.1:2/fhir\"\nresources = [{types}]"),
+            ));
+            assert_eq!(
+                ConfigDiff::between(&old, &renamed).unwrap_err(),
+                NeedsRestart::Rename {
+                    old: "b".into(),
+                    new: "b2".into()
+                },
+                "{types}"
+            );
+        }
     }
 
     #[test]

@@ -54,11 +54,16 @@ pub(super) fn notifications(claimed: Vec<Claimed>, per_post: usize) -> Vec<Vec<C
 }
 
 /// The webhook-id to store on the messages of `post` before it goes (see
-/// `Store::assign_batches`), unless they hold it already. A lone message
-/// never batched needs none: its id is its own message_id.
-pub(super) fn batch_to_store(post: &[Claimed]) -> Option<(String, Vec<i64>)> {
+/// `Store::assign_batches`), unless they hold it already. With `batching`
+/// (`max_events_per_bundle` above 1) a lone message
+/// stores its id too: a POST cut short (kill -9, the shutdown grace over)
+/// leaves it unrecorded, and it must then go again alone, under that id,
+/// rather than join a new batch the receiver never saw. Otherwise a lone
+/// message never batched needs none: its id is its own message_id.
+pub(super) fn batch_to_store(post: &[Claimed], batching: bool) -> Option<(String, Vec<i64>)> {
     if let [one] = post
         && one.batch_id.is_none()
+        && !batching
     {
         return None;
     }
@@ -134,16 +139,35 @@ mod tests {
     #[test]
     fn batch_ids_are_stored_once_per_new_batch() {
         let new = vec![msg(1, 1, 0, None), msg(2, 2, 0, None)];
-        let (id, ids) = batch_to_store(&new).unwrap();
+        let (id, ids) = batch_to_store(&new, true).unwrap();
         assert_eq!(
             (id.as_str(), ids),
             (notification_id(&new).as_str(), vec![1, 2])
         );
         let kept: Vec<Claimed> = new.iter().map(|m| msg(m.id, m.id, 1, Some(&id))).collect();
-        assert_eq!(batch_to_store(&kept), None);
-        assert_eq!(batch_to_store(&[msg(3, 3, 0, None)]), None);
+        assert_eq!(batch_to_store(&kept, true), None);
+        assert_eq!(batch_to_store(&[msg(3, 3, 0, None)], false), None);
         // What is left of a batch is a batch of its own.
-        let (left, _) = batch_to_store(&kept[..1]).unwrap();
+        let (left, _) = batch_to_store(&kept[..1], true).unwrap();
         assert_eq!(left, "m1");
+    }
+
+    /// A lone message of a hook that batches stores its id before it goes:
+    /// cut short in flight (nothing recorded), it comes back as a batch of
+    /// one under that id, and new messages do not join it.
+    #[test]
+    fn a_lone_message_of_a_batching_hook_keeps_its_id() {
+        let lone = vec![msg(1, 1, 0, None)];
+        let (id, ids) = batch_to_store(&lone, true).unwrap();
+        assert_eq!((id.as_str(), ids), ("m1", vec![1]));
+        let claimed = vec![
+            msg(1, 1, 0, Some("m1")),
+            msg(2, 2, 0, None),
+            msg(3, 3, 0, None),
+        ];
+        let posts = notifications(claimed, 5);
+        assert_eq!(numbers(&posts), [vec![1], vec![2, 3]]);
+        assert_eq!(notification_id(&posts[0]), "m1");
+        assert_eq!(batch_to_store(&posts[0], true), None);
     }
 }

@@ -155,7 +155,12 @@ impl HookWorker {
                         // event-number order; what does not fit is claimed again.
                         let mut posts = notifications(claimed, per_post);
                         posts.truncate(free);
-                        let batches = posts.iter().filter_map(|p| batch_to_store(p)).collect();
+                        // A hook of one event per POST never batches: no write.
+                        let batching = per_post > 1;
+                        let batches = posts
+                            .iter()
+                            .filter_map(|p| batch_to_store(p, batching))
+                            .collect();
                         let stored = this.store.assign_batches(batches).await;
                         if let Err(e) = &stored {
                             // Not sent before its batch is stored: tried again in IDLE_POLL.

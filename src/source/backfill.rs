@@ -110,7 +110,7 @@ impl Backfill {
                 window_start: Some(self.since),
                 window_end: None,
                 collect_ids: false,
-                horizon: horizon(self.client.server_now(), Utc::now()),
+                horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
                 routes: self.routes.clone(),
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),

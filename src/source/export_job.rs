@@ -7,8 +7,9 @@
 //! move every exported type's watermark to the manifest's `transactionTime`
 //! (never past the horizon, see `watermark`) and `DELETE` the job. A restart
 //! finds the job in state and resumes it: the same status URL, the committed
-//! files and lines skipped. A job with no usable manifest `export_timeout`
-//! after its kick-off is cancelled and started again from the watermarks.
+//! files and lines skipped. A job whose status gives no usable manifest
+//! `export_timeout` after its kick-off (whether or not an earlier one did) is
+//! cancelled and started again from the watermarks.
 
 use super::errors::{ExportError, PollError};
 use super::export_status::StatusCheck;
@@ -51,6 +52,9 @@ struct Run<'a> {
     window_start: Option<DateTime<Utc>>,
     detected_at: String,
     page_no: usize,
+    /// The types whose stored watermark was in the future: the export reads
+    /// them from the start, and its end sets their watermark back.
+    repaired: Vec<String>,
 }
 
 impl SourceTask {
@@ -73,7 +77,9 @@ impl SourceTask {
         let mut from_beginning = false;
         let mut floor: Option<DateTime<Utc>> = None;
         let mut fresh = false;
-        let limit = horizon(self.client.server_now(), Utc::now());
+        let mut repaired = Vec::new();
+        self.learn_clock_if_ahead(key, &types, notes).await?;
+        let limit = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
         for rt in &types {
             let k = TargetKey::population(name, rt);
             let mut state = self.store.target_state(&k).await?;
@@ -93,6 +99,7 @@ impl SourceTask {
                         super::bundle::format_instant(w)
                     ));
                     from_beginning = true;
+                    repaired.push(rt.clone());
                 }
                 Some(w) => since = Some(since.map_or(w, |s| s.min(w))),
                 None => from_beginning = true,
@@ -123,6 +130,7 @@ impl SourceTask {
             window_start: since,
             detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             page_no: 0,
+            repaired,
         };
         let mut kicked_off = false;
         // A dry run writes nothing: a saved job it gave up on stays saved.
@@ -152,6 +160,27 @@ impl SourceTask {
                     );
                     continue;
                 }
+                // Saved with a `_since` past the horizon (by a version that
+                // did not bound watermarks): the server exports nothing for
+                // it, and its end would move the watermarks over everything
+                // since the last real export. A new export, from the
+                // watermarks (from the start when they lie in the future).
+                Some(job)
+                    if (job.since.as_deref())
+                        .and_then(super::bundle::parse_instant)
+                        .is_some_and(|s| s > limit) =>
+                {
+                    self.cancel_job(&job.job_url).await;
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(name).await?;
+                    }
+                    saved_job_abandoned = self.dry_run.is_some();
+                    run.notes.warn(
+                        "the saved bulk export job asked for changes since a time after the server's clock; it was cancelled and a new export started from the watermarks"
+                            .to_string(),
+                    );
+                    continue;
+                }
                 Some(job) => job,
                 None => {
                     kicked_off = true;
@@ -160,13 +189,11 @@ impl SourceTask {
             };
             // A resumed job's window is its own.
             run.window_start = job.since.as_deref().and_then(super::bundle::parse_instant);
+            // Asked only when the status gives no usable manifest (see
+            // `job_expired`): a manifest read earlier does not save a job
+            // whose status URL then fails for ever.
             let expired = |job: &ExportJob| {
-                bulk::job_expired(
-                    job.kicked_off_at,
-                    crate::state::now_ms(),
-                    timeout,
-                    job.transaction_time.is_some(),
-                )
+                bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout)
             };
             // One status request per turn, no sooner than `Retry-After`: the
             // source's other types are polled meanwhile. A job past
@@ -267,6 +294,41 @@ impl SourceTask {
         }
     }
 
+    /// Before judging the stored watermarks against the horizon with the
+    /// server's clock unknown (after a restart), and one of them is after
+    /// ours plus the tolerance: asks the server its time (a one-result
+    /// search), so that a server clock ahead of ours does not make its own
+    /// `transactionTime` look like the future and start a full export. A
+    /// failed probe leaves our clock as the estimate (noted).
+    async fn learn_clock_if_ahead(
+        &self,
+        key: &TargetKey,
+        types: &[String],
+        notes: &mut Notes,
+    ) -> Result<(), PollError> {
+        if self.client.server_now().is_some() {
+            return Ok(());
+        }
+        let local = horizon(None, Utc::now(), self.source.overlap);
+        let mut ahead = false;
+        for rt in types {
+            let state = (self.store)
+                .target_state(&TargetKey::population(&self.source.name, rt))
+                .await?;
+            let w = state
+                .watermark
+                .as_deref()
+                .and_then(super::bundle::parse_instant);
+            ahead |= w.is_some_and(|w| w > local);
+        }
+        if ahead && let Err(e) = self.probe_server_time(key).await {
+            notes.warn(format!(
+                "the server's clock could not be learnt ({e}); the stored watermarks are judged against ours"
+            ));
+        }
+        Ok(())
+    }
+
     /// `$export` with `Prefer: respond-async`: 202 and the job's status URL
     /// in `Content-Location`, saved before anything else happens.
     async fn kick_off(
@@ -313,6 +375,7 @@ impl SourceTask {
                 files_done: 0,
                 lines_done: 0,
                 request: Some(request.to_string()),
+                manifest: None,
             });
         }
         Ok(self
@@ -333,9 +396,26 @@ impl SourceTask {
     ) -> Result<JobEnd, PollError> {
         let name = &self.source.name;
         let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
+        let fingerprint = bulk::fingerprint(&manifest);
+        let (mut files_done, mut lines_done) = (job.files_done, job.lines_done);
+        let holds = bulk::progress_holds(
+            job.manifest.as_deref(),
+            &fingerprint,
+            files_done,
+            lines_done,
+        );
+        if !holds {
+            run.notes.warn(
+                "the bulk export job's manifest is not the one its progress was counted on; its files are read again from the first"
+                    .to_string(),
+            );
+            (files_done, lines_done) = (0, 0);
+        }
         if self.dry_run.is_none() {
             let tt = super::bundle::format_instant(manifest.transaction_time);
-            self.store.note_export_manifest(name, &tt).await?;
+            (self.store)
+                .note_export_manifest(name, &tt, &fingerprint, !holds)
+                .await?;
         }
         if !manifest.errors.is_empty() {
             run.notes.warn(format!(
@@ -345,13 +425,13 @@ impl SourceTask {
         }
         for (index, file) in manifest.output.iter().enumerate() {
             let done = index as i64;
-            if done < job.files_done || !types.contains(&file.resource_type) {
+            if done < files_done || !types.contains(&file.resource_type) {
                 continue;
             }
             let url = bulk::file_url(&self.source, &job_url, &file.url)
                 .ok_or(ExportError::ForeignFile { file: index })?;
-            let skip = if done == job.files_done {
-                job.lines_done.max(0) as u64
+            let skip = if done == files_done {
+                lines_done.max(0) as u64
             } else {
                 0
             };
@@ -368,7 +448,7 @@ impl SourceTask {
         // watermarks move only to the horizon as it was at the kick-off.
         let (server_now, local_now) = (self.client.server_now(), Utc::now());
         let told = manifest.transaction_time;
-        let judged = match judge(told, horizon(server_now, local_now)) {
+        let judged = match judge(told, horizon(server_now, local_now, self.source.overlap)) {
             believed @ super::watermark::OutsideTime::Believed(_) => believed,
             super::watermark::OutsideTime::Beyond { .. } => {
                 let ago = chrono::Duration::milliseconds(
@@ -377,7 +457,10 @@ impl SourceTask {
                         .max(0),
                 );
                 let server_then = server_now.map(|t| t - ago);
-                judge(told, horizon(server_then, local_now - ago))
+                judge(
+                    told,
+                    horizon(server_then, local_now - ago, self.source.overlap),
+                )
             }
         };
         if let Some(w) = judged.warning("the bulk export's transactionTime") {
@@ -385,7 +468,10 @@ impl SourceTask {
         }
         let tt = super::bundle::format_instant(judged.watermark());
         if self.dry_run.is_none() {
-            self.store.finish_export(name, types.to_vec(), &tt).await?;
+            let repaired = run.repaired.clone();
+            (self.store)
+                .finish_export(name, types.to_vec(), &tt, repaired)
+                .await?;
             for rt in types {
                 self.known.forget(&TargetKey::population(name, rt));
             }
@@ -442,6 +528,15 @@ impl SourceTask {
             };
             return Err(file_err(error).into());
         }
+        // Bytes in an encoding the bridge did not ask for (it asks for none)
+        // are not NDJSON: read as lines, every one would be skipped and the
+        // watermark would move past them. The file is an error instead.
+        if let Some(encoding) = bulk::unasked_encoding(resp.headers()) {
+            let error = super::client::FetchError::Other(format!(
+                "Content-Encoding {encoding}, not asked for; not read"
+            ));
+            return Err(file_err(error).into());
+        }
         let mut chunks = ChunkBuilder::new(self.source.page_size.max(1) as usize);
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut pending: Vec<Line> = Vec::new();
@@ -496,7 +591,7 @@ impl SourceTask {
         run: &mut Run<'_>,
     ) -> Result<bool, PollError> {
         let first_line = upto + 1 - lines.len() as u64;
-        let (body, bad) = bulk::lines_to_bundle(&lines);
+        let (body, bad) = bulk::lines_to_bundle(&lines, rt);
         drop(lines);
         for (i, reason) in bad {
             run.notes.skip(format!(
@@ -513,7 +608,7 @@ impl SourceTask {
             window_start: run.window_start,
             window_end: None,
             collect_ids: false,
-            horizon: horizon(self.client.server_now(), Utc::now()),
+            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
             routes: run.routing.routes.clone(),
             detected_at: run.detected_at.clone(),
             stop: run.stop.clone(),

@@ -2,7 +2,9 @@
 //! schedule, and the targets it makes (one per patient and type, each with
 //! its own watermark). A roster is not believed on one read: a read that
 //! shrinks it by more than half keeps the last one (a Group caught empty, a
-//! file mid-rewrite) until `SHRINK_CONFIRMATIONS` reads in a row say so. A
+//! file mid-rewrite) until `SHRINK_CONFIRMATIONS` reads in a row say so
+//! (meanwhile the patients such a read adds are polled too), and the first
+//! read after a start is judged against the roster kept in the state. A
 //! patient who leaves stops being polled; its targets are kept for
 //! `roster_grace` (one who comes back resumes from its watermarks), then
 //! forgotten. A new one starts at the source's `start`.
@@ -19,8 +21,10 @@ pub(super) const SHRINK_CONFIRMATIONS: u32 = 3;
 
 #[derive(Default)]
 pub(super) struct RosterState {
-    /// `None` until the roster was first read.
+    /// `None` until the roster was first read (or taken from the state).
     patients: Option<BTreeSet<String>>,
+    /// Whether the roster in the state was looked at (once, at start).
+    from_state: bool,
     read_at: Option<Instant>,
     /// Reads in a row that found the roster shrunk by more than half.
     suspect_reads: u32,
@@ -49,6 +53,20 @@ impl RosterState {
             return;
         }
         let name = &task.source.name;
+        // After a start (or a reload) the last roster believed is the one in
+        // the state: the first read is judged against it like any other,
+        // rather than believed whatever it says (a Group caught empty would
+        // leave every patient unpolled until the next read).
+        if !self.from_state {
+            self.from_state = true;
+            match task.store.roster_in_state(name).await {
+                Ok(ids) if !ids.is_empty() => self.patients = Some(ids),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "cannot read the last roster from the state")
+                }
+            }
+        }
         match task.load_roster(&fan_out.roster).await {
             Ok(read) => {
                 self.read_at = Some(Instant::now());
@@ -62,6 +80,11 @@ impl RosterState {
                 let count = read.ids.len();
                 if let Some(n) = suspect_read(kept, count, self.suspect_reads) {
                     self.suspect_reads = n;
+                    // Kept, with whoever the read adds: a new patient is
+                    // polled now, not only once the shrink is believed.
+                    if let Some(patients) = &mut self.patients {
+                        patients.extend(read.ids);
+                    }
                     let kept = kept.unwrap_or_default();
                     tracing::warn!(source = %name, kept, read = count, "the roster shrank by more than half in one read; the last one is kept");
                     self.note = Some(format!(

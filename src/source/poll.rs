@@ -313,7 +313,7 @@ impl SourceTask {
 
     /// Asks the server for its current time (a one-result search): for
     /// `start = "now"`, and to learn the clock before the first bounded poll.
-    async fn probe_server_time(&self, key: &TargetKey) -> Result<(), PollError> {
+    pub(super) async fn probe_server_time(&self, key: &TargetKey) -> Result<(), PollError> {
         let rt = key.resource_type.as_str();
         let mut url = self.search_url(rt, None, None);
         // A per-patient target asks about its patient: some EHRs (Cerner)
@@ -537,7 +537,7 @@ impl SourceTask {
                 // by a server clock later found wrong) would make every poll ask for
                 // an empty range. Poll from the start again instead: the diff drops
                 // what was already delivered, and a re-sent change keeps its message_id.
-                let horizon = horizon(self.client.server_now(), Utc::now());
+                let horizon = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
                 if let Some(w) = watermark.filter(|w| !full && *w > horizon && Some(*w) != floor) {
                     notes.warn(format!(
                     "{rt}: the stored watermark {} is in the future; polling from the start again",
@@ -645,7 +645,11 @@ impl SourceTask {
                 window_start: if full { floor } else { since.or(floor) },
                 window_end,
                 collect_ids: full,
-                horizon: super::watermark::horizon(self.client.server_now(), Utc::now()),
+                horizon: super::watermark::horizon(
+                    self.client.server_now(),
+                    Utc::now(),
+                    self.source.overlap,
+                ),
                 routes: routing.routes.clone(),
                 detected_at: detected_at.clone(),
                 stop: stop.clone(),

@@ -24,11 +24,21 @@ pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::seconds(60);
 
 /// The latest instant a watermark may take: the server's clock as the bridge
 /// estimates it (never ahead of it; `local_now`, our own clock, until a
-/// response told it) plus `FUTURE_TOLERANCE`.
-pub fn horizon(server_now: Option<DateTime<Utc>>, local_now: DateTime<Utc>) -> DateTime<Utc> {
+/// response told it) plus the tolerance: `FUTURE_TOLERANCE`, or the source's
+/// `overlap` when that is shorter. A watermark up to the tolerance ahead of
+/// the server's clock is re-read from `watermark - overlap` by the next poll;
+/// with a tolerance past the overlap, the writes made between the server's
+/// now and that watermark, less the overlap, would never be read.
+pub fn horizon(
+    server_now: Option<DateTime<Utc>>,
+    local_now: DateTime<Utc>,
+    overlap: std::time::Duration,
+) -> DateTime<Utc> {
+    let tolerance =
+        TimeDelta::from_std(overlap).map_or(FUTURE_TOLERANCE, |o| o.min(FUTURE_TOLERANCE));
     server_now
         .unwrap_or(local_now)
-        .checked_add_signed(FUTURE_TOLERANCE)
+        .checked_add_signed(tolerance)
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
@@ -69,7 +79,7 @@ impl OutsideTime {
         match self {
             OutsideTime::Believed(_) => None,
             OutsideTime::Beyond { told, horizon } => Some(format!(
-                "{what} {} is after the server's clock; the watermark moved only to {} (the server's clock plus {} s)",
+                "{what} {} is after the server's clock; the watermark moved only to {} (the server's clock plus {} s at most)",
                 crate::source::bundle::format_instant(told),
                 crate::source::bundle::format_instant(horizon),
                 FUTURE_TOLERANCE.num_seconds()
@@ -147,19 +157,33 @@ mod tests {
         assert_eq!(w.page(&[t(1)], false), Some(t(9)));
     }
 
+    const TWO_MINUTES: std::time::Duration = std::time::Duration::from_secs(120);
+
     #[test]
     fn the_horizon_is_the_server_clock_plus_the_tolerance_else_ours() {
-        assert_eq!(horizon(Some(t(0)), t(500)), t(60));
-        assert_eq!(horizon(None, t(500)), t(560));
+        assert_eq!(horizon(Some(t(0)), t(500), TWO_MINUTES), t(60));
+        assert_eq!(horizon(None, t(500), TWO_MINUTES), t(560));
         assert_eq!(
-            horizon(Some(DateTime::<Utc>::MAX_UTC), t(0)),
+            horizon(Some(DateTime::<Utc>::MAX_UTC), t(0), TWO_MINUTES),
             DateTime::<Utc>::MAX_UTC
         );
     }
 
+    /// A tolerance past the overlap would lose writes: a watermark 50 s ahead
+    /// of the server's clock, re-read from 5 s behind it, skips the 45 s
+    /// between. The tolerance is never more than the overlap.
+    #[test]
+    fn the_tolerance_is_never_more_than_the_overlap() {
+        let five = std::time::Duration::from_secs(5);
+        let h = horizon(Some(t(0)), t(0), five);
+        assert_eq!(h, t(5));
+        assert_eq!(judge(t(50), h).watermark(), t(5));
+        assert_eq!(horizon(Some(t(0)), t(0), std::time::Duration::ZERO), t(0));
+    }
+
     #[test]
     fn an_outside_time_past_the_horizon_moves_the_watermark_only_to_it() {
-        let h = horizon(Some(t(0)), t(0));
+        let h = horizon(Some(t(0)), t(0), TWO_MINUTES);
         assert_eq!(judge(t(10), h), OutsideTime::Believed(t(10)));
         assert_eq!(judge(t(60), h).watermark(), t(60));
         assert_eq!(judge(t(10), h).warning("x"), None);

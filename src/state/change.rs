@@ -67,6 +67,14 @@ pub(super) const BODY_COLUMNS: &str = "
     c.last_updated, c.event, c.detected_at,
     (SELECT cb.body FROM change_body cb WHERE cb.id = c.id)";
 
+/// `BODY_COLUMNS` without the bytes: no stored payload and no resource body
+/// is read (`read_body` gives what `MessageBody::forget_resource` leaves).
+pub(super) const BODY_COLUMNS_WITHOUT_BYTES: &str = "
+    NULL,
+    c.id, c.source, c.owner_id, c.resource_type, c.resource_id, c.version_id,
+    c.last_updated, c.event, c.detected_at,
+    NULL";
+
 /// Reads `BODY_COLUMNS` starting at column `at`.
 pub(super) fn read_body(r: &Row, at: usize) -> rusqlite::Result<MessageBody> {
     if let Some(p) = r.get::<_, Option<Vec<u8>>>(at)? {

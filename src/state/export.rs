@@ -19,6 +19,9 @@ pub struct ExportJob {
     /// The kick-off URL without `_since` (base, group, types); `None` for a
     /// job saved by an older version.
     pub request: Option<String>,
+    /// The fingerprint of the manifest `files_done` and `lines_done` count
+    /// on; `None` until one was read (or saved by an older version).
+    pub manifest: Option<String>,
 }
 
 /// Where a chunk's commit leaves the job: `lines` of file `file` are in.
@@ -34,7 +37,7 @@ impl Store {
         self.call(move |c| {
             c.query_row(
                 "SELECT job_url, since, kicked_off_at, transaction_time, files_done, lines_done,
-                    request
+                    request, manifest
                  FROM export_job WHERE source = ?1",
                 params![source],
                 |r| {
@@ -46,6 +49,7 @@ impl Store {
                         files_done: r.get(4)?,
                         lines_done: r.get(5)?,
                         request: r.get(6)?,
+                        manifest: r.get(7)?,
                     })
                 },
             )
@@ -72,6 +76,7 @@ impl Store {
             files_done: 0,
             lines_done: 0,
             request: Some(req.clone()),
+            manifest: None,
         };
         self.call(move |c| {
             c.execute(
@@ -85,17 +90,28 @@ impl Store {
         Ok(job)
     }
 
-    /// The manifest's `transactionTime`, for status.
+    /// The manifest read: its `transactionTime` and its fingerprint (what
+    /// the progress counts on from now). `restart`: the progress was counted
+    /// on another manifest; the files are read again from the first.
     pub async fn note_export_manifest(
         &self,
         source: &str,
         transaction_time: &str,
+        fingerprint: &str,
+        restart: bool,
     ) -> Result<(), StateError> {
-        let (source, tt) = (source.to_string(), transaction_time.to_string());
+        let (source, tt, fp) = (
+            source.to_string(),
+            transaction_time.to_string(),
+            fingerprint.to_string(),
+        );
         self.call(move |c| {
             c.execute(
-                "UPDATE export_job SET transaction_time = ?2 WHERE source = ?1",
-                params![source, tt],
+                "UPDATE export_job SET transaction_time = ?2, manifest = ?3,
+                    files_done = CASE WHEN ?4 THEN 0 ELSE files_done END,
+                    lines_done = CASE WHEN ?4 THEN 0 ELSE lines_done END
+                 WHERE source = ?1",
+                params![source, tt, fp, restart],
             )
             .map(|_| ())
         })
@@ -117,11 +133,15 @@ impl Store {
 
     /// The job is read: every exported type's watermark moves to its
     /// `transactionTime` (never back), and the job is forgotten, together.
+    /// The types in `repaired` had a watermark in the future (the export read
+    /// them from the start): theirs is set to `transactionTime`, back from
+    /// that future, or every later export would start from the beginning.
     pub async fn finish_export(
         &self,
         source: &str,
         types: Vec<String>,
         transaction_time: &str,
+        repaired: Vec<String>,
     ) -> Result<(), StateError> {
         let (source, tt) = (source.to_string(), transaction_time.to_string());
         self.call(move |c| {
@@ -131,11 +151,11 @@ impl Store {
                     "INSERT INTO poll_target (source, resource_type, patient, initialized, watermark)
                      VALUES (?1, ?2, '', 1, ?3)
                      ON CONFLICT (source, resource_type, patient) DO UPDATE SET
-                        watermark = CASE WHEN watermark IS NULL OR watermark < ?3
+                        watermark = CASE WHEN watermark IS NULL OR watermark < ?3 OR ?4
                                     THEN ?3 ELSE watermark END",
                 )?;
                 for rt in &types {
-                    mark.execute(params![source, rt, tt])?;
+                    mark.execute(params![source, rt, tt, repaired.contains(rt)])?;
                 }
             }
             tx.execute("DELETE FROM export_job WHERE source = ?1", params![source])?;
@@ -200,10 +220,29 @@ mod tests {
         store.export_file_done("s", 3).await.unwrap();
         let got = store.export_job("s").await.unwrap().unwrap();
         assert_eq!((got.files_done, got.lines_done), (3, 0));
+        store
+            .note_export_manifest("s", "2026-11-30T10:00:00.000Z", "f1", false)
+            .await
+            .unwrap();
+        let got = store.export_job("s").await.unwrap().unwrap();
+        assert_eq!((got.files_done, got.manifest.as_deref()), (3, Some("f1")));
+        store
+            .note_export_manifest("s", "2026-11-30T10:00:00.000Z", "f2", true)
+            .await
+            .unwrap();
+        let got = store.export_job("s").await.unwrap().unwrap();
+        assert_eq!((got.files_done, got.lines_done), (0, 0));
+        assert_eq!(got.manifest.as_deref(), Some("f2"));
+        store.export_file_done("s", 3).await.unwrap();
 
         let tt = "2026-11-30T10:00:00.000Z";
         store
-            .finish_export("s", vec!["Patient".into(), "Observation".into()], tt)
+            .finish_export(
+                "s",
+                vec!["Patient".into(), "Observation".into()],
+                tt,
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(store.export_job("s").await.unwrap(), None);
@@ -218,7 +257,7 @@ mod tests {
         store.save_export_job("s", "u", None, "r").await.unwrap();
         let older = "2026-11-29T10:00:00.000Z";
         store
-            .finish_export("s", vec!["Patient".into()], older)
+            .finish_export("s", vec!["Patient".into()], older, vec![])
             .await
             .unwrap();
         let st = store
@@ -226,5 +265,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(st.watermark.as_deref(), Some(tt));
+        // Except from a watermark in the future, which the export repairs.
+        store.save_export_job("s", "u", None, "r").await.unwrap();
+        store
+            .finish_export("s", vec!["Patient".into()], older, vec!["Patient".into()])
+            .await
+            .unwrap();
+        let st = store
+            .target_state(&TargetKey::population("s", "Patient"))
+            .await
+            .unwrap();
+        assert_eq!(st.watermark.as_deref(), Some(older));
     }
 }

@@ -7,6 +7,7 @@
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
 mod backfill;
+mod backfill_lock;
 mod change;
 mod channel;
 mod dlq;
@@ -35,6 +36,7 @@ mod summary;
 pub use summary::Summary;
 
 pub use backfill::BackfillJob;
+pub use backfill_lock::BackfillLock;
 pub use change::{ChangeRecord, MessageBody};
 pub use channel::{ChannelState, MAX_EVENTS_PER_QUERY, RetainedEvent};
 pub use dlq::{DlqSelection, Moved, OrphanedHook};

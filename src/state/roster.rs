@@ -39,6 +39,21 @@ fn plan(
 }
 
 impl Store {
+    /// The patients of a fan-out source whose targets have not left the
+    /// roster: the last roster the bridge believed, as the state keeps it.
+    pub async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError> {
+        let source = source.to_string();
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT DISTINCT patient FROM poll_target
+                 WHERE source = ?1 AND patient != '' AND left_roster_at IS NULL",
+            )?
+            .query_map(params![source], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()
+        })
+        .await
+    }
+
     /// Brings a source's per-patient targets in line with the roster just
     /// read (see `RosterSync`), in one transaction.
     pub async fn sync_roster(
@@ -130,6 +145,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sync.left, ["b"]);
+        // What a restart takes as the last roster: b is away.
+        assert_eq!(store.roster_in_state("s").await.unwrap(), only_a);
         let report = store
             .patient_targets_report("s", "Observation")
             .await

@@ -278,6 +278,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE poll_target ADD COLUMN left_roster_at INTEGER;          -- our clock, ms
     "#,
+    // 15: the fingerprint of the bulk export manifest a job's progress
+    // (files and lines done, by position) was counted on: a resumed job
+    // whose status now gives another manifest reads it from the start.
+    r#"
+    ALTER TABLE export_job ADD COLUMN manifest TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

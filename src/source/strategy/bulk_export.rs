@@ -124,6 +124,34 @@ pub(in crate::source) fn parse_manifest(body: &[u8]) -> Result<Manifest, Manifes
     })
 }
 
+/// What a job's progress (files and lines done, by position) is counted
+/// on: the manifest's time and its output files, in order.
+pub(in crate::source) fn fingerprint(m: &Manifest) -> String {
+    let files: Vec<(&str, &str)> = (m.output.iter())
+        .map(|f| (f.resource_type.as_str(), f.url.as_str()))
+        .collect();
+    let text = serde_json::to_vec(&(format_instant(m.transaction_time), files)).unwrap_or_default();
+    crate::diff::content_hash(&text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether progress `(files_done, lines_done)` counted on the manifest
+/// `stored` still holds for the manifest `now`: none made, or the same
+/// manifest. Another one (reordered, files added or dropped, another
+/// export), or one not known (saved by an older version), is read again
+/// from its first file: the diff drops what was delivered, where skipping
+/// by position could skip a file never read.
+pub(in crate::source) fn progress_holds(
+    stored: Option<&str>,
+    now: &str,
+    files_done: i64,
+    lines_done: i64,
+) -> bool {
+    (files_done <= 0 && lines_done <= 0) || stored == Some(now)
+}
+
 /// A file URL from the manifest, resolved against the job's URL, if it is
 /// on the source's origins (the bridge's credentials go with it).
 pub(in crate::source) fn file_url(source: &Source, job: &Url, url: &str) -> Option<Url> {
@@ -146,17 +174,14 @@ pub(in crate::source) fn date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
 }
 
 /// Whether a job kicked off at `kicked_off_ms` (our clock) has gone past
-/// `timeout` by `now_ms` without a usable manifest (`has_manifest`: one was
-/// read; its files are being read, and the bound no longer applies: cancelling
-/// a long download would start it over and over).
-pub(in crate::source) fn job_expired(
-    kicked_off_ms: i64,
-    now_ms: i64,
-    timeout: Duration,
-    has_manifest: bool,
-) -> bool {
+/// `timeout` by `now_ms`. Asked only when a status request gave no usable
+/// manifest (202, busy, unusable), never while files are read: a long
+/// download is not cancelled, but a job whose status URL fails for ever
+/// after its manifest was read (its files failing too) is, like one that
+/// never gave a manifest.
+pub(in crate::source) fn job_expired(kicked_off_ms: i64, now_ms: i64, timeout: Duration) -> bool {
     let limit = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    !has_manifest && now_ms.saturating_sub(kicked_off_ms) > limit
+    now_ms.saturating_sub(kicked_off_ms) > limit
 }
 
 /// Whether a turn of the source's loop that has spent `spent` on a job
@@ -301,10 +326,52 @@ impl LineSplitter {
 pub(in crate::source) const NOT_AN_OBJECT: &str = "an NDJSON line that is not a JSON object";
 pub(in crate::source) const TOO_LONG: &str = "an NDJSON line longer than 16 MB";
 
-/// A searchset Bundle of `lines` for the page pipeline: each line that is
-/// a JSON object becomes an entry; blank lines are nothing; the others are
-/// returned by their position in `lines` with the reason.
-pub(in crate::source) fn lines_to_bundle(lines: &[Line]) -> (Vec<u8>, Vec<(usize, &'static str)>) {
+/// A line's `resourceType`, if it has one (borrowed unless escaped).
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    resource_type: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The shortest prefix of a type name shown (it comes from outside).
+const MAX_TYPE_CHARS: usize = 64;
+
+/// Why a line of a file of type `file_type` holding a resource of type
+/// `other` is not an entry: the page pipeline keeps only the file's type, so
+/// without this it would vanish without a word. A name that is not a FHIR
+/// type name is not repeated.
+fn other_type(other: &str, file_type: &str) -> String {
+    let shown = other.len() <= MAX_TYPE_CHARS
+        && other.starts_with(|c: char| c.is_ascii_uppercase())
+        && other.chars().all(|c| c.is_ascii_alphanumeric());
+    match shown {
+        true => format!("a resource of type {other} in a file of type {file_type}"),
+        false => format!("a resource of another type in a file of type {file_type}"),
+    }
+}
+
+/// The `Content-Encoding` of an output file when it is one the bridge did
+/// not ask for (it sends no `Accept-Encoding`: anything but `identity`),
+/// short and printable for status.
+pub(in crate::source) fn unasked_encoding(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(reqwest::header::CONTENT_ENCODING)?;
+    let v = String::from_utf8_lossy(v.as_bytes());
+    if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity") {
+        return None;
+    }
+    let short: String = v.chars().take(MAX_TYPE_CHARS).collect();
+    Some(crate::logsafe::escape(&short))
+}
+
+/// A searchset Bundle of `lines` (from a file of type `file_type`) for the
+/// page pipeline: each line that is a JSON object of that type (or of none:
+/// the pipeline names what it lacks) becomes an entry; blank lines are
+/// nothing; the others are returned by their position in `lines` with the
+/// reason.
+pub(in crate::source) fn lines_to_bundle(
+    lines: &[Line],
+    file_type: &str,
+) -> (Vec<u8>, Vec<(usize, String)>) {
     let size = lines
         .iter()
         .map(|l| match l {
@@ -319,7 +386,7 @@ pub(in crate::source) fn lines_to_bundle(lines: &[Line]) -> (Vec<u8>, Vec<(usize
     for (i, line) in lines.iter().enumerate() {
         let text = match line {
             Line::TooLong => {
-                skipped.push((i, TOO_LONG));
+                skipped.push((i, TOO_LONG.to_string()));
                 continue;
             }
             Line::Complete(b) => b.trim_ascii(),
@@ -327,10 +394,16 @@ pub(in crate::source) fn lines_to_bundle(lines: &[Line]) -> (Vec<u8>, Vec<(usize
         if text.is_empty() {
             continue;
         }
-        let object = text.first() == Some(&b'{')
-            && serde_json::from_slice::<&serde_json::value::RawValue>(text).is_ok();
-        if !object {
-            skipped.push((i, NOT_AN_OBJECT));
+        let typed = match text.first() == Some(&b'{') {
+            true => serde_json::from_slice::<Typed>(text).ok(),
+            false => None,
+        };
+        let Some(typed) = typed else {
+            skipped.push((i, NOT_AN_OBJECT.to_string()));
+            continue;
+        };
+        if let Some(other) = typed.resource_type.filter(|t| t != file_type) {
+            skipped.push((i, other_type(&other, file_type)));
             continue;
         }
         if !first {
@@ -507,14 +580,38 @@ mod tests {
     }
 
     #[test]
-    fn a_job_without_a_manifest_expires_after_the_timeout_one_with_one_never() {
+    fn progress_holds_only_on_the_manifest_it_was_counted_on() {
+        let m = |files: &[&str]| Manifest {
+            transaction_time: "2026-11-30T10:00:00Z".parse().unwrap(),
+            output: (files.iter())
+                .map(|u| OutputFile {
+                    resource_type: "Patient".into(),
+                    url: u.to_string(),
+                })
+                .collect(),
+            errors: vec![],
+        };
+        let (ab, ba) = (fingerprint(&m(&["a", "b"])), fingerprint(&m(&["b", "a"])));
+        assert_eq!(ab, fingerprint(&m(&["a", "b"])));
+        assert_ne!(ab, ba);
+        assert_eq!(ab.len(), 64);
+        assert!(progress_holds(Some(&ab), &ab, 1, 20));
+        assert!(!progress_holds(Some(&ab), &ba, 1, 0));
+        assert!(
+            !progress_holds(None, &ab, 0, 3),
+            "an older version's progress"
+        );
+        assert!(progress_holds(None, &ab, 0, 0), "none made");
+    }
+
+    #[test]
+    fn a_job_expires_after_the_timeout() {
         let hour = Duration::from_secs(3600);
-        assert!(!job_expired(0, 3_600_000, hour, false));
-        assert!(job_expired(0, 3_600_001, hour, false));
-        assert!(!job_expired(0, 36_000_000, hour, true), "files being read");
+        assert!(!job_expired(0, 3_600_000, hour));
+        assert!(job_expired(0, 3_600_001, hour));
         // A clock stepped back: not expired.
-        assert!(!job_expired(10_000, 0, hour, false));
-        assert!(!job_expired(i64::MIN, i64::MAX, Duration::MAX, false));
+        assert!(!job_expired(10_000, 0, hour));
+        assert!(!job_expired(i64::MIN, i64::MAX, Duration::MAX));
     }
 
     #[test]
@@ -564,14 +661,40 @@ mod tests {
             complete(r#"{"resourceType":"Patient","id":"b""#),
             Line::TooLong,
             complete(r#" {"resourceType":"Patient","id":"c"} "#),
+            complete(r#"{"resourceType":"Observation","id":"o"}"#),
+            complete(r#"{"resourceType":"Obs\u0065rvation","id":"o"}"#),
+            complete(r#"{"resourceType":"Pati\u001bent","id":"o"}"#),
+            complete(r#"{"resourceType":"Patient","id":"d"}{"x":1}"#),
+            complete("\"Patient\""),
+            complete("1e999999"),
         ];
-        let (body, skipped) = lines_to_bundle(&lines);
-        assert_eq!(
-            skipped,
-            [(2, NOT_AN_OBJECT), (3, NOT_AN_OBJECT), (4, TOO_LONG)]
-        );
+        let (body, skipped) = lines_to_bundle(&lines, "Patient");
+        let other = "a resource of type Observation in a file of type Patient";
+        let not_fhir = "a resource of another type in a file of type Patient";
+        let want = [
+            (2, NOT_AN_OBJECT),
+            (3, NOT_AN_OBJECT),
+            (4, TOO_LONG),
+            (6, other),
+            (7, other),
+            (8, not_fhir),
+            (9, NOT_AN_OBJECT),
+            (10, NOT_AN_OBJECT),
+            (11, NOT_AN_OBJECT),
+        ];
+        let want: Vec<(usize, String)> = want.iter().map(|(i, r)| (*i, r.to_string())).collect();
+        assert_eq!(skipped, want);
         let page = crate::source::bundle::parse_page(&body).unwrap();
         let ids: Vec<_> = page.entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
+        let mut h = HeaderMap::new();
+        assert_eq!(unasked_encoding(&h), None);
+        h.insert(
+            reqwest::header::CONTENT_ENCODING,
+            "identity".parse().unwrap(),
+        );
+        assert_eq!(unasked_encoding(&h), None);
+        h.insert(reqwest::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(unasked_encoding(&h).as_deref(), Some("gzip"));
     }
 }
