@@ -5,7 +5,7 @@
 //! `bridges.toml`; [`daemon`] runs it all, with [`housekeeping`] keeping the
 //! state bounded; [`cli`] holds the operator commands. [`telemetry`] tells
 //! what happens (log lines and metrics), [`admin`] serves the metrics and
-//! health endpoints. [`http_io`] holds what every HTTP exchange shares (error
+//! health endpoints. [`http`] holds what every HTTP exchange shares (error
 //! text without URLs, `Retry-After`, bounded body reads).
 
 pub mod admin;
@@ -17,7 +17,7 @@ pub mod delivery;
 pub mod diff;
 pub mod filter;
 pub mod housekeeping;
-pub mod http_io;
+pub mod http;
 pub mod logsafe;
 pub mod outbox;
 pub mod payload;

@@ -61,7 +61,7 @@ pub enum AuthError {
     NotAToken,
     #[error(
         "token endpoint: HTTP {status}, response larger than {} (not read)",
-        crate::http_io::size_text(MAX_RESPONSE_BYTES)
+        crate::http::size_text(MAX_RESPONSE_BYTES)
     )]
     TooLarge { status: u16 },
     #[error("[base]/.well-known/smart-configuration: {0}; no token endpoint (set `token_url`)")]

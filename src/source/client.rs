@@ -3,8 +3,7 @@
 
 use super::clock::ServerClock;
 use super::rate::SourceLimiter;
-use crate::http_io::{BodyError, read_bounded, size_text};
-pub use crate::http_io::{describe, parse_retry_after};
+use crate::http::{BodyError, describe, parse_retry_after, read_bounded, size_text};
 use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue};
 use std::sync::Arc;

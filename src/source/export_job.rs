@@ -347,7 +347,7 @@ impl SourceTask {
             .map_err(ExportError::KickOff)?;
         let status = resp.status().as_u16();
         if status != 202 {
-            let retry_after = super::client::parse_retry_after(resp.headers());
+            let retry_after = crate::http::parse_retry_after(resp.headers());
             if status >= 400 {
                 let error = super::client::FetchError::Status {
                     status,
@@ -524,7 +524,7 @@ impl SourceTask {
         if !resp.status().is_success() {
             let error = super::client::FetchError::Status {
                 status: resp.status().as_u16(),
-                retry_after: super::client::parse_retry_after(resp.headers()),
+                retry_after: crate::http::parse_retry_after(resp.headers()),
             };
             return Err(file_err(error).into());
         }
