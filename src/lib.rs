@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod diff;
+pub mod fhir;
 pub mod filter;
 pub mod housekeeping;
 pub mod http;

@@ -104,7 +104,7 @@ impl std::fmt::Display for RedirectRefusal {
 
 /// A server time that was not believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the server's clock reads {}, more than {}h ahead of ours: not trusted", super::bundle::format_instant(*.0), MAX_CLOCK_SKEW.as_secs() / 3600)]
+#[error("the server's clock reads {}, more than {}h ahead of ours: not trusted", crate::fhir::format_instant(*.0), MAX_CLOCK_SKEW.as_secs() / 3600)]
 pub struct UntrustedClock(pub DateTime<Utc>);
 
 impl FhirClient {
