@@ -25,6 +25,7 @@ pub mod payload;
 pub mod progress;
 pub mod retry_action;
 pub mod sandbox;
+pub mod signing;
 pub mod source;
 pub mod state;
 pub mod telemetry;

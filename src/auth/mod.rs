@@ -21,7 +21,6 @@
 //! `MAX_RESPONSE_BYTES`.
 
 mod discovery;
-pub mod smart;
 #[cfg(test)]
 mod tests;
 mod token_request;
@@ -78,7 +77,7 @@ pub enum AuthError {
     )]
     RefusedAgain { hold: Duration },
     #[error("client assertion: {0}")]
-    Key(#[from] smart::KeyError),
+    Key(#[from] crate::signing::smart::KeyError),
 }
 
 /// Waits for one request's turn in the budget of whoever the token is for
