@@ -5,8 +5,10 @@
 //! `bridges.toml`; [`daemon`] runs it all, with [`housekeeping`] keeping the
 //! state bounded; [`cli`] holds the operator commands. [`telemetry`] tells
 //! what happens (log lines and metrics), [`admin`] serves the metrics and
-//! health endpoints. [`http`] holds what every HTTP exchange shares (error
-//! text without URLs, `Retry-After`, bounded body reads).
+//! health endpoints. At the bottom, shared by all and importing none of
+//! them: [`fhir`] (ids, instants, the Bundle reader), [`http`] (what every
+//! HTTP exchange shares: error text without URLs, `Retry-After`, bounded
+//! body reads) and [`signing`] (SMART and webhook keys).
 
 pub mod admin;
 pub mod auth;
