@@ -238,7 +238,7 @@ async fn raw_fetch(fhir: &FhirSandbox, n: usize) -> f64 {
             .bytes()
             .await
             .unwrap();
-        let page = fhir_bridge::source::bundle::parse_page(&body).unwrap();
+        let page = fhir_bridge::fhir::bundle::parse_page(&body).unwrap();
         got += page.entries.len();
         match page.next {
             Some(n) => url = n,

@@ -6,7 +6,7 @@
 //! of delivered payloads it holds do not linger.
 
 use crate::config::Source;
-use crate::source::bundle::{format_instant, parse_instant};
+use crate::fhir::{format_instant, parse_instant};
 use crate::state::{Store, now_ms};
 use chrono::{DateTime, Utc};
 use std::time::Duration;

@@ -132,7 +132,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WebhookSecret {
             command: WebhookSecretCommand::Generate { asymmetric },
         } => {
-            use fhir_bridge::delivery::signature::{generate_asymmetric, generate_symmetric};
+            use fhir_bridge::signing::webhook::{generate_asymmetric, generate_symmetric};
             let text = if asymmetric {
                 let (secret, public) = generate_asymmetric()?;
                 format!(
@@ -275,7 +275,7 @@ async fn replay_main(a: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn keys_main(command: KeysCommand) -> anyhow::Result<ExitCode> {
-    use fhir_bridge::auth::smart::{KeyAlg, SmartKey, generate_pem};
+    use fhir_bridge::signing::smart::{KeyAlg, SmartKey, generate_pem};
     let jwks = match command {
         KeysCommand::Generate { alg, out } => {
             let alg = if alg == "RS384" {

@@ -1,7 +1,7 @@
 //! Bad input: property tests (proptest used as a fuzzer) for the two parsers
 //! that read text from outside the process.
 //!
-//! - `source::bundle::parse_page` (search Bundles from the EHR): arbitrary
+//! - `fhir::bundle::parse_page` (search Bundles from the EHR): arbitrary
 //!   bytes, JSON-token soup, and generated Bundles (well-formed, oddly typed,
 //!   then mangled byte-wise). It must never panic; a well-formed Bundle parses
 //!   to exactly the entries, next link and server time it holds; whenever a
@@ -18,8 +18,9 @@
 
 use fhir_bridge::config::{Config, ConfigError, Schedule};
 use fhir_bridge::delivery::retry::next_delay;
+use fhir_bridge::fhir::bundle::{BundleError, parse_page};
+use fhir_bridge::fhir::{is_fhir_id, parse_instant};
 use fhir_bridge::filter::{Filter, parse_resource};
-use fhir_bridge::source::bundle::{BundleError, is_fhir_id, parse_instant, parse_page};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config as PtConfig, TestCaseError};

@@ -7,7 +7,7 @@ mod common;
 
 use common::scripted::{Scripted, Seen, fhir_json, status_with};
 use common::{Bridge, config, hook, wait_for};
-use fhir_bridge::delivery::signature::{
+use fhir_bridge::signing::webhook::{
     VerifyingKey, generate_asymmetric, generate_symmetric, verify,
 };
 use serde_json::json;

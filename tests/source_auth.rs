@@ -308,7 +308,7 @@ async fn token_request(
 async fn the_test_auth_proxy_refuses_what_it_should() {
     use common::auth_server::{AuthServer, Client, Options};
     use common::authed::generate_key;
-    use fhir_bridge::auth::smart::SmartKey;
+    use fhir_bridge::signing::smart::SmartKey;
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     use std::time::Duration;
 

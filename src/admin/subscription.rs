@@ -139,7 +139,7 @@ async fn answer(h: &HookEndpoints, name: &str, events: Option<(EventsQuery, Bodi
         status: state.status(),
         events_since_start: state.events,
     };
-    let now = crate::source::bundle::format_instant(chrono::Utc::now());
+    let now = crate::fhir::format_instant(chrono::Utc::now());
     let id = Uuid::new_v5(
         &QUERY_NS,
         format!("{name}\n{now}\n{}", events.is_some()).as_bytes(),

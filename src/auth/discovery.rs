@@ -13,7 +13,7 @@
 
 use super::MAX_RESPONSE_BYTES;
 use crate::config::TokenUrlRefusal;
-use crate::http_io::{BodyError, read_bounded};
+use crate::http::{BodyError, read_bounded};
 use std::time::Duration;
 use url::Url;
 
@@ -48,7 +48,7 @@ pub(super) async fn discover(
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| DiscoveryError::Body(BodyError::Transport(crate::http_io::describe(&e))))?;
+        .map_err(|e| DiscoveryError::Body(BodyError::Transport(crate::http::describe(&e))))?;
     if !resp.status().is_success() {
         return Err(DiscoveryError::Status(resp.status().as_u16()));
     }

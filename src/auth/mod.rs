@@ -21,7 +21,6 @@
 //! `MAX_RESPONSE_BYTES`.
 
 mod discovery;
-pub mod smart;
 #[cfg(test)]
 mod tests;
 mod token_request;
@@ -61,7 +60,7 @@ pub enum AuthError {
     NotAToken,
     #[error(
         "token endpoint: HTTP {status}, response larger than {} (not read)",
-        crate::http_io::size_text(MAX_RESPONSE_BYTES)
+        crate::http::size_text(MAX_RESPONSE_BYTES)
     )]
     TooLarge { status: u16 },
     #[error("[base]/.well-known/smart-configuration: {0}; no token endpoint (set `token_url`)")]
@@ -78,7 +77,7 @@ pub enum AuthError {
     )]
     RefusedAgain { hold: Duration },
     #[error("client assertion: {0}")]
-    Key(#[from] smart::KeyError),
+    Key(#[from] crate::signing::smart::KeyError),
 }
 
 /// Waits for one request's turn in the budget of whoever the token is for

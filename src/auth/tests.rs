@@ -1,7 +1,7 @@
 //! The token cache against a real HTTP token endpoint on 127.0.0.1.
 
 use super::*;
-use crate::auth::smart::{KeyAlg, SmartKey, generate_pem};
+use crate::signing::smart::{KeyAlg, SmartKey, generate_pem};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};

@@ -4,7 +4,7 @@
 //! ever shown, never its body.
 
 use super::{AuthError, MAX_RESPONSE_BYTES};
-use crate::http_io::{BodyError, describe, read_bounded};
+use crate::http::{BodyError, describe, read_bounded};
 use reqwest::header::HeaderValue;
 use secrecy::SecretString;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Operator input for `--since`, `--until` and `--resource`: parsed once, at
 //! the command line, into what the state queries take.
 
-use crate::source::bundle::{is_fhir_id, is_resource_type};
+use crate::fhir::{is_fhir_id, is_resource_type};
 
 /// An RFC 3339 instant (`2026-11-30T08:00:00Z`), or a duration meaning "that
 /// long ago" (`2h`, `30m`, `1d 12h`), as ms since the epoch on our clock.

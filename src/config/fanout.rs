@@ -6,7 +6,7 @@
 use super::ConfigError;
 use super::raw::RawSource;
 use super::validate::{Ctx, MIN_SECOND};
-use crate::source::bundle::is_fhir_id;
+use crate::fhir::is_fhir_id;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 use super::raw::{RawHook, RawHookAuth};
 use super::validate::Ctx;
 use super::{ConfigError, HookAuth};
-use crate::delivery::signature::SigningKey;
+use crate::signing::webhook::SigningKey;
 use secrecy::ExposeSecret;
 use std::path::Path;
 use std::sync::Arc;

@@ -154,7 +154,7 @@ pub enum SourceAuth {
     /// SMART Backend Services: a signed JWT client assertion (ES384/RS384).
     SmartBackend {
         client_id: String,
-        key: Arc<crate::auth::smart::SmartKey>,
+        key: Arc<crate::signing::smart::SmartKey>,
         scope: Option<String>,
         /// Else `token_endpoint` of `[base]/.well-known/smart-configuration`.
         token_url: Option<Url>,
@@ -228,7 +228,7 @@ pub struct Hook {
     /// `status` reports the hook unhealthy when its oldest pending message is older.
     pub max_pending_age: Duration,
     /// Keys every webhook is signed with (Standard Webhooks), in order.
-    pub signing_keys: Arc<Vec<crate::delivery::signature::SigningKey>>,
+    pub signing_keys: Arc<Vec<crate::signing::webhook::SigningKey>>,
     /// Static headers, validated.
     pub headers: Vec<(String, String)>,
     pub auth: Option<HookAuth>,

@@ -131,7 +131,7 @@ pub(super) fn validate(
                 "private_key",
                 a.private_key.as_ref().ok_or_else(|| need("private_key"))?,
             )?;
-            let key = crate::auth::smart::SmartKey::from_pem(
+            let key = crate::signing::smart::SmartKey::from_pem(
                 secrecy::ExposeSecret::expose_secret(&*pem),
                 a.kid.as_deref(),
             )

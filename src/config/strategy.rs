@@ -133,7 +133,7 @@ pub(super) fn validate(
         }
         Some(g) => {
             let id = g.get_ref().strip_prefix("Group/").unwrap_or("");
-            if !crate::source::bundle::is_fhir_id(id) {
+            if !crate::fhir::is_fhir_id(id) {
                 return Err(ctx.err(
                     g.span(),
                     format!("{what}: `export_group` must be `Group/{{id}}`"),

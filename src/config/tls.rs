@@ -7,7 +7,7 @@
 use super::ConfigError;
 use super::raw::RawTls;
 use super::validate::Ctx;
-use crate::http_io::describe;
+use crate::http::describe;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
 use std::sync::Arc;

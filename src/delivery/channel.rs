@@ -197,7 +197,7 @@ impl Keeper {
             format!("{}\n{}\n{stamp}", hook.name, kind.as_str()).as_bytes(),
         )
         .to_string();
-        let now = crate::source::bundle::format_instant(chrono::Utc::now());
+        let now = crate::fhir::format_instant(chrono::Utc::now());
         let body = {
             let ch = self.stamp(0);
             notification(&ch.channel(hook), kind, hook.content, &[], &id, &now)

@@ -5,7 +5,6 @@ mod channel;
 mod render;
 pub mod retry;
 mod sender;
-pub mod signature;
 mod worker;
 
 pub use channel::ChannelInfo;

@@ -75,7 +75,7 @@ pub(super) fn render(hook: &Hook, channel: Option<&ChannelNow>, msgs: &[Claimed]
     // `events_since_start` is the keeper's (`Keeper::stamp`): never below
     // these events' numbers nor below what an earlier notification said.
     let ch = channel.channel(hook);
-    let now = crate::source::bundle::format_instant(chrono::Utc::now());
+    let now = crate::fhir::format_instant(chrono::Utc::now());
     let body = notification(
         &ch,
         NotificationType::EventNotification,

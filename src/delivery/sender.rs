@@ -1,10 +1,10 @@
 //! One HTTP POST of one message, classified.
 
-use super::signature::sign;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Hook, HookAuth, Tls};
-use crate::http_io::{describe, parse_retry_after};
+use crate::http::{describe, parse_retry_after};
 use crate::retry_action::RetryAction;
+use crate::signing::webhook::sign;
 use crate::telemetry::auth::Owner;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;

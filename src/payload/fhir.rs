@@ -103,7 +103,7 @@ pub fn change_of<'a>(
             version_id: None,
             last_updated: None,
             event: "update".into(),
-            detected_at: crate::source::bundle::format_instant(chrono::Utc::now()),
+            detected_at: crate::fhir::format_instant(chrono::Utc::now()),
             body: None,
         }),
     }

@@ -4,7 +4,7 @@
 use super::history::{HistoryQuery, LogKey};
 use super::search::{Query, ReferenceFilter};
 use super::store::reference_to;
-use crate::source::bundle::parse_instant;
+use crate::fhir::parse_instant;
 use axum::http::HeaderMap;
 
 /// What a search understands; with strict handling anything else is a 400.

@@ -6,14 +6,15 @@
 //! from the last committed page. Pages are rate-limited, so an initial load
 //! does not crowd out the EHR's other clients.
 
-use super::bundle::{format_instant, parse_instant};
 use super::client::FhirClient;
 use super::errors::PollError;
 use super::page::{self, PageJob};
 use super::poll::next_link;
-use super::strategy::{EntryMode, search_url};
+use super::strategy::search_url;
 use super::watermark::{WatermarkTracker, horizon};
 use crate::config::Source;
+use crate::fhir::bundle::EntryMode;
+use crate::fhir::{format_instant, parse_instant};
 use crate::outbox::Route;
 use crate::state::{BackfillProgress, Store};
 use chrono::{DateTime, Utc};

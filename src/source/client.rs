@@ -3,8 +3,7 @@
 
 use super::clock::ServerClock;
 use super::rate::SourceLimiter;
-use crate::http_io::{BodyError, read_bounded, size_text};
-pub use crate::http_io::{describe, parse_retry_after};
+use crate::http::{BodyError, describe, parse_retry_after, read_bounded, size_text};
 use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue};
 use std::sync::Arc;
@@ -105,7 +104,7 @@ impl std::fmt::Display for RedirectRefusal {
 
 /// A server time that was not believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the server's clock reads {}, more than {}h ahead of ours: not trusted", super::bundle::format_instant(*.0), MAX_CLOCK_SKEW.as_secs() / 3600)]
+#[error("the server's clock reads {}, more than {}h ahead of ours: not trusted", crate::fhir::format_instant(*.0), MAX_CLOCK_SKEW.as_secs() / 3600)]
 pub struct UntrustedClock(pub DateTime<Utc>);
 
 impl FhirClient {

@@ -2,8 +2,8 @@
 //! numbers, status codes), never a body or a URL from the server: it goes to
 //! logs and status.
 
-use super::bundle::BundleError;
 use super::client::{FetchError, UntrustedClock};
+use crate::fhir::bundle::BundleError;
 use crate::retry_action::RetryAction;
 use crate::state::StateError;
 

@@ -17,12 +17,12 @@ use super::notes::Notes;
 use super::page::{self, PageJob};
 use super::poll::{Polled, SourceTask};
 use super::routing::Routing;
-use super::strategy::EntryMode;
 use super::strategy::bulk_export::{
     self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest,
 };
 use super::watermark::{horizon, judge};
 use crate::config::Start;
+use crate::fhir::bundle::EntryMode;
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
 use crate::telemetry::Event;
 use crate::telemetry::source::PageCommitted;
@@ -87,7 +87,7 @@ impl SourceTask {
                 state = self.initialize(&k).await?;
                 fresh = true;
             }
-            let parse = |s: &Option<String>| s.as_deref().and_then(super::bundle::parse_instant);
+            let parse = |s: &Option<String>| s.as_deref().and_then(crate::fhir::parse_instant);
             let type_floor = parse(&state.floor);
             match parse(&state.watermark) {
                 // Written before the bridge bounded `transactionTime`: as a
@@ -96,7 +96,7 @@ impl SourceTask {
                 Some(w) if w > limit && Some(w) != type_floor => {
                     notes.warn(format!(
                         "{rt}: the stored watermark {} is in the future; exporting from the start again",
-                        super::bundle::format_instant(w)
+                        crate::fhir::format_instant(w)
                     ));
                     from_beginning = true;
                     repaired.push(rt.clone());
@@ -167,7 +167,7 @@ impl SourceTask {
                 // watermarks (from the start when they lie in the future).
                 Some(job)
                     if (job.since.as_deref())
-                        .and_then(super::bundle::parse_instant)
+                        .and_then(crate::fhir::parse_instant)
                         .is_some_and(|s| s > limit) =>
                 {
                     self.cancel_job(&job.job_url).await;
@@ -188,7 +188,7 @@ impl SourceTask {
                 }
             };
             // A resumed job's window is its own.
-            run.window_start = job.since.as_deref().and_then(super::bundle::parse_instant);
+            run.window_start = job.since.as_deref().and_then(crate::fhir::parse_instant);
             // Asked only when the status gives no usable manifest (see
             // `job_expired`): a manifest read earlier does not save a job
             // whose status URL then fails for ever.
@@ -318,7 +318,7 @@ impl SourceTask {
             let w = state
                 .watermark
                 .as_deref()
-                .and_then(super::bundle::parse_instant);
+                .and_then(crate::fhir::parse_instant);
             ahead |= w.is_some_and(|w| w > local);
         }
         if ahead && let Err(e) = self.probe_server_time(key).await {
@@ -347,7 +347,7 @@ impl SourceTask {
             .map_err(ExportError::KickOff)?;
         let status = resp.status().as_u16();
         if status != 202 {
-            let retry_after = super::client::parse_retry_after(resp.headers());
+            let retry_after = crate::http::parse_retry_after(resp.headers());
             if status >= 400 {
                 let error = super::client::FetchError::Status {
                     status,
@@ -365,7 +365,7 @@ impl SourceTask {
         // The status URL gets the source's credentials: on its origins only.
         let job_url =
             bulk::file_url(&self.source, &url, job_url).ok_or(ExportError::ForeignJobUrl)?;
-        let since = since.map(super::bundle::format_instant);
+        let since = since.map(crate::fhir::format_instant);
         if self.dry_run.is_some() {
             return Ok(ExportJob {
                 job_url: job_url.to_string(),
@@ -412,7 +412,7 @@ impl SourceTask {
             (files_done, lines_done) = (0, 0);
         }
         if self.dry_run.is_none() {
-            let tt = super::bundle::format_instant(manifest.transaction_time);
+            let tt = crate::fhir::format_instant(manifest.transaction_time);
             (self.store)
                 .note_export_manifest(name, &tt, &fingerprint, !holds)
                 .await?;
@@ -466,7 +466,7 @@ impl SourceTask {
         if let Some(w) = judged.warning("the bulk export's transactionTime") {
             run.notes.warn(w);
         }
-        let tt = super::bundle::format_instant(judged.watermark());
+        let tt = crate::fhir::format_instant(judged.watermark());
         if self.dry_run.is_none() {
             let repaired = run.repaired.clone();
             (self.store)
@@ -524,7 +524,7 @@ impl SourceTask {
         if !resp.status().is_success() {
             let error = super::client::FetchError::Status {
                 status: resp.status().as_u16(),
-                retry_after: super::client::parse_retry_after(resp.headers()),
+                retry_after: crate::http::parse_retry_after(resp.headers()),
             };
             return Err(file_err(error).into());
         }

@@ -65,7 +65,7 @@ impl SourceTask {
             notes.warn(e.to_string());
         }
         let status = resp.status().as_u16();
-        let retry_after = super::client::parse_retry_after(resp.headers());
+        let retry_after = crate::http::parse_retry_after(resp.headers());
         match status {
             200 => {
                 let body = match self.client.read_body(resp, MAX_MANIFEST_BYTES).await {

@@ -12,7 +12,7 @@
 //! resource created, updated and deleted between two polls must reach the
 //! diff as its create, update and delete, in that order.
 
-use super::bundle::{Entry, Method};
+use crate::fhir::bundle::{Entry, Method};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 

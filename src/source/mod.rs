@@ -1,7 +1,6 @@
 //! Sources: one task per configured EHR, polling each resource type on schedule.
 
 pub mod backfill;
-pub mod bundle;
 mod capability;
 pub mod client;
 pub mod clock;

@@ -5,10 +5,10 @@
 //! It runs on the blocking pool: hook filters may use their whole budget on
 //! each resource, and must never stall the async workers (deliveries, signals).
 
-use super::bundle::{BundleError, Method, Skipped, format_instant, parse_page_as};
-use super::strategy::EntryMode;
 use super::watermark::FUTURE_TOLERANCE;
 use crate::diff::{self, Observed};
+use crate::fhir::bundle::{BundleError, EntryMode, Method, Skipped, parse_page_as};
+use crate::fhir::format_instant;
 use crate::outbox::{Change, Route, route_change};
 use crate::payload::MAX_INCLUDED_BYTES;
 use crate::state::{PageCommit, SeenRow, StateError, Store};
@@ -298,7 +298,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
 /// versionIds): the version the delete superseded, re-read by an
 /// overlapping poll, not the resource created again (a re-creation comes
 /// after the delete). Numeric versions are left to `diff::classify`.
-fn reread_before_delete(prev: Option<&SeenRow>, e: &super::bundle::Entry) -> bool {
+fn reread_before_delete(prev: Option<&SeenRow>, e: &crate::fhir::bundle::Entry) -> bool {
     let Some(prev) = prev.filter(|p| diff::is_tombstone(p)) else {
         return false;
     };
@@ -309,7 +309,7 @@ fn reread_before_delete(prev: Option<&SeenRow>, e: &super::bundle::Entry) -> boo
     if numeric(prev.version_id.as_deref()) && numeric(e.version_id.as_deref()) {
         return false;
     }
-    let remembered = (prev.last_updated.as_deref()).and_then(super::bundle::parse_instant);
+    let remembered = (prev.last_updated.as_deref()).and_then(crate::fhir::parse_instant);
     matches!((remembered, e.last_updated), (Some(p), Some(c)) if c <= p)
 }
 

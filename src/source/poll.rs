@@ -1,6 +1,5 @@
 //! The poll loop of one source: search, follow `next`, diff, route, commit per page.
 
-use super::bundle::{format_instant, parse_instant, parse_page};
 use super::client::{FetchError, FhirClient};
 pub use super::errors::PollError;
 use super::notes::Notes;
@@ -13,6 +12,8 @@ use super::targets::KnownTargets;
 use super::walk_position::{AfterPage, TurnsSoFar, WalkPosition, after_page};
 use super::watermark::{WatermarkTracker, horizon};
 use crate::config::{Source, Start};
+use crate::fhir::bundle::parse_page;
+use crate::fhir::{format_instant, parse_instant};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
 use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};

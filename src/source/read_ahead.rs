@@ -11,11 +11,10 @@
 //! and the poll goes on as without it, from the pages read in the server's
 //! order to the first page not read, which it fetches and judges itself.
 
-use super::bundle::parse_page_as;
 use super::client::Fetched;
 use super::history_order::HistoryOrder;
 use super::poll::{SourceTask, next_link};
-use super::strategy::EntryMode;
+use crate::fhir::bundle::{EntryMode, parse_page_as};
 use std::collections::{HashSet, VecDeque};
 use tokio_util::sync::CancellationToken;
 use url::Url;

@@ -2,10 +2,11 @@
 //! Patient search, or a file of ids. Every id is checked as a FHIR id (it
 //! ends up in search URLs, state and logs); the roster is bounded.
 
-use super::bundle::{BundleError, is_fhir_id, parse_page};
 use super::client::FetchError;
 use super::poll::{SourceTask, next_link};
 use crate::config::Roster;
+use crate::fhir::bundle::{BundleError, parse_page};
+use crate::fhir::is_fhir_id;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -80,8 +80,8 @@ impl OutsideTime {
             OutsideTime::Believed(_) => None,
             OutsideTime::Beyond { told, horizon } => Some(format!(
                 "{what} {} is after the server's clock; the watermark moved only to {} (the server's clock plus {} s at most)",
-                crate::source::bundle::format_instant(told),
-                crate::source::bundle::format_instant(horizon),
+                crate::fhir::format_instant(told),
+                crate::fhir::format_instant(horizon),
                 FUTURE_TOLERANCE.num_seconds()
             )),
         }

@@ -5,7 +5,7 @@
 //! holds it up). Also the process' build info and start time.
 
 use crate::config::Config;
-use crate::source::bundle::parse_instant;
+use crate::fhir::parse_instant;
 use crate::source::client::FhirClient;
 use crate::state::{GaugeSnapshot, Store, now_ms};
 use chrono::Utc;

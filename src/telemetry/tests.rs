@@ -412,7 +412,7 @@ url = "http://127.0.0.1:2/hook"
             TargetMark {
                 source: "epic".into(),
                 resource_type: "Observation".into(),
-                watermark: Some(crate::source::bundle::format_instant(
+                watermark: Some(crate::fhir::format_instant(
                     chrono::Utc::now() - chrono::Duration::seconds(600),
                 )),
                 per_patient: false,
@@ -435,7 +435,7 @@ url = "http://127.0.0.1:2/hook"
             TargetMark {
                 source: "cerner".into(),
                 resource_type: "Observation".into(),
-                watermark: Some(crate::source::bundle::format_instant(
+                watermark: Some(crate::fhir::format_instant(
                     chrono::Utc::now() - chrono::Duration::seconds(120),
                 )),
                 per_patient: true,

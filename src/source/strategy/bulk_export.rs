@@ -7,7 +7,7 @@
 //! itself is run by `source/export_job.rs`.
 
 use crate::config::Source;
-use crate::source::bundle::{format_instant, parse_instant};
+use crate::fhir::{format_instant, parse_instant};
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
@@ -684,7 +684,7 @@ mod tests {
         ];
         let want: Vec<(usize, String)> = want.iter().map(|(i, r)| (*i, r.to_string())).collect();
         assert_eq!(skipped, want);
-        let page = crate::source::bundle::parse_page(&body).unwrap();
+        let page = crate::fhir::bundle::parse_page(&body).unwrap();
         let ids: Vec<_> = page.entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
         let mut h = HeaderMap::new();

@@ -5,7 +5,7 @@
 //! chain is read to its end (`WatermarkTracker`).
 
 use crate::config::Source;
-use crate::source::bundle::format_instant;
+use crate::fhir::format_instant;
 use chrono::{DateTime, Utc};
 use url::Url;
 

@@ -2,7 +2,7 @@
 //! Creates and updates; deletes are invisible to a search.
 
 use crate::config::Source;
-use crate::source::bundle::format_instant;
+use crate::fhir::format_instant;
 use chrono::{DateTime, Utc};
 use url::Url;
 

@@ -11,6 +11,7 @@ pub(super) mod snapshot;
 
 use crate::config::Source;
 pub use crate::config::Strategy;
+use crate::fhir::bundle::EntryMode;
 use crate::state::TargetKey;
 use chrono::{DateTime, Utc};
 use url::Url;
@@ -39,16 +40,6 @@ impl Walk {
     pub fn is_full(self) -> bool {
         self.strategy() == Strategy::Snapshot
     }
-}
-
-/// How a page's entries are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryMode {
-    /// Search matches: a resource per entry; create or update is for the diff to say.
-    Search,
-    /// History entries: `request.method` says create (POST), update (PUT) or
-    /// delete (DELETE, with no resource).
-    History,
 }
 
 /// The first request of one poll of a target: changes since `since` (the

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub use super::strategy::EntryMode;
+use super::{is_fhir_id, is_resource_type, parse_instant};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BundleError {
@@ -67,6 +67,16 @@ struct Response {
     last_modified: Option<String>,
 }
 
+/// How a page's entries are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryMode {
+    /// Search matches: a resource per entry; create or update is for the diff to say.
+    Search,
+    /// History entries: `request.method` says create (POST), update (PUT) or
+    /// delete (DELETE, with no resource).
+    History,
+}
+
 /// What a history entry did to its resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -125,31 +135,6 @@ pub struct Page<'a> {
     pub entries: Vec<Entry<'a>>,
     /// Entries dropped because their id or versionId is not a FHIR id.
     pub skipped: Vec<Skipped>,
-}
-
-/// FHIR's `id` type: `[A-Za-z0-9\-\.]{1,64}`. Ids end up in message ids,
-/// payloads, logs and status, so nothing else is let through.
-pub fn is_fhir_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-/// A resource type as FHIR spells them: `[A-Z][A-Za-z]{0,63}`.
-pub fn is_resource_type(s: &str) -> bool {
-    s.len() <= 64
-        && s.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
-        && s.bytes().all(|b| b.is_ascii_alphabetic())
-}
-
-pub fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|d| d.to_utc())
-}
-
-/// Formats an instant the way the bridge stores and queries it (UTC, ms).
-/// Sub-millisecond digits are truncated, which only widens a `ge` window.
-pub fn format_instant(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// A search page (see `parse_page_as`).
@@ -344,6 +329,7 @@ fn deleted_entry<'a>(e: &RawEntry) -> Result<Entry<'a>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::format_instant;
 
     /// A `Bundle.total` that is not a count (a string, a negative, a float)
     /// does not fail the page (its entries are the server's all the same);

@@ -363,5 +363,5 @@ fn signed_prefix(msg_id: &str, timestamp: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "signature_tests.rs"]
+#[path = "webhook_tests.rs"]
 mod tests;
