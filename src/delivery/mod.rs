@@ -1,5 +1,6 @@
 //! Delivery: per-hook workers that POST outbox messages, at least once.
 
+mod attempt;
 mod batch;
 mod channel;
 mod render;
@@ -8,6 +9,7 @@ mod sender;
 pub mod signature;
 mod worker;
 
+pub use attempt::{Attempt, FailureKind};
 pub use channel::ChannelInfo;
-pub use sender::{Attempt, Sender};
+pub use sender::Sender;
 pub use worker::HookWorker;
