@@ -153,7 +153,7 @@ fn route_parsed(
             Ok(false) => continue,
             Err(FilterError::Cancelled) => return Err(Cancelled),
             Err(e) => {
-                crate::telemetry::Event::emit(crate::telemetry::source::FilterError {
+                crate::telemetry::Event::emit(crate::telemetry::source::FilterFailed {
                     hook: &route.hook,
                     resource_type: change.resource_type,
                     resource_id: change.resource_id,

@@ -6,6 +6,7 @@
 //! resource bodies from `$events`, which go only to a peer on this machine
 //! that presents `[admin] token`.
 
+pub mod gauges;
 mod listener;
 pub mod subscription;
 

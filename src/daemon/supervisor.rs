@@ -339,9 +339,9 @@ impl Supervisor {
                 return;
             }
         };
-        let gauges = crate::telemetry::gauges::Gauges::new(&self.config, &self.clients);
+        let gauges = crate::admin::gauges::Gauges::new(&self.config, &self.clients);
         self.gauges = Some(Running::spawn(move |c| {
-            crate::telemetry::gauges::run(store, gauges, handle, c)
+            crate::admin::gauges::run(store, gauges, handle, c)
         }));
     }
 

@@ -6,9 +6,10 @@
 //! then `active`, `error` after a failed attempt); events wait, pending,
 //! while the handshake fails.
 
+use super::attempt::Attempt;
 use super::render::ChannelNow;
 use super::retry::next_delay;
-use super::sender::{Attempt, Sender};
+use super::sender::Sender;
 use crate::config::{Config, Hook};
 use crate::payload::fhir::{NotificationType, notification};
 use crate::retry_action::RetryAction;
@@ -216,7 +217,11 @@ impl Keeper {
         crate::telemetry::Event::emit(crate::telemetry::delivery::ChannelNotified {
             hook: &hook.name,
             kind: kind.as_str(),
-            attempt: &attempt,
+            status: attempt.status(),
+            error: match &attempt {
+                Attempt::Delivered { .. } => None,
+                Attempt::Failed { error, .. } => Some(error),
+            },
         });
         if matches!(sent, Sent::Gone)
             && let Err(e) = store

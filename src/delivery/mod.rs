@@ -1,5 +1,6 @@
 //! Delivery: per-hook workers that POST outbox messages, at least once.
 
+mod attempt;
 mod batch;
 mod channel;
 mod render;
@@ -7,6 +8,7 @@ pub mod retry;
 mod sender;
 mod worker;
 
+pub use attempt::{Attempt, FailureKind};
 pub use channel::ChannelInfo;
-pub use sender::{Attempt, Sender};
+pub use sender::Sender;
 pub use worker::HookWorker;

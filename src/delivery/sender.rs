@@ -1,43 +1,15 @@
 //! One HTTP POST of one message, classified.
 
+use super::attempt::{Attempt, FailureKind};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Hook, HookAuth, Tls};
 use crate::http::{describe, parse_retry_after};
-use crate::retry_action::RetryAction;
 use crate::signing::webhook::sign;
 use crate::telemetry::auth::Owner;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How one attempt went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attempt {
-    Delivered {
-        status: u16,
-    },
-    Failed {
-        status: Option<u16>,
-        error: String,
-        retry_after: Option<Duration>,
-    },
-}
-
-impl Attempt {
-    /// What this attempt means for the message (see `retry_action`).
-    pub fn action(&self) -> RetryAction {
-        match self {
-            Attempt::Delivered { .. } => RetryAction::Success,
-            Attempt::Failed {
-                status: Some(status),
-                retry_after,
-                ..
-            } => RetryAction::for_status(*status, *retry_after),
-            Attempt::Failed { status: None, .. } => RetryAction::for_transport_error(),
-        }
-    }
-}
 
 /// Sends one hook's webhooks: its HTTP client (its own when the hook has TLS
 /// settings, else the one hooks share) and, for OAuth, its token cache.
@@ -111,7 +83,8 @@ impl Sender {
             match &attempt {
                 Attempt::Delivered { .. } => auth.accepted(used),
                 Attempt::Failed {
-                    status: Some(401), ..
+                    kind: FailureKind::Http(401),
+                    ..
                 } => {
                     if let Err(e) = auth.refused(used).await {
                         return token_failed(e);
@@ -170,7 +143,7 @@ impl Sender {
                     }
                 } else if status.is_redirection() {
                     Attempt::Failed {
-                        status: Some(status.as_u16()),
+                        kind: FailureKind::Http(status.as_u16()),
                         error: format!(
                             "HTTP {} redirect to another URL (not followed)",
                             status.as_u16()
@@ -179,19 +152,19 @@ impl Sender {
                     }
                 } else {
                     Attempt::Failed {
-                        status: Some(status.as_u16()),
+                        kind: FailureKind::Http(status.as_u16()),
                         error: format!("HTTP {}", status.as_u16()),
                         retry_after: parse_retry_after(resp.headers()),
                     }
                 }
             }
             Err(e) if e.is_timeout() => Attempt::Failed {
-                status: None,
+                kind: FailureKind::Timeout,
                 error: format!("timed out after {}s", timeout.as_secs_f64()),
                 retry_after: None,
             },
             Err(e) => Attempt::Failed {
-                status: None,
+                kind: FailureKind::Network,
                 error: if e.is_connect() {
                     format!("connection failed: {}", describe(&e))
                 } else {
@@ -207,7 +180,7 @@ impl Sender {
 /// status and OAuth error code (never its body).
 fn token_failed(e: AuthError) -> Attempt {
     Attempt::Failed {
-        status: None,
+        kind: FailureKind::Auth,
         error: e.to_string(),
         retry_after: None,
     }

@@ -2,11 +2,12 @@
 //! at most `concurrency` at once, never two versions of one resource at once.
 //! A slow or broken hook only ever occupies its own worker.
 
+use super::attempt::Attempt;
 use super::batch::{batch_to_store, notifications};
 use super::channel::{ChannelInfo, Keeper};
 use super::render::{Outgoing, render};
 use super::retry::next_delay;
-use super::sender::{Attempt, Sender};
+use super::sender::Sender;
 use crate::config::Hook;
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
@@ -296,7 +297,9 @@ impl HookWorker {
             message_id: &msg.message_id,
             resource_type: &msg.resource_type,
             resource_id: &msg.resource_id,
-            attempt,
+            status: attempt.status(),
+            status_class: attempt.status_class(),
+            delivered: matches!(attempt, Attempt::Delivered { .. }),
             attempts,
             duration,
             created_at_ms: msg.created_at_ms,
@@ -307,7 +310,8 @@ impl HookWorker {
         let gone = action == RetryAction::Disable;
         let record = match attempt.clone() {
             Attempt::Delivered { status } => DeliveryRecord::Delivered { status },
-            Attempt::Failed { status, error, .. } if action == RetryAction::Disable => {
+            Attempt::Failed { kind, error, .. } if action == RetryAction::Disable => {
+                let status = kind.status();
                 // 410 Gone: the receiver says this endpoint is no more. Stop sending
                 // to it (nothing is dropped: messages wait as pending) until an
                 // operator runs `fhir-bridge hook enable`.
@@ -329,7 +333,8 @@ impl HookWorker {
                     retry_at_ms: Some(now_ms()),
                 }
             }
-            Attempt::Failed { status, error, .. } if action == RetryAction::GiveUp => {
+            Attempt::Failed { kind, error, .. } if action == RetryAction::GiveUp => {
+                let status = kind.status();
                 // The receiver read this message and refused it: the same bytes
                 // would get the same answer. Dead-lettered now, redrivable.
                 let error = format!("{error} (refused by the receiver: not retried)");
@@ -347,7 +352,8 @@ impl HookWorker {
                     retry_at_ms: None,
                 }
             }
-            Attempt::Failed { status, error, .. } => {
+            Attempt::Failed { kind, error, .. } => {
+                let status = kind.status();
                 let (hook_name, message_id) = (hook.name.as_str(), msg.message_id.as_str());
                 match retry {
                     Some((delay, _)) => RetryScheduled {

@@ -82,6 +82,29 @@ pub enum ExportError {
 }
 
 impl PollError {
+    /// The `outcome` label of a failed poll: a small fixed set, so that a
+    /// dashboard can tell an EHR that is down from one that sends nonsense.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PollError::Fetch { error, .. } | PollError::ConfirmRead { error, .. } => match error {
+                FetchError::Status { status: 429, .. } => "throttled",
+                FetchError::Status { .. } => "http_error",
+                FetchError::Timeout => "timeout",
+                FetchError::Connect(_) | FetchError::Other(_) => "connection",
+                FetchError::Auth(_) => "auth",
+                FetchError::TooLarge { .. } | FetchError::Redirect { .. } => "invalid_response",
+            },
+            PollError::Bundle { .. } => "invalid_response",
+            PollError::BadNextLink { .. }
+            | PollError::NextLinkLoop { .. }
+            | PollError::ForeignNextLink { .. }
+            | PollError::PageCap { .. } => "paging",
+            PollError::Clock { .. } | PollError::NoServerTime { .. } => "clock",
+            PollError::Export(_) => "export",
+            PollError::State(_) => "state",
+        }
+    }
+
     /// What the failure means for this target's next poll. Only a server's
     /// `Retry-After` changes the schedule (the target waits, at most
     /// `rate::MAX_PAUSE`); every other failure is polled again on the next
@@ -124,5 +147,38 @@ impl PollError {
             ) => RetryAction::for_status(*status, *retry_after),
             _ => RetryAction::Retry,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_failures_have_a_few_outcomes() {
+        let fetch = |error| PollError::Fetch {
+            resource_type: "Observation".into(),
+            page: 1,
+            error,
+        };
+        let status = |s| FetchError::Status {
+            status: s,
+            retry_after: None,
+        };
+        assert_eq!(PollError::outcome(&fetch(status(429))), "throttled");
+        assert_eq!(PollError::outcome(&fetch(status(500))), "http_error");
+        assert_eq!(
+            PollError::outcome(&fetch(FetchError::Connect("refused".into()))),
+            "connection"
+        );
+        assert_eq!(
+            PollError::outcome(&fetch(FetchError::TooLarge { limit: 1024 })),
+            "invalid_response"
+        );
+        let cap = PollError::PageCap {
+            resource_type: "Observation".into(),
+            pages: 1000,
+        };
+        assert_eq!(PollError::outcome(&cap), "paging");
     }
 }

@@ -14,6 +14,7 @@
 use super::errors::{ExportError, PollError};
 use super::export_status::StatusCheck;
 use super::notes::Notes;
+use super::page::page_committed;
 use super::page::{self, PageJob};
 use super::poll::{Polled, SourceTask};
 use super::routing::Routing;
@@ -25,7 +26,6 @@ use crate::config::Start;
 use crate::fhir::bundle::EntryMode;
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
 use crate::telemetry::Event;
-use crate::telemetry::source::PageCommitted;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use std::sync::Arc;
@@ -639,7 +639,7 @@ impl SourceTask {
             Some(sink) => sink.record(commit),
             None => {
                 let committed =
-                    PageCommitted::new(&commit, &run.routing.routes, page.created, page.deleted);
+                    page_committed(&commit, &run.routing.routes, page.created, page.deleted);
                 self.store.commit_page(commit).await?;
                 committed.emit();
             }

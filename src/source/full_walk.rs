@@ -8,6 +8,7 @@ use super::client::FetchError;
 use super::confirm::{self, Confirmed};
 use super::notes::Notes;
 use super::page::PageJob;
+use super::page::page_committed;
 use super::poll::{PollError, SourceTask};
 use super::routing::Routing;
 use super::strategy::Walk;
@@ -16,7 +17,6 @@ use crate::fhir::bundle::EntryMode;
 use crate::retry_action::RetryAction;
 use crate::state::{SeenRow, TargetKey, now_ms};
 use crate::telemetry::Event;
-use crate::telemetry::source::PageCommitted;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,7 +92,7 @@ impl SourceTask {
         match &self.dry_run {
             Some(sink) => sink.record(commit),
             None => {
-                let committed = PageCommitted::new(&commit, &routing.routes, 0, deleted);
+                let committed = page_committed(&commit, &routing.routes, 0, deleted);
                 self.store.commit_page(commit).await?;
                 committed.emit();
             }

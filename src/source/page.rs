@@ -12,9 +12,39 @@ use crate::fhir::format_instant;
 use crate::outbox::{Change, Route, route_change};
 use crate::payload::MAX_INCLUDED_BYTES;
 use crate::state::{PageCommit, SeenRow, StateError, Store};
+use crate::telemetry::source::PageCommitted;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a committed page told telemetry: every route's filter saw every
+/// change of the page; its messages are the ones it kept, `filter_errors`
+/// the ones it failed on, the rest it dropped. Counted before the commit
+/// (which consumes the page), told after it succeeded.
+pub(super) fn page_committed(
+    commit: &PageCommit,
+    routes: &[Route],
+    created: u64,
+    deleted: u64,
+) -> PageCommitted {
+    let decisions = routes
+        .iter()
+        .map(|r| {
+            let kept = commit.messages.iter().filter(|m| m.hook == r.hook).count() as u64;
+            let errors = commit.filter_errors.get(&r.hook).copied().unwrap_or(0);
+            let dropped = commit.changes.saturating_sub(kept + errors);
+            (r.hook.clone(), kept, dropped)
+        })
+        .collect();
+    PageCommitted {
+        source: commit.source.clone(),
+        resource_type: commit.resource_type.clone(),
+        created,
+        updated: commit.changes.saturating_sub(created + deleted),
+        deleted,
+        decisions,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum PageError {

@@ -18,7 +18,7 @@ use crate::progress::Beat;
 use crate::retry_action::RetryAction;
 use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};
 use crate::telemetry::Event;
-use crate::telemetry::source::{PageCommitted, PollCompleted};
+use crate::telemetry::source::{PollCompleted, PollFailure};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -219,7 +219,13 @@ impl SourceTask {
                 PollCompleted {
                     source: &self.source.name,
                     resource_type: rt,
-                    outcome: outcome.as_ref().map(|_| sofar.changes),
+                    outcome: match &outcome {
+                        Ok(_) => Ok(sofar.changes),
+                        Err(e) => Err(PollFailure {
+                            outcome: e.outcome(),
+                            error: e,
+                        }),
+                    },
                     duration: sofar.took,
                     pages: notes.pages,
                     resources: notes.resources,
@@ -726,7 +732,7 @@ impl SourceTask {
                 match &self.dry_run {
                     Some(sink) => sink.record(commit),
                     None => {
-                        let committed = PageCommitted::new(
+                        let committed = page::page_committed(
                             &commit,
                             &routing.routes,
                             page.created,

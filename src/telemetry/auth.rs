@@ -56,7 +56,7 @@ impl Event for TokenRefreshed<'_> {
 pub struct TokenRefreshFailed<'a> {
     pub owner: &'a Owner,
     /// HTTP status and OAuth error code only (see `AuthError`), never a body.
-    pub error: &'a crate::auth::AuthError,
+    pub error: &'a dyn std::fmt::Display,
 }
 
 impl Event for TokenRefreshFailed<'_> {

@@ -1,7 +1,6 @@
 //! Delivery: attempts and their outcomes, latencies, retries, dead letters.
 
 use super::Event;
-use crate::delivery::Attempt;
 use chrono::{DateTime, Utc};
 use metrics::{counter, histogram};
 use std::time::Duration;
@@ -24,7 +23,11 @@ pub struct DeliveryAttempted<'a> {
     pub message_id: &'a str,
     pub resource_type: &'a str,
     pub resource_id: &'a str,
-    pub attempt: &'a Attempt,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// `2xx` ... `5xx`, or without an answer `timeout`, `auth`, `network`.
+    pub status_class: &'static str,
+    pub delivered: bool,
     /// Attempts so far, this one included.
     pub attempts: u32,
     /// How long this attempt took.
@@ -52,45 +55,21 @@ impl DeliveryAttempted<'_> {
 
 impl Event for DeliveryAttempted<'_> {
     fn emit(self) {
-        let (outcome, status) = match self.attempt {
-            Attempt::Delivered { status } => {
-                tracing::debug!(target: WORKER_TARGET, hook = %self.hook, message_id = %self.message_id, resource = %format!("{}/{}", self.resource_type, self.resource_id), status, "delivered");
-                ("delivered", Some(*status))
-            }
-            // Failures are told by what follows them: RetryScheduled,
-            // DeadLettered, HookDisabled.
-            Attempt::Failed { status, .. } => ("failed", *status),
+        // Failures are told by what follows them: RetryScheduled,
+        // DeadLettered, HookDisabled.
+        let outcome = if self.delivered {
+            tracing::debug!(target: WORKER_TARGET, hook = %self.hook, message_id = %self.message_id, resource = %format!("{}/{}", self.resource_type, self.resource_id), status = self.status, "delivered");
+            "delivered"
+        } else {
+            "failed"
         };
-        let error = match self.attempt {
-            Attempt::Failed { error, .. } => error.as_str(),
-            Attempt::Delivered { .. } => "",
-        };
-        counter!(DELIVERIES, "hook" => self.hook.to_string(), "outcome" => outcome, "status_class" => status_class(status, error))
+        counter!(DELIVERIES, "hook" => self.hook.to_string(), "outcome" => outcome, "status_class" => self.status_class)
             .increment(1);
         histogram!(ATTEMPT_DURATION, "hook" => self.hook.to_string())
             .record(self.duration.as_secs_f64());
         if outcome == "delivered" {
             self.delivered_at(Utc::now());
         }
-    }
-}
-
-/// The `status_class` label: `2xx` ... `5xx` for an HTTP answer; without one,
-/// `timeout`, `auth` (no token from the hook's token endpoint) or `network`.
-pub fn status_class(status: Option<u16>, error: &str) -> &'static str {
-    match status {
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        Some(_) => "other",
-        // The sender's own texts (delivery::sender): "timed out after ...",
-        // "token endpoint: ...", "client assertion: ...".
-        None if error.starts_with("timed out") => "timeout",
-        None if error.starts_with("token endpoint") || error.starts_with("client assertion") => {
-            "auth"
-        }
-        None => "network",
     }
 }
 
@@ -148,18 +127,21 @@ pub struct ChannelNotified<'a> {
     pub hook: &'a str,
     /// `handshake` or `heartbeat`.
     pub kind: &'static str,
-    pub attempt: &'a Attempt,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// Why it failed; `None`: acknowledged.
+    pub error: Option<&'a str>,
 }
 
 impl Event for ChannelNotified<'_> {
     fn emit(self) {
-        let outcome = match self.attempt {
-            Attempt::Delivered { status } => {
-                tracing::info!(target: WORKER_TARGET, hook = %self.hook, kind = self.kind, status, "subscription notification acknowledged");
+        let outcome = match self.error {
+            None => {
+                tracing::info!(target: WORKER_TARGET, hook = %self.hook, kind = self.kind, status = self.status, "subscription notification acknowledged");
                 "delivered"
             }
-            Attempt::Failed { status, error, .. } => {
-                tracing::warn!(target: WORKER_TARGET, hook = %self.hook, kind = self.kind, status, error = %error, "subscription notification failed");
+            Some(error) => {
+                tracing::warn!(target: WORKER_TARGET, hook = %self.hook, kind = self.kind, status = self.status, error = %error, "subscription notification failed");
                 "failed"
             }
         };

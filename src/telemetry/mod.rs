@@ -190,3 +190,27 @@ fn describe() {
 
 #[cfg(test)]
 mod tests;
+
+/// What tests of telemetry events (here and where gauges are collected) share.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::{builder, describe};
+
+    /// Runs `f` with a fresh recorder of the bridge's configuration and returns
+    /// the Prometheus text it renders.
+    pub(crate) fn render(f: impl FnOnce()) -> String {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            f()
+        });
+        handle.render()
+    }
+
+    /// The value of the series `series` (name and labels exactly as rendered).
+    pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}

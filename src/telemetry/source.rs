@@ -1,11 +1,8 @@
 //! Polling: polls and their outcomes, pages, resources, changes, filters.
 
 use super::Event;
-use crate::outbox::Route;
-use crate::source::PollError;
-use crate::source::client::FetchError;
-use crate::state::PageCommit;
 use metrics::{counter, histogram};
+use std::fmt::Display;
 use std::time::Duration;
 
 pub const POLLS: &str = "fhir_bridge_polls_total";
@@ -25,11 +22,20 @@ pub struct PollCompleted<'a> {
     pub source: &'a str,
     pub resource_type: &'a str,
     /// The changes it committed, or why it failed.
-    pub outcome: Result<u64, &'a PollError>,
+    pub outcome: Result<u64, PollFailure<'a>>,
     pub duration: Duration,
     /// Pages fetched and resources read, a failed poll's too (up to the failure).
     pub pages: u64,
     pub resources: u64,
+}
+
+/// Why a poll failed: the `outcome` label (a small fixed set, so that a
+/// dashboard can tell an EHR that is down from one that sends nonsense) and
+/// the bridge's own text (no body, no URL).
+#[derive(Clone, Copy)]
+pub struct PollFailure<'a> {
+    pub outcome: &'static str,
+    pub error: &'a dyn Display,
 }
 
 impl Event for PollCompleted<'_> {
@@ -41,12 +47,12 @@ impl Event for PollCompleted<'_> {
             }
             // The error is the bridge's own text (see source::errors): no body, no URL.
             Err(e) => {
-                tracing::warn!(target: POLL_TARGET, source = %source, resource_type = %rt, error = %e, "poll failed")
+                tracing::warn!(target: POLL_TARGET, source = %source, resource_type = %rt, error = %e.error, "poll failed")
             }
         }
         let outcome = match self.outcome {
             Ok(_) => "ok",
-            Err(e) => poll_outcome(e),
+            Err(e) => e.outcome,
         };
         let labels = [
             ("source", source.to_string()),
@@ -65,29 +71,6 @@ impl Event for PollCompleted<'_> {
         if self.resources > 0 {
             counter!(RESOURCES, &labels).increment(self.resources);
         }
-    }
-}
-
-/// The `outcome` label of a failed poll: a small fixed set, so that a
-/// dashboard can tell an EHR that is down from one that sends nonsense.
-pub fn poll_outcome(e: &PollError) -> &'static str {
-    match e {
-        PollError::Fetch { error, .. } | PollError::ConfirmRead { error, .. } => match error {
-            FetchError::Status { status: 429, .. } => "throttled",
-            FetchError::Status { .. } => "http_error",
-            FetchError::Timeout => "timeout",
-            FetchError::Connect(_) | FetchError::Other(_) => "connection",
-            FetchError::Auth(_) => "auth",
-            FetchError::TooLarge { .. } | FetchError::Redirect { .. } => "invalid_response",
-        },
-        PollError::Bundle { .. } => "invalid_response",
-        PollError::BadNextLink { .. }
-        | PollError::NextLinkLoop { .. }
-        | PollError::ForeignNextLink { .. }
-        | PollError::PageCap { .. } => "paging",
-        PollError::Clock { .. } | PollError::NoServerTime { .. } => "clock",
-        PollError::Export(_) => "export",
-        PollError::State(_) => "state",
     }
 }
 
@@ -140,14 +123,14 @@ impl Event for FilterDecision<'_> {
 
 /// A filter raised an error (or went over its budget) on one resource: a
 /// non-match for that hook.
-pub struct FilterError<'a> {
+pub struct FilterFailed<'a> {
     pub hook: &'a str,
     pub resource_type: &'a str,
     pub resource_id: &'a str,
     pub error: &'a crate::filter::FilterError,
 }
 
-impl Event for FilterError<'_> {
+impl Event for FilterFailed<'_> {
     fn emit(self) {
         tracing::debug!(target: "fhir_bridge::outbox", hook = %self.hook, resource = %format!("{}/{}", self.resource_type, self.resource_id), error = %loggable(self.error), "filter error counted as non-match");
         counter!(FILTER_ERRORS, "hook" => self.hook.to_string(), "resource_type" => self.resource_type.to_string())
@@ -171,38 +154,13 @@ pub fn loggable(e: &crate::filter::FilterError) -> String {
 /// hook's filter made of it. Counted before the commit (which consumes the
 /// page), told after it succeeded.
 pub struct PageCommitted {
-    source: String,
-    resource_type: String,
-    created: u64,
-    updated: u64,
-    deleted: u64,
+    pub source: String,
+    pub resource_type: String,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
     /// Per hook: changes its filter kept, and dropped.
-    decisions: Vec<(String, u64, u64)>,
-}
-
-impl PageCommitted {
-    /// Every route's filter saw every change of the page: the messages are
-    /// the ones it kept, `filter_errors` the ones it failed on, the rest it
-    /// dropped.
-    pub fn new(commit: &PageCommit, routes: &[Route], created: u64, deleted: u64) -> PageCommitted {
-        let decisions = routes
-            .iter()
-            .map(|r| {
-                let kept = commit.messages.iter().filter(|m| m.hook == r.hook).count() as u64;
-                let errors = commit.filter_errors.get(&r.hook).copied().unwrap_or(0);
-                let dropped = commit.changes.saturating_sub(kept + errors);
-                (r.hook.clone(), kept, dropped)
-            })
-            .collect();
-        PageCommitted {
-            source: commit.source.clone(),
-            resource_type: commit.resource_type.clone(),
-            created,
-            updated: commit.changes.saturating_sub(created + deleted),
-            deleted,
-            decisions,
-        }
-    }
+    pub decisions: Vec<(String, u64, u64)>,
 }
 
 impl Event for PageCommitted {

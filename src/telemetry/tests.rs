@@ -1,30 +1,10 @@
 use super::auth::{Owner, TokenRefreshFailed, TokenRefreshed};
-use super::delivery::{DeadLettered, DeliveryAttempted, RetryScheduled, status_class};
-use super::source::{ChangesDetected, FilterDecision, FilterError, PollCompleted, poll_outcome};
+use super::delivery::{DeadLettered, DeliveryAttempted, RetryScheduled};
+use super::source::{ChangesDetected, FilterDecision, FilterFailed, PollCompleted, PollFailure};
+use super::test_util::{render, value};
 use super::*;
-use crate::delivery::Attempt;
-use crate::source::PollError;
-use crate::source::client::FetchError;
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// Runs `f` with a fresh recorder of the bridge's configuration and returns
-/// the Prometheus text it renders.
-fn render(f: impl FnOnce()) -> String {
-    let recorder = builder().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || {
-        describe();
-        f()
-    });
-    handle.render()
-}
-
-/// The value of the series `series` (name and labels exactly as rendered).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[test]
 fn names_follow_prometheus_conventions() {
@@ -67,13 +47,12 @@ fn names_follow_prometheus_conventions() {
 
 #[test]
 fn a_poll_counts_its_outcome_pages_and_resources() {
-    let failed = PollError::Fetch {
-        resource_type: "Observation".into(),
-        page: 2,
-        error: FetchError::Timeout,
+    let failed = PollFailure {
+        outcome: "timeout",
+        error: &"Observation search page 2: timed out",
     };
     let text = render(|| {
-        for outcome in [Ok(3), Ok(0), Err(&failed)] {
+        for outcome in [Ok(3), Ok(0), Err(failed)] {
             PollCompleted {
                 source: "epic",
                 resource_type: "Observation",
@@ -133,34 +112,6 @@ fn a_poll_counts_its_outcome_pages_and_resources() {
 }
 
 #[test]
-fn poll_failures_have_a_few_outcomes() {
-    let fetch = |error| PollError::Fetch {
-        resource_type: "Observation".into(),
-        page: 1,
-        error,
-    };
-    let status = |s| FetchError::Status {
-        status: s,
-        retry_after: None,
-    };
-    assert_eq!(poll_outcome(&fetch(status(429))), "throttled");
-    assert_eq!(poll_outcome(&fetch(status(500))), "http_error");
-    assert_eq!(
-        poll_outcome(&fetch(FetchError::Connect("refused".into()))),
-        "connection"
-    );
-    assert_eq!(
-        poll_outcome(&fetch(FetchError::TooLarge { limit: 1024 })),
-        "invalid_response"
-    );
-    let cap = PollError::PageCap {
-        resource_type: "Observation".into(),
-        pages: 1000,
-    };
-    assert_eq!(poll_outcome(&cap), "paging");
-}
-
-#[test]
 fn changes_and_filter_decisions_by_kind() {
     let e = crate::filter::FilterError::Input("unparseable resource".into());
     let text = render(|| {
@@ -179,7 +130,7 @@ fn changes_and_filter_decisions_by_kind() {
             dropped: 3,
         }
         .emit();
-        FilterError {
+        FilterFailed {
             hook: "care",
             resource_type: "Encounter",
             resource_id: "e1",
@@ -223,20 +174,17 @@ fn changes_and_filter_decisions_by_kind() {
 #[test]
 fn deliveries_by_outcome_and_status_class_with_latencies() {
     let now = chrono::Utc::now().timestamp_millis();
-    let delivered = Attempt::Delivered { status: 204 };
-    let failed = Attempt::Failed {
-        status: Some(503),
-        error: "HTTP 503".into(),
-        retry_after: None,
-    };
+    // A 503, then a 204.
     let text = render(|| {
-        for (attempt, attempts) in [(&failed, 1), (&delivered, 2)] {
+        for (status, delivered, attempts) in [(503, false, 1), (204, true, 2)] {
             DeliveryAttempted {
                 hook: "care",
                 message_id: "m",
                 resource_type: "Observation",
                 resource_id: "o1",
-                attempt,
+                status: Some(status),
+                status_class: if delivered { "2xx" } else { "5xx" },
+                delivered,
                 attempts,
                 duration: Duration::from_millis(30),
                 created_at_ms: now - 2_000,
@@ -332,23 +280,9 @@ fn filter_errors_never_quote_the_resource() {
 }
 
 #[test]
-fn status_classes() {
-    assert_eq!(status_class(Some(200), ""), "2xx");
-    assert_eq!(status_class(Some(301), ""), "3xx");
-    assert_eq!(status_class(Some(410), ""), "4xx");
-    assert_eq!(status_class(Some(502), ""), "5xx");
-    assert_eq!(status_class(None, "timed out after 15s"), "timeout");
-    assert_eq!(status_class(None, "connection failed: refused"), "network");
-    assert_eq!(
-        status_class(None, "token endpoint: HTTP 400 invalid_client"),
-        "auth"
-    );
-}
-
-#[test]
 fn token_refreshes_by_owner_and_outcome() {
     let owner = Owner::source("epic");
-    let err = crate::auth::AuthError::NotAToken;
+    let err = "token endpoint: the answer is not a token";
     let text = render(|| {
         TokenRefreshed {
             owner: &owner,
@@ -376,109 +310,6 @@ fn token_refreshes_by_owner_and_outcome() {
         ),
         Some(1.0)
     );
-}
-
-#[test]
-fn gauges_from_a_state_snapshot() {
-    use crate::state::{GaugeSnapshot, HookDepth, TargetMark};
-    let config = crate::config::Config::from_str(
-        r#"
-[[source]]
-name = "epic"
-base_url = "http://127.0.0.1:1/fhir"
-resources = ["Observation", "Encounter"]
-[[source]]
-name = "cerner"
-base_url = "http://127.0.0.1:3/fhir"
-resources = ["Observation"]
-patients = { group = "Group/1" }
-[[hook]]
-name = "care"
-url = "http://127.0.0.1:2/hook"
-"#,
-        std::path::Path::new("bridges.toml"),
-    )
-    .unwrap();
-    let now = crate::state::now_ms();
-    let snap = GaugeSnapshot {
-        hooks: vec![HookDepth {
-            hook: "care".into(),
-            pending: 7,
-            dead: 2,
-            oldest_pending_at_ms: Some(now - 90_000),
-            disabled: true,
-        }],
-        targets: vec![
-            TargetMark {
-                source: "epic".into(),
-                resource_type: "Observation".into(),
-                watermark: Some(crate::fhir::format_instant(
-                    chrono::Utc::now() - chrono::Duration::seconds(600),
-                )),
-                per_patient: false,
-            },
-            // Not configured any more: no series.
-            TargetMark {
-                source: "gone".into(),
-                resource_type: "Observation".into(),
-                watermark: Some("2020-01-01T00:00:00.000Z".into()),
-                per_patient: false,
-            },
-            // A fan-out source: its patient furthest behind, not the
-            // population-wide row left from before it fanned out.
-            TargetMark {
-                source: "cerner".into(),
-                resource_type: "Observation".into(),
-                watermark: Some("2020-01-01T00:00:00.000Z".into()),
-                per_patient: false,
-            },
-            TargetMark {
-                source: "cerner".into(),
-                resource_type: "Observation".into(),
-                watermark: Some(crate::fhir::format_instant(
-                    chrono::Utc::now() - chrono::Duration::seconds(120),
-                )),
-                per_patient: true,
-            },
-        ],
-    };
-    let text = render(|| {
-        gauges::Gauges::new(&config, &Default::default()).apply(&snap);
-    });
-    let h = r#"{hook="care"}"#;
-    assert_eq!(
-        value(&text, &format!("{}{h}", gauges::OUTBOX_PENDING)),
-        Some(7.0)
-    );
-    assert_eq!(
-        value(&text, &format!("{}{h}", gauges::DEAD_LETTERS)),
-        Some(2.0)
-    );
-    assert_eq!(
-        value(&text, &format!("{}{h}", gauges::HOOK_DISABLED)),
-        Some(1.0)
-    );
-    let age = value(&text, &format!("{}{h}", gauges::OLDEST_PENDING_AGE)).unwrap();
-    assert!((90.0..95.0).contains(&age), "{age}");
-    let lag = value(
-        &text,
-        &format!(
-            r#"{}{{source="epic",resource_type="Observation"}}"#,
-            gauges::WATERMARK_LAG
-        ),
-    )
-    .unwrap();
-    assert!((600.0..605.0).contains(&lag), "{lag}");
-    let lag = value(
-        &text,
-        &format!(
-            r#"{}{{source="cerner",resource_type="Observation"}}"#,
-            gauges::WATERMARK_LAG
-        ),
-    )
-    .unwrap();
-    assert!((120.0..125.0).contains(&lag), "{lag}");
-    assert!(!text.contains(r#"source="gone""#), "{text}");
 }
 
 /// Metric names a dashboard or rules file mentions: `fhir_bridge_...` words,
@@ -539,49 +370,4 @@ fn the_alert_rules_use_only_metrics_the_bridge_defines() {
             "the alert rules use unknown {name}"
         );
     }
-}
-
-/// One gauge refresh at 10,000 targets (the state read and the gauge
-/// updates) sees every target; its time is printed for the record (the
-/// benchmark's `telemetry` row measures it in a release build).
-#[tokio::test]
-async fn a_gauge_refresh_covers_ten_thousand_targets() {
-    let (_d, store) = crate::state::test_util::temp_store();
-    let mut toml = String::from("[[hook]]\nname = \"h\"\nurl = \"http://127.0.0.1:1/\"\n");
-    for s in 0..1000 {
-        toml += &format!(
-            "[[source]]\nname = \"s{s}\"\nbase_url = \"http://127.0.0.1:1/fhir\"\nresources = [{}]\n",
-            (0..10)
-                .map(|t| format!("\"T{t}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        for t in 0..10 {
-            let w = Some("2026-01-01T00:00:00.000Z".to_string());
-            store
-                .init_target(
-                    &crate::state::TargetKey::population(&format!("s{s}"), &format!("T{t}")),
-                    w,
-                    None,
-                )
-                .await
-                .unwrap();
-        }
-    }
-    let config = crate::config::Config::from_str(&toml, std::path::Path::new("b.toml")).unwrap();
-    let recorder = builder().build_recorder();
-    let gauges = metrics::with_local_recorder(&recorder, || {
-        gauges::Gauges::new(&config, &Default::default())
-    });
-    let started = std::time::Instant::now();
-    let snap = store.gauge_snapshot(vec!["h".into()]).await.unwrap();
-    let read = started.elapsed();
-    let started = std::time::Instant::now();
-    gauges.apply(&snap);
-    println!(
-        "state read: {read:?}; gauge updates: {:?}; {} targets",
-        started.elapsed(),
-        snap.targets.len()
-    );
-    assert_eq!(snap.targets.len(), 10_000);
 }
