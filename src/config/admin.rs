@@ -3,7 +3,7 @@
 
 use super::ConfigError;
 use super::raw::RawAdmin;
-use super::validate::Ctx;
+use super::ctx::Ctx;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;

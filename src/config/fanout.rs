@@ -5,20 +5,10 @@
 
 use super::ConfigError;
 use super::raw::RawSource;
-use super::validate::{Ctx, MIN_SECOND};
+use super::ctx::{Ctx, MIN_SECOND};
 use crate::source::bundle::is_fhir_id;
-use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// `patients = { ... }`: exactly one key.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPatients {
-    pub group: Option<String>,
-    pub search: Option<String>,
-    pub file: Option<String>,
-}
 
 /// Where the list of patients comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

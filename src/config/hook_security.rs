@@ -3,7 +3,7 @@
 //! config loads, so `validate` catches a missing env var or a bad key.
 
 use super::raw::{RawHook, RawHookAuth};
-use super::validate::Ctx;
+use super::ctx::Ctx;
 use super::{ConfigError, HookAuth};
 use crate::delivery::signature::SigningKey;
 use secrecy::ExposeSecret;

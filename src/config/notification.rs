@@ -3,7 +3,7 @@
 //! FHIR formats).
 
 use super::raw::RawHook;
-use super::validate::{Ctx, MIN_SECOND};
+use super::ctx::{Ctx, MIN_SECOND};
 use super::{ConfigError, Content};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! a search cannot see.
 
 use super::raw::RawSource;
-use super::validate::{CRON_HORIZON, CRON_HORIZON_TEXT, Ctx};
+use super::ctx::{CRON_HORIZON, CRON_HORIZON_TEXT, Ctx};
 use super::{ConfigError, Schedule, Strategies, Strategy};
 
 pub(super) fn validate(

@@ -3,7 +3,7 @@
 
 use super::ConfigError;
 use super::raw::RawSource;
-use super::validate::{Ctx, MIN_SECOND};
+use super::ctx::{Ctx, MIN_SECOND};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use toml::Spanned;

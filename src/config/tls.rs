@@ -6,7 +6,7 @@
 
 use super::ConfigError;
 use super::raw::RawTls;
-use super::validate::Ctx;
+use super::ctx::Ctx;
 use crate::http_io::describe;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
