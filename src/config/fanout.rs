@@ -4,8 +4,8 @@
 //! `max_requests_per_second`, the source's request budget.
 
 use super::ConfigError;
-use super::raw::RawSource;
 use super::ctx::{Ctx, MIN_SECOND};
+use super::raw::RawSource;
 use crate::source::bundle::is_fhir_id;
 use std::path::PathBuf;
 use std::time::Duration;

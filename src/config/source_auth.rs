@@ -1,8 +1,8 @@
 //! `[source.auth]`, validated: every secret resolves when the config loads.
 
+use super::ctx::Ctx;
 use super::raw::RawSourceAuth;
 use super::secret::RawSecret;
-use super::ctx::Ctx;
 use super::{ClientCredentials, ConfigError, SourceAuth};
 use std::ops::Range;
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 //! certificate and key parsed, when the config loads.
 
 use super::ConfigError;
-use super::raw::RawTls;
 use super::ctx::Ctx;
+use super::raw::RawTls;
 use crate::http_io::describe;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
