@@ -41,7 +41,7 @@ pub fn content_hash(raw: &[u8]) -> [u8; 32] {
 /// Whether a seen row records a delete (its tombstone): a delete has no
 /// body, so its hash is that of nothing, which no resource has.
 pub fn is_tombstone(row: &SeenRow) -> bool {
-    row.content_hash == content_hash(b"")
+    row.is_tombstone()
 }
 
 /// True when the server reports the very version already seen: the common
@@ -133,6 +133,13 @@ mod tests {
     }
     fn at(s: &str) -> Option<DateTime<Utc>> {
         Some(s.parse().unwrap())
+    }
+
+    /// The state spells the tombstone's hash out (it does no hashing): it
+    /// must be the content hash of an empty body.
+    #[test]
+    fn the_states_tombstone_is_the_hash_of_nothing() {
+        assert_eq!(content_hash(b""), SeenRow::TOMBSTONE_HASH);
     }
 
     #[test]

@@ -11,10 +11,9 @@
 
 use super::liveness::DaemonState;
 use super::span;
-use super::status::StatusReport;
+use super::status_report::{Level, Problem, StatusReport};
 use crate::config::Schedule;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 /// A target whose last this-many polls failed in a row is critical; fewer
 /// failures are a warning (a blip: a timeout, a 503 during a deploy).
@@ -25,42 +24,6 @@ pub const CRITICAL_FAILURES: i64 = 3;
 pub const LAG_TICKS: usize = 3;
 /// ... and that was at least this long ago (sub-minute schedules).
 pub const LAG_MIN_MS: i64 = 5 * 60 * 1000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    Warning,
-    Critical,
-}
-
-impl Level {
-    /// The exit code of `status`.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Level::Ok => 0,
-            Level::Warning => 1,
-            Level::Critical => 2,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Ok => "OK",
-            Level::Warning => "WARNING",
-            Level::Critical => "CRITICAL",
-        }
-    }
-}
-
-/// One thing that needs attention. PHI-free like the rest of status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub level: Level,
-    /// What it is about: `daemon`, `source ehr/Observation`, `hook h`.
-    pub subject: String,
-    pub message: String,
-}
 
 /// Whether a target whose last successful poll was at `last_ok_ms` has
 /// missed `LAG_TICKS` scheduled polls by `now_ms`.

@@ -15,6 +15,7 @@ pub mod poll_once;
 pub mod replay;
 pub mod source_rename;
 pub mod status;
+pub mod status_report;
 mod status_text;
 pub mod test_filter;
 pub mod topics;

@@ -6,6 +6,7 @@
 use super::*;
 use crate::cli::liveness::classify;
 use crate::state::{Heartbeat, LockProbe};
+use std::time::Duration;
 
 /// 2027-01-15T08:00:00Z.
 const NOW: i64 = 1_800_000_000_000;

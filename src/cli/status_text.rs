@@ -2,9 +2,8 @@
 //! hooks), then what needs attention. Colour only when `Style` says so (a
 //! terminal, no NO_COLOR): files, pipes and monitors get plain text.
 
-use super::health::Level;
 use super::liveness;
-use super::status::StatusReport;
+use super::status_report::{Level, StatusReport};
 use super::{ago_at, span};
 use comfy_table::{Cell, CellAlignment, Color, Table, presets};
 use std::fmt::Write;

@@ -2,9 +2,9 @@
 //! failed read (the database briefly locked, say) is shown on the screen and
 //! retried next round rather than ending the watch.
 
-use super::health::Level;
 use super::out::{self, OutputError};
 use super::status::{self, Style};
+use super::status_report::Level;
 use crate::config::Config;
 use std::io::IsTerminal;
 use std::time::Duration;

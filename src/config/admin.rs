@@ -2,8 +2,8 @@
 //! the token `$events` asks for before it serves resource bodies.
 
 use super::ConfigError;
+use super::ctx::Ctx;
 use super::raw::RawAdmin;
-use super::validate::Ctx;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;

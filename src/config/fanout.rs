@@ -4,21 +4,11 @@
 //! `max_requests_per_second`, the source's request budget.
 
 use super::ConfigError;
+use super::ctx::{Ctx, MIN_SECOND};
 use super::raw::RawSource;
-use super::validate::{Ctx, MIN_SECOND};
 use crate::fhir::is_fhir_id;
-use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// `patients = { ... }`: exactly one key.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPatients {
-    pub group: Option<String>,
-    pub search: Option<String>,
-    pub file: Option<String>,
-}
 
 /// Where the list of patients comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

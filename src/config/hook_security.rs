@@ -2,8 +2,8 @@
 //! validated. Every secret resolves (and every signing key parses) when the
 //! config loads, so `validate` catches a missing env var or a bad key.
 
+use super::ctx::Ctx;
 use super::raw::{RawHook, RawHookAuth};
-use super::validate::Ctx;
 use super::{ConfigError, HookAuth};
 use crate::signing::webhook::SigningKey;
 use secrecy::ExposeSecret;

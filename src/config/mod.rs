@@ -4,6 +4,7 @@
 //! `bridges.toml:14: hook `x`: filter does not compile: ...`.
 
 mod admin;
+mod ctx;
 mod diff;
 mod duration;
 mod fanout;

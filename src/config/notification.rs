@@ -2,8 +2,8 @@
 //! and `heartbeat_period`, validated together (some only make sense for the
 //! FHIR formats).
 
+use super::ctx::{Ctx, MIN_SECOND};
 use super::raw::RawHook;
-use super::validate::{Ctx, MIN_SECOND};
 use super::{ConfigError, Content};
 use std::time::Duration;
 

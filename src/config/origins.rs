@@ -4,7 +4,7 @@
 //! narrower permission than the bridge enforces.
 
 use super::ConfigError;
-use super::validate::{Ctx, check_cleartext};
+use super::ctx::{Ctx, check_cleartext};
 use toml::Spanned;
 use url::{Origin, Url};
 

@@ -62,7 +62,7 @@ pub struct RawSource {
     /// it is cancelled and started again.
     pub export_timeout: Option<Spanned<HumanDuration>>,
     /// Per-patient fan-out: where the roster comes from, and how often it is re-read.
-    pub patients: Option<Spanned<super::fanout::RawPatients>>,
+    pub patients: Option<Spanned<RawPatients>>,
     pub roster_refresh: Option<Spanned<HumanDuration>>,
     /// How long a patient who left the roster keeps its targets (watermarks).
     pub roster_grace: Option<Spanned<HumanDuration>>,
@@ -76,6 +76,15 @@ pub struct RawSource {
     pub ca_file: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<RawSecret>>,
+}
+
+/// `patients = { ... }`: exactly one key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPatients {
+    pub group: Option<String>,
+    pub search: Option<String>,
+    pub file: Option<String>,
 }
 
 /// `[source.auth]`: how the bridge authenticates to the EHR.

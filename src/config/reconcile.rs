@@ -2,8 +2,8 @@
 //! each type in full, to find what `meta.lastUpdated` missed and the deletes
 //! a search cannot see.
 
+use super::ctx::{CRON_HORIZON, CRON_HORIZON_TEXT, Ctx};
 use super::raw::RawSource;
-use super::validate::{CRON_HORIZON, CRON_HORIZON_TEXT, Ctx};
 use super::{ConfigError, Schedule, Strategies, Strategy};
 
 pub(super) fn validate(

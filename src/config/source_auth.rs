@@ -1,8 +1,8 @@
 //! `[source.auth]`, validated: every secret resolves when the config loads.
 
+use super::ctx::Ctx;
 use super::raw::RawSourceAuth;
 use super::secret::RawSecret;
-use super::validate::Ctx;
 use super::{ClientCredentials, ConfigError, SourceAuth};
 use std::ops::Range;
 use std::sync::Arc;
@@ -202,7 +202,7 @@ pub fn check_token_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), 
     {
         return Err(TokenUrlRefusal::NotHttp);
     }
-    if !super::validate::cleartext_allowed(url, allow_insecure_http) {
+    if !super::ctx::cleartext_allowed(url, allow_insecure_http) {
         return Err(TokenUrlRefusal::Cleartext);
     }
     Ok(())

@@ -2,8 +2,8 @@
 //! `strategy_by_type` to override it per type.
 
 use super::ConfigError;
+use super::ctx::{Ctx, MIN_SECOND};
 use super::raw::RawSource;
-use super::validate::{Ctx, MIN_SECOND};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use toml::Spanned;

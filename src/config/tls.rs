@@ -5,8 +5,8 @@
 //! certificate and key parsed, when the config loads.
 
 use super::ConfigError;
+use super::ctx::Ctx;
 use super::raw::RawTls;
-use super::validate::Ctx;
 use crate::http::describe;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;

@@ -1,12 +1,11 @@
 //! Turns the raw file into a typed [`Config`], reporting the first problem
 //! with the file name, line and key.
 
-use super::duration::HumanDuration;
+use super::ctx::{CRON_HORIZON, CRON_HORIZON_TEXT, Ctx, MIN_SECOND, check_cleartext};
 use super::raw::{RawConfig, RawHook, RawSource};
 use super::{Config, ConfigError, Hook, Schedule, Source, Start};
 use crate::filter::Filter;
 use std::collections::HashSet;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +14,8 @@ use url::Url;
 
 const DEFAULT_RETRY: [u64; 5] = [5, 60, 300, 1800, 7200];
 
-/// Retry delays, request timeouts and `max_pending_age` below this are refused:
-/// a `["0s"]` retry schedule hammers a failing receiver, a `"0s"` timeout fails
-/// every request.
-pub(super) const MIN_SECOND: Duration = Duration::from_secs(1);
 /// The shortest `every`.
 const MIN_EVERY: Duration = Duration::from_millis(100);
-/// A cron schedule must tick within this long from now, or it "never fires".
-pub(super) const CRON_HORIZON: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
-pub(super) const CRON_HORIZON_TEXT: &str = "5 years";
 const DEFAULT_MAX_PAGES: u32 = 1000;
 const MAX_PAGES: u32 = 100_000;
 const DEFAULT_MAX_PENDING_AGE: Duration = Duration::from_secs(15 * 60);
@@ -44,60 +36,6 @@ const RESERVED_PARAMS: [(&str, &str); 5] = [
     ),
 ];
 
-pub(super) struct Ctx<'a> {
-    text: &'a str,
-    path: &'a Path,
-}
-
-impl Ctx<'_> {
-    fn line(&self, span: Range<usize>) -> usize {
-        self.text.as_bytes()[..span.start.min(self.text.len())]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
-    }
-
-    pub(super) fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.display().to_string(),
-            line: self.line(span),
-            message: message.into(),
-        }
-    }
-
-    /// The directory relative paths in the config resolve against.
-    pub(super) fn config_dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
-
-    pub(super) fn warning(&self, span: Range<usize>, message: &str) -> String {
-        format!("{}:{}: {message}", self.path.display(), self.line(span))
-    }
-
-    /// A duration of at least `min`, or an error naming the key.
-    pub(super) fn at_least(
-        &self,
-        what: &str,
-        key: &str,
-        d: &Spanned<HumanDuration>,
-        min: Duration,
-    ) -> Result<Duration, ConfigError> {
-        let value = d.get_ref().0;
-        if value < min {
-            return Err(self.err(
-                d.span(),
-                format!(
-                    "{what}: `{key}` must be at least {}, not {}",
-                    humantime::format_duration(min),
-                    humantime::format_duration(value)
-                ),
-            ));
-        }
-        Ok(value)
-    }
-}
-
 /// The keys of a `[[hook]]` that say where and how its POSTs go: a reload
 /// that changes one makes the hook's pending messages due at once.
 const HOOK_ENDPOINT_KEYS: [&str; 7] = [
@@ -111,7 +49,7 @@ const HOOK_ENDPOINT_KEYS: [&str; 7] = [
 ];
 
 pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let ctx = Ctx { text, path };
+    let ctx = Ctx::new(text, path);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         ctx.err(span, super::toml_error::describe(text, &e))
@@ -213,7 +151,7 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
 /// What loads but is probably a mistake: nothing to poll, nowhere to send.
 fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> Vec<String> {
-    let file = ctx.path.display();
+    let file = ctx.path().display();
     let mut out = Vec::new();
     if sources.is_empty() {
         out.push(format!("{file}: no [[source]]: nothing to poll"));
@@ -246,7 +184,7 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
             .client_key
             .as_ref()
             .is_some_and(|k| k.get_ref().is_literal());
-        if literal && super::hook_security::readable_by_others(ctx.path) {
+        if literal && super::hook_security::readable_by_others(ctx.path()) {
             out.push(ctx.warning(
                 raw_source.get_ref().name.span(),
                 &format!(
@@ -258,7 +196,7 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
     }
     if let Some(token) = raw.admin.as_ref().and_then(|a| a.get_ref().token.as_ref())
         && token.get_ref().is_literal()
-        && super::hook_security::readable_by_others(ctx.path)
+        && super::hook_security::readable_by_others(ctx.path())
     {
         out.push(ctx.warning(
             token.span(),
@@ -294,7 +232,7 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
             ));
         }
         if super::hook_security::has_literal_secret(raw_hook.get_ref())
-            && super::hook_security::readable_by_others(ctx.path)
+            && super::hook_security::readable_by_others(ctx.path())
         {
             out.push(ctx.warning(
                 raw_hook.get_ref().name.span(),
@@ -336,43 +274,6 @@ fn parse_url(
         ));
     }
     Ok(url)
-}
-
-/// Whether `url` may be plain http: only to this machine (loopback), unless
-/// the operator says otherwise. PHI must not travel in clear text by accident.
-/// Whether a request to `url` may go: https, or plain http to this machine
-/// (loopback), or anywhere with `allow_insecure_http`. `0.0.0.0` is not
-/// loopback: it is "any address", and a URL naming it is no promise of
-/// staying on this machine.
-pub(super) fn cleartext_allowed(url: &Url, allow_insecure_http: bool) -> bool {
-    if url.scheme() != "http" || allow_insecure_http {
-        return true;
-    }
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
-pub(super) fn check_cleartext(
-    ctx: &Ctx,
-    what: &str,
-    key: &str,
-    url: &Url,
-    span: Range<usize>,
-    allowed: bool,
-) -> Result<(), ConfigError> {
-    if cleartext_allowed(url, allowed) {
-        return Ok(());
-    }
-    Err(ctx.err(
-        span,
-        format!(
-            "{what}: `{key}`: plain http to another machine would carry PHI or credentials in clear text; use https, or set `allow_insecure_http = true`"
-        ),
-    ))
 }
 
 fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, ConfigError> {

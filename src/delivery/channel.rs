@@ -7,11 +7,10 @@
 //! while the handshake fails.
 
 use super::attempt::Attempt;
-use super::render::ChannelNow;
 use super::retry::next_delay;
 use super::sender::Sender;
 use crate::config::{Config, Hook};
-use crate::payload::fhir::{NotificationType, notification};
+use crate::payload::fhir::{Channel, NotificationType, notification};
 use crate::retry_action::RetryAction;
 use crate::state::{ChannelState, Store};
 use std::collections::HashMap;
@@ -60,6 +59,25 @@ impl ChannelInfo {
                     (s.name.clone(), base)
                 })
                 .collect(),
+        }
+    }
+}
+
+/// The live facts a FHIR notification states besides its events.
+pub(super) struct ChannelNow<'a> {
+    pub info: &'a ChannelInfo,
+    pub status: &'a str,
+    pub events_since_start: i64,
+}
+
+impl ChannelNow<'_> {
+    pub fn channel(&self, hook: &Hook) -> Channel<'_> {
+        Channel {
+            format: hook.notification.format,
+            subscription: &self.info.subscription,
+            topic: &self.info.topic,
+            status: self.status,
+            events_since_start: self.events_since_start,
         }
     }
 }

@@ -1,9 +1,9 @@
 //! What one POST carries: one claimed message rendered for its hook, or
 //! (FHIR formats) up to `max_events_per_bundle` of them in one notification.
 
-use super::channel::ChannelInfo;
+use super::channel::ChannelNow;
 use crate::config::Hook;
-use crate::payload::fhir::{Channel, NotificationType, NumberedEvent, change_of, notification};
+use crate::payload::fhir::{NotificationType, NumberedEvent, change_of, notification};
 use crate::state::{ChangeRecord, Claimed};
 use std::borrow::Cow;
 use uuid::Uuid;
@@ -15,25 +15,6 @@ const BUNDLE_NS: Uuid = Uuid::from_u128(0x9b2e_51c4_0d7a_4e38_b6f1_2a9c_e4d0_7f1
 pub(super) struct Outgoing {
     pub id: String,
     pub body: Vec<u8>,
-}
-
-/// The live facts a FHIR notification states besides its events.
-pub(super) struct ChannelNow<'a> {
-    pub info: &'a ChannelInfo,
-    pub status: &'a str,
-    pub events_since_start: i64,
-}
-
-impl ChannelNow<'_> {
-    pub fn channel(&self, hook: &Hook) -> Channel<'_> {
-        Channel {
-            format: hook.notification.format,
-            subscription: &self.info.subscription,
-            topic: &self.info.topic,
-            status: self.status,
-            events_since_start: self.events_since_start,
-        }
-    }
 }
 
 /// The id of a notification of these messages: the message's own id for

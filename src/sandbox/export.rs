@@ -14,9 +14,11 @@
 //!
 //! `stall_file(n, lines)`: the download of file `n` (of any job) sends that
 //! many lines and then nothing more, for a test to kill the bridge mid-file.
+//! The jobs and those switches are held in export_jobs.rs.
 
+use super::AppState;
 use super::bundle::{fhir_json, outcome};
-use super::fhir_server::AppState;
+use super::export_jobs::Job;
 use super::store::format_ms;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -24,84 +26,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
-struct Job {
-    polls_left: usize,
-    transaction_ms: i64,
-    /// (type, lines) per output file.
-    files: Vec<(String, Vec<Arc<str>>)>,
-}
-
-/// The sandbox's export jobs and the switches tests set.
-pub struct Exports {
-    jobs: Mutex<HashMap<usize, Job>>,
-    next_job: AtomicUsize,
-    kickoffs: AtomicUsize,
-    deletes: AtomicUsize,
-    pending_polls: AtomicUsize,
-    file_lines: AtomicUsize,
-    stall: Mutex<Option<(usize, usize)>>,
-    stalled: AtomicUsize,
-}
-
-impl Default for Exports {
-    fn default() -> Self {
-        Exports {
-            jobs: Mutex::default(),
-            next_job: AtomicUsize::new(0),
-            kickoffs: AtomicUsize::new(0),
-            deletes: AtomicUsize::new(0),
-            pending_polls: AtomicUsize::new(1),
-            file_lines: AtomicUsize::new(1000),
-            stall: Mutex::default(),
-            stalled: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl Exports {
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Job>> {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Kick-offs accepted so far.
-    pub fn kickoffs(&self) -> usize {
-        self.kickoffs.load(Ordering::Relaxed)
-    }
-
-    /// Jobs deleted so far.
-    pub fn deletes(&self) -> usize {
-        self.deletes.load(Ordering::Relaxed)
-    }
-
-    /// Jobs kicked off and not deleted.
-    pub fn live_jobs(&self) -> usize {
-        self.jobs().len()
-    }
-
-    /// Status requests answered 202 before a job's manifest is ready.
-    pub fn set_pending_polls(&self, n: usize) {
-        self.pending_polls.store(n, Ordering::Relaxed);
-    }
-
-    /// Lines per output file, at most.
-    pub fn set_file_lines(&self, n: usize) {
-        self.file_lines.store(n.max(1), Ordering::Relaxed);
-    }
-
-    /// Downloads of file `n` send `lines` lines, then hang (`None`: off).
-    pub fn stall_file(&self, at: Option<(usize, usize)>) {
-        *self.stall.lock().unwrap_or_else(|p| p.into_inner()) = at;
-    }
-
-    /// Downloads that stalled so far.
-    pub fn stalled(&self) -> usize {
-        self.stalled.load(Ordering::Relaxed)
-    }
-}
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 fn param<'a>(raw: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
     url::form_urlencoded::parse(raw.as_bytes())

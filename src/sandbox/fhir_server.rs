@@ -1,6 +1,7 @@
 //! The sandbox's HTTP face: `[base]/{Type}` search, create, update, read and
 //! delete; type and instance `_history`.
 
+use super::AppState;
 use super::bundle::{BundleText, fhir_json, outcome};
 use super::params::{Cursor, CursorAt, next_link, parse_history, parse_search, prefers_strict};
 use super::store::{Lookup, SandboxStore};
@@ -18,12 +19,6 @@ use tokio::net::TcpListener;
 pub struct FhirSandbox {
     pub store: Arc<SandboxStore>,
     addr: SocketAddr,
-}
-
-#[derive(Clone)]
-pub(super) struct AppState {
-    pub(super) store: Arc<SandboxStore>,
-    pub(super) base: String,
 }
 
 impl FhirSandbox {

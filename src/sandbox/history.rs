@@ -7,50 +7,12 @@
 //! of superseded versions (an update's or delete's predecessor) are kept up to
 //! `superseded_limit` per type (default 100,000, see
 //! `SandboxStore::keep_superseded_versions`), oldest dropped first; current
-//! versions and delete tombstones are never dropped.
+//! versions and delete tombstones are never dropped. The log itself
+//! (`VersionLog`) is the store's (store.rs); this file reads it.
 
-use super::store::SandboxStore;
-use std::collections::{BTreeMap, VecDeque};
+use super::store::{LogKey, SandboxStore};
 use std::ops::Bound;
 use std::sync::Arc;
-
-/// Where a version sits in the log: (lastUpdated ms, write sequence number).
-pub(super) type LogKey = (i64, u64);
-
-pub(super) struct Version {
-    pub(super) id: Arc<str>,
-    pub(super) number: u64,
-    /// `None`: this version is a delete.
-    pub(super) body: Option<Arc<str>>,
-}
-
-#[derive(Default)]
-pub(super) struct VersionLog {
-    versions: BTreeMap<LogKey, Version>,
-    /// Keys of versions a later write replaced, in the order they were replaced.
-    superseded: VecDeque<LogKey>,
-}
-
-impl VersionLog {
-    /// Adds a version; `replaces` is the key of the one it supersedes.
-    pub(super) fn record(
-        &mut self,
-        key: LogKey,
-        version: Version,
-        replaces: Option<LogKey>,
-        superseded_limit: usize,
-    ) {
-        self.versions.insert(key, version);
-        if let Some(old) = replaces {
-            self.superseded.push_back(old);
-        }
-        while self.superseded.len() > superseded_limit {
-            if let Some(old) = self.superseded.pop_front() {
-                self.versions.remove(&old);
-            }
-        }
-    }
-}
 
 /// One history request.
 #[derive(Debug, Clone, Default)]

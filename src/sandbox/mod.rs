@@ -27,6 +27,7 @@
 
 mod bundle;
 mod export;
+mod export_jobs;
 pub mod fhir_server;
 pub mod generator;
 mod history;
@@ -36,8 +37,16 @@ pub mod receiver;
 mod search;
 mod store;
 
-pub use export::Exports;
+pub use export_jobs::Exports;
 pub use fhir_server::FhirSandbox;
 pub use quirks::Quirks;
 pub use receiver::{Behaviour, Hit, Received, Receiver};
 pub use store::{SandboxClock, SandboxStore};
+
+/// What every handler of the sandbox's FHIR endpoint is given: the store it
+/// serves and its base URL (for page links and `Content-Location`).
+#[derive(Clone)]
+struct AppState {
+    store: std::sync::Arc<SandboxStore>,
+    base: String,
+}

@@ -1,9 +1,9 @@
 //! Query strings of the sandbox's searches and histories, `Prefer:
 //! handling=strict`, and the cursors its page links carry.
 
-use super::history::{HistoryQuery, LogKey};
+use super::history::HistoryQuery;
 use super::search::{Query, ReferenceFilter};
-use super::store::reference_to;
+use super::store::{LogKey, reference_to};
 use crate::fhir::parse_instant;
 use axum::http::HeaderMap;
 

@@ -2,7 +2,7 @@
 //! paging oldest or newest first, and reference filters (`patient`,
 //! `subject`, `organization`).
 
-use super::store::TypeStore;
+use super::store::{SandboxStore, TypeStore};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -134,11 +134,55 @@ impl Query {
     }
 }
 
+impl SandboxStore {
+    /// One page: ascending by (lastUpdated, id), or descending (`q.descending`).
+    pub(super) fn search(&self, resource_type: &str, q: &Query) -> SearchPage {
+        let inner = self.lock();
+        match inner.types.get(resource_type) {
+            Some(ts) => q.run(ts),
+            None => SearchPage {
+                bodies: vec![],
+                next_after: None,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::store::SandboxStore;
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn cursor_paging_walks_ties_exactly_once() {
+        let s = SandboxStore::default();
+        s.freeze_clock(Some(1_000));
+        for _ in 0..5 {
+            s.upsert("Observation", None, json!({}));
+        }
+        s.freeze_clock(Some(2_000));
+        for _ in 0..3 {
+            s.upsert("Observation", None, json!({}));
+        }
+        let mut q = Query {
+            ge_ms: Some(1_000),
+            count: 3,
+            ..Default::default()
+        };
+        let mut all = vec![];
+        loop {
+            let page = s.search("Observation", &q);
+            all.extend(page.bodies);
+            match page.next_after {
+                Some(a) => q.after = Some(a),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 8);
+        let again = s.upsert("Observation", Some("1"), json!({"status": "final"}));
+        assert!(again.contains("\"versionId\":\"2\""));
+        assert_eq!(s.count("Observation"), 8);
+    }
 
     fn ids(s: &SandboxStore, rt: &str, q: &Query) -> Vec<String> {
         let mut q = q.clone();

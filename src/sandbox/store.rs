@@ -1,15 +1,54 @@
 //! In-memory resources of the sandbox, indexed by (lastUpdated, id) so that
 //! `_lastUpdated` range searches with cursor paging are cheap at any size.
-//! Every write is also a version in the type's history (history.rs); a delete
-//! leaves a tombstone, so a read of it answers Gone.
+//! Every write is also a version in the type's history (`VersionLog`, read
+//! by history.rs); a delete leaves a tombstone, so a read of it answers Gone.
+//! This is the sandbox's floor: search.rs and history.rs read what it holds,
+//! the HTTP face above them serves it.
 
-use super::history::{LogKey, Version, VersionLog};
+use super::export_jobs::Exports;
 use super::quirks::Quirks;
-use super::search::{Query, SearchPage};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+
+/// Where a version sits in the log: (lastUpdated ms, write sequence number).
+pub(super) type LogKey = (i64, u64);
+
+pub(super) struct Version {
+    pub(super) id: Arc<str>,
+    pub(super) number: u64,
+    /// `None`: this version is a delete.
+    pub(super) body: Option<Arc<str>>,
+}
+
+#[derive(Default)]
+pub(super) struct VersionLog {
+    pub(super) versions: BTreeMap<LogKey, Version>,
+    /// Keys of versions a later write replaced, in the order they were replaced.
+    superseded: VecDeque<LogKey>,
+}
+
+impl VersionLog {
+    /// Adds a version; `replaces` is the key of the one it supersedes.
+    pub(super) fn record(
+        &mut self,
+        key: LogKey,
+        version: Version,
+        replaces: Option<LogKey>,
+        superseded_limit: usize,
+    ) {
+        self.versions.insert(key, version);
+        if let Some(old) = replaces {
+            self.superseded.push_back(old);
+        }
+        while self.superseded.len() > superseded_limit {
+            if let Some(old) = self.superseded.pop_front() {
+                self.versions.remove(&old);
+            }
+        }
+    }
+}
 
 /// The current version of a resource.
 pub(super) struct Stored {
@@ -83,7 +122,7 @@ pub struct SandboxStore {
     /// Reads served (searches, histories, reads), for benches and tests.
     served: std::sync::atomic::AtomicU64,
     /// `$export` jobs and their test switches (export.rs).
-    pub exports: super::export::Exports,
+    pub exports: Exports,
 }
 
 /// What a read finds.
@@ -268,18 +307,6 @@ impl SandboxStore {
             .get(resource_type)
             .map_or(0, |t| t.index.len())
     }
-
-    /// One page: ascending by (lastUpdated, id), or descending (`q.descending`).
-    pub(super) fn search(&self, resource_type: &str, q: &Query) -> SearchPage {
-        let inner = self.lock();
-        match inner.types.get(resource_type) {
-            Some(ts) => q.run(ts),
-            None => SearchPage {
-                bodies: vec![],
-                next_after: None,
-            },
-        }
-    }
 }
 
 impl TypeStore {
@@ -321,38 +348,8 @@ impl TypeStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::search::Query;
     use super::*;
-
-    #[test]
-    fn cursor_paging_walks_ties_exactly_once() {
-        let s = SandboxStore::default();
-        s.freeze_clock(Some(1_000));
-        for _ in 0..5 {
-            s.upsert("Observation", None, json!({}));
-        }
-        s.freeze_clock(Some(2_000));
-        for _ in 0..3 {
-            s.upsert("Observation", None, json!({}));
-        }
-        let mut q = Query {
-            ge_ms: Some(1_000),
-            count: 3,
-            ..Default::default()
-        };
-        let mut all = vec![];
-        loop {
-            let page = s.search("Observation", &q);
-            all.extend(page.bodies);
-            match page.next_after {
-                Some(a) => q.after = Some(a),
-                None => break,
-            }
-        }
-        assert_eq!(all.len(), 8);
-        let again = s.upsert("Observation", Some("1"), json!({"status": "final"}));
-        assert!(again.contains("\"versionId\":\"2\""));
-        assert_eq!(s.count("Observation"), 8);
-    }
 
     #[test]
     fn a_delete_hides_the_resource_and_bumps_its_version() {

@@ -62,6 +62,23 @@ pub struct SeenRow {
     pub body: Option<Vec<u8>>,
 }
 
+impl SeenRow {
+    /// What a delete leaves in `seen` (its tombstone): the content hash of an
+    /// empty body, SHA-256 of nothing, which no resource has. Spelled out here
+    /// so that the state needs no hashing; `diff`'s tests hold it equal to
+    /// `diff::content_hash(b"")`.
+    pub const TOMBSTONE_HASH: [u8; 32] = [
+        0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9,
+        0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52,
+        0xb8, 0x55,
+    ];
+
+    /// Whether this row records a delete.
+    pub fn is_tombstone(&self) -> bool {
+        self.content_hash == Self::TOMBSTONE_HASH
+    }
+}
+
 /// How one poll of one target ended. `error` and `warning` are PHI-free text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PollOutcome {

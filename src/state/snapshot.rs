@@ -10,9 +10,9 @@ use std::sync::Arc;
 /// chunks, so deliveries are not held up by a walk of millions.
 const SCAN_CHUNK: i64 = 20_000;
 
-/// What a delete leaves in `seen`: the hash of an empty body (`diff::is_tombstone`).
+/// What a delete leaves in `seen` (see [`SeenRow::TOMBSTONE_HASH`]).
 fn tombstone_hash() -> [u8; 32] {
-    crate::diff::content_hash(b"")
+    SeenRow::TOMBSTONE_HASH
 }
 
 impl Store {
