@@ -9,19 +9,19 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum ChangeKind {
     Create,
     Update,
     /// Only a history entry can say so (search results never show deletes).
     Delete,
 }
 
-impl Event {
+impl ChangeKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Event::Create => "create",
-            Event::Update => "update",
-            Event::Delete => "delete",
+            ChangeKind::Create => "create",
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
         }
     }
 }
@@ -73,15 +73,15 @@ fn moved(prev: &SeenRow, last_updated: Option<DateTime<Utc>>) -> bool {
 /// A resource the bridge has no record of (never seen, or its record was
 /// pruned long after it last changed): an update when the server's versionId
 /// is a number above 1, else a create.
-fn first_sighting(version_id: Option<&str>) -> Event {
+fn first_sighting(version_id: Option<&str>) -> ChangeKind {
     match version_id.and_then(|v| v.parse::<u64>().ok()) {
-        Some(n) if n > 1 => Event::Update,
-        _ => Event::Create,
+        Some(n) if n > 1 => ChangeKind::Update,
+        _ => ChangeKind::Create,
     }
 }
 
 /// `None` when the resource is the version already seen (or an older one).
-pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
+pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<ChangeKind> {
     let Some(prev) = prev else {
         return Some(first_sighting(cur.version_id));
     };
@@ -116,7 +116,7 @@ pub fn classify(prev: Option<&SeenRow>, cur: &Observed) -> Option<Event> {
         (Some(p), Some(c)) if p != c || !moved(prev, cur.last_updated) => p != c,
         _ => &prev.content_hash != cur.content_hash,
     };
-    changed.then_some(Event::Update)
+    changed.then_some(ChangeKind::Update)
 }
 
 #[cfg(test)]
@@ -150,7 +150,7 @@ mod tests {
             last_updated: at("2026-01-01T00:00:00Z"),
             content_hash: &h,
         };
-        assert_eq!(classify(None, &cur), Some(Event::Create));
+        assert_eq!(classify(None, &cur), Some(ChangeKind::Create));
     }
 
     #[test]
@@ -169,7 +169,7 @@ mod tests {
             last_updated: at("2026-01-01T00:00:01Z"),
             content_hash: &h2,
         };
-        assert_eq!(classify(Some(&prev), &newer), Some(Event::Update));
+        assert_eq!(classify(Some(&prev), &newer), Some(ChangeKind::Update));
     }
 
     /// A server that never moves `meta.versionId` (always "1") but does move
@@ -186,7 +186,7 @@ mod tests {
             last_updated: lu,
             content_hash: &other,
         };
-        assert_eq!(classify(Some(&prev), &later), Some(Event::Update));
+        assert_eq!(classify(Some(&prev), &later), Some(ChangeKind::Update));
         // The same content at a later time (a touch): nothing new.
         let same = [1; 32];
         let touched = Observed {
@@ -235,7 +235,7 @@ mod tests {
             content_hash: &h2,
         };
         assert_eq!(classify(Some(&prev), &unchanged), None);
-        assert_eq!(classify(Some(&prev), &changed), Some(Event::Update));
+        assert_eq!(classify(Some(&prev), &changed), Some(ChangeKind::Update));
     }
 
     #[test]
@@ -262,10 +262,10 @@ mod tests {
         let same_ms = obs("2", "2026-01-01T00:00:10Z");
         assert_eq!(classify(Some(&prev), &same_ms), None);
         let higher = obs("4", "2026-01-01T00:00:10Z");
-        assert_eq!(classify(Some(&prev), &higher), Some(Event::Update));
+        assert_eq!(classify(Some(&prev), &higher), Some(ChangeKind::Update));
         // Later in time, counted from 1 again: time decides.
         let recounted = obs("1", "2026-01-01T00:00:11Z");
-        assert_eq!(classify(Some(&prev), &recounted), Some(Event::Update));
+        assert_eq!(classify(Some(&prev), &recounted), Some(ChangeKind::Update));
     }
 
     #[test]
@@ -275,12 +275,12 @@ mod tests {
             last_updated: None,
             content_hash: &[0; 32],
         };
-        assert_eq!(classify(None, &obs(None)), Some(Event::Create));
-        assert_eq!(classify(None, &obs(Some("1"))), Some(Event::Create));
-        assert_eq!(classify(None, &obs(Some("7"))), Some(Event::Update));
+        assert_eq!(classify(None, &obs(None)), Some(ChangeKind::Create));
+        assert_eq!(classify(None, &obs(Some("1"))), Some(ChangeKind::Create));
+        assert_eq!(classify(None, &obs(Some("7"))), Some(ChangeKind::Update));
         assert_eq!(
             classify(None, &obs(Some("W/\"a1b2\""))),
-            Some(Event::Create)
+            Some(ChangeKind::Create)
         );
     }
 }

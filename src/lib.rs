@@ -1,7 +1,7 @@
 //! fhir-bridge: turns FHIR search polling into at-least-once webhooks.
 //!
 //! Data flows one way: [`source`] (poll) -> [`diff`] -> [`filter`] ->
-//! [`outbox`] (durable, in [`state`]) -> [`delivery`]. [`config`] reads
+//! [`route`] (to each hook's outbox, durable, in [`state`]) -> [`delivery`]. [`config`] reads
 //! `bridges.toml`; [`daemon`] runs it all, with [`housekeeping`] keeping the
 //! state bounded; [`cli`] holds the operator commands. [`telemetry`] tells
 //! what happens (log lines and metrics), [`admin`] serves the metrics and
@@ -22,10 +22,10 @@ pub mod filter;
 pub mod housekeeping;
 pub mod http;
 pub mod logsafe;
-pub mod outbox;
 pub mod payload;
 pub mod progress;
 pub mod retry_action;
+pub mod route;
 pub mod sandbox;
 pub mod signing;
 pub mod source;

@@ -36,7 +36,7 @@
 
 use fhir_bridge::config::{Config, Content, Schedule, Source, Start};
 use fhir_bridge::filter::Filter;
-use fhir_bridge::outbox::Route;
+use fhir_bridge::route::Route;
 use fhir_bridge::sandbox::{FhirSandbox, SandboxStore};
 use fhir_bridge::source::SourceTask;
 use fhir_bridge::source::client::FhirClient;

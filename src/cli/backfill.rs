@@ -5,7 +5,7 @@
 //! and the same command resumes where it stopped.
 
 use crate::config::Config;
-use crate::outbox::Route;
+use crate::route::Route;
 use crate::source::PollError;
 use crate::source::backfill::{Backfill, BackfillStatus};
 use crate::source::client::FhirClient;

@@ -8,8 +8,8 @@
 //! the EHR and writes nothing, so it works beside a running daemon.
 
 use crate::config::Config;
-use crate::outbox::Route;
 use crate::progress::Beat;
+use crate::route::Route;
 use crate::source::client::FhirClient;
 use crate::source::{DryRun, Routing, SourceTask};
 use crate::state::{LockError, PageCommit, StateError, StateLock, Store};

@@ -19,8 +19,8 @@
 use super::dlq::DlqError;
 use super::fmt_ms;
 use crate::config::{Config, Content};
-use crate::outbox::message_id;
 use crate::payload::{ChangeView, zus_hook};
+use crate::route::message_id;
 use crate::state::{MessageFilter, MessageRecord, Requeue, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -6,8 +6,8 @@
 use super::DaemonError;
 use crate::config::{Config, ConfigDiff, Hook, Source};
 use crate::delivery::{ChannelInfo, HookWorker, Sender};
-use crate::outbox::Route;
 use crate::progress::Progress;
+use crate::route::Route;
 use crate::source::client::FhirClient;
 use crate::source::outcomes::OutcomeRecorder;
 use crate::source::{Routing, SourceTask, first_poll_spread};

@@ -15,7 +15,7 @@ use super::watermark::{WatermarkTracker, horizon};
 use crate::config::Source;
 use crate::fhir::bundle::EntryMode;
 use crate::fhir::{format_instant, parse_instant};
-use crate::outbox::Route;
+use crate::route::Route;
 use crate::state::{BackfillProgress, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;

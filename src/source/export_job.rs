@@ -17,13 +17,13 @@ use super::notes::Notes;
 use super::page::page_committed;
 use super::page::{self, PageJob};
 use super::poll::{Polled, SourceTask};
-use super::routing::Routing;
 use super::strategy::bulk_export::{
     self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest,
 };
 use super::watermark::{horizon, judge};
 use crate::config::Start;
 use crate::fhir::bundle::EntryMode;
+use crate::route::Routing;
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
 use crate::telemetry::Event;
 use chrono::{DateTime, Utc};

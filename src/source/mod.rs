@@ -18,12 +18,11 @@ mod poll;
 pub mod rate;
 mod read_ahead;
 mod roster;
-pub mod routing;
 pub mod strategy;
 pub mod targets;
 mod walk_position;
 pub mod watermark;
 
+pub use crate::route::{Routing, RoutingRx};
 pub use poll::{DryRun, PollError, SourceTask};
-pub use routing::{Routing, RoutingRx};
 pub use targets::{KnownTargets, first_poll_spread};

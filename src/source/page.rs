@@ -9,8 +9,8 @@ use super::watermark::FUTURE_TOLERANCE;
 use crate::diff::{self, Observed};
 use crate::fhir::bundle::{BundleError, EntryMode, Method, Skipped, parse_page_as};
 use crate::fhir::format_instant;
-use crate::outbox::{Change, Route, route_change};
 use crate::payload::MAX_INCLUDED_BYTES;
+use crate::route::{Change, Route, route_change};
 use crate::state::{PageCommit, SeenRow, StateError, Store};
 use crate::telemetry::source::PageCommitted;
 use chrono::{DateTime, Utc};
@@ -230,18 +230,18 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         // the method (a PUT re-creates).
         let after_delete = seen.get(&e.id).is_some_and(diff::is_tombstone);
         let event = match e.method {
-            Some(Method::Delete) => diff::Event::Delete,
-            Some(_) if after_delete => diff::Event::Create,
-            Some(Method::Create) => diff::Event::Create,
-            Some(Method::Update) => diff::Event::Update,
+            Some(Method::Delete) => diff::ChangeKind::Delete,
+            Some(_) if after_delete => diff::ChangeKind::Create,
+            Some(Method::Create) => diff::ChangeKind::Create,
+            Some(Method::Update) => diff::ChangeKind::Update,
             // A search match after a delete (a snapshot's) is back: created again.
-            None if after_delete => diff::Event::Create,
+            None if after_delete => diff::ChangeKind::Create,
             None => event,
         };
         // A delete has no resource: filters see its type and id (both checked
         // FHIR ids, safe to write into JSON), and `$previous` the last version.
         let stub;
-        let raw = if event == diff::Event::Delete {
+        let raw = if event == diff::ChangeKind::Delete {
             stub = format!(r#"{{"resourceType":"{rt}","id":"{}"}}"#, e.id);
             stub.as_str()
         } else {
@@ -291,7 +291,9 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         // version it deletes: its tombstone keeps that version's time, so
         // that a re-read of an older version is known for one.
         let inherited = match (event, e.last_updated) {
-            (diff::Event::Delete, None) => seen.get(&e.id).and_then(|r| r.last_updated.clone()),
+            (diff::ChangeKind::Delete, None) => {
+                seen.get(&e.id).and_then(|r| r.last_updated.clone())
+            }
             _ => None,
         };
         let row = SeenRow {
@@ -309,7 +311,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             content_hash: hash,
             // Over the bound, none: `$previous` is then null for the next version.
             body: (keep_bodies
-                && event != diff::Event::Delete
+                && event != diff::ChangeKind::Delete
                 && e.raw.len() <= MAX_INCLUDED_BYTES)
                 .then(|| e.raw.as_bytes().to_vec()),
         };
@@ -317,8 +319,8 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         seen.insert(e.id.clone(), row.clone());
         out.commit.seen.push((e.id.clone(), row));
         out.commit.changes += 1;
-        out.created += u64::from(event == diff::Event::Create);
-        out.deleted += u64::from(event == diff::Event::Delete);
+        out.created += u64::from(event == diff::ChangeKind::Create);
+        out.deleted += u64::from(event == diff::ChangeKind::Delete);
     }
     Ok(out)
 }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::{Content, Schedule};
 use crate::filter::Filter;
-use crate::outbox::Route;
+use crate::route::Route;
 use crate::sandbox::FhirSandbox;
 use crate::state::test_util::temp_store;
 use std::collections::HashMap;

@@ -38,7 +38,7 @@ fn page(range: std::ops::Range<usize>) -> Vec<NewMessage> {
         for h in HOOKS {
             out.push(NewMessage {
                 hook: h.into(),
-                message_id: crate::outbox::message_id(h, "s", "Observation", &rid, "v:1"),
+                message_id: crate::route::message_id(h, "s", "Observation", &rid, "v:1"),
                 change: change.clone(),
             });
         }

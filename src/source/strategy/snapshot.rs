@@ -7,8 +7,8 @@
 //! the same walk.
 
 use crate::config::{Schedule, Source};
-use crate::diff::{self, Event};
-use crate::outbox::{Change, route_change};
+use crate::diff::{self, ChangeKind};
+use crate::route::{Change, route_change};
 use crate::state::{PageCommit, SeenRow, StateError, Store};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -291,7 +291,7 @@ fn route_deletes(job: &PageJob, gone: Vec<(String, SeenRow)>, keep_bodies: bool)
             last_updated: row.last_updated.as_deref(),
             content_hash: &tombstone,
             version_reused: false,
-            event: Event::Delete,
+            event: ChangeKind::Delete,
             raw: &stub,
             previous: previous.as_ref(),
             time: &job.detected_at,

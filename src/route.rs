@@ -1,9 +1,11 @@
-//! Filter -> outbox: turns a detected change into one stored change and one
-//! outbox message per matching hook, with a deterministic `message_id`. The
-//! body is rendered for each hook when it is sent (`payload::render`).
+//! Routing: which hooks a source's changes go to (`Route`, with their filters;
+//! `Routing`, with the wake-ups of their workers), and a detected change turned
+//! into one stored change and one outbox message per matching hook, with a
+//! deterministic `message_id`. The body is rendered for each hook when it is
+//! sent (`payload::render`).
 
 use crate::config::{Config, Content, Hook};
-use crate::diff::Event;
+use crate::diff::ChangeKind;
 use crate::filter::topics::Topic;
 use crate::filter::{Filter, FilterError, Resource};
 use crate::payload::MAX_INCLUDED_BYTES;
@@ -11,6 +13,7 @@ use crate::state::{ChangeRecord, NewMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 /// Namespace for fhir-bridge message ids (UUIDv5).
@@ -60,6 +63,26 @@ impl From<&Hook> for Route {
     }
 }
 
+/// Where a source's changes go: the hooks that take them (with their
+/// filters) and how to wake each hook's worker. The supervisor publishes a
+/// new `Routing` when hooks are added, removed or changed; a poll takes the
+/// current one at its start, so a reload never pauses a source.
+#[derive(Default)]
+pub struct Routing {
+    pub routes: Vec<Route>,
+    /// Wakes a hook's delivery worker when new messages are committed.
+    pub wakers: HashMap<String, Arc<Notify>>,
+}
+
+pub type RoutingRx = watch::Receiver<Arc<Routing>>;
+
+impl Routing {
+    /// A routing that never changes (tests, one-off polls).
+    pub fn fixed(self) -> RoutingRx {
+        watch::channel(Arc::new(self)).1
+    }
+}
+
 /// A change detected by the diff stage.
 pub struct Change<'a> {
     pub source: &'a str,
@@ -75,7 +98,7 @@ pub struct Change<'a> {
     /// delete): the message id takes the hash and time too, so it is not
     /// that earlier version's (which the outbox and receivers would drop).
     pub version_reused: bool,
-    pub event: Event,
+    pub event: ChangeKind,
     pub raw: &'a str,
     /// The last version seen before this one (`$previous`); `None`: null.
     pub previous: Option<&'a Resource>,
@@ -170,7 +193,7 @@ fn route_parsed(
     }
     // The resource is stored only when some matching hook may send it: an
     // id-only hook never needs the PHI, nor does a resource over the limit.
-    let keep_body = change.event != Event::Delete
+    let keep_body = change.event != ChangeKind::Delete
         && change.raw.len() <= MAX_INCLUDED_BYTES
         && matched_routes
             .iter()
@@ -242,7 +265,7 @@ mod tests {
             last_updated: Some("2026-01-01T00:00:00Z"),
             content_hash: &HASH,
             version_reused: false,
-            event: Event::Create,
+            event: ChangeKind::Create,
             raw: r#"{"resourceType":"Observation","id":"1"}"#,
             previous: None,
             time: "2026-01-01T00:00:01Z",
