@@ -38,7 +38,7 @@ pub async fn read_bounded(
         let chunk = match tokio::time::timeout(read_timeout, resp.chunk()).await {
             Err(_) => return Err(BodyError::Timeout),
             Ok(Err(e)) if e.is_timeout() => return Err(BodyError::Timeout),
-            Ok(Err(e)) => return Err(BodyError::Transport(describe(&e))),
+            Ok(Err(e)) => return Err(BodyError::Transport(error_text(&e))),
             Ok(Ok(None)) => return Ok(body),
             Ok(Ok(Some(chunk))) => chunk,
         };
@@ -72,11 +72,11 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The error chain without the URL (which may carry identifiers or tokens),
 /// with control characters escaped: it is text from outside, bound for logs
 /// and status.
-pub fn describe(e: &reqwest::Error) -> String {
-    crate::logsafe::escape(&describe_raw(e))
+pub fn error_text(e: &reqwest::Error) -> String {
+    crate::logsafe::escape(&error_text_raw(e))
 }
 
-fn describe_raw(e: &reqwest::Error) -> String {
+fn error_text_raw(e: &reqwest::Error) -> String {
     use std::error::Error;
     let mut parts = vec![];
     let mut cur: Option<&dyn Error> = e.source();

@@ -48,7 +48,7 @@ pub(super) async fn discover(
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| DiscoveryError::Body(BodyError::Transport(crate::http::describe(&e))))?;
+        .map_err(|e| DiscoveryError::Body(BodyError::Transport(crate::http::error_text(&e))))?;
     if !resp.status().is_success() {
         return Err(DiscoveryError::Status(resp.status().as_u16()));
     }

@@ -4,7 +4,7 @@
 //! ever shown, never its body.
 
 use super::{AuthError, MAX_RESPONSE_BYTES};
-use crate::http::{BodyError, describe, read_bounded};
+use crate::http::{BodyError, error_text, read_bounded};
 use reqwest::header::HeaderValue;
 use secrecy::SecretString;
 use std::time::Duration;
@@ -51,7 +51,7 @@ impl TokenRequest {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| AuthError::Unreachable(describe(&e)))?;
+            .map_err(|e| AuthError::Unreachable(error_text(&e)))?;
         let status = resp.status().as_u16();
         let body = read_bounded(&mut resp, MAX_RESPONSE_BYTES, timeout)
             .await

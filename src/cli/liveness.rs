@@ -67,7 +67,7 @@ pub fn classify(lock: LockProbe, beat: Option<&Heartbeat>, now_ms: i64) -> Daemo
 }
 
 /// The `daemon: ...` line of `status`.
-pub fn describe(d: &DaemonStatus, now_ms: i64) -> String {
+pub fn daemon_line(d: &DaemonStatus, now_ms: i64) -> String {
     let seen = |t: Option<i64>| t.map(|t| format!("last seen {} ago", span(now_ms - t)));
     match d.state {
         DaemonState::Running => match (d.started_at_ms, seen(d.last_seen_at_ms)) {
@@ -111,7 +111,7 @@ mod tests {
     fn line(lock: LockProbe, b: Option<Heartbeat>) -> (DaemonState, String) {
         let d = classify(lock, b.as_ref(), NOW);
         assert_eq!(d.running, d.state == DaemonState::Running);
-        (d.state, describe(&d, NOW))
+        (d.state, daemon_line(&d, NOW))
     }
 
     #[test]

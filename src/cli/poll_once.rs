@@ -111,7 +111,7 @@ pub async fn run(
             Ok(changes) => {
                 let _ = writeln!(text, "{rt}: ok, {changes} change(s)");
                 if dry_run {
-                    text.push_str(&describe(&sink.take()));
+                    text.push_str(&summarize(&sink.take()));
                 }
             }
             Err(e) => {
@@ -130,7 +130,7 @@ pub async fn run(
 }
 
 /// One line per change: event, resource, version, and the hooks it goes to.
-fn describe(commits: &[PageCommit]) -> String {
+fn summarize(commits: &[PageCommit]) -> String {
     let mut out = String::new();
     let mut watermark = None;
     for c in commits {

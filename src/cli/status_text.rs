@@ -95,7 +95,7 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
         st.paint(r.level, r.level.name())
     );
     let _ = writeln!(o, "config {}  state {}", r.config, r.database);
-    let _ = writeln!(o, "daemon: {}", liveness::describe(&r.daemon, now));
+    let _ = writeln!(o, "daemon: {}", liveness::daemon_line(&r.daemon, now));
     if !r.has_state {
         let _ = writeln!(o, "(no state yet: the daemon has not run with this config)");
     }

@@ -7,7 +7,7 @@
 use super::ConfigError;
 use super::ctx::Ctx;
 use super::raw::RawTls;
-use crate::http::describe;
+use crate::http::error_text;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
 use std::sync::Arc;
@@ -88,7 +88,7 @@ pub(super) fn validate(ctx: &Ctx, what: &str, raw: RawTls) -> Result<Option<Tls>
                     err(format!(
                         "a certificate in {} does not parse ({})",
                         path.display(),
-                        describe(&e)
+                        error_text(&e)
                     ))
                 })?;
             certs
@@ -131,7 +131,7 @@ pub(super) fn validate(ctx: &Ctx, what: &str, raw: RawTls) -> Result<Option<Tls>
                 key_err(format!(
                     "does not make an identity with `client_cert` {}: {}",
                     path.display(),
-                    describe(&e)
+                    error_text(&e)
                 ))
             })?;
             // The key must parse and belong to the chain's first certificate;
@@ -144,7 +144,7 @@ pub(super) fn validate(ctx: &Ctx, what: &str, raw: RawTls) -> Result<Option<Tls>
                     key_err(format!(
                         "not usable with `client_cert` {} ({})",
                         path.display(),
-                        describe(&e)
+                        error_text(&e)
                     ))
                 })?;
             Some(client)
@@ -161,7 +161,7 @@ fn read_certs(path: &Path) -> Result<(Vec<reqwest::Certificate>, Vec<u8>), Strin
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     super::fingerprint::record(&bytes);
     let certs = reqwest::Certificate::from_pem_bundle(&bytes)
-        .map_err(|e| format!("{} is not PEM: {}", path.display(), describe(&e)))?;
+        .map_err(|e| format!("{} is not PEM: {}", path.display(), error_text(&e)))?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }

@@ -13,7 +13,7 @@ use toml::de::{DeTable, DeValue};
 
 /// The message to show for a `toml` error: `` `page_size`: invalid type: ... ``,
 /// or the message alone when it names its key already or no key applies.
-pub fn describe(text: &str, e: &toml::de::Error) -> String {
+pub fn message(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim();
     // serde's own messages for these name the key: "unknown field `x`, expected ...".
     if message.starts_with("unknown field") || message.starts_with("missing field") {
@@ -156,7 +156,7 @@ mod tests {
             source: Vec<Source>,
         }
         let e = toml::from_str::<Doc>(text).unwrap_err();
-        describe(text, &e)
+        message(text, &e)
     }
 
     #[test]

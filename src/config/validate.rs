@@ -52,7 +52,7 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let ctx = Ctx::new(text, path);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        ctx.err(span, super::toml_error::describe(text, &e))
+        ctx.err(span, super::toml_error::message(text, &e))
     })?;
 
     let base_dir = path.parent().unwrap_or(Path::new("."));

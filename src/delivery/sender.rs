@@ -3,7 +3,7 @@
 use super::attempt::{Attempt, FailureKind};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{Hook, HookAuth, Tls};
-use crate::http::{describe, parse_retry_after};
+use crate::http::{error_text, parse_retry_after};
 use crate::signing::webhook::sign;
 use crate::telemetry::auth::Owner;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -33,10 +33,10 @@ impl Sender {
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90));
         let builder = match tls {
-            Some(tls) => tls.apply(builder).map_err(|e| describe(&e))?,
+            Some(tls) => tls.apply(builder).map_err(|e| error_text(&e))?,
             None => builder,
         };
-        builder.build().map_err(|e| describe(&e))
+        builder.build().map_err(|e| error_text(&e))
     }
 
     /// The sender of `hook`: `shared` unless the hook has TLS settings. Its
@@ -166,9 +166,9 @@ impl Sender {
             Err(e) => Attempt::Failed {
                 kind: FailureKind::Network,
                 error: if e.is_connect() {
-                    format!("connection failed: {}", describe(&e))
+                    format!("connection failed: {}", error_text(&e))
                 } else {
-                    describe(&e)
+                    error_text(&e)
                 },
                 retry_after: None,
             },

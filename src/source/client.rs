@@ -3,7 +3,7 @@
 
 use super::clock::ServerClock;
 use super::rate::SourceLimiter;
-use crate::http::{BodyError, describe, parse_retry_after, read_bounded, size_text};
+use crate::http::{BodyError, error_text, parse_retry_after, read_bounded, size_text};
 use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, DATE, HeaderMap, HeaderValue};
 use std::sync::Arc;
@@ -142,10 +142,12 @@ impl FhirClient {
         let builder = match tls {
             Some(tls) => tls
                 .apply(builder)
-                .map_err(|e| FetchError::Other(describe(&e)))?,
+                .map_err(|e| FetchError::Other(error_text(&e)))?,
             None => builder,
         };
-        builder.build().map_err(|e| FetchError::Other(describe(&e)))
+        builder
+            .build()
+            .map_err(|e| FetchError::Other(error_text(&e)))
     }
 
     /// A source's client on a shared pool, with the source's own timeout and
@@ -500,8 +502,8 @@ fn classify(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         FetchError::Timeout
     } else if e.is_connect() {
-        FetchError::Connect(describe(&e))
+        FetchError::Connect(error_text(&e))
     } else {
-        FetchError::Other(describe(&e))
+        FetchError::Other(error_text(&e))
     }
 }

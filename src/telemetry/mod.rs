@@ -80,7 +80,7 @@ pub fn install() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
             }
-            describe();
+            describe_metrics();
             gauges::set_process_info();
             handle
         })
@@ -107,7 +107,7 @@ pub fn builder() -> PrometheusBuilder {
 }
 
 /// The HELP lines.
-fn describe() {
+fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         source::POLLS,
@@ -194,7 +194,7 @@ mod tests;
 /// What tests of telemetry events (here and where gauges are collected) share.
 #[cfg(test)]
 pub(crate) mod test_util {
-    use super::{builder, describe};
+    use super::{builder, describe_metrics};
 
     /// Runs `f` with a fresh recorder of the bridge's configuration and returns
     /// the Prometheus text it renders.
@@ -202,7 +202,7 @@ pub(crate) mod test_util {
         let recorder = builder().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            describe();
+            describe_metrics();
             f()
         });
         handle.render()
