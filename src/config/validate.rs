@@ -5,6 +5,7 @@ use super::ctx::{CRON_HORIZON, CRON_HORIZON_TEXT, Ctx, MIN_SECOND, check_clearte
 use super::raw::{RawConfig, RawHook, RawSource};
 use super::{Config, ConfigError, Hook, Schedule, Source, Start};
 use crate::filter::Filter;
+use crate::filter::topics::Topic;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -286,16 +287,87 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         ));
     }
     let what = format!("source `{name}`");
+    let base_url = base_url(ctx, &what, s)?;
+    let resources = resources(ctx, &what, s)?;
+    let schedule = schedule(ctx, &what, s)?;
+
+    let page_size = match &s.page_size {
+        Some(p) if !(1..=1000).contains(p.get_ref()) => {
+            return Err(ctx.err(p.span(), format!("{what}: `page_size` must be 1..=1000")));
+        }
+        Some(p) => *p.get_ref(),
+        None => 100,
+    };
+    let max_pages_per_poll = match &s.max_pages_per_poll {
+        Some(p) if !(1..=MAX_PAGES).contains(p.get_ref()) => {
+            return Err(ctx.err(
+                p.span(),
+                format!("{what}: `max_pages_per_poll` must be 1..={MAX_PAGES}"),
+            ));
+        }
+        Some(p) => *p.get_ref(),
+        None => DEFAULT_MAX_PAGES,
+    };
+    let timeout = match &s.timeout {
+        Some(t) => ctx.at_least(&what, "timeout", t, MIN_SECOND)?,
+        None => Duration::from_secs(30),
+    };
+
+    let start = start(ctx, &what, s)?;
+    let strategies = super::strategy::validate(ctx, &what, s, &resources)?;
+    let (fan_out, max_requests_per_second) = super::fanout::validate(ctx, &what, s)?;
+    let reconcile = super::reconcile::validate(ctx, &what, s, &resources, &strategies)?;
+    let (overlap, lag) = overlap_and_lag(ctx, &what, s)?;
+    Ok(Source {
+        owner_id: s.owner_id.clone().unwrap_or_else(|| name.clone()),
+        name,
+        base_url,
+        resources,
+        schedule,
+        page_size,
+        overlap,
+        lag,
+        fan_out,
+        max_requests_per_second,
+        start,
+        timeout,
+        params: s
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect(),
+        max_pages_per_poll,
+        strategies,
+        reconcile,
+        auth: super::source_auth::validate(
+            ctx,
+            &what,
+            s.auth.as_ref(),
+            s.allow_insecure_http.unwrap_or(false),
+        )?,
+        allowed_origins: super::origins::validate(
+            ctx,
+            &what,
+            s.allowed_origins.as_ref(),
+            s.allow_insecure_http.unwrap_or(false),
+        )?,
+        tls: super::tls::validate(ctx, &what, s.tls())?,
+        fingerprint: Default::default(),
+    })
+}
+
+/// `base_url`: a URL without query or credentials, HTTPS unless allowed, ending in `/`.
+fn base_url(ctx: &Ctx, what: &str, s: &RawSource) -> Result<Url, ConfigError> {
     let mut base_url = parse_url(
         ctx,
-        &what,
+        what,
         "base_url",
         &s.base_url,
         " (they would be sent on the first page only); use [source.auth] instead",
     )?;
     check_cleartext(
         ctx,
-        &what,
+        what,
         "base_url",
         &base_url,
         s.base_url.span(),
@@ -306,7 +378,11 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         let p = format!("{}/", base_url.path());
         base_url.set_path(&p);
     }
+    Ok(base_url)
+}
 
+/// `resources` (FHIR type names, each once) and the `params` given for them.
+fn resources(ctx: &Ctx, what: &str, s: &RawSource) -> Result<Vec<String>, ConfigError> {
     if s.resources.get_ref().is_empty() {
         return Err(ctx.err(s.resources.span(), format!("{what}: `resources` is empty")));
     }
@@ -348,8 +424,12 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             }
         }
     }
+    Ok(resources)
+}
 
-    let schedule = match (&s.schedule, &s.every) {
+/// `schedule` (cron, firing within the horizon) or `every`; a minute by default.
+fn schedule(ctx: &Ctx, what: &str, s: &RawSource) -> Result<Schedule, ConfigError> {
+    Ok(match (&s.schedule, &s.every) {
         (Some(_), Some(e)) => {
             return Err(ctx.err(
                 e.span(),
@@ -377,33 +457,14 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
         (None, Some(e)) if e.get_ref().0.is_zero() => {
             return Err(ctx.err(e.span(), format!("{what}: `every` must be positive")));
         }
-        (None, Some(e)) => Schedule::Every(ctx.at_least(&what, "every", e, MIN_EVERY)?),
+        (None, Some(e)) => Schedule::Every(ctx.at_least(what, "every", e, MIN_EVERY)?),
         (None, None) => Schedule::Every(Duration::from_secs(60)),
-    };
+    })
+}
 
-    let page_size = match &s.page_size {
-        Some(p) if !(1..=1000).contains(p.get_ref()) => {
-            return Err(ctx.err(p.span(), format!("{what}: `page_size` must be 1..=1000")));
-        }
-        Some(p) => *p.get_ref(),
-        None => 100,
-    };
-    let max_pages_per_poll = match &s.max_pages_per_poll {
-        Some(p) if !(1..=MAX_PAGES).contains(p.get_ref()) => {
-            return Err(ctx.err(
-                p.span(),
-                format!("{what}: `max_pages_per_poll` must be 1..={MAX_PAGES}"),
-            ));
-        }
-        Some(p) => *p.get_ref(),
-        None => DEFAULT_MAX_PAGES,
-    };
-    let timeout = match &s.timeout {
-        Some(t) => ctx.at_least(&what, "timeout", t, MIN_SECOND)?,
-        None => Duration::from_secs(30),
-    };
-
-    let start = match &s.start {
+/// `start`: `now` (the default), `beginning` or an RFC 3339 instant.
+fn start(ctx: &Ctx, what: &str, s: &RawSource) -> Result<Start, ConfigError> {
+    Ok(match &s.start {
         None => Start::Now,
         Some(st) => match st.get_ref().as_str() {
             "now" => Start::Now,
@@ -421,11 +482,15 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
                     .to_utc(),
             ),
         },
-    };
+    })
+}
 
-    let strategies = super::strategy::validate(ctx, &what, s, &resources)?;
-    let (fan_out, max_requests_per_second) = super::fanout::validate(ctx, &what, s)?;
-    let reconcile = super::reconcile::validate(ctx, &what, s, &resources, &strategies)?;
+/// `overlap` (2 min by default) and `lag`, which must not exceed it.
+fn overlap_and_lag(
+    ctx: &Ctx,
+    what: &str,
+    s: &RawSource,
+) -> Result<(Duration, Duration), ConfigError> {
     let overlap = s.overlap.map(|d| d.0).unwrap_or(Duration::from_secs(120));
     let lag = s.lag.as_ref().map(|l| l.get_ref().0).unwrap_or_default();
     if let Some(l) = &s.lag
@@ -442,42 +507,7 @@ fn validate_source(ctx: &Ctx, spanned: &Spanned<RawSource>) -> Result<Source, Co
             ),
         ));
     }
-    Ok(Source {
-        owner_id: s.owner_id.clone().unwrap_or_else(|| name.clone()),
-        name,
-        base_url,
-        resources,
-        schedule,
-        page_size,
-        overlap,
-        lag,
-        fan_out,
-        max_requests_per_second,
-        start,
-        timeout,
-        params: s
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
-            .collect(),
-        max_pages_per_poll,
-        strategies,
-        reconcile,
-        auth: super::source_auth::validate(
-            ctx,
-            &what,
-            s.auth.as_ref(),
-            s.allow_insecure_http.unwrap_or(false),
-        )?,
-        allowed_origins: super::origins::validate(
-            ctx,
-            &what,
-            s.allowed_origins.as_ref(),
-            s.allow_insecure_http.unwrap_or(false),
-        )?,
-        tls: super::tls::validate(ctx, &what, s.tls())?,
-        fingerprint: Default::default(),
-    })
+    Ok((overlap, lag))
 }
 
 fn validate_hook(
@@ -504,60 +534,8 @@ fn validate_hook(
         h.allow_insecure_http.unwrap_or(false),
     )?;
 
-    let sources = match &h.sources {
-        None => {
-            let mut all: Vec<String> = source_names.iter().cloned().collect();
-            all.sort();
-            all
-        }
-        Some(list) => {
-            if let Some(unknown) = list.get_ref().iter().find(|s| !source_names.contains(*s)) {
-                return Err(ctx.err(
-                    list.span(),
-                    format!("{what}: `sources`: no source is named `{unknown}`"),
-                ));
-            }
-            list.get_ref().clone()
-        }
-    };
-
-    let topic = match &h.topic {
-        None => None,
-        Some(t) => Some(crate::filter::topics::find(t.get_ref()).ok_or_else(|| {
-            ctx.err(
-                t.span(),
-                format!(
-                    "{what}: `topic`: no topic is named `{}`; known topics: {}",
-                    t.get_ref(),
-                    crate::filter::topics::names()
-                ),
-            )
-        })?),
-    };
-    let filter = match &h.filter {
-        None => None,
-        Some(code) => Some(Filter::compile(code.get_ref()).map_err(|e| {
-            ctx.err(
-                code.span(),
-                format!("{what}: `filter` does not compile: {e}"),
-            )
-        })?),
-    };
-    // A topic and a filter together: both must match.
-    let filter = match (topic, filter) {
-        (None, None) => {
-            Filter::compile("true").map_err(|e| ctx.err(spanned.span(), format!("{what}: {e}")))?
-        }
-        (None, Some(f)) => f,
-        (Some(t), f) => {
-            let compiled = Filter::compile(t.jq)
-                .map_err(|e| ctx.err(spanned.span(), format!("{what}: topic `{}`: {e}", t.name)))?;
-            match f {
-                Some(f) => compiled.and(f),
-                None => compiled,
-            }
-        }
-    };
+    let sources = hook_sources(ctx, &what, h, source_names)?;
+    let (topic, filter) = topic_and_filter(ctx, &what, spanned)?;
 
     let (content, notification) = super::notification::validate(ctx, &what, h)?;
 
@@ -571,32 +549,7 @@ fn validate_hook(
         Some(m) => *m.get_ref(),
         None => 6,
     };
-    let retry_schedule: Vec<Duration> = match &h.retry_schedule {
-        Some(r) if r.get_ref().is_empty() => {
-            return Err(ctx.err(r.span(), format!("{what}: `retry_schedule` is empty")));
-        }
-        Some(r) => {
-            let mut delays = Vec::new();
-            for d in r.get_ref() {
-                if d.get_ref().0 < MIN_SECOND {
-                    return Err(ctx.err(
-                        d.span(),
-                        format!(
-                            "{what}: `retry_schedule`: each delay must be at least {}, not {}",
-                            humantime::format_duration(MIN_SECOND),
-                            humantime::format_duration(d.get_ref().0)
-                        ),
-                    ));
-                }
-                delays.push(d.get_ref().0);
-            }
-            delays
-        }
-        None => DEFAULT_RETRY
-            .iter()
-            .map(|s| Duration::from_secs(*s))
-            .collect(),
-    };
+    let retry_schedule = retry_schedule(ctx, &what, h)?;
     let timeout = match &h.timeout {
         Some(t) => ctx.at_least(&what, "timeout", t, MIN_SECOND)?,
         None => Duration::from_secs(15),
@@ -634,6 +587,109 @@ fn validate_hook(
         tls: super::tls::validate(ctx, &what, h.tls())?,
         fingerprint: Default::default(),
         endpoint: Default::default(),
+    })
+}
+
+/// `sources`: the sources a hook takes changes from (all of them by default).
+fn hook_sources(
+    ctx: &Ctx,
+    what: &str,
+    h: &RawHook,
+    source_names: &HashSet<String>,
+) -> Result<Vec<String>, ConfigError> {
+    Ok(match &h.sources {
+        None => {
+            let mut all: Vec<String> = source_names.iter().cloned().collect();
+            all.sort();
+            all
+        }
+        Some(list) => {
+            if let Some(unknown) = list.get_ref().iter().find(|s| !source_names.contains(*s)) {
+                return Err(ctx.err(
+                    list.span(),
+                    format!("{what}: `sources`: no source is named `{unknown}`"),
+                ));
+            }
+            list.get_ref().clone()
+        }
+    })
+}
+
+/// `topic` and `filter`: the compiled filter (both must match when both are
+/// given; `true` when neither is) and the topic it came from.
+fn topic_and_filter(
+    ctx: &Ctx,
+    what: &str,
+    spanned: &Spanned<RawHook>,
+) -> Result<(Option<&'static Topic>, Filter), ConfigError> {
+    let h = spanned.get_ref();
+    let topic = match &h.topic {
+        None => None,
+        Some(t) => Some(crate::filter::topics::find(t.get_ref()).ok_or_else(|| {
+            ctx.err(
+                t.span(),
+                format!(
+                    "{what}: `topic`: no topic is named `{}`; known topics: {}",
+                    t.get_ref(),
+                    crate::filter::topics::names()
+                ),
+            )
+        })?),
+    };
+    let filter = match &h.filter {
+        None => None,
+        Some(code) => Some(Filter::compile(code.get_ref()).map_err(|e| {
+            ctx.err(
+                code.span(),
+                format!("{what}: `filter` does not compile: {e}"),
+            )
+        })?),
+    };
+    // A topic and a filter together: both must match.
+    let filter = match (topic, filter) {
+        (None, None) => {
+            Filter::compile("true").map_err(|e| ctx.err(spanned.span(), format!("{what}: {e}")))?
+        }
+        (None, Some(f)) => f,
+        (Some(t), f) => {
+            let compiled = Filter::compile(t.jq)
+                .map_err(|e| ctx.err(spanned.span(), format!("{what}: topic `{}`: {e}", t.name)))?;
+            match f {
+                Some(f) => compiled.and(f),
+                None => compiled,
+            }
+        }
+    };
+    Ok((topic, filter))
+}
+
+/// `retry_schedule`: the delays between attempts, each at least a second.
+fn retry_schedule(ctx: &Ctx, what: &str, h: &RawHook) -> Result<Vec<Duration>, ConfigError> {
+    Ok(match &h.retry_schedule {
+        Some(r) if r.get_ref().is_empty() => {
+            return Err(ctx.err(r.span(), format!("{what}: `retry_schedule` is empty")));
+        }
+        Some(r) => {
+            let mut delays = Vec::new();
+            for d in r.get_ref() {
+                if d.get_ref().0 < MIN_SECOND {
+                    return Err(ctx.err(
+                        d.span(),
+                        format!(
+                            "{what}: `retry_schedule`: each delay must be at least {}, not {}",
+                            humantime::format_duration(MIN_SECOND),
+                            humantime::format_duration(d.get_ref().0)
+                        ),
+                    ));
+                }
+                delays.push(d.get_ref().0);
+            }
+            delays
+        }
+        None => DEFAULT_RETRY
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
     })
 }
 
