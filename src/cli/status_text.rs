@@ -99,7 +99,49 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
     if !r.has_state {
         let _ = writeln!(o, "(no state yet: the daemon has not run with this config)");
     }
+    let mut notes = Vec::new();
     let _ = writeln!(o, "\nSOURCES");
+    let _ = writeln!(o, "{}", sources_table(r, st, &mut notes));
+    let _ = writeln!(o, "\nHOOKS");
+    let _ = writeln!(o, "{}", hooks_table(r, st, &mut notes));
+    if !r.orphaned_hooks.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nORPHANED HOOKS (in the state, not in the config: nothing sends these)"
+        );
+        for h in &r.orphaned_hooks {
+            let _ = writeln!(
+                o,
+                "  {}: {} pending, {} dead-lettered; move them with `fhir-bridge dlq redrive --hook {} --to-hook NEW --all`, or delete them with `fhir-bridge dlq purge --hook {} --all`",
+                h.name, h.pending, h.dead_lettered, h.name, h.name
+            );
+        }
+    }
+    if !r.problems.is_empty() {
+        let _ = writeln!(o, "\nNEEDS ATTENTION");
+        for p in &r.problems {
+            let _ = writeln!(
+                o,
+                "  {}  {}: {}",
+                st.paint(p.level, &format!("{:<8}", p.level.name())),
+                p.subject,
+                p.message
+            );
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(o, "\nNOTES");
+        for n in notes {
+            let _ = writeln!(o, "  {n}");
+        }
+    }
+    o
+}
+
+/// One row per poll target, its source's name and URL on the first two;
+/// what a target has to tell beyond its row goes to `notes`.
+fn sources_table(r: &StatusReport, st: &Style, notes: &mut Vec<String>) -> Table {
+    let now = st.now_ms;
     let mut t = st.table(
         &[
             "SOURCE",
@@ -114,7 +156,6 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
         ],
         &[6, 7],
     );
-    let mut notes = Vec::new();
     for s in &r.sources {
         for (i, tg) in s.targets.iter().enumerate() {
             let name = match i {
@@ -166,8 +207,13 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
             t.add_row(vec![s.base_url.as_str()]);
         }
     }
-    let _ = writeln!(o, "{t}");
-    let _ = writeln!(o, "\nHOOKS");
+    t
+}
+
+/// One row per hook, its state judged as `health` judges it; a
+/// subscription's status and filter failures go to `notes`.
+fn hooks_table(r: &StatusReport, st: &Style, notes: &mut Vec<String>) -> Table {
+    let now = st.now_ms;
     let mut t = st.table(
         &[
             "HOOK",
@@ -233,37 +279,5 @@ pub fn render_text(r: &StatusReport, st: &Style) -> String {
             ));
         }
     }
-    let _ = writeln!(o, "{t}");
-    if !r.orphaned_hooks.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nORPHANED HOOKS (in the state, not in the config: nothing sends these)"
-        );
-        for h in &r.orphaned_hooks {
-            let _ = writeln!(
-                o,
-                "  {}: {} pending, {} dead-lettered; move them with `fhir-bridge dlq redrive --hook {} --to-hook NEW --all`, or delete them with `fhir-bridge dlq purge --hook {} --all`",
-                h.name, h.pending, h.dead_lettered, h.name, h.name
-            );
-        }
-    }
-    if !r.problems.is_empty() {
-        let _ = writeln!(o, "\nNEEDS ATTENTION");
-        for p in &r.problems {
-            let _ = writeln!(
-                o,
-                "  {}  {}: {}",
-                st.paint(p.level, &format!("{:<8}", p.level.name())),
-                p.subject,
-                p.message
-            );
-        }
-    }
-    if !notes.is_empty() {
-        let _ = writeln!(o, "\nNOTES");
-        for n in notes {
-            let _ = writeln!(o, "  {n}");
-        }
-    }
-    o
+    t
 }
