@@ -4,32 +4,18 @@
 
 mod common;
 
+use common::fanout::{delivered, sandbox};
 use common::proxy::{ChaosProxy, Fault, Plan};
-use common::scenarios::observation;
 use common::{Bridge, FhirServer, hook, wait_for};
-use fhir_bridge::sandbox::{FhirSandbox, Receiver};
-use serde_json::{Value, json};
+use fhir_bridge::sandbox::Receiver;
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
-    match fhir {
-        FhirServer::Sandbox(s) => s,
-        _ => panic!("a sandbox test"),
-    }
-}
-
 /// An Observation about `patient`; returns its id.
 fn lab(fhir: &FhirServer, patient: &str) -> String {
-    let mut o = observation("N", "final");
-    o["subject"] = json!({"reference": format!("Patient/{patient}")});
-    let stored = sandbox(fhir).store.upsert("Observation", None, o);
-    let v: Value = serde_json::from_str(&stored).unwrap();
-    v["id"].as_str().unwrap().to_string()
-}
-
-fn delivered(rx: &Receiver) -> BTreeSet<String> {
-    rx.received().into_iter().map(|r| r.resource_id).collect()
+    let id = common::fanout::lab(fhir, patient);
+    id.trim_start_matches("Observation/").to_string()
 }
 
 fn config(base: &str, fan_out: &str, hooks: &str) -> String {

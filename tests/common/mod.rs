@@ -6,6 +6,7 @@
 pub mod auth_server;
 pub mod authed;
 pub mod checker;
+pub mod fanout;
 pub mod fhir;
 pub mod proxy;
 pub mod scenarios;

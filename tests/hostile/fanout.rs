@@ -3,54 +3,17 @@
 //! answering 429 with Retry-After again and again, and a 429 on the
 //! CapabilityStatement request at start.
 
-use crate::common::scenarios::observation as lab_body;
+use crate::common::fanout::{self, delivered, lab, sandbox};
 use crate::common::scripted::{Scripted, Seen, bundle, now_instant, status_with};
 use crate::common::{Bridge, FhirServer, hook, wait_for};
-use fhir_bridge::sandbox::{FhirSandbox, Receiver};
+use fhir_bridge::sandbox::Receiver;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
-    match fhir {
-        FhirServer::Sandbox(s) => s,
-        _ => panic!("a sandbox test"),
-    }
-}
-
-/// An Observation about `patient`; returns `Observation/{id}`.
-fn lab(fhir: &FhirServer, patient: &str) -> String {
-    let mut o = lab_body("N", "final");
-    o["subject"] = json!({"reference": format!("Patient/{patient}")});
-    let stored = sandbox(fhir).store.upsert("Observation", None, o);
-    let v: Value = serde_json::from_str(&stored).unwrap();
-    format!("Observation/{}", v["id"].as_str().unwrap())
-}
-
-fn delivered(rx: &Receiver) -> BTreeSet<String> {
-    rx.received().into_iter().map(|r| r.resource_id).collect()
-}
-
 fn fan_out_config(base: &str, start: &str, refresh: &str, hooks: &str) -> String {
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = ["Observation"]
-every = "300ms"
-overlap = "5s"
-start = "{start}"
-timeout = "2s"
-patients = {{ group = "Group/ward" }}
-roster_refresh = "{refresh}"
-
-{hooks}
-"#
-    )
+    fanout::fan_out_config(base, start, r#"{ group = "Group/ward" }"#, refresh, hooks)
 }
 
 fn warning(bridge: &Bridge) -> String {
