@@ -8,6 +8,7 @@ pub mod authed;
 pub mod checker;
 pub mod fanout;
 pub mod fhir;
+pub mod hostile;
 pub mod proxy;
 pub mod scenarios;
 pub mod scripted;
@@ -120,6 +121,17 @@ impl Bridge {
         }
     }
 
+    /// SIGHUP: reload the config.
+    pub fn sighup(&self) {
+        let pid = self.pid().expect("running");
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP failed");
+    }
+
     /// Runs a CLI command (status, dlq ...) against this bridge's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_fhir-bridge"))
@@ -221,6 +233,14 @@ owner_id = "org/test"
 {hooks}
 "#
     )
+}
+
+/// The `hooks` entry of status named `name` (Null if none).
+pub fn hook_of<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    st["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 pub fn hook(name: &str, url: &str, filter: &str, extra: &str) -> String {

@@ -3,6 +3,9 @@
 //! than its own, a file sent gzip-encoded though nobody asked for it.
 //! Against a scripted `$export` server on 127.0.0.1.
 
+use crate::common::hostile::{
+    job_no, kickoffs, ndjson, one_source_config, received_ids, resource, target,
+};
 use crate::common::scripted::{Scripted, Seen, fhir_json, now_instant, status_with};
 use crate::common::{Bridge, wait_for};
 use axum::response::{IntoResponse, Response};
@@ -17,72 +20,17 @@ fn config(base: &str, resources: &[&str], hook_url: &str) -> String {
 }
 
 fn config_with(base: &str, resources: &[&str], extra: &str, hook_url: &str) -> String {
-    let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = [{}]
-strategy = "bulk-export"
-every = "300ms"
-overlap = "2m"
-start = "beginning"
-timeout = "2s"
-{extra}
-[[hook]]
-name = "all"
-url = "{hook_url}"
-retry_schedule = ["1s"]
-"#,
-        resources.join(", ")
-    )
-}
-
-fn target(status: &serde_json::Value, rt: &str) -> serde_json::Value {
-    status["sources"][0]["targets"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["resource_type"] == rt))
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn received_ids(rx: &Receiver) -> Vec<String> {
-    rx.received()
-        .iter()
-        .map(|r| r.resource_id.clone())
-        .collect()
-}
-
-fn resource(rt: &str, id: &str, last_updated: &str) -> serde_json::Value {
-    serde_json::json!({
-        "resourceType": rt,
-        "id": id,
-        "meta": {"versionId": "1", "lastUpdated": last_updated},
-    })
-}
-
-fn ndjson(resources: &[serde_json::Value]) -> Response {
-    let body: String = resources.iter().map(|r| format!("{r}\n")).collect();
-    ([("content-type", "application/fhir+ndjson")], body).into_response()
-}
-
-fn job_no(uri: &str) -> Option<usize> {
-    let rest = uri.strip_prefix("/fhir/_export/")?;
-    rest.split(['/', '?']).next()?.parse().ok()
+    let source = format!(
+        "strategy = \"bulk-export\"\nevery = \"300ms\"\noverlap = \"2m\"\nstart = \"beginning\"\n\
+         timeout = \"2s\"\n{extra}"
+    );
+    one_source_config(base, resources, &source, hook_url)
 }
 
 fn deletes(fhir: &Scripted) -> usize {
     (fhir.seen().iter())
         .filter(|s| s.method == "DELETE")
         .count()
-}
-
-fn kickoffs(fhir: &Scripted) -> Vec<Seen> {
-    (fhir.seen().into_iter())
-        .filter(|s| s.method == "GET" && s.uri.starts_with("/fhir/$export"))
-        .collect()
 }
 
 /// An export server: job n's manifest (transactionTime: the server's now)

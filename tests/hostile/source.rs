@@ -1,6 +1,7 @@
 //! Hostile input from the FHIR server: future timestamps and clocks, links and
 //! redirects to other hosts, ids built to forge log lines, endless paging.
 
+use crate::common::hostile::{one_source_config, received_ids, target};
 use crate::common::scripted::{Scripted, Seen, bundle, now_instant, observation, status_with};
 use crate::common::{Bridge, wait_for};
 use fhir_bridge::sandbox::Receiver;
@@ -9,41 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One source on `base` polling `resources`, one hook taking everything.
 fn config(base: &str, resources: &[&str], start: &str, hook_url: &str) -> String {
-    let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = [{}]
-every = "300ms"
-overlap = "5s"
-start = "{start}"
-timeout = "2s"
-
-[[hook]]
-name = "all"
-url = "{hook_url}"
-retry_schedule = ["1s"]
-"#,
-        resources.join(", ")
-    )
-}
-
-fn target(status: &serde_json::Value, rt: &str) -> serde_json::Value {
-    status["sources"][0]["targets"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["resource_type"] == rt))
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn received_ids(rx: &Receiver) -> Vec<String> {
-    rx.received()
-        .iter()
-        .map(|r| r.resource_id.clone())
-        .collect()
+    let source =
+        format!("every = \"300ms\"\noverlap = \"5s\"\nstart = \"{start}\"\ntimeout = \"2s\"\n");
+    one_source_config(base, resources, &source, hook_url)
 }
 
 /// Item 1: a server that ignores `_lastUpdated` returns a resource stamped
