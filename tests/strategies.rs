@@ -2,9 +2,15 @@
 //! has no type-level `_history` and leaves no trace of a delete): `history`
 //! gives creates, updates and deletes once each, in order per resource,
 //! across `kill -9`; `last-updated` loses nothing on a server that returns
-//! newest first (as Cerner does).
+//! newest first (as Cerner does). The same on Medplum (`medplum`) and on
+//! SEKMET (`sekmet`), modules of this binary so the crate is linked once.
 
 mod common;
+
+#[path = "strategies/medplum.rs"]
+mod medplum;
+#[path = "strategies/sekmet.rs"]
+mod sekmet;
 
 use common::scenarios::observation;
 use common::{Bridge, FhirServer, by_resource, config_for, hook, wait_for};

@@ -4,7 +4,7 @@
 //! paused), an invalid config is refused and the old one keeps running, and
 //! the watchdog is pinged only while every task makes progress.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, wait_for};
 use fhir_bridge::sandbox::{Behaviour, FhirSandbox, Receiver};
@@ -20,16 +20,6 @@ fn config(base: &str, hooks: &str) -> String {
 
 fn hook(name: &str, url: &str, extra: &str) -> String {
     format!("[[hook]]\nname = \"{name}\"\nurl = \"{url}\"\nretry_schedule = [\"1s\"]\n{extra}\n")
-}
-
-fn sighup(bridge: &Bridge) {
-    let pid = bridge.pid().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -HUP failed");
 }
 
 /// resource id -> message ids it arrived under, for one hook.
@@ -80,7 +70,7 @@ async fn reload_applies_the_diff_while_deliveries_are_in_flight() {
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     std::fs::write(bridge.config_path(), config(&fhir.base_url(), &after)).unwrap();
-    sighup(&bridge);
+    bridge.sighup();
     let reloaded_at = chrono::Utc::now();
     wait_for(10, "the reload applied", || {
         bridge.logs().contains("reload applied")
@@ -89,7 +79,7 @@ async fn reload_applies_the_diff_while_deliveries_are_in_flight() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // A config that does not load is refused; the running one carries on.
     std::fs::write(bridge.config_path(), "this is [not toml").unwrap();
-    sighup(&bridge);
+    bridge.sighup();
     wait_for(10, "the bad reload refused", || {
         bridge.logs().contains("reload refused")
     })

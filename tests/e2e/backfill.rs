@@ -2,7 +2,7 @@
 //! rate-limited, killed half-way and resumed, against the real binary. What
 //! the backfill and ordinary polling both see arrives under one message id.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, config, hook, wait_for};
 use fhir_bridge::sandbox::{FhirSandbox, Receiver};
