@@ -180,3 +180,20 @@ pub async fn more_walks(fhir: &Scripted, n: usize) {
 pub fn first_target(bridge: &crate::common::Bridge) -> Value {
     bridge.status_json()["sources"][0]["targets"][0].clone()
 }
+
+/// Waits up to `secs` until the `rt` target's `field` on status (its
+/// `last_error`, `last_warning` ...) contains `text`.
+pub async fn wait_for_target(
+    bridge: &crate::common::Bridge,
+    secs: u64,
+    what: &str,
+    (rt, field): (&str, &str),
+    text: &str,
+) {
+    crate::common::wait_for(secs, what, || {
+        target(&bridge.status_json(), rt)[field]
+            .as_str()
+            .is_some_and(|v| v.contains(text))
+    })
+    .await;
+}

@@ -3,7 +3,9 @@
 //! ever, a manifest the bridge cannot use. Against a scripted `$export`
 //! server on 127.0.0.1.
 
-use crate::common::hostile::{job_no, kickoffs, ndjson, one_source_config, received_ids, target};
+use crate::common::hostile::{
+    job_no, kickoffs, ndjson, one_source_config, received_ids, target, wait_for_target,
+};
 use crate::common::scripted::{
     Scripted, Seen, bundle, fhir_json, now_instant, observation, status_with,
 };
@@ -265,11 +267,13 @@ async fn an_export_past_export_timeout_is_cancelled_and_started_again() {
         deletes(&fhir).contains(&1) && kickoffs(&fhir).len() >= 2
     })
     .await;
-    wait_for(10, "the timeout noted on status", || {
-        target(&bridge.status_json(), "Patient")["last_warning"]
-            .as_str()
-            .is_some_and(|w| w.contains("no usable manifest 2s after its kick-off (export_timeout); it was cancelled (DELETE)"))
-    })
+    wait_for_target(
+        &bridge,
+        10,
+        "the timeout noted on status",
+        ("Patient", "last_warning"),
+        "no usable manifest 2s after its kick-off (export_timeout); it was cancelled (DELETE)",
+    )
     .await;
     wait_for(
         30,

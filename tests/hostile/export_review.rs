@@ -4,7 +4,7 @@
 //! Against a scripted `$export` server on 127.0.0.1.
 
 use crate::common::hostile::{
-    job_no, kickoffs, ndjson, one_source_config, received_ids, resource, target,
+    job_no, kickoffs, ndjson, one_source_config, received_ids, resource, target, wait_for_target,
 };
 use crate::common::scripted::{Scripted, Seen, fhir_json, now_instant, status_with};
 use crate::common::{Bridge, wait_for};
@@ -210,11 +210,13 @@ async fn a_file_with_a_content_encoding_not_asked_for_is_an_error_not_skipped_li
         &rx.url("hooks/all"),
     ));
     wait_for(20, "the file asked for twice", || files(&fhir) >= 2).await;
-    wait_for(10, "the encoding named on status", || {
-        target(&bridge.status_json(), "Patient")["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Content-Encoding"))
-    })
+    wait_for_target(
+        &bridge,
+        10,
+        "the encoding named on status",
+        ("Patient", "last_error"),
+        "Content-Encoding",
+    )
     .await;
     let t = target(&bridge.status_json(), "Patient");
     assert!(t["watermark"].is_null(), "the watermark moved: {t}");
