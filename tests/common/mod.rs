@@ -235,6 +235,22 @@ owner_id = "org/test"
     )
 }
 
+/// Asserts that `text` (status, the DLQ, logs) holds no token endpoint body
+/// (the test servers mark it LEAKED-DESCRIPTION), none of `secrets` and
+/// none of the `tokens` issued.
+pub fn assert_no_secret_in(text: &str, secrets: &[&str], tokens: &[String]) {
+    assert!(
+        !text.contains("LEAKED-DESCRIPTION"),
+        "the token endpoint's body reached status or logs"
+    );
+    for secret in secrets {
+        assert!(!text.contains(secret), "a secret reached status or logs");
+    }
+    for t in tokens {
+        assert!(!text.contains(t.as_str()), "a token reached status or logs");
+    }
+}
+
 /// The `hooks` entry of status named `name` (Null if none).
 pub fn hook_of<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     st["hooks"]
