@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fanout::{delivered, sandbox};
+use common::fanout::delivered;
 use common::proxy::{ChaosProxy, Fault, Plan};
 use common::{Bridge, FhirServer, hook, wait_for};
 use fhir_bridge::sandbox::Receiver;
@@ -41,7 +41,7 @@ roster_refresh = "1s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_roster_is_polled_per_patient_and_follows_its_changes() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "Patient/p2"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -86,7 +86,7 @@ async fn a_group_roster_is_polled_per_patient_and_follows_its_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roster_from_a_patient_search_or_a_file() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     for (id, org) in [("p1", "o1"), ("p2", "o2"), ("p3", "o1")] {
         store.upsert(
             "Patient",
@@ -136,7 +136,7 @@ async fn a_roster_from_a_patient_search_or_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_budget_holds_and_a_429_storm_pauses_the_source() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     let patients: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
     let refs: Vec<&str> = patients.iter().map(String::as_str).collect();
     store.set_group("all", &refs);
@@ -205,7 +205,7 @@ async fn a_roster_that_cannot_be_read_shows_on_status() {
     })
     .await;
     // Once the Group exists, its patients are polled.
-    sandbox(&fhir).store.set_group("missing", ["p1"]);
+    fhir.as_sandbox().store.set_group("missing", ["p1"]);
     let id = lab(&fhir, "p1");
     wait_for(30, "p1's lab", || {
         delivered(&rx).contains(&format!("Observation/{id}"))

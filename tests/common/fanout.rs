@@ -3,22 +3,15 @@
 
 use crate::common::FhirServer;
 use crate::common::scenarios::observation;
-use fhir_bridge::sandbox::{FhirSandbox, Receiver};
+use fhir_bridge::sandbox::Receiver;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-
-pub fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
-    match fhir {
-        FhirServer::Sandbox(s) => s,
-        _ => panic!("a sandbox test"),
-    }
-}
 
 /// Stores an Observation about `patient`; returns `Observation/{id}`.
 pub fn lab(fhir: &FhirServer, patient: &str) -> String {
     let mut o = observation("N", "final");
     o["subject"] = json!({"reference": format!("Patient/{patient}")});
-    let stored = sandbox(fhir).store.upsert("Observation", None, o);
+    let stored = fhir.as_sandbox().store.upsert("Observation", None, o);
     let v: Value = serde_json::from_str(&stored).unwrap();
     format!("Observation/{}", v["id"].as_str().unwrap())
 }

@@ -3,7 +3,7 @@
 //! answering 429 with Retry-After again and again, and a 429 on the
 //! CapabilityStatement request at start.
 
-use crate::common::fanout::{self, delivered, lab, sandbox};
+use crate::common::fanout::{self, delivered, lab};
 use crate::common::scripted::{Scripted, Seen, bundle, now_instant, status_with};
 use crate::common::{Bridge, FhirServer, hook, wait_for};
 use fhir_bridge::sandbox::Receiver;
@@ -31,7 +31,7 @@ fn warning(bridge: &Bridge) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_read_empty_for_a_while_forgets_no_patient() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -71,7 +71,7 @@ async fn a_group_read_empty_for_a_while_forgets_no_patient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roster_halved_in_one_read_keeps_the_last_one_and_warns() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2", "p3", "p4"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");

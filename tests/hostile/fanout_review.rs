@@ -2,7 +2,7 @@
 //! a roster file replaced by a FIFO, and a roster read empty right after a
 //! restart. Against the real binary, with the sandbox EHR on 127.0.0.1.
 
-use crate::common::fanout::{self, delivered, lab, sandbox};
+use crate::common::fanout::{self, delivered, lab};
 use crate::common::{Bridge, FhirServer, hook, wait_for};
 use fhir_bridge::sandbox::Receiver;
 
@@ -75,7 +75,7 @@ async fn a_roster_file_replaced_by_a_fifo_keeps_the_last_roster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roster_read_empty_right_after_a_restart_is_suspect() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -115,7 +115,7 @@ async fn a_roster_read_empty_right_after_a_restart_is_suspect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_patient_in_a_suspect_read_is_polled_at_once() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2", "p3", "p4"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
