@@ -74,11 +74,7 @@ async fn webhooks_are_signed_authenticated_and_secrets_stay_out_of_logs() {
         "beginning",
         &hooks,
     ));
-    sandbox.store.upsert(
-        "Observation",
-        Some("o1"),
-        json!({"resourceType": "Observation", "status": "final"}),
-    );
+    common::store_observation(&sandbox.store, "o1");
     wait_for(30, "the webhook delivered after one retry", || {
         bridge.status_json()["hooks"][0]["delivered"] == 1
     })

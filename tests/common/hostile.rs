@@ -5,7 +5,7 @@
 
 use crate::common::scripted::{Scripted, Seen, fhir_json, observation, status_with};
 use axum::response::{IntoResponse, Response};
-use fhir_bridge::sandbox::{Receiver, SandboxStore};
+use fhir_bridge::sandbox::Receiver;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,15 +53,6 @@ pub fn received_ids(rx: &Receiver) -> Vec<String> {
         .iter()
         .map(|r| r.resource_id.clone())
         .collect()
-}
-
-/// Stores a final Observation under `id` in the sandbox.
-pub fn store_observation(store: &SandboxStore, id: &str) {
-    store.upsert(
-        "Observation",
-        Some(id),
-        json!({"resourceType": "Observation", "status": "final"}),
-    );
 }
 
 /// The `type` and the event numbers of an R4 backport notification.

@@ -251,6 +251,15 @@ pub fn assert_no_secret_in(text: &str, secrets: &[&str], tokens: &[String]) {
     }
 }
 
+/// Stores a final Observation under `id` in the sandbox.
+pub fn store_observation(store: &fhir_bridge::sandbox::SandboxStore, id: &str) {
+    store.upsert(
+        "Observation",
+        Some(id),
+        serde_json::json!({"resourceType": "Observation", "status": "final"}),
+    );
+}
+
 /// The `hooks` entry of status named `name` (Null if none).
 pub fn hook_of<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     st["hooks"]

@@ -8,7 +8,6 @@ use crate::common;
 
 use common::{Bridge, wait_for};
 use fhir_bridge::sandbox::{Behaviour, FhirSandbox, Receiver};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -60,11 +59,7 @@ async fn reload_applies_the_diff_while_deliveries_are_in_flight() {
     let store = fhir.store.clone();
     let writer = tokio::spawn(async move {
         for i in 0..WRITES {
-            store.upsert(
-                "Observation",
-                Some(&format!("o{i:03}")),
-                json!({"resourceType": "Observation", "status": "final"}),
-            );
+            common::store_observation(&store, &format!("o{i:03}"));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });

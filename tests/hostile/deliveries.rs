@@ -2,8 +2,9 @@
 //! FHIR notification that failed comes back as the same notification, across
 //! kill -9 too; a reload that fixes a hook's endpoint sends what waited at once.
 
-use crate::common::hostile::{r4_events, store_observation as observation};
+use crate::common::hostile::r4_events;
 use crate::common::scripted::{Scripted, Seen, status_with};
+use crate::common::store_observation as observation;
 use crate::common::{Bridge, config, hook, wait_for};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,7 +2,8 @@
 //! deliveries (issue 17, items 5 and 14-19): cases not in admin.rs and
 //! deliveries.rs.
 
-use crate::common::hostile::{r4_events, store_observation as observation};
+use crate::common::hostile::r4_events;
+use crate::common::store_observation as observation;
 use crate::common::{Bridge, config, hook, wait_for};
 use axum::Router;
 use axum::body::Bytes;
