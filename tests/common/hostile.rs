@@ -188,3 +188,11 @@ pub async fn wait_for_target(
     })
     .await;
 }
+
+/// A scripted `$export` server's answer to a kick-off: 202 with the status
+/// URL of job n on `base` (its own origin), n counted by `jobs` from 1.
+pub fn kick_off(base: &str, jobs: &std::sync::atomic::AtomicUsize) -> Response {
+    let n = jobs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let loc = format!("{base}/fhir/_export/{n}");
+    status_with(202, &[("content-location", &loc)])
+}

@@ -4,7 +4,7 @@
 //! server on 127.0.0.1.
 
 use crate::common::hostile::{
-    job_no, kickoffs, ndjson, one_source_config, received_ids, target, wait_for_target,
+    job_no, kick_off, kickoffs, ndjson, one_source_config, received_ids, target, wait_for_target,
 };
 use crate::common::scripted::{
     Scripted, Seen, bundle, fhir_json, now_instant, observation, status_with,
@@ -60,9 +60,7 @@ async fn a_transaction_time_in_year_9999_moves_the_watermark_only_to_the_horizon
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -153,9 +151,7 @@ async fn export_and_search_server(
     Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.uri.starts_with("/fhir/Observation") {
             return bundle(&now_instant(), observations.lock().unwrap().clone(), None);
@@ -304,9 +300,7 @@ async fn an_expired_export_file_starts_a_new_export() {
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = j.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &j);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);

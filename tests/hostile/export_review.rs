@@ -4,7 +4,8 @@
 //! Against a scripted `$export` server on 127.0.0.1.
 
 use crate::common::hostile::{
-    job_no, kickoffs, ndjson, one_source_config, received_ids, resource, target, wait_for_target,
+    job_no, kick_off, kickoffs, ndjson, one_source_config, received_ids, resource, target,
+    wait_for_target,
 };
 use crate::common::scripted::{Scripted, Seen, fhir_json, now_instant, status_with};
 use crate::common::{Bridge, wait_for};
@@ -43,9 +44,7 @@ async fn export_server(
     Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -237,9 +236,7 @@ async fn a_job_whose_status_fails_for_ever_after_its_manifest_is_started_again()
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -506,9 +503,7 @@ async fn a_resumed_job_whose_manifest_changed_is_read_again_from_the_start() {
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -576,9 +571,7 @@ async fn after_a_restart_a_server_clock_ahead_of_ours_is_learnt_before_judging_t
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return with_date(status_with(202, &[("content-location", &loc)]));
+            return with_date(kick_off(&base, &jobs));
         }
         if s.method == "DELETE" {
             return with_date(status_with(202, &[]));
