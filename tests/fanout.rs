@@ -4,32 +4,18 @@
 
 mod common;
 
+use common::fanout::delivered;
 use common::proxy::{ChaosProxy, Fault, Plan};
-use common::scenarios::observation;
 use common::{Bridge, FhirServer, hook, wait_for};
-use fhir_bridge::sandbox::{FhirSandbox, Receiver};
-use serde_json::{Value, json};
+use fhir_bridge::sandbox::Receiver;
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
-    match fhir {
-        FhirServer::Sandbox(s) => s,
-        _ => panic!("a sandbox test"),
-    }
-}
-
 /// An Observation about `patient`; returns its id.
 fn lab(fhir: &FhirServer, patient: &str) -> String {
-    let mut o = observation("N", "final");
-    o["subject"] = json!({"reference": format!("Patient/{patient}")});
-    let stored = sandbox(fhir).store.upsert("Observation", None, o);
-    let v: Value = serde_json::from_str(&stored).unwrap();
-    v["id"].as_str().unwrap().to_string()
-}
-
-fn delivered(rx: &Receiver) -> BTreeSet<String> {
-    rx.received().into_iter().map(|r| r.resource_id).collect()
+    let id = common::fanout::lab(fhir, patient);
+    id.trim_start_matches("Observation/").to_string()
 }
 
 fn config(base: &str, fan_out: &str, hooks: &str) -> String {
@@ -55,7 +41,7 @@ roster_refresh = "1s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_roster_is_polled_per_patient_and_follows_its_changes() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "Patient/p2"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -100,7 +86,7 @@ async fn a_group_roster_is_polled_per_patient_and_follows_its_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roster_from_a_patient_search_or_a_file() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     for (id, org) in [("p1", "o1"), ("p2", "o2"), ("p3", "o1")] {
         store.upsert(
             "Patient",
@@ -150,7 +136,7 @@ async fn a_roster_from_a_patient_search_or_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_budget_holds_and_a_429_storm_pauses_the_source() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     let patients: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
     let refs: Vec<&str> = patients.iter().map(String::as_str).collect();
     store.set_group("all", &refs);
@@ -219,7 +205,7 @@ async fn a_roster_that_cannot_be_read_shows_on_status() {
     })
     .await;
     // Once the Group exists, its patients are polled.
-    sandbox(&fhir).store.set_group("missing", ["p1"]);
+    fhir.as_sandbox().store.set_group("missing", ["p1"]);
     let id = lab(&fhir, "p1");
     wait_for(30, "p1's lab", || {
         delivered(&rx).contains(&format!("Observation/{id}"))

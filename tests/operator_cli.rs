@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Bridge, FhirServer, wait_for};
+use common::{Bridge, FhirServer, hook_of, wait_for};
 use fhir_bridge::sandbox::{Behaviour, Receiver};
 use serde_json::{Value, json};
 use std::process::{Command, Output};
@@ -42,13 +42,6 @@ fn dlq(b: &Bridge, filters: &[&str]) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-fn hook_of<'a>(st: &'a Value, name: &str) -> &'a Value {
-    st["hooks"]
-        .as_array()
-        .and_then(|h| h.iter().find(|h| h["name"] == name))
-        .unwrap_or(&Value::Null)
 }
 
 /// 0 while all is well; 1 once the daemon is stopped (a warning: the outbox

@@ -161,16 +161,11 @@ async fn client_credentials_basic_and_a_refused_client() {
     }
     bridge.stop();
     text.push_str(&bridge.logs());
-    assert!(
-        !text.contains("LEAKED-DESCRIPTION"),
-        "the token endpoint's body reached status or logs"
+    common::assert_no_secret_in(
+        &text,
+        &[CLIENT_SECRET, BASIC_PASSWORD],
+        &issued.lock().unwrap(),
     );
-    for secret in [CLIENT_SECRET, BASIC_PASSWORD] {
-        assert!(!text.contains(secret), "a secret reached status or logs");
-    }
-    for t in issued.lock().unwrap().iter() {
-        assert!(!text.contains(t.as_str()), "a token reached status or logs");
-    }
 }
 
 /// SMART Backend Services, as Epic and Cerner want it: keys made with

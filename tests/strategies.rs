@@ -2,13 +2,19 @@
 //! has no type-level `_history` and leaves no trace of a delete): `history`
 //! gives creates, updates and deletes once each, in order per resource,
 //! across `kill -9`; `last-updated` loses nothing on a server that returns
-//! newest first (as Cerner does).
+//! newest first (as Cerner does). The same on Medplum (`medplum`) and on
+//! SEKMET (`sekmet`), modules of this binary so the crate is linked once.
 
 mod common;
 
+#[path = "strategies/medplum.rs"]
+mod medplum;
+#[path = "strategies/sekmet.rs"]
+mod sekmet;
+
 use common::scenarios::observation;
 use common::{Bridge, FhirServer, by_resource, config_for, hook, wait_for};
-use fhir_bridge::sandbox::{FhirSandbox, Received, Receiver};
+use fhir_bridge::sandbox::{Received, Receiver};
 use std::collections::BTreeMap;
 
 /// The id of what `store.upsert` stored.
@@ -43,17 +49,10 @@ fn seed(store: &fhir_bridge::sandbox::SandboxStore, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
-    match fhir {
-        FhirServer::Sandbox(s) => s,
-        _ => panic!("a sandbox test"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_gives_creates_updates_and_deletes_once_in_order_across_kill9() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
     let config = source_with(&fhir, &hooks, "strategy = \"history\"");
@@ -115,7 +114,7 @@ async fn history_gives_creates_updates_and_deletes_once_in_order_across_kill9() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newest_first_history_over_many_pages_keeps_every_version_in_order() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.quirks.descending(true);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -167,7 +166,7 @@ async fn newest_first_history_over_many_pages_keeps_every_version_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_chain_past_the_read_ahead_is_noted_on_status() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.quirks.descending(true);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -200,7 +199,7 @@ async fn a_history_chain_past_the_read_ahead_is_noted_on_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_updated_loses_nothing_on_a_server_that_returns_newest_first() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.quirks.descending(true);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -244,7 +243,7 @@ async fn last_updated_loses_nothing_on_a_server_that_returns_newest_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_next_link_restarts_the_search_from_the_watermark() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
     let config = config_for(&fhir, &["Observation"], "2000-01-01T00:00:00Z", &hooks);
@@ -270,7 +269,7 @@ async fn an_expired_next_link_restarts_the_search_from_the_watermark() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_search_parameter_is_an_error_not_a_wider_search() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.quirks.strict_params(true);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -311,7 +310,7 @@ fn event_count(events: &BTreeMap<String, Vec<(String, Option<String>)>>) -> usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_gives_creates_updates_and_deletes_once_across_kill9() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "")
         + &hook(
@@ -391,7 +390,7 @@ async fn snapshot_gives_creates_updates_and_deletes_once_across_kill9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_walk_that_breaks_midway_infers_no_deletes() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
     let config = source_with(&fhir, &hooks, "strategy = \"snapshot\"");
@@ -435,7 +434,7 @@ async fn a_snapshot_walk_that_breaks_midway_infers_no_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconciliation_finds_what_last_updated_missed_and_deletes() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
     let config = source_with(&fhir, &hooks, "reconcile = \"*/2 * * * * *\"");
@@ -490,7 +489,7 @@ fn bulk_config(fhir: &FhirServer, types: &[&str], hooks: &str, extra: &str) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_export_delivers_creates_and_updates_once_across_rounds() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.exports.set_file_lines(3);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -550,7 +549,7 @@ async fn bulk_export_delivers_creates_and_updates_once_across_rounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_export_killed_mid_download_resumes_the_same_job_and_loses_nothing() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.exports.set_file_lines(5);
     // File 2 stops after 3 lines: chunks of 2 commit files 0 and 1 and
     // the first 2 lines of file 2, then the download hangs.
@@ -591,7 +590,7 @@ async fn bulk_export_killed_mid_download_resumes_the_same_job_and_loses_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_export_job_for_other_types_is_cancelled_not_resumed() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.exports.set_file_lines(5);
     store.exports.stall_file(Some((2, 3)));
     let rx = Receiver::start(0, None).await.unwrap();

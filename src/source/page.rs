@@ -391,6 +391,26 @@ mod tests {
             .into_bytes()
     }
 
+    /// A job reading Encounter history (horizon 2026-11-30T12:00:00Z), one
+    /// hook taking everything.
+    fn encounter_history_job() -> PageJob {
+        let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut job = job(horizon);
+        job.resource_type = "Encounter".into();
+        job.mode = EntryMode::History;
+        job.routes = vec![route("all", "true")];
+        job
+    }
+
+    /// A history Bundle of `entries`, as the server sent it.
+    fn history_page(entries: Vec<serde_json::Value>) -> Vec<u8> {
+        serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": entries})
+            .to_string()
+            .into_bytes()
+    }
+
     /// Hooks per message of a processed and committed page.
     async fn run(store: &Store, job: &PageJob, body: &[u8]) -> Vec<String> {
         let out = process(store, job, body).unwrap();
@@ -526,11 +546,7 @@ mod tests {
         // History: created, deleted, created again counting from 1.
         job.mode = EntryMode::History;
         let (_d2, store) = temp_store();
-        let history = |entry: serde_json::Value| {
-            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": [entry]})
-                .to_string()
-                .into_bytes()
-        };
+        let history = |entry: serde_json::Value| history_page(vec![entry]);
         let create = |lu: &str| {
             history(
                 serde_json::json!({"resource": {"resourceType": "Observation", "id": "y",
@@ -568,11 +584,7 @@ mod tests {
         let mut job = job(now + FUTURE_TOLERANCE);
         job.mode = EntryMode::History;
         job.routes = vec![route("all", "true")];
-        let page = |entry: serde_json::Value| {
-            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": [entry]})
-                .to_string()
-                .into_bytes()
-        };
+        let page = |entry: serde_json::Value| history_page(vec![entry]);
         let version = |v: &str, lu: &str, method: &str| {
             page(
                 serde_json::json!({"resource": {"resourceType": "Observation", "id": "x",
@@ -604,13 +616,7 @@ mod tests {
     #[tokio::test]
     async fn history_pages_give_creates_updates_and_deletes_once() {
         let (_d, store) = temp_store();
-        let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
-            .unwrap()
-            .to_utc();
-        let mut job = job(horizon);
-        job.resource_type = "Encounter".into();
-        job.mode = EntryMode::History;
-        job.routes = vec![route("all", "true")];
+        let job = encounter_history_job();
         let entry = |v: u32, method: &str| {
             let lu = format!("2026-11-30T10:00:0{v}Z");
             if method == "DELETE" {
@@ -622,11 +628,7 @@ mod tests {
                     "request": {"method": method, "url": "Encounter"}})
             }
         };
-        let page = |entries: Vec<serde_json::Value>| {
-            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": entries})
-                .to_string()
-                .into_bytes()
-        };
+        let page = history_page;
         let body = page(vec![entry(1, "POST"), entry(2, "PUT"), entry(3, "DELETE")]);
         let out = process(&store, &job, &body).unwrap();
         let events: Vec<_> = out
@@ -682,13 +684,7 @@ mod tests {
     #[tokio::test]
     async fn a_hapi_delete_without_a_time_comes_after_the_versions_it_deletes() {
         let (_d, store) = temp_store();
-        let horizon = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
-            .unwrap()
-            .to_utc();
-        let mut job = job(horizon);
-        job.resource_type = "Encounter".into();
-        job.mode = EntryMode::History;
-        job.routes = vec![route("all", "true")];
+        let job = encounter_history_job();
         let version = |v: u32, method: &str| {
             serde_json::json!({"resource": {"resourceType": "Encounter", "id": "e1",
                 "meta": {"versionId": v.to_string(), "lastUpdated": format!("2026-11-30T10:00:0{v}Z")}},
@@ -699,11 +695,7 @@ mod tests {
             serde_json::json!({"request": {"method": "DELETE", "url": format!("Encounter/{id}/_history/{v}")},
                 "response": {"status": "200 OK", "etag": format!("W/\"{v}\"")}})
         };
-        let page = |entries: Vec<serde_json::Value>| {
-            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": entries})
-                .to_string()
-                .into_bytes()
-        };
+        let page = history_page;
         let events = |out: &PageOutcome| -> Vec<(String, Option<String>)> {
             (out.commit.messages.iter())
                 .map(|m| (m.change.event.clone(), m.change.version_id.clone()))

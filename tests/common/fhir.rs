@@ -29,6 +29,14 @@ impl FhirServer {
         FhirServer::Sandbox(FhirSandbox::start(0).await.expect("sandbox"))
     }
 
+    /// The in-crate sandbox this is (a test that writes to its store).
+    pub fn as_sandbox(&self) -> &FhirSandbox {
+        match self {
+            FhirServer::Sandbox(s) => s,
+            _ => panic!("a sandbox test"),
+        }
+    }
+
     /// Starts `node tests/fhir-server/server.mjs` (run `npm ci` there first).
     pub fn medplum(paging: &str) -> FhirServer {
         FhirServer::medplum_with(paging, &[])

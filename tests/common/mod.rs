@@ -6,7 +6,9 @@
 pub mod auth_server;
 pub mod authed;
 pub mod checker;
+pub mod fanout;
 pub mod fhir;
+pub mod hostile;
 pub mod proxy;
 pub mod scenarios;
 pub mod scripted;
@@ -119,6 +121,17 @@ impl Bridge {
         }
     }
 
+    /// SIGHUP: reload the config.
+    pub fn sighup(&self) {
+        let pid = self.pid().expect("running");
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP failed");
+    }
+
     /// Runs a CLI command (status, dlq ...) against this bridge's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_fhir-bridge"))
@@ -220,6 +233,39 @@ owner_id = "org/test"
 {hooks}
 "#
     )
+}
+
+/// Asserts that `text` (status, the DLQ, logs) holds no token endpoint body
+/// (the test servers mark it LEAKED-DESCRIPTION), none of `secrets` and
+/// none of the `tokens` issued.
+pub fn assert_no_secret_in(text: &str, secrets: &[&str], tokens: &[String]) {
+    assert!(
+        !text.contains("LEAKED-DESCRIPTION"),
+        "the token endpoint's body reached status or logs"
+    );
+    for secret in secrets {
+        assert!(!text.contains(secret), "a secret reached status or logs");
+    }
+    for t in tokens {
+        assert!(!text.contains(t.as_str()), "a token reached status or logs");
+    }
+}
+
+/// Stores a final Observation under `id` in the sandbox.
+pub fn store_observation(store: &fhir_bridge::sandbox::SandboxStore, id: &str) {
+    store.upsert(
+        "Observation",
+        Some(id),
+        serde_json::json!({"resourceType": "Observation", "status": "final"}),
+    );
+}
+
+/// The `hooks` entry of status named `name` (Null if none).
+pub fn hook_of<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    st["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 pub fn hook(name: &str, url: &str, filter: &str, extra: &str) -> String {

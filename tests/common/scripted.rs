@@ -185,3 +185,13 @@ pub fn now_instant() -> String {
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
 }
+
+/// How many requests `a` and `b` get during the next `secs` seconds, and
+/// the seconds that really passed.
+pub async fn requests_during(secs: u64, a: &Scripted, b: &Scripted) -> (usize, usize, f64) {
+    let started = std::time::Instant::now();
+    let (a_before, b_before) = (a.count(), b.count());
+    tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    (a.count() - a_before, b.count() - b_before, elapsed)
+}

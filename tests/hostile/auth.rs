@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One source per `(name, base, auth table)`, polling three types often, so
 /// that a storm would show; no hook is needed.
@@ -118,11 +118,8 @@ async fn an_ehr_refusing_every_token_gets_no_storm() {
         "max_requests_per_second = 5\n",
     ));
     wait_for(20, "the first 401", || ehr.count() > 0).await;
-    let started = Instant::now();
-    let (ehr_before, tokens_before) = (ehr.count(), token.count());
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let (ehr_requests, token_requests) = (ehr.count() - ehr_before, token.count() - tokens_before);
+    let (ehr_requests, token_requests, elapsed) =
+        crate::common::scripted::requests_during(6, &ehr, &token).await;
     let errors = errors(&bridge, "ehr");
     assert!(bridge.exited().is_none(), "the daemon died");
     bridge.stop();
@@ -256,14 +253,8 @@ async fn a_receiver_refusing_every_token_gets_no_storm() {
         config(&[("ehr", &ehr.url("/fhir"), String::new())], "")
     ));
     wait_for(20, "the first 401", || receiver.count() > 0).await;
-    let started = Instant::now();
-    let (posts_before, tokens_before) = (receiver.count(), token.count());
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let (posts, tokens) = (
-        receiver.count() - posts_before,
-        token.count() - tokens_before,
-    );
+    let (posts, tokens, elapsed) =
+        crate::common::scripted::requests_during(6, &receiver, &token).await;
     let hook_status = bridge.status_json()["hooks"][0].clone();
     assert!(bridge.exited().is_none(), "the daemon died");
     bridge.stop();

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SECRET: &str = "cs-9b2e-never-logged";
 
@@ -71,11 +71,8 @@ async fn an_ehr_accepting_each_token_once_gets_no_token_storm() {
     .await;
     let mut bridge = Bridge::start(&config(&ehr.url("/fhir"), &token.url("/token")));
     wait_for(20, "the first 401", || ehr.count() > 1).await;
-    let started = Instant::now();
-    let (ehr_before, tokens_before) = (ehr.count(), token.count());
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let (ehr_requests, tokens) = (ehr.count() - ehr_before, token.count() - tokens_before);
+    let (ehr_requests, tokens, elapsed) =
+        crate::common::scripted::requests_during(6, &ehr, &token).await;
     assert!(bridge.exited().is_none(), "the daemon died");
     assert_no_secret(&bridge, issued.load(Ordering::SeqCst));
     bridge.stop();
@@ -260,14 +257,8 @@ async fn a_receiver_accepting_each_token_once_gets_no_token_storm() {
     );
     let mut bridge = Bridge::start(&format!("{source}{hook}"));
     wait_for(20, "the first 401", || receiver.count() > 1).await;
-    let started = Instant::now();
-    let (posts_before, tokens_before) = (receiver.count(), token.count());
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let (posts, tokens) = (
-        receiver.count() - posts_before,
-        token.count() - tokens_before,
-    );
+    let (posts, tokens, elapsed) =
+        crate::common::scripted::requests_during(6, &receiver, &token).await;
     assert!(bridge.exited().is_none(), "the daemon died");
     assert_no_secret(&bridge, issued.load(Ordering::SeqCst));
     bridge.stop();

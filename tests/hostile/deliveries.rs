@@ -2,55 +2,12 @@
 //! FHIR notification that failed comes back as the same notification, across
 //! kill -9 too; a reload that fixes a hook's endpoint sends what waited at once.
 
+use crate::common::hostile::r4_events;
 use crate::common::scripted::{Scripted, Seen, status_with};
+use crate::common::store_observation as observation;
 use crate::common::{Bridge, config, hook, wait_for};
-use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// The `type` and the event numbers of an R4 backport notification.
-fn r4_events(body: &Value) -> (String, Vec<i64>) {
-    let params = body["entry"][0]["resource"]["parameter"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let kind = params
-        .iter()
-        .find(|p| p["name"] == "type")
-        .and_then(|p| p["valueCode"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let numbers = params
-        .iter()
-        .filter(|p| p["name"] == "notification-event")
-        .filter_map(|p| {
-            p["part"].as_array()?.iter().find_map(|x| {
-                (x["name"] == "event-number")
-                    .then(|| x["valueString"].as_str()?.parse().ok())
-                    .flatten()
-            })
-        })
-        .collect();
-    (kind, numbers)
-}
-
-fn observation(store: &fhir_bridge::sandbox::SandboxStore, id: &str) {
-    store.upsert(
-        "Observation",
-        Some(id),
-        json!({"resourceType": "Observation", "status": "final"}),
-    );
-}
-
-fn sighup(bridge: &Bridge) {
-    let pid = bridge.pid().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -HUP failed");
-}
 
 /// Item 17: a receiver fails the first 4 attempts of a batch of 5 events,
 /// then accepts. Every attempt is the same notification: the same
@@ -161,7 +118,7 @@ async fn a_batch_split_by_a_reload_keeps_number_order() {
     })
     .await;
     std::fs::write(bridge.config_path(), text(2)).unwrap();
-    sighup(&bridge);
+    bridge.sighup();
     wait_for(60, "the batch delivered", || {
         bridge.status_json()["hooks"][0]["delivered"] == 5
     })
@@ -212,7 +169,7 @@ async fn a_fixed_endpoint_makes_waiting_messages_due_at_once() {
     // o2 and o3 fail once, then wait out their hour.
     let backoff = "max_attempts = 10\nretry_schedule = [\"1h\"]";
     write(&dead_url, backoff, &bridge);
-    sighup(&bridge);
+    bridge.sighup();
     wait_for(10, "the first reload applied", || reloads(&bridge) == 1).await;
     observation(&sandbox.store, "o2");
     observation(&sandbox.store, "o3");
@@ -225,13 +182,13 @@ async fn a_fixed_endpoint_makes_waiting_messages_due_at_once() {
     // at the dead port would count a failure).
     let backoff = "max_attempts = 11\nretry_schedule = [\"1h\"]";
     write(&dead_url, backoff, &bridge);
-    sighup(&bridge);
+    bridge.sighup();
     wait_for(10, "the second reload applied", || reloads(&bridge) == 2).await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(hook_status(&bridge)["failed_attempts"], 3);
     // The fixed URL: what waits is due now.
     write(&receiver.url("/hooks/h"), backoff, &bridge);
-    sighup(&bridge);
+    bridge.sighup();
     wait_for(10, "the third reload applied", || reloads(&bridge) == 3).await;
     wait_for(20, "o2 and o3 delivered", || {
         hook_status(&bridge)["delivered"] == 2

@@ -2,7 +2,6 @@
 
 use crate::common::scripted::{Scripted, Seen, status_with};
 use crate::common::{Bridge, config, hook, wait_for};
-use serde_json::json;
 
 /// Item 2: a receiver answering 301/302/307/308 to another host. Nothing is
 /// sent there (no GET that "delivers", no re-POST of the payload); each
@@ -34,11 +33,7 @@ async fn receiver_redirects_are_failed_attempts_never_followed() {
         "beginning",
         &hooks,
     ));
-    sandbox.store.upsert(
-        "Observation",
-        Some("o1"),
-        json!({"resourceType": "Observation", "status": "final"}),
-    );
+    crate::common::store_observation(&sandbox.store, "o1");
     wait_for(30, "every hook's message dead-lettered", || {
         let st = bridge.status_json();
         st["hooks"]
@@ -95,11 +90,7 @@ async fn refusals_of_the_message_are_final_refusals_of_the_endpoint_are_retried(
         "beginning",
         &hooks,
     ));
-    sandbox.store.upsert(
-        "Observation",
-        Some("o1"),
-        json!({"resourceType": "Observation", "status": "final"}),
-    );
+    crate::common::store_observation(&sandbox.store, "o1");
     wait_for(30, "every hook's message dead-lettered", || {
         bridge.status_json()["hooks"]
             .as_array()

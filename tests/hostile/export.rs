@@ -3,11 +3,14 @@
 //! ever, a manifest the bridge cannot use. Against a scripted `$export`
 //! server on 127.0.0.1.
 
+use crate::common::hostile::{
+    job_no, kick_off, kickoffs, ndjson, one_source_config, received_ids, target, wait_for_target,
+};
 use crate::common::scripted::{
     Scripted, Seen, bundle, fhir_json, now_instant, observation, status_with,
 };
 use crate::common::{Bridge, wait_for};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use fhir_bridge::sandbox::Receiver;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,44 +19,11 @@ use std::sync::{Arc, Mutex};
 /// One source on `base`: `Patient` by bulk export, the other `resources`
 /// by `last-updated`; one hook taking everything.
 fn config(base: &str, resources: &[&str], extra: &str, hook_url: &str) -> String {
-    let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = [{}]
-every = "300ms"
-overlap = "2m"
-start = "beginning"
-timeout = "2s"
-{extra}
-[source.strategy_by_type]
-Patient = "bulk-export"
-
-[[hook]]
-name = "all"
-url = "{hook_url}"
-retry_schedule = ["1s"]
-"#,
-        resources.join(", ")
-    )
-}
-
-fn target(status: &serde_json::Value, rt: &str) -> serde_json::Value {
-    status["sources"][0]["targets"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["resource_type"] == rt))
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn received_ids(rx: &Receiver) -> Vec<String> {
-    rx.received()
-        .iter()
-        .map(|r| r.resource_id.clone())
-        .collect()
+    let source = format!(
+        "every = \"300ms\"\noverlap = \"2m\"\nstart = \"beginning\"\ntimeout = \"2s\"\n{extra}\n\
+         [source.strategy_by_type]\nPatient = \"bulk-export\"\n"
+    );
+    one_source_config(base, resources, &source, hook_url)
 }
 
 fn patient(id: &str, last_updated: &str) -> serde_json::Value {
@@ -62,23 +32,6 @@ fn patient(id: &str, last_updated: &str) -> serde_json::Value {
         "id": id,
         "meta": {"versionId": "1", "lastUpdated": last_updated},
     })
-}
-
-fn ndjson(resources: &[serde_json::Value]) -> Response {
-    let body: String = resources.iter().map(|r| format!("{r}\n")).collect();
-    ([("content-type", "application/fhir+ndjson")], body).into_response()
-}
-
-/// The job number in `/fhir/_export/{n}...`.
-fn job_no(uri: &str) -> Option<usize> {
-    let rest = uri.strip_prefix("/fhir/_export/")?;
-    rest.split(['/', '?']).next()?.parse().ok()
-}
-
-fn kickoffs(fhir: &Scripted) -> Vec<Seen> {
-    (fhir.seen().into_iter())
-        .filter(|s| s.method == "GET" && s.uri.starts_with("/fhir/$export"))
-        .collect()
 }
 
 fn deletes(fhir: &Scripted) -> Vec<usize> {
@@ -107,9 +60,7 @@ async fn a_transaction_time_in_year_9999_moves_the_watermark_only_to_the_horizon
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -200,9 +151,7 @@ async fn export_and_search_server(
     Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.uri.starts_with("/fhir/Observation") {
             return bundle(&now_instant(), observations.lock().unwrap().clone(), None);
@@ -314,11 +263,13 @@ async fn an_export_past_export_timeout_is_cancelled_and_started_again() {
         deletes(&fhir).contains(&1) && kickoffs(&fhir).len() >= 2
     })
     .await;
-    wait_for(10, "the timeout noted on status", || {
-        target(&bridge.status_json(), "Patient")["last_warning"]
-            .as_str()
-            .is_some_and(|w| w.contains("no usable manifest 2s after its kick-off (export_timeout); it was cancelled (DELETE)"))
-    })
+    wait_for_target(
+        &bridge,
+        10,
+        "the timeout noted on status",
+        ("Patient", "last_warning"),
+        "no usable manifest 2s after its kick-off (export_timeout); it was cancelled (DELETE)",
+    )
     .await;
     wait_for(
         30,
@@ -349,9 +300,7 @@ async fn an_expired_export_file_starts_a_new_export() {
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = j.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &j);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);

@@ -3,6 +3,10 @@
 //! than its own, a file sent gzip-encoded though nobody asked for it.
 //! Against a scripted `$export` server on 127.0.0.1.
 
+use crate::common::hostile::{
+    job_no, kick_off, kickoffs, ndjson, one_source_config, received_ids, resource, target,
+    wait_for_target,
+};
 use crate::common::scripted::{Scripted, Seen, fhir_json, now_instant, status_with};
 use crate::common::{Bridge, wait_for};
 use axum::response::{IntoResponse, Response};
@@ -17,72 +21,17 @@ fn config(base: &str, resources: &[&str], hook_url: &str) -> String {
 }
 
 fn config_with(base: &str, resources: &[&str], extra: &str, hook_url: &str) -> String {
-    let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = [{}]
-strategy = "bulk-export"
-every = "300ms"
-overlap = "2m"
-start = "beginning"
-timeout = "2s"
-{extra}
-[[hook]]
-name = "all"
-url = "{hook_url}"
-retry_schedule = ["1s"]
-"#,
-        resources.join(", ")
-    )
-}
-
-fn target(status: &serde_json::Value, rt: &str) -> serde_json::Value {
-    status["sources"][0]["targets"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["resource_type"] == rt))
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn received_ids(rx: &Receiver) -> Vec<String> {
-    rx.received()
-        .iter()
-        .map(|r| r.resource_id.clone())
-        .collect()
-}
-
-fn resource(rt: &str, id: &str, last_updated: &str) -> serde_json::Value {
-    serde_json::json!({
-        "resourceType": rt,
-        "id": id,
-        "meta": {"versionId": "1", "lastUpdated": last_updated},
-    })
-}
-
-fn ndjson(resources: &[serde_json::Value]) -> Response {
-    let body: String = resources.iter().map(|r| format!("{r}\n")).collect();
-    ([("content-type", "application/fhir+ndjson")], body).into_response()
-}
-
-fn job_no(uri: &str) -> Option<usize> {
-    let rest = uri.strip_prefix("/fhir/_export/")?;
-    rest.split(['/', '?']).next()?.parse().ok()
+    let source = format!(
+        "strategy = \"bulk-export\"\nevery = \"300ms\"\noverlap = \"2m\"\nstart = \"beginning\"\n\
+         timeout = \"2s\"\n{extra}"
+    );
+    one_source_config(base, resources, &source, hook_url)
 }
 
 fn deletes(fhir: &Scripted) -> usize {
     (fhir.seen().iter())
         .filter(|s| s.method == "DELETE")
         .count()
-}
-
-fn kickoffs(fhir: &Scripted) -> Vec<Seen> {
-    (fhir.seen().into_iter())
-        .filter(|s| s.method == "GET" && s.uri.starts_with("/fhir/$export"))
-        .collect()
 }
 
 /// An export server: job n's manifest (transactionTime: the server's now)
@@ -95,9 +44,7 @@ async fn export_server(
     Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -262,11 +209,13 @@ async fn a_file_with_a_content_encoding_not_asked_for_is_an_error_not_skipped_li
         &rx.url("hooks/all"),
     ));
     wait_for(20, "the file asked for twice", || files(&fhir) >= 2).await;
-    wait_for(10, "the encoding named on status", || {
-        target(&bridge.status_json(), "Patient")["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Content-Encoding"))
-    })
+    wait_for_target(
+        &bridge,
+        10,
+        "the encoding named on status",
+        ("Patient", "last_error"),
+        "Content-Encoding",
+    )
     .await;
     let t = target(&bridge.status_json(), "Patient");
     assert!(t["watermark"].is_null(), "the watermark moved: {t}");
@@ -287,9 +236,7 @@ async fn a_job_whose_status_fails_for_ever_after_its_manifest_is_started_again()
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -556,9 +503,7 @@ async fn a_resumed_job_whose_manifest_changed_is_read_again_from_the_start() {
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return status_with(202, &[("content-location", &loc)]);
+            return kick_off(&base, &jobs);
         }
         if s.method == "DELETE" {
             return status_with(202, &[]);
@@ -626,9 +571,7 @@ async fn after_a_restart_a_server_clock_ahead_of_ours_is_learnt_before_judging_t
     let fhir = Scripted::start(move |s: &Seen| {
         let base = format!("http://{}", s.header("host").unwrap_or_default());
         if s.uri.starts_with("/fhir/$export") {
-            let n = jobs.fetch_add(1, Ordering::SeqCst) + 1;
-            let loc = format!("{base}/fhir/_export/{n}");
-            return with_date(status_with(202, &[("content-location", &loc)]));
+            return with_date(kick_off(&base, &jobs));
         }
         if s.method == "DELETE" {
             return with_date(status_with(202, &[]));

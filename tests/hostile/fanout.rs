@@ -3,54 +3,17 @@
 //! answering 429 with Retry-After again and again, and a 429 on the
 //! CapabilityStatement request at start.
 
-use crate::common::scenarios::observation as lab_body;
+use crate::common::fanout::{self, delivered, lab};
 use crate::common::scripted::{Scripted, Seen, bundle, now_instant, status_with};
 use crate::common::{Bridge, FhirServer, hook, wait_for};
-use fhir_bridge::sandbox::{FhirSandbox, Receiver};
+use fhir_bridge::sandbox::Receiver;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
-    match fhir {
-        FhirServer::Sandbox(s) => s,
-        _ => panic!("a sandbox test"),
-    }
-}
-
-/// An Observation about `patient`; returns `Observation/{id}`.
-fn lab(fhir: &FhirServer, patient: &str) -> String {
-    let mut o = lab_body("N", "final");
-    o["subject"] = json!({"reference": format!("Patient/{patient}")});
-    let stored = sandbox(fhir).store.upsert("Observation", None, o);
-    let v: Value = serde_json::from_str(&stored).unwrap();
-    format!("Observation/{}", v["id"].as_str().unwrap())
-}
-
-fn delivered(rx: &Receiver) -> BTreeSet<String> {
-    rx.received().into_iter().map(|r| r.resource_id).collect()
-}
-
 fn fan_out_config(base: &str, start: &str, refresh: &str, hooks: &str) -> String {
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = ["Observation"]
-every = "300ms"
-overlap = "5s"
-start = "{start}"
-timeout = "2s"
-patients = {{ group = "Group/ward" }}
-roster_refresh = "{refresh}"
-
-{hooks}
-"#
-    )
+    fanout::fan_out_config(base, start, r#"{ group = "Group/ward" }"#, refresh, hooks)
 }
 
 fn warning(bridge: &Bridge) -> String {
@@ -68,7 +31,7 @@ fn warning(bridge: &Bridge) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_read_empty_for_a_while_forgets_no_patient() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -108,7 +71,7 @@ async fn a_group_read_empty_for_a_while_forgets_no_patient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roster_halved_in_one_read_keeps_the_last_one_and_warns() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2", "p3", "p4"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");

@@ -2,50 +2,12 @@
 //! a roster file replaced by a FIFO, and a roster read empty right after a
 //! restart. Against the real binary, with the sandbox EHR on 127.0.0.1.
 
-use crate::common::scenarios::observation as lab_body;
+use crate::common::fanout::{self, delivered, lab};
 use crate::common::{Bridge, FhirServer, hook, wait_for};
-use fhir_bridge::sandbox::{FhirSandbox, Receiver};
-use serde_json::{Value, json};
-use std::collections::BTreeSet;
-
-fn sandbox(fhir: &FhirServer) -> &FhirSandbox {
-    match fhir {
-        FhirServer::Sandbox(s) => s,
-        _ => panic!("a sandbox test"),
-    }
-}
-
-/// An Observation about `patient`; returns `Observation/{id}`.
-fn lab(fhir: &FhirServer, patient: &str) -> String {
-    let mut o = lab_body("N", "final");
-    o["subject"] = json!({"reference": format!("Patient/{patient}")});
-    let stored = sandbox(fhir).store.upsert("Observation", None, o);
-    let v: Value = serde_json::from_str(&stored).unwrap();
-    format!("Observation/{}", v["id"].as_str().unwrap())
-}
-
-fn delivered(rx: &Receiver) -> BTreeSet<String> {
-    rx.received().into_iter().map(|r| r.resource_id).collect()
-}
+use fhir_bridge::sandbox::Receiver;
 
 fn config(base: &str, patients: &str, refresh: &str, hooks: &str) -> String {
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = ["Observation"]
-every = "300ms"
-overlap = "5s"
-start = "now"
-timeout = "2s"
-patients = {patients}
-roster_refresh = "{refresh}"
-
-{hooks}
-"#
-    )
+    fanout::fan_out_config(base, "now", patients, refresh, hooks)
 }
 
 fn warnings(bridge: &Bridge) -> String {
@@ -113,7 +75,7 @@ async fn a_roster_file_replaced_by_a_fifo_keeps_the_last_roster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roster_read_empty_right_after_a_restart_is_suspect() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");
@@ -153,7 +115,7 @@ async fn a_roster_read_empty_right_after_a_restart_is_suspect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_patient_in_a_suspect_read_is_polled_at_once() {
     let fhir = FhirServer::sandbox().await;
-    let store = &sandbox(&fhir).store;
+    let store = &fhir.as_sandbox().store;
     store.set_group("ward", ["p1", "p2", "p3", "p4"]);
     let rx = Receiver::start(0, None).await.unwrap();
     let hooks = hook("all", &rx.url("hooks/all"), "true", "");

@@ -2,7 +2,7 @@
 //! sees: renamed hooks, a second daemon, files at rest, `status` when the
 //! daemon is gone, output to closed pipes and full disks, SIGHUP, logs.
 
-use crate::common::{self, Bridge, FhirServer, wait_for};
+use crate::common::{self, Bridge, FhirServer, hook_of, wait_for};
 use fhir_bridge::sandbox::{Behaviour, Receiver};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -117,13 +117,6 @@ impl Drop for Daemon {
 
 fn dlq_list(b: &Bridge) -> Vec<Value> {
     serde_json::from_slice(&b.cli(&["dlq", "list", "--json"]).stdout).unwrap_or_default()
-}
-
-fn hook_of<'a>(st: &'a Value, name: &str) -> &'a Value {
-    st["hooks"]
-        .as_array()
-        .and_then(|h| h.iter().find(|h| h["name"] == name))
-        .unwrap_or(&Value::Null)
 }
 
 /// 3. A hook renamed in the config leaves its pending and dead messages under

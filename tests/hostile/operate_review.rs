@@ -2,47 +2,15 @@
 //! deliveries (issue 17, items 5 and 14-19): cases not in admin.rs and
 //! deliveries.rs.
 
+use crate::common::hostile::r4_events;
+use crate::common::store_observation as observation;
 use crate::common::{Bridge, config, hook, wait_for};
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// The `type` and the event numbers of an R4 backport notification.
-fn r4_events(body: &Value) -> (String, Vec<i64>) {
-    let params = body["entry"][0]["resource"]["parameter"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let kind = params
-        .iter()
-        .find(|p| p["name"] == "type")
-        .and_then(|p| p["valueCode"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let numbers = params
-        .iter()
-        .filter(|p| p["name"] == "notification-event")
-        .filter_map(|p| {
-            p["part"].as_array()?.iter().find_map(|x| {
-                (x["name"] == "event-number")
-                    .then(|| x["valueString"].as_str()?.parse().ok())
-                    .flatten()
-            })
-        })
-        .collect();
-    (kind, numbers)
-}
-
-fn observation(store: &fhir_bridge::sandbox::SandboxStore, id: &str) {
-    store.upsert(
-        "Observation",
-        Some(id),
-        json!({"resourceType": "Observation", "status": "final"}),
-    );
-}
 
 /// One event notification as received: its webhook-id and event numbers.
 type Notified = (String, Vec<i64>);

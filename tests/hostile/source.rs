@@ -1,6 +1,7 @@
 //! Hostile input from the FHIR server: future timestamps and clocks, links and
 //! redirects to other hosts, ids built to forge log lines, endless paging.
 
+use crate::common::hostile::{one_source_config, received_ids, target, wait_for_target};
 use crate::common::scripted::{Scripted, Seen, bundle, now_instant, observation, status_with};
 use crate::common::{Bridge, wait_for};
 use fhir_bridge::sandbox::Receiver;
@@ -9,41 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One source on `base` polling `resources`, one hook taking everything.
 fn config(base: &str, resources: &[&str], start: &str, hook_url: &str) -> String {
-    let resources: Vec<String> = resources.iter().map(|r| format!("\"{r}\"")).collect();
-    format!(
-        r#"state_dir = "state"
-
-[[source]]
-name = "ehr"
-base_url = "{base}"
-resources = [{}]
-every = "300ms"
-overlap = "5s"
-start = "{start}"
-timeout = "2s"
-
-[[hook]]
-name = "all"
-url = "{hook_url}"
-retry_schedule = ["1s"]
-"#,
-        resources.join(", ")
-    )
-}
-
-fn target(status: &serde_json::Value, rt: &str) -> serde_json::Value {
-    status["sources"][0]["targets"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["resource_type"] == rt))
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn received_ids(rx: &Receiver) -> Vec<String> {
-    rx.received()
-        .iter()
-        .map(|r| r.resource_id.clone())
-        .collect()
+    let source =
+        format!("every = \"300ms\"\noverlap = \"5s\"\nstart = \"{start}\"\ntimeout = \"2s\"\n");
+    one_source_config(base, resources, &source, hook_url)
 }
 
 /// Item 1: a server that ignores `_lastUpdated` returns a resource stamped
@@ -187,11 +156,13 @@ async fn next_links_to_another_origin_are_not_followed() {
         "beginning",
         &rx.url("hooks/all"),
     ));
-    wait_for(20, "the poll error on status", || {
-        target(&bridge.status_json(), "Observation")["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("next link leaves the server's origin (not followed)"))
-    })
+    wait_for_target(
+        &bridge,
+        20,
+        "the poll error on status",
+        ("Observation", "last_error"),
+        "next link leaves the server's origin (not followed)",
+    )
     .await;
     wait_for(20, "the same-origin page delivered", || {
         received_ids(&rx).contains(&"Observation/good".to_string())
@@ -230,11 +201,13 @@ async fn redirects_to_another_origin_are_not_followed() {
         "beginning",
         &rx.url("hooks/all"),
     ));
-    wait_for(20, "the cross-origin redirect refused on status", || {
-        target(&bridge.status_json(), "Observation")["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("HTTP 302 redirect to another origin (not followed)"))
-    })
+    wait_for_target(
+        &bridge,
+        20,
+        "the cross-origin redirect refused on status",
+        ("Observation", "last_error"),
+        "HTTP 302 redirect to another origin (not followed)",
+    )
     .await;
     // The same-origin redirect was followed (the scripted server answers a
     // Bundle of Observations there; the Encounter target skips them, but
@@ -287,13 +260,13 @@ async fn same_origin_redirects_are_followed_a_bounded_number_of_times() {
         "beginning",
         &rx.url("hooks/all"),
     ));
-    wait_for(20, "the endless redirects refused on status", || {
-        target(&bridge.status_json(), "Observation")["last_error"]
-            .as_str()
-            .is_some_and(|e| {
-                e.contains("HTTP 302 redirect past the limit of 5 per request (not followed)")
-            })
-    })
+    wait_for_target(
+        &bridge,
+        20,
+        "the endless redirects refused on status",
+        ("Observation", "last_error"),
+        "HTTP 302 redirect past the limit of 5 per request (not followed)",
+    )
     .await;
     wait_for(20, "the page five redirects away delivered", || {
         received_ids(&rx).contains(&"Encounter/e1".to_string())
@@ -377,11 +350,13 @@ async fn allowed_origins_get_links_and_credentials_others_get_nothing() {
         },
     )
     .await;
-    wait_for(20, "the other origin refused on status", || {
-        target(&bridge.status_json(), "Encounter")["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("next link leaves the server's origin (not followed)"))
-    })
+    wait_for_target(
+        &bridge,
+        20,
+        "the other origin refused on status",
+        ("Encounter", "last_error"),
+        "next link leaves the server's origin (not followed)",
+    )
     .await;
     bridge.stop();
     assert_eq!(
@@ -497,13 +472,13 @@ async fn endless_next_links_are_capped_and_other_targets_keep_their_turn() {
         received_ids(&rx).contains(&"Encounter/e1".to_string())
     })
     .await;
-    wait_for(20, "the page cap on status", || {
-        target(&bridge.status_json(), "Observation")["last_error"]
-            .as_str()
-            .is_some_and(|e| {
-                e.contains("50 pages without moving the watermark (max_pages_per_poll)")
-            })
-    })
+    wait_for_target(
+        &bridge,
+        20,
+        "the page cap on status",
+        ("Observation", "last_error"),
+        "50 pages without moving the watermark (max_pages_per_poll)",
+    )
     .await;
     // The capped target fails poll after poll: critical from the third.
     wait_for(20, "status critical (exit 2)", || {
@@ -545,13 +520,13 @@ async fn a_next_link_back_to_an_earlier_page_is_a_poll_error() {
         "beginning",
         &rx.url("hooks/all"),
     ));
-    wait_for(20, "the loop reported on status", || {
-        target(&bridge.status_json(), "Observation")["last_error"]
-            .as_str()
-            .is_some_and(|e| {
-                e.contains("Observation search page 3: next link loops back to an earlier page")
-            })
-    })
+    wait_for_target(
+        &bridge,
+        20,
+        "the loop reported on status",
+        ("Observation", "last_error"),
+        "Observation search page 3: next link loops back to an earlier page",
+    )
     .await;
     wait_for(
         20,

@@ -4,16 +4,13 @@
 //! with DELETE entries that carry no time (HAPI's shape) still gives a
 //! resource's create, update and delete, in order, within one poll.
 
+use crate::common::hostile::{self, SnapshotScript as Script, first_target, more_walks};
 use crate::common::scripted::{Scripted, Seen, fhir_json, observation, status_with};
 use crate::common::{Bridge, by_resource, config, hook, wait_for};
 use chrono::{DateTime, Utc};
 use fhir_bridge::sandbox::{FhirSandbox, Receiver};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-fn first_target(bridge: &Bridge) -> serde_json::Value {
-    bridge.status_json()["sources"][0]["targets"][0].clone()
-}
 
 /// Waits until the first target's `field` on status contains `text`.
 async fn wait_for_status(bridge: &Bridge, field: &str, text: &str) {
@@ -35,59 +32,13 @@ fn event_names(rx: &Receiver, id: &str) -> Vec<String> {
     events(rx, id).into_iter().map(|e| e.0).collect()
 }
 
-/// What the scripted snapshot server answers: the search's ids and total,
-/// and per id the status of a read (`200` gives the resource).
-#[derive(Default)]
-struct Script {
-    ids: Vec<&'static str>,
-    total: u64,
-    reads: HashMap<&'static str, u16>,
-}
-
 async fn snapshot_server(script: Arc<Mutex<Script>>) -> Scripted {
-    Scripted::start(move |req: &Seen| {
-        let s = script.lock().unwrap();
-        let at = "2026-01-01T00:00:00Z";
-        let path = req.uri.split('?').next().unwrap_or_default();
-        if let Some(id) = path.strip_prefix("/fhir/Observation/") {
-            return match s.reads.get(id).copied().unwrap_or(404) {
-                200 => fhir_json(200, observation(id, "1", at)),
-                code => status_with(code, &[]),
-            };
-        }
-        if path != "/fhir/Observation" {
-            return status_with(404, &[]);
-        }
-        let entries: Vec<_> = (s.ids.iter())
-            .map(|id| serde_json::json!({"resource": observation(id, "1", at), "search": {"mode": "match"}}))
-            .collect();
-        fhir_json(
-            200,
-            serde_json::json!({"resourceType": "Bundle", "type": "searchset",
-                "meta": {"lastUpdated": crate::common::scripted::now_instant()},
-                "total": s.total, "entry": entries}),
-        )
-    })
-    .await
-}
-
-fn searches(fhir: &Scripted) -> usize {
-    (fhir.seen().iter())
-        .filter(|s| s.uri.starts_with("/fhir/Observation?"))
-        .count()
+    hostile::snapshot_server(script, || status_with(404, &[])).await
 }
 
 fn reads(fhir: &Scripted, id: &str) -> usize {
     let path = format!("/fhir/Observation/{id}");
     fhir.seen().iter().filter(|s| s.uri == path).count()
-}
-
-async fn more_walks(fhir: &Scripted, n: usize) {
-    let before = searches(fhir);
-    wait_for(30, &format!("{n} more walks"), || {
-        searches(fhir) >= before + n
-    })
-    .await;
 }
 
 /// Item 3: walks return a, b, c, d with total 4; then a and b, still with

@@ -2,6 +2,7 @@
 //! confirming reads that cannot tell a delete (a server answering 404 to
 //! every read, an id the URL cannot carry) confirm none.
 
+use crate::common::hostile::{self, SnapshotScript as Script, first_target, more_walks};
 use crate::common::scripted::{Scripted, Seen, fhir_json, observation, status_with};
 use crate::common::{Bridge, by_resource, config, hook, wait_for};
 use axum::response::IntoResponse;
@@ -9,63 +10,18 @@ use fhir_bridge::sandbox::Receiver;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-fn first_target(bridge: &Bridge) -> serde_json::Value {
-    bridge.status_json()["sources"][0]["targets"][0].clone()
-}
-
-/// The search's ids and total, and per read path (after `/fhir/`) its
-/// status (`200` gives the resource; anything else answers 404).
-#[derive(Default)]
-struct Script {
-    ids: Vec<&'static str>,
-    total: u64,
-    reads: HashMap<&'static str, u16>,
-}
-
+/// A proxy's page for every path it does not know, reads the script does
+/// not list included.
 async fn snapshot_server(script: Arc<Mutex<Script>>) -> Scripted {
-    Scripted::start(move |req: &Seen| {
-        let s = script.lock().unwrap();
-        let at = "2026-01-01T00:00:00Z";
-        let path = req.uri.split('?').next().unwrap_or_default();
-        if path != "/fhir/Observation" {
-            let read = path.strip_prefix("/fhir/Observation/").unwrap_or_default();
-            return match s.reads.get(read).copied() {
-                Some(200) => fhir_json(200, observation(read, "1", at)),
-                Some(code) => status_with(code, &[]),
-                // A proxy's page for every path it does not know.
-                None => (
-                    axum::http::StatusCode::NOT_FOUND,
-                    [(axum::http::header::CONTENT_TYPE, "text/html")],
-                    "<html><body>Not Found (maintenance)</body></html>",
-                )
-                    .into_response(),
-            };
-        }
-        let entries: Vec<_> = (s.ids.iter())
-            .map(|id| serde_json::json!({"resource": observation(id, "1", at), "search": {"mode": "match"}}))
-            .collect();
-        fhir_json(
-            200,
-            serde_json::json!({"resourceType": "Bundle", "type": "searchset",
-                "meta": {"lastUpdated": crate::common::scripted::now_instant()},
-                "total": s.total, "entry": entries}),
+    hostile::snapshot_server(script, || {
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            [(axum::http::header::CONTENT_TYPE, "text/html")],
+            "<html><body>Not Found (maintenance)</body></html>",
         )
+            .into_response()
     })
     .await
-}
-
-fn searches(fhir: &Scripted) -> usize {
-    (fhir.seen().iter())
-        .filter(|s| s.uri.starts_with("/fhir/Observation?"))
-        .count()
-}
-
-async fn more_walks(fhir: &Scripted, n: usize) {
-    let before = searches(fhir);
-    wait_for(30, &format!("{n} more walks"), || {
-        searches(fhir) >= before + n
-    })
-    .await;
 }
 
 fn snapshot_bridge(fhir: &Scripted, rx: &Receiver) -> Bridge {

@@ -1,7 +1,7 @@
 //! `fhir-bridge poll --source NAME --once [--dry-run]`, against the real
 //! binary and the sandbox EHR.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, config, hook, wait_for};
 use fhir_bridge::sandbox::{FhirSandbox, Receiver};

@@ -4,7 +4,7 @@
 //! lastUpdated values tie at millisecond precision: we test against its
 //! behaviour, not our own assumptions. Needs `npm ci --prefix tests/fhir-server`.
 
-mod common;
+use crate::common;
 
 use common::authed::{AuthKind, Authed};
 use common::{FhirServer, scenarios};

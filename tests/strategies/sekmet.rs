@@ -4,7 +4,7 @@
 //! resource) and asynchronous `$export` (system and Group level, NDJSON
 //! files, `Retry-After: 1`). See tests/sekmet/README.md for its quirks.
 
-mod common;
+use crate::common;
 
 use common::scenarios::observation;
 use common::sekmet::{Exchange, Sekmet};

@@ -4,11 +4,10 @@
 //! paused), an invalid config is refused and the old one keeps running, and
 //! the watchdog is pinged only while every task makes progress.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, wait_for};
 use fhir_bridge::sandbox::{Behaviour, FhirSandbox, Receiver};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -20,16 +19,6 @@ fn config(base: &str, hooks: &str) -> String {
 
 fn hook(name: &str, url: &str, extra: &str) -> String {
     format!("[[hook]]\nname = \"{name}\"\nurl = \"{url}\"\nretry_schedule = [\"1s\"]\n{extra}\n")
-}
-
-fn sighup(bridge: &Bridge) {
-    let pid = bridge.pid().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -HUP failed");
 }
 
 /// resource id -> message ids it arrived under, for one hook.
@@ -70,17 +59,13 @@ async fn reload_applies_the_diff_while_deliveries_are_in_flight() {
     let store = fhir.store.clone();
     let writer = tokio::spawn(async move {
         for i in 0..WRITES {
-            store.upsert(
-                "Observation",
-                Some(&format!("o{i:03}")),
-                json!({"resourceType": "Observation", "status": "final"}),
-            );
+            common::store_observation(&store, &format!("o{i:03}"));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     std::fs::write(bridge.config_path(), config(&fhir.base_url(), &after)).unwrap();
-    sighup(&bridge);
+    bridge.sighup();
     let reloaded_at = chrono::Utc::now();
     wait_for(10, "the reload applied", || {
         bridge.logs().contains("reload applied")
@@ -89,7 +74,7 @@ async fn reload_applies_the_diff_while_deliveries_are_in_flight() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // A config that does not load is refused; the running one carries on.
     std::fs::write(bridge.config_path(), "this is [not toml").unwrap();
-    sighup(&bridge);
+    bridge.sighup();
     wait_for(10, "the bad reload refused", || {
         bridge.logs().contains("reload refused")
     })

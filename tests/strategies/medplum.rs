@@ -4,9 +4,9 @@
 //! fan-out (a Group's members, `patient=` searches). Medplum has no type-level
 //! `_history` and no `$export`: those run on the in-crate sandbox
 //! (tests/strategies.rs) and on SEKMET, a third-party server that has both
-//! (tests/strategies_sekmet.rs).
+//! (tests/strategies/sekmet.rs).
 
-mod common;
+use crate::common;
 
 use common::scenarios::observation;
 use common::{Bridge, FhirServer, config_for, hook, wait_for};

@@ -1,7 +1,7 @@
 //! Storage faults: the database locked by another process, the disk full, and a
 //! corrupted database file at start-up.
 
-mod common;
+use crate::common;
 
 use common::checker;
 use common::writer::{Write, Writer};

@@ -1,6 +1,6 @@
 //! End-to-end: the real binary against the in-crate sandbox FHIR server.
 
-mod common;
+use crate::common;
 
 use common::{FhirServer, scenarios};
 

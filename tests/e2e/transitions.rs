@@ -1,7 +1,7 @@
 //! Transition filters against the real binary: `$previous` and named topics
 //! on the sandbox EHR, and the `topics` and `test-filter` commands.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, config, hook, wait_for};
 use fhir_bridge::sandbox::{FhirSandbox, Receiver};

@@ -1,7 +1,7 @@
 //! Slow hook isolation (reliability scenario 3), in its own test binary so that
 //! no other test competes for the CPU while latencies are measured.
 
-mod common;
+use crate::common;
 
 use common::checker::converge;
 use common::writer::Writer;

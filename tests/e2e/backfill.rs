@@ -2,11 +2,10 @@
 //! rate-limited, killed half-way and resumed, against the real binary. What
 //! the backfill and ordinary polling both see arrives under one message id.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, config, hook, wait_for};
 use fhir_bridge::sandbox::{FhirSandbox, Receiver};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -20,11 +19,7 @@ async fn a_backfill_killed_half_way_resumes_and_delivers_each_resource_once() {
     let now = chrono::Utc::now().timestamp_millis();
     for i in 0..PAST {
         fhir.store.freeze_clock(Some(now - 86_400_000 + i * 60_000));
-        fhir.store.upsert(
-            "Observation",
-            Some(&format!("past{i:03}")),
-            json!({"resourceType": "Observation", "status": "final"}),
-        );
+        common::store_observation(&fhir.store, &format!("past{i:03}"));
     }
     fhir.store.freeze_clock(None);
     // The daemon starts now: it polls from here on, the past is the backfill's.
@@ -60,11 +55,7 @@ async fn a_backfill_killed_half_way_resumes_and_delivers_each_resource_once() {
     let store = fhir.store.clone();
     let live = tokio::spawn(async move {
         for i in 0..20 {
-            store.upsert(
-                "Observation",
-                Some(&format!("live{i:02}")),
-                json!({"resourceType": "Observation", "status": "final"}),
-            );
+            common::store_observation(&store, &format!("live{i:02}"));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });

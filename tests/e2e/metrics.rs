@@ -2,7 +2,7 @@
 //! receiver saw (through an outage), `/healthz` and `/readyz` answer, and
 //! JSON logs are one object per line.
 
-mod common;
+use crate::common;
 
 use common::scenarios::observation;
 use common::{Bridge, FhirServer, config_for, hook, wait_for};
