@@ -197,7 +197,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         // watermark still sees them in the server's order (`instants`,
         // above), so it knows a newest-first chain; an entry without a time
         // is not among them (it neither moves nor holds the watermark).
-        super::history_order::oldest_first(&mut entries);
+        super::strategy::history::order::oldest_first(&mut entries);
     }
     let ids = entries.iter().map(|e| e.id.clone()).collect();
     // Bodies are kept, read and written only for a type some hook's filter

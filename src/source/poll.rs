@@ -96,7 +96,7 @@ pub struct SourceTask {
     pub dry_run: Option<DryRun>,
     /// Resources that left a full walk's search but still exist (read 200):
     /// not read again for a while (see `confirm`).
-    pub left_search: super::confirm::LeftSearch,
+    pub left_search: super::strategy::snapshot::confirm::LeftSearch,
 }
 
 /// What one poll found: changes committed, and resources re-read without a

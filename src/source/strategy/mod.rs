@@ -5,7 +5,7 @@
 //! route) and the watermark rule (`watermark.rs`) are shared by all.
 
 pub(super) mod bulk_export;
-mod history;
+pub(super) mod history;
 mod last_updated;
 pub(super) mod snapshot;
 

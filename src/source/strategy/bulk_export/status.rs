@@ -2,17 +2,18 @@
 //! manifest (usable or not), a wait, or a job the server forgot. Its
 //! caller (`export_job.rs`) decides what the source's turn does with it.
 
-use super::errors::{ExportError, PollError};
-use super::notes::Notes;
-use super::poll::SourceTask;
-use super::strategy::bulk_export::{self as bulk, MAX_MANIFEST_BYTES, Manifest};
+use super::{MAX_MANIFEST_BYTES, Manifest};
+use crate::source::errors::{ExportError, PollError};
+use crate::source::notes::Notes;
+use crate::source::poll::SourceTask;
+use crate::source::strategy::bulk_export as bulk;
 use crate::state::ExportJob;
 use reqwest::Method;
 use std::time::{Duration, Instant};
 use url::Url;
 
 /// What one status request of a job found.
-pub(super) enum StatusCheck {
+pub(in crate::source) enum StatusCheck {
     /// The manifest, usable: an instant for `transactionTime`, every file on
     /// the source's origins.
     Ready(Manifest),
@@ -30,7 +31,7 @@ pub(super) enum StatusCheck {
 impl SourceTask {
     /// One status request of the job. Its `Date` teaches the server's clock
     /// (for the horizon of the manifest's `transactionTime`).
-    pub(super) async fn check_status(
+    pub(in crate::source) async fn check_status(
         &self,
         job: &ExportJob,
         notes: &mut Notes,
@@ -56,7 +57,7 @@ impl SourceTask {
             Err(e) => return busy(ExportError::Status(e).into(), None),
         };
         let received = Instant::now();
-        let exchange = super::client::Exchange {
+        let exchange = crate::source::client::Exchange {
             sent,
             headers_received: received,
             body_received: received,
@@ -92,7 +93,7 @@ impl SourceTask {
             404 | 410 => Ok(StatusCheck::Gone),
             // Busy: the job stays; asked again after the wait.
             429 | 500..=599 => {
-                let error = super::client::FetchError::Status {
+                let error = crate::source::client::FetchError::Status {
                     status,
                     retry_after,
                 };

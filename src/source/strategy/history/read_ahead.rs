@@ -11,21 +11,21 @@
 //! and the poll goes on as without it, from the pages read in the server's
 //! order to the first page not read, which it fetches and judges itself.
 
-use super::client::Fetched;
-use super::history_order::HistoryOrder;
-use super::poll::{SourceTask, next_link};
+use super::order::HistoryOrder;
 use crate::fhir::bundle::{EntryMode, parse_page_as};
+use crate::source::client::Fetched;
+use crate::source::poll::{SourceTask, next_link};
 use std::collections::{HashSet, VecDeque};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 /// Page bodies held at once by a read-ahead: beyond it, the chain is
 /// processed in the server's order (noted on status).
-pub(super) const READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
+pub(in crate::source) const READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
 
 /// Pages read ahead, in the order the pipeline takes them.
 #[derive(Default)]
-pub(super) struct ReadAhead {
+pub(in crate::source) struct ReadAhead {
     pub pages: VecDeque<(Url, Fetched)>,
     /// Last page first: each page's successor is the next one queued, not
     /// its own `next` link (which points at a page already processed).
@@ -33,12 +33,12 @@ pub(super) struct ReadAhead {
 }
 
 impl ReadAhead {
-    pub(super) fn pop(&mut self) -> Option<(Url, Fetched)> {
+    pub(in crate::source) fn pop(&mut self) -> Option<(Url, Fetched)> {
         self.pages.pop_front()
     }
 
     /// The URL of the page after the one just taken, when reversed.
-    pub(super) fn successor(&self) -> Option<Url> {
+    pub(in crate::source) fn successor(&self) -> Option<Url> {
         self.pages.front().map(|(u, _)| u.clone())
     }
 }
@@ -47,7 +47,7 @@ impl SourceTask {
     /// Reads the chain from `first`. A single page, an ascending chain, or
     /// one cut short comes back in the server's order; a complete
     /// newest-first chain comes back reversed.
-    pub(super) async fn read_ahead(
+    pub(in crate::source) async fn read_ahead(
         &self,
         first: &Url,
         rt: &str,

@@ -11,19 +11,17 @@
 //! `export_timeout` after its kick-off (whether or not an earlier one did) is
 //! cancelled and started again from the watermarks.
 
-use super::errors::{ExportError, PollError};
-use super::export_status::StatusCheck;
-use super::notes::Notes;
-use super::page::page_committed;
-use super::page::{self, PageJob};
-use super::poll::{Polled, SourceTask};
-use super::strategy::bulk_export::{
-    self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest,
-};
-use super::watermark::{horizon, judge};
+use super::status::StatusCheck;
+use super::{self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest};
 use crate::config::Start;
 use crate::fhir::bundle::EntryMode;
 use crate::route::Routing;
+use crate::source::errors::{ExportError, PollError};
+use crate::source::notes::Notes;
+use crate::source::page::page_committed;
+use crate::source::page::{self, PageJob};
+use crate::source::poll::{Polled, SourceTask};
+use crate::source::watermark::{horizon, judge};
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
 use crate::telemetry::Event;
 use chrono::{DateTime, Utc};
@@ -60,7 +58,7 @@ struct Run<'a> {
 impl SourceTask {
     /// A poll of a `bulk-export` target. The source's first bulk-export type
     /// runs the job for all of them; the others have nothing of their own to do.
-    pub(super) async fn export_poll(
+    pub(in crate::source) async fn export_poll(
         &self,
         key: &TargetKey,
         cancel: &CancellationToken,
@@ -274,7 +272,7 @@ impl SourceTask {
                 Err(PollError::Export(ExportError::File {
                     file,
                     error:
-                        super::client::FetchError::Status {
+                        crate::source::client::FetchError::Status {
                             status: status @ (404 | 410),
                             ..
                         },
@@ -349,7 +347,7 @@ impl SourceTask {
         if status != 202 {
             let retry_after = crate::http::parse_retry_after(resp.headers());
             if status >= 400 {
-                let error = super::client::FetchError::Status {
+                let error = crate::source::client::FetchError::Status {
                     status,
                     retry_after,
                 };
@@ -449,8 +447,8 @@ impl SourceTask {
         let (server_now, local_now) = (self.client.server_now(), Utc::now());
         let told = manifest.transaction_time;
         let judged = match judge(told, horizon(server_now, local_now, self.source.overlap)) {
-            believed @ super::watermark::OutsideTime::Believed(_) => believed,
-            super::watermark::OutsideTime::Beyond { .. } => {
+            believed @ crate::source::watermark::OutsideTime::Believed(_) => believed,
+            crate::source::watermark::OutsideTime::Beyond { .. } => {
                 let ago = chrono::Duration::milliseconds(
                     crate::state::now_ms()
                         .saturating_sub(job.kicked_off_at)
@@ -522,7 +520,7 @@ impl SourceTask {
             .await
             .map_err(file_err)?;
         if !resp.status().is_success() {
-            let error = super::client::FetchError::Status {
+            let error = crate::source::client::FetchError::Status {
                 status: resp.status().as_u16(),
                 retry_after: crate::http::parse_retry_after(resp.headers()),
             };
@@ -532,7 +530,7 @@ impl SourceTask {
         // are not NDJSON: read as lines, every one would be skipped and the
         // watermark would move past them. The file is an error instead.
         if let Some(encoding) = bulk::unasked_encoding(resp.headers()) {
-            let error = super::client::FetchError::Other(format!(
+            let error = crate::source::client::FetchError::Other(format!(
                 "Content-Encoding {encoding}, not asked for; not read"
             ));
             return Err(file_err(error).into());

@@ -30,7 +30,7 @@
 //! misses 10,000 resources does not flood the EHR; the rest wait for the
 //! next walks (said on status).
 
-use super::client::{FetchError, Fetched};
+use crate::source::client::{FetchError, Fetched};
 use crate::state::SeenRow;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,10 +38,10 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 /// Confirming reads per walk of one type.
-pub(super) const MAX_CONFIRMS_PER_WALK: usize = 100;
+pub(in crate::source) const MAX_CONFIRMS_PER_WALK: usize = 100;
 
 /// How long a resource that answered 200 is not read again.
-pub(super) const LEFT_SEARCH_RECHECK: Duration = Duration::from_secs(24 * 3600);
+pub(in crate::source) const LEFT_SEARCH_RECHECK: Duration = Duration::from_secs(24 * 3600);
 
 /// Resources remembered as having left the search, per source; past it,
 /// new ones are not remembered (they are read again each walk, within the
@@ -50,7 +50,7 @@ const MAX_LEFT_REMEMBERED: usize = 100_000;
 
 /// What one confirming read says.
 #[derive(Debug)]
-pub(super) enum Reading {
+pub(in crate::source) enum Reading {
     Gone,
     /// Still there: it only left the search.
     Present,
@@ -63,13 +63,13 @@ pub(super) enum Reading {
 
 /// Whether `[base]/{rt}/{id}` reads that id: not a dot segment (which URL
 /// parsing resolves, `%2e` spellings included).
-pub(super) fn addressable(id: &str) -> bool {
+pub(in crate::source) fn addressable(id: &str) -> bool {
     id != "." && id != ".."
 }
 
 /// `[base]/{rt}/{id}`, or `None` when the URL would not end with exactly
 /// that type and id.
-pub(super) fn read_url(base: &Url, rt: &str, id: &str) -> Option<Url> {
+pub(in crate::source) fn read_url(base: &Url, rt: &str, id: &str) -> Option<Url> {
     if !addressable(id) {
         return None;
     }
@@ -81,7 +81,7 @@ pub(super) fn read_url(base: &Url, rt: &str, id: &str) -> Option<Url> {
 /// What a read of the walk's witness (an id it met) says of the reads
 /// around it: only a server that shows it is believed when it says another
 /// is gone. `Err`: no delete of this walk is confirmed.
-pub(super) fn vouches(witness: Reading) -> Result<(), FetchError> {
+pub(in crate::source) fn vouches(witness: Reading) -> Result<(), FetchError> {
     match witness {
         Reading::Present => Ok(()),
         // Not shown: the status line says which answer, not which resource.
@@ -93,7 +93,11 @@ pub(super) fn vouches(witness: Reading) -> Result<(), FetchError> {
 }
 
 /// Judges the answer to `GET [base]/{rt}/{id}`.
-pub(super) fn reading(rt: &str, id: &str, answer: Result<Fetched, FetchError>) -> Reading {
+pub(in crate::source) fn reading(
+    rt: &str,
+    id: &str,
+    answer: Result<Fetched, FetchError>,
+) -> Reading {
     match answer {
         Err(FetchError::Status {
             status: 404 | 410, ..
@@ -169,7 +173,7 @@ impl LeftSearch {
 
 /// Which candidates a walk reads: those not known to have left the search
 /// lately, at most `cap`.
-pub(super) struct Plan {
+pub(in crate::source) struct Plan {
     pub read: Vec<(String, SeenRow)>,
     /// Known to have left the search (read 200 within the recheck period).
     pub left: usize,
@@ -179,7 +183,7 @@ pub(super) struct Plan {
     pub unaddressable: usize,
 }
 
-pub(super) fn plan(
+pub(in crate::source) fn plan(
     rt: &str,
     candidates: Vec<(String, SeenRow)>,
     left: &LeftSearch,
@@ -207,7 +211,7 @@ pub(super) fn plan(
 }
 
 /// What the reads of one walk confirmed.
-pub(super) struct Confirmed {
+pub(in crate::source) struct Confirmed {
     pub gone: Vec<(String, SeenRow)>,
     /// Read 200 in this walk, and known to have left before it.
     pub left: usize,
@@ -221,7 +225,7 @@ pub(super) struct Confirmed {
 }
 
 impl Confirmed {
-    pub(super) fn new(plan: &Plan) -> Confirmed {
+    pub(in crate::source) fn new(plan: &Plan) -> Confirmed {
         Confirmed {
             gone: Vec::new(),
             left: plan.left,
@@ -234,7 +238,7 @@ impl Confirmed {
     }
 
     /// Takes one reading of `id`; returns whether to read on.
-    pub(super) fn take(
+    pub(in crate::source) fn take(
         &mut self,
         rt: &str,
         (id, row): (String, SeenRow),
@@ -263,14 +267,14 @@ impl Confirmed {
 
     /// The witness did not vouch for the reads (`vouches`): none of this
     /// walk's deletes is confirmed; `unread` candidates were not read.
-    pub(super) fn void(&mut self, error: FetchError, unread: usize) {
+    pub(in crate::source) fn void(&mut self, error: FetchError, unread: usize) {
         self.failed += unread + self.gone.len();
         self.gone.clear();
         self.error = Some(error);
     }
 
     /// The status note for what was not deleted, if anything.
-    pub(super) fn note(&self, rt: &str) -> Option<String> {
+    pub(in crate::source) fn note(&self, rt: &str) -> Option<String> {
         let mut parts = Vec::new();
         if self.left > 0 {
             parts.push(format!(

@@ -4,6 +4,9 @@
 //! and servers list it newest first: the watermark then moves only when the
 //! chain is read to its end (`WatermarkTracker`).
 
+pub(in crate::source) mod order;
+mod read_ahead;
+
 use crate::config::Source;
 use crate::fhir::format_instant;
 use chrono::{DateTime, Utc};

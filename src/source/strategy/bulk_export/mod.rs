@@ -6,6 +6,9 @@
 //! without a network: the URL, the manifest, the waits, the lines. The job
 //! itself is run by `source/export_job.rs`.
 
+mod job;
+mod status;
+
 use crate::config::Source;
 use crate::fhir::{format_instant, parse_instant};
 use chrono::{DateTime, Utc};

@@ -4,17 +4,18 @@
 //! `confirm`), and when a reconciliation is due. The walk itself is the loop's
 //! (`SourceTask::walk_pages`).
 
-use super::client::FetchError;
 use super::confirm::{self, Confirmed};
-use super::notes::Notes;
-use super::page::PageJob;
-use super::page::page_committed;
-use super::poll::{PollError, SourceTask};
-use super::strategy::Walk;
-use super::strategy::snapshot::{self, Gone, Verdict, WalkFacts, WalkedIds};
+use super::{Gone, Verdict, WalkFacts, WalkedIds};
 use crate::fhir::bundle::EntryMode;
 use crate::retry_action::RetryAction;
 use crate::route::Routing;
+use crate::source::client::FetchError;
+use crate::source::notes::Notes;
+use crate::source::page::PageJob;
+use crate::source::page::page_committed;
+use crate::source::poll::{PollError, SourceTask};
+use crate::source::strategy::Walk;
+use crate::source::strategy::snapshot;
 use crate::state::{SeenRow, TargetKey, now_ms};
 use crate::telemetry::Event;
 use chrono::{DateTime, Utc};
@@ -29,7 +30,7 @@ impl SourceTask {
     /// deleted, in one transaction. Returns whether the walk is complete
     /// (false: shutdown while confirming or filtering). A read that confirms
     /// nothing fails the poll after the confirmed deletes are committed.
-    pub(super) async fn end_of_walk(
+    pub(in crate::source) async fn end_of_walk(
         &self,
         key: &TargetKey,
         walked: WalkedIds,
@@ -175,7 +176,7 @@ impl SourceTask {
     /// a target never reconciled). Returns the changes it found. It fails
     /// only on the state: a failed walk is a note on the target's status,
     /// and the next is at the schedule's next tick.
-    pub(super) async fn reconcile_if_due(
+    pub(in crate::source) async fn reconcile_if_due(
         &self,
         key: &TargetKey,
         cancel: &CancellationToken,

@@ -6,6 +6,9 @@
 //! nothing about deletes. A `reconcile` pass of a `last-updated` source is
 //! the same walk.
 
+pub(in crate::source) mod confirm;
+mod full_walk;
+
 use crate::config::{Schedule, Source};
 use crate::diff::{self, ChangeKind};
 use crate::route::{Change, route_change};
@@ -72,11 +75,7 @@ fn key(id: &str) -> u128 {
 
 impl WalkedIds {
     pub(in crate::source) fn extend(&mut self, ids: &[String]) {
-        if let Some(id) = ids
-            .iter()
-            .rev()
-            .find(|id| crate::source::confirm::addressable(id))
-        {
+        if let Some(id) = ids.iter().rev().find(|id| confirm::addressable(id)) {
             self.witness = Some(id.clone());
         }
         if self.overflowed {
