@@ -178,7 +178,23 @@ impl SourceTask {
             let mut turn: VecDeque<TargetKey> =
                 super::fanout::in_turn(targets, cursor.as_ref()).into();
             cursor = None;
-            while let Some(key) = turn.pop_front() {
+            // The queue holds this tick's first turns, then the walks that
+            // yielded after a slice. Once every target had its turn, the next
+            // tick's time is fixed; the yielded walks go on until then, and
+            // what is left of them waits for its turn in the next tick, after
+            // the targets before it: a backlog delays another target's poll
+            // by about one slice, not by the rest of its chain.
+            let mut first_turns = turn.len();
+            let mut next_tick: Option<std::time::Instant> = None;
+            loop {
+                if first_turns == 0 && next_tick.is_none() {
+                    next_tick = Some(std::time::Instant::now() + self.wait_after(tick_started));
+                }
+                if next_tick.is_some_and(|t| std::time::Instant::now() >= t) {
+                    break;
+                }
+                let Some(key) = turn.pop_front() else { break };
+                first_turns = first_turns.saturating_sub(1);
                 if cancel.is_cancelled() || self.limiter.is_paused() {
                     cursor = Some(key);
                     break;
@@ -243,10 +259,10 @@ impl SourceTask {
             }
             // One write for the whole tick's outcomes at most, not one per target.
             self.record_outcomes(std::mem::take(&mut outcomes)).await;
-            let wait = (self.source.schedule).wait_after_tick(tick_started.elapsed(), Utc::now());
-            // Nudged onto the server's second boundary while its clock is
-            // known only to the second (see `clock`).
-            let wait = self.client.aligned_wait(wait);
+            let wait = match next_tick {
+                Some(t) => t.saturating_duration_since(std::time::Instant::now()),
+                None => self.wait_after(tick_started),
+            };
             self.beat.expect_within(wait + IDLE_SLACK);
             #[cfg(debug_assertions)]
             wedge_for_tests(&self.source.name).await;
@@ -255,6 +271,15 @@ impl SourceTask {
                 _ = cancel.cancelled() => return,
             }
         }
+    }
+
+    /// How long after a tick that started at `tick_started` the next one
+    /// starts, counted from now.
+    fn wait_after(&self, tick_started: std::time::Instant) -> std::time::Duration {
+        let wait = (self.source.schedule).wait_after_tick(tick_started.elapsed(), Utc::now());
+        // Nudged onto the server's second boundary while its clock is
+        // known only to the second (see `clock`).
+        self.client.aligned_wait(wait)
     }
 
     async fn record_outcomes(&self, tick: Vec<PollOutcome>) {
@@ -507,6 +532,7 @@ impl SourceTask {
             detected_at,
             mut page_no,
             mut restarted,
+            held_at,
         } = match resumed {
             Some(position) => position,
             None => {
@@ -568,6 +594,7 @@ impl SourceTask {
                     detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                     page_no: 0,
                     restarted: false,
+                    held_at: None,
                 }
             }
         };
@@ -627,6 +654,47 @@ impl SourceTask {
                     (last_total, drifted, tracker) = (None, false, WatermarkTracker::new());
                     visited.clear();
                     continue;
+                }
+                // A server asking to wait (429/503 with Retry-After) on a
+                // sliced walk's page: the page was not read and its link is
+                // still good, so the walk keeps its position and reads that
+                // page after the pause, instead of a new search that re-reads
+                // the overlap (and, drifting, may never reach a long chain's
+                // end under a steady 429 rate). Once per page: a page asked
+                // again fails the poll, so a server that always says "later"
+                // shows on status.
+                Err(FetchError::Status {
+                    status: status @ (429 | 503),
+                    retry_after: Some(_),
+                }) if super::walk_position::slices(walk)
+                    && page_no > 1
+                    && held_at != Some(page_no) =>
+                {
+                    notes.warn(format!(
+                        "{rt}: page {page_no} answered HTTP {status} with Retry-After; read again after the pause, from the same link"
+                    ));
+                    page_no -= 1;
+                    self.known.paused().keep(
+                        key,
+                        WalkPosition {
+                            url,
+                            watermark,
+                            start_watermark,
+                            since,
+                            until,
+                            last_total,
+                            drifted,
+                            bad_total,
+                            visited,
+                            tracker,
+                            detected_at,
+                            page_no,
+                            restarted,
+                            held_at: Some(page_no + 1),
+                        },
+                    );
+                    polled.yielded = true;
+                    return Ok(polled);
                 }
                 Err(error) => {
                     return Err(PollError::Fetch {
@@ -789,6 +857,7 @@ impl SourceTask {
                             detected_at,
                             page_no,
                             restarted,
+                            held_at,
                         };
                         self.known.paused().keep(key, position);
                         polled.yielded = true;

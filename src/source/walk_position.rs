@@ -63,6 +63,9 @@ pub(super) struct WalkPosition {
     /// Pages read so far over all turns (`max_pages_per_poll` counts them all).
     pub page_no: usize,
     pub restarted: bool,
+    /// The page a 429/503 with Retry-After stopped the walk at, to be read
+    /// again after the pause (once: a second refusal fails the poll).
+    pub held_at: Option<usize>,
 }
 
 /// A sliced poll's turns so far: together they are one poll, whose outcome

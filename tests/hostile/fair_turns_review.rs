@@ -1,0 +1,217 @@
+//! Review of item 7 of issue 17 (fair turns), by someone other than its
+//! author: a long `next` chain read a slice per turn must not hold the
+//! source's other targets past their schedule, and its kept position must
+//! survive what a hostile EHR does between and within its slices.
+
+use crate::common::scripted::{Scripted, Seen, bundle, now_instant, observation, status_with};
+use crate::common::{Bridge, hook, wait_for};
+use fhir_bridge::sandbox::Receiver;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+/// What the server answered, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// A Patient search (a poll of the other type).
+    Patient,
+    /// An Observation search's first page (a new search).
+    ObservationSearch,
+    /// The page with Observation's last entry.
+    ObservationEnd,
+}
+
+/// A server with an Observation backlog of `pages` pages (two entries a page,
+/// 10 s apart, offset-paged) and one Patient. `refuse` is asked about each
+/// continuation page's offset and may answer in its place (a 429, say).
+fn chain_server(
+    pages: usize,
+    events: Arc<Mutex<Vec<Event>>>,
+    refuse: impl Fn(usize) -> Option<axum::response::Response> + Send + Sync + 'static,
+) -> impl Fn(&Seen) -> axum::response::Response + Send + Sync + 'static {
+    let base = chrono::Utc::now() - chrono::Duration::seconds(20 * pages as i64 + 100);
+    let at = move |i: usize| {
+        (base + chrono::Duration::seconds(10 * i as i64))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    move |seen: &Seen| {
+        let uri = seen.uri.as_str();
+        if uri.starts_with("/fhir/Patient?") && uri.contains("_sort") {
+            events.lock().unwrap().push(Event::Patient);
+        }
+        if uri.starts_with("/fhir/Patient") {
+            let p = json!({"resourceType": "Patient", "id": "pt1", "active": true,
+                "meta": {"versionId": "1", "lastUpdated": at(0)}});
+            return bundle(&now_instant(), vec![p], None);
+        }
+        if !uri.starts_with("/fhir/Observation") {
+            return bundle(&now_instant(), vec![], None);
+        }
+        let query: Vec<(String, String)> = url::form_urlencoded::parse(
+            uri.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes(),
+        )
+        .into_owned()
+        .collect();
+        let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let ge = query
+            .iter()
+            .find_map(|(n, v)| {
+                (n == "_lastUpdated")
+                    .then(|| v.strip_prefix("ge"))
+                    .flatten()
+            })
+            .map(String::from);
+        let first = match &ge {
+            Some(x) => (0..2 * pages).find(|i| at(*i) >= *x).unwrap_or(2 * pages),
+            None => 0,
+        };
+        let offset: Option<usize> = param("_offset").and_then(|o| o.parse().ok());
+        if let Some(o) = offset
+            && let Some(answer) = refuse(o)
+        {
+            return answer;
+        }
+        if offset.is_none() && param("_sort").is_some() {
+            events.lock().unwrap().push(Event::ObservationSearch);
+        }
+        let offset = offset.unwrap_or(0);
+        let from = first + 2 * offset;
+        let entries: Vec<_> = (from..(from + 2).min(2 * pages))
+            .map(|i| observation(&format!("o{i}"), "1", &at(i)))
+            .collect();
+        if from + 2 >= 2 * pages && from < 2 * pages {
+            events.lock().unwrap().push(Event::ObservationEnd);
+        }
+        let next = (from + 2 < 2 * pages).then(|| {
+            let ge = ge
+                .clone()
+                .map(|g| format!("&_lastUpdated=ge{g}"))
+                .unwrap_or_default();
+            format!("Observation?_offset={}{ge}", offset + 1)
+        });
+        bundle(&now_instant(), entries, next.as_deref())
+    }
+}
+
+fn config(fhir: &Scripted, rx: &Receiver, extra: &str) -> String {
+    format!(
+        r#"state_dir = "state"
+
+[[source]]
+name = "ehr"
+base_url = "{}"
+resources = ["Observation", "Patient"]
+every = "300ms"
+overlap = "5s"
+start = "beginning"
+timeout = "2s"
+{extra}
+
+{}
+"#,
+        fhir.url("/fhir"),
+        hook("all", &rx.url("hooks/all"), "true", "")
+    )
+}
+
+/// Observation has a 160-page backlog read at 40 requests a second (about
+/// 4 s), Patient is polled every 300 ms. Patient keeps its schedule while the
+/// chain is read, a slice at a time: before, the tick that started the chain
+/// gave Patient its one turn, then read the chain's remaining slices back to
+/// back, and Patient's next poll waited for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_types_keep_their_schedule_while_a_chain_is_read() {
+    const PAGES: usize = 160;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let fhir = Scripted::start(chain_server(PAGES, events.clone(), |_| None)).await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(&fhir, &rx, "max_requests_per_second = 40"));
+    wait_for(60, "every resource delivered", || rx.count() > 2 * PAGES).await;
+    let events = events.lock().unwrap().clone();
+    let search = events.iter().position(|e| *e == Event::ObservationSearch);
+    let end = events.iter().position(|e| *e == Event::ObservationEnd);
+    let (Some(search), Some(end)) = (search, end) else {
+        panic!("no chain read: {events:?}");
+    };
+    let patient_polls = events[search..end]
+        .iter()
+        .filter(|e| **e == Event::Patient)
+        .count();
+    assert!(
+        patient_polls >= 5,
+        "Patient polled {patient_polls} times while Observation's chain was read (about 4 s at a 300 ms schedule)"
+    );
+    let ids: BTreeSet<String> = rx.received().into_iter().map(|r| r.resource_id).collect();
+    assert_eq!(ids.len(), 2 * PAGES + 1, "every resource");
+    bridge.stop();
+}
+
+/// A 429 with `Retry-After: 1` on page 25 of a 60-page chain, once. The page
+/// was not read: after the pause the walk goes on from that very page, as
+/// from a slice's end, and does not start a new search (which re-reads the
+/// overlap and, with the result set drifting under offset paging, may never
+/// reach the end of a long chain under a steady 429 rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_within_a_chain_keeps_its_position() {
+    const PAGES: usize = 60;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let refused = Arc::new(Mutex::new(false));
+    let once = refused.clone();
+    let fhir = Scripted::start(chain_server(PAGES, events.clone(), move |offset| {
+        let mut done = once.lock().unwrap();
+        (offset == 24 && !*done).then(|| {
+            *done = true;
+            status_with(429, &[("Retry-After", "1")])
+        })
+    }))
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(&fhir, &rx, ""));
+    wait_for(60, "every resource delivered", || rx.count() > 2 * PAGES).await;
+    assert!(*refused.lock().unwrap(), "the 429 was sent");
+    let events = events.lock().unwrap().clone();
+    let end = events
+        .iter()
+        .position(|e| *e == Event::ObservationEnd)
+        .expect("the chain's end");
+    let searches = events[..end]
+        .iter()
+        .filter(|e| **e == Event::ObservationSearch)
+        .count();
+    assert_eq!(searches, 1, "one search to the chain's end: {events:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(rx.count(), 2 * PAGES + 1, "each resource once");
+    bridge.stop();
+}
+
+/// The same page answers 429 with `Retry-After: 1` every time: the kept
+/// position is read again once, then the poll fails and says so on status
+/// (a walk held for ever would never record an outcome, and status would
+/// stay green on a chain that never ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_always_answers_429_shows_on_status() {
+    const PAGES: usize = 60;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let fhir = Scripted::start(chain_server(PAGES, events.clone(), |offset| {
+        (offset == 24).then(|| status_with(429, &[("Retry-After", "1")]))
+    }))
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(&fhir, &rx, ""));
+    let observation_error = |bridge: &Bridge| {
+        bridge.status_json()["sources"][0]["targets"]
+            .as_array()
+            .and_then(|ts| {
+                ts.iter()
+                    .find(|t| t["resource_type"] == "Observation")
+                    .and_then(|t| t["last_error"].as_str().map(String::from))
+            })
+            .unwrap_or_default()
+    };
+    wait_for(30, "the 429 on status", || {
+        observation_error(&bridge).contains("429")
+    })
+    .await;
+    bridge.stop();
+}
