@@ -495,7 +495,9 @@ impl SourceTask {
     ) -> Result<Polled, PollError> {
         let name = &self.source.name;
         let rt = key.resource_type.as_str();
-        // One routing for the whole poll: a reload applies from the next one.
+        // One routing for the whole turn: a reload applies from the next one
+        // (a sliced walk's next slice: pages already committed stay routed
+        // as they were, the rest go to the hooks of the reloaded config).
         let routing = self.routing.borrow().clone();
         let mut state = match self.known.get(key) {
             Some(known) => known,
@@ -840,7 +842,7 @@ impl SourceTask {
                         pages: page_no,
                     });
                 }
-                Some(n) => match after_page(walk, pages_this_turn) {
+                Some(n) => match after_page(walk, pages_this_turn, restarted) {
                     AfterPage::Continue => url = n,
                     AfterPage::Yield => {
                         let position = WalkPosition {

@@ -35,9 +35,14 @@ pub(super) enum AfterPage {
     Yield,
 }
 
-/// `pages_this_turn` pages read in this turn by a walk of kind `walk`.
-pub(super) fn after_page(walk: Walk, pages_this_turn: usize) -> AfterPage {
-    if slices(walk) && pages_this_turn >= PAGE_SLICE {
+/// `pages_this_turn` pages read in this turn by a walk of kind `walk`;
+/// `restarted`: its search started again after an expired `next` link. Such
+/// a walk reads on to its end in this turn: its links did not survive a
+/// wait, and a restarted search first re-reads the overlap, so yielding again
+/// would find the next link expired once more and, with an overlap longer
+/// than a slice or two, never get past the watermark.
+pub(super) fn after_page(walk: Walk, pages_this_turn: usize, restarted: bool) -> AfterPage {
+    if slices(walk) && pages_this_turn >= PAGE_SLICE && !restarted {
         AfterPage::Yield
     } else {
         AfterPage::Continue
@@ -109,15 +114,20 @@ mod tests {
     #[test]
     fn only_a_last_updated_poll_yields_and_only_after_its_slice() {
         let lu = Walk::Poll(Strategy::LastUpdated);
-        assert_eq!(after_page(lu, 1), AfterPage::Continue);
-        assert_eq!(after_page(lu, PAGE_SLICE - 1), AfterPage::Continue);
-        assert_eq!(after_page(lu, PAGE_SLICE), AfterPage::Yield);
+        assert_eq!(after_page(lu, 1, false), AfterPage::Continue);
+        assert_eq!(after_page(lu, PAGE_SLICE - 1, false), AfterPage::Continue);
+        assert_eq!(after_page(lu, PAGE_SLICE, false), AfterPage::Yield);
+        // Started again after an expired link: on to its end.
+        assert_eq!(after_page(lu, PAGE_SLICE * 100, true), AfterPage::Continue);
         for walk in [
             Walk::Poll(Strategy::Snapshot),
             Walk::Poll(Strategy::History),
             Walk::Reconcile,
         ] {
-            assert_eq!(after_page(walk, PAGE_SLICE * 100), AfterPage::Continue);
+            assert_eq!(
+                after_page(walk, PAGE_SLICE * 100, false),
+                AfterPage::Continue
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::common::{Bridge, hook, wait_for};
 use fhir_bridge::sandbox::Receiver;
 use serde_json::json;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What the server answered, in order.
@@ -23,12 +24,15 @@ enum Event {
 
 /// A server with an Observation backlog of `pages` pages (two entries a page,
 /// 10 s apart, offset-paged) and one Patient. `refuse` is asked about each
-/// continuation page's offset and may answer in its place (a 429, say).
+/// continuation page (its offset, and whether another search was made since
+/// its link was given) and may answer in its place (a 429, a 410).
 fn chain_server(
     pages: usize,
     events: Arc<Mutex<Vec<Event>>>,
-    refuse: impl Fn(usize) -> Option<axum::response::Response> + Send + Sync + 'static,
+    refuse: impl Fn(usize, bool) -> Option<axum::response::Response> + Send + Sync + 'static,
 ) -> impl Fn(&Seen) -> axum::response::Response + Send + Sync + 'static {
+    // The latest search: a server that keeps one page context at a time.
+    let context = Arc::new(AtomicUsize::new(0));
     let base = chrono::Utc::now() - chrono::Duration::seconds(20 * pages as i64 + 100);
     let at = move |i: usize| {
         (base + chrono::Duration::seconds(10 * i as i64))
@@ -37,6 +41,10 @@ fn chain_server(
     };
     move |seen: &Seen| {
         let uri = seen.uri.as_str();
+        if uri.contains("_sort=") {
+            context.fetch_add(1, Ordering::SeqCst);
+        }
+        let current = context.load(Ordering::SeqCst);
         if uri.starts_with("/fhir/Patient?") && uri.contains("_sort") {
             events.lock().unwrap().push(Event::Patient);
         }
@@ -67,8 +75,9 @@ fn chain_server(
             None => 0,
         };
         let offset: Option<usize> = param("_offset").and_then(|o| o.parse().ok());
+        let stale = param("_ctx").is_some_and(|c| c != current.to_string());
         if let Some(o) = offset
-            && let Some(answer) = refuse(o)
+            && let Some(answer) = refuse(o, stale)
         {
             return answer;
         }
@@ -88,7 +97,8 @@ fn chain_server(
                 .clone()
                 .map(|g| format!("&_lastUpdated=ge{g}"))
                 .unwrap_or_default();
-            format!("Observation?_offset={}{ge}", offset + 1)
+            let ctx = param("_ctx").unwrap_or_else(|| current.to_string());
+            format!("Observation?_offset={}&_ctx={ctx}{ge}", offset + 1)
         });
         bundle(&now_instant(), entries, next.as_deref())
     }
@@ -124,7 +134,7 @@ timeout = "2s"
 async fn the_other_types_keep_their_schedule_while_a_chain_is_read() {
     const PAGES: usize = 160;
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let fhir = Scripted::start(chain_server(PAGES, events.clone(), |_| None)).await;
+    let fhir = Scripted::start(chain_server(PAGES, events.clone(), |_, _| None)).await;
     let rx = Receiver::start(0, None).await.unwrap();
     let mut bridge = Bridge::start(&config(&fhir, &rx, "max_requests_per_second = 40"));
     wait_for(60, "every resource delivered", || rx.count() > 2 * PAGES).await;
@@ -158,7 +168,7 @@ async fn a_429_within_a_chain_keeps_its_position() {
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let refused = Arc::new(Mutex::new(false));
     let once = refused.clone();
-    let fhir = Scripted::start(chain_server(PAGES, events.clone(), move |offset| {
+    let fhir = Scripted::start(chain_server(PAGES, events.clone(), move |offset, _| {
         let mut done = once.lock().unwrap();
         (offset == 24 && !*done).then(|| {
             *done = true;
@@ -193,7 +203,7 @@ async fn a_429_within_a_chain_keeps_its_position() {
 async fn a_page_that_always_answers_429_shows_on_status() {
     const PAGES: usize = 60;
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let fhir = Scripted::start(chain_server(PAGES, events.clone(), |offset| {
+    let fhir = Scripted::start(chain_server(PAGES, events.clone(), |offset, _| {
         (offset == 24).then(|| status_with(429, &[("Retry-After", "1")]))
     }))
     .await;
@@ -213,5 +223,30 @@ async fn a_page_that_always_answers_429_shows_on_status() {
         observation_error(&bridge).contains("429")
     })
     .await;
+    bridge.stop();
+}
+
+/// A server that keeps one page context at a time (the latest search's): a
+/// kept link answers 410 once Patient's poll searched meanwhile, and the
+/// overlap (10 min) holds 30 pages. Before, the walk started again from the
+/// watermark, re-read the overlap for its slice, yielded, found its link
+/// expired again and failed; each poll the same: the watermark never passed
+/// page 10, and the rest of the chain was never delivered. A walk that had to
+/// start again reads its chain to the end in that turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_expires_while_it_waits_its_turn_does_not_stall_the_chain() {
+    const PAGES: usize = 60;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let fhir = Scripted::start(chain_server(PAGES, events.clone(), |_, stale| {
+        stale.then(|| status_with(410, &[]))
+    }))
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let config = config(&fhir, &rx, "max_requests_per_second = 20")
+        .replace("overlap = \"5s\"", "overlap = \"10m\"");
+    let mut bridge = Bridge::start(&config);
+    wait_for(30, "every resource delivered", || rx.count() > 2 * PAGES).await;
+    let ids: BTreeSet<String> = rx.received().into_iter().map(|r| r.resource_id).collect();
+    assert_eq!(ids.len(), 2 * PAGES + 1, "every resource");
     bridge.stop();
 }
