@@ -591,7 +591,7 @@ impl SourceTask {
                     last_total: None,
                     drifted: false,
                     bad_total: false,
-                    visited: HashSet::new(),
+                    visited: Default::default(),
                     tracker: WatermarkTracker::new(),
                     detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                     page_no: 0,
@@ -627,7 +627,7 @@ impl SourceTask {
             if let Some((u, _)) = &queued {
                 url = u.clone();
             }
-            visited.insert(url.to_string());
+            visited.insert(&url);
             self.beat.expect_within(self.page_allowance());
             let fetched = match queued {
                 Some((_, f)) => Ok(f),
@@ -821,7 +821,7 @@ impl SourceTask {
                     polled.complete = true;
                     break;
                 }
-                Some(n) if visited.contains(n.as_str()) => {
+                Some(n) if visited.contains(&n) => {
                     return Err(PollError::NextLinkLoop {
                         resource_type: rt.to_string(),
                         page: page_no,
