@@ -250,3 +250,53 @@ async fn a_link_that_expires_while_it_waits_its_turn_does_not_stall_the_chain() 
     assert_eq!(ids.len(), 2 * PAGES + 1, "every resource");
     bridge.stop();
 }
+
+/// A reload moves the source to another server (another `base_url`, origin
+/// and all) while a walk's position is kept. The kept link is the old
+/// search's on the old server: it is never followed after the reload (a
+/// changed source starts afresh, its walks with it); the new server is
+/// searched from the committed watermark and each resource is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_another_base_url_drops_the_kept_link() {
+    const PAGES: usize = 80;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let old = Scripted::start(chain_server(PAGES, events.clone(), |_, _| None)).await;
+    let new = Scripted::start(chain_server(PAGES, Arc::default(), |_, _| None)).await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let cfg = config(&old, &rx, "max_requests_per_second = 20");
+    let mut bridge = Bridge::start(&cfg);
+    let continuation = |s: &Scripted| {
+        s.seen()
+            .iter()
+            .filter(|r| r.uri.contains("_offset="))
+            .count()
+    };
+    wait_for(30, "the old server's chain under way", || {
+        continuation(&old) >= 15
+    })
+    .await;
+    std::fs::write(
+        bridge.config_path(),
+        cfg.replace(&old.url("/fhir"), &new.url("/fhir")),
+    )
+    .unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &bridge.pid().unwrap().to_string()])
+        .status();
+    wait_for(20, "the reload applied", || {
+        bridge.logs().contains("reload applied")
+    })
+    .await;
+    let old_requests = old.count();
+    wait_for(30, "every resource delivered", || rx.count() > 2 * PAGES).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(old.count(), old_requests, "nothing went to the old server");
+    assert!(
+        continuation(&old) < 2 * PAGES,
+        "the old chain was not read to its end before the reload"
+    );
+    let ids: BTreeSet<String> = rx.received().into_iter().map(|r| r.resource_id).collect();
+    assert_eq!(ids.len(), 2 * PAGES + 1, "every resource");
+    assert_eq!(rx.count(), 2 * PAGES + 1, "each once");
+    bridge.stop();
+}
