@@ -172,9 +172,21 @@ impl SourceTask {
                 }
             }
             let targets = roster.targets(&self.source);
-            // A walk paused for a target no longer polled is not resumed.
-            self.known.paused().retain(|k| targets.contains(k));
-            sliced.retain(|k, _| targets.contains(k));
+            // A walk paused for a target no longer polled is not resumed;
+            // what its turns found so far is recorded.
+            let polled: HashSet<&TargetKey> = targets.iter().collect();
+            self.known.paused().retain(|k| polled.contains(k));
+            let gone: Vec<TargetKey> = sliced
+                .keys()
+                .filter(|k| !polled.contains(k))
+                .cloned()
+                .collect();
+            drop(polled);
+            for key in gone {
+                if let Some(sofar) = sliced.remove(&key) {
+                    outcomes.push(self.abandoned(key, sofar));
+                }
+            }
             let mut turn: VecDeque<TargetKey> =
                 super::fanout::in_turn(targets, cursor.as_ref()).into();
             cursor = None;
@@ -257,6 +269,9 @@ impl SourceTask {
                     self.record_outcomes(std::mem::take(&mut outcomes)).await;
                 }
             }
+            if cancel.is_cancelled() {
+                outcomes.extend(sliced.drain().map(|(k, s)| self.abandoned(k, s)));
+            }
             // One write for the whole tick's outcomes at most, not one per target.
             self.record_outcomes(std::mem::take(&mut outcomes)).await;
             let wait = match next_tick {
@@ -268,8 +283,31 @@ impl SourceTask {
             wedge_for_tests(&self.source.name).await;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    let left = sliced.drain().map(|(k, s)| self.abandoned(k, s));
+                    self.record_outcomes(left.collect()).await;
+                    return;
+                }
             }
+        }
+    }
+
+    /// The outcome of a sliced walk that does not go on (the source stops,
+    /// its patient left the roster): what its turns found is recorded, as a
+    /// walk stopped by a shutdown between two pages always had it recorded.
+    /// Its skipped entries and warnings would otherwise never reach status:
+    /// the next walk starts from the committed watermark, past those pages.
+    fn abandoned(&self, key: TargetKey, sofar: TurnsSoFar) -> PollOutcome {
+        PollOutcome {
+            source: self.source.name.clone(),
+            resource_type: key.resource_type,
+            patient: key.patient,
+            error: None,
+            at_ms: now_ms(),
+            resources_read: sofar.rereads,
+            skipped: sofar.notes.skipped,
+            future: sofar.notes.future,
+            warning: sofar.notes.last,
         }
     }
 
