@@ -23,6 +23,14 @@ pub enum PollError {
     },
     #[error("{resource_type} search page {page}: next link is not a URL")]
     BadNextLink { resource_type: String, page: usize },
+    #[error(
+        "{resource_type} search page {page}: next link is {bytes} bytes long, more than 16 KiB (not followed)"
+    )]
+    NextLinkTooLong {
+        resource_type: String,
+        page: usize,
+        bytes: usize,
+    },
     #[error("{resource_type} search page {page}: next link loops back to an earlier page")]
     NextLinkLoop { resource_type: String, page: usize },
     #[error(

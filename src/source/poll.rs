@@ -924,6 +924,9 @@ impl SourceTask {
     }
 }
 
+/// The longest `next` link followed (see `next_link`).
+pub(super) const MAX_NEXT_LINK_BYTES: usize = 16 * 1024;
+
 /// A page's `next` link, resolved, and whether it may be followed. Links
 /// elsewhere (unless in `allowed_origins`) are not: another host's resources
 /// are not this EHR's, and the search URL and credentials are not theirs to
@@ -937,6 +940,17 @@ pub(super) fn next_link(
     page: usize,
 ) -> Option<Result<Url, PollError>> {
     let link = link?;
+    // A sliced walk keeps its next link between turns, one per target (a
+    // roster's thousands): a page may be 256 MB, a link is bounded on its
+    // own. Known servers' links are a few hundred bytes (continuation tokens
+    // a few KB), and common front ends refuse request lines past 8-16 KB.
+    if link.len() > MAX_NEXT_LINK_BYTES {
+        return Some(Err(PollError::NextLinkTooLong {
+            resource_type: rt.to_string(),
+            page,
+            bytes: link.len(),
+        }));
+    }
     let Ok(next) = current.join(link) else {
         return Some(Err(PollError::BadNextLink {
             resource_type: rt.to_string(),

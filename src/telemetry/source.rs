@@ -82,6 +82,7 @@ pub fn poll_outcome(e: &PollError) -> &'static str {
         },
         PollError::Bundle { .. } => "invalid_response",
         PollError::BadNextLink { .. }
+        | PollError::NextLinkTooLong { .. }
         | PollError::NextLinkLoop { .. }
         | PollError::ForeignNextLink { .. }
         | PollError::PageCap { .. } => "paging",
