@@ -6,6 +6,12 @@
 //! before it reaches anything new, and under offset paging (where drift holds
 //! the watermark back) that made each turn cost the overlap for one page of
 //! progress, so a quiet backlog took minutes and a busy one never ended.
+//!
+//! The turns themselves are dealt in `SourceTask::run`: every target has its
+//! turn in a tick, then the yielded walks go on until the next tick is due and
+//! wait for their turn in it. A walk whose link expired reads on to its end
+//! (`after_page`); a 429/503 with `Retry-After` keeps its position once per
+//! page (`walk_pages`).
 
 use super::strategy::{Strategy, Walk};
 use super::watermark::WatermarkTracker;
