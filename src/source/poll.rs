@@ -10,7 +10,7 @@ use super::routing::RoutingRx;
 use super::strategy::snapshot::{WalkFacts, WalkedIds};
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
-use super::walk_position::{AfterPage, TurnsSoFar, WalkPosition, after_page};
+use super::walk_position::{AfterPage, TurnsSoFar, WalkPosition, after_page, must_finish};
 use super::watermark::{WatermarkTracker, horizon};
 use crate::config::{Source, Start};
 use crate::progress::Beat;
@@ -880,7 +880,11 @@ impl SourceTask {
                         pages: page_no,
                     });
                 }
-                Some(n) => match after_page(walk, pages_this_turn, restarted) {
+                Some(n) => match after_page(
+                    walk,
+                    pages_this_turn,
+                    must_finish(restarted, tracker.in_order()),
+                ) {
                     AfterPage::Continue => url = n,
                     AfterPage::Yield => {
                         let position = WalkPosition {

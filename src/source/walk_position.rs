@@ -42,13 +42,9 @@ pub(super) enum AfterPage {
 }
 
 /// `pages_this_turn` pages read in this turn by a walk of kind `walk`;
-/// `restarted`: its search started again after an expired `next` link. Such
-/// a walk reads on to its end in this turn: its links did not survive a
-/// wait, and a restarted search first re-reads the overlap, so yielding again
-/// would find the next link expired once more and, with an overlap longer
-/// than a slice or two, never get past the watermark.
-pub(super) fn after_page(walk: Walk, pages_this_turn: usize, restarted: bool) -> AfterPage {
-    if slices(walk) && pages_this_turn >= PAGE_SLICE && !restarted {
+/// `to_the_end`: the walk reads on to its end in this turn (`must_finish`).
+pub(super) fn after_page(walk: Walk, pages_this_turn: usize, to_the_end: bool) -> AfterPage {
+    if slices(walk) && pages_this_turn >= PAGE_SLICE && !to_the_end {
         AfterPage::Yield
     } else {
         AfterPage::Continue
@@ -85,6 +81,19 @@ impl VisitedLinks {
     pub fn clear(&mut self) {
         self.0.clear();
     }
+}
+
+/// Whether a walk must read on to its end in this turn rather than yield:
+/// - `restarted`: its search started again after an expired `next` link. Its
+///   links did not survive a wait, and a restarted search first re-reads the
+///   overlap, so yielding again would find the link expired once more and,
+///   with an overlap longer than a slice or two, never pass the watermark.
+/// - `!in_order`: its times came out of order (a server ignoring `_sort`), so
+///   its watermark moves only at the chain's end, to the latest time seen. A
+///   chain cut short after a wait (a dropped page context answered with an
+///   empty last page) would take it past the pages never read.
+pub(super) fn must_finish(restarted: bool, in_order: bool) -> bool {
+    restarted || !in_order
 }
 
 /// Where a walk stopped after its slice: everything it needs to go on as if
@@ -155,8 +164,11 @@ mod tests {
         assert_eq!(after_page(lu, 1, false), AfterPage::Continue);
         assert_eq!(after_page(lu, PAGE_SLICE - 1, false), AfterPage::Continue);
         assert_eq!(after_page(lu, PAGE_SLICE, false), AfterPage::Yield);
-        // Started again after an expired link: on to its end.
+        // Started again after an expired link, or out of time order: on to
+        // its end.
         assert_eq!(after_page(lu, PAGE_SLICE * 100, true), AfterPage::Continue);
+        assert!(must_finish(true, true) && must_finish(false, false));
+        assert!(!must_finish(false, true));
         for walk in [
             Walk::Poll(Strategy::Snapshot),
             Walk::Poll(Strategy::History),

@@ -33,7 +33,11 @@ fn chain_server(
 ) -> impl Fn(&Seen) -> axum::response::Response + Send + Sync + 'static {
     // The latest search: a server that keeps one page context at a time.
     let context = Arc::new(AtomicUsize::new(0));
-    let base = chrono::Utc::now() - chrono::Duration::seconds(20 * pages as i64 + 100);
+    // One base for every server of the process: two servers of one test
+    // serve the same versions at the same times (a reload to another one).
+    static BASE: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| chrono::Utc::now() - chrono::Duration::seconds(5000));
+    assert!(pages <= 200, "the backlog stays in the past");
     let at = move |i: usize| {
         (base + chrono::Duration::seconds(10 * i as i64))
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
@@ -347,5 +351,83 @@ async fn a_walk_stopped_between_its_turns_still_reports_what_it_skipped() {
         1,
         "the skipped entry is counted on status"
     );
+    bridge.stop();
+}
+
+/// A server that ignores `_sort` (pages in id order, times scattered) and
+/// answers a link whose page context it dropped (another search came
+/// between) with an empty last page, 200, no `next`. Its walk moves the
+/// watermark only at the chain's end, to the latest time seen: a chain cut
+/// short after a yield took the watermark past the older entries of the
+/// pages never read, and the next search started above them (lost for
+/// good). A walk whose pages are out of time order reads on to its end in
+/// one turn, as it did before slicing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_out_of_time_order_is_not_cut_short_by_a_yield() {
+    const N: usize = 60;
+    let base = chrono::Utc::now() - chrono::Duration::seconds(20 * N as i64 + 100);
+    let at = move |i: usize| {
+        (base + chrono::Duration::seconds(10 * ((i * 37) % N) as i64))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    let context = Arc::new(AtomicUsize::new(0));
+    let fhir = Scripted::start(move |seen: &Seen| {
+        let uri = seen.uri.as_str();
+        if uri.contains("_sort=") {
+            context.fetch_add(1, Ordering::SeqCst);
+        }
+        let current = context.load(Ordering::SeqCst).to_string();
+        if uri.starts_with("/fhir/Patient") {
+            let p = json!({"resourceType": "Patient", "id": "pt1", "active": true,
+                "meta": {"versionId": "1", "lastUpdated": at(0)}});
+            return bundle(&now_instant(), vec![p], None);
+        }
+        if !uri.starts_with("/fhir/Observation") {
+            return bundle(&now_instant(), vec![], None);
+        }
+        let query: Vec<(String, String)> = url::form_urlencoded::parse(
+            uri.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes(),
+        )
+        .into_owned()
+        .collect();
+        let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if param("_ctx").is_some_and(|c| c != current) {
+            return bundle(&now_instant(), vec![], None);
+        }
+        let ge = query
+            .iter()
+            .find_map(|(n, v)| {
+                (n == "_lastUpdated")
+                    .then(|| v.strip_prefix("ge"))
+                    .flatten()
+            })
+            .map(String::from);
+        let matching: Vec<usize> = (0..N)
+            .filter(|i| ge.as_ref().is_none_or(|g| at(*i) >= *g))
+            .collect();
+        let offset: usize = param("_offset").and_then(|o| o.parse().ok()).unwrap_or(0);
+        let entries: Vec<_> = matching
+            .iter()
+            .skip(2 * offset)
+            .take(2)
+            .map(|i| observation(&format!("o{i}"), "1", &at(*i)))
+            .collect();
+        let next = (2 * offset + 2 < matching.len()).then(|| {
+            let ctx = param("_ctx").unwrap_or(current.clone());
+            let ge = ge
+                .clone()
+                .map(|g| format!("&_lastUpdated=ge{g}"))
+                .unwrap_or_default();
+            format!("Observation?_offset={}&_ctx={ctx}{ge}", offset + 1)
+        });
+        bundle(&now_instant(), entries, next.as_deref())
+    })
+    .await;
+    let rx = Receiver::start(0, None).await.unwrap();
+    let mut bridge = Bridge::start(&config(&fhir, &rx, "max_requests_per_second = 20"));
+    wait_for(30, "every resource delivered", || rx.count() > N).await;
+    let ids: BTreeSet<String> = rx.received().into_iter().map(|r| r.resource_id).collect();
+    assert_eq!(ids.len(), N + 1, "every resource");
     bridge.stop();
 }
