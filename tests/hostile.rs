@@ -22,6 +22,8 @@ mod delivery;
 mod export;
 #[path = "hostile/export_review.rs"]
 mod export_review;
+#[path = "hostile/fair_turns_review.rs"]
+mod fair_turns_review;
 #[path = "hostile/fairness.rs"]
 mod fairness;
 #[path = "hostile/fanout.rs"]

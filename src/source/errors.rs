@@ -23,6 +23,14 @@ pub enum PollError {
     },
     #[error("{resource_type} search page {page}: next link is not a URL")]
     BadNextLink { resource_type: String, page: usize },
+    #[error(
+        "{resource_type} search page {page}: next link is {bytes} bytes long, more than 16 KiB (not followed)"
+    )]
+    NextLinkTooLong {
+        resource_type: String,
+        page: usize,
+        bytes: usize,
+    },
     #[error("{resource_type} search page {page}: next link loops back to an earlier page")]
     NextLinkLoop { resource_type: String, page: usize },
     #[error(
@@ -96,6 +104,7 @@ impl PollError {
             },
             PollError::Bundle { .. } => "invalid_response",
             PollError::BadNextLink { .. }
+            | PollError::NextLinkTooLong { .. }
             | PollError::NextLinkLoop { .. }
             | PollError::ForeignNextLink { .. }
             | PollError::PageCap { .. } => "paging",

@@ -8,7 +8,7 @@ use super::page::{self, PageJob};
 use super::strategy::snapshot::{WalkFacts, WalkedIds};
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
-use super::walk_position::{AfterPage, TurnsSoFar, WalkPosition, after_page};
+use super::walk_position::{AfterPage, TurnsSoFar, WalkPosition, after_page, must_finish};
 use super::watermark::{WatermarkTracker, horizon};
 use crate::config::{Source, Start};
 use crate::fhir::bundle::parse_page;
@@ -173,13 +173,41 @@ impl SourceTask {
                 }
             }
             let targets = roster.targets(&self.source);
-            // A walk paused for a target no longer polled is not resumed.
-            self.known.paused().retain(|k| targets.contains(k));
-            sliced.retain(|k, _| targets.contains(k));
+            // A walk paused for a target no longer polled is not resumed;
+            // what its turns found so far is recorded.
+            let polled: HashSet<&TargetKey> = targets.iter().collect();
+            self.known.paused().retain(|k| polled.contains(k));
+            let gone: Vec<TargetKey> = sliced
+                .keys()
+                .filter(|k| !polled.contains(k))
+                .cloned()
+                .collect();
+            drop(polled);
+            for key in gone {
+                if let Some(sofar) = sliced.remove(&key) {
+                    outcomes.push(self.abandoned(key, sofar));
+                }
+            }
             let mut turn: VecDeque<TargetKey> =
                 super::fanout::in_turn(targets, cursor.as_ref()).into();
             cursor = None;
-            while let Some(key) = turn.pop_front() {
+            // The queue holds this tick's first turns, then the walks that
+            // yielded after a slice. Once every target had its turn, the next
+            // tick's time is fixed; the yielded walks go on until then, and
+            // what is left of them waits for its turn in the next tick, after
+            // the targets before it: a backlog delays another target's poll
+            // by about one slice, not by the rest of its chain.
+            let mut first_turns = turn.len();
+            let mut next_tick: Option<std::time::Instant> = None;
+            loop {
+                if first_turns == 0 && next_tick.is_none() {
+                    next_tick = Some(std::time::Instant::now() + self.wait_after(tick_started));
+                }
+                if next_tick.is_some_and(|t| std::time::Instant::now() >= t) {
+                    break;
+                }
+                let Some(key) = turn.pop_front() else { break };
+                first_turns = first_turns.saturating_sub(1);
                 if cancel.is_cancelled() || self.limiter.is_paused() {
                     cursor = Some(key);
                     break;
@@ -248,20 +276,55 @@ impl SourceTask {
                     self.record_outcomes(std::mem::take(&mut outcomes)).await;
                 }
             }
+            if cancel.is_cancelled() {
+                outcomes.extend(sliced.drain().map(|(k, s)| self.abandoned(k, s)));
+            }
             // One write for the whole tick's outcomes at most, not one per target.
             self.record_outcomes(std::mem::take(&mut outcomes)).await;
-            let wait = (self.source.schedule).wait_after_tick(tick_started.elapsed(), Utc::now());
-            // Nudged onto the server's second boundary while its clock is
-            // known only to the second (see `clock`).
-            let wait = self.client.aligned_wait(wait);
+            let wait = match next_tick {
+                Some(t) => t.saturating_duration_since(std::time::Instant::now()),
+                None => self.wait_after(tick_started),
+            };
             self.beat.expect_within(wait + IDLE_SLACK);
             #[cfg(debug_assertions)]
             wedge_for_tests(&self.source.name).await;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    let left = sliced.drain().map(|(k, s)| self.abandoned(k, s));
+                    self.record_outcomes(left.collect()).await;
+                    return;
+                }
             }
         }
+    }
+
+    /// The outcome of a sliced walk that does not go on (the source stops,
+    /// its patient left the roster): what its turns found is recorded, as a
+    /// walk stopped by a shutdown between two pages always had it recorded.
+    /// Its skipped entries and warnings would otherwise never reach status:
+    /// the next walk starts from the committed watermark, past those pages.
+    fn abandoned(&self, key: TargetKey, sofar: TurnsSoFar) -> PollOutcome {
+        PollOutcome {
+            source: self.source.name.clone(),
+            resource_type: key.resource_type,
+            patient: key.patient,
+            error: None,
+            at_ms: now_ms(),
+            resources_read: sofar.rereads,
+            skipped: sofar.notes.skipped,
+            future: sofar.notes.future,
+            warning: sofar.notes.last,
+        }
+    }
+
+    /// How long after a tick that started at `tick_started` the next one
+    /// starts, counted from now.
+    fn wait_after(&self, tick_started: std::time::Instant) -> std::time::Duration {
+        let wait = (self.source.schedule).wait_after_tick(tick_started.elapsed(), Utc::now());
+        // Nudged onto the server's second boundary while its clock is
+        // known only to the second (see `clock`).
+        self.client.aligned_wait(wait)
     }
 
     async fn record_outcomes(&self, tick: Vec<PollOutcome>) {
@@ -477,7 +540,9 @@ impl SourceTask {
     ) -> Result<Polled, PollError> {
         let name = &self.source.name;
         let rt = key.resource_type.as_str();
-        // One routing for the whole poll: a reload applies from the next one.
+        // One routing for the whole turn: a reload applies from the next one
+        // (a sliced walk's next slice: pages already committed stay routed
+        // as they were, the rest go to the hooks of the reloaded config).
         let routing = self.routing.borrow().clone();
         let mut state = match self.known.get(key) {
             Some(known) => known,
@@ -514,6 +579,7 @@ impl SourceTask {
             detected_at,
             mut page_no,
             mut restarted,
+            held_at,
         } = match resumed {
             Some(position) => position,
             None => {
@@ -570,11 +636,12 @@ impl SourceTask {
                     last_total: None,
                     drifted: false,
                     bad_total: false,
-                    visited: HashSet::new(),
+                    visited: Default::default(),
                     tracker: WatermarkTracker::new(),
                     detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                     page_no: 0,
                     restarted: false,
+                    held_at: None,
                 }
             }
         };
@@ -605,7 +672,7 @@ impl SourceTask {
             if let Some((u, _)) = &queued {
                 url = u.clone();
             }
-            visited.insert(url.to_string());
+            visited.insert(&url);
             self.beat.expect_within(self.page_allowance());
             let fetched = match queued {
                 Some((_, f)) => Ok(f),
@@ -634,6 +701,47 @@ impl SourceTask {
                     (last_total, drifted, tracker) = (None, false, WatermarkTracker::new());
                     visited.clear();
                     continue;
+                }
+                // A server asking to wait (429/503 with Retry-After) on a
+                // sliced walk's page: the page was not read and its link is
+                // still good, so the walk keeps its position and reads that
+                // page after the pause, instead of a new search that re-reads
+                // the overlap (and, drifting, may never reach a long chain's
+                // end under a steady 429 rate). Once per page: a page asked
+                // again fails the poll, so a server that always says "later"
+                // shows on status.
+                Err(FetchError::Status {
+                    status: status @ (429 | 503),
+                    retry_after: Some(_),
+                }) if super::walk_position::slices(walk)
+                    && page_no > 1
+                    && held_at != Some(page_no) =>
+                {
+                    notes.warn(format!(
+                        "{rt}: page {page_no} answered HTTP {status} with Retry-After; read again after the pause, from the same link"
+                    ));
+                    page_no -= 1;
+                    self.known.paused().keep(
+                        key,
+                        WalkPosition {
+                            url,
+                            watermark,
+                            start_watermark,
+                            since,
+                            until,
+                            last_total,
+                            drifted,
+                            bad_total,
+                            visited,
+                            tracker,
+                            detected_at,
+                            page_no,
+                            restarted,
+                            held_at: Some(page_no + 1),
+                        },
+                    );
+                    polled.yielded = true;
+                    return Ok(polled);
                 }
                 Err(error) => {
                     return Err(PollError::Fetch {
@@ -758,7 +866,7 @@ impl SourceTask {
                     polled.complete = true;
                     break;
                 }
-                Some(n) if visited.contains(n.as_str()) => {
+                Some(n) if visited.contains(&n) => {
                     return Err(PollError::NextLinkLoop {
                         resource_type: rt.to_string(),
                         page: page_no,
@@ -779,7 +887,11 @@ impl SourceTask {
                         pages: page_no,
                     });
                 }
-                Some(n) => match after_page(walk, pages_this_turn) {
+                Some(n) => match after_page(
+                    walk,
+                    pages_this_turn,
+                    must_finish(restarted, tracker.in_order()),
+                ) {
                     AfterPage::Continue => url = n,
                     AfterPage::Yield => {
                         let position = WalkPosition {
@@ -796,6 +908,7 @@ impl SourceTask {
                             detected_at,
                             page_no,
                             restarted,
+                            held_at,
                         };
                         self.known.paused().keep(key, position);
                         polled.yielded = true;
@@ -822,6 +935,9 @@ impl SourceTask {
     }
 }
 
+/// The longest `next` link followed (see `next_link`).
+pub(super) const MAX_NEXT_LINK_BYTES: usize = 16 * 1024;
+
 /// A page's `next` link, resolved, and whether it may be followed. Links
 /// elsewhere (unless in `allowed_origins`) are not: another host's resources
 /// are not this EHR's, and the search URL and credentials are not theirs to
@@ -835,6 +951,17 @@ pub(super) fn next_link(
     page: usize,
 ) -> Option<Result<Url, PollError>> {
     let link = link?;
+    // A sliced walk keeps its next link between turns, one per target (a
+    // roster's thousands): a page may be 256 MB, a link is bounded on its
+    // own. Known servers' links are a few hundred bytes (continuation tokens
+    // a few KB), and common front ends refuse request lines past 8-16 KB.
+    if link.len() > MAX_NEXT_LINK_BYTES {
+        return Some(Err(PollError::NextLinkTooLong {
+            resource_type: rt.to_string(),
+            page,
+            bytes: link.len(),
+        }));
+    }
     let Ok(next) = current.join(link) else {
         return Some(Err(PollError::BadNextLink {
             resource_type: rt.to_string(),

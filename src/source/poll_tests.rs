@@ -157,3 +157,30 @@ async fn start_now_and_bad_bundles() {
         .to_string();
     assert!(err.contains("Observation search page 1: HTTP 404"), "{err}");
 }
+
+/// A `next` link is bounded on its own (a sliced walk keeps one per target
+/// between turns, and a page may be 256 MB): past 16 KiB it is not followed,
+/// and the poll error says how long it was, not what it said.
+#[test]
+fn a_next_link_longer_than_16_kib_is_not_followed() {
+    let (_d, store) = temp_store();
+    let t = task("http://127.0.0.1:9", store, 10, Start::Beginning);
+    let current = Url::parse("http://127.0.0.1:9/Observation?_count=10").unwrap();
+    let link = |len: usize| {
+        let head = "http://127.0.0.1:9/Observation?ct=";
+        format!("{head}{}", "a".repeat(len - head.len()))
+    };
+    let fits = link(MAX_NEXT_LINK_BYTES);
+    assert!(matches!(
+        next_link(&t.source, &current, Some(&fits), "Observation", 3),
+        Some(Ok(_))
+    ));
+    let long = link(MAX_NEXT_LINK_BYTES + 1);
+    let Some(Err(e)) = next_link(&t.source, &current, Some(&long), "Observation", 3) else {
+        panic!("a link past the bound is followed");
+    };
+    assert_eq!(
+        e.to_string(),
+        "Observation search page 3: next link is 16385 bytes long, more than 16 KiB (not followed)"
+    );
+}

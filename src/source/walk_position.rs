@@ -6,6 +6,12 @@
 //! before it reaches anything new, and under offset paging (where drift holds
 //! the watermark back) that made each turn cost the overlap for one page of
 //! progress, so a quiet backlog took minutes and a busy one never ended.
+//!
+//! The turns themselves are dealt in `SourceTask::run`: every target has its
+//! turn in a tick, then the yielded walks go on until the next tick is due and
+//! wait for their turn in it. A walk whose link expired reads on to its end
+//! (`after_page`); a 429/503 with `Retry-After` keeps its position once per
+//! page (`walk_pages`).
 
 use super::strategy::{Strategy, Walk};
 use super::watermark::WatermarkTracker;
@@ -35,13 +41,59 @@ pub(super) enum AfterPage {
     Yield,
 }
 
-/// `pages_this_turn` pages read in this turn by a walk of kind `walk`.
-pub(super) fn after_page(walk: Walk, pages_this_turn: usize) -> AfterPage {
-    if slices(walk) && pages_this_turn >= PAGE_SLICE {
+/// `pages_this_turn` pages read in this turn by a walk of kind `walk`;
+/// `to_the_end`: the walk reads on to its end in this turn (`must_finish`).
+pub(super) fn after_page(walk: Walk, pages_this_turn: usize, to_the_end: bool) -> AfterPage {
+    if slices(walk) && pages_this_turn >= PAGE_SLICE && !to_the_end {
         AfterPage::Yield
     } else {
         AfterPage::Continue
     }
+}
+
+/// The links a walk has read, to find a `next` link back to one of them. A
+/// sliced walk keeps them between its turns, and every target of a fan-out
+/// roster may hold a walk at once (10,000 patients each in a long first
+/// backlog): so each link is kept as a 64-bit keyed hash (about 16 bytes)
+/// rather than its text (a page link is 100-300 bytes). Two different links
+/// taken for one (a false loop, a poll error) is about a chance in 10^13 for
+/// a 1,000-page walk.
+#[derive(Debug, Default)]
+pub(super) struct VisitedLinks(HashSet<u64>);
+
+impl VisitedLinks {
+    fn hash(url: &Url) -> u64 {
+        use std::hash::BuildHasher;
+        // One key per process, so that a server cannot choose colliding links.
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        KEYS.get_or_init(Default::default).hash_one(url.as_str())
+    }
+
+    pub fn insert(&mut self, url: &Url) {
+        self.0.insert(Self::hash(url));
+    }
+
+    pub fn contains(&self, url: &Url) -> bool {
+        self.0.contains(&Self::hash(url))
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Whether a walk must read on to its end in this turn rather than yield:
+/// - `restarted`: its search started again after an expired `next` link. Its
+///   links did not survive a wait, and a restarted search first re-reads the
+///   overlap, so yielding again would find the link expired once more and,
+///   with an overlap longer than a slice or two, never pass the watermark.
+/// - `!in_order`: its times came out of order (a server ignoring `_sort`), so
+///   its watermark moves only at the chain's end, to the latest time seen. A
+///   chain cut short after a wait (a dropped page context answered with an
+///   empty last page) would take it past the pages never read.
+pub(super) fn must_finish(restarted: bool, in_order: bool) -> bool {
+    restarted || !in_order
 }
 
 /// Where a walk stopped after its slice: everything it needs to go on as if
@@ -57,12 +109,15 @@ pub(super) struct WalkPosition {
     pub last_total: Option<u64>,
     pub drifted: bool,
     pub bad_total: bool,
-    pub visited: HashSet<String>,
+    pub visited: VisitedLinks,
     pub tracker: WatermarkTracker,
     pub detected_at: String,
     /// Pages read so far over all turns (`max_pages_per_poll` counts them all).
     pub page_no: usize,
     pub restarted: bool,
+    /// The page a 429/503 with Retry-After stopped the walk at, to be read
+    /// again after the pause (once: a second refusal fails the poll).
+    pub held_at: Option<usize>,
 }
 
 /// A sliced poll's turns so far: together they are one poll, whose outcome
@@ -106,15 +161,41 @@ mod tests {
     #[test]
     fn only_a_last_updated_poll_yields_and_only_after_its_slice() {
         let lu = Walk::Poll(Strategy::LastUpdated);
-        assert_eq!(after_page(lu, 1), AfterPage::Continue);
-        assert_eq!(after_page(lu, PAGE_SLICE - 1), AfterPage::Continue);
-        assert_eq!(after_page(lu, PAGE_SLICE), AfterPage::Yield);
+        assert_eq!(after_page(lu, 1, false), AfterPage::Continue);
+        assert_eq!(after_page(lu, PAGE_SLICE - 1, false), AfterPage::Continue);
+        assert_eq!(after_page(lu, PAGE_SLICE, false), AfterPage::Yield);
+        // Started again after an expired link, or out of time order: on to
+        // its end.
+        assert_eq!(after_page(lu, PAGE_SLICE * 100, true), AfterPage::Continue);
+        assert!(must_finish(true, true) && must_finish(false, false));
+        assert!(!must_finish(false, true));
         for walk in [
             Walk::Poll(Strategy::Snapshot),
             Walk::Poll(Strategy::History),
             Walk::Reconcile,
         ] {
-            assert_eq!(after_page(walk, PAGE_SLICE * 100), AfterPage::Continue);
+            assert_eq!(
+                after_page(walk, PAGE_SLICE * 100, false),
+                AfterPage::Continue
+            );
         }
+    }
+
+    #[test]
+    fn visited_links_are_told_apart_and_cost_no_text() {
+        let page = |n: usize| {
+            Url::parse(&format!(
+                "https://ehr.example/fhir?_getpages=abc&_offset={n}"
+            ))
+            .unwrap()
+        };
+        let mut v = VisitedLinks::default();
+        for n in 0..1000 {
+            v.insert(&page(n));
+        }
+        assert!((0..1000).all(|n| v.contains(&page(n))));
+        assert!(!(1000..2000).any(|n| v.contains(&page(n))));
+        v.clear();
+        assert!(!v.contains(&page(0)));
     }
 }

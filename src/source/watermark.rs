@@ -103,6 +103,12 @@ impl WatermarkTracker {
         }
     }
 
+    /// Whether every time so far came in ascending order (the watermark can
+    /// move before the chain's end).
+    pub fn in_order(&self) -> bool {
+        self.ascending
+    }
+
     /// Feeds one page's lastUpdated values (in server order); returns the
     /// watermark this page allows, if any.
     pub fn page(&mut self, instants: &[DateTime<Utc>], has_next: bool) -> Option<DateTime<Utc>> {
