@@ -1,85 +1,55 @@
-//! Durable state in one SQLite file (`<state_dir>/bridge.db`). This module is the
-//! only place that speaks SQL.
+//! Durable state. `Store` is the one handle every layer uses; behind it sits a
+//! backend (today only SQLite, in `sqlite/`, the only place that speaks SQL).
 //!
 //! Durability: WAL with `synchronous=NORMAL`. A commit survives a process crash
 //! (`kill -9`). A power loss can roll back the last commits, but watermark,
 //! seen-versions and outbox rows always roll back *together*, so the next poll
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
-mod backfill;
 mod backfill_lock;
-mod change;
-mod channel;
-mod dlq;
-mod event_number;
-mod export;
 mod files;
-mod filter;
-mod gauges;
-mod heartbeat;
-mod inspect;
 mod lock;
-mod maintenance;
-mod message;
-mod outbox;
-mod poll;
-mod rename;
-mod replay;
-mod report;
-mod roster;
-mod schema;
-mod seen_body;
-#[cfg(test)]
-mod size_tests;
-mod snapshot;
-mod summary;
-pub use summary::Summary;
+mod sqlite;
 
-pub use backfill::BackfillJob;
 pub use backfill_lock::BackfillLock;
-pub use change::{ChangeRecord, MessageBody};
-pub use channel::{ChannelState, MAX_EVENTS_PER_QUERY, RetainedEvent};
-pub use dlq::{DlqSelection, Moved, OrphanedHook};
-pub use export::{ExportJob, ExportProgress};
-pub use filter::MessageFilter;
-pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
-pub use heartbeat::Heartbeat;
-pub use inspect::MessageKey;
 pub use lock::{LockError, LockProbe, StateLock};
-pub use message::{MessageRecord, MessageState, StoredBody, WithBody};
-pub use outbox::{Claimed, DeliveryRecord, NewMessage};
-pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetKey, TargetState};
-pub use rename::Rename;
-pub use replay::Requeue;
-pub use report::{HookReport, TargetReport};
-pub use roster::RosterSync;
+pub use sqlite::{
+    BackfillJob, BackfillProgress, ChangeRecord, ChannelState, Claimed, DeliveryRecord,
+    DlqSelection, ExportJob, ExportProgress, GaugeSnapshot, Heartbeat, HookDepth, HookReport,
+    MAX_EVENTS_PER_QUERY, MessageBody, MessageFilter, MessageKey, MessageRecord, MessageState,
+    Moved, NewMessage, OrphanedHook, PageCommit, PollOutcome, Rename, Requeue, RetainedEvent,
+    RosterSync, SeenRow, StoredBody, Summary, TargetKey, TargetMark, TargetReport, TargetState,
+    WithBody,
+};
 
-use rusqlite::{Connection, OpenFlags};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use sqlite::SqliteStore;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database {path}: {message}")]
     Open { path: String, message: String },
+    /// Still SQLite's error type: a second backend adds its own variant.
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database task failed: {0}")]
     Task(String),
 }
 
-/// A handle on the state database, cheap to clone. Calls run on tokio's
-/// blocking pool so SQLite never stalls the async workers.
+/// A handle on the state, cheap to clone. Every method dispatches to the
+/// backend it was opened on.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
-    /// When the daemon's heartbeat was last written (ms; 0: never), for
-    /// readiness: a write every few seconds that succeeds says the database
-    /// is writable without a probe of its own.
-    heartbeat_ok_ms: Arc<AtomicI64>,
+    backend: Backend,
+}
+
+/// The backends a `Store` can sit on (an enum, not `dyn`: identical
+/// signatures, native `async fn`, no boxing).
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
 }
 
 /// Milliseconds since the Unix epoch, our clock (never the EHR's).
@@ -87,215 +57,141 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-impl Store {
-    /// Opens (creating if needed: the directory 0700, the file 0600) and
-    /// migrates the database. Existing database files readable by others are
-    /// narrowed to 0600 (with a warning); the WAL and shared-memory files
-    /// SQLite creates take the database's mode. Deleted content is zeroed
-    /// (`secure_delete`): a delivered payload does not linger in free pages.
-    pub fn open(path: &Path) -> Result<Store, StateError> {
-        let err = |message: String| StateError::Open {
-            path: path.display().to_string(),
-            message,
-        };
-        if let Some(dir) = path.parent() {
-            files::create_state_dir(dir)
-                .map_err(|e| err(format!("cannot create directory: {e}")))?;
+/// `Store`'s async methods, each handed to the backend's method of the same
+/// name.
+macro_rules! dispatch {
+    ($(
+        $(#[$meta:meta])*
+        async fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+    )*) => {
+        impl Store {
+            $(
+                $(#[$meta])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match &self.backend {
+                        Backend::Sqlite(b) => b.$name($($arg),*).await,
+                    }
+                }
+            )*
         }
-        files::create_private(path).map_err(|e| err(format!("cannot create: {e}")))?;
-        files::tighten(path).map_err(|e| err(format!("cannot restrict permissions: {e}")))?;
-        let mut conn = Connection::open(path).map_err(|e| err(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| err(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| err(describe_open_error(&e)))?;
-        // The WAL and shm files exist now; whatever made them, they end up 0600.
-        files::tighten(path).map_err(|e| err(format!("cannot restrict permissions: {e}")))?;
-        conn.pragma_update(None, "secure_delete", "ON")
-            .map_err(|e| err(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| err(e.to_string()))?;
-        // After a checkpoint, truncate the WAL back to this size: a backlog's
-        // burst of writes must not leave a large WAL file behind for good.
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-            .map_err(|e| err(e.to_string()))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(|e| err(e.to_string()))?;
-        schema::migrate(&mut conn).map_err(|e| err(describe_open_error(&e)))?;
-        enable_incremental_vacuum(&conn).map_err(|e| err(e.to_string()))?;
+    };
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the SQLite database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-            path: path.to_path_buf(),
-            heartbeat_ok_ms: Default::default(),
+            backend: Backend::Sqlite(SqliteStore::open(path)?),
         })
     }
 
     /// Opens an existing database for reading only (status, dlq list), safe
     /// while the daemon writes. `Ok(None)` when there is no database yet.
     pub fn open_read_only(path: &Path) -> Result<Option<Store>, StateError> {
-        if !path.exists() {
-            return Ok(None);
-        }
-        let err = |message: String| StateError::Open {
-            path: path.display().to_string(),
-            message,
-        };
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| err(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| err(e.to_string()))?;
-        if !schema::check_version(&conn).map_err(|e| err(describe_open_error(&e)))? {
-            return Ok(None);
-        }
-        Ok(Some(Store {
-            conn: Arc::new(Mutex::new(conn)),
-            path: path.to_path_buf(),
-            heartbeat_ok_ms: Default::default(),
+        Ok(SqliteStore::open_read_only(path)?.map(|s| Store {
+            backend: Backend::Sqlite(s),
         }))
     }
 
+    /// Where the state lives (for messages).
     pub fn path(&self) -> &Path {
-        &self.path
+        match &self.backend {
+            Backend::Sqlite(b) => b.path(),
+        }
     }
 
-    /// The connection, for calls already on the blocking pool.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// When the daemon's heartbeat was last written by this handle, for
+    /// readiness (`None`: never).
+    pub fn last_heartbeat_ok_ms(&self) -> Option<i64> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.last_heartbeat_ok_ms(),
+        }
     }
 
-    /// Runs `f` with the connection on the blocking pool.
-    async fn call<R, F>(&self, f: F) -> Result<R, StateError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-    {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut guard).map_err(StateError::from)
-        })
-        .await
-        .map_err(|e| StateError::Task(e.to_string()))?
+    /// `load_seen` for a caller already on a blocking thread (the page
+    /// pipeline).
+    pub fn load_seen_blocking(
+        &self,
+        source: &str,
+        resource_type: &str,
+        ids: Vec<String>,
+        bodies: bool,
+    ) -> Result<HashMap<String, SeenRow>, StateError> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.load_seen_blocking(source, resource_type, ids, bodies),
+        }
     }
 }
 
-/// Lets `reclaim_space` return free pages to the file system. SQLite only
-/// honours the setting from a VACUUM on: a database created before it is
-/// rebuilt once, here (as long as a VACUUM of its size takes).
-fn enable_incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
-    const INCREMENTAL: i64 = 2;
-    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
-    if mode != INCREMENTAL {
-        tracing::info!("preparing the state database for incremental vacuum (once)");
-        conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
-        conn.execute_batch("VACUUM")?;
-    }
-    Ok(())
-}
+dispatch! {
+    async fn target_state(&self, key: &TargetKey) -> Result<TargetState, StateError>;
+    async fn init_target(&self, key: &TargetKey, watermark: Option<String>, floor: Option<String>) -> Result<(), StateError>;
+    async fn load_seen(&self, source: &str, resource_type: &str, ids: Vec<String>) -> Result<HashMap<String, SeenRow>, StateError>;
+    async fn commit_page(&self, page: PageCommit) -> Result<(), StateError>;
+    async fn lowest_patient_watermark(&self, source: &str, resource_type: &str) -> Result<Option<String>, StateError>;
+    async fn record_polls(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError>;
+    async fn backfill_job(&self, source: &str, resource_type: &str) -> Result<Option<BackfillJob>, StateError>;
+    async fn start_backfill(&self, source: &str, resource_type: &str, since: &str, until: &str) -> Result<(), StateError>;
+    async fn finish_backfill(&self, source: &str, resource_type: &str) -> Result<(), StateError>;
+    async fn export_job(&self, source: &str) -> Result<Option<ExportJob>, StateError>;
+    async fn save_export_job(&self, source: &str, job_url: &str, since: Option<String>, request: &str) -> Result<ExportJob, StateError>;
+    async fn note_export_manifest(&self, source: &str, transaction_time: &str, fingerprint: &str, restart: bool) -> Result<(), StateError>;
+    async fn export_file_done(&self, source: &str, files_done: i64) -> Result<(), StateError>;
+    async fn finish_export(&self, source: &str, types: Vec<String>, transaction_time: &str, repaired: Vec<String>) -> Result<(), StateError>;
+    async fn drop_export_job(&self, source: &str) -> Result<(), StateError>;
+    async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError>;
+    async fn sync_roster(&self, source: &str, roster: BTreeSet<String>, now_ms: i64, forget_before_ms: i64) -> Result<RosterSync, StateError>;
+    async fn seen_not_walked(&self, source: &str, resource_type: &str, walked: Arc<dyn Fn(&str) -> bool + Send + Sync>, bodies: bool) -> Result<Vec<(String, SeenRow)>, StateError>;
+    async fn record_reconcile(&self, key: &TargetKey, at_ms: i64, changes: u64) -> Result<(), StateError>;
 
-fn describe_open_error(e: &rusqlite::Error) -> String {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
-            format!(
-                "{e}: the file is damaged or not a fhir-bridge database. \
-                 It was left untouched; restore it from a backup or move it away to start afresh"
-            )
-        }
-        _ => e.to_string(),
-    }
-}
+    async fn claim_due(&self, hook: &str, in_flight: Vec<i64>, limit: usize) -> Result<Vec<Claimed>, StateError>;
+    async fn assign_batches(&self, batches: Vec<(String, Vec<i64>)>) -> Result<(), StateError>;
+    async fn pending_due_now(&self, hook: &str) -> Result<usize, StateError>;
+    async fn next_due_ms(&self, hook: &str) -> Result<Option<i64>, StateError>;
+    async fn record_delivery(&self, hook: &str, id: i64, record: DeliveryRecord) -> Result<(), StateError>;
+    async fn record_deliveries(&self, hook: &str, records: Vec<(i64, DeliveryRecord)>, channel: bool) -> Result<(), StateError>;
+    async fn disable_hook(&self, hook: &str, reason: &str) -> Result<(), StateError>;
+    async fn enable_hook(&self, hook: &str) -> Result<bool, StateError>;
+    async fn hook_disabled(&self, hook: &str) -> Result<bool, StateError>;
+    async fn channel_state(&self, hook: &str) -> Result<ChannelState, StateError>;
+    async fn set_channel_status(&self, hook: &str, status: &str, error: Option<String>) -> Result<(), StateError>;
+    async fn retained_events(&self, hook: &str, since: i64, until: i64, with_bodies: bool) -> Result<Vec<RetainedEvent>, StateError>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::test_util::temp_store;
-
-    /// Sum of SQLITE_STMTSTATUS_REPREPARE over every statement the connection holds.
-    fn reprepares(store: &Store) -> i32 {
-        let c = store.conn.lock().unwrap();
-        let mut total = 0;
-        // SAFETY: the handle is only used while the connection is locked, and
-        // only to walk and read its own statements.
-        unsafe {
-            let db = c.handle();
-            let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
-            while !stmt.is_null() {
-                let n = rusqlite::ffi::sqlite3_stmt_status(
-                    stmt,
-                    rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
-                    0,
-                );
-                total += n;
-                stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
-            }
-        }
-        total
-    }
-
-    /// The hot statements are planned once, not on every use (a parameter
-    /// that can change the plan, like `LIMIT ?`, makes the cache re-plan them).
-    #[tokio::test]
-    async fn hot_statements_are_not_replanned() {
-        let (_d, store) = temp_store();
-        let mut rounds = Vec::new();
-        for round in 0..3 {
-            let msgs = (0..10)
-                .map(|i| {
-                    NewMessage::test("h", &format!("m{round}-{i}"), "Observation", &i.to_string())
-                })
-                .collect();
-            store
-                .commit_page(PageCommit {
-                    source: "s".into(),
-                    resource_type: "Observation".into(),
-                    messages: msgs,
-                    watermark: Some(format!("2026-01-0{}T00:00:00.000Z", round + 1)),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            store
-                .load_seen("s", "Observation", vec!["1".into()])
-                .await
-                .unwrap();
-            store
-                .target_state(&crate::state::TargetKey::population("s", "Observation"))
-                .await
-                .unwrap();
-            let claimed = store.claim_due("h", vec![], 5 + round).await.unwrap();
-            let done = claimed
-                .iter()
-                .map(|c| (c.id, DeliveryRecord::Delivered { status: 200 }))
-                .collect();
-            store.record_deliveries("h", done, false).await.unwrap();
-            store.next_due_ms("h").await.unwrap();
-            store.hook_disabled("h").await.unwrap();
-            store
-                .record_polls(vec![PollOutcome {
-                    source: "s".into(),
-                    resource_type: "Observation".into(),
-                    error: None,
-                    at_ms: now_ms(),
-                    resources_read: 0,
-                    ..Default::default()
-                }])
-                .await
-                .unwrap();
-            rounds.push(reprepares(&store));
-        }
-        // Whatever happened while warming up, later rounds add nothing.
-        assert_eq!(rounds[1], rounds[2], "{rounds:?}");
-    }
+    async fn orphaned_hooks(&self, configured: Vec<String>) -> Result<Vec<OrphanedHook>, StateError>;
+    async fn hook_has_messages(&self, hook: &str) -> Result<bool, StateError>;
+    async fn dlq_list(&self, hook: Option<String>, configured: Vec<String>) -> Result<Vec<MessageRecord>, StateError>;
+    async fn dlq_list_filtered(&self, hook: Option<String>, filter: MessageFilter, configured: Vec<String>) -> Result<Vec<MessageRecord>, StateError>;
+    async fn dead_letters(&self, hook: Option<String>) -> Result<Vec<MessageRecord>, StateError>;
+    async fn dlq_selected(&self, sel: DlqSelection, moving: bool) -> Result<Vec<i64>, StateError>;
+    async fn redrive(&self, sel: DlqSelection) -> Result<usize, StateError>;
+    async fn purge(&self, sel: DlqSelection) -> Result<usize, StateError>;
+    async fn move_to_hook(&self, sel: DlqSelection, to: &str) -> Result<Moved, StateError>;
+    async fn find_messages(&self, key: MessageKey, hook: Option<String>, body: WithBody) -> Result<Vec<MessageRecord>, StateError>;
+    async fn message_body(&self, id: i64) -> Result<MessageBody, StateError>;
+    async fn replay_candidates(&self, hook: &str, filter: MessageFilter) -> Result<Vec<MessageRecord>, StateError>;
+    async fn replay_candidates_from_event(&self, hook: &str, from: i64, filter: MessageFilter) -> Result<Vec<MessageRecord>, StateError>;
+    async fn requeue_delivered(&self, items: Vec<Requeue>) -> Result<usize, StateError>;
+    async fn requeue_delivered_or_dead(&self, items: Vec<Requeue>) -> Result<usize, StateError>;
+    async fn patient_targets_report(&self, source: &str, resource_type: &str) -> Result<Option<TargetReport>, StateError>;
+    async fn target_report(&self, source: &str, resource_type: &str) -> Result<Option<TargetReport>, StateError>;
+    async fn hook_report(&self, hook: &str) -> Result<HookReport, StateError>;
+    async fn rename_source(&self, old: &str, new: &str) -> Result<Rename, StateError>;
+    async fn sources_with_state(&self) -> Result<Vec<String>, StateError>;
+    async fn summary(&self) -> Result<Summary, StateError>;
+    async fn gauge_snapshot(&self, hooks: Vec<String>) -> Result<GaugeSnapshot, StateError>;
+    async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError>;
+    async fn heartbeat(&self, pid: u32) -> Result<(), StateError>;
+    async fn last_heartbeat(&self) -> Result<Option<Heartbeat>, StateError>;
+    async fn prune_delivered(&self, older_than_ms: i64) -> Result<usize, StateError>;
+    async fn prune_seen(&self, source: &str, resource_type: &str, before: String) -> Result<usize, StateError>;
+    async fn prune_tombstones(&self, source: &str, resource_type: &str, before: String) -> Result<usize, StateError>;
+    async fn reclaim_space(&self) -> Result<u64, StateError>;
+    async fn truncate_wal(&self) -> Result<bool, StateError>;
 }
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    use super::Store;
+    use super::{Backend, Store};
 
     pub fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -305,15 +201,8 @@ pub(crate) mod test_util {
 
     /// Makes a hook's messages look `ms` older than they are.
     pub async fn backdate(store: &Store, hook: &str, ms: i64) {
-        let hook = hook.to_string();
-        store
-            .call(move |c| {
-                c.execute(
-                    "UPDATE outbox SET created_at = created_at - ?2 WHERE hook = ?1",
-                    rusqlite::params![hook, ms],
-                )
-            })
-            .await
-            .unwrap();
+        match &store.backend {
+            Backend::Sqlite(b) => super::sqlite::test_util::backdate(b, hook, ms).await,
+        }
     }
 }

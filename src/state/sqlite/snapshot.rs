@@ -2,7 +2,7 @@
 //! deletes), the pruning of their tombstones, and a reconciliation's record.
 
 use super::poll::{SeenRow, TargetKey};
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::params;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ fn tombstone_hash() -> [u8; 32] {
     SeenRow::TOMBSTONE_HASH
 }
 
-impl Store {
+impl SqliteStore {
     /// The seen resources of a type, tombstones aside, for which `walked`
     /// says no: the resources a complete walk did not meet. Read in
     /// `resource_id` order, a chunk at a time (the primary key's order, so
@@ -138,7 +138,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::state::PageCommit;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     fn row(lu: &str, hash: [u8; 32]) -> SeenRow {
         SeenRow {
@@ -149,7 +149,7 @@ mod tests {
         }
     }
 
-    async fn seed(store: &Store, rows: Vec<(String, SeenRow)>) {
+    async fn seed(store: &SqliteStore, rows: Vec<(String, SeenRow)>) {
         store
             .commit_page(PageCommit {
                 source: "s".into(),

@@ -4,7 +4,7 @@
 
 use super::change::MessageBody;
 use super::message::{MessageRecord, WithBody, read_message, select_messages};
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::params;
 
 /// How the operator names a message: the row id `dlq list` shows, or its
@@ -26,7 +26,7 @@ impl MessageKey {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// The messages `key` names, of `hook` if given, oldest first; with
     /// their bodies only if `body` (PHI: for an operator's explicit request).
     pub async fn find_messages(
@@ -70,7 +70,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{NewMessage, PageCommit};
 
     #[tokio::test]

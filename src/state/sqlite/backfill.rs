@@ -1,7 +1,7 @@
 //! Backfill jobs: the range a `fhir-bridge backfill` covers per resource
 //! type, and how far it got, so that an interrupted backfill resumes.
 
-use super::{BackfillProgress, PageCommit, StateError, Store, now_ms};
+use super::{BackfillProgress, PageCommit, SqliteStore, StateError, now_ms};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub struct BackfillJob {
     pub changes: i64,
 }
 
-impl Store {
+impl SqliteStore {
     pub async fn backfill_job(
         &self,
         source: &str,

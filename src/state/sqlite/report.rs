@@ -1,6 +1,6 @@
 //! Read models for `status`.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -48,7 +48,7 @@ pub struct HookReport {
     pub subscription_error: Option<String>,
 }
 
-impl Store {
+impl SqliteStore {
     /// A per-patient type's targets summed up in one row: the stalest
     /// watermark and success (the patient furthest behind: the oldest
     /// patient's last successful poll), the latest poll,

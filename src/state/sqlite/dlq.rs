@@ -5,7 +5,7 @@
 
 use super::filter::{MessageFilter, condition};
 use super::message::{MessageRecord, MessageState, WithBody, read_message, select_messages};
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
 use rusqlite::{Connection, ToSql, params};
 use serde::Serialize;
 
@@ -117,7 +117,7 @@ fn select(
     Ok(out)
 }
 
-impl Store {
+impl SqliteStore {
     /// Hooks not in `configured` that have pending or dead messages.
     pub async fn orphaned_hooks(
         &self,

@@ -173,7 +173,7 @@ pub(super) fn read_message(r: &Row, body: WithBody) -> rusqlite::Result<MessageR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     /// The row reader and the column list agree, with and without a body.
     #[tokio::test]

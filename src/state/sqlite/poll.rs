@@ -2,7 +2,7 @@
 //! table, and the one transaction that commits a page.
 
 use super::outbox::{NewMessage, insert_messages};
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 
@@ -134,7 +134,7 @@ pub struct BackfillProgress {
     pub cursor: Option<String>,
 }
 
-impl Store {
+impl SqliteStore {
     pub async fn target_state(&self, key: &TargetKey) -> Result<TargetState, StateError> {
         let key = key.clone();
         self.call(move |c| {
@@ -408,7 +408,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     #[tokio::test]
     async fn a_page_commits_seen_outbox_and_watermark_together() {

@@ -4,7 +4,7 @@ use super::change::{
     BODY_COLUMNS, ChangeRecord, MessageBody, delete_change, insert_change, read_body,
 };
 use super::event_number::EventCounter;
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
 use rusqlite::{Transaction, params};
 use std::sync::Arc;
 
@@ -159,7 +159,7 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
     numbers.save(tx)
 }
 
-impl Store {
+impl SqliteStore {
     /// Due pending messages of a hook, oldest first (walking the id index, so
     /// the LIMIT stops the scan early; a plan that sorts every due row would
     /// cost O(backlog) per claim), skipping any message whose
@@ -430,9 +430,9 @@ impl Store {
 mod tests {
     use super::*;
     use crate::state::PageCommit;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
-    async fn enqueue(store: &Store, msgs: Vec<NewMessage>) {
+    async fn enqueue(store: &SqliteStore, msgs: Vec<NewMessage>) {
         store
             .commit_page(PageCommit {
                 source: "s".into(),

@@ -4,7 +4,7 @@
 
 use super::change::{BODY_COLUMNS, BODY_COLUMNS_WITHOUT_BYTES, MessageBody, read_body};
 use super::event_number::events_since_start;
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
 use rusqlite::{OptionalExtension, params};
 
 /// Most events one `$events` answer carries.
@@ -40,7 +40,7 @@ pub struct RetainedEvent {
     pub body: MessageBody,
 }
 
-impl Store {
+impl SqliteStore {
     pub async fn channel_state(&self, hook: &str) -> Result<ChannelState, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -134,7 +134,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{NewMessage, PageCommit};
 
     #[tokio::test]

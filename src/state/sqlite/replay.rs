@@ -9,7 +9,7 @@
 
 use super::filter::{MessageFilter, condition};
 use super::message::{MessageRecord, WithBody, read_message, select_messages};
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
 use rusqlite::{ToSql, params};
 
 /// One message to requeue, with the payload to store when it has none.
@@ -23,7 +23,7 @@ pub struct Requeue {
     pub need_body: bool,
 }
 
-impl Store {
+impl SqliteStore {
     /// Delivered messages of `hook` that `filter` selects (its time is the
     /// delivery time), oldest first.
     pub async fn replay_candidates(
@@ -142,12 +142,12 @@ enum Requeueable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{DeliveryRecord, NewMessage, PageCommit};
 
     /// Messages `a` and `b` of hook `h`, delivered; `a`'s change is also
     /// pending for hook `k`, which keeps its resource stored.
-    async fn delivered(store: &Store) {
+    async fn delivered(store: &SqliteStore) {
         let a = NewMessage::test("h", "a", "Observation", "a");
         let mut k = a.clone();
         k.hook = "k".into();
@@ -251,7 +251,7 @@ mod tests {
     }
 
     /// Settles every due message of `hook`: delivered, or dead if `dead`.
-    async fn settle(store: &Store, hook: &str, dead: bool) {
+    async fn settle(store: &SqliteStore, hook: &str, dead: bool) {
         let claimed = store.claim_due(hook, vec![], 100).await.unwrap();
         let records = claimed
             .iter()
@@ -271,7 +271,7 @@ mod tests {
         store.record_deliveries(hook, records, false).await.unwrap();
     }
 
-    async fn enqueue(store: &Store, messages: Vec<NewMessage>) {
+    async fn enqueue(store: &SqliteStore, messages: Vec<NewMessage>) {
         store
             .commit_page(PageCommit {
                 source: "s".into(),

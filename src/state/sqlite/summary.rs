@@ -1,7 +1,7 @@
 //! The one-line summary systemd shows (`STATUS=`): cheap counts, read every
 //! few seconds.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -11,7 +11,7 @@ pub struct Summary {
     pub dead: i64,
 }
 
-impl Store {
+impl SqliteStore {
     pub async fn summary(&self) -> Result<Summary, StateError> {
         self.call(|c| {
             c.query_row(

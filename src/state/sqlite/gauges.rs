@@ -3,7 +3,7 @@
 //! seconds at ten thousand targets: one statement per gauge set, each walking
 //! an index or a small table once, never one statement per hook or target.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::params;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub struct GaugeSnapshot {
     pub targets: Vec<TargetMark>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Depths of `hooks` (in that order) and every target's watermark.
     pub async fn gauge_snapshot(&self, hooks: Vec<String>) -> Result<GaugeSnapshot, StateError> {
         self.call(move |c| {
@@ -94,7 +94,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::{backdate, temp_store};
+    use crate::state::sqlite::test_util::{backdate, temp_store};
     use crate::state::{DeliveryRecord, NewMessage, PageCommit};
 
     #[tokio::test]

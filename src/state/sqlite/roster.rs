@@ -3,7 +3,7 @@
 //! `roster_grace`, so that one who comes back resumes from its watermarks;
 //! after that they are forgotten.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::params;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,7 +38,7 @@ fn plan(
     out
 }
 
-impl Store {
+impl SqliteStore {
     /// The patients of a fan-out source whose targets have not left the
     /// roster: the last roster the bridge believed, as the state keeps it.
     pub async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError> {
@@ -106,7 +106,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::state::TargetKey;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     #[test]
     fn a_leaving_patient_is_kept_until_the_grace_ends() {

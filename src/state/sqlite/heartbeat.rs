@@ -1,7 +1,7 @@
 //! The daemon's heartbeat: one row saying which process runs on this state,
 //! since when, and when it last said so (every few seconds).
 
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ pub struct Heartbeat {
     pub version: String,
 }
 
-impl Store {
+impl SqliteStore {
     /// Records that this process (pid) started now, replacing any earlier row.
     pub async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError> {
         let version = version.to_string();
@@ -83,7 +83,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     #[tokio::test]
     async fn start_then_beats_move_last_seen_only() {
@@ -109,7 +109,7 @@ mod tests {
     async fn status_reads_it_read_only() {
         let (dir, store) = temp_store();
         store.record_daemon_start(9, "v").await.unwrap();
-        let ro = crate::state::Store::open_read_only(&dir.path().join("bridge.db"))
+        let ro = crate::state::sqlite::SqliteStore::open_read_only(&dir.path().join("bridge.db"))
             .unwrap()
             .unwrap();
         assert_eq!(ro.last_heartbeat().await.unwrap().unwrap().pid, 9);

@@ -5,7 +5,7 @@
 //! nothing re-sent, nothing skipped. The tables are found by their `source`
 //! column, so one added later moves too.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::{Connection, params};
 
 /// What a rename did, or why it did nothing.
@@ -19,7 +19,7 @@ pub enum Rename {
     TargetHasState(Vec<String>),
 }
 
-impl Store {
+impl SqliteStore {
     /// Re-keys source `old` as `new`; the daemon must not be running (the
     /// caller holds the state lock).
     pub async fn rename_source(&self, old: &str, new: &str) -> Result<Rename, StateError> {
@@ -28,7 +28,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// The sources that have targets in the state (whatever the config says).
     pub async fn sources_with_state(&self) -> Result<Vec<String>, StateError> {
         self.call(|c| {
@@ -98,9 +98,9 @@ fn tables_with_source(c: &Connection) -> rusqlite::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
-    async fn rows(store: &Store, source: &str) -> Vec<(String, usize)> {
+    async fn rows(store: &SqliteStore, source: &str) -> Vec<(String, usize)> {
         let source = source.to_string();
         store
             .call(move |c| {
@@ -121,7 +121,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn seed(store: &Store, source: &str) {
+    async fn seed(store: &SqliteStore, source: &str) {
         let source = source.to_string();
         store
             .call(move |c| {

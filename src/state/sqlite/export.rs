@@ -2,7 +2,7 @@
 //! first status request so that a restart resumes the job instead of
 //! starting another, and how far its output files were read.
 
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct ExportProgress {
     pub lines: i64,
 }
 
-impl Store {
+impl SqliteStore {
     pub async fn export_job(&self, source: &str) -> Result<Option<ExportJob>, StateError> {
         let source = source.to_string();
         self.call(move |c| {
@@ -189,7 +189,7 @@ pub(super) fn record_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{PageCommit, TargetKey};
 
     #[tokio::test]

@@ -1,14 +1,14 @@
 //! Keeping the state bounded: what can never matter again is deleted, and the
 //! space it held goes back to the file system.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::params;
 
 /// Rows deleted per transaction, so a large prune never holds the database
 /// for long.
 const PRUNE_CHUNK: i64 = 5000;
 
-impl Store {
+impl SqliteStore {
     /// Forgets the versions of a target's resources last updated before
     /// `before` (an instant formatted like the stored ones), and their kept
     /// bodies. The poller never reads anything that old again (it drops
@@ -107,7 +107,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{NewMessage, PageCommit, SeenRow};
 
     #[tokio::test]
