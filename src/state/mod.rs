@@ -7,19 +7,27 @@
 //! reads the same changes again: nothing is lost, at worst re-sent.
 
 mod backfill_lock;
+mod deliveries;
 mod files;
 mod lock;
+mod operator;
 mod sqlite;
+mod targets;
 
 pub use backfill_lock::BackfillLock;
+pub use deliveries::{
+    ChangeRecord, ChannelState, Claimed, DeliveryRecord, MAX_EVENTS_PER_QUERY, MessageBody,
+    NewMessage, RetainedEvent,
+};
 pub use lock::{LockError, LockProbe, StateLock};
-pub use sqlite::{
-    BackfillJob, BackfillProgress, ChangeRecord, ChannelState, Claimed, DeliveryRecord,
-    DlqSelection, ExportJob, ExportProgress, GaugeSnapshot, Heartbeat, HookDepth, HookReport,
-    MAX_EVENTS_PER_QUERY, MessageBody, MessageFilter, MessageKey, MessageRecord, MessageState,
-    Moved, NewMessage, OrphanedHook, PageCommit, PollOutcome, Rename, Requeue, RetainedEvent,
-    RosterSync, SeenRow, StoredBody, Summary, TargetKey, TargetMark, TargetReport, TargetState,
-    WithBody,
+pub use operator::{
+    DlqSelection, GaugeSnapshot, Heartbeat, HookDepth, HookReport, MessageFilter, MessageKey,
+    MessageRecord, MessageState, Moved, OrphanedHook, Rename, Requeue, StoredBody, Summary,
+    TargetMark, TargetReport, WithBody,
+};
+pub use targets::{
+    BackfillJob, BackfillProgress, ExportJob, ExportProgress, PageCommit, PollOutcome, RosterSync,
+    SeenRow, TargetKey, TargetState,
 };
 
 use sqlite::SqliteStore;

@@ -2,43 +2,11 @@
 //! handshake gets a 2xx, then `active`, `error` after a failed attempt) and
 //! the events still retained for `$events`.
 
-use super::change::{BODY_COLUMNS, BODY_COLUMNS_WITHOUT_BYTES, MessageBody, read_body};
+use super::change::{BODY_COLUMNS, BODY_COLUMNS_WITHOUT_BYTES, read_body};
 use super::event_number::events_since_start;
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::{ChannelState, MAX_EVENTS_PER_QUERY, RetainedEvent};
 use rusqlite::{OptionalExtension, params};
-
-/// Most events one `$events` answer carries.
-pub const MAX_EVENTS_PER_QUERY: i64 = 1_000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelState {
-    /// The hook's last event number.
-    pub events: i64,
-    /// `None`: never handshaken (the same as `requested`).
-    pub status: Option<String>,
-    /// What the last failed handshake or notification said (PHI-free).
-    pub error: Option<String>,
-}
-
-impl ChannelState {
-    /// A handshake is due before any event goes out.
-    pub fn needs_handshake(&self) -> bool {
-        matches!(self.status.as_deref(), None | Some("requested"))
-    }
-
-    pub fn status(&self) -> &str {
-        self.status.as_deref().unwrap_or("requested")
-    }
-}
-
-/// One retained event of a hook, for `$events`.
-#[derive(Debug, Clone)]
-pub struct RetainedEvent {
-    pub number: i64,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub body: MessageBody,
-}
 
 impl SqliteStore {
     pub async fn channel_state(&self, hook: &str) -> Result<ChannelState, StateError> {
@@ -133,9 +101,8 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::state::sqlite::test_util::temp_store;
-    use crate::state::{NewMessage, PageCommit};
+    use crate::state::{MessageBody, NewMessage, PageCommit};
 
     #[tokio::test]
     async fn status_starts_requested_and_events_are_read_by_number() {

@@ -3,44 +3,13 @@
 //! config (renamed or removed). No worker sends those; the operator moves
 //! them to a configured hook (`move_to_hook`) or deletes them (`purge`).
 
-use super::filter::{MessageFilter, condition};
-use super::message::{MessageRecord, MessageState, WithBody, read_message, select_messages};
+use super::filter::condition;
+use super::message::{read_message, select_messages};
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::{
+    DlqSelection, MessageFilter, MessageRecord, MessageState, Moved, OrphanedHook, WithBody,
+};
 use rusqlite::{Connection, ToSql, params};
-use serde::Serialize;
-
-/// A hook with messages in the outbox that the config no longer names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OrphanedHook {
-    pub hook: String,
-    pub pending: i64,
-    pub dead: i64,
-}
-
-/// Which messages a `dlq` command acts on: dead letters of any hook, plus the
-/// pending messages of orphaned hooks when they are asked for explicitly
-/// (`hook` names the orphaned hook, or `ids` are given). `--all` alone never
-/// touches pending messages.
-#[derive(Debug, Clone, Default)]
-pub struct DlqSelection {
-    /// Only this hook's messages.
-    pub hook: Option<String>,
-    /// Only these ids; `None`: all.
-    pub ids: Option<Vec<i64>>,
-    /// The hooks in the config; any other hook with messages is orphaned.
-    pub configured: Vec<String>,
-    /// Only messages of this source, resource, time window.
-    pub filter: MessageFilter,
-}
-
-/// What `move_to_hook` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moved {
-    /// Now pending on the target hook.
-    pub moved: usize,
-    /// Already under the target hook with the same message_id: deleted.
-    pub duplicates: usize,
-}
 
 /// Every hook with a message in the outbox, without scanning the table:
 /// each step seeks the next name in the (hook, state, id) index.

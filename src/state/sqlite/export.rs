@@ -3,33 +3,8 @@
 //! starting another, and how far its output files were read.
 
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::{ExportJob, ExportProgress};
 use rusqlite::{OptionalExtension, Transaction, params};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportJob {
-    pub job_url: String,
-    /// The `_since` it was kicked off with; `None`: everything.
-    pub since: Option<String>,
-    pub kicked_off_at: i64,
-    pub transaction_time: Option<String>,
-    /// Output files read to their end (in manifest order).
-    pub files_done: i64,
-    /// Lines of file `files_done` already committed.
-    pub lines_done: i64,
-    /// The kick-off URL without `_since` (base, group, types); `None` for a
-    /// job saved by an older version.
-    pub request: Option<String>,
-    /// The fingerprint of the manifest `files_done` and `lines_done` count
-    /// on; `None` until one was read (or saved by an older version).
-    pub manifest: Option<String>,
-}
-
-/// Where a chunk's commit leaves the job: `lines` of file `file` are in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExportProgress {
-    pub file: i64,
-    pub lines: i64,
-}
 
 impl SqliteStore {
     pub async fn export_job(&self, source: &str) -> Result<Option<ExportJob>, StateError> {

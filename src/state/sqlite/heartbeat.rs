@@ -2,18 +2,9 @@
 //! since when, and when it last said so (every few seconds).
 
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::Heartbeat;
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
 use std::sync::atomic::Ordering;
-
-/// The heartbeat row as last written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Heartbeat {
-    pub pid: u32,
-    pub started_at_ms: i64,
-    pub last_seen_at_ms: i64,
-    pub version: String,
-}
 
 impl SqliteStore {
     /// Records that this process (pid) started now, replacing any earlier row.

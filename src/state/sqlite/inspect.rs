@@ -2,29 +2,10 @@
 //! stored payload, or its change to render) only when the operator asks for
 //! it (the resource is PHI).
 
-use super::change::MessageBody;
-use super::message::{MessageRecord, WithBody, read_message, select_messages};
+use super::message::{read_message, select_messages};
 use super::{SqliteStore, StateError};
+use crate::state::{MessageBody, MessageKey, MessageRecord, WithBody};
 use rusqlite::params;
-
-/// How the operator names a message: the row id `dlq list` shows, or its
-/// `message_id` (several rows when a message was moved to another hook and
-/// the old one was kept).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageKey {
-    Id(i64),
-    MessageId(String),
-}
-
-impl MessageKey {
-    /// A number is a row id; anything else a message_id.
-    pub fn parse(s: &str) -> MessageKey {
-        match s.parse::<i64>() {
-            Ok(id) => MessageKey::Id(id),
-            Err(_) => MessageKey::MessageId(s.to_string()),
-        }
-    }
-}
 
 impl SqliteStore {
     /// The messages `key` names, of `hook` if given, oldest first; with

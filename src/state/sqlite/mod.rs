@@ -30,25 +30,6 @@ mod seen_body;
 mod size_tests;
 mod snapshot;
 mod summary;
-pub use summary::Summary;
-
-pub use backfill::BackfillJob;
-pub use change::{ChangeRecord, MessageBody};
-pub use channel::{ChannelState, MAX_EVENTS_PER_QUERY, RetainedEvent};
-pub use dlq::{DlqSelection, Moved, OrphanedHook};
-pub use export::{ExportJob, ExportProgress};
-pub use filter::MessageFilter;
-pub use gauges::{GaugeSnapshot, HookDepth, TargetMark};
-pub use heartbeat::Heartbeat;
-pub use inspect::MessageKey;
-pub use message::{MessageRecord, MessageState, StoredBody, WithBody};
-pub use outbox::{Claimed, DeliveryRecord, NewMessage};
-pub use poll::{BackfillProgress, PageCommit, PollOutcome, SeenRow, TargetKey, TargetState};
-pub use rename::Rename;
-pub use replay::Requeue;
-pub use report::{HookReport, TargetReport};
-pub use roster::RosterSync;
-
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicI64;
@@ -196,6 +177,7 @@ fn describe_open_error(e: &rusqlite::Error) -> String {
 mod tests {
     use super::test_util::temp_store;
     use super::*;
+    use crate::state::{DeliveryRecord, NewMessage, PageCommit, PollOutcome};
 
     /// Sum of SQLITE_STMTSTATUS_REPREPARE over every statement the connection holds.
     fn reprepares(store: &SqliteStore) -> i32 {

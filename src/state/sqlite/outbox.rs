@@ -1,69 +1,11 @@
 //! The transactional outbox: messages waiting for, or done with, delivery.
 
-use super::change::{
-    BODY_COLUMNS, ChangeRecord, MessageBody, delete_change, insert_change, read_body,
-};
+use super::change::{BODY_COLUMNS, delete_change, insert_change, read_body};
 use super::event_number::EventCounter;
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::{Claimed, DeliveryRecord, NewMessage};
 use rusqlite::{Transaction, params};
 use std::sync::Arc;
-
-/// A message to enqueue, written in the same transaction as its page: a
-/// hook and its message_id for a change. The messages of one change share
-/// it (the same `Arc`, next to each other): it is stored once.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub hook: String,
-    pub message_id: String,
-    pub change: Arc<ChangeRecord>,
-}
-
-#[cfg(test)]
-impl NewMessage {
-    /// A message of its own change of `rt/id` from source `s`, body `{}`.
-    pub fn test(hook: &str, message_id: &str, rt: &str, id: &str) -> Self {
-        NewMessage {
-            hook: hook.into(),
-            message_id: message_id.into(),
-            change: Arc::new(ChangeRecord {
-                id: 0,
-                source: "s".into(),
-                owner_id: "o".into(),
-                resource_type: rt.into(),
-                resource_id: id.into(),
-                version_id: None,
-                last_updated: None,
-                event: "create".into(),
-                detected_at: "2026-01-01T00:00:00Z".into(),
-                body: Some(b"{}".to_vec()),
-            }),
-        }
-    }
-
-    pub fn with_body(mut self, body: Vec<u8>) -> Self {
-        Arc::make_mut(&mut self.change).body = Some(body);
-        self
-    }
-}
-
-/// A message claimed for a delivery attempt.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub id: i64,
-    pub message_id: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub attempts: u32,
-    /// The hook's event number for it; `None` for a message from before numbers.
-    pub event_number: Option<i64>,
-    /// What to render for the hook (`MessageBody::render`).
-    pub body: MessageBody,
-    /// When the message entered the outbox (our clock, ms), for latency metrics.
-    pub created_at_ms: i64,
-    /// The webhook-id of the batched notification it went out in (see
-    /// `assign_batches`): it goes again only with the others of that batch.
-    pub batch_id: Option<String>,
-}
 
 /// The columns `read_claimed` reads, for an outbox row `o` and its change `c`.
 const CLAIMED_COLUMNS: &str = "o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
@@ -89,20 +31,6 @@ const NO_OLDER_PENDING: &str = "NOT EXISTS (
     SELECT 1 FROM outbox p
     WHERE p.hook = o.hook AND p.resource_type = o.resource_type
       AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)";
-
-/// How one delivery attempt ended. Errors are PHI-free text.
-#[derive(Debug, Clone)]
-pub enum DeliveryRecord {
-    Delivered {
-        status: u16,
-    },
-    Failed {
-        status: Option<u16>,
-        error: String,
-        /// `None`: attempts are exhausted and the message goes to the dead-letter queue.
-        retry_at_ms: Option<i64>,
-    },
-}
 
 /// One change row per run of messages sharing a change, then one small row
 /// per message. Same (hook, message_id) twice is ignored: re-reading a

@@ -6,18 +6,8 @@
 //! column, so one added later moves too.
 
 use super::{SqliteStore, StateError};
+use crate::state::Rename;
 use rusqlite::{Connection, params};
-
-/// What a rename did, or why it did nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rename {
-    /// Rows moved, per table that had any (table, rows).
-    Done(Vec<(String, usize)>),
-    /// `old` has no row anywhere: nothing to rename (a typo?).
-    NoState,
-    /// `new` has rows already: merging two sources' state is not a rename.
-    TargetHasState(Vec<String>),
-}
 
 impl SqliteStore {
     /// Re-keys source `old` as `new`; the daemon must not be running (the

@@ -7,21 +7,11 @@
 //! A message from before migration 7 is sent with its stored payload (rare:
 //! re-rendered and not yet sent) or one re-rendered by the caller.
 
-use super::filter::{MessageFilter, condition};
-use super::message::{MessageRecord, WithBody, read_message, select_messages};
+use super::filter::condition;
+use super::message::{read_message, select_messages};
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::{MessageFilter, MessageRecord, Requeue, WithBody};
 use rusqlite::{ToSql, params};
-
-/// One message to requeue, with the payload to store when it has none.
-#[derive(Debug, Clone)]
-pub struct Requeue {
-    pub id: i64,
-    /// `None`: send the payload still stored or render its change (a
-    /// message with neither is skipped).
-    pub payload: Option<Vec<u8>>,
-    /// Only if its change's resource is still stored (a full-resource send).
-    pub need_body: bool,
-}
 
 impl SqliteStore {
     /// Delivered messages of `hook` that `filter` selects (its time is the

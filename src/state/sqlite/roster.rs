@@ -4,19 +4,9 @@
 //! after that they are forgotten.
 
 use super::{SqliteStore, StateError};
+use crate::state::RosterSync;
 use rusqlite::params;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// What a roster read changed, by patient.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct RosterSync {
-    /// Had targets, not on the roster now: kept, marked as gone.
-    pub left: Vec<String>,
-    /// Had left, on the roster again: their targets go on from their watermarks.
-    pub returned: Vec<String>,
-    /// Left before the grace: their targets are deleted.
-    pub forgotten: Vec<String>,
-}
 
 /// The decision, without I/O: `in_state` maps each patient with targets to
 /// when it left the roster (`None`: it had not).

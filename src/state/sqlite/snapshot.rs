@@ -1,8 +1,8 @@
 //! Snapshot state: the seen resources a complete walk no longer met (its
 //! deletes), the pruning of their tombstones, and a reconciliation's record.
 
-use super::poll::{SeenRow, TargetKey};
 use super::{SqliteStore, StateError};
+use crate::state::{SeenRow, TargetKey};
 use rusqlite::params;
 use std::sync::Arc;
 

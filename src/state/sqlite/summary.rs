@@ -2,14 +2,7 @@
 //! few seconds.
 
 use super::{SqliteStore, StateError};
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    pub targets: i64,
-    pub failing_targets: i64,
-    pub pending: i64,
-    pub dead: i64,
-}
+use crate::state::Summary;
 
 impl SqliteStore {
     pub async fn summary(&self) -> Result<Summary, StateError> {
@@ -31,18 +24,5 @@ impl SqliteStore {
             )
         })
         .await
-    }
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "targets {} ok / {} failing; {} pending; {} dead letters",
-            self.targets - self.failing_targets,
-            self.failing_targets,
-            self.pending,
-            self.dead
-        )
     }
 }
