@@ -1,6 +1,7 @@
 //! The delivery side's records: messages into the outbox, claims, delivery
 //! outcomes, stored changes and bodies, a hook's subscription channel.
 
+use super::StateError;
 use std::sync::Arc;
 
 /// A message to enqueue, written in the same transaction as its page: a
@@ -158,4 +159,74 @@ pub struct RetainedEvent {
     pub resource_type: String,
     pub resource_id: String,
     pub body: MessageBody,
+}
+
+crate::state::role! {
+    /// The delivery side's contract: claiming due messages in per-resource order,
+    /// recording attempts (retries, dead letters, event numbers), disabling a
+    /// hook, a subscription channel's state and retained events.
+    pub trait DeliveryStore {
+        /// Due pending messages of a hook, oldest first (walking the id index, so
+        /// the LIMIT stops the scan early; a plan that sorts every due row would
+        /// cost O(backlog) per claim), skipping any message whose
+        /// resource has an older version still pending (per-resource order) and the
+        /// ids in `in_flight`. A claimed message of a batch brings the batch's
+        /// other pending members along (beyond `limit` if need be).
+        async fn claim_due(
+            &self,
+            hook: &str,
+            in_flight: Vec<i64>,
+            limit: usize,
+        ) -> Result<Vec<Claimed>, StateError>;
+        /// Writes each batch's webhook-id to its messages before the batch is
+        /// first POSTed (one transaction): from then on they go only together,
+        /// as that notification, until delivered, a kill -9 notwithstanding.
+        async fn assign_batches(&self, batches: Vec<(String, Vec<i64>)>) -> Result<(), StateError>;
+        /// Makes the hook's pending messages due now (its endpoint changed: the
+        /// backoff earned against the old one means nothing). Dead letters stay
+        /// for `dlq redrive`. Returns how many were waiting.
+        async fn pending_due_now(&self, hook: &str) -> Result<usize, StateError>;
+        /// When the hook's next pending message falls due (ms), if any.
+        async fn next_due_ms(&self, hook: &str) -> Result<Option<i64>, StateError>;
+        /// Records one attempt's outcome for a claimed message.
+        async fn record_delivery(
+            &self,
+            hook: &str,
+            id: i64,
+            record: DeliveryRecord,
+        ) -> Result<(), StateError>;
+        /// Records many attempts' outcomes in one transaction. With `channel` (a
+        /// FHIR-format hook), an `active` or `error` subscription status follows
+        /// the last outcome.
+        async fn record_deliveries(
+            &self,
+            hook: &str,
+            records: Vec<(i64, DeliveryRecord)>,
+            channel: bool,
+        ) -> Result<(), StateError>;
+        /// Stops deliveries to a hook (its receiver said 410 Gone). Messages keep
+        /// accumulating as pending; nothing is dropped.
+        async fn disable_hook(&self, hook: &str, reason: &str) -> Result<(), StateError>;
+        /// Re-enables a disabled hook. Returns whether it was disabled.
+        async fn enable_hook(&self, hook: &str) -> Result<bool, StateError>;
+        async fn hook_disabled(&self, hook: &str) -> Result<bool, StateError>;
+        async fn channel_state(&self, hook: &str) -> Result<ChannelState, StateError>;
+        /// Records the channel's status; `error` is kept only with a failure.
+        async fn set_channel_status(
+            &self,
+            hook: &str,
+            status: &str,
+            error: Option<String>,
+        ) -> Result<(), StateError>;
+        /// The hook's events numbered `since..=until` still in the outbox (pending,
+        /// dead, or delivered and not yet pruned), in number order, at most
+        /// `MAX_EVENTS_PER_QUERY`. Bodies come along only when `with_bodies`.
+        async fn retained_events(
+            &self,
+            hook: &str,
+            since: i64,
+            until: i64,
+            with_bodies: bool,
+        ) -> Result<Vec<RetainedEvent>, StateError>;
+    }
 }

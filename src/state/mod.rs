@@ -16,24 +16,22 @@ mod targets;
 
 pub use backfill_lock::BackfillLock;
 pub use deliveries::{
-    ChangeRecord, ChannelState, Claimed, DeliveryRecord, MAX_EVENTS_PER_QUERY, MessageBody,
-    NewMessage, RetainedEvent,
+    ChangeRecord, ChannelState, Claimed, DeliveryRecord, DeliveryStore, MAX_EVENTS_PER_QUERY,
+    MessageBody, NewMessage, RetainedEvent,
 };
 pub use lock::{LockError, LockProbe, StateLock};
 pub use operator::{
     DlqSelection, GaugeSnapshot, Heartbeat, HookDepth, HookReport, MessageFilter, MessageKey,
-    MessageRecord, MessageState, Moved, OrphanedHook, Rename, Requeue, StoredBody, Summary,
-    TargetMark, TargetReport, WithBody,
+    MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,
+    Summary, TargetMark, TargetReport, WithBody,
 };
 pub use targets::{
     BackfillJob, BackfillProgress, ExportJob, ExportProgress, PageCommit, PollOutcome, RosterSync,
-    SeenRow, TargetKey, TargetState,
+    SeenRow, TargetKey, TargetState, TargetStore,
 };
 
 use sqlite::SqliteStore;
-use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -65,25 +63,72 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// `Store`'s async methods, each handed to the backend's method of the same
-/// name.
-macro_rules! dispatch {
-    ($(
-        $(#[$meta:meta])*
-        async fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
-    )*) => {
-        impl Store {
+/// Declares one role of the state: its trait (the contract every backend
+/// implements), the SQLite backend's implementation (its inherent methods of
+/// the same names, in `sqlite/`), and `Store`'s methods of the same names,
+/// which dispatch to the backend the store was opened on. Callers use
+/// `Store`'s methods and import no trait; a second backend adds its arm here.
+macro_rules! role {
+    (
+        $(#[$tmeta:meta])*
+        pub trait $role:ident {
+            $(
+                $(#[$meta:meta])*
+                async fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+            )*
+        }
+        $(blocking {
+            $(
+                $(#[$smeta:meta])*
+                fn $sname:ident(&self $(, $sarg:ident: $sty:ty)* $(,)?) -> $sret:ty;
+            )*
+        })?
+    ) => {
+        $(#[$tmeta])*
+        // Only ever called on a concrete backend (enum dispatch), so whether
+        // a future is `Send` is known at each call: no bound needed here.
+        #[allow(async_fn_in_trait)]
+        pub trait $role {
+            $( $(#[$meta])* async fn $name(&self $(, $arg: $ty)*) -> $ret; )*
+            $($( $(#[$smeta])* fn $sname(&self $(, $sarg: $sty)*) -> $sret; )*)?
+        }
+
+        // Inherent methods come first in path resolution: these call the
+        // SQL, not themselves.
+        impl $role for $crate::state::sqlite::SqliteStore {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    $crate::state::sqlite::SqliteStore::$name(self $(, $arg)*).await
+                }
+            )*
+            $($(
+                fn $sname(&self $(, $sarg: $sty)*) -> $sret {
+                    $crate::state::sqlite::SqliteStore::$sname(self $(, $sarg)*)
+                }
+            )*)?
+        }
+
+        impl $crate::state::Store {
             $(
                 $(#[$meta])*
                 pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     match &self.backend {
-                        Backend::Sqlite(b) => b.$name($($arg),*).await,
+                        $crate::state::Backend::Sqlite(b) => $role::$name(b $(, $arg)*).await,
                     }
                 }
             )*
+            $($(
+                $(#[$smeta])*
+                pub fn $sname(&self $(, $sarg: $sty)*) -> $sret {
+                    match &self.backend {
+                        $crate::state::Backend::Sqlite(b) => $role::$sname(b $(, $sarg)*),
+                    }
+                }
+            )*)?
         }
     };
 }
+pub(crate) use role;
 
 impl Store {
     /// Opens (creating and migrating if needed) the SQLite database at `path`.
@@ -100,101 +145,6 @@ impl Store {
             backend: Backend::Sqlite(s),
         }))
     }
-
-    /// Where the state lives (for messages).
-    pub fn path(&self) -> &Path {
-        match &self.backend {
-            Backend::Sqlite(b) => b.path(),
-        }
-    }
-
-    /// When the daemon's heartbeat was last written by this handle, for
-    /// readiness (`None`: never).
-    pub fn last_heartbeat_ok_ms(&self) -> Option<i64> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.last_heartbeat_ok_ms(),
-        }
-    }
-
-    /// `load_seen` for a caller already on a blocking thread (the page
-    /// pipeline).
-    pub fn load_seen_blocking(
-        &self,
-        source: &str,
-        resource_type: &str,
-        ids: Vec<String>,
-        bodies: bool,
-    ) -> Result<HashMap<String, SeenRow>, StateError> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.load_seen_blocking(source, resource_type, ids, bodies),
-        }
-    }
-}
-
-dispatch! {
-    async fn target_state(&self, key: &TargetKey) -> Result<TargetState, StateError>;
-    async fn init_target(&self, key: &TargetKey, watermark: Option<String>, floor: Option<String>) -> Result<(), StateError>;
-    async fn load_seen(&self, source: &str, resource_type: &str, ids: Vec<String>) -> Result<HashMap<String, SeenRow>, StateError>;
-    async fn commit_page(&self, page: PageCommit) -> Result<(), StateError>;
-    async fn lowest_patient_watermark(&self, source: &str, resource_type: &str) -> Result<Option<String>, StateError>;
-    async fn record_polls(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError>;
-    async fn backfill_job(&self, source: &str, resource_type: &str) -> Result<Option<BackfillJob>, StateError>;
-    async fn start_backfill(&self, source: &str, resource_type: &str, since: &str, until: &str) -> Result<(), StateError>;
-    async fn finish_backfill(&self, source: &str, resource_type: &str) -> Result<(), StateError>;
-    async fn export_job(&self, source: &str) -> Result<Option<ExportJob>, StateError>;
-    async fn save_export_job(&self, source: &str, job_url: &str, since: Option<String>, request: &str) -> Result<ExportJob, StateError>;
-    async fn note_export_manifest(&self, source: &str, transaction_time: &str, fingerprint: &str, restart: bool) -> Result<(), StateError>;
-    async fn export_file_done(&self, source: &str, files_done: i64) -> Result<(), StateError>;
-    async fn finish_export(&self, source: &str, types: Vec<String>, transaction_time: &str, repaired: Vec<String>) -> Result<(), StateError>;
-    async fn drop_export_job(&self, source: &str) -> Result<(), StateError>;
-    async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError>;
-    async fn sync_roster(&self, source: &str, roster: BTreeSet<String>, now_ms: i64, forget_before_ms: i64) -> Result<RosterSync, StateError>;
-    async fn seen_not_walked(&self, source: &str, resource_type: &str, walked: Arc<dyn Fn(&str) -> bool + Send + Sync>, bodies: bool) -> Result<Vec<(String, SeenRow)>, StateError>;
-    async fn record_reconcile(&self, key: &TargetKey, at_ms: i64, changes: u64) -> Result<(), StateError>;
-
-    async fn claim_due(&self, hook: &str, in_flight: Vec<i64>, limit: usize) -> Result<Vec<Claimed>, StateError>;
-    async fn assign_batches(&self, batches: Vec<(String, Vec<i64>)>) -> Result<(), StateError>;
-    async fn pending_due_now(&self, hook: &str) -> Result<usize, StateError>;
-    async fn next_due_ms(&self, hook: &str) -> Result<Option<i64>, StateError>;
-    async fn record_delivery(&self, hook: &str, id: i64, record: DeliveryRecord) -> Result<(), StateError>;
-    async fn record_deliveries(&self, hook: &str, records: Vec<(i64, DeliveryRecord)>, channel: bool) -> Result<(), StateError>;
-    async fn disable_hook(&self, hook: &str, reason: &str) -> Result<(), StateError>;
-    async fn enable_hook(&self, hook: &str) -> Result<bool, StateError>;
-    async fn hook_disabled(&self, hook: &str) -> Result<bool, StateError>;
-    async fn channel_state(&self, hook: &str) -> Result<ChannelState, StateError>;
-    async fn set_channel_status(&self, hook: &str, status: &str, error: Option<String>) -> Result<(), StateError>;
-    async fn retained_events(&self, hook: &str, since: i64, until: i64, with_bodies: bool) -> Result<Vec<RetainedEvent>, StateError>;
-
-    async fn orphaned_hooks(&self, configured: Vec<String>) -> Result<Vec<OrphanedHook>, StateError>;
-    async fn hook_has_messages(&self, hook: &str) -> Result<bool, StateError>;
-    async fn dlq_list(&self, hook: Option<String>, configured: Vec<String>) -> Result<Vec<MessageRecord>, StateError>;
-    async fn dlq_list_filtered(&self, hook: Option<String>, filter: MessageFilter, configured: Vec<String>) -> Result<Vec<MessageRecord>, StateError>;
-    async fn dead_letters(&self, hook: Option<String>) -> Result<Vec<MessageRecord>, StateError>;
-    async fn dlq_selected(&self, sel: DlqSelection, moving: bool) -> Result<Vec<i64>, StateError>;
-    async fn redrive(&self, sel: DlqSelection) -> Result<usize, StateError>;
-    async fn purge(&self, sel: DlqSelection) -> Result<usize, StateError>;
-    async fn move_to_hook(&self, sel: DlqSelection, to: &str) -> Result<Moved, StateError>;
-    async fn find_messages(&self, key: MessageKey, hook: Option<String>, body: WithBody) -> Result<Vec<MessageRecord>, StateError>;
-    async fn message_body(&self, id: i64) -> Result<MessageBody, StateError>;
-    async fn replay_candidates(&self, hook: &str, filter: MessageFilter) -> Result<Vec<MessageRecord>, StateError>;
-    async fn replay_candidates_from_event(&self, hook: &str, from: i64, filter: MessageFilter) -> Result<Vec<MessageRecord>, StateError>;
-    async fn requeue_delivered(&self, items: Vec<Requeue>) -> Result<usize, StateError>;
-    async fn requeue_delivered_or_dead(&self, items: Vec<Requeue>) -> Result<usize, StateError>;
-    async fn patient_targets_report(&self, source: &str, resource_type: &str) -> Result<Option<TargetReport>, StateError>;
-    async fn target_report(&self, source: &str, resource_type: &str) -> Result<Option<TargetReport>, StateError>;
-    async fn hook_report(&self, hook: &str) -> Result<HookReport, StateError>;
-    async fn rename_source(&self, old: &str, new: &str) -> Result<Rename, StateError>;
-    async fn sources_with_state(&self) -> Result<Vec<String>, StateError>;
-    async fn summary(&self) -> Result<Summary, StateError>;
-    async fn gauge_snapshot(&self, hooks: Vec<String>) -> Result<GaugeSnapshot, StateError>;
-    async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError>;
-    async fn heartbeat(&self, pid: u32) -> Result<(), StateError>;
-    async fn last_heartbeat(&self) -> Result<Option<Heartbeat>, StateError>;
-    async fn prune_delivered(&self, older_than_ms: i64) -> Result<usize, StateError>;
-    async fn prune_seen(&self, source: &str, resource_type: &str, before: String) -> Result<usize, StateError>;
-    async fn prune_tombstones(&self, source: &str, resource_type: &str, before: String) -> Result<usize, StateError>;
-    async fn reclaim_space(&self) -> Result<u64, StateError>;
-    async fn truncate_wal(&self) -> Result<bool, StateError>;
 }
 
 #[cfg(test)]

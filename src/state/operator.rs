@@ -1,9 +1,10 @@
 //! The operator's records: messages as `dlq`/`replay`/`status` see them, their
 //! filters and selections, reports, the daemon's heartbeat and the gauges.
 
-use super::MessageBody;
+use super::{MessageBody, StateError};
 use serde::Serialize;
 use std::fmt;
+use std::path::Path;
 
 /// Where a message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -290,4 +291,159 @@ pub struct TargetMark {
 pub struct GaugeSnapshot {
     pub hooks: Vec<HookDepth>,
     pub targets: Vec<TargetMark>,
+}
+
+crate::state::role! {
+    /// The operator's and the daemon's contract: dead letters and their moves,
+    /// message lookups, replay, status reports, source renames, the heartbeat,
+    /// gauges and housekeeping.
+    pub trait OperatorStore {
+        /// Hooks not in `configured` that have pending or dead messages.
+        async fn orphaned_hooks(
+            &self,
+            configured: Vec<String>,
+        ) -> Result<Vec<OrphanedHook>, StateError>;
+        /// Whether any message of `hook` is in the outbox.
+        async fn hook_has_messages(&self, hook: &str) -> Result<bool, StateError>;
+        /// Dead letters of every hook (or `hook`), with the pending messages of
+        /// orphaned hooks: what `dlq list` shows.
+        async fn dlq_list(
+            &self,
+            hook: Option<String>,
+            configured: Vec<String>,
+        ) -> Result<Vec<MessageRecord>, StateError>;
+        /// `dlq_list`, narrowed by `filter`.
+        async fn dlq_list_filtered(
+            &self,
+            hook: Option<String>,
+            filter: MessageFilter,
+            configured: Vec<String>,
+        ) -> Result<Vec<MessageRecord>, StateError>;
+        /// Dead letters only, of every hook or one.
+        async fn dead_letters(
+            &self,
+            hook: Option<String>,
+        ) -> Result<Vec<MessageRecord>, StateError>;
+        /// The ids of the messages a `redrive` (`moving`: false) or a `purge` or
+        /// `move_to_hook` (`moving`: true) of `sel` would act on, oldest first:
+        /// what the operator confirms, then passes on as `ids`.
+        async fn dlq_selected(
+            &self,
+            sel: DlqSelection,
+            moving: bool,
+        ) -> Result<Vec<i64>, StateError>;
+        /// Requeues the selected dead letters of configured hooks (an orphaned
+        /// hook's need `move_to_hook`) for immediate delivery with a fresh
+        /// attempt budget and their message_ids. Returns how many.
+        async fn redrive(&self, sel: DlqSelection) -> Result<usize, StateError>;
+        /// Deletes the selected messages for good (payloads go with them).
+        async fn purge(&self, sel: DlqSelection) -> Result<usize, StateError>;
+        /// Moves the selected messages to hook `to` as pending, due now, with a
+        /// fresh attempt budget, keeping their message_id and stored payload. A
+        /// message whose message_id `to` already has is a duplicate: deleted.
+        async fn move_to_hook(&self, sel: DlqSelection, to: &str) -> Result<Moved, StateError>;
+        /// The messages `key` names, of `hook` if given, oldest first; with
+        /// their bodies only if `body` (PHI: for an operator's explicit request).
+        async fn find_messages(
+            &self,
+            key: MessageKey,
+            hook: Option<String>,
+            body: WithBody,
+        ) -> Result<Vec<MessageRecord>, StateError>;
+        /// What message `id` sends: its stored payload or its change, body
+        /// included (`Missing` when there is no such message). PHI: only for an
+        /// operator's explicit request.
+        async fn message_body(&self, id: i64) -> Result<MessageBody, StateError>;
+        /// Delivered messages of `hook` that `filter` selects (its time is the
+        /// delivery time), oldest first.
+        async fn replay_candidates(
+            &self,
+            hook: &str,
+            filter: MessageFilter,
+        ) -> Result<Vec<MessageRecord>, StateError>;
+        /// The messages of `hook` numbered `from` or later that are still kept
+        /// and no longer pending (delivered, within the retention, or dead), that
+        /// `filter` selects, in event-number order. Messages from before event
+        /// numbers have none and are never among them.
+        async fn replay_candidates_from_event(
+            &self,
+            hook: &str,
+            from: i64,
+            filter: MessageFilter,
+        ) -> Result<Vec<MessageRecord>, StateError>;
+        /// Makes these delivered messages pending again, due now, with a fresh
+        /// attempt budget, in one transaction. A message that is no longer
+        /// delivered (pruned meanwhile, or already requeued) or has no payload
+        /// to send is left alone. Returns how many were requeued.
+        async fn requeue_delivered(&self, items: Vec<Requeue>) -> Result<usize, StateError>;
+        /// `requeue_delivered`, for delivered or dead messages (a replay from an
+        /// event number sends both again). Their message_id and event number stay.
+        async fn requeue_delivered_or_dead(&self, items: Vec<Requeue>) -> Result<usize, StateError>;
+        /// A per-patient type's targets summed up in one row: the stalest
+        /// watermark and success (the patient furthest behind: the oldest
+        /// patient's last successful poll), the latest poll,
+        /// the worst failure streak, totals, and the newest error and warning.
+        /// Patients who left the roster (kept for `roster_grace`) are not polled
+        /// and not counted.
+        async fn patient_targets_report(
+            &self,
+            source: &str,
+            resource_type: &str,
+        ) -> Result<Option<TargetReport>, StateError>;
+        async fn target_report(
+            &self,
+            source: &str,
+            resource_type: &str,
+        ) -> Result<Option<TargetReport>, StateError>;
+        async fn hook_report(&self, hook: &str) -> Result<HookReport, StateError>;
+        /// Re-keys source `old` as `new`; the daemon must not be running (the
+        /// caller holds the state lock).
+        async fn rename_source(&self, old: &str, new: &str) -> Result<Rename, StateError>;
+        async fn summary(&self) -> Result<Summary, StateError>;
+        /// Depths of `hooks` (in that order) and every target's watermark.
+        async fn gauge_snapshot(&self, hooks: Vec<String>) -> Result<GaugeSnapshot, StateError>;
+        /// Records that this process (pid) started now, replacing any earlier row.
+        async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError>;
+        /// Records that the process `pid` is still alive, now.
+        async fn heartbeat(&self, pid: u32) -> Result<(), StateError>;
+        /// The last heartbeat, if a daemon ever ran on this state.
+        async fn last_heartbeat(&self) -> Result<Option<Heartbeat>, StateError>;
+        /// Deletes delivered messages finished before `older_than_ms`. Returns how many.
+        async fn prune_delivered(&self, older_than_ms: i64) -> Result<usize, StateError>;
+        /// Forgets the versions of a target's resources last updated before
+        /// `before` (an instant formatted like the stored ones), and their kept
+        /// bodies. The poller never reads anything that old again (it drops
+        /// entries before its window), and a later change arrives with a newer
+        /// lastUpdated. Returns how many.
+        async fn prune_seen(
+            &self,
+            source: &str,
+            resource_type: &str,
+            before: String,
+        ) -> Result<usize, StateError>;
+        /// Forgets a type's tombstones (deletes) last updated before `before`:
+        /// a snapshot target keeps its other seen rows, which are the snapshot.
+        async fn prune_tombstones(
+            &self,
+            source: &str,
+            resource_type: &str,
+            before: String,
+        ) -> Result<usize, StateError>;
+        /// Returns free pages to the file system once they are more than a quarter
+        /// of the file (after a backlog's payloads were delivered, or a prune).
+        /// Returns the bytes given back.
+        async fn reclaim_space(&self) -> Result<u64, StateError>;
+        /// Folds the WAL into the database and truncates it to nothing. Between
+        /// checkpoints the WAL keeps old page images, delivered payloads among
+        /// them (secure_delete zeroes the database's pages, not the WAL's
+        /// history); housekeeping calls this every pass so they do not linger.
+        /// Returns whether the checkpoint completed (readers can hold it back).
+        async fn truncate_wal(&self) -> Result<bool, StateError>;
+    }
+    blocking {
+        fn path(&self) -> &Path;
+        /// When this handle last wrote a heartbeat (or the daemon's start)
+        /// successfully, our clock in ms; `None` before the first.
+        fn last_heartbeat_ok_ms(&self) -> Option<i64>;
+    }
 }

@@ -2,8 +2,10 @@
 //! page commit, backfill and export jobs, the roster. Backends read and
 //! write them; nothing here speaks SQL.
 
-use super::NewMessage;
+use super::{NewMessage, StateError};
+use std::collections::BTreeSet;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One poll target: a resource type of a source, for one patient or (`None`)
 /// for the whole population. The state stores `None` as `''`.
@@ -174,4 +176,137 @@ pub struct RosterSync {
     pub returned: Vec<String>,
     /// Left before the grace: their targets are deleted.
     pub forgotten: Vec<String>,
+}
+
+crate::state::role! {
+    /// The poll side's contract: targets and their watermarks, seen versions, the
+    /// page commit (seen rows, messages and watermark in one transaction),
+    /// backfill and export jobs, the roster, poll and reconcile outcomes.
+    pub trait TargetStore {
+        async fn target_state(&self, key: &TargetKey) -> Result<TargetState, StateError>;
+        /// Marks a target as started: its floor and first watermark are set once.
+        async fn init_target(
+            &self,
+            key: &TargetKey,
+            watermark: Option<String>,
+            floor: Option<String>,
+        ) -> Result<(), StateError>;
+        /// The seen-versions rows for these ids (absent ids were never seen).
+        async fn load_seen(
+            &self,
+            source: &str,
+            resource_type: &str,
+            ids: Vec<String>,
+        ) -> Result<HashMap<String, SeenRow>, StateError>;
+        /// Commits one page: seen-versions, outbox rows and the watermark move together.
+        async fn commit_page(&self, page: PageCommit) -> Result<(), StateError>;
+        /// The lowest watermark of a type's per-patient targets; `None` when it
+        /// has none, or while any of them has none yet (it reads from its start).
+        async fn lowest_patient_watermark(
+            &self,
+            source: &str,
+            resource_type: &str,
+        ) -> Result<Option<String>, StateError>;
+        /// Records how polls ended, of any sources, in one transaction.
+        async fn record_polls(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError>;
+        async fn backfill_job(
+            &self,
+            source: &str,
+            resource_type: &str,
+        ) -> Result<Option<BackfillJob>, StateError>;
+        /// Starts (or starts over) the job for this range.
+        async fn start_backfill(
+            &self,
+            source: &str,
+            resource_type: &str,
+            since: &str,
+            until: &str,
+        ) -> Result<(), StateError>;
+        async fn finish_backfill(
+            &self,
+            source: &str,
+            resource_type: &str,
+        ) -> Result<(), StateError>;
+        async fn export_job(&self, source: &str) -> Result<Option<ExportJob>, StateError>;
+        /// Records a job just kicked off (replacing any earlier one).
+        async fn save_export_job(
+            &self,
+            source: &str,
+            job_url: &str,
+            since: Option<String>,
+            request: &str,
+        ) -> Result<ExportJob, StateError>;
+        /// The manifest read: its `transactionTime` and its fingerprint (what
+        /// the progress counts on from now). `restart`: the progress was counted
+        /// on another manifest; the files are read again from the first.
+        async fn note_export_manifest(
+            &self,
+            source: &str,
+            transaction_time: &str,
+            fingerprint: &str,
+            restart: bool,
+        ) -> Result<(), StateError>;
+        /// File `files_done - 1` was read to its end.
+        async fn export_file_done(&self, source: &str, files_done: i64) -> Result<(), StateError>;
+        /// The job is read: every exported type's watermark moves to its
+        /// `transactionTime` (never back), and the job is forgotten, together.
+        /// The types in `repaired` had a watermark in the future (the export read
+        /// them from the start): theirs is set to `transactionTime`, back from
+        /// that future, or every later export would start from the beginning.
+        async fn finish_export(
+            &self,
+            source: &str,
+            types: Vec<String>,
+            transaction_time: &str,
+            repaired: Vec<String>,
+        ) -> Result<(), StateError>;
+        /// Forgets a job the server no longer knows (expired, failed).
+        async fn drop_export_job(&self, source: &str) -> Result<(), StateError>;
+        /// The patients of a fan-out source whose targets have not left the
+        /// roster: the last roster the bridge believed, as the state keeps it.
+        async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError>;
+        /// Brings a source's per-patient targets in line with the roster just
+        /// read (see `RosterSync`), in one transaction.
+        async fn sync_roster(
+            &self,
+            source: &str,
+            roster: BTreeSet<String>,
+            now_ms: i64,
+            forget_before_ms: i64,
+        ) -> Result<RosterSync, StateError>;
+        /// The seen resources of a type, tombstones aside, for which `walked`
+        /// says no: the resources a complete walk did not meet. Read in
+        /// `resource_id` order, a chunk at a time (the primary key's order, so
+        /// no sort and nothing held but the answer). With `bodies`, each row's
+        /// kept body (for `$previous`).
+        async fn seen_not_walked(
+            &self,
+            source: &str,
+            resource_type: &str,
+            walked: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+            bodies: bool,
+        ) -> Result<Vec<(String, SeenRow)>, StateError>;
+        /// A complete reconciliation of a target ended at `at_ms` (our clock)
+        /// and found `changes`.
+        async fn record_reconcile(
+            &self,
+            key: &TargetKey,
+            at_ms: i64,
+            changes: u64,
+        ) -> Result<(), StateError>;
+        /// The sources that have targets in the state (whatever the config says).
+        async fn sources_with_state(&self) -> Result<Vec<String>, StateError>;
+    }
+    blocking {
+        /// `load_seen` for callers already on the blocking pool (the page
+        /// pipeline), so a page costs one hop, not two. With `bodies`, each row's
+        /// kept body too (for `$previous`), in the same read transaction.
+        fn load_seen_blocking(
+            &self,
+            source: &str,
+            resource_type: &str,
+            ids: Vec<String>,
+            bodies: bool,
+        ) -> Result<HashMap<String, SeenRow>, StateError>;
+    }
 }

@@ -34,7 +34,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Starts (or starts over) the job for this range.
     pub async fn start_backfill(
         &self,
         source: &str,

@@ -34,7 +34,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Records the channel's status; `error` is kept only with a failure.
     pub async fn set_channel_status(
         &self,
         hook: &str,
@@ -56,9 +55,6 @@ impl SqliteStore {
         .await
     }
 
-    /// The hook's events numbered `since..=until` still in the outbox (pending,
-    /// dead, or delivered and not yet pruned), in number order, at most
-    /// `MAX_EVENTS_PER_QUERY`. Bodies come along only when `with_bodies`.
     pub async fn retained_events(
         &self,
         hook: &str,

@@ -87,7 +87,6 @@ fn select(
 }
 
 impl SqliteStore {
-    /// Hooks not in `configured` that have pending or dead messages.
     pub async fn orphaned_hooks(
         &self,
         configured: Vec<String>,
@@ -112,7 +111,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Whether any message of `hook` is in the outbox.
     pub async fn hook_has_messages(&self, hook: &str) -> Result<bool, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -122,8 +120,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Dead letters of every hook (or `hook`), with the pending messages of
-    /// orphaned hooks: what `dlq list` shows.
     pub async fn dlq_list(
         &self,
         hook: Option<String>,
@@ -133,7 +129,6 @@ impl SqliteStore {
             .await
     }
 
-    /// `dlq_list`, narrowed by `filter`.
     pub async fn dlq_list_filtered(
         &self,
         hook: Option<String>,
@@ -173,7 +168,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Dead letters only, of every hook or one.
     pub async fn dead_letters(
         &self,
         hook: Option<String>,
@@ -185,9 +179,6 @@ impl SqliteStore {
             .collect())
     }
 
-    /// The ids of the messages a `redrive` (`moving`: false) or a `purge` or
-    /// `move_to_hook` (`moving`: true) of `sel` would act on, oldest first:
-    /// what the operator confirms, then passes on as `ids`.
     pub async fn dlq_selected(
         &self,
         sel: DlqSelection,
@@ -202,9 +193,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Requeues the selected dead letters of configured hooks (an orphaned
-    /// hook's need `move_to_hook`) for immediate delivery with a fresh
-    /// attempt budget and their message_ids. Returns how many.
     pub async fn redrive(&self, sel: DlqSelection) -> Result<usize, StateError> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -226,7 +214,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Deletes the selected messages for good (payloads go with them).
     pub async fn purge(&self, sel: DlqSelection) -> Result<usize, StateError> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -243,9 +230,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Moves the selected messages to hook `to` as pending, due now, with a
-    /// fresh attempt budget, keeping their message_id and stored payload. A
-    /// message whose message_id `to` already has is a duplicate: deleted.
     pub async fn move_to_hook(&self, sel: DlqSelection, to: &str) -> Result<Moved, StateError> {
         let to = to.to_string();
         self.call(move |c| {

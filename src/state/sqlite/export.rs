@@ -33,7 +33,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Records a job just kicked off (replacing any earlier one).
     pub async fn save_export_job(
         &self,
         source: &str,
@@ -65,9 +64,6 @@ impl SqliteStore {
         Ok(job)
     }
 
-    /// The manifest read: its `transactionTime` and its fingerprint (what
-    /// the progress counts on from now). `restart`: the progress was counted
-    /// on another manifest; the files are read again from the first.
     pub async fn note_export_manifest(
         &self,
         source: &str,
@@ -93,7 +89,6 @@ impl SqliteStore {
         .await
     }
 
-    /// File `files_done - 1` was read to its end.
     pub async fn export_file_done(&self, source: &str, files_done: i64) -> Result<(), StateError> {
         let source = source.to_string();
         self.call(move |c| {
@@ -106,11 +101,6 @@ impl SqliteStore {
         .await
     }
 
-    /// The job is read: every exported type's watermark moves to its
-    /// `transactionTime` (never back), and the job is forgotten, together.
-    /// The types in `repaired` had a watermark in the future (the export read
-    /// them from the start): theirs is set to `transactionTime`, back from
-    /// that future, or every later export would start from the beginning.
     pub async fn finish_export(
         &self,
         source: &str,
@@ -139,7 +129,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Forgets a job the server no longer knows (expired, failed).
     pub async fn drop_export_job(&self, source: &str) -> Result<(), StateError> {
         let source = source.to_string();
         self.call(move |c| {

@@ -8,7 +8,6 @@ use crate::state::{GaugeSnapshot, HookDepth, TargetMark};
 use rusqlite::params;
 
 impl SqliteStore {
-    /// Depths of `hooks` (in that order) and every target's watermark.
     pub async fn gauge_snapshot(&self, hooks: Vec<String>) -> Result<GaugeSnapshot, StateError> {
         self.call(move |c| {
             let names = serde_json::to_string(&hooks).unwrap_or_else(|_| "[]".into());

@@ -7,7 +7,6 @@ use rusqlite::{OptionalExtension, params};
 use std::sync::atomic::Ordering;
 
 impl SqliteStore {
-    /// Records that this process (pid) started now, replacing any earlier row.
     pub async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError> {
         let version = version.to_string();
         self.call(move |c| {
@@ -25,7 +24,6 @@ impl SqliteStore {
         .map(|at| self.heartbeat_ok_ms.store(at, Ordering::Relaxed))
     }
 
-    /// Records that the process `pid` is still alive, now.
     pub async fn heartbeat(&self, pid: u32) -> Result<(), StateError> {
         self.call(move |c| {
             let now = now_ms();
@@ -37,13 +35,10 @@ impl SqliteStore {
         .map(|at| self.heartbeat_ok_ms.store(at, Ordering::Relaxed))
     }
 
-    /// When this handle last wrote a heartbeat (or the daemon's start)
-    /// successfully, our clock in ms; `None` before the first.
     pub fn last_heartbeat_ok_ms(&self) -> Option<i64> {
         Some(self.heartbeat_ok_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 
-    /// The last heartbeat, if a daemon ever ran on this state.
     pub async fn last_heartbeat(&self) -> Result<Option<Heartbeat>, StateError> {
         self.call(|c| {
             // A database last opened by an older fhir-bridge has no such table yet.

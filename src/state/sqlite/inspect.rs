@@ -8,8 +8,6 @@ use crate::state::{MessageBody, MessageKey, MessageRecord, WithBody};
 use rusqlite::params;
 
 impl SqliteStore {
-    /// The messages `key` names, of `hook` if given, oldest first; with
-    /// their bodies only if `body` (PHI: for an operator's explicit request).
     pub async fn find_messages(
         &self,
         key: MessageKey,
@@ -33,9 +31,6 @@ impl SqliteStore {
         .await
     }
 
-    /// What message `id` sends: its stored payload or its change, body
-    /// included (`Missing` when there is no such message). PHI: only for an
-    /// operator's explicit request.
     pub async fn message_body(&self, id: i64) -> Result<MessageBody, StateError> {
         let found = self
             .find_messages(MessageKey::Id(id), None, WithBody::Yes)

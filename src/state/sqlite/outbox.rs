@@ -88,12 +88,6 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
 }
 
 impl SqliteStore {
-    /// Due pending messages of a hook, oldest first (walking the id index, so
-    /// the LIMIT stops the scan early; a plan that sorts every due row would
-    /// cost O(backlog) per claim), skipping any message whose
-    /// resource has an older version still pending (per-resource order) and the
-    /// ids in `in_flight`. A claimed message of a batch brings the batch's
-    /// other pending members along (beyond `limit` if need be).
     pub async fn claim_due(
         &self,
         hook: &str,
@@ -156,9 +150,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Writes each batch's webhook-id to its messages before the batch is
-    /// first POSTed (one transaction): from then on they go only together,
-    /// as that notification, until delivered, a kill -9 notwithstanding.
     pub async fn assign_batches(&self, batches: Vec<(String, Vec<i64>)>) -> Result<(), StateError> {
         if batches.is_empty() {
             return Ok(());
@@ -180,9 +171,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Makes the hook's pending messages due now (its endpoint changed: the
-    /// backoff earned against the old one means nothing). Dead letters stay
-    /// for `dlq redrive`. Returns how many were waiting.
     pub async fn pending_due_now(&self, hook: &str) -> Result<usize, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -196,7 +184,6 @@ impl SqliteStore {
         .await
     }
 
-    /// When the hook's next pending message falls due (ms), if any.
     pub async fn next_due_ms(&self, hook: &str) -> Result<Option<i64>, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -209,7 +196,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Records one attempt's outcome for a claimed message.
     pub async fn record_delivery(
         &self,
         hook: &str,
@@ -220,9 +206,6 @@ impl SqliteStore {
             .await
     }
 
-    /// Records many attempts' outcomes in one transaction. With `channel` (a
-    /// FHIR-format hook), an `active` or `error` subscription status follows
-    /// the last outcome.
     pub async fn record_deliveries(
         &self,
         hook: &str,
@@ -300,8 +283,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Stops deliveries to a hook (its receiver said 410 Gone). Messages keep
-    /// accumulating as pending; nothing is dropped.
     pub async fn disable_hook(&self, hook: &str, reason: &str) -> Result<(), StateError> {
         let (hook, reason) = (hook.to_string(), reason.to_string());
         self.call(move |c| {
@@ -315,7 +296,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Re-enables a disabled hook. Returns whether it was disabled.
     pub async fn enable_hook(&self, hook: &str) -> Result<bool, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -344,7 +324,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Deletes delivered messages finished before `older_than_ms`. Returns how many.
     pub async fn prune_delivered(&self, older_than_ms: i64) -> Result<usize, StateError> {
         self.call(move |c| {
             c.prepare_cached("DELETE FROM outbox WHERE state = 'delivered' AND done_at < ?1")?

@@ -40,7 +40,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Marks a target as started: its floor and first watermark are set once.
     pub async fn init_target(
         &self,
         key: &TargetKey,
@@ -67,7 +66,6 @@ impl SqliteStore {
         .await
     }
 
-    /// The seen-versions rows for these ids (absent ids were never seen).
     pub async fn load_seen(
         &self,
         source: &str,
@@ -81,9 +79,6 @@ impl SqliteStore {
             .map_err(|e| StateError::Task(e.to_string()))?
     }
 
-    /// `load_seen` for callers already on the blocking pool (the page
-    /// pipeline), so a page costs one hop, not two. With `bodies`, each row's
-    /// kept body too (for `$previous`), in the same read transaction.
     pub fn load_seen_blocking(
         &self,
         source: &str,
@@ -137,7 +132,6 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// Commits one page: seen-versions, outbox rows and the watermark move together.
     pub async fn commit_page(&self, page: PageCommit) -> Result<(), StateError> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -207,8 +201,6 @@ impl SqliteStore {
         .await
     }
 
-    /// The lowest watermark of a type's per-patient targets; `None` when it
-    /// has none, or while any of them has none yet (it reads from its start).
     pub async fn lowest_patient_watermark(
         &self,
         source: &str,
@@ -225,7 +217,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Records how polls ended, of any sources, in one transaction.
     pub async fn record_polls(&self, outcomes: Vec<PollOutcome>) -> Result<(), StateError> {
         if outcomes.is_empty() {
             return Ok(());

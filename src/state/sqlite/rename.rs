@@ -10,8 +10,6 @@ use crate::state::Rename;
 use rusqlite::{Connection, params};
 
 impl SqliteStore {
-    /// Re-keys source `old` as `new`; the daemon must not be running (the
-    /// caller holds the state lock).
     pub async fn rename_source(&self, old: &str, new: &str) -> Result<Rename, StateError> {
         let (old, new) = (old.to_string(), new.to_string());
         self.call(move |c| rename(c, &old, &new)).await
@@ -19,7 +17,6 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// The sources that have targets in the state (whatever the config says).
     pub async fn sources_with_state(&self) -> Result<Vec<String>, StateError> {
         self.call(|c| {
             c.prepare("SELECT DISTINCT source FROM poll_target ORDER BY source")?

@@ -14,8 +14,6 @@ use crate::state::{MessageFilter, MessageRecord, Requeue, WithBody};
 use rusqlite::{ToSql, params};
 
 impl SqliteStore {
-    /// Delivered messages of `hook` that `filter` selects (its time is the
-    /// delivery time), oldest first.
     pub async fn replay_candidates(
         &self,
         hook: &str,
@@ -38,10 +36,6 @@ impl SqliteStore {
         .await
     }
 
-    /// The messages of `hook` numbered `from` or later that are still kept
-    /// and no longer pending (delivered, within the retention, or dead), that
-    /// `filter` selects, in event-number order. Messages from before event
-    /// numbers have none and are never among them.
     pub async fn replay_candidates_from_event(
         &self,
         hook: &str,
@@ -67,16 +61,10 @@ impl SqliteStore {
         .await
     }
 
-    /// Makes these delivered messages pending again, due now, with a fresh
-    /// attempt budget, in one transaction. A message that is no longer
-    /// delivered (pruned meanwhile, or already requeued) or has no payload
-    /// to send is left alone. Returns how many were requeued.
     pub async fn requeue_delivered(&self, items: Vec<Requeue>) -> Result<usize, StateError> {
         self.requeue(items, Requeueable::Delivered).await
     }
 
-    /// `requeue_delivered`, for delivered or dead messages (a replay from an
-    /// event number sends both again). Their message_id and event number stay.
     pub async fn requeue_delivered_or_dead(
         &self,
         items: Vec<Requeue>,

@@ -5,12 +5,6 @@ use crate::state::{HookReport, TargetReport};
 use rusqlite::{OptionalExtension, params};
 
 impl SqliteStore {
-    /// A per-patient type's targets summed up in one row: the stalest
-    /// watermark and success (the patient furthest behind: the oldest
-    /// patient's last successful poll), the latest poll,
-    /// the worst failure streak, totals, and the newest error and warning.
-    /// Patients who left the roster (kept for `roster_grace`) are not polled
-    /// and not counted.
     pub async fn patient_targets_report(
         &self,
         source: &str,

@@ -29,8 +29,6 @@ fn plan(
 }
 
 impl SqliteStore {
-    /// The patients of a fan-out source whose targets have not left the
-    /// roster: the last roster the bridge believed, as the state keeps it.
     pub async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError> {
         let source = source.to_string();
         self.call(move |c| {
@@ -44,8 +42,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Brings a source's per-patient targets in line with the roster just
-    /// read (see `RosterSync`), in one transaction.
     pub async fn sync_roster(
         &self,
         source: &str,

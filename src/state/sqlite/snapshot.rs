@@ -16,11 +16,6 @@ fn tombstone_hash() -> [u8; 32] {
 }
 
 impl SqliteStore {
-    /// The seen resources of a type, tombstones aside, for which `walked`
-    /// says no: the resources a complete walk did not meet. Read in
-    /// `resource_id` order, a chunk at a time (the primary key's order, so
-    /// no sort and nothing held but the answer). With `bodies`, each row's
-    /// kept body (for `$previous`).
     pub async fn seen_not_walked(
         &self,
         source: &str,
@@ -93,8 +88,6 @@ impl SqliteStore {
         }
     }
 
-    /// Forgets a type's tombstones (deletes) last updated before `before`:
-    /// a snapshot target keeps its other seen rows, which are the snapshot.
     pub async fn prune_tombstones(
         &self,
         source: &str,
@@ -105,8 +98,6 @@ impl SqliteStore {
             .await
     }
 
-    /// A complete reconciliation of a target ended at `at_ms` (our clock)
-    /// and found `changes`.
     pub async fn record_reconcile(
         &self,
         key: &TargetKey,
