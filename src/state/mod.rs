@@ -10,6 +10,7 @@ mod backfill_lock;
 mod deliveries;
 mod files;
 mod lock;
+mod open;
 mod operator;
 mod sqlite;
 mod targets;
@@ -20,6 +21,7 @@ pub use deliveries::{
     MessageBody, NewMessage, RetainedEvent,
 };
 pub use lock::{LockError, LockProbe, StateLock};
+pub use open::{Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, open};
 pub use operator::{
     DlqSelection, GaugeSnapshot, Heartbeat, HookDepth, HookReport, MessageFilter, MessageKey,
     MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,
@@ -131,16 +133,18 @@ macro_rules! role {
 pub(crate) use role;
 
 impl Store {
-    /// Opens (creating and migrating if needed) the SQLite database at `path`.
+    /// Opens (creating and migrating if needed) the SQLite database at
+    /// `path`: for tests and a dry run's scratch state. The configured state
+    /// opens through [`open`](crate::state::open()).
     pub fn open(path: &Path) -> Result<Store, StateError> {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::open(path)?),
         })
     }
 
-    /// Opens an existing database for reading only (status, dlq list), safe
-    /// while the daemon writes. `Ok(None)` when there is no database yet.
-    pub fn open_read_only(path: &Path) -> Result<Option<Store>, StateError> {
+    /// Opens an existing SQLite database for reading only, safe while the
+    /// daemon writes. `Ok(None)` when there is no database yet.
+    fn open_read_only(path: &Path) -> Result<Option<Store>, StateError> {
         Ok(SqliteStore::open_read_only(path)?.map(|s| Store {
             backend: Backend::Sqlite(s),
         }))
