@@ -76,7 +76,7 @@ pub fn tighten(_db: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use crate::state::sqlite::SqliteStore;
+    use crate::state::Store;
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {
@@ -87,7 +87,7 @@ mod tests {
     fn a_new_state_dir_is_private() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/state");
-        let store = SqliteStore::open(&dir.join("bridge.db")).unwrap();
+        let store = Store::open(&dir.join("bridge.db")).unwrap();
         assert_eq!(mode(&dir), 0o700);
         drop(store);
     }
@@ -109,7 +109,7 @@ mod tests {
         std::fs::remove_file(&files[1]).unwrap();
         std::fs::remove_file(&files[2]).unwrap();
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let store = SqliteStore::open(&db).unwrap();
+        let store = Store::open(&db).unwrap();
         for f in &files {
             assert!(f.exists(), "{} exists while open", f.display());
             assert_eq!(mode(f), 0o600, "{}", f.display());

@@ -38,10 +38,10 @@ use std::time::Duration;
 
 use super::{StateError, files, now_ms};
 
-/// The SQLite backend: one connection to `<state_dir>/bridge.db`, cheap to clone.
-/// Its public methods implement the role traits (`TargetStore`,
-/// `DeliveryStore`, `OperatorStore`), where each is documented. Calls run on tokio's
-/// blocking pool so SQLite never stalls the async workers.
+/// The SQLite backend: one connection to `<state_dir>/bridge.db`, cheap to
+/// clone. Its public methods implement the role traits (`TargetStore`,
+/// `DeliveryStore`, `OperatorStore`), where each is documented. Calls run on
+/// tokio's blocking pool so SQLite never stalls the async workers.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
