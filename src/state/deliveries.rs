@@ -166,12 +166,11 @@ crate::state::role! {
     /// recording attempts (retries, dead letters, event numbers), disabling a
     /// hook, a subscription channel's state and retained events.
     pub trait DeliveryStore {
-        /// Due pending messages of a hook, oldest first (walking the id index, so
-        /// the LIMIT stops the scan early; a plan that sorts every due row would
-        /// cost O(backlog) per claim), skipping any message whose
-        /// resource has an older version still pending (per-resource order) and the
-        /// ids in `in_flight`. A claimed message of a batch brings the batch's
-        /// other pending members along (beyond `limit` if need be).
+        /// Due pending messages of a hook, oldest first, skipping any message
+        /// whose resource has an older version still pending (per-resource
+        /// order) and the ids in `in_flight`. A claimed message of a batch
+        /// brings the batch's other pending members along (beyond `limit` if
+        /// need be). Costs O(claimed), not O(backlog).
         async fn claim_due(
             &self,
             hook: &str,

@@ -88,6 +88,8 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
 }
 
 impl SqliteStore {
+    /// Walks the id index, so the LIMIT stops the scan early: a plan that
+    /// sorts every due row would cost O(backlog) per claim.
     pub async fn claim_due(
         &self,
         hook: &str,
