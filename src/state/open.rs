@@ -101,3 +101,60 @@ impl Access for Backfill {
         Ok((Store::open(&config.db_path())?, backfills))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+state_dir = "state"
+
+[[source]]
+name = "ehr"
+base_url = "http://127.0.0.1:9/fhir"
+resources = ["Observation"]
+
+[[hook]]
+name = "h"
+url = "http://127.0.0.1:9/h"
+"#;
+
+    fn config(dir: &tempfile::TempDir) -> Config {
+        Config::from_str(CONFIG, &dir.path().join("bridges.toml")).unwrap()
+    }
+
+    /// Each purpose holds the locks it names: readers none (and no state
+    /// before the daemon made one), the exclusive writer the writer lock, a
+    /// rename the backfill lock too, a backfill the backfill lock shared.
+    #[test]
+    fn each_purpose_takes_its_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&dir);
+        assert!(open(&config, ReadOnly).unwrap().is_none());
+
+        let (_store, writer) = open(&config, Exclusive).unwrap();
+        assert!(open(&config, ReadOnly).unwrap().is_some());
+        let _beside = open(&config, ReadWrite).unwrap();
+        assert!(matches!(
+            open(&config, Exclusive),
+            Err(OpenError::Writer(LockError::Held { .. }))
+        ));
+        let backfill = open(&config, Backfill).unwrap();
+        let second = open(&config, Backfill).unwrap();
+        assert!(matches!(
+            open(&config, SourceRename),
+            Err(OpenError::Writer(LockError::Held { .. }))
+        ));
+        drop(writer);
+        assert!(matches!(
+            open(&config, SourceRename),
+            Err(OpenError::Backfills(LockError::Held { .. }))
+        ));
+        drop((backfill, second));
+        let _rename = open(&config, SourceRename).unwrap();
+        assert!(matches!(
+            open(&config, Backfill),
+            Err(OpenError::Backfills(LockError::Held { .. }))
+        ));
+    }
+}
