@@ -8,7 +8,7 @@ use fhir_bridge::cli::args::{
 };
 use fhir_bridge::cli::{demo, dlq, logging, out, replay, status, watch};
 use fhir_bridge::config::Config;
-use fhir_bridge::state::Store;
+use fhir_bridge::state;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -111,7 +111,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if !config.hooks.iter().any(|h| h.name == name) {
                 anyhow::bail!("no hook is named `{name}` in {}", config.path.display());
             }
-            let store = Store::open(&config.db_path()).context("cannot open the state database")?;
+            let store =
+                state::open(&config, state::ReadWrite).context("cannot open the state database")?;
             let text = if store.enable_hook(&name).await? {
                 format!(
                     "hook `{name}` enabled; a running daemon resumes deliveries within a second\n"

@@ -9,7 +9,7 @@ use crate::route::Route;
 use crate::source::PollError;
 use crate::source::backfill::{Backfill, BackfillStatus};
 use crate::source::client::FhirClient;
-use crate::state::{BackfillLock, LockError, StateError, Store};
+use crate::state::{self, LockError, OpenError, StateError};
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fmt::Write as _;
@@ -68,16 +68,17 @@ pub async fn run(
         return Err(BackfillError::NoSuchType(t.clone()));
     }
     // Held to the end: a rename must not move the source from under us.
-    let _renames_wait = BackfillLock::share(&config.state_dir).map_err(|e| match e {
-        LockError::Held { dir, .. } => BackfillError::Renaming(dir),
-        e => BackfillError::Lock(e),
+    let (store, _renames_wait) = state::open(config, state::Backfill).map_err(|e| match e {
+        OpenError::Backfills(LockError::Held { dir, .. }) => BackfillError::Renaming(dir),
+        OpenError::Writer(e) | OpenError::Backfills(e) => BackfillError::Lock(e),
+        OpenError::State(e) => BackfillError::State(e),
     })?;
     let pool = FhirClient::shared_pool().map_err(|e| BackfillError::Http(e.to_string()))?;
     let client = crate::daemon::source_client(&src, &pool)
         .map_err(|e| BackfillError::Http(e.to_string()))?;
     let backfill = Backfill {
         routes: Route::for_source(config, source),
-        store: Store::open(&config.db_path())?,
+        store,
         client,
         since,
         rate,

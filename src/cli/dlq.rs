@@ -5,7 +5,9 @@
 use super::fmt_ms;
 use super::when::ResourceRef;
 use crate::config::Config;
-use crate::state::{DlqSelection, MessageFilter, MessageRecord, MessageState, StateError, Store};
+use crate::state::{
+    self, DlqSelection, MessageFilter, MessageRecord, MessageState, StateError, Store,
+};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -125,7 +127,7 @@ pub async fn list(
     filter: MessageFilter,
     json: bool,
 ) -> Result<String, DlqError> {
-    let items = match Store::open_read_only(&config.db_path())? {
+    let items = match state::open(config, state::ReadOnly)? {
         Some(store) => {
             store
                 .dlq_list_filtered(hook, filter, configured(config))
@@ -152,7 +154,7 @@ pub async fn redrive(
         if let Some(h) = &sel.hook
             && !is_configured(config, h)
         {
-            let orphaned = match Store::open_read_only(&config.db_path())? {
+            let orphaned = match state::open(config, state::ReadOnly)? {
                 Some(s) => s.hook_has_messages(h).await?,
                 None => false,
             };
@@ -165,7 +167,7 @@ pub async fn redrive(
                 not_configured(config, h)
             });
         }
-        let store = Store::open(&config.db_path())?;
+        let store = state::open(config, state::ReadWrite)?;
         let yes = sel.yes;
         let mut chosen = selection(config, sel);
         let ids = store.dlq_selected(chosen.clone(), false).await?;
@@ -186,7 +188,7 @@ pub async fn redrive(
     if !is_configured(config, &to) {
         return Err(not_configured(config, &to));
     }
-    let store = Store::open(&config.db_path())?;
+    let store = state::open(config, state::ReadWrite)?;
     check_known(&store, config, &sel.hook).await?;
     let yes = sel.yes;
     let mut chosen = selection(config, sel);
@@ -217,7 +219,7 @@ pub async fn redrive(
 /// Deletes dead letters, and the pending messages of an orphaned hook when
 /// that hook (or its messages' ids) is named.
 pub async fn purge(config: &Config, sel: Selection) -> Result<String, DlqError> {
-    let store = Store::open(&config.db_path())?;
+    let store = state::open(config, state::ReadWrite)?;
     check_known(&store, config, &sel.hook).await?;
     let yes = sel.yes;
     let mut chosen = selection(config, sel);

@@ -5,7 +5,7 @@
 use super::dlq::DlqError;
 use super::fmt_ms;
 use crate::config::{Config, Content};
-use crate::state::{MessageBody, MessageKey, MessageRecord, MessageState, Store, WithBody};
+use crate::state::{self, MessageBody, MessageKey, MessageRecord, MessageState, WithBody};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -73,7 +73,7 @@ pub async fn show(
     payload: bool,
     json: bool,
 ) -> Result<String, DlqError> {
-    let Some(store) = Store::open_read_only(&config.db_path())? else {
+    let Some(store) = state::open(config, state::ReadOnly)? else {
         return Err(DlqError::NoSuchMessage(message.into()));
     };
     let with_body = if payload { WithBody::Yes } else { WithBody::No };

@@ -12,7 +12,7 @@ use crate::progress::Beat;
 use crate::route::Route;
 use crate::source::client::FhirClient;
 use crate::source::{DryRun, Routing, SourceTask};
-use crate::state::{LockError, PageCommit, StateError, StateLock, Store};
+use crate::state::{self, LockError, OpenError, PageCommit, StateError, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use tokio_util::sync::CancellationToken;
@@ -48,12 +48,11 @@ pub async fn run(
         .find(|s| s.name == source)
         .ok_or_else(|| PollOnceError::NoSuchSource(source.to_string()))?
         .clone();
-    let db = config.db_path();
     // Held while polling: no daemon may start meanwhile.
     let mut _lock = None;
     let mut scratch = None;
     let store = if dry_run {
-        match Store::open_read_only(&db)? {
+        match state::open(config, state::ReadOnly)? {
             Some(store) => store,
             None => {
                 // Never ran: everything is new. A scratch database stands in.
@@ -68,11 +67,13 @@ pub async fn run(
             }
         }
     } else {
-        _lock = Some(StateLock::acquire(&config.state_dir).map_err(|e| match e {
-            e @ LockError::Held { .. } => PollOnceError::DaemonRunning(e),
-            e => PollOnceError::Lock(e),
-        })?);
-        Store::open(&db)?
+        let (store, lock) = state::open(config, state::Exclusive).map_err(|e| match e {
+            OpenError::Writer(e @ LockError::Held { .. }) => PollOnceError::DaemonRunning(e),
+            OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
+            OpenError::State(e) => PollOnceError::State(e),
+        })?;
+        _lock = Some(lock);
+        store
     };
     let pool = FhirClient::shared_pool().map_err(|e| PollOnceError::Http(e.to_string()))?;
     let client = crate::daemon::source_client(&src, &pool)

@@ -21,7 +21,7 @@ use super::fmt_ms;
 use crate::config::{Config, Content};
 use crate::payload::{ChangeView, zus_hook};
 use crate::route::message_id;
-use crate::state::{MessageFilter, MessageRecord, Requeue, Store};
+use crate::state::{self, MessageFilter, MessageRecord, Requeue, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -52,7 +52,7 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             config: config.path.display().to_string(),
         });
     };
-    let Some(store) = Store::open_read_only(&config.db_path())? else {
+    let Some(store) = state::open(config, state::ReadOnly)? else {
         return Ok(format!(
             "replayed 0 message(s): hook `{}` has delivered nothing yet\n",
             hook.name
@@ -128,7 +128,7 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
         };
         super::dlq::confirm(&question, req.yes)?;
         // A writer only after the confirmation: declining changes nothing.
-        let store = Store::open(&config.db_path())?;
+        let store = state::open(config, state::ReadWrite)?;
         let planned = plan.len();
         let done = match &req.which {
             Replayed::Delivered(_) => store.requeue_delivered(plan).await?,

@@ -7,7 +7,7 @@
 //! never starts on a config and a state that disagree.
 
 use crate::config::Config;
-use crate::state::{BackfillLock, LockError, Rename, StateError, StateLock, Store};
+use crate::state::{self, LockError, OpenError, Rename, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenameError {
@@ -62,15 +62,13 @@ pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, Rename
             new: new.into(),
         });
     }
-    let _lock = StateLock::acquire(&config.state_dir).map_err(|e| match e {
-        e @ LockError::Held { .. } => RenameError::DaemonRunning(e),
-        e => RenameError::Lock(e),
-    })?;
-    let _backfills = BackfillLock::exclusive(&config.state_dir).map_err(|e| match e {
-        LockError::Held { dir, .. } => RenameError::BackfillRunning(dir),
-        e => RenameError::Lock(e),
-    })?;
-    let store = Store::open(&config.db_path())?;
+    let (store, _lock, _backfills) =
+        state::open(config, state::SourceRename).map_err(|e| match e {
+            OpenError::Writer(e @ LockError::Held { .. }) => RenameError::DaemonRunning(e),
+            OpenError::Backfills(LockError::Held { dir, .. }) => RenameError::BackfillRunning(dir),
+            OpenError::Writer(e) | OpenError::Backfills(e) => RenameError::Lock(e),
+            OpenError::State(e) => RenameError::State(e),
+        })?;
     match store.rename_source(old, new).await? {
         Rename::Done(moved) => {
             let rows: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();

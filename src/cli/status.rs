@@ -10,7 +10,7 @@ use super::status_report::{
     TargetStatus,
 };
 use crate::config::Config;
-use crate::state::{HookReport, StateError, StateLock, Store, TargetReport, now_ms};
+use crate::state::{self, HookReport, StateError, StateLock, TargetReport, now_ms};
 
 pub use super::status_text::{Style, render_text};
 
@@ -28,7 +28,7 @@ fn safe_url(u: &url::Url) -> String {
 
 pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
     let db = config.db_path();
-    let store = Store::open_read_only(&db)?;
+    let store = state::open(config, state::ReadOnly)?;
     let mut sources = Vec::new();
     let mut recent_skip = false;
     for s in &config.sources {
@@ -163,7 +163,7 @@ mod tests {
     use super::*;
     use crate::cli::liveness::DaemonState;
     use crate::state::test_util::backdate;
-    use crate::state::{NewMessage, PageCommit};
+    use crate::state::{NewMessage, PageCommit, Store};
 
     const CONFIG: &str = r#"
 state_dir = "state"

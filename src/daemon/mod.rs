@@ -8,7 +8,7 @@ mod supervisor;
 use crate::config::{Config, Source};
 use crate::progress::Progress;
 use crate::source::client::FhirClient;
-use crate::state::{LockError, StateError, StateLock, Store};
+use crate::state::{self, Exclusive, LockError, OpenError, StateError, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use supervisor::Supervisor;
@@ -31,8 +31,10 @@ pub enum DaemonError {
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
     // Held until we return: one daemon per state directory.
-    let _lock = StateLock::acquire(&config.state_dir)?;
-    let store = Store::open(&config.db_path())?;
+    let (store, _lock) = state::open(&config, Exclusive).map_err(|e| match e {
+        OpenError::Writer(e) | OpenError::Backfills(e) => DaemonError::Locked(e),
+        OpenError::State(e) => DaemonError::State(e),
+    })?;
     let pid = std::process::id();
     if let Err(e) = store
         .record_daemon_start(pid, env!("CARGO_PKG_VERSION"))

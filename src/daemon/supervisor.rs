@@ -331,7 +331,7 @@ impl Supervisor {
         let Some(handle) = self.metrics.clone() else {
             return;
         };
-        let store = match Store::open_read_only(&self.config.db_path()) {
+        let store = match crate::state::open(&self.config, crate::state::ReadOnly) {
             Ok(Some(store)) => store,
             Ok(None) => return,
             Err(e) => {

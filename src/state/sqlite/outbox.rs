@@ -1,69 +1,11 @@
 //! The transactional outbox: messages waiting for, or done with, delivery.
 
-use super::change::{
-    BODY_COLUMNS, ChangeRecord, MessageBody, delete_change, insert_change, read_body,
-};
+use super::change::{BODY_COLUMNS, delete_change, insert_change, read_body};
 use super::event_number::EventCounter;
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
+use crate::state::{Claimed, DeliveryRecord, NewMessage};
 use rusqlite::{Transaction, params};
 use std::sync::Arc;
-
-/// A message to enqueue, written in the same transaction as its page: a
-/// hook and its message_id for a change. The messages of one change share
-/// it (the same `Arc`, next to each other): it is stored once.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub hook: String,
-    pub message_id: String,
-    pub change: Arc<ChangeRecord>,
-}
-
-#[cfg(test)]
-impl NewMessage {
-    /// A message of its own change of `rt/id` from source `s`, body `{}`.
-    pub fn test(hook: &str, message_id: &str, rt: &str, id: &str) -> Self {
-        NewMessage {
-            hook: hook.into(),
-            message_id: message_id.into(),
-            change: Arc::new(ChangeRecord {
-                id: 0,
-                source: "s".into(),
-                owner_id: "o".into(),
-                resource_type: rt.into(),
-                resource_id: id.into(),
-                version_id: None,
-                last_updated: None,
-                event: "create".into(),
-                detected_at: "2026-01-01T00:00:00Z".into(),
-                body: Some(b"{}".to_vec()),
-            }),
-        }
-    }
-
-    pub fn with_body(mut self, body: Vec<u8>) -> Self {
-        Arc::make_mut(&mut self.change).body = Some(body);
-        self
-    }
-}
-
-/// A message claimed for a delivery attempt.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub id: i64,
-    pub message_id: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub attempts: u32,
-    /// The hook's event number for it; `None` for a message from before numbers.
-    pub event_number: Option<i64>,
-    /// What to render for the hook (`MessageBody::render`).
-    pub body: MessageBody,
-    /// When the message entered the outbox (our clock, ms), for latency metrics.
-    pub created_at_ms: i64,
-    /// The webhook-id of the batched notification it went out in (see
-    /// `assign_batches`): it goes again only with the others of that batch.
-    pub batch_id: Option<String>,
-}
 
 /// The columns `read_claimed` reads, for an outbox row `o` and its change `c`.
 const CLAIMED_COLUMNS: &str = "o.id, o.message_id, o.resource_type, o.resource_id, o.attempts,
@@ -89,20 +31,6 @@ const NO_OLDER_PENDING: &str = "NOT EXISTS (
     SELECT 1 FROM outbox p
     WHERE p.hook = o.hook AND p.resource_type = o.resource_type
       AND p.resource_id = o.resource_id AND p.state = 'pending' AND p.id < o.id)";
-
-/// How one delivery attempt ended. Errors are PHI-free text.
-#[derive(Debug, Clone)]
-pub enum DeliveryRecord {
-    Delivered {
-        status: u16,
-    },
-    Failed {
-        status: Option<u16>,
-        error: String,
-        /// `None`: attempts are exhausted and the message goes to the dead-letter queue.
-        retry_at_ms: Option<i64>,
-    },
-}
 
 /// One change row per run of messages sharing a change, then one small row
 /// per message. Same (hook, message_id) twice is ignored: re-reading a
@@ -159,13 +87,9 @@ pub(super) fn insert_messages(tx: &Transaction, messages: &[NewMessage]) -> rusq
     numbers.save(tx)
 }
 
-impl Store {
-    /// Due pending messages of a hook, oldest first (walking the id index, so
-    /// the LIMIT stops the scan early; a plan that sorts every due row would
-    /// cost O(backlog) per claim), skipping any message whose
-    /// resource has an older version still pending (per-resource order) and the
-    /// ids in `in_flight`. A claimed message of a batch brings the batch's
-    /// other pending members along (beyond `limit` if need be).
+impl SqliteStore {
+    /// Walks the id index, so the LIMIT stops the scan early: a plan that
+    /// sorts every due row would cost O(backlog) per claim.
     pub async fn claim_due(
         &self,
         hook: &str,
@@ -228,9 +152,6 @@ impl Store {
         .await
     }
 
-    /// Writes each batch's webhook-id to its messages before the batch is
-    /// first POSTed (one transaction): from then on they go only together,
-    /// as that notification, until delivered, a kill -9 notwithstanding.
     pub async fn assign_batches(&self, batches: Vec<(String, Vec<i64>)>) -> Result<(), StateError> {
         if batches.is_empty() {
             return Ok(());
@@ -252,9 +173,6 @@ impl Store {
         .await
     }
 
-    /// Makes the hook's pending messages due now (its endpoint changed: the
-    /// backoff earned against the old one means nothing). Dead letters stay
-    /// for `dlq redrive`. Returns how many were waiting.
     pub async fn pending_due_now(&self, hook: &str) -> Result<usize, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -268,7 +186,6 @@ impl Store {
         .await
     }
 
-    /// When the hook's next pending message falls due (ms), if any.
     pub async fn next_due_ms(&self, hook: &str) -> Result<Option<i64>, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -281,7 +198,6 @@ impl Store {
         .await
     }
 
-    /// Records one attempt's outcome for a claimed message.
     pub async fn record_delivery(
         &self,
         hook: &str,
@@ -292,9 +208,6 @@ impl Store {
             .await
     }
 
-    /// Records many attempts' outcomes in one transaction. With `channel` (a
-    /// FHIR-format hook), an `active` or `error` subscription status follows
-    /// the last outcome.
     pub async fn record_deliveries(
         &self,
         hook: &str,
@@ -372,8 +285,6 @@ impl Store {
         .await
     }
 
-    /// Stops deliveries to a hook (its receiver said 410 Gone). Messages keep
-    /// accumulating as pending; nothing is dropped.
     pub async fn disable_hook(&self, hook: &str, reason: &str) -> Result<(), StateError> {
         let (hook, reason) = (hook.to_string(), reason.to_string());
         self.call(move |c| {
@@ -387,7 +298,6 @@ impl Store {
         .await
     }
 
-    /// Re-enables a disabled hook. Returns whether it was disabled.
     pub async fn enable_hook(&self, hook: &str) -> Result<bool, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -416,7 +326,6 @@ impl Store {
         .await
     }
 
-    /// Deletes delivered messages finished before `older_than_ms`. Returns how many.
     pub async fn prune_delivered(&self, older_than_ms: i64) -> Result<usize, StateError> {
         self.call(move |c| {
             c.prepare_cached("DELETE FROM outbox WHERE state = 'delivered' AND done_at < ?1")?
@@ -430,9 +339,9 @@ impl Store {
 mod tests {
     use super::*;
     use crate::state::PageCommit;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
-    async fn enqueue(store: &Store, msgs: Vec<NewMessage>) {
+    async fn enqueue(store: &SqliteStore, msgs: Vec<NewMessage>) {
         store
             .commit_page(PageCommit {
                 source: "s".into(),

@@ -2,11 +2,12 @@
 //! pending or dead message needs it, the change when no message refers to it.
 
 use super::*;
-use crate::state::test_util::temp_store;
-use crate::state::{DeliveryRecord, DlqSelection, NewMessage, PageCommit, Store, now_ms};
+use crate::state::sqlite::SqliteStore;
+use crate::state::sqlite::test_util::temp_store;
+use crate::state::{DeliveryRecord, DlqSelection, NewMessage, PageCommit, now_ms};
 
 /// (change rows, change_body rows).
-async fn counts(store: &Store) -> (i64, i64) {
+async fn counts(store: &SqliteStore) -> (i64, i64) {
     store
         .call(|c| {
             c.query_row(
@@ -31,7 +32,7 @@ fn shared(res: &str, hooks: &[&str]) -> Vec<NewMessage> {
         .collect()
 }
 
-async fn enqueue(store: &Store, messages: Vec<NewMessage>) {
+async fn enqueue(store: &SqliteStore, messages: Vec<NewMessage>) {
     let page = PageCommit {
         source: "s".into(),
         resource_type: "Observation".into(),
@@ -41,7 +42,7 @@ async fn enqueue(store: &Store, messages: Vec<NewMessage>) {
     store.commit_page(page).await.unwrap();
 }
 
-async fn settle(store: &Store, hook: &str, record: DeliveryRecord) {
+async fn settle(store: &SqliteStore, hook: &str, record: DeliveryRecord) {
     let claimed = store.claim_due(hook, vec![], 10).await.unwrap();
     let records = claimed.iter().map(|c| (c.id, record.clone())).collect();
     store.record_deliveries(hook, records, false).await.unwrap();
@@ -142,7 +143,7 @@ async fn stored_payloads_of_an_upgraded_database_are_sent_as_is() {
             }
         }
     }
-    let store = Store::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
     enqueue(&store, shared("new", &["h"])).await;
     let claimed = store.claim_due("h", vec![], 10).await.unwrap();
     let bodies: Vec<_> = claimed.iter().map(|c| c.body.clone()).collect();

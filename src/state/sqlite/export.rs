@@ -2,36 +2,11 @@
 //! first status request so that a restart resumes the job instead of
 //! starting another, and how far its output files were read.
 
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
+use crate::state::{ExportJob, ExportProgress};
 use rusqlite::{OptionalExtension, Transaction, params};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportJob {
-    pub job_url: String,
-    /// The `_since` it was kicked off with; `None`: everything.
-    pub since: Option<String>,
-    pub kicked_off_at: i64,
-    pub transaction_time: Option<String>,
-    /// Output files read to their end (in manifest order).
-    pub files_done: i64,
-    /// Lines of file `files_done` already committed.
-    pub lines_done: i64,
-    /// The kick-off URL without `_since` (base, group, types); `None` for a
-    /// job saved by an older version.
-    pub request: Option<String>,
-    /// The fingerprint of the manifest `files_done` and `lines_done` count
-    /// on; `None` until one was read (or saved by an older version).
-    pub manifest: Option<String>,
-}
-
-/// Where a chunk's commit leaves the job: `lines` of file `file` are in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExportProgress {
-    pub file: i64,
-    pub lines: i64,
-}
-
-impl Store {
+impl SqliteStore {
     pub async fn export_job(&self, source: &str) -> Result<Option<ExportJob>, StateError> {
         let source = source.to_string();
         self.call(move |c| {
@@ -58,7 +33,6 @@ impl Store {
         .await
     }
 
-    /// Records a job just kicked off (replacing any earlier one).
     pub async fn save_export_job(
         &self,
         source: &str,
@@ -90,9 +64,6 @@ impl Store {
         Ok(job)
     }
 
-    /// The manifest read: its `transactionTime` and its fingerprint (what
-    /// the progress counts on from now). `restart`: the progress was counted
-    /// on another manifest; the files are read again from the first.
     pub async fn note_export_manifest(
         &self,
         source: &str,
@@ -118,7 +89,6 @@ impl Store {
         .await
     }
 
-    /// File `files_done - 1` was read to its end.
     pub async fn export_file_done(&self, source: &str, files_done: i64) -> Result<(), StateError> {
         let source = source.to_string();
         self.call(move |c| {
@@ -131,11 +101,6 @@ impl Store {
         .await
     }
 
-    /// The job is read: every exported type's watermark moves to its
-    /// `transactionTime` (never back), and the job is forgotten, together.
-    /// The types in `repaired` had a watermark in the future (the export read
-    /// them from the start): theirs is set to `transactionTime`, back from
-    /// that future, or every later export would start from the beginning.
     pub async fn finish_export(
         &self,
         source: &str,
@@ -164,7 +129,6 @@ impl Store {
         .await
     }
 
-    /// Forgets a job the server no longer knows (expired, failed).
     pub async fn drop_export_job(&self, source: &str) -> Result<(), StateError> {
         let source = source.to_string();
         self.call(move |c| {
@@ -189,7 +153,7 @@ pub(super) fn record_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{PageCommit, TargetKey};
 
     #[tokio::test]

@@ -1,17 +1,10 @@
 //! The one-line summary systemd shows (`STATUS=`): cheap counts, read every
 //! few seconds.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
+use crate::state::Summary;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    pub targets: i64,
-    pub failing_targets: i64,
-    pub pending: i64,
-    pub dead: i64,
-}
-
-impl Store {
+impl SqliteStore {
     pub async fn summary(&self) -> Result<Summary, StateError> {
         self.call(|c| {
             c.query_row(
@@ -31,18 +24,5 @@ impl Store {
             )
         })
         .await
-    }
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "targets {} ok / {} failing; {} pending; {} dead letters",
-            self.targets - self.failing_targets,
-            self.failing_targets,
-            self.pending,
-            self.dead
-        )
     }
 }

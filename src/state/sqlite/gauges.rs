@@ -3,38 +3,11 @@
 //! seconds at ten thousand targets: one statement per gauge set, each walking
 //! an index or a small table once, never one statement per hook or target.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
+use crate::state::{GaugeSnapshot, HookDepth, TargetMark};
 use rusqlite::params;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HookDepth {
-    pub hook: String,
-    pub pending: i64,
-    pub dead: i64,
-    /// When the oldest pending message entered the outbox (our clock, ms).
-    pub oldest_pending_at_ms: Option<i64>,
-    pub disabled: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetMark {
-    pub source: String,
-    pub resource_type: String,
-    /// RFC 3339, as stored; `None` before the target's first change.
-    pub watermark: Option<String>,
-    /// Whether this is the lowest watermark of the type's per-patient
-    /// targets (a fan-out source) rather than its population-wide target.
-    pub per_patient: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct GaugeSnapshot {
-    pub hooks: Vec<HookDepth>,
-    pub targets: Vec<TargetMark>,
-}
-
-impl Store {
-    /// Depths of `hooks` (in that order) and every target's watermark.
+impl SqliteStore {
     pub async fn gauge_snapshot(&self, hooks: Vec<String>) -> Result<GaugeSnapshot, StateError> {
         self.call(move |c| {
             let names = serde_json::to_string(&hooks).unwrap_or_else(|_| "[]".into());
@@ -94,7 +67,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::{backdate, temp_store};
+    use crate::state::sqlite::test_util::{backdate, temp_store};
     use crate::state::{DeliveryRecord, NewMessage, PageCommit};
 
     #[tokio::test]

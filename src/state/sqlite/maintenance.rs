@@ -1,19 +1,14 @@
 //! Keeping the state bounded: what can never matter again is deleted, and the
 //! space it held goes back to the file system.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
 use rusqlite::params;
 
 /// Rows deleted per transaction, so a large prune never holds the database
 /// for long.
 const PRUNE_CHUNK: i64 = 5000;
 
-impl Store {
-    /// Forgets the versions of a target's resources last updated before
-    /// `before` (an instant formatted like the stored ones), and their kept
-    /// bodies. The poller never reads anything that old again (it drops
-    /// entries before its window), and a later change arrives with a newer
-    /// lastUpdated. Returns how many.
+impl SqliteStore {
     pub async fn prune_seen(
         &self,
         source: &str,
@@ -66,9 +61,6 @@ impl Store {
         .await
     }
 
-    /// Returns free pages to the file system once they are more than a quarter
-    /// of the file (after a backlog's payloads were delivered, or a prune).
-    /// Returns the bytes given back.
     pub async fn reclaim_space(&self) -> Result<u64, StateError> {
         self.call(|c| {
             let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0))?;
@@ -90,11 +82,6 @@ impl Store {
         .await
     }
 
-    /// Folds the WAL into the database and truncates it to nothing. Between
-    /// checkpoints the WAL keeps old page images, delivered payloads among
-    /// them (secure_delete zeroes the database's pages, not the WAL's
-    /// history); housekeeping calls this every pass so they do not linger.
-    /// Returns whether the checkpoint completed (readers can hold it back).
     pub async fn truncate_wal(&self) -> Result<bool, StateError> {
         self.call(|c| {
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
@@ -107,7 +94,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{NewMessage, PageCommit, SeenRow};
 
     #[tokio::test]

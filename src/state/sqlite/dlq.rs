@@ -3,44 +3,13 @@
 //! config (renamed or removed). No worker sends those; the operator moves
 //! them to a configured hook (`move_to_hook`) or deletes them (`purge`).
 
-use super::filter::{MessageFilter, condition};
-use super::message::{MessageRecord, MessageState, WithBody, read_message, select_messages};
-use super::{StateError, Store, now_ms};
+use super::filter::condition;
+use super::message::{read_message, select_messages};
+use super::{SqliteStore, StateError, now_ms};
+use crate::state::{
+    DlqSelection, MessageFilter, MessageRecord, MessageState, Moved, OrphanedHook, WithBody,
+};
 use rusqlite::{Connection, ToSql, params};
-use serde::Serialize;
-
-/// A hook with messages in the outbox that the config no longer names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OrphanedHook {
-    pub hook: String,
-    pub pending: i64,
-    pub dead: i64,
-}
-
-/// Which messages a `dlq` command acts on: dead letters of any hook, plus the
-/// pending messages of orphaned hooks when they are asked for explicitly
-/// (`hook` names the orphaned hook, or `ids` are given). `--all` alone never
-/// touches pending messages.
-#[derive(Debug, Clone, Default)]
-pub struct DlqSelection {
-    /// Only this hook's messages.
-    pub hook: Option<String>,
-    /// Only these ids; `None`: all.
-    pub ids: Option<Vec<i64>>,
-    /// The hooks in the config; any other hook with messages is orphaned.
-    pub configured: Vec<String>,
-    /// Only messages of this source, resource, time window.
-    pub filter: MessageFilter,
-}
-
-/// What `move_to_hook` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moved {
-    /// Now pending on the target hook.
-    pub moved: usize,
-    /// Already under the target hook with the same message_id: deleted.
-    pub duplicates: usize,
-}
 
 /// Every hook with a message in the outbox, without scanning the table:
 /// each step seeks the next name in the (hook, state, id) index.
@@ -117,8 +86,7 @@ fn select(
     Ok(out)
 }
 
-impl Store {
-    /// Hooks not in `configured` that have pending or dead messages.
+impl SqliteStore {
     pub async fn orphaned_hooks(
         &self,
         configured: Vec<String>,
@@ -143,7 +111,6 @@ impl Store {
         .await
     }
 
-    /// Whether any message of `hook` is in the outbox.
     pub async fn hook_has_messages(&self, hook: &str) -> Result<bool, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -153,8 +120,6 @@ impl Store {
         .await
     }
 
-    /// Dead letters of every hook (or `hook`), with the pending messages of
-    /// orphaned hooks: what `dlq list` shows.
     pub async fn dlq_list(
         &self,
         hook: Option<String>,
@@ -164,7 +129,6 @@ impl Store {
             .await
     }
 
-    /// `dlq_list`, narrowed by `filter`.
     pub async fn dlq_list_filtered(
         &self,
         hook: Option<String>,
@@ -204,7 +168,6 @@ impl Store {
         .await
     }
 
-    /// Dead letters only, of every hook or one.
     pub async fn dead_letters(
         &self,
         hook: Option<String>,
@@ -216,9 +179,6 @@ impl Store {
             .collect())
     }
 
-    /// The ids of the messages a `redrive` (`moving`: false) or a `purge` or
-    /// `move_to_hook` (`moving`: true) of `sel` would act on, oldest first:
-    /// what the operator confirms, then passes on as `ids`.
     pub async fn dlq_selected(
         &self,
         sel: DlqSelection,
@@ -233,9 +193,6 @@ impl Store {
         .await
     }
 
-    /// Requeues the selected dead letters of configured hooks (an orphaned
-    /// hook's need `move_to_hook`) for immediate delivery with a fresh
-    /// attempt budget and their message_ids. Returns how many.
     pub async fn redrive(&self, sel: DlqSelection) -> Result<usize, StateError> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -257,7 +214,6 @@ impl Store {
         .await
     }
 
-    /// Deletes the selected messages for good (payloads go with them).
     pub async fn purge(&self, sel: DlqSelection) -> Result<usize, StateError> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -274,9 +230,6 @@ impl Store {
         .await
     }
 
-    /// Moves the selected messages to hook `to` as pending, due now, with a
-    /// fresh attempt budget, keeping their message_id and stored payload. A
-    /// message whose message_id `to` already has is a duplicate: deleted.
     pub async fn move_to_hook(&self, sel: DlqSelection, to: &str) -> Result<Moved, StateError> {
         let to = to.to_string();
         self.call(move |c| {

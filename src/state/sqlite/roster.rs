@@ -3,20 +3,10 @@
 //! `roster_grace`, so that one who comes back resumes from its watermarks;
 //! after that they are forgotten.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
+use crate::state::RosterSync;
 use rusqlite::params;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// What a roster read changed, by patient.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct RosterSync {
-    /// Had targets, not on the roster now: kept, marked as gone.
-    pub left: Vec<String>,
-    /// Had left, on the roster again: their targets go on from their watermarks.
-    pub returned: Vec<String>,
-    /// Left before the grace: their targets are deleted.
-    pub forgotten: Vec<String>,
-}
 
 /// The decision, without I/O: `in_state` maps each patient with targets to
 /// when it left the roster (`None`: it had not).
@@ -38,9 +28,7 @@ fn plan(
     out
 }
 
-impl Store {
-    /// The patients of a fan-out source whose targets have not left the
-    /// roster: the last roster the bridge believed, as the state keeps it.
+impl SqliteStore {
     pub async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError> {
         let source = source.to_string();
         self.call(move |c| {
@@ -54,8 +42,6 @@ impl Store {
         .await
     }
 
-    /// Brings a source's per-patient targets in line with the roster just
-    /// read (see `RosterSync`), in one transaction.
     pub async fn sync_roster(
         &self,
         source: &str,
@@ -106,7 +92,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::state::TargetKey;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     #[test]
     fn a_leaving_patient_is_kept_until_the_grace_ends() {

@@ -1,8 +1,8 @@
 //! Snapshot state: the seen resources a complete walk no longer met (its
 //! deletes), the pruning of their tombstones, and a reconciliation's record.
 
-use super::poll::{SeenRow, TargetKey};
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
+use crate::state::{SeenRow, TargetKey};
 use rusqlite::params;
 use std::sync::Arc;
 
@@ -15,12 +15,7 @@ fn tombstone_hash() -> [u8; 32] {
     SeenRow::TOMBSTONE_HASH
 }
 
-impl Store {
-    /// The seen resources of a type, tombstones aside, for which `walked`
-    /// says no: the resources a complete walk did not meet. Read in
-    /// `resource_id` order, a chunk at a time (the primary key's order, so
-    /// no sort and nothing held but the answer). With `bodies`, each row's
-    /// kept body (for `$previous`).
+impl SqliteStore {
     pub async fn seen_not_walked(
         &self,
         source: &str,
@@ -93,8 +88,6 @@ impl Store {
         }
     }
 
-    /// Forgets a type's tombstones (deletes) last updated before `before`:
-    /// a snapshot target keeps its other seen rows, which are the snapshot.
     pub async fn prune_tombstones(
         &self,
         source: &str,
@@ -105,8 +98,6 @@ impl Store {
             .await
     }
 
-    /// A complete reconciliation of a target ended at `at_ms` (our clock)
-    /// and found `changes`.
     pub async fn record_reconcile(
         &self,
         key: &TargetKey,
@@ -138,7 +129,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::state::PageCommit;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     fn row(lu: &str, hash: [u8; 32]) -> SeenRow {
         SeenRow {
@@ -149,7 +140,7 @@ mod tests {
         }
     }
 
-    async fn seed(store: &Store, rows: Vec<(String, SeenRow)>) {
+    async fn seed(store: &SqliteStore, rows: Vec<(String, SeenRow)>) {
         store
             .commit_page(PageCommit {
                 source: "s".into(),

@@ -7,25 +7,13 @@
 //! A message from before migration 7 is sent with its stored payload (rare:
 //! re-rendered and not yet sent) or one re-rendered by the caller.
 
-use super::filter::{MessageFilter, condition};
-use super::message::{MessageRecord, WithBody, read_message, select_messages};
-use super::{StateError, Store, now_ms};
+use super::filter::condition;
+use super::message::{read_message, select_messages};
+use super::{SqliteStore, StateError, now_ms};
+use crate::state::{MessageFilter, MessageRecord, Requeue, WithBody};
 use rusqlite::{ToSql, params};
 
-/// One message to requeue, with the payload to store when it has none.
-#[derive(Debug, Clone)]
-pub struct Requeue {
-    pub id: i64,
-    /// `None`: send the payload still stored or render its change (a
-    /// message with neither is skipped).
-    pub payload: Option<Vec<u8>>,
-    /// Only if its change's resource is still stored (a full-resource send).
-    pub need_body: bool,
-}
-
-impl Store {
-    /// Delivered messages of `hook` that `filter` selects (its time is the
-    /// delivery time), oldest first.
+impl SqliteStore {
     pub async fn replay_candidates(
         &self,
         hook: &str,
@@ -48,10 +36,6 @@ impl Store {
         .await
     }
 
-    /// The messages of `hook` numbered `from` or later that are still kept
-    /// and no longer pending (delivered, within the retention, or dead), that
-    /// `filter` selects, in event-number order. Messages from before event
-    /// numbers have none and are never among them.
     pub async fn replay_candidates_from_event(
         &self,
         hook: &str,
@@ -77,16 +61,10 @@ impl Store {
         .await
     }
 
-    /// Makes these delivered messages pending again, due now, with a fresh
-    /// attempt budget, in one transaction. A message that is no longer
-    /// delivered (pruned meanwhile, or already requeued) or has no payload
-    /// to send is left alone. Returns how many were requeued.
     pub async fn requeue_delivered(&self, items: Vec<Requeue>) -> Result<usize, StateError> {
         self.requeue(items, Requeueable::Delivered).await
     }
 
-    /// `requeue_delivered`, for delivered or dead messages (a replay from an
-    /// event number sends both again). Their message_id and event number stay.
     pub async fn requeue_delivered_or_dead(
         &self,
         items: Vec<Requeue>,
@@ -142,12 +120,12 @@ enum Requeueable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{DeliveryRecord, NewMessage, PageCommit};
 
     /// Messages `a` and `b` of hook `h`, delivered; `a`'s change is also
     /// pending for hook `k`, which keeps its resource stored.
-    async fn delivered(store: &Store) {
+    async fn delivered(store: &SqliteStore) {
         let a = NewMessage::test("h", "a", "Observation", "a");
         let mut k = a.clone();
         k.hook = "k".into();
@@ -251,7 +229,7 @@ mod tests {
     }
 
     /// Settles every due message of `hook`: delivered, or dead if `dead`.
-    async fn settle(store: &Store, hook: &str, dead: bool) {
+    async fn settle(store: &SqliteStore, hook: &str, dead: bool) {
         let claimed = store.claim_due(hook, vec![], 100).await.unwrap();
         let records = claimed
             .iter()
@@ -271,7 +249,7 @@ mod tests {
         store.record_deliveries(hook, records, false).await.unwrap();
     }
 
-    async fn enqueue(store: &Store, messages: Vec<NewMessage>) {
+    async fn enqueue(store: &SqliteStore, messages: Vec<NewMessage>) {
         store
             .commit_page(PageCommit {
                 source: "s".into(),

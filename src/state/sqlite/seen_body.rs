@@ -49,8 +49,9 @@ pub(super) fn any(c: &Connection, source: &str, resource_type: &str) -> rusqlite
 
 #[cfg(test)]
 mod tests {
-    use crate::state::test_util::temp_store;
-    use crate::state::{PageCommit, SeenRow, Store};
+    use crate::state::sqlite::SqliteStore;
+    use crate::state::sqlite::test_util::temp_store;
+    use crate::state::{PageCommit, SeenRow};
 
     fn row(lu: &str, body: Option<&str>) -> SeenRow {
         SeenRow {
@@ -61,7 +62,7 @@ mod tests {
         }
     }
 
-    async fn commit(store: &Store, keep_bodies: bool, seen: Vec<(&str, SeenRow)>) {
+    async fn commit(store: &SqliteStore, keep_bodies: bool, seen: Vec<(&str, SeenRow)>) {
         store
             .commit_page(PageCommit {
                 source: "s".into(),
@@ -77,7 +78,7 @@ mod tests {
             .unwrap();
     }
 
-    fn body(store: &Store, id: &str) -> Option<String> {
+    fn body(store: &SqliteStore, id: &str) -> Option<String> {
         let rows = store
             .load_seen_blocking("s", "Encounter", vec![id.into()], true)
             .unwrap();

@@ -5,31 +5,18 @@
 //! nothing re-sent, nothing skipped. The tables are found by their `source`
 //! column, so one added later moves too.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
+use crate::state::Rename;
 use rusqlite::{Connection, params};
 
-/// What a rename did, or why it did nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rename {
-    /// Rows moved, per table that had any (table, rows).
-    Done(Vec<(String, usize)>),
-    /// `old` has no row anywhere: nothing to rename (a typo?).
-    NoState,
-    /// `new` has rows already: merging two sources' state is not a rename.
-    TargetHasState(Vec<String>),
-}
-
-impl Store {
-    /// Re-keys source `old` as `new`; the daemon must not be running (the
-    /// caller holds the state lock).
+impl SqliteStore {
     pub async fn rename_source(&self, old: &str, new: &str) -> Result<Rename, StateError> {
         let (old, new) = (old.to_string(), new.to_string());
         self.call(move |c| rename(c, &old, &new)).await
     }
 }
 
-impl Store {
-    /// The sources that have targets in the state (whatever the config says).
+impl SqliteStore {
     pub async fn sources_with_state(&self) -> Result<Vec<String>, StateError> {
         self.call(|c| {
             c.prepare("SELECT DISTINCT source FROM poll_target ORDER BY source")?
@@ -98,9 +85,9 @@ fn tables_with_source(c: &Connection) -> rusqlite::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
-    async fn rows(store: &Store, source: &str) -> Vec<(String, usize)> {
+    async fn rows(store: &SqliteStore, source: &str) -> Vec<(String, usize)> {
         let source = source.to_string();
         store
             .call(move |c| {
@@ -121,7 +108,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn seed(store: &Store, source: &str) {
+    async fn seed(store: &SqliteStore, source: &str) {
         let source = source.to_string();
         store
             .call(move |c| {

@@ -1,22 +1,12 @@
 //! The daemon's heartbeat: one row saying which process runs on this state,
 //! since when, and when it last said so (every few seconds).
 
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
+use crate::state::Heartbeat;
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
 use std::sync::atomic::Ordering;
 
-/// The heartbeat row as last written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Heartbeat {
-    pub pid: u32,
-    pub started_at_ms: i64,
-    pub last_seen_at_ms: i64,
-    pub version: String,
-}
-
-impl Store {
-    /// Records that this process (pid) started now, replacing any earlier row.
+impl SqliteStore {
     pub async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError> {
         let version = version.to_string();
         self.call(move |c| {
@@ -34,7 +24,6 @@ impl Store {
         .map(|at| self.heartbeat_ok_ms.store(at, Ordering::Relaxed))
     }
 
-    /// Records that the process `pid` is still alive, now.
     pub async fn heartbeat(&self, pid: u32) -> Result<(), StateError> {
         self.call(move |c| {
             let now = now_ms();
@@ -46,13 +35,10 @@ impl Store {
         .map(|at| self.heartbeat_ok_ms.store(at, Ordering::Relaxed))
     }
 
-    /// When this handle last wrote a heartbeat (or the daemon's start)
-    /// successfully, our clock in ms; `None` before the first.
     pub fn last_heartbeat_ok_ms(&self) -> Option<i64> {
         Some(self.heartbeat_ok_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 
-    /// The last heartbeat, if a daemon ever ran on this state.
     pub async fn last_heartbeat(&self) -> Result<Option<Heartbeat>, StateError> {
         self.call(|c| {
             // A database last opened by an older fhir-bridge has no such table yet.
@@ -83,7 +69,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     #[tokio::test]
     async fn start_then_beats_move_last_seen_only() {
@@ -109,7 +95,7 @@ mod tests {
     async fn status_reads_it_read_only() {
         let (dir, store) = temp_store();
         store.record_daemon_start(9, "v").await.unwrap();
-        let ro = crate::state::Store::open_read_only(&dir.path().join("bridge.db"))
+        let ro = crate::state::sqlite::SqliteStore::open_read_only(&dir.path().join("bridge.db"))
             .unwrap()
             .unwrap();
         assert_eq!(ro.last_heartbeat().await.unwrap().unwrap().pid, 9);

@@ -343,7 +343,7 @@ fn newer_schema(version: i64) -> rusqlite::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Store;
+    use crate::state::sqlite::SqliteStore;
 
     /// A database from before migration 3 keeps its pending payloads.
     #[tokio::test]
@@ -369,7 +369,7 @@ mod tests {
                 .unwrap();
             }
         }
-        let store = Store::open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         let claimed = store.claim_due("h", vec![], 10).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].body.raw(), b"{\"n\":0}");

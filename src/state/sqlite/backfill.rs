@@ -1,21 +1,11 @@
 //! Backfill jobs: the range a `fhir-bridge backfill` covers per resource
 //! type, and how far it got, so that an interrupted backfill resumes.
 
-use super::{BackfillProgress, PageCommit, StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
+use crate::state::{BackfillJob, BackfillProgress, PageCommit};
 use rusqlite::{OptionalExtension, Transaction, params};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackfillJob {
-    pub since: String,
-    pub until: String,
-    pub cursor: Option<String>,
-    pub done: bool,
-    pub pages: i64,
-    pub resources: i64,
-    pub changes: i64,
-}
-
-impl Store {
+impl SqliteStore {
     pub async fn backfill_job(
         &self,
         source: &str,
@@ -44,7 +34,6 @@ impl Store {
         .await
     }
 
-    /// Starts (or starts over) the job for this range.
     pub async fn start_backfill(
         &self,
         source: &str,

@@ -4,7 +4,7 @@
 //! resource per event (4,950 B measured at N=2000), where a payload per hook
 //! took 13,033 B. `cargo test --lib size_tests -- --nocapture` prints it.
 
-use crate::state::test_util::temp_store;
+use crate::state::sqlite::test_util::temp_store;
 use crate::state::{ChangeRecord, NewMessage, PageCommit};
 use std::sync::Arc;
 
@@ -82,7 +82,7 @@ async fn a_change_matched_by_three_hooks_is_stored_once() {
 
 /// (page_count, WAL bytes). Auto-checkpoints are off, so the WAL holds every
 /// page image written since the database was opened.
-fn sizes(store: &crate::state::Store, dir: &tempfile::TempDir) -> (i64, i64) {
+fn sizes(store: &crate::state::sqlite::SqliteStore, dir: &tempfile::TempDir) -> (i64, i64) {
     let c = store.lock();
     c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
     let pages = c

@@ -2,21 +2,8 @@
 //! operator's `dlq` and `replay` commands. Applied in SQL, beside the
 //! (hook, state, id) index that drives those queries.
 
+use crate::state::MessageFilter;
 use rusqlite::ToSql;
-
-/// Messages of one source, one resource (or resource type), within a time
-/// window. Every field `None`: everything. The time is when the message was
-/// finished (dead-lettered, delivered), or created when it is not finished.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageFilter {
-    pub source: Option<String>,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    /// Our clock, ms, inclusive.
-    pub since_ms: Option<i64>,
-    /// Our clock, ms, exclusive.
-    pub until_ms: Option<i64>,
-}
 
 /// The SQL condition for a `MessageFilter`, on the columns of `outbox o`
 /// (qualified: a query may join the message's change, which has the same
@@ -46,9 +33,5 @@ impl MessageFilter {
             &self.since_ms,
             &self.until_ms,
         ]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == MessageFilter::default()
     }
 }

@@ -1,8 +1,8 @@
 use super::*;
-use crate::state::test_util::temp_store;
+use crate::state::sqlite::test_util::temp_store;
 use crate::state::{DeliveryRecord, MessageKey, NewMessage, PageCommit, WithBody};
 
-async fn enqueue(store: &Store, msgs: Vec<NewMessage>) {
+async fn enqueue(store: &SqliteStore, msgs: Vec<NewMessage>) {
     store
         .commit_page(PageCommit {
             source: "s".into(),
@@ -20,7 +20,7 @@ fn msg(hook: &str, mid: &str, res: &str) -> NewMessage {
 }
 
 /// Claims every due message of `hook` and records `record` for each.
-async fn settle(store: &Store, hook: &str, dead: bool) {
+async fn settle(store: &SqliteStore, hook: &str, dead: bool) {
     let claimed = store.claim_due(hook, vec![], 100).await.unwrap();
     let records = claimed
         .iter()
@@ -41,7 +41,7 @@ async fn settle(store: &Store, hook: &str, dead: bool) {
 }
 
 /// `old`: 1 dead + 2 pending; `gone`: delivered only; `a`: 1 dead.
-async fn fixture(store: &Store) {
+async fn fixture(store: &SqliteStore) {
     enqueue(store, vec![msg("old", "o1", "r1"), msg("a", "a1", "r1")]).await;
     settle(store, "old", true).await;
     settle(store, "a", true).await;

@@ -4,40 +4,10 @@
 //! only the sizes of what is stored to send. The body (PHI) is read only by
 //! the queries that ask for it (`dlq show --payload`).
 
-use super::change::{BODY_COLUMNS, MessageBody, read_body};
+use super::change::{BODY_COLUMNS, read_body};
+use crate::state::{MessageRecord, MessageState, StoredBody, WithBody};
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
-use serde::Serialize;
-use std::fmt;
-
-/// Where a message is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageState {
-    /// Waiting for (another) delivery attempt.
-    Pending,
-    /// Delivered; kept for `retention` (replay).
-    Delivered,
-    /// Attempts exhausted: a dead letter.
-    Dead,
-}
-
-impl MessageState {
-    /// As stored in `outbox.state`, and as the operator's commands print it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageState::Pending => "pending",
-            MessageState::Delivered => "delivered",
-            MessageState::Dead => "dead",
-        }
-    }
-}
-
-impl fmt::Display for MessageState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
 
 impl FromSql for MessageState {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
@@ -52,62 +22,6 @@ impl FromSql for MessageState {
     }
 }
 
-/// What a message has stored to send, by size (never the content).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoredBody {
-    /// Size of its stored payload (messages from before migration 7); `None`
-    /// once it is gone (deleted on delivery) or for a message of a change.
-    pub payload_bytes: Option<i64>,
-    /// The change it was made for (rendered when sent); `None` for a message
-    /// from before migration 7.
-    pub change_id: Option<i64>,
-    /// Size of the change's stored resource; `None` once no pending or dead
-    /// message needs it, or when no hook could include it.
-    pub resource_bytes: Option<i64>,
-}
-
-impl StoredBody {
-    pub fn has_payload(&self) -> bool {
-        self.payload_bytes.is_some()
-    }
-
-    /// Whether its change's resource is still stored (it can go in full).
-    pub fn has_resource(&self) -> bool {
-        self.resource_bytes.is_some()
-    }
-}
-
-/// One message of the outbox: everything stored about it, and its body only
-/// when a query asked for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageRecord {
-    /// The row id (`dlq list` shows it).
-    pub id: i64,
-    pub hook: String,
-    pub message_id: String,
-    /// The hook's event number for it; `None` for a message from before numbers.
-    pub event_number: Option<i64>,
-    pub state: MessageState,
-    pub attempts: i64,
-    /// When it entered the outbox (our clock, ms).
-    pub created_at_ms: i64,
-    pub next_attempt_at_ms: i64,
-    /// When it was delivered or dead-lettered.
-    pub done_at_ms: Option<i64>,
-    pub last_status: Option<i64>,
-    pub last_error: Option<String>,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub version_id: Option<String>,
-    /// "create" or "update".
-    pub event: String,
-    pub source: String,
-    /// What it has stored to send, by size.
-    pub stored: StoredBody,
-    /// What it sends, content included (PHI); `None`: not read by this query.
-    pub body: Option<MessageBody>,
-}
-
 /// The columns `read_message` expects, in order, for an outbox row `o`.
 const MESSAGE_COLUMNS: &str = "
     o.id, o.hook, o.message_id, o.event_number, o.state, o.attempts, o.created_at,
@@ -119,13 +33,6 @@ const MESSAGE_COLUMNS: &str = "
 
 /// How many columns `MESSAGE_COLUMNS` has: the body's start after them.
 const MESSAGE_COLUMN_COUNT: usize = 19;
-
-/// Whether a query reads the messages' bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WithBody {
-    No,
-    Yes,
-}
 
 /// A query of messages from `outbox o`: `rest` is its WHERE and ORDER BY,
 /// on `o`'s columns (with a body, `c` is the message's change: qualify).
@@ -173,7 +80,7 @@ pub(super) fn read_message(r: &Row, body: WithBody) -> rusqlite::Result<MessageR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
 
     /// The row reader and the column list agree, with and without a body.
     #[tokio::test]

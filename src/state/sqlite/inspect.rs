@@ -2,33 +2,12 @@
 //! stored payload, or its change to render) only when the operator asks for
 //! it (the resource is PHI).
 
-use super::change::MessageBody;
-use super::message::{MessageRecord, WithBody, read_message, select_messages};
-use super::{StateError, Store};
+use super::message::{read_message, select_messages};
+use super::{SqliteStore, StateError};
+use crate::state::{MessageBody, MessageKey, MessageRecord, WithBody};
 use rusqlite::params;
 
-/// How the operator names a message: the row id `dlq list` shows, or its
-/// `message_id` (several rows when a message was moved to another hook and
-/// the old one was kept).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageKey {
-    Id(i64),
-    MessageId(String),
-}
-
-impl MessageKey {
-    /// A number is a row id; anything else a message_id.
-    pub fn parse(s: &str) -> MessageKey {
-        match s.parse::<i64>() {
-            Ok(id) => MessageKey::Id(id),
-            Err(_) => MessageKey::MessageId(s.to_string()),
-        }
-    }
-}
-
-impl Store {
-    /// The messages `key` names, of `hook` if given, oldest first; with
-    /// their bodies only if `body` (PHI: for an operator's explicit request).
+impl SqliteStore {
     pub async fn find_messages(
         &self,
         key: MessageKey,
@@ -52,9 +31,6 @@ impl Store {
         .await
     }
 
-    /// What message `id` sends: its stored payload or its change, body
-    /// included (`Missing` when there is no such message). PHI: only for an
-    /// operator's explicit request.
     pub async fn message_body(&self, id: i64) -> Result<MessageBody, StateError> {
         let found = self
             .find_messages(MessageKey::Id(id), None, WithBody::Yes)
@@ -70,7 +46,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_util::temp_store;
+    use crate::state::sqlite::test_util::temp_store;
     use crate::state::{NewMessage, PageCommit};
 
     #[tokio::test]

@@ -1,60 +1,10 @@
 //! Read models for `status`.
 
-use super::{StateError, Store};
+use super::{SqliteStore, StateError};
+use crate::state::{HookReport, TargetReport};
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TargetReport {
-    pub source: String,
-    pub resource_type: String,
-    pub watermark: Option<String>,
-    pub last_poll_at_ms: Option<i64>,
-    pub last_ok_at_ms: Option<i64>,
-    pub last_outcome: Option<String>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: i64,
-    pub changes_seen: i64,
-    pub resources_read: i64,
-    pub entries_skipped: i64,
-    pub entries_future: i64,
-    pub last_skip_at_ms: Option<i64>,
-    pub last_warning: Option<String>,
-    pub last_warning_at_ms: Option<i64>,
-    /// A per-patient type: how many patients' targets this row sums up.
-    pub patients: Option<i64>,
-    pub last_reconcile_at_ms: Option<i64>,
-    pub last_reconcile_changes: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct HookReport {
-    pub hook: String,
-    pub pending: i64,
-    pub delivered: i64,
-    pub dead: i64,
-    pub failed_attempts: i64,
-    pub filter_errors: i64,
-    pub oldest_pending_at_ms: Option<i64>,
-    pub last_success_at_ms: Option<i64>,
-    pub last_error: Option<String>,
-    pub last_error_at_ms: Option<i64>,
-    pub disabled_at_ms: Option<i64>,
-    pub disabled_reason: Option<String>,
-    /// The hook's last event number.
-    pub events: i64,
-    /// A FHIR channel's status (`None`: never handshaken) and its last error.
-    pub subscription_status: Option<String>,
-    pub subscription_error: Option<String>,
-}
-
-impl Store {
-    /// A per-patient type's targets summed up in one row: the stalest
-    /// watermark and success (the patient furthest behind: the oldest
-    /// patient's last successful poll), the latest poll,
-    /// the worst failure streak, totals, and the newest error and warning.
-    /// Patients who left the roster (kept for `roster_grace`) are not polled
-    /// and not counted.
+impl SqliteStore {
     pub async fn patient_targets_report(
         &self,
         source: &str,

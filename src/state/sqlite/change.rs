@@ -4,60 +4,8 @@
 //! or dead message needs it (triggers of migration 7); the change's metadata
 //! stays while any message refers to it (replay renders id-only from it).
 
+use crate::state::{ChangeRecord, MessageBody};
 use rusqlite::{Row, Transaction, params};
-
-/// One detected change of one resource version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeRecord {
-    /// The `change` row; 0 before it is stored.
-    pub id: i64,
-    pub source: String,
-    pub owner_id: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub version_id: Option<String>,
-    pub last_updated: Option<String>,
-    /// "create" or "update".
-    pub event: String,
-    /// When the bridge detected it (RFC 3339, the payload's `time`).
-    pub detected_at: String,
-    /// The resource bytes exactly as the server sent them; `None` when no
-    /// hook sends them (id-only hooks, over the size limit) or once deleted.
-    pub body: Option<Vec<u8>>,
-}
-
-/// What a message sends: a payload rendered and stored before migration 7,
-/// or its change, rendered for the hook at send time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageBody {
-    Stored(Vec<u8>),
-    Change(ChangeRecord),
-    /// Neither (a delivered message of an old version whose payload is gone).
-    Missing,
-}
-
-impl MessageBody {
-    /// Drops the resource bytes (a reader that must not hand them out).
-    pub fn forget_resource(&mut self) {
-        match self {
-            MessageBody::Change(c) => c.body = None,
-            MessageBody::Stored(_) => *self = MessageBody::Missing,
-            MessageBody::Missing => {}
-        }
-    }
-}
-
-#[cfg(test)]
-impl MessageBody {
-    /// The stored payload, or the change's resource bytes: what a test enqueued.
-    pub fn raw(&self) -> Vec<u8> {
-        match self {
-            MessageBody::Stored(p) => p.clone(),
-            MessageBody::Change(c) => c.body.clone().unwrap_or_default(),
-            MessageBody::Missing => vec![],
-        }
-    }
-}
 
 /// The columns `read_body` expects, in order, for an outbox row `o` (and
 /// its change `c`, left-joined): stored payload, then the change.

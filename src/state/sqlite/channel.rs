@@ -2,45 +2,13 @@
 //! handshake gets a 2xx, then `active`, `error` after a failed attempt) and
 //! the events still retained for `$events`.
 
-use super::change::{BODY_COLUMNS, BODY_COLUMNS_WITHOUT_BYTES, MessageBody, read_body};
+use super::change::{BODY_COLUMNS, BODY_COLUMNS_WITHOUT_BYTES, read_body};
 use super::event_number::events_since_start;
-use super::{StateError, Store, now_ms};
+use super::{SqliteStore, StateError, now_ms};
+use crate::state::{ChannelState, MAX_EVENTS_PER_QUERY, RetainedEvent};
 use rusqlite::{OptionalExtension, params};
 
-/// Most events one `$events` answer carries.
-pub const MAX_EVENTS_PER_QUERY: i64 = 1_000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelState {
-    /// The hook's last event number.
-    pub events: i64,
-    /// `None`: never handshaken (the same as `requested`).
-    pub status: Option<String>,
-    /// What the last failed handshake or notification said (PHI-free).
-    pub error: Option<String>,
-}
-
-impl ChannelState {
-    /// A handshake is due before any event goes out.
-    pub fn needs_handshake(&self) -> bool {
-        matches!(self.status.as_deref(), None | Some("requested"))
-    }
-
-    pub fn status(&self) -> &str {
-        self.status.as_deref().unwrap_or("requested")
-    }
-}
-
-/// One retained event of a hook, for `$events`.
-#[derive(Debug, Clone)]
-pub struct RetainedEvent {
-    pub number: i64,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub body: MessageBody,
-}
-
-impl Store {
+impl SqliteStore {
     pub async fn channel_state(&self, hook: &str) -> Result<ChannelState, StateError> {
         let hook = hook.to_string();
         self.call(move |c| {
@@ -66,7 +34,6 @@ impl Store {
         .await
     }
 
-    /// Records the channel's status; `error` is kept only with a failure.
     pub async fn set_channel_status(
         &self,
         hook: &str,
@@ -88,9 +55,6 @@ impl Store {
         .await
     }
 
-    /// The hook's events numbered `since..=until` still in the outbox (pending,
-    /// dead, or delivered and not yet pruned), in number order, at most
-    /// `MAX_EVENTS_PER_QUERY`. Bodies come along only when `with_bodies`.
     pub async fn retained_events(
         &self,
         hook: &str,
@@ -133,9 +97,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::state::test_util::temp_store;
-    use crate::state::{NewMessage, PageCommit};
+    use crate::state::sqlite::test_util::temp_store;
+    use crate::state::{MessageBody, NewMessage, PageCommit};
 
     #[tokio::test]
     async fn status_starts_requested_and_events_are_read_by_number() {
