@@ -358,7 +358,6 @@ fn task(source: Source, store: Store) -> SourceTask {
                 topic: None,
                 content: Content::IdOnly,
             }],
-            wakers: HashMap::new(),
         }
         .fixed(),
         store,

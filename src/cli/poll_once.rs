@@ -83,7 +83,6 @@ pub async fn run(
     let task = SourceTask {
         routing: Routing {
             routes: Route::for_source(config, source),
-            wakers: Default::default(),
         }
         .fixed(),
         store,

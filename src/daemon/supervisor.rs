@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,6 @@ pub struct Supervisor {
     recorder_done: Option<JoinHandle<()>>,
     sources: HashMap<String, Running>,
     hooks: HashMap<String, Running>,
-    wakers: HashMap<String, Arc<Notify>>,
     routing: HashMap<String, watch::Sender<Arc<Routing>>>,
     housekeeping: Option<Running>,
     /// Each running source's client: its view of the server's clock feeds
@@ -94,7 +93,6 @@ impl Supervisor {
             recorder_done: Some(recorder_done),
             sources: HashMap::new(),
             hooks: HashMap::new(),
-            wakers: HashMap::new(),
             routing: HashMap::new(),
             housekeeping: None,
             clients: HashMap::new(),
@@ -156,9 +154,6 @@ impl Supervisor {
             if let Some(running) = self.hooks.remove(name) {
                 let within = self.hook_stop_time(name);
                 running.stop(&format!("hook {name}"), within).await;
-            }
-            if diff.hooks.removed.contains(name) {
-                self.wakers.remove(name);
             }
         }
         for name in diff.sources.removed.iter().chain(&diff.sources.changed) {
@@ -255,11 +250,6 @@ impl Supervisor {
     fn routing_for(&self, source: &str) -> Routing {
         Routing {
             routes: Route::for_source(&self.config, source),
-            wakers: self
-                .config
-                .hooks_for_source(source)
-                .filter_map(|h| Some((h.name.clone(), self.wakers.get(&h.name)?.clone())))
-                .collect(),
         }
     }
 
@@ -275,11 +265,6 @@ impl Supervisor {
     }
 
     fn start_hook(&mut self, hook: Hook, sender: Sender) {
-        let wake = self
-            .wakers
-            .entry(hook.name.clone())
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone();
         let worker = HookWorker {
             beat: self
                 .progress
@@ -287,7 +272,6 @@ impl Supervisor {
             hook: hook.clone(),
             store: self.store.clone(),
             sender,
-            wake: wake.clone(),
             channel: hook
                 .notification
                 .format
@@ -297,7 +281,7 @@ impl Supervisor {
         self.hooks
             .insert(hook.name.clone(), Running::spawn(|c| worker.run(c)));
         // Messages may have waited while the hook was away.
-        wake.notify_one();
+        self.store.notify_due(&hook.name);
     }
 
     fn start_source(&mut self, source: Source, client: FhirClient) {

@@ -17,7 +17,7 @@ use crate::telemetry::delivery::{DeadLettered, DeliveryAttempted, HookDisabled, 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +56,6 @@ pub struct HookWorker {
     pub hook: Hook,
     pub store: Store,
     pub sender: Sender,
-    pub wake: Arc<Notify>,
     /// Tells the watchdog by when this worker moves on again.
     pub beat: Beat,
     /// For a FHIR-format hook: what its notifications say about it.
@@ -213,8 +212,8 @@ impl HookWorker {
                         tasks.abort_all();
                     }
                 }
-                _ = this.wake.notified(), if !full && !stopping => {}
-                _ = tokio::time::sleep(wait), if !full && !stopping => {}
+                // Woken by a commit for this hook, or `wait` is up.
+                _ = this.store.wait_due(&this.hook.name, wait), if !full && !stopping => {}
                 _ = cancel.cancelled(), if !stopping => { stopping = true; }
             }
         }

@@ -856,9 +856,7 @@ impl SourceTask {
             }
             self.known.set(key, state.clone());
             for hook in woken {
-                if let Some(w) = routing.wakers.get(&hook) {
-                    w.notify_one();
-                }
+                self.store.notify_due(&hook);
             }
 
             match next.transpose()? {

@@ -6,7 +6,6 @@ use crate::filter::Filter;
 use crate::route::Route;
 use crate::sandbox::FhirSandbox;
 use crate::state::test_util::temp_store;
-use std::collections::HashMap;
 use std::time::Duration;
 
 fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
@@ -40,11 +39,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
     }];
     SourceTask {
         source,
-        routing: crate::source::Routing {
-            routes,
-            wakers: HashMap::new(),
-        }
-        .fixed(),
+        routing: crate::source::Routing { routes }.fixed(),
         store,
         client: FhirClient::new(Duration::from_secs(5)).unwrap(),
         first_poll_spread: Duration::ZERO,

@@ -9,6 +9,7 @@ use super::{
     SeenRow, TargetKey, TargetStore, now_ms,
 };
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// What the suite needs of a backend: all three roles.
 pub(crate) trait Contract: TargetStore + DeliveryStore + OperatorStore {}
@@ -345,6 +346,26 @@ pub(crate) async fn a_rename_moves_the_whole_source<S: Contract>(s: &S) {
     );
 }
 
+/// A wake-up reaches the hook's waiter at once, and one sent while nobody
+/// waited is kept for the next wait; another hook's wake-up does not count,
+/// and without one the wait ends with its timeout.
+pub(crate) async fn a_wake_up_reaches_the_hooks_waiter<S: Contract>(s: &S) {
+    let long = Duration::from_secs(30);
+    let short = Duration::from_millis(20);
+    let (woken, ()) = tokio::join!(s.wait_due("h", long), async {
+        tokio::task::yield_now().await;
+        s.notify_due("h");
+    });
+    assert!(woken, "woken while waiting");
+    s.notify_due("h");
+    s.notify_due("h");
+    assert!(s.wait_due("h", long).await, "kept while nobody waited");
+    assert!(!s.wait_due("h", short).await, "kept once, not counted");
+    s.notify_due("g");
+    assert!(!s.wait_due("h", short).await, "another hook's wake-up");
+    assert!(s.wait_due("g", long).await);
+}
+
 /// Runs every test of the suite on the stores `$open()` makes (each call: a
 /// fresh, empty state and whatever must live as long as it).
 macro_rules! conformance {
@@ -358,6 +379,7 @@ macro_rules! conformance {
             pruning_forgets_delivered_messages_and_old_versions,
             a_patient_off_the_roster_is_forgotten_after_the_grace,
             a_rename_moves_the_whole_source,
+            a_wake_up_reaches_the_hooks_waiter,
         );
     };
     (@tests $open:expr; $($test:ident),* $(,)?) => {

@@ -3,6 +3,7 @@
 
 use super::StateError;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A message to enqueue, written in the same transaction as its page: a
 /// hook and its message_id for a change. The messages of one change share
@@ -227,5 +228,18 @@ crate::state::role! {
             until: i64,
             with_bodies: bool,
         ) -> Result<Vec<RetainedEvent>, StateError>;
+        /// Waits until `notify_due(hook)` is called or `timeout` passes;
+        /// returns whether it was woken. A wake-up sent while nobody waited
+        /// is kept (one, not a count): the next wait returns at once. It may
+        /// also return early for nothing: the caller looks at the outbox
+        /// (`claim_due`) either way, so a wake-up is a hint, never a record.
+        async fn wait_due(&self, hook: &str, timeout: Duration) -> bool;
+    }
+    blocking {
+        /// Wakes whoever waits in `wait_due(hook)`: messages for it were just
+        /// committed (or it was started). Never blocks, never fails: a lost
+        /// wake-up costs latency (the worker looks again within its timeout),
+        /// not a message.
+        fn notify_due(&self, hook: &str);
     }
 }

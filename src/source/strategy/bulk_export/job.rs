@@ -643,9 +643,7 @@ impl SourceTask {
             }
         }
         for hook in woken {
-            if let Some(w) = run.routing.wakers.get(&hook) {
-                w.notify_one();
-            }
+            self.store.notify_due(&hook);
         }
         Ok(true)
     }

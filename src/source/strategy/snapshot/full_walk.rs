@@ -99,9 +99,7 @@ impl SourceTask {
             }
         }
         for hook in woken {
-            if let Some(w) = routing.wakers.get(&hook) {
-                w.notify_one();
-            }
+            self.store.notify_due(&hook);
         }
         failure.map_or(Ok(true), Err)
     }
