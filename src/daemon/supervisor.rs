@@ -11,7 +11,7 @@ use crate::route::Route;
 use crate::source::client::FhirClient;
 use crate::source::outcomes::OutcomeRecorder;
 use crate::source::{Routing, SourceTask, first_poll_spread};
-use crate::state::Store;
+use crate::state::{Fence, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ impl Running {
 pub struct Supervisor {
     config: Config,
     store: Store,
+    /// The writer lock's fence, handed to every poller and hook worker.
+    fence: Fence,
     progress: Progress,
     /// The connection pools shared by sources and by hooks without TLS settings.
     source_pool: reqwest::Client,
@@ -78,6 +80,7 @@ impl Supervisor {
     pub fn start(
         config: Config,
         store: Store,
+        fence: Fence,
         progress: Progress,
         metrics: Option<PrometheusHandle>,
         admin_addr: Option<std::net::SocketAddr>,
@@ -88,6 +91,7 @@ impl Supervisor {
             hook_client: Sender::client(None).map_err(DaemonError::Http)?,
             config: config.clone(),
             store,
+            fence,
             progress,
             recorder: Some(recorder),
             recorder_done: Some(recorder_done),
@@ -271,6 +275,7 @@ impl Supervisor {
                 .register(format!("hook {}", hook.name), Duration::from_secs(60)),
             hook: hook.clone(),
             store: self.store.clone(),
+            fence: self.fence.clone(),
             sender,
             channel: hook
                 .notification
@@ -295,6 +300,7 @@ impl Supervisor {
             ),
             routing: rx,
             store: self.store.clone(),
+            fence: self.fence.clone(),
             client,
             first_poll_spread: spread,
             known: Default::default(),

@@ -11,7 +11,7 @@ use super::sender::Sender;
 use crate::config::Hook;
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
-use crate::state::{Claimed, DeliveryRecord, Store, now_ms};
+use crate::state::{Claimed, DeliveryRecord, Fence, Store, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::delivery::{DeadLettered, DeliveryAttempted, HookDisabled, RetryScheduled};
 use std::collections::HashSet;
@@ -55,6 +55,8 @@ impl DisabledCheck {
 pub struct HookWorker {
     pub hook: Hook,
     pub store: Store,
+    /// Shown with every delivery outcome it records (see `state::Fence`).
+    pub fence: Fence,
     pub sender: Sender,
     /// Tells the watchdog by when this worker moves on again.
     pub beat: Beat,
@@ -70,6 +72,7 @@ type Pending = (i64, DeliveryRecord, oneshot::Sender<()>);
 /// (not claimable) until its outcome is written.
 async fn record_batches(
     store: Store,
+    fence: Fence,
     hook: String,
     channel: bool,
     mut rx: mpsc::Receiver<Pending>,
@@ -90,7 +93,10 @@ async fn record_batches(
                 (id, rec)
             })
             .collect();
-        if let Err(e) = store.record_deliveries(&hook, records, channel).await {
+        if let Err(e) = store
+            .record_deliveries(&fence, &hook, records, channel)
+            .await
+        {
             // These messages stay pending and are sent again, with the same message_ids.
             tracing::error!(hook = %hook, error = %e, "cannot record delivery outcomes");
             tokio::time::sleep(IDLE_POLL).await;
@@ -107,6 +113,7 @@ impl HookWorker {
         let (record_tx, record_rx) = mpsc::channel(self.hook.concurrency * per_post * 2);
         let recorder = tokio::spawn(record_batches(
             self.store.clone(),
+            self.fence.clone(),
             self.hook.name.clone(),
             self.channel.is_some(),
             record_rx,

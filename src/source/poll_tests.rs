@@ -38,6 +38,7 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         content: Content::IdOnly,
     }];
     SourceTask {
+        fence: crate::state::Fence::private(),
         source,
         routing: crate::source::Routing { routes }.fixed(),
         store,
@@ -99,6 +100,7 @@ async fn a_watermark_in_the_future_heals() {
     let (_d, store) = temp_store();
     store
         .init_target(
+            &crate::state::Fence::private(),
             &crate::state::TargetKey::population("s", "Observation"),
             Some("9999-12-31T23:59:59.000Z".into()),
             None,

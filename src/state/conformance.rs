@@ -5,8 +5,8 @@
 //! second backend adds one line there and changes no test.
 
 use super::{
-    DeliveryRecord, DeliveryStore, DlqSelection, NewMessage, OperatorStore, PageCommit, Rename,
-    SeenRow, TargetKey, TargetStore, now_ms,
+    DeliveryRecord, DeliveryStore, DlqSelection, Fence, NewMessage, OperatorStore, PageCommit,
+    Rename, SeenRow, TargetKey, TargetStore, now_ms,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -73,9 +73,12 @@ async fn claim_id<S: Contract>(s: &S, hook: &str, message_id: &str) -> i64 {
 /// A page's seen rows, messages and watermark are there together after its
 /// commit; the same page committed again (a re-read after a crash) adds no
 /// message, no event number, and leaves the watermark where it is.
-pub(crate) async fn a_page_commits_watermark_seen_and_messages_together<S: Contract>(s: &S) {
+pub(crate) async fn a_page_commits_watermark_seen_and_messages_together<S: Contract>(
+    s: &S,
+    f: &Fence,
+) {
     let key = TargetKey::population("s", "Observation");
-    s.init_target(&key, Some(T0.into()), Some(T0.into()))
+    s.init_target(f, &key, Some(T0.into()), Some(T0.into()))
         .await
         .unwrap();
     let commit = || PageCommit {
@@ -85,7 +88,7 @@ pub(crate) async fn a_page_commits_watermark_seen_and_messages_together<S: Contr
         resources_read: 1,
         ..page(vec![msg("h", "a1", "a")])
     };
-    s.commit_page(commit()).await.unwrap();
+    s.commit_page(f, commit()).await.unwrap();
     let state = s.target_state(&key).await.unwrap();
     assert!(state.initialized);
     assert_eq!(state.watermark.as_deref(), Some(T1));
@@ -97,7 +100,7 @@ pub(crate) async fn a_page_commits_watermark_seen_and_messages_together<S: Contr
     assert_eq!(got.len(), 1, "b was never seen");
     assert_eq!(got["a"], seen("1", T1));
 
-    s.commit_page(commit()).await.unwrap();
+    s.commit_page(f, commit()).await.unwrap();
     assert_eq!(s.target_state(&key).await.unwrap(), state);
     let claimed = DeliveryStore::claim_due(s, "h", vec![], 100).await.unwrap();
     assert_eq!(claimed.len(), 1, "a page committed twice adds nothing");
@@ -108,13 +111,13 @@ pub(crate) async fn a_page_commits_watermark_seen_and_messages_together<S: Contr
 
 /// A failed attempt waits for its retry time (`next_due_ms` says when);
 /// `pending_due_now` makes it due at once.
-pub(crate) async fn a_failed_delivery_waits_for_its_retry_time<S: Contract>(s: &S) {
-    s.commit_page(page(vec![msg("h", "a1", "a")]))
+pub(crate) async fn a_failed_delivery_waits_for_its_retry_time<S: Contract>(s: &S, f: &Fence) {
+    s.commit_page(f, page(vec![msg("h", "a1", "a")]))
         .await
         .unwrap();
     let id = claim_id(s, "h", "a1").await;
     let later = now_ms() + 3_600_000;
-    s.record_deliveries("h", vec![(id, failed(Some(later)))], false)
+    s.record_deliveries(f, "h", vec![(id, failed(Some(later)))], false)
         .await
         .unwrap();
     assert!(
@@ -124,19 +127,22 @@ pub(crate) async fn a_failed_delivery_waits_for_its_retry_time<S: Contract>(s: &
     assert_eq!(s.next_due_ms("h").await.unwrap(), Some(later));
     assert_eq!(s.pending_due_now("h").await.unwrap(), 1);
     assert_eq!(claimable(s, "h").await, ["a1"]);
-    s.record_delivery("h", id, DELIVERED).await.unwrap();
+    s.record_delivery(f, "h", id, DELIVERED).await.unwrap();
     assert_eq!(s.next_due_ms("h").await.unwrap(), None);
     assert!(claimable(s, "h").await.is_empty(), "delivered: done");
 }
 
 /// A later message for a resource is not claimed while an earlier one is
 /// pending (in flight, or waiting for a retry); other resources go on.
-pub(crate) async fn a_later_version_waits_for_the_earlier_one<S: Contract>(s: &S) {
-    s.commit_page(page(vec![
-        msg("h", "a1", "a"),
-        msg("h", "a2", "a"),
-        msg("h", "b1", "b"),
-    ]))
+pub(crate) async fn a_later_version_waits_for_the_earlier_one<S: Contract>(s: &S, f: &Fence) {
+    s.commit_page(
+        f,
+        page(vec![
+            msg("h", "a1", "a"),
+            msg("h", "a2", "a"),
+            msg("h", "b1", "b"),
+        ]),
+    )
     .await
     .unwrap();
     let got = DeliveryStore::claim_due(s, "h", vec![], 100).await.unwrap();
@@ -149,6 +155,7 @@ pub(crate) async fn a_later_version_waits_for_the_earlier_one<S: Contract>(s: &S
     assert!(again.is_empty(), "in flight: not claimed twice; a2 waits");
     let later = now_ms() + 3_600_000;
     s.record_deliveries(
+        f,
         "h",
         vec![(got[0].id, failed(Some(later))), (got[1].id, DELIVERED)],
         false,
@@ -161,22 +168,30 @@ pub(crate) async fn a_later_version_waits_for_the_earlier_one<S: Contract>(s: &S
     );
     s.pending_due_now("h").await.unwrap();
     assert_eq!(claimable(s, "h").await, ["a1"]);
-    s.record_delivery("h", got[0].id, DELIVERED).await.unwrap();
+    s.record_delivery(f, "h", got[0].id, DELIVERED)
+        .await
+        .unwrap();
     assert_eq!(claimable(s, "h").await, ["a2"]);
 }
 
 /// Event numbers count from 1 per hook, without gaps, across pages; a
 /// duplicate takes none; each hook counts on its own.
-pub(crate) async fn event_numbers_are_gap_free_and_increasing_per_hook<S: Contract>(s: &S) {
-    s.commit_page(page(vec![
-        msg("h", "a1", "a"),
-        msg("g", "a1", "a"),
-        msg("h", "a1", "a"),
-        msg("h", "b1", "b"),
-    ]))
+pub(crate) async fn event_numbers_are_gap_free_and_increasing_per_hook<S: Contract>(
+    s: &S,
+    f: &Fence,
+) {
+    s.commit_page(
+        f,
+        page(vec![
+            msg("h", "a1", "a"),
+            msg("g", "a1", "a"),
+            msg("h", "a1", "a"),
+            msg("h", "b1", "b"),
+        ]),
+    )
     .await
     .unwrap();
-    s.commit_page(page(vec![msg("h", "b1", "b"), msg("h", "c1", "c")]))
+    s.commit_page(f, page(vec![msg("h", "b1", "b"), msg("h", "c1", "c")]))
         .await
         .unwrap();
     let numbers = |hook: &'static str| async move {
@@ -203,16 +218,19 @@ pub(crate) async fn event_numbers_are_gap_free_and_increasing_per_hook<S: Contra
 /// Attempts exhausted, a message is a dead letter (not claimed, not due);
 /// a redrive makes it pending again with its message_id and a fresh attempt
 /// budget; a purge deletes it for good.
-pub(crate) async fn dead_letters_are_redriven_with_their_id_and_purged<S: Contract>(s: &S) {
-    s.commit_page(page(vec![msg("h", "a1", "a"), msg("h", "b1", "b")]))
+pub(crate) async fn dead_letters_are_redriven_with_their_id_and_purged<S: Contract>(
+    s: &S,
+    f: &Fence,
+) {
+    s.commit_page(f, page(vec![msg("h", "a1", "a"), msg("h", "b1", "b")]))
         .await
         .unwrap();
     let a = claim_id(s, "h", "a1").await;
     let b = claim_id(s, "h", "b1").await;
-    s.record_delivery("h", a, failed(Some(now_ms() - 1)))
+    s.record_delivery(f, "h", a, failed(Some(now_ms() - 1)))
         .await
         .unwrap();
-    s.record_deliveries("h", vec![(a, failed(None)), (b, failed(None))], false)
+    s.record_deliveries(f, "h", vec![(a, failed(None)), (b, failed(None))], false)
         .await
         .unwrap();
     let dead = s.dead_letters(Some("h".into())).await.unwrap();
@@ -238,23 +256,29 @@ pub(crate) async fn dead_letters_are_redriven_with_their_id_and_purged<S: Contra
 
     assert_eq!(s.purge(sel(vec![b])).await.unwrap(), 1);
     assert!(s.dead_letters(None).await.unwrap().is_empty());
-    s.record_delivery("h", a, DELIVERED).await.unwrap();
+    s.record_delivery(f, "h", a, DELIVERED).await.unwrap();
     assert!(s.hook_has_messages("h").await.unwrap(), "delivered, kept");
 }
 
 /// Delivered messages go once past the retention; pending and dead ones
 /// stay. Seen versions last updated before a cutoff are forgotten, newer
 /// ones kept.
-pub(crate) async fn pruning_forgets_delivered_messages_and_old_versions<S: Contract>(s: &S) {
-    s.commit_page(PageCommit {
-        seen: vec![("old".into(), seen("1", T0)), ("new".into(), seen("2", T2))],
-        ..page(vec![msg("h", "a1", "a"), msg("h", "b1", "b")])
-    })
+pub(crate) async fn pruning_forgets_delivered_messages_and_old_versions<S: Contract>(
+    s: &S,
+    f: &Fence,
+) {
+    s.commit_page(
+        f,
+        PageCommit {
+            seen: vec![("old".into(), seen("1", T0)), ("new".into(), seen("2", T2))],
+            ..page(vec![msg("h", "a1", "a"), msg("h", "b1", "b")])
+        },
+    )
     .await
     .unwrap();
     let before = now_ms();
     let a = claim_id(s, "h", "a1").await;
-    s.record_delivery("h", a, DELIVERED).await.unwrap();
+    s.record_delivery(f, "h", a, DELIVERED).await.unwrap();
     assert_eq!(s.prune_delivered(before - 1).await.unwrap(), 0, "too new");
     assert_eq!(s.prune_delivered(now_ms() + 1).await.unwrap(), 1);
     assert_eq!(claimable(s, "h").await, ["b1"], "pending: kept");
@@ -271,14 +295,19 @@ pub(crate) async fn pruning_forgets_delivered_messages_and_old_versions<S: Contr
 
 /// A patient off the roster keeps its targets through the grace and comes
 /// back with its watermark; past the grace its targets are forgotten.
-pub(crate) async fn a_patient_off_the_roster_is_forgotten_after_the_grace<S: Contract>(s: &S) {
+pub(crate) async fn a_patient_off_the_roster_is_forgotten_after_the_grace<S: Contract>(
+    s: &S,
+    f: &Fence,
+) {
     let key = |p: &str| TargetKey {
         source: "s".into(),
         resource_type: "Observation".into(),
         patient: Some(p.into()),
     };
     for p in ["a", "b"] {
-        s.init_target(&key(p), Some(T1.into()), None).await.unwrap();
+        s.init_target(f, &key(p), Some(T1.into()), None)
+            .await
+            .unwrap();
     }
     let roster = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>();
     let sync = s.sync_roster("s", roster(&["a"]), 1_000, 0).await.unwrap();
@@ -305,15 +334,20 @@ pub(crate) async fn a_patient_off_the_roster_is_forgotten_after_the_grace<S: Con
 
 /// A rename moves a source's targets, seen versions and messages under the
 /// new name; it refuses a name that has state and reports a name without.
-pub(crate) async fn a_rename_moves_the_whole_source<S: Contract>(s: &S) {
+pub(crate) async fn a_rename_moves_the_whole_source<S: Contract>(s: &S, f: &Fence) {
     let old = TargetKey::population("s", "Observation");
     let other = TargetKey::population("other", "Observation");
-    s.init_target(&old, Some(T1.into()), None).await.unwrap();
-    s.init_target(&other, Some(T0.into()), None).await.unwrap();
-    s.commit_page(PageCommit {
-        seen: vec![("a".into(), seen("1", T1))],
-        ..page(vec![msg("h", "a1", "a")])
-    })
+    s.init_target(f, &old, Some(T1.into()), None).await.unwrap();
+    s.init_target(f, &other, Some(T0.into()), None)
+        .await
+        .unwrap();
+    s.commit_page(
+        f,
+        PageCommit {
+            seen: vec![("a".into(), seen("1", T1))],
+            ..page(vec![msg("h", "a1", "a")])
+        },
+    )
     .await
     .unwrap();
     assert!(matches!(
@@ -349,7 +383,7 @@ pub(crate) async fn a_rename_moves_the_whole_source<S: Contract>(s: &S) {
 /// A wake-up reaches the hook's waiter at once, and one sent while nobody
 /// waited is kept for the next wait; another hook's wake-up does not count,
 /// and without one the wait ends with its timeout.
-pub(crate) async fn a_wake_up_reaches_the_hooks_waiter<S: Contract>(s: &S) {
+pub(crate) async fn a_wake_up_reaches_the_hooks_waiter<S: Contract>(s: &S, _: &Fence) {
     let long = Duration::from_secs(30);
     let short = Duration::from_millis(20);
     let (woken, ()) = tokio::join!(s.wait_due("h", long), async {
@@ -366,8 +400,9 @@ pub(crate) async fn a_wake_up_reaches_the_hooks_waiter<S: Contract>(s: &S) {
     assert!(s.wait_due("g", long).await);
 }
 
-/// Runs every test of the suite on the stores `$open()` makes (each call: a
-/// fresh, empty state and whatever must live as long as it).
+/// Runs every test of the suite on the stores `$open` makes (each time: a
+/// fresh, empty state, the fence of its writer, and whatever must live as
+/// long as they do).
 macro_rules! conformance {
     ($open:expr) => {
         conformance!(@tests $open;
@@ -386,14 +421,22 @@ macro_rules! conformance {
         $(
             #[tokio::test]
             async fn $test() {
-                let (_keep, store) = $open;
-                crate::state::conformance::$test(&store).await;
+                let (_keep, store, fence) = $open;
+                crate::state::conformance::$test(&store, &fence).await;
             }
         )*
     };
 }
 
-/// SQLite, through `Store` (what every caller holds).
+/// SQLite, through `Store` (what every caller holds), fenced by the writer
+/// lock as the daemon is.
+fn sqlite() -> ((tempfile::TempDir, super::StateLock), super::Store, Fence) {
+    let (dir, store) = super::test_util::temp_store();
+    let lock = super::StateLock::acquire(dir.path()).unwrap();
+    let fence = lock.fence();
+    ((dir, lock), store, fence)
+}
+
 mod sqlite {
-    conformance!(crate::state::test_util::temp_store());
+    conformance!(super::sqlite());
 }

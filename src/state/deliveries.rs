@@ -1,7 +1,7 @@
 //! The delivery side's records: messages into the outbox, claims, delivery
 //! outcomes, stored changes and bodies, a hook's subscription channel.
 
-use super::StateError;
+use super::{Fence, StateError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,6 +191,7 @@ crate::state::role! {
         /// Records one attempt's outcome for a claimed message.
         async fn record_delivery(
             &self,
+            fence: &Fence,
             hook: &str,
             id: i64,
             record: DeliveryRecord,
@@ -200,6 +201,7 @@ crate::state::role! {
         /// the last outcome.
         async fn record_deliveries(
             &self,
+            fence: &Fence,
             hook: &str,
             records: Vec<(i64, DeliveryRecord)>,
             channel: bool,

@@ -22,9 +22,19 @@
 //! each one (through `Store`), not leave it where it is:
 //! - The writer lock: `StateLock` (`lock.rs`, a file lock), taken by
 //!   `open(.., Exclusive | SourceRename)`; renames wait for backfills through
-//!   `BackfillLock`. A shared backend replaces both with leases, and every
-//!   write that moves a watermark or records a delivery will take a fence
-//!   (for SQLite, the lock already held).
+//!   `BackfillLock`. A shared backend replaces both with leases. The writes
+//!   that move a watermark or record a delivery already take a `Fence`
+//!   (`fence.rs`): `init_target`, `commit_page`, `finish_export`,
+//!   `record_delivery`, `record_deliveries` (dead-lettering included). The
+//!   daemon and `poll --once` get theirs from the writer lock, a backfill from
+//!   the backfill lock (its pages only); SQLite checks only that the fence
+//!   covers the write. Not fenced yet: the operator's moves (`redrive`,
+//!   `purge`, `move_to_hook`, requeues) and `rename_source`, which run beside
+//!   the daemon or under the writer lock and act on rows no worker writes at
+//!   that moment (dead letters, delivered messages); `record_polls`,
+//!   `record_reconcile`, `sync_roster`, export job progress, `assign_batches`,
+//!   `pending_due_now` and `disable_hook`, which move no watermark and record
+//!   no outcome. A shared backend fences those too (with their unit's lease).
 //! - Hook wake-ups are in the contract: a commit's poller calls
 //!   `DeliveryStore::notify_due(hook)`, the hook's worker waits in
 //!   `wait_due(hook, timeout)`. SQLite keeps an in-process `Notify` per hook
@@ -47,6 +57,7 @@ mod backfill_lock;
 #[cfg(test)]
 mod conformance;
 mod deliveries;
+mod fence;
 mod files;
 mod lock;
 mod open;
@@ -59,6 +70,7 @@ pub use deliveries::{
     ChangeRecord, ChannelState, Claimed, DeliveryRecord, DeliveryStore, MAX_EVENTS_PER_QUERY,
     MessageBody, NewMessage, RetainedEvent,
 };
+pub use fence::Fence;
 pub use lock::{LockError, LockProbe, StateLock};
 pub use open::{Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, open};
 pub use operator::{
@@ -83,6 +95,10 @@ pub enum StateError {
     Sql(#[from] rusqlite::Error),
     #[error("state database task failed: {0}")]
     Task(String),
+    /// The writer's fence does not cover this write (a shared backend: its
+    /// lease was taken over). Nothing was written.
+    #[error("state write refused: {0}")]
+    Fenced(&'static str),
 }
 
 /// A handle on the state, cheap to clone. Every method dispatches to the

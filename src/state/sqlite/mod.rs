@@ -221,13 +221,16 @@ mod tests {
                 })
                 .collect();
             store
-                .commit_page(PageCommit {
-                    source: "s".into(),
-                    resource_type: "Observation".into(),
-                    messages: msgs,
-                    watermark: Some(format!("2026-01-0{}T00:00:00.000Z", round + 1)),
-                    ..Default::default()
-                })
+                .commit_page(
+                    &crate::state::Fence::private(),
+                    PageCommit {
+                        source: "s".into(),
+                        resource_type: "Observation".into(),
+                        messages: msgs,
+                        watermark: Some(format!("2026-01-0{}T00:00:00.000Z", round + 1)),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .unwrap();
             store
@@ -243,7 +246,10 @@ mod tests {
                 .iter()
                 .map(|c| (c.id, DeliveryRecord::Delivered { status: 200 }))
                 .collect();
-            store.record_deliveries("h", done, false).await.unwrap();
+            store
+                .record_deliveries(&crate::state::Fence::private(), "h", done, false)
+                .await
+                .unwrap();
             store.next_due_ms("h").await.unwrap();
             store.hook_disabled("h").await.unwrap();
             store

@@ -94,7 +94,7 @@ impl SourceTask {
             Some(sink) => sink.record(commit),
             None => {
                 let committed = page_committed(&commit, &routing.routes, 0, deleted);
-                self.store.commit_page(commit).await?;
+                self.store.commit_page(&self.fence, commit).await?;
                 committed.emit();
             }
         }
