@@ -197,7 +197,12 @@ mod tests {
             ];
             let key = TargetKey::population(source, "Coverage");
             store
-                .init_target(&key, Some(format_instant(Utc::now())), None)
+                .init_target(
+                    &crate::state::Fence::private(),
+                    &key,
+                    Some(format_instant(Utc::now())),
+                    None,
+                )
                 .await
                 .unwrap();
             let page = PageCommit {
@@ -206,7 +211,10 @@ mod tests {
                 seen,
                 ..Default::default()
             };
-            store.commit_page(page).await.unwrap();
+            store
+                .commit_page(&crate::state::Fence::private(), page)
+                .await
+                .unwrap();
         }
         once(&store, &config.sources, Duration::from_secs(86_400)).await;
         let ids = || vec!["live".to_string(), "dead".to_string()];

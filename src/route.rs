@@ -13,7 +13,7 @@ use crate::state::{ChangeRecord, NewMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 /// Namespace for fhir-bridge message ids (UUIDv5).
@@ -64,14 +64,13 @@ impl From<&Hook> for Route {
 }
 
 /// Where a source's changes go: the hooks that take them (with their
-/// filters) and how to wake each hook's worker. The supervisor publishes a
+/// filters); a commit wakes their workers through the state
+/// (`Store::notify_due`). The supervisor publishes a
 /// new `Routing` when hooks are added, removed or changed; a poll takes the
 /// current one at its start, so a reload never pauses a source.
 #[derive(Default)]
 pub struct Routing {
     pub routes: Vec<Route>,
-    /// Wakes a hook's delivery worker when new messages are committed.
-    pub wakers: HashMap<String, Arc<Notify>>,
 }
 
 pub type RoutingRx = watch::Receiver<Arc<Routing>>;

@@ -350,6 +350,7 @@ fn source(base: &str, page_size: u32, overlap_ms: u64, start: Start) -> Source {
 
 fn task(source: Source, store: Store) -> SourceTask {
     SourceTask {
+        fence: fhir_bridge::state::Fence::private(),
         source,
         routing: fhir_bridge::source::Routing {
             routes: vec![Route {
@@ -358,7 +359,6 @@ fn task(source: Source, store: Store) -> SourceTask {
                 topic: None,
                 content: Content::IdOnly,
             }],
-            wakers: HashMap::new(),
         }
         .fixed(),
         store,
@@ -403,7 +403,12 @@ async fn drain(store: &Store) -> Vec<Emitted> {
                 event: p["event"].as_str().unwrap().to_string(),
             });
             store
-                .record_delivery("h", c.id, DeliveryRecord::Delivered { status: 200 })
+                .record_delivery(
+                    &fhir_bridge::state::Fence::private(),
+                    "h",
+                    c.id,
+                    DeliveryRecord::Delivered { status: 200 },
+                )
                 .await
                 .unwrap();
         }

@@ -125,6 +125,7 @@ async fn a_gauge_refresh_covers_ten_thousand_targets() {
             let w = Some("2026-01-01T00:00:00.000Z".to_string());
             store
                 .init_target(
+                    &crate::state::Fence::private(),
                     &crate::state::TargetKey::population(&format!("s{s}"), &format!("T{t}")),
                     w,
                     None,

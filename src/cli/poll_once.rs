@@ -50,6 +50,9 @@ pub async fn run(
         .clone();
     // Held while polling: no daemon may start meanwhile.
     let mut _lock = None;
+    // A dry run writes nothing to the configured state (it opens it read
+    // only, or a scratch copy): its fence is a private one.
+    let mut fence = crate::state::Fence::private();
     let mut scratch = None;
     let store = if dry_run {
         match state::open(config, state::ReadOnly)? {
@@ -72,6 +75,7 @@ pub async fn run(
             OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
             OpenError::State(e) => PollOnceError::State(e),
         })?;
+        fence = lock.fence();
         _lock = Some(lock);
         store
     };
@@ -83,10 +87,10 @@ pub async fn run(
     let task = SourceTask {
         routing: Routing {
             routes: Route::for_source(config, source),
-            wakers: Default::default(),
         }
         .fixed(),
         store,
+        fence,
         client,
         first_poll_spread: Default::default(),
         known: Default::default(),

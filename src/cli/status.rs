@@ -191,16 +191,19 @@ url = "http://127.0.0.1:9/fresh"
         let config = Config::from_str(CONFIG, &dir.path().join("bridges.toml")).unwrap();
         let store = Store::open(&config.db_path()).unwrap();
         store
-            .commit_page(PageCommit {
-                source: "ehr".into(),
-                resource_type: "Observation".into(),
-                messages: vec![
-                    NewMessage::test("slow", "m1", "Observation", "1"),
-                    NewMessage::test("fresh", "m2", "Observation", "1"),
-                    NewMessage::test("renamed", "m3", "Observation", "1"),
-                ],
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "ehr".into(),
+                    resource_type: "Observation".into(),
+                    messages: vec![
+                        NewMessage::test("slow", "m1", "Observation", "1"),
+                        NewMessage::test("fresh", "m2", "Observation", "1"),
+                        NewMessage::test("renamed", "m3", "Observation", "1"),
+                    ],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         backdate(&store, "slow", 16 * 60 * 1000).await;

@@ -31,7 +31,7 @@ pub enum DaemonError {
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
     // Held until we return: one daemon per state directory.
-    let (store, _lock) = state::open(&config, Exclusive).map_err(|e| match e {
+    let (store, lock) = state::open(&config, Exclusive).map_err(|e| match e {
         OpenError::Writer(e) | OpenError::Backfills(e) => DaemonError::Locked(e),
         OpenError::State(e) => DaemonError::State(e),
     })?;
@@ -67,6 +67,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let mut sup = Supervisor::start(
         config,
         store.clone(),
+        lock.fence(),
         progress.clone(),
         admin.as_ref().map(|(_, handle)| handle.clone()),
         admin_addr,

@@ -11,12 +11,12 @@ use crate::route::Route;
 use crate::source::client::FhirClient;
 use crate::source::outcomes::OutcomeRecorder;
 use crate::source::{Routing, SourceTask, first_poll_spread};
-use crate::state::Store;
+use crate::state::{Fence, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +51,8 @@ impl Running {
 pub struct Supervisor {
     config: Config,
     store: Store,
+    /// The writer lock's fence, handed to every poller and hook worker.
+    fence: Fence,
     progress: Progress,
     /// The connection pools shared by sources and by hooks without TLS settings.
     source_pool: reqwest::Client,
@@ -59,7 +61,6 @@ pub struct Supervisor {
     recorder_done: Option<JoinHandle<()>>,
     sources: HashMap<String, Running>,
     hooks: HashMap<String, Running>,
-    wakers: HashMap<String, Arc<Notify>>,
     routing: HashMap<String, watch::Sender<Arc<Routing>>>,
     housekeeping: Option<Running>,
     /// Each running source's client: its view of the server's clock feeds
@@ -79,6 +80,7 @@ impl Supervisor {
     pub fn start(
         config: Config,
         store: Store,
+        fence: Fence,
         progress: Progress,
         metrics: Option<PrometheusHandle>,
         admin_addr: Option<std::net::SocketAddr>,
@@ -89,12 +91,12 @@ impl Supervisor {
             hook_client: Sender::client(None).map_err(DaemonError::Http)?,
             config: config.clone(),
             store,
+            fence,
             progress,
             recorder: Some(recorder),
             recorder_done: Some(recorder_done),
             sources: HashMap::new(),
             hooks: HashMap::new(),
-            wakers: HashMap::new(),
             routing: HashMap::new(),
             housekeeping: None,
             clients: HashMap::new(),
@@ -156,9 +158,6 @@ impl Supervisor {
             if let Some(running) = self.hooks.remove(name) {
                 let within = self.hook_stop_time(name);
                 running.stop(&format!("hook {name}"), within).await;
-            }
-            if diff.hooks.removed.contains(name) {
-                self.wakers.remove(name);
             }
         }
         for name in diff.sources.removed.iter().chain(&diff.sources.changed) {
@@ -255,11 +254,6 @@ impl Supervisor {
     fn routing_for(&self, source: &str) -> Routing {
         Routing {
             routes: Route::for_source(&self.config, source),
-            wakers: self
-                .config
-                .hooks_for_source(source)
-                .filter_map(|h| Some((h.name.clone(), self.wakers.get(&h.name)?.clone())))
-                .collect(),
         }
     }
 
@@ -275,19 +269,14 @@ impl Supervisor {
     }
 
     fn start_hook(&mut self, hook: Hook, sender: Sender) {
-        let wake = self
-            .wakers
-            .entry(hook.name.clone())
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone();
         let worker = HookWorker {
             beat: self
                 .progress
                 .register(format!("hook {}", hook.name), Duration::from_secs(60)),
             hook: hook.clone(),
             store: self.store.clone(),
+            fence: self.fence.clone(),
             sender,
-            wake: wake.clone(),
             channel: hook
                 .notification
                 .format
@@ -297,7 +286,7 @@ impl Supervisor {
         self.hooks
             .insert(hook.name.clone(), Running::spawn(|c| worker.run(c)));
         // Messages may have waited while the hook was away.
-        wake.notify_one();
+        self.store.notify_due(&hook.name);
     }
 
     fn start_source(&mut self, source: Source, client: FhirClient) {
@@ -311,6 +300,7 @@ impl Supervisor {
             ),
             routing: rx,
             store: self.store.clone(),
+            fence: self.fence.clone(),
             client,
             first_poll_spread: spread,
             known: Default::default(),

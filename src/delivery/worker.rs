@@ -11,13 +11,13 @@ use super::sender::Sender;
 use crate::config::Hook;
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
-use crate::state::{Claimed, DeliveryRecord, Store, now_ms};
+use crate::state::{Claimed, DeliveryRecord, Fence, Store, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::delivery::{DeadLettered, DeliveryAttempted, HookDisabled, RetryScheduled};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -55,8 +55,9 @@ impl DisabledCheck {
 pub struct HookWorker {
     pub hook: Hook,
     pub store: Store,
+    /// Shown with every delivery outcome it records (see `state::Fence`).
+    pub fence: Fence,
     pub sender: Sender,
-    pub wake: Arc<Notify>,
     /// Tells the watchdog by when this worker moves on again.
     pub beat: Beat,
     /// For a FHIR-format hook: what its notifications say about it.
@@ -71,6 +72,7 @@ type Pending = (i64, DeliveryRecord, oneshot::Sender<()>);
 /// (not claimable) until its outcome is written.
 async fn record_batches(
     store: Store,
+    fence: Fence,
     hook: String,
     channel: bool,
     mut rx: mpsc::Receiver<Pending>,
@@ -91,7 +93,10 @@ async fn record_batches(
                 (id, rec)
             })
             .collect();
-        if let Err(e) = store.record_deliveries(&hook, records, channel).await {
+        if let Err(e) = store
+            .record_deliveries(&fence, &hook, records, channel)
+            .await
+        {
             // These messages stay pending and are sent again, with the same message_ids.
             tracing::error!(hook = %hook, error = %e, "cannot record delivery outcomes");
             tokio::time::sleep(IDLE_POLL).await;
@@ -108,6 +113,7 @@ impl HookWorker {
         let (record_tx, record_rx) = mpsc::channel(self.hook.concurrency * per_post * 2);
         let recorder = tokio::spawn(record_batches(
             self.store.clone(),
+            self.fence.clone(),
             self.hook.name.clone(),
             self.channel.is_some(),
             record_rx,
@@ -213,8 +219,8 @@ impl HookWorker {
                         tasks.abort_all();
                     }
                 }
-                _ = this.wake.notified(), if !full && !stopping => {}
-                _ = tokio::time::sleep(wait), if !full && !stopping => {}
+                // Woken by a commit for this hook, or `wait` is up.
+                _ = this.store.wait_due(&this.hook.name, wait), if !full && !stopping => {}
                 _ = cancel.cancelled(), if !stopping => { stopping = true; }
             }
         }

@@ -16,7 +16,7 @@ use crate::config::Source;
 use crate::fhir::bundle::EntryMode;
 use crate::fhir::{format_instant, parse_instant};
 use crate::route::Route;
-use crate::state::{BackfillProgress, Store};
+use crate::state::{BackfillProgress, Fence, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct Backfill {
     pub source: Source,
     pub routes: Vec<Route>,
     pub store: Store,
+    /// The backfill lock's (see `state::Fence`).
+    pub fence: Fence,
     pub client: FhirClient,
     pub since: DateTime<Utc>,
     /// Pages per second, at most.
@@ -133,7 +135,7 @@ impl Backfill {
             status.pages += 1;
             status.resources += commit.resources_read as i64;
             status.changes += commit.changes as i64;
-            self.store.commit_page(commit).await?;
+            self.store.commit_page(&self.fence, commit).await?;
             on_page(&status);
             match next.transpose()? {
                 None => break,

@@ -415,7 +415,10 @@ mod tests {
     async fn run(store: &Store, job: &PageJob, body: &[u8]) -> Vec<String> {
         let out = process(store, job, body).unwrap();
         let hooks = out.commit.messages.iter().map(|m| m.hook.clone()).collect();
-        store.commit_page(out.commit).await.unwrap();
+        store
+            .commit_page(&crate::state::Fence::private(), out.commit)
+            .await
+            .unwrap();
         hooks
     }
 
@@ -533,7 +536,10 @@ mod tests {
         ] {
             let out = process(&store, &job, &page(status, lu)).unwrap();
             ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
-            store.commit_page(out.commit).await.unwrap();
+            store
+                .commit_page(&crate::state::Fence::private(), out.commit)
+                .await
+                .unwrap();
         }
         assert_eq!(
             ids.len(),
@@ -566,7 +572,10 @@ mod tests {
         ] {
             let out = process(&store, &job, &body).unwrap();
             ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
-            store.commit_page(out.commit).await.unwrap();
+            store
+                .commit_page(&crate::state::Fence::private(), out.commit)
+                .await
+                .unwrap();
         }
         let distinct: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!((ids.len(), distinct.len()), (3, 3), "{ids:?}");
@@ -652,7 +661,10 @@ mod tests {
             ]
         );
         assert_eq!((out.created, out.deleted), (1, 1));
-        store.commit_page(out.commit).await.unwrap();
+        store
+            .commit_page(&crate::state::Fence::private(), out.commit)
+            .await
+            .unwrap();
         let again = process(&store, &job, &page(vec![entry(3, "DELETE")])).unwrap();
         assert!(again.commit.messages.is_empty(), "the delete again");
         let late = process(&store, &job, &page(vec![entry(2, "PUT")])).unwrap();
@@ -714,7 +726,10 @@ mod tests {
                 .to_utc()
         };
         assert_eq!(out.instants, [t(2), t(1)]);
-        store.commit_page(out.commit).await.unwrap();
+        store
+            .commit_page(&crate::state::Fence::private(), out.commit)
+            .await
+            .unwrap();
         // Re-read by the next poll (its window overlaps): nothing new, and
         // the resource does not come back.
         let again = process(&store, &job, &body).unwrap();
@@ -738,7 +753,10 @@ mod tests {
         let out = process(&store, &job, &body).unwrap();
         let got: Vec<String> = events(&out).into_iter().map(|e| e.0).collect();
         assert_eq!(got, ["create", "update", "delete"]);
-        store.commit_page(out.commit).await.unwrap();
+        store
+            .commit_page(&crate::state::Fence::private(), out.commit)
+            .await
+            .unwrap();
         let again = process(&store, &job, &body).unwrap();
         assert!(again.commit.messages.is_empty(), "{:?}", events(&again));
     }

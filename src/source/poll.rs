@@ -16,7 +16,7 @@ use crate::fhir::{format_instant, parse_instant};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
 use crate::route::RoutingRx;
-use crate::state::{PollOutcome, Store, TargetKey, TargetState, now_ms};
+use crate::state::{Fence, PollOutcome, Store, TargetKey, TargetState, now_ms};
 use crate::telemetry::Event;
 use crate::telemetry::source::{PollCompleted, PollFailure};
 use chrono::{DateTime, Utc};
@@ -77,6 +77,8 @@ pub struct SourceTask {
     /// The hooks this source feeds, swapped on reload.
     pub routing: RoutingRx,
     pub store: Store,
+    /// Shown with every write that moves a watermark (see `state::Fence`).
+    pub fence: Fence,
     pub client: FhirClient,
     /// The first poll comes at a random moment within this span (see
     /// `first_poll_spread`).
@@ -452,7 +454,7 @@ impl SourceTask {
         };
         if self.dry_run.is_none() {
             self.store
-                .init_target(key, watermark.clone(), floor.clone())
+                .init_target(&self.fence, key, watermark.clone(), floor.clone())
                 .await?;
         }
         Ok(TargetState {
@@ -846,7 +848,7 @@ impl SourceTask {
                             page.created,
                             page.deleted,
                         );
-                        self.store.commit_page(commit).await?;
+                        self.store.commit_page(&self.fence, commit).await?;
                         committed.emit();
                     }
                 }
@@ -856,9 +858,7 @@ impl SourceTask {
             }
             self.known.set(key, state.clone());
             for hook in woken {
-                if let Some(w) = routing.wakers.get(&hook) {
-                    w.notify_one();
-                }
+                self.store.notify_due(&hook);
             }
 
             match next.transpose()? {

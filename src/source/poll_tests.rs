@@ -6,7 +6,6 @@ use crate::filter::Filter;
 use crate::route::Route;
 use crate::sandbox::FhirSandbox;
 use crate::state::test_util::temp_store;
-use std::collections::HashMap;
 use std::time::Duration;
 
 fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
@@ -39,12 +38,9 @@ fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
         content: Content::IdOnly,
     }];
     SourceTask {
+        fence: crate::state::Fence::private(),
         source,
-        routing: crate::source::Routing {
-            routes,
-            wakers: HashMap::new(),
-        }
-        .fixed(),
+        routing: crate::source::Routing { routes }.fixed(),
         store,
         client: FhirClient::new(Duration::from_secs(5)).unwrap(),
         first_poll_spread: Duration::ZERO,
@@ -104,6 +100,7 @@ async fn a_watermark_in_the_future_heals() {
     let (_d, store) = temp_store();
     store
         .init_target(
+            &crate::state::Fence::private(),
             &crate::state::TargetKey::population("s", "Observation"),
             Some("9999-12-31T23:59:59.000Z".into()),
             None,

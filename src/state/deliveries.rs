@@ -1,8 +1,9 @@
 //! The delivery side's records: messages into the outbox, claims, delivery
 //! outcomes, stored changes and bodies, a hook's subscription channel.
 
-use super::StateError;
+use super::{Fence, StateError};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A message to enqueue, written in the same transaction as its page: a
 /// hook and its message_id for a change. The messages of one change share
@@ -190,6 +191,7 @@ crate::state::role! {
         /// Records one attempt's outcome for a claimed message.
         async fn record_delivery(
             &self,
+            fence: &Fence,
             hook: &str,
             id: i64,
             record: DeliveryRecord,
@@ -199,6 +201,7 @@ crate::state::role! {
         /// the last outcome.
         async fn record_deliveries(
             &self,
+            fence: &Fence,
             hook: &str,
             records: Vec<(i64, DeliveryRecord)>,
             channel: bool,
@@ -227,5 +230,18 @@ crate::state::role! {
             until: i64,
             with_bodies: bool,
         ) -> Result<Vec<RetainedEvent>, StateError>;
+        /// Waits until `notify_due(hook)` is called or `timeout` passes;
+        /// returns whether it was woken. A wake-up sent while nobody waited
+        /// is kept (one, not a count): the next wait returns at once. It may
+        /// also return early for nothing: the caller looks at the outbox
+        /// (`claim_due`) either way, so a wake-up is a hint, never a record.
+        async fn wait_due(&self, hook: &str, timeout: Duration) -> bool;
+    }
+    blocking {
+        /// Wakes whoever waits in `wait_due(hook)`: messages for it were just
+        /// committed (or it was started). Never blocks, never fails: a lost
+        /// wake-up costs latency (the worker looks again within its timeout),
+        /// not a message.
+        fn notify_due(&self, hook: &str);
     }
 }

@@ -2,7 +2,7 @@
 //! page commit, backfill and export jobs, the roster. Backends read and
 //! write them; nothing here speaks SQL.
 
-use super::{NewMessage, StateError};
+use super::{Fence, NewMessage, StateError};
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -187,6 +187,7 @@ crate::state::role! {
         /// Marks a target as started: its floor and first watermark are set once.
         async fn init_target(
             &self,
+            fence: &Fence,
             key: &TargetKey,
             watermark: Option<String>,
             floor: Option<String>,
@@ -199,7 +200,7 @@ crate::state::role! {
             ids: Vec<String>,
         ) -> Result<HashMap<String, SeenRow>, StateError>;
         /// Commits one page: seen-versions, outbox rows and the watermark move together.
-        async fn commit_page(&self, page: PageCommit) -> Result<(), StateError>;
+        async fn commit_page(&self, fence: &Fence, page: PageCommit) -> Result<(), StateError>;
         /// The lowest watermark of a type's per-patient targets; `None` when it
         /// has none, or while any of them has none yet (it reads from its start).
         async fn lowest_patient_watermark(
@@ -255,6 +256,7 @@ crate::state::role! {
         /// that future, or every later export would start from the beginning.
         async fn finish_export(
             &self,
+            fence: &Fence,
             source: &str,
             types: Vec<String>,
             transaction_time: &str,

@@ -39,13 +39,19 @@ async fn enqueue(store: &SqliteStore, messages: Vec<NewMessage>) {
         messages,
         ..Default::default()
     };
-    store.commit_page(page).await.unwrap();
+    store
+        .commit_page(&crate::state::Fence::private(), page)
+        .await
+        .unwrap();
 }
 
 async fn settle(store: &SqliteStore, hook: &str, record: DeliveryRecord) {
     let claimed = store.claim_due(hook, vec![], 10).await.unwrap();
     let records = claimed.iter().map(|c| (c.id, record.clone())).collect();
-    store.record_deliveries(hook, records, false).await.unwrap();
+    store
+        .record_deliveries(&crate::state::Fence::private(), hook, records, false)
+        .await
+        .unwrap();
 }
 
 fn dead() -> DeliveryRecord {

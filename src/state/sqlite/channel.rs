@@ -110,12 +110,15 @@ mod tests {
             .map(|i| NewMessage::test("h", &format!("m{i}"), "Observation", &format!("o{i}")))
             .collect();
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         store.set_channel_status("h", "active", None).await.unwrap();
@@ -144,12 +147,15 @@ mod tests {
             .map(|i| NewMessage::test("h", &format!("m{i}"), "Observation", &format!("o{i}")))
             .collect();
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         store

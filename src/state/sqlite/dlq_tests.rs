@@ -4,12 +4,15 @@ use crate::state::{DeliveryRecord, MessageKey, NewMessage, PageCommit, WithBody}
 
 async fn enqueue(store: &SqliteStore, msgs: Vec<NewMessage>) {
     store
-        .commit_page(PageCommit {
-            source: "s".into(),
-            resource_type: "Observation".into(),
-            messages: msgs,
-            ..Default::default()
-        })
+        .commit_page(
+            &crate::state::Fence::private(),
+            PageCommit {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                messages: msgs,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
 }
@@ -37,7 +40,10 @@ async fn settle(store: &SqliteStore, hook: &str, dead: bool) {
             (c.id, r)
         })
         .collect();
-    store.record_deliveries(hook, records, false).await.unwrap();
+    store
+        .record_deliveries(&crate::state::Fence::private(), hook, records, false)
+        .await
+        .unwrap();
 }
 
 /// `old`: 1 dead + 2 pending; `gone`: delivered only; `a`: 1 dead.

@@ -3,6 +3,7 @@
 //! starting another, and how far its output files were read.
 
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::Fence;
 use crate::state::{ExportJob, ExportProgress};
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -103,11 +104,13 @@ impl SqliteStore {
 
     pub async fn finish_export(
         &self,
+        fence: &Fence,
         source: &str,
         types: Vec<String>,
         transaction_time: &str,
         repaired: Vec<String>,
     ) -> Result<(), StateError> {
+        fence.check_watermarks()?;
         let (source, tt) = (source.to_string(), transaction_time.to_string());
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -171,12 +174,15 @@ mod tests {
             .unwrap();
         assert_eq!(store.export_job("s").await.unwrap(), Some(job));
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Patient".into(),
-                export: Some(ExportProgress { file: 2, lines: 40 }),
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Patient".into(),
+                    export: Some(ExportProgress { file: 2, lines: 40 }),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let got = store.export_job("s").await.unwrap().unwrap();
@@ -202,6 +208,7 @@ mod tests {
         let tt = "2026-11-30T10:00:00.000Z";
         store
             .finish_export(
+                &crate::state::Fence::private(),
                 "s",
                 vec!["Patient".into(), "Observation".into()],
                 tt,
@@ -221,7 +228,13 @@ mod tests {
         store.save_export_job("s", "u", None, "r").await.unwrap();
         let older = "2026-11-29T10:00:00.000Z";
         store
-            .finish_export("s", vec!["Patient".into()], older, vec![])
+            .finish_export(
+                &crate::state::Fence::private(),
+                "s",
+                vec!["Patient".into()],
+                older,
+                vec![],
+            )
             .await
             .unwrap();
         let st = store
@@ -232,7 +245,13 @@ mod tests {
         // Except from a watermark in the future, which the export repairs.
         store.save_export_job("s", "u", None, "r").await.unwrap();
         store
-            .finish_export("s", vec!["Patient".into()], older, vec!["Patient".into()])
+            .finish_export(
+                &crate::state::Fence::private(),
+                "s",
+                vec!["Patient".into()],
+                older,
+                vec!["Patient".into()],
+            )
             .await
             .unwrap();
         let st = store

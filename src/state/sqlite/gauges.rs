@@ -75,6 +75,7 @@ mod tests {
         let (_d, store) = temp_store();
         store
             .init_target(
+                &crate::state::Fence::private(),
                 &crate::state::TargetKey::population("s", "Observation"),
                 Some("2026-01-01T00:00:00.000Z".into()),
                 None,
@@ -82,23 +83,27 @@ mod tests {
             .await
             .unwrap();
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages: vec![
-                    NewMessage::test("a", "m1", "Observation", "1"),
-                    NewMessage::test("a", "m2", "Observation", "2"),
-                    NewMessage::test("a", "m3", "Observation", "3"),
-                    NewMessage::test("b", "m1", "Observation", "1"),
-                ],
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages: vec![
+                        NewMessage::test("a", "m1", "Observation", "1"),
+                        NewMessage::test("a", "m2", "Observation", "2"),
+                        NewMessage::test("a", "m3", "Observation", "3"),
+                        NewMessage::test("b", "m1", "Observation", "1"),
+                    ],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         backdate(&store, "a", 60_000).await;
         let claimed = store.claim_due("a", vec![], 2).await.unwrap();
         store
             .record_delivery(
+                &crate::state::Fence::private(),
                 "a",
                 claimed[0].id,
                 DeliveryRecord::Delivered { status: 200 },
@@ -111,7 +116,7 @@ mod tests {
             retry_at_ms: None,
         };
         store
-            .record_delivery("a", claimed[1].id, dead)
+            .record_delivery(&crate::state::Fence::private(), "a", claimed[1].id, dead)
             .await
             .unwrap();
         store.disable_hook("b", "gone").await.unwrap();
@@ -160,7 +165,12 @@ mod tests {
             ("c", None),
         ] {
             store
-                .init_target(&key(p), wm.map(String::from), None)
+                .init_target(
+                    &crate::state::Fence::private(),
+                    &key(p),
+                    wm.map(String::from),
+                    None,
+                )
                 .await
                 .unwrap();
         }

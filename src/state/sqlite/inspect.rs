@@ -54,12 +54,15 @@ mod tests {
         let (_d, store) = temp_store();
         let m = NewMessage::test("h", "m-1", "Observation", "7").with_body(b"{\"x\":1}".to_vec());
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages: vec![m],
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages: vec![m],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let by_mid = store

@@ -121,13 +121,16 @@ mod tests {
             msgs.push(m);
         }
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                seen: rows,
-                messages: msgs,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    seen: rows,
+                    messages: msgs,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let n = store
@@ -152,7 +155,10 @@ mod tests {
                 )
             })
             .collect();
-        store.record_deliveries("h", done, false).await.unwrap();
+        store
+            .record_deliveries(&crate::state::Fence::private(), "h", done, false)
+            .await
+            .unwrap();
         let freed = store.reclaim_space().await.unwrap();
         assert!(freed > 6_000_000, "{freed}");
         // Nothing more to give back right after.
@@ -164,12 +170,15 @@ mod tests {
     async fn truncating_the_wal_leaves_it_empty() {
         let (dir, store) = temp_store();
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages: vec![NewMessage::test("h", "m", "Observation", "1")],
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages: vec![NewMessage::test("h", "m", "Observation", "1")],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let wal = dir.path().join("bridge.db-wal");

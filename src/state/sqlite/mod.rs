@@ -30,6 +30,7 @@ mod seen_body;
 mod size_tests;
 mod snapshot;
 mod summary;
+mod wake;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicI64;
@@ -50,6 +51,8 @@ pub struct SqliteStore {
     /// readiness: a write every few seconds that succeeds says the database
     /// is writable without a probe of its own.
     heartbeat_ok_ms: Arc<AtomicI64>,
+    /// Each hook's wake-up, in this process (`notify_due`, `wait_due`).
+    wakers: wake::Wakers,
 }
 
 impl SqliteStore {
@@ -92,6 +95,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             heartbeat_ok_ms: Default::default(),
+            wakers: Default::default(),
         })
     }
 
@@ -119,6 +123,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             heartbeat_ok_ms: Default::default(),
+            wakers: Default::default(),
         }))
     }
 
@@ -216,13 +221,16 @@ mod tests {
                 })
                 .collect();
             store
-                .commit_page(PageCommit {
-                    source: "s".into(),
-                    resource_type: "Observation".into(),
-                    messages: msgs,
-                    watermark: Some(format!("2026-01-0{}T00:00:00.000Z", round + 1)),
-                    ..Default::default()
-                })
+                .commit_page(
+                    &crate::state::Fence::private(),
+                    PageCommit {
+                        source: "s".into(),
+                        resource_type: "Observation".into(),
+                        messages: msgs,
+                        watermark: Some(format!("2026-01-0{}T00:00:00.000Z", round + 1)),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .unwrap();
             store
@@ -238,7 +246,10 @@ mod tests {
                 .iter()
                 .map(|c| (c.id, DeliveryRecord::Delivered { status: 200 }))
                 .collect();
-            store.record_deliveries("h", done, false).await.unwrap();
+            store
+                .record_deliveries(&crate::state::Fence::private(), "h", done, false)
+                .await
+                .unwrap();
             store.next_due_ms("h").await.unwrap();
             store.hook_disabled("h").await.unwrap();
             store

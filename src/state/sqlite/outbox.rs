@@ -3,6 +3,7 @@
 use super::change::{BODY_COLUMNS, delete_change, insert_change, read_body};
 use super::event_number::EventCounter;
 use super::{SqliteStore, StateError, now_ms};
+use crate::state::Fence;
 use crate::state::{Claimed, DeliveryRecord, NewMessage};
 use rusqlite::{Transaction, params};
 use std::sync::Arc;
@@ -200,20 +201,23 @@ impl SqliteStore {
 
     pub async fn record_delivery(
         &self,
+        fence: &Fence,
         hook: &str,
         id: i64,
         record: DeliveryRecord,
     ) -> Result<(), StateError> {
-        self.record_deliveries(hook, vec![(id, record)], false)
+        self.record_deliveries(fence, hook, vec![(id, record)], false)
             .await
     }
 
     pub async fn record_deliveries(
         &self,
+        fence: &Fence,
         hook: &str,
         records: Vec<(i64, DeliveryRecord)>,
         channel: bool,
     ) -> Result<(), StateError> {
+        fence.check_deliveries()?;
         let hook = hook.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -343,12 +347,15 @@ mod tests {
 
     async fn enqueue(store: &SqliteStore, msgs: Vec<NewMessage>) {
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages: msgs,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages: msgs,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
     }
@@ -376,7 +383,12 @@ mod tests {
             .unwrap();
         assert!(again.is_empty());
         store
-            .record_delivery("h", got[0].id, DeliveryRecord::Delivered { status: 200 })
+            .record_delivery(
+                &crate::state::Fence::private(),
+                "h",
+                got[0].id,
+                DeliveryRecord::Delivered { status: 200 },
+            )
             .await
             .unwrap();
         let next = store.claim_due("h", vec![got[1].id], 10).await.unwrap();
@@ -396,6 +408,7 @@ mod tests {
         let later = now_ms() + 60_000;
         store
             .record_delivery(
+                &crate::state::Fence::private(),
                 "h",
                 c.id,
                 DeliveryRecord::Failed {
@@ -410,6 +423,7 @@ mod tests {
         assert_eq!(store.next_due_ms("h").await.unwrap(), Some(later));
         store
             .record_delivery(
+                &crate::state::Fence::private(),
                 "h",
                 c.id,
                 DeliveryRecord::Failed {
@@ -454,7 +468,12 @@ mod tests {
         };
         // m5 falls due an hour after the others: it still comes with m2.
         store
-            .record_deliveries("h", vec![failed(ids[4])], false)
+            .record_deliveries(
+                &crate::state::Fence::private(),
+                "h",
+                vec![failed(ids[4])],
+                false,
+            )
             .await
             .unwrap();
         let got = store.claim_due("h", vec![], 2).await.unwrap();
@@ -477,7 +496,12 @@ mod tests {
         assert_eq!(again.len(), 1, "m3 only");
         // Delivered, a message belongs to no batch.
         store
-            .record_delivery("h", ids[1], DeliveryRecord::Delivered { status: 200 })
+            .record_delivery(
+                &crate::state::Fence::private(),
+                "h",
+                ids[1],
+                DeliveryRecord::Delivered { status: 200 },
+            )
             .await
             .unwrap();
         let id = ids[1];
@@ -514,7 +538,10 @@ mod tests {
             (got[0].id, fail(Some(now_ms() + 7_200_000))),
             (got[1].id, fail(None)),
         ];
-        store.record_deliveries("h", records, false).await.unwrap();
+        store
+            .record_deliveries(&crate::state::Fence::private(), "h", records, false)
+            .await
+            .unwrap();
         assert!(store.claim_due("h", vec![], 10).await.unwrap().is_empty());
         assert_eq!(store.pending_due_now("h").await.unwrap(), 1);
         let due = store.claim_due("h", vec![], 10).await.unwrap();

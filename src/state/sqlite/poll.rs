@@ -3,6 +3,7 @@
 
 use super::outbox::insert_messages;
 use super::{SqliteStore, StateError};
+use crate::state::Fence;
 use crate::state::{PageCommit, PollOutcome, SeenRow, TargetKey, TargetState};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
@@ -42,10 +43,12 @@ impl SqliteStore {
 
     pub async fn init_target(
         &self,
+        fence: &Fence,
         key: &TargetKey,
         watermark: Option<String>,
         floor: Option<String>,
     ) -> Result<(), StateError> {
+        fence.check_watermarks()?;
         let key = key.clone();
         self.call(move |c| {
             c.prepare_cached(
@@ -132,7 +135,8 @@ impl SqliteStore {
         Ok(out)
     }
 
-    pub async fn commit_page(&self, page: PageCommit) -> Result<(), StateError> {
+    pub async fn commit_page(&self, fence: &Fence, page: PageCommit) -> Result<(), StateError> {
+        fence.check_page(&page)?;
         self.call(move |c| {
             let tx = c.transaction()?;
             {
@@ -291,7 +295,12 @@ mod tests {
             TargetState::default()
         );
         store
-            .init_target(&key, Some("2026-01-01T00:00:00.000Z".into()), None)
+            .init_target(
+                &crate::state::Fence::private(),
+                &key,
+                Some("2026-01-01T00:00:00.000Z".into()),
+                None,
+            )
             .await
             .unwrap();
         let seen = SeenRow {
@@ -310,7 +319,10 @@ mod tests {
             resources_read: 1,
             ..Default::default()
         };
-        store.commit_page(page).await.unwrap();
+        store
+            .commit_page(&crate::state::Fence::private(), page)
+            .await
+            .unwrap();
         let st = store.target_state(&key).await.unwrap();
         assert_eq!(st.watermark.as_deref(), Some("2026-01-02T00:00:00.000Z"));
         let got = store
@@ -366,17 +378,31 @@ mod tests {
         let lowest = || store.lowest_patient_watermark("s", "Observation");
         assert_eq!(lowest().await.unwrap(), None, "no patients");
         store
-            .init_target(&key("a"), Some("2026-01-02T00:00:00.000Z".into()), None)
+            .init_target(
+                &crate::state::Fence::private(),
+                &key("a"),
+                Some("2026-01-02T00:00:00.000Z".into()),
+                None,
+            )
             .await
             .unwrap();
-        store.init_target(&key("b"), None, None).await.unwrap();
+        store
+            .init_target(&crate::state::Fence::private(), &key("b"), None, None)
+            .await
+            .unwrap();
         assert_eq!(lowest().await.unwrap(), None, "b reads from its start");
         store
-            .init_target(&key("b"), Some("2026-01-01T00:00:00.000Z".into()), None)
+            .init_target(
+                &crate::state::Fence::private(),
+                &key("b"),
+                Some("2026-01-01T00:00:00.000Z".into()),
+                None,
+            )
             .await
             .unwrap();
         store
             .init_target(
+                &crate::state::Fence::private(),
                 &TargetKey::population("s", "Observation"),
                 Some("2020-01-01T00:00:00.000Z".into()),
                 None,

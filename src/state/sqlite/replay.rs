@@ -131,12 +131,15 @@ mod tests {
         k.hook = "k".into();
         let b = NewMessage::test("h", "b", "Observation", "b");
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages: vec![a, k, b],
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages: vec![a, k, b],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let claimed = store.claim_due("h", vec![], 100).await.unwrap();
@@ -144,7 +147,10 @@ mod tests {
             .iter()
             .map(|c| (c.id, DeliveryRecord::Delivered { status: 200 }))
             .collect();
-        store.record_deliveries("h", done, false).await.unwrap();
+        store
+            .record_deliveries(&crate::state::Fence::private(), "h", done, false)
+            .await
+            .unwrap();
     }
 
     fn requeue(id: i64, need_body: bool) -> Requeue {
@@ -221,7 +227,12 @@ mod tests {
         // Pending again, `a` keeps its resource after `k` is delivered.
         let k = store.claim_due("k", vec![], 10).await.unwrap();
         store
-            .record_delivery("k", k[0].id, DeliveryRecord::Delivered { status: 200 })
+            .record_delivery(
+                &crate::state::Fence::private(),
+                "k",
+                k[0].id,
+                DeliveryRecord::Delivered { status: 200 },
+            )
             .await
             .unwrap();
         let a = store.message_body(a_id).await.unwrap();
@@ -246,17 +257,23 @@ mod tests {
                 (c.id, r)
             })
             .collect();
-        store.record_deliveries(hook, records, false).await.unwrap();
+        store
+            .record_deliveries(&crate::state::Fence::private(), hook, records, false)
+            .await
+            .unwrap();
     }
 
     async fn enqueue(store: &SqliteStore, messages: Vec<NewMessage>) {
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
     }

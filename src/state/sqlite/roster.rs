@@ -121,7 +121,12 @@ mod tests {
         };
         for p in ["a", "b"] {
             store
-                .init_target(&key(p), Some("2026-01-02T00:00:00.000Z".into()), None)
+                .init_target(
+                    &crate::state::Fence::private(),
+                    &key(p),
+                    Some("2026-01-02T00:00:00.000Z".into()),
+                    None,
+                )
                 .await
                 .unwrap();
         }

@@ -64,16 +64,19 @@ mod tests {
 
     async fn commit(store: &SqliteStore, keep_bodies: bool, seen: Vec<(&str, SeenRow)>) {
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Encounter".into(),
-                seen: seen
-                    .into_iter()
-                    .map(|(id, r)| (id.to_string(), r))
-                    .collect(),
-                keep_bodies,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Encounter".into(),
+                    seen: seen
+                        .into_iter()
+                        .map(|(id, r)| (id.to_string(), r))
+                        .collect(),
+                    keep_bodies,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
     }

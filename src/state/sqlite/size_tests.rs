@@ -53,12 +53,15 @@ async fn a_change_matched_by_three_hooks_is_stored_once() {
     for p in 0..N / 100 {
         let msgs = page(p * 100..(p + 1) * 100);
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                messages: msgs,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    messages: msgs,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
     }

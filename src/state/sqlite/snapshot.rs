@@ -142,12 +142,15 @@ mod tests {
 
     async fn seed(store: &SqliteStore, rows: Vec<(String, SeenRow)>) {
         store
-            .commit_page(PageCommit {
-                source: "s".into(),
-                resource_type: "Observation".into(),
-                seen: rows,
-                ..Default::default()
-            })
+            .commit_page(
+                &crate::state::Fence::private(),
+                PageCommit {
+                    source: "s".into(),
+                    resource_type: "Observation".into(),
+                    seen: rows,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
     }

@@ -468,7 +468,7 @@ impl SourceTask {
         if self.dry_run.is_none() {
             let repaired = run.repaired.clone();
             (self.store)
-                .finish_export(name, types.to_vec(), &tt, repaired)
+                .finish_export(&self.fence, name, types.to_vec(), &tt, repaired)
                 .await?;
             for rt in types {
                 self.known.forget(&TargetKey::population(name, rt));
@@ -638,14 +638,12 @@ impl SourceTask {
             None => {
                 let committed =
                     page_committed(&commit, &run.routing.routes, page.created, page.deleted);
-                self.store.commit_page(commit).await?;
+                self.store.commit_page(&self.fence, commit).await?;
                 committed.emit();
             }
         }
         for hook in woken {
-            if let Some(w) = run.routing.wakers.get(&hook) {
-                w.notify_one();
-            }
+            self.store.notify_due(&hook);
         }
         Ok(true)
     }

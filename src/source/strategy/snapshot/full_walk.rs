@@ -94,14 +94,12 @@ impl SourceTask {
             Some(sink) => sink.record(commit),
             None => {
                 let committed = page_committed(&commit, &routing.routes, 0, deleted);
-                self.store.commit_page(commit).await?;
+                self.store.commit_page(&self.fence, commit).await?;
                 committed.emit();
             }
         }
         for hook in woken {
-            if let Some(w) = routing.wakers.get(&hook) {
-                w.notify_one();
-            }
+            self.store.notify_due(&hook);
         }
         failure.map_or(Ok(true), Err)
     }

@@ -1,0 +1,129 @@
+//! Fences: what a writer shows with every write that moves a watermark or
+//! records a delivery, so that a backend can refuse a writer that is no
+//! longer the one entitled to write (its lease was taken over while it
+//! stalled). A fence is handed out by what grants the right to write: the
+//! writer lock, the backfill lock, or (later) a lease with its epoch.
+//!
+//! On SQLite the right is held for the life of the process (a file lock the
+//! kernel releases only when the process ends), so a fence cannot go stale;
+//! the backend checks only that it covers the write (a backfill's covers its
+//! own pages, no watermark and no delivery). A shared backend carries the lease's scope
+//! and epoch in it and checks them in the writing transaction, refusing a
+//! stale one with a `StateError`.
+
+use super::{BackfillLock, PageCommit, StateError, StateLock};
+
+/// Proof that its holder may write what it writes. Cheap to clone: each task
+/// that writes keeps its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    grant: Grant,
+}
+
+/// What granted a fence (kept for the backend's checks and for messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    /// The writer lock of the state directory: the daemon, `poll --once`.
+    Writer,
+    /// The backfill lock, shared: a backfill writes its job's pages beside
+    /// the daemon (never a poll target's watermark).
+    Backfill,
+    /// A state no other process can open (a dry run's scratch copy, tests).
+    Private,
+}
+
+impl Fence {
+    /// Whether it covers moving a poll target's watermark or its start
+    /// (`init_target`, `finish_export`). A backfill's does not.
+    pub(crate) fn check_watermarks(&self) -> Result<(), StateError> {
+        match self.grant {
+            Grant::Writer | Grant::Private => Ok(()),
+            Grant::Backfill => Err(StateError::Fenced(
+                "a backfill does not move a poll target's watermark",
+            )),
+        }
+    }
+
+    /// Whether it covers committing `page`: a backfill's covers its own
+    /// pages (their progress goes to the backfill job) and nothing else.
+    pub(crate) fn check_page(&self, page: &PageCommit) -> Result<(), StateError> {
+        match (self.grant, &page.backfill) {
+            (Grant::Backfill, Some(_)) => Ok(()),
+            _ => self.check_watermarks(),
+        }
+    }
+
+    /// Whether it covers recording delivery outcomes (a hook worker's).
+    pub(crate) fn check_deliveries(&self) -> Result<(), StateError> {
+        match self.grant {
+            Grant::Writer | Grant::Private => Ok(()),
+            Grant::Backfill => Err(StateError::Fenced("a backfill records no deliveries")),
+        }
+    }
+
+    /// The fence for a state only this process knows of: a dry run's scratch
+    /// state or a test's. Never for the configured state, whose fences come
+    /// from its locks.
+    pub fn private() -> Fence {
+        Fence {
+            grant: Grant::Private,
+        }
+    }
+}
+
+impl StateLock {
+    /// The writer lock's fence: valid while the lock is held, which on
+    /// SQLite is until the process ends.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            grant: Grant::Writer,
+        }
+    }
+}
+
+impl BackfillLock {
+    /// A backfill's fence, valid while its shared lock is held.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            grant: Grant::Backfill,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_util::temp_store;
+    use crate::state::{BackfillProgress, DeliveryRecord, TargetKey};
+
+    /// A backfill's fence commits its pages and nothing else; the writer
+    /// lock's covers every fenced write.
+    #[tokio::test]
+    async fn a_backfills_fence_covers_its_pages_only() {
+        let (dir, store) = temp_store();
+        let backfill = BackfillLock::share(dir.path()).unwrap().fence();
+        let writer = StateLock::acquire(dir.path()).unwrap().fence();
+        let key = TargetKey::population("s", "Observation");
+        let page = |backfill: bool| PageCommit {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            watermark: Some("2026-01-01T00:00:00.000Z".into()),
+            backfill: backfill.then(BackfillProgress::default),
+            ..Default::default()
+        };
+        store.commit_page(&backfill, page(true)).await.unwrap();
+        let refused = |r: Result<(), StateError>| matches!(r, Err(StateError::Fenced(_)));
+        assert!(refused(store.commit_page(&backfill, page(false)).await));
+        assert!(refused(
+            store.init_target(&backfill, &key, None, None).await
+        ));
+        let outcome = DeliveryRecord::Delivered { status: 200 };
+        assert!(refused(
+            store.record_delivery(&backfill, "h", 1, outcome).await
+        ));
+        assert_eq!(store.target_state(&key).await.unwrap(), Default::default());
+        store.commit_page(&writer, page(false)).await.unwrap();
+        let state = store.target_state(&key).await.unwrap();
+        assert_eq!(state.watermark.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+    }
+}
