@@ -40,13 +40,28 @@ pub fn lagging(schedule: &Schedule, last_ok_ms: i64, now_ms: i64) -> bool {
 /// Everything in `r` that needs attention, worst first (stable within a level).
 pub fn assess(r: &StatusReport, recent_skip: bool) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut add = |level, subject: String, message: String| {
+    daemon_problems(r, &mut out);
+    source_problems(r, recent_skip, &mut out);
+    hook_problems(r, &mut out);
+    orphan_problems(r, &mut out);
+    out.sort_by_key(|p| std::cmp::Reverse(p.level));
+    out
+}
+
+/// Adds one problem to `out`.
+fn adder(out: &mut Vec<Problem>) -> impl FnMut(Level, String, String) + '_ {
+    |level, subject, message| {
         out.push(Problem {
             level,
             subject,
             message,
         })
-    };
+    }
+}
+
+/// A daemon that is not running, never ran or stopped writing its heartbeat.
+fn daemon_problems(r: &StatusReport, out: &mut Vec<Problem>) {
+    let mut add = adder(out);
     match r.daemon.state {
         DaemonState::Running => {}
         DaemonState::Stopped => add(
@@ -61,6 +76,11 @@ pub fn assess(r: &StatusReport, recent_skip: bool) -> Vec<Problem> {
             "not responding: its lock is held but it has not written a heartbeat for 30 s".into(),
         ),
     }
+}
+
+/// Targets whose polls fail or lag, and entries skipped lately.
+fn source_problems(r: &StatusReport, recent_skip: bool, out: &mut Vec<Problem>) {
+    let mut add = adder(out);
     for s in &r.sources {
         for t in &s.targets {
             let subject = format!("source {}/{}", s.name, t.resource_type);
@@ -100,6 +120,11 @@ pub fn assess(r: &StatusReport, recent_skip: bool) -> Vec<Problem> {
             "entries were skipped (not delivered) in the last 24 h: see NOTES".into(),
         );
     }
+}
+
+/// Hooks with dead letters, disabled, with a subscription not active, or stale.
+fn hook_problems(r: &StatusReport, out: &mut Vec<Problem>) {
+    let mut add = adder(out);
     for h in &r.hooks {
         let subject = format!("hook {}", h.name);
         if h.dead_lettered > 0 {
@@ -153,6 +178,11 @@ pub fn assess(r: &StatusReport, recent_skip: bool) -> Vec<Problem> {
             );
         }
     }
+}
+
+/// Hooks in the state that the config no longer has: nothing sends their messages.
+fn orphan_problems(r: &StatusReport, out: &mut Vec<Problem>) {
+    let mut add = adder(out);
     for o in &r.orphaned_hooks {
         let subject = format!("orphaned hook {}", o.name);
         if o.dead_lettered > 0 {
@@ -171,8 +201,6 @@ pub fn assess(r: &StatusReport, recent_skip: bool) -> Vec<Problem> {
             ),
         );
     }
-    out.sort_by_key(|p| std::cmp::Reverse(p.level));
-    out
 }
 
 /// The worst level among `problems`.
