@@ -10,7 +10,7 @@ use super::status_report::{
     TargetStatus,
 };
 use crate::config::Config;
-use crate::state::{self, HookReport, StateError, StateLock, TargetReport, now_ms};
+use crate::state::{self, HookReport, StateError, StateLock, Store, TargetReport, now_ms};
 
 pub use super::status_text::{Style, render_text};
 
@@ -29,12 +29,57 @@ fn safe_url(u: &url::Url) -> String {
 pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
     let db = config.db_path();
     let store = state::open(config, state::ReadOnly)?;
+    let (sources, recent_skip) = source_statuses(config, store.as_ref()).await?;
+    let hooks = hook_statuses(config, store.as_ref()).await?;
+    let orphaned_hooks = match &store {
+        Some(st) => {
+            st.orphaned_hooks(config.hooks.iter().map(|h| h.name.clone()).collect())
+                .await?
+        }
+        None => vec![],
+    }
+    .into_iter()
+    .map(|o| OrphanedHookStatus {
+        name: o.hook,
+        pending: o.pending,
+        dead_lettered: o.dead,
+    })
+    .collect::<Vec<_>>();
+    let beat = match &store {
+        Some(st) => st.last_heartbeat().await?,
+        None => None,
+    };
+    let daemon = liveness::classify(StateLock::probe(&config.state_dir), beat.as_ref(), now_ms());
+    let mut report = StatusReport {
+        healthy: false,
+        level: Level::Ok,
+        problems: vec![],
+        config: config.path.display().to_string(),
+        database: db.display().to_string(),
+        has_state: store.is_some(),
+        daemon,
+        sources,
+        hooks,
+        orphaned_hooks,
+    };
+    report.problems = health::assess(&report, recent_skip);
+    report.level = health::level(&report.problems);
+    report.healthy = report.level == Level::Ok;
+    Ok(report)
+}
+
+/// Each source's targets as the state has them (a fan-out type: its patients
+/// together), and whether any skipped an entry lately.
+async fn source_statuses(
+    config: &Config,
+    store: Option<&Store>,
+) -> Result<(Vec<SourceStatus>, bool), StateError> {
     let mut sources = Vec::new();
     let mut recent_skip = false;
     for s in &config.sources {
         let mut targets = Vec::new();
         for rt in &s.resources {
-            let r = match &store {
+            let r = match store {
                 // Before any patient's target exists (no roster yet), the
                 // type's population-wide row carries the roster's error.
                 Some(st) if s.fan_out.is_some() => {
@@ -83,9 +128,17 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
             targets,
         });
     }
+    Ok((sources, recent_skip))
+}
+
+/// Each configured hook's outbox, deliveries and subscription.
+async fn hook_statuses(
+    config: &Config,
+    store: Option<&Store>,
+) -> Result<Vec<HookStatus>, StateError> {
     let mut hooks = Vec::new();
     for h in &config.hooks {
-        let r = match &store {
+        let r = match store {
             Some(st) => st.hook_report(&h.name).await?,
             None => HookReport::default(),
         };
@@ -117,41 +170,7 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
             }),
         });
     }
-    let orphaned_hooks = match &store {
-        Some(st) => {
-            st.orphaned_hooks(config.hooks.iter().map(|h| h.name.clone()).collect())
-                .await?
-        }
-        None => vec![],
-    }
-    .into_iter()
-    .map(|o| OrphanedHookStatus {
-        name: o.hook,
-        pending: o.pending,
-        dead_lettered: o.dead,
-    })
-    .collect::<Vec<_>>();
-    let beat = match &store {
-        Some(st) => st.last_heartbeat().await?,
-        None => None,
-    };
-    let daemon = liveness::classify(StateLock::probe(&config.state_dir), beat.as_ref(), now_ms());
-    let mut report = StatusReport {
-        healthy: false,
-        level: Level::Ok,
-        problems: vec![],
-        config: config.path.display().to_string(),
-        database: db.display().to_string(),
-        has_state: store.is_some(),
-        daemon,
-        sources,
-        hooks,
-        orphaned_hooks,
-    };
-    report.problems = health::assess(&report, recent_skip);
-    report.level = health::level(&report.problems);
-    report.healthy = report.level == Level::Ok;
-    Ok(report)
+    Ok(hooks)
 }
 
 #[cfg(test)]
