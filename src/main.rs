@@ -90,38 +90,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "fhir-bridge", &mut buf);
             emit(&String::from_utf8_lossy(&buf), ExitCode::SUCCESS)
         }
-        Command::Validate(c) => {
-            let config = load(&c)?;
-            for w in &config.warnings {
-                fhir_bridge::cli::out::error_line(&format!("warning: {w}"));
-            }
-            let text = format!(
-                "{}: OK ({} source(s), {} hook(s); every filter compiles)\n",
-                c.config.display(),
-                config.sources.len(),
-                config.hooks.len()
-            );
-            emit(&text, ExitCode::SUCCESS)
-        }
+        Command::Validate(c) => validate_main(&c),
         Command::Dlq { command } => dlq_main(command).await,
         Command::Hook {
             command: HookCommand::Enable { config, name },
-        } => {
-            let config = load(&config)?;
-            if !config.hooks.iter().any(|h| h.name == name) {
-                anyhow::bail!("no hook is named `{name}` in {}", config.path.display());
-            }
-            let store =
-                state::open(&config, state::ReadWrite).context("cannot open the state database")?;
-            let text = if store.enable_hook(&name).await? {
-                format!(
-                    "hook `{name}` enabled; a running daemon resumes deliveries within a second\n"
-                )
-            } else {
-                format!("hook `{name}` was not disabled\n")
-            };
-            emit(&text, ExitCode::SUCCESS)
-        }
+        } => hook_enable_main(&config, &name).await,
         Command::Source {
             command: SourceCommand::Rename { config, old, new },
         } => {
@@ -132,19 +105,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command } => keys_main(command),
         Command::WebhookSecret {
             command: WebhookSecretCommand::Generate { asymmetric },
-        } => {
-            use fhir_bridge::signing::webhook::{generate_asymmetric, generate_symmetric};
-            let text = if asymmetric {
-                let (secret, public) = generate_asymmetric()?;
-                format!(
-                    "signing secret (the hook's signing_secrets; keep it secret): {secret}\n\
-                     public key (give it to the receiver, to verify v1a signatures): {public}\n"
-                )
-            } else {
-                format!("{}\n", generate_symmetric()?)
-            };
-            emit(&text, ExitCode::SUCCESS)
-        }
+        } => webhook_secret_main(asymmetric),
         Command::Poll {
             config,
             source,
@@ -198,6 +159,51 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `validate`: the config loads, every filter compiles; warnings on stderr.
+fn validate_main(c: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let config = load(c)?;
+    for w in &config.warnings {
+        fhir_bridge::cli::out::error_line(&format!("warning: {w}"));
+    }
+    let text = format!(
+        "{}: OK ({} source(s), {} hook(s); every filter compiles)\n",
+        c.config.display(),
+        config.sources.len(),
+        config.hooks.len()
+    );
+    emit(&text, ExitCode::SUCCESS)
+}
+
+/// `hook enable NAME`: a hook disabled by a 410 Gone takes deliveries again.
+async fn hook_enable_main(config: &ConfigArg, name: &str) -> anyhow::Result<ExitCode> {
+    let config = load(config)?;
+    if !config.hooks.iter().any(|h| h.name == name) {
+        anyhow::bail!("no hook is named `{name}` in {}", config.path.display());
+    }
+    let store = state::open(&config, state::ReadWrite).context("cannot open the state database")?;
+    let text = if store.enable_hook(name).await? {
+        format!("hook `{name}` enabled; a running daemon resumes deliveries within a second\n")
+    } else {
+        format!("hook `{name}` was not disabled\n")
+    };
+    emit(&text, ExitCode::SUCCESS)
+}
+
+/// `webhook-secret generate`: a new signing secret (and its public key).
+fn webhook_secret_main(asymmetric: bool) -> anyhow::Result<ExitCode> {
+    use fhir_bridge::signing::webhook::{generate_asymmetric, generate_symmetric};
+    let text = if asymmetric {
+        let (secret, public) = generate_asymmetric()?;
+        format!(
+            "signing secret (the hook's signing_secrets; keep it secret): {secret}\n\
+             public key (give it to the receiver, to verify v1a signatures): {public}\n"
+        )
+    } else {
+        format!("{}\n", generate_symmetric()?)
+    };
+    emit(&text, ExitCode::SUCCESS)
 }
 
 async fn status_main(args: StatusArgs) -> anyhow::Result<ExitCode> {
