@@ -19,9 +19,9 @@
 use super::dlq::DlqError;
 use super::fmt_ms;
 use crate::config::{Config, Content};
-use crate::payload::{ChangeView, zus_hook};
+use crate::payload;
 use crate::route::message_id;
-use crate::state::{self, MessageFilter, MessageRecord, Requeue, Store};
+use crate::state::{self, ChangeRecord, MessageFilter, MessageRecord, Requeue, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -226,20 +226,19 @@ fn id_only_payload(config: &Config, c: &MessageRecord, last_updated: Option<&str
         .iter()
         .find(|s| s.name == c.source)
         .map_or(c.source.as_str(), |s| s.owner_id.as_str());
-    let time = fmt_ms(c.created_at_ms);
-    let view = ChangeView {
-        message_id: &c.message_id,
-        time: &time,
-        resource_type: &c.resource_type,
-        resource_id: &c.resource_id,
-        owner_id: owner,
-        source_name: &c.source,
-        event: &c.event,
-        version_id: c.version_id.as_deref(),
-        last_updated,
-        raw: "",
+    let change = ChangeRecord {
+        id: 0,
+        source: c.source.clone(),
+        owner_id: owner.to_string(),
+        resource_type: c.resource_type.clone(),
+        resource_id: c.resource_id.clone(),
+        version_id: c.version_id.clone(),
+        last_updated: last_updated.map(str::to_string),
+        event: c.event.clone(),
+        detected_at: fmt_ms(c.created_at_ms),
+        body: None,
     };
-    zus_hook(&view, Content::IdOnly)
+    payload::render(&change, &c.message_id, Content::IdOnly)
 }
 
 #[cfg(test)]

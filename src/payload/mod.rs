@@ -12,9 +12,9 @@ use serde_json::value::RawValue;
 /// Resources larger than this are sent without their body (`resourceIncluded: false`).
 pub const MAX_INCLUDED_BYTES: usize = 1_000_000;
 
-/// One change, as a payload needs it.
+/// One change, as the ZusHook body needs it (borrowed from a stored change).
 #[derive(Debug, Clone, Copy)]
-pub struct ChangeView<'a> {
+struct ChangeView<'a> {
     pub message_id: &'a str,
     /// When the bridge detected the change (RFC 3339, UTC, seconds).
     pub time: &'a str,
@@ -50,7 +50,7 @@ struct ZusHook<'a> {
 }
 
 /// The ZusHook-style JSON body. The resource is embedded byte for byte.
-pub fn zus_hook(change: &ChangeView, content: Content) -> Vec<u8> {
+fn zus_hook(change: &ChangeView, content: Content) -> Vec<u8> {
     let include = content == Content::FullResource && change.raw.len() <= MAX_INCLUDED_BYTES;
     // `raw` came out of a parsed Bundle, so it is valid JSON; if it somehow is
     // not, the body is left out rather than sending broken JSON.
