@@ -31,3 +31,6 @@ pub mod signing;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+
+#[cfg(test)]
+mod architecture_tests;
