@@ -18,7 +18,7 @@
 
 use super::dlq::DlqError;
 use super::fmt_ms;
-use crate::config::{Config, Content};
+use crate::config::{Config, Content, Hook};
 use crate::payload;
 use crate::route::message_id;
 use crate::state::{self, ChangeRecord, MessageFilter, MessageRecord, Requeue, Store};
@@ -67,43 +67,17 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
         }
     };
     let render = req.id_only || hook.content == Content::IdOnly;
-    let mut plan = Vec::new();
-    let mut rendered = 0;
-    let mut missing = 0;
     let last_updated = if render {
         last_updated_of(&store, &hook.name, &found).await?
     } else {
         BTreeMap::new()
     };
-    let mut full = 0;
-    for c in &found {
-        let keep = |need_body| Requeue {
-            id: c.id,
-            payload: None,
-            need_body,
-        };
-        let has_change = c.stored.change_id.is_some();
-        if c.stored.has_payload() {
-            plan.push(keep(false));
-        } else if has_change && c.stored.has_resource() && hook.content == Content::FullResource {
-            plan.push(keep(true));
-            full += 1;
-        } else if has_change && render {
-            // Rendered when sent: without a stored resource, id-only.
-            plan.push(keep(false));
-            rendered += 1;
-        } else if render {
-            let lu = last_updated.get(&c.id).map(String::as_str);
-            plan.push(Requeue {
-                id: c.id,
-                payload: Some(id_only_payload(config, c, lu)),
-                need_body: false,
-            });
-            rendered += 1;
-        } else {
-            missing += 1;
-        }
-    }
+    let Plan {
+        requeues: plan,
+        full,
+        rendered,
+        missing,
+    } = plan(config, hook, &found, render, &last_updated);
     // What the messages are called in the output: `--since` keeps its words.
     let (what, numbered) = match &req.which {
         Replayed::Delivered(_) => ("delivered message(s)".to_string(), ""),
@@ -167,6 +141,65 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
         );
     }
     Ok(o)
+}
+
+/// What replaying the messages `found` takes, decided without I/O: each one
+/// requeued as it is (a stored payload; a change rendered when sent, with
+/// its resource for a full-resource hook), with an id-only payload made now
+/// (a message whose change is gone, with `render`), or not at all.
+struct Plan {
+    requeues: Vec<Requeue>,
+    /// Requeued with their resource.
+    full: usize,
+    /// Requeued as id-only notifications.
+    rendered: usize,
+    /// Not replayable: their resource was deleted on delivery.
+    missing: usize,
+}
+
+fn plan(
+    config: &Config,
+    hook: &Hook,
+    found: &[MessageRecord],
+    render: bool,
+    last_updated: &BTreeMap<i64, String>,
+) -> Plan {
+    let mut plan = Vec::new();
+    let (mut full, mut rendered, mut missing) = (0, 0, 0);
+    for c in found {
+        let keep = |need_body| Requeue {
+            id: c.id,
+            payload: None,
+            need_body,
+        };
+        let has_change = c.stored.change_id.is_some();
+        if c.stored.has_payload() {
+            plan.push(keep(false));
+        } else if has_change && c.stored.has_resource() && hook.content == Content::FullResource {
+            plan.push(keep(true));
+            full += 1;
+        } else if has_change && render {
+            // Rendered when sent: without a stored resource, id-only.
+            plan.push(keep(false));
+            rendered += 1;
+        } else if render {
+            let lu = last_updated.get(&c.id).map(String::as_str);
+            plan.push(Requeue {
+                id: c.id,
+                payload: Some(id_only_payload(config, c, lu)),
+                need_body: false,
+            });
+            rendered += 1;
+        } else {
+            missing += 1;
+        }
+    }
+    Plan {
+        requeues: plan,
+        full,
+        rendered,
+        missing,
+    }
 }
 
 /// The `lastUpdated` of each candidate whose version is still the one the
