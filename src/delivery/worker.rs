@@ -317,76 +317,101 @@ impl HookWorker {
         let record = match attempt.clone() {
             Attempt::Delivered { status } => DeliveryRecord::Delivered { status },
             Attempt::Failed { kind, error, .. } if action == RetryAction::Disable => {
-                let status = kind.status();
-                // 410 Gone: the receiver says this endpoint is no more. Stop sending
-                // to it (nothing is dropped: messages wait as pending) until an
-                // operator runs `fhir-bridge hook enable`.
-                HookDisabled {
-                    hook: &hook.name,
-                    message_id: &msg.message_id,
-                }
-                .emit();
-                if let Err(e) = self
-                    .store
-                    .disable_hook(&hook.name, "receiver answered 410 Gone")
-                    .await
-                {
-                    tracing::error!(hook = %hook.name, error = %e, "cannot record that the hook is disabled");
-                }
-                DeliveryRecord::Failed {
-                    status,
-                    error,
-                    retry_at_ms: Some(now_ms()),
-                }
+                self.gone(msg, kind.status(), error).await
             }
             Attempt::Failed { kind, error, .. } if action == RetryAction::GiveUp => {
-                let status = kind.status();
-                // The receiver read this message and refused it: the same bytes
-                // would get the same answer. Dead-lettered now, redrivable.
-                let error = format!("{error} (refused by the receiver: not retried)");
-                DeadLettered {
-                    hook: &hook.name,
-                    message_id: &msg.message_id,
-                    status,
-                    attempts,
-                    error: &error,
-                }
-                .emit();
-                DeliveryRecord::Failed {
-                    status,
-                    error,
-                    retry_at_ms: None,
-                }
+                self.refused(msg, attempts, kind.status(), error)
             }
             Attempt::Failed { kind, error, .. } => {
-                let status = kind.status();
-                let (hook_name, message_id) = (hook.name.as_str(), msg.message_id.as_str());
-                match retry {
-                    Some((delay, _)) => RetryScheduled {
-                        hook: hook_name,
-                        message_id,
-                        status,
-                        attempts,
-                        error: &error,
-                        delay,
-                    }
-                    .emit(),
-                    None => DeadLettered {
-                        hook: hook_name,
-                        message_id,
-                        status,
-                        attempts,
-                        error: &error,
-                    }
-                    .emit(),
-                }
-                DeliveryRecord::Failed {
-                    status,
-                    error,
-                    retry_at_ms: retry.map(|(_, at)| at),
-                }
+                self.failed(msg, attempts, kind.status(), error, retry)
             }
         };
         (record, gone)
+    }
+
+    /// 410 Gone: the receiver says this endpoint is no more. Stop sending to
+    /// it (nothing is dropped: messages wait as pending) until an operator
+    /// runs `fhir-bridge hook enable`.
+    async fn gone(&self, msg: &Claimed, status: Option<u16>, error: String) -> DeliveryRecord {
+        let hook = &self.hook;
+        HookDisabled {
+            hook: &hook.name,
+            message_id: &msg.message_id,
+        }
+        .emit();
+        if let Err(e) = self
+            .store
+            .disable_hook(&hook.name, "receiver answered 410 Gone")
+            .await
+        {
+            tracing::error!(hook = %hook.name, error = %e, "cannot record that the hook is disabled");
+        }
+        DeliveryRecord::Failed {
+            status,
+            error,
+            retry_at_ms: Some(now_ms()),
+        }
+    }
+
+    /// The receiver read this message and refused it: the same bytes would
+    /// get the same answer. Dead-lettered now, redrivable.
+    fn refused(
+        &self,
+        msg: &Claimed,
+        attempts: u32,
+        status: Option<u16>,
+        error: String,
+    ) -> DeliveryRecord {
+        let error = format!("{error} (refused by the receiver: not retried)");
+        DeadLettered {
+            hook: &self.hook.name,
+            message_id: &msg.message_id,
+            status,
+            attempts,
+            error: &error,
+        }
+        .emit();
+        DeliveryRecord::Failed {
+            status,
+            error,
+            retry_at_ms: None,
+        }
+    }
+
+    /// Any other failure: tried again at `retry`, or dead-lettered when the
+    /// attempts are spent.
+    fn failed(
+        &self,
+        msg: &Claimed,
+        attempts: u32,
+        status: Option<u16>,
+        error: String,
+        retry: Option<(Duration, i64)>,
+    ) -> DeliveryRecord {
+        let (hook_name, message_id) = (self.hook.name.as_str(), msg.message_id.as_str());
+        match retry {
+            Some((delay, _)) => RetryScheduled {
+                hook: hook_name,
+                message_id,
+                status,
+                attempts,
+                error: &error,
+                delay,
+            }
+            .emit(),
+            None => DeadLettered {
+                hook: hook_name,
+                message_id,
+                status,
+                attempts,
+                error: &error,
+            }
+            .emit(),
+        }
+        DeliveryRecord::Failed {
+            status,
+            error,
+            retry_at_ms: retry.map(|(_, at)| at),
+        }
     }
 }
