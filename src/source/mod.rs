@@ -14,7 +14,7 @@ pub mod rate;
 mod roster;
 pub mod strategy;
 pub mod targets;
-mod walk_position;
+mod walk;
 pub mod watermark;
 
 pub use crate::route::{Routing, RoutingRx};

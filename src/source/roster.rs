@@ -3,7 +3,8 @@
 //! ends up in search URLs, state and logs); the roster is bounded.
 
 use super::client::FetchError;
-use super::poll::{SourceTask, next_link};
+use super::poll::SourceTask;
+use super::walk::next_link;
 use crate::config::Roster;
 use crate::fhir::bundle::{BundleError, parse_page};
 use crate::fhir::is_fhir_id;

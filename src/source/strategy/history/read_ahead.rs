@@ -14,7 +14,8 @@
 use super::order::HistoryOrder;
 use crate::fhir::bundle::{EntryMode, parse_page_as};
 use crate::source::client::Fetched;
-use crate::source::poll::{SourceTask, next_link};
+use crate::source::poll::SourceTask;
+use crate::source::walk::next_link;
 use std::collections::{HashSet, VecDeque};
 use tokio_util::sync::CancellationToken;
 use url::Url;
