@@ -6,6 +6,7 @@ pub mod client;
 pub mod clock;
 mod errors;
 mod fanout;
+mod fetch;
 mod notes;
 pub mod outcomes;
 mod page;

@@ -2,9 +2,11 @@
 
 use super::client::{FetchError, FhirClient};
 pub use super::errors::PollError;
+use super::fetch::Fetcher;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
+use super::strategy::history::read_ahead::read_ahead;
 use super::strategy::snapshot::WalkedIds;
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
@@ -138,7 +140,7 @@ impl SourceTask {
         // statement request goes through `fetch` like every other: within
         // the budget, and a 429/503 with Retry-After pauses the source.
         self.beat.expect_within(self.page_allowance());
-        let mut capability = super::capability::last_updated_warnings(&self).await;
+        let mut capability = super::capability::last_updated_warnings(&self.fetcher()).await;
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
         }
@@ -155,7 +157,10 @@ impl SourceTask {
             if let Some(fan_out) = &self.source.fan_out
                 && !self.limiter.is_paused()
             {
-                roster.refresh_if_due(&self, fan_out).await;
+                let record = self.dry_run.is_none();
+                let forgotten =
+                    (roster.refresh_if_due(&self.fetcher(), &self.store, fan_out, record)).await;
+                self.forget_patients(&forgotten);
             }
             if self.source.fan_out.is_some()
                 && !roster.loaded()
@@ -300,6 +305,20 @@ impl SourceTask {
         }
     }
 
+    /// Patients forgotten by the roster (gone longer than `roster_grace`):
+    /// their targets' state is read afresh should they come back.
+    fn forget_patients(&self, patients: &[String]) {
+        for p in patients {
+            for rt in &self.source.resources {
+                self.known.forget(&TargetKey {
+                    source: self.source.name.clone(),
+                    resource_type: rt.clone(),
+                    patient: Some(p.clone()),
+                });
+            }
+        }
+    }
+
     /// The outcome of a sliced walk that does not go on (the source stops,
     /// its patient left the roster): what its turns found is recorded, as a
     /// walk stopped by a shutdown between two pages always had it recorded.
@@ -339,38 +358,25 @@ impl SourceTask {
         }
     }
 
-    /// GETs `url` within the source's request budget, after any pause; a
-    /// 429/503 with `Retry-After` pauses every request of the source.
-    pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
-        // A request asked for during a pause (a history read-ahead's page
-        // fetched again) waits it out: the watchdog hears of it.
-        if let Some(until) = self.limiter.paused_until() {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            self.beat.expect_within(left + self.page_allowance());
+    /// The source's request handle: its client, budget and watchdog.
+    pub(super) fn fetcher(&self) -> Fetcher<'_> {
+        Fetcher {
+            source: &self.source,
+            client: &self.client,
+            limiter: &self.limiter,
+            beat: &self.beat,
+            routing: &self.routing,
         }
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        let fetched = self.client.get(url).await;
-        if let Err(FetchError::Status {
-            status,
-            retry_after,
-        }) = &fetched
-            && let RetryAction::RetryAfter(d) = RetryAction::for_status(*status, *retry_after)
-        {
-            self.limiter.pause(d);
-        }
-        fetched
     }
 
-    /// How long one page may take: the request (and a token request before
-    /// it) within their timeouts, then parsing and every hook's filter on
-    /// each entry within the filter budget, with room to spare.
+    /// GETs `url` through the source's `Fetcher`.
+    pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
+        self.fetcher().fetch(url).await
+    }
+
+    /// How long one page may take (`Fetcher::page_allowance`).
     pub(super) fn page_allowance(&self) -> std::time::Duration {
-        let filters = crate::filter::budget::TIME
-            * self.source.page_size
-            * (self.routing.borrow().routes.len() as u32).max(1);
-        self.source.timeout * 3 + filters + std::time::Duration::from_secs(30)
+        self.fetcher().page_allowance()
     }
 
     fn search_url(
@@ -560,7 +566,7 @@ impl SourceTask {
         let mut polled = Polled::default();
         let mut ahead = match polling {
             strategy::Strategy::History => {
-                let (ahead, cut) = self.read_ahead(walk.url(), rt, cancel).await;
+                let (ahead, cut) = read_ahead(&self.fetcher(), walk.url(), rt, cancel).await;
                 if let Some(note) = cut {
                     notes.warn(format!("{rt}: {note}"));
                 }
