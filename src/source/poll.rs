@@ -596,19 +596,7 @@ impl SourceTask {
                 },
             };
             let page_no = walk.page_no();
-            let job = PageJob {
-                source: self.source.name.clone(),
-                owner_id: self.source.owner_id.clone(),
-                resource_type: rt.to_string(),
-                mode: strategy::entry_mode(polling),
-                window_start: walk.window_start(),
-                window_end,
-                collect_ids: full,
-                horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
-                routes: routing.routes.clone(),
-                detected_at: walk.detected_at().to_string(),
-                stop: stop.clone(),
-            };
+            let job = self.page_job(&walk, kind, window_end, &routing, stop);
             let super::client::Fetched {
                 body,
                 date,
@@ -667,6 +655,30 @@ impl SourceTask {
             polled.complete = end.await?;
         }
         Ok(polled)
+    }
+
+    /// What the page pipeline needs to know of the walk's next page.
+    fn page_job(
+        &self,
+        walk: &PageWalk,
+        kind: Walk,
+        window_end: Option<DateTime<Utc>>,
+        routing: &crate::route::Routing,
+        stop: &Arc<AtomicBool>,
+    ) -> PageJob {
+        PageJob {
+            source: self.source.name.clone(),
+            owner_id: self.source.owner_id.clone(),
+            resource_type: walk.resource_type().to_string(),
+            mode: strategy::entry_mode(kind.strategy()),
+            window_start: walk.window_start(),
+            window_end,
+            collect_ids: kind.is_full(),
+            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
+            routes: routing.routes.clone(),
+            detected_at: walk.detected_at().to_string(),
+            stop: stop.clone(),
+        }
     }
 
     /// Where a walk of `key` starts: a sliced walk's next turn, or a new

@@ -255,6 +255,10 @@ impl PageWalk {
         self
     }
 
+    pub fn resource_type(&self) -> &str {
+        &self.resource_type
+    }
+
     pub fn url(&self) -> &Url {
         &self.url
     }
