@@ -9,8 +9,8 @@
 use super::client::FhirClient;
 use super::errors::PollError;
 use super::page::{self, PageJob};
-use super::poll::next_link;
 use super::strategy::search_url;
+use super::walk::next_link;
 use super::watermark::{WatermarkTracker, horizon};
 use crate::config::Source;
 use crate::fhir::bundle::EntryMode;

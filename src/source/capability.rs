@@ -3,7 +3,7 @@
 //! `_lastUpdated` ignored means every poll reads the whole type. The bridge
 //! warns at start (and on the target's status) instead of finding out later.
 
-use super::poll::SourceTask;
+use super::fetch::Fetcher;
 use crate::config::Strategy;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -41,8 +41,8 @@ struct Param {
 /// (many servers answer `metadata` slowly or not at all: not an error). The
 /// request goes through the source's `fetch`: a 429/503 with `Retry-After`
 /// pauses the source like any poll's.
-pub(super) async fn last_updated_warnings(task: &SourceTask) -> HashMap<String, String> {
-    let source = &task.source;
+pub(super) async fn last_updated_warnings(fetcher: &Fetcher<'_>) -> HashMap<String, String> {
+    let source = fetcher.source;
     let types: Vec<&String> = source
         .resources
         .iter()
@@ -54,7 +54,7 @@ pub(super) async fn last_updated_warnings(task: &SourceTask) -> HashMap<String, 
     let Ok(url) = source.base_url.join("metadata") else {
         return HashMap::new();
     };
-    let body = match task.fetch(&url).await {
+    let body = match fetcher.fetch(&url).await {
         Ok(f) => f.body,
         Err(e) => {
             tracing::debug!(source = %source.name, error = %e, "no CapabilityStatement");

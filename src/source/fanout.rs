@@ -9,9 +9,10 @@
 //! `roster_grace` (one who comes back resumes from its watermarks), then
 //! forgotten. A new one starts at the source's `start`.
 
-use super::poll::SourceTask;
+use super::fetch::Fetcher;
+use super::roster::load_roster;
 use crate::config::{FanOut, Source};
-use crate::state::{TargetKey, now_ms};
+use crate::state::{Store, TargetKey, now_ms};
 use std::collections::BTreeSet;
 use std::time::Instant;
 
@@ -48,18 +49,26 @@ impl RosterState {
     /// Reads the roster when it is due (at start, then every `refresh`). A
     /// failed read keeps the roster it had (and is retried next tick when
     /// there is none yet); a `Retry-After` pauses the source (`fetch`).
-    pub async fn refresh_if_due(&mut self, task: &SourceTask, fan_out: &FanOut) {
+    /// `record`: the roster is written to the state (not on a dry run).
+    /// Returns the patients forgotten (gone longer than `roster_grace`).
+    pub async fn refresh_if_due(
+        &mut self,
+        fetcher: &Fetcher<'_>,
+        store: &Store,
+        fan_out: &FanOut,
+        record: bool,
+    ) -> Vec<String> {
         if self.read_at.is_some_and(|t| t.elapsed() < fan_out.refresh) {
-            return;
+            return Vec::new();
         }
-        let name = &task.source.name;
+        let name = &fetcher.source.name;
         // After a start (or a reload) the last roster believed is the one in
         // the state: the first read is judged against it like any other,
         // rather than believed whatever it says (a Group caught empty would
         // leave every patient unpolled until the next read).
         if !self.from_state {
             self.from_state = true;
-            match task.store.roster_in_state(name).await {
+            match store.roster_in_state(name).await {
                 Ok(ids) if !ids.is_empty() => self.patients = Some(ids),
                 Ok(_) => {}
                 Err(e) => {
@@ -67,7 +76,7 @@ impl RosterState {
                 }
             }
         }
-        match task.load_roster(&fan_out.roster).await {
+        match load_roster(fetcher, &fan_out.roster).await {
             Ok(read) => {
                 self.read_at = Some(Instant::now());
                 if read.rejected > 0 {
@@ -91,7 +100,7 @@ impl RosterState {
                         "roster: this read has {count} patients, less than half of the last roster's {kept}; \
                          the last roster is kept (suspect read {n} of {SHRINK_CONFIRMATIONS} before it is believed)"
                     ));
-                    return;
+                    return Vec::new();
                 }
                 if self.suspect_reads > 0 {
                     self.note = Some(format!(
@@ -101,7 +110,7 @@ impl RosterState {
                     ));
                 }
                 self.suspect_reads = 0;
-                self.accept(task, fan_out, read.ids).await;
+                self.accept(name, store, fan_out, read.ids, record).await
             }
             Err(e) => {
                 if self.patients.is_some() {
@@ -110,39 +119,39 @@ impl RosterState {
                 tracing::warn!(source = %name, error = %e, "cannot read the roster; keeping the last one");
                 // A `Retry-After` paused the source in `fetch` already.
                 self.note = Some(format!("{e}; the last roster is kept"));
+                Vec::new()
             }
         }
     }
 
     /// A believed roster: patients who left keep their targets for
     /// `roster_grace`, those who came back go on from their watermarks, and
-    /// those gone longer are forgotten.
-    async fn accept(&mut self, task: &SourceTask, fan_out: &FanOut, ids: BTreeSet<String>) {
-        let name = &task.source.name;
+    /// those gone longer are forgotten (returned).
+    async fn accept(
+        &mut self,
+        name: &str,
+        store: &Store,
+        fan_out: &FanOut,
+        ids: BTreeSet<String>,
+        record: bool,
+    ) -> Vec<String> {
         tracing::debug!(source = %name, patients = ids.len(), "roster read");
-        if task.dry_run.is_none() {
+        let mut forgotten = Vec::new();
+        if record {
             let now = now_ms();
             let grace = i64::try_from(fan_out.grace.as_millis()).unwrap_or(i64::MAX);
-            match (task.store)
+            match store
                 .sync_roster(name, ids.clone(), now, now.saturating_sub(grace))
                 .await
             {
                 Ok(sync) => {
-                    for p in &sync.forgotten {
-                        for rt in &task.source.resources {
-                            task.known.forget(&TargetKey {
-                                source: name.clone(),
-                                resource_type: rt.clone(),
-                                patient: Some(p.clone()),
-                            });
-                        }
-                    }
                     if !(sync.left.is_empty() && sync.returned.is_empty()) {
                         tracing::info!(source = %name, left = sync.left.len(), returned = sync.returned.len(), "roster changed; the targets of patients who left are kept for roster_grace");
                     }
                     if !sync.forgotten.is_empty() {
                         tracing::info!(source = %name, patients = sync.forgotten.len(), "patients who left the roster longer than roster_grace ago; their targets are forgotten");
                     }
+                    forgotten = sync.forgotten;
                 }
                 Err(e) => {
                     tracing::warn!(source = %name, error = %e, "cannot record who left or joined the roster");
@@ -150,6 +159,7 @@ impl RosterState {
             }
         }
         self.patients = Some(ids);
+        forgotten
     }
 
     /// This tick's targets: each type of the source, for each patient when

@@ -6,6 +6,7 @@ pub mod client;
 pub mod clock;
 mod errors;
 mod fanout;
+mod fetch;
 mod notes;
 pub mod outcomes;
 mod page;
@@ -14,7 +15,7 @@ pub mod rate;
 mod roster;
 pub mod strategy;
 pub mod targets;
-mod walk_position;
+mod walk;
 pub mod watermark;
 
 pub use crate::route::{Routing, RoutingRx};

@@ -2,14 +2,17 @@
 
 use super::client::{FetchError, FhirClient};
 pub use super::errors::PollError;
+use super::fetch::Fetcher;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
-use super::strategy::snapshot::{WalkFacts, WalkedIds};
+use super::strategy::history::read_ahead::read_ahead;
+use super::strategy::snapshot::WalkedIds;
 use super::strategy::{self, Walk, search_url};
 use super::targets::KnownTargets;
-use super::walk_position::{AfterPage, TurnsSoFar, WalkPosition, after_page, must_finish};
-use super::watermark::{WatermarkTracker, horizon};
+use super::walk::next_link;
+use super::walk::{PageRead, PageWalk, Step, TurnsSoFar, WalkStart};
+use super::watermark::horizon;
 use crate::config::{Source, Start};
 use crate::fhir::bundle::parse_page;
 use crate::fhir::{format_instant, parse_instant};
@@ -139,7 +142,7 @@ impl SourceTask {
         // statement request goes through `fetch` like every other: within
         // the budget, and a 429/503 with Retry-After pauses the source.
         self.beat.expect_within(self.page_allowance());
-        let mut capability = super::capability::last_updated_warnings(&self).await;
+        let mut capability = super::capability::last_updated_warnings(&self.fetcher()).await;
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
         }
@@ -156,7 +159,10 @@ impl SourceTask {
             if let Some(fan_out) = &self.source.fan_out
                 && !self.limiter.is_paused()
             {
-                roster.refresh_if_due(&self, fan_out).await;
+                let record = self.dry_run.is_none();
+                let forgotten =
+                    (roster.refresh_if_due(&self.fetcher(), &self.store, fan_out, record)).await;
+                self.forget_patients(&forgotten);
             }
             if self.source.fan_out.is_some()
                 && !roster.loaded()
@@ -301,6 +307,20 @@ impl SourceTask {
         }
     }
 
+    /// Patients forgotten by the roster (gone longer than `roster_grace`):
+    /// their targets' state is read afresh should they come back.
+    fn forget_patients(&self, patients: &[String]) {
+        for p in patients {
+            for rt in &self.source.resources {
+                self.known.forget(&TargetKey {
+                    source: self.source.name.clone(),
+                    resource_type: rt.clone(),
+                    patient: Some(p.clone()),
+                });
+            }
+        }
+    }
+
     /// The outcome of a sliced walk that does not go on (the source stops,
     /// its patient left the roster): what its turns found is recorded, as a
     /// walk stopped by a shutdown between two pages always had it recorded.
@@ -340,38 +360,25 @@ impl SourceTask {
         }
     }
 
-    /// GETs `url` within the source's request budget, after any pause; a
-    /// 429/503 with `Retry-After` pauses every request of the source.
-    pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
-        // A request asked for during a pause (a history read-ahead's page
-        // fetched again) waits it out: the watchdog hears of it.
-        if let Some(until) = self.limiter.paused_until() {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            self.beat.expect_within(left + self.page_allowance());
+    /// The source's request handle: its client, budget and watchdog.
+    pub(super) fn fetcher(&self) -> Fetcher<'_> {
+        Fetcher {
+            source: &self.source,
+            client: &self.client,
+            limiter: &self.limiter,
+            beat: &self.beat,
+            routing: &self.routing,
         }
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        let fetched = self.client.get(url).await;
-        if let Err(FetchError::Status {
-            status,
-            retry_after,
-        }) = &fetched
-            && let RetryAction::RetryAfter(d) = RetryAction::for_status(*status, *retry_after)
-        {
-            self.limiter.pause(d);
-        }
-        fetched
     }
 
-    /// How long one page may take: the request (and a token request before
-    /// it) within their timeouts, then parsing and every hook's filter on
-    /// each entry within the filter budget, with room to spare.
+    /// GETs `url` through the source's `Fetcher`.
+    pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
+        self.fetcher().fetch(url).await
+    }
+
+    /// How long one page may take (`Fetcher::page_allowance`).
     pub(super) fn page_allowance(&self) -> std::time::Duration {
-        let filters = crate::filter::budget::TIME
-            * self.source.page_size
-            * (self.routing.borrow().routes.len() as u32).max(1);
-        self.source.timeout * 3 + filters + std::time::Duration::from_secs(30)
+        self.fetcher().page_allowance()
     }
 
     fn search_url(
@@ -532,134 +539,36 @@ impl SourceTask {
     }
 
     /// One walk of a target's pages: its strategy's poll, or a reconciliation.
+    /// What to do after each page is the `PageWalk`'s to decide (`walk.rs`);
+    /// this fetches, processes, commits and wakes.
     pub(super) async fn walk_pages(
         &self,
         key: &TargetKey,
         cancel: &CancellationToken,
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
-        walk: Walk,
+        kind: Walk,
     ) -> Result<Polled, PollError> {
-        let name = &self.source.name;
         let rt = key.resource_type.as_str();
         // One routing for the whole turn: a reload applies from the next one
         // (a sliced walk's next slice: pages already committed stay routed
         // as they were, the rest go to the hooks of the reloaded config).
         let routing = self.routing.borrow().clone();
-        let mut state = match self.known.get(key) {
-            Some(known) => known,
-            None => self.store.target_state(key).await?,
+        let Some((mut state, mut walk)) = self.begin_walk(key, notes, kind).await? else {
+            return Ok(Polled::default());
         };
-        if !state.initialized {
-            state = self.initialize(key).await?;
-            if self.source.start == Start::Now {
-                return Ok(Polled::default());
-            }
-        }
-        let floor = state.floor.as_deref().and_then(parse_instant);
-        let overlap =
-            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
-        let full = walk.is_full();
-        let polling = walk.strategy();
-        // A sliced walk goes on exactly where its last turn stopped
-        // (`walk_position`): no new search, the same bounds and drift flag.
-        let resumed = match super::walk_position::slices(walk) {
-            true => self.known.paused().take(key),
-            false => None,
+        let full = kind.is_full();
+        let polling = kind.strategy();
+        let first_url = |since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>| {
+            strategy::first_url(polling, &self.source, key, since, until)
         };
-        let WalkPosition {
-            mut url,
-            mut watermark,
-            start_watermark,
-            mut since,
-            until,
-            mut last_total,
-            mut drifted,
-            mut bad_total,
-            mut visited,
-            mut tracker,
-            detected_at,
-            mut page_no,
-            mut restarted,
-            held_at,
-        } = match resumed {
-            Some(position) => position,
-            None => {
-                let mut watermark = state.watermark.as_deref().and_then(parse_instant);
-                let mut since = watermark.map(|w| {
-                    let back = w
-                        .checked_sub_signed(overlap)
-                        .unwrap_or(DateTime::<Utc>::MIN_UTC);
-                    floor.map_or(back, |f| back.max(f))
-                });
-
-                // The upper bound closes the result set for the length of this poll:
-                // writes landing meanwhile wait for the next poll instead of shifting
-                // pages, and an update moving a resource out of the set shows as a
-                // smaller Bundle.total (see drift below).
-                if self.client.server_now().is_none() {
-                    match self.probe_server_time(key).await {
-                        Ok(_) => {}
-                        // A server that never tells its time (or tells an absurd one)
-                        // is polled without an upper bound (only the overlap protects
-                        // it), not refused forever.
-                        Err(PollError::NoServerTime { .. }) => {}
-                        Err(PollError::Clock { error, .. }) => notes.warn(error.to_string()),
-                        Err(e) => return Err(e),
-                    }
-                }
-                // A watermark in the future (written before the bridge bounded it, or
-                // by a server clock later found wrong) would make every poll ask for
-                // an empty range. Poll from the start again instead: the diff drops
-                // what was already delivered, and a re-sent change keeps its message_id.
-                let horizon = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
-                if let Some(w) = watermark.filter(|w| !full && *w > horizon && Some(*w) != floor) {
-                    notes.warn(format!(
-                    "{rt}: the stored watermark {} is in the future; polling from the start again",
-                    format_instant(w)
-                ));
-                    watermark = None;
-                    since = floor;
-                }
-                let start_watermark = watermark;
-                // A small margin in case our estimate of the server's clock runs
-                // ahead, or the source's `lag` (writes that become visible late).
-                let behind = chrono::Duration::from_std(self.source.lag)
-                    .unwrap_or(chrono::Duration::MAX)
-                    .max(chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
-                let until = self.client.server_now().map(|t| t - behind);
-                let url = strategy::first_url(polling, &self.source, key, since, until);
-                WalkPosition {
-                    url,
-                    watermark,
-                    start_watermark,
-                    since,
-                    until,
-                    last_total: None,
-                    drifted: false,
-                    bad_total: false,
-                    visited: Default::default(),
-                    tracker: WatermarkTracker::new(),
-                    detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                    page_no: 0,
-                    restarted: false,
-                    held_at: None,
-                }
-            }
-        };
-        // A full walk's ids; a reconciliation looks only below the window the
-        // polls re-read (what lies above is theirs to find).
+        // A full walk's ids, for its end to infer deletes.
         let mut walked = WalkedIds::default();
-        let window_end = (walk == Walk::Reconcile).then_some(since).flatten();
-        // Offset-paged servers skip resources when the set changes under them.
-        // Once the total changes between pages, the watermark stays where it
-        // was before that page, so the next poll re-reads what may have been
-        // skipped (the diff drops what was not).
+        let window_end = walk.window_end();
         let mut polled = Polled::default();
-        let mut pages_this_turn = 0usize;
         let mut ahead = match polling {
             strategy::Strategy::History => {
-                let (ahead, cut) = self.read_ahead(&url, rt, cancel).await;
+                let (ahead, cut) = read_ahead(&self.fetcher(), walk.url(), rt, cancel).await;
                 if let Some(note) = cut {
                     notes.warn(format!("{rt}: {note}"));
                 }
@@ -668,253 +577,74 @@ impl SourceTask {
             _ => Default::default(),
         };
         loop {
-            page_no += 1;
-            pages_this_turn += 1;
             let queued = ahead.pop();
-            if let Some((u, _)) = &queued {
-                url = u.clone();
-            }
-            visited.insert(&url);
+            walk.begin_page(queued.as_ref().map(|(u, _)| u));
             self.beat.expect_within(self.page_allowance());
             let fetched = match queued {
                 Some((_, f)) => Ok(f),
-                None => self.fetch(&url).await,
+                None => self.fetch(walk.url()).await,
             };
             let fetched = match fetched {
                 Ok(f) => f,
-                // An expired page context (HAPI forgets its searches after an
-                // hour): the chain starts again from the watermark, once.
-                Err(FetchError::Status {
-                    status: status @ (404 | 410),
-                    ..
-                }) if page_no > 1 && !restarted => {
-                    restarted = true;
-                    let from = if full { "beginning" } else { "watermark" };
-                    notes.warn(format!(
-                        "{rt}: page {page_no} answered HTTP {status} (an expired next link); the search started again from the {from}"
-                    ));
-                    since = watermark.map(|w| {
-                        let back = w
-                            .checked_sub_signed(overlap)
-                            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-                        floor.map_or(back, |f| back.max(f))
-                    });
-                    url = strategy::first_url(polling, &self.source, key, since, until);
-                    (last_total, drifted, tracker) = (None, false, WatermarkTracker::new());
-                    visited.clear();
-                    continue;
-                }
-                // A server asking to wait (429/503 with Retry-After) on a
-                // sliced walk's page: the page was not read and its link is
-                // still good, so the walk keeps its position and reads that
-                // page after the pause, instead of a new search that re-reads
-                // the overlap (and, drifting, may never reach a long chain's
-                // end under a steady 429 rate). Once per page: a page asked
-                // again fails the poll, so a server that always says "later"
-                // shows on status.
-                Err(FetchError::Status {
-                    status: status @ (429 | 503),
-                    retry_after: Some(_),
-                }) if super::walk_position::slices(walk)
-                    && page_no > 1
-                    && held_at != Some(page_no) =>
-                {
-                    notes.warn(format!(
-                        "{rt}: page {page_no} answered HTTP {status} with Retry-After; read again after the pause, from the same link"
-                    ));
-                    page_no -= 1;
-                    self.known.paused().keep(
-                        key,
-                        WalkPosition {
-                            url,
-                            watermark,
-                            start_watermark,
-                            since,
-                            until,
-                            last_total,
-                            drifted,
-                            bad_total,
-                            visited,
-                            tracker,
-                            detected_at,
-                            page_no,
-                            restarted,
-                            held_at: Some(page_no + 1),
-                        },
-                    );
-                    polled.yielded = true;
-                    return Ok(polled);
-                }
-                Err(error) => {
-                    return Err(PollError::Fetch {
-                        resource_type: rt.to_string(),
-                        page: page_no,
-                        error,
-                    });
-                }
+                Err(error) => match walk.fetch_failed(error, notes, first_url) {
+                    Step::Yield => {
+                        self.known.paused().keep(key, walk);
+                        polled.yielded = true;
+                        return Ok(polled);
+                    }
+                    Step::Fail(e) => return Err(e),
+                    // A new search (its first page), or as `fetch_failed` never answers.
+                    Step::Restart | Step::Fetch | Step::Done { .. } => continue,
+                },
             };
-            let job = PageJob {
-                source: name.clone(),
-                owner_id: self.source.owner_id.clone(),
-                resource_type: rt.to_string(),
-                mode: strategy::entry_mode(polling),
-                // A full walk reads everything since `start`, whatever the watermark.
-                window_start: if full { floor } else { since.or(floor) },
-                window_end,
-                collect_ids: full,
-                horizon: super::watermark::horizon(
-                    self.client.server_now(),
-                    Utc::now(),
-                    self.source.overlap,
-                ),
-                routes: routing.routes.clone(),
-                detected_at: detected_at.clone(),
-                stop: stop.clone(),
-            };
-            let page =
-                page::process_blocking(self.store.clone(), job, fetched.body, page_no).await?;
+            let page_no = walk.page_no();
+            let job = self.page_job(&walk, kind, window_end, &routing, stop);
+            let super::client::Fetched {
+                body,
+                date,
+                exchange,
+            } = fetched;
+            let page = page::process_blocking(self.store.clone(), job, body, page_no).await?;
             if page.cancelled {
                 // Shutdown: nothing of this page is committed; it is read again.
                 return Ok(polled);
             }
-            notes.page(page.commit.resources_read);
             walked.extend(&page.ids);
             walked.note_unreadable(page.skipped.len());
-            if let Err(e) =
-                self.client
-                    .note_response(&fetched.exchange, fetched.date, page.server_time)
-            {
-                notes.warn(e.to_string());
-            }
-            for s in &page.skipped {
-                notes.skip(format!(
-                    "page {page_no}, entry {}: {}; skipped, not delivered",
-                    s.index, s.reason
-                ));
-            }
-            if let Some((id, t)) = &page.last_future {
-                notes.future(
-                    page.future,
-                    format!(
-                        "{rt}/{id}: meta.lastUpdated {} is after the server's clock; delivered, watermark not moved past it",
-                        format_instant(*t)
-                    ),
-                );
-            }
-            if let (Some(before), Some(now)) = (last_total, page.total)
-                && before != now
-                && !drifted
-            {
-                drifted = true;
-                tracing::debug!(source = %name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
-            }
-            last_total = page.total.or(last_total);
-            bad_total |= page.bad_total;
-
-            let mut commit = page.commit;
-            commit.patient = key.patient.clone();
-            // A next link that cannot be followed fails the poll, but only
-            // after this page is committed: its entries are the EHR's own, and
-            // the watermark treats it as a page with more to come.
+            self.note_page(&page, (&exchange, date), page_no, rt, notes);
             let next = match ahead.reversed {
                 // Read ahead and checked: the next is the page queued after.
                 true => ahead.successor().map(Ok),
-                false => next_link(&self.source, &url, page.next.as_deref(), rt, page_no),
+                false => next_link(&self.source, walk.url(), page.next.as_deref(), rt, page_no),
             };
-            let allowed = tracker.page(&page.instants, next.is_some());
-            if let Some(new) = allowed.filter(|_| !drifted && !full)
-                && watermark.is_none_or(|w| new > w)
-            {
-                watermark = Some(new);
-                commit.watermark = Some(format_instant(new));
+            let read = PageRead {
+                total: page.total,
+                bad_total: page.bad_total,
+                instants: &page.instants,
+                next,
+            };
+            let after = walk.page_read(read, notes);
+            if after.drift_began {
+                tracing::debug!(source = %self.source.name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
             }
-            let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
-            polled.changes += commit.changes;
-            // A page that changes nothing (empty, or only re-read versions
-            // already seen) needs no transaction: the usual poll of a quiet target.
-            let empty = commit.changes == 0
-                && commit.watermark.is_none()
-                && commit.filter_errors.is_empty();
-            if empty {
-                polled.rereads += commit.resources_read;
-            } else {
-                let moved = commit.watermark.clone();
-                match &self.dry_run {
-                    Some(sink) => sink.record(commit),
-                    None => {
-                        let committed = page::page_committed(
-                            &commit,
-                            &routing.routes,
-                            page.created,
-                            page.deleted,
-                        );
-                        self.store.commit_page(&self.fence, commit).await?;
-                        committed.emit();
-                    }
+            let mut commit = page.commit;
+            commit.patient = key.patient.clone();
+            commit.watermark = after.watermark.map(format_instant);
+            let counts = (page.created, page.deleted);
+            self.settle_page(key, commit, counts, &routing, &mut state, &mut polled)
+                .await?;
+            match after.then {
+                Step::Fetch | Step::Restart => {}
+                Step::Yield => {
+                    self.known.paused().keep(key, walk);
+                    polled.yielded = true;
+                    return Ok(polled);
                 }
-                if moved.is_some() {
-                    state.watermark = moved;
-                }
-            }
-            self.known.set(key, state.clone());
-            for hook in woken {
-                self.store.notify_due(&hook);
-            }
-
-            match next.transpose()? {
-                None => {
-                    polled.complete = true;
+                Step::Done { complete } => {
+                    polled.complete = complete;
                     break;
                 }
-                Some(n) if visited.contains(&n) => {
-                    return Err(PollError::NextLinkLoop {
-                        resource_type: rt.to_string(),
-                        page: page_no,
-                    });
-                }
-                Some(_) if page_no >= self.max_pages() => {
-                    // Everything read so far is committed. A poll that moved the
-                    // watermark is a long backlog: the next tick goes on from
-                    // there. One that did not is a server paging in circles.
-                    if watermark > start_watermark {
-                        notes.warn(format!(
-                            "{rt}: stopped after {page_no} pages (max_pages_per_poll); the next poll goes on from the watermark"
-                        ));
-                        break;
-                    }
-                    return Err(PollError::PageCap {
-                        resource_type: rt.to_string(),
-                        pages: page_no,
-                    });
-                }
-                Some(n) => match after_page(
-                    walk,
-                    pages_this_turn,
-                    must_finish(restarted, tracker.in_order()),
-                ) {
-                    AfterPage::Continue => url = n,
-                    AfterPage::Yield => {
-                        let position = WalkPosition {
-                            url: n,
-                            watermark,
-                            start_watermark,
-                            since,
-                            until,
-                            last_total,
-                            drifted,
-                            bad_total,
-                            visited,
-                            tracker,
-                            detected_at,
-                            page_no,
-                            restarted,
-                            held_at,
-                        };
-                        self.known.paused().keep(key, position);
-                        polled.yielded = true;
-                        return Ok(polled);
-                    }
-                },
+                Step::Fail(e) => return Err(e),
             }
             // Stopping between pages is safe: everything read so far is committed.
             if cancel.is_cancelled() {
@@ -922,59 +652,174 @@ impl SourceTask {
             }
         }
         if full && polled.complete {
-            let facts = WalkFacts {
-                per_patient: key.patient.is_some(),
-                drifted,
-                total: last_total,
-                bad_total,
-            };
+            let facts = walk.facts(key.patient.is_some());
             let end = self.end_of_walk(key, walked, facts, &routing, stop, notes);
             polled.complete = end.await?;
         }
         Ok(polled)
     }
-}
 
-/// The longest `next` link followed (see `next_link`).
-pub(super) const MAX_NEXT_LINK_BYTES: usize = 16 * 1024;
+    /// What the page pipeline needs to know of the walk's next page.
+    fn page_job(
+        &self,
+        walk: &PageWalk,
+        kind: Walk,
+        window_end: Option<DateTime<Utc>>,
+        routing: &crate::route::Routing,
+        stop: &Arc<AtomicBool>,
+    ) -> PageJob {
+        PageJob {
+            source: self.source.name.clone(),
+            owner_id: self.source.owner_id.clone(),
+            resource_type: walk.resource_type().to_string(),
+            mode: strategy::entry_mode(kind.strategy()),
+            window_start: walk.window_start(),
+            window_end,
+            collect_ids: kind.is_full(),
+            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
+            routes: routing.routes.clone(),
+            detected_at: walk.detected_at().to_string(),
+            stop: stop.clone(),
+        }
+    }
 
-/// A page's `next` link, resolved, and whether it may be followed. Links
-/// elsewhere (unless in `allowed_origins`) are not: another host's resources
-/// are not this EHR's, and the search URL and credentials are not theirs to
-/// see. The caller commits the page first either way: its entries are the
-/// EHR's own, and the watermark treats it as a page with more to come.
-pub(super) fn next_link(
-    source: &Source,
-    current: &Url,
-    link: Option<&str>,
-    rt: &str,
-    page: usize,
-) -> Option<Result<Url, PollError>> {
-    let link = link?;
-    // A sliced walk keeps its next link between turns, one per target (a
-    // roster's thousands): a page may be 256 MB, a link is bounded on its
-    // own. Known servers' links are a few hundred bytes (continuation tokens
-    // a few KB), and common front ends refuse request lines past 8-16 KB.
-    if link.len() > MAX_NEXT_LINK_BYTES {
-        return Some(Err(PollError::NextLinkTooLong {
-            resource_type: rt.to_string(),
-            page,
-            bytes: link.len(),
-        }));
+    /// Where a walk of `key` starts: a sliced walk's next turn, or a new
+    /// walk from the committed state. `None`: the target was just set to
+    /// start at the server's "now", with nothing to read yet.
+    async fn begin_walk(
+        &self,
+        key: &TargetKey,
+        notes: &mut Notes,
+        kind: Walk,
+    ) -> Result<Option<(TargetState, PageWalk)>, PollError> {
+        let mut state = match self.known.get(key) {
+            Some(known) => known,
+            None => self.store.target_state(key).await?,
+        };
+        if !state.initialized {
+            state = self.initialize(key).await?;
+            if self.source.start == Start::Now {
+                return Ok(None);
+            }
+        }
+        // A sliced walk goes on exactly where its last turn stopped
+        // (`walk.rs`): no new search, the same bounds and drift flag.
+        if super::walk::slices(kind)
+            && let Some(walk) = self.known.paused().take(key)
+        {
+            return Ok(Some((state, walk.resume())));
+        }
+        // The upper bound closes the result set for the length of this poll:
+        // writes landing meanwhile wait for the next poll instead of shifting
+        // pages, and an update moving a resource out of the set shows as a
+        // smaller Bundle.total (see drift in `walk.rs`).
+        if self.client.server_now().is_none() {
+            match self.probe_server_time(key).await {
+                Ok(_) => {}
+                // A server that never tells its time (or tells an absurd one)
+                // is polled without an upper bound (only the overlap protects
+                // it), not refused forever.
+                Err(PollError::NoServerTime { .. }) => {}
+                Err(PollError::Clock { error, .. }) => notes.warn(error.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        // A small margin in case our estimate of the server's clock runs
+        // ahead, or the source's `lag` (writes that become visible late).
+        let behind = chrono::Duration::from_std(self.source.lag)
+            .unwrap_or(chrono::Duration::MAX)
+            .max(chrono::Duration::milliseconds(UNTIL_MARGIN_MS));
+        let start = WalkStart {
+            resource_type: &key.resource_type,
+            kind,
+            max_pages: self.max_pages(),
+            overlap: chrono::Duration::from_std(self.source.overlap)
+                .unwrap_or(chrono::Duration::MAX),
+            floor: state.floor.as_deref().and_then(parse_instant),
+            watermark: state.watermark.as_deref().and_then(parse_instant),
+            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
+            until: self.client.server_now().map(|t| t - behind),
+            detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        };
+        let walk = PageWalk::start(start, notes, |since, until| {
+            strategy::first_url(kind.strategy(), &self.source, key, since, until)
+        });
+        Ok(Some((state, walk)))
     }
-    let Ok(next) = current.join(link) else {
-        return Some(Err(PollError::BadNextLink {
-            resource_type: rt.to_string(),
-            page,
-        }));
-    };
-    if !source.allows(&next) {
-        return Some(Err(PollError::ForeignNextLink {
-            resource_type: rt.to_string(),
-            page,
-        }));
+
+    /// What a page tells the operator: its skipped entries, entries from the
+    /// future, and the server's clock as the response told it.
+    fn note_page(
+        &self,
+        page: &page::PageOutcome,
+        (exchange, date): (&super::client::Exchange, Option<DateTime<Utc>>),
+        page_no: usize,
+        rt: &str,
+        notes: &mut Notes,
+    ) {
+        notes.page(page.commit.resources_read);
+        if let Err(e) = self.client.note_response(exchange, date, page.server_time) {
+            notes.warn(e.to_string());
+        }
+        for s in &page.skipped {
+            notes.skip(format!(
+                "page {page_no}, entry {}: {}; skipped, not delivered",
+                s.index, s.reason
+            ));
+        }
+        if let Some((id, t)) = &page.last_future {
+            notes.future(
+                page.future,
+                format!(
+                    "{rt}/{id}: meta.lastUpdated {} is after the server's clock; delivered, watermark not moved past it",
+                    format_instant(*t)
+                ),
+            );
+        }
     }
-    Some(Ok(next))
+
+    /// Commits a page (or records it, on a dry run) unless it changes
+    /// nothing, keeps the target's state, and wakes the hooks it fed.
+    /// `counts`: the page's creates and deletes, for its event.
+    async fn settle_page(
+        &self,
+        key: &TargetKey,
+        commit: crate::state::PageCommit,
+        counts: (u64, u64),
+        routing: &crate::route::Routing,
+        state: &mut TargetState,
+        polled: &mut Polled,
+    ) -> Result<(), PollError> {
+        let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
+        polled.changes += commit.changes;
+        // A page that changes nothing (empty, or only re-read versions
+        // already seen) needs no transaction: the usual poll of a quiet target.
+        let empty =
+            commit.changes == 0 && commit.watermark.is_none() && commit.filter_errors.is_empty();
+        if empty {
+            polled.rereads += commit.resources_read;
+        } else {
+            let moved = commit.watermark.clone();
+            match &self.dry_run {
+                Some(sink) => sink.record(commit),
+                None => {
+                    let (created, deleted) = counts;
+                    let committed =
+                        page::page_committed(&commit, &routing.routes, created, deleted);
+                    self.store.commit_page(&self.fence, commit).await?;
+                    committed.emit();
+                }
+            }
+            if moved.is_some() {
+                state.watermark = moved;
+            }
+        }
+        self.known.set(key, state.clone());
+        for hook in woken {
+            self.store.notify_due(&hook);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

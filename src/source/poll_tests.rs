@@ -5,6 +5,7 @@ use crate::config::{Content, Schedule};
 use crate::filter::Filter;
 use crate::route::Route;
 use crate::sandbox::FhirSandbox;
+use crate::source::walk::MAX_NEXT_LINK_BYTES;
 use crate::state::test_util::temp_store;
 use std::time::Duration;
 

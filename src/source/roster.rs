@@ -3,7 +3,7 @@
 //! ends up in search URLs, state and logs); the roster is bounded.
 
 use super::client::FetchError;
-use super::poll::{SourceTask, next_link};
+use super::fetch::Fetcher;
 use crate::config::Roster;
 use crate::fhir::bundle::{BundleError, parse_page};
 use crate::fhir::is_fhir_id;
@@ -206,57 +206,61 @@ pub(super) fn parse_file(text: &str) -> Result<RosterIds, RosterError> {
     Ok(out)
 }
 
-impl SourceTask {
-    /// Reads the roster now.
-    pub(super) async fn load_roster(&self, roster: &Roster) -> Result<RosterIds, RosterError> {
-        let base = &self.source.base_url;
-        match roster {
-            Roster::File(path) => {
-                let file = path.clone();
-                let read = tokio::task::spawn_blocking(move || read_file(&file))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-                let text = read.map_err(|error| RosterError::File {
-                    path: path.display().to_string(),
-                    error,
-                })?;
-                parse_file(&text)
-            }
-            Roster::Group(id) => {
-                self.beat.expect_within(self.page_allowance());
-                let url = base
-                    .join(&format!("Group/{id}"))
-                    .map_err(|e| RosterError::Link(e.to_string()))?;
-                parse_group(&self.fetch(&url).await?.body, base)
-            }
-            Roster::Search(query) => {
-                let mut url = base
-                    .join("Patient")
-                    .map_err(|e| RosterError::Link(e.to_string()))?;
-                url.set_query(Some(&format!("{query}&_count={}", self.source.page_size)));
-                let mut out = RosterIds::default();
-                let mut visited = BTreeSet::new();
-                for page_no in 1..=self.source.max_pages_per_poll as usize {
-                    // A long roster is many pages: the watchdog hears of each.
-                    self.beat.expect_within(self.page_allowance());
-                    visited.insert(url.to_string());
-                    let fetched = self.fetch(&url).await?;
-                    let page = parse_page(&fetched.body)?;
-                    for e in page.entries.iter().filter(|e| e.resource_type == "Patient") {
-                        out.add(&e.id)?;
-                    }
-                    out.rejected += page.skipped.len();
-                    match next_link(&self.source, &url, page.next.as_deref(), "Patient", page_no) {
-                        None => return Ok(out),
-                        Some(Err(e)) => return Err(RosterError::Link(e.to_string())),
-                        Some(Ok(n)) if visited.contains(n.as_str()) => {
-                            return Err(RosterError::Link("it loops".into()));
-                        }
-                        Some(Ok(n)) => url = n,
-                    }
+/// Reads the roster now.
+pub(super) async fn load_roster(
+    fetcher: &Fetcher<'_>,
+    roster: &Roster,
+) -> Result<RosterIds, RosterError> {
+    let base = &fetcher.source.base_url;
+    match roster {
+        Roster::File(path) => {
+            let file = path.clone();
+            let read = tokio::task::spawn_blocking(move || read_file(&file))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let text = read.map_err(|error| RosterError::File {
+                path: path.display().to_string(),
+                error,
+            })?;
+            parse_file(&text)
+        }
+        Roster::Group(id) => {
+            fetcher.expect_page();
+            let url = base
+                .join(&format!("Group/{id}"))
+                .map_err(|e| RosterError::Link(e.to_string()))?;
+            parse_group(&fetcher.fetch(&url).await?.body, base)
+        }
+        Roster::Search(query) => {
+            let mut url = base
+                .join("Patient")
+                .map_err(|e| RosterError::Link(e.to_string()))?;
+            url.set_query(Some(&format!(
+                "{query}&_count={}",
+                fetcher.source.page_size
+            )));
+            let mut out = RosterIds::default();
+            let mut visited = BTreeSet::new();
+            for page_no in 1..=fetcher.source.max_pages_per_poll as usize {
+                // A long roster is many pages: the watchdog hears of each.
+                fetcher.expect_page();
+                visited.insert(url.to_string());
+                let fetched = fetcher.fetch(&url).await?;
+                let page = parse_page(&fetched.body)?;
+                for e in page.entries.iter().filter(|e| e.resource_type == "Patient") {
+                    out.add(&e.id)?;
                 }
-                Err(RosterError::Pages)
+                out.rejected += page.skipped.len();
+                match fetcher.next_link(&url, page.next.as_deref(), "Patient", page_no) {
+                    None => return Ok(out),
+                    Some(Err(e)) => return Err(RosterError::Link(e.to_string())),
+                    Some(Ok(n)) if visited.contains(n.as_str()) => {
+                        return Err(RosterError::Link("it loops".into()));
+                    }
+                    Some(Ok(n)) => url = n,
+                }
             }
+            Err(RosterError::Pages)
         }
     }
 }

@@ -13,8 +13,8 @@ pub struct KnownTargets(
     /// A `bulk-export` job's next status check: not before this instant
     /// (its `Retry-After`), for the job at this status URL.
     std::sync::Mutex<Option<(String, std::time::Instant)>>,
-    /// Sliced walks waiting for their next turn (`walk_position`).
-    super::walk_position::PausedWalks,
+    /// Sliced walks waiting for their next turn (`walk.rs`).
+    super::walk::PausedWalks,
 );
 
 impl KnownTargets {
@@ -39,7 +39,7 @@ impl KnownTargets {
     }
 
     /// Sliced walks waiting for their next turn.
-    pub(super) fn paused(&self) -> &super::walk_position::PausedWalks {
+    pub(super) fn paused(&self) -> &super::walk::PausedWalks {
         &self.2
     }
 

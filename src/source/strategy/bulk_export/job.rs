@@ -11,7 +11,7 @@
 //! `export_timeout` after its kick-off (whether or not an earlier one did) is
 //! cancelled and started again from the watermarks.
 
-use super::status::StatusCheck;
+use super::status::{StatusCheck, check_status};
 use super::{self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest};
 use crate::config::Start;
 use crate::fhir::bundle::EntryMode;
@@ -201,7 +201,17 @@ impl SourceTask {
                 return Ok(run.polled);
             }
             let check = loop {
-                match self.check_status(&job, run.notes).await? {
+                let checked = match check_status(&self.fetcher(), &job, run.notes).await {
+                    Ok(checked) => checked,
+                    // The job failed: the next poll kicks off a new one.
+                    Err(error) => {
+                        if self.dry_run.is_none() {
+                            self.store.drop_export_job(name).await?;
+                        }
+                        return Err(error.into());
+                    }
+                };
+                match checked {
                     // Within half the source's interval the job is waited for
                     // here (the tick's other targets still keep their period,
                     // see `Schedule::wait_after_tick`); past it, the next turn

@@ -5,7 +5,7 @@
 //! chain is read to its end (`WatermarkTracker`).
 
 pub(in crate::source) mod order;
-mod read_ahead;
+pub(in crate::source) mod read_ahead;
 
 use crate::config::Source;
 use crate::fhir::format_instant;

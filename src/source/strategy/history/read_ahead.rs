@@ -14,7 +14,7 @@
 use super::order::HistoryOrder;
 use crate::fhir::bundle::{EntryMode, parse_page_as};
 use crate::source::client::Fetched;
-use crate::source::poll::{SourceTask, next_link};
+use crate::source::fetch::Fetcher;
 use std::collections::{HashSet, VecDeque};
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -43,78 +43,70 @@ impl ReadAhead {
     }
 }
 
-impl SourceTask {
-    /// Reads the chain from `first`. A single page, an ascending chain, or
-    /// one cut short comes back in the server's order; a complete
-    /// newest-first chain comes back reversed.
-    pub(in crate::source) async fn read_ahead(
-        &self,
-        first: &Url,
-        rt: &str,
-        cancel: &CancellationToken,
-    ) -> (ReadAhead, Option<&'static str>) {
-        let mut pages: VecDeque<(Url, Fetched)> = VecDeque::new();
-        let mut order = HistoryOrder::default();
-        let mut visited = HashSet::new();
-        let mut held = 0usize;
-        let mut url = first.clone();
-        let cut = loop {
-            if cancel.is_cancelled() {
-                break None;
-            }
-            self.beat.expect_within(self.page_allowance());
-            visited.insert(url.to_string());
-            let Ok(fetched) = self.fetch(&url).await else {
-                // The poll fetches it again and reports the error.
-                break None;
-            };
-            let Ok(page) = parse_page_as(&fetched.body, EntryMode::History) else {
-                break None;
-            };
-            held += fetched.body.len();
-            order.feed(&page.entries);
-            let next = next_link(
-                &self.source,
-                &url,
-                page.next.as_deref(),
-                rt,
-                pages.len() + 1,
-            );
-            pages.push_back((url.clone(), fetched));
-            match next {
-                None => {
-                    let newest_first = order.newest_first();
-                    return (
-                        ReadAhead {
-                            reversed: newest_first && pages.len() > 1,
-                            pages: match newest_first {
-                                true => pages.into_iter().rev().collect(),
-                                false => pages,
-                            },
+/// Reads the chain from `first`. A single page, an ascending chain, or one
+/// cut short comes back in the server's order; a complete newest-first chain
+/// comes back reversed.
+pub(in crate::source) async fn read_ahead(
+    fetcher: &Fetcher<'_>,
+    first: &Url,
+    rt: &str,
+    cancel: &CancellationToken,
+) -> (ReadAhead, Option<&'static str>) {
+    let mut pages: VecDeque<(Url, Fetched)> = VecDeque::new();
+    let mut order = HistoryOrder::default();
+    let mut visited = HashSet::new();
+    let mut held = 0usize;
+    let mut url = first.clone();
+    let cut = loop {
+        if cancel.is_cancelled() {
+            break None;
+        }
+        fetcher.expect_page();
+        visited.insert(url.to_string());
+        let Ok(fetched) = fetcher.fetch(&url).await else {
+            // The poll fetches it again and reports the error.
+            break None;
+        };
+        let Ok(page) = parse_page_as(&fetched.body, EntryMode::History) else {
+            break None;
+        };
+        held += fetched.body.len();
+        order.feed(&page.entries);
+        let next = fetcher.next_link(&url, page.next.as_deref(), rt, pages.len() + 1);
+        pages.push_back((url.clone(), fetched));
+        match next {
+            None => {
+                let newest_first = order.newest_first();
+                return (
+                    ReadAhead {
+                        reversed: newest_first && pages.len() > 1,
+                        pages: match newest_first {
+                            true => pages.into_iter().rev().collect(),
+                            false => pages,
                         },
-                        None,
-                    );
-                }
-                Some(Ok(n)) if !visited.contains(n.as_str()) => {
-                    let full = pages.len() >= self.source.max_pages_per_poll as usize;
-                    if full || held >= READ_AHEAD_BYTES {
-                        // Ascending so far: nothing is lost by going on in order.
-                        break order.newest_first().then_some(
+                    },
+                    None,
+                );
+            }
+            Some(Ok(n)) if !visited.contains(n.as_str()) => {
+                let full = pages.len() >= fetcher.source.max_pages_per_poll as usize;
+                if full || held >= READ_AHEAD_BYTES {
+                    // Ascending so far: nothing is lost by going on in order.
+                    break order.newest_first().then_some(
                             "the history chain is longer than the read-ahead (32 MB or max_pages_per_poll): its pages go through in the server's order, so of a resource changed on several of them only the newest version may be delivered; a shorter interval keeps chains short",
                         );
-                    }
-                    url = n;
                 }
-                // A loop or a link off the origins: the poll reports it.
-                Some(_) => break None,
+                url = n;
             }
-        };
-        (
-            ReadAhead {
-                pages,
-                reversed: false,
-            },
-            cut,
-        )
-    }
+            // A loop or a link off the origins: the poll reports it.
+            Some(_) => break None,
+        }
+    };
+    (
+        ReadAhead {
+            pages,
+            reversed: false,
+        },
+        cut,
+    )
 }

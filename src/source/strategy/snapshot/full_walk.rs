@@ -4,12 +4,13 @@
 //! `confirm`), and when a reconciliation is due. The walk itself is the loop's
 //! (`SourceTask::walk_pages`).
 
-use super::confirm::{self, Confirmed};
+use super::confirm::{self, Confirmed, LeftSearch};
 use super::{Gone, Verdict, WalkFacts, WalkedIds};
 use crate::fhir::bundle::EntryMode;
 use crate::retry_action::RetryAction;
 use crate::route::Routing;
 use crate::source::client::FetchError;
+use crate::source::fetch::Fetcher;
 use crate::source::notes::Notes;
 use crate::source::page::PageJob;
 use crate::source::page::page_committed;
@@ -54,9 +55,16 @@ impl SourceTask {
         if candidates.is_empty() {
             return Ok(true);
         }
-        let confirmed = self
-            .confirm_gone(rt, candidates, witness.as_deref(), stop)
-            .await;
+        let fetcher = self.fetcher();
+        let confirmed = confirm_gone(
+            &fetcher,
+            &self.left_search,
+            rt,
+            candidates,
+            witness.as_deref(),
+            stop,
+        )
+        .await;
         if confirmed.cancelled {
             return Ok(false);
         }
@@ -102,71 +110,6 @@ impl SourceTask {
             self.store.notify_due(&hook);
         }
         failure.map_or(Ok(true), Err)
-    }
-
-    /// Reads each candidate (within the per-walk cap, through the source's
-    /// fetch path) to confirm its delete, between two reads of the walk's
-    /// witness that must vouch for them: see `confirm`.
-    async fn confirm_gone(
-        &self,
-        rt: &str,
-        candidates: Vec<(String, SeenRow)>,
-        witness: Option<&str>,
-        stop: &Arc<AtomicBool>,
-    ) -> Confirmed {
-        let now = std::time::Instant::now();
-        let plan = confirm::plan(
-            rt,
-            candidates,
-            &self.left_search,
-            now,
-            confirm::MAX_CONFIRMS_PER_WALK,
-        );
-        let mut confirmed = Confirmed::new(&plan);
-        if plan.read.is_empty() {
-            return confirmed;
-        }
-        if let Err(error) = self.vouch(rt, witness).await {
-            confirmed.void(error, plan.read.len());
-            return confirmed;
-        }
-        for (id, row) in plan.read {
-            if stop.load(Ordering::Relaxed) {
-                confirmed.cancelled = true;
-                return confirmed;
-            }
-            // Ids came from the server's pages: checked FHIR ids, and the
-            // plan left out those a path cannot carry.
-            let Some(url) = confirm::read_url(&self.source.base_url, rt, &id) else {
-                continue;
-            };
-            self.beat.expect_within(self.page_allowance());
-            let reading = confirm::reading(rt, &id, self.fetch(&url).await);
-            let now = std::time::Instant::now();
-            if !confirmed.take(rt, (id, row), reading, &self.left_search, now) {
-                break;
-            }
-        }
-        // The server may have gone into maintenance during the reads.
-        if !confirmed.gone.is_empty()
-            && let Err(error) = self.vouch(rt, witness).await
-        {
-            confirmed.void(error, 0);
-        }
-        confirmed
-    }
-
-    /// Reads the walk's witness: `Ok` when it is there (`confirm::vouches`).
-    async fn vouch(&self, rt: &str, witness: Option<&str>) -> Result<(), FetchError> {
-        let read =
-            witness.and_then(|id| Some((id, confirm::read_url(&self.source.base_url, rt, id)?)));
-        let Some((id, url)) = read else {
-            return Err(FetchError::Other(
-                "no resource the walk met can be read to check the server's 404s".into(),
-            ));
-        };
-        self.beat.expect_within(self.page_allowance());
-        confirm::vouches(confirm::reading(rt, id, self.fetch(&url).await))
     }
 
     /// A `last-updated` target's reconciliation, when its `reconcile`
@@ -239,4 +182,70 @@ impl SourceTask {
             }
         }
     }
+}
+
+/// Reads each candidate (within the per-walk cap, through the source's
+/// fetch path) to confirm its delete, between two reads of the walk's
+/// witness that must vouch for them: see `confirm`.
+async fn confirm_gone(
+    fetcher: &Fetcher<'_>,
+    left_search: &LeftSearch,
+    rt: &str,
+    candidates: Vec<(String, SeenRow)>,
+    witness: Option<&str>,
+    stop: &Arc<AtomicBool>,
+) -> Confirmed {
+    let now = std::time::Instant::now();
+    let plan = confirm::plan(
+        rt,
+        candidates,
+        left_search,
+        now,
+        confirm::MAX_CONFIRMS_PER_WALK,
+    );
+    let mut confirmed = Confirmed::new(&plan);
+    if plan.read.is_empty() {
+        return confirmed;
+    }
+    if let Err(error) = vouch(fetcher, rt, witness).await {
+        confirmed.void(error, plan.read.len());
+        return confirmed;
+    }
+    for (id, row) in plan.read {
+        if stop.load(Ordering::Relaxed) {
+            confirmed.cancelled = true;
+            return confirmed;
+        }
+        // Ids came from the server's pages: checked FHIR ids, and the
+        // plan left out those a path cannot carry.
+        let Some(url) = confirm::read_url(&fetcher.source.base_url, rt, &id) else {
+            continue;
+        };
+        fetcher.expect_page();
+        let reading = confirm::reading(rt, &id, fetcher.fetch(&url).await);
+        let now = std::time::Instant::now();
+        if !confirmed.take(rt, (id, row), reading, left_search, now) {
+            break;
+        }
+    }
+    // The server may have gone into maintenance during the reads.
+    if !confirmed.gone.is_empty()
+        && let Err(error) = vouch(fetcher, rt, witness).await
+    {
+        confirmed.void(error, 0);
+    }
+    confirmed
+}
+
+/// Reads the walk's witness: `Ok` when it is there (`confirm::vouches`).
+async fn vouch(fetcher: &Fetcher<'_>, rt: &str, witness: Option<&str>) -> Result<(), FetchError> {
+    let read =
+        witness.and_then(|id| Some((id, confirm::read_url(&fetcher.source.base_url, rt, id)?)));
+    let Some((id, url)) = read else {
+        return Err(FetchError::Other(
+            "no resource the walk met can be read to check the server's 404s".into(),
+        ));
+    };
+    fetcher.expect_page();
+    confirm::vouches(confirm::reading(rt, id, fetcher.fetch(&url).await))
 }
