@@ -221,7 +221,9 @@ impl Keeper {
             let ch = self.stamp(0);
             notification(&ch.channel(hook), kind, hook.content, &[], &id, &now)
         };
-        let attempt = sender.post(hook, &id, body).await;
+        let attempt = sender
+            .post(hook, &id, body, crate::payload::fhir::CONTENT_TYPE)
+            .await;
         let handshake = kind == NotificationType::Handshake;
         let (status, error, sent) = match &attempt {
             Attempt::Delivered { .. } => ("active", None, Sent::Ok),

@@ -15,6 +15,8 @@ const BUNDLE_NS: Uuid = Uuid::from_u128(0x9b2e_51c4_0d7a_4e38_b6f1_2a9c_e4d0_7f1
 pub(super) struct Outgoing {
     pub id: String,
     pub body: Vec<u8>,
+    /// Chosen with the body, by its payload format.
+    pub content_type: &'static str,
 }
 
 /// The id of a notification of these messages: the message's own id for
@@ -38,7 +40,17 @@ pub(super) fn render(hook: &Hook, channel: Option<&ChannelNow>, msgs: &[Claimed]
             .first()
             .map(|m| m.body.render(&m.message_id, hook.content))
             .unwrap_or_default();
-        return Outgoing { id, body };
+        // A FHIR hook's type even before its channel is known (as before).
+        let content_type = if hook.notification.format.is_fhir() {
+            crate::payload::fhir::CONTENT_TYPE
+        } else {
+            crate::payload::CONTENT_TYPE
+        };
+        return Outgoing {
+            id,
+            body,
+            content_type,
+        };
     };
     let records: Vec<Cow<ChangeRecord>> = msgs
         .iter()
@@ -65,5 +77,9 @@ pub(super) fn render(hook: &Hook, channel: Option<&ChannelNow>, msgs: &[Claimed]
         &id,
         &now,
     );
-    Outgoing { id, body }
+    Outgoing {
+        id,
+        body,
+        content_type: crate::payload::fhir::CONTENT_TYPE,
+    }
 }

@@ -62,9 +62,19 @@ impl Sender {
     /// a token just issued fails the attempt, and no new token is asked for
     /// a while (`Authenticator::refused`). A token endpoint that fails is a
     /// failed attempt (retried on the hook's schedule).
-    pub async fn post(&self, hook: &Hook, message_id: &str, payload: Vec<u8>) -> Attempt {
+    /// `content_type`: the payload format's (see `payload`); the sender sends
+    /// what it is given.
+    pub async fn post(
+        &self,
+        hook: &Hook,
+        message_id: &str,
+        payload: Vec<u8>,
+        content_type: &'static str,
+    ) -> Attempt {
         let Some(auth) = &self.auth else {
-            return self.post_once(hook, message_id, payload.into(), None).await;
+            return self
+                .post_once(hook, message_id, content_type, payload.into(), None)
+                .await;
         };
         let payload = bytes::Bytes::from(payload);
         let mut tries = 0;
@@ -75,7 +85,7 @@ impl Sender {
                 Err(e) => return token_failed(e),
             };
             let attempt = self
-                .post_once(hook, message_id, payload.clone(), header.clone())
+                .post_once(hook, message_id, content_type, payload.clone(), header.clone())
                 .await;
             let Some(used) = &header else {
                 return attempt;
@@ -106,6 +116,7 @@ impl Sender {
         &self,
         hook: &Hook,
         message_id: &str,
+        content_type: &'static str,
         payload: bytes::Bytes,
         authorization: Option<HeaderValue>,
     ) -> Attempt {
@@ -114,7 +125,7 @@ impl Sender {
             .http
             .post(hook.url.clone())
             .timeout(hook.timeout)
-            .header(CONTENT_TYPE, HeaderValue::from_static(content_type(hook)))
+            .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
             .header("webhook-timestamp", timestamp.to_string());
         for (name, value) in &hook.headers {
             req = req.header(name.as_str(), value.as_str());
@@ -186,11 +197,3 @@ fn token_failed(e: AuthError) -> Attempt {
     }
 }
 
-/// FHIR notifications go as FHIR JSON, everything else as JSON.
-fn content_type(hook: &Hook) -> &'static str {
-    if hook.notification.format.is_fhir() {
-        "application/fhir+json"
-    } else {
-        "application/json"
-    }
-}

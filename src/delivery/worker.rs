@@ -246,7 +246,10 @@ impl HookWorker {
         let hook = &self.hook;
         let started = std::time::Instant::now();
         // Signed and sent as these exact bytes.
-        let attempt = self.sender.post(hook, &outgoing.id, outgoing.body).await;
+        let attempt = self
+            .sender
+            .post(hook, &outgoing.id, outgoing.body, outgoing.content_type)
+            .await;
         let duration = started.elapsed();
         let retry = self.retry_of(&msgs, &attempt);
         let mut acks = Vec::with_capacity(msgs.len());

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 use std::borrow::Cow;
 use uuid::Uuid;
 
+/// The `Content-Type` of a FHIR notification Bundle.
+pub const CONTENT_TYPE: &str = "application/fhir+json";
+
 const NOTIFICATION_R4: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4";
 const STATUS_R4: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
 

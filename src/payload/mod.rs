@@ -12,6 +12,9 @@ use serde_json::value::RawValue;
 /// Resources larger than this are sent without their body (`resourceIncluded: false`).
 pub const MAX_INCLUDED_BYTES: usize = 1_000_000;
 
+/// The `Content-Type` of a ZusHook body.
+pub const CONTENT_TYPE: &str = "application/json";
+
 /// One change, as the ZusHook body needs it (borrowed from a stored change).
 #[derive(Debug, Clone, Copy)]
 struct ChangeView<'a> {
