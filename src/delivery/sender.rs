@@ -85,7 +85,13 @@ impl Sender {
                 Err(e) => return token_failed(e),
             };
             let attempt = self
-                .post_once(hook, message_id, content_type, payload.clone(), header.clone())
+                .post_once(
+                    hook,
+                    message_id,
+                    content_type,
+                    payload.clone(),
+                    header.clone(),
+                )
                 .await;
             let Some(used) = &header else {
                 return attempt;
@@ -196,4 +202,3 @@ fn token_failed(e: AuthError) -> Attempt {
         retry_after: None,
     }
 }
-
