@@ -7,13 +7,14 @@
 
 use super::watermark::FUTURE_TOLERANCE;
 use crate::diff::{self, Observed};
-use crate::fhir::bundle::{BundleError, EntryMode, Method, Skipped, parse_page_as};
+use crate::fhir::bundle::{BundleError, Entry, EntryMode, Method, Page, Skipped, parse_page_as};
 use crate::fhir::format_instant;
 use crate::payload::MAX_INCLUDED_BYTES;
 use crate::route::{Change, Route, route_change};
 use crate::state::{PageCommit, SeenRow, StateError, Store};
 use crate::telemetry::source::PageCommitted;
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -55,6 +56,7 @@ pub(super) enum PageError {
 }
 
 /// What the poller knows before a page is processed.
+#[derive(Clone)]
 pub(super) struct PageJob {
     pub source: String,
     pub owner_id: String,
@@ -103,7 +105,7 @@ pub(super) struct PageOutcome {
     pub ids: Vec<String>,
 }
 
-/// `process` on the blocking pool, its errors as the poll's (page `page_no`).
+/// `process`, its errors as the poll's (page `page_no`).
 pub(super) async fn process_blocking(
     store: Store,
     job: PageJob,
@@ -111,27 +113,87 @@ pub(super) async fn process_blocking(
     page_no: usize,
 ) -> Result<PageOutcome, super::PollError> {
     let rt = job.resource_type.clone();
-    tokio::task::spawn_blocking(move || process(&store, &job, &body))
-        .await
-        .map_err(|e| StateError::Task(e.to_string()))?
-        .map_err(|e| match e {
-            PageError::Bundle(error) => super::PollError::Bundle {
-                resource_type: rt,
-                page: page_no,
-                error,
-            },
-            PageError::State(e) => super::PollError::State(e),
-        })
+    process(&store, job, body).await.map_err(|e| match e {
+        PageError::Bundle(error) => super::PollError::Bundle {
+            resource_type: rt,
+            page: page_no,
+            error,
+        },
+        PageError::State(e) => super::PollError::State(e),
+    })
 }
 
-/// Runs on the blocking pool, on the filters' evaluation stack (one switch per
-/// page, not per resource; see `filter::with_eval_stack`).
-pub(super) fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
-    crate::filter::with_eval_stack(|| process_page(store, job, body))
+/// One page, off the async workers: parsed on the blocking pool, its seen
+/// rows read (before the blocking step that needs them, not in its middle),
+/// then diffed and routed on the blocking pool, on the filters' evaluation
+/// stack (one switch per page, not per resource; see `filter::with_eval_stack`).
+async fn process(store: &Store, job: PageJob, body: Vec<u8>) -> Result<PageOutcome, PageError> {
+    let (job, page) = on_blocking_pool(move || {
+        let page = parse_page_as(&body, job.mode).map(|p| in_window(&job, p));
+        (job, page)
+    })
+    .await?;
+    let mut page = page?;
+    if page.entries.is_empty() {
+        return Ok(page.out);
+    }
+    // Bodies are kept, read and written only for a type some hook's filter
+    // reads `$previous` on; other types' state does not grow.
+    let rt = job.resource_type.as_str();
+    let keep_bodies = job.routes.iter().any(|r| r.needs_previous(rt));
+    page.out.commit.keep_bodies = keep_bodies;
+    let ids = page.entries.iter().map(|d| d.entry.id.clone()).collect();
+    let seen = (store.load_seen_for_page(&job.source, rt, ids, keep_bodies)).await?;
+    let diff = move || crate::filter::with_eval_stack(|| diff_page(&job, page, seen));
+    Ok(on_blocking_pool(diff).await?)
 }
 
-fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
-    let page = parse_page_as(body, job.mode)?;
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StateError> {
+    (tokio::task::spawn_blocking(f).await).map_err(|e| StateError::Task(e.to_string()))
+}
+
+/// A page narrowed to what the job diffs: its entries of the type inside
+/// the window, in diff order, and the outcome so far (what the page says
+/// besides its entries; no change yet).
+struct InWindow {
+    entries: Vec<Detached>,
+    out: PageOutcome,
+}
+
+/// An entry with its text copied out of the page's body (a copy costs far
+/// less than the parse), so it outlives the body and crosses the seen read.
+struct Detached {
+    /// Without its text (`raw` is empty).
+    entry: Entry<'static>,
+    raw: String,
+}
+
+impl Detached {
+    fn new(e: &Entry<'_>) -> Detached {
+        let entry = Entry {
+            resource_type: e.resource_type.clone(),
+            id: e.id.clone(),
+            version_id: e.version_id.clone(),
+            last_updated: e.last_updated,
+            last_updated_raw: e.last_updated_raw.clone(),
+            raw: "",
+            method: e.method,
+        };
+        Detached {
+            entry,
+            raw: e.raw.to_string(),
+        }
+    }
+
+    /// The entry again, its text borrowed from `raw`.
+    fn attach<'a>(entry: Entry<'static>, raw: &'a str) -> Entry<'a> {
+        Entry { raw, ..entry }
+    }
+}
+
+fn in_window(job: &PageJob, page: Page<'_>) -> InWindow {
     let rt = job.resource_type.as_str();
     let ids = match job.collect_ids {
         true => (page.entries.iter())
@@ -140,9 +202,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             .collect(),
         false => Vec::new(),
     };
-    let mut entries: Vec<_> = page
-        .entries
-        .iter()
+    let mut entries: Vec<_> = (page.entries.iter())
         .filter(|e| e.resource_type == rt)
         // Only what the search asked for: nothing before `start`, and nothing
         // before the window (a server that ignores `_lastUpdated`, or a lagging
@@ -165,11 +225,11 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             ..Default::default()
         },
         instants: Vec::with_capacity(entries.len()),
-        next: page.next.clone(),
+        next: page.next,
         total: page.total,
         bad_total: page.bad_total,
         server_time: page.server_time,
-        skipped: page.skipped.clone(),
+        skipped: page.skipped,
         future: 0,
         last_future: None,
         cancelled: false,
@@ -187,9 +247,6 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             None => {}
         }
     }
-    if entries.is_empty() {
-        return Ok(out);
-    }
     if job.mode == EntryMode::History {
         // Versions go through the diff oldest first, whatever order the server
         // lists them in (most list history newest first): a create before its
@@ -199,44 +256,29 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         // is not among them (it neither moves nor holds the watermark).
         super::strategy::history::order::oldest_first(&mut entries);
     }
-    let ids = entries.iter().map(|e| e.id.clone()).collect();
-    // Bodies are kept, read and written only for a type some hook's filter
-    // reads `$previous` on; other types' state does not grow.
-    let keep_bodies = job.routes.iter().any(|r| r.needs_previous(rt));
-    out.commit.keep_bodies = keep_bodies;
-    let mut seen = store.load_seen_blocking(&job.source, rt, ids, keep_bodies)?;
-    for e in &entries {
-        if diff::same_version(seen.get(&e.id), e.version_id.as_deref(), e.last_updated) {
-            continue;
-        }
-        if job.mode == EntryMode::History && reread_before_delete(seen.get(&e.id), e) {
+    let entries = entries.into_iter().map(Detached::new).collect();
+    InWindow { entries, out }
+}
+
+/// The page's entries against the seen versions (`seen`, as read before):
+/// each new version routed to the hooks and remembered as seen.
+fn diff_page(job: &PageJob, page: InWindow, mut seen: HashMap<String, SeenRow>) -> PageOutcome {
+    let InWindow { entries, mut out } = page;
+    let rt = job.resource_type.as_str();
+    let keep_bodies = out.commit.keep_bodies;
+    for Detached { entry, raw } in entries {
+        let e = &Detached::attach(entry, &raw);
+        if !is_new_version(seen.get(&e.id), e, job.mode) {
             continue;
         }
         if job.stop.load(Ordering::Relaxed) {
             out.cancelled = true;
-            return Ok(out);
+            return out;
         }
         let hash = diff::content_hash(e.raw.as_bytes());
-        let observed = Observed {
-            version_id: e.version_id.as_deref(),
-            last_updated: e.last_updated,
-            content_hash: &hash,
-        };
-        let Some(event) = diff::classify(seen.get(&e.id), &observed) else {
+        let prev = seen.get(&e.id);
+        let Some(event) = change_kind(prev, e, &hash) else {
             continue;
-        };
-        // A history entry says itself what happened to a new version; a
-        // version after a delete is the resource's creation again, whatever
-        // the method (a PUT re-creates).
-        let after_delete = seen.get(&e.id).is_some_and(diff::is_tombstone);
-        let event = match e.method {
-            Some(Method::Delete) => diff::ChangeKind::Delete,
-            Some(_) if after_delete => diff::ChangeKind::Create,
-            Some(Method::Create) => diff::ChangeKind::Create,
-            Some(Method::Update) => diff::ChangeKind::Update,
-            // A search match after a delete (a snapshot's) is back: created again.
-            None if after_delete => diff::ChangeKind::Create,
-            None => event,
         };
         // A delete has no resource: filters see its type and id (both checked
         // FHIR ids, safe to write into JSON), and `$previous` the last version.
@@ -247,15 +289,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         } else {
             e.raw
         };
-        // A body is the previous version only if it is the seen one: one left
-        // from before its type stopped keeping bodies (a reload) is stale.
-        let previous = seen
-            .get(&e.id)
-            .and_then(|row| {
-                (row.body.as_deref()).filter(|b| diff::content_hash(b) == row.content_hash)
-            })
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|b| crate::filter::parse_resource(b).ok());
+        let previous = prev.and_then(previous_resource);
         let change = Change {
             source: &job.source,
             owner_id: &job.owner_id,
@@ -267,9 +301,8 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
             // Same versionId as the seen version (its time moved, see
             // `diff::same_version`), or a life after a delete.
             version_reused: e.version_id.is_some()
-                && (after_delete
-                    || seen.get(&e.id).and_then(|r| r.version_id.as_deref())
-                        == e.version_id.as_deref()),
+                && (prev.is_some_and(diff::is_tombstone)
+                    || prev.and_then(|r| r.version_id.as_deref()) == e.version_id.as_deref()),
             event,
             raw,
             previous: previous.as_ref(),
@@ -285,36 +318,9 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         .is_err()
         {
             out.cancelled = true;
-            return Ok(out);
+            return out;
         }
-        // A delete without a time (HAPI's) happened no earlier than the
-        // version it deletes: its tombstone keeps that version's time, so
-        // that a re-read of an older version is known for one.
-        let inherited = match (event, e.last_updated) {
-            (diff::ChangeKind::Delete, None) => {
-                seen.get(&e.id).and_then(|r| r.last_updated.clone())
-            }
-            _ => None,
-        };
-        let row = SeenRow {
-            version_id: e.version_id.clone(),
-            // A stamp past the horizon is remembered as the server's now (the
-            // horizon less the tolerance): the resource's next real version,
-            // stamped later than now, must not look older (a re-creation 30 s
-            // after a delete stamped 9999 would, against the horizon).
-            last_updated: (e.last_updated)
-                .map(|t| match t > job.horizon {
-                    true => format_instant(job.horizon - FUTURE_TOLERANCE),
-                    false => format_instant(t),
-                })
-                .or(inherited),
-            content_hash: hash,
-            // Over the bound, none: `$previous` is then null for the next version.
-            body: (keep_bodies
-                && event != diff::ChangeKind::Delete
-                && e.raw.len() <= MAX_INCLUDED_BYTES)
-                .then(|| e.raw.as_bytes().to_vec()),
-        };
+        let row = seen_row(job, e, event, prev, hash, keep_bodies);
         // The same id twice in one poll (page drift): the second is a duplicate.
         seen.insert(e.id.clone(), row.clone());
         out.commit.seen.push((e.id.clone(), row));
@@ -322,7 +328,85 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
         out.created += u64::from(event == diff::ChangeKind::Create);
         out.deleted += u64::from(event == diff::ChangeKind::Delete);
     }
-    Ok(out)
+    out
+}
+
+/// Whether an entry may be a change at all: not the seen version again,
+/// nor (in history) a version re-read from before its delete.
+fn is_new_version(prev: Option<&SeenRow>, e: &Entry<'_>, mode: EntryMode) -> bool {
+    if diff::same_version(prev, e.version_id.as_deref(), e.last_updated) {
+        return false;
+    }
+    !(mode == EntryMode::History && reread_before_delete(prev, e))
+}
+
+/// What happened to the resource, if anything. A history entry says itself
+/// what happened to a new version; a version after a delete is the
+/// resource's creation again, whatever the method (a PUT re-creates).
+fn change_kind(prev: Option<&SeenRow>, e: &Entry<'_>, hash: &[u8; 32]) -> Option<diff::ChangeKind> {
+    let observed = Observed {
+        version_id: e.version_id.as_deref(),
+        last_updated: e.last_updated,
+        content_hash: hash,
+    };
+    let event = diff::classify(prev, &observed)?;
+    let after_delete = prev.is_some_and(diff::is_tombstone);
+    Some(match e.method {
+        Some(Method::Delete) => diff::ChangeKind::Delete,
+        Some(_) if after_delete => diff::ChangeKind::Create,
+        Some(Method::Create) => diff::ChangeKind::Create,
+        Some(Method::Update) => diff::ChangeKind::Update,
+        // A search match after a delete (a snapshot's) is back: created again.
+        None if after_delete => diff::ChangeKind::Create,
+        None => event,
+    })
+}
+
+/// The previous version for `$previous`. A body is it only if it is the
+/// seen one: one left from before its type stopped keeping bodies (a
+/// reload) is stale.
+fn previous_resource(row: &SeenRow) -> Option<crate::filter::Resource> {
+    (row.body.as_deref())
+        .filter(|b| diff::content_hash(b) == row.content_hash)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|b| crate::filter::parse_resource(b).ok())
+}
+
+/// What the state remembers of a change just routed.
+fn seen_row(
+    job: &PageJob,
+    e: &Entry<'_>,
+    event: diff::ChangeKind,
+    prev: Option<&SeenRow>,
+    hash: [u8; 32],
+    keep_bodies: bool,
+) -> SeenRow {
+    // A delete without a time (HAPI's) happened no earlier than the
+    // version it deletes: its tombstone keeps that version's time, so
+    // that a re-read of an older version is known for one.
+    let inherited = match (event, e.last_updated) {
+        (diff::ChangeKind::Delete, None) => prev.and_then(|r| r.last_updated.clone()),
+        _ => None,
+    };
+    SeenRow {
+        version_id: e.version_id.clone(),
+        // A stamp past the horizon is remembered as the server's now (the
+        // horizon less the tolerance): the resource's next real version,
+        // stamped later than now, must not look older (a re-creation 30 s
+        // after a delete stamped 9999 would, against the horizon).
+        last_updated: (e.last_updated)
+            .map(|t| match t > job.horizon {
+                true => format_instant(job.horizon - FUTURE_TOLERANCE),
+                false => format_instant(t),
+            })
+            .or(inherited),
+        content_hash: hash,
+        // Over the bound, none: `$previous` is then null for the next version.
+        body: (keep_bodies
+            && event != diff::ChangeKind::Delete
+            && e.raw.len() <= MAX_INCLUDED_BYTES)
+            .then(|| e.raw.as_bytes().to_vec()),
+    }
 }
 
 /// A history version at the very time a tombstone remembers, of a resource
@@ -330,7 +414,7 @@ fn process_page(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome
 /// versionIds): the version the delete superseded, re-read by an
 /// overlapping poll, not the resource created again (a re-creation comes
 /// after the delete). Numeric versions are left to `diff::classify`.
-fn reread_before_delete(prev: Option<&SeenRow>, e: &crate::fhir::bundle::Entry) -> bool {
+fn reread_before_delete(prev: Option<&SeenRow>, e: &Entry<'_>) -> bool {
     let Some(prev) = prev.filter(|p| diff::is_tombstone(p)) else {
         return false;
     };
@@ -350,6 +434,11 @@ mod tests {
     use super::*;
     use crate::state::test_util::temp_store;
     use proptest::prelude::*;
+
+    /// One page processed as the poller does (its seen rows read first).
+    async fn process(store: &Store, job: &PageJob, body: &[u8]) -> Result<PageOutcome, PageError> {
+        super::process(store, job.clone(), body.to_vec()).await
+    }
 
     fn job(horizon: DateTime<Utc>) -> PageJob {
         PageJob {
@@ -413,7 +502,7 @@ mod tests {
 
     /// Hooks per message of a processed and committed page.
     async fn run(store: &Store, job: &PageJob, body: &[u8]) -> Vec<String> {
-        let out = process(store, job, body).unwrap();
+        let out = process(store, job, body).await.unwrap();
         let hooks = out.commit.messages.iter().map(|m| m.hook.clone()).collect();
         store
             .commit_page(&crate::state::Fence::private(), out.commit)
@@ -451,7 +540,8 @@ mod tests {
                 .is_empty()
         );
         let kept = store
-            .load_seen_blocking("s", "Encounter", vec!["e".into()], true)
+            .load_seen_for_page("s", "Encounter", vec!["e".into()], true)
+            .await
             .unwrap();
         let body: serde_json::Value =
             serde_json::from_slice(kept["e"].body.as_deref().unwrap()).unwrap();
@@ -475,7 +565,8 @@ mod tests {
             ["all"]
         );
         let kept = store
-            .load_seen_blocking("s", "Encounter", vec!["e".into()], true)
+            .load_seen_for_page("s", "Encounter", vec!["e".into()], true)
+            .await
             .unwrap();
         assert_eq!(kept["e"].body, None);
     }
@@ -495,7 +586,8 @@ mod tests {
                     "meta": {"versionId": "1", "lastUpdated": format!("{y:04}-06-01T00:00:00Z")}}
             })).collect();
             let body = serde_json::json!({"resourceType": "Bundle", "entry": entries}).to_string();
-            let out = process(&store, &job(horizon), body.as_bytes()).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let out = rt.block_on(process(&store, &job(horizon), body.as_bytes())).unwrap();
             prop_assert!(out.instants.iter().all(|t| *t <= horizon));
             let future = years.iter().filter(|y| **y > 2026).count() as u64;
             prop_assert_eq!(out.future, future);
@@ -534,7 +626,7 @@ mod tests {
             ("final", "2026-11-30T10:05:00Z"),
             ("amended", "2026-11-30T10:09:00Z"),
         ] {
-            let out = process(&store, &job, &page(status, lu)).unwrap();
+            let out = process(&store, &job, &page(status, lu)).await.unwrap();
             ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
             store
                 .commit_page(&crate::state::Fence::private(), out.commit)
@@ -570,7 +662,7 @@ mod tests {
             delete,
             create("2026-11-30T10:02:00Z"),
         ] {
-            let out = process(&store, &job, &body).unwrap();
+            let out = process(&store, &job, &body).await.unwrap();
             ids.extend(out.commit.messages.iter().map(|m| m.message_id.clone()));
             store
                 .commit_page(&crate::state::Fence::private(), out.commit)
@@ -615,7 +707,7 @@ mod tests {
         // The next poll: the server's clock 10 s on, x created again at +30 s.
         job.horizon += chrono::Duration::seconds(40);
         let again = version("3", "2026-11-30T12:00:30Z", "POST");
-        let out = process(&store, &job, &again).unwrap();
+        let out = process(&store, &job, &again).await.unwrap();
         assert_eq!(out.created, 1, "the create after the delete is not lost");
     }
 
@@ -639,7 +731,7 @@ mod tests {
         };
         let page = history_page;
         let body = page(vec![entry(1, "POST"), entry(2, "PUT"), entry(3, "DELETE")]);
-        let out = process(&store, &job, &body).unwrap();
+        let out = process(&store, &job, &body).await.unwrap();
         let events: Vec<_> = out
             .commit
             .messages
@@ -665,22 +757,28 @@ mod tests {
             .commit_page(&crate::state::Fence::private(), out.commit)
             .await
             .unwrap();
-        let again = process(&store, &job, &page(vec![entry(3, "DELETE")])).unwrap();
+        let again = process(&store, &job, &page(vec![entry(3, "DELETE")]))
+            .await
+            .unwrap();
         assert!(again.commit.messages.is_empty(), "the delete again");
-        let late = process(&store, &job, &page(vec![entry(2, "PUT")])).unwrap();
+        let late = process(&store, &job, &page(vec![entry(2, "PUT")]))
+            .await
+            .unwrap();
         assert!(
             late.commit.messages.is_empty(),
             "an older version after the delete"
         );
         // Recreated later (a PUT, as a server writes it): a create again.
-        let back = process(&store, &job, &page(vec![entry(4, "PUT")])).unwrap();
+        let back = process(&store, &job, &page(vec![entry(4, "PUT")]))
+            .await
+            .unwrap();
         assert_eq!(back.commit.messages[0].change.event, "create");
 
         // A server that lists history newest first (most do): the same
         // events, oldest first; the watermark sees the server's order.
         let (_d, store) = temp_store();
         let body = page(vec![entry(3, "DELETE"), entry(2, "PUT"), entry(1, "POST")]);
-        let out = process(&store, &job, &body).unwrap();
+        let out = process(&store, &job, &body).await.unwrap();
         let events: Vec<_> = (out.commit.messages.iter())
             .map(|m| m.change.event.as_str())
             .collect();
@@ -714,7 +812,7 @@ mod tests {
                 .collect()
         };
         let body = page(vec![delete("e1", 3), version(2, "PUT"), version(1, "POST")]);
-        let out = process(&store, &job, &body).unwrap();
+        let out = process(&store, &job, &body).await.unwrap();
         let v = |e: &str, n: &str| (e.to_string(), Some(n.to_string()));
         assert_eq!(
             events(&out),
@@ -732,7 +830,7 @@ mod tests {
             .unwrap();
         // Re-read by the next poll (its window overlaps): nothing new, and
         // the resource does not come back.
-        let again = process(&store, &job, &body).unwrap();
+        let again = process(&store, &job, &body).await.unwrap();
         assert!(again.commit.messages.is_empty(), "{:?}", events(&again));
 
         // The same with opaque versions and no etag on the delete: the
@@ -750,14 +848,14 @@ mod tests {
             opaque("y", 2, "PUT"),
             opaque("x", 1, "POST"),
         ]);
-        let out = process(&store, &job, &body).unwrap();
+        let out = process(&store, &job, &body).await.unwrap();
         let got: Vec<String> = events(&out).into_iter().map(|e| e.0).collect();
         assert_eq!(got, ["create", "update", "delete"]);
         store
             .commit_page(&crate::state::Fence::private(), out.commit)
             .await
             .unwrap();
-        let again = process(&store, &job, &body).unwrap();
+        let again = process(&store, &job, &body).await.unwrap();
         assert!(again.commit.messages.is_empty(), "{:?}", events(&again));
     }
 }

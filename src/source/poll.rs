@@ -128,15 +128,7 @@ impl SourceTask {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => return,
         }
-        // Filters run on the blocking pool and look at this flag, so that a
-        // slow filter never holds up a shutdown.
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let stopped = cancel.clone();
-        tokio::spawn(async move {
-            stopped.cancelled().await;
-            flag.store(true, Ordering::Relaxed);
-        });
+        let stop = stop_flag(&cancel);
         let mut outcomes = Vec::with_capacity(self.source.resources.len());
         // Shown with each type's first poll outcome (and logged once). The
         // statement request goes through `fetch` like every other: within
@@ -156,46 +148,9 @@ impl SourceTask {
             let tick_started = std::time::Instant::now();
             // A server that answered 429/503 with Retry-After is left alone
             // until then: the whole source, every request (`rate.rs`).
-            if let Some(fan_out) = &self.source.fan_out
-                && !self.limiter.is_paused()
-            {
-                let record = self.dry_run.is_none();
-                let forgotten =
-                    (roster.refresh_if_due(&self.fetcher(), &self.store, fan_out, record)).await;
-                self.forget_patients(&forgotten);
-            }
-            if self.source.fan_out.is_some()
-                && !roster.loaded()
-                && let Some(error) = roster.take_note()
-            {
-                // No roster yet: no per-patient targets to carry the error, so
-                // each type's population-wide row does (status falls back to it).
-                for rt in &self.source.resources {
-                    outcomes.push(PollOutcome {
-                        source: self.source.name.clone(),
-                        resource_type: rt.clone(),
-                        error: Some(error.clone()),
-                        at_ms: now_ms(),
-                        ..Default::default()
-                    });
-                }
-            }
+            self.refresh_roster(&mut roster, &mut outcomes).await;
             let targets = roster.targets(&self.source);
-            // A walk paused for a target no longer polled is not resumed;
-            // what its turns found so far is recorded.
-            let polled: HashSet<&TargetKey> = targets.iter().collect();
-            self.known.paused().retain(|k| polled.contains(k));
-            let gone: Vec<TargetKey> = sliced
-                .keys()
-                .filter(|k| !polled.contains(k))
-                .cloned()
-                .collect();
-            drop(polled);
-            for key in gone {
-                if let Some(sofar) = sliced.remove(&key) {
-                    outcomes.push(self.abandoned(key, sofar));
-                }
-            }
+            self.drop_unpolled(&targets, &mut sliced, &mut outcomes);
             let mut turn: VecDeque<TargetKey> =
                 super::fanout::in_turn(targets, cursor.as_ref()).into();
             cursor = None;
@@ -243,41 +198,7 @@ impl SourceTask {
                         continue;
                     }
                 }
-                let notes = sofar.notes;
-                // `fetch` paused the source already; requests made outside it
-                // (a bulk export's) pause it here.
-                if let Err(e) = &outcome
-                    && let RetryAction::RetryAfter(d) = e.retry_action()
-                {
-                    self.limiter.pause(d);
-                }
-                let error = outcome.as_ref().err().map(|e| e.to_string());
-                PollCompleted {
-                    source: &self.source.name,
-                    resource_type: rt,
-                    outcome: match &outcome {
-                        Ok(_) => Ok(sofar.changes),
-                        Err(e) => Err(PollFailure {
-                            outcome: e.outcome(),
-                            error: e,
-                        }),
-                    },
-                    duration: sofar.took,
-                    pages: notes.pages,
-                    resources: notes.resources,
-                }
-                .emit();
-                outcomes.push(PollOutcome {
-                    source: self.source.name.clone(),
-                    resource_type: rt.clone(),
-                    patient: key.patient.clone(),
-                    error,
-                    at_ms: now_ms(),
-                    resources_read: outcome.as_ref().map(|_| sofar.rereads).unwrap_or(0),
-                    skipped: notes.skipped,
-                    future: notes.future,
-                    warning: notes.last,
-                });
+                outcomes.push(self.poll_ended(&key, outcome, sofar));
                 // Thousands of per-patient targets: their outcomes go in
                 // batches rather than all at the end of a long round.
                 if outcomes.len() >= OUTCOME_BATCH {
@@ -318,6 +239,104 @@ impl SourceTask {
                     patient: Some(p.clone()),
                 });
             }
+        }
+    }
+
+    /// A fan-out source's roster, read again when due (unless the server
+    /// asked for a pause); patients gone for good are forgotten. Without a
+    /// roster yet, its error goes to each type's population-wide outcome:
+    /// there are no per-patient targets to carry it (status falls back to it).
+    async fn refresh_roster(
+        &self,
+        roster: &mut super::fanout::RosterState,
+        outcomes: &mut Vec<PollOutcome>,
+    ) {
+        let Some(fan_out) = &self.source.fan_out else {
+            return;
+        };
+        if !self.limiter.is_paused() {
+            let record = self.dry_run.is_none();
+            let forgotten =
+                (roster.refresh_if_due(&self.fetcher(), &self.store, fan_out, record)).await;
+            self.forget_patients(&forgotten);
+        }
+        if !roster.loaded()
+            && let Some(error) = roster.take_note()
+        {
+            for rt in &self.source.resources {
+                outcomes.push(PollOutcome {
+                    source: self.source.name.clone(),
+                    resource_type: rt.clone(),
+                    error: Some(error.clone()),
+                    at_ms: now_ms(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    /// A walk paused for a target no longer polled is not resumed; what its
+    /// turns found so far is recorded.
+    fn drop_unpolled(
+        &self,
+        targets: &[TargetKey],
+        sliced: &mut HashMap<TargetKey, TurnsSoFar>,
+        outcomes: &mut Vec<PollOutcome>,
+    ) {
+        let polled: HashSet<&TargetKey> = targets.iter().collect();
+        self.known.paused().retain(|k| polled.contains(k));
+        let gone: Vec<TargetKey> = (sliced.keys())
+            .filter(|k| !polled.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(sofar) = sliced.remove(&key) {
+                outcomes.push(self.abandoned(key, sofar));
+            }
+        }
+    }
+
+    /// A target's poll ended (not yielded): told to telemetry, and its
+    /// outcome for the state. `fetch` paused the source already on a
+    /// Retry-After; requests made outside it (a bulk export's) pause it here.
+    fn poll_ended(
+        &self,
+        key: &TargetKey,
+        outcome: Result<Polled, PollError>,
+        sofar: TurnsSoFar,
+    ) -> PollOutcome {
+        let notes = sofar.notes;
+        if let Err(e) = &outcome
+            && let RetryAction::RetryAfter(d) = e.retry_action()
+        {
+            self.limiter.pause(d);
+        }
+        let error = outcome.as_ref().err().map(|e| e.to_string());
+        PollCompleted {
+            source: &self.source.name,
+            resource_type: &key.resource_type,
+            outcome: match &outcome {
+                Ok(_) => Ok(sofar.changes),
+                Err(e) => Err(PollFailure {
+                    outcome: e.outcome(),
+                    error: e,
+                }),
+            },
+            duration: sofar.took,
+            pages: notes.pages,
+            resources: notes.resources,
+        }
+        .emit();
+        PollOutcome {
+            source: self.source.name.clone(),
+            resource_type: key.resource_type.clone(),
+            patient: key.patient.clone(),
+            error,
+            at_ms: now_ms(),
+            resources_read: outcome.as_ref().map(|_| sofar.rereads).unwrap_or(0),
+            skipped: notes.skipped,
+            future: notes.future,
+            warning: notes.last,
         }
     }
 
@@ -820,6 +839,19 @@ impl SourceTask {
         }
         Ok(())
     }
+}
+
+/// Set once `cancel` fires. Filters run on the blocking pool and look at
+/// this flag, so that a slow filter never holds up a shutdown.
+fn stop_flag(cancel: &CancellationToken) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let stopped = cancel.clone();
+    tokio::spawn(async move {
+        stopped.cancelled().await;
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
 }
 
 #[cfg(test)]

@@ -400,6 +400,33 @@ pub(crate) async fn a_wake_up_reaches_the_hooks_waiter<S: Contract>(s: &S, _: &F
     assert!(s.wait_due("g", long).await);
 }
 
+/// A page's seen rows come with their kept bodies when asked (for
+/// `$previous`), and without when not; an id never seen has no row.
+pub(crate) async fn a_pages_seen_rows_come_with_their_bodies_when_asked<S: Contract>(
+    s: &S,
+    f: &Fence,
+) {
+    let body = br#"{"resourceType":"Observation","id":"a"}"#.to_vec();
+    let row = SeenRow {
+        body: Some(body.clone()),
+        ..seen("1", T1)
+    };
+    let commit = PageCommit {
+        seen: vec![("a".into(), row)],
+        keep_bodies: true,
+        changes: 1,
+        ..page(vec![])
+    };
+    s.commit_page(f, commit).await.unwrap();
+    let ids = || vec!["a".to_string(), "b".to_string()];
+    let with = s.load_seen_for_page("s", "Observation", ids(), true);
+    let with = with.await.unwrap();
+    assert_eq!(with.len(), 1, "b was never seen");
+    assert_eq!(with["a"].body.as_deref(), Some(body.as_slice()));
+    let without = s.load_seen_for_page("s", "Observation", ids(), false);
+    assert_eq!(without.await.unwrap()["a"], seen("1", T1));
+}
+
 /// Runs every test of the suite on the stores `$open` makes (each time: a
 /// fresh, empty state, the fence of its writer, and whatever must live as
 /// long as they do).
@@ -415,6 +442,7 @@ macro_rules! conformance {
             a_patient_off_the_roster_is_forgotten_after_the_grace,
             a_rename_moves_the_whole_source,
             a_wake_up_reaches_the_hooks_waiter,
+            a_pages_seen_rows_come_with_their_bodies_when_asked,
         );
     };
     (@tests $open:expr; $($test:ident),* $(,)?) => {

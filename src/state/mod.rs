@@ -48,10 +48,8 @@
 //! - The per-hook event counter: `sqlite/event_number.rs` hands out numbers
 //!   inside the writing transaction, gap-free because SQLite serializes
 //!   writers. A concurrent backend needs the same promise by its own means.
-//! - The heartbeat's readiness mark (`last_heartbeat_ok_ms`) and the page
-//!   pipeline's `load_seen_blocking` (a read on the blocking thread, in the
-//!   middle of a page) are per-process too; the latter leaves the contract
-//!   when the pipeline reads before its blocking step.
+//! - The heartbeat's readiness mark (`last_heartbeat_ok_ms`) is per-process
+//!   too.
 
 mod backfill_lock;
 #[cfg(test)]

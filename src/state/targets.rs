@@ -199,6 +199,16 @@ crate::state::role! {
             resource_type: &str,
             ids: Vec<String>,
         ) -> Result<HashMap<String, SeenRow>, StateError>;
+        /// `load_seen` for a page about to be diffed, read before its
+        /// blocking step. With `bodies`, each row's kept body too (for
+        /// `$previous`), in the same read transaction.
+        async fn load_seen_for_page(
+            &self,
+            source: &str,
+            resource_type: &str,
+            ids: Vec<String>,
+            bodies: bool,
+        ) -> Result<HashMap<String, SeenRow>, StateError>;
         /// Commits one page: seen-versions, outbox rows and the watermark move together.
         async fn commit_page(&self, fence: &Fence, page: PageCommit) -> Result<(), StateError>;
         /// The lowest watermark of a type's per-patient targets; `None` when it
@@ -298,17 +308,5 @@ crate::state::role! {
         ) -> Result<(), StateError>;
         /// The sources that have targets in the state (whatever the config says).
         async fn sources_with_state(&self) -> Result<Vec<String>, StateError>;
-    }
-    blocking {
-        /// `load_seen` for callers already on the blocking pool (the page
-        /// pipeline), so a page costs one hop, not two. With `bodies`, each row's
-        /// kept body too (for `$previous`), in the same read transaction.
-        fn load_seen_blocking(
-            &self,
-            source: &str,
-            resource_type: &str,
-            ids: Vec<String>,
-            bodies: bool,
-        ) -> Result<HashMap<String, SeenRow>, StateError>;
     }
 }

@@ -77,12 +77,28 @@ impl SqliteStore {
     ) -> Result<HashMap<String, SeenRow>, StateError> {
         let this = self.clone();
         let (source, rt) = (source.to_string(), resource_type.to_string());
-        tokio::task::spawn_blocking(move || this.load_seen_blocking(&source, &rt, ids, false))
+        tokio::task::spawn_blocking(move || this.read_seen(&source, &rt, ids, false))
             .await
             .map_err(|e| StateError::Task(e.to_string()))?
     }
 
-    pub fn load_seen_blocking(
+    pub async fn load_seen_for_page(
+        &self,
+        source: &str,
+        resource_type: &str,
+        ids: Vec<String>,
+        bodies: bool,
+    ) -> Result<HashMap<String, SeenRow>, StateError> {
+        let this = self.clone();
+        let (source, rt) = (source.to_string(), resource_type.to_string());
+        tokio::task::spawn_blocking(move || this.read_seen(&source, &rt, ids, bodies))
+            .await
+            .map_err(|e| StateError::Task(e.to_string()))?
+    }
+
+    /// The seen rows of `ids`, with their kept bodies if `bodies`, in one
+    /// read transaction (on the blocking pool).
+    pub(super) fn read_seen(
         &self,
         source: &str,
         resource_type: &str,

@@ -83,7 +83,7 @@ mod tests {
 
     fn body(store: &SqliteStore, id: &str) -> Option<String> {
         let rows = store
-            .load_seen_blocking("s", "Encounter", vec![id.into()], true)
+            .read_seen("s", "Encounter", vec![id.into()], true)
             .unwrap();
         rows.get(id)
             .and_then(|r| r.body.clone())

@@ -40,6 +40,51 @@ enum JobEnd {
     Stopped,
 }
 
+/// What an export asks for (see `export_window`).
+struct ExportWindow {
+    /// `_since`: `None` reads everything.
+    since: Option<DateTime<Utc>>,
+    /// The types whose stored watermark was in the future (see `Run::repaired`).
+    repaired: Vec<String>,
+    /// The horizon: a saved job's `_since` past it is abandoned.
+    limit: DateTime<Utc>,
+}
+
+/// The export a poll wants (see `SourceTask::current_job`).
+#[derive(Clone, Copy)]
+struct Wanted<'a> {
+    types: &'a [String],
+    since: Option<DateTime<Utc>>,
+    /// The kick-off URL: a saved job asked by another is stale.
+    request: &'a str,
+    limit: DateTime<Utc>,
+}
+
+/// Why a saved job is not polled on.
+#[derive(Debug, PartialEq, Eq)]
+enum Stale {
+    /// Saved before the source's base, group or types changed: its files are
+    /// not what is polled now. What it delivered stays delivered; the new
+    /// export re-reads from the watermarks, which only a finished job moves.
+    OtherRequest,
+    /// Saved with a `_since` past the horizon (by a version that did not
+    /// bound watermarks): the server exports nothing for it, and its end
+    /// would move the watermarks over everything since the last real
+    /// export. A new export, from the watermarks (from the start when they
+    /// lie in the future).
+    SinceAfterClock,
+}
+
+fn stale(job: &ExportJob, request: &str, limit: DateTime<Utc>) -> Option<Stale> {
+    if job.request.as_ref().is_some_and(|r| r != request) {
+        return Some(Stale::OtherRequest);
+    }
+    let since = job.since.as_deref().and_then(crate::fhir::parse_instant);
+    since
+        .is_some_and(|s| s > limit)
+        .then_some(Stale::SinceAfterClock)
+}
+
 /// What one poll of the job carries along.
 struct Run<'a> {
     cancel: &'a CancellationToken,
@@ -65,59 +110,18 @@ impl SourceTask {
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
     ) -> Result<Polled, PollError> {
-        let name = &self.source.name;
         let types = (self.source.strategies).bulk_export_types(&self.source.resources);
         if types.first() != Some(&key.resource_type) || key.patient.is_some() {
             return Ok(Polled::default());
         }
-        // The window starts at the oldest of the types' watermarks.
-        let mut since: Option<DateTime<Utc>> = None;
-        let mut from_beginning = false;
-        let mut floor: Option<DateTime<Utc>> = None;
-        let mut fresh = false;
-        let mut repaired = Vec::new();
-        self.learn_clock_if_ahead(key, &types, notes).await?;
-        let limit = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
-        for rt in &types {
-            let k = TargetKey::population(name, rt);
-            let mut state = self.store.target_state(&k).await?;
-            if !state.initialized {
-                state = self.initialize(&k).await?;
-                fresh = true;
-            }
-            let parse = |s: &Option<String>| s.as_deref().and_then(crate::fhir::parse_instant);
-            let type_floor = parse(&state.floor);
-            match parse(&state.watermark) {
-                // Written before the bridge bounded `transactionTime`: as a
-                // `last-updated` poll does, export from the start again (the
-                // diff drops what was delivered) rather than ask for nothing.
-                Some(w) if w > limit && Some(w) != type_floor => {
-                    notes.warn(format!(
-                        "{rt}: the stored watermark {} is in the future; exporting from the start again",
-                        crate::fhir::format_instant(w)
-                    ));
-                    from_beginning = true;
-                    repaired.push(rt.clone());
-                }
-                Some(w) => since = Some(since.map_or(w, |s| s.min(w))),
-                None => from_beginning = true,
-            }
-            floor = type_floor.or(floor);
-        }
-        if fresh && self.source.start == Start::Now {
+        let Some(ExportWindow {
+            since,
+            repaired,
+            limit,
+        }) = self.export_window(key, &types, notes).await?
+        else {
             // Exports begin from the next tick, from now on.
             return Ok(Polled::default());
-        }
-        let overlap =
-            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
-        let since = match from_beginning {
-            true => floor,
-            false => since.map(|w| {
-                let back = w
-                    .checked_sub_signed(overlap)
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
-                floor.map_or(back, |f| back.max(f))
-            }),
         };
         let mut run = Run {
             cancel,
@@ -140,51 +144,15 @@ impl SourceTask {
             self.source.schedule.nominal_interval(Utc::now()),
         );
         loop {
-            let saved = match saved_job_abandoned {
-                true => None,
-                false => self.store.export_job(name).await?,
+            let wanted = Wanted {
+                types: &types,
+                since,
+                request: &request,
+                limit,
             };
-            let job = match saved {
-                Some(job) if job.request.as_ref().is_some_and(|r| *r != request) => {
-                    // Saved before the source's base, group or types changed:
-                    // its files are not what is polled now. What it delivered
-                    // stays delivered; the new export re-reads from the
-                    // watermarks, which only a finished job moves.
-                    self.cancel_job(&job.job_url).await;
-                    self.store.drop_export_job(name).await?;
-                    run.notes.warn(
-                        "the saved bulk export job asked for other types, group or server than the config now does; it was cancelled and a new export started from the watermarks"
-                            .to_string(),
-                    );
-                    continue;
-                }
-                // Saved with a `_since` past the horizon (by a version that
-                // did not bound watermarks): the server exports nothing for
-                // it, and its end would move the watermarks over everything
-                // since the last real export. A new export, from the
-                // watermarks (from the start when they lie in the future).
-                Some(job)
-                    if (job.since.as_deref())
-                        .and_then(crate::fhir::parse_instant)
-                        .is_some_and(|s| s > limit) =>
-                {
-                    self.cancel_job(&job.job_url).await;
-                    if self.dry_run.is_none() {
-                        self.store.drop_export_job(name).await?;
-                    }
-                    saved_job_abandoned = self.dry_run.is_some();
-                    run.notes.warn(
-                        "the saved bulk export job asked for changes since a time after the server's clock; it was cancelled and a new export started from the watermarks"
-                            .to_string(),
-                    );
-                    continue;
-                }
-                Some(job) => job,
-                None => {
-                    kicked_off = true;
-                    self.kick_off(&types, since, &request).await?
-                }
-            };
+            let (job, new) =
+                (self.current_job(wanted, &mut saved_job_abandoned, run.notes)).await?;
+            kicked_off |= new;
             // A resumed job's window is its own.
             run.window_start = job.since.as_deref().and_then(crate::fhir::parse_instant);
             // Asked only when the status gives no usable manifest (see
@@ -200,63 +168,30 @@ impl SourceTask {
             if !expired(&job) && due.is_some_and(|at| Instant::now() < at) {
                 return Ok(run.polled);
             }
-            let check = loop {
-                let checked = match check_status(&self.fetcher(), &job, run.notes).await {
-                    Ok(checked) => checked,
-                    // The job failed: the next poll kicks off a new one.
-                    Err(error) => {
-                        if self.dry_run.is_none() {
-                            self.store.drop_export_job(name).await?;
-                        }
-                        return Err(error.into());
-                    }
-                };
-                match checked {
-                    // Within half the source's interval the job is waited for
-                    // here (the tick's other targets still keep their period,
-                    // see `Schedule::wait_after_tick`); past it, the next turn
-                    // goes on. A dry run keeps no job to come back to: it
-                    // waits here, within `export_timeout`.
-                    StatusCheck::Pending(wait)
-                        if !expired(&job)
-                            && (self.dry_run.is_some()
-                                || bulk::waits_in_turn(turn.elapsed(), wait, interval)) =>
-                    {
-                        self.beat.expect_within(wait + self.page_allowance());
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = run.cancel.cancelled() => return Ok(run.polled),
-                        }
-                    }
-                    check => break check,
-                }
+            let Some(check) = self
+                .await_status(&job, expired, turn, interval, &mut run)
+                .await?
+            else {
+                return Ok(run.polled);
             };
             let manifest = match check {
                 StatusCheck::Ready(manifest) => manifest,
                 StatusCheck::Gone if kicked_off => return Err(ExportError::GoneAgain.into()),
                 StatusCheck::Gone => {
-                    if self.dry_run.is_none() {
-                        self.store.drop_export_job(name).await?;
-                    }
-                    saved_job_abandoned = self.dry_run.is_some();
-                    run.notes.warn(
+                    saved_job_abandoned = self.abandon_job(run.notes,
                         "the bulk export job was gone (HTTP 404/410, expired); a new export started from the watermark"
                             .to_string(),
-                    );
+                    ).await?;
                     continue;
                 }
                 StatusCheck::Pending(_) | StatusCheck::Unusable(..)
                     if !kicked_off && expired(&job) =>
                 {
                     self.cancel_job(&job.job_url).await;
-                    if self.dry_run.is_none() {
-                        self.store.drop_export_job(name).await?;
-                    }
-                    saved_job_abandoned = self.dry_run.is_some();
-                    run.notes.warn(format!(
+                    saved_job_abandoned = self.abandon_job(run.notes, format!(
                         "the bulk export job had no usable manifest {} after its kick-off (export_timeout); it was cancelled (DELETE) and a new export started from the watermarks",
                         humantime::format_duration(timeout)
-                    ));
+                    )).await?;
                     continue;
                 }
                 StatusCheck::Pending(wait) => {
@@ -288,18 +223,174 @@ impl SourceTask {
                         },
                 })) if !kicked_off => {
                     self.cancel_job(&job.job_url).await;
-                    if self.dry_run.is_none() {
-                        self.store.drop_export_job(name).await?;
-                    }
-                    saved_job_abandoned = self.dry_run.is_some();
-                    run.notes.warn(format!(
+                    saved_job_abandoned = self.abandon_job(run.notes, format!(
                         "bulk export output file {file} was gone (HTTP {status}, expired); a new export started from the watermarks"
-                    ));
+                    )).await?;
                     continue;
                 }
                 Err(e) => Err(e),
             };
         }
+    }
+
+    /// The job to poll, and whether it was just kicked off: the saved one,
+    /// unless it is stale (cancelled and forgotten, see `stale`), else a new
+    /// one. `abandoned`: a dry run's saved job passed over (it writes nothing).
+    async fn current_job(
+        &self,
+        wanted: Wanted<'_>,
+        abandoned: &mut bool,
+        notes: &mut Notes,
+    ) -> Result<(ExportJob, bool), PollError> {
+        let name = &self.source.name;
+        loop {
+            let saved = match *abandoned {
+                true => None,
+                false => self.store.export_job(name).await?,
+            };
+            let Some(job) = saved else {
+                let job = (self.kick_off(wanted.types, wanted.since, wanted.request)).await?;
+                return Ok((job, true));
+            };
+            match stale(&job, wanted.request, wanted.limit) {
+                None => return Ok((job, false)),
+                Some(Stale::OtherRequest) => {
+                    self.cancel_job(&job.job_url).await;
+                    self.store.drop_export_job(name).await?;
+                    notes.warn(
+                        "the saved bulk export job asked for other types, group or server than the config now does; it was cancelled and a new export started from the watermarks"
+                            .to_string(),
+                    );
+                }
+                Some(Stale::SinceAfterClock) => {
+                    self.cancel_job(&job.job_url).await;
+                    *abandoned = self.abandon_job(notes,
+                        "the saved bulk export job asked for changes since a time after the server's clock; it was cancelled and a new export started from the watermarks"
+                            .to_string(),
+                    ).await?;
+                }
+            }
+        }
+    }
+
+    /// Where the export reads from: the oldest of the types' watermarks less
+    /// the overlap (never before the floor), or the floor when a type has
+    /// none or one in the future (those are `repaired`). `None` for a source
+    /// just started with `start = now`: it exports from the next tick.
+    async fn export_window(
+        &self,
+        key: &TargetKey,
+        types: &[String],
+        notes: &mut Notes,
+    ) -> Result<Option<ExportWindow>, PollError> {
+        let name = &self.source.name;
+        // The window starts at the oldest of the types' watermarks.
+        let mut since: Option<DateTime<Utc>> = None;
+        let mut from_beginning = false;
+        let mut floor: Option<DateTime<Utc>> = None;
+        let mut fresh = false;
+        let mut repaired = Vec::new();
+        self.learn_clock_if_ahead(key, types, notes).await?;
+        let limit = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
+        for rt in types {
+            let k = TargetKey::population(name, rt);
+            let mut state = self.store.target_state(&k).await?;
+            if !state.initialized {
+                state = self.initialize(&k).await?;
+                fresh = true;
+            }
+            let parse = |s: &Option<String>| s.as_deref().and_then(crate::fhir::parse_instant);
+            let type_floor = parse(&state.floor);
+            match parse(&state.watermark) {
+                // Written before the bridge bounded `transactionTime`: as a
+                // `last-updated` poll does, export from the start again (the
+                // diff drops what was delivered) rather than ask for nothing.
+                Some(w) if w > limit && Some(w) != type_floor => {
+                    notes.warn(format!(
+                        "{rt}: the stored watermark {} is in the future; exporting from the start again",
+                        crate::fhir::format_instant(w)
+                    ));
+                    from_beginning = true;
+                    repaired.push(rt.clone());
+                }
+                Some(w) => since = Some(since.map_or(w, |s| s.min(w))),
+                None => from_beginning = true,
+            }
+            floor = type_floor.or(floor);
+        }
+        if fresh && self.source.start == Start::Now {
+            return Ok(None);
+        }
+        let overlap =
+            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
+        let since = match from_beginning {
+            true => floor,
+            false => since.map(|w| {
+                let back = w
+                    .checked_sub_signed(overlap)
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                floor.map_or(back, |f| back.max(f))
+            }),
+        };
+        Ok(Some(ExportWindow {
+            since,
+            repaired,
+            limit,
+        }))
+    }
+
+    /// The job's status, waited for within the turn while it is pending and
+    /// the wait is short (see `bulk::waits_in_turn`); `None` on shutdown. A
+    /// failed job is forgotten (the next poll kicks off a new one).
+    async fn await_status(
+        &self,
+        job: &ExportJob,
+        expired: impl Fn(&ExportJob) -> bool,
+        turn: Instant,
+        interval: std::time::Duration,
+        run: &mut Run<'_>,
+    ) -> Result<Option<StatusCheck>, PollError> {
+        loop {
+            let checked = match check_status(&self.fetcher(), job, run.notes).await {
+                Ok(checked) => checked,
+                Err(error) => {
+                    if self.dry_run.is_none() {
+                        self.store.drop_export_job(&self.source.name).await?;
+                    }
+                    return Err(error.into());
+                }
+            };
+            match checked {
+                // Within half the source's interval the job is waited for
+                // here (the tick's other targets still keep their period,
+                // see `Schedule::wait_after_tick`); past it, the next turn
+                // goes on. A dry run keeps no job to come back to: it
+                // waits here, within `export_timeout`.
+                StatusCheck::Pending(wait)
+                    if !expired(job)
+                        && (self.dry_run.is_some()
+                            || bulk::waits_in_turn(turn.elapsed(), wait, interval)) =>
+                {
+                    self.beat.expect_within(wait + self.page_allowance());
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = run.cancel.cancelled() => return Ok(None),
+                    }
+                }
+                check => return Ok(Some(check)),
+            }
+        }
+    }
+
+    /// Forgets the saved job (a dry run writes nothing, and only stops
+    /// looking at it) and says why. Returns whether the saved job is to be
+    /// passed over from now on (a dry run's).
+    async fn abandon_job(&self, notes: &mut Notes, why: String) -> Result<bool, PollError> {
+        if self.dry_run.is_none() {
+            self.store.drop_export_job(&self.source.name).await?;
+        }
+        notes.warn(why);
+        Ok(self.dry_run.is_some())
     }
 
     /// Before judging the stored watermarks against the horizon with the
@@ -668,6 +759,31 @@ mod tests {
     use std::time::Duration;
 
     const LINE: &str = r#"{"resourceType":"Observation","id":"x","status":"final"}"#;
+
+    /// A saved job is polled on only if the config asks for what it asked,
+    /// and from no later than the horizon.
+    #[test]
+    fn a_saved_job_is_stale_when_asked_otherwise_or_from_the_future() {
+        let limit = crate::fhir::parse_instant("2026-12-01T00:00:00Z").unwrap();
+        let job = |request: Option<&str>, since: Option<&str>| ExportJob {
+            job_url: "http://x/status/1".into(),
+            since: since.map(str::to_string),
+            kicked_off_at: 0,
+            transaction_time: None,
+            files_done: 0,
+            lines_done: 0,
+            request: request.map(str::to_string),
+            manifest: None,
+        };
+        let past = Some("2026-11-30T00:00:00Z");
+        let future = Some("2026-12-02T00:00:00Z");
+        assert_eq!(stale(&job(Some("a"), past), "a", limit), None);
+        assert_eq!(stale(&job(None, None), "a", limit), None);
+        let other = stale(&job(Some("b"), future), "a", limit);
+        assert_eq!(other, Some(Stale::OtherRequest));
+        let ahead = stale(&job(None, future), "a", limit);
+        assert_eq!(ahead, Some(Stale::SinceAfterClock));
+    }
     const LINES: usize = 900_000; // about 50 MB
 
     /// Serves an NDJSON body generated as it is sent: `LINES` short lines,

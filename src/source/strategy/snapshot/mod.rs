@@ -241,23 +241,21 @@ pub(in crate::source) async fn route_confirmed(
         .routes
         .iter()
         .any(|r| r.needs_previous(&job.resource_type));
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        if keep_bodies {
-            let ids = gone.iter().map(|(id, _)| id.clone()).collect();
-            let mut rows = store.load_seen_blocking(&job.source, &job.resource_type, ids, true)?;
-            for (id, row) in &mut gone {
-                if let Some(fresh) = rows.remove(id.as_str()) {
-                    *row = fresh;
-                }
+    if keep_bodies {
+        let ids = gone.iter().map(|(id, _)| id.clone()).collect();
+        let mut rows =
+            (store.load_seen_for_page(&job.source, &job.resource_type, ids, true)).await?;
+        for (id, row) in &mut gone {
+            if let Some(fresh) = rows.remove(id.as_str()) {
+                *row = fresh;
             }
         }
-        Ok(crate::filter::with_eval_stack(|| {
-            route_deletes(&job, gone, keep_bodies)
-        }))
+    }
+    tokio::task::spawn_blocking(move || {
+        crate::filter::with_eval_stack(|| route_deletes(&job, gone, keep_bodies))
     })
     .await
-    .map_err(|e| StateError::Task(e.to_string()))?
+    .map_err(|e| StateError::Task(e.to_string()))
 }
 
 fn route_deletes(job: &PageJob, gone: Vec<(String, SeenRow)>, keep_bodies: bool) -> Gone {
