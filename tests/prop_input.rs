@@ -176,9 +176,15 @@ fn object(fields: Vec<(&'static str, Option<Value>)>, extra: Map<String, Value>)
     Value::Object(m)
 }
 
+/// Fields the parser does not read (a random `meta: false` beside a Bundle's
+/// fields made a "well-formed" Bundle that is not one; CI found it).
 fn extra_fields() -> impl Strategy<Value = Map<String, Value>> {
-    prop::collection::btree_map("[a-z]{1,6}", any_json(), 0..3)
-        .prop_map(|m| m.into_iter().collect())
+    const READ: &[&str] = &[
+        "meta", "entry", "link", "total", "id", "type", "search", "mode", "url",
+    ];
+    let unread =
+        "[a-z]{1,6}".prop_filter("a field the parser reads", |k| !READ.contains(&k.as_str()));
+    prop::collection::btree_map(unread, any_json(), 0..3).prop_map(|m| m.into_iter().collect())
 }
 
 /// A Bundle shaped like a search result; `clean` keeps every field the parser
