@@ -179,6 +179,25 @@ pub fn status_with(status: u16, headers: &[(&str, &str)]) -> Response {
     resp
 }
 
+/// A request's query as name/value pairs, decoded.
+pub fn query_pairs(uri: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(uri.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The `X` of a search's `_lastUpdated=geX`, if it has one.
+pub fn last_updated_ge(query: &[(String, String)]) -> Option<String> {
+    query
+        .iter()
+        .find_map(|(n, v)| {
+            (n == "_lastUpdated")
+                .then(|| v.strip_prefix("ge"))
+                .flatten()
+        })
+        .map(String::from)
+}
+
 /// The current time as a FHIR instant (UTC, ms).
 pub fn now_instant() -> String {
     chrono::Utc::now()

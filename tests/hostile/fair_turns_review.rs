@@ -3,7 +3,9 @@
 //! source's other targets past their schedule, and its kept position must
 //! survive what a hostile EHR does between and within its slices.
 
-use crate::common::scripted::{Scripted, Seen, bundle, now_instant, observation, status_with};
+use crate::common::scripted::{
+    Scripted, Seen, bundle, last_updated_ge, now_instant, observation, query_pairs, status_with,
+};
 use crate::common::{Bridge, hook, wait_for};
 use fhir_bridge::sandbox::Receiver;
 use serde_json::json;
@@ -60,20 +62,9 @@ fn chain_server(
         if !uri.starts_with("/fhir/Observation") {
             return bundle(&now_instant(), vec![], None);
         }
-        let query: Vec<(String, String)> = url::form_urlencoded::parse(
-            uri.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes(),
-        )
-        .into_owned()
-        .collect();
+        let query = query_pairs(uri);
         let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let ge = query
-            .iter()
-            .find_map(|(n, v)| {
-                (n == "_lastUpdated")
-                    .then(|| v.strip_prefix("ge"))
-                    .flatten()
-            })
-            .map(String::from);
+        let ge = last_updated_ge(&query);
         let first = match &ge {
             Some(x) => (0..2 * pages).find(|i| at(*i) >= *x).unwrap_or(2 * pages),
             None => 0,
@@ -386,23 +377,12 @@ async fn a_chain_out_of_time_order_is_not_cut_short_by_a_yield() {
         if !uri.starts_with("/fhir/Observation") {
             return bundle(&now_instant(), vec![], None);
         }
-        let query: Vec<(String, String)> = url::form_urlencoded::parse(
-            uri.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes(),
-        )
-        .into_owned()
-        .collect();
+        let query = query_pairs(uri);
         let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         if param("_ctx").is_some_and(|c| c != current) {
             return bundle(&now_instant(), vec![], None);
         }
-        let ge = query
-            .iter()
-            .find_map(|(n, v)| {
-                (n == "_lastUpdated")
-                    .then(|| v.strip_prefix("ge"))
-                    .flatten()
-            })
-            .map(String::from);
+        let ge = last_updated_ge(&query);
         let matching: Vec<usize> = (0..N)
             .filter(|i| ge.as_ref().is_none_or(|g| at(*i) >= *g))
             .collect();

@@ -3,7 +3,9 @@
 //! turn, the other targets take theirs, and it goes on from its kept `next`
 //! link (no new search, so nothing is re-read and nothing skipped).
 
-use crate::common::scripted::{Scripted, Seen, bundle, now_instant, observation};
+use crate::common::scripted::{
+    Scripted, Seen, bundle, last_updated_ge, now_instant, observation, query_pairs,
+};
 use crate::common::{Bridge, hook, wait_for};
 use fhir_bridge::sandbox::Receiver;
 use serde_json::json;
@@ -51,21 +53,10 @@ async fn one_long_chain_does_not_hold_the_other_types() {
         if !uri.starts_with("/fhir/Observation") {
             return bundle(&now_instant(), vec![], None);
         }
-        let query: Vec<(String, String)> = url::form_urlencoded::parse(
-            uri.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes(),
-        )
-        .into_owned()
-        .collect();
+        let query = query_pairs(uri);
         let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         // `_lastUpdated=geX`: the first entry at or after X.
-        let ge = query
-            .iter()
-            .find_map(|(n, v)| {
-                (n == "_lastUpdated")
-                    .then(|| v.strip_prefix("ge"))
-                    .flatten()
-            })
-            .map(String::from);
+        let ge = last_updated_ge(&query);
         let first = match &ge {
             Some(x) => (0..2 * PAGES).find(|i| at(*i) >= *x).unwrap_or(2 * PAGES),
             None => 0,
