@@ -711,7 +711,7 @@ impl SourceTask {
         notes: &mut Notes,
         kind: Walk,
     ) -> Result<Option<(TargetState, PageWalk)>, PollError> {
-        let mut state = match self.known.get(key) {
+        let mut state = match self.known.get(&self.fence, key) {
             Some(known) => known,
             None => self.store.target_state(key).await?,
         };
@@ -833,7 +833,7 @@ impl SourceTask {
                 state.watermark = moved;
             }
         }
-        self.known.set(key, state.clone());
+        self.known.set(&self.fence, key, state.clone());
         for hook in woken {
             self.store.notify_due(&hook);
         }

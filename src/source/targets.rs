@@ -2,14 +2,15 @@
 //! first polls are spread.
 
 use crate::config::Schedule;
-use crate::state::{TargetKey, TargetState};
-use std::collections::HashMap;
+use crate::state::{Fence, TargetCache, TargetKey, TargetState};
 use std::time::Duration;
 
-/// Target states kept in memory by their poller (see `SourceTask::known`).
+/// What a poller keeps in memory between polls (see `SourceTask::known`):
+/// its targets' states (the state's `TargetCache`), an export job's next
+/// status check, and sliced walks waiting for their turn.
 #[derive(Default)]
 pub struct KnownTargets(
-    std::sync::Mutex<HashMap<TargetKey, TargetState>>,
+    TargetCache,
     /// A `bulk-export` job's next status check: not before this instant
     /// (its `Retry-After`), for the job at this status URL.
     std::sync::Mutex<Option<(String, std::time::Instant)>>,
@@ -30,12 +31,13 @@ impl KnownTargets {
         *self.1.lock().unwrap_or_else(|p| p.into_inner()) = Some((job_url.to_string(), at));
     }
 
-    pub(super) fn get(&self, key: &TargetKey) -> Option<TargetState> {
-        self.lock().get(key).cloned()
+    /// `key`'s state as last read or written under `fence`, if remembered.
+    pub(super) fn get(&self, fence: &Fence, key: &TargetKey) -> Option<TargetState> {
+        self.0.get(fence, key)
     }
 
-    pub(super) fn set(&self, key: &TargetKey, state: TargetState) {
-        self.lock().insert(key.clone(), state);
+    pub(super) fn set(&self, fence: &Fence, key: &TargetKey, state: TargetState) {
+        self.0.remember(fence, key, state);
     }
 
     /// Sliced walks waiting for their next turn.
@@ -46,11 +48,7 @@ impl KnownTargets {
     /// Reads the state afresh next time, and starts any paused walk anew.
     pub(super) fn forget(&self, key: &TargetKey) {
         self.2.take(key);
-        self.lock().remove(key);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TargetKey, TargetState>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.forget(key);
     }
 }
 

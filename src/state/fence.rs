@@ -18,6 +18,9 @@ use super::{BackfillLock, PageCommit, StateError, StateLock};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
     grant: Grant,
+    /// Which term of the grant: a shared backend's lease epoch, bumped each
+    /// time the lease is granted. The locks of SQLite have one term (0).
+    epoch: u64,
 }
 
 /// What granted a fence (kept for the backend's checks and for messages).
@@ -65,9 +68,23 @@ impl Fence {
     /// state or a test's. Never for the configured state, whose fences come
     /// from its locks.
     pub fn private() -> Fence {
-        Fence {
-            grant: Grant::Private,
-        }
+        Fence::granted(Grant::Private)
+    }
+
+    fn granted(grant: Grant) -> Fence {
+        Fence { grant, epoch: 0 }
+    }
+
+    /// The term of the grant this fence shows. What a writer remembers of the
+    /// state it wrote (`TargetCache`) holds only within one term.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The same grant in another term (tests of what depends on the term).
+    #[cfg(test)]
+    pub(crate) fn with_epoch(&self, epoch: u64) -> Fence {
+        Fence { epoch, ..*self }
     }
 }
 
@@ -75,18 +92,14 @@ impl StateLock {
     /// The writer lock's fence: valid while the lock is held, which on
     /// SQLite is until the process ends.
     pub fn fence(&self) -> Fence {
-        Fence {
-            grant: Grant::Writer,
-        }
+        Fence::granted(Grant::Writer)
     }
 }
 
 impl BackfillLock {
     /// A backfill's fence, valid while its shared lock is held.
     pub fn fence(&self) -> Fence {
-        Fence {
-            grant: Grant::Backfill,
-        }
+        Fence::granted(Grant::Backfill)
     }
 }
 

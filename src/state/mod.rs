@@ -42,9 +42,10 @@
 //!   pollers reach its workers (and `dlq redrive` from the command line waits
 //!   for the worker's idle look). A shared backend sends them across
 //!   processes (e.g. `LISTEN`/`NOTIFY`).
-//! - The watermark cache: `source/targets.rs` `KnownTargets` keeps each
-//!   target's `TargetState` between polls, believing the poller is its only
-//!   writer. With several pollers it holds only under a lease.
+//! - The watermark cache: `TargetCache` (`target_cache.rs`) keeps each
+//!   target's `TargetState` between polls for its poller, which its fence
+//!   makes the only writer. Entries hold within the fence's epoch: a lease
+//!   granted again (a new epoch) reads the store afresh.
 //! - The per-hook event counter: `sqlite/event_number.rs` hands out numbers
 //!   inside the writing transaction, gap-free because SQLite serializes
 //!   writers. A concurrent backend needs the same promise by its own means.
@@ -61,6 +62,7 @@ mod lock;
 mod open;
 mod operator;
 mod sqlite;
+mod target_cache;
 mod targets;
 
 pub use backfill_lock::BackfillLock;
@@ -76,6 +78,7 @@ pub use operator::{
     MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,
     Summary, TargetMark, TargetReport, WithBody,
 };
+pub use target_cache::TargetCache;
 pub use targets::{
     BackfillJob, BackfillProgress, ExportJob, ExportProgress, PageCommit, PollOutcome, RosterSync,
     SeenRow, TargetKey, TargetState, TargetStore,

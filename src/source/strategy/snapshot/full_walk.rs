@@ -132,7 +132,7 @@ impl SourceTask {
         if key.patient.is_some() || self.dry_run.is_some() || cancel.is_cancelled() {
             return Ok(0);
         }
-        let mut state = match self.known.get(key) {
+        let mut state = match self.known.get(&self.fence, key) {
             Some(known) => known,
             None => self.store.target_state(key).await?,
         };
@@ -145,13 +145,13 @@ impl SourceTask {
             // Never reconciled: the schedule counts from now (in memory).
             if last.is_none() {
                 state.reconciled_at_ms = Some(now.timestamp_millis());
-                self.known.set(key, state);
+                self.known.set(&self.fence, key, state);
             }
             return Ok(0);
         }
         // Whatever the outcome, the next one waits for the next tick.
         state.reconciled_at_ms = Some(now.timestamp_millis());
-        self.known.set(key, state);
+        self.known.set(&self.fence, key, state);
         let rt = key.resource_type.as_str();
         match self
             .walk_pages(key, cancel, stop, notes, Walk::Reconcile)
