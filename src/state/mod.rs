@@ -38,7 +38,7 @@
 //! - Hook wake-ups are in the contract: a commit's poller calls
 //!   `DeliveryStore::notify_due(hook)`, the hook's worker waits in
 //!   `wait_due(hook, timeout)`. SQLite keeps an in-process `Notify` per hook
-//!   (`sqlite/wake.rs`), shared by the store's clones, so only this process's
+//!   (`wake.rs`), shared by the store's clones, so only this process's
 //!   pollers reach its workers (and `dlq redrive` from the command line waits
 //!   for the worker's idle look). A shared backend sends them across
 //!   processes (e.g. `LISTEN`/`NOTIFY`).
@@ -61,9 +61,12 @@ mod files;
 mod lock;
 mod open;
 mod operator;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod target_cache;
 mod targets;
+mod wake;
 
 pub use backfill_lock::BackfillLock;
 pub use deliveries::{
@@ -94,6 +97,11 @@ pub enum StateError {
     /// Still SQLite's error type: a second backend adds its own variant.
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// PostgreSQL's error: its message and SQLSTATE (never its detail, which
+    /// quotes row values).
+    #[cfg(feature = "postgres")]
+    #[error("state database: {0}")]
+    Postgres(String),
     #[error("state database task failed: {0}")]
     Task(String),
     /// The writer's fence does not cover this write (a shared backend: its
@@ -114,6 +122,8 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PgStore),
 }
 
 /// Milliseconds since the Unix epoch, our clock (never the EHR's).
@@ -168,6 +178,20 @@ macro_rules! role {
             )*)?
         }
 
+        #[cfg(feature = "postgres")]
+        impl $role for $crate::state::postgres::PgStore {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    $crate::state::postgres::PgStore::$name(self $(, $arg)*).await
+                }
+            )*
+            $($(
+                fn $sname(&self $(, $sarg: $sty)*) $(-> $sret)? {
+                    $crate::state::postgres::PgStore::$sname(self $(, $sarg)*)
+                }
+            )*)?
+        }
+
         // `Store` keeps the contract too, so code generic over the roles
         // (the conformance suite) runs on it; its inherent methods win here.
         impl $role for $crate::state::Store {
@@ -189,6 +213,8 @@ macro_rules! role {
                 pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     match &self.backend {
                         $crate::state::Backend::Sqlite(b) => $role::$name(b $(, $arg)*).await,
+                        #[cfg(feature = "postgres")]
+                        $crate::state::Backend::Postgres(b) => $role::$name(b $(, $arg)*).await,
                     }
                 }
             )*
@@ -197,6 +223,8 @@ macro_rules! role {
                 pub fn $sname(&self $(, $sarg: $sty)*) $(-> $sret)? {
                     match &self.backend {
                         $crate::state::Backend::Sqlite(b) => $role::$sname(b $(, $sarg)*),
+                        #[cfg(feature = "postgres")]
+                        $crate::state::Backend::Postgres(b) => $role::$sname(b $(, $sarg)*),
                     }
                 }
             )*)?
@@ -212,6 +240,15 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StateError> {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::open(path)?),
+        })
+    }
+
+    /// A store on the PostgreSQL database `settings` point at (connecting
+    /// and migrating on first use).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(settings: &postgres::PgSettings) -> Result<Store, StateError> {
+        Ok(Store {
+            backend: Backend::Postgres(postgres::PgStore::connect(settings)?),
         })
     }
 
@@ -238,6 +275,8 @@ pub(crate) mod test_util {
     pub async fn backdate(store: &Store, hook: &str, ms: i64) {
         match &store.backend {
             Backend::Sqlite(b) => super::sqlite::test_util::backdate(b, hook, ms).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => unimplemented!("backdate on PostgreSQL"),
         }
     }
 }

@@ -30,7 +30,6 @@ mod seen_body;
 mod size_tests;
 mod snapshot;
 mod summary;
-mod wake;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicI64;
@@ -52,7 +51,7 @@ pub struct SqliteStore {
     /// is writable without a probe of its own.
     heartbeat_ok_ms: Arc<AtomicI64>,
     /// Each hook's wake-up, in this process (`notify_due`, `wait_due`).
-    wakers: wake::Wakers,
+    wakers: super::wake::Wakers,
 }
 
 impl SqliteStore {
@@ -125,6 +124,14 @@ impl SqliteStore {
             heartbeat_ok_ms: Default::default(),
             wakers: Default::default(),
         }))
+    }
+
+    pub fn notify_due(&self, hook: &str) {
+        self.wakers.notify(hook);
+    }
+
+    pub async fn wait_due(&self, hook: &str, timeout: Duration) -> bool {
+        self.wakers.wait(hook, timeout).await
     }
 
     pub fn path(&self) -> &Path {

@@ -1,8 +1,9 @@
-//! Hook wake-ups for one process: a `tokio::sync::Notify` per hook, shared by
-//! every clone of the store. A poller in another process cannot reach them;
-//! that is why they are here, behind `DeliveryStore`, and not in the callers.
+//! Hook wake-ups within one process: a `tokio::sync::Notify` per hook,
+//! shared by every clone of a store. A poller in another process cannot reach
+//! them; a backend shared by several processes adds its own signal beside
+//! them (PostgreSQL: `LISTEN`/`NOTIFY`), and a worker's idle look bounds what
+//! a lost signal costs.
 
-use super::SqliteStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,15 +19,15 @@ impl Wakers {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(hook.to_string()).or_default().clone()
     }
-}
 
-impl SqliteStore {
-    pub fn notify_due(&self, hook: &str) {
-        self.wakers.get(hook).notify_one();
+    /// Wakes the hook's waiter (or the next one to wait).
+    pub(super) fn notify(&self, hook: &str) {
+        self.get(hook).notify_one();
     }
 
-    pub async fn wait_due(&self, hook: &str, timeout: Duration) -> bool {
-        let notify = self.wakers.get(hook);
+    /// Waits for a wake-up of `hook`, at most `timeout`: whether one came.
+    pub(super) async fn wait(&self, hook: &str, timeout: Duration) -> bool {
+        let notify = self.get(hook);
         tokio::time::timeout(timeout, notify.notified())
             .await
             .is_ok()
