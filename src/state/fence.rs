@@ -12,6 +12,7 @@
 //! stale one with a `StateError`.
 
 use super::{BackfillLock, PageCommit, StateError, StateLock};
+use std::sync::Arc;
 
 /// Proof that its holder may write what it writes. Cheap to clone: each task
 /// that writes keeps its own.
@@ -21,6 +22,18 @@ pub struct Fence {
     /// Which term of the grant: a shared backend's lease epoch, bumped each
     /// time the lease is granted. The locks of SQLite have one term (0).
     epoch: u64,
+    /// The lease that granted it, on a shared backend (`None`: a lock of
+    /// this machine, or a state only this process knows).
+    lease: Option<Arc<LeaseId>>,
+}
+
+/// A lease of a shared backend: a unit of work in a scope, and the replica
+/// it was granted to. With the epoch, what a write's transaction checks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LeaseId {
+    pub scope: String,
+    pub unit: i32,
+    pub owner: String,
 }
 
 /// What granted a fence (kept for the backend's checks and for messages).
@@ -72,7 +85,27 @@ impl Fence {
     }
 
     fn granted(grant: Grant) -> Fence {
-        Fence { grant, epoch: 0 }
+        Fence {
+            grant,
+            epoch: 0,
+            lease: None,
+        }
+    }
+
+    /// A writer's fence from a shared backend's lease, in its `epoch`.
+    #[allow(dead_code)] // the PostgreSQL backend's leases
+    pub(crate) fn leased(lease: LeaseId, epoch: u64) -> Fence {
+        Fence {
+            grant: Grant::Writer,
+            epoch,
+            lease: Some(Arc::new(lease)),
+        }
+    }
+
+    /// The lease a shared backend checks in the writing transaction.
+    #[allow(dead_code)] // the PostgreSQL backend's leases
+    pub(crate) fn lease(&self) -> Option<&LeaseId> {
+        self.lease.as_deref()
     }
 
     /// The term of the grant this fence shows. What a writer remembers of the
@@ -84,7 +117,10 @@ impl Fence {
     /// The same grant in another term (tests of what depends on the term).
     #[cfg(test)]
     pub(crate) fn with_epoch(&self, epoch: u64) -> Fence {
-        Fence { epoch, ..*self }
+        Fence {
+            epoch,
+            ..self.clone()
+        }
     }
 }
 

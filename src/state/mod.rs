@@ -73,7 +73,7 @@ pub use deliveries::{
     ChangeRecord, ChannelState, Claimed, DeliveryRecord, DeliveryStore, MAX_EVENTS_PER_QUERY,
     MessageBody, NewMessage, RetainedEvent,
 };
-pub use fence::Fence;
+pub use fence::{Fence, LeaseId};
 pub use lock::{LockError, LockProbe, StateLock};
 pub use open::{Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, open};
 pub use operator::{

@@ -14,6 +14,7 @@
 //! versions and outbox rows of a page are written in one transaction.
 
 mod errors;
+mod fence;
 mod schema;
 mod stub_deliveries;
 mod stub_operator;
