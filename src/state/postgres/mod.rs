@@ -15,6 +15,7 @@
 
 mod errors;
 mod fence;
+mod outbox;
 mod schema;
 mod stub_deliveries;
 mod stub_operator;
