@@ -180,88 +180,12 @@ pub fn parse_page_as(body: &[u8], mode: EntryMode) -> Result<Page<'_>, BundleErr
 
     let mut entries = Vec::with_capacity(bundle.entry.len());
     let mut skipped = Vec::new();
-    for (i, e) in bundle.entry.into_iter().enumerate() {
-        // `include` and `outcome` entries are not search matches.
-        if e.search
-            .as_ref()
-            .and_then(|s| s.mode.as_deref())
-            .is_some_and(|m| m != "match")
-        {
-            continue;
+    for (index, e) in bundle.entry.into_iter().enumerate() {
+        match read_entry(e, mode) {
+            Ok(Some(entry)) => entries.push(entry),
+            Ok(None) => {}
+            Err(reason) => skipped.push(Skipped { index, reason }),
         }
-        let method = match mode {
-            EntryMode::Search => None,
-            EntryMode::History => match history_method(&e) {
-                Ok(m) => Some(m),
-                Err(reason) => {
-                    skipped.push(Skipped { index: i, reason });
-                    continue;
-                }
-            },
-        };
-        if method == Some(Method::Delete) {
-            match deleted_entry(&e) {
-                Ok(entry) => entries.push(entry),
-                Err(reason) => skipped.push(Skipped { index: i, reason }),
-            }
-            continue;
-        }
-        let Some(raw) = e.resource else { continue };
-        // One unreadable entry must not fail the page (and so block the
-        // target for good): it is skipped and counted on status.
-        let head = serde_json::from_str::<Head>(raw.get()).ok();
-        let Some((resource_type, id, meta)) =
-            head.and_then(|h| Some((h.resource_type?, h.id?, h.meta)))
-        else {
-            skipped.push(Skipped {
-                index: i,
-                reason: "resource has no resourceType or id",
-            });
-            continue;
-        };
-        let (mut version_id, mut last_updated_raw) = match meta {
-            Some(m) => (m.version_id, m.last_updated),
-            None => (None, None),
-        };
-        // A history entry may say in its response what the resource's meta does not.
-        if let (Some(_), Some(r)) = (method, &e.response) {
-            version_id = version_id.or_else(|| {
-                r.etag
-                    .as_deref()
-                    .map(|t| t.trim_start_matches("W/").trim_matches('"').to_string())
-            });
-            last_updated_raw = last_updated_raw.or_else(|| r.last_modified.clone());
-        }
-        // A hostile or broken server's ids (newlines, escapes, paths) must not
-        // reach logs, payloads or message ids: the entry is skipped, counted
-        // on the target's status, and the rest of the page goes on.
-        if !is_fhir_id(&id) {
-            skipped.push(Skipped {
-                index: i,
-                reason: "id is not a valid FHIR id",
-            });
-            continue;
-        }
-        if version_id.as_deref().is_some_and(|v| !is_fhir_id(v)) {
-            skipped.push(Skipped {
-                index: i,
-                reason: "meta.versionId is not a valid FHIR id",
-            });
-            continue;
-        }
-        // An unreadable lastUpdated must not block the target forever: the
-        // resource is still diffed (by versionId or hash) and delivered; it just
-        // cannot move the watermark.
-        let last_updated = last_updated_raw.as_deref().and_then(parse_instant);
-        entries.push(Entry {
-            resource_type,
-            id,
-            version_id,
-            last_updated,
-            last_updated_raw,
-            raw: raw.get(),
-            method,
-        });
     }
     let total = bundle.total.as_ref().and_then(serde_json::Value::as_u64);
     let bad_total = bundle.total.is_some() && total.is_none();
@@ -273,6 +197,73 @@ pub fn parse_page_as(body: &[u8], mode: EntryMode) -> Result<Page<'_>, BundleErr
         entries,
         skipped,
     })
+}
+
+/// One entry of a page: `None` when it is not a change of the page (an
+/// `include` or `outcome` entry, no resource), `Err` with the reason it is
+/// skipped (counted on the target's status; the rest of the page goes on).
+fn read_entry<'a>(e: RawEntry<'a>, mode: EntryMode) -> Result<Option<Entry<'a>>, &'static str> {
+    // `include` and `outcome` entries are not search matches.
+    if e.search
+        .as_ref()
+        .and_then(|s| s.mode.as_deref())
+        .is_some_and(|m| m != "match")
+    {
+        return Ok(None);
+    }
+    let method = match mode {
+        EntryMode::Search => None,
+        EntryMode::History => Some(history_method(&e)?),
+    };
+    if method == Some(Method::Delete) {
+        return deleted_entry(&e).map(Some);
+    }
+    let Some(raw) = e.resource else {
+        return Ok(None);
+    };
+    // One unreadable entry must not fail the page (and so block the
+    // target for good): it is skipped and counted on status.
+    let head = serde_json::from_str::<Head>(raw.get()).ok();
+    let Some((resource_type, id, meta)) =
+        head.and_then(|h| Some((h.resource_type?, h.id?, h.meta)))
+    else {
+        return Err("resource has no resourceType or id");
+    };
+    let (mut version_id, mut last_updated_raw) = match meta {
+        Some(m) => (m.version_id, m.last_updated),
+        None => (None, None),
+    };
+    // A history entry may say in its response what the resource's meta does not.
+    if let (Some(_), Some(r)) = (method, &e.response) {
+        version_id = version_id.or_else(|| {
+            r.etag
+                .as_deref()
+                .map(|t| t.trim_start_matches("W/").trim_matches('"').to_string())
+        });
+        last_updated_raw = last_updated_raw.or_else(|| r.last_modified.clone());
+    }
+    // A hostile or broken server's ids (newlines, escapes, paths) must not
+    // reach logs, payloads or message ids: the entry is skipped, counted
+    // on the target's status, and the rest of the page goes on.
+    if !is_fhir_id(&id) {
+        return Err("id is not a valid FHIR id");
+    }
+    if version_id.as_deref().is_some_and(|v| !is_fhir_id(v)) {
+        return Err("meta.versionId is not a valid FHIR id");
+    }
+    // An unreadable lastUpdated must not block the target forever: the
+    // resource is still diffed (by versionId or hash) and delivered; it just
+    // cannot move the watermark.
+    let last_updated = last_updated_raw.as_deref().and_then(parse_instant);
+    Ok(Some(Entry {
+        resource_type,
+        id,
+        version_id,
+        last_updated,
+        last_updated_raw,
+        raw: raw.get(),
+        method,
+    }))
 }
 
 /// A history entry's method: POST is a create, PUT (or PATCH) an update,
