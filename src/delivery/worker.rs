@@ -107,6 +107,17 @@ async fn record_batches(
     }
 }
 
+/// What `claim_and_send` adds its POSTs to (the loop's own state).
+struct Sending<'a> {
+    /// Messages in flight (not claimable again).
+    in_flight: &'a mut HashSet<i64>,
+    /// The POSTs carrying them.
+    tasks: &'a mut JoinSet<(Vec<i64>, bool)>,
+    /// A FHIR hook's channel, which stamps each notification.
+    keeper: Option<&'a mut Keeper>,
+    record_tx: &'a mpsc::Sender<Pending>,
+}
+
 impl HookWorker {
     pub async fn run(self, cancel: CancellationToken) {
         let per_post = self.hook.notification.max_events_per_bundle.max(1);
@@ -147,51 +158,14 @@ impl HookWorker {
                 }
             }
             if can_claim && active {
-                match this
-                    .store
-                    .claim_due(
-                        &this.hook.name,
-                        in_flight.iter().copied().collect(),
-                        free * per_post,
-                    )
-                    .await
-                {
-                    Ok(claimed) => {
-                        let filled = claimed.len() >= free * per_post;
-                        // One POST per notification (a stored batch whole), in
-                        // event-number order; what does not fit is claimed again.
-                        let mut posts = notifications(claimed, per_post);
-                        posts.truncate(free);
-                        // A hook of one event per POST never batches: no write.
-                        let batching = per_post > 1;
-                        let batches = posts
-                            .iter()
-                            .filter_map(|p| batch_to_store(p, batching))
-                            .collect();
-                        let stored = this.store.assign_batches(batches).await;
-                        if let Err(e) = &stored {
-                            // Not sent before its batch is stored: tried again in IDLE_POLL.
-                            tracing::error!(hook = %this.hook.name, error = %e, "cannot store a batch");
-                            posts.clear();
-                        }
-                        for msgs in posts {
-                            in_flight.extend(msgs.iter().map(|m| m.id));
-                            let newest = msgs.iter().filter_map(|m| m.event_number).max();
-                            let channel = keeper.as_mut().map(|k| k.stamp(newest.unwrap_or(0)));
-                            let outgoing = render(&this.hook, channel.as_ref(), &msgs);
-                            let worker = this.clone();
-                            let record_tx = record_tx.clone();
-                            tasks.spawn(
-                                async move { worker.deliver(msgs, outgoing, record_tx).await },
-                            );
-                        }
-                        if stored.is_ok() && !filled {
-                            wait = wait.min(this.time_to_next_due().await);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(hook = %this.hook.name, error = %e, "cannot claim messages")
-                    }
+                let sending = Sending {
+                    in_flight: &mut in_flight,
+                    tasks: &mut tasks,
+                    keeper: keeper.as_mut(),
+                    record_tx: &record_tx,
+                };
+                if let Some(next_due) = this.claim_and_send(free, per_post, sending).await {
+                    wait = wait.min(next_due);
                 }
             }
             if let Some(beat_in) = keeper.as_ref().and_then(|k| k.heartbeat_in(&this.hook)) {
@@ -223,6 +197,59 @@ impl HookWorker {
                 _ = this.store.wait_due(&this.hook.name, wait), if !full && !stopping => {}
                 _ = cancel.cancelled(), if !stopping => { stopping = true; }
             }
+        }
+    }
+
+    /// Claims what `free` POSTs can carry and starts them, in event-number
+    /// order. Returns when the next message falls due if the claim did not
+    /// fill them (the loop's wait), `None` otherwise.
+    async fn claim_and_send(
+        self: &Arc<Self>,
+        free: usize,
+        per_post: usize,
+        mut s: Sending<'_>,
+    ) -> Option<Duration> {
+        let want = free * per_post;
+        let in_flight = s.in_flight.iter().copied().collect();
+        let claimed = match self.store.claim_due(&self.hook.name, in_flight, want).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::error!(hook = %self.hook.name, error = %e, "cannot claim messages");
+                return None;
+            }
+        };
+        let filled = claimed.len() >= want;
+        // One POST per notification (a stored batch whole), in
+        // event-number order; what does not fit is claimed again.
+        let mut posts = notifications(claimed, per_post);
+        posts.truncate(free);
+        // A hook of one event per POST never batches: no write.
+        let batching = per_post > 1;
+        let batches = posts
+            .iter()
+            .filter_map(|p| batch_to_store(p, batching))
+            .collect();
+        let stored = self.store.assign_batches(batches).await;
+        if let Err(e) = &stored {
+            // Not sent before its batch is stored: tried again in IDLE_POLL.
+            tracing::error!(hook = %self.hook.name, error = %e, "cannot store a batch");
+            posts.clear();
+        }
+        for msgs in posts {
+            s.in_flight.extend(msgs.iter().map(|m| m.id));
+            let newest = msgs.iter().filter_map(|m| m.event_number).max();
+            let channel = s.keeper.as_mut().map(|k| k.stamp(newest.unwrap_or(0)));
+            let outgoing = render(&self.hook, channel.as_ref(), &msgs);
+            let worker = self.clone();
+            let record_tx = s.record_tx.clone();
+            s.tasks
+                .spawn(async move { worker.deliver(msgs, outgoing, record_tx).await });
+        }
+        let next_due = stored.is_ok() && !filled;
+        if next_due {
+            Some(self.time_to_next_due().await)
+        } else {
+            None
         }
     }
 
