@@ -120,11 +120,7 @@ async fn answer(h: &HookEndpoints, name: &str, events: Option<(EventsQuery, Bodi
         Ok(s) => s,
         Err(e) => {
             tracing::error!(hook = name, error = %e, "cannot read the subscription status");
-            return outcome(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "exception",
-                "cannot read the state",
-            );
+            return state_unreadable();
         }
     };
     let info = ChannelInfo::for_hook(&config, hook, Some(h.addr));
@@ -156,7 +152,21 @@ async fn answer(h: &HookEndpoints, name: &str, events: Option<(EventsQuery, Bodi
         );
         return fhir(body);
     };
-    let (since, until, content) = match parse(&q, hook, state.events, bodies) {
+    query_event(h, name, hook, &channel, &info, (q, bodies), (&id, &now)).await
+}
+
+/// `$events`: the retained events the query asks for, as a `query-event`
+/// notification (bodies only for a caller with the admin token).
+async fn query_event(
+    h: &HookEndpoints,
+    name: &str,
+    hook: &crate::config::Hook,
+    channel: &Channel<'_>,
+    info: &ChannelInfo,
+    (q, bodies): (EventsQuery, Bodies),
+    (id, now): (&str, &str),
+) -> Response {
+    let (since, until, content) = match parse(&q, hook, channel.events_since_start, bodies) {
         Ok(p) => p,
         Err(Refused::Invalid(text)) => return outcome(StatusCode::BAD_REQUEST, "invalid", &text),
         Err(Refused::NeedToken) => {
@@ -174,11 +184,7 @@ async fn answer(h: &HookEndpoints, name: &str, events: Option<(EventsQuery, Bodi
         Ok(r) => r,
         Err(e) => {
             tracing::error!(hook = name, error = %e, "cannot read retained events");
-            return outcome(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "exception",
-                "cannot read the state",
-            );
+            return state_unreadable();
         }
     };
     let records: Vec<_> = retained
@@ -195,14 +201,22 @@ async fn answer(h: &HookEndpoints, name: &str, events: Option<(EventsQuery, Bodi
         })
         .collect();
     let body = notification(
-        &channel,
+        channel,
         NotificationType::QueryEvent,
         content,
         &numbered,
-        &id,
-        &now,
+        id,
+        now,
     );
     fhir(body)
+}
+
+fn state_unreadable() -> Response {
+    outcome(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "exception",
+        "cannot read the state",
+    )
 }
 
 #[derive(Debug, PartialEq, Eq)]
