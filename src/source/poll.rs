@@ -1,20 +1,23 @@
 //! The poll loop of one source: search, follow `next`, diff, route, commit per page.
 
-use super::client::{FetchError, FhirClient};
+use super::client::FhirClient;
+use super::commit::{Committer, DryRun};
 pub use super::errors::PollError;
 use super::fetch::Fetcher;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
+use super::start;
+use super::strategy::bulk_export::Exporter;
 use super::strategy::history::read_ahead::read_ahead;
 use super::strategy::snapshot::WalkedIds;
-use super::strategy::{self, Walk, search_url};
+use super::strategy::snapshot::full_walk::{self, FullWalk};
+use super::strategy::{self, Walk};
 use super::targets::KnownTargets;
 use super::walk::next_link;
 use super::walk::{PageRead, PageWalk, Step, TurnsSoFar, WalkStart};
 use super::watermark::horizon;
 use crate::config::{Source, Start};
-use crate::fhir::bundle::parse_page;
 use crate::fhir::{format_instant, parse_instant};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
@@ -27,32 +30,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 /// How far below our estimate of the server's "now" a poll's upper bound sits.
 const UNTIL_MARGIN_MS: i64 = 25;
-
-/// The longest `start = "now"` waits for the server's clock to pass the start
-/// (about a second and a round trip, on a server that tells only a `Date`).
-const MAX_START_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The page commits a dry run would have written.
-#[derive(Clone, Default)]
-pub struct DryRun(Arc<std::sync::Mutex<Vec<crate::state::PageCommit>>>);
-
-impl DryRun {
-    pub(super) fn record(&self, commit: crate::state::PageCommit) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(commit);
-    }
-
-    /// What was collected so far, oldest first.
-    pub fn take(&self) -> Vec<crate::state::PageCommit> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
 
 /// How late past its next tick a sleeping source may wake and still count as
 /// making progress (a busy runtime, a slow outcome write).
@@ -133,7 +113,7 @@ impl SourceTask {
         // Shown with each type's first poll outcome (and logged once). The
         // statement request goes through `fetch` like every other: within
         // the budget, and a 429/503 with Retry-After pauses the source.
-        self.beat.expect_within(self.page_allowance());
+        self.fetcher().expect_page();
         let mut capability = super::capability::last_updated_warnings(&self.fetcher()).await;
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
@@ -390,105 +370,15 @@ impl SourceTask {
         }
     }
 
-    /// GETs `url` through the source's `Fetcher`.
-    pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
-        self.fetcher().fetch(url).await
-    }
-
-    /// How long one page may take (`Fetcher::page_allowance`).
-    pub(super) fn page_allowance(&self) -> std::time::Duration {
-        self.fetcher().page_allowance()
-    }
-
-    fn search_url(
-        &self,
-        resource_type: &str,
-        since: Option<DateTime<Utc>>,
-        until: Option<DateTime<Utc>>,
-    ) -> Url {
-        search_url(&self.source, resource_type, since, until)
-    }
-
-    /// Asks the server for its current time (a one-result search): for
-    /// `start = "now"`, and to learn the clock before the first bounded poll.
-    pub(super) async fn probe_server_time(&self, key: &TargetKey) -> Result<(), PollError> {
-        let rt = key.resource_type.as_str();
-        let mut url = self.search_url(rt, None, None);
-        // A per-patient target asks about its patient: some EHRs (Cerner)
-        // refuse a clinical search without one.
-        match &key.patient {
-            None => url.set_query(Some("_count=1")),
-            Some(p) => {
-                let param = if rt == "Patient" { "_id" } else { "patient" };
-                url.set_query(None);
-                url.query_pairs_mut()
-                    .append_pair(param, p)
-                    .append_pair("_count", "1");
-            }
+    /// The source's write handle: the state under its fence, or the dry
+    /// run's sink, and its targets kept in memory.
+    pub(super) fn committer(&self) -> Committer<'_> {
+        Committer {
+            store: &self.store,
+            fence: &self.fence,
+            dry_run: self.dry_run.as_ref(),
+            known: &self.known,
         }
-        let fetch_err = |error| PollError::Fetch {
-            resource_type: rt.to_string(),
-            page: 1,
-            error,
-        };
-        let fetched = self.fetch(&url).await.map_err(fetch_err)?;
-        let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
-            resource_type: rt.to_string(),
-            page: 1,
-            error,
-        })?;
-        let told = self
-            .client
-            .note_response(&fetched.exchange, fetched.date, page.server_time)
-            .map_err(|error| PollError::Clock {
-                resource_type: rt.to_string(),
-                error,
-            })?;
-        if !told {
-            return Err(PollError::NoServerTime {
-                resource_type: rt.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    /// First poll of a target: fix where it starts.
-    pub(super) async fn initialize(&self, key: &TargetKey) -> Result<TargetState, PollError> {
-        let rt = key.resource_type.as_str();
-        let (watermark, floor) = match &self.source.start {
-            Start::Beginning => (None, None),
-            Start::At(t) => (Some(format_instant(*t)), Some(format_instant(*t))),
-            Start::Now => {
-                // A clock that is not believed fails the poll (on status); the
-                // next tick asks again, so a server that recovers starts then.
-                self.probe_server_time(key).await?;
-                let (start, settle) =
-                    self.client
-                        .start_mark()
-                        .ok_or_else(|| PollError::NoServerTime {
-                            resource_type: rt.to_string(),
-                        })?;
-                // The start is the latest the server's clock can read, so
-                // nothing written before it is emitted; once the server has
-                // surely passed it, everything written is.
-                let settle = settle.min(MAX_START_SETTLE);
-                self.beat.expect_within(settle + self.page_allowance());
-                tokio::time::sleep(settle).await;
-                let now = format_instant(start);
-                (Some(now.clone()), Some(now))
-            }
-        };
-        if self.dry_run.is_none() {
-            self.store
-                .init_target(&self.fence, key, watermark.clone(), floor.clone())
-                .await?;
-        }
-        Ok(TargetState {
-            initialized: true,
-            watermark,
-            floor,
-            reconciled_at_ms: None,
-        })
     }
 
     /// One poll of one resource type. Returns the number of changes found.
@@ -535,7 +425,7 @@ impl SourceTask {
     }
 
     /// One poll of a target with its strategy, then its reconciliation when
-    /// one is due (`reconcile.rs`).
+    /// one is due.
     async fn poll_pages(
         &self,
         key: &TargetKey,
@@ -545,7 +435,11 @@ impl SourceTask {
     ) -> Result<Polled, PollError> {
         let strategy = self.source.strategies.for_type(&key.resource_type);
         if strategy == strategy::Strategy::BulkExport {
-            return self.export_poll(key, cancel, stop, notes).await;
+            let export = Exporter {
+                fetcher: self.fetcher(),
+                committer: self.committer(),
+            };
+            return export.poll(key, cancel, stop, notes).await;
         }
         let walk = Walk::Poll(strategy);
         let mut polled = self.walk_pages(key, cancel, stop, notes, walk).await?;
@@ -555,6 +449,26 @@ impl SourceTask {
         }
         polled.changes += self.reconcile_if_due(key, cancel, stop, notes).await?;
         Ok(polled)
+    }
+
+    /// A `last-updated` target's reconciliation, when one is due: the
+    /// snapshot strategy says when (`full_walk::reconcile_due`) and what its
+    /// walk came to (`full_walk::reconciled`); the walk is this loop's.
+    /// Returns the changes it found.
+    async fn reconcile_if_due(
+        &self,
+        key: &TargetKey,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
+    ) -> Result<u64, PollError> {
+        let schedule = self.source.reconcile.as_ref();
+        let committer = self.committer();
+        if !full_walk::reconcile_due(&committer, schedule, key, cancel.is_cancelled()).await? {
+            return Ok(0);
+        }
+        let walked = (self.walk_pages(key, cancel, stop, notes, Walk::Reconcile)).await;
+        full_walk::reconciled(&committer, key, walked, notes).await
     }
 
     /// One walk of a target's pages: its strategy's poll, or a reconciliation.
@@ -598,10 +512,10 @@ impl SourceTask {
         loop {
             let queued = ahead.pop();
             walk.begin_page(queued.as_ref().map(|(u, _)| u));
-            self.beat.expect_within(self.page_allowance());
+            self.fetcher().expect_page();
             let fetched = match queued {
                 Some((_, f)) => Ok(f),
-                None => self.fetch(walk.url()).await,
+                None => self.fetcher().fetch(walk.url()).await,
             };
             let fetched = match fetched {
                 Ok(f) => f,
@@ -672,7 +586,12 @@ impl SourceTask {
         }
         if full && polled.complete {
             let facts = walk.facts(key.patient.is_some());
-            let end = self.end_of_walk(key, walked, facts, &routing, stop, notes);
+            let full_walk = FullWalk {
+                fetcher: self.fetcher(),
+                committer: self.committer(),
+                left_search: &self.left_search,
+            };
+            let end = full_walk.end(key, walked, facts, &routing, stop, notes);
             polled.complete = end.await?;
         }
         Ok(polled)
@@ -711,12 +630,9 @@ impl SourceTask {
         notes: &mut Notes,
         kind: Walk,
     ) -> Result<Option<(TargetState, PageWalk)>, PollError> {
-        let mut state = match self.known.get(&self.fence, key) {
-            Some(known) => known,
-            None => self.store.target_state(key).await?,
-        };
+        let mut state = self.committer().target_state(key).await?;
         if !state.initialized {
-            state = self.initialize(key).await?;
+            state = start::initialize(&self.fetcher(), &self.committer(), key).await?;
             if self.source.start == Start::Now {
                 return Ok(None);
             }
@@ -733,7 +649,7 @@ impl SourceTask {
         // pages, and an update moving a resource out of the set shows as a
         // smaller Bundle.total (see drift in `walk.rs`).
         if self.client.server_now().is_none() {
-            match self.probe_server_time(key).await {
+            match start::probe_server_time(&self.fetcher(), key).await {
                 Ok(_) => {}
                 // A server that never tells its time (or tells an absurd one)
                 // is polled without an upper bound (only the overlap protects
@@ -798,8 +714,8 @@ impl SourceTask {
     }
 
     /// Commits a page (or records it, on a dry run) unless it changes
-    /// nothing, keeps the target's state, and wakes the hooks it fed.
-    /// `counts`: the page's creates and deletes, for its event.
+    /// nothing, and keeps the target's state. `counts`: the page's creates
+    /// and deletes, for its event.
     async fn settle_page(
         &self,
         key: &TargetKey,
@@ -809,34 +725,25 @@ impl SourceTask {
         state: &mut TargetState,
         polled: &mut Polled,
     ) -> Result<(), PollError> {
-        let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
         polled.changes += commit.changes;
         // A page that changes nothing (empty, or only re-read versions
-        // already seen) needs no transaction: the usual poll of a quiet target.
+        // already seen) needs no transaction: the usual poll of a quiet
+        // target. It has no messages: no hook to wake.
         let empty =
             commit.changes == 0 && commit.watermark.is_none() && commit.filter_errors.is_empty();
         if empty {
             polled.rereads += commit.resources_read;
         } else {
             let moved = commit.watermark.clone();
-            match &self.dry_run {
-                Some(sink) => sink.record(commit),
-                None => {
-                    let (created, deleted) = counts;
-                    let committed =
-                        page::page_committed(&commit, &routing.routes, created, deleted);
-                    self.store.commit_page(&self.fence, commit).await?;
-                    committed.emit();
-                }
-            }
+            let (created, deleted) = counts;
+            (self.committer())
+                .commit(commit, &routing.routes, created, deleted)
+                .await?;
             if moved.is_some() {
                 state.watermark = moved;
             }
         }
         self.known.set(&self.fence, key, state.clone());
-        for hook in woken {
-            self.store.notify_due(&hook);
-        }
         Ok(())
     }
 }

@@ -16,14 +16,15 @@ use super::{self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Mani
 use crate::config::Start;
 use crate::fhir::bundle::EntryMode;
 use crate::route::Routing;
+use crate::source::commit::Committer;
 use crate::source::errors::{ExportError, PollError};
+use crate::source::fetch::Fetcher;
 use crate::source::notes::Notes;
-use crate::source::page::page_committed;
 use crate::source::page::{self, PageJob};
-use crate::source::poll::{Polled, SourceTask};
+use crate::source::poll::Polled;
+use crate::source::start;
 use crate::source::watermark::{horizon, judge};
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
-use crate::telemetry::Event;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ struct ExportWindow {
     limit: DateTime<Utc>,
 }
 
-/// The export a poll wants (see `SourceTask::current_job`).
+/// The export a poll wants (see `Exporter::current_job`).
 #[derive(Clone, Copy)]
 struct Wanted<'a> {
     types: &'a [String],
@@ -100,17 +101,25 @@ struct Run<'a> {
     repaired: Vec<String>,
 }
 
-impl SourceTask {
+/// A source's bulk export, run through its handles: requests within its
+/// budget, and writes under its fence (or a dry run's sink).
+pub(in crate::source) struct Exporter<'a> {
+    pub fetcher: Fetcher<'a>,
+    pub committer: Committer<'a>,
+}
+
+impl Exporter<'_> {
     /// A poll of a `bulk-export` target. The source's first bulk-export type
     /// runs the job for all of them; the others have nothing of their own to do.
-    pub(in crate::source) async fn export_poll(
+    pub(in crate::source) async fn poll(
         &self,
         key: &TargetKey,
         cancel: &CancellationToken,
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
     ) -> Result<Polled, PollError> {
-        let types = (self.source.strategies).bulk_export_types(&self.source.resources);
+        let types =
+            (self.fetcher.source.strategies).bulk_export_types(&self.fetcher.source.resources);
         if types.first() != Some(&key.resource_type) || key.patient.is_some() {
             return Ok(Polled::default());
         }
@@ -128,7 +137,7 @@ impl SourceTask {
             stop,
             notes,
             polled: Polled::default(),
-            routing: self.routing.borrow().clone(),
+            routing: self.fetcher.routing.borrow().clone(),
             window_start: since,
             detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             page_no: 0,
@@ -137,11 +146,11 @@ impl SourceTask {
         let mut kicked_off = false;
         // A dry run writes nothing: a saved job it gave up on stays saved.
         let mut saved_job_abandoned = false;
-        let request = bulk::kickoff_url(&self.source, &types, None).to_string();
-        let timeout = self.source.strategies.export_timeout;
+        let request = bulk::kickoff_url(self.fetcher.source, &types, None).to_string();
+        let timeout = self.fetcher.source.strategies.export_timeout;
         let (turn, interval) = (
             Instant::now(),
-            self.source.schedule.nominal_interval(Utc::now()),
+            self.fetcher.source.schedule.nominal_interval(Utc::now()),
         );
         loop {
             let wanted = Wanted {
@@ -164,7 +173,7 @@ impl SourceTask {
             // One status request per turn, no sooner than `Retry-After`: the
             // source's other types are polled meanwhile. A job past
             // `export_timeout` is asked once more, whatever the wait.
-            let due = self.known.export_status_due(&job.job_url);
+            let due = self.committer.known.export_status_due(&job.job_url);
             if !expired(&job) && due.is_some_and(|at| Instant::now() < at) {
                 return Ok(run.polled);
             }
@@ -195,12 +204,14 @@ impl SourceTask {
                     continue;
                 }
                 StatusCheck::Pending(wait) => {
-                    self.known
+                    self.committer
+                        .known
                         .set_export_status_due(&job.job_url, Instant::now() + wait);
                     return Ok(run.polled);
                 }
                 StatusCheck::Unusable(error, wait) => {
-                    self.known
+                    self.committer
+                        .known
                         .set_export_status_due(&job.job_url, Instant::now() + wait);
                     return Err(error);
                 }
@@ -242,11 +253,11 @@ impl SourceTask {
         abandoned: &mut bool,
         notes: &mut Notes,
     ) -> Result<(ExportJob, bool), PollError> {
-        let name = &self.source.name;
+        let name = &self.fetcher.source.name;
         loop {
             let saved = match *abandoned {
                 true => None,
-                false => self.store.export_job(name).await?,
+                false => self.committer.store.export_job(name).await?,
             };
             let Some(job) = saved else {
                 let job = (self.kick_off(wanted.types, wanted.since, wanted.request)).await?;
@@ -256,7 +267,7 @@ impl SourceTask {
                 None => return Ok((job, false)),
                 Some(Stale::OtherRequest) => {
                     self.cancel_job(&job.job_url).await;
-                    self.store.drop_export_job(name).await?;
+                    self.committer.store.drop_export_job(name).await?;
                     notes.warn(
                         "the saved bulk export job asked for other types, group or server than the config now does; it was cancelled and a new export started from the watermarks"
                             .to_string(),
@@ -283,7 +294,7 @@ impl SourceTask {
         types: &[String],
         notes: &mut Notes,
     ) -> Result<Option<ExportWindow>, PollError> {
-        let name = &self.source.name;
+        let name = &self.fetcher.source.name;
         // The window starts at the oldest of the types' watermarks.
         let mut since: Option<DateTime<Utc>> = None;
         let mut from_beginning = false;
@@ -291,12 +302,16 @@ impl SourceTask {
         let mut fresh = false;
         let mut repaired = Vec::new();
         self.learn_clock_if_ahead(key, types, notes).await?;
-        let limit = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
+        let limit = horizon(
+            self.fetcher.client.server_now(),
+            Utc::now(),
+            self.fetcher.source.overlap,
+        );
         for rt in types {
             let k = TargetKey::population(name, rt);
-            let mut state = self.store.target_state(&k).await?;
+            let mut state = self.committer.store.target_state(&k).await?;
             if !state.initialized {
-                state = self.initialize(&k).await?;
+                state = start::initialize(&self.fetcher, &self.committer, &k).await?;
                 fresh = true;
             }
             let parse = |s: &Option<String>| s.as_deref().and_then(crate::fhir::parse_instant);
@@ -318,11 +333,11 @@ impl SourceTask {
             }
             floor = type_floor.or(floor);
         }
-        if fresh && self.source.start == Start::Now {
+        if fresh && self.fetcher.source.start == Start::Now {
             return Ok(None);
         }
-        let overlap =
-            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
+        let overlap = chrono::Duration::from_std(self.fetcher.source.overlap)
+            .unwrap_or(chrono::Duration::MAX);
         let since = match from_beginning {
             true => floor,
             false => since.map(|w| {
@@ -351,11 +366,14 @@ impl SourceTask {
         run: &mut Run<'_>,
     ) -> Result<Option<StatusCheck>, PollError> {
         loop {
-            let checked = match check_status(&self.fetcher(), job, run.notes).await {
+            let checked = match check_status(&self.fetcher, job, run.notes).await {
                 Ok(checked) => checked,
                 Err(error) => {
-                    if self.dry_run.is_none() {
-                        self.store.drop_export_job(&self.source.name).await?;
+                    if self.committer.writes() {
+                        self.committer
+                            .store
+                            .drop_export_job(&self.fetcher.source.name)
+                            .await?;
                     }
                     return Err(error.into());
                 }
@@ -368,10 +386,12 @@ impl SourceTask {
                 // waits here, within `export_timeout`.
                 StatusCheck::Pending(wait)
                     if !expired(job)
-                        && (self.dry_run.is_some()
+                        && (!self.committer.writes()
                             || bulk::waits_in_turn(turn.elapsed(), wait, interval)) =>
                 {
-                    self.beat.expect_within(wait + self.page_allowance());
+                    self.fetcher
+                        .beat
+                        .expect_within(wait + self.fetcher.page_allowance());
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = run.cancel.cancelled() => return Ok(None),
@@ -386,11 +406,14 @@ impl SourceTask {
     /// looking at it) and says why. Returns whether the saved job is to be
     /// passed over from now on (a dry run's).
     async fn abandon_job(&self, notes: &mut Notes, why: String) -> Result<bool, PollError> {
-        if self.dry_run.is_none() {
-            self.store.drop_export_job(&self.source.name).await?;
+        if self.committer.writes() {
+            self.committer
+                .store
+                .drop_export_job(&self.fetcher.source.name)
+                .await?;
         }
         notes.warn(why);
-        Ok(self.dry_run.is_some())
+        Ok(!self.committer.writes())
     }
 
     /// Before judging the stored watermarks against the horizon with the
@@ -405,14 +428,14 @@ impl SourceTask {
         types: &[String],
         notes: &mut Notes,
     ) -> Result<(), PollError> {
-        if self.client.server_now().is_some() {
+        if self.fetcher.client.server_now().is_some() {
             return Ok(());
         }
-        let local = horizon(None, Utc::now(), self.source.overlap);
+        let local = horizon(None, Utc::now(), self.fetcher.source.overlap);
         let mut ahead = false;
         for rt in types {
-            let state = (self.store)
-                .target_state(&TargetKey::population(&self.source.name, rt))
+            let state = (self.committer.store)
+                .target_state(&TargetKey::population(&self.fetcher.source.name, rt))
                 .await?;
             let w = state
                 .watermark
@@ -420,7 +443,7 @@ impl SourceTask {
                 .and_then(crate::fhir::parse_instant);
             ahead |= w.is_some_and(|w| w > local);
         }
-        if ahead && let Err(e) = self.probe_server_time(key).await {
+        if ahead && let Err(e) = start::probe_server_time(&self.fetcher, key).await {
             notes.warn(format!(
                 "the server's clock could not be learnt ({e}); the stored watermarks are judged against ours"
             ));
@@ -436,11 +459,12 @@ impl SourceTask {
         since: Option<DateTime<Utc>>,
         request: &str,
     ) -> Result<ExportJob, PollError> {
-        let url = bulk::kickoff_url(&self.source, types, since);
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
+        let url = bulk::kickoff_url(self.fetcher.source, types, since);
+        self.fetcher
+            .limiter
+            .acquire(self.fetcher.source.max_requests_per_second)
             .await;
-        let resp = (self.client)
+        let resp = (self.fetcher.client)
             .send(Method::GET, &url, "respond-async")
             .await
             .map_err(ExportError::KickOff)?;
@@ -463,9 +487,9 @@ impl SourceTask {
             .ok_or(ExportError::NoJobUrl)?;
         // The status URL gets the source's credentials: on its origins only.
         let job_url =
-            bulk::file_url(&self.source, &url, job_url).ok_or(ExportError::ForeignJobUrl)?;
+            bulk::file_url(self.fetcher.source, &url, job_url).ok_or(ExportError::ForeignJobUrl)?;
         let since = since.map(crate::fhir::format_instant);
-        if self.dry_run.is_some() {
+        if !self.committer.writes() {
             return Ok(ExportJob {
                 job_url: job_url.to_string(),
                 since,
@@ -477,9 +501,8 @@ impl SourceTask {
                 manifest: None,
             });
         }
-        Ok(self
-            .store
-            .save_export_job(&self.source.name, job_url.as_str(), since, request)
+        Ok((self.committer.store)
+            .save_export_job(&self.fetcher.source.name, job_url.as_str(), since, request)
             .await?)
     }
 
@@ -493,7 +516,7 @@ impl SourceTask {
         manifest: Manifest,
         run: &mut Run<'_>,
     ) -> Result<JobEnd, PollError> {
-        let name = &self.source.name;
+        let name = &self.fetcher.source.name;
         let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
         let fingerprint = bulk::fingerprint(&manifest);
         let (mut files_done, mut lines_done) = (job.files_done, job.lines_done);
@@ -510,9 +533,9 @@ impl SourceTask {
             );
             (files_done, lines_done) = (0, 0);
         }
-        if self.dry_run.is_none() {
+        if self.committer.writes() {
             let tt = crate::fhir::format_instant(manifest.transaction_time);
-            (self.store)
+            (self.committer.store)
                 .note_export_manifest(name, &tt, &fingerprint, !holds)
                 .await?;
         }
@@ -527,7 +550,7 @@ impl SourceTask {
             if done < files_done || !types.contains(&file.resource_type) {
                 continue;
             }
-            let url = bulk::file_url(&self.source, &job_url, &file.url)
+            let url = bulk::file_url(self.fetcher.source, &job_url, &file.url)
                 .ok_or(ExportError::ForeignFile { file: index })?;
             let skip = if done == files_done {
                 lines_done.max(0) as u64
@@ -538,16 +561,22 @@ impl SourceTask {
             if !self.download(index, rt, &url, skip, run).await? {
                 return Ok(JobEnd::Stopped);
             }
-            if self.dry_run.is_none() {
-                self.store.export_file_done(name, done + 1).await?;
+            if self.committer.writes() {
+                self.committer
+                    .store
+                    .export_file_done(name, done + 1)
+                    .await?;
             }
         }
         // The export holds nothing written after its kick-off's horizon: a
         // `transactionTime` past the horizon now is not believed, and the
         // watermarks move only to the horizon as it was at the kick-off.
-        let (server_now, local_now) = (self.client.server_now(), Utc::now());
+        let (server_now, local_now) = (self.fetcher.client.server_now(), Utc::now());
         let told = manifest.transaction_time;
-        let judged = match judge(told, horizon(server_now, local_now, self.source.overlap)) {
+        let judged = match judge(
+            told,
+            horizon(server_now, local_now, self.fetcher.source.overlap),
+        ) {
             believed @ crate::source::watermark::OutsideTime::Believed(_) => believed,
             crate::source::watermark::OutsideTime::Beyond { .. } => {
                 let ago = chrono::Duration::milliseconds(
@@ -558,7 +587,7 @@ impl SourceTask {
                 let server_then = server_now.map(|t| t - ago);
                 judge(
                     told,
-                    horizon(server_then, local_now - ago, self.source.overlap),
+                    horizon(server_then, local_now - ago, self.fetcher.source.overlap),
                 )
             }
         };
@@ -566,13 +595,15 @@ impl SourceTask {
             run.notes.warn(w);
         }
         let tt = crate::fhir::format_instant(judged.watermark());
-        if self.dry_run.is_none() {
+        if self.committer.writes() {
             let repaired = run.repaired.clone();
-            (self.store)
-                .finish_export(&self.fence, name, types.to_vec(), &tt, repaired)
+            (self.committer.store)
+                .finish_export(self.committer.fence, name, types.to_vec(), &tt, repaired)
                 .await?;
             for rt in types {
-                self.known.forget(&TargetKey::population(name, rt));
+                self.committer
+                    .known
+                    .forget(&TargetKey::population(name, rt));
             }
         }
         self.cancel_job(job_url.as_str()).await;
@@ -583,14 +614,18 @@ impl SourceTask {
     /// files now. A failure leaves them to the server's own expiry: nothing
     /// of ours depends on it. Never off the source's origins.
     async fn cancel_job(&self, job_url: &str) {
-        let name = &self.source.name;
-        let Some(url) = Url::parse(job_url).ok().filter(|u| self.source.allows(u)) else {
+        let name = &self.fetcher.source.name;
+        let Some(url) = Url::parse(job_url)
+            .ok()
+            .filter(|u| self.fetcher.source.allows(u))
+        else {
             return;
         };
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
+        self.fetcher
+            .limiter
+            .acquire(self.fetcher.source.max_requests_per_second)
             .await;
-        match self.client.send(Method::DELETE, &url, "").await {
+        match self.fetcher.client.send(Method::DELETE, &url, "").await {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => {}
             Ok(r) => {
                 tracing::warn!(source = %name, status = r.status().as_u16(), "bulk export: DELETE of the job failed")
@@ -612,11 +647,12 @@ impl SourceTask {
         run: &mut Run<'_>,
     ) -> Result<bool, PollError> {
         let file_err = |error| ExportError::File { file: index, error };
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
+        self.fetcher
+            .limiter
+            .acquire(self.fetcher.source.max_requests_per_second)
             .await;
-        self.beat.expect_within(self.page_allowance());
-        let mut resp = (self.client)
+        self.fetcher.expect_page();
+        let mut resp = (self.fetcher.client)
             .send(Method::GET, url, "")
             .await
             .map_err(file_err)?;
@@ -636,13 +672,18 @@ impl SourceTask {
             ));
             return Err(file_err(error).into());
         }
-        let mut chunks = ChunkBuilder::new(self.source.page_size.max(1) as usize);
+        let mut chunks = ChunkBuilder::new(self.fetcher.source.page_size.max(1) as usize);
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut pending: Vec<Line> = Vec::new();
         let mut line_no: u64 = 0;
         loop {
-            self.beat.expect_within(self.page_allowance());
-            let piece = self.client.next_chunk(&mut resp).await.map_err(file_err)?;
+            self.fetcher.expect_page();
+            let piece = self
+                .fetcher
+                .client
+                .next_chunk(&mut resp)
+                .await
+                .map_err(file_err)?;
             let ended = piece.is_none();
             match piece {
                 Some(bytes) => splitter.push(&bytes, &mut pending),
@@ -700,19 +741,24 @@ impl SourceTask {
         }
         run.page_no += 1;
         let job = PageJob {
-            source: self.source.name.clone(),
-            owner_id: self.source.owner_id.clone(),
+            source: self.fetcher.source.name.clone(),
+            owner_id: self.fetcher.source.owner_id.clone(),
             resource_type: rt.to_string(),
             mode: EntryMode::Search,
             window_start: run.window_start,
             window_end: None,
             collect_ids: false,
-            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
+            horizon: horizon(
+                self.fetcher.client.server_now(),
+                Utc::now(),
+                self.fetcher.source.overlap,
+            ),
             routes: run.routing.routes.clone(),
             detected_at: run.detected_at.clone(),
             stop: run.stop.clone(),
         };
-        let page = page::process_blocking(self.store.clone(), job, body, run.page_no).await?;
+        let page =
+            page::process_blocking(self.committer.store.clone(), job, body, run.page_no).await?;
         if page.cancelled {
             return Ok(false);
         }
@@ -732,20 +778,10 @@ impl SourceTask {
         if commit.changes == 0 {
             run.polled.rereads += commit.resources_read;
         }
-        let woken: std::collections::HashSet<String> =
-            commit.messages.iter().map(|m| m.hook.clone()).collect();
-        match &self.dry_run {
-            Some(sink) => sink.record(commit),
-            None => {
-                let committed =
-                    page_committed(&commit, &run.routing.routes, page.created, page.deleted);
-                self.store.commit_page(&self.fence, commit).await?;
-                committed.emit();
-            }
-        }
-        for hook in woken {
-            self.store.notify_due(&hook);
-        }
+        let counts = (page.created, page.deleted);
+        (self.committer)
+            .commit(commit, &run.routing.routes, counts.0, counts.1)
+            .await?;
         Ok(true)
     }
 }
