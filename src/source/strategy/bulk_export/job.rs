@@ -86,6 +86,81 @@ fn stale(job: &ExportJob, request: &str, limit: DateTime<Utc>) -> Option<Stale> 
         .then_some(Stale::SinceAfterClock)
 }
 
+/// What a turn does with a job's status (`on_status`).
+enum OnStatus {
+    /// Read the job's files.
+    Read(Manifest),
+    /// Ask again after `wait`, in a later turn; the poll fails with `error`
+    /// meanwhile, if any.
+    Later {
+        wait: std::time::Duration,
+        error: Option<PollError>,
+    },
+    /// Forget the saved job (`DELETE` it first when `cancel`), say `why`,
+    /// and kick off a new export from the watermarks.
+    Restart {
+        cancel: bool,
+        why: String,
+    },
+    Fail(PollError),
+}
+
+/// What a status check means for this turn. `kicked_off`: the job was
+/// kicked off in this poll (a new one gone or expired is not started over
+/// again); `expired`: it is past `export_timeout` after its kick-off
+/// (asked only when the status gives no usable manifest: a manifest read
+/// earlier does not save a job whose status URL then fails for ever).
+fn on_status(
+    check: StatusCheck,
+    kicked_off: bool,
+    expired: bool,
+    timeout: std::time::Duration,
+) -> OnStatus {
+    match check {
+        StatusCheck::Ready(manifest) => OnStatus::Read(manifest),
+        StatusCheck::Gone if kicked_off => OnStatus::Fail(ExportError::GoneAgain.into()),
+        StatusCheck::Gone => OnStatus::Restart {
+            cancel: false,
+            why: "the bulk export job was gone (HTTP 404/410, expired); a new export started from the watermark"
+                .to_string(),
+        },
+        StatusCheck::Pending(_) | StatusCheck::Unusable(..) if !kicked_off && expired => {
+            OnStatus::Restart {
+                cancel: true,
+                why: format!(
+                    "the bulk export job had no usable manifest {} after its kick-off (export_timeout); it was cancelled (DELETE) and a new export started from the watermarks",
+                    humantime::format_duration(timeout)
+                ),
+            }
+        }
+        StatusCheck::Pending(wait) => OnStatus::Later { wait, error: None },
+        StatusCheck::Unusable(error, wait) => OnStatus::Later {
+            wait,
+            error: Some(error),
+        },
+    }
+}
+
+/// Why a saved job is started over after reading its files failed: its
+/// files expired at the server, and nothing more can be read from it. What
+/// it delivered stays delivered; a new export goes on from the watermarks
+/// (once per turn: not for a job kicked off in this poll).
+fn files_expired(error: &PollError, kicked_off: bool) -> Option<String> {
+    match error {
+        PollError::Export(ExportError::File {
+            file,
+            error:
+                crate::source::client::FetchError::Status {
+                    status: status @ (404 | 410),
+                    ..
+                },
+        }) if !kicked_off => Some(format!(
+            "bulk export output file {file} was gone (HTTP {status}, expired); a new export started from the watermarks"
+        )),
+        _ => None,
+    }
+}
+
 /// What one poll of the job carries along.
 struct Run<'a> {
     cancel: &'a CancellationToken,
@@ -99,6 +174,10 @@ struct Run<'a> {
     /// The types whose stored watermark was in the future: the export reads
     /// them from the start, and its end sets their watermark back.
     repaired: Vec<String>,
+    /// When this turn began, and the source's interval: a pending job is
+    /// waited for within the turn while that is short (`bulk::waits_in_turn`).
+    turn: Instant,
+    interval: std::time::Duration,
 }
 
 /// A source's bulk export, run through its handles: requests within its
@@ -142,16 +221,14 @@ impl Exporter<'_> {
             detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             page_no: 0,
             repaired,
+            turn: Instant::now(),
+            interval: self.fetcher.source.schedule.nominal_interval(Utc::now()),
         };
         let mut kicked_off = false;
         // A dry run writes nothing: a saved job it gave up on stays saved.
         let mut saved_job_abandoned = false;
         let request = bulk::kickoff_url(self.fetcher.source, &types, None).to_string();
         let timeout = self.fetcher.source.strategies.export_timeout;
-        let (turn, interval) = (
-            Instant::now(),
-            self.fetcher.source.schedule.nominal_interval(Utc::now()),
-        );
         loop {
             let wanted = Wanted {
                 types: &types,
@@ -159,62 +236,27 @@ impl Exporter<'_> {
                 request: &request,
                 limit,
             };
-            let (job, new) =
-                (self.current_job(wanted, &mut saved_job_abandoned, run.notes)).await?;
+            let turn = self.job_status(wanted, &mut saved_job_abandoned, &mut run);
+            let Some((job, check, new)) = turn.await? else {
+                return Ok(run.polled);
+            };
             kicked_off |= new;
-            // A resumed job's window is its own.
-            run.window_start = job.since.as_deref().and_then(crate::fhir::parse_instant);
-            // Asked only when the status gives no usable manifest (see
-            // `job_expired`): a manifest read earlier does not save a job
-            // whose status URL then fails for ever.
-            let expired = |job: &ExportJob| {
-                bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout)
-            };
-            // One status request per turn, no sooner than `Retry-After`: the
-            // source's other types are polled meanwhile. A job past
-            // `export_timeout` is asked once more, whatever the wait.
-            let due = self.committer.known.export_status_due(&job.job_url);
-            if !expired(&job) && due.is_some_and(|at| Instant::now() < at) {
-                return Ok(run.polled);
-            }
-            let Some(check) = self
-                .await_status(&job, expired, turn, interval, &mut run)
-                .await?
-            else {
-                return Ok(run.polled);
-            };
-            let manifest = match check {
-                StatusCheck::Ready(manifest) => manifest,
-                StatusCheck::Gone if kicked_off => return Err(ExportError::GoneAgain.into()),
-                StatusCheck::Gone => {
-                    saved_job_abandoned = self.abandon_job(run.notes,
-                        "the bulk export job was gone (HTTP 404/410, expired); a new export started from the watermark"
-                            .to_string(),
-                    ).await?;
+            let expired = bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout);
+            let manifest = match on_status(check, kicked_off, expired, timeout) {
+                OnStatus::Read(manifest) => manifest,
+                OnStatus::Later { wait, error } => {
+                    (self.committer.known)
+                        .set_export_status_due(&job.job_url, Instant::now() + wait);
+                    return error.map_or(Ok(run.polled), Err);
+                }
+                OnStatus::Restart { cancel, why } => {
+                    if cancel {
+                        self.cancel_job(&job.job_url).await;
+                    }
+                    saved_job_abandoned = self.abandon_job(run.notes, why).await?;
                     continue;
                 }
-                StatusCheck::Pending(_) | StatusCheck::Unusable(..)
-                    if !kicked_off && expired(&job) =>
-                {
-                    self.cancel_job(&job.job_url).await;
-                    saved_job_abandoned = self.abandon_job(run.notes, format!(
-                        "the bulk export job had no usable manifest {} after its kick-off (export_timeout); it was cancelled (DELETE) and a new export started from the watermarks",
-                        humantime::format_duration(timeout)
-                    )).await?;
-                    continue;
-                }
-                StatusCheck::Pending(wait) => {
-                    self.committer
-                        .known
-                        .set_export_status_due(&job.job_url, Instant::now() + wait);
-                    return Ok(run.polled);
-                }
-                StatusCheck::Unusable(error, wait) => {
-                    self.committer
-                        .known
-                        .set_export_status_due(&job.job_url, Instant::now() + wait);
-                    return Err(error);
-                }
+                OnStatus::Fail(error) => return Err(error),
             };
             return match self.run_job(&types, &job, manifest, &mut run).await {
                 Ok(JobEnd::Done) => {
@@ -222,26 +264,44 @@ impl Exporter<'_> {
                     Ok(run.polled)
                 }
                 Ok(JobEnd::Stopped) => Ok(run.polled),
-                // The job's files expired at the server: nothing more can be
-                // read from it. What it delivered stays delivered; a new
-                // export goes on from the watermarks (once per turn).
-                Err(PollError::Export(ExportError::File {
-                    file,
-                    error:
-                        crate::source::client::FetchError::Status {
-                            status: status @ (404 | 410),
-                            ..
-                        },
-                })) if !kicked_off => {
-                    self.cancel_job(&job.job_url).await;
-                    saved_job_abandoned = self.abandon_job(run.notes, format!(
-                        "bulk export output file {file} was gone (HTTP {status}, expired); a new export started from the watermarks"
-                    )).await?;
-                    continue;
-                }
-                Err(e) => Err(e),
+                Err(e) => match files_expired(&e, kicked_off) {
+                    Some(why) => {
+                        self.cancel_job(&job.job_url).await;
+                        saved_job_abandoned = self.abandon_job(run.notes, why).await?;
+                        continue;
+                    }
+                    None => Err(e),
+                },
             };
         }
+    }
+
+    /// This turn's job and its status, and whether it was just kicked off;
+    /// `None` when its status is not due yet (one status request per turn,
+    /// no sooner than `Retry-After`: the source's other types are polled
+    /// meanwhile) or on shutdown. A job past `export_timeout` is asked once
+    /// more, whatever the wait.
+    async fn job_status(
+        &self,
+        wanted: Wanted<'_>,
+        abandoned: &mut bool,
+        run: &mut Run<'_>,
+    ) -> Result<Option<(ExportJob, StatusCheck, bool)>, PollError> {
+        let (job, new) = (self.current_job(wanted, abandoned, run.notes)).await?;
+        // A resumed job's window is its own.
+        run.window_start = job.since.as_deref().and_then(crate::fhir::parse_instant);
+        // Asked only when the status gives no usable manifest (see
+        // `job_expired`): a manifest read earlier does not save a job
+        // whose status URL then fails for ever.
+        let timeout = self.fetcher.source.strategies.export_timeout;
+        let expired =
+            |job: &ExportJob| bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout);
+        let due = self.committer.known.export_status_due(&job.job_url);
+        if !expired(&job) && due.is_some_and(|at| Instant::now() < at) {
+            return Ok(None);
+        }
+        let check = self.await_status(&job, expired, run).await?;
+        Ok(check.map(|check| (job, check, new)))
     }
 
     /// The job to poll, and whether it was just kicked off: the saved one,
@@ -361,8 +421,6 @@ impl Exporter<'_> {
         &self,
         job: &ExportJob,
         expired: impl Fn(&ExportJob) -> bool,
-        turn: Instant,
-        interval: std::time::Duration,
         run: &mut Run<'_>,
     ) -> Result<Option<StatusCheck>, PollError> {
         loop {
@@ -387,7 +445,7 @@ impl Exporter<'_> {
                 StatusCheck::Pending(wait)
                     if !expired(job)
                         && (!self.committer.writes()
-                            || bulk::waits_in_turn(turn.elapsed(), wait, interval)) =>
+                            || bulk::waits_in_turn(run.turn.elapsed(), wait, run.interval)) =>
                 {
                     self.fetcher
                         .beat
