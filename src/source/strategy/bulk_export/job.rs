@@ -23,7 +23,7 @@ use crate::source::notes::Notes;
 use crate::source::page::{self, PageJob};
 use crate::source::poll::Polled;
 use crate::source::start;
-use crate::source::watermark::{horizon, judge};
+use crate::source::watermark::{OutsideTime, horizon, judge};
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
 use chrono::{DateTime, Utc};
 use reqwest::Method;
@@ -158,6 +158,48 @@ fn files_expired(error: &PollError, kicked_off: bool) -> Option<String> {
             "bulk export output file {file} was gone (HTTP {status}, expired); a new export started from the watermarks"
         )),
         _ => None,
+    }
+}
+
+/// Where reading a job's files resumes: the files and lines its progress
+/// counted, if its manifest is the one they were counted on (`fingerprint`),
+/// else from the first (noted). The last: whether the progress holds.
+fn resume_at(job: &ExportJob, fingerprint: &str, notes: &mut Notes) -> (i64, i64, bool) {
+    let (files_done, lines_done) = (job.files_done, job.lines_done);
+    let holds = bulk::progress_holds(job.manifest.as_deref(), fingerprint, files_done, lines_done);
+    if holds {
+        return (files_done, lines_done, true);
+    }
+    notes.warn(
+        "the bulk export job's manifest is not the one its progress was counted on; its files are read again from the first"
+            .to_string(),
+    );
+    (0, 0, false)
+}
+
+/// Where a finished export moves the watermarks: its `transactionTime`,
+/// judged against the horizon. The export holds nothing written after its
+/// kick-off's horizon: a `transactionTime` past the horizon now is not
+/// believed, and the watermarks move only to the horizon as it was at the
+/// kick-off.
+fn export_watermark(
+    told: DateTime<Utc>,
+    job: &ExportJob,
+    server_now: Option<DateTime<Utc>>,
+    overlap: std::time::Duration,
+) -> OutsideTime {
+    let local_now = Utc::now();
+    match judge(told, horizon(server_now, local_now, overlap)) {
+        believed @ OutsideTime::Believed(_) => believed,
+        OutsideTime::Beyond { .. } => {
+            let ago = chrono::Duration::milliseconds(
+                crate::state::now_ms()
+                    .saturating_sub(job.kicked_off_at)
+                    .max(0),
+            );
+            let server_then = server_now.map(|t| t - ago);
+            judge(told, horizon(server_then, local_now - ago, overlap))
+        }
     }
 }
 
@@ -577,20 +619,7 @@ impl Exporter<'_> {
         let name = &self.fetcher.source.name;
         let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
         let fingerprint = bulk::fingerprint(&manifest);
-        let (mut files_done, mut lines_done) = (job.files_done, job.lines_done);
-        let holds = bulk::progress_holds(
-            job.manifest.as_deref(),
-            &fingerprint,
-            files_done,
-            lines_done,
-        );
-        if !holds {
-            run.notes.warn(
-                "the bulk export job's manifest is not the one its progress was counted on; its files are read again from the first"
-                    .to_string(),
-            );
-            (files_done, lines_done) = (0, 0);
-        }
+        let (files_done, lines_done, holds) = resume_at(job, &fingerprint, run.notes);
         if self.committer.writes() {
             let tt = crate::fhir::format_instant(manifest.transaction_time);
             (self.committer.store)
@@ -626,33 +655,31 @@ impl Exporter<'_> {
                     .await?;
             }
         }
-        // The export holds nothing written after its kick-off's horizon: a
-        // `transactionTime` past the horizon now is not believed, and the
-        // watermarks move only to the horizon as it was at the kick-off.
-        let (server_now, local_now) = (self.fetcher.client.server_now(), Utc::now());
-        let told = manifest.transaction_time;
-        let judged = match judge(
-            told,
-            horizon(server_now, local_now, self.fetcher.source.overlap),
-        ) {
-            believed @ crate::source::watermark::OutsideTime::Believed(_) => believed,
-            crate::source::watermark::OutsideTime::Beyond { .. } => {
-                let ago = chrono::Duration::milliseconds(
-                    crate::state::now_ms()
-                        .saturating_sub(job.kicked_off_at)
-                        .max(0),
-                );
-                let server_then = server_now.map(|t| t - ago);
-                judge(
-                    told,
-                    horizon(server_then, local_now - ago, self.fetcher.source.overlap),
-                )
-            }
-        };
+        let (server_now, overlap) = (
+            self.fetcher.client.server_now(),
+            self.fetcher.source.overlap,
+        );
+        let judged = export_watermark(manifest.transaction_time, job, server_now, overlap);
         if let Some(w) = judged.warning("the bulk export's transactionTime") {
             run.notes.warn(w);
         }
-        let tt = crate::fhir::format_instant(judged.watermark());
+        self.finish(types, &job_url, judged.watermark(), run)
+            .await?;
+        Ok(JobEnd::Done)
+    }
+
+    /// The end of a job read to the end: every exported type's watermark
+    /// moves to `watermark` (the `repaired` ones too, back from the future),
+    /// their states are read afresh, and the job is deleted.
+    async fn finish(
+        &self,
+        types: &[String],
+        job_url: &Url,
+        watermark: DateTime<Utc>,
+        run: &Run<'_>,
+    ) -> Result<(), PollError> {
+        let name = &self.fetcher.source.name;
+        let tt = crate::fhir::format_instant(watermark);
         if self.committer.writes() {
             let repaired = run.repaired.clone();
             (self.committer.store)
@@ -665,7 +692,7 @@ impl Exporter<'_> {
             }
         }
         self.cancel_job(job_url.as_str()).await;
-        Ok(JobEnd::Done)
+        Ok(())
     }
 
     /// `DELETE` of a job, finished or abandoned: the server may drop its
