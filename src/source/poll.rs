@@ -9,7 +9,7 @@ use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
 use super::start;
 use super::strategy::bulk_export::Exporter;
-use super::strategy::history::read_ahead::read_ahead;
+use super::strategy::history::read_ahead::{ReadAhead, pages_ahead};
 use super::strategy::snapshot::WalkedIds;
 use super::strategy::snapshot::full_walk::{self, FullWalk};
 use super::strategy::{self, Walk};
@@ -499,32 +499,13 @@ impl SourceTask {
         let mut walked = WalkedIds::default();
         let window_end = walk.window_end();
         let mut polled = Polled::default();
-        let mut ahead = match polling {
-            strategy::Strategy::History => {
-                let (ahead, cut) = read_ahead(&self.fetcher(), walk.url(), rt, cancel).await;
-                if let Some(note) = cut {
-                    notes.warn(format!("{rt}: {note}"));
-                }
-                ahead
-            }
-            _ => Default::default(),
-        };
+        let fetcher = self.fetcher();
+        let mut ahead = pages_ahead(polling, &fetcher, walk.url(), rt, cancel, notes).await;
         loop {
-            let queued = ahead.pop();
-            walk.begin_page(queued.as_ref().map(|(u, _)| u));
-            self.fetcher().expect_page();
-            let fetched = match queued {
-                Some((_, f)) => Ok(f),
-                None => self.fetcher().fetch(walk.url()).await,
-            };
-            let fetched = match fetched {
+            let fetched = match next_page(&fetcher, &mut walk, &mut ahead).await {
                 Ok(f) => f,
                 Err(error) => match walk.fetch_failed(error, notes, first_url) {
-                    Step::Yield => {
-                        self.known.paused().keep(key, walk);
-                        polled.yielded = true;
-                        return Ok(polled);
-                    }
+                    Step::Yield => return Ok(self.keep_for_next_turn(key, walk, polled)),
                     Step::Fail(e) => return Err(e),
                     // A new search (its first page), or as `fetch_failed` never answers.
                     Step::Restart | Step::Fetch | Step::Done { .. } => continue,
@@ -545,18 +526,7 @@ impl SourceTask {
             walked.extend(&page.ids);
             walked.note_unreadable(page.skipped.len());
             self.note_page(&page, (&exchange, date), page_no, rt, notes);
-            let next = match ahead.reversed {
-                // Read ahead and checked: the next is the page queued after.
-                true => ahead.successor().map(Ok),
-                false => next_link(&self.source, walk.url(), page.next.as_deref(), rt, page_no),
-            };
-            let read = PageRead {
-                total: page.total,
-                bad_total: page.bad_total,
-                instants: &page.instants,
-                next,
-            };
-            let after = walk.page_read(read, notes);
+            let after = walk.page_read(self.page_read(&page, &walk, &ahead, page_no), notes);
             if after.drift_began {
                 tracing::debug!(source = %self.source.name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
             }
@@ -568,11 +538,7 @@ impl SourceTask {
                 .await?;
             match after.then {
                 Step::Fetch | Step::Restart => {}
-                Step::Yield => {
-                    self.known.paused().keep(key, walk);
-                    polled.yielded = true;
-                    return Ok(polled);
-                }
+                Step::Yield => return Ok(self.keep_for_next_turn(key, walk, polled)),
                 Step::Done { complete } => {
                     polled.complete = complete;
                     break;
@@ -586,15 +552,51 @@ impl SourceTask {
         }
         if full && polled.complete {
             let facts = walk.facts(key.patient.is_some());
-            let full_walk = FullWalk {
-                fetcher: self.fetcher(),
-                committer: self.committer(),
-                left_search: &self.left_search,
-            };
-            let end = full_walk.end(key, walked, facts, &routing, stop, notes);
-            polled.complete = end.await?;
+            let end = self.full_walk();
+            polled.complete = (end.end(key, walked, facts, &routing, stop, notes)).await?;
         }
         Ok(polled)
+    }
+
+    /// A walk that yields after its slice keeps its place (`walk.rs`): its
+    /// next turn goes on from there.
+    fn keep_for_next_turn(&self, key: &TargetKey, walk: PageWalk, mut polled: Polled) -> Polled {
+        self.known.paused().keep(key, walk);
+        polled.yielded = true;
+        polled
+    }
+
+    /// What the walk is told of a page the pipeline read: its total, its
+    /// entries' times, and the page after it (the next one read ahead, or
+    /// its `next` link, checked).
+    fn page_read<'p>(
+        &self,
+        page: &'p page::PageOutcome,
+        walk: &PageWalk,
+        ahead: &ReadAhead,
+        page_no: usize,
+    ) -> PageRead<'p> {
+        let rt = walk.resource_type();
+        let next = match ahead.reversed {
+            // Read ahead and checked: the next is the page queued after.
+            true => ahead.successor().map(Ok),
+            false => next_link(&self.source, walk.url(), page.next.as_deref(), rt, page_no),
+        };
+        PageRead {
+            total: page.total,
+            bad_total: page.bad_total,
+            instants: &page.instants,
+            next,
+        }
+    }
+
+    /// What the end of a full walk goes through (`full_walk::FullWalk`).
+    fn full_walk(&self) -> FullWalk<'_> {
+        FullWalk {
+            fetcher: self.fetcher(),
+            committer: self.committer(),
+            left_search: &self.left_search,
+        }
     }
 
     /// What the page pipeline needs to know of the walk's next page.
@@ -745,6 +747,22 @@ impl SourceTask {
         }
         self.known.set(&self.fence, key, state.clone());
         Ok(())
+    }
+}
+
+/// The walk's next page: the next one read ahead, else fetched (the
+/// watchdog told either way).
+async fn next_page(
+    fetcher: &Fetcher<'_>,
+    walk: &mut PageWalk,
+    ahead: &mut ReadAhead,
+) -> Result<super::client::Fetched, super::client::FetchError> {
+    let queued = ahead.pop();
+    walk.begin_page(queued.as_ref().map(|(u, _)| u));
+    fetcher.expect_page();
+    match queued {
+        Some((_, f)) => Ok(f),
+        None => fetcher.fetch(walk.url()).await,
     }
 }
 
