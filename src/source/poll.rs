@@ -84,6 +84,23 @@ pub struct SourceTask {
     pub left_search: super::strategy::snapshot::confirm::LeftSearch,
 }
 
+/// What a source's loop carries from one tick to the next.
+#[derive(Default)]
+struct Carried {
+    /// A fan-out source's roster.
+    roster: super::fanout::RosterState,
+    /// The capability statement's warnings, each shown with its type's
+    /// first poll outcome.
+    capability: HashMap<String, String>,
+    /// Where the next tick's turn starts: the first target the last one
+    /// did not reach (a server's Retry-After, a shutdown).
+    cursor: Option<TargetKey>,
+    /// The turns so far of polls that yielded after a slice.
+    sliced: HashMap<TargetKey, TurnsSoFar>,
+    /// Outcomes not yet written.
+    outcomes: Vec<PollOutcome>,
+}
+
 /// What one poll found: changes committed, and resources re-read without a
 /// commit (already-seen versions inside the overlap).
 #[derive(Debug, Default, Clone, Copy)]
@@ -109,87 +126,37 @@ impl SourceTask {
             _ = cancel.cancelled() => return,
         }
         let stop = stop_flag(&cancel);
-        let mut outcomes = Vec::with_capacity(self.source.resources.len());
         // Shown with each type's first poll outcome (and logged once). The
         // statement request goes through `fetch` like every other: within
         // the budget, and a 429/503 with Retry-After pauses the source.
         self.fetcher().expect_page();
-        let mut capability = super::capability::last_updated_warnings(&self.fetcher()).await;
+        let capability = super::capability::last_updated_warnings(&self.fetcher()).await;
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
         }
-        let mut roster = super::fanout::RosterState::default();
-        // Where the next tick's turn starts: the first target the last one
-        // did not reach (a server's Retry-After, a shutdown).
-        let mut cursor: Option<TargetKey> = None;
-        // The turns so far of polls that yielded after a slice.
-        let mut sliced: HashMap<TargetKey, TurnsSoFar> = HashMap::new();
+        let mut carried = Carried {
+            capability,
+            outcomes: Vec::with_capacity(self.source.resources.len()),
+            ..Default::default()
+        };
         loop {
             let tick_started = std::time::Instant::now();
             // A server that answered 429/503 with Retry-After is left alone
             // until then: the whole source, every request (`rate.rs`).
-            self.refresh_roster(&mut roster, &mut outcomes).await;
-            let targets = roster.targets(&self.source);
-            self.drop_unpolled(&targets, &mut sliced, &mut outcomes);
-            let mut turn: VecDeque<TargetKey> =
-                super::fanout::in_turn(targets, cursor.as_ref()).into();
-            cursor = None;
-            // The queue holds this tick's first turns, then the walks that
-            // yielded after a slice. Once every target had its turn, the next
-            // tick's time is fixed; the yielded walks go on until then, and
-            // what is left of them waits for its turn in the next tick, after
-            // the targets before it: a backlog delays another target's poll
-            // by about one slice, not by the rest of its chain.
-            let mut first_turns = turn.len();
-            let mut next_tick: Option<std::time::Instant> = None;
-            loop {
-                if first_turns == 0 && next_tick.is_none() {
-                    next_tick = Some(std::time::Instant::now() + self.wait_after(tick_started));
-                }
-                if next_tick.is_some_and(|t| std::time::Instant::now() >= t) {
-                    break;
-                }
-                let Some(key) = turn.pop_front() else { break };
-                first_turns = first_turns.saturating_sub(1);
-                if cancel.is_cancelled() || self.limiter.is_paused() {
-                    cursor = Some(key);
-                    break;
-                }
-                let rt = &key.resource_type;
-                let mut sofar = sliced.remove(&key).unwrap_or_default();
-                let notes = &mut sofar.notes;
-                if let Some(w) = capability.remove(rt) {
-                    notes.warn(w);
-                }
-                if let Some(w) = roster.take_note() {
-                    notes.warn(w);
-                }
-                let started = std::time::Instant::now();
-                let outcome = self.poll_counted(&key, &cancel, &stop, notes).await;
-                sofar.took += started.elapsed();
-                if let Ok(p) = &outcome {
-                    sofar.changes += p.changes;
-                    sofar.rereads += p.rereads;
-                    if p.yielded {
-                        // A long chain: its next slice after the other targets'
-                        // turns (it stops at `max_pages_per_poll` pages in all).
-                        turn.push_back(key.clone());
-                        sliced.insert(key, sofar);
-                        continue;
-                    }
-                }
-                outcomes.push(self.poll_ended(&key, outcome, sofar));
-                // Thousands of per-patient targets: their outcomes go in
-                // batches rather than all at the end of a long round.
-                if outcomes.len() >= OUTCOME_BATCH {
-                    self.record_outcomes(std::mem::take(&mut outcomes)).await;
-                }
-            }
+            self.refresh_roster(&mut carried.roster, &mut carried.outcomes)
+                .await;
+            let targets = carried.roster.targets(&self.source);
+            self.drop_unpolled(&targets, &mut carried.sliced, &mut carried.outcomes);
+            let next_tick =
+                (self.take_turns(targets, &mut carried, tick_started, &cancel, &stop)).await;
+            let Carried {
+                sliced, outcomes, ..
+            } = &mut carried;
             if cancel.is_cancelled() {
                 outcomes.extend(sliced.drain().map(|(k, s)| self.abandoned(k, s)));
             }
             // One write for the whole tick's outcomes at most, not one per target.
-            self.record_outcomes(std::mem::take(&mut outcomes)).await;
+            self.record_outcomes(std::mem::take(outcomes)).await;
             let wait = match next_tick {
                 Some(t) => t.saturating_duration_since(std::time::Instant::now()),
                 None => self.wait_after(tick_started),
@@ -206,6 +173,72 @@ impl SourceTask {
                 }
             }
         }
+    }
+
+    /// One tick's turns: every target's poll in turn (from `carried.cursor`),
+    /// then the walks that yielded after a slice. Once every target had its
+    /// turn, the next tick's time is fixed (returned); the yielded walks go
+    /// on until then, and what is left of them waits for its turn in the
+    /// next tick, after the targets before it: a backlog delays another
+    /// target's poll by about one slice, not by the rest of its chain.
+    async fn take_turns(
+        &self,
+        targets: Vec<TargetKey>,
+        carried: &mut Carried,
+        tick_started: std::time::Instant,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+    ) -> Option<std::time::Instant> {
+        let mut turn: VecDeque<TargetKey> =
+            super::fanout::in_turn(targets, carried.cursor.as_ref()).into();
+        carried.cursor = None;
+        let mut first_turns = turn.len();
+        let mut next_tick: Option<std::time::Instant> = None;
+        loop {
+            if first_turns == 0 && next_tick.is_none() {
+                next_tick = Some(std::time::Instant::now() + self.wait_after(tick_started));
+            }
+            if next_tick.is_some_and(|t| std::time::Instant::now() >= t) {
+                break;
+            }
+            let Some(key) = turn.pop_front() else { break };
+            first_turns = first_turns.saturating_sub(1);
+            if cancel.is_cancelled() || self.limiter.is_paused() {
+                carried.cursor = Some(key);
+                break;
+            }
+            let rt = &key.resource_type;
+            let mut sofar = carried.sliced.remove(&key).unwrap_or_default();
+            let notes = &mut sofar.notes;
+            if let Some(w) = carried.capability.remove(rt) {
+                notes.warn(w);
+            }
+            if let Some(w) = carried.roster.take_note() {
+                notes.warn(w);
+            }
+            let started = std::time::Instant::now();
+            let outcome = self.poll_counted(&key, cancel, stop, notes).await;
+            sofar.took += started.elapsed();
+            if let Ok(p) = &outcome {
+                sofar.changes += p.changes;
+                sofar.rereads += p.rereads;
+                if p.yielded {
+                    // A long chain: its next slice after the other targets'
+                    // turns (it stops at `max_pages_per_poll` pages in all).
+                    turn.push_back(key.clone());
+                    carried.sliced.insert(key, sofar);
+                    continue;
+                }
+            }
+            carried.outcomes.push(self.poll_ended(&key, outcome, sofar));
+            // Thousands of per-patient targets: their outcomes go in
+            // batches rather than all at the end of a long round.
+            if carried.outcomes.len() >= OUTCOME_BATCH {
+                self.record_outcomes(std::mem::take(&mut carried.outcomes))
+                    .await;
+            }
+        }
+        next_tick
     }
 
     /// Patients forgotten by the roster (gone longer than `roster_grace`):
