@@ -1,7 +1,8 @@
 //! What a source's requests go through: its client within its request
 //! budget, after any pause a server asked for, with the watchdog told how
 //! long each page may take. The roster, the fan-out, the capability probe
-//! and the strategies' helpers take a `Fetcher`, not the whole task.
+//! and the strategies' helpers take a `Fetcher`, not the whole task (and,
+//! to write, a `Committer`: `commit.rs`).
 
 use super::client::{FetchError, Fetched, FhirClient};
 use super::errors::PollError;

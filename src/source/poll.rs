@@ -1,4 +1,10 @@
-//! The poll loop of one source: search, follow `next`, diff, route, commit per page.
+//! The poll loop of one source: its ticks and each target's turn in them
+//! (`run`, `take_turns`), and the execution of a walk (`walk_pages`: fetch,
+//! process, commit per page, as the `PageWalk` of `walk.rs` decides). The
+//! strategies' own helpers (a history read-ahead, a full walk's end and
+//! reconciliation, the bulk export job) are handed the task's request
+//! handle (`fetcher`, see `fetch.rs`) and write handle (`committer`, see
+//! `commit.rs`), never the task.
 
 use super::client::FhirClient;
 use super::commit::{Committer, DryRun};
@@ -485,7 +491,7 @@ impl SourceTask {
     }
 
     /// A `last-updated` target's reconciliation, when one is due: the
-    /// snapshot strategy says when (`full_walk::reconcile_due`) and what its
+    /// snapshot strategy says when (`full_walk::reconcile_now`) and what its
     /// walk came to (`full_walk::reconciled`); the walk is this loop's.
     /// Returns the changes it found.
     async fn reconcile_if_due(
@@ -497,7 +503,7 @@ impl SourceTask {
     ) -> Result<u64, PollError> {
         let schedule = self.source.reconcile.as_ref();
         let committer = self.committer();
-        if !full_walk::reconcile_due(&committer, schedule, key, cancel.is_cancelled()).await? {
+        if !full_walk::reconcile_now(&committer, schedule, key, cancel.is_cancelled()).await? {
             return Ok(0);
         }
         let walked = (self.walk_pages(key, cancel, stop, notes, Walk::Reconcile)).await;

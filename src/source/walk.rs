@@ -15,7 +15,7 @@
 //! the watermark back) that made each turn cost the overlap for one page of
 //! progress, so a quiet backlog took minutes and a busy one never ended.
 //!
-//! The turns themselves are dealt in `SourceTask::run`: every target has its
+//! The turns themselves are dealt in `SourceTask::take_turns`: every target has its
 //! turn in a tick, then the yielded walks go on until the next tick is due and
 //! wait for their turn in it. A walk whose link expired reads on to its end
 //! (`after_page`); a 429/503 with `Retry-After` keeps its position once per

@@ -1,6 +1,6 @@
 //! One status request of a `bulk-export` job, and what it found: the
 //! manifest (usable or not), a wait, or a job the server forgot. Its
-//! caller (`export_job.rs`) decides what the source's turn does with it.
+//! caller (`job.rs`, `Exporter`) decides what the source's turn does with it.
 
 use super::{MAX_MANIFEST_BYTES, Manifest};
 use crate::source::errors::{ExportError, PollError};

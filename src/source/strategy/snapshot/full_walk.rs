@@ -3,7 +3,7 @@
 //! (judged in `snapshot::judge_walk`, each confirmed by a read, see
 //! `confirm`), and when a reconciliation is due and what it came to. The
 //! walk itself is the loop's (`SourceTask::walk_pages`): the loop asks
-//! `reconcile_due`, walks, and hands the walk to `reconciled`.
+//! `reconcile_now`, walks, and hands the walk to `reconciled`.
 
 use super::confirm::{self, Confirmed, LeftSearch};
 use super::{Gone, Verdict, WalkFacts, WalkedIds};
@@ -116,7 +116,7 @@ impl FullWalk<'_> {
 /// `reconcile` schedule ticked since the last one (or since the poller
 /// started, for a target never reconciled). When it is, the next one waits
 /// for the schedule's next tick whatever this one's outcome.
-pub(in crate::source) async fn reconcile_due(
+pub(in crate::source) async fn reconcile_now(
     committer: &Committer<'_>,
     schedule: Option<&Schedule>,
     key: &TargetKey,
