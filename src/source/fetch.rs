@@ -36,9 +36,7 @@ impl Fetcher<'_> {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             self.beat.expect_within(left + self.page_allowance());
         }
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
+        self.acquire().await;
         let fetched = self.client.get(url).await;
         if let Err(FetchError::Status {
             status,
@@ -49,6 +47,15 @@ impl Fetcher<'_> {
             self.limiter.pause(d);
         }
         fetched
+    }
+
+    /// Waits until a request may go: after any pause, within the source's
+    /// budget. `fetch` does; a request sent otherwise (a bulk export's)
+    /// waits here first.
+    pub async fn acquire(&self) {
+        (self.limiter)
+            .acquire(self.source.max_requests_per_second)
+            .await;
     }
 
     /// How long one page may take: the request (and a token request before

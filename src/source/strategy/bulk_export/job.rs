@@ -560,10 +560,7 @@ impl Exporter<'_> {
         request: &str,
     ) -> Result<ExportJob, PollError> {
         let url = bulk::kickoff_url(self.fetcher.source, types, since);
-        self.fetcher
-            .limiter
-            .acquire(self.fetcher.source.max_requests_per_second)
-            .await;
+        self.fetcher.acquire().await;
         let resp = (self.fetcher.client)
             .send(Method::GET, &url, "respond-async")
             .await
@@ -706,10 +703,7 @@ impl Exporter<'_> {
         else {
             return;
         };
-        self.fetcher
-            .limiter
-            .acquire(self.fetcher.source.max_requests_per_second)
-            .await;
+        self.fetcher.acquire().await;
         match self.fetcher.client.send(Method::DELETE, &url, "").await {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => {}
             Ok(r) => {
@@ -732,10 +726,7 @@ impl Exporter<'_> {
         run: &mut Run<'_>,
     ) -> Result<bool, PollError> {
         let file_err = |error| ExportError::File { file: index, error };
-        self.fetcher
-            .limiter
-            .acquire(self.fetcher.source.max_requests_per_second)
-            .await;
+        self.fetcher.acquire().await;
         self.fetcher.expect_page();
         let mut resp = (self.fetcher.client)
             .send(Method::GET, url, "")

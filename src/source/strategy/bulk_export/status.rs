@@ -48,10 +48,7 @@ pub(in crate::source) async fn check_status(
         return busy(ExportError::ForeignJobUrl.into(), None);
     };
     fetcher.expect_page();
-    fetcher
-        .limiter
-        .acquire(fetcher.source.max_requests_per_second)
-        .await;
+    fetcher.acquire().await;
     let sent = Instant::now();
     let resp = match fetcher.client.send(Method::GET, &job_url, "").await {
         Ok(resp) => resp,
