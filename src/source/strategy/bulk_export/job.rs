@@ -896,6 +896,63 @@ mod tests {
         let ahead = stale(&job(None, future), "a", limit);
         assert_eq!(ahead, Some(Stale::SinceAfterClock));
     }
+    /// A job gone or past `export_timeout` is started over only when it
+    /// was saved by an earlier poll: one kicked off in this poll fails (gone)
+    /// or waits (pending); a pending job's wait and an unusable status's
+    /// error are the turn's.
+    #[test]
+    fn a_status_restarts_only_a_saved_job_and_an_unusable_one_fails_the_turn() {
+        let wait = Duration::from_secs(7);
+        let timeout = Duration::from_secs(60);
+        let restart = |o: OnStatus| match o {
+            OnStatus::Restart { cancel, .. } => Some(cancel),
+            _ => None,
+        };
+        let later = |o: OnStatus| match o {
+            OnStatus::Later { wait, error } => Some((wait, error.is_some())),
+            _ => None,
+        };
+        let gone_again = on_status(StatusCheck::Gone, true, false, timeout);
+        assert!(matches!(
+            gone_again,
+            OnStatus::Fail(PollError::Export(ExportError::GoneAgain))
+        ));
+        let gone = on_status(StatusCheck::Gone, false, false, timeout);
+        assert_eq!(restart(gone), Some(false));
+        let expired = on_status(StatusCheck::Pending(wait), false, true, timeout);
+        assert_eq!(restart(expired), Some(true));
+        let new = on_status(StatusCheck::Pending(wait), true, true, timeout);
+        assert_eq!(later(new), Some((wait, false)));
+        let busy = StatusCheck::Unusable(ExportError::NoJobUrl.into(), wait);
+        assert_eq!(
+            later(on_status(busy, false, false, timeout)),
+            Some((wait, true))
+        );
+        let busy = StatusCheck::Unusable(ExportError::NoJobUrl.into(), wait);
+        assert_eq!(restart(on_status(busy, false, true, timeout)), Some(true));
+    }
+
+    /// Only an output file the server no longer has (404/410) of a saved
+    /// job starts the export over.
+    #[test]
+    fn only_a_saved_jobs_expired_file_starts_the_export_over() {
+        let file = |status| -> PollError {
+            ExportError::File {
+                file: 2,
+                error: crate::source::client::FetchError::Status {
+                    status,
+                    retry_after: None,
+                },
+            }
+            .into()
+        };
+        assert!(files_expired(&file(410), false).is_some_and(|w| w.contains("file 2")));
+        assert!(files_expired(&file(404), false).is_some());
+        assert!(files_expired(&file(404), true).is_none());
+        assert!(files_expired(&file(500), false).is_none());
+        assert!(files_expired(&ExportError::GoneAgain.into(), false).is_none());
+    }
+
     const LINES: usize = 900_000; // about 50 MB
 
     /// Serves an NDJSON body generated as it is sent: `LINES` short lines,
