@@ -5,8 +5,10 @@
 //! are NDJSON, one resource a line. This file holds what can be said
 //! without a network: the URL, the manifest, the waits, the lines. The job
 //! itself is run by `job.rs` (`Exporter`, through the source's `Fetcher`
-//! and `Committer`); one status request is `status.rs`.
+//! and `Committer`), as `decisions.rs` decides; one status request is
+//! `status.rs`.
 
+mod decisions;
 mod job;
 mod status;
 
