@@ -21,7 +21,7 @@ use super::strategy::snapshot::full_walk::{self, FullWalk};
 use super::strategy::{self, Walk};
 use super::targets::KnownTargets;
 use super::walk::next_link;
-use super::walk::{PageRead, PageWalk, Step, TurnsSoFar, WalkStart};
+use super::walk::{PageRead, PageWalk, Polled, Step, TurnsSoFar, WalkStart};
 use super::watermark::horizon;
 use crate::config::{Source, Start};
 use crate::fhir::{format_instant, parse_instant};
@@ -105,20 +105,6 @@ struct Carried {
     sliced: HashMap<TargetKey, TurnsSoFar>,
     /// Outcomes not yet written.
     outcomes: Vec<PollOutcome>,
-}
-
-/// What one poll found: changes committed, and resources re-read without a
-/// commit (already-seen versions inside the overlap).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Polled {
-    pub changes: u64,
-    pub rereads: u64,
-    /// The walk reached the end of its chain (and, for a full walk, its
-    /// deletes are committed); not after a shutdown or a page cap stop.
-    pub complete: bool,
-    /// The walk stopped after its page slice with more to read, everything
-    /// read committed and its position kept: it goes on at its next turn.
-    pub yielded: bool,
 }
 
 impl SourceTask {

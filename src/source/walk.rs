@@ -493,6 +493,20 @@ pub(super) fn next_link(
     Some(Ok(next))
 }
 
+/// What one poll found: changes committed, and resources re-read without a
+/// commit (already-seen versions inside the overlap).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Polled {
+    pub changes: u64,
+    pub rereads: u64,
+    /// The walk reached the end of its chain (and, for a full walk, its
+    /// deletes are committed); not after a shutdown or a page cap stop.
+    pub complete: bool,
+    /// The walk stopped after its page slice with more to read, everything
+    /// read committed and its position kept: it goes on at its next turn.
+    pub yielded: bool,
+}
+
 /// A sliced poll's turns so far: together they are one poll, whose outcome
 /// (notes, changes, time) is recorded when its walk ends, not at each slice
 /// (a yielded turn is not a poll that succeeded).
