@@ -59,31 +59,10 @@ impl Backfill {
         mut on_page: impl FnMut(&BackfillStatus),
     ) -> Result<BackfillStatus, PollError> {
         let name = &self.source.name;
-        let since = format_instant(self.since);
-        let mut status = BackfillStatus::default();
-        let (from, until) = match self.store.backfill_job(name, rt).await? {
-            Some(job) if job.since == since => {
-                status = BackfillStatus {
-                    pages: job.pages,
-                    resources: job.resources,
-                    changes: job.changes,
-                    resumed: job.pages > 0,
-                    done: job.done,
-                    total: None,
-                };
-                if job.done {
-                    return Ok(status);
-                }
-                let from = job.cursor.as_deref().and_then(parse_instant);
-                (from.unwrap_or(self.since), job.until)
-            }
-            // No job, or one for another range: start (over).
-            _ => {
-                let until = format_instant(Utc::now());
-                self.store.start_backfill(name, rt, &since, &until).await?;
-                (self.since, until)
-            }
-        };
+        let (mut status, from, until) = self.resume_or_start(rt).await?;
+        if status.done {
+            return Ok(status);
+        }
         let until_t = parse_instant(&until).unwrap_or_else(Utc::now);
         let mut url = search_url(&self.source, rt, Some(from), Some(until_t));
         let mut tracker = WatermarkTracker::new();
@@ -104,20 +83,7 @@ impl Backfill {
                     error,
                 })?,
             };
-            let job = PageJob {
-                source: name.clone(),
-                owner_id: self.source.owner_id.clone(),
-                resource_type: rt.to_string(),
-                // A backfill reads the search (history may be pruned long ago).
-                mode: EntryMode::Search,
-                window_start: Some(self.since),
-                window_end: None,
-                collect_ids: false,
-                horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
-                routes: self.routes.clone(),
-                detected_at: detected_at.clone(),
-                stop: stop.clone(),
-            };
+            let job = self.page_job(rt, &detected_at, &stop);
             let outcome =
                 page::process_blocking(self.store.clone(), job, fetched.body, page_no).await?;
             // The server's clock, for the horizon of the next pages' cursor
@@ -155,5 +121,55 @@ impl Backfill {
         self.store.finish_backfill(name, rt).await?;
         status.done = true;
         Ok(status)
+    }
+
+    /// Where a backfill of `rt` starts, and its status so far: its saved
+    /// job's cursor (its pages were committed), or, with no job or one for
+    /// another range, a new job from `since` to now. The last: the job's
+    /// upper bound, fixed when it started. A job already done is its status.
+    async fn resume_or_start(
+        &self,
+        rt: &str,
+    ) -> Result<(BackfillStatus, DateTime<Utc>, String), PollError> {
+        let name = &self.source.name;
+        let since = format_instant(self.since);
+        match self.store.backfill_job(name, rt).await? {
+            Some(job) if job.since == since => {
+                let status = BackfillStatus {
+                    pages: job.pages,
+                    resources: job.resources,
+                    changes: job.changes,
+                    resumed: job.pages > 0,
+                    done: job.done,
+                    total: None,
+                };
+                let from = job.cursor.as_deref().and_then(parse_instant);
+                Ok((status, from.unwrap_or(self.since), job.until))
+            }
+            // No job, or one for another range: start (over).
+            _ => {
+                let until = format_instant(Utc::now());
+                self.store.start_backfill(name, rt, &since, &until).await?;
+                Ok((BackfillStatus::default(), self.since, until))
+            }
+        }
+    }
+
+    /// What the page pipeline needs to know of a backfill's next page.
+    fn page_job(&self, rt: &str, detected_at: &str, stop: &Arc<AtomicBool>) -> PageJob {
+        PageJob {
+            source: self.source.name.clone(),
+            owner_id: self.source.owner_id.clone(),
+            resource_type: rt.to_string(),
+            // A backfill reads the search (history may be pruned long ago).
+            mode: EntryMode::Search,
+            window_start: Some(self.since),
+            window_end: None,
+            collect_ids: false,
+            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
+            routes: self.routes.clone(),
+            detected_at: detected_at.to_string(),
+            stop: stop.clone(),
+        }
     }
 }

@@ -64,7 +64,7 @@ pub enum PollError {
     State(#[from] StateError),
 }
 
-/// How a bulk export's job fails (`export_job.rs`).
+/// How a bulk export's job fails (`strategy/bulk_export/job.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("kick-off: {0}")]

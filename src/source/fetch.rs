@@ -1,7 +1,8 @@
 //! What a source's requests go through: its client within its request
 //! budget, after any pause a server asked for, with the watchdog told how
 //! long each page may take. The roster, the fan-out, the capability probe
-//! and the strategies' helpers take a `Fetcher`, not the whole task.
+//! and the strategies' helpers take a `Fetcher`, not the whole task (and,
+//! to write, a `Committer`: `commit.rs`).
 
 use super::client::{FetchError, Fetched, FhirClient};
 use super::errors::PollError;
@@ -35,9 +36,7 @@ impl Fetcher<'_> {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             self.beat.expect_within(left + self.page_allowance());
         }
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
+        self.acquire().await;
         let fetched = self.client.get(url).await;
         if let Err(FetchError::Status {
             status,
@@ -48,6 +47,15 @@ impl Fetcher<'_> {
             self.limiter.pause(d);
         }
         fetched
+    }
+
+    /// Waits until a request may go: after any pause, within the source's
+    /// budget. `fetch` does; a request sent otherwise (a bulk export's)
+    /// waits here first.
+    pub async fn acquire(&self) {
+        (self.limiter)
+            .acquire(self.source.max_requests_per_second)
+            .await;
     }
 
     /// How long one page may take: the request (and a token request before

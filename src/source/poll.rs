@@ -1,20 +1,29 @@
-//! The poll loop of one source: search, follow `next`, diff, route, commit per page.
+//! The poll loop of one source: its ticks and each target's turn in them
+//! (`run`, `take_turns`), and the execution of a walk (`walk_pages`: fetch,
+//! process, commit per page, as the `PageWalk` of `walk.rs` decides). The
+//! strategies' own helpers (a history read-ahead, a full walk's end and
+//! reconciliation, the bulk export job) are handed the task's request
+//! handle (`fetcher`, see `fetch.rs`) and write handle (`committer`, see
+//! `commit.rs`), never the task.
 
-use super::client::{FetchError, FhirClient};
+use super::client::FhirClient;
+use super::commit::{Committer, DryRun};
 pub use super::errors::PollError;
 use super::fetch::Fetcher;
 use super::notes::Notes;
 use super::outcomes::OutcomeRecorder;
 use super::page::{self, PageJob};
-use super::strategy::history::read_ahead::read_ahead;
+use super::start;
+use super::strategy::bulk_export::Exporter;
+use super::strategy::history::read_ahead::{ReadAhead, pages_ahead};
 use super::strategy::snapshot::WalkedIds;
-use super::strategy::{self, Walk, search_url};
+use super::strategy::snapshot::full_walk::{self, FullWalk};
+use super::strategy::{self, Walk};
 use super::targets::KnownTargets;
 use super::walk::next_link;
-use super::walk::{PageRead, PageWalk, Step, TurnsSoFar, WalkStart};
+use super::walk::{PageRead, PageWalk, Polled, Step, TurnsSoFar, WalkStart};
 use super::watermark::horizon;
 use crate::config::{Source, Start};
-use crate::fhir::bundle::parse_page;
 use crate::fhir::{format_instant, parse_instant};
 use crate::progress::Beat;
 use crate::retry_action::RetryAction;
@@ -27,32 +36,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 /// How far below our estimate of the server's "now" a poll's upper bound sits.
 const UNTIL_MARGIN_MS: i64 = 25;
-
-/// The longest `start = "now"` waits for the server's clock to pass the start
-/// (about a second and a round trip, on a server that tells only a `Date`).
-const MAX_START_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The page commits a dry run would have written.
-#[derive(Clone, Default)]
-pub struct DryRun(Arc<std::sync::Mutex<Vec<crate::state::PageCommit>>>);
-
-impl DryRun {
-    pub(super) fn record(&self, commit: crate::state::PageCommit) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(commit);
-    }
-
-    /// What was collected so far, oldest first.
-    pub fn take(&self) -> Vec<crate::state::PageCommit> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
 
 /// How late past its next tick a sleeping source may wake and still count as
 /// making progress (a busy runtime, a slow outcome write).
@@ -104,18 +90,21 @@ pub struct SourceTask {
     pub left_search: super::strategy::snapshot::confirm::LeftSearch,
 }
 
-/// What one poll found: changes committed, and resources re-read without a
-/// commit (already-seen versions inside the overlap).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Polled {
-    pub changes: u64,
-    pub rereads: u64,
-    /// The walk reached the end of its chain (and, for a full walk, its
-    /// deletes are committed); not after a shutdown or a page cap stop.
-    pub complete: bool,
-    /// The walk stopped after its page slice with more to read, everything
-    /// read committed and its position kept: it goes on at its next turn.
-    pub yielded: bool,
+/// What a source's loop carries from one tick to the next.
+#[derive(Default)]
+struct Carried {
+    /// A fan-out source's roster.
+    roster: super::fanout::RosterState,
+    /// The capability statement's warnings, each shown with its type's
+    /// first poll outcome.
+    capability: HashMap<String, String>,
+    /// Where the next tick's turn starts: the first target the last one
+    /// did not reach (a server's Retry-After, a shutdown).
+    cursor: Option<TargetKey>,
+    /// The turns so far of polls that yielded after a slice.
+    sliced: HashMap<TargetKey, TurnsSoFar>,
+    /// Outcomes not yet written.
+    outcomes: Vec<PollOutcome>,
 }
 
 impl SourceTask {
@@ -129,87 +118,37 @@ impl SourceTask {
             _ = cancel.cancelled() => return,
         }
         let stop = stop_flag(&cancel);
-        let mut outcomes = Vec::with_capacity(self.source.resources.len());
         // Shown with each type's first poll outcome (and logged once). The
         // statement request goes through `fetch` like every other: within
         // the budget, and a 429/503 with Retry-After pauses the source.
-        self.beat.expect_within(self.page_allowance());
-        let mut capability = super::capability::last_updated_warnings(&self.fetcher()).await;
+        self.fetcher().expect_page();
+        let capability = super::capability::last_updated_warnings(&self.fetcher()).await;
         for w in capability.values() {
             tracing::warn!(source = %self.source.name, "{w}");
         }
-        let mut roster = super::fanout::RosterState::default();
-        // Where the next tick's turn starts: the first target the last one
-        // did not reach (a server's Retry-After, a shutdown).
-        let mut cursor: Option<TargetKey> = None;
-        // The turns so far of polls that yielded after a slice.
-        let mut sliced: HashMap<TargetKey, TurnsSoFar> = HashMap::new();
+        let mut carried = Carried {
+            capability,
+            outcomes: Vec::with_capacity(self.source.resources.len()),
+            ..Default::default()
+        };
         loop {
             let tick_started = std::time::Instant::now();
             // A server that answered 429/503 with Retry-After is left alone
             // until then: the whole source, every request (`rate.rs`).
-            self.refresh_roster(&mut roster, &mut outcomes).await;
-            let targets = roster.targets(&self.source);
-            self.drop_unpolled(&targets, &mut sliced, &mut outcomes);
-            let mut turn: VecDeque<TargetKey> =
-                super::fanout::in_turn(targets, cursor.as_ref()).into();
-            cursor = None;
-            // The queue holds this tick's first turns, then the walks that
-            // yielded after a slice. Once every target had its turn, the next
-            // tick's time is fixed; the yielded walks go on until then, and
-            // what is left of them waits for its turn in the next tick, after
-            // the targets before it: a backlog delays another target's poll
-            // by about one slice, not by the rest of its chain.
-            let mut first_turns = turn.len();
-            let mut next_tick: Option<std::time::Instant> = None;
-            loop {
-                if first_turns == 0 && next_tick.is_none() {
-                    next_tick = Some(std::time::Instant::now() + self.wait_after(tick_started));
-                }
-                if next_tick.is_some_and(|t| std::time::Instant::now() >= t) {
-                    break;
-                }
-                let Some(key) = turn.pop_front() else { break };
-                first_turns = first_turns.saturating_sub(1);
-                if cancel.is_cancelled() || self.limiter.is_paused() {
-                    cursor = Some(key);
-                    break;
-                }
-                let rt = &key.resource_type;
-                let mut sofar = sliced.remove(&key).unwrap_or_default();
-                let notes = &mut sofar.notes;
-                if let Some(w) = capability.remove(rt) {
-                    notes.warn(w);
-                }
-                if let Some(w) = roster.take_note() {
-                    notes.warn(w);
-                }
-                let started = std::time::Instant::now();
-                let outcome = self.poll_counted(&key, &cancel, &stop, notes).await;
-                sofar.took += started.elapsed();
-                if let Ok(p) = &outcome {
-                    sofar.changes += p.changes;
-                    sofar.rereads += p.rereads;
-                    if p.yielded {
-                        // A long chain: its next slice after the other targets'
-                        // turns (it stops at `max_pages_per_poll` pages in all).
-                        turn.push_back(key.clone());
-                        sliced.insert(key, sofar);
-                        continue;
-                    }
-                }
-                outcomes.push(self.poll_ended(&key, outcome, sofar));
-                // Thousands of per-patient targets: their outcomes go in
-                // batches rather than all at the end of a long round.
-                if outcomes.len() >= OUTCOME_BATCH {
-                    self.record_outcomes(std::mem::take(&mut outcomes)).await;
-                }
-            }
+            self.refresh_roster(&mut carried.roster, &mut carried.outcomes)
+                .await;
+            let targets = carried.roster.targets(&self.source);
+            self.drop_unpolled(&targets, &mut carried.sliced, &mut carried.outcomes);
+            let next_tick =
+                (self.take_turns(targets, &mut carried, tick_started, &cancel, &stop)).await;
+            let Carried {
+                sliced, outcomes, ..
+            } = &mut carried;
             if cancel.is_cancelled() {
                 outcomes.extend(sliced.drain().map(|(k, s)| self.abandoned(k, s)));
             }
             // One write for the whole tick's outcomes at most, not one per target.
-            self.record_outcomes(std::mem::take(&mut outcomes)).await;
+            self.record_outcomes(std::mem::take(outcomes)).await;
             let wait = match next_tick {
                 Some(t) => t.saturating_duration_since(std::time::Instant::now()),
                 None => self.wait_after(tick_started),
@@ -226,6 +165,72 @@ impl SourceTask {
                 }
             }
         }
+    }
+
+    /// One tick's turns: every target's poll in turn (from `carried.cursor`),
+    /// then the walks that yielded after a slice. Once every target had its
+    /// turn, the next tick's time is fixed (returned); the yielded walks go
+    /// on until then, and what is left of them waits for its turn in the
+    /// next tick, after the targets before it: a backlog delays another
+    /// target's poll by about one slice, not by the rest of its chain.
+    async fn take_turns(
+        &self,
+        targets: Vec<TargetKey>,
+        carried: &mut Carried,
+        tick_started: std::time::Instant,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+    ) -> Option<std::time::Instant> {
+        let mut turn: VecDeque<TargetKey> =
+            super::fanout::in_turn(targets, carried.cursor.as_ref()).into();
+        carried.cursor = None;
+        let mut first_turns = turn.len();
+        let mut next_tick: Option<std::time::Instant> = None;
+        loop {
+            if first_turns == 0 && next_tick.is_none() {
+                next_tick = Some(std::time::Instant::now() + self.wait_after(tick_started));
+            }
+            if next_tick.is_some_and(|t| std::time::Instant::now() >= t) {
+                break;
+            }
+            let Some(key) = turn.pop_front() else { break };
+            first_turns = first_turns.saturating_sub(1);
+            if cancel.is_cancelled() || self.limiter.is_paused() {
+                carried.cursor = Some(key);
+                break;
+            }
+            let rt = &key.resource_type;
+            let mut sofar = carried.sliced.remove(&key).unwrap_or_default();
+            let notes = &mut sofar.notes;
+            if let Some(w) = carried.capability.remove(rt) {
+                notes.warn(w);
+            }
+            if let Some(w) = carried.roster.take_note() {
+                notes.warn(w);
+            }
+            let started = std::time::Instant::now();
+            let outcome = self.poll_counted(&key, cancel, stop, notes).await;
+            sofar.took += started.elapsed();
+            if let Ok(p) = &outcome {
+                sofar.changes += p.changes;
+                sofar.rereads += p.rereads;
+                if p.yielded {
+                    // A long chain: its next slice after the other targets'
+                    // turns (it stops at `max_pages_per_poll` pages in all).
+                    turn.push_back(key.clone());
+                    carried.sliced.insert(key, sofar);
+                    continue;
+                }
+            }
+            carried.outcomes.push(self.poll_ended(&key, outcome, sofar));
+            // Thousands of per-patient targets: their outcomes go in
+            // batches rather than all at the end of a long round.
+            if carried.outcomes.len() >= OUTCOME_BATCH {
+                self.record_outcomes(std::mem::take(&mut carried.outcomes))
+                    .await;
+            }
+        }
+        next_tick
     }
 
     /// Patients forgotten by the roster (gone longer than `roster_grace`):
@@ -390,105 +395,15 @@ impl SourceTask {
         }
     }
 
-    /// GETs `url` through the source's `Fetcher`.
-    pub(super) async fn fetch(&self, url: &Url) -> Result<super::client::Fetched, FetchError> {
-        self.fetcher().fetch(url).await
-    }
-
-    /// How long one page may take (`Fetcher::page_allowance`).
-    pub(super) fn page_allowance(&self) -> std::time::Duration {
-        self.fetcher().page_allowance()
-    }
-
-    fn search_url(
-        &self,
-        resource_type: &str,
-        since: Option<DateTime<Utc>>,
-        until: Option<DateTime<Utc>>,
-    ) -> Url {
-        search_url(&self.source, resource_type, since, until)
-    }
-
-    /// Asks the server for its current time (a one-result search): for
-    /// `start = "now"`, and to learn the clock before the first bounded poll.
-    pub(super) async fn probe_server_time(&self, key: &TargetKey) -> Result<(), PollError> {
-        let rt = key.resource_type.as_str();
-        let mut url = self.search_url(rt, None, None);
-        // A per-patient target asks about its patient: some EHRs (Cerner)
-        // refuse a clinical search without one.
-        match &key.patient {
-            None => url.set_query(Some("_count=1")),
-            Some(p) => {
-                let param = if rt == "Patient" { "_id" } else { "patient" };
-                url.set_query(None);
-                url.query_pairs_mut()
-                    .append_pair(param, p)
-                    .append_pair("_count", "1");
-            }
+    /// The source's write handle: the state under its fence, or the dry
+    /// run's sink, and its targets kept in memory.
+    pub(super) fn committer(&self) -> Committer<'_> {
+        Committer {
+            store: &self.store,
+            fence: &self.fence,
+            dry_run: self.dry_run.as_ref(),
+            known: &self.known,
         }
-        let fetch_err = |error| PollError::Fetch {
-            resource_type: rt.to_string(),
-            page: 1,
-            error,
-        };
-        let fetched = self.fetch(&url).await.map_err(fetch_err)?;
-        let page = parse_page(&fetched.body).map_err(|error| PollError::Bundle {
-            resource_type: rt.to_string(),
-            page: 1,
-            error,
-        })?;
-        let told = self
-            .client
-            .note_response(&fetched.exchange, fetched.date, page.server_time)
-            .map_err(|error| PollError::Clock {
-                resource_type: rt.to_string(),
-                error,
-            })?;
-        if !told {
-            return Err(PollError::NoServerTime {
-                resource_type: rt.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    /// First poll of a target: fix where it starts.
-    pub(super) async fn initialize(&self, key: &TargetKey) -> Result<TargetState, PollError> {
-        let rt = key.resource_type.as_str();
-        let (watermark, floor) = match &self.source.start {
-            Start::Beginning => (None, None),
-            Start::At(t) => (Some(format_instant(*t)), Some(format_instant(*t))),
-            Start::Now => {
-                // A clock that is not believed fails the poll (on status); the
-                // next tick asks again, so a server that recovers starts then.
-                self.probe_server_time(key).await?;
-                let (start, settle) =
-                    self.client
-                        .start_mark()
-                        .ok_or_else(|| PollError::NoServerTime {
-                            resource_type: rt.to_string(),
-                        })?;
-                // The start is the latest the server's clock can read, so
-                // nothing written before it is emitted; once the server has
-                // surely passed it, everything written is.
-                let settle = settle.min(MAX_START_SETTLE);
-                self.beat.expect_within(settle + self.page_allowance());
-                tokio::time::sleep(settle).await;
-                let now = format_instant(start);
-                (Some(now.clone()), Some(now))
-            }
-        };
-        if self.dry_run.is_none() {
-            self.store
-                .init_target(&self.fence, key, watermark.clone(), floor.clone())
-                .await?;
-        }
-        Ok(TargetState {
-            initialized: true,
-            watermark,
-            floor,
-            reconciled_at_ms: None,
-        })
     }
 
     /// One poll of one resource type. Returns the number of changes found.
@@ -535,7 +450,7 @@ impl SourceTask {
     }
 
     /// One poll of a target with its strategy, then its reconciliation when
-    /// one is due (`reconcile.rs`).
+    /// one is due.
     async fn poll_pages(
         &self,
         key: &TargetKey,
@@ -545,7 +460,11 @@ impl SourceTask {
     ) -> Result<Polled, PollError> {
         let strategy = self.source.strategies.for_type(&key.resource_type);
         if strategy == strategy::Strategy::BulkExport {
-            return self.export_poll(key, cancel, stop, notes).await;
+            let export = Exporter {
+                fetcher: self.fetcher(),
+                committer: self.committer(),
+            };
+            return export.poll(key, cancel, stop, notes).await;
         }
         let walk = Walk::Poll(strategy);
         let mut polled = self.walk_pages(key, cancel, stop, notes, walk).await?;
@@ -555,6 +474,26 @@ impl SourceTask {
         }
         polled.changes += self.reconcile_if_due(key, cancel, stop, notes).await?;
         Ok(polled)
+    }
+
+    /// A `last-updated` target's reconciliation, when one is due: the
+    /// snapshot strategy says when (`full_walk::reconcile_now`) and what its
+    /// walk came to (`full_walk::reconciled`); the walk is this loop's.
+    /// Returns the changes it found.
+    async fn reconcile_if_due(
+        &self,
+        key: &TargetKey,
+        cancel: &CancellationToken,
+        stop: &Arc<AtomicBool>,
+        notes: &mut Notes,
+    ) -> Result<u64, PollError> {
+        let schedule = self.source.reconcile.as_ref();
+        let committer = self.committer();
+        if !full_walk::reconcile_now(&committer, schedule, key, cancel.is_cancelled()).await? {
+            return Ok(0);
+        }
+        let walked = (self.walk_pages(key, cancel, stop, notes, Walk::Reconcile)).await;
+        full_walk::reconciled(&committer, key, walked, notes).await
     }
 
     /// One walk of a target's pages: its strategy's poll, or a reconciliation.
@@ -585,32 +524,13 @@ impl SourceTask {
         let mut walked = WalkedIds::default();
         let window_end = walk.window_end();
         let mut polled = Polled::default();
-        let mut ahead = match polling {
-            strategy::Strategy::History => {
-                let (ahead, cut) = read_ahead(&self.fetcher(), walk.url(), rt, cancel).await;
-                if let Some(note) = cut {
-                    notes.warn(format!("{rt}: {note}"));
-                }
-                ahead
-            }
-            _ => Default::default(),
-        };
+        let fetcher = self.fetcher();
+        let mut ahead = pages_ahead(polling, &fetcher, walk.url(), rt, cancel, notes).await;
         loop {
-            let queued = ahead.pop();
-            walk.begin_page(queued.as_ref().map(|(u, _)| u));
-            self.beat.expect_within(self.page_allowance());
-            let fetched = match queued {
-                Some((_, f)) => Ok(f),
-                None => self.fetch(walk.url()).await,
-            };
-            let fetched = match fetched {
+            let fetched = match next_page(&fetcher, &mut walk, &mut ahead).await {
                 Ok(f) => f,
                 Err(error) => match walk.fetch_failed(error, notes, first_url) {
-                    Step::Yield => {
-                        self.known.paused().keep(key, walk);
-                        polled.yielded = true;
-                        return Ok(polled);
-                    }
+                    Step::Yield => return Ok(self.keep_for_next_turn(key, walk, polled)),
                     Step::Fail(e) => return Err(e),
                     // A new search (its first page), or as `fetch_failed` never answers.
                     Step::Restart | Step::Fetch | Step::Done { .. } => continue,
@@ -631,18 +551,7 @@ impl SourceTask {
             walked.extend(&page.ids);
             walked.note_unreadable(page.skipped.len());
             self.note_page(&page, (&exchange, date), page_no, rt, notes);
-            let next = match ahead.reversed {
-                // Read ahead and checked: the next is the page queued after.
-                true => ahead.successor().map(Ok),
-                false => next_link(&self.source, walk.url(), page.next.as_deref(), rt, page_no),
-            };
-            let read = PageRead {
-                total: page.total,
-                bad_total: page.bad_total,
-                instants: &page.instants,
-                next,
-            };
-            let after = walk.page_read(read, notes);
+            let after = walk.page_read(self.page_read(&page, &walk, &ahead, page_no), notes);
             if after.drift_began {
                 tracing::debug!(source = %self.source.name, resource_type = %rt, page = page_no, "result set changed while paging; watermark held for a re-read");
             }
@@ -654,11 +563,7 @@ impl SourceTask {
                 .await?;
             match after.then {
                 Step::Fetch | Step::Restart => {}
-                Step::Yield => {
-                    self.known.paused().keep(key, walk);
-                    polled.yielded = true;
-                    return Ok(polled);
-                }
+                Step::Yield => return Ok(self.keep_for_next_turn(key, walk, polled)),
                 Step::Done { complete } => {
                     polled.complete = complete;
                     break;
@@ -672,10 +577,51 @@ impl SourceTask {
         }
         if full && polled.complete {
             let facts = walk.facts(key.patient.is_some());
-            let end = self.end_of_walk(key, walked, facts, &routing, stop, notes);
-            polled.complete = end.await?;
+            let end = self.full_walk();
+            polled.complete = (end.end(key, walked, facts, &routing, stop, notes)).await?;
         }
         Ok(polled)
+    }
+
+    /// A walk that yields after its slice keeps its place (`walk.rs`): its
+    /// next turn goes on from there.
+    fn keep_for_next_turn(&self, key: &TargetKey, walk: PageWalk, mut polled: Polled) -> Polled {
+        self.known.paused().keep(key, walk);
+        polled.yielded = true;
+        polled
+    }
+
+    /// What the walk is told of a page the pipeline read: its total, its
+    /// entries' times, and the page after it (the next one read ahead, or
+    /// its `next` link, checked).
+    fn page_read<'p>(
+        &self,
+        page: &'p page::PageOutcome,
+        walk: &PageWalk,
+        ahead: &ReadAhead,
+        page_no: usize,
+    ) -> PageRead<'p> {
+        let rt = walk.resource_type();
+        let next = match ahead.reversed {
+            // Read ahead and checked: the next is the page queued after.
+            true => ahead.successor().map(Ok),
+            false => next_link(&self.source, walk.url(), page.next.as_deref(), rt, page_no),
+        };
+        PageRead {
+            total: page.total,
+            bad_total: page.bad_total,
+            instants: &page.instants,
+            next,
+        }
+    }
+
+    /// What the end of a full walk goes through (`full_walk::FullWalk`).
+    fn full_walk(&self) -> FullWalk<'_> {
+        FullWalk {
+            fetcher: self.fetcher(),
+            committer: self.committer(),
+            left_search: &self.left_search,
+        }
     }
 
     /// What the page pipeline needs to know of the walk's next page.
@@ -711,12 +657,9 @@ impl SourceTask {
         notes: &mut Notes,
         kind: Walk,
     ) -> Result<Option<(TargetState, PageWalk)>, PollError> {
-        let mut state = match self.known.get(&self.fence, key) {
-            Some(known) => known,
-            None => self.store.target_state(key).await?,
-        };
+        let mut state = self.committer().target_state(key).await?;
         if !state.initialized {
-            state = self.initialize(key).await?;
+            state = start::initialize(&self.fetcher(), &self.committer(), key).await?;
             if self.source.start == Start::Now {
                 return Ok(None);
             }
@@ -733,7 +676,7 @@ impl SourceTask {
         // pages, and an update moving a resource out of the set shows as a
         // smaller Bundle.total (see drift in `walk.rs`).
         if self.client.server_now().is_none() {
-            match self.probe_server_time(key).await {
+            match start::probe_server_time(&self.fetcher(), key).await {
                 Ok(_) => {}
                 // A server that never tells its time (or tells an absurd one)
                 // is polled without an upper bound (only the overlap protects
@@ -798,8 +741,8 @@ impl SourceTask {
     }
 
     /// Commits a page (or records it, on a dry run) unless it changes
-    /// nothing, keeps the target's state, and wakes the hooks it fed.
-    /// `counts`: the page's creates and deletes, for its event.
+    /// nothing, and keeps the target's state. `counts`: the page's creates
+    /// and deletes, for its event.
     async fn settle_page(
         &self,
         key: &TargetKey,
@@ -809,35 +752,42 @@ impl SourceTask {
         state: &mut TargetState,
         polled: &mut Polled,
     ) -> Result<(), PollError> {
-        let woken: HashSet<String> = commit.messages.iter().map(|m| m.hook.clone()).collect();
         polled.changes += commit.changes;
         // A page that changes nothing (empty, or only re-read versions
-        // already seen) needs no transaction: the usual poll of a quiet target.
+        // already seen) needs no transaction: the usual poll of a quiet
+        // target. It has no messages: no hook to wake.
         let empty =
             commit.changes == 0 && commit.watermark.is_none() && commit.filter_errors.is_empty();
         if empty {
             polled.rereads += commit.resources_read;
         } else {
             let moved = commit.watermark.clone();
-            match &self.dry_run {
-                Some(sink) => sink.record(commit),
-                None => {
-                    let (created, deleted) = counts;
-                    let committed =
-                        page::page_committed(&commit, &routing.routes, created, deleted);
-                    self.store.commit_page(&self.fence, commit).await?;
-                    committed.emit();
-                }
-            }
+            let (created, deleted) = counts;
+            (self.committer())
+                .commit(commit, &routing.routes, created, deleted)
+                .await?;
             if moved.is_some() {
                 state.watermark = moved;
             }
         }
         self.known.set(&self.fence, key, state.clone());
-        for hook in woken {
-            self.store.notify_due(&hook);
-        }
         Ok(())
+    }
+}
+
+/// The walk's next page: the next one read ahead, else fetched (the
+/// watchdog told either way).
+async fn next_page(
+    fetcher: &Fetcher<'_>,
+    walk: &mut PageWalk,
+    ahead: &mut ReadAhead,
+) -> Result<super::client::Fetched, super::client::FetchError> {
+    let queued = ahead.pop();
+    walk.begin_page(queued.as_ref().map(|(u, _)| u));
+    fetcher.expect_page();
+    match queued {
+        Some((_, f)) => Ok(f),
+        None => fetcher.fetch(walk.url()).await,
     }
 }
 

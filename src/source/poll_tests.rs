@@ -8,6 +8,7 @@ use crate::sandbox::FhirSandbox;
 use crate::source::walk::MAX_NEXT_LINK_BYTES;
 use crate::state::test_util::temp_store;
 use std::time::Duration;
+use url::Url;
 
 fn task(base: &str, store: Store, page_size: u32, start: Start) -> SourceTask {
     let source = Source {

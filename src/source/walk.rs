@@ -15,7 +15,7 @@
 //! the watermark back) that made each turn cost the overlap for one page of
 //! progress, so a quiet backlog took minutes and a busy one never ended.
 //!
-//! The turns themselves are dealt in `SourceTask::run`: every target has its
+//! The turns themselves are dealt in `SourceTask::take_turns`: every target has its
 //! turn in a tick, then the yielded walks go on until the next tick is due and
 //! wait for their turn in it. A walk whose link expired reads on to its end
 //! (`after_page`); a 429/503 with `Retry-After` keeps its position once per
@@ -491,6 +491,20 @@ pub(super) fn next_link(
         }));
     }
     Some(Ok(next))
+}
+
+/// What one poll found: changes committed, and resources re-read without a
+/// commit (already-seen versions inside the overlap).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Polled {
+    pub changes: u64,
+    pub rereads: u64,
+    /// The walk reached the end of its chain (and, for a full walk, its
+    /// deletes are committed); not after a shutdown or a page cap stop.
+    pub complete: bool,
+    /// The walk stopped after its page slice with more to read, everything
+    /// read committed and its position kept: it goes on at its next turn.
+    pub yielded: bool,
 }
 
 /// A sliced poll's turns so far: together they are one poll, whose outcome

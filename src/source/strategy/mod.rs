@@ -56,7 +56,7 @@ pub fn first_url(
 ) -> Url {
     let rt = target.resource_type.as_str();
     let mut url = match strategy {
-        // A bulk export's job is run by `export_job.rs`; its URL is
+        // A bulk export's job is run by `bulk_export::Exporter`; its URL is
         // `bulk_export::kickoff_url`. A plain search is the fallback here.
         Strategy::LastUpdated | Strategy::BulkExport => search_url(source, rt, since, until),
         Strategy::History => history::history_url(source, rt, since),

@@ -10,20 +10,29 @@
 //! files and lines skipped. A job whose status gives no usable manifest
 //! `export_timeout` after its kick-off (whether or not an earlier one did) is
 //! cancelled and started again from the watermarks.
+//!
+//! What a turn decides (a stale saved job, what a status means, an expired
+//! file, where reading resumes, where the watermarks move) is
+//! `decisions.rs`, without I/O; `Exporter` executes it through the source's
+//! `Fetcher` and `Committer`.
 
+use super::decisions::{
+    OnStatus, Stale, export_watermark, files_expired, on_status, resume_at, stale,
+};
 use super::status::{StatusCheck, check_status};
 use super::{self as bulk, ChunkBuilder, Line, LineSplitter, MAX_LINE_BYTES, Manifest};
 use crate::config::Start;
 use crate::fhir::bundle::EntryMode;
 use crate::route::Routing;
+use crate::source::commit::Committer;
 use crate::source::errors::{ExportError, PollError};
+use crate::source::fetch::Fetcher;
 use crate::source::notes::Notes;
-use crate::source::page::page_committed;
 use crate::source::page::{self, PageJob};
-use crate::source::poll::{Polled, SourceTask};
-use crate::source::watermark::{horizon, judge};
+use crate::source::start;
+use crate::source::walk::Polled;
+use crate::source::watermark::horizon;
 use crate::state::{ExportJob, ExportProgress, PageCommit, TargetKey};
-use crate::telemetry::Event;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use std::sync::Arc;
@@ -50,7 +59,7 @@ struct ExportWindow {
     limit: DateTime<Utc>,
 }
 
-/// The export a poll wants (see `SourceTask::current_job`).
+/// The export a poll wants (see `Exporter::current_job`).
 #[derive(Clone, Copy)]
 struct Wanted<'a> {
     types: &'a [String],
@@ -58,31 +67,6 @@ struct Wanted<'a> {
     /// The kick-off URL: a saved job asked by another is stale.
     request: &'a str,
     limit: DateTime<Utc>,
-}
-
-/// Why a saved job is not polled on.
-#[derive(Debug, PartialEq, Eq)]
-enum Stale {
-    /// Saved before the source's base, group or types changed: its files are
-    /// not what is polled now. What it delivered stays delivered; the new
-    /// export re-reads from the watermarks, which only a finished job moves.
-    OtherRequest,
-    /// Saved with a `_since` past the horizon (by a version that did not
-    /// bound watermarks): the server exports nothing for it, and its end
-    /// would move the watermarks over everything since the last real
-    /// export. A new export, from the watermarks (from the start when they
-    /// lie in the future).
-    SinceAfterClock,
-}
-
-fn stale(job: &ExportJob, request: &str, limit: DateTime<Utc>) -> Option<Stale> {
-    if job.request.as_ref().is_some_and(|r| r != request) {
-        return Some(Stale::OtherRequest);
-    }
-    let since = job.since.as_deref().and_then(crate::fhir::parse_instant);
-    since
-        .is_some_and(|s| s > limit)
-        .then_some(Stale::SinceAfterClock)
 }
 
 /// What one poll of the job carries along.
@@ -98,19 +82,31 @@ struct Run<'a> {
     /// The types whose stored watermark was in the future: the export reads
     /// them from the start, and its end sets their watermark back.
     repaired: Vec<String>,
+    /// When this turn began, and the source's interval: a pending job is
+    /// waited for within the turn while that is short (`bulk::waits_in_turn`).
+    turn: Instant,
+    interval: std::time::Duration,
 }
 
-impl SourceTask {
+/// A source's bulk export, run through its handles: requests within its
+/// budget, and writes under its fence (or a dry run's sink).
+pub(in crate::source) struct Exporter<'a> {
+    pub fetcher: Fetcher<'a>,
+    pub committer: Committer<'a>,
+}
+
+impl Exporter<'_> {
     /// A poll of a `bulk-export` target. The source's first bulk-export type
     /// runs the job for all of them; the others have nothing of their own to do.
-    pub(in crate::source) async fn export_poll(
+    pub(in crate::source) async fn poll(
         &self,
         key: &TargetKey,
         cancel: &CancellationToken,
         stop: &Arc<AtomicBool>,
         notes: &mut Notes,
     ) -> Result<Polled, PollError> {
-        let types = (self.source.strategies).bulk_export_types(&self.source.resources);
+        let types =
+            (self.fetcher.source.strategies).bulk_export_types(&self.fetcher.source.resources);
         if types.first() != Some(&key.resource_type) || key.patient.is_some() {
             return Ok(Polled::default());
         }
@@ -128,21 +124,19 @@ impl SourceTask {
             stop,
             notes,
             polled: Polled::default(),
-            routing: self.routing.borrow().clone(),
+            routing: self.fetcher.routing.borrow().clone(),
             window_start: since,
             detected_at: Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             page_no: 0,
             repaired,
+            turn: Instant::now(),
+            interval: self.fetcher.source.schedule.nominal_interval(Utc::now()),
         };
         let mut kicked_off = false;
         // A dry run writes nothing: a saved job it gave up on stays saved.
         let mut saved_job_abandoned = false;
-        let request = bulk::kickoff_url(&self.source, &types, None).to_string();
-        let timeout = self.source.strategies.export_timeout;
-        let (turn, interval) = (
-            Instant::now(),
-            self.source.schedule.nominal_interval(Utc::now()),
-        );
+        let request = bulk::kickoff_url(self.fetcher.source, &types, None).to_string();
+        let timeout = self.fetcher.source.strategies.export_timeout;
         loop {
             let wanted = Wanted {
                 types: &types,
@@ -150,60 +144,27 @@ impl SourceTask {
                 request: &request,
                 limit,
             };
-            let (job, new) =
-                (self.current_job(wanted, &mut saved_job_abandoned, run.notes)).await?;
+            let turn = self.job_status(wanted, &mut saved_job_abandoned, &mut run);
+            let Some((job, check, new)) = turn.await? else {
+                return Ok(run.polled);
+            };
             kicked_off |= new;
-            // A resumed job's window is its own.
-            run.window_start = job.since.as_deref().and_then(crate::fhir::parse_instant);
-            // Asked only when the status gives no usable manifest (see
-            // `job_expired`): a manifest read earlier does not save a job
-            // whose status URL then fails for ever.
-            let expired = |job: &ExportJob| {
-                bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout)
-            };
-            // One status request per turn, no sooner than `Retry-After`: the
-            // source's other types are polled meanwhile. A job past
-            // `export_timeout` is asked once more, whatever the wait.
-            let due = self.known.export_status_due(&job.job_url);
-            if !expired(&job) && due.is_some_and(|at| Instant::now() < at) {
-                return Ok(run.polled);
-            }
-            let Some(check) = self
-                .await_status(&job, expired, turn, interval, &mut run)
-                .await?
-            else {
-                return Ok(run.polled);
-            };
-            let manifest = match check {
-                StatusCheck::Ready(manifest) => manifest,
-                StatusCheck::Gone if kicked_off => return Err(ExportError::GoneAgain.into()),
-                StatusCheck::Gone => {
-                    saved_job_abandoned = self.abandon_job(run.notes,
-                        "the bulk export job was gone (HTTP 404/410, expired); a new export started from the watermark"
-                            .to_string(),
-                    ).await?;
+            let expired = bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout);
+            let manifest = match on_status(check, kicked_off, expired, timeout) {
+                OnStatus::Read(manifest) => manifest,
+                OnStatus::Later { wait, error } => {
+                    (self.committer.known)
+                        .set_export_status_due(&job.job_url, Instant::now() + wait);
+                    return error.map_or(Ok(run.polled), Err);
+                }
+                OnStatus::Restart { cancel, why } => {
+                    if cancel {
+                        self.cancel_job(&job.job_url).await;
+                    }
+                    saved_job_abandoned = self.abandon_job(run.notes, why).await?;
                     continue;
                 }
-                StatusCheck::Pending(_) | StatusCheck::Unusable(..)
-                    if !kicked_off && expired(&job) =>
-                {
-                    self.cancel_job(&job.job_url).await;
-                    saved_job_abandoned = self.abandon_job(run.notes, format!(
-                        "the bulk export job had no usable manifest {} after its kick-off (export_timeout); it was cancelled (DELETE) and a new export started from the watermarks",
-                        humantime::format_duration(timeout)
-                    )).await?;
-                    continue;
-                }
-                StatusCheck::Pending(wait) => {
-                    self.known
-                        .set_export_status_due(&job.job_url, Instant::now() + wait);
-                    return Ok(run.polled);
-                }
-                StatusCheck::Unusable(error, wait) => {
-                    self.known
-                        .set_export_status_due(&job.job_url, Instant::now() + wait);
-                    return Err(error);
-                }
+                OnStatus::Fail(error) => return Err(error),
             };
             return match self.run_job(&types, &job, manifest, &mut run).await {
                 Ok(JobEnd::Done) => {
@@ -211,26 +172,44 @@ impl SourceTask {
                     Ok(run.polled)
                 }
                 Ok(JobEnd::Stopped) => Ok(run.polled),
-                // The job's files expired at the server: nothing more can be
-                // read from it. What it delivered stays delivered; a new
-                // export goes on from the watermarks (once per turn).
-                Err(PollError::Export(ExportError::File {
-                    file,
-                    error:
-                        crate::source::client::FetchError::Status {
-                            status: status @ (404 | 410),
-                            ..
-                        },
-                })) if !kicked_off => {
-                    self.cancel_job(&job.job_url).await;
-                    saved_job_abandoned = self.abandon_job(run.notes, format!(
-                        "bulk export output file {file} was gone (HTTP {status}, expired); a new export started from the watermarks"
-                    )).await?;
-                    continue;
-                }
-                Err(e) => Err(e),
+                Err(e) => match files_expired(&e, kicked_off) {
+                    Some(why) => {
+                        self.cancel_job(&job.job_url).await;
+                        saved_job_abandoned = self.abandon_job(run.notes, why).await?;
+                        continue;
+                    }
+                    None => Err(e),
+                },
             };
         }
+    }
+
+    /// This turn's job and its status, and whether it was just kicked off;
+    /// `None` when its status is not due yet (one status request per turn,
+    /// no sooner than `Retry-After`: the source's other types are polled
+    /// meanwhile) or on shutdown. A job past `export_timeout` is asked once
+    /// more, whatever the wait.
+    async fn job_status(
+        &self,
+        wanted: Wanted<'_>,
+        abandoned: &mut bool,
+        run: &mut Run<'_>,
+    ) -> Result<Option<(ExportJob, StatusCheck, bool)>, PollError> {
+        let (job, new) = (self.current_job(wanted, abandoned, run.notes)).await?;
+        // A resumed job's window is its own.
+        run.window_start = job.since.as_deref().and_then(crate::fhir::parse_instant);
+        // Asked only when the status gives no usable manifest (see
+        // `job_expired`): a manifest read earlier does not save a job
+        // whose status URL then fails for ever.
+        let timeout = self.fetcher.source.strategies.export_timeout;
+        let expired =
+            |job: &ExportJob| bulk::job_expired(job.kicked_off_at, crate::state::now_ms(), timeout);
+        let due = self.committer.known.export_status_due(&job.job_url);
+        if !expired(&job) && due.is_some_and(|at| Instant::now() < at) {
+            return Ok(None);
+        }
+        let check = self.await_status(&job, expired, run).await?;
+        Ok(check.map(|check| (job, check, new)))
     }
 
     /// The job to poll, and whether it was just kicked off: the saved one,
@@ -242,11 +221,11 @@ impl SourceTask {
         abandoned: &mut bool,
         notes: &mut Notes,
     ) -> Result<(ExportJob, bool), PollError> {
-        let name = &self.source.name;
+        let name = &self.fetcher.source.name;
         loop {
             let saved = match *abandoned {
                 true => None,
-                false => self.store.export_job(name).await?,
+                false => self.committer.store.export_job(name).await?,
             };
             let Some(job) = saved else {
                 let job = (self.kick_off(wanted.types, wanted.since, wanted.request)).await?;
@@ -256,7 +235,7 @@ impl SourceTask {
                 None => return Ok((job, false)),
                 Some(Stale::OtherRequest) => {
                     self.cancel_job(&job.job_url).await;
-                    self.store.drop_export_job(name).await?;
+                    self.committer.store.drop_export_job(name).await?;
                     notes.warn(
                         "the saved bulk export job asked for other types, group or server than the config now does; it was cancelled and a new export started from the watermarks"
                             .to_string(),
@@ -283,7 +262,7 @@ impl SourceTask {
         types: &[String],
         notes: &mut Notes,
     ) -> Result<Option<ExportWindow>, PollError> {
-        let name = &self.source.name;
+        let name = &self.fetcher.source.name;
         // The window starts at the oldest of the types' watermarks.
         let mut since: Option<DateTime<Utc>> = None;
         let mut from_beginning = false;
@@ -291,12 +270,16 @@ impl SourceTask {
         let mut fresh = false;
         let mut repaired = Vec::new();
         self.learn_clock_if_ahead(key, types, notes).await?;
-        let limit = horizon(self.client.server_now(), Utc::now(), self.source.overlap);
+        let limit = horizon(
+            self.fetcher.client.server_now(),
+            Utc::now(),
+            self.fetcher.source.overlap,
+        );
         for rt in types {
             let k = TargetKey::population(name, rt);
-            let mut state = self.store.target_state(&k).await?;
+            let mut state = self.committer.store.target_state(&k).await?;
             if !state.initialized {
-                state = self.initialize(&k).await?;
+                state = start::initialize(&self.fetcher, &self.committer, &k).await?;
                 fresh = true;
             }
             let parse = |s: &Option<String>| s.as_deref().and_then(crate::fhir::parse_instant);
@@ -318,11 +301,11 @@ impl SourceTask {
             }
             floor = type_floor.or(floor);
         }
-        if fresh && self.source.start == Start::Now {
+        if fresh && self.fetcher.source.start == Start::Now {
             return Ok(None);
         }
-        let overlap =
-            chrono::Duration::from_std(self.source.overlap).unwrap_or(chrono::Duration::MAX);
+        let overlap = chrono::Duration::from_std(self.fetcher.source.overlap)
+            .unwrap_or(chrono::Duration::MAX);
         let since = match from_beginning {
             true => floor,
             false => since.map(|w| {
@@ -346,16 +329,17 @@ impl SourceTask {
         &self,
         job: &ExportJob,
         expired: impl Fn(&ExportJob) -> bool,
-        turn: Instant,
-        interval: std::time::Duration,
         run: &mut Run<'_>,
     ) -> Result<Option<StatusCheck>, PollError> {
         loop {
-            let checked = match check_status(&self.fetcher(), job, run.notes).await {
+            let checked = match check_status(&self.fetcher, job, run.notes).await {
                 Ok(checked) => checked,
                 Err(error) => {
-                    if self.dry_run.is_none() {
-                        self.store.drop_export_job(&self.source.name).await?;
+                    if self.committer.writes() {
+                        self.committer
+                            .store
+                            .drop_export_job(&self.fetcher.source.name)
+                            .await?;
                     }
                     return Err(error.into());
                 }
@@ -368,10 +352,12 @@ impl SourceTask {
                 // waits here, within `export_timeout`.
                 StatusCheck::Pending(wait)
                     if !expired(job)
-                        && (self.dry_run.is_some()
-                            || bulk::waits_in_turn(turn.elapsed(), wait, interval)) =>
+                        && (!self.committer.writes()
+                            || bulk::waits_in_turn(run.turn.elapsed(), wait, run.interval)) =>
                 {
-                    self.beat.expect_within(wait + self.page_allowance());
+                    self.fetcher
+                        .beat
+                        .expect_within(wait + self.fetcher.page_allowance());
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = run.cancel.cancelled() => return Ok(None),
@@ -386,11 +372,14 @@ impl SourceTask {
     /// looking at it) and says why. Returns whether the saved job is to be
     /// passed over from now on (a dry run's).
     async fn abandon_job(&self, notes: &mut Notes, why: String) -> Result<bool, PollError> {
-        if self.dry_run.is_none() {
-            self.store.drop_export_job(&self.source.name).await?;
+        if self.committer.writes() {
+            self.committer
+                .store
+                .drop_export_job(&self.fetcher.source.name)
+                .await?;
         }
         notes.warn(why);
-        Ok(self.dry_run.is_some())
+        Ok(!self.committer.writes())
     }
 
     /// Before judging the stored watermarks against the horizon with the
@@ -405,14 +394,14 @@ impl SourceTask {
         types: &[String],
         notes: &mut Notes,
     ) -> Result<(), PollError> {
-        if self.client.server_now().is_some() {
+        if self.fetcher.client.server_now().is_some() {
             return Ok(());
         }
-        let local = horizon(None, Utc::now(), self.source.overlap);
+        let local = horizon(None, Utc::now(), self.fetcher.source.overlap);
         let mut ahead = false;
         for rt in types {
-            let state = (self.store)
-                .target_state(&TargetKey::population(&self.source.name, rt))
+            let state = (self.committer.store)
+                .target_state(&TargetKey::population(&self.fetcher.source.name, rt))
                 .await?;
             let w = state
                 .watermark
@@ -420,7 +409,7 @@ impl SourceTask {
                 .and_then(crate::fhir::parse_instant);
             ahead |= w.is_some_and(|w| w > local);
         }
-        if ahead && let Err(e) = self.probe_server_time(key).await {
+        if ahead && let Err(e) = start::probe_server_time(&self.fetcher, key).await {
             notes.warn(format!(
                 "the server's clock could not be learnt ({e}); the stored watermarks are judged against ours"
             ));
@@ -436,11 +425,9 @@ impl SourceTask {
         since: Option<DateTime<Utc>>,
         request: &str,
     ) -> Result<ExportJob, PollError> {
-        let url = bulk::kickoff_url(&self.source, types, since);
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        let resp = (self.client)
+        let url = bulk::kickoff_url(self.fetcher.source, types, since);
+        self.fetcher.acquire().await;
+        let resp = (self.fetcher.client)
             .send(Method::GET, &url, "respond-async")
             .await
             .map_err(ExportError::KickOff)?;
@@ -463,9 +450,9 @@ impl SourceTask {
             .ok_or(ExportError::NoJobUrl)?;
         // The status URL gets the source's credentials: on its origins only.
         let job_url =
-            bulk::file_url(&self.source, &url, job_url).ok_or(ExportError::ForeignJobUrl)?;
+            bulk::file_url(self.fetcher.source, &url, job_url).ok_or(ExportError::ForeignJobUrl)?;
         let since = since.map(crate::fhir::format_instant);
-        if self.dry_run.is_some() {
+        if !self.committer.writes() {
             return Ok(ExportJob {
                 job_url: job_url.to_string(),
                 since,
@@ -477,9 +464,8 @@ impl SourceTask {
                 manifest: None,
             });
         }
-        Ok(self
-            .store
-            .save_export_job(&self.source.name, job_url.as_str(), since, request)
+        Ok((self.committer.store)
+            .save_export_job(&self.fetcher.source.name, job_url.as_str(), since, request)
             .await?)
     }
 
@@ -493,26 +479,13 @@ impl SourceTask {
         manifest: Manifest,
         run: &mut Run<'_>,
     ) -> Result<JobEnd, PollError> {
-        let name = &self.source.name;
+        let name = &self.fetcher.source.name;
         let job_url = Url::parse(&job.job_url).map_err(|_| ExportError::ForeignJobUrl)?;
         let fingerprint = bulk::fingerprint(&manifest);
-        let (mut files_done, mut lines_done) = (job.files_done, job.lines_done);
-        let holds = bulk::progress_holds(
-            job.manifest.as_deref(),
-            &fingerprint,
-            files_done,
-            lines_done,
-        );
-        if !holds {
-            run.notes.warn(
-                "the bulk export job's manifest is not the one its progress was counted on; its files are read again from the first"
-                    .to_string(),
-            );
-            (files_done, lines_done) = (0, 0);
-        }
-        if self.dry_run.is_none() {
+        let (files_done, lines_done, holds) = resume_at(job, &fingerprint, run.notes);
+        if self.committer.writes() {
             let tt = crate::fhir::format_instant(manifest.transaction_time);
-            (self.store)
+            (self.committer.store)
                 .note_export_manifest(name, &tt, &fingerprint, !holds)
                 .await?;
         }
@@ -527,7 +500,7 @@ impl SourceTask {
             if done < files_done || !types.contains(&file.resource_type) {
                 continue;
             }
-            let url = bulk::file_url(&self.source, &job_url, &file.url)
+            let url = bulk::file_url(self.fetcher.source, &job_url, &file.url)
                 .ok_or(ExportError::ForeignFile { file: index })?;
             let skip = if done == files_done {
                 lines_done.max(0) as u64
@@ -538,59 +511,66 @@ impl SourceTask {
             if !self.download(index, rt, &url, skip, run).await? {
                 return Ok(JobEnd::Stopped);
             }
-            if self.dry_run.is_none() {
-                self.store.export_file_done(name, done + 1).await?;
+            if self.committer.writes() {
+                self.committer
+                    .store
+                    .export_file_done(name, done + 1)
+                    .await?;
             }
         }
-        // The export holds nothing written after its kick-off's horizon: a
-        // `transactionTime` past the horizon now is not believed, and the
-        // watermarks move only to the horizon as it was at the kick-off.
-        let (server_now, local_now) = (self.client.server_now(), Utc::now());
-        let told = manifest.transaction_time;
-        let judged = match judge(told, horizon(server_now, local_now, self.source.overlap)) {
-            believed @ crate::source::watermark::OutsideTime::Believed(_) => believed,
-            crate::source::watermark::OutsideTime::Beyond { .. } => {
-                let ago = chrono::Duration::milliseconds(
-                    crate::state::now_ms()
-                        .saturating_sub(job.kicked_off_at)
-                        .max(0),
-                );
-                let server_then = server_now.map(|t| t - ago);
-                judge(
-                    told,
-                    horizon(server_then, local_now - ago, self.source.overlap),
-                )
-            }
-        };
+        let (server_now, overlap) = (
+            self.fetcher.client.server_now(),
+            self.fetcher.source.overlap,
+        );
+        let judged = export_watermark(manifest.transaction_time, job, server_now, overlap);
         if let Some(w) = judged.warning("the bulk export's transactionTime") {
             run.notes.warn(w);
         }
-        let tt = crate::fhir::format_instant(judged.watermark());
-        if self.dry_run.is_none() {
+        self.finish(types, &job_url, judged.watermark(), run)
+            .await?;
+        Ok(JobEnd::Done)
+    }
+
+    /// The end of a job read to the end: every exported type's watermark
+    /// moves to `watermark` (the `repaired` ones too, back from the future),
+    /// their states are read afresh, and the job is deleted.
+    async fn finish(
+        &self,
+        types: &[String],
+        job_url: &Url,
+        watermark: DateTime<Utc>,
+        run: &Run<'_>,
+    ) -> Result<(), PollError> {
+        let name = &self.fetcher.source.name;
+        let tt = crate::fhir::format_instant(watermark);
+        if self.committer.writes() {
             let repaired = run.repaired.clone();
-            (self.store)
-                .finish_export(&self.fence, name, types.to_vec(), &tt, repaired)
+            (self.committer.store)
+                .finish_export(self.committer.fence, name, types.to_vec(), &tt, repaired)
                 .await?;
             for rt in types {
-                self.known.forget(&TargetKey::population(name, rt));
+                self.committer
+                    .known
+                    .forget(&TargetKey::population(name, rt));
             }
         }
         self.cancel_job(job_url.as_str()).await;
-        Ok(JobEnd::Done)
+        Ok(())
     }
 
     /// `DELETE` of a job, finished or abandoned: the server may drop its
     /// files now. A failure leaves them to the server's own expiry: nothing
     /// of ours depends on it. Never off the source's origins.
     async fn cancel_job(&self, job_url: &str) {
-        let name = &self.source.name;
-        let Some(url) = Url::parse(job_url).ok().filter(|u| self.source.allows(u)) else {
+        let name = &self.fetcher.source.name;
+        let Some(url) = Url::parse(job_url)
+            .ok()
+            .filter(|u| self.fetcher.source.allows(u))
+        else {
             return;
         };
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        match self.client.send(Method::DELETE, &url, "").await {
+        self.fetcher.acquire().await;
+        match self.fetcher.client.send(Method::DELETE, &url, "").await {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => {}
             Ok(r) => {
                 tracing::warn!(source = %name, status = r.status().as_u16(), "bulk export: DELETE of the job failed")
@@ -612,11 +592,9 @@ impl SourceTask {
         run: &mut Run<'_>,
     ) -> Result<bool, PollError> {
         let file_err = |error| ExportError::File { file: index, error };
-        self.limiter
-            .acquire(self.source.max_requests_per_second)
-            .await;
-        self.beat.expect_within(self.page_allowance());
-        let mut resp = (self.client)
+        self.fetcher.acquire().await;
+        self.fetcher.expect_page();
+        let mut resp = (self.fetcher.client)
             .send(Method::GET, url, "")
             .await
             .map_err(file_err)?;
@@ -636,13 +614,18 @@ impl SourceTask {
             ));
             return Err(file_err(error).into());
         }
-        let mut chunks = ChunkBuilder::new(self.source.page_size.max(1) as usize);
+        let mut chunks = ChunkBuilder::new(self.fetcher.source.page_size.max(1) as usize);
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut pending: Vec<Line> = Vec::new();
         let mut line_no: u64 = 0;
         loop {
-            self.beat.expect_within(self.page_allowance());
-            let piece = self.client.next_chunk(&mut resp).await.map_err(file_err)?;
+            self.fetcher.expect_page();
+            let piece = self
+                .fetcher
+                .client
+                .next_chunk(&mut resp)
+                .await
+                .map_err(file_err)?;
             let ended = piece.is_none();
             match piece {
                 Some(bytes) => splitter.push(&bytes, &mut pending),
@@ -700,19 +683,24 @@ impl SourceTask {
         }
         run.page_no += 1;
         let job = PageJob {
-            source: self.source.name.clone(),
-            owner_id: self.source.owner_id.clone(),
+            source: self.fetcher.source.name.clone(),
+            owner_id: self.fetcher.source.owner_id.clone(),
             resource_type: rt.to_string(),
             mode: EntryMode::Search,
             window_start: run.window_start,
             window_end: None,
             collect_ids: false,
-            horizon: horizon(self.client.server_now(), Utc::now(), self.source.overlap),
+            horizon: horizon(
+                self.fetcher.client.server_now(),
+                Utc::now(),
+                self.fetcher.source.overlap,
+            ),
             routes: run.routing.routes.clone(),
             detected_at: run.detected_at.clone(),
             stop: run.stop.clone(),
         };
-        let page = page::process_blocking(self.store.clone(), job, body, run.page_no).await?;
+        let page =
+            page::process_blocking(self.committer.store.clone(), job, body, run.page_no).await?;
         if page.cancelled {
             return Ok(false);
         }
@@ -732,20 +720,10 @@ impl SourceTask {
         if commit.changes == 0 {
             run.polled.rereads += commit.resources_read;
         }
-        let woken: std::collections::HashSet<String> =
-            commit.messages.iter().map(|m| m.hook.clone()).collect();
-        match &self.dry_run {
-            Some(sink) => sink.record(commit),
-            None => {
-                let committed =
-                    page_committed(&commit, &run.routing.routes, page.created, page.deleted);
-                self.store.commit_page(&self.fence, commit).await?;
-                committed.emit();
-            }
-        }
-        for hook in woken {
-            self.store.notify_due(&hook);
-        }
+        let counts = (page.created, page.deleted);
+        (self.committer)
+            .commit(commit, &run.routing.routes, counts.0, counts.1)
+            .await?;
         Ok(true)
     }
 }
@@ -760,30 +738,6 @@ mod tests {
 
     const LINE: &str = r#"{"resourceType":"Observation","id":"x","status":"final"}"#;
 
-    /// A saved job is polled on only if the config asks for what it asked,
-    /// and from no later than the horizon.
-    #[test]
-    fn a_saved_job_is_stale_when_asked_otherwise_or_from_the_future() {
-        let limit = crate::fhir::parse_instant("2026-12-01T00:00:00Z").unwrap();
-        let job = |request: Option<&str>, since: Option<&str>| ExportJob {
-            job_url: "http://x/status/1".into(),
-            since: since.map(str::to_string),
-            kicked_off_at: 0,
-            transaction_time: None,
-            files_done: 0,
-            lines_done: 0,
-            request: request.map(str::to_string),
-            manifest: None,
-        };
-        let past = Some("2026-11-30T00:00:00Z");
-        let future = Some("2026-12-02T00:00:00Z");
-        assert_eq!(stale(&job(Some("a"), past), "a", limit), None);
-        assert_eq!(stale(&job(None, None), "a", limit), None);
-        let other = stale(&job(Some("b"), future), "a", limit);
-        assert_eq!(other, Some(Stale::OtherRequest));
-        let ahead = stale(&job(None, future), "a", limit);
-        assert_eq!(ahead, Some(Stale::SinceAfterClock));
-    }
     const LINES: usize = 900_000; // about 50 MB
 
     /// Serves an NDJSON body generated as it is sent: `LINES` short lines,

@@ -4,10 +4,15 @@
 //! `{transactionTime, output: [{type, url}], error: [...]}`; the output files
 //! are NDJSON, one resource a line. This file holds what can be said
 //! without a network: the URL, the manifest, the waits, the lines. The job
-//! itself is run by `source/export_job.rs`.
+//! itself is run by `job.rs` (`Exporter`, through the source's `Fetcher`
+//! and `Committer`), as `decisions.rs` decides; one status request is
+//! `status.rs`.
 
+mod decisions;
 mod job;
 mod status;
+
+pub(in crate::source) use job::Exporter;
 
 use crate::config::Source;
 use crate::fhir::{format_instant, parse_instant};

@@ -1,6 +1,6 @@
 //! One status request of a `bulk-export` job, and what it found: the
 //! manifest (usable or not), a wait, or a job the server forgot. Its
-//! caller (`export_job.rs`) decides what the source's turn does with it.
+//! caller (`job.rs`, `Exporter`) decides what the source's turn does with it.
 
 use super::{MAX_MANIFEST_BYTES, Manifest};
 use crate::source::errors::{ExportError, PollError};
@@ -48,10 +48,7 @@ pub(in crate::source) async fn check_status(
         return busy(ExportError::ForeignJobUrl.into(), None);
     };
     fetcher.expect_page();
-    fetcher
-        .limiter
-        .acquire(fetcher.source.max_requests_per_second)
-        .await;
+    fetcher.acquire().await;
     let sent = Instant::now();
     let resp = match fetcher.client.send(Method::GET, &job_url, "").await {
         Ok(resp) => resp,

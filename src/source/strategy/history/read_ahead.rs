@@ -15,6 +15,8 @@ use super::order::HistoryOrder;
 use crate::fhir::bundle::{EntryMode, parse_page_as};
 use crate::source::client::Fetched;
 use crate::source::fetch::Fetcher;
+use crate::source::notes::Notes;
+use crate::source::strategy::Strategy;
 use std::collections::{HashSet, VecDeque};
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -41,6 +43,26 @@ impl ReadAhead {
     pub(in crate::source) fn successor(&self) -> Option<Url> {
         self.pages.front().map(|(u, _)| u.clone())
     }
+}
+
+/// The pages a walk of `strategy` reads ahead from `first`: a `history`
+/// chain's (`read_ahead`; noted when cut short), none for the others.
+pub(in crate::source) async fn pages_ahead(
+    strategy: Strategy,
+    fetcher: &Fetcher<'_>,
+    first: &Url,
+    rt: &str,
+    cancel: &CancellationToken,
+    notes: &mut Notes,
+) -> ReadAhead {
+    if strategy != Strategy::History {
+        return ReadAhead::default();
+    }
+    let (ahead, cut) = read_ahead(fetcher, first, rt, cancel).await;
+    if let Some(note) = cut {
+        notes.warn(format!("{rt}: {note}"));
+    }
+    ahead
 }
 
 /// Reads the chain from `first`. A single page, an ascending chain, or one

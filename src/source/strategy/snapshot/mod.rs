@@ -7,7 +7,7 @@
 //! the same walk.
 
 pub(in crate::source) mod confirm;
-mod full_walk;
+pub(in crate::source) mod full_walk;
 
 use crate::config::{Schedule, Source};
 use crate::diff::{self, ChangeKind};
