@@ -13,10 +13,17 @@
 //! Durability: PostgreSQL's own (synchronous commit). Watermark, seen
 //! versions and outbox rows of a page are written in one transaction.
 
+mod backfill;
 mod errors;
+mod export;
 mod fence;
+pub(crate) mod lease;
 mod outbox;
+mod poll;
+mod roster;
 mod schema;
+mod seen_body;
+mod snapshot;
 mod stub_deliveries;
 mod stub_operator;
 mod stub_targets;
