@@ -63,7 +63,7 @@ pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, Rename
         });
     }
     let (store, _lock, _backfills) =
-        state::open(config, state::SourceRename).map_err(|e| match e {
+        state::open(config, state::SourceRename).await.map_err(|e| match e {
             OpenError::Writer(e @ LockError::Held { .. }) => RenameError::DaemonRunning(e),
             OpenError::Backfills(LockError::Held { dir, .. }) => RenameError::BackfillRunning(dir),
             OpenError::Writer(e) | OpenError::Backfills(e) => RenameError::Lock(e),

@@ -31,7 +31,7 @@ pub enum DaemonError {
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
     // Held until we return: one daemon per state directory.
-    let (store, lock) = state::open(&config, Exclusive).map_err(|e| match e {
+    let (store, lock) = state::open(&config, Exclusive).await.map_err(|e| match e {
         OpenError::Writer(e) | OpenError::Backfills(e) => DaemonError::Locked(e),
         OpenError::State(e) => DaemonError::State(e),
     })?;

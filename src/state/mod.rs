@@ -252,6 +252,23 @@ impl Store {
         })
     }
 
+    /// A store on an opened PostgreSQL backend.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_postgres(pg: postgres::PgStore) -> Store {
+        Store {
+            backend: Backend::Postgres(pg),
+        }
+    }
+
+    /// The PostgreSQL backend under this store, if it is one.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn as_postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// Opens an existing SQLite database for reading only, safe while the
     /// daemon writes. `Ok(None)` when there is no database yet.
     fn open_read_only(path: &Path) -> Result<Option<Store>, StateError> {
