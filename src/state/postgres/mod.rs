@@ -28,6 +28,8 @@ mod stub_deliveries;
 mod stub_operator;
 mod stub_targets;
 #[cfg(test)]
+mod targets_tests;
+#[cfg(test)]
 pub(crate) mod test_server;
 
 use super::StateError;
