@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 /// How often the daemon records that it is alive (`status` reads it).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// How often a standby replica tries to take the state's lease (a failover
+/// takes at most the lease's TTL plus this).
+const STANDBY_RETRY: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -27,14 +31,18 @@ pub enum DaemonError {
     Http(String),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// A shared state's lease was lost (taken over, or not renewed in time):
+    /// polling and delivering stopped at once; a restart waits as a standby.
+    #[error("the state's lease was lost: stopped polling and delivering (another replica takes over)")]
+    LeaseLost,
 }
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
-    // Held until we return: one daemon per state directory.
-    let (store, lock) = state::open(&config, Exclusive).await.map_err(|e| match e {
-        OpenError::Writer(e) | OpenError::Backfills(e) => DaemonError::Locked(e),
-        OpenError::State(e) => DaemonError::State(e),
-    })?;
+    // Held until we return: one daemon per state directory (on a shared
+    // state, one writing replica: the others wait as standbys).
+    let Some((store, lock)) = writer_lock(&config, &cancel).await? else {
+        return Ok(());
+    };
     let pid = std::process::id();
     if let Err(e) = store
         .record_daemon_start(pid, env!("CARGO_PKG_VERSION"))
@@ -105,15 +113,30 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     ));
 
     let mut reloads = reload_signals();
+    let mut lost = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = lock.lost() => {
+                lost = true;
+                break;
+            }
             Some(()) = reloads.recv() => reload(&mut sup, &notifier).await,
         }
     }
     notifier.stopping();
-    tracing::info!("shutting down: finishing in-flight work");
-    let grace = sup.config().shutdown_grace;
+    // A lost lease: another replica may be taking over now, so nothing more
+    // is polled or sent (in-flight POSTs are dropped; their fenced outcome
+    // could not be recorded anyway, and the next owner sends them again).
+    let grace = match lost {
+        true => Duration::ZERO,
+        false => sup.config().shutdown_grace,
+    };
+    if lost {
+        tracing::error!("the state's lease was lost: stopping at once");
+    } else {
+        tracing::info!("shutting down: finishing in-flight work");
+    }
     // The admin listener stops with the rest, within the same grace: a
     // client holding a connection open cannot hold the process.
     admin_stop.cancel();
@@ -131,7 +154,46 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     background.cancel();
     let _ = reporter.await;
     let _ = heartbeat.await;
+    if lost {
+        return Err(DaemonError::LeaseLost);
+    }
+    lock.release().await;
     Ok(())
+}
+
+/// The writer lock of the state. On a shared state held by another replica's
+/// lease, waits as a standby (said once, then a try every `STANDBY_RETRY`)
+/// until it is ours; `None`: cancelled meanwhile.
+async fn writer_lock(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Option<(Store, state::StateLock)>, DaemonError> {
+    let mut waiting = false;
+    loop {
+        match state::open(config, Exclusive).await {
+            Ok(opened) => {
+                if waiting {
+                    tracing::info!("took over the state's lease: this replica polls and delivers now");
+                }
+                return Ok(Some(opened));
+            }
+            Err(OpenError::Writer(e @ LockError::Leased { .. })) => {
+                if !waiting {
+                    tracing::info!(reason = %e, "standby: another replica writes the state; taking over when its lease ends");
+                    waiting = true;
+                }
+                notify::standby("standby: another replica holds the state's lease");
+            }
+            Err(OpenError::Writer(e) | OpenError::Backfills(e)) => {
+                return Err(DaemonError::Locked(e));
+            }
+            Err(OpenError::State(e)) => return Err(DaemonError::State(e)),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(STANDBY_RETRY) => {}
+        }
+    }
 }
 
 /// A source renamed in the config across a restart, without `source
