@@ -358,4 +358,59 @@ mod tests {
         assert_eq!(unmatched(&state, &["a", "b", "c"]), (vec![], vec!["c"]));
         assert_eq!(unmatched(&[], &["a"]), (vec![], vec!["a"]));
     }
+
+    /// Two daemons on one PostgreSQL state: the second waits as a standby,
+    /// takes over once the first stops cleanly (its lease released), and
+    /// stops with an error once its own lease is taken from it.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standby_takes_over_and_a_lost_lease_stops_the_daemon() {
+        use crate::config::Config;
+        use crate::state::ReadWrite;
+        use std::time::{Duration, Instant};
+        use tokio_util::sync::CancellationToken;
+        use crate::state::test_util::{fresh_postgres, state_lease, take_state_lease};
+        let Some(url) = fresh_postgres().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n");
+        let config = Config::from_str(&text, &dir.path().join("bridges.toml")).unwrap();
+        let store = crate::state::open(&config, ReadWrite).await.unwrap();
+        let lease = || state_lease(&store);
+        let until = |epoch: i64| async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some((Some(_), e)) = lease().await
+                    && e == epoch
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the lease never reached epoch {epoch}");
+        };
+
+        let (stop1, stop2) = (CancellationToken::new(), CancellationToken::new());
+        let first = tokio::spawn(super::run(config.clone(), stop1.clone()));
+        until(1).await;
+        let second = tokio::spawn(super::run(config.clone(), stop2.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "the second waits as a standby");
+        assert_eq!(lease().await.map(|l| l.1), Some(1));
+
+        stop1.cancel();
+        first.await.unwrap().unwrap();
+        until(2).await;
+        assert!(!second.is_finished());
+
+        // Another takes the lease (as after a stall past its expiry): the
+        // second's next renewal is refused, and it stops with an error.
+        take_state_lease(&store).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("a lost lease stops the daemon");
+        assert!(matches!(ended.unwrap(), Err(super::DaemonError::LeaseLost)));
+        drop(stop2);
+    }
 }

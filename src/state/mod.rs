@@ -288,6 +288,37 @@ pub(crate) mod test_util {
         (dir, store)
     }
 
+    /// A new, empty PostgreSQL database (`None`: no server to run here).
+    #[cfg(feature = "postgres")]
+    pub async fn fresh_postgres() -> Option<String> {
+        super::postgres::test_server::fresh_database().await
+    }
+
+    /// The state's lease on a PostgreSQL store: its owner and epoch.
+    #[cfg(feature = "postgres")]
+    pub async fn state_lease(store: &Store) -> Option<(Option<String>, i64)> {
+        let c = store.as_postgres()?.client().await.unwrap();
+        c.query_opt(
+            "SELECT owner, epoch FROM lease WHERE scope = 'state' AND unit = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+    }
+
+    /// Another replica takes the state's lease, as after a stall of its holder.
+    #[cfg(feature = "postgres")]
+    pub async fn take_state_lease(store: &Store) {
+        let c = store.as_postgres().unwrap().client().await.unwrap();
+        c.execute(
+            "UPDATE lease SET owner = 'another', epoch = epoch + 1 WHERE scope = 'state'",
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+
     /// Makes a hook's messages look `ms` older than they are.
     pub async fn backdate(store: &Store, hook: &str, ms: i64) {
         match &store.backend {
