@@ -70,11 +70,15 @@ pub async fn run(
             }
         }
     } else {
-        let (store, lock) = state::open(config, state::Exclusive).await.map_err(|e| match e {
-            OpenError::Writer(e @ LockError::Held { .. }) => PollOnceError::DaemonRunning(e),
-            OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
-            OpenError::State(e) => PollOnceError::State(e),
-        })?;
+        let (store, lock) = state::open(config, state::Exclusive)
+            .await
+            .map_err(|e| match e {
+                OpenError::Writer(e @ (LockError::Held { .. } | LockError::Leased { .. })) => {
+                    PollOnceError::DaemonRunning(e)
+                }
+                OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
+                OpenError::State(e) => PollOnceError::State(e),
+            })?;
         fence = lock.fence();
         _lock = Some(lock);
         store

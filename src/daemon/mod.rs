@@ -33,7 +33,9 @@ pub enum DaemonError {
     Admin(#[from] crate::admin::AdminError),
     /// A shared state's lease was lost (taken over, or not renewed in time):
     /// polling and delivering stopped at once; a restart waits as a standby.
-    #[error("the state's lease was lost: stopped polling and delivering (another replica takes over)")]
+    #[error(
+        "the state's lease was lost: stopped polling and delivering (another replica takes over)"
+    )]
     LeaseLost,
 }
 
@@ -173,7 +175,9 @@ async fn writer_lock(
         match state::open(config, Exclusive).await {
             Ok(opened) => {
                 if waiting {
-                    tracing::info!("took over the state's lease: this replica polls and delivers now");
+                    tracing::info!(
+                        "took over the state's lease: this replica polls and delivers now"
+                    );
                 }
                 return Ok(Some(opened));
             }
@@ -367,9 +371,9 @@ mod tests {
     async fn a_standby_takes_over_and_a_lost_lease_stops_the_daemon() {
         use crate::config::Config;
         use crate::state::ReadWrite;
+        use crate::state::test_util::{fresh_postgres, state_lease, take_state_lease};
         use std::time::{Duration, Instant};
         use tokio_util::sync::CancellationToken;
-        use crate::state::test_util::{fresh_postgres, state_lease, take_state_lease};
         let Some(url) = fresh_postgres().await else {
             return;
         };

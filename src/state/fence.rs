@@ -11,9 +11,9 @@
 //! and epoch in it and checks them in the writing transaction, refusing a
 //! stale one with a `StateError`.
 
-use super::{BackfillLock, PageCommit, StateError};
 #[cfg(test)]
 use super::StateLock;
+use super::{BackfillLock, PageCommit, StateError};
 use std::sync::Arc;
 
 /// Proof that its holder may write what it writes. Cheap to clone: each task

@@ -120,7 +120,10 @@ impl StateLock {
     /// The lease `keeper` holds on the state at `location` (a PostgreSQL
     /// state's writer lock).
     #[cfg(feature = "postgres")]
-    pub(crate) fn leased(keeper: super::postgres::lease::LeaseKeeper, location: PathBuf) -> StateLock {
+    pub(crate) fn leased(
+        keeper: super::postgres::lease::LeaseKeeper,
+        location: PathBuf,
+    ) -> StateLock {
         StateLock {
             held: Held::Lease { keeper, location },
         }

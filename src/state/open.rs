@@ -200,11 +200,9 @@ mod postgres {
     }
 
     pub(super) async fn lease(store: &Store) -> Result<StateLock, OpenError> {
-        let pg = store.as_postgres().ok_or_else(|| {
-            StateError::Open {
-                path: store.path().display().to_string(),
-                message: "not a PostgreSQL state".into(),
-            }
+        let pg = store.as_postgres().ok_or_else(|| StateError::Open {
+            path: store.path().display().to_string(),
+            message: "not a PostgreSQL state".into(),
         })?;
         match LeaseKeeper::acquire(pg, SCOPE, 0, TIMINGS).await? {
             Ok(keeper) => Ok(StateLock::leased(keeper, pg.path().to_path_buf())),
@@ -287,7 +285,10 @@ url = "http://127.0.0.1:9/h"
         let text = format!("{CONFIG}\n[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n");
         let config = Config::from_str(&text, &dir.path().join("bridges.toml")).unwrap();
         assert!(open(&config, ReadOnly).await.unwrap().is_none());
-        assert!(open(&config, ReadOnly).await.unwrap().is_none(), "it made none");
+        assert!(
+            open(&config, ReadOnly).await.unwrap().is_none(),
+            "it made none"
+        );
 
         let (store, writer) = open(&config, Exclusive).await.unwrap();
         assert!(writer.fence().epoch() >= 1);
@@ -296,7 +297,10 @@ url = "http://127.0.0.1:9/h"
         match open(&config, Exclusive).await {
             Err(e @ OpenError::Writer(LockError::Leased { .. })) => {
                 let msg = e.to_string();
-                assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+                assert!(
+                    msg.contains(&format!("pid {}", std::process::id())),
+                    "{msg}"
+                );
                 assert!(!msg.contains("user=bridge"), "{msg}");
             }
             Err(e) => panic!("{e}"),

@@ -73,12 +73,14 @@ impl PgSettings {
         use secrecy::ExposeSecret;
         let tls = match &pg.tls {
             None => None,
-            Some(t) => Some(tls_config(t.ca_pem.as_deref()).map_err(|message| {
-                StateError::Open {
-                    path: pg.location.clone(),
-                    message,
-                }
-            })?),
+            Some(t) => {
+                Some(
+                    tls_config(t.ca_pem.as_deref()).map_err(|message| StateError::Open {
+                        path: pg.location.clone(),
+                        message,
+                    })?,
+                )
+            }
         };
         Ok(PgSettings {
             url: pg.url.expose_secret().to_string(),

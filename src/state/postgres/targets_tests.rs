@@ -43,9 +43,14 @@ async fn targets_start_once_and_the_lowest_patient_watermark_waits_for_all() {
     let f = Fence::private();
     let key = TargetKey::population("s", "Observation");
     assert_eq!(s.target_state(&key).await.unwrap(), Default::default());
-    s.init_target(&f, &key, Some("2026-01-01T00:00:00Z".into()), Some("f".into()))
-        .await
-        .unwrap();
+    s.init_target(
+        &f,
+        &key,
+        Some("2026-01-01T00:00:00Z".into()),
+        Some("f".into()),
+    )
+    .await
+    .unwrap();
     let st = s.target_state(&key).await.unwrap();
     assert!(st.initialized);
     assert_eq!(
@@ -58,9 +63,14 @@ async fn targets_start_once_and_the_lowest_patient_watermark_waits_for_all() {
     };
     let lowest = || s.lowest_patient_watermark("s", "Observation");
     assert_eq!(lowest().await.unwrap(), None);
-    s.init_target(&f, &patient("a"), Some("2026-01-02T00:00:00.000Z".into()), None)
-        .await
-        .unwrap();
+    s.init_target(
+        &f,
+        &patient("a"),
+        Some("2026-01-02T00:00:00.000Z".into()),
+        None,
+    )
+    .await
+    .unwrap();
     s.init_target(&f, &patient("b"), None, None).await.unwrap();
     assert_eq!(lowest().await.unwrap(), None, "b reads from its start");
     // Byte order, as SQLite: "2026-01-02T00:00:00Z" > "2026-01-02T00:00:00.000Z".
@@ -74,7 +84,12 @@ async fn targets_start_once_and_the_lowest_patient_watermark_waits_for_all() {
     assert_eq!(s.sources_with_state().await.unwrap(), ["s"]);
     // A backfill's fence moves no watermark.
     let refused = s
-        .init_target(&crate::state::BackfillLock::unlocked().fence(), &key, None, None)
+        .init_target(
+            &crate::state::BackfillLock::unlocked().fence(),
+            &key,
+            None,
+            None,
+        )
         .await;
     assert!(matches!(refused, Err(StateError::Fenced(_))));
 }
@@ -118,7 +133,10 @@ async fn polls_and_reconciliations_are_recorded() {
     assert_eq!(r.get::<_, &str>(8), "entry 2 skipped");
     let key = TargetKey::population("s", "Observation");
     s.record_reconcile(&key, 5_000, 3).await.unwrap();
-    assert_eq!(s.target_state(&key).await.unwrap().reconciled_at_ms, Some(5_000));
+    assert_eq!(
+        s.target_state(&key).await.unwrap().reconciled_at_ms,
+        Some(5_000)
+    );
 }
 
 #[tokio::test]
@@ -130,11 +148,22 @@ async fn seen_rows_load_with_their_bodies_and_a_walk_finds_what_it_missed() {
     let ids = vec!["a".to_string(), "b".into(), "nope".into()];
     let plain = s.load_seen("s", "Encounter", ids.clone()).await.unwrap();
     assert_eq!(plain.len(), 2);
-    assert_eq!((plain["a"].content_hash, plain["a"].body.as_deref()), ([1; 32], None));
-    let with = s.load_seen_for_page("s", "Encounter", ids, true).await.unwrap();
+    assert_eq!(
+        (plain["a"].content_hash, plain["a"].body.as_deref()),
+        ([1; 32], None)
+    );
+    let with = s
+        .load_seen_for_page("s", "Encounter", ids, true)
+        .await
+        .unwrap();
     assert_eq!(with["a"].body.as_deref(), Some(&b"body-a"[..]));
     assert_eq!(with["b"].body, None);
-    assert!(s.load_seen("s", "Encounter", vec![]).await.unwrap().is_empty());
+    assert!(
+        s.load_seen("s", "Encounter", vec![])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let missed = s
         .seen_not_walked("s", "Encounter", Arc::new(|id: &str| id == "b"), true)
@@ -154,19 +183,39 @@ async fn seen_rows_load_with_their_bodies_and_a_walk_finds_what_it_missed() {
 async fn backfill_and_export_jobs_keep_their_progress() {
     let Some(s) = store().await else { return };
     assert_eq!(s.backfill_job("s", "Observation").await.unwrap(), None);
-    s.start_backfill("s", "Observation", "2025", "2026").await.unwrap();
+    s.start_backfill("s", "Observation", "2025", "2026")
+        .await
+        .unwrap();
     let job = s.backfill_job("s", "Observation").await.unwrap().unwrap();
-    assert_eq!((job.since.as_str(), job.until.as_str(), job.done), ("2025", "2026", false));
+    assert_eq!(
+        (job.since.as_str(), job.until.as_str(), job.done),
+        ("2025", "2026", false)
+    );
     assert!(s.backfills_unfinished().await.unwrap());
     s.finish_backfill("s", "Observation").await.unwrap();
-    assert!(s.backfill_job("s", "Observation").await.unwrap().unwrap().done);
+    assert!(
+        s.backfill_job("s", "Observation")
+            .await
+            .unwrap()
+            .unwrap()
+            .done
+    );
     assert!(!s.backfills_unfinished().await.unwrap());
-    s.start_backfill("s", "Observation", "2024", "2026").await.unwrap();
+    s.start_backfill("s", "Observation", "2024", "2026")
+        .await
+        .unwrap();
     let again = s.backfill_job("s", "Observation").await.unwrap().unwrap();
-    assert_eq!((again.since.as_str(), again.done), ("2024", false), "started over");
+    assert_eq!(
+        (again.since.as_str(), again.done),
+        ("2024", false),
+        "started over"
+    );
 
     let f = Fence::private();
-    let job = s.save_export_job("s", "http://h/job/1", None, "req").await.unwrap();
+    let job = s
+        .save_export_job("s", "http://h/job/1", None, "req")
+        .await
+        .unwrap();
     assert_eq!(s.export_job("s").await.unwrap(), Some(job));
     s.export_file_done("s", 3).await.unwrap();
     s.note_export_manifest("s", "2026-11-30T10:00:00.000Z", "f1", false)
@@ -180,7 +229,10 @@ async fn backfill_and_export_jobs_keep_their_progress() {
     assert_eq!(s.export_job("s").await.unwrap().unwrap().files_done, 0);
     // A new job forgets the old one's progress.
     s.export_file_done("s", 2).await.unwrap();
-    let fresh = s.save_export_job("s", "http://h/job/2", Some("x".into()), "r").await.unwrap();
+    let fresh = s
+        .save_export_job("s", "http://h/job/2", Some("x".into()), "r")
+        .await
+        .unwrap();
     assert_eq!(s.export_job("s").await.unwrap(), Some(fresh));
 
     let tt = "2026-11-30T10:00:00.000Z";
@@ -202,9 +254,15 @@ async fn backfill_and_export_jobs_keep_their_progress() {
         .await
         .unwrap();
     assert_eq!(mark("Patient").await.as_deref(), Some(tt), "never back");
-    s.finish_export(&f, "s", vec!["Patient".into()], older, vec!["Patient".into()])
-        .await
-        .unwrap();
+    s.finish_export(
+        &f,
+        "s",
+        vec!["Patient".into()],
+        older,
+        vec!["Patient".into()],
+    )
+    .await
+    .unwrap();
     assert_eq!(mark("Patient").await.as_deref(), Some(older), "repaired");
     s.save_export_job("s", "u", None, "r").await.unwrap();
     s.drop_export_job("s").await.unwrap();
@@ -222,7 +280,9 @@ async fn a_roster_sync_marks_returns_and_forgets_patients() {
     };
     for p in ["a", "b"] {
         for rt in ["Observation", "Encounter"] {
-            s.init_target(&f, &key(p, rt), Some("w".into()), None).await.unwrap();
+            s.init_target(&f, &key(p, rt), Some("w".into()), None)
+                .await
+                .unwrap();
         }
     }
     let only_a: std::collections::BTreeSet<String> = ["a".to_string()].into();
@@ -230,7 +290,10 @@ async fn a_roster_sync_marks_returns_and_forgets_patients() {
     assert_eq!(sync.left, ["b"]);
     assert_eq!(s.roster_in_state("s").await.unwrap(), only_a);
     let both = ["a".to_string(), "b".to_string()].into();
-    assert_eq!(s.sync_roster("s", both, 2_000, 500).await.unwrap().returned, ["b"]);
+    assert_eq!(
+        s.sync_roster("s", both, 2_000, 500).await.unwrap().returned,
+        ["b"]
+    );
     s.sync_roster("s", only_a.clone(), 3_000, 0).await.unwrap();
     let sync = s.sync_roster("s", only_a, 9_000, 4_000).await.unwrap();
     assert_eq!(sync.forgotten, ["b"]);
