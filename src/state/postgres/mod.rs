@@ -13,15 +13,29 @@
 //! Durability: PostgreSQL's own (synchronous commit). Watermark, seen
 //! versions and outbox rows of a page are written in one transaction.
 
+mod change;
+mod channel;
+mod commit;
+mod dlq;
 mod errors;
 mod fence;
+mod filter;
+mod gauges;
+mod heartbeat;
+mod inspect;
+mod maintenance;
+mod message;
 mod outbox;
+mod rename;
+mod replay;
+mod report;
 mod schema;
-mod stub_deliveries;
-mod stub_operator;
 mod stub_targets;
+mod summary;
 #[cfg(test)]
 pub(crate) mod test_server;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 use super::StateError;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -56,6 +70,9 @@ pub struct PgStore {
     heartbeat_ok_ms: Arc<AtomicI64>,
     /// Each hook's wake-up within this process.
     wakers: super::wake::Wakers,
+    /// This process's row in `replica` (random, made once per process and
+    /// shared by the store's clones): what its heartbeat updates.
+    replica: Arc<str>,
 }
 
 impl PgStore {
@@ -96,6 +113,7 @@ impl PgStore {
             location,
             heartbeat_ok_ms: Default::default(),
             wakers: Default::default(),
+            replica: heartbeat::replica_id().into(),
         })
     }
 

@@ -46,9 +46,6 @@ impl PgStore {
     ) -> Result<HashMap<String, SeenRow>, StateError> {
         Err(todo("load_seen_for_page"))
     }
-    pub async fn commit_page(&self, fence: &Fence, page: PageCommit) -> Result<(), StateError> {
-        Err(todo("commit_page"))
-    }
     pub async fn lowest_patient_watermark(
         &self,
         source: &str,

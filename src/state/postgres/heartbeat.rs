@@ -1,0 +1,92 @@
+//! The daemon's heartbeat on PostgreSQL: one `replica` row per running
+//! process (several replicas share the database), where SQLite keeps one
+//! `daemon` row. `last_seen_at` is our clock (ms, for `status`, as SQLite);
+//! `heartbeat_at` the database's (`clock_timestamp()`: liveness compared
+//! across replicas must not depend on their clocks).
+
+use super::PgStore;
+use crate::state::{Heartbeat, StateError, now_ms};
+use std::sync::atomic::Ordering;
+
+/// A random id for this process's replica row (128 bits, hex).
+pub(super) fn replica_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: unique enough among replicas (host, pid, time).
+        let seed = format!("{}-{}-{}", host(), std::process::id(), now_ms());
+        return seed;
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This machine's name, for `status` (never a secret).
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl PgStore {
+    /// Inserts this process's row (its id is the store's, made at connect).
+    pub async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO replica (id, host, pid, version, started_at, last_seen_at, heartbeat_at)
+                 VALUES ($1, $2, $3, $4, $5, $5, clock_timestamp())
+                 ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+                    version = EXCLUDED.version, started_at = EXCLUDED.started_at,
+                    last_seen_at = EXCLUDED.last_seen_at, heartbeat_at = clock_timestamp()",
+            )
+            .await?;
+        let now = now_ms();
+        let replica: &str = &self.replica;
+        client
+            .execute(&stmt, &[&replica, &host(), &i64::from(pid), &version, &now])
+            .await?;
+        self.heartbeat_ok_ms.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Updates this process's row only (as SQLite: another pid's beat
+    /// touches nothing).
+    pub async fn heartbeat(&self, pid: u32) -> Result<(), StateError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE replica SET last_seen_at = $3, heartbeat_at = clock_timestamp()
+                 WHERE id = $1 AND pid = $2",
+            )
+            .await?;
+        let now = now_ms();
+        let replica: &str = &self.replica;
+        client
+            .execute(&stmt, &[&replica, &i64::from(pid), &now])
+            .await?;
+        self.heartbeat_ok_ms.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The replica that beat last (by the database's clock).
+    pub async fn last_heartbeat(&self) -> Result<Option<Heartbeat>, StateError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT pid, started_at, last_seen_at, version FROM replica
+                 ORDER BY heartbeat_at DESC, last_seen_at DESC LIMIT 1",
+            )
+            .await?;
+        let Some(r) = client.query_opt(&stmt, &[]).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Heartbeat {
+            pid: u32::try_from(r.try_get::<_, i64>(0)?).unwrap_or(0),
+            started_at_ms: r.try_get(1)?,
+            last_seen_at_ms: r.try_get(2)?,
+            version: r.try_get(3)?,
+        }))
+    }
+}

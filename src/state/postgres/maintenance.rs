@@ -1,0 +1,91 @@
+//! Keeping the state bounded on PostgreSQL (as `sqlite/maintenance.rs`):
+//! what can never matter again is deleted. Giving space back and the WAL
+//! are the server's business here (see `reclaim_space`, `truncate_wal`).
+
+use super::PgStore;
+use super::commit::forget_seen_bodies;
+use crate::state::{SeenRow, StateError};
+
+/// Rows deleted per transaction, so a large prune never holds locks for long.
+const PRUNE_CHUNK: i64 = 5000;
+
+impl PgStore {
+    pub async fn prune_seen(
+        &self,
+        source: &str,
+        resource_type: &str,
+        before: String,
+    ) -> Result<usize, StateError> {
+        self.prune_seen_rows(source, resource_type, &before, None)
+            .await
+    }
+
+    pub async fn prune_tombstones(
+        &self,
+        source: &str,
+        resource_type: &str,
+        before: String,
+    ) -> Result<usize, StateError> {
+        let hash = SeenRow::TOMBSTONE_HASH;
+        self.prune_seen_rows(source, resource_type, &before, Some(&hash))
+            .await
+    }
+
+    /// `prune_seen`, of the rows whose content hash is `only_hash` when
+    /// given (a snapshot keeps every row but its deletes' tombstones). The
+    /// kept bodies go with their rows.
+    async fn prune_seen_rows(
+        &self,
+        source: &str,
+        resource_type: &str,
+        before: &str,
+        only_hash: Option<&[u8]>,
+    ) -> Result<usize, StateError> {
+        let mut client = self.client().await?;
+        let mut total = 0;
+        loop {
+            let tx = client.transaction().await?;
+            let stmt = tx
+                .prepare_cached(
+                    "DELETE FROM seen WHERE (source, resource_type, resource_id) IN (
+                        SELECT source, resource_type, resource_id FROM seen
+                        WHERE source = $1 AND resource_type = $2
+                          AND last_updated COLLATE \"C\" < $3
+                          AND ($5::bytea IS NULL OR content_hash = $5::bytea)
+                        LIMIT $4)
+                     RETURNING resource_id",
+                )
+                .await?;
+            let rows = tx
+                .query(&stmt, &[&source, &resource_type, &before, &PRUNE_CHUNK, &only_hash])
+                .await?;
+            let ids: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            forget_seen_bodies(&tx, source, resource_type, &refs).await?;
+            tx.commit().await?;
+            total += ids.len();
+            if (ids.len() as i64) < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Nothing to do: PostgreSQL's autovacuum makes a deleted row's space
+    /// reusable by the table, and giving it back to the file system takes
+    /// `VACUUM FULL`, which locks the table against every replica (an
+    /// operator's decision, not a housekeeping pass's). Returns 0.
+    pub async fn reclaim_space(&self) -> Result<u64, StateError> {
+        Ok(0)
+    }
+
+    /// Nothing to do: the server's WAL is recycled by its own checkpoints
+    /// (and `CHECKPOINT` needs a privilege the bridge's role should not
+    /// have). Its retention (archiving, replication) is the database
+    /// operator's policy. Returns true: nothing is held back by us.
+    pub async fn truncate_wal(&self) -> Result<bool, StateError> {
+        Ok(true)
+    }
+}

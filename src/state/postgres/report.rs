@@ -1,0 +1,159 @@
+//! Read models for `status` (as `sqlite/report.rs`). Watermarks compare in
+//! byte order (`COLLATE "C"`), as SQLite compares them.
+
+use super::PgStore;
+use crate::state::{HookReport, StateError, TargetReport};
+
+impl PgStore {
+    pub async fn patient_targets_report(
+        &self,
+        source: &str,
+        resource_type: &str,
+    ) -> Result<Option<TargetReport>, StateError> {
+        let newest = |col: &str, at: &str| {
+            format!(
+                "(SELECT {col} FROM poll_target WHERE source = $1 AND resource_type = $2
+                  AND patient <> '' AND left_roster_at IS NULL AND {col} IS NOT NULL
+                  ORDER BY {at} DESC NULLS LAST LIMIT 1)"
+            )
+        };
+        let sql = format!(
+            "SELECT count(*), min(watermark COLLATE \"C\"), max(last_poll_at), min(last_ok_at),
+                    max(consecutive_failures), sum(changes_seen)::bigint,
+                    sum(resources_read)::bigint, sum(entries_skipped)::bigint,
+                    sum(entries_future)::bigint, max(last_skip_at),
+                    {}, {}, max(last_warning_at),
+                    CASE WHEN max(consecutive_failures) > 0 THEN 'error'
+                         ELSE max(last_outcome COLLATE \"C\") END
+             FROM poll_target WHERE source = $1 AND resource_type = $2 AND patient <> ''
+               AND left_roster_at IS NULL",
+            newest("last_error", "last_poll_at"),
+            newest("last_warning", "last_warning_at"),
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let r = client.query_one(&stmt, &[&source, &resource_type]).await?;
+        let n: i64 = r.try_get(0)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let zero = |i: usize| -> Result<i64, tokio_postgres::Error> {
+            Ok(r.try_get::<_, Option<i64>>(i)?.unwrap_or(0))
+        };
+        Ok(Some(TargetReport {
+            source: source.to_string(),
+            resource_type: resource_type.to_string(),
+            patients: Some(n),
+            watermark: r.try_get(1)?,
+            last_poll_at_ms: r.try_get(2)?,
+            last_ok_at_ms: r.try_get(3)?,
+            consecutive_failures: zero(4)?,
+            changes_seen: zero(5)?,
+            resources_read: zero(6)?,
+            entries_skipped: zero(7)?,
+            entries_future: zero(8)?,
+            last_skip_at_ms: r.try_get(9)?,
+            last_error: r.try_get(10)?,
+            last_warning: r.try_get(11)?,
+            last_warning_at_ms: r.try_get(12)?,
+            last_outcome: r.try_get(13)?,
+            // Reconciliation is for population-wide targets only.
+            last_reconcile_at_ms: None,
+            last_reconcile_changes: None,
+        }))
+    }
+
+    pub async fn target_report(
+        &self,
+        source: &str,
+        resource_type: &str,
+    ) -> Result<Option<TargetReport>, StateError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT watermark, last_poll_at, last_ok_at, last_outcome, last_error,
+                        consecutive_failures, changes_seen, resources_read,
+                        entries_skipped, entries_future, last_skip_at, last_warning, last_warning_at,
+                        last_reconcile_at, last_reconcile_changes
+                 FROM poll_target WHERE source = $1 AND resource_type = $2 AND patient = ''",
+            )
+            .await?;
+        let Some(r) = client.query_opt(&stmt, &[&source, &resource_type]).await? else {
+            return Ok(None);
+        };
+        Ok(Some(TargetReport {
+            source: source.to_string(),
+            resource_type: resource_type.to_string(),
+            watermark: r.try_get(0)?,
+            last_poll_at_ms: r.try_get(1)?,
+            last_ok_at_ms: r.try_get(2)?,
+            last_outcome: r.try_get(3)?,
+            last_error: r.try_get(4)?,
+            consecutive_failures: r.try_get(5)?,
+            changes_seen: r.try_get(6)?,
+            resources_read: r.try_get(7)?,
+            entries_skipped: r.try_get(8)?,
+            entries_future: r.try_get(9)?,
+            last_skip_at_ms: r.try_get(10)?,
+            last_warning: r.try_get(11)?,
+            last_warning_at_ms: r.try_get(12)?,
+            patients: None,
+            last_reconcile_at_ms: r.try_get(13)?,
+            last_reconcile_changes: r.try_get(14)?,
+        }))
+    }
+
+    /// The hook's last event number is its `hook_seq` row.
+    pub async fn hook_report(&self, hook: &str) -> Result<HookReport, StateError> {
+        let client = self.client().await?;
+        let mut rep = HookReport {
+            hook: hook.to_string(),
+            ..Default::default()
+        };
+        let counts = client
+            .prepare_cached("SELECT state, count(*) FROM outbox WHERE hook = $1 GROUP BY state")
+            .await?;
+        for r in client.query(&counts, &[&hook]).await? {
+            let (state, n): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+            match state.as_str() {
+                "pending" => rep.pending = n,
+                "delivered" => rep.delivered = n,
+                "dead" => rep.dead = n,
+                _ => {}
+            }
+        }
+        let oldest = client
+            .prepare_cached(
+                "SELECT created_at FROM outbox WHERE hook = $1 AND state = 'pending'
+                 ORDER BY id LIMIT 1",
+            )
+            .await?;
+        rep.oldest_pending_at_ms = match client.query_opt(&oldest, &[&hook]).await? {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        };
+        let events = client
+            .prepare_cached("SELECT COALESCE((SELECT last FROM hook_seq WHERE hook = $1), 0)")
+            .await?;
+        rep.events = client.query_one(&events, &[&hook]).await?.try_get(0)?;
+        let stats = client
+            .prepare_cached(
+                "SELECT failed_attempts, filter_errors, last_success_at, last_error, last_error_at,
+                        disabled_at, disabled_reason, subscription_status, subscription_error
+                 FROM hook_stats WHERE hook = $1",
+            )
+            .await?;
+        if let Some(r) = client.query_opt(&stats, &[&hook]).await? {
+            rep.failed_attempts = r.try_get(0)?;
+            rep.filter_errors = r.try_get(1)?;
+            rep.last_success_at_ms = r.try_get(2)?;
+            rep.last_error = r.try_get(3)?;
+            rep.last_error_at_ms = r.try_get(4)?;
+            rep.disabled_at_ms = r.try_get(5)?;
+            rep.disabled_reason = r.try_get(6)?;
+            rep.subscription_status = r.try_get(7)?;
+            rep.subscription_error = r.try_get(8)?;
+        }
+        Ok(rep)
+    }
+}
