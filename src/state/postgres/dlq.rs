@@ -265,3 +265,7 @@ impl PgStore {
         Ok(done)
     }
 }
+
+#[cfg(test)]
+#[path = "dlq_tests.rs"]
+mod tests;

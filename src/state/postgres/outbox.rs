@@ -433,3 +433,7 @@ impl PgStore {
         Ok(client.execute(&stmt, &[&older_than_ms]).await? as usize)
     }
 }
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;

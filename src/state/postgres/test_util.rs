@@ -7,7 +7,7 @@ pub(crate) async fn fresh_store() -> Option<PgStore> {
     let url = super::test_server::fresh_database().await?;
     let settings = PgSettings {
         url,
-        pool_size: 8,
+        pool_size: 12,
         tls: None,
     };
     Some(PgStore::connect(&settings).unwrap())
