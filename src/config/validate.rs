@@ -141,6 +141,7 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(10))
             .min(Duration::from_secs(3600)),
         warnings: warnings(&ctx, &raw, &sources, &hooks),
+        state: super::state_backend::validate(&ctx, raw.state.as_ref())?,
         admin: match &raw.admin {
             Some(a) => super::admin::validate(&ctx, a)?,
             None => None,

@@ -1,16 +1,16 @@
 //! The page commit on PostgreSQL: seen versions (and kept bodies), the
 //! outbox's messages, and the watermark, backfill or export progress of the
 //! page, in one fenced transaction (as `sqlite/poll.rs`'s `commit_page`).
-//! The helpers SQLite keeps in `backfill.rs`, `export.rs` and
-//! `seen_body.rs` are here, beside their one caller.
+//! Its helpers live where SQLite keeps them (`backfill::record_page`,
+//! `export::record_chunk`, `seen_body::write`).
 //!
 //! Order inside the transaction: the fence first; the counter rows of the
 //! hooks (`hook_seq`, in `insert_messages`) last, since they are held until
 //! the commit and every enqueuer of the hook waits for them.
 
 use super::outbox::insert_messages;
-use super::{PgStore, errors, fence};
-use crate::state::{BackfillProgress, ExportProgress, Fence, PageCommit, StateError, now_ms};
+use super::{PgStore, backfill, errors, export, fence, seen_body};
+use crate::state::{Fence, PageCommit, StateError};
 use deadpool_postgres::Transaction;
 
 /// How often a page is tried when its transaction only met another (a
@@ -20,10 +20,10 @@ use deadpool_postgres::Transaction;
 const ATTEMPTS: usize = 5;
 
 /// Why a page's transaction failed: the database (maybe a conflict worth
-/// retrying), or a refusal (the fence).
+/// retrying), or anything else (the fence's refusal, a helper's error).
 enum Failure {
     Db(tokio_postgres::Error),
-    Refused(StateError),
+    Other(StateError),
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -53,7 +53,7 @@ impl PgStore {
                     attempt += 1;
                 }
                 Err(Failure::Db(e)) => return Err(e.into()),
-                Err(Failure::Refused(e)) => return Err(e),
+                Err(Failure::Other(e)) => return Err(e),
             }
         }
     }
@@ -61,7 +61,7 @@ impl PgStore {
 
 /// Everything `page` changes, in `tx`.
 async fn write_page(tx: &Transaction<'_>, fence: &Fence, page: &PageCommit) -> Result<(), Failure> {
-    fence::check(&**tx, fence).await.map_err(Failure::Refused)?;
+    fence::check(&**tx, fence).await.map_err(Failure::Other)?;
     let upsert = tx
         .prepare_cached(
             "INSERT INTO seen (source, resource_type, resource_id, version_id, last_updated, content_hash)
@@ -95,11 +95,15 @@ async fn write_page(tx: &Transaction<'_>, fence: &Fence, page: &PageCommit) -> R
         // The body follows its seen row, older-version guard included.
         if page.keep_bodies && moved > 0 {
             let body = row.body.as_deref();
-            write_seen_body(tx, &page.source, &page.resource_type, id, body).await?;
+            seen_body::write(tx, &page.source, &page.resource_type, id, body)
+                .await
+                .map_err(Failure::Other)?;
         }
     }
     match &page.backfill {
-        Some(progress) => record_backfill_page(tx, page, progress).await?,
+        Some(progress) => backfill::record_page(tx, page, progress)
+            .await
+            .map_err(Failure::Other)?,
         None => {
             let stmt = tx
                 .prepare_cached(
@@ -128,7 +132,9 @@ async fn write_page(tx: &Transaction<'_>, fence: &Fence, page: &PageCommit) -> R
         }
     }
     if let Some(progress) = &page.export {
-        record_export_chunk(tx, &page.source, progress).await?;
+        export::record_chunk(tx, &page.source, progress)
+            .await
+            .map_err(Failure::Other)?;
     }
     // Sorted: two pages counting errors of the same hooks lock their rows
     // in the same order.
@@ -145,98 +151,5 @@ async fn write_page(tx: &Transaction<'_>, fence: &Fence, page: &PageCommit) -> R
         tx.execute(&stmt, &[hook, &(*n as i64)]).await?;
     }
     insert_messages(tx, &page.messages).await?;
-    Ok(())
-}
-
-/// Stores `body` as the resource's last one (`seen_body`); `None` (over the
-/// size bound) forgets the older body, so `$previous` is null rather than
-/// stale (as `sqlite/seen_body.rs`).
-pub(super) async fn write_seen_body(
-    tx: &Transaction<'_>,
-    source: &str,
-    resource_type: &str,
-    id: &str,
-    body: Option<&[u8]>,
-) -> Result<(), tokio_postgres::Error> {
-    match body {
-        Some(body) => {
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO seen_body (source, resource_type, resource_id, body)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (source, resource_type, resource_id)
-                     DO UPDATE SET body = EXCLUDED.body",
-                )
-                .await?;
-            tx.execute(&stmt, &[&source, &resource_type, &id, &body])
-                .await?;
-        }
-        None => {
-            let ids = [id];
-            forget_seen_bodies(tx, source, resource_type, &ids).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Forgets these resources' kept bodies.
-pub(super) async fn forget_seen_bodies(
-    tx: &Transaction<'_>,
-    source: &str,
-    resource_type: &str,
-    ids: &[&str],
-) -> Result<u64, tokio_postgres::Error> {
-    let stmt = tx
-        .prepare_cached(
-            "DELETE FROM seen_body
-             WHERE source = $1 AND resource_type = $2 AND resource_id = ANY($3)",
-        )
-        .await?;
-    tx.execute(&stmt, &[&source, &resource_type, &ids]).await
-}
-
-/// A backfill page's progress, in the page's own transaction (with its seen
-/// versions and messages): a crash resumes from the last committed page
-/// (as `sqlite/backfill.rs`'s `record_page`).
-pub(super) async fn record_backfill_page(
-    tx: &Transaction<'_>,
-    page: &PageCommit,
-    progress: &BackfillProgress,
-) -> Result<(), tokio_postgres::Error> {
-    let stmt = tx
-        .prepare_cached(
-            "UPDATE backfill SET cursor = COALESCE($3, cursor), pages = pages + 1,
-                resources = resources + $4, changes = changes + $5, updated_at = $6
-             WHERE source = $1 AND resource_type = $2",
-        )
-        .await?;
-    let (read, changes) = (page.resources_read as i64, page.changes as i64);
-    tx.execute(
-        &stmt,
-        &[
-            &page.source,
-            &page.resource_type,
-            &progress.cursor,
-            &read,
-            &changes,
-            &now_ms(),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// An export chunk's progress, in the chunk's own transaction (as
-/// `sqlite/export.rs`'s `record_chunk`).
-pub(super) async fn record_export_chunk(
-    tx: &Transaction<'_>,
-    source: &str,
-    progress: &ExportProgress,
-) -> Result<(), tokio_postgres::Error> {
-    let stmt = tx
-        .prepare_cached("UPDATE export_job SET files_done = $2, lines_done = $3 WHERE source = $1")
-        .await?;
-    tx.execute(&stmt, &[&source, &progress.file, &progress.lines])
-        .await?;
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! are the server's business here (see `reclaim_space`, `truncate_wal`).
 
 use super::PgStore;
-use super::commit::forget_seen_bodies;
 use crate::state::{SeenRow, StateError};
+use deadpool_postgres::Transaction;
 
 /// Rows deleted per transaction, so a large prune never holds locks for long.
 const PRUNE_CHUNK: i64 = 5000;
@@ -88,4 +88,20 @@ impl PgStore {
     pub async fn truncate_wal(&self) -> Result<bool, StateError> {
         Ok(true)
     }
+}
+
+/// Forgets these resources' kept bodies (a pruned chunk's, in one statement).
+async fn forget_seen_bodies(
+    tx: &Transaction<'_>,
+    source: &str,
+    resource_type: &str,
+    ids: &[&str],
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached(
+            "DELETE FROM seen_body
+             WHERE source = $1 AND resource_type = $2 AND resource_id = ANY($3)",
+        )
+        .await?;
+    tx.execute(&stmt, &[&source, &resource_type, &ids]).await
 }

@@ -13,24 +13,30 @@
 //! Durability: PostgreSQL's own (synchronous commit). Watermark, seen
 //! versions and outbox rows of a page are written in one transaction.
 
+mod backfill;
 mod change;
 mod channel;
 mod commit;
 mod dlq;
 mod errors;
+mod export;
 mod fence;
 mod filter;
 mod gauges;
 mod heartbeat;
 mod inspect;
+pub(crate) mod lease;
 mod maintenance;
 mod message;
 mod outbox;
+mod poll;
 mod rename;
 mod replay;
 mod report;
+mod roster;
 mod schema;
-mod stub_targets;
+mod seen_body;
+mod snapshot;
 mod summary;
 #[cfg(test)]
 pub(crate) mod test_server;

@@ -50,7 +50,7 @@ async fn tables_with_source(
                ON t.table_schema = c.table_schema AND t.table_name = c.table_name
              WHERE c.table_schema = current_schema() AND c.column_name = 'source'
                AND t.table_type = 'BASE TABLE'
-             ORDER BY 1 COLLATE \"C\"",
+             ORDER BY c.table_name::text COLLATE \"C\"",
             &[],
         )
         .await?;
