@@ -30,10 +30,10 @@ pub use fanout::{FanOut, Roster};
 pub use fingerprint::Fingerprint;
 pub use notification::{Format, MAX_EVENTS_PER_BUNDLE, Notification};
 pub use schedule::Schedule;
+pub use source_auth::{TokenUrlRefusal, check_token_url};
+pub use state_backend::{MAX_POOL_SIZE, StateBackend};
 #[cfg(feature = "postgres")]
 pub use state_backend::{PgTls, PostgresState};
-pub use state_backend::{MAX_POOL_SIZE, StateBackend};
-pub use source_auth::{TokenUrlRefusal, check_token_url};
 pub use strategy::{Strategies, Strategy};
 pub use tls::Tls;
 

@@ -88,7 +88,10 @@ pub(super) fn validate(
     };
     let span = raw.span();
     let raw = raw.get_ref();
-    let backend = raw.backend.as_ref().map(|b| (b.get_ref().as_str(), b.span()));
+    let backend = raw
+        .backend
+        .as_ref()
+        .map(|b| (b.get_ref().as_str(), b.span()));
     match backend {
         None | Some(("sqlite", _)) => {
             let given = [
@@ -160,7 +163,11 @@ fn postgres(
         Host::Unix(_) => true,
         Host::Tcp(name) => is_loopback(name),
     }) && parsed.get_hostaddrs().iter().all(|a| a.is_loopback());
-    let verify = match raw.sslmode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+    let verify = match raw
+        .sslmode
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
         None => !local,
         Some(("verify-full", at)) if unix => {
             return Err(ctx.err(
@@ -185,7 +192,9 @@ fn postgres(
         Some((other, at)) => {
             return Err(ctx.err(
                 at,
-                format!("[state]: `sslmode` = \"{other}\": expected \"verify-full\" or \"disable\""),
+                format!(
+                    "[state]: `sslmode` = \"{other}\": expected \"verify-full\" or \"disable\""
+                ),
             ));
         }
     };
@@ -198,8 +207,8 @@ fn postgres(
         Some(file) => {
             let path = ctx.config_dir().join(file.get_ref());
             let err = |m: String| ctx.err(file.span(), format!("[state]: `ca_file`: {m}"));
-            let bytes =
-                std::fs::read(&path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
             super::fingerprint::record(&bytes);
             if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
                 return Err(err(format!("{} holds no PEM certificate", path.display())));
@@ -277,7 +286,9 @@ mod tests {
             error("[state]\npool_size = 3\n"),
             "b.toml:3: [state]: `pool_size` is for `backend = \"postgres\"`; the SQLite state lives in `state_dir`"
         );
-        assert!(error("[state]\nbackend = \"mysql\"\n").contains("expected \"sqlite\" or \"postgres\""));
+        assert!(
+            error("[state]\nbackend = \"mysql\"\n").contains("expected \"sqlite\" or \"postgres\"")
+        );
         assert!(error("[state]\nnope = 1\n").contains("unknown field `nope`"));
     }
 
@@ -294,7 +305,10 @@ mod tests {
         use super::*;
 
         fn pg(state: &str) -> PostgresState {
-            match load(&format!("[state]\nbackend = \"postgres\"\n{state}")).unwrap().state {
+            match load(&format!("[state]\nbackend = \"postgres\"\n{state}"))
+                .unwrap()
+                .state
+            {
                 StateBackend::Postgres(p) => p,
                 other => panic!("{other:?}"),
             }
@@ -345,7 +359,10 @@ mod tests {
             let e = pg_error("url = \"postgres://127.0.0.1/b\"\nca_file = \"ca.pem\"\n");
             assert!(e.contains("needs `sslmode = \"verify-full\"`"), "{e}");
             let e = pg_error("url = { env = \"FHIR_BRIDGE_TEST_NO_SUCH_STATE_URL\" }\n");
-            assert!(e.contains("`FHIR_BRIDGE_TEST_NO_SUCH_STATE_URL` is not set"), "{e}");
+            assert!(
+                e.contains("`FHIR_BRIDGE_TEST_NO_SUCH_STATE_URL` is not set"),
+                "{e}"
+            );
         }
 
         #[test]
@@ -366,7 +383,9 @@ mod tests {
                 panic!()
             };
             assert_eq!(p.tls.unwrap().ca_pem.as_deref(), Some(ca.as_bytes()));
-            let e = Config::from_str(&text("bad.pem"), &path).unwrap_err().to_string();
+            let e = Config::from_str(&text("bad.pem"), &path)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("holds no PEM certificate"), "{e}");
         }
     }

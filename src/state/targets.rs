@@ -3,8 +3,8 @@
 //! write them; nothing here speaks SQL.
 
 use super::{Fence, NewMessage, StateError};
-use std::collections::{BTreeMap, BTreeSet};
 use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// One poll target: a resource type of a source, for one patient or (`None`)

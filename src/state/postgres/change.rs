@@ -90,7 +90,9 @@ pub(super) async fn delete_change(
         .prepare_cached("DELETE FROM change_body WHERE id = $1")
         .await?;
     tx.execute(&body, &[&id]).await?;
-    let change = tx.prepare_cached("DELETE FROM change WHERE id = $1").await?;
+    let change = tx
+        .prepare_cached("DELETE FROM change WHERE id = $1")
+        .await?;
     tx.execute(&change, &[&id]).await?;
     Ok(())
 }

@@ -91,3 +91,60 @@ impl PgStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::postgres::test_util::fresh_store;
+    use crate::state::{Fence, MessageBody, NewMessage, PageCommit};
+
+    /// `sqlite/channel.rs`'s first test, on PostgreSQL.
+    #[tokio::test]
+    async fn status_starts_requested_and_events_are_read_by_number() {
+        let Some(store) = fresh_store().await else {
+            return;
+        };
+        let s = store.channel_state("h").await.unwrap();
+        assert!(s.needs_handshake());
+        assert_eq!((s.events, s.status()), (0, "requested"));
+        let messages = (0..5)
+            .map(|i| NewMessage::test("h", &format!("m{i}"), "Observation", &format!("o{i}")))
+            .collect();
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            messages,
+            ..Default::default()
+        };
+        store.commit_page(&Fence::private(), page).await.unwrap();
+        store.set_channel_status("h", "active", None).await.unwrap();
+        let s = store.channel_state("h").await.unwrap();
+        assert!(!s.needs_handshake());
+        assert_eq!((s.events, s.status()), (5, "active"));
+        let got = store.retained_events("h", 2, 4, false).await.unwrap();
+        let numbers: Vec<_> = got
+            .iter()
+            .map(|e| (e.number, e.resource_id.as_str()))
+            .collect();
+        assert_eq!(numbers, [(2, "o1"), (3, "o2"), (4, "o3")]);
+        assert!(matches!(&got[0].body, MessageBody::Change(c) if c.body.is_none()));
+        let with = store.retained_events("h", 5, 5, true).await.unwrap();
+        assert!(matches!(&with[0].body, MessageBody::Change(c) if c.body.is_some()));
+        // An outcome moves a FHIR channel's status between active and error.
+        let id = store.claim_due("h", vec![], 1).await.unwrap()[0].id;
+        let failed = crate::state::DeliveryRecord::Failed {
+            status: Some(500),
+            error: "HTTP 500".into(),
+            retry_at_ms: Some(0),
+        };
+        let f = Fence::private();
+        store
+            .record_deliveries(&f, "h", vec![(id, failed)], true)
+            .await
+            .unwrap();
+        let s = store.channel_state("h").await.unwrap();
+        assert_eq!(
+            (s.status(), s.error.as_deref()),
+            ("error", Some("HTTP 500"))
+        );
+    }
+}

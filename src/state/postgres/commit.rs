@@ -153,3 +153,84 @@ async fn write_page(tx: &Transaction<'_>, fence: &Fence, page: &PageCommit) -> R
     insert_messages(tx, &page.messages).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::postgres::PgStore;
+    use crate::state::postgres::test_util::fresh_store;
+    use crate::state::{Fence, PageCommit, SeenRow};
+
+    fn row(lu: &str, body: Option<&str>) -> SeenRow {
+        SeenRow {
+            version_id: None,
+            last_updated: Some(lu.into()),
+            content_hash: [1; 32],
+            body: body.map(|b| b.as_bytes().to_vec()),
+        }
+    }
+
+    async fn commit(store: &PgStore, keep_bodies: bool, seen: Vec<(&str, SeenRow)>) {
+        let seen = seen.into_iter().map(|(id, r)| (id.to_string(), r));
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Encounter".into(),
+            seen: seen.collect(),
+            keep_bodies,
+            ..Default::default()
+        };
+        store.commit_page(&Fence::private(), page).await.unwrap();
+    }
+
+    async fn get(store: &PgStore, id: &str) -> Option<SeenRow> {
+        let ids = vec![id.to_string()];
+        let mut rows = store
+            .load_seen_for_page("s", "Encounter", ids, true)
+            .await
+            .unwrap();
+        rows.remove(id)
+    }
+
+    async fn body(store: &PgStore, id: &str) -> Option<String> {
+        let body = get(store, id).await.and_then(|r| r.body)?;
+        Some(String::from_utf8(body).unwrap())
+    }
+
+    /// `sqlite/seen_body.rs`'s test: a body follows its seen row, the
+    /// older-version guard included; and the guard compares instants byte
+    /// by byte whatever the database's collation.
+    #[tokio::test]
+    async fn a_body_follows_its_seen_row_and_never_goes_back() {
+        let Some(store) = fresh_store().await else {
+            return;
+        };
+        commit(&store, true, vec![("a", row("2026-01-02", Some("v2")))]).await;
+        assert_eq!(body(&store, "a").await.as_deref(), Some("v2"));
+        // An older version (a backfill behind the daemon) moves neither.
+        commit(&store, true, vec![("a", row("2026-01-01", Some("v1")))]).await;
+        assert_eq!(body(&store, "a").await.as_deref(), Some("v2"));
+        let lu = get(&store, "a").await.unwrap().last_updated;
+        assert_eq!(lu.as_deref(), Some("2026-01-02"));
+        // A version too large to keep forgets the older body.
+        commit(&store, true, vec![("a", row("2026-01-03", None))]).await;
+        assert_eq!(body(&store, "a").await, None);
+        // A type that keeps no bodies writes none.
+        commit(&store, false, vec![("b", row("2026-01-03", Some("x")))]).await;
+        assert_eq!(body(&store, "b").await, None);
+        // Byte order: 'Z' (0x5a) sorts before 'z' and after '.'; a
+        // linguistic collation could say otherwise.
+        commit(
+            &store,
+            false,
+            vec![("c", row("2026-01-03T00:00:00.5Z", None))],
+        )
+        .await;
+        commit(
+            &store,
+            false,
+            vec![("c", row("2026-01-03T00:00:00Z", None))],
+        )
+        .await;
+        let lu = get(&store, "c").await.unwrap().last_updated;
+        assert_eq!(lu.as_deref(), Some("2026-01-03T00:00:00Z"));
+    }
+}

@@ -3,10 +3,10 @@
 //! replicas: the rows they act on are locked (`FOR UPDATE`) when selected,
 //! so a message is moved in the state it was selected in.
 
+use super::PgStore;
 use super::filter::{Param, condition, params};
 use super::message::{read_messages, select_messages};
 use super::outbox::{number, take_numbers};
-use super::PgStore;
 use crate::state::{
     DlqSelection, MessageFilter, MessageRecord, MessageState, Moved, OrphanedHook, StateError,
     WithBody, now_ms,
@@ -34,7 +34,11 @@ async fn hooks_in_outbox<C: GenericClient>(c: &C) -> Result<Vec<String>, StateEr
 }
 
 /// `$1` hook, `$2` state, then the filter's parameters.
-fn with_filter<'a>(hook: &'a String, state: &'a &'a str, filter: &'a MessageFilter) -> Vec<Param<'a>> {
+fn with_filter<'a>(
+    hook: &'a String,
+    state: &'a &'a str,
+    filter: &'a MessageFilter,
+) -> Vec<Param<'a>> {
     let mut p: Vec<Param> = vec![hook, state];
     p.extend(params(filter));
     p
@@ -70,7 +74,10 @@ async fn select<C: GenericClient>(
             states.push("dead");
         }
         for state in states {
-            for r in c.query(&sql, &with_filter(&hook, &state, &sel.filter)).await? {
+            for r in c
+                .query(&sql, &with_filter(&hook, &state, &sel.filter))
+                .await?
+            {
                 let (id, mid): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
                 if sel.ids.as_ref().is_none_or(|ids| ids.contains(&id)) {
                     out.push((id, mid));
@@ -104,7 +111,10 @@ impl PgStore {
             if configured.contains(&hook) {
                 continue;
             }
-            let (pending, dead) = (count(c, &hook, "pending").await?, count(c, &hook, "dead").await?);
+            let (pending, dead) = (
+                count(c, &hook, "pending").await?,
+                count(c, &hook, "dead").await?,
+            );
             if pending + dead > 0 {
                 out.push(OrphanedHook {
                     hook,
@@ -160,7 +170,9 @@ impl PgStore {
                 &["dead", "pending"]
             };
             for state in states {
-                let rows = client.query(&stmt, &with_filter(&h, state, &filter)).await?;
+                let rows = client
+                    .query(&stmt, &with_filter(&h, state, &filter))
+                    .await?;
                 out.extend(read_messages(&rows, WithBody::No)?);
             }
         }
@@ -215,7 +227,9 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let rows = select(&*tx, &sel, true, true).await?;
-        let del = tx.prepare_cached("DELETE FROM outbox WHERE id = $1").await?;
+        let del = tx
+            .prepare_cached("DELETE FROM outbox WHERE id = $1")
+            .await?;
         for (id, _) in &rows {
             tx.execute(&del, &[id]).await?;
         }
@@ -234,7 +248,9 @@ impl PgStore {
                                 AND id <> $3)",
             )
             .await?;
-        let del = tx.prepare_cached("DELETE FROM outbox WHERE id = $1").await?;
+        let del = tx
+            .prepare_cached("DELETE FROM outbox WHERE id = $1")
+            .await?;
         // A moved message is a new event of its new hook: it gets that hook's
         // next number (below, last: see `take_numbers`), and belongs to none
         // of its batches. Its lane stays: it is its resource's.

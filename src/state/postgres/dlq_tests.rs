@@ -2,8 +2,8 @@
 
 use crate::state::postgres::PgStore;
 use crate::state::postgres::test_util::fresh_store;
-use crate::state::{DlqSelection, Moved, OrphanedHook};
 use crate::state::{DeliveryRecord, MessageKey, NewMessage, PageCommit, WithBody};
+use crate::state::{DlqSelection, Moved, OrphanedHook};
 
 async fn enqueue(store: &PgStore, msgs: Vec<NewMessage>) {
     store
@@ -257,9 +257,7 @@ async fn a_moved_message_takes_the_new_hooks_next_event_number() {
     fixture(&store).await;
     let last_number = |hook: &'static str| {
         let store = store.clone();
-        async move {
-            store.channel_state(hook).await.unwrap().events
-        }
+        async move { store.channel_state(hook).await.unwrap().events }
     };
     assert_eq!((last_number("old").await, last_number("a").await), (3, 1));
     let sel = DlqSelection {

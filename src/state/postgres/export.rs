@@ -85,7 +85,9 @@ impl PgStore {
     pub async fn export_file_done(&self, source: &str, files_done: i64) -> Result<(), StateError> {
         let c = self.client().await?;
         let stmt = c
-            .prepare_cached("UPDATE export_job SET files_done = $2, lines_done = 0 WHERE source = $1")
+            .prepare_cached(
+                "UPDATE export_job SET files_done = $2, lines_done = 0 WHERE source = $1",
+            )
             .await?;
         c.execute(&stmt, &[&source, &files_done]).await?;
         Ok(())

@@ -65,3 +65,7 @@ impl PgStore {
         Ok(GaugeSnapshot { hooks, targets })
     }
 }
+
+#[cfg(test)]
+#[path = "gauges_tests.rs"]
+mod tests;

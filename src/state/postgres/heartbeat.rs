@@ -90,3 +90,52 @@ impl PgStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::postgres::PgStore;
+    use crate::state::postgres::test_util::fresh_store;
+
+    /// Each replica has its own row: a start inserts it, a beat moves its
+    /// `last_seen_at` only (another pid's beat touches nothing), and the
+    /// last heartbeat is the replica that beat last.
+    #[tokio::test]
+    async fn each_replica_beats_in_its_own_row() {
+        let Some(a) = fresh_store().await else {
+            return;
+        };
+        assert_eq!(a.last_heartbeat().await.unwrap(), None);
+        assert_eq!(a.last_heartbeat_ok_ms(), None);
+        a.record_daemon_start(41, "0.1.0").await.unwrap();
+        assert!(a.last_heartbeat_ok_ms().is_some());
+        let first = a.last_heartbeat().await.unwrap().unwrap();
+        assert_eq!((first.pid, first.version.as_str()), (41, "0.1.0"));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        a.heartbeat(41).await.unwrap();
+        let beat = a.last_heartbeat().await.unwrap().unwrap();
+        assert_eq!(beat.started_at_ms, first.started_at_ms);
+        assert!(beat.last_seen_at_ms > first.last_seen_at_ms);
+        a.heartbeat(7).await.unwrap();
+        assert_eq!(a.last_heartbeat().await.unwrap().unwrap(), beat);
+
+        // A second replica on the same database (its own replica id).
+        let b = PgStore {
+            replica: super::replica_id().into(),
+            ..a.clone()
+        };
+        b.record_daemon_start(42, "0.2.0").await.unwrap();
+        assert_eq!(a.last_heartbeat().await.unwrap().unwrap().pid, 42);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        a.heartbeat(41).await.unwrap();
+        assert_eq!(b.last_heartbeat().await.unwrap().unwrap().pid, 41);
+        let rows: i64 = a
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM replica", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 2);
+    }
+}

@@ -41,3 +41,7 @@ impl PgStore {
             .unwrap_or(MessageBody::Missing))
     }
 }
+
+#[cfg(test)]
+#[path = "inspect_tests.rs"]
+mod tests;

@@ -202,7 +202,11 @@ impl PgStore {
 
     /// Gives the lease up (if still ours in `epoch`): another replica may
     /// take it at once.
-    pub(crate) async fn release_lease(&self, lease: &LeaseId, epoch: i64) -> Result<(), StateError> {
+    pub(crate) async fn release_lease(
+        &self,
+        lease: &LeaseId,
+        epoch: i64,
+    ) -> Result<(), StateError> {
         let c = self.client().await?;
         c.execute(
             "UPDATE lease SET owner = NULL, expires_at = NULL
@@ -438,8 +442,8 @@ async fn keep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::postgres::{PgSettings, test_server};
     use crate::state::TargetKey;
+    use crate::state::postgres::{PgSettings, test_server};
 
     fn store(url: &str) -> PgStore {
         PgStore::connect(&PgSettings {

@@ -36,7 +36,9 @@ pub(super) fn parse_state(s: &str) -> Result<MessageState, StateError> {
         "pending" => Ok(MessageState::Pending),
         "delivered" => Ok(MessageState::Delivered),
         "dead" => Ok(MessageState::Dead),
-        _ => Err(StateError::Postgres("unknown message state in outbox".into())),
+        _ => Err(StateError::Postgres(
+            "unknown message state in outbox".into(),
+        )),
     }
 }
 
@@ -72,6 +74,9 @@ pub(super) fn read_message(r: &Row, body: WithBody) -> Result<MessageRecord, Sta
 }
 
 /// Reads every row of a `select_messages` query.
-pub(super) fn read_messages(rows: &[Row], body: WithBody) -> Result<Vec<MessageRecord>, StateError> {
+pub(super) fn read_messages(
+    rows: &[Row],
+    body: WithBody,
+) -> Result<Vec<MessageRecord>, StateError> {
     rows.iter().map(|r| read_message(r, body)).collect()
 }

@@ -242,7 +242,9 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let up = tx
-            .prepare_cached("UPDATE outbox SET batch_id = $2 WHERE id = ANY($1) AND state = 'pending'")
+            .prepare_cached(
+                "UPDATE outbox SET batch_id = $2 WHERE id = ANY($1) AND state = 'pending'",
+            )
             .await?;
         for (batch_id, ids) in &batches {
             tx.execute(&up, &[ids, batch_id]).await?;

@@ -260,7 +260,6 @@ async fn event_numbers_are_gap_free_per_hook() {
     assert_eq!(numbers("g").await, [("a1".to_string(), 1)]);
 }
 
-
 const DELIVERED: DeliveryRecord = DeliveryRecord::Delivered { status: 200 };
 
 fn dead() -> DeliveryRecord {
@@ -394,7 +393,11 @@ async fn a_stale_fence_writes_nothing() {
     let fenced = |r: Result<(), StateError>| matches!(r, Err(StateError::Fenced(_)));
     assert!(fenced(store.commit_page(&stale, page("m0")).await));
     assert!(!store.hook_has_messages("h").await.unwrap(), "no message");
-    assert_eq!(store.channel_state("h").await.unwrap().events, 0, "no number");
+    assert_eq!(
+        store.channel_state("h").await.unwrap().events,
+        0,
+        "no number"
+    );
     assert!(store.summary().await.unwrap().targets == 0, "no watermark");
 
     store.commit_page(&current, page("m1")).await.unwrap();
@@ -410,11 +413,20 @@ async fn a_stale_fence_writes_nothing() {
         .find_messages(MessageKey::Id(id), None, WithBody::No)
         .await
         .unwrap();
-    assert_eq!((found[0].state, found[0].attempts), (MessageState::Pending, 0));
+    assert_eq!(
+        (found[0].state, found[0].attempts),
+        (MessageState::Pending, 0)
+    );
     let report = store.hook_report("h").await.unwrap();
-    assert_eq!((report.failed_attempts, report.last_success_at_ms), (0, None));
+    assert_eq!(
+        (report.failed_attempts, report.last_success_at_ms),
+        (0, None)
+    );
 
-    store.record_delivery(&current, "h", id, DELIVERED).await.unwrap();
+    store
+        .record_delivery(&current, "h", id, DELIVERED)
+        .await
+        .unwrap();
     assert_eq!(store.hook_report("h").await.unwrap().delivered, 1);
 }
 
@@ -448,7 +460,12 @@ async fn a_late_outcome_never_flips_a_finished_message() {
         retry_at_ms: Some(now_ms() + 60_000),
     };
     store
-        .record_deliveries(&f, "h", vec![(a, dead()), (a, retry), (b, DELIVERED)], false)
+        .record_deliveries(
+            &f,
+            "h",
+            vec![(a, dead()), (a, retry), (b, DELIVERED)],
+            false,
+        )
         .await
         .unwrap();
     let state = |id| {
@@ -480,13 +497,21 @@ async fn a_moved_message_waits_behind_its_resources_pending_ones() {
     let Some(store) = fresh_store().await else {
         return;
     };
-    enqueue(&store, vec![NewMessage::test("old", "x0", "Observation", "x")]).await;
+    enqueue(
+        &store,
+        vec![NewMessage::test("old", "x0", "Observation", "x")],
+    )
+    .await;
     let id = store.claim_due("old", vec![], 10).await.unwrap()[0].id;
     store
         .record_delivery(&Fence::private(), "old", id, dead())
         .await
         .unwrap();
-    enqueue(&store, vec![NewMessage::test("h", "x1", "Observation", "x")]).await;
+    enqueue(
+        &store,
+        vec![NewMessage::test("h", "x1", "Observation", "x")],
+    )
+    .await;
     let sel = crate::state::DlqSelection {
         hook: Some("old".into()),
         configured: vec!["h".into()],
@@ -513,8 +538,9 @@ fn a_resources_lane_is_stable() {
     assert_eq!(lane("Observation", "a"), 5);
     assert_eq!(lane("Patient", "123"), 13);
     assert_eq!(lane("Encounter", "e-1"), 8);
-    let lanes: std::collections::BTreeSet<i16> =
-        (0..1000).map(|i| lane("Observation", &i.to_string())).collect();
+    let lanes: std::collections::BTreeSet<i16> = (0..1000)
+        .map(|i| lane("Observation", &i.to_string()))
+        .collect();
     assert_eq!(lanes, (0..LANES as i16).collect());
 }
 

@@ -30,7 +30,10 @@ impl PgStore {
             )
             .await?;
         let row = c
-            .query_opt(&stmt, &[&key.source, &key.resource_type, &patient_column(key)])
+            .query_opt(
+                &stmt,
+                &[&key.source, &key.resource_type, &patient_column(key)],
+            )
             .await?;
         Ok(row
             .map(|r| TargetState {
@@ -227,6 +230,10 @@ impl PgStore {
         let stmt = c
             .prepare_cached("SELECT DISTINCT source FROM poll_target ORDER BY source")
             .await?;
-        Ok(c.query(&stmt, &[]).await?.iter().map(|r| r.get(0)).collect())
+        Ok(c.query(&stmt, &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }

@@ -63,3 +63,31 @@ async fn tables_with_source(
         .filter(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::postgres::test_util::fresh_store;
+
+    /// Every table that names a source is found, so every one moves.
+    #[tokio::test]
+    async fn every_table_with_a_source_is_found() {
+        let Some(store) = fresh_store().await else {
+            return;
+        };
+        let mut client = store.client().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let tables = super::tables_with_source(&tx).await.unwrap();
+        assert_eq!(
+            tables,
+            [
+                "backfill",
+                "change",
+                "export_job",
+                "outbox",
+                "poll_target",
+                "seen",
+                "seen_body"
+            ]
+        );
+    }
+}

@@ -102,3 +102,7 @@ impl PgStore {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+#[path = "replay_tests.rs"]
+mod tests;

@@ -157,3 +157,116 @@ impl PgStore {
         Ok(rep)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::postgres::test_util::fresh_store;
+    use crate::state::{DeliveryRecord, Fence, NewMessage, PageCommit, PollOutcome, TargetKey};
+
+    /// `status`'s reports: a population target's row, a fan-out type summed
+    /// over its patients (the stalest watermark, totals), a hook's counts,
+    /// stats and last event number, and the summary line.
+    #[tokio::test]
+    async fn targets_and_hooks_are_reported() {
+        let Some(store) = fresh_store().await else {
+            return;
+        };
+        let f = Fence::private();
+        let patient = |p: &str| TargetKey {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            patient: Some(p.into()),
+        };
+        for (p, wm) in [
+            ("a", "2026-01-03T00:00:00.000Z"),
+            ("b", "2026-01-02T00:00:00.000Z"),
+        ] {
+            store
+                .init_target(&f, &patient(p), Some(wm.into()), None)
+                .await
+                .unwrap();
+        }
+        let outcome = |p: &str, error: Option<&str>, at_ms| PollOutcome {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            patient: Some(p.into()),
+            error: error.map(String::from),
+            at_ms,
+            resources_read: 3,
+            ..Default::default()
+        };
+        store
+            .record_polls(vec![
+                outcome("a", None, 1_000),
+                outcome("b", Some("HTTP 503"), 2_000),
+            ])
+            .await
+            .unwrap();
+        let r = store
+            .patient_targets_report("s", "Observation")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.patients, Some(2));
+        assert_eq!(r.watermark.as_deref(), Some("2026-01-02T00:00:00.000Z"));
+        assert_eq!(
+            (r.last_poll_at_ms, r.last_ok_at_ms),
+            (Some(2_000), Some(1_000))
+        );
+        assert_eq!((r.consecutive_failures, r.resources_read), (1, 3));
+        assert_eq!(r.last_error.as_deref(), Some("HTTP 503"));
+        assert_eq!(r.last_outcome.as_deref(), Some("error"));
+        assert!(
+            store
+                .patient_targets_report("s", "Patient")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Encounter".into(),
+            messages: vec![
+                NewMessage::test("h", "m1", "Encounter", "1"),
+                NewMessage::test("h", "m2", "Encounter", "2"),
+            ],
+            filter_errors: [("h".to_string(), 2)].into(),
+            watermark: Some("2026-01-05T00:00:00.000Z".into()),
+            changes: 2,
+            resources_read: 2,
+            ..Default::default()
+        };
+        let encounters = TargetKey::population("s", "Encounter");
+        store
+            .init_target(&f, &encounters, None, None)
+            .await
+            .unwrap();
+        store.commit_page(&f, page).await.unwrap();
+        let t = store
+            .target_report("s", "Encounter")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.watermark.as_deref(), Some("2026-01-05T00:00:00.000Z"));
+        assert_eq!((t.changes_seen, t.resources_read, t.patients), (2, 2, None));
+        assert!(store.target_report("s", "Patient").await.unwrap().is_none());
+
+        let id = store.claim_due("h", vec![], 1).await.unwrap()[0].id;
+        store
+            .record_delivery(&f, "h", id, DeliveryRecord::Delivered { status: 200 })
+            .await
+            .unwrap();
+        let h = store.hook_report("h").await.unwrap();
+        assert_eq!((h.pending, h.delivered, h.dead), (1, 1, 0));
+        assert_eq!((h.filter_errors, h.events), (2, 2));
+        assert!(h.last_success_at_ms.is_some() && h.oldest_pending_at_ms.is_some());
+        let none = store.hook_report("none").await.unwrap();
+        assert_eq!((none.pending, none.events), (0, 0));
+        let s = store.summary().await.unwrap();
+        assert_eq!(
+            (s.targets, s.failing_targets, s.pending, s.dead),
+            (3, 1, 1, 0)
+        );
+    }
+}

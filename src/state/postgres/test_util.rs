@@ -27,5 +27,11 @@ pub(crate) async fn backdate(store: &PgStore, hook: &str, ms: i64) {
 
 /// Runs `sql` (test set-up), panicking on failure.
 pub(crate) async fn exec(store: &PgStore, sql: &str) {
-    store.client().await.unwrap().batch_execute(sql).await.unwrap();
+    store
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(sql)
+        .await
+        .unwrap();
 }
