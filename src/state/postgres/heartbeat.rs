@@ -4,33 +4,13 @@
 //! `heartbeat_at` the database's (`clock_timestamp()`: liveness compared
 //! across replicas must not depend on their clocks).
 
-use super::PgStore;
+use super::{PgStore, lease};
 use crate::state::{Heartbeat, StateError, now_ms};
 use std::sync::atomic::Ordering;
 
-/// A random id for this process's replica row (128 bits, hex).
-pub(super) fn replica_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No randomness: unique enough among replicas (host, pid, time).
-        let seed = format!("{}-{}-{}", host(), std::process::id(), now_ms());
-        return seed;
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// This machine's name, for `status` (never a secret).
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 impl PgStore {
-    /// Inserts this process's row (its id is the store's, made at connect).
+    /// Inserts this process's row (its id is the store's: this process's
+    /// replica, the owner its leases name).
     pub async fn record_daemon_start(&self, pid: u32, version: &str) -> Result<(), StateError> {
         let client = self.client().await?;
         let stmt = client
@@ -45,7 +25,16 @@ impl PgStore {
         let now = now_ms();
         let replica: &str = &self.replica;
         client
-            .execute(&stmt, &[&replica, &host(), &i64::from(pid), &version, &now])
+            .execute(
+                &stmt,
+                &[
+                    &replica,
+                    &lease::this_replica().host,
+                    &i64::from(pid),
+                    &version,
+                    &now,
+                ],
+            )
             .await?;
         self.heartbeat_ok_ms.store(now, Ordering::Relaxed);
         Ok(())
@@ -120,7 +109,7 @@ mod tests {
 
         // A second replica on the same database (its own replica id).
         let b = PgStore {
-            replica: super::replica_id().into(),
+            replica: crate::state::postgres::lease::new_replica_id().into(),
             ..a.clone()
         };
         b.record_daemon_start(42, "0.2.0").await.unwrap();

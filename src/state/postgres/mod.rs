@@ -76,8 +76,8 @@ pub struct PgStore {
     heartbeat_ok_ms: Arc<AtomicI64>,
     /// Each hook's wake-up within this process.
     wakers: super::wake::Wakers,
-    /// This process's row in `replica` (random, made once per process and
-    /// shared by the store's clones): what its heartbeat updates.
+    /// This process's row in `replica` (`lease::this_replica`, random per
+    /// process): what its heartbeat updates.
     replica: Arc<str>,
 }
 
@@ -119,7 +119,7 @@ impl PgStore {
             location,
             heartbeat_ok_ms: Default::default(),
             wakers: Default::default(),
-            replica: heartbeat::replica_id().into(),
+            replica: lease::this_replica().id.as_str().into(),
         })
     }
 
