@@ -324,7 +324,7 @@ pub(crate) mod test_util {
         match &store.backend {
             Backend::Sqlite(b) => super::sqlite::test_util::backdate(b, hook, ms).await,
             #[cfg(feature = "postgres")]
-            Backend::Postgres(_) => unimplemented!("backdate on PostgreSQL"),
+            Backend::Postgres(b) => super::postgres::test_util::backdate(b, hook, ms).await,
         }
     }
 }

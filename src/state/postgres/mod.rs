@@ -14,23 +14,36 @@
 //! versions and outbox rows of a page are written in one transaction.
 
 mod backfill;
+mod change;
+mod channel;
+mod commit;
+mod dlq;
 mod errors;
 mod export;
 mod fence;
+mod filter;
+mod gauges;
+mod heartbeat;
+mod inspect;
 pub(crate) mod lease;
+mod maintenance;
+mod message;
 mod outbox;
 mod poll;
+mod rename;
+mod replay;
+mod report;
 mod roster;
 mod schema;
 mod seen_body;
 mod snapshot;
-mod stub_deliveries;
-mod stub_operator;
-mod stub_targets;
+mod summary;
 #[cfg(test)]
 mod targets_tests;
 #[cfg(test)]
 pub(crate) mod test_server;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 use super::StateError;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -65,6 +78,9 @@ pub struct PgStore {
     heartbeat_ok_ms: Arc<AtomicI64>,
     /// Each hook's wake-up within this process.
     wakers: super::wake::Wakers,
+    /// This process's row in `replica` (`lease::this_replica`, random per
+    /// process): what its heartbeat updates.
+    replica: Arc<str>,
 }
 
 impl PgSettings {
@@ -163,6 +179,7 @@ impl PgStore {
             location,
             heartbeat_ok_ms: Default::default(),
             wakers: Default::default(),
+            replica: lease::this_replica().id.as_str().into(),
         })
     }
 
