@@ -81,6 +81,10 @@ pub use operator::{
     MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,
     Summary, TargetMark, TargetReport, WithBody,
 };
+/// A new database on a PostgreSQL server run for tests (`None`: none installed).
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+pub use postgres::test_server::fresh_database as fresh_postgres_for_tests;
 pub use target_cache::TargetCache;
 pub use targets::{
     BackfillJob, BackfillProgress, ExportJob, ExportProgress, PageCommit, PollOutcome, RosterSync,

@@ -40,8 +40,10 @@ mod snapshot;
 mod summary;
 #[cfg(test)]
 mod targets_tests;
-#[cfg(test)]
-pub(crate) mod test_server;
+// A real server for tests, the end-to-end ones in `tests/` too (so not
+// behind `cfg(test)`); nothing else calls it.
+#[doc(hidden)]
+pub mod test_server;
 #[cfg(test)]
 pub(crate) mod test_util;
 
