@@ -75,7 +75,10 @@ pub use deliveries::{
 };
 pub use fence::{Fence, LeaseId};
 pub use lock::{LockError, LockProbe, StateLock};
-pub use open::{Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, open};
+pub use open::{
+    Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, location, open,
+    probe_writer,
+};
 pub use operator::{
     DlqSelection, GaugeSnapshot, Heartbeat, HookDepth, HookReport, MessageFilter, MessageKey,
     MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,
