@@ -63,6 +63,7 @@ pub fn location(config: &Config) -> String {
 /// without taking anything: SQLite's lock probe; on PostgreSQL whether the
 /// state's lease is held unexpired (by the database's clock), with its
 /// holder's pid. `store`: the state opened read-only (`None`: none yet).
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
 pub async fn probe_writer(config: &Config, store: Option<&Store>) -> LockProbe {
     match &config.state {
         StateBackend::Sqlite => StateLock::probe(&config.state_dir),
