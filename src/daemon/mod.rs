@@ -191,6 +191,11 @@ async fn writer_lock(
             Err(OpenError::Writer(e) | OpenError::Backfills(e)) => {
                 return Err(DaemonError::Locked(e));
             }
+            // A standby rides out the database's restarts; at start an
+            // unreachable database is an error, as on SQLite.
+            Err(OpenError::State(e)) if waiting => {
+                tracing::warn!(error = %e, "standby: cannot reach the state; trying again");
+            }
             Err(OpenError::State(e)) => return Err(DaemonError::State(e)),
         }
         tokio::select! {

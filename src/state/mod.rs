@@ -22,7 +22,11 @@
 //! each one (through `Store`), not leave it where it is:
 //! - The writer lock: `StateLock` (`lock.rs`, a file lock), taken by
 //!   `open(.., Exclusive | SourceRename)`; renames wait for backfills through
-//!   `BackfillLock`. A shared backend replaces both with leases. The writes
+//!   `BackfillLock`. A shared backend replaces both with leases: on
+//!   PostgreSQL `StateLock` holds the state's lease (`postgres/lease.rs`,
+//!   renewed by a task, `lost()` once it cannot be trusted) and a backfill
+//!   holds nothing (a rename waits for unfinished backfill jobs; `open.rs`
+//!   says why). The writes
 //!   that move a watermark or record a delivery already take a `Fence`
 //!   (`fence.rs`): `init_target`, `commit_page`, `finish_export`,
 //!   `record_delivery`, `record_deliveries` (dead-lettering included). The
