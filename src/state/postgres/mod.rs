@@ -54,6 +54,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
+/// How long the server lets a session sit idle inside a transaction.
+const IDLE_IN_TRANSACTION: &str = "10s";
+
 /// How to reach the database: what `[state]` says, parsed.
 #[derive(Clone)]
 pub struct PgSettings {
@@ -153,6 +156,16 @@ impl PgStore {
             Some(_) => tokio_postgres::config::SslMode::Require,
             None => tokio_postgres::config::SslMode::Disable,
         });
+        // A session idle inside a transaction (a replica stopped mid-write,
+        // holding its lease row FOR SHARE) is ended by the server, so that a
+        // takeover waits for it at most this long. No transaction here waits
+        // on anything but the database.
+        let session = format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}");
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {session}"),
+            _ => session,
+        };
+        config.options(&options);
         let location = PathBuf::from(describe(&config));
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -302,6 +315,22 @@ mod tests {
                 .get(0);
             assert_eq!(v as usize, schema::latest());
         }
+    }
+
+    /// A session left idle inside a transaction is ended by the server.
+    #[tokio::test]
+    async fn sessions_idle_in_a_transaction_are_ended() {
+        let Some(url) = test_server::fresh_database().await else {
+            return;
+        };
+        let s = PgStore::connect(&settings(&url)).unwrap();
+        let c = s.client().await.unwrap();
+        let v: String = c
+            .query_one("SHOW idle_in_transaction_session_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, IDLE_IN_TRANSACTION);
     }
 
     /// The place a store names never carries its user or password.
