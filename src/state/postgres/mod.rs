@@ -333,6 +333,68 @@ mod tests {
         assert_eq!(v, IDLE_IN_TRANSACTION);
     }
 
+    /// `verify-full`: TLS to a server whose certificate our CA signed for
+    /// its name; refused under another CA, and to a name not in it.
+    #[tokio::test]
+    async fn tls_verifies_the_servers_certificate_and_its_name() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (ca_pem, issuer) = ca("test database CA");
+        let (other_pem, _) = ca("another CA");
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let Some(port) = test_server::tls_server(&leaf.pem(), &key.serialize_pem()).await else {
+            return;
+        };
+        let connect = |host: &str, ca: &str| {
+            let store = PgStore::connect(&PgSettings {
+                url: format!("host={host} port={port} user=bridge dbname=postgres"),
+                pool_size: 2,
+                tls: Some(tls_config(Some(ca.as_bytes())).unwrap()),
+            })
+            .unwrap();
+            async move { store.pool.get().await.map_err(StateError::from) }
+        };
+        let c = connect("localhost", &ca_pem).await.unwrap();
+        let ssl: bool = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ssl);
+        let e = connect("localhost", &other_pem)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("certificate"), "{e}");
+        let e = connect("127.0.0.1", &ca_pem)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("certificate"), "{e}");
+        assert!(
+            tls_config(Some(
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+            ))
+            .is_err()
+        );
+    }
+
     /// The place a store names never carries its user or password.
     #[test]
     fn the_location_has_no_credentials() {
