@@ -16,6 +16,9 @@ mod metrics;
 mod poll_once;
 #[path = "e2e/reload.rs"]
 mod reload;
+#[cfg(feature = "postgres")]
+#[path = "e2e/replicas.rs"]
+mod replicas;
 #[path = "e2e/sandbox.rs"]
 mod sandbox;
 #[path = "e2e/storage_faults.rs"]

@@ -55,7 +55,7 @@ pub async fn run(
     let mut fence = crate::state::Fence::private();
     let mut scratch = None;
     let store = if dry_run {
-        match state::open(config, state::ReadOnly)? {
+        match state::open(config, state::ReadOnly).await? {
             Some(store) => store,
             None => {
                 // Never ran: everything is new. A scratch database stands in.
@@ -70,11 +70,15 @@ pub async fn run(
             }
         }
     } else {
-        let (store, lock) = state::open(config, state::Exclusive).map_err(|e| match e {
-            OpenError::Writer(e @ LockError::Held { .. }) => PollOnceError::DaemonRunning(e),
-            OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
-            OpenError::State(e) => PollOnceError::State(e),
-        })?;
+        let (store, lock) = state::open(config, state::Exclusive)
+            .await
+            .map_err(|e| match e {
+                OpenError::Writer(e @ (LockError::Held { .. } | LockError::Leased { .. })) => {
+                    PollOnceError::DaemonRunning(e)
+                }
+                OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
+                OpenError::State(e) => PollOnceError::State(e),
+            })?;
         fence = lock.fence();
         _lock = Some(lock);
         store

@@ -63,12 +63,18 @@ pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, Rename
         });
     }
     let (store, _lock, _backfills) =
-        state::open(config, state::SourceRename).map_err(|e| match e {
-            OpenError::Writer(e @ LockError::Held { .. }) => RenameError::DaemonRunning(e),
-            OpenError::Backfills(LockError::Held { dir, .. }) => RenameError::BackfillRunning(dir),
-            OpenError::Writer(e) | OpenError::Backfills(e) => RenameError::Lock(e),
-            OpenError::State(e) => RenameError::State(e),
-        })?;
+        state::open(config, state::SourceRename)
+            .await
+            .map_err(|e| match e {
+                OpenError::Writer(e @ (LockError::Held { .. } | LockError::Leased { .. })) => {
+                    RenameError::DaemonRunning(e)
+                }
+                OpenError::Backfills(LockError::Held { dir, .. }) => {
+                    RenameError::BackfillRunning(dir)
+                }
+                OpenError::Writer(e) | OpenError::Backfills(e) => RenameError::Lock(e),
+                OpenError::State(e) => RenameError::State(e),
+            })?;
     match store.rename_source(old, new).await? {
         Rename::Done(moved) => {
             let rows: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();

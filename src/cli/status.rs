@@ -28,7 +28,7 @@ fn safe_url(u: &url::Url) -> String {
 
 pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
     let db = config.db_path();
-    let store = state::open(config, state::ReadOnly)?;
+    let store = state::open(config, state::ReadOnly).await?;
     let (sources, recent_skip) = source_statuses(config, store.as_ref()).await?;
     let hooks = hook_statuses(config, store.as_ref()).await?;
     let orphaned_hooks = match &store {

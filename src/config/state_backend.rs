@@ -210,7 +210,12 @@ fn postgres(
             let bytes = std::fs::read(&path)
                 .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
             super::fingerprint::record(&bytes);
-            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(format!("{} is not PEM: {e}", path.display())))?;
+            if certs.is_empty() {
                 return Err(err(format!("{} holds no PEM certificate", path.display())));
             }
             Some(bytes)

@@ -81,6 +81,10 @@ pub use operator::{
     MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,
     Summary, TargetMark, TargetReport, WithBody,
 };
+/// A new database on a PostgreSQL server run for tests (`None`: none installed).
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+pub use postgres::test_server::fresh_database as fresh_postgres_for_tests;
 pub use target_cache::TargetCache;
 pub use targets::{
     BackfillJob, BackfillProgress, ExportJob, ExportProgress, PageCommit, PollOutcome, RosterSync,
@@ -252,6 +256,23 @@ impl Store {
         })
     }
 
+    /// A store on an opened PostgreSQL backend.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_postgres(pg: postgres::PgStore) -> Store {
+        Store {
+            backend: Backend::Postgres(pg),
+        }
+    }
+
+    /// The PostgreSQL backend under this store, if it is one.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn as_postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// Opens an existing SQLite database for reading only, safe while the
     /// daemon writes. `Ok(None)` when there is no database yet.
     fn open_read_only(path: &Path) -> Result<Option<Store>, StateError> {
@@ -269,6 +290,37 @@ pub(crate) mod test_util {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("bridge.db")).unwrap();
         (dir, store)
+    }
+
+    /// A new, empty PostgreSQL database (`None`: no server to run here).
+    #[cfg(feature = "postgres")]
+    pub async fn fresh_postgres() -> Option<String> {
+        super::postgres::test_server::fresh_database().await
+    }
+
+    /// The state's lease on a PostgreSQL store: its owner and epoch.
+    #[cfg(feature = "postgres")]
+    pub async fn state_lease(store: &Store) -> Option<(Option<String>, i64)> {
+        let c = store.as_postgres()?.client().await.unwrap();
+        c.query_opt(
+            "SELECT owner, epoch FROM lease WHERE scope = 'state' AND unit = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+    }
+
+    /// Another replica takes the state's lease, as after a stall of its holder.
+    #[cfg(feature = "postgres")]
+    pub async fn take_state_lease(store: &Store) {
+        let c = store.as_postgres().unwrap().client().await.unwrap();
+        c.execute(
+            "UPDATE lease SET owner = 'another', epoch = epoch + 1 WHERE scope = 'state'",
+            &[],
+        )
+        .await
+        .unwrap();
     }
 
     /// Makes a hook's messages look `ms` older than they are.

@@ -189,7 +189,9 @@ impl PgStore {
     }
 
     /// Extends the lease by `ttl` from now (database clock) if it is still
-    /// `lease.owner`'s in `epoch`: `false` when another term began.
+    /// `lease.owner`'s in `epoch`: `false` when another term began. (The
+    /// keeper renews on a connection of its own.)
+    #[cfg(test)]
     pub(crate) async fn renew_lease(
         &self,
         lease: &LeaseId,
@@ -272,6 +274,7 @@ async fn renew(c: &Object, lease: &LeaseId, epoch: i64, ttl: Duration) -> Result
 #[derive(Debug)]
 pub(crate) struct LeaseKeeper {
     fence: Fence,
+    #[cfg_attr(not(test), allow(dead_code))]
     epoch: i64,
     /// Cancelled when the lease can no longer be trusted (a renewal refused,
     /// or none succeeded before the trust deadline).
@@ -334,6 +337,7 @@ impl LeaseKeeper {
         self.fence.clone()
     }
 
+    #[cfg(test)]
     pub(crate) fn epoch(&self) -> i64 {
         self.epoch
     }

@@ -40,7 +40,11 @@ mod seen_body;
 mod snapshot;
 mod summary;
 #[cfg(test)]
-pub(crate) mod test_server;
+mod targets_tests;
+// A real server for tests, the end-to-end ones in `tests/` too (so not
+// behind `cfg(test)`); nothing else calls it.
+#[doc(hidden)]
+pub mod test_server;
 #[cfg(test)]
 pub(crate) mod test_util;
 
@@ -84,16 +88,74 @@ pub struct PgStore {
     listener: listen::Listener,
 }
 
+impl PgSettings {
+    /// The settings `[state]` gives (TLS: the system's roots plus `ca_file`'s).
+    pub(crate) fn from_config(pg: &crate::config::PostgresState) -> Result<PgSettings, StateError> {
+        use secrecy::ExposeSecret;
+        let tls = match &pg.tls {
+            None => None,
+            Some(t) => {
+                Some(
+                    tls_config(t.ca_pem.as_deref()).map_err(|message| StateError::Open {
+                        path: pg.location.clone(),
+                        message,
+                    })?,
+                )
+            }
+        };
+        Ok(PgSettings {
+            url: pg.url.expose_secret().to_string(),
+            pool_size: pg.pool_size,
+            tls,
+        })
+    }
+}
+
+/// TLS that verifies the server's certificate and name against the
+/// system's roots and `ca_pem`'s (`sslmode = "verify-full"`).
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // One unreadable system root is no reason to trust none.
+        let _ = roots.add(cert);
+    }
+    if let Some(pem) = ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("`ca_file`: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("`ca_file`: not a CA certificate: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("TLS: no trusted roots (the system has none, and no `ca_file`)".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl PgStore {
     /// A pool for `settings`; no connection is made until the first call,
     /// which migrates the schema (once per process, under an advisory lock
     /// so that replicas starting together migrate once).
     pub fn connect(settings: &PgSettings) -> Result<PgStore, StateError> {
-        let config: tokio_postgres::Config =
-            settings.url.parse().map_err(|e| StateError::Open {
+        let mut config: tokio_postgres::Config =
+            settings.url.parse().map_err(|_| StateError::Open {
                 path: "[state] url".into(),
-                message: format!("not a PostgreSQL connection string: {e}"),
+                message: "not a PostgreSQL connection string".into(),
             })?;
+        // `[state] sslmode` decides, whatever the url says: TLS required
+        // (never "prefer", which falls back to clear text), or none.
+        config.ssl_mode(match settings.tls {
+            Some(_) => tokio_postgres::config::SslMode::Require,
+            None => tokio_postgres::config::SslMode::Disable,
+        });
         let location = PathBuf::from(describe(&config));
         let listener = listen::Listener::new(config.clone(), settings.tls.clone());
         let manager_config = ManagerConfig {
@@ -128,8 +190,45 @@ impl PgStore {
         })
     }
 
+    /// For a reader, which never creates or upgrades the schema: whether the
+    /// database holds this binary's schema (`false`: none yet, no daemon
+    /// ever ran); an error when it is older (the daemon upgrades it when it
+    /// starts) or newer. When it is ready, this store skips the migration.
+    pub(crate) async fn schema_ready(&self) -> Result<bool, StateError> {
+        let client = self.pool.get().await?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('fhir_bridge_schema') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(false);
+        }
+        let version: Option<i32> = client
+            .query_opt("SELECT version FROM fhir_bridge_schema", &[])
+            .await?
+            .map(|r| r.get(0));
+        let (version, latest) = (version.unwrap_or(0) as usize, schema::latest());
+        let err = |message: String| StateError::Open {
+            path: self.location.display().to_string(),
+            message,
+        };
+        match version {
+            0 => Ok(false),
+            v if v > latest => Err(err(format!(
+                "schema version {v} is newer than this fhir-bridge understands ({latest})"
+            ))),
+            v if v < latest => Err(err(format!(
+                "schema version {v} is older than this fhir-bridge's ({latest}): the daemon upgrades it when it starts"
+            ))),
+            _ => {
+                let _ = self.ready.set(());
+                Ok(true)
+            }
+        }
+    }
+
     /// A pooled connection to a migrated database.
-    async fn client(&self) -> Result<Object, StateError> {
+    pub(crate) async fn client(&self) -> Result<Object, StateError> {
         let client = self.pool.get().await?;
         self.ready
             .get_or_try_init(|| async { schema::migrate(&client).await })

@@ -26,7 +26,7 @@ static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 
 /// A connection string to a new, empty database, or `None` (with a line on
 /// stderr) where no PostgreSQL server is installed.
-pub(crate) async fn fresh_database() -> Option<String> {
+pub async fn fresh_database() -> Option<String> {
     let server = match SERVER.get_or_init(start) {
         Ok(server) => server,
         Err(why) if std::env::var_os("FHIR_BRIDGE_REQUIRE_POSTGRES").is_none() => {
