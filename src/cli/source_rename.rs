@@ -62,7 +62,7 @@ pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, Rename
             new: new.into(),
         });
     }
-    let (store, _lock, _backfills) =
+    let (store, lock, _backfills) =
         state::open(config, state::SourceRename)
             .await
             .map_err(|e| match e {
@@ -75,7 +75,10 @@ pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, Rename
                 OpenError::Writer(e) | OpenError::Backfills(e) => RenameError::Lock(e),
                 OpenError::State(e) => RenameError::State(e),
             })?;
-    match store.rename_source(old, new).await? {
+    let renamed = store.rename_source(old, new).await;
+    // A shared state's lease is given up now, not left to expire.
+    lock.release().await;
+    match renamed? {
         Rename::Done(moved) => {
             let rows: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();
             Ok(format!(

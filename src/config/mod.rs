@@ -24,7 +24,7 @@ mod toml_error;
 mod validate;
 
 pub use admin::{Admin, AdminToken};
-pub use diff::{ConfigDiff, Delta};
+pub use diff::{ConfigDiff, Delta, NeedsRestart};
 pub use duration::HumanDuration;
 pub use fanout::{FanOut, Roster};
 pub use fingerprint::Fingerprint;

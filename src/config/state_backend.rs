@@ -19,6 +19,10 @@ use toml::Spanned;
 pub const MAX_POOL_SIZE: usize = 64;
 #[cfg(feature = "postgres")]
 const DEFAULT_POOL_SIZE: usize = 8;
+/// The writer keeps one connection for its lease's renewals (a pool busy
+/// with long statements must not delay them): at least one more works.
+#[cfg(feature = "postgres")]
+const MIN_POOL_SIZE: usize = 2;
 
 /// Which backend holds the state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -223,11 +227,15 @@ fn postgres(
     };
     let pool_size = match &raw.pool_size {
         None => DEFAULT_POOL_SIZE,
-        Some(n) if (1..=MAX_POOL_SIZE as i64).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) if (MIN_POOL_SIZE as i64..=MAX_POOL_SIZE as i64).contains(n.get_ref()) => {
+            *n.get_ref() as usize
+        }
         Some(n) => {
             return Err(ctx.err(
                 n.span(),
-                format!("[state]: `pool_size` must be between 1 and {MAX_POOL_SIZE}"),
+                format!(
+                    "[state]: `pool_size` must be between {MIN_POOL_SIZE} and {MAX_POOL_SIZE} (one connection is kept for the lease's renewals)"
+                ),
             ));
         }
     };
@@ -358,9 +366,11 @@ mod tests {
             assert!(e.starts_with("b.toml:4: [state]: `url` is not"), "{e}");
             assert!(!e.contains("s3cret") && !e.contains("notaport"), "{e}");
             let e = pg_error("url = \"postgres://db.example/b\"\npool_size = 0\n");
-            assert!(e.contains("between 1 and 64"), "{e}");
+            assert!(e.contains("between 2 and 64"), "{e}");
+            let e = pg_error("url = \"postgres://db.example/b\"\npool_size = 1\n");
+            assert!(e.contains("between 2 and 64"), "{e}");
             let e = pg_error("url = \"postgres://db.example/b\"\npool_size = 1000\n");
-            assert!(e.contains("between 1 and 64"), "{e}");
+            assert!(e.contains("between 2 and 64"), "{e}");
             let e = pg_error("url = \"postgres://127.0.0.1/b\"\nca_file = \"ca.pem\"\n");
             assert!(e.contains("needs `sslmode = \"verify-full\"`"), "{e}");
             let e = pg_error("url = { env = \"FHIR_BRIDGE_TEST_NO_SUCH_STATE_URL\" }\n");
@@ -368,6 +378,22 @@ mod tests {
                 e.contains("`FHIR_BRIDGE_TEST_NO_SUCH_STATE_URL` is not set"),
                 "{e}"
             );
+        }
+
+        /// A reload cannot move the state: another url (or TLS, or pool)
+        /// needs a restart.
+        #[test]
+        fn a_changed_state_table_needs_a_restart() {
+            let at = |url: &str| {
+                load(&format!(
+                    "[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+                ))
+                .unwrap()
+            };
+            let (a, b) = (at("postgres://db.example/a"), at("postgres://db.example/b"));
+            let diff = crate::config::ConfigDiff::between(&a, &b);
+            assert_eq!(diff.err(), Some(crate::config::NeedsRestart::State));
+            assert!(crate::config::ConfigDiff::between(&a, &a.clone()).is_ok());
         }
 
         #[test]

@@ -170,7 +170,7 @@ async fn writer_lock(
     config: &Config,
     cancel: &CancellationToken,
 ) -> Result<Option<(Store, state::StateLock)>, DaemonError> {
-    let mut waiting = false;
+    let (mut waiting, mut unreachable) = (false, false);
     loop {
         match state::open(config, Exclusive).await {
             Ok(opened) => {
@@ -182,6 +182,7 @@ async fn writer_lock(
                 return Ok(Some(opened));
             }
             Err(OpenError::Writer(e @ LockError::Leased { .. })) => {
+                unreachable = false;
                 if !waiting {
                     tracing::info!(reason = %e, "standby: another replica writes the state; taking over when its lease ends");
                     waiting = true;
@@ -190,6 +191,14 @@ async fn writer_lock(
             }
             Err(OpenError::Writer(e) | OpenError::Backfills(e)) => {
                 return Err(DaemonError::Locked(e));
+            }
+            // A standby rides out the database's restarts; at start an
+            // unreachable database is an error, as on SQLite.
+            Err(OpenError::State(e)) if waiting => {
+                if !unreachable {
+                    tracing::warn!(error = %e, "standby: cannot reach the state; trying again");
+                    unreachable = true;
+                }
             }
             Err(OpenError::State(e)) => return Err(DaemonError::State(e)),
         }

@@ -22,7 +22,11 @@
 //! each one (through `Store`), not leave it where it is:
 //! - The writer lock: `StateLock` (`lock.rs`, a file lock), taken by
 //!   `open(.., Exclusive | SourceRename)`; renames wait for backfills through
-//!   `BackfillLock`. A shared backend replaces both with leases. The writes
+//!   `BackfillLock`. A shared backend replaces both with leases: on
+//!   PostgreSQL `StateLock` holds the state's lease (`postgres/lease.rs`,
+//!   renewed by a task, `lost()` once it cannot be trusted) and a backfill
+//!   holds nothing (a rename waits for unfinished backfill jobs; `open.rs`
+//!   says why). The writes
 //!   that move a watermark or record a delivery already take a `Fence`
 //!   (`fence.rs`): `init_target`, `commit_page`, `finish_export`,
 //!   `record_delivery`, `record_deliveries` (dead-lettering included). The
@@ -75,7 +79,10 @@ pub use deliveries::{
 };
 pub use fence::{Fence, LeaseId};
 pub use lock::{LockError, LockProbe, StateLock};
-pub use open::{Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, open};
+pub use open::{
+    Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, location, open,
+    probe_writer,
+};
 pub use operator::{
     DlqSelection, GaugeSnapshot, Heartbeat, HookDepth, HookReport, MessageFilter, MessageKey,
     MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,

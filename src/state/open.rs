@@ -28,7 +28,7 @@
 //!   again) before the rename. A backfill started after that check, during
 //!   the rename's one transaction, is not caught: start none meanwhile.
 
-use super::{BackfillLock, LockError, StateError, StateLock, Store};
+use super::{BackfillLock, LockError, LockProbe, StateError, StateLock, Store};
 use crate::config::{Config, StateBackend};
 use std::future::Future;
 
@@ -47,6 +47,32 @@ pub trait Access {
 /// Opens the configured state for `access`.
 pub async fn open<A: Access>(config: &Config, access: A) -> Result<A::Opened, A::Error> {
     access.open(config).await
+}
+
+/// Where the configured state lives, for messages and `status`: the SQLite
+/// file, or `postgres://host/dbname` (never the url's user or password).
+pub fn location(config: &Config) -> String {
+    match &config.state {
+        StateBackend::Sqlite => config.db_path().display().to_string(),
+        #[cfg(feature = "postgres")]
+        StateBackend::Postgres(pg) => pg.location.clone(),
+    }
+}
+
+/// Whether a writer (a daemon, `poll --once`) holds the configured state,
+/// without taking anything: SQLite's lock probe; on PostgreSQL whether the
+/// state's lease is held unexpired (by the database's clock), with its
+/// holder's pid. `store`: the state opened read-only (`None`: none yet).
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+pub async fn probe_writer(config: &Config, store: Option<&Store>) -> LockProbe {
+    match &config.state {
+        StateBackend::Sqlite => StateLock::probe(&config.state_dir),
+        #[cfg(feature = "postgres")]
+        StateBackend::Postgres(_) => match store.and_then(|s| s.as_postgres()) {
+            Some(pg) => pg.probe_lease(postgres::SCOPE, 0).await,
+            None => LockProbe::Free,
+        },
+    }
 }
 
 /// Reading only, safe beside a running daemon (status, `dlq list`/`show`,

@@ -38,6 +38,13 @@ async fn a_standby_takes_over_and_a_stalled_writer_stops() {
         b.logs().contains("took over the state's lease")
     })
     .await;
+    let st = b.status_json();
+    assert_eq!(st["daemon"]["running"], true, "{st}");
+    let db = st["database"].as_str().unwrap().to_string();
+    assert!(
+        db.starts_with("postgres://") && !db.contains("user="),
+        "{db}"
+    );
     let mut c = Bridge::start(&config);
     wait_for(30, "c waits", || {
         c.logs().contains("standby: another replica")

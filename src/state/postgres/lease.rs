@@ -226,13 +226,39 @@ impl PgStore {
     }
 }
 
-/// Records (or refreshes) this replica in `replica`.
+impl PgStore {
+    /// Whether `scope`/`unit` is held unexpired (database clock), and by
+    /// which pid (as a replica's row says), without taking it.
+    pub(crate) async fn probe_lease(&self, scope: &str, unit: i32) -> crate::state::LockProbe {
+        use crate::state::LockProbe;
+        let probe = async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT r.pid FROM lease l LEFT JOIN replica r ON r.id = l.owner
+                     WHERE l.scope = $1 AND l.unit = $2 AND l.owner IS NOT NULL
+                       AND l.expires_at > clock_timestamp()",
+                    &[&scope, &unit],
+                )
+                .await?;
+            Ok::<_, StateError>(row.map(|r| r.get::<_, Option<i64>>(0)))
+        };
+        match probe.await {
+            Ok(Some(pid)) => LockProbe::Held(pid.and_then(|p| u32::try_from(p).ok())),
+            Ok(None) => LockProbe::Free,
+            Err(_) => LockProbe::Unknown,
+        }
+    }
+}
+
+/// Records this replica in `replica` (once: its heartbeat and renewals
+/// keep it fresh, not a standby's tries).
 async fn register(c: &Object, me: &Replica) -> Result<(), StateError> {
     let now = crate::state::now_ms();
     c.execute(
         "INSERT INTO replica (id, host, pid, version, started_at, last_seen_at)
          VALUES ($1, $2, $3, $4, $5, $5)
-         ON CONFLICT (id) DO UPDATE SET last_seen_at = $5, heartbeat_at = clock_timestamp()",
+         ON CONFLICT (id) DO NOTHING",
         &[
             &me.id,
             &me.host,
