@@ -14,6 +14,9 @@ mod medplum;
 mod metrics;
 #[path = "e2e/poll_once.rs"]
 mod poll_once;
+#[cfg(feature = "postgres")]
+#[path = "e2e/postgres_outbox.rs"]
+mod postgres_outbox;
 #[path = "e2e/reload.rs"]
 mod reload;
 #[cfg(feature = "postgres")]

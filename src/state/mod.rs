@@ -45,14 +45,19 @@
 //!   (`wake.rs`), shared by the store's clones, so only this process's
 //!   pollers reach its workers (and `dlq redrive` from the command line waits
 //!   for the worker's idle look). A shared backend sends them across
-//!   processes (e.g. `LISTEN`/`NOTIFY`).
+//!   processes: PostgreSQL's enqueuing transaction sends a `NOTIFY` heard
+//!   at its commit by each process's listening connection
+//!   (`postgres/listen.rs`).
 //! - The watermark cache: `TargetCache` (`target_cache.rs`) keeps each
 //!   target's `TargetState` between polls for its poller, which its fence
 //!   makes the only writer. Entries hold within the fence's epoch: a lease
 //!   granted again (a new epoch) reads the store afresh.
 //! - The per-hook event counter: `sqlite/event_number.rs` hands out numbers
 //!   inside the writing transaction, gap-free because SQLite serializes
-//!   writers. A concurrent backend needs the same promise by its own means.
+//!   writers. A concurrent backend needs the same promise by its own means:
+//!   PostgreSQL locks the hook's `hook_seq` row last in the enqueuing
+//!   transaction (`postgres/outbox.rs`), so numbers commit in order, and
+//!   per-resource order follows event numbers, not row ids.
 //! - The heartbeat's readiness mark (`last_heartbeat_ok_ms`) is per-process
 //!   too.
 

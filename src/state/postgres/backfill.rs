@@ -85,7 +85,6 @@ impl PgStore {
 
 /// A backfill page's progress, in the page's own transaction (with its seen
 /// versions and messages): a crash resumes from the last committed page.
-#[allow(dead_code)] // called by commit_page once ported
 pub(super) async fn record_page(
     tx: &Transaction<'_>,
     page: &PageCommit,

@@ -6,7 +6,7 @@
 use super::PgStore;
 use super::filter::{Param, condition, params};
 use super::message::{read_messages, select_messages};
-use super::outbox::{number, take_numbers};
+use super::outbox::{notify_due, number, take_numbers};
 use crate::state::{
     DlqSelection, MessageFilter, MessageRecord, MessageState, Moved, OrphanedHook, StateError,
     WithBody, now_ms,
@@ -275,6 +275,7 @@ impl PgStore {
         if !moved.is_empty() {
             let first = take_numbers(&tx, to, moved.len() as i64).await?;
             number(&tx, &moved, first).await?;
+            notify_due(&tx, to).await?;
         }
         done.moved = moved.len();
         tx.commit().await?;

@@ -39,7 +39,6 @@ impl From<deadpool_postgres::PoolError> for StateError {
 
 /// Whether a transaction failed only because it met another (a deadlock or
 /// a serialization failure): it is safe to run again.
-#[allow(dead_code)]
 pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|c| {

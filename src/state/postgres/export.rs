@@ -139,7 +139,6 @@ impl PgStore {
 }
 
 /// A chunk's progress, in the chunk's own transaction.
-#[allow(dead_code)] // called by commit_page once ported
 pub(super) async fn record_chunk(
     tx: &Transaction<'_>,
     source: &str,

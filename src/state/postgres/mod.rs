@@ -26,6 +26,7 @@ mod gauges;
 mod heartbeat;
 mod inspect;
 pub(crate) mod lease;
+mod listen;
 mod maintenance;
 mod message;
 mod outbox;
@@ -86,6 +87,8 @@ pub struct PgStore {
     /// This process's row in `replica` (`lease::this_replica`, random per
     /// process): what its heartbeat updates.
     replica: Arc<str>,
+    /// Wake-ups from other replicas' commits (`listen.rs`).
+    listener: listen::Listener,
 }
 
 impl PgSettings {
@@ -167,6 +170,7 @@ impl PgStore {
         };
         config.options(&options);
         let location = PathBuf::from(describe(&config));
+        let listener = listen::Listener::new(config.clone(), settings.tls.clone());
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -195,6 +199,7 @@ impl PgStore {
             heartbeat_ok_ms: Default::default(),
             wakers: Default::default(),
             replica: lease::this_replica().id.as_str().into(),
+            listener,
         })
     }
 
@@ -259,15 +264,17 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("postgres://{host}/{db}")
 }
 
-// What needs no SQL (yet): wake-ups within this process (LISTEN/NOTIFY
-// across replicas comes with the cluster), where the state lives, and this
-// process's last good heartbeat.
+// Wake-ups: within this process by `wakers`; from other replicas' commits
+// by their NOTIFY, heard by this process's listener (`listen.rs`), started
+// by the first wait. Also where the state lives, and this process's last
+// good heartbeat.
 impl PgStore {
     pub fn notify_due(&self, hook: &str) {
         self.wakers.notify(hook);
     }
 
     pub async fn wait_due(&self, hook: &str, timeout: Duration) -> bool {
+        self.listener.ensure(&self.wakers);
         self.wakers.wait(hook, timeout).await
     }
 

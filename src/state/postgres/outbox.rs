@@ -107,7 +107,8 @@ pub(super) async fn number(
 /// the same time: the insert waits for the other transaction) never
 /// enqueues it twice, takes no number, and a change no message kept is
 /// removed. Numbers come last: per hook in sorted order, its `hook_seq`
-/// row is locked and the inserted rows numbered in insertion order.
+/// row is locked and the inserted rows numbered in insertion order; the
+/// hook's workers in other replicas are notified at commit.
 pub(super) async fn insert_messages(
     tx: &Transaction<'_>,
     messages: &[NewMessage],
@@ -171,7 +172,19 @@ pub(super) async fn insert_messages(
     for (hook, ids) in inserted {
         let first = take_numbers(tx, hook, ids.len() as i64).await?;
         number(tx, &ids, first).await?;
+        notify_due(tx, hook).await?;
     }
+    Ok(())
+}
+
+/// Wakes the hook's workers in every replica once `tx` commits (nothing if
+/// it rolls back; see `listen.rs`).
+pub(super) async fn notify_due(
+    tx: &Transaction<'_>,
+    hook: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    tx.execute(&stmt, &[&super::listen::CHANNEL, &hook]).await?;
     Ok(())
 }
 

@@ -560,3 +560,48 @@ async fn messages_carry_their_resources_lane() {
         .unwrap();
     assert_eq!(row.get::<_, i16>(0), 13);
 }
+
+/// Two enqueuers meeting the same two message ids in opposite orders
+/// deadlock; PostgreSQL aborts one, and a page commit it aborted runs again
+/// (the other one's rows are then there: nothing is added twice, no number
+/// is lost).
+#[tokio::test]
+async fn a_page_commit_that_met_a_deadlock_runs_again() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let m = |id: &str| NewMessage::test("h", id, "Observation", id);
+    // Another enqueuer: m2 first, holding it (and the hook's counter row).
+    let mut client = store.client().await.unwrap();
+    let other = client.transaction().await.unwrap();
+    insert_messages(&other, &[m("m2")]).await.unwrap();
+    // The page: m1, then it waits for m2.
+    let page = PageCommit {
+        source: "s".into(),
+        resource_type: "Observation".into(),
+        messages: vec![m("m1"), m("m2")],
+        ..Default::default()
+    };
+    let commit = {
+        let store = store.clone();
+        tokio::spawn(async move { store.commit_page(&Fence::private(), page).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // m1 now waits for the page: a deadlock, found by the page (it waited first).
+    insert_messages(&other, &[m("m1")]).await.unwrap();
+    other.commit().await.unwrap();
+    commit.await.unwrap().unwrap();
+    let rows = store
+        .client()
+        .await
+        .unwrap()
+        .query(
+            "SELECT message_id, event_number FROM outbox ORDER BY event_number",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [("m2".to_string(), 1), ("m1".to_string(), 2)]);
+    assert_eq!(store.channel_state("h").await.unwrap().events, 2);
+}

@@ -127,8 +127,9 @@ const MIGRATIONS: &[&str] = &[
         change_id       BIGINT,            -- change.id; NULL: a stored payload
         event_number    BIGINT,            -- NULL: a message from before numbers
         batch_id        TEXT,
-        -- The delivery lane of its resource (a hash of type and id): a
-        -- resource's messages stay in one lane, each lane has one owner.
+        -- The delivery lane of its resource (`outbox::lane`: FNV-1a of
+        -- `type/id` mod 16, fixed forever): a resource's messages stay in
+        -- one lane, each lane has one owner. Written, not read yet.
         lane            SMALLINT NOT NULL DEFAULT 0,
         UNIQUE (hook, message_id)
     );

@@ -7,7 +7,6 @@ use deadpool_postgres::Transaction;
 
 /// Stores `body` as the resource's last one; `None` (over the size bound)
 /// forgets the older body, so `$previous` is null rather than stale.
-#[allow(dead_code)] // called by commit_page once ported
 pub(super) async fn write(
     tx: &Transaction<'_>,
     source: &str,
@@ -35,7 +34,6 @@ pub(super) async fn write(
 }
 
 /// Forgets one resource's body.
-#[allow(dead_code)] // called by commit_page once ported
 pub(super) async fn forget(
     tx: &Transaction<'_>,
     source: &str,
