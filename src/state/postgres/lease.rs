@@ -141,7 +141,6 @@ impl PgStore {
         ttl: Duration,
     ) -> Result<Result<i64, Holder>, StateError> {
         let c = self.client().await?;
-        register(&c, me).await?;
         c.execute(
             "INSERT INTO lease (scope, unit) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&scope, &unit],
@@ -158,6 +157,9 @@ impl PgStore {
             )
             .await?;
         if let Some(row) = granted {
+            // Named in `replica` for the messages of those it refuses
+            // (a standby's tries leave no row).
+            register(&c, me).await?;
             return Ok(Ok(row.get(0)));
         }
         let row = c
@@ -216,12 +218,8 @@ impl PgStore {
             &[&lease.scope, &lease.unit, &lease.owner, &epoch],
         )
         .await?;
-        c.execute(
-            "DELETE FROM replica WHERE id = $1
-             AND NOT EXISTS (SELECT 1 FROM lease WHERE owner = $1)",
-            &[&lease.owner],
-        )
-        .await?;
+        // Its `replica` row stays: `status` tells a stopped daemon from
+        // one that never ran by it.
         Ok(())
     }
 }
