@@ -396,6 +396,27 @@ mod tests {
             assert!(crate::config::ConfigDiff::between(&a, &a.clone()).is_ok());
         }
 
+        /// A url written in a file others can read is a warning (it may
+        /// carry a password), as every literal secret.
+        #[test]
+        fn a_literal_url_in_a_readable_file_is_warned_of() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("b.toml");
+            let text = "[state]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db.example/b\"\n";
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let c = Config::from_str(text, &path).unwrap();
+            let w = c.warnings.iter().find(|w| w.contains("[state]")).unwrap();
+            assert!(
+                w.contains("`url` is written in this file") && !w.contains("pw@"),
+                "{w}"
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let c = Config::from_str(text, &path).unwrap();
+            assert!(!c.warnings.iter().any(|w| w.contains("[state]")));
+        }
+
         #[test]
         fn a_ca_file_and_a_url_from_a_file() {
             let dir = tempfile::tempdir().unwrap();

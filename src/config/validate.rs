@@ -205,6 +205,15 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
             "[admin]: `token` is written in this file, which others can read: chmod 600 it, or use { env = \"...\" } / { file = \"...\" }",
         ));
     }
+    if let Some(url) = raw.state.as_ref().and_then(|s| s.get_ref().url.as_ref())
+        && url.get_ref().is_literal()
+        && super::hook_security::readable_by_others(ctx.path())
+    {
+        out.push(ctx.warning(
+            url.span(),
+            "[state]: `url` is written in this file, which others can read: chmod 600 it, or use { env = \"...\" } / { file = \"...\" }",
+        ));
+    }
     for (raw_hook, hook) in raw.hook.iter().zip(hooks) {
         if let Some(list) = &raw_hook.get_ref().sources
             && hook.sources.is_empty()
