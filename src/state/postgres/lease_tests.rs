@@ -134,3 +134,34 @@ async fn a_kept_lease_outlives_its_ttl_and_a_loss_is_reported() {
         .await
         .expect("the loss is reported");
 }
+
+/// A renewal that cannot finish (the row locked by another session, as a
+/// database that stopped answering) makes the keeper report the loss at its
+/// trust deadline, before the lease's expiry.
+#[tokio::test]
+async fn a_renewal_that_hangs_is_a_loss_at_the_trust_deadline() {
+    let Some(url) = test_server::fresh_database().await else {
+        return;
+    };
+    let s = store(&url);
+    let timings = Timings {
+        ttl: Duration::from_millis(2_000),
+        renew_every: Duration::from_millis(300),
+        margin: Duration::from_millis(500),
+    };
+    let start = Instant::now();
+    let kept = held(LeaseKeeper::acquire_as(&s, "state", 0, &replica("a"), timings).await);
+    let mut blocker = s.client().await.unwrap();
+    let tx = blocker.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM lease WHERE scope = 'state' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), kept.lost().cancelled())
+        .await
+        .expect("the loss is reported");
+    let after = start.elapsed();
+    // Trusted until a renewal's start + 1.5 s: the last one began at most
+    // 0.3 s after the lock was taken, so the loss comes before 2 s.
+    assert!(after < Duration::from_millis(2_000), "{after:?}");
+    tx.rollback().await.unwrap();
+}
