@@ -17,7 +17,10 @@
 //!   `state`, unit 0), refused while another replica holds it unexpired,
 //!   naming it and the expiry. The returned `StateLock` keeps it renewed,
 //!   hands out fences of its epoch, says when it is lost (`lost()`) and
-//!   gives it up on `release()` (or drop).
+//!   gives it up on `release()` (or drop). Timings (`postgres/lease.rs`):
+//!   15 s from each renewal on the database's clock, renewed every 5 s,
+//!   trusted by its holder until a renewal's start + 12 s on its own
+//!   monotonic clock, so it stops before anyone else can have it.
 //! - `Backfill`: no lease and no lock; its fence covers its own pages only
 //!   (a backfill moves no watermark and records no delivery, and a seen row
 //!   never goes back to an older version), so it runs beside any replica.
