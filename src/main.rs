@@ -182,7 +182,9 @@ async fn hook_enable_main(config: &ConfigArg, name: &str) -> anyhow::Result<Exit
     if !config.hooks.iter().any(|h| h.name == name) {
         anyhow::bail!("no hook is named `{name}` in {}", config.path.display());
     }
-    let store = state::open(&config, state::ReadWrite).context("cannot open the state database")?;
+    let store = state::open(&config, state::ReadWrite)
+        .await
+        .context("cannot open the state database")?;
     let text = if store.enable_hook(name).await? {
         format!("hook `{name}` enabled; a running daemon resumes deliveries within a second\n")
     } else {

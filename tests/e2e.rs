@@ -14,8 +14,14 @@ mod medplum;
 mod metrics;
 #[path = "e2e/poll_once.rs"]
 mod poll_once;
+#[cfg(feature = "postgres")]
+#[path = "e2e/postgres_outbox.rs"]
+mod postgres_outbox;
 #[path = "e2e/reload.rs"]
 mod reload;
+#[cfg(feature = "postgres")]
+#[path = "e2e/replicas.rs"]
+mod replicas;
 #[path = "e2e/sandbox.rs"]
 mod sandbox;
 #[path = "e2e/storage_faults.rs"]

@@ -68,11 +68,14 @@ pub async fn run(
         return Err(BackfillError::NoSuchType(t.clone()));
     }
     // Held to the end: a rename must not move the source from under us.
-    let (store, renames_wait) = state::open(config, state::Backfill).map_err(|e| match e {
-        OpenError::Backfills(LockError::Held { dir, .. }) => BackfillError::Renaming(dir),
-        OpenError::Writer(e) | OpenError::Backfills(e) => BackfillError::Lock(e),
-        OpenError::State(e) => BackfillError::State(e),
-    })?;
+    let (store, renames_wait) =
+        state::open(config, state::Backfill)
+            .await
+            .map_err(|e| match e {
+                OpenError::Backfills(LockError::Held { dir, .. }) => BackfillError::Renaming(dir),
+                OpenError::Writer(e) | OpenError::Backfills(e) => BackfillError::Lock(e),
+                OpenError::State(e) => BackfillError::State(e),
+            })?;
     let pool = FhirClient::shared_pool().map_err(|e| BackfillError::Http(e.to_string()))?;
     let client = crate::daemon::source_client(&src, &pool)
         .map_err(|e| BackfillError::Http(e.to_string()))?;

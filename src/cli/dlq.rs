@@ -127,7 +127,7 @@ pub async fn list(
     filter: MessageFilter,
     json: bool,
 ) -> Result<String, DlqError> {
-    let items = match state::open(config, state::ReadOnly)? {
+    let items = match state::open(config, state::ReadOnly).await? {
         Some(store) => {
             store
                 .dlq_list_filtered(hook, filter, configured(config))
@@ -154,7 +154,7 @@ pub async fn redrive(
         if let Some(h) = &sel.hook
             && !is_configured(config, h)
         {
-            let orphaned = match state::open(config, state::ReadOnly)? {
+            let orphaned = match state::open(config, state::ReadOnly).await? {
                 Some(s) => s.hook_has_messages(h).await?,
                 None => false,
             };
@@ -167,7 +167,7 @@ pub async fn redrive(
                 not_configured(config, h)
             });
         }
-        let store = state::open(config, state::ReadWrite)?;
+        let store = state::open(config, state::ReadWrite).await?;
         let yes = sel.yes;
         let mut chosen = selection(config, sel);
         let ids = store.dlq_selected(chosen.clone(), false).await?;
@@ -188,7 +188,7 @@ pub async fn redrive(
     if !is_configured(config, &to) {
         return Err(not_configured(config, &to));
     }
-    let store = state::open(config, state::ReadWrite)?;
+    let store = state::open(config, state::ReadWrite).await?;
     check_known(&store, config, &sel.hook).await?;
     let yes = sel.yes;
     let mut chosen = selection(config, sel);
@@ -219,7 +219,7 @@ pub async fn redrive(
 /// Deletes dead letters, and the pending messages of an orphaned hook when
 /// that hook (or its messages' ids) is named.
 pub async fn purge(config: &Config, sel: Selection) -> Result<String, DlqError> {
-    let store = state::open(config, state::ReadWrite)?;
+    let store = state::open(config, state::ReadWrite).await?;
     check_known(&store, config, &sel.hook).await?;
     let yes = sel.yes;
     let mut chosen = selection(config, sel);

@@ -73,7 +73,7 @@ pub async fn show(
     payload: bool,
     json: bool,
 ) -> Result<String, DlqError> {
-    let Some(store) = state::open(config, state::ReadOnly)? else {
+    let Some(store) = state::open(config, state::ReadOnly).await? else {
         return Err(DlqError::NoSuchMessage(message.into()));
     };
     let with_body = if payload { WithBody::Yes } else { WithBody::No };

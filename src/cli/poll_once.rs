@@ -49,13 +49,13 @@ pub async fn run(
         .ok_or_else(|| PollOnceError::NoSuchSource(source.to_string()))?
         .clone();
     // Held while polling: no daemon may start meanwhile.
-    let mut _lock = None;
+    let mut writer = None;
     // A dry run writes nothing to the configured state (it opens it read
     // only, or a scratch copy): its fence is a private one.
     let mut fence = crate::state::Fence::private();
     let mut scratch = None;
     let store = if dry_run {
-        match state::open(config, state::ReadOnly)? {
+        match state::open(config, state::ReadOnly).await? {
             Some(store) => store,
             None => {
                 // Never ran: everything is new. A scratch database stands in.
@@ -70,13 +70,17 @@ pub async fn run(
             }
         }
     } else {
-        let (store, lock) = state::open(config, state::Exclusive).map_err(|e| match e {
-            OpenError::Writer(e @ LockError::Held { .. }) => PollOnceError::DaemonRunning(e),
-            OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
-            OpenError::State(e) => PollOnceError::State(e),
-        })?;
+        let (store, lock) = state::open(config, state::Exclusive)
+            .await
+            .map_err(|e| match e {
+                OpenError::Writer(e @ (LockError::Held { .. } | LockError::Leased { .. })) => {
+                    PollOnceError::DaemonRunning(e)
+                }
+                OpenError::Writer(e) | OpenError::Backfills(e) => PollOnceError::Lock(e),
+                OpenError::State(e) => PollOnceError::State(e),
+            })?;
         fence = lock.fence();
-        _lock = Some(lock);
+        writer = Some(lock);
         store
     };
     let pool = FhirClient::shared_pool().map_err(|e| PollOnceError::Http(e.to_string()))?;
@@ -130,6 +134,10 @@ pub async fn run(
     }
     if let Some(dir) = scratch {
         let _ = std::fs::remove_dir_all(dir);
+    }
+    // A shared state's lease is given up now, not left to expire.
+    if let Some(lock) = writer {
+        lock.release().await;
     }
     Ok(PollReport { text, ok })
 }

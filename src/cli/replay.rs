@@ -52,7 +52,7 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
             config: config.path.display().to_string(),
         });
     };
-    let Some(store) = state::open(config, state::ReadOnly)? else {
+    let Some(store) = state::open(config, state::ReadOnly).await? else {
         return Ok(format!(
             "replayed 0 message(s): hook `{}` has delivered nothing yet\n",
             hook.name
@@ -102,7 +102,7 @@ pub async fn replay(config: &Config, req: Request) -> Result<String, DlqError> {
         };
         super::dlq::confirm(&question, req.yes)?;
         // A writer only after the confirmation: declining changes nothing.
-        let store = state::open(config, state::ReadWrite)?;
+        let store = state::open(config, state::ReadWrite).await?;
         let planned = plan.len();
         let done = match &req.which {
             Replayed::Delivered(_) => store.requeue_delivered(plan).await?,

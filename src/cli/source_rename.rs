@@ -62,14 +62,23 @@ pub async fn run(config: &Config, old: &str, new: &str) -> Result<String, Rename
             new: new.into(),
         });
     }
-    let (store, _lock, _backfills) =
-        state::open(config, state::SourceRename).map_err(|e| match e {
-            OpenError::Writer(e @ LockError::Held { .. }) => RenameError::DaemonRunning(e),
-            OpenError::Backfills(LockError::Held { dir, .. }) => RenameError::BackfillRunning(dir),
-            OpenError::Writer(e) | OpenError::Backfills(e) => RenameError::Lock(e),
-            OpenError::State(e) => RenameError::State(e),
-        })?;
-    match store.rename_source(old, new).await? {
+    let (store, lock, _backfills) =
+        state::open(config, state::SourceRename)
+            .await
+            .map_err(|e| match e {
+                OpenError::Writer(e @ (LockError::Held { .. } | LockError::Leased { .. })) => {
+                    RenameError::DaemonRunning(e)
+                }
+                OpenError::Backfills(LockError::Held { dir, .. }) => {
+                    RenameError::BackfillRunning(dir)
+                }
+                OpenError::Writer(e) | OpenError::Backfills(e) => RenameError::Lock(e),
+                OpenError::State(e) => RenameError::State(e),
+            })?;
+    let renamed = store.rename_source(old, new).await;
+    // A shared state's lease is given up now, not left to expire.
+    lock.release().await;
+    match renamed? {
         Rename::Done(moved) => {
             let rows: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();
             Ok(format!(

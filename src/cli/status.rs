@@ -10,7 +10,7 @@ use super::status_report::{
     TargetStatus,
 };
 use crate::config::Config;
-use crate::state::{self, HookReport, StateError, StateLock, Store, TargetReport, now_ms};
+use crate::state::{self, HookReport, StateError, Store, TargetReport, now_ms};
 
 pub use super::status_text::{Style, render_text};
 
@@ -27,8 +27,8 @@ fn safe_url(u: &url::Url) -> String {
 }
 
 pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
-    let db = config.db_path();
-    let store = state::open(config, state::ReadOnly)?;
+    let db = state::location(config);
+    let store = state::open(config, state::ReadOnly).await?;
     let (sources, recent_skip) = source_statuses(config, store.as_ref()).await?;
     let hooks = hook_statuses(config, store.as_ref()).await?;
     let orphaned_hooks = match &store {
@@ -49,13 +49,14 @@ pub async fn collect(config: &Config) -> Result<StatusReport, StateError> {
         Some(st) => st.last_heartbeat().await?,
         None => None,
     };
-    let daemon = liveness::classify(StateLock::probe(&config.state_dir), beat.as_ref(), now_ms());
+    let writer = state::probe_writer(config, store.as_ref()).await;
+    let daemon = liveness::classify(writer, beat.as_ref(), now_ms());
     let mut report = StatusReport {
         healthy: false,
         level: Level::Ok,
         problems: vec![],
         config: config.path.display().to_string(),
-        database: db.display().to_string(),
+        database: db,
         has_state: store.is_some(),
         daemon,
         sources,

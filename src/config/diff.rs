@@ -73,6 +73,8 @@ pub struct ConfigDiff {
 pub enum NeedsRestart {
     #[error("`state_dir` changed ({old} -> {new}): that needs a restart, not a reload")]
     StateDir { old: String, new: String },
+    #[error("`[state]` changed: that needs a restart, not a reload")]
+    State,
     /// A source gone and one added on the same server, with a resource type
     /// in common: a reload
     /// would start the new name from `start` and orphan the old one's
@@ -112,6 +114,9 @@ impl ConfigDiff {
                 old: old.state_dir.display().to_string(),
                 new: new.state_dir.display().to_string(),
             });
+        }
+        if old.state != new.state {
+            return Err(NeedsRestart::State);
         }
         if let Some((from, to)) = looks_renamed(old, new) {
             return Err(NeedsRestart::Rename { old: from, new: to });

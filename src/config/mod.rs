@@ -17,19 +17,23 @@ mod reconcile;
 mod schedule;
 mod secret;
 mod source_auth;
+mod state_backend;
 mod strategy;
 mod tls;
 mod toml_error;
 mod validate;
 
 pub use admin::{Admin, AdminToken};
-pub use diff::{ConfigDiff, Delta};
+pub use diff::{ConfigDiff, Delta, NeedsRestart};
 pub use duration::HumanDuration;
 pub use fanout::{FanOut, Roster};
 pub use fingerprint::Fingerprint;
 pub use notification::{Format, MAX_EVENTS_PER_BUNDLE, Notification};
 pub use schedule::Schedule;
 pub use source_auth::{TokenUrlRefusal, check_token_url};
+pub use state_backend::{MAX_POOL_SIZE, StateBackend};
+#[cfg(feature = "postgres")]
+pub use state_backend::{PgTls, PostgresState};
 pub use strategy::{Strategies, Strategy};
 pub use tls::Tls;
 
@@ -69,6 +73,8 @@ pub struct Config {
     pub hooks: Vec<Hook>,
     /// The metrics and health listener; `None`: off.
     pub admin: Option<Admin>,
+    /// `[state]`: SQLite under `state_dir` (the default) or PostgreSQL.
+    pub state: StateBackend,
     /// Things that load but are probably mistakes (no source, no hook, ...),
     /// each a full line: `bridges.toml: no [[hook]]: ...`.
     pub warnings: Vec<String>,

@@ -20,6 +20,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub hook: Vec<Spanned<RawHook>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub state: Option<Spanned<RawState>>,
+}
+
+/// `[state]`: which backend holds the state, and how to reach PostgreSQL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `sqlite` (default) or `postgres`.
+    pub backend: Option<Spanned<String>>,
+    pub url: Option<Spanned<RawSecret>>,
+    pub sslmode: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub pool_size: Option<Spanned<i64>>,
 }
 
 /// `[admin]`: the metrics and health listener.

@@ -141,6 +141,7 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(10))
             .min(Duration::from_secs(3600)),
         warnings: warnings(&ctx, &raw, &sources, &hooks),
+        state: super::state_backend::validate(&ctx, raw.state.as_ref())?,
         admin: match &raw.admin {
             Some(a) => super::admin::validate(&ctx, a)?,
             None => None,
@@ -202,6 +203,15 @@ fn warnings(ctx: &Ctx, raw: &RawConfig, sources: &[Source], hooks: &[Hook]) -> V
         out.push(ctx.warning(
             token.span(),
             "[admin]: `token` is written in this file, which others can read: chmod 600 it, or use { env = \"...\" } / { file = \"...\" }",
+        ));
+    }
+    if let Some(url) = raw.state.as_ref().and_then(|s| s.get_ref().url.as_ref())
+        && url.get_ref().is_literal()
+        && super::hook_security::readable_by_others(ctx.path())
+    {
+        out.push(ctx.warning(
+            url.span(),
+            "[state]: `url` is written in this file, which others can read: chmod 600 it, or use { env = \"...\" } / { file = \"...\" }",
         ));
     }
     for (raw_hook, hook) in raw.hook.iter().zip(hooks) {

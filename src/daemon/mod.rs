@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 /// How often the daemon records that it is alive (`status` reads it).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// How often a standby replica tries to take the state's lease (a failover
+/// takes at most the lease's TTL plus this).
+const STANDBY_RETRY: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -27,14 +31,20 @@ pub enum DaemonError {
     Http(String),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// A shared state's lease was lost (taken over, or not renewed in time):
+    /// polling and delivering stopped at once; a restart waits as a standby.
+    #[error(
+        "the state's lease was lost: stopped polling and delivering (another replica takes over)"
+    )]
+    LeaseLost,
 }
 
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
-    // Held until we return: one daemon per state directory.
-    let (store, lock) = state::open(&config, Exclusive).map_err(|e| match e {
-        OpenError::Writer(e) | OpenError::Backfills(e) => DaemonError::Locked(e),
-        OpenError::State(e) => DaemonError::State(e),
-    })?;
+    // Held until we return: one daemon per state directory (on a shared
+    // state, one writing replica: the others wait as standbys).
+    let Some((store, lock)) = writer_lock(&config, &cancel).await? else {
+        return Ok(());
+    };
     let pid = std::process::id();
     if let Err(e) = store
         .record_daemon_start(pid, env!("CARGO_PKG_VERSION"))
@@ -105,15 +115,30 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     ));
 
     let mut reloads = reload_signals();
+    let mut lost = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = lock.lost() => {
+                lost = true;
+                break;
+            }
             Some(()) = reloads.recv() => reload(&mut sup, &notifier).await,
         }
     }
     notifier.stopping();
-    tracing::info!("shutting down: finishing in-flight work");
-    let grace = sup.config().shutdown_grace;
+    // A lost lease: another replica may be taking over now, so nothing more
+    // is polled or sent (in-flight POSTs are dropped; their fenced outcome
+    // could not be recorded anyway, and the next owner sends them again).
+    let grace = match lost {
+        true => Duration::ZERO,
+        false => sup.config().shutdown_grace,
+    };
+    if lost {
+        tracing::error!("the state's lease was lost: stopping at once");
+    } else {
+        tracing::info!("shutting down: finishing in-flight work");
+    }
     // The admin listener stops with the rest, within the same grace: a
     // client holding a connection open cannot hold the process.
     admin_stop.cancel();
@@ -131,7 +156,57 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     background.cancel();
     let _ = reporter.await;
     let _ = heartbeat.await;
+    if lost {
+        return Err(DaemonError::LeaseLost);
+    }
+    lock.release().await;
     Ok(())
+}
+
+/// The writer lock of the state. On a shared state held by another replica's
+/// lease, waits as a standby (said once, then a try every `STANDBY_RETRY`)
+/// until it is ours; `None`: cancelled meanwhile.
+async fn writer_lock(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Option<(Store, state::StateLock)>, DaemonError> {
+    let (mut waiting, mut unreachable) = (false, false);
+    loop {
+        match state::open(config, Exclusive).await {
+            Ok(opened) => {
+                if waiting {
+                    tracing::info!(
+                        "took over the state's lease: this replica polls and delivers now"
+                    );
+                }
+                return Ok(Some(opened));
+            }
+            Err(OpenError::Writer(e @ LockError::Leased { .. })) => {
+                unreachable = false;
+                if !waiting {
+                    tracing::info!(reason = %e, "standby: another replica writes the state; taking over when its lease ends");
+                    waiting = true;
+                }
+                notify::standby("standby: another replica holds the state's lease");
+            }
+            Err(OpenError::Writer(e) | OpenError::Backfills(e)) => {
+                return Err(DaemonError::Locked(e));
+            }
+            // A standby rides out the database's restarts; at start an
+            // unreachable database is an error, as on SQLite.
+            Err(OpenError::State(e)) if waiting => {
+                if !unreachable {
+                    tracing::warn!(error = %e, "standby: cannot reach the state; trying again");
+                    unreachable = true;
+                }
+            }
+            Err(OpenError::State(e)) => return Err(DaemonError::State(e)),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(STANDBY_RETRY) => {}
+        }
+    }
 }
 
 /// A source renamed in the config across a restart, without `source
@@ -295,5 +370,60 @@ mod tests {
         assert_eq!(unmatched(&state, &["a", "b"]), (vec![], vec![]));
         assert_eq!(unmatched(&state, &["a", "b", "c"]), (vec![], vec!["c"]));
         assert_eq!(unmatched(&[], &["a"]), (vec![], vec!["a"]));
+    }
+
+    /// Two daemons on one PostgreSQL state: the second waits as a standby,
+    /// takes over once the first stops cleanly (its lease released), and
+    /// stops with an error once its own lease is taken from it.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standby_takes_over_and_a_lost_lease_stops_the_daemon() {
+        use crate::config::Config;
+        use crate::state::ReadWrite;
+        use crate::state::test_util::{fresh_postgres, state_lease, take_state_lease};
+        use std::time::{Duration, Instant};
+        use tokio_util::sync::CancellationToken;
+        let Some(url) = fresh_postgres().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n");
+        let config = Config::from_str(&text, &dir.path().join("bridges.toml")).unwrap();
+        let store = crate::state::open(&config, ReadWrite).await.unwrap();
+        let lease = || state_lease(&store);
+        let until = |epoch: i64| async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some((Some(_), e)) = lease().await
+                    && e == epoch
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the lease never reached epoch {epoch}");
+        };
+
+        let (stop1, stop2) = (CancellationToken::new(), CancellationToken::new());
+        let first = tokio::spawn(super::run(config.clone(), stop1.clone()));
+        until(1).await;
+        let second = tokio::spawn(super::run(config.clone(), stop2.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "the second waits as a standby");
+        assert_eq!(lease().await.map(|l| l.1), Some(1));
+
+        stop1.cancel();
+        first.await.unwrap().unwrap();
+        until(2).await;
+        assert!(!second.is_finished());
+
+        // Another takes the lease (as after a stall past its expiry): the
+        // second's next renewal is refused, and it stops with an error.
+        take_state_lease(&store).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("a lost lease stops the daemon");
+        assert!(matches!(ended.unwrap(), Err(super::DaemonError::LeaseLost)));
+        drop(stop2);
     }
 }

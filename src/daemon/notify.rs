@@ -83,6 +83,15 @@ impl Notifier {
     }
 }
 
+/// A standby replica (another holds the state's lease): started, so READY,
+/// with its status; the watchdog pinged while it waits.
+pub fn standby(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    if sd_notify::watchdog_enabled().is_some() {
+        send(&[NotifyState::Watchdog]);
+    }
+}
+
 fn send(state: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
         tracing::debug!(error = %e, "cannot notify systemd");

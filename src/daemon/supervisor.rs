@@ -321,17 +321,19 @@ impl Supervisor {
         let Some(handle) = self.metrics.clone() else {
             return;
         };
-        let store = match crate::state::open(&self.config, crate::state::ReadOnly) {
-            Ok(Some(store)) => store,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the state database for the metrics' gauges");
-                return;
-            }
-        };
         let gauges = crate::admin::gauges::Gauges::new(&self.config, &self.clients);
-        self.gauges = Some(Running::spawn(move |c| {
-            crate::admin::gauges::run(store, gauges, handle, c)
+        let config = self.config.clone();
+        // Opened by the task: opening may wait on a database.
+        self.gauges = Some(Running::spawn(move |c| async move {
+            let store = match crate::state::open(&config, crate::state::ReadOnly).await {
+                Ok(Some(store)) => store,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the state database for the metrics' gauges");
+                    return;
+                }
+            };
+            crate::admin::gauges::run(store, gauges, handle, c).await
         }));
     }
 

@@ -14,7 +14,9 @@ pub const BACKFILL_LOCK_FILE: &str = "backfill.lock";
 /// The held lock; dropping it releases it.
 #[derive(Debug)]
 pub struct BackfillLock {
-    _file: File,
+    /// `None`: a shared backend's backfill, which holds no lock (see
+    /// `open.rs`: a rename there waits for unfinished backfill jobs).
+    _file: Option<File>,
 }
 
 impl BackfillLock {
@@ -27,6 +29,12 @@ impl BackfillLock {
     /// For a rename: `Held` while any backfill runs.
     pub fn exclusive(state_dir: &Path) -> Result<BackfillLock, LockError> {
         Self::take(state_dir, false)
+    }
+
+    /// A backfill's grant on a shared backend: no lock held.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn unlocked() -> BackfillLock {
+        BackfillLock { _file: None }
     }
 
     fn take(state_dir: &Path, shared: bool) -> Result<BackfillLock, LockError> {
@@ -50,7 +58,7 @@ impl BackfillLock {
             file.try_lock()
         };
         match taken {
-            Ok(()) => Ok(BackfillLock { _file: file }),
+            Ok(()) => Ok(BackfillLock { _file: Some(file) }),
             Err(TryLockError::WouldBlock) => Err(LockError::Held {
                 pid: None,
                 dir: state_dir.display().to_string(),

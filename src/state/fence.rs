@@ -11,7 +11,9 @@
 //! and epoch in it and checks them in the writing transaction, refusing a
 //! stale one with a `StateError`.
 
-use super::{BackfillLock, PageCommit, StateError, StateLock};
+#[cfg(test)]
+use super::StateLock;
+use super::{BackfillLock, PageCommit, StateError};
 use std::sync::Arc;
 
 /// Proof that its holder may write what it writes. Cheap to clone: each task
@@ -84,6 +86,11 @@ impl Fence {
         Fence::granted(Grant::Private)
     }
 
+    /// The writer lock's fence (SQLite's, held until the process ends).
+    pub(crate) fn writer() -> Fence {
+        Fence::granted(Grant::Writer)
+    }
+
     fn granted(grant: Grant) -> Fence {
         Fence {
             grant,
@@ -93,7 +100,7 @@ impl Fence {
     }
 
     /// A writer's fence from a shared backend's lease, in its `epoch`.
-    #[allow(dead_code)] // the PostgreSQL backend's leases
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn leased(lease: LeaseId, epoch: u64) -> Fence {
         Fence {
             grant: Grant::Writer,
@@ -103,7 +110,7 @@ impl Fence {
     }
 
     /// The lease a shared backend checks in the writing transaction.
-    #[allow(dead_code)] // the PostgreSQL backend's leases
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn lease(&self) -> Option<&LeaseId> {
         self.lease.as_deref()
     }
@@ -121,14 +128,6 @@ impl Fence {
             epoch,
             ..self.clone()
         }
-    }
-}
-
-impl StateLock {
-    /// The writer lock's fence: valid while the lock is held, which on
-    /// SQLite is until the process ends.
-    pub fn fence(&self) -> Fence {
-        Fence::granted(Grant::Writer)
     }
 }
 

@@ -2,6 +2,10 @@
 //! `<state_dir>/lock` for its whole life. The kernel releases it when the
 //! process ends, however it ends (`kill -9` included), so it is never stale.
 //! The file holds the daemon's pid, for messages only.
+//!
+//! On PostgreSQL the same handle holds the state's lease instead (scope
+//! `state`, unit 0; see `open.rs`): renewed by a task, released on a clean
+//! stop, and `lost()` once it can no longer be trusted.
 
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -14,6 +18,16 @@ pub const LOCK_FILE: &str = "lock";
 pub enum LockError {
     #[error("another fhir-bridge{} is running on {dir}", pid_note(*.pid))]
     Held { pid: Option<u32>, dir: String },
+    /// A shared backend's lease, held by another replica (no secrets: its
+    /// id, host and pid, and the lease's expiry).
+    #[error(
+        "another fhir-bridge ({holder}) holds the state on {location}; its lease runs until {until} (UTC) unless renewed"
+    )]
+    Leased {
+        holder: String,
+        location: String,
+        until: String,
+    },
     #[error("cannot lock {path}: {source}")]
     Io {
         path: String,
@@ -28,8 +42,19 @@ fn pid_note(pid: Option<u32>) -> String {
 /// The held lock; dropping it releases the lock.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
-    path: PathBuf,
+    held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    /// `<state_dir>/lock`, held until the process ends.
+    File { _file: File, path: PathBuf },
+    /// A shared backend's lease, kept alive by its keeper task.
+    #[cfg(feature = "postgres")]
+    Lease {
+        keeper: super::postgres::lease::LeaseKeeper,
+        location: PathBuf,
+    },
 }
 
 /// What a reader can tell about the lock without taking it for good.
@@ -87,11 +112,62 @@ impl StateLock {
             f.flush()
         };
         write(&mut file).map_err(io)?;
-        Ok(StateLock { _file: file, path })
+        Ok(StateLock {
+            held: Held::File { _file: file, path },
+        })
     }
 
+    /// The lease `keeper` holds on the state at `location` (a PostgreSQL
+    /// state's writer lock).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn leased(
+        keeper: super::postgres::lease::LeaseKeeper,
+        location: PathBuf,
+    ) -> StateLock {
+        StateLock {
+            held: Held::Lease { keeper, location },
+        }
+    }
+
+    /// The lock file, or where the leased state lives (no credentials).
     pub fn path(&self) -> &Path {
-        &self.path
+        match &self.held {
+            Held::File { path, .. } => path,
+            #[cfg(feature = "postgres")]
+            Held::Lease { location, .. } => location,
+        }
+    }
+
+    /// The writer's fence: on SQLite valid while the lock is held, which is
+    /// until the process ends; on a shared backend, the lease's epoch.
+    pub fn fence(&self) -> super::Fence {
+        match &self.held {
+            Held::File { .. } => super::Fence::writer(),
+            #[cfg(feature = "postgres")]
+            Held::Lease { keeper, .. } => keeper.fence(),
+        }
+    }
+
+    /// Returns once the right to write is lost: never for a file lock (the
+    /// kernel keeps it until the process ends); for a lease, once it was
+    /// taken over or not renewed before its trust deadline. The holder must
+    /// stop writing and sending at once: another replica may take over.
+    pub async fn lost(&self) {
+        match &self.held {
+            Held::File { .. } => std::future::pending().await,
+            #[cfg(feature = "postgres")]
+            Held::Lease { keeper, .. } => keeper.lost().cancelled().await,
+        }
+    }
+
+    /// Gives the lock up on a clean stop: a lease is released at once (a
+    /// standby takes over without waiting for its expiry).
+    pub async fn release(self) {
+        match self.held {
+            Held::File { .. } => {}
+            #[cfg(feature = "postgres")]
+            Held::Lease { keeper, .. } => keeper.release().await,
+        }
     }
 
     /// Whether a daemon holds the lock, read-only: a shared lock attempt on a

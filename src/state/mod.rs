@@ -22,7 +22,11 @@
 //! each one (through `Store`), not leave it where it is:
 //! - The writer lock: `StateLock` (`lock.rs`, a file lock), taken by
 //!   `open(.., Exclusive | SourceRename)`; renames wait for backfills through
-//!   `BackfillLock`. A shared backend replaces both with leases. The writes
+//!   `BackfillLock`. A shared backend replaces both with leases: on
+//!   PostgreSQL `StateLock` holds the state's lease (`postgres/lease.rs`,
+//!   renewed by a task, `lost()` once it cannot be trusted) and a backfill
+//!   holds nothing (a rename waits for unfinished backfill jobs; `open.rs`
+//!   says why). The writes
 //!   that move a watermark or record a delivery already take a `Fence`
 //!   (`fence.rs`): `init_target`, `commit_page`, `finish_export`,
 //!   `record_delivery`, `record_deliveries` (dead-lettering included). The
@@ -41,14 +45,19 @@
 //!   (`wake.rs`), shared by the store's clones, so only this process's
 //!   pollers reach its workers (and `dlq redrive` from the command line waits
 //!   for the worker's idle look). A shared backend sends them across
-//!   processes (e.g. `LISTEN`/`NOTIFY`).
+//!   processes: PostgreSQL's enqueuing transaction sends a `NOTIFY` heard
+//!   at its commit by each process's listening connection
+//!   (`postgres/listen.rs`).
 //! - The watermark cache: `TargetCache` (`target_cache.rs`) keeps each
 //!   target's `TargetState` between polls for its poller, which its fence
 //!   makes the only writer. Entries hold within the fence's epoch: a lease
 //!   granted again (a new epoch) reads the store afresh.
 //! - The per-hook event counter: `sqlite/event_number.rs` hands out numbers
 //!   inside the writing transaction, gap-free because SQLite serializes
-//!   writers. A concurrent backend needs the same promise by its own means.
+//!   writers. A concurrent backend needs the same promise by its own means:
+//!   PostgreSQL locks the hook's `hook_seq` row last in the enqueuing
+//!   transaction (`postgres/outbox.rs`), so numbers commit in order, and
+//!   per-resource order follows event numbers, not row ids.
 //! - The heartbeat's readiness mark (`last_heartbeat_ok_ms`) is per-process
 //!   too.
 
@@ -75,12 +84,19 @@ pub use deliveries::{
 };
 pub use fence::{Fence, LeaseId};
 pub use lock::{LockError, LockProbe, StateLock};
-pub use open::{Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, open};
+pub use open::{
+    Access, Backfill, Exclusive, OpenError, ReadOnly, ReadWrite, SourceRename, location, open,
+    probe_writer,
+};
 pub use operator::{
     DlqSelection, GaugeSnapshot, Heartbeat, HookDepth, HookReport, MessageFilter, MessageKey,
     MessageRecord, MessageState, Moved, OperatorStore, OrphanedHook, Rename, Requeue, StoredBody,
     Summary, TargetMark, TargetReport, WithBody,
 };
+/// A new database on a PostgreSQL server run for tests (`None`: none installed).
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+pub use postgres::test_server::fresh_database as fresh_postgres_for_tests;
 pub use target_cache::TargetCache;
 pub use targets::{
     BackfillJob, BackfillProgress, ExportJob, ExportProgress, PageCommit, PollOutcome, RosterSync,
@@ -252,6 +268,23 @@ impl Store {
         })
     }
 
+    /// A store on an opened PostgreSQL backend.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_postgres(pg: postgres::PgStore) -> Store {
+        Store {
+            backend: Backend::Postgres(pg),
+        }
+    }
+
+    /// The PostgreSQL backend under this store, if it is one.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn as_postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// Opens an existing SQLite database for reading only, safe while the
     /// daemon writes. `Ok(None)` when there is no database yet.
     fn open_read_only(path: &Path) -> Result<Option<Store>, StateError> {
@@ -271,12 +304,43 @@ pub(crate) mod test_util {
         (dir, store)
     }
 
+    /// A new, empty PostgreSQL database (`None`: no server to run here).
+    #[cfg(feature = "postgres")]
+    pub async fn fresh_postgres() -> Option<String> {
+        super::postgres::test_server::fresh_database().await
+    }
+
+    /// The state's lease on a PostgreSQL store: its owner and epoch.
+    #[cfg(feature = "postgres")]
+    pub async fn state_lease(store: &Store) -> Option<(Option<String>, i64)> {
+        let c = store.as_postgres()?.client().await.unwrap();
+        c.query_opt(
+            "SELECT owner, epoch FROM lease WHERE scope = 'state' AND unit = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+    }
+
+    /// Another replica takes the state's lease, as after a stall of its holder.
+    #[cfg(feature = "postgres")]
+    pub async fn take_state_lease(store: &Store) {
+        let c = store.as_postgres().unwrap().client().await.unwrap();
+        c.execute(
+            "UPDATE lease SET owner = 'another', epoch = epoch + 1 WHERE scope = 'state'",
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+
     /// Makes a hook's messages look `ms` older than they are.
     pub async fn backdate(store: &Store, hook: &str, ms: i64) {
         match &store.backend {
             Backend::Sqlite(b) => super::sqlite::test_util::backdate(b, hook, ms).await,
             #[cfg(feature = "postgres")]
-            Backend::Postgres(_) => unimplemented!("backdate on PostgreSQL"),
+            Backend::Postgres(b) => super::postgres::test_util::backdate(b, hook, ms).await,
         }
     }
 }

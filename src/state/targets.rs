@@ -3,8 +3,8 @@
 //! write them; nothing here speaks SQL.
 
 use super::{Fence, NewMessage, StateError};
-use std::collections::BTreeSet;
 use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// One poll target: a resource type of a source, for one patient or (`None`)
@@ -178,6 +178,28 @@ pub struct RosterSync {
     pub forgotten: Vec<String>,
 }
 
+impl RosterSync {
+    /// The decision, without I/O: `in_state` maps each patient with targets to
+    /// when it left the roster (`None`: it had not).
+    pub(crate) fn plan(
+        in_state: &BTreeMap<String, Option<i64>>,
+        roster: &BTreeSet<String>,
+        forget_before_ms: i64,
+    ) -> RosterSync {
+        let mut out = RosterSync::default();
+        for (patient, left_at) in in_state {
+            match (roster.contains(patient), left_at) {
+                (true, Some(_)) => out.returned.push(patient.clone()),
+                (true, None) => {}
+                (false, None) => out.left.push(patient.clone()),
+                (false, Some(t)) if *t < forget_before_ms => out.forgotten.push(patient.clone()),
+                (false, Some(_)) => {}
+            }
+        }
+        out
+    }
+}
+
 crate::state::role! {
     /// The poll side's contract: targets and their watermarks, seen versions, the
     /// page commit (seen rows, messages and watermark in one transaction),
@@ -308,5 +330,27 @@ crate::state::role! {
         ) -> Result<(), StateError>;
         /// The sources that have targets in the state (whatever the config says).
         async fn sources_with_state(&self) -> Result<Vec<String>, StateError>;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaving_patient_is_kept_until_the_grace_ends() {
+        let state: BTreeMap<String, Option<i64>> = [
+            ("stays".to_string(), None),
+            ("leaves".to_string(), None),
+            ("back".to_string(), Some(50)),
+            ("away".to_string(), Some(150)),
+            ("gone".to_string(), Some(50)),
+        ]
+        .into();
+        let roster: BTreeSet<String> = ["stays", "back", "new"].map(String::from).into();
+        let sync = RosterSync::plan(&state, &roster, 100);
+        assert_eq!(sync.left, ["leaves"]);
+        assert_eq!(sync.returned, ["back"]);
+        assert_eq!(sync.forgotten, ["gone"]);
     }
 }

@@ -8,9 +8,24 @@ impl From<tokio_postgres::Error> for StateError {
     fn from(e: tokio_postgres::Error) -> StateError {
         StateError::Postgres(match e.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
+            None => with_causes(&e),
         })
     }
+}
+
+/// A client-side error with what caused it ("error performing TLS
+/// handshake: invalid peer certificate: UnknownIssuer"): tokio-postgres
+/// shows only its kind. Causes are I/O, TLS and protocol errors, never the
+/// connection string (its parse errors are never shown).
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl From<deadpool_postgres::PoolError> for StateError {
@@ -24,7 +39,6 @@ impl From<deadpool_postgres::PoolError> for StateError {
 
 /// Whether a transaction failed only because it met another (a deadlock or
 /// a serialization failure): it is safe to run again.
-#[allow(dead_code)]
 pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|c| {

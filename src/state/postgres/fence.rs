@@ -10,7 +10,6 @@ use tokio_postgres::GenericClient;
 
 /// Refuses the write unless `fence`'s lease is held in its epoch. A fence
 /// without a lease (a private state, tests) covers any write.
-#[allow(dead_code)] // until the fenced writes are ported
 pub(super) async fn check<C: GenericClient>(tx: &C, fence: &Fence) -> Result<(), StateError> {
     let Some(lease) = fence.lease() else {
         return Ok(());

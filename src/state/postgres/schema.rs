@@ -19,13 +19,15 @@ const MIGRATIONS: &[&str] = &[
     // shared database needs: leases, replicas, a counter row per hook.
     r#"
     -- ===== poll side (targets, seen versions, jobs) =====
+    -- Text compares and sorts by bytes, as in SQLite: watermarks and
+    -- lastUpdated are compared as text (never back), ids scanned in order.
     CREATE TABLE poll_target (
-        source                 TEXT NOT NULL,
-        resource_type          TEXT NOT NULL,
-        patient                TEXT NOT NULL DEFAULT '',
+        source                 TEXT COLLATE "C" NOT NULL,
+        resource_type          TEXT COLLATE "C" NOT NULL,
+        patient                TEXT COLLATE "C" NOT NULL DEFAULT '',
         initialized            BOOLEAN NOT NULL DEFAULT false,
-        watermark              TEXT,
-        floor                  TEXT,
+        watermark              TEXT COLLATE "C",
+        floor                  TEXT COLLATE "C",
         last_poll_at           BIGINT,
         last_ok_at             BIGINT,
         last_outcome           TEXT,
@@ -45,29 +47,29 @@ const MIGRATIONS: &[&str] = &[
     );
 
     CREATE TABLE seen (
-        source        TEXT NOT NULL,
-        resource_type TEXT NOT NULL,
-        resource_id   TEXT NOT NULL,
+        source        TEXT COLLATE "C" NOT NULL,
+        resource_type TEXT COLLATE "C" NOT NULL,
+        resource_id   TEXT COLLATE "C" NOT NULL,
         version_id    TEXT,
-        last_updated  TEXT,
+        last_updated  TEXT COLLATE "C",
         content_hash  BYTEA NOT NULL,
         PRIMARY KEY (source, resource_type, resource_id)
     );
 
     CREATE TABLE seen_body (
-        source        TEXT NOT NULL,
-        resource_type TEXT NOT NULL,
-        resource_id   TEXT NOT NULL,
+        source        TEXT COLLATE "C" NOT NULL,
+        resource_type TEXT COLLATE "C" NOT NULL,
+        resource_id   TEXT COLLATE "C" NOT NULL,
         body          BYTEA NOT NULL,
         PRIMARY KEY (source, resource_type, resource_id)
     );
 
     CREATE TABLE backfill (
-        source        TEXT NOT NULL,
-        resource_type TEXT NOT NULL,
-        since         TEXT NOT NULL,
-        until         TEXT NOT NULL,
-        cursor        TEXT,
+        source        TEXT COLLATE "C" NOT NULL,
+        resource_type TEXT COLLATE "C" NOT NULL,
+        since         TEXT COLLATE "C" NOT NULL,
+        until         TEXT COLLATE "C" NOT NULL,
+        cursor        TEXT COLLATE "C",
         done          BOOLEAN NOT NULL DEFAULT false,
         pages         BIGINT NOT NULL DEFAULT 0,
         resources     BIGINT NOT NULL DEFAULT 0,
@@ -78,11 +80,11 @@ const MIGRATIONS: &[&str] = &[
     );
 
     CREATE TABLE export_job (
-        source           TEXT PRIMARY KEY,
+        source           TEXT COLLATE "C" PRIMARY KEY,
         job_url          TEXT NOT NULL,
-        since            TEXT,
+        since            TEXT COLLATE "C",
         kicked_off_at    BIGINT NOT NULL,
-        transaction_time TEXT,
+        transaction_time TEXT COLLATE "C",
         files_done       BIGINT NOT NULL DEFAULT 0,
         lines_done       BIGINT NOT NULL DEFAULT 0,
         request          TEXT,
@@ -125,8 +127,9 @@ const MIGRATIONS: &[&str] = &[
         change_id       BIGINT,            -- change.id; NULL: a stored payload
         event_number    BIGINT,            -- NULL: a message from before numbers
         batch_id        TEXT,
-        -- The delivery lane of its resource (a hash of type and id): a
-        -- resource's messages stay in one lane, each lane has one owner.
+        -- The delivery lane of its resource (`outbox::lane`: FNV-1a of
+        -- `type/id` mod 16, fixed forever): a resource's messages stay in
+        -- one lane, each lane has one owner. Written, not read yet.
         lane            SMALLINT NOT NULL DEFAULT 0,
         UNIQUE (hook, message_id)
     );

@@ -26,7 +26,7 @@ static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 
 /// A connection string to a new, empty database, or `None` (with a line on
 /// stderr) where no PostgreSQL server is installed.
-pub(crate) async fn fresh_database() -> Option<String> {
+pub async fn fresh_database() -> Option<String> {
     let server = match SERVER.get_or_init(start) {
         Ok(server) => server,
         Err(why) if std::env::var_os("FHIR_BRIDGE_REQUIRE_POSTGRES").is_none() => {
@@ -112,6 +112,16 @@ fn start() -> Result<Server, String> {
         chown(&dir, uid, gid)?;
     }
     let data = dir.join("data");
+    init_cluster(&bin, &data, user)?;
+    spawn_server(&bin, &data, &dir, &["listen_addresses="], user)?;
+    Ok(Server {
+        dir,
+        next: AtomicU32::new(0),
+    })
+}
+
+/// A new cluster in `data` (`trust` for every connection, user `bridge`).
+fn init_cluster(bin: &Path, data: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
     let mut initdb = Command::new(bin.join("initdb"));
     initdb
         .args([
@@ -124,7 +134,7 @@ fn start() -> Result<Server, String> {
             "UTF8",
             "-D",
         ])
-        .arg(&data)
+        .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     as_user(&mut initdb, user);
@@ -135,21 +145,34 @@ fn start() -> Result<Server, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    Ok(())
+}
+
+/// Starts the server of `data` with its socket in `socket_dir` and these
+/// settings besides the fast, unsafe ones of a test server.
+fn spawn_server(
+    bin: &Path,
+    data: &Path,
+    socket_dir: &Path,
+    settings: &[&str],
+    user: Option<(u32, u32)>,
+) -> Result<(), String> {
     let postgres = bin.join("postgres");
+    let (data, socket_dir) = (data.to_path_buf(), socket_dir.to_path_buf());
+    let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
     let (tx, rx) = std::sync::mpsc::channel();
-    let socket_dir = dir.clone();
     // The server's parent-death signal fires when this thread ends: it never does.
     std::thread::spawn(move || {
         let mut cmd = Command::new(postgres);
         cmd.arg("-D").arg(&data).arg("-k").arg(&socket_dir);
-        for setting in [
-            "listen_addresses=",
+        let fixed = [
             "fsync=off",
             "synchronous_commit=off",
             "full_page_writes=off",
             "max_connections=300",
             "shared_buffers=32MB",
-        ] {
+        ];
+        for setting in fixed.iter().map(|s| s.to_string()).chain(settings) {
             cmd.arg("-c").arg(setting);
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -167,11 +190,63 @@ fn start() -> Result<Server, String> {
             std::thread::park();
         }
     });
-    rx.recv().map_err(|e| e.to_string())??;
-    Ok(Server {
-        dir,
-        next: AtomicU32::new(0),
-    })
+    rx.recv().map_err(|e| e.to_string())?
+}
+
+/// A second server, for TLS: on 127.0.0.1 (a free port, returned) with
+/// `ssl = on` and this certificate chain and key (PEM); its cluster lives in
+/// the test server's directory. `None` where no server is installed.
+#[cfg(test)]
+pub(crate) async fn tls_server(cert_pem: &str, key_pem: &str) -> Option<u16> {
+    let server = match SERVER.get_or_init(start) {
+        Ok(server) => server,
+        Err(_) => return fresh_database().await.map(|_| 0),
+    };
+    let n = server.next.fetch_add(1, Ordering::Relaxed);
+    let dir = server.dir.join(format!("tls{n}"));
+    let bin = bin_dir().unwrap();
+    let user = server_user().unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some((uid, gid)) = user {
+        chown(&dir, uid, gid).unwrap();
+    }
+    init_cluster(&bin, &data, user).unwrap();
+    for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+        let path = data.join(name);
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        if let Some((uid, gid)) = user {
+            chown(&path, uid, gid).unwrap();
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = [
+        "listen_addresses=127.0.0.1".to_string(),
+        format!("port={port}"),
+        "ssl=on".to_string(),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+    spawn_server(&bin, &data, &dir, &settings, user).unwrap();
+    // Ready once it accepts a connection (over the socket, no TLS).
+    let url = format!(
+        "host={} port={port} user=bridge dbname=postgres",
+        dir.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "TLS test server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(port)
 }
 
 fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {

@@ -8,26 +8,6 @@ use crate::state::RosterSync;
 use rusqlite::params;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The decision, without I/O: `in_state` maps each patient with targets to
-/// when it left the roster (`None`: it had not).
-fn plan(
-    in_state: &BTreeMap<String, Option<i64>>,
-    roster: &BTreeSet<String>,
-    forget_before_ms: i64,
-) -> RosterSync {
-    let mut out = RosterSync::default();
-    for (patient, left_at) in in_state {
-        match (roster.contains(patient), left_at) {
-            (true, Some(_)) => out.returned.push(patient.clone()),
-            (true, None) => {}
-            (false, None) => out.left.push(patient.clone()),
-            (false, Some(t)) if *t < forget_before_ms => out.forgotten.push(patient.clone()),
-            (false, Some(_)) => {}
-        }
-    }
-    out
-}
-
 impl SqliteStore {
     pub async fn roster_in_state(&self, source: &str) -> Result<BTreeSet<String>, StateError> {
         let source = source.to_string();
@@ -59,7 +39,7 @@ impl SqliteStore {
                 )?
                 .query_map(params![source], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            let sync = plan(&in_state, &roster, forget_before_ms);
+            let sync = RosterSync::plan(&in_state, &roster, forget_before_ms);
             {
                 let mut left = tx.prepare_cached(
                     "UPDATE poll_target SET left_roster_at = ?3
@@ -93,23 +73,6 @@ mod tests {
     use super::*;
     use crate::state::TargetKey;
     use crate::state::sqlite::test_util::temp_store;
-
-    #[test]
-    fn a_leaving_patient_is_kept_until_the_grace_ends() {
-        let state: BTreeMap<String, Option<i64>> = [
-            ("stays".to_string(), None),
-            ("leaves".to_string(), None),
-            ("back".to_string(), Some(50)),
-            ("away".to_string(), Some(150)),
-            ("gone".to_string(), Some(50)),
-        ]
-        .into();
-        let roster: BTreeSet<String> = ["stays", "back", "new"].map(String::from).into();
-        let sync = plan(&state, &roster, 100);
-        assert_eq!(sync.left, ["leaves"]);
-        assert_eq!(sync.returned, ["back"]);
-        assert_eq!(sync.forgotten, ["gone"]);
-    }
 
     #[tokio::test]
     async fn a_returning_patient_keeps_its_watermark_and_status_skips_the_absent() {
