@@ -112,7 +112,10 @@ pub enum Command {
     },
     /// Write the man pages (fhir-bridge(1), one per command) into DIR: for
     /// packaging (scripts/package).
-    #[command(hide = true)]
+    #[command(
+        hide = true,
+        after_help = "Example:\n  fhir-bridge manpages target/man && man -l target/man/fhir-bridge-status.1"
+    )]
     Manpages {
         /// Where to write them (created if missing).
         out_dir: PathBuf,
