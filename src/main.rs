@@ -72,6 +72,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     )?;
     match cli.command {
         Command::Run(c) => {
+            // The first line, before the config can fail: which build is running.
+            tracing::info!(
+                config = %c.config.display(),
+                "fhir-bridge {} starting",
+                fhir_bridge::cli::version::LONG
+            );
             let config = load(&c)?;
             for w in &config.warnings {
                 tracing::warn!("{w}");
@@ -85,10 +91,19 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let shell = match shell {
                 Shell::Bash => clap_complete::Shell::Bash,
                 Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
             };
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "fhir-bridge", &mut buf);
             emit(&String::from_utf8_lossy(&buf), ExitCode::SUCCESS)
+        }
+        Command::Manpages { out_dir } => {
+            let written = fhir_bridge::cli::manpages::write_all(&out_dir)
+                .with_context(|| format!("cannot write man pages into {}", out_dir.display()))?;
+            emit(
+                &format!("{} man pages in {}\n", written.len(), out_dir.display()),
+                ExitCode::SUCCESS,
+            )
         }
         Command::Validate(c) => validate_main(&c),
         Command::Dlq { command } => dlq_main(command).await,

@@ -294,7 +294,7 @@ async fn replay_from_an_event_number_resends_the_later_events() {
 
 #[test]
 fn completions_help_and_version() {
-    for shell in ["bash", "zsh"] {
+    for shell in ["bash", "zsh", "fish"] {
         let out = Command::new(BIN)
             .args(["completions", shell])
             .output()
@@ -305,17 +305,24 @@ fn completions_help_and_version() {
             "{shell}"
         );
         assert!(
-            script.contains("replay") && script.contains("--watch"),
+            // fish names a long option `-l watch`.
+            script.contains("replay")
+                && script.contains(if shell == "fish" {
+                    "-l watch"
+                } else {
+                    "--watch"
+                }),
             "{shell}"
         );
     }
     let out = Command::new(BIN)
-        .args(["completions", "fish"])
+        .args(["completions", "powershell"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let version = stdout(&Command::new(BIN).arg("--version").output().unwrap());
-    assert!(version.starts_with("fhir-bridge "), "{version}");
+    let expected = format!("fhir-bridge {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected), "{version}");
     for cmd in [
         &["status"][..],
         &["dlq", "show"],

@@ -3,14 +3,20 @@
 
 use super::when::{ResourceRef, parse_resource, parse_time};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// `-c` when neither it nor `FHIR_BRIDGE_CONFIG` is given.
+fn default_config() -> PathBuf {
+    let local = crate::config::paths::LOCAL_CONFIG;
+    crate::config::paths::default_config(Path::new(local).is_file())
+}
 
 #[derive(Parser)]
 #[command(
     name = "fhir-bridge",
-    version,
+    version = super::version::LONG,
     about = "Webhooks for EHRs that have none: polls FHIR search, pushes changes",
-    after_help = "Examples:\n  fhir-bridge validate -c bridges.toml\n  fhir-bridge run -c bridges.toml\n  fhir-bridge status --watch\n\n`-c` defaults to bridges.toml, or $FHIR_BRIDGE_CONFIG."
+    after_help = "Examples:\n  fhir-bridge validate -c bridges.toml\n  fhir-bridge run -c bridges.toml\n  fhir-bridge status --watch\n\n`-c` defaults to $FHIR_BRIDGE_CONFIG, else ./bridges.toml if it exists, else\n/etc/fhir-bridge/bridges.toml (a packaged install's)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,12 +35,14 @@ pub struct Cli {
 
 #[derive(clap::Args)]
 pub struct ConfigArg {
-    /// Path to the config file.
+    /// Path to the config file [default: ./bridges.toml if it exists, else
+    /// /etc/fhir-bridge/bridges.toml].
     #[arg(
         short,
         long,
         env = "FHIR_BRIDGE_CONFIG",
-        default_value = "bridges.toml"
+        default_value_os_t = default_config(),
+        hide_default_value = true
     )]
     pub config: PathBuf,
 }
@@ -96,11 +104,21 @@ pub enum Command {
     },
     /// Print shell completions.
     #[command(
-        after_help = "Examples:\n  fhir-bridge completions bash > /etc/bash_completion.d/fhir-bridge\n  fhir-bridge completions zsh > \"${fpath[1]}/_fhir-bridge\""
+        after_help = "Examples:\n  fhir-bridge completions bash > /etc/bash_completion.d/fhir-bridge\n  fhir-bridge completions zsh > \"${fpath[1]}/_fhir-bridge\"\n  fhir-bridge completions fish > ~/.config/fish/completions/fhir-bridge.fish\n\nA package installs them for bash, zsh and fish."
     )]
     Completions {
         #[arg(value_enum)]
         shell: Shell,
+    },
+    /// Write the man pages (fhir-bridge(1), one per command) into DIR: for
+    /// packaging (scripts/package).
+    #[command(
+        hide = true,
+        after_help = "Example:\n  fhir-bridge manpages target/man && man -l target/man/fhir-bridge-status.1"
+    )]
+    Manpages {
+        /// Where to write them (created if missing).
+        out_dir: PathBuf,
     },
     /// One poll of one source now, printing the changes found and the hooks
     /// they go to. Exits 1 if a resource type failed.
@@ -180,6 +198,7 @@ pub enum Command {
 pub enum Shell {
     Bash,
     Zsh,
+    Fish,
 }
 
 #[derive(clap::Args)]

@@ -10,6 +10,7 @@ mod dlq_show;
 pub mod health;
 pub mod liveness;
 pub mod logging;
+pub mod manpages;
 pub mod out;
 pub mod poll_once;
 pub mod replay;
@@ -19,6 +20,7 @@ pub mod status_report;
 mod status_text;
 pub mod test_filter;
 pub mod topics;
+pub mod version;
 pub mod watch;
 pub mod when;
 

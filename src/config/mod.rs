@@ -12,6 +12,7 @@ mod fingerprint;
 mod hook_security;
 mod notification;
 mod origins;
+pub mod paths;
 mod raw;
 mod reconcile;
 mod schedule;

@@ -62,7 +62,10 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
             return Err(ctx.err(s.span(), "`state_dir` must not be empty"));
         }
         Some(s) => base_dir.join(s.get_ref()),
-        None => base_dir.join("state"),
+        None => super::paths::default_state_dir(
+            base_dir,
+            std::env::var_os("STATE_DIRECTORY").as_deref(),
+        ),
     };
 
     // Each component's table as text without positions, for its fingerprint:

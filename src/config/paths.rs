@@ -1,0 +1,103 @@
+//! Where the config file and the state are when nothing says: `./bridges.toml`
+//! beside the operator, else a packaged install's `/etc/fhir-bridge`; the
+//! state in systemd's `StateDirectory=`, or beside the config. Decisions only:
+//! the callers look at the file system and the environment.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+/// The config file in the working directory, used when it exists.
+pub const LOCAL_CONFIG: &str = "bridges.toml";
+/// A packaged install's config file.
+pub const PACKAGED_CONFIG: &str = "/etc/fhir-bridge/bridges.toml";
+/// A packaged install's state directory (the unit's `StateDirectory=fhir-bridge`).
+pub const PACKAGED_STATE_DIR: &str = "/var/lib/fhir-bridge";
+
+/// `-c` when neither it nor `FHIR_BRIDGE_CONFIG` is given: `bridges.toml`
+/// when the working directory has one, else the packaged config.
+pub fn default_config(local_exists: bool) -> PathBuf {
+    PathBuf::from(if local_exists {
+        LOCAL_CONFIG
+    } else {
+        PACKAGED_CONFIG
+    })
+}
+
+/// `state_dir` when the config file sets none: systemd's `$STATE_DIRECTORY`
+/// (its first entry) when the service runs with `StateDirectory=`; else, for a
+/// config in `/etc/fhir-bridge`, the directory the package and the unit make,
+/// so `status` run by hand finds the daemon's state; else `state` beside the
+/// config file. Never a directory under `/etc` that `ProtectSystem=strict`
+/// would make read-only.
+pub fn default_state_dir(config_dir: &Path, state_directory: Option<&OsStr>) -> PathBuf {
+    let systemd = state_directory
+        .and_then(|v| v.to_str())
+        .and_then(|v| v.split(':').next())
+        .map(Path::new)
+        .filter(|p| p.is_absolute());
+    if let Some(dir) = systemd {
+        return dir.to_path_buf();
+    }
+    let packaged_dir = Path::new(PACKAGED_CONFIG)
+        .parent()
+        .unwrap_or(Path::new("/"));
+    if config_dir == packaged_dir {
+        return PathBuf::from(PACKAGED_STATE_DIR);
+    }
+    config_dir.join("state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_config_wins_over_the_packaged_one() {
+        assert_eq!(default_config(true), Path::new("bridges.toml"));
+        assert_eq!(
+            default_config(false),
+            Path::new("/etc/fhir-bridge/bridges.toml")
+        );
+    }
+
+    #[test]
+    fn systemd_state_directory_is_the_default_state_dir() {
+        let dir = default_state_dir(
+            Path::new("/etc/fhir-bridge"),
+            Some(OsStr::new("/var/lib/fhir-bridge")),
+        );
+        assert_eq!(dir, Path::new("/var/lib/fhir-bridge"));
+        // Several StateDirectory= entries: the first.
+        let dir = default_state_dir(
+            Path::new("/opt/x"),
+            Some(OsStr::new("/var/lib/a:/var/lib/b")),
+        );
+        assert_eq!(dir, Path::new("/var/lib/a"));
+    }
+
+    #[test]
+    fn without_systemd_a_packaged_config_keeps_its_state_in_var_lib() {
+        assert_eq!(
+            default_state_dir(Path::new("/etc/fhir-bridge"), None),
+            Path::new("/var/lib/fhir-bridge")
+        );
+    }
+
+    #[test]
+    fn elsewhere_the_state_is_beside_the_config() {
+        assert_eq!(
+            default_state_dir(Path::new("/opt/bridge"), None),
+            Path::new("/opt/bridge/state")
+        );
+        assert_eq!(default_state_dir(Path::new(""), None), Path::new("state"));
+        // A relative or empty $STATE_DIRECTORY is not systemd's: ignored.
+        assert_eq!(
+            default_state_dir(Path::new("/opt/bridge"), Some(OsStr::new("rel"))),
+            Path::new("/opt/bridge/state")
+        );
+        assert_eq!(
+            default_state_dir(Path::new("/opt/bridge"), Some(OsStr::new(""))),
+            Path::new("/opt/bridge/state")
+        );
+    }
+}
