@@ -85,25 +85,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let background = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin_server = admin.map(|(listener, handle)| {
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        let readiness = crate::admin::all(vec![
-            crate::admin::database_readiness(&store),
-            progress_readiness(progress.clone()),
-        ]);
-        let hooks = crate::admin::subscription::HookEndpoints {
-            store: store.clone(),
-            config: sup.config_watch(),
-            addr,
-        };
-        tokio::spawn(crate::admin::serve(
+        serve_admin(
             listener,
             handle,
-            readiness,
-            Some(hooks),
+            &store,
+            &sup,
+            &progress,
             admin_stop.clone(),
-        ))
+        )
     });
     let heartbeat = tokio::spawn(heartbeat(store.clone(), pid, background.clone()));
     let notifier = notify::Notifier::new(store.clone(), progress.clone());
@@ -139,8 +128,57 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     } else {
         tracing::info!("shutting down: finishing in-flight work");
     }
-    // The admin listener stops with the rest, within the same grace: a
-    // client holding a connection open cannot hold the process.
+    stop_within(grace, sup, admin_server, admin_stop).await;
+    background.cancel();
+    let _ = reporter.await;
+    let _ = heartbeat.await;
+    if lost {
+        return Err(DaemonError::LeaseLost);
+    }
+    lock.release().await;
+    Ok(())
+}
+
+/// The admin listener's task: metrics, health (the database and every
+/// task's progress) and the hooks' `$status`/`$events`.
+fn serve_admin(
+    listener: tokio::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    store: &Store,
+    sup: &Supervisor,
+    progress: &Progress,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let readiness = crate::admin::all(vec![
+        crate::admin::database_readiness(store),
+        progress_readiness(progress.clone()),
+    ]);
+    let hooks = crate::admin::subscription::HookEndpoints {
+        store: store.clone(),
+        config: sup.config_watch(),
+        addr,
+    };
+    tokio::spawn(crate::admin::serve(
+        listener,
+        handle,
+        readiness,
+        Some(hooks),
+        stop,
+    ))
+}
+
+/// Stops the sources, the hooks and the admin listener, giving in-flight
+/// work `grace`. The admin listener stops with the rest, within the same
+/// grace: a client holding a connection open cannot hold the process.
+async fn stop_within(
+    grace: Duration,
+    sup: Supervisor,
+    admin_server: Option<tokio::task::JoinHandle<()>>,
+    admin_stop: CancellationToken,
+) {
     admin_stop.cancel();
     let admin_stopped = async {
         if let Some(mut server) = admin_server
@@ -153,14 +191,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         }
     };
     tokio::join!(sup.shutdown(grace), admin_stopped);
-    background.cancel();
-    let _ = reporter.await;
-    let _ = heartbeat.await;
-    if lost {
-        return Err(DaemonError::LeaseLost);
-    }
-    lock.release().await;
-    Ok(())
 }
 
 /// The writer lock of the state. On a shared state held by another replica's
