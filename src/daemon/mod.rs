@@ -372,6 +372,70 @@ mod tests {
         assert_eq!(unmatched(&[], &["a"]), (vec![], vec!["a"]));
     }
 
+    /// Past the shutdown grace (zero after a lost lease) a POST still in
+    /// flight is dropped, not left running after the daemon said it stopped:
+    /// its receiver sees the connection closed, and the message stays
+    /// pending for whoever writes next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_post_in_flight_past_the_grace_is_dropped() {
+        use crate::config::Config;
+        use crate::state::{Fence, NewMessage, PageCommit, Store};
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        use tokio_util::sync::CancellationToken;
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "state_dir = \"state\"\nshutdown_grace = \"1s\"\n\n[[source]]\nname = \"s\"\n\
+             base_url = \"http://127.0.0.1:9/fhir\"\nresources = [\"Observation\"]\n\n\
+             [[hook]]\nname = \"h\"\nurl = \"http://{}/h\"\ntimeout = \"60s\"\n",
+            receiver.local_addr().unwrap()
+        );
+        let config = Config::from_str(&text, &dir.path().join("bridges.toml")).unwrap();
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let store = Store::open(&config.db_path()).unwrap();
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            messages: vec![NewMessage::test("h", "m1", "Observation", "o1")],
+            ..Default::default()
+        };
+        store.commit_page(&Fence::private(), page).await.unwrap();
+
+        let stop = CancellationToken::new();
+        let daemon = tokio::spawn(super::run(config, stop.clone()));
+        let (mut post, _) = tokio::time::timeout(Duration::from_secs(20), receiver.accept())
+            .await
+            .expect("the message is POSTed")
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = post.read(&mut buf).await.unwrap();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .expect("the daemon stops within its grace")
+            .unwrap()
+            .unwrap();
+        // The receiver never answered: the daemon has returned, so the
+        // POST must be gone too (read sees the end, or a reset).
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match post.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the POST went on after the daemon stopped");
+        let report = store.hook_report("h").await.unwrap();
+        assert_eq!(
+            (report.pending, report.delivered),
+            (1, 0),
+            "it stays pending"
+        );
+    }
+
     /// Two daemons on one PostgreSQL state: the second waits as a standby,
     /// takes over once the first stops cleanly (its lease released), and
     /// stops with an error once its own lease is taken from it.

@@ -229,12 +229,18 @@ impl Supervisor {
             .map(|(_, r)| r.handle)
             .chain(self.housekeeping.take().map(|r| r.handle))
             .collect();
+        let aborts: Vec<_> = all.iter().map(|h| h.abort_handle()).collect();
         let all_done = async {
             for h in all {
                 let _ = h.await;
             }
         };
         if tokio::time::timeout(grace, all_done).await.is_err() {
+            // Aborted, not left running: a hook worker's POSTs in flight go
+            // with it (after a lost lease the next owner sends them).
+            for a in aborts {
+                a.abort();
+            }
             tracing::warn!(
                 grace_s = grace.as_secs_f64(),
                 "shutdown grace period over; unfinished deliveries stay in the outbox"
