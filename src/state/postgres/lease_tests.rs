@@ -165,3 +165,44 @@ async fn a_renewal_that_hangs_is_a_loss_at_the_trust_deadline() {
     assert!(after < Duration::from_millis(2_000), "{after:?}");
     tx.rollback().await.unwrap();
 }
+
+/// The first statement of a process migrates the schema, waiting for
+/// another replica's migration (or a pool's free connection): time before
+/// the lease was granted. A grant that waited longer than its trust does
+/// not count that wait against it (it was not lost the moment it came).
+#[tokio::test]
+async fn a_grant_that_waited_for_the_migration_is_not_lost_at_once() {
+    let Some(url) = test_server::fresh_database().await else {
+        return;
+    };
+    let timings = Timings {
+        ttl: Duration::from_millis(2_000),
+        renew_every: Duration::from_millis(300),
+        margin: Duration::from_millis(500),
+    };
+    // Another replica migrating: its lock held for longer than the trust.
+    let other = store(&url);
+    let c = other.client().await.unwrap();
+    c.execute(
+        "SELECT pg_advisory_lock($1)",
+        &[&super::super::schema::MIGRATION_LOCK],
+    )
+    .await
+    .unwrap();
+    let fresh = store(&url);
+    let waiting = tokio::spawn(async move {
+        let kept = held(LeaseKeeper::acquire_as(&fresh, "state", 0, &replica("a"), timings).await);
+        (fresh, kept)
+    });
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    c.execute(
+        "SELECT pg_advisory_unlock($1)",
+        &[&super::super::schema::MIGRATION_LOCK],
+    )
+    .await
+    .unwrap();
+    let (_fresh, kept) = waiting.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!kept.lost().is_cancelled(), "lost right after its grant");
+    kept.release().await;
+}

@@ -12,7 +12,7 @@ use crate::state::StateError;
 use deadpool_postgres::Object;
 
 /// The advisory lock key of migrations (any constant no one else uses).
-const MIGRATION_LOCK: i64 = 0x6668_6972_6272_6467; // "fhirbrdg"
+pub(super) const MIGRATION_LOCK: i64 = 0x6668_6972_6272_6467; // "fhirbrdg"
 
 const MIGRATIONS: &[&str] = &[
     // 1: the schema as SQLite's stands at its migration 15, plus what a
