@@ -190,8 +190,11 @@ pub(super) async fn notify_due(
 
 impl PgStore {
     /// A read, not a lock: the hook's (later: lane's) one worker keeps its
-    /// in-flight ids, as on SQLite; walks the (hook, state, id) index so
-    /// the LIMIT stops the scan early.
+    /// in-flight ids, as on SQLite. In event-number order (messages from
+    /// before numbers first), which on SQLite is row-id order but not here
+    /// (ids are taken at insert, numbers at commit): a claim cut by its
+    /// limit never takes a later event before an earlier one. Walks the
+    /// pending messages' index in that order, so the LIMIT stops early.
     pub async fn claim_due(
         &self,
         hook: &str,
@@ -206,7 +209,7 @@ impl PgStore {
                  WHERE o.hook = $1 AND o.state = 'pending' AND o.next_attempt_at <= $2
                    AND NOT (o.id = ANY($4))
                    AND {NO_OLDER_PENDING}
-                 ORDER BY o.id LIMIT $3"
+                 ORDER BY o.event_number NULLS FIRST, o.id LIMIT $3"
             ))
             .await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

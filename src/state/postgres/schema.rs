@@ -139,6 +139,10 @@ const MIGRATIONS: &[&str] = &[
         WHERE state = 'pending';
     CREATE UNIQUE INDEX outbox_event_number ON outbox (hook, event_number)
         WHERE event_number IS NOT NULL;
+    -- What `claim_due` walks: a hook's pending messages in event-number
+    -- order (ids are taken at insert, not in commit order).
+    CREATE INDEX outbox_pending_by_number ON outbox (hook, event_number NULLS FIRST, id)
+        WHERE state = 'pending';
     CREATE INDEX outbox_by_change ON outbox (change_id) WHERE change_id IS NOT NULL;
     CREATE INDEX outbox_by_batch ON outbox (batch_id) WHERE batch_id IS NOT NULL;
 
