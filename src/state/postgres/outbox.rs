@@ -193,7 +193,9 @@ impl PgStore {
     /// in-flight ids, as on SQLite. In event-number order (messages from
     /// before numbers first), which on SQLite is row-id order but not here
     /// (ids are taken at insert, numbers at commit): a claim cut by its
-    /// limit never takes a later event before an earlier one. Walks the
+    /// limit never takes a later event before an earlier one (and a message
+    /// moved in, numbered as its new hook's newest, comes after the ones
+    /// already there; SQLite sends it first, by its old id). Walks the
     /// pending messages' index in that order, so the LIMIT stops early.
     pub async fn claim_due(
         &self,
