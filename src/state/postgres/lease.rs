@@ -151,13 +151,21 @@ impl PgStore {
         )
         .await?;
         let sent = Instant::now();
+        // The row locked `FOR UPDATE` first (only when it is free to
+        // take): that waits for the fenced writes in flight, which hold it
+        // `FOR KEY SHARE` (`fence.rs`), where the `UPDATE`'s own lock would
+        // not.
         let granted = c
             .query_opt(
-                "UPDATE lease SET owner = $3, epoch = epoch + 1,
+                "WITH free AS (
+                    SELECT scope, unit FROM lease
+                    WHERE scope = $1 AND unit = $2
+                      AND (owner IS NULL OR expires_at IS NULL OR expires_at < clock_timestamp())
+                    FOR UPDATE)
+                 UPDATE lease l SET owner = $3, epoch = l.epoch + 1,
                     expires_at = clock_timestamp() + make_interval(secs => $4)
-                 WHERE scope = $1 AND unit = $2
-                   AND (owner IS NULL OR expires_at IS NULL OR expires_at < clock_timestamp())
-                 RETURNING epoch",
+                 FROM free WHERE l.scope = free.scope AND l.unit = free.unit
+                 RETURNING l.epoch",
                 &[&scope, &unit, &me.id, &seconds(ttl)],
             )
             .await?;
