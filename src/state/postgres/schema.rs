@@ -272,6 +272,13 @@ pub(super) fn latest() -> usize {
     MIGRATIONS.len()
 }
 
+/// Whether a migration creates the table `name`: one of ours, where the
+/// database may hold other applications' tables too.
+pub(super) fn creates_table(name: &str) -> bool {
+    let create = format!("CREATE TABLE {name} (");
+    MIGRATIONS.iter().any(|m| m.contains(&create))
+}
+
 /// `s` as a dollar-quoted string literal with a tag it does not contain.
 fn dollar_quoted(s: &str) -> String {
     let mut tag = String::from("step");
