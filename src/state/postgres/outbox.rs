@@ -338,6 +338,25 @@ impl PgStore {
                  WHERE id = $1 AND state = 'pending'",
             )
             .await?;
+        // The changes of the messages delivered here, locked in id order
+        // before their delivery triggers lock them one by one (in the
+        // records' order): two hooks' batches sharing changes never
+        // deadlock.
+        let ids: Vec<i64> = records
+            .iter()
+            .filter(|(_, r)| matches!(r, DeliveryRecord::Delivered { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        if !ids.is_empty() {
+            let lock = tx
+                .prepare_cached(
+                    "SELECT 1 FROM change WHERE id IN
+                        (SELECT change_id FROM outbox WHERE id = ANY($1))
+                     ORDER BY id FOR UPDATE",
+                )
+                .await?;
+            tx.execute(&lock, &[&ids]).await?;
+        }
         let (mut delivered, mut failed, mut last_error) = (0i64, 0i64, None);
         let mut last_ok = None;
         for (id, record) in records {

@@ -645,3 +645,40 @@ async fn a_claim_follows_event_numbers_not_row_ids() {
         .collect();
     assert_eq!(got, [("inserted-second", Some(1))]);
 }
+
+/// One change for two hooks, both delivered at the same moment by two
+/// transactions: the body goes with the last of them (each alone saw the
+/// other still pending), as on SQLite, whose one writer orders them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_goes_when_its_last_message_is_delivered_concurrently() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let one = NewMessage::test("h1", "m", "Observation", "a");
+    let two = NewMessage {
+        hook: "h2".into(),
+        ..one.clone()
+    };
+    enqueue(&store, vec![one, two]).await;
+    let deliver = "UPDATE outbox SET state = 'delivered' WHERE hook = $1";
+    let mut c1 = store.client().await.unwrap();
+    let t1 = c1.transaction().await.unwrap();
+    t1.execute(deliver, &[&"h1"]).await.unwrap();
+    let s2 = store.clone();
+    let second = tokio::spawn(async move {
+        let mut c2 = s2.client().await.unwrap();
+        let t2 = c2.transaction().await.unwrap();
+        t2.execute(deliver, &[&"h2"]).await.unwrap();
+        t2.commit().await.unwrap();
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    t1.commit().await.unwrap();
+    second.await.unwrap();
+    let c = store.client().await.unwrap();
+    let bodies: i64 = c
+        .query_one("SELECT count(*) FROM change_body", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bodies, 0, "no message needs the body any more");
+}

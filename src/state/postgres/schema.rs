@@ -183,6 +183,8 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         DELETE FROM outbox_payload WHERE id = OLD.id;
         IF OLD.change_id IS NOT NULL THEN
+            -- As `outbox_after_delivery`: siblings deleted at once.
+            PERFORM 1 FROM change WHERE id = OLD.change_id FOR UPDATE;
             DELETE FROM change_body WHERE id = OLD.change_id AND NOT EXISTS
                 (SELECT 1 FROM outbox WHERE change_id = OLD.change_id AND state <> 'delivered');
             DELETE FROM change WHERE id = OLD.change_id AND NOT EXISTS
@@ -193,9 +195,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER outbox_after_delete AFTER DELETE ON outbox
         FOR EACH ROW EXECUTE FUNCTION outbox_after_delete();
 
-    -- PHI stays no longer than a pending or dead message needs it.
+    -- PHI stays no longer than a pending or dead message needs it. The
+    -- change's row locked first: two of its messages delivered at once by
+    -- two transactions would each see the other still pending and keep
+    -- the body (the second waits, then sees the first's commit).
     CREATE FUNCTION outbox_after_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        PERFORM 1 FROM change WHERE id = NEW.change_id FOR UPDATE;
         DELETE FROM change_body WHERE id = NEW.change_id AND NOT EXISTS
             (SELECT 1 FROM outbox WHERE change_id = NEW.change_id AND state <> 'delivered');
         RETURN NULL;
