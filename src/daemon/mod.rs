@@ -63,25 +63,37 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     if config.admin.as_ref().is_some_and(|a| a.token.is_none()) {
         tracing::info!("[admin] has no `token`: `$events` serves no resource bodies");
     }
+    // A start that fails from here gives the lease up before it returns
+    // (`main` ends the runtime, and with it the keeper, right after).
     let admin = match &config.admin {
-        Some(a) => Some((
-            crate::admin::bind(a.listen).await?,
-            crate::telemetry::install(),
-        )),
+        Some(a) => match crate::admin::bind(a.listen).await {
+            Ok(listener) => Some((listener, crate::telemetry::install())),
+            Err(e) => {
+                lock.release().await;
+                return Err(e.into());
+            }
+        },
         None => None,
     };
     let progress = Progress::default();
     let admin_addr = admin
         .as_ref()
         .and_then(|(listener, _)| listener.local_addr().ok());
-    let mut sup = Supervisor::start(
+    let started = Supervisor::start(
         config,
         store.clone(),
         lock.fence(),
         progress.clone(),
         admin.as_ref().map(|(_, handle)| handle.clone()),
         admin_addr,
-    )?;
+    );
+    let mut sup = match started {
+        Ok(sup) => sup,
+        Err(e) => {
+            lock.release().await;
+            return Err(e);
+        }
+    };
     let background = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin_server = admin.map(|(listener, handle)| {
@@ -370,6 +382,46 @@ mod tests {
         assert_eq!(unmatched(&state, &["a", "b"]), (vec![], vec![]));
         assert_eq!(unmatched(&state, &["a", "b", "c"]), (vec![], vec!["c"]));
         assert_eq!(unmatched(&[], &["a"]), (vec![], vec!["a"]));
+    }
+
+    /// A daemon that cannot start after taking the state's lease (its admin
+    /// port is taken) gives the lease up before it returns, as `main` ends
+    /// the runtime right after: a standby takes over at once, not after the
+    /// lease's expiry.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_daemon_that_cannot_start_gives_its_lease_up() {
+        use crate::config::Config;
+        use crate::state::ReadWrite;
+        use crate::state::test_util::{fresh_postgres, state_lease};
+        use tokio_util::sync::CancellationToken;
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let Some(url) = runtime().block_on(fresh_postgres()) else {
+            return;
+        };
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n[admin]\nlisten = \"{}\"\n",
+            taken.local_addr().unwrap()
+        );
+        let config = Config::from_str(&text, &dir.path().join("bridges.toml")).unwrap();
+        // As `main`: the daemon's runtime ends when `run` returns.
+        let daemon = runtime();
+        let ended = daemon.block_on(super::run(config.clone(), CancellationToken::new()));
+        drop(daemon);
+        assert!(ended.is_err(), "the admin port is taken");
+        let lease = runtime().block_on(async {
+            let store = crate::state::open(&config, ReadWrite).await.unwrap();
+            state_lease(&store).await
+        });
+        let (owner, epoch) = lease.expect("it held the lease");
+        assert_eq!((owner, epoch), (None, 1), "released before returning");
     }
 
     /// Past the shutdown grace (zero after a lost lease) a POST still in
