@@ -135,7 +135,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
                 lost = true;
                 break;
             }
-            Some(()) = reloads.recv() => reload(&mut sup, &notifier).await,
+            Some(()) = reloads.recv() => {
+                // A reload may wait long (a changed hook's deliveries in
+                // flight): a lease lost meanwhile stops everything at once.
+                tokio::select! {
+                    () = reload(&mut sup, &notifier) => {}
+                    () = lock.lost() => {
+                        lost = true;
+                        break;
+                    }
+                }
+            }
         }
     }
     notifier.stopping();
@@ -422,6 +432,79 @@ mod tests {
         });
         let (owner, epoch) = lease.expect("it held the lease");
         assert_eq!((owner, epoch), (None, 1), "released before returning");
+    }
+
+    /// A lease lost while a reload waits for a removed hook's deliveries in
+    /// flight (up to three of its timeouts) stops the daemon at once, not
+    /// once the reload is done: nothing goes on past the lease, the removed
+    /// hook's POST included.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_lost_during_a_reload_stops_the_daemon_at_once() {
+        use crate::config::Config;
+        use crate::state::test_util::{fresh_postgres, state_lease, take_state_lease};
+        use crate::state::{Fence, NewMessage, PageCommit, ReadWrite};
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        use tokio_util::sync::CancellationToken;
+        let Some(url) = fresh_postgres().await else {
+            return;
+        };
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridges.toml");
+        let base = format!(
+            "state_dir = \"state\"\n\n[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n\
+             [[source]]\nname = \"s\"\nbase_url = \"http://127.0.0.1:9/fhir\"\n\
+             resources = [\"Observation\"]\n"
+        );
+        let hook = format!(
+            "\n[[hook]]\nname = \"h\"\nurl = \"http://{}/h\"\ntimeout = \"60s\"\n",
+            receiver.local_addr().unwrap()
+        );
+        std::fs::write(&path, format!("{base}{hook}")).unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = crate::state::open(&config, ReadWrite).await.unwrap();
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            messages: vec![NewMessage::test("h", "m1", "Observation", "o1")],
+            ..Default::default()
+        };
+        store.commit_page(&Fence::private(), page).await.unwrap();
+
+        let daemon = tokio::spawn(super::run(config, CancellationToken::new()));
+        let (mut post, _) = tokio::time::timeout(Duration::from_secs(20), receiver.accept())
+            .await
+            .expect("the message is POSTed")
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = post.read(&mut buf).await.unwrap();
+        // The hook removed: the reload waits for its POST (3 × 60 s + 5 s).
+        std::fs::write(&path, &base).unwrap();
+        // SIGHUP handled here too, so it never ends the test process; and
+        // a moment for the daemon to have its own handler.
+        let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SAFETY: a signal to this process, whose SIGHUP is handled.
+        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        take_state_lease(&store).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .expect("a lost lease stops the daemon during a reload");
+        assert!(matches!(ended.unwrap(), Err(super::DaemonError::LeaseLost)));
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match post.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the removed hook's POST went on");
+        assert!(state_lease(&store).await.is_some());
     }
 
     /// Past the shutdown grace (zero after a lost lease) a POST still in

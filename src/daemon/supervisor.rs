@@ -37,13 +37,13 @@ impl Running {
     }
 
     /// Cancels and waits up to `within`; a task that does not end by then
-    /// is aborted (its uncommitted work is redone by its successor).
+    /// is aborted (its uncommitted work is redone by its successor), as is
+    /// one whose wait is given up (a reload cut short by a lost lease).
     async fn stop(self, what: &str, within: Duration) {
         self.cancel.cancel();
-        let abort = self.handle.abort_handle();
-        if tokio::time::timeout(within, self.handle).await.is_err() {
+        let handle = tokio_util::task::AbortOnDropHandle::new(self.handle);
+        if tokio::time::timeout(within, handle).await.is_err() {
             tracing::warn!(component = what, "did not stop in time; aborted");
-            abort.abort();
         }
     }
 }
