@@ -63,25 +63,37 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     if config.admin.as_ref().is_some_and(|a| a.token.is_none()) {
         tracing::info!("[admin] has no `token`: `$events` serves no resource bodies");
     }
+    // A start that fails from here gives the lease up before it returns
+    // (`main` ends the runtime, and with it the keeper, right after).
     let admin = match &config.admin {
-        Some(a) => Some((
-            crate::admin::bind(a.listen).await?,
-            crate::telemetry::install(),
-        )),
+        Some(a) => match crate::admin::bind(a.listen).await {
+            Ok(listener) => Some((listener, crate::telemetry::install())),
+            Err(e) => {
+                lock.release().await;
+                return Err(e.into());
+            }
+        },
         None => None,
     };
     let progress = Progress::default();
     let admin_addr = admin
         .as_ref()
         .and_then(|(listener, _)| listener.local_addr().ok());
-    let mut sup = Supervisor::start(
+    let started = Supervisor::start(
         config,
         store.clone(),
         lock.fence(),
         progress.clone(),
         admin.as_ref().map(|(_, handle)| handle.clone()),
         admin_addr,
-    )?;
+    );
+    let mut sup = match started {
+        Ok(sup) => sup,
+        Err(e) => {
+            lock.release().await;
+            return Err(e);
+        }
+    };
     let background = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin_server = admin.map(|(listener, handle)| {
@@ -112,7 +124,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
                 lost = true;
                 break;
             }
-            Some(()) = reloads.recv() => reload(&mut sup, &notifier).await,
+            Some(()) = reloads.recv() => {
+                // A reload may wait long (a changed hook's deliveries in
+                // flight): a lease lost meanwhile stops everything at once.
+                tokio::select! {
+                    () = reload(&mut sup, &notifier) => {}
+                    () = lock.lost() => {
+                        lost = true;
+                        break;
+                    }
+                }
+            }
         }
     }
     notifier.stopping();
@@ -400,6 +422,183 @@ mod tests {
         assert_eq!(unmatched(&state, &["a", "b"]), (vec![], vec![]));
         assert_eq!(unmatched(&state, &["a", "b", "c"]), (vec![], vec!["c"]));
         assert_eq!(unmatched(&[], &["a"]), (vec![], vec!["a"]));
+    }
+
+    /// A daemon that cannot start after taking the state's lease (its admin
+    /// port is taken) gives the lease up before it returns, as `main` ends
+    /// the runtime right after: a standby takes over at once, not after the
+    /// lease's expiry.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_daemon_that_cannot_start_gives_its_lease_up() {
+        use crate::config::Config;
+        use crate::state::ReadWrite;
+        use crate::state::test_util::{fresh_postgres, state_lease};
+        use tokio_util::sync::CancellationToken;
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let Some(url) = runtime().block_on(fresh_postgres()) else {
+            return;
+        };
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n[admin]\nlisten = \"{}\"\n",
+            taken.local_addr().unwrap()
+        );
+        let config = Config::from_str(&text, &dir.path().join("bridges.toml")).unwrap();
+        // As `main`: the daemon's runtime ends when `run` returns.
+        let daemon = runtime();
+        let ended = daemon.block_on(super::run(config.clone(), CancellationToken::new()));
+        drop(daemon);
+        assert!(ended.is_err(), "the admin port is taken");
+        let lease = runtime().block_on(async {
+            let store = crate::state::open(&config, ReadWrite).await.unwrap();
+            state_lease(&store).await
+        });
+        let (owner, epoch) = lease.expect("it held the lease");
+        assert_eq!((owner, epoch), (None, 1), "released before returning");
+    }
+
+    /// A lease lost while a reload waits for a removed hook's deliveries in
+    /// flight (up to three of its timeouts) stops the daemon at once, not
+    /// once the reload is done: nothing goes on past the lease, the removed
+    /// hook's POST included.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_lost_during_a_reload_stops_the_daemon_at_once() {
+        use crate::config::Config;
+        use crate::state::test_util::{fresh_postgres, state_lease, take_state_lease};
+        use crate::state::{Fence, NewMessage, PageCommit, ReadWrite};
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        use tokio_util::sync::CancellationToken;
+        let Some(url) = fresh_postgres().await else {
+            return;
+        };
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridges.toml");
+        let base = format!(
+            "state_dir = \"state\"\n\n[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n\
+             [[source]]\nname = \"s\"\nbase_url = \"http://127.0.0.1:9/fhir\"\n\
+             resources = [\"Observation\"]\n"
+        );
+        let hook = format!(
+            "\n[[hook]]\nname = \"h\"\nurl = \"http://{}/h\"\ntimeout = \"60s\"\n",
+            receiver.local_addr().unwrap()
+        );
+        std::fs::write(&path, format!("{base}{hook}")).unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = crate::state::open(&config, ReadWrite).await.unwrap();
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            messages: vec![NewMessage::test("h", "m1", "Observation", "o1")],
+            ..Default::default()
+        };
+        store.commit_page(&Fence::private(), page).await.unwrap();
+
+        let daemon = tokio::spawn(super::run(config, CancellationToken::new()));
+        let (mut post, _) = tokio::time::timeout(Duration::from_secs(20), receiver.accept())
+            .await
+            .expect("the message is POSTed")
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = post.read(&mut buf).await.unwrap();
+        // The hook removed: the reload waits for its POST (3 × 60 s + 5 s).
+        std::fs::write(&path, &base).unwrap();
+        // SIGHUP handled here too, so it never ends the test process; and
+        // a moment for the daemon to have its own handler.
+        let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SAFETY: a signal to this process, whose SIGHUP is handled.
+        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        take_state_lease(&store).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .expect("a lost lease stops the daemon during a reload");
+        assert!(matches!(ended.unwrap(), Err(super::DaemonError::LeaseLost)));
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match post.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the removed hook's POST went on");
+        assert!(state_lease(&store).await.is_some());
+    }
+
+    /// Past the shutdown grace (zero after a lost lease) a POST still in
+    /// flight is dropped, not left running after the daemon said it stopped:
+    /// its receiver sees the connection closed, and the message stays
+    /// pending for whoever writes next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_post_in_flight_past_the_grace_is_dropped() {
+        use crate::config::Config;
+        use crate::state::{Fence, NewMessage, PageCommit, Store};
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        use tokio_util::sync::CancellationToken;
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "state_dir = \"state\"\nshutdown_grace = \"1s\"\n\n[[source]]\nname = \"s\"\n\
+             base_url = \"http://127.0.0.1:9/fhir\"\nresources = [\"Observation\"]\n\n\
+             [[hook]]\nname = \"h\"\nurl = \"http://{}/h\"\ntimeout = \"60s\"\n",
+            receiver.local_addr().unwrap()
+        );
+        let config = Config::from_str(&text, &dir.path().join("bridges.toml")).unwrap();
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let store = Store::open(&config.db_path()).unwrap();
+        let page = PageCommit {
+            source: "s".into(),
+            resource_type: "Observation".into(),
+            messages: vec![NewMessage::test("h", "m1", "Observation", "o1")],
+            ..Default::default()
+        };
+        store.commit_page(&Fence::private(), page).await.unwrap();
+
+        let stop = CancellationToken::new();
+        let daemon = tokio::spawn(super::run(config, stop.clone()));
+        let (mut post, _) = tokio::time::timeout(Duration::from_secs(20), receiver.accept())
+            .await
+            .expect("the message is POSTed")
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = post.read(&mut buf).await.unwrap();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .expect("the daemon stops within its grace")
+            .unwrap()
+            .unwrap();
+        // The receiver never answered: the daemon has returned, so the
+        // POST must be gone too (read sees the end, or a reset).
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match post.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the POST went on after the daemon stopped");
+        let report = store.hook_report("h").await.unwrap();
+        assert_eq!(
+            (report.pending, report.delivered),
+            (1, 0),
+            "it stays pending"
+        );
     }
 
     /// Two daemons on one PostgreSQL state: the second waits as a standby,

@@ -37,13 +37,13 @@ impl Running {
     }
 
     /// Cancels and waits up to `within`; a task that does not end by then
-    /// is aborted (its uncommitted work is redone by its successor).
+    /// is aborted (its uncommitted work is redone by its successor), as is
+    /// one whose wait is given up (a reload cut short by a lost lease).
     async fn stop(self, what: &str, within: Duration) {
         self.cancel.cancel();
-        let abort = self.handle.abort_handle();
-        if tokio::time::timeout(within, self.handle).await.is_err() {
+        let handle = tokio_util::task::AbortOnDropHandle::new(self.handle);
+        if tokio::time::timeout(within, handle).await.is_err() {
             tracing::warn!(component = what, "did not stop in time; aborted");
-            abort.abort();
         }
     }
 }
@@ -229,12 +229,18 @@ impl Supervisor {
             .map(|(_, r)| r.handle)
             .chain(self.housekeeping.take().map(|r| r.handle))
             .collect();
+        let aborts: Vec<_> = all.iter().map(|h| h.abort_handle()).collect();
         let all_done = async {
             for h in all {
                 let _ = h.await;
             }
         };
         if tokio::time::timeout(grace, all_done).await.is_err() {
+            // Aborted, not left running: a hook worker's POSTs in flight go
+            // with it (after a lost lease the next owner sends them).
+            for a in aborts {
+                a.abort();
+            }
             tracing::warn!(
                 grace_s = grace.as_secs_f64(),
                 "shutdown grace period over; unfinished deliveries stay in the outbox"

@@ -9,6 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Most hooks a signal from another process may add (far above any
+/// config's hooks).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+const MAX_HOOKS_FROM_OUTSIDE: usize = 1024;
+
 #[derive(Clone, Default)]
 pub(super) struct Wakers(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
 
@@ -23,6 +28,32 @@ impl Wakers {
     /// Wakes the hook's waiter (or the next one to wait).
     pub(super) fn notify(&self, hook: &str) {
         self.get(hook).notify_one();
+    }
+
+    /// Wakes the hook's waiter on a signal from another process, whose hook
+    /// name is anyone's text (any session of a shared database may send
+    /// it): a hook this process does not know yet is added only while the
+    /// map is small, so a flood of made-up names cannot grow it without end
+    /// (a signal lost costs a worker's idle look, never a message).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(super) fn notify_from_outside(&self, hook: &str) {
+        let notify = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(hook) {
+                Some(n) => n.clone(),
+                None if map.len() < MAX_HOOKS_FROM_OUTSIDE => {
+                    map.entry(hook.to_string()).or_default().clone()
+                }
+                None => return,
+            }
+        };
+        notify.notify_one();
+    }
+
+    /// How many hooks have a `Notify`.
+    #[cfg(all(test, feature = "postgres"))]
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Waits for a wake-up of `hook`, at most `timeout`: whether one came.

@@ -164,13 +164,15 @@ async fn redrive_to_another_hook_moves_dead_and_orphaned_messages_with_their_ids
             )
         })
         .collect();
-    // o1 (was dead, fresh budget), o2 (was pending), the o3 `a` had; a1 stays dead.
+    // The o3 `a` had, then o1 (was dead, fresh budget) and o2 (was
+    // pending), numbered after it as `a`'s newest events (SQLite claims
+    // by row id: o1, o2, o3); a1 stays dead.
     assert_eq!(
         got,
         [
+            ("o3", 0, "{\"m\":\"o3\"}".to_string()),
             ("o1", 0, "{\"m\":\"o1\"}".to_string()),
             ("o2", 0, "{\"m\":\"o2\"}".to_string()),
-            ("o3", 0, "{\"m\":\"o3\"}".to_string()),
         ]
     );
     assert_eq!(store.dead_letters(None).await.unwrap().len(), 1);

@@ -1,9 +1,12 @@
 //! Fences on PostgreSQL: a fenced write's transaction first reads its lease
-//! `FOR SHARE` and goes on only if the lease is still the writer's, in the
-//! epoch it was granted in. A replica that lost its lease (it stalled past
-//! the expiry and another took over: the epoch moved) writes nothing. The
-//! share lock keeps a takeover waiting until the write commits, so a write
-//! is either before the takeover or refused.
+//! `FOR KEY SHARE` and goes on only if the lease is still the writer's, in
+//! the epoch it was granted in. A replica that lost its lease (it stalled
+//! past the expiry and another took over: the epoch moved) writes nothing.
+//! A takeover locks the row `FOR UPDATE` (`lease.rs`), which waits until
+//! the write commits, so a write is either before the takeover or refused.
+//! Not `FOR SHARE`: the holder's renewals (a plain `UPDATE`) would wait for
+//! every write in flight, and writes that overlap without pause (several
+//! pollers and hook workers) would starve them until the lease is lost.
 
 use crate::state::{Fence, StateError};
 use tokio_postgres::GenericClient;
@@ -16,7 +19,7 @@ pub(super) async fn check<C: GenericClient>(tx: &C, fence: &Fence) -> Result<(),
     };
     let row = tx
         .query_opt(
-            "SELECT owner, epoch FROM lease WHERE scope = $1 AND unit = $2 FOR SHARE",
+            "SELECT owner, epoch FROM lease WHERE scope = $1 AND unit = $2 FOR KEY SHARE",
             &[&lease.scope, &lease.unit],
         )
         .await?;

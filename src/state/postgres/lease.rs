@@ -131,28 +131,41 @@ fn seconds(d: Duration) -> f64 {
 
 impl PgStore {
     /// Takes the lease `scope`/`unit` for `me` unless another holds it
-    /// unexpired: `Ok(epoch)`, the new term, or `Err(holder)`. Creates the
-    /// lease row the first time.
+    /// unexpired: `Ok((epoch, sent))`, the new term and when the statement
+    /// that granted it was sent (the expiry is later: what the holder's
+    /// trust counts from), or `Err(holder)`. Creates the lease row the
+    /// first time.
     pub(crate) async fn acquire_lease(
         &self,
         scope: &str,
         unit: i32,
         me: &Replica,
         ttl: Duration,
-    ) -> Result<Result<i64, Holder>, StateError> {
+    ) -> Result<Result<(i64, Instant), Holder>, StateError> {
+        // Not counted: waiting for a connection, or for the migration
+        // (another replica's, under its lock), before the grant.
         let c = self.client().await?;
         c.execute(
             "INSERT INTO lease (scope, unit) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&scope, &unit],
         )
         .await?;
+        let sent = Instant::now();
+        // The row locked `FOR UPDATE` first (only when it is free to
+        // take): that waits for the fenced writes in flight, which hold it
+        // `FOR KEY SHARE` (`fence.rs`), where the `UPDATE`'s own lock would
+        // not.
         let granted = c
             .query_opt(
-                "UPDATE lease SET owner = $3, epoch = epoch + 1,
+                "WITH free AS (
+                    SELECT scope, unit FROM lease
+                    WHERE scope = $1 AND unit = $2
+                      AND (owner IS NULL OR expires_at IS NULL OR expires_at < clock_timestamp())
+                    FOR UPDATE)
+                 UPDATE lease l SET owner = $3, epoch = l.epoch + 1,
                     expires_at = clock_timestamp() + make_interval(secs => $4)
-                 WHERE scope = $1 AND unit = $2
-                   AND (owner IS NULL OR expires_at IS NULL OR expires_at < clock_timestamp())
-                 RETURNING epoch",
+                 FROM free WHERE l.scope = free.scope AND l.unit = free.unit
+                 RETURNING l.epoch",
                 &[&scope, &unit, &me.id, &seconds(ttl)],
             )
             .await?;
@@ -160,7 +173,7 @@ impl PgStore {
             // Named in `replica` for the messages of those it refuses
             // (a standby's tries leave no row).
             register(&c, me).await?;
-            return Ok(Ok(row.get(0)));
+            return Ok(Ok((row.get(0), sent)));
         }
         let row = c
             .query_opt(
@@ -327,9 +340,8 @@ impl LeaseKeeper {
         me: &Replica,
         timings: Timings,
     ) -> Result<Result<LeaseKeeper, Holder>, StateError> {
-        let start = Instant::now();
-        let epoch = match store.acquire_lease(scope, unit, me, timings.ttl).await? {
-            Ok(epoch) => epoch,
+        let (epoch, start) = match store.acquire_lease(scope, unit, me, timings.ttl).await? {
+            Ok(granted) => granted,
             Err(holder) => return Ok(Err(holder)),
         };
         let lease = LeaseId {

@@ -165,3 +165,118 @@ async fn a_renewal_that_hangs_is_a_loss_at_the_trust_deadline() {
     assert!(after < Duration::from_millis(2_000), "{after:?}");
     tx.rollback().await.unwrap();
 }
+
+/// The first statement of a process migrates the schema, waiting for
+/// another replica's migration (or a pool's free connection): time before
+/// the lease was granted. A grant that waited longer than its trust does
+/// not count that wait against it (it was not lost the moment it came).
+#[tokio::test]
+async fn a_grant_that_waited_for_the_migration_is_not_lost_at_once() {
+    let Some(url) = test_server::fresh_database().await else {
+        return;
+    };
+    let timings = Timings {
+        ttl: Duration::from_millis(2_000),
+        renew_every: Duration::from_millis(300),
+        margin: Duration::from_millis(500),
+    };
+    // Another replica migrating: its lock held for longer than the trust.
+    let other = store(&url);
+    let c = other.client().await.unwrap();
+    c.execute(
+        "SELECT pg_advisory_lock($1)",
+        &[&super::super::schema::MIGRATION_LOCK],
+    )
+    .await
+    .unwrap();
+    let fresh = store(&url);
+    let waiting = tokio::spawn(async move {
+        let kept = held(LeaseKeeper::acquire_as(&fresh, "state", 0, &replica("a"), timings).await);
+        (fresh, kept)
+    });
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    c.execute(
+        "SELECT pg_advisory_unlock($1)",
+        &[&super::super::schema::MIGRATION_LOCK],
+    )
+    .await
+    .unwrap();
+    let (_fresh, kept) = waiting.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!kept.lost().is_cancelled(), "lost right after its grant");
+    kept.release().await;
+}
+
+/// Fenced writes of the holder overlap without pause (several pollers and
+/// hook workers, each transaction holding the lease row shared): the
+/// renewals still go through; the holder's own writes never starve its
+/// lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_fenced_writes_do_not_starve_the_renewals() {
+    let Some(url) = test_server::fresh_database().await else {
+        return;
+    };
+    let s = store(&url);
+    let timings = Timings {
+        ttl: Duration::from_millis(2_000),
+        renew_every: Duration::from_millis(300),
+        margin: Duration::from_millis(500),
+    };
+    let kept = held(LeaseKeeper::acquire_as(&s, "state", 0, &replica("a"), timings).await);
+    let stop = CancellationToken::new();
+    let mut writers = Vec::new();
+    for n in 0..3u64 {
+        let (s, fence, stop) = (s.clone(), kept.fence(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(40 * n)).await;
+            let mut c = s.client().await.unwrap();
+            while !stop.is_cancelled() {
+                let tx = c.transaction().await.unwrap();
+                crate::state::postgres::fence::check(&*tx, &fence)
+                    .await
+                    .unwrap();
+                tx.execute("SELECT pg_sleep(0.12)", &[]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let lost = kept.lost().is_cancelled();
+    stop.cancel();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(!lost, "the lease was lost under its holder's own writes");
+    kept.release().await;
+}
+
+/// A takeover waits for the old holder's fenced write in flight (its
+/// transaction checked the fence before the expiry): the write commits
+/// before the new term begins, never after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_for_a_fenced_write_in_flight() {
+    let Some(url) = test_server::fresh_database().await else {
+        return;
+    };
+    let s = store(&url);
+    let first = held(LeaseKeeper::acquire_as(&s, "state", 0, &replica("a"), SHORT).await);
+    let mut c = s.client().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    crate::state::postgres::fence::check(&*tx, &first.fence())
+        .await
+        .unwrap();
+    tokio::time::sleep(SHORT.ttl + Duration::from_millis(200)).await;
+    let s2 = s.clone();
+    let takeover = tokio::spawn(async move {
+        held(LeaseKeeper::acquire_as(&s2, "state", 0, &replica("b"), SHORT).await)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!takeover.is_finished(), "the takeover waits for the write");
+    tx.commit().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), takeover)
+        .await
+        .expect("granted once the write committed")
+        .unwrap();
+    assert_eq!(second.epoch(), 2);
+    drop(first);
+}

@@ -123,7 +123,7 @@ impl Task {
             loop {
                 match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
-                        wakers.notify(n.payload());
+                        wakers.notify_from_outside(n.payload());
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e),
@@ -202,5 +202,45 @@ mod tests {
         a.commit_page(&f, page("g", "m3")).await.unwrap();
         assert!(!b.wait_due("h", short).await, "another hook's commit");
         assert!(b.wait_due("g", Duration::from_secs(30)).await);
+    }
+
+    /// Any session of the database may NOTIFY the channel with any text: a
+    /// flood of made-up hook names does not grow a replica's wake-ups
+    /// without end, and a real hook is still woken.
+    #[tokio::test]
+    async fn made_up_hook_names_from_the_channel_are_bounded() {
+        let Some(url) = test_server::fresh_database().await else {
+            return;
+        };
+        let settings = PgSettings {
+            url,
+            pool_size: 2,
+            tls: None,
+        };
+        let a = PgStore::connect(&settings).unwrap();
+        let b = PgStore::connect(&settings).unwrap();
+        assert!(!b.wait_due("h", Duration::from_millis(1)).await);
+        for _ in 0..1000 {
+            if b.listener.is_listening() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let c = a.client().await.unwrap();
+        c.batch_execute(&format!(
+            "SELECT pg_notify('{}', 'made-up-' || g || repeat('x', 1000))
+             FROM generate_series(1, 5000) g",
+            super::CHANNEL
+        ))
+        .await
+        .unwrap();
+        let (woken, ()) = tokio::join!(b.wait_due("h", Duration::from_secs(30)), async {
+            a.commit_page(&Fence::private(), page("h", "m1"))
+                .await
+                .unwrap();
+        });
+        assert!(woken, "a real hook's commit, after the flood");
+        let n = b.wakers.len();
+        assert!(n <= 1024, "{n} hooks known");
     }
 }

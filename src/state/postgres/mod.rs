@@ -160,7 +160,7 @@ impl PgStore {
             None => tokio_postgres::config::SslMode::Disable,
         });
         // A session idle inside a transaction (a replica stopped mid-write,
-        // holding its lease row FOR SHARE) is ended by the server, so that a
+        // holding its lease row FOR KEY SHARE) is ended by the server, so that a
         // takeover waits for it at most this long. No transaction here waits
         // on anything but the database.
         let session = format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}");

@@ -190,8 +190,13 @@ pub(super) async fn notify_due(
 
 impl PgStore {
     /// A read, not a lock: the hook's (later: lane's) one worker keeps its
-    /// in-flight ids, as on SQLite; walks the (hook, state, id) index so
-    /// the LIMIT stops the scan early.
+    /// in-flight ids, as on SQLite. In event-number order (messages from
+    /// before numbers first), which on SQLite is row-id order but not here
+    /// (ids are taken at insert, numbers at commit): a claim cut by its
+    /// limit never takes a later event before an earlier one (and a message
+    /// moved in, numbered as its new hook's newest, comes after the ones
+    /// already there; SQLite sends it first, by its old id). Walks the
+    /// pending messages' index in that order, so the LIMIT stops early.
     pub async fn claim_due(
         &self,
         hook: &str,
@@ -206,7 +211,7 @@ impl PgStore {
                  WHERE o.hook = $1 AND o.state = 'pending' AND o.next_attempt_at <= $2
                    AND NOT (o.id = ANY($4))
                    AND {NO_OLDER_PENDING}
-                 ORDER BY o.id LIMIT $3"
+                 ORDER BY o.event_number NULLS FIRST, o.id LIMIT $3"
             ))
             .await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -333,6 +338,25 @@ impl PgStore {
                  WHERE id = $1 AND state = 'pending'",
             )
             .await?;
+        // The changes of the messages delivered here, locked in id order
+        // before their delivery triggers lock them one by one (in the
+        // records' order): two hooks' batches sharing changes never
+        // deadlock.
+        let ids: Vec<i64> = records
+            .iter()
+            .filter(|(_, r)| matches!(r, DeliveryRecord::Delivered { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        if !ids.is_empty() {
+            let lock = tx
+                .prepare_cached(
+                    "SELECT 1 FROM change WHERE id IN
+                        (SELECT change_id FROM outbox WHERE id = ANY($1))
+                     ORDER BY id FOR UPDATE",
+                )
+                .await?;
+            tx.execute(&lock, &[&ids]).await?;
+        }
         let (mut delivered, mut failed, mut last_error) = (0i64, 0i64, None);
         let mut last_ok = None;
         for (id, record) in records {

@@ -605,3 +605,80 @@ async fn a_page_commit_that_met_a_deadlock_runs_again() {
     assert_eq!(got, [("m2".to_string(), 1), ("m1".to_string(), 2)]);
     assert_eq!(store.channel_state("h").await.unwrap().events, 2);
 }
+
+/// Two enqueuers of one hook: the first to insert (the lower row id) is the
+/// last to commit (the higher number). A claim takes the hook's messages in
+/// event-number order, as SQLite's (whose ids and numbers agree): a claim
+/// cut by its limit never sends a later event before an earlier one.
+#[tokio::test]
+async fn a_claim_follows_event_numbers_not_row_ids() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let mut c1 = store.client().await.unwrap();
+    let t1 = c1.transaction().await.unwrap();
+    // The row (and its id) first, the number later.
+    let id1: i64 = t1
+        .query_one(
+            "INSERT INTO outbox (hook, message_id, source, resource_type, resource_id, event,
+                state, created_at, next_attempt_at, lane)
+             VALUES ('h', 'inserted-first', 's', 'Observation', 'a', 'create', 'pending', 0, 0, 0)
+             RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    enqueue(
+        &store,
+        vec![NewMessage::test("h", "inserted-second", "Observation", "b")],
+    )
+    .await;
+    let n = take_numbers(&t1, "h", 1).await.unwrap();
+    number(&t1, &[id1], n).await.unwrap();
+    t1.commit().await.unwrap();
+
+    let claimed = store.claim_due("h", vec![], 1).await.unwrap();
+    let got: Vec<(&str, Option<i64>)> = claimed
+        .iter()
+        .map(|c| (c.message_id.as_str(), c.event_number))
+        .collect();
+    assert_eq!(got, [("inserted-second", Some(1))]);
+}
+
+/// One change for two hooks, both delivered at the same moment by two
+/// transactions: the body goes with the last of them (each alone saw the
+/// other still pending), as on SQLite, whose one writer orders them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_goes_when_its_last_message_is_delivered_concurrently() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let one = NewMessage::test("h1", "m", "Observation", "a");
+    let two = NewMessage {
+        hook: "h2".into(),
+        ..one.clone()
+    };
+    enqueue(&store, vec![one, two]).await;
+    let deliver = "UPDATE outbox SET state = 'delivered' WHERE hook = $1";
+    let mut c1 = store.client().await.unwrap();
+    let t1 = c1.transaction().await.unwrap();
+    t1.execute(deliver, &[&"h1"]).await.unwrap();
+    let s2 = store.clone();
+    let second = tokio::spawn(async move {
+        let mut c2 = s2.client().await.unwrap();
+        let t2 = c2.transaction().await.unwrap();
+        t2.execute(deliver, &[&"h2"]).await.unwrap();
+        t2.commit().await.unwrap();
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    t1.commit().await.unwrap();
+    second.await.unwrap();
+    let c = store.client().await.unwrap();
+    let bodies: i64 = c
+        .query_one("SELECT count(*) FROM change_body", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bodies, 0, "no message needs the body any more");
+}

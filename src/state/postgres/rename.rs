@@ -38,8 +38,8 @@ impl PgStore {
     }
 }
 
-/// Every table of ours with a `source` column (names are ours: plain
-/// identifiers), in name order.
+/// Every table of ours (one a migration creates: the database may be
+/// shared with other applications) with a `source` column, in name order.
 async fn tables_with_source(
     tx: &deadpool_postgres::Transaction<'_>,
 ) -> Result<Vec<String>, StateError> {
@@ -61,12 +61,38 @@ async fn tables_with_source(
     Ok(names
         .into_iter()
         .filter(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .filter(|n| super::schema::creates_table(n))
         .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use crate::state::postgres::test_util::fresh_store;
+
+    /// A database shared with another application: its table with a
+    /// `source` column is not ours, and a rename never touches it.
+    #[tokio::test]
+    async fn another_applications_table_is_never_renamed() {
+        let Some(store) = fresh_store().await else {
+            return;
+        };
+        let c = store.client().await.unwrap();
+        c.batch_execute(
+            "CREATE TABLE audit_log (source TEXT NOT NULL);
+             INSERT INTO audit_log VALUES ('ehr');
+             INSERT INTO poll_target (source, resource_type, patient) VALUES ('ehr', 'Observation', '')",
+        )
+        .await
+        .unwrap();
+        let done = store.rename_source("ehr", "ehr2").await.unwrap();
+        assert!(matches!(done, crate::state::Rename::Done(_)), "{done:?}");
+        let theirs: String = c
+            .query_one("SELECT source FROM audit_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(theirs, "ehr");
+    }
 
     /// Every table that names a source is found, so every one moves.
     #[tokio::test]

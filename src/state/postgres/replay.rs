@@ -66,6 +66,19 @@ impl PgStore {
     async fn requeue(&self, items: Vec<Requeue>, dead_too: bool) -> Result<usize, StateError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Their changes locked first (in id order): a delivery of another
+        // message of the same change, dropping the body nobody else needed,
+        // commits before (and the body is seen gone) or after (and sees
+        // this one pending again), never in between.
+        let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+        let lock = tx
+            .prepare_cached(
+                "SELECT 1 FROM change WHERE id IN
+                    (SELECT change_id FROM outbox WHERE id = ANY($1))
+                 ORDER BY id FOR SHARE",
+            )
+            .await?;
+        tx.execute(&lock, &[&ids]).await?;
         let store_payload = tx
             .prepare_cached(
                 "INSERT INTO outbox_payload (id, payload)

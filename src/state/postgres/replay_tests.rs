@@ -290,3 +290,75 @@ async fn candidates_from_an_event_come_in_event_number_order() {
     assert_eq!(got, [("h1", Some(1)), ("m", Some(2))]);
     assert!(found[1].id < found[0].id);
 }
+
+/// A replay of one hook's delivered message while the other hook's message
+/// of the same change is being delivered (its trigger dropping the body
+/// nobody else needed): the replay never leaves a message pending without
+/// the body it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_beside_a_delivery_never_loses_the_body_it_needs() {
+    use crate::state::NewMessage;
+    let Some(store) = crate::state::postgres::test_util::fresh_store().await else {
+        return;
+    };
+    let one = NewMessage::test("h1", "m", "Observation", "a");
+    let two = NewMessage {
+        hook: "h2".into(),
+        ..one.clone()
+    };
+    store
+        .commit_page(
+            &crate::state::Fence::private(),
+            crate::state::PageCommit {
+                source: "s".into(),
+                resource_type: "Observation".into(),
+                messages: vec![one, two],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let c = store.client().await.unwrap();
+    c.execute(
+        "UPDATE outbox SET state = 'delivered' WHERE hook = 'h1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let id: i64 = c
+        .query_one("SELECT id FROM outbox WHERE hook = 'h1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // h2's delivery drops the body (h1's message is delivered), not committed yet.
+    let mut c1 = store.client().await.unwrap();
+    let t1 = c1.transaction().await.unwrap();
+    t1.execute(
+        "UPDATE outbox SET state = 'delivered' WHERE hook = 'h2'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let s2 = store.clone();
+    let replay = tokio::spawn(async move {
+        let item = Requeue {
+            id,
+            payload: None,
+            need_body: true,
+        };
+        s2.requeue_delivered(vec![item]).await.unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    t1.commit().await.unwrap();
+    replay.await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT o.state, EXISTS (SELECT 1 FROM change_body b WHERE b.id = o.change_id)
+             FROM outbox o WHERE o.id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (state, body): (String, bool) = (row.get(0), row.get(1));
+    assert!(state != "pending" || body, "pending without its body");
+}

@@ -12,7 +12,7 @@ use crate::state::StateError;
 use deadpool_postgres::Object;
 
 /// The advisory lock key of migrations (any constant no one else uses).
-const MIGRATION_LOCK: i64 = 0x6668_6972_6272_6467; // "fhirbrdg"
+pub(super) const MIGRATION_LOCK: i64 = 0x6668_6972_6272_6467; // "fhirbrdg"
 
 const MIGRATIONS: &[&str] = &[
     // 1: the schema as SQLite's stands at its migration 15, plus what a
@@ -139,6 +139,10 @@ const MIGRATIONS: &[&str] = &[
         WHERE state = 'pending';
     CREATE UNIQUE INDEX outbox_event_number ON outbox (hook, event_number)
         WHERE event_number IS NOT NULL;
+    -- What `claim_due` walks: a hook's pending messages in event-number
+    -- order (ids are taken at insert, not in commit order).
+    CREATE INDEX outbox_pending_by_number ON outbox (hook, event_number NULLS FIRST, id)
+        WHERE state = 'pending';
     CREATE INDEX outbox_by_change ON outbox (change_id) WHERE change_id IS NOT NULL;
     CREATE INDEX outbox_by_batch ON outbox (batch_id) WHERE batch_id IS NOT NULL;
 
@@ -179,6 +183,8 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         DELETE FROM outbox_payload WHERE id = OLD.id;
         IF OLD.change_id IS NOT NULL THEN
+            -- As `outbox_after_delivery`: siblings deleted at once.
+            PERFORM 1 FROM change WHERE id = OLD.change_id FOR UPDATE;
             DELETE FROM change_body WHERE id = OLD.change_id AND NOT EXISTS
                 (SELECT 1 FROM outbox WHERE change_id = OLD.change_id AND state <> 'delivered');
             DELETE FROM change WHERE id = OLD.change_id AND NOT EXISTS
@@ -189,9 +195,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER outbox_after_delete AFTER DELETE ON outbox
         FOR EACH ROW EXECUTE FUNCTION outbox_after_delete();
 
-    -- PHI stays no longer than a pending or dead message needs it.
+    -- PHI stays no longer than a pending or dead message needs it. The
+    -- change's row locked first: two of its messages delivered at once by
+    -- two transactions would each see the other still pending and keep
+    -- the body (the second waits, then sees the first's commit).
     CREATE FUNCTION outbox_after_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        PERFORM 1 FROM change WHERE id = NEW.change_id FOR UPDATE;
         DELETE FROM change_body WHERE id = NEW.change_id AND NOT EXISTS
             (SELECT 1 FROM outbox WHERE change_id = NEW.change_id AND state <> 'delivered');
         RETURN NULL;
@@ -266,6 +276,13 @@ pub(super) async fn migrate(client: &Object) -> Result<(), StateError> {
 /// This binary's schema version.
 pub(super) fn latest() -> usize {
     MIGRATIONS.len()
+}
+
+/// Whether a migration creates the table `name`: one of ours, where the
+/// database may hold other applications' tables too.
+pub(super) fn creates_table(name: &str) -> bool {
+    let create = format!("CREATE TABLE {name} (");
+    MIGRATIONS.iter().any(|m| m.contains(&create))
 }
 
 /// `s` as a dollar-quoted string literal with a tag it does not contain.
