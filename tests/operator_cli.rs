@@ -335,3 +335,36 @@ fn completions_help_and_version() {
         assert!(help.contains("Example"), "{cmd:?}: {help}");
     }
 }
+
+/// `status` and `validate` by a user who may not read the config (the packaged
+/// one is root:fhir-bridge 0640): the io error and what to do, exit 2, no panic.
+/// As root (who reads everything) the command runs as `nobody` through `setpriv`.
+#[test]
+fn an_unreadable_config_says_what_to_do() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("private");
+    std::fs::create_dir(&secret).unwrap();
+    let config = secret.join("bridges.toml");
+    std::fs::write(&config, "").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let as_root = std::fs::metadata(&config).unwrap().uid() == 0;
+    for cmd in ["status", "validate"] {
+        let mut command = if as_root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        let out = command.arg(cmd).arg("-c").arg(&config).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("cannot read config: Permission denied"),
+            "{cmd}: {err}"
+        );
+        assert!(err.contains("name another config with -c"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+}
