@@ -368,3 +368,51 @@ fn an_unreadable_config_says_what_to_do() {
         assert!(!err.contains("panicked"), "{cmd}: {err}");
     }
 }
+
+/// Without `-c`, a `./bridges.toml` that another user owns or every user may
+/// write (a shared directory like /tmp) is not taken: it would choose where
+/// changes go and which state is opened, as whoever runs the command. `-c`
+/// takes it on purpose.
+#[test]
+fn a_local_config_another_user_could_have_written_is_not_taken_without_c() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridges.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/bridges.toml"),
+        &config,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("FHIR_BRIDGE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(&["validate"]).status.code(), Some(0));
+
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("writable by every user (mode 0666)"));
+    assert_eq!(run(&["status"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["validate", "-c", "./bridges.toml"]).status.code(),
+        Some(0)
+    );
+
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    if std::fs::metadata(&config).unwrap().uid() == 0 {
+        let chown = Command::new("chown")
+            .arg("65534")
+            .arg(&config)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let out = run(&["validate"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("belongs to another user (uid 65534)"));
+    }
+}

@@ -23,6 +23,29 @@ pub fn default_config(local_exists: bool) -> PathBuf {
     })
 }
 
+/// Why the implicit `./bridges.toml` (no `-c`, no `FHIR_BRIDGE_CONFIG`) is not
+/// taken, or `None` when it may be. A file in the working directory is the
+/// operator's only if they or root own it and no other user may write it: in
+/// a shared directory (`/tmp`, a colleague's checkout) another user's file
+/// would choose where the bridge sends changes and which state it opens, as
+/// whoever runs it (often root). `-c` names a file on purpose and is not checked.
+pub fn local_config_refusal(owner: u32, me: u32, mode: u32) -> Option<String> {
+    if owner != me && owner != 0 {
+        return Some(format!(
+            "./{LOCAL_CONFIG} belongs to another user (uid {owner}): not taken without -c; \
+             name it with -c ./{LOCAL_CONFIG} if you trust it, or run elsewhere"
+        ));
+    }
+    if mode & 0o002 != 0 {
+        return Some(format!(
+            "./{LOCAL_CONFIG} is writable by every user (mode {:04o}): not taken without -c; \
+             chmod o-w it, or name it with -c ./{LOCAL_CONFIG}",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
 /// What to add to "cannot read config": the packaged config is root:fhir-bridge
 /// 0640 (it holds secrets), so an operator who is neither root nor in the group
 /// meets "Permission denied" on `fhir-bridge status` without `-c`.
@@ -85,6 +108,21 @@ mod tests {
         );
         assert!(unreadable_hint(Path::new("x.toml"), ErrorKind::PermissionDenied).contains("-c"));
         assert_eq!(unreadable_hint(packaged, ErrorKind::NotFound), "");
+    }
+
+    #[test]
+    fn a_local_config_of_another_user_or_writable_by_all_is_refused() {
+        assert_eq!(local_config_refusal(1000, 1000, 0o644), None);
+        assert_eq!(local_config_refusal(0, 1000, 0o640), None);
+        assert_eq!(local_config_refusal(0, 0, 0o600), None);
+        let other = local_config_refusal(1001, 0, 0o644).unwrap();
+        assert!(other.contains("another user (uid 1001)"), "{other}");
+        assert!(other.contains("-c ./bridges.toml"), "{other}");
+        let open = local_config_refusal(1000, 1000, 0o100666).unwrap();
+        assert!(
+            open.contains("writable by every user (mode 0666)"),
+            "{open}"
+        );
     }
 
     #[test]
