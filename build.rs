@@ -2,6 +2,9 @@
 //! first log line): `FHIR_BRIDGE_GIT_COMMIT` when set (a build from a source
 //! tarball), else `git rev-parse`, else "unknown".
 
+#[path = "src/cli/commit_id.rs"]
+mod commit_id;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -35,12 +38,16 @@ fn watch_head() {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/cli/commit_id.rs");
     println!("cargo:rerun-if-env-changed=FHIR_BRIDGE_GIT_COMMIT");
     let commit = match std::env::var("FHIR_BRIDGE_GIT_COMMIT") {
-        Ok(c) if !c.trim().is_empty() => c.trim().to_string(),
+        // Set but not a commit id: the build stops, saying why (see commit_id.rs).
+        Ok(c) if !c.trim().is_empty() => commit_id::checked(&c).unwrap_or_else(|e| panic!("{e}")),
         _ => {
             watch_head();
-            git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_string())
+            git(&["rev-parse", "--short=12", "HEAD"])
+                .and_then(|c| commit_id::checked(&c).ok())
+                .unwrap_or_else(|| "unknown".to_string())
         }
     };
     println!("cargo:rustc-env=FHIR_BRIDGE_GIT_COMMIT={commit}");

@@ -1,7 +1,7 @@
 //! The `fhir-bridge` binary: the command line and nothing else.
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 use fhir_bridge::cli::args::{
     Cli, Command, ConfigArg, DlqCommand, HookCommand, KeysCommand, ReplayArgs, Selection, Shell,
     SourceCommand, StatusArgs, WebhookSecretCommand,
@@ -369,7 +369,15 @@ fn limit_malloc_arenas() {}
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(why) = fhir_bridge::cli::args::check_implicit_config(&matches) {
+        out::error_line(&format!("fhir-bridge: {why}"));
+        return ExitCode::from(2);
+    }
     // jq filters are evaluated recursively: give worker threads room.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -335,3 +335,84 @@ fn completions_help_and_version() {
         assert!(help.contains("Example"), "{cmd:?}: {help}");
     }
 }
+
+/// `status` and `validate` by a user who may not read the config (the packaged
+/// one is root:fhir-bridge 0640): the io error and what to do, exit 2, no panic.
+/// As root (who reads everything) the command runs as `nobody` through `setpriv`.
+#[test]
+fn an_unreadable_config_says_what_to_do() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("private");
+    std::fs::create_dir(&secret).unwrap();
+    let config = secret.join("bridges.toml");
+    std::fs::write(&config, "").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let as_root = std::fs::metadata(&config).unwrap().uid() == 0;
+    for cmd in ["status", "validate"] {
+        let mut command = if as_root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        let out = command.arg(cmd).arg("-c").arg(&config).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("cannot read config: Permission denied"),
+            "{cmd}: {err}"
+        );
+        assert!(err.contains("name another config with -c"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+}
+
+/// Without `-c`, a `./bridges.toml` that another user owns or every user may
+/// write (a shared directory like /tmp) is not taken: it would choose where
+/// changes go and which state is opened, as whoever runs the command. `-c`
+/// takes it on purpose.
+#[test]
+fn a_local_config_another_user_could_have_written_is_not_taken_without_c() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridges.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/bridges.toml"),
+        &config,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("FHIR_BRIDGE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(&["validate"]).status.code(), Some(0));
+
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("writable by every user (mode 0666)"));
+    assert_eq!(run(&["status"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["validate", "-c", "./bridges.toml"]).status.code(),
+        Some(0)
+    );
+
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    if std::fs::metadata(&config).unwrap().uid() == 0 {
+        let chown = Command::new("chown")
+            .arg("65534")
+            .arg(&config)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let out = run(&["validate"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("belongs to another user (uid 65534)"));
+    }
+}

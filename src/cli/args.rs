@@ -11,6 +11,38 @@ fn default_config() -> PathBuf {
     crate::config::paths::default_config(Path::new(local).is_file())
 }
 
+/// Refuses the implicit `./bridges.toml` when another user owns it or every
+/// user may write it (see `paths::local_config_refusal`). `matches` tells
+/// whether `-c` came from neither the command line nor the environment.
+pub fn check_implicit_config(matches: &clap::ArgMatches) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut m = matches;
+    let source = loop {
+        if let Ok(Some(_)) = m.try_get_raw("config") {
+            break m.value_source("config");
+        }
+        match m.subcommand() {
+            Some((_, sub)) => m = sub,
+            None => return Ok(()),
+        }
+    };
+    let local = crate::config::paths::LOCAL_CONFIG;
+    let implicit = source == Some(clap::parser::ValueSource::DefaultValue)
+        && m.get_one::<PathBuf>("config").map(PathBuf::as_path) == Some(Path::new(local));
+    if !implicit {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(local) else {
+        return Ok(()); // gone since: the read reports it
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match crate::config::paths::local_config_refusal(meta.uid(), me, meta.mode()) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "fhir-bridge",

@@ -14,7 +14,8 @@ const ROOT_EXTRA: &str = r#".SH FILES
 \fI./bridges.toml\fR, \fI/etc/fhir\-bridge/bridges.toml\fR
 The configuration, see \fBbridges.toml\fR(5): \fB\-c\fR, else \fBFHIR_BRIDGE_CONFIG\fR,
 else \fI./bridges.toml\fR when the working directory has one, else
-\fI/etc/fhir\-bridge/bridges.toml\fR (a packaged install's).
+\fI/etc/fhir\-bridge/bridges.toml\fR (a packaged install's). A \fI./bridges.toml\fR
+owned by another user (not root) or writable by every user is refused unless named with \fB\-c\fR.
 .TP
 \fI/var/lib/fhir\-bridge/bridge.db\fR
 The state (watermarks, seen versions, outbox) of a packaged install:

@@ -3,6 +3,9 @@
 
 pub mod args;
 pub mod backfill;
+// Compiled into build.rs; here for its tests.
+#[cfg(test)]
+mod commit_id;
 pub mod confirm;
 pub mod demo;
 pub mod dlq;

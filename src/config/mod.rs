@@ -51,8 +51,14 @@ use url::Url;
 pub enum ConfigError {
     /// The io error is part of the message and deliberately not a `source()`:
     /// error chains (anyhow's `{:#}`) would print it a second time.
-    #[error("{path}: cannot read config: {error}")]
-    Read { path: String, error: std::io::Error },
+    /// `hint` says what to do when that is not obvious from the io error
+    /// (see `paths::unreadable_hint`); empty otherwise.
+    #[error("{path}: cannot read config: {error}{hint}")]
+    Read {
+        path: String,
+        error: std::io::Error,
+        hint: &'static str,
+    },
     #[error("{path}:{line}: {message}")]
     Invalid {
         path: String,
@@ -287,6 +293,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
+            hint: paths::unreadable_hint(path, error.kind()),
             error,
         })?;
         Self::from_str(&text, path)

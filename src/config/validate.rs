@@ -64,6 +64,7 @@ pub fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some(s) => base_dir.join(s.get_ref()),
         None => super::paths::default_state_dir(
             base_dir,
+            std::env::current_dir().ok().as_deref(),
             std::env::var_os("STATE_DIRECTORY").as_deref(),
         ),
     };

@@ -39,9 +39,9 @@ impl BackfillLock {
 
     fn take(state_dir: &Path, shared: bool) -> Result<BackfillLock, LockError> {
         let path = state_dir.join(BACKFILL_LOCK_FILE);
-        let io = |source| LockError::Io {
+        let io = |error| LockError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         super::files::create_state_dir(state_dir).map_err(io)?;
         let mut opts = std::fs::OpenOptions::new();

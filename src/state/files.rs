@@ -5,9 +5,31 @@
 use std::path::{Path, PathBuf};
 
 /// Creates the state directory (and missing parents) with mode 0700. An
-/// existing directory is left as it is: its mode may be deliberate.
+/// existing directory is left as it is (its mode may be deliberate), unless
+/// every user may write it (`/tmp`, or `$STATE_DIRECTORY` or `state_dir`
+/// pointed there): another user could put their own `bridge.db`, WAL or lock
+/// there first, or a link in its place, for the bridge (often root) to open.
 pub fn create_state_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.as_os_str().is_empty() || dir.is_dir() {
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    if dir.is_dir() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir)?.permissions().mode();
+            if mode & 0o002 != 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the state directory is writable by every user (mode {:04o}): another \
+                         user could replace its files; use a directory only the bridge's user \
+                         may write (systemd's StateDirectory=, or state_dir)",
+                        mode & 0o7777
+                    ),
+                ));
+            }
+        }
         return Ok(());
     }
     let mut b = std::fs::DirBuilder::new();
@@ -81,6 +103,30 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// `$STATE_DIRECTORY=/tmp`, or `state_dir = "/tmp"`: refused, sticky or not.
+    #[test]
+    fn a_state_dir_every_user_may_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for loose in [0o777, 0o1777, 0o703] {
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(loose)).unwrap();
+            let e = create_state_dir(tmp.path()).unwrap_err();
+            assert!(e.to_string().contains("writable by every user"), "{e}");
+            assert!(Store::open(&tmp.path().join("bridge.db")).is_err());
+            // Once in the message, not again as a `source()` (anyhow's `{:#}`).
+            let lock = crate::state::lock::StateLock::acquire(tmp.path()).unwrap_err();
+            assert_eq!(
+                lock.to_string().matches("writable by every user").count(),
+                1
+            );
+            assert!(std::error::Error::source(&lock).is_none());
+            assert!(!tmp.path().join("bridge.db").exists());
+        }
+        for fine in [0o700, 0o750, 0o770, 0o755] {
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(fine)).unwrap();
+            create_state_dir(tmp.path()).unwrap();
+        }
     }
 
     #[test]

@@ -28,11 +28,10 @@ pub enum LockError {
         location: String,
         until: String,
     },
-    #[error("cannot lock {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The io error is part of the message and deliberately not a `source()`:
+    /// error chains (anyhow's `{:#}`) would print it a second time.
+    #[error("cannot lock {path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 fn pid_note(pid: Option<u32>) -> String {
@@ -74,9 +73,9 @@ impl StateLock {
     /// for an instant: a few retries over a quarter second ride that out.
     pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
         let path = state_dir.join(LOCK_FILE);
-        let io = |source| LockError::Io {
+        let io = |error| LockError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         super::files::create_state_dir(state_dir).map_err(io)?;
         let mut opts = std::fs::OpenOptions::new();

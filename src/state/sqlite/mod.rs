@@ -66,8 +66,7 @@ impl SqliteStore {
             message,
         };
         if let Some(dir) = path.parent() {
-            files::create_state_dir(dir)
-                .map_err(|e| err(format!("cannot create directory: {e}")))?;
+            files::create_state_dir(dir).map_err(|e| err(format!("state directory: {e}")))?;
         }
         files::create_private(path).map_err(|e| err(format!("cannot create: {e}")))?;
         files::tighten(path).map_err(|e| err(format!("cannot restrict permissions: {e}")))?;
