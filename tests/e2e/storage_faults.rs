@@ -70,7 +70,8 @@ async fn disk_full_then_space_returns() {
     std::fs::create_dir_all(&state).unwrap();
     let _ = std::fs::remove_file(state.join("bridge.db"));
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        // mode 0700: a state directory every user may write is refused (a tmpfs root is 1777).
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
         .arg(&state)
         .status()
         .map(|s| s.success())
