@@ -200,6 +200,25 @@ fn read_pid(file: &mut File) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// A state directory every user may write is refused by the lock too,
+    /// said once in the message, not again as a `source()` (anyhow's `{:#}`).
+    #[cfg(unix)]
+    #[test]
+    fn a_state_dir_every_user_may_write_is_refused_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        for loose in [0o777, 0o1777, 0o703] {
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(loose)).unwrap();
+            let lock = StateLock::acquire(tmp.path()).unwrap_err();
+            assert_eq!(
+                lock.to_string().matches("writable by every user").count(),
+                1
+            );
+            assert!(std::error::Error::source(&lock).is_none());
+            assert!(!tmp.path().join("bridge.db").exists());
+        }
+    }
+
     #[test]
     fn one_holder_at_a_time_and_probes_see_it() {
         let tmp = tempfile::tempdir().unwrap();
